@@ -1,0 +1,120 @@
+"""The paper's network: frozen Keras ResNet50 + Flatten, Dense(128, relu), Dense(1, sigmoid)."""
+
+from __future__ import annotations
+
+import logging
+
+import keras
+
+from aml_model.config import ModelConfig
+from aml_model.weights import fetch_weights_file, imagenet_weights_file
+
+__all__ = ["BACKBONE_NAME", "build_backbone", "build_head", "build_model", "compile_model",
+           "resolve_backbone_weights"]
+
+logger = logging.getLogger(__name__)
+
+BACKBONE_NAME = "resnet50"
+
+
+def resolve_backbone_weights(config: ModelConfig, storage_options: dict | None = None) -> str | None:
+    """Turn ``config.backbone_weights`` into what ``keras.applications.ResNet50`` takes.
+
+    Returns:
+        ``None`` for "none", else the path of a local weights file.
+
+    Raises:
+        BackboneWeightsError: "imagenet" offline without a cached file, or an unreadable file.
+        WeightsHashMismatchError: the file's sha256 differs from ``backbone_weights_sha256``.
+    """
+    choice = config.backbone_weights
+    if choice.lower() == "none":
+        return None
+    if choice.lower() == "imagenet":
+        return imagenet_weights_file()
+    return fetch_weights_file(choice, config.backbone_weights_sha256, storage_options)
+
+
+def build_backbone(config: ModelConfig, storage_options: dict | None = None) -> keras.Model:
+    """ResNet50 without its top, every layer frozen.
+
+    Args:
+        config: input size and backbone weights.
+        storage_options: fsspec options for a remote weights URL.
+
+    Returns:
+        A Keras model `(batch, s, s, 3)` float32 (ResNet50-normalised) ->
+        `(batch, s/32, s/32, 2048)`.
+    """
+    weights = resolve_backbone_weights(config, storage_options)
+    backbone = keras.applications.ResNet50(
+        include_top=False,
+        weights=weights,
+        input_shape=(config.image_size, config.image_size, 3),
+        name=BACKBONE_NAME,
+    )
+    backbone.trainable = False
+    return backbone
+
+
+def _head_layers(config: ModelConfig) -> list[keras.layers.Layer]:
+    return [
+        keras.layers.Flatten(name="flatten"),
+        keras.layers.Dense(config.head_units, activation="relu", name="dense"),
+        # float32 output keeps the probability exact under mixed-precision policies.
+        keras.layers.Dense(1, activation="sigmoid", name="blast_probability", dtype="float32"),
+    ]
+
+
+def build_head(feature_shape: tuple[int, int, int], config: ModelConfig) -> keras.Sequential:
+    """The classifier head alone, for training on cached backbone features.
+
+    Its layers have the same names as the head of :func:`build_model`, so trained head
+    weights transfer by layer name.
+
+    Args:
+        feature_shape: the backbone's output shape without the batch axis, e.g. (7, 7, 2048).
+        config: head size.
+
+    Returns:
+        A compiled Keras model `(batch, *feature_shape)` -> `(batch, 1)` probabilities.
+    """
+    head = keras.Sequential([keras.Input(feature_shape, name="features"), *_head_layers(config)],
+                            name="head")
+    return compile_model(head, config)
+
+
+def compile_model(model: keras.Model, config: ModelConfig) -> keras.Model:
+    """Compile with the paper's Adam(learning_rate) and binary cross-entropy; returns ``model``."""
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
+        loss=keras.losses.BinaryCrossentropy(),
+        metrics=[keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")],
+    )
+    return model
+
+
+def build_model(config: ModelConfig, storage_options: dict | None = None) -> keras.Model:
+    """Build and compile the paper's model.
+
+    Layer sequence: input -> resnet50 (frozen, inference mode) -> flatten -> dense (relu)
+    -> blast_probability (sigmoid). With the paper's 224x224 input there are
+    12,845,313 trainable parameters, all in the head.
+
+    Args:
+        config: see :class:`~aml_model.config.ModelConfig`.
+        storage_options: fsspec options for a remote weights URL.
+
+    Returns:
+        A compiled Keras model `(batch, s, s, 3)` ResNet50-normalised float32 ->
+        `(batch, 1)` blast probability.
+    """
+    backbone = build_backbone(config, storage_options)
+    inputs = keras.Input((config.image_size, config.image_size, 3), name="image")
+    # training=False keeps the frozen BatchNorm layers on their stored statistics.
+    features = backbone(inputs, training=False)
+    outputs = features
+    for layer in _head_layers(config):
+        outputs = layer(outputs)
+    model = keras.Model(inputs, outputs, name="hassan_resnet50_aml")
+    return compile_model(model, config)

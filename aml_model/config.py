@@ -1,0 +1,194 @@
+"""Typed configuration with the defaults of Hassan et al. in one place.
+
+``ExperimentConfig()`` is the paper's setting; ``ExperimentConfig.tiny()`` is the small
+configuration that tests and the demo use (tiny input, no pretrained weights).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from aml_model.errors import ConfigError
+
+__all__ = [
+    "AugmentConfig",
+    "ExperimentConfig",
+    "ModelConfig",
+    "PreprocessConfig",
+    "TrainConfig",
+]
+
+
+def _require(condition: bool, name: str, value: object, expected: str) -> None:
+    if not condition:
+        message = f"{name}={value!r} is invalid: expected {expected}"
+        raise ConfigError(message)
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How raw files become model-sized RGB cells.
+
+    Attributes:
+        image_size: side of the square model input, pixels.
+        max_pixels: largest accepted width*height of a source image; larger files are
+            treated as decompression bombs (single cells are well under a megapixel).
+        min_side: smallest accepted width or height of a source image, pixels.
+        max_aspect_ratio: largest accepted long side / short side of a source image.
+    """
+
+    image_size: int = 224
+    max_pixels: int = 40_000_000
+    min_side: int = 16
+    max_aspect_ratio: float = 8.0
+
+    def __post_init__(self) -> None:
+        _require(self.image_size >= 8, "image_size", self.image_size, "an integer >= 8")
+        _require(self.max_pixels > 0, "max_pixels", self.max_pixels, "a positive integer")
+        _require(self.min_side >= 1, "min_side", self.min_side, "an integer >= 1")
+        _require(self.max_aspect_ratio >= 1, "max_aspect_ratio", self.max_aspect_ratio, ">= 1")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training-time augmentation (the paper's ImageDataGenerator settings).
+
+    Attributes:
+        rotation_degrees: maximum rotation either way, degrees.
+        width_shift: maximum horizontal shift as a fraction of the width. The paper writes a
+            shift range of 2.0; as a fraction of the image that moves the cell out of frame
+            entirely, so 0.2 (the value its zoom uses, and Keras' customary one) is used.
+        height_shift: maximum vertical shift as a fraction of the height (see width_shift).
+        zoom: maximum zoom in or out, as a fraction.
+        horizontal_flip: flip left-right at random.
+        vertical_flip: flip top-bottom at random.
+        fill_mode: how pixels outside the source are filled ("nearest", as ImageDataGenerator).
+    """
+
+    rotation_degrees: float = 20.0
+    width_shift: float = 0.2
+    height_shift: float = 0.2
+    zoom: float = 0.2
+    horizontal_flip: bool = True
+    vertical_flip: bool = True
+    fill_mode: str = "nearest"
+
+    def __post_init__(self) -> None:
+        _require(0 <= self.rotation_degrees <= 180, "rotation_degrees", self.rotation_degrees, "0..180")
+        for name in ("width_shift", "height_shift", "zoom"):
+            value = getattr(self, name)
+            _require(0 <= value < 1, name, value, "a fraction in [0, 1)")
+        modes = ("nearest", "reflect", "wrap", "constant")
+        _require(self.fill_mode in modes, "fill_mode", self.fill_mode, f"one of {modes}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The network: ResNet50 backbone (frozen) + Flatten, Dense(128, relu), Dense(1, sigmoid).
+
+    Attributes:
+        image_size: side of the square RGB input, pixels (224 in the paper).
+        head_units: units of the hidden Dense layer.
+        backbone_weights: "imagenet" (Keras' download cache under KERAS_HOME), "none"
+            (random initialisation), or a local path / fsspec URL of a weights file.
+        backbone_weights_sha256: expected sha256 of a weights file; checked when set.
+        learning_rate: Adam learning rate.
+    """
+
+    image_size: int = 224
+    head_units: int = 128
+    backbone_weights: str = "imagenet"
+    backbone_weights_sha256: str | None = None
+    learning_rate: float = 1e-4
+
+    def __post_init__(self) -> None:
+        # ResNet50's five stride-2 stages need at least 32 px to leave a 1x1 feature map.
+        _require(self.image_size >= 32, "image_size", self.image_size, "an integer >= 32")
+        _require(self.head_units >= 1, "head_units", self.head_units, "a positive integer")
+        _require(bool(self.backbone_weights), "backbone_weights", self.backbone_weights,
+                 '"imagenet", "none" or a weights file path/URL')
+        if self.backbone_weights_sha256 is not None:
+            digest = self.backbone_weights_sha256
+            ok = len(digest) == 64 and all(c in "0123456789abcdef" for c in digest.lower())
+            _require(ok, "backbone_weights_sha256", digest, "64 hexadecimal characters")
+        _require(self.learning_rate > 0, "learning_rate", self.learning_rate, "a positive number")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Fitting the head.
+
+    Attributes:
+        epochs: maximum number of epochs.
+        batch_size: cells per gradient step.
+        early_stopping_patience: epochs without a lower validation loss before stopping;
+            the best weights are restored.
+        train_fraction, val_fraction, test_fraction: the 80/10/10 split.
+        seed: seeds the split, shuffling, augmentation and initialisation.
+        augment: augmentation applied to training batches only.
+    """
+
+    epochs: int = 50
+    batch_size: int = 32
+    early_stopping_patience: int = 5
+    train_fraction: float = 0.8
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    seed: int = 0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self) -> None:
+        _require(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
+        _require(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
+        _require(self.early_stopping_patience >= 0, "early_stopping_patience",
+                 self.early_stopping_patience, "an integer >= 0")
+        fractions = (self.train_fraction, self.val_fraction, self.test_fraction)
+        _require(all(0 < f < 1 for f in fractions) and abs(sum(fractions) - 1) < 1e-9,
+                 "train/val/test fractions", fractions, "three fractions in (0, 1) summing to 1")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """Everything that defines one trained model; the defaults are the paper's.
+
+    Attributes:
+        model: the network and optimiser.
+        train: fitting, split and augmentation.
+        threshold: probability at or above which a cell is called blast-like.
+    """
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        _require(0 < self.threshold < 1, "threshold", self.threshold, "a probability in (0, 1)")
+
+    @classmethod
+    def tiny(cls, image_size: int = 32, epochs: int = 5, seed: int = 0) -> ExperimentConfig:
+        """A configuration small enough for tests and demos on two CPU cores.
+
+        It keeps the paper's head and optimiser and changes only the input size, the
+        backbone weights ("none": nothing to download) and the training length.
+        """
+        return cls(
+            model=ModelConfig(image_size=image_size, backbone_weights="none"),
+            train=TrainConfig(epochs=epochs, batch_size=16, early_stopping_patience=3, seed=seed),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dictionary (for model cards)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ExperimentConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are an error."""
+        train = dict(data.get("train", {}))
+        train["augment"] = AugmentConfig(**train.get("augment", {}))
+        return cls(
+            model=ModelConfig(**data.get("model", {})),
+            train=TrainConfig(**train),
+            threshold=data.get("threshold", 0.5),
+        )

@@ -1,0 +1,50 @@
+"""Exceptions raised by the AML smear library.
+
+Each class also inherits the builtin a caller would naturally catch (``ValueError``,
+``FileNotFoundError``...), after zarr's ``errors.py``, so generic handlers keep working.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AmlSmearError",
+    "BackboneWeightsError",
+    "ConfigError",
+    "ImageDecodeError",
+    "UnsafeModelError",
+    "WeightsHashMismatchError",
+]
+
+
+class AmlSmearError(Exception):
+    """Base class of every error this project raises on purpose."""
+
+
+class ConfigError(AmlSmearError, ValueError):
+    """A configuration field holds a value outside its allowed range."""
+
+
+class ImageDecodeError(AmlSmearError, ValueError):
+    """An input could not be turned into a cell image.
+
+    Attributes:
+        source: the file name or URI of the input.
+        reason: a short human-readable reason, suitable for a quarantine table.
+    """
+
+    def __init__(self, source: str, reason: str) -> None:
+        self.source = source
+        self.reason = reason
+        super().__init__(f"{source}: {reason}")
+
+
+class BackboneWeightsError(AmlSmearError, RuntimeError):
+    """The requested backbone weights cannot be obtained."""
+
+
+class WeightsHashMismatchError(BackboneWeightsError, ValueError):
+    """A weights file does not have the configured sha256."""
+
+
+class UnsafeModelError(AmlSmearError, ValueError):
+    """A saved model holds content that Keras' safe mode refuses to deserialise."""

@@ -1,0 +1,99 @@
+import hashlib
+
+import keras
+import numpy as np
+import pytest
+
+from aml_model.architecture import build_backbone, build_head, build_model
+from aml_model.config import ModelConfig
+from aml_model.errors import BackboneWeightsError, WeightsHashMismatchError
+from aml_model.weights import IMAGENET_NOTOP_FILE
+
+TINY = ModelConfig(image_size=32, head_units=8, backbone_weights="none")
+
+
+@pytest.fixture(scope="module")
+def paper_model():
+    # The paper's configuration with an untrained backbone: ImageNet weights cannot be downloaded here.
+    return build_model(ModelConfig(backbone_weights="none"))
+
+
+def test_paper_layer_sequence(paper_model):
+    layers = paper_model.layers
+    assert [type(layer).__name__ for layer in layers] == ["InputLayer", "Functional", "Flatten", "Dense", "Dense"]
+    assert paper_model.input_shape == (None, 224, 224, 3)
+    backbone = layers[1]
+    assert backbone.name == "resnet50"
+    assert backbone.output.shape[1:] == (7, 7, 2048)
+    assert layers[3].units == 128 and layers[3].activation is keras.activations.relu
+    assert layers[4].units == 1 and layers[4].activation is keras.activations.sigmoid
+    assert paper_model.output_shape == (None, 1)
+
+
+def test_paper_backbone_is_entirely_frozen(paper_model):
+    backbone = paper_model.get_layer("resnet50")
+    assert backbone.trainable is False
+    assert backbone.trainable_weights == []
+    assert all(not layer.trainable for layer in backbone.layers)
+    assert len(backbone.layers) == 175  # keras.applications.ResNet50 without its top
+
+
+def test_paper_trainable_parameters(paper_model):
+    trainable = sum(int(np.prod(w.shape)) for w in paper_model.trainable_weights)
+    assert trainable == 100_352 * 128 + 128 + 128 + 1 == 12_845_313
+
+
+def test_paper_optimizer_and_loss(paper_model):
+    optimizer = paper_model.optimizer
+    assert isinstance(optimizer, keras.optimizers.Adam)
+    assert float(optimizer.learning_rate) == pytest.approx(1e-4)
+    assert isinstance(paper_model.loss, keras.losses.BinaryCrossentropy)
+
+
+def test_head_layers_match_the_full_model_by_name():
+    model = build_model(TINY)
+    head = build_head(tuple(model.get_layer("resnet50").output.shape[1:]), TINY)
+    assert [layer.name for layer in head.layers] == [layer.name for layer in model.layers[2:]]
+    assert [w.shape for w in head.weights] == [w.shape for w in model.layers[2].weights + model.layers[3].weights + model.layers[4].weights]
+
+
+@pytest.fixture
+def weights_file(tmp_path):
+    keras.utils.set_random_seed(3)
+    backbone = build_backbone(TINY)
+    path = tmp_path / "backbone.weights.h5"
+    backbone.save_weights(path)
+    return backbone, path, hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("as_url", [False, True])
+def test_weights_file_is_loaded_with_its_hash_checked(weights_file, as_url):
+    saved, path, digest = weights_file
+    location = path.as_uri() if as_url else str(path)
+    keras.utils.set_random_seed(99)  # a different random init, so equality proves loading
+    loaded = build_backbone(ModelConfig(image_size=32, backbone_weights=location, backbone_weights_sha256=digest))
+    for a, b in zip(saved.weights, loaded.weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_wrong_hash_is_refused(weights_file):
+    _, path, digest = weights_file
+    wrong = ("0" if digest[0] != "0" else "1") + digest[1:]
+    with pytest.raises(WeightsHashMismatchError, match="expected " + wrong):
+        build_backbone(ModelConfig(image_size=32, backbone_weights=str(path), backbone_weights_sha256=wrong))
+
+
+def test_missing_weights_file_is_a_clear_error(tmp_path):
+    missing = tmp_path / "nope.weights.h5"
+    with pytest.raises(BackboneWeightsError, match="cannot be read"):
+        build_backbone(ModelConfig(image_size=32, backbone_weights=str(missing)))
+
+
+def test_imagenet_offline_says_how_to_provide_weights(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "empty-keras-home"))
+    with pytest.raises(BackboneWeightsError) as caught:
+        build_model(ModelConfig(image_size=32))
+    message = str(caught.value)
+    assert IMAGENET_NOTOP_FILE in message
+    assert str(tmp_path / "empty-keras-home" / "models") in message
+    assert "--backbone-weights" in message

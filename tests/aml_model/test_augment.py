@@ -1,0 +1,33 @@
+import keras
+import numpy as np
+
+from aml_model.augment import build_augmenter
+from aml_model.config import AugmentConfig
+
+
+def test_layers_carry_the_papers_ranges():
+    augmenter = build_augmenter(AugmentConfig())
+    by_type = {type(layer).__name__: layer for layer in augmenter.layers}
+    assert set(by_type) == {"RandomRotation", "RandomTranslation", "RandomZoom", "RandomFlip"}
+    assert by_type["RandomRotation"].factor == (-20 / 360, 20 / 360)
+    assert by_type["RandomTranslation"].height_factor == 0.2
+    assert by_type["RandomTranslation"].width_factor == 0.2
+    assert by_type["RandomZoom"].height_factor == 0.2
+    assert by_type["RandomFlip"].mode == "horizontal_and_vertical"
+
+
+def test_disabled_transforms_are_left_out():
+    augmenter = build_augmenter(AugmentConfig(rotation_degrees=0, width_shift=0, height_shift=0, zoom=0,
+                                              vertical_flip=False))
+    assert [type(layer).__name__ for layer in augmenter.layers] == ["RandomFlip"]
+    assert augmenter.layers[0].mode == "horizontal"
+
+
+def test_training_changes_images_and_inference_does_not():
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    augmenter = build_augmenter(AugmentConfig(), seed=1)
+    augmented = keras.ops.convert_to_numpy(augmenter(images, training=True))
+    assert augmented.shape == images.shape
+    assert not np.allclose(augmented, images)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(augmenter(images, training=False)), images)

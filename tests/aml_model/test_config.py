@@ -1,0 +1,51 @@
+import pytest
+
+from aml_model.config import AugmentConfig, ExperimentConfig, ModelConfig, PreprocessConfig, TrainConfig
+from aml_model.errors import ConfigError
+
+
+def test_defaults_are_the_papers():
+    config = ExperimentConfig()
+    assert config.model.image_size == 224
+    assert config.model.head_units == 128
+    assert config.model.backbone_weights == "imagenet"
+    assert config.model.learning_rate == 1e-4
+    assert config.train.epochs == 50
+    assert (config.train.train_fraction, config.train.val_fraction, config.train.test_fraction) == (0.8, 0.1, 0.1)
+    assert config.threshold == 0.5
+    augment = config.train.augment
+    assert augment.rotation_degrees == 20
+    assert augment.zoom == 0.2
+    assert augment.width_shift == augment.height_shift == 0.2
+    assert augment.horizontal_flip and augment.vertical_flip
+
+
+def test_round_trip_through_dict():
+    config = ExperimentConfig.tiny(image_size=48, epochs=3, seed=7)
+    assert ExperimentConfig.from_dict(config.to_dict()) == config
+
+
+@pytest.mark.parametrize(
+    ("build", "match"),
+    [
+        (lambda: ModelConfig(image_size=16), "image_size=16"),
+        (lambda: ModelConfig(backbone_weights_sha256="abc"), "backbone_weights_sha256"),
+        (lambda: ModelConfig(learning_rate=0), "learning_rate"),
+        (lambda: TrainConfig(train_fraction=0.7), "fractions"),
+        (lambda: TrainConfig(epochs=0), "epochs=0"),
+        (lambda: AugmentConfig(zoom=1.5), "zoom=1.5"),
+        (lambda: AugmentConfig(fill_mode="mirror"), "fill_mode"),
+        (lambda: ExperimentConfig(threshold=1.0), "threshold"),
+        (lambda: PreprocessConfig(max_pixels=0), "max_pixels"),
+    ],
+)
+def test_invalid_values_are_named(build, match):
+    with pytest.raises(ConfigError, match=match):
+        build()
+
+
+def test_unknown_keys_are_refused():
+    data = ExperimentConfig().to_dict()
+    data["model"]["dropout"] = 0.5
+    with pytest.raises(TypeError, match="dropout"):
+        ExperimentConfig.from_dict(data)

@@ -1,0 +1,45 @@
+import keras
+import numpy as np
+import pytest
+
+from aml_model.architecture import build_model
+from aml_model.config import ExperimentConfig
+from aml_model.data import make_dataset
+from aml_model.synthetic import render_cell
+from aml_model.train import train_model
+
+
+@pytest.fixture(scope="module")
+def cells():
+    rng = np.random.default_rng(0)
+    labels = np.array([0, 1] * 48)
+    images = np.stack([render_cell(bool(label), rng, size=32) for label in labels])
+    return images, labels
+
+
+def test_training_reduces_the_loss(cells):
+    images, labels = cells
+    config = ExperimentConfig.tiny(image_size=32, epochs=6)
+    keras.utils.set_random_seed(0)
+    model = build_model(config.model)
+    history, best_epoch = train_model(model, images[:72], labels[:72], images[72:], labels[72:], config.train)
+    assert len(history["loss"]) >= 2
+    assert min(history["loss"][1:]) < history["loss"][0]
+    assert min(history["val_loss"]) < history["val_loss"][0] or best_epoch == 0
+    assert set(history) >= {"loss", "val_loss", "accuracy", "val_accuracy"}
+
+
+def test_early_stopping_stops_and_restores_the_best_epoch(cells):
+    images, labels = cells
+    config = ExperimentConfig.tiny(image_size=32, epochs=30)
+    train_cfg = config.train.__class__(epochs=30, batch_size=16, early_stopping_patience=2, seed=0)
+    keras.utils.set_random_seed(0)
+    model = build_model(config.model)
+    # Validation labels are the opposite of the training rule: learning makes validation loss worse.
+    history, best_epoch = train_model(model, images[:72], labels[:72], images[72:], 1 - labels[72:], train_cfg)
+    epochs_run = len(history["val_loss"])
+    assert epochs_run < 30
+    assert epochs_run == best_epoch + 1 + 2, "stops exactly `patience` epochs after the best one"
+    restored = model.evaluate(make_dataset(images[72:], 1 - labels[72:], batch_size=16), verbose=0, return_dict=True)
+    assert restored["loss"] == pytest.approx(history["val_loss"][best_epoch], rel=1e-4)
+    assert restored["loss"] != pytest.approx(history["val_loss"][-1], rel=1e-4)
