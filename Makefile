@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 DEMO_STORE ?= demo-store
 PYTEST_ARGS ?=
 
-.PHONY: install demo test clean
+.PHONY: install demo test bench clean
 
 # constraints.txt pins the versions the suite was last run with, so installs resolve fast and alike.
 $(STAMP): pyproject.toml constraints.txt
@@ -26,3 +26,6 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(DEMO_STORE) .pytest_cache
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks

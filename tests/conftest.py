@@ -14,6 +14,11 @@ os.environ["KERAS_HOME"] = str(_SESSION_HOME / "keras")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# Dummy credentials for the moto S3 server, set before any Dask worker process is started so
+# that the workers inherit them as production workers inherit real ones.
+for _name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+    os.environ[_name] = "testing"
+os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 LMU_CELLS = Path(os.environ.get("AML_SMEAR_LMU_CELLS", PROJECT_ROOT.parent / "shared" / "data" / "lmu-cells"))
@@ -25,3 +30,45 @@ def lmu_cells() -> Path:
     if not (LMU_CELLS / "labels.csv").is_file():
         pytest.skip(f"real cell data not found at {LMU_CELLS} (set AML_SMEAR_LMU_CELLS)")
     return LMU_CELLS
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3 API (moto's server) on 127.0.0.1, one per test session; yields its URL."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint, request):
+    """A fresh, empty bucket; yields (bucket name, storage_options)."""
+    import re
+    import uuid
+
+    import s3fs
+
+    options = {"client_kwargs": {"endpoint_url": s3_endpoint}}
+    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-") + "-" + uuid.uuid4().hex[:8]
+    fs = s3fs.S3FileSystem(**options)
+    fs.mkdir(name)
+    fs.invalidate_cache()
+    yield name, options
+
+
+def upload_folder(local: Path, url: str, storage_options: dict) -> None:
+    """Copy a local folder tree to an fsspec URL (tests build S3 sources this way)."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(url, **storage_options)
+    for path in sorted(local.rglob("*")):
+        if path.is_file():
+            fs.pipe_file(f"{root}/{path.relative_to(local).as_posix()}", path.read_bytes())
+    fs.invalidate_cache()

@@ -29,3 +29,25 @@ def test_demo_trains_evaluates_and_says_where(tmp_path):
         assert (out / name).stat().st_size > 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n"] == 24 and 0 <= metrics["roc_auc"] <= 1
+
+
+def test_ingest_command_reports_counts_and_reruns_without_work(tmp_path, lmu_cells, dask_cluster):
+    from tests.corpus import compose_patient_cohort
+
+    source = compose_patient_cohort(lmu_cells, tmp_path / "cohort", {"A": (2, 2)})
+    (source / "A" / "broken.jpg").write_bytes(b"")
+    args = ["ingest", str(source), "--store", str(tmp_path / "store"), "--run-id", "cli",
+            "--scheduler", dask_cluster.scheduler_address, "--image-size", "32"]
+    first = CliRunner().invoke(cli, args)
+    assert first.exit_code == 0, first.output
+    assert "run cli complete: 4 cells, 1 quarantined (layout patient)" in first.output
+    second = CliRunner().invoke(cli, args)
+    assert second.exit_code == 0, second.output
+    assert "run cli already complete, nothing redone: 4 cells, 1 quarantined" in second.output
+
+
+def test_ingest_command_fails_with_one_line_reason(tmp_path, dask_cluster):
+    result = CliRunner().invoke(cli, ["ingest", str(tmp_path / "missing"), "--store", str(tmp_path / "s"),
+                                      "--scheduler", dask_cluster.scheduler_address])
+    assert result.exit_code == 1
+    assert f"Error: source {tmp_path / 'missing'} does not exist" in result.output

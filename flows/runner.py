@@ -1,0 +1,77 @@
+"""The Dask task runner every flow uses: a LocalCluster sized to the machine, or a scheduler address."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+
+from prefect.settings import PREFECT_API_URL
+from prefect_dask import DaskTaskRunner
+
+__all__ = ["dask_task_runner", "quiet_dask_logs", "shared_prefect_api"]
+
+
+@contextlib.contextmanager
+def shared_prefect_api() -> Iterator[str | None]:
+    """Make sure Dask worker processes report to the same Prefect API as the flow.
+
+    Without a configured ``PREFECT_API_URL`` Prefect starts a temporary server inside each
+    process that needs one, so every Dask worker would record its task runs in a database of
+    its own. This starts one temporary server and exports its URL before the cluster starts,
+    so the workers inherit it. With an API configured it does nothing.
+    """
+    if PREFECT_API_URL.value():
+        yield PREFECT_API_URL.value()
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    # Offline, the server's telemetry only logs errors (and can lock its SQLite database).
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    server = SubprocessASGIServer()
+    # The server stops itself at exit, after the last log records have been sent to it.
+    server.start()
+    os.environ["PREFECT_API_URL"] = server.api_url
+    try:
+        yield server.api_url
+    finally:
+        del os.environ["PREFECT_API_URL"]
+
+
+def quiet_dask_logs() -> None:
+    """Keep Dask's per-worker start/stop chatter out of the terminal; warnings still show."""
+    for name in ("distributed", "distributed.nanny", "distributed.scheduler", "distributed.core"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def dask_task_runner(workers: int | None = None, scheduler: str | None = None) -> DaskTaskRunner:
+    """Build a DaskTaskRunner.
+
+    Args:
+        workers: processes of a new LocalCluster, one thread each; default one per CPU core.
+            TensorFlow and Pillow release the GIL but a single thread per process keeps each
+            worker's model and memory predictable.
+        scheduler: address of an existing Dask scheduler (``tcp://host:8786``); overrides
+            ``workers``.
+    """
+    if workers is not None and scheduler is not None:
+        message = "give either workers (a new LocalCluster) or scheduler (an existing cluster), not both"
+        raise ValueError(message)
+    if scheduler:
+        return DaskTaskRunner(address=scheduler)
+    n_workers = workers or os.cpu_count() or 1
+    if n_workers < 1:
+        message = f"workers={n_workers} is invalid: expected at least 1"
+        raise ValueError(message)
+    return DaskTaskRunner(
+        cluster_class="distributed.LocalCluster",
+        cluster_kwargs={
+            "n_workers": n_workers,
+            "threads_per_worker": 1,
+            "processes": True,
+            "dashboard_address": None,
+            "local_directory": os.path.join(tempfile.gettempdir(), "aml-smear-dask"),
+        },
+    )

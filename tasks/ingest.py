@@ -1,0 +1,112 @@
+"""Ingest tasks: decode one shard of inputs into its own Zarr chunks, then write the tables."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pandas as pd
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from aml_model.catalog import build_cell_tables
+from aml_model.config import PreprocessConfig
+from aml_model.errors import ImageDecodeError
+from aml_model.preprocess import decode_cell
+from tasks import storage
+from tasks.discover import CellInput
+from tasks.retry import retry_transient_errors
+
+__all__ = ["ShardSpec", "ingest_shard", "plan_hash", "plan_shards", "write_ingest_tables"]
+
+
+def plan_hash(inputs: list[CellInput], image_size: int, chunk_cells: int) -> str:
+    """A fingerprint of what an ingest will write: inputs, their order, size and chunking."""
+    payload = json.dumps([[c.uri, c.patient_id, c.label] for c in inputs] + [image_size, chunk_cells])
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+ShardSpec = dict  # {"shard": int, "start": int, "uris": [str, ...]}
+
+
+def plan_shards(inputs: list[CellInput], chunk_cells: int, chunks_per_shard: int = 1) -> list[ShardSpec]:
+    """Cut the inputs into shards aligned to Zarr chunks, so no two shards share a chunk."""
+    size = chunk_cells * chunks_per_shard
+    return [
+        {"shard": number, "start": start, "uris": [c.uri for c in inputs[start:start + size]]}
+        for number, start in enumerate(range(0, len(inputs), size))
+    ]
+
+
+def _decode_one(uri: str, storage_options: dict, config: PreprocessConfig) -> tuple[np.ndarray | None, dict]:
+    try:
+        data = storage.read_bytes(uri, storage_options)
+    except FileNotFoundError:
+        return None, {"sha256": None, "reason": "file not found"}
+    except PermissionError as exc:
+        return None, {"sha256": None, "reason": f"unreadable file: {exc.strerror or exc}"}
+    except IsADirectoryError:
+        return None, {"sha256": None, "reason": "a folder with an image name"}
+    try:
+        cell = decode_cell(data, uri, config)
+    except ImageDecodeError as exc:
+        return None, {"sha256": None, "reason": exc.reason}
+    return cell, {"sha256": hashlib.sha256(data).hexdigest(), "reason": None}
+
+
+@task(name="ingest-shard", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2,
+      retry_condition_fn=retry_transient_errors)
+def ingest_shard(
+    spec: ShardSpec,
+    cells_url: str,
+    marker_url: str,
+    fingerprint: str,
+    image_size: int,
+    source_options: dict,
+    store_options: dict,
+) -> list[dict]:
+    """Decode the shard's inputs and write its whole Zarr chunks; skip if already done.
+
+    A bad input becomes a record with a reason and a zero slot; the others go on. The
+    marker, written after the chunks, makes a rerun of the same plan skip this shard.
+
+    Returns:
+        One record per input: zarr_index, source_uri, sha256, reason.
+    """
+    if storage.exists(marker_url, store_options):
+        marker = storage.read_json(marker_url, store_options)
+        if marker.get("plan") == fingerprint:
+            return marker["records"]
+    config = PreprocessConfig(image_size=image_size)
+    block = np.zeros((len(spec["uris"]), image_size, image_size, 3), np.uint8)
+    records = []
+    for offset, uri in enumerate(spec["uris"]):
+        cell, record = _decode_one(uri, source_options, config)
+        if cell is not None:
+            block[offset] = cell
+        records.append({"zarr_index": spec["start"] + offset, "source_uri": uri, **record})
+    array = storage.open_cells_array(cells_url, store_options, read_only=False)
+    array[spec["start"]:spec["start"] + len(block)] = block
+    storage.write_json(marker_url, {"plan": fingerprint, "records": records}, store_options)
+    return records
+
+
+@task(name="write-ingest-tables", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2,
+      retry_condition_fn=retry_transient_errors)
+def write_ingest_tables(
+    inputs: list[CellInput],
+    records: list[dict],
+    rejected: list[dict],
+    paths: storage.RunPaths,
+    store_options: dict,
+) -> dict[str, int]:
+    """Build and write cells.parquet and quarantine.parquet; returns their row counts."""
+    frame = pd.DataFrame(records).sort_values("zarr_index", kind="stable")
+    meta = pd.DataFrame([{"patient_id": c.patient_id, "label": c.label} for c in inputs])
+    frame = pd.concat([frame.reset_index(drop=True), meta], axis=1)
+    cells, quarantine = build_cell_tables(frame, pd.DataFrame(rejected, columns=["source_uri", "patient_id", "reason"]))
+    storage.write_table(cells, paths.cells_table, store_options)
+    storage.write_table(quarantine, paths.quarantine_table, store_options)
+    get_run_logger().info("wrote %d cells and %d quarantined inputs to %s", len(cells), len(quarantine), paths.root)
+    return {"cells": len(cells), "quarantined": len(quarantine)}

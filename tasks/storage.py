@@ -1,0 +1,203 @@
+"""The one place that touches fsspec, Zarr and Parquet.
+
+Every location is an fsspec URL (a local path, ``file://``, ``s3://``...), so local runs and S3
+runs share one code path and differ only in the URL and ``storage_options``. Writers put whole
+objects: a local file is written under a temporary name and renamed into place; on S3 one PUT
+is atomic. A reader therefore never sees half a table.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import posixpath
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+import pandas as pd
+import zarr
+
+__all__ = [
+    "RunPaths",
+    "create_cells_array",
+    "exists",
+    "join",
+    "open_cells_array",
+    "read_bytes",
+    "read_json",
+    "read_table",
+    "remove",
+    "storage_options_for",
+    "write_bytes",
+    "write_json",
+    "write_table",
+]
+
+IMAGES = "images"
+PROBABILITIES = "probabilities"
+
+
+def storage_options_for(url: str, endpoint_url: str | None = None) -> dict[str, Any]:
+    """fsspec options for ``url``: an S3 endpoint (MinIO, moto...) when one is given.
+
+    Credentials are not passed here: s3fs reads the usual ``AWS_*`` variables and profiles,
+    so they never appear in flow parameters or logs.
+    """
+    if endpoint_url and url.startswith(("s3://", "s3a://")):
+        return {"client_kwargs": {"endpoint_url": endpoint_url}}
+    return {}
+
+
+def _fs(url: str, storage_options: dict | None) -> tuple[fsspec.AbstractFileSystem, str]:
+    return fsspec.core.url_to_fs(url, **(storage_options or {}))
+
+
+def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else fs.protocol
+    return "file" in protocols or "local" in protocols
+
+
+def join(url: str, *parts: str) -> str:
+    """Join path parts onto a URL with forward slashes, keeping its protocol."""
+    return posixpath.join(url.rstrip("/"), *parts)
+
+
+def exists(url: str, storage_options: dict | None = None) -> bool:
+    fs, path = _fs(url, storage_options)
+    return fs.exists(path)
+
+
+def read_bytes(url: str, storage_options: dict | None = None) -> bytes:
+    fs, path = _fs(url, storage_options)
+    return fs.cat_file(path)
+
+
+def write_bytes(url: str, data: bytes, storage_options: dict | None = None) -> str:
+    """Write a whole object atomically: temporary name + rename locally, one PUT elsewhere."""
+    fs, path = _fs(url, storage_options)
+    if _is_local(fs):
+        folder = os.path.dirname(path)
+        os.makedirs(folder, exist_ok=True)
+        partial = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex}.partial")
+        with open(partial, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, path)
+    else:
+        fs.pipe_file(path, data)
+    return url
+
+
+def remove(url: str, storage_options: dict | None = None, recursive: bool = False) -> None:
+    """Delete an object or folder; a missing one is not an error."""
+    fs, path = _fs(url, storage_options)
+    if fs.exists(path):
+        fs.rm(path, recursive=recursive)
+
+
+def write_json(url: str, payload: Any, storage_options: dict | None = None) -> str:
+    return write_bytes(url, json.dumps(payload, indent=2, sort_keys=True, default=str).encode(), storage_options)
+
+
+def read_json(url: str, storage_options: dict | None = None) -> Any:
+    return json.loads(read_bytes(url, storage_options))
+
+
+def write_table(frame: pd.DataFrame, url: str, storage_options: dict | None = None) -> str:
+    """Write a DataFrame as one Parquet object, atomically."""
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    return write_bytes(url, buffer.getvalue(), storage_options)
+
+
+def read_table(url: str, storage_options: dict | None = None) -> pd.DataFrame:
+    return pd.read_parquet(io.BytesIO(read_bytes(url, storage_options)))
+
+
+def _zarr_store(url: str, storage_options: dict | None, read_only: bool):
+    fs, path = _fs(url, storage_options)
+    if _is_local(fs):
+        return zarr.storage.LocalStore(path, read_only=read_only)
+    return zarr.storage.FsspecStore.from_url(url, storage_options=storage_options or {}, read_only=read_only)
+
+
+def create_cells_array(
+    url: str, n_cells: int, image_size: int, chunk_cells: int, storage_options: dict | None = None
+) -> zarr.Array:
+    """Create (or open, when it already has this shape) the ``images`` array of a cells group.
+
+    Shape `(n_cells, image_size, image_size, 3)` uint8, one chunk per ``chunk_cells`` cells, so
+    a task that owns a whole chunk range never shares a chunk with another task.
+    """
+    store = _zarr_store(url, storage_options, read_only=False)
+    group = zarr.open_group(store, mode="a")
+    shape = (n_cells, image_size, image_size, 3)
+    if IMAGES in group:
+        array = group[IMAGES]
+        if array.shape != shape or array.chunks[0] != chunk_cells:
+            message = (f"{url}/{IMAGES} already exists with shape {array.shape} and chunks "
+                       f"{array.chunks}, expected {shape} in chunks of {chunk_cells} cells")
+            raise ValueError(message)
+        return array
+    return group.create_array(
+        IMAGES, shape=shape, chunks=(chunk_cells, image_size, image_size, 3), dtype="uint8",
+        fill_value=0, dimension_names=("cell", "y", "x", "channel"),
+        # Blosc zstd level 1 writes 3x and reads 2.5x faster than zarr's default zstd level 0
+        # on real cells, at the same size (measured on 64 LMU cells).
+        compressors=[zarr.codecs.BloscCodec(cname="zstd", clevel=1, shuffle="shuffle")],
+    )
+
+
+def open_cells_array(url: str, storage_options: dict | None = None, name: str = IMAGES,
+                     read_only: bool = True) -> zarr.Array:
+    """Open one array (``images`` or ``probabilities``) of a cells group."""
+    store = _zarr_store(url, storage_options, read_only=read_only)
+    return zarr.open_group(store, mode="r" if read_only else "r+")[name]
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where each piece of a run lives in the store (see DESIGN.md, "The run store")."""
+
+    store: str
+    run_id: str
+
+    @property
+    def root(self) -> str:
+        return join(self.store, "runs", self.run_id)
+
+    @property
+    def cells_zarr(self) -> str:
+        return join(self.root, "cells.zarr")
+
+    @property
+    def cells_table(self) -> str:
+        return join(self.root, "cells.parquet")
+
+    @property
+    def quarantine_table(self) -> str:
+        return join(self.root, "quarantine.parquet")
+
+    @property
+    def patients_table(self) -> str:
+        return join(self.root, "patients.parquet")
+
+    @property
+    def plan(self) -> str:
+        return join(self.root, "ingest_plan.json")
+
+    @property
+    def report(self) -> str:
+        return join(self.root, "ingest_report.json")
+
+    @property
+    def success(self) -> str:
+        return join(self.root, "_SUCCESS")
+
+    def shard_marker(self, stage: str, shard: int) -> str:
+        """A shard's record of what it wrote; its presence means the shard is complete."""
+        return join(self.root, "_shards", stage, f"{shard:05d}.json")

@@ -1,0 +1,31 @@
+import pytest
+
+from aml_model.layouts import DEFAULT_CLASS_LABELS, choose_layout, is_image_name, label_for_class
+
+
+def test_default_class_map_makes_only_myeloblasts_and_monoblasts_blasts():
+    blasts = sorted(code for code, label in DEFAULT_CLASS_LABELS.items() if label == "blast")
+    assert blasts == ["MOB", "MYO"]
+    assert label_for_class("MYB") == "normal"  # a myelocyte, not a myeloblast
+    assert len(DEFAULT_CLASS_LABELS) == 15
+
+
+def test_label_folders_and_unknown_classes():
+    assert label_for_class("Blast") == "blast"
+    assert label_for_class("NORMAL") == "normal"
+    assert label_for_class("XYZ") is None
+    with pytest.raises(ValueError, match="labels must be one of"):
+        label_for_class("A", {"A": "maybe"})
+
+
+def test_image_names():
+    assert is_image_name("P1/cell.JPG") and is_image_name("a.tiff") and is_image_name("b.bmp")
+    assert not is_image_name("P1/.DS_Store") and not is_image_name("notes.txt")
+    assert not is_image_name("P1/._cell.jpg") and not is_image_name("README")
+
+
+def test_layout_choice():
+    assert choose_layout(["MYO", "NGS"]) == "class"
+    assert choose_layout(["blast", "Normal"]) == "class"
+    assert choose_layout(["MYO", "patient-7"]) == "patient"
+    assert choose_layout([]) == "patient"

@@ -1,0 +1,36 @@
+"""Flow tests run against Prefect's test harness and one real 2-worker Dask LocalCluster."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+@pytest.fixture(autouse=True, scope="session")
+def prefect_api():
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        # Dask worker processes inherit the environment: point them at the harness too.
+        os.environ["PREFECT_API_URL"] = PREFECT_API_URL.value()
+        yield PREFECT_API_URL.value()
+        del os.environ["PREFECT_API_URL"]
+
+
+@pytest.fixture(scope="session")
+def dask_cluster(prefect_api, tmp_path_factory):
+    from distributed import LocalCluster
+
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                           local_directory=str(tmp_path_factory.mktemp("dask")))
+    yield cluster
+    cluster.close()
+
+
+@pytest.fixture
+def task_runner(dask_cluster):
+    from prefect_dask import DaskTaskRunner
+
+    return DaskTaskRunner(address=dask_cluster.scheduler_address)

@@ -1,0 +1,133 @@
+import numpy as np
+import pandas as pd
+import pytest
+import zarr
+from prefect.artifacts import Artifact
+
+from aml_model.catalog import CELL_COLUMNS, QUARANTINE_COLUMNS
+from aml_model.config import PreprocessConfig
+from aml_model.preprocess import decode_cell
+from flows.ingest import ingest
+from tasks import storage
+from tasks.runs import IncompleteRunError, RunConflictError, require_complete
+from tests.conftest import upload_folder
+from tests.corpus import compose_patient_cohort, write_bad_corpus
+
+
+def run_ingest(task_runner, **parameters):
+    return ingest.with_options(task_runner=task_runner)(**parameters)
+
+
+def reference_stack(uris, options=None, image_size=224):
+    config = PreprocessConfig(image_size=image_size)
+    return np.stack([decode_cell(storage.read_bytes(u, options), u, config) for u in uris])
+
+
+def test_real_lmu_cells_in_class_layout(lmu_cells, tmp_path, task_runner):
+    store = str(tmp_path / "store")
+    result = run_ingest(task_runner, source=str(lmu_cells), store=store, layout="class", run_id="lmu")
+    assert result["cells"] == 1400 and result["quarantined"] == 0 and result["layout"] == "class"
+    paths = storage.RunPaths(store, "lmu")
+    require_complete(paths)
+    cells = pd.read_parquet(paths.cells_table)
+    assert tuple(cells.columns) == CELL_COLUMNS
+    assert cells["label"].value_counts().to_dict() == {"blast": 700, "normal": 700}
+    assert cells["cell_id"].is_unique
+    quarantine = pd.read_parquet(paths.quarantine_table)
+    assert tuple(quarantine.columns) == QUARANTINE_COLUMNS and quarantine.empty
+    images = zarr.open_group(paths.cells_zarr, mode="r")["images"]
+    assert images.shape == (1400, 224, 224, 3) and images.dtype == np.uint8
+    assert images.chunks == (64, 224, 224, 3)
+    stored = images[:][cells["zarr_index"].to_numpy()]
+    np.testing.assert_array_equal(stored, reference_stack(cells["source_uri"]))
+    progress = Artifact.get("ingest-progress")
+    assert progress is not None and progress.type == "progress" and float(progress.data) == 100.0
+    summary = Artifact.get("ingest-summary")
+    assert summary is not None and "| cells | 1400 |" in summary.data
+
+
+def test_patient_cohort_bad_inputs_are_quarantined_and_good_ones_kept(tmp_path, task_runner):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    source = tmp_path / "src"
+    expected = write_bad_corpus(source, outside)
+    store = str(tmp_path / "store")
+    result = run_ingest(task_runner, source=str(source), store=store, layout="auto", image_size=32, chunk_cells=4)
+    assert result["layout"] == "patient"
+    paths = storage.RunPaths(store, result["run_id"])
+    cells = pd.read_parquet(paths.cells_table)
+    quarantine = pd.read_parquet(paths.quarantine_table)
+    kept = {uri.split("/src/")[1] for uri in cells["source_uri"]}
+    assert kept == {name for name, e in expected.items() if e["kept"]}
+    reasons = {uri.split("/src/")[1]: reason for uri, reason in zip(quarantine["source_uri"], quarantine["reason"], strict=True)}
+    assert set(reasons) == {name for name, e in expected.items() if not e["kept"]}
+    for name, reason in reasons.items():
+        assert expected[name]["reason"] in reason, (name, reason)
+    images = zarr.open_group(paths.cells_zarr, mode="r")["images"]
+    np.testing.assert_array_equal(images[:][cells["zarr_index"].to_numpy()],
+                                  reference_stack(cells["source_uri"], image_size=32))
+    report = storage.read_json(paths.report)
+    assert report["empty_patients"] == ["P3-empty"]
+    assert sorted(p.rsplit("/", 1)[-1] for p in report["ignored"]) == [".DS_Store", "README.txt"]
+
+
+def test_s3_source_into_s3_store(lmu_cells, tmp_path, s3_bucket, s3_endpoint, task_runner):
+    bucket, options = s3_bucket
+    local = compose_patient_cohort(lmu_cells, tmp_path / "cohort", {"A": (3, 2), "B": (1, 4)})
+    upload_folder(local, f"s3://{bucket}/smears", options)
+    store = f"s3://{bucket}/store"
+    result = run_ingest(task_runner, source=f"s3://{bucket}/smears", store=store, run_id="s3run",
+                        s3_endpoint_url=s3_endpoint, chunk_cells=4)
+    assert result["cells"] == 10
+    paths = storage.RunPaths(store, "s3run")
+    require_complete(paths, options)
+    cells = storage.read_table(paths.cells_table, options)
+    assert sorted(cells["patient_id"].value_counts().to_dict().items()) == [("A", 5), ("B", 5)]
+    images = storage.open_cells_array(paths.cells_zarr, options)
+    local_uris = [str(local / u.split("/smears/")[1]) for u in cells["source_uri"]]
+    np.testing.assert_array_equal(images[:][cells["zarr_index"].to_numpy()], reference_stack(local_uris))
+
+
+def shard_mtimes(root):
+    return {p.name: p.stat().st_mtime_ns for p in (root / "_shards" / "ingest").iterdir()}
+
+
+def test_rerun_is_idempotent_and_an_interrupted_run_is_completed(lmu_cells, tmp_path, task_runner):
+    source = compose_patient_cohort(lmu_cells, tmp_path / "cohort", {"A": (6, 4), "B": (2, 8)})
+    store = str(tmp_path / "store")
+    params = dict(source=str(source), store=store, image_size=32, chunk_cells=4, chunks_per_task=1)
+    first = run_ingest(task_runner, **params)
+    paths = storage.RunPaths(store, first["run_id"])
+    run_root = tmp_path / "store" / "runs" / first["run_id"]
+    cells_first = pd.read_parquet(paths.cells_table)
+    images_first = zarr.open_group(paths.cells_zarr, mode="r")["images"][:]
+    before = shard_mtimes(run_root)
+
+    again = run_ingest(task_runner, **params)
+    assert again["already_complete"] and again["run_id"] == first["run_id"]
+    assert shard_mtimes(run_root) == before, "a complete run is not redone"
+
+    # Simulate a crash after some chunks: no tables, no _SUCCESS, two shard markers lost.
+    for name in ("_SUCCESS", "cells.parquet", "quarantine.parquet"):
+        (run_root / name).unlink()
+    lost = sorted(before)[:2]
+    for name in lost:
+        (run_root / "_shards" / "ingest" / name).unlink()
+    with pytest.raises(IncompleteRunError, match="incomplete"):
+        require_complete(paths)
+    resumed = run_ingest(task_runner, **params)
+    assert not resumed["already_complete"]
+    after = shard_mtimes(run_root)
+    assert {n for n in before if after[n] != before[n]} == set(lost), "only the missing shards are redone"
+    pd.testing.assert_frame_equal(pd.read_parquet(paths.cells_table), cells_first)
+    np.testing.assert_array_equal(zarr.open_group(paths.cells_zarr, mode="r")["images"][:], images_first)
+    require_complete(paths)
+
+
+def test_a_run_id_holding_other_inputs_is_refused(lmu_cells, tmp_path, task_runner):
+    source = compose_patient_cohort(lmu_cells, tmp_path / "cohort", {"A": (1, 1)})
+    store = str(tmp_path / "store")
+    run_ingest(task_runner, source=str(source), store=store, run_id="r1", image_size=32)
+    (source / "A" / "extra.png").write_bytes((source / "A").glob("*.jpg").__next__().read_bytes())
+    with pytest.raises(RunConflictError, match="different input list"):
+        run_ingest(task_runner, source=str(source), store=store, run_id="r1", image_size=32)

@@ -1,0 +1,87 @@
+import pandas as pd
+import pytest
+
+from tasks.discover import discover
+from tests.conftest import upload_folder
+from tests.corpus import compose_patient_cohort, write_bad_corpus
+
+
+def test_lmu_folder_is_detected_as_class_layout(lmu_cells):
+    found = discover(str(lmu_cells))
+    assert found.layout == "class"
+    assert len(found.inputs) == 1400
+    assert {c.patient_id for c in found.inputs} == {"lmu-cells"}
+    by_label = pd.Series([c.label for c in found.inputs]).value_counts().to_dict()
+    assert by_label == {"blast": 700, "normal": 700}
+    assert all(("/MYO/" in c.uri) == (c.label == "blast") for c in found.inputs)
+    assert sorted(p.rsplit("/", 1)[-1] for p in found.ignored) == ["README.md", "labels.csv"]
+
+
+def test_patient_layout_with_labels_diagnoses_and_empty_folders(lmu_cells, tmp_path):
+    root = compose_patient_cohort(lmu_cells, tmp_path / "cohort", {"A": (2, 1), "B": (0, 2)})
+    (root / "patients.csv").write_text("patient_id,diagnosis\nA,aml\nB,healthy\n")
+    (root / "C").mkdir()
+    found = discover(str(root))
+    assert found.layout == "patient"
+    assert [c.patient_id for c in found.inputs] == ["A", "A", "A", "B", "B"]
+    assert sorted((c.patient_id, c.label) for c in found.inputs) == [
+        ("A", "blast"), ("A", "blast"), ("A", "normal"), ("B", "normal"), ("B", "normal")]
+    assert found.empty_patients == ["C"]
+    assert found.diagnoses == {"A": "aml", "B": "healthy"}
+
+
+def test_bad_corpus_discovery_ignores_non_images_and_refuses_escaping_links(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    expected = write_bad_corpus(tmp_path / "src", outside)
+    found = discover(str(tmp_path / "src"), layout="patient")
+    refused = {r["source_uri"].split("/src/")[1]: r["reason"] for r in found.rejected}
+    assert refused == {"P2/escape.png": "symbolic link points outside the source root"}
+    assert sorted(p.rsplit("/", 1)[-1] for p in found.ignored) == [".DS_Store", "README.txt"]
+    assert found.empty_patients == ["P3-empty"]
+    assert len(found.inputs) == len(expected) - 1
+
+
+def test_manifest_rows_missing_or_outside_the_root_are_refused(lmu_cells, tmp_path):
+    root = compose_patient_cohort(lmu_cells, tmp_path / "m", {"A": (1, 1)})
+    images = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.jpg"))
+    (tmp_path / "elsewhere.jpg").write_bytes((root / images[0]).read_bytes())
+    manifest = pd.DataFrame({
+        "image_uri": [images[0], str(root / images[1]), "A/missing.jpg", "../elsewhere.jpg", str(tmp_path / "elsewhere.jpg")],
+        "patient_id": ["A", "A", "A", "A", "A"],
+        "label": ["blast", "", "normal", "blast", "blast"],
+    })
+    manifest.to_csv(root / "manifest.csv", index=False)
+    found = discover(str(root / "manifest.csv"))
+    assert found.layout == "manifest"
+    assert [c.uri for c in found.inputs] == [str(root / images[0]), str(root / images[1])]
+    assert [c.label for c in found.inputs] == ["blast", None]
+    reasons = {r["source_uri"]: r["reason"] for r in found.rejected}
+    assert reasons["A/missing.jpg"] == "file not found"
+    assert reasons["../elsewhere.jpg"].startswith("path escapes the manifest root")
+    assert reasons[str(tmp_path / "elsewhere.jpg")].startswith("path escapes the manifest root")
+
+
+def test_manifest_without_required_columns_is_an_error(tmp_path):
+    (tmp_path / "m.csv").write_text("path,label\na.png,blast\n")
+    with pytest.raises(ValueError, match="lacks the column.*image_uri, patient_id"):
+        discover(str(tmp_path / "m.csv"))
+
+
+def test_missing_source_and_bad_layout(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        discover(str(tmp_path / "nope"))
+    with pytest.raises(ValueError, match="layout 'grid'"):
+        discover(str(tmp_path), layout="grid")
+
+
+def test_s3_source_patient_layout(lmu_cells, tmp_path, s3_bucket):
+    bucket, options = s3_bucket
+    root = compose_patient_cohort(lmu_cells, tmp_path / "cohort", {"A": (1, 1), "B": (1, 0)})
+    upload_folder(root, f"s3://{bucket}/smears", options)
+    found = discover(f"s3://{bucket}/smears", storage_options=options)
+    assert found.layout == "patient"
+    assert [c.uri.split("/smears/")[1] for c in found.inputs] == sorted(
+        p.relative_to(root).as_posix() for p in root.rglob("*.jpg"))
+    assert all(c.uri.startswith(f"s3://{bucket}/smears/") for c in found.inputs)
+    assert sorted(c.label for c in found.inputs) == ["blast", "blast", "normal"]
