@@ -9,7 +9,7 @@ import keras
 from aml_model.config import ModelConfig
 from aml_model.weights import fetch_weights_file, imagenet_weights_file
 
-__all__ = ["BACKBONE_NAME", "build_backbone", "build_head", "build_model", "compile_model",
+__all__ = ["BACKBONE_NAME", "assemble_model", "build_backbone", "build_head", "build_model", "compile_model",
            "resolve_backbone_weights"]
 
 logger = logging.getLogger(__name__)
@@ -118,3 +118,18 @@ def build_model(config: ModelConfig, storage_options: dict | None = None) -> ker
         outputs = layer(outputs)
     model = keras.Model(inputs, outputs, name="hassan_resnet50_aml")
     return compile_model(model, config)
+
+
+def assemble_model(config: ModelConfig, head: keras.Model, storage_options: dict | None = None) -> keras.Model:
+    """The full paper model from a head trained on cached features.
+
+    Builds :func:`build_model` (its backbone from ``config.backbone_weights``, which must be the
+    weights the features were computed with) and copies the head's weights in by layer name.
+
+    Returns:
+        A compiled model identical in architecture to ``build_model(config)``.
+    """
+    model = build_model(config, storage_options)
+    for layer in head.layers:
+        model.get_layer(layer.name).set_weights(layer.get_weights())
+    return model

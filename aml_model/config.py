@@ -17,6 +17,7 @@ __all__ = [
     "ExperimentConfig",
     "ModelConfig",
     "PreprocessConfig",
+    "SummaryConfig",
     "TrainConfig",
 ]
 
@@ -192,3 +193,31 @@ class ExperimentConfig:
             train=TrainConfig(**train),
             threshold=data.get("threshold", 0.5),
         )
+
+
+@dataclass(frozen=True)
+class SummaryConfig:
+    """The per-patient call rule (DESIGN.md, "Per-patient AML call").
+
+    Attributes:
+        threshold: a cell with probability >= threshold is blast-like.
+        blast_cutoff: blast-like fraction at which AML is suspected (0.2: the WHO criterion).
+        min_cells: fewer scored cells than this gives INSUFFICIENT_CELLS.
+        confidence: level of the Clopper-Pearson interval of the blast-like fraction.
+        max_quarantine_fraction: above this share of a patient's inputs quarantined, the
+            summary carries the ``high_quarantine_rate`` QC flag.
+    """
+
+    threshold: float = 0.5
+    blast_cutoff: float = 0.2
+    min_cells: int = 100
+    confidence: float = 0.95
+    max_quarantine_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        _require(0 < self.threshold < 1, "threshold", self.threshold, "a probability in (0, 1)")
+        _require(0 < self.blast_cutoff < 1, "blast_cutoff", self.blast_cutoff, "a fraction in (0, 1)")
+        _require(self.min_cells >= 1, "min_cells", self.min_cells, "an integer >= 1")
+        _require(0 < self.confidence < 1, "confidence", self.confidence, "a level in (0, 1)")
+        _require(0 <= self.max_quarantine_fraction <= 1, "max_quarantine_fraction",
+                 self.max_quarantine_fraction, "a fraction in [0, 1]")

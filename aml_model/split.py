@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.model_selection import GroupShuffleSplit, train_test_split
+from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
 __all__ = ["split_indices"]
 
@@ -22,8 +22,9 @@ def split_indices(
 ) -> dict[str, np.ndarray]:
     """Split cells into train, validation and test index sets.
 
-    With ``groups`` (patient ids) no group appears in two splits; without them the split
-    is by cell and stratified by label.
+    With ``groups`` (patient ids) no group appears in two splits, and the label balance is
+    kept as far as whole groups allow (stratified group folds); without them the split is by
+    cell and stratified by label.
 
     Args:
         labels: `(n,)` 0/1 labels.
@@ -39,6 +40,10 @@ def split_indices(
     index = np.arange(n)
     _, val_fraction, test_fraction = fractions
     holdout = val_fraction + test_fraction
+    if groups is not None and np.unique(groups).size < round(1 / test_fraction):
+        message = (f"a split by patient needs at least {round(1 / test_fraction)} patients, found "
+                   f"{np.unique(groups).size}; split by cell instead (groups=None)")
+        raise ValueError(message)
     if groups is None:
         train, rest = train_test_split(index, test_size=holdout, random_state=seed,
                                        stratify=_stratify_or_none(labels))
@@ -46,9 +51,11 @@ def split_indices(
                                      stratify=_stratify_or_none(labels[rest]))
     else:
         groups = np.asarray(groups)
-        outer = GroupShuffleSplit(n_splits=1, test_size=holdout, random_state=seed)
-        train, rest = next(outer.split(index, labels, groups))
-        inner = GroupShuffleSplit(n_splits=1, test_size=test_fraction / holdout, random_state=seed)
-        val_pos, test_pos = next(inner.split(rest, labels[rest], groups[rest]))
-        val, test = rest[val_pos], rest[test_pos]
+        # A test fold of 1/k of the groups, then a validation fold of the rest.
+        outer = StratifiedGroupKFold(n_splits=max(2, round(1 / test_fraction)), shuffle=True, random_state=seed)
+        rest, test = next(outer.split(index, labels, groups))
+        inner = StratifiedGroupKFold(n_splits=max(2, round((1 - test_fraction) / val_fraction)), shuffle=True,
+                                     random_state=seed)
+        train_pos, val_pos = next(inner.split(rest, labels[rest], groups[rest]))
+        train, val = rest[train_pos], rest[val_pos]
     return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}

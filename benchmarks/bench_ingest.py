@@ -15,12 +15,11 @@ def measure(n_workers: int, source: str) -> float:
     from distributed import LocalCluster
     from prefect_dask import DaskTaskRunner
 
+    from flows.runner import local_cluster_kwargs
+
     from flows.ingest import ingest
 
-    with tempfile.TemporaryDirectory() as store, LocalCluster(
-        n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None,
-        local_directory=tempfile.gettempdir(),
-    ) as cluster:
+    with tempfile.TemporaryDirectory() as store, LocalCluster(**local_cluster_kwargs(n_workers)) as cluster:
         runner = DaskTaskRunner(address=cluster.scheduler_address)
         started = time.perf_counter()
         result = ingest.with_options(task_runner=runner)(source=source, store=store, layout="class")

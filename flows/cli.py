@@ -83,19 +83,87 @@ def ingest_command(source, store, layout, run_id, image_size, workers, scheduler
                f"(layout {result['layout']}) -> {result['run']}")
 
 
+def _echo_patients(result: dict) -> None:
+    from aml_model.aggregate import RESEARCH_NOTE
+
+    click.echo(f"run {result['run_id']}: {result['cells']} cells scored with model {result['model_version']}, "
+               f"{result['quarantined']} inputs quarantined -> {result['run']}")
+    click.echo(f"{'patient':<16} {'scored':>6} {'blast-like':>10} {'fraction (95% CI)':>24}  call")
+    for row in result["patients"]:
+        fraction = ("n/a" if row["n_scored"] == 0 else
+                    f"{row['blast_fraction']:.1%} ({row['ci_low']:.1%}-{row['ci_high']:.1%})")
+        click.echo(f"{row['patient_id']:<16} {row['n_scored']:>6} {row['n_blast_like']:>10} {fraction:>24}  "
+                   f"{row['call']}")
+    click.echo(RESEARCH_NOTE)
+
+
+@cli.command("score")
+@click.argument("source")
+@click.option("--store", required=True, help="Run store (and model registry): a folder or an s3:// URL.")
+@click.option("--model", default="champion", show_default=True, help="champion, a registered version, or a .keras path/URL.")
+@click.option("--run-id", default=None, help="Run id [default: from the source, its inputs and the model].")
+@click.option("--threshold", default=0.5, show_default=True, help="Probability at which a cell is blast-like.")
+@click.option("--blast-cutoff", default=0.2, show_default=True, help="Blast-like fraction that suspects AML.")
+@click.option("--min-cells", default=100, show_default=True, help="Fewer scored cells give INSUFFICIENT_CELLS.")
+@click.option("--layout", type=_LAYOUTS, default="auto", show_default=True)
+@click.option("--batch-size", default=64, show_default=True, help="Cells per forward pass.")
+@click.option("--precision", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32",
+              show_default=True, help="Inference precision (bfloat16: CPUs with AMX; float16: GPUs).")
+@_cluster_options
+def score_command(source, store, model, run_id, threshold, blast_cutoff, min_cells, layout, batch_size, precision,
+                  workers, scheduler, s3_endpoint_url) -> None:
+    """Score the cells of SOURCE and call each patient."""
+    from flows.score import score_smears
+
+    result = _run_flow(score_smears, workers, scheduler, source=source, store=store, model=model, run_id=run_id,
+                       threshold=threshold, blast_cutoff=blast_cutoff, min_cells=min_cells, layout=layout,
+                       batch_size=batch_size, precision=precision, s3_endpoint_url=s3_endpoint_url)
+    _echo_patients(result)
+
+
+@cli.command("retrain")
+@click.argument("sources", nargs=-1, required=True)
+@click.option("--store", required=True, help="Run store and model registry: a folder or an s3:// URL.")
+@click.option("--epochs", default=50, show_default=True)
+@click.option("--patience", default=5, show_default=True, help="Early-stopping patience on validation loss.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--backbone-weights", default="imagenet", show_default=True, help="imagenet, none, or a weights file path/URL.")
+@click.option("--backbone-weights-sha256", default=None, help="Expected sha256 of the weights file.")
+@click.option("--image-size", default=224, show_default=True)
+@click.option("--augment-views", default=2, show_default=True, help="Augmented views per training cell (cached path).")
+@click.option("--promotion-margin", default=0.005, show_default=True, help="Tolerated ROC AUC drop against the champion.")
+@click.option("--training-path", type=click.Choice(["cached", "plain"]), default="cached", show_default=True)
+@click.option("--layout", type=_LAYOUTS, default="auto", show_default=True)
+@_cluster_options
+def retrain_command(sources, store, epochs, patience, seed, backbone_weights, backbone_weights_sha256, image_size,
+                    augment_views, promotion_margin, training_path, layout, workers, scheduler, s3_endpoint_url):
+    """Train and evaluate the paper's model on labelled SOURCES; promote it if no worse."""
+    from flows.retrain import retrain_and_evaluate
+
+    result = _run_flow(retrain_and_evaluate, workers, scheduler, sources=list(sources), store=store, epochs=epochs,
+                       patience=patience, seed=seed, backbone_weights=backbone_weights,
+                       backbone_weights_sha256=backbone_weights_sha256, image_size=image_size,
+                       augment_views=augment_views, promotion_margin=promotion_margin, training_path=training_path,
+                       layout=layout, s3_endpoint_url=s3_endpoint_url)
+    m = result["metrics"]
+    click.echo(f"model {result['version']} ({'champion' if result['promoted'] else 'candidate'}): test ROC AUC "
+               f"{m['roc_auc']:.3f}, accuracy {m['accuracy']:.3f}, sensitivity {m['sensitivity']:.3f}, "
+               f"specificity {m['specificity']:.3f}, F1 {m['f1']:.3f} on {m['n']} cells")
+    click.echo(f"{result['reason']}; {result['embedded']} new embeddings; {result['seconds']:.0f} s -> {result['model']}")
+
+
 @cli.command("demo")
 @click.option("--store", default="demo-store", show_default=True, type=click.Path(file_okay=False),
               help="Folder for the demo data and outputs.")
 @click.option("--epochs", default=15, show_default=True, help="Maximum training epochs.")
-def demo(store: str, epochs: int) -> None:
-    """Train and evaluate the model on built-in synthetic demo data."""
-    from flows.demo import run_demo
+@_cluster_options
+def demo(store: str, epochs: int, workers, scheduler, s3_endpoint_url) -> None:
+    """The whole pipeline on built-in synthetic demo data: train, register, score, call."""
+    from flows.demo import demo_flow
 
-    try:
-        outputs = run_demo(Path(store), epochs=epochs, echo=click.echo)
-    except Exception as exc:  # the CLI's contract is a one-line reason
-        raise _CliError(f"demo failed: {exc}") from exc
-    click.echo(f"demo outputs: {outputs}")
+    result = _run_flow(demo_flow, workers, scheduler, store=str(Path(store).resolve()), epochs=epochs)
+    _echo_patients(result)
+    click.echo(f"demo outputs: {result['store']} (model {result['model_dir']}, run {result['run']})")
 
 
 def main() -> None:

@@ -28,6 +28,7 @@ def ingest(
     s3_endpoint_url: str | None = None,
     manifest_root: str | None = None,
     mark_success: bool = True,
+    run_id_suffix: str = "",
 ) -> dict:
     """Decode every cell image of ``source`` into ``store``/runs/<run_id>/.
 
@@ -44,6 +45,7 @@ def ingest(
         s3_endpoint_url: S3-compatible endpoint (MinIO, moto) for s3:// URLs.
         manifest_root: manifest entries must lie under this URL (default: the manifest's folder).
         mark_success: write ``_SUCCESS`` at the end (False when a parent flow goes on).
+        run_id_suffix: appended to a derived run id (a parent flow adds its model version).
 
     Returns:
         Summary: run_id, run root, layout, counts of inputs, cells, quarantined inputs, and
@@ -64,7 +66,7 @@ def ingest(
         raise FileNotFoundError(message)
 
     fingerprint = plan_hash(found.inputs, image_size, chunk_cells)
-    run_id = run_id or f"{posixpath.basename(source.rstrip('/')).rsplit('.', 1)[0]}-{fingerprint[:12]}"
+    run_id = run_id or f"{posixpath.basename(source.rstrip('/')).rsplit('.', 1)[0]}-{fingerprint[:12]}{run_id_suffix}"
     paths = storage.RunPaths(store, run_id)
     state = run_state(paths, store_options)
     if state.plan is not None and state.plan.get("fingerprint") != fingerprint:

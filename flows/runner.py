@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from prefect.settings import PREFECT_API_URL
 from prefect_dask import DaskTaskRunner
 
-__all__ = ["dask_task_runner", "quiet_dask_logs", "shared_prefect_api"]
+__all__ = ["dask_task_runner", "local_cluster_kwargs", "quiet_dask_logs", "shared_prefect_api"]
 
 
 @contextlib.contextmanager
@@ -65,13 +65,21 @@ def dask_task_runner(workers: int | None = None, scheduler: str | None = None) -
     if n_workers < 1:
         message = f"workers={n_workers} is invalid: expected at least 1"
         raise ValueError(message)
-    return DaskTaskRunner(
-        cluster_class="distributed.LocalCluster",
-        cluster_kwargs={
-            "n_workers": n_workers,
-            "threads_per_worker": 1,
-            "processes": True,
-            "dashboard_address": None,
-            "local_directory": os.path.join(tempfile.gettempdir(), "aml-smear-dask"),
-        },
-    )
+    return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=local_cluster_kwargs(n_workers))
+
+
+def local_cluster_kwargs(n_workers: int) -> dict:
+    """LocalCluster settings: single-threaded task slots, each worker's TensorFlow sized to its cores.
+
+    Dask starts workers with OMP_NUM_THREADS=1, which would hold TensorFlow to one core even
+    when one worker has the whole machine; the machine's cores are shared out instead.
+    """
+    threads = str(max(1, (os.cpu_count() or 1) // n_workers))
+    return {
+        "n_workers": n_workers,
+        "threads_per_worker": 1,
+        "processes": True,
+        "dashboard_address": None,
+        "local_directory": os.path.join(tempfile.gettempdir(), "aml-smear-dask"),
+        "env": {"OMP_NUM_THREADS": threads, "TF_NUM_INTRAOP_THREADS": threads, "TF_NUM_INTEROP_THREADS": "1"},
+    }

@@ -23,6 +23,7 @@ import zarr
 __all__ = [
     "RunPaths",
     "create_cells_array",
+    "create_probabilities_array",
     "exists",
     "join",
     "open_cells_array",
@@ -34,6 +35,7 @@ __all__ = [
     "write_bytes",
     "write_json",
     "write_table",
+    "zarr_store",
 ]
 
 IMAGES = "images"
@@ -118,7 +120,7 @@ def read_table(url: str, storage_options: dict | None = None) -> pd.DataFrame:
     return pd.read_parquet(io.BytesIO(read_bytes(url, storage_options)))
 
 
-def _zarr_store(url: str, storage_options: dict | None, read_only: bool):
+def zarr_store(url: str, storage_options: dict | None, read_only: bool) -> zarr.abc.store.Store:
     fs, path = _fs(url, storage_options)
     if _is_local(fs):
         return zarr.storage.LocalStore(path, read_only=read_only)
@@ -133,7 +135,7 @@ def create_cells_array(
     Shape `(n_cells, image_size, image_size, 3)` uint8, one chunk per ``chunk_cells`` cells, so
     a task that owns a whole chunk range never shares a chunk with another task.
     """
-    store = _zarr_store(url, storage_options, read_only=False)
+    store = zarr_store(url, storage_options, read_only=False)
     group = zarr.open_group(store, mode="a")
     shape = (n_cells, image_size, image_size, 3)
     if IMAGES in group:
@@ -152,10 +154,23 @@ def create_cells_array(
     )
 
 
+def create_probabilities_array(url: str, n_cells: int, chunk_cells: int,
+                               storage_options: dict | None = None) -> zarr.Array:
+    """The ``probabilities`` array of a cells group: float32 `(n_cells,)`, NaN until scored.
+
+    Chunked like the images, so the task that scores a chunk range owns its chunks here too.
+    """
+    group = zarr.open_group(zarr_store(url, storage_options, read_only=False), mode="a")
+    if PROBABILITIES in group and group[PROBABILITIES].shape == (n_cells,):
+        return group[PROBABILITIES]
+    return group.create_array(PROBABILITIES, shape=(n_cells,), chunks=(chunk_cells,), dtype="float32",
+                              fill_value=float("nan"), dimension_names=("cell",), overwrite=True)
+
+
 def open_cells_array(url: str, storage_options: dict | None = None, name: str = IMAGES,
                      read_only: bool = True) -> zarr.Array:
     """Open one array (``images`` or ``probabilities``) of a cells group."""
-    store = _zarr_store(url, storage_options, read_only=read_only)
+    store = zarr_store(url, storage_options, read_only=read_only)
     return zarr.open_group(store, mode="r" if read_only else "r+")[name]
 
 

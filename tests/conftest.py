@@ -72,3 +72,25 @@ def upload_folder(local: Path, url: str, storage_options: dict) -> None:
         if path.is_file():
             fs.pipe_file(f"{root}/{path.relative_to(local).as_posix()}", path.read_bytes())
     fs.invalidate_cache()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_file(lmu_cells, tmp_path_factory) -> Path:
+    """A 32x32 paper-architecture model trained briefly on 240 real cells, saved as .keras."""
+    import keras
+    import numpy as np
+
+    from aml_model.config import ExperimentConfig, PreprocessConfig
+    from aml_model.experiment import run_experiment
+    from aml_model.io import save_model
+    from aml_model.preprocess import decode_cell
+    from tests.corpus import lmu_rows
+
+    rows = [r for r in lmu_rows(lmu_cells) if r["label"] == "blast"][:120] + \
+           [r for r in lmu_rows(lmu_cells) if r["label"] == "normal"][:120]
+    config = PreprocessConfig(image_size=32)
+    images = np.stack([decode_cell((lmu_cells / r["file"]).read_bytes(), r["file"], config) for r in rows])
+    labels = np.array([r["label"] == "blast" for r in rows], dtype=int)
+    keras.utils.set_random_seed(0)
+    result = run_experiment(images, labels, ExperimentConfig.tiny(image_size=32, epochs=4))
+    return save_model(result.model, tmp_path_factory.mktemp("model") / "tiny.keras")

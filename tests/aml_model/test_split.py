@@ -26,3 +26,13 @@ def test_patient_split_keeps_each_patient_in_one_part():
     assert parts[0].isdisjoint(parts[1]) and parts[0].isdisjoint(parts[2]) and parts[1].isdisjoint(parts[2])
     assert sum(len(p) for p in parts) == 20
     assert len(parts[0]) == pytest.approx(16, abs=1)
+
+
+def test_patient_split_keeps_label_balance_and_refuses_too_few_patients():
+    groups = np.repeat([f"P{i:02d}" for i in range(30)], 10)
+    labels = np.repeat(np.arange(30) % 3 == 0, 10).astype(int)  # a third of the patients all-blast
+    split = split_indices(labels, groups, seed=2)
+    for part in ("val", "test"):
+        assert 0 < labels[split[part]].mean() < 1, f"{part} holds both classes"
+    with pytest.raises(ValueError, match="needs at least 10 patients, found 3"):
+        split_indices(np.array([0, 1, 0]), np.array(["a", "b", "c"]))

@@ -19,16 +19,32 @@ def test_model_summary_prints_the_paper_architecture():
         assert name in result.output
 
 
-def test_demo_trains_evaluates_and_says_where(tmp_path):
+def test_demo_runs_the_pipeline_and_prints_the_calls(tmp_path, dask_cluster):
+    import pandas as pd
+
+    from aml_model.aggregate import PATIENT_COLUMNS
+
     store = tmp_path / "store"
-    result = CliRunner().invoke(cli, ["demo", "--store", str(store), "--epochs", "3"])
+    result = CliRunner().invoke(cli, ["demo", "--store", str(store), "--epochs", "3",
+                                      "--scheduler", dask_cluster.scheduler_address])
     assert result.exit_code == 0, result.output
-    out = store / "demo-model"
-    assert f"demo outputs: {out}" in result.output
-    for name in ("model.keras", "learning_curves.png", "confusion_matrix.png", "roc_curve.png", "f1_curve.png"):
-        assert (out / name).stat().st_size > 0
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["n"] == 24 and 0 <= metrics["roc_auc"] <= 1
+    assert f"demo outputs: {store}" in result.output
+    for patient in ("SYN-AML-01", "SYN-HLT-03"):
+        assert patient in result.output
+    assert "research use only: not a diagnosis" in result.output
+    champion = json.loads((store / "models" / "champion.json").read_text())["version"]
+    model_dir = store / "models" / champion
+    for name in ("model.keras", "model_card.json", "learning_curves.png", "confusion_matrix.png", "roc_curve.png",
+                 "f1_curve.png"):
+        assert (model_dir / name).stat().st_size > 0
+    # Two runs: the ingested training cohort, and the scored demo cohort.
+    runs = sorted((store / "runs").iterdir())
+    assert len(runs) == 2 and all((r / "_SUCCESS").exists() for r in runs)
+    (run,) = [r for r in runs if (r / "patients.parquet").exists()]
+    patients = pd.read_parquet(run / "patients.parquet")
+    assert tuple(patients.columns) == PATIENT_COLUMNS and len(patients) == 6
+    assert set(patients["call"]) <= {"AML_SUSPECTED", "NOT_SUSPECTED", "INDETERMINATE", "INSUFFICIENT_CELLS"}
+    assert len(pd.read_parquet(run / "cells.parquet")) == 240
 
 
 def test_ingest_command_reports_counts_and_reruns_without_work(tmp_path, lmu_cells, dask_cluster):
@@ -51,3 +67,23 @@ def test_ingest_command_fails_with_one_line_reason(tmp_path, dask_cluster):
                                       "--scheduler", dask_cluster.scheduler_address])
     assert result.exit_code == 1
     assert f"Error: source {tmp_path / 'missing'} does not exist" in result.output
+
+
+def test_score_command_prints_the_patient_table(tmp_path, lmu_cells, dask_cluster, tiny_model_file):
+    from tests.corpus import compose_patient_cohort
+
+    source = compose_patient_cohort(lmu_cells, tmp_path / "cohort", {"A": (3, 2)})
+    result = CliRunner().invoke(cli, ["score", str(source), "--store", str(tmp_path / "store"), "--model",
+                                      str(tiny_model_file), "--min-cells", "3", "--scheduler",
+                                      dask_cluster.scheduler_address])
+    assert result.exit_code == 0, result.output
+    assert "5 cells scored with model file-" in result.output
+    assert any(line.startswith("A ") and line.rstrip().endswith(("AML_SUSPECTED", "NOT_SUSPECTED", "INDETERMINATE"))
+               for line in result.output.splitlines())
+
+
+def test_score_without_a_model_fails_with_the_way_out(tmp_path, dask_cluster):
+    result = CliRunner().invoke(cli, ["score", str(tmp_path), "--store", str(tmp_path / "s"), "--scheduler",
+                                      dask_cluster.scheduler_address])
+    assert result.exit_code == 1
+    assert "no champion model" in result.output and "aml-smear retrain" in result.output

@@ -1,0 +1,132 @@
+"""Per-patient AML call from cell probabilities (DESIGN.md, "Per-patient AML call")."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy.stats import binomtest
+
+from aml_model.config import SummaryConfig
+
+__all__ = ["CALLS", "PATIENT_COLUMNS", "RESEARCH_NOTE", "PatientSummary", "summarise_cohort", "summarise_patient"]
+
+RESEARCH_NOTE = "research use only: not a diagnosis"
+CALLS = ("AML_SUSPECTED", "NOT_SUSPECTED", "INDETERMINATE", "INSUFFICIENT_CELLS")
+PATIENT_COLUMNS = (
+    "patient_id", "n_cells", "n_scored", "n_quarantined", "n_blast_like", "blast_fraction",
+    "ci_low", "ci_high", "mean_probability", "median_probability", "call", "qc_flags",
+    "model_version", "threshold", "blast_cutoff", "min_cells", "note",
+)
+
+
+@dataclass(frozen=True)
+class PatientSummary:
+    """One patient's summary; fields are the columns of patients.parquet.
+
+    ``n_cells`` counts the inputs found (scored + quarantined). Fractions and probabilities
+    are NaN when no cell was scored. ``qc_flags`` is a ";"-joined list, empty when clean.
+    """
+
+    patient_id: str
+    n_cells: int
+    n_scored: int
+    n_quarantined: int
+    n_blast_like: int
+    blast_fraction: float
+    ci_low: float
+    ci_high: float
+    mean_probability: float
+    median_probability: float
+    call: str
+    qc_flags: str
+    model_version: str
+    threshold: float
+    blast_cutoff: float
+    min_cells: int
+    note: str = RESEARCH_NOTE
+
+
+def summarise_patient(
+    patient_id: str,
+    probabilities: np.ndarray,
+    n_quarantined: int,
+    config: SummaryConfig,
+    model_version: str,
+) -> PatientSummary:
+    """Count blast-like cells, bound their fraction, and make the call.
+
+    The call: INSUFFICIENT_CELLS below ``min_cells`` scored cells; else AML_SUSPECTED when the
+    interval's lower bound is at or above ``blast_cutoff``, NOT_SUSPECTED when its upper bound
+    is below it, INDETERMINATE otherwise. The interval is the exact (Clopper-Pearson) one.
+
+    Args:
+        patient_id: the patient.
+        probabilities: `(n_scored,)` blast probabilities of the patient's scored cells.
+        n_quarantined: inputs of this patient that were quarantined.
+        config: threshold, cut-off, minimum cells and interval level.
+        model_version: the model that produced the probabilities.
+    """
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    n_scored = int(probabilities.size)
+    n_blast = int((probabilities >= config.threshold).sum())
+    flags = []
+    if n_scored:
+        interval = binomtest(n_blast, n_scored).proportion_ci(config.confidence, method="exact")
+        ci_low, ci_high = float(interval.low), float(interval.high)
+        fraction = n_blast / n_scored
+        mean, median = float(probabilities.mean()), float(np.median(probabilities))
+    else:
+        ci_low = ci_high = fraction = mean = median = float("nan")
+        flags.append("no_scored_cells")
+    if n_scored < config.min_cells:
+        call = "INSUFFICIENT_CELLS"
+        flags.append(f"fewer_than_{config.min_cells}_cells")
+    elif ci_low >= config.blast_cutoff:
+        call = "AML_SUSPECTED"
+    elif ci_high < config.blast_cutoff:
+        call = "NOT_SUSPECTED"
+    else:
+        call = "INDETERMINATE"
+    n_cells = n_scored + int(n_quarantined)
+    if n_cells and n_quarantined / n_cells > config.max_quarantine_fraction:
+        flags.append("high_quarantine_rate")
+    return PatientSummary(
+        patient_id=patient_id, n_cells=n_cells, n_scored=n_scored, n_quarantined=int(n_quarantined),
+        n_blast_like=n_blast, blast_fraction=fraction, ci_low=ci_low, ci_high=ci_high,
+        mean_probability=mean, median_probability=median, call=call, qc_flags=";".join(flags),
+        model_version=model_version, threshold=config.threshold, blast_cutoff=config.blast_cutoff,
+        min_cells=config.min_cells,
+    )
+
+
+def summarise_cohort(
+    cells: pd.DataFrame,
+    quarantine: pd.DataFrame,
+    config: SummaryConfig,
+    model_version: str,
+    extra_patients: tuple[str, ...] = (),
+) -> pd.DataFrame:
+    """Summaries of every patient that has cells, quarantined inputs, or is listed in ``extra_patients``.
+
+    Args:
+        cells: one row per scored cell with patient_id and probability.
+        quarantine: one row per quarantined input with patient_id.
+        config: the call rule.
+        model_version: recorded in every row.
+        extra_patients: patients known to exist without any input (empty folders).
+
+    Returns:
+        A new DataFrame with :data:`PATIENT_COLUMNS`, sorted by patient_id.
+    """
+    quarantined = quarantine["patient_id"].value_counts().to_dict() if len(quarantine) else {}
+    by_patient = {pid: group["probability"].to_numpy() for pid, group in cells.groupby("patient_id", sort=True)}
+    patients = sorted((set(by_patient) | set(quarantined) | set(extra_patients)) - {""})
+    rows = [
+        dataclasses.asdict(summarise_patient(pid, by_patient.get(pid, np.zeros(0)), quarantined.get(pid, 0),
+                                             config, model_version))
+        for pid in patients
+    ]
+    return pd.DataFrame(rows, columns=list(PATIENT_COLUMNS))

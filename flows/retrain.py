@@ -1,0 +1,175 @@
+"""The ``retrain-and-evaluate`` flow: ingest -> split -> embed -> train -> evaluate -> register -> promote."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from datetime import UTC, datetime
+
+import numpy as np
+import pandas as pd
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from aml_model.config import AugmentConfig, ExperimentConfig, ModelConfig, TrainConfig
+from aml_model.evaluate import compute_metrics
+from aml_model.promotion import decide_promotion
+from aml_model.split import split_indices
+from flows.ingest import ingest
+from tasks import storage
+from tasks.features import ROWS_PER_CHUNK, FeatureCache, embed_shard, prepare_backbone
+from tasks.registry import set_champion
+from tasks.training import (champion_comparisons, evaluation_files, load_cells, load_training_set,
+                            register_challenger, train_on_features, train_plain)
+
+__all__ = ["retrain_and_evaluate"]
+
+
+def _embed_missing(cache: FeatureCache, store: str, needed: pd.DataFrame, feature_shape, config,
+                   store_options) -> tuple[pd.DataFrame, int]:
+    """Embed the (sha256, view) pairs not yet cached on the Dask workers; returns the index and the count."""
+    index = cache.read_index()
+    known = needed.merge(index, on=["sha256", "view"], how="left")
+    missing = known[known["row"].isna()].drop(columns="row").reset_index(drop=True)
+    if len(missing):
+        first = cache.allocate(len(missing), feature_shape)
+        futures = [
+            embed_shard.submit(
+                [(r.cells_zarr, int(r.zarr_index), int(r.view)) for r in missing.iloc[s:s + ROWS_PER_CHUNK].itertuples()],
+                first + s, store, cache.backbone_id, config.model.image_size,
+                config.train.augment, config.train.seed, store_options)
+            for s in range(0, len(missing), ROWS_PER_CHUNK)
+        ]
+        done = sum(f.result() for f in futures)
+        if done != len(missing):
+            message = f"embedding wrote {done} rows, expected {len(missing)}"
+            raise RuntimeError(message)
+        added = missing[["sha256", "view"]].assign(row=np.arange(first, first + len(missing)))
+        index = pd.concat([index, added], ignore_index=True)
+        # The index is the commit point: rows become visible only once all of them are written.
+        storage.write_table(index, cache.index_url, store_options)
+    return index, len(missing)
+
+
+@flow(name="retrain-and-evaluate", validate_parameters=True)
+def retrain_and_evaluate(
+    sources: list[str],
+    store: str,
+    epochs: int = 50,
+    patience: int = 5,
+    seed: int = 0,
+    backbone_weights: str = "imagenet",
+    backbone_weights_sha256: str | None = None,
+    image_size: int = 224,
+    augment_views: int = 2,
+    promotion_margin: float = 0.005,
+    training_path: str = "cached",
+    layout: str = "auto",
+    s3_endpoint_url: str | None = None,
+) -> dict:
+    """Train the paper's model on labelled cells, evaluate it, register it, promote it if no worse.
+
+    Args:
+        sources: labelled cell collections (patient, class or manifest layout; fsspec URLs).
+        store: run store and model registry.
+        epochs, patience, seed: training length, early-stopping patience, and the seed of
+            the split, initialisation, shuffling and augmentation.
+        backbone_weights: "imagenet", a weights file path/URL, or "none".
+        backbone_weights_sha256: checked against the weights file when given.
+        image_size: model input side, pixels (224 in the paper).
+        augment_views: augmented views per training cell in the feature cache (cached path).
+        promotion_margin: tolerated drop of ROC AUC against the champion.
+        training_path: "cached" (head on cached backbone features) or "plain" (backbone in the
+            loop, augmentation each epoch).
+        layout, s3_endpoint_url: as for ``ingest``.
+
+    Returns:
+        version, promoted, decision reason, test metrics, embedded count, sizes and wall time.
+    """
+    logger = get_run_logger()
+    started, began = time.perf_counter(), datetime.now(UTC)
+    if training_path not in ("cached", "plain"):
+        message = f"training_path {training_path!r} is not 'cached' or 'plain'"
+        raise ValueError(message)
+    config = ExperimentConfig(
+        model=ModelConfig(image_size=image_size, backbone_weights=backbone_weights,
+                          backbone_weights_sha256=backbone_weights_sha256),
+        train=TrainConfig(epochs=epochs, early_stopping_patience=patience, seed=seed, augment=AugmentConfig()),
+    )
+    store_options = storage.storage_options_for(store, s3_endpoint_url)
+    runs = [ingest(source=s, store=store, layout=layout, image_size=image_size, s3_endpoint_url=s3_endpoint_url)
+            for s in sources]
+    paths = [storage.RunPaths(store, r["run_id"]) for r in runs]
+    data = load_training_set(paths, store_options)
+    logger.info("%d labelled cells (%d blast); %d cells without a label are not used; %d duplicate images dropped",
+                len(data.cells), data.y.sum(), data.n_unlabelled, data.n_duplicates)
+    if len(data.cells) < 10 or len(np.unique(data.y)) < 2:
+        message = f"training needs labelled cells of both classes; found {len(data.cells)} ({data.y.sum()} blast)"
+        raise ValueError(message)
+    n_patients = data.cells["patient_id"].nunique()
+    by_patient = all(r["layout"] != "class" for r in runs) and n_patients >= round(1 / config.train.test_fraction)
+    fractions = (config.train.train_fraction, config.train.val_fraction, config.train.test_fraction)
+    split = split_indices(data.y, data.cells["patient_id"].to_numpy() if by_patient else None, fractions, seed)
+    logger.info("split by %s (seed %d): %s", "patient" if by_patient else "cell", seed,
+                {k: len(v) for k, v in split.items()})
+
+    backbone_id, _, feature_shape = prepare_backbone(config.model, store, store_options, seed)
+    cache = FeatureCache(store, backbone_id, store_options)
+    test = data.cells.iloc[split["test"]].reset_index(drop=True)
+    test_images = load_cells(test, store_options)
+    embedded = 0
+    if training_path == "cached":
+        views = [data.cells.iloc[split["train"]].assign(view=v) for v in range(augment_views + 1)]
+        needed = pd.concat([*views, data.cells.iloc[split["val"]].assign(view=0)], ignore_index=True)
+        index, embedded = _embed_missing(cache, store, needed, feature_shape, config, store_options)
+        logger.info("feature cache %s: %d new embeddings, %d reused", backbone_id, embedded, len(needed) - embedded)
+        rows = needed.merge(index, on=["sha256", "view"], how="left")["row"].to_numpy()
+        n_train = sum(len(v) for v in views)
+        y_train = np.tile(data.y[split["train"]], augment_views + 1)
+        model, history, best, p_test = train_on_features(cache, config, feature_shape, rows[:n_train], y_train,
+                                                         rows[n_train:], data.y[split["val"]], test_images,
+                                                         store_options)
+    else:
+        images = load_cells(data.cells, store_options)
+        model, history, best, p_test = train_plain(cache, config, images, data.y, split, store_options)
+
+    y_test = data.y[split["test"]]
+    metrics = compute_metrics(y_test, p_test, config.threshold)
+    logger.info("test metrics: accuracy %.3f, sensitivity %.3f, specificity %.3f, F1 %.3f, ROC AUC %.3f",
+                metrics.accuracy, metrics.sensitivity, metrics.specificity, metrics.f1, metrics.roc_auc)
+    parent, comparisons = champion_comparisons(store, store_options, model, image_size, test, y_test, p_test,
+                                               config.threshold)
+    decision = decide_promotion(comparisons, promotion_margin)
+    card = {
+        "config": config.to_dict(), "training_path": training_path, "augment_views": augment_views,
+        "backbone": {"id": backbone_id, "weights": backbone_weights, "weights_file": cache.weights},
+        "data": {"sources": sources, "runs": [p.root for p in paths], "sha256": data.data_hash,
+                 "n_labelled": len(data.cells), "n_unlabelled": data.n_unlabelled, "n_duplicates": data.n_duplicates},
+        "split": {"seed": seed, "by": "patient" if by_patient else "cell",
+                  "sizes": {k: len(v) for k, v in split.items()}},
+        "metrics": metrics.to_dict(), "history": history, "best_epoch": best, "parent": parent,
+        "promotion": {"promoted": decision.promote, "reason": decision.reason, "margin": promotion_margin,
+                      "comparisons": {name: {"challenger": a.to_dict(), "champion": b.to_dict()}
+                                      for name, (a, b) in comparisons.items()}},
+        "embedded": embedded, "started_at": began.isoformat(), "finished_at": datetime.now(UTC).isoformat(),
+    }
+    ref = register_challenger(model, card, evaluation_files(history, metrics, y_test, p_test), test, p_test,
+                              store, store_options)
+    if decision.promote:
+        set_champion(store, ref.version, store_options, reason=decision.reason)
+    logger.info("registered %s: %s", ref.version, "promoted to champion" if decision.promote else decision.reason)
+    rows_table = [{"model": "challenger", "test set": "own", **metrics.to_dict()}]
+    rows_table += [{"model": who, "test set": name, **m.to_dict()}
+                   for name, (a, b) in comparisons.items() for who, m in (("challenger", a), ("champion", b))]
+    create_table_artifact(key="retrain-metrics", table=rows_table, description=f"test metrics of {ref.version}")
+    folder = storage.join(store, "models", ref.version)
+    create_markdown_artifact(key="retrain-report", markdown="\n".join([
+        f"# Model {ref.version}", "", f"**{'Promoted to champion' if decision.promote else 'Kept as a candidate'}**: "
+        f"{decision.reason}", "", f"Test ROC AUC {metrics.roc_auc:.3f}, accuracy {metrics.accuracy:.3f}, "
+        f"sensitivity {metrics.sensitivity:.3f}, specificity {metrics.specificity:.3f}, F1 {metrics.f1:.3f}.", "",
+        *[f"- `{storage.join(folder, name)}`" for name in ("learning_curves.png", "confusion_matrix.png",
+                                                          "roc_curve.png", "f1_curve.png", "model_card.json")]]),
+        description=f"retrain report {ref.version}")
+    return {"version": ref.version, "model": ref.url, "promoted": decision.promote, "reason": decision.reason,
+            "metrics": metrics.to_dict(), "embedded": embedded, "split": card["split"]["sizes"],
+            "seconds": time.perf_counter() - started}

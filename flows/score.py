@@ -1,0 +1,130 @@
+"""The ``score-smears`` flow: ingest -> inference on Dask workers -> cell table -> patient calls."""
+
+from __future__ import annotations
+
+import numpy as np
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, \
+    update_progress_artifact
+from prefect.futures import as_completed
+
+from aml_model.aggregate import RESEARCH_NOTE
+from aml_model.config import SummaryConfig
+from flows.ingest import ingest
+from tasks import storage
+from tasks.predict import score_shard
+from tasks.registry import resolve_model
+from tasks.summarise import write_scored_tables
+
+__all__ = ["score_smears"]
+
+
+def _overview(patients, run_id: str, model_version: str, config: SummaryConfig) -> str:
+    counts = patients["call"].value_counts().to_dict()
+    lines = [f"# AML smear scoring: run {run_id}", "", f"**{RESEARCH_NOTE}**", "",
+             f"Model `{model_version}`, threshold {config.threshold:g}, blast cut-off {config.blast_cutoff:.0%}, "
+             f"minimum {config.min_cells} scored cells.", "", "| call | patients |", "|---|---|"]
+    lines += [f"| {call} | {counts.get(call, 0)} |" for call in ("AML_SUSPECTED", "INDETERMINATE", "NOT_SUSPECTED",
+                                                                  "INSUFFICIENT_CELLS")]
+    lines += ["", "| patient | scored | blast-like | fraction (95% CI) | call | QC |", "|---|---|---|---|---|---|"]
+    for row in patients.itertuples():
+        fraction = "n/a" if np.isnan(row.blast_fraction) else \
+            f"{row.blast_fraction:.1%} ({row.ci_low:.1%}-{row.ci_high:.1%})"
+        lines.append(f"| {row.patient_id} | {row.n_scored} | {row.n_blast_like} | {fraction} | {row.call} | "
+                     f"{row.qc_flags or '-'} |")
+    return "\n".join(lines)
+
+
+@flow(name="score-smears", validate_parameters=True)
+def score_smears(
+    source: str,
+    store: str,
+    model: str = "champion",
+    run_id: str | None = None,
+    layout: str = "auto",
+    batch_size: int = 64,
+    threshold: float = 0.5,
+    blast_cutoff: float = 0.2,
+    min_cells: int = 100,
+    precision: str = "float32",
+    chunk_cells: int = 64,
+    chunks_per_task: int = 4,
+    s3_endpoint_url: str | None = None,
+) -> dict:
+    """Score every cell of ``source`` and call each patient.
+
+    Args:
+        source: folder or manifest of cell images (any fsspec URL).
+        store: run store URL; the model registry is its ``models/``.
+        model: "champion", a registered version, or a .keras path/URL.
+        run_id: the run to write; by default the source name, a hash of its inputs and the
+            model version, so the same source and model map to the same run.
+        layout, chunk_cells, chunks_per_task, s3_endpoint_url: as for ``ingest``
+            (chunks_per_task applies to decoding; each scoring task takes one chunk).
+        batch_size: cells per forward pass on a worker.
+        threshold, blast_cutoff, min_cells: the per-patient call rule (SummaryConfig).
+        precision: "float32", "bfloat16" (CPUs with AMX) or "float16" (GPUs).
+
+    Returns:
+        run_id, run root, model version, counts, and the per-patient calls.
+    """
+    logger = get_run_logger()
+    config = SummaryConfig(threshold=threshold, blast_cutoff=blast_cutoff, min_cells=min_cells)
+    store_options = storage.storage_options_for(store, s3_endpoint_url)
+    model_ref = resolve_model(model, store, store_options)
+    logger.info("scoring with model %s (%dx%d input)", model_ref.version, model_ref.image_size, model_ref.image_size)
+
+    ingested = ingest(source=source, store=store, run_id=run_id, layout=layout, image_size=model_ref.image_size,
+                      chunk_cells=chunk_cells, chunks_per_task=chunks_per_task, s3_endpoint_url=s3_endpoint_url,
+                      mark_success=False, run_id_suffix=f"-{model_ref.version[-8:]}")
+    paths = storage.RunPaths(store, ingested["run_id"])
+    settings = {"model_version": model_ref.version, "threshold": threshold, "blast_cutoff": blast_cutoff,
+                "min_cells": min_cells, "precision": precision}
+    score_record = storage.join(paths.root, "score.json")
+    if storage.exists(paths.success, store_options):
+        if storage.exists(score_record, store_options) and storage.read_json(score_record, store_options) == settings:
+            logger.info("run %s is already scored with these settings: nothing to do", paths.run_id)
+            patients = storage.read_table(paths.patients_table, store_options)
+            return _result(paths, model_ref.version, ingested, patients, already_complete=True)
+        # The tables are about to change: the run must stop looking complete first.
+        storage.remove(paths.success, store_options)
+
+    plan = storage.read_json(paths.plan, store_options)
+    cells = storage.read_table(paths.cells_table, store_options)
+    storage.create_probabilities_array(paths.cells_zarr, plan["inputs"], chunk_cells, store_options)
+    slots = cells["zarr_index"].to_numpy()
+    # One chunk per scoring task: inference costs seconds per chunk, far above Prefect's
+    # per-task overhead, and small tasks keep every worker busy until the end.
+    span = chunk_cells
+    shards = [(start, min(start + span, plan["inputs"])) for start in range(0, plan["inputs"], span)]
+    progress = create_progress_artifact(0.0, key="score-progress", description=f"scoring {paths.run_id}")
+    futures = [
+        score_shard.submit(start, stop, slots[(slots >= start) & (slots < stop)].tolist(), paths.cells_zarr,
+                           paths.shard_marker("score", number), model_ref, plan["fingerprint"], batch_size,
+                           precision, store_options)
+        for number, (start, stop) in enumerate(shards)
+    ]
+    scored = 0
+    for done, future in enumerate(as_completed(futures), start=1):
+        scored += future.result()
+        percent = 100.0 * done / len(futures)
+        update_progress_artifact(progress, percent)
+        logger.info("scoring %5.1f%%: %d/%d cells", percent, scored, len(cells))
+
+    patients = write_scored_tables(paths, config, model_ref.version, store_options)
+    storage.write_json(score_record, settings, store_options)
+    storage.write_bytes(paths.success, b"", store_options)
+    create_table_artifact(key="patient-calls", table=patients.astype(object).where(patients.notna(), None)
+                          .to_dict(orient="records"), description=f"per-patient AML calls, run {paths.run_id}")
+    create_markdown_artifact(key="cohort-overview", markdown=_overview(patients, paths.run_id, model_ref.version, config),
+                             description=f"cohort overview, run {paths.run_id}")
+    return _result(paths, model_ref.version, ingested, patients, already_complete=False)
+
+
+def _result(paths, model_version, ingested, patients, already_complete: bool) -> dict:
+    return {
+        "run_id": paths.run_id, "run": paths.root, "model_version": model_version,
+        "cells": ingested["cells"], "quarantined": ingested["quarantined"], "already_complete": already_complete,
+        "patients": patients[["patient_id", "n_scored", "n_blast_like", "blast_fraction", "ci_low", "ci_high",
+                              "call"]].to_dict(orient="records"),
+    }

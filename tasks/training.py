@@ -1,0 +1,198 @@
+"""Training tasks: gather labelled cells, train (cached or plain path), evaluate, register, promote."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import io
+import os
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from aml_model.evaluate import BinaryMetrics, compute_metrics
+from tasks import storage
+from tasks.registry import CARD_FILE, ModelRef, models_root, register_model, resolve_model
+
+__all__ = ["TrainingSet", "champion_comparisons", "evaluation_files", "load_cells", "load_training_set",
+           "register_challenger"]
+
+TEST_PREDICTIONS = "test_predictions.parquet"
+
+
+@dataclass
+class TrainingSet:
+    """Labelled cells of the training runs, deduplicated by image hash.
+
+    ``cells`` has cell_id, patient_id, sha256, label, zarr_index and cells_zarr (the run's
+    array); ``y`` is `(n,)` 0/1 (1 = blast).
+    """
+
+    cells: pd.DataFrame
+    y: np.ndarray
+    n_unlabelled: int
+    n_duplicates: int
+
+    @property
+    def data_hash(self) -> str:
+        """A fingerprint of the training data: the sorted image hashes with their labels."""
+        pairs = sorted(zip(self.cells["sha256"], self.cells["label"], strict=True))
+        return hashlib.sha256(repr(pairs).encode()).hexdigest()
+
+
+def load_training_set(run_roots: list[storage.RunPaths], storage_options: dict) -> TrainingSet:
+    """Read the runs' cell tables and keep the labelled cells, each image once."""
+    frames = [storage.read_table(paths.cells_table, storage_options).assign(cells_zarr=paths.cells_zarr)
+              for paths in run_roots]
+    cells = pd.concat(frames, ignore_index=True)
+    labelled = cells[cells["label"].notna()]
+    unique = labelled.drop_duplicates("sha256", keep="first").reset_index(drop=True)
+    return TrainingSet(unique, (unique["label"] == "blast").to_numpy(int), len(cells) - len(labelled),
+                       len(labelled) - len(unique))
+
+
+def load_cells(frame: pd.DataFrame, storage_options: dict) -> np.ndarray:
+    """The uint8 images of the given cells (cells_zarr, zarr_index), in the frame's order."""
+    first = storage.open_cells_array(frame["cells_zarr"].iloc[0], storage_options) if len(frame) else None
+    out = np.empty((len(frame), *(first.shape[1:] if first is not None else (0, 0, 3))), np.uint8)
+    for url, group in frame.groupby("cells_zarr", sort=False):
+        positions = frame.index.get_indexer(group.index)
+        indices = group["zarr_index"].to_numpy()
+        order = np.argsort(indices)
+        out[positions[order]] = storage.open_cells_array(url, storage_options).get_orthogonal_selection((indices[order],))
+    return out
+
+
+def evaluation_files(history: dict, metrics: BinaryMetrics, y_test: np.ndarray, p_test: np.ndarray) -> dict[str, bytes]:
+    """The paper's four figures as PNG bytes by file name."""
+    from aml_model import figures
+
+    return {
+        "learning_curves.png": figures.render_learning_curves(history),
+        "confusion_matrix.png": figures.render_confusion_matrix(metrics),
+        "roc_curve.png": figures.render_roc_curve(y_test, p_test),
+        "f1_curve.png": figures.render_f1_curve(y_test, p_test, metrics.threshold),
+    }
+
+
+def _champion_model(store: str, storage_options: dict):
+    from aml_model.io import load_model
+    from tasks.features import local_copy
+
+    try:
+        ref = resolve_model("champion", store, storage_options)
+    except FileNotFoundError:
+        return None, None
+    return ref, load_model(local_copy(ref.url, storage_options, f"{ref.version}.keras"), compile=False)
+
+
+def champion_comparisons(
+    store: str,
+    storage_options: dict,
+    model,
+    image_size: int,
+    test: pd.DataFrame,
+    y_test: np.ndarray,
+    p_test: np.ndarray,
+    threshold: float,
+) -> tuple[str | None, dict[str, tuple[BinaryMetrics, BinaryMetrics]]]:
+    """Challenger vs champion metrics on the challenger's test cells and on the champion's.
+
+    Returns:
+        (champion version or None, {test set name: (challenger metrics, champion metrics)}).
+    """
+    from aml_model.predict import predict_batch
+
+    ref, champion = _champion_model(store, storage_options)
+    if ref is None:
+        return None, {}
+    if ref.image_size != image_size:
+        card = storage.read_json(storage.join(models_root(store), ref.version, CARD_FILE), storage_options)
+        recorded = BinaryMetrics(**card["metrics"])
+        return ref.version, {"each model's own test cells (input sizes differ)":
+                             (compute_metrics(y_test, p_test, threshold), recorded)}
+    comparisons = {"challenger's test cells": (
+        compute_metrics(y_test, p_test, threshold),
+        compute_metrics(y_test, predict_batch(champion, load_cells(test, storage_options)), threshold),
+    )}
+    theirs_url = storage.join(models_root(store), ref.version, TEST_PREDICTIONS)
+    if storage.exists(theirs_url, storage_options):
+        theirs = storage.read_table(theirs_url, storage_options)
+        present = theirs[[storage.exists(u, storage_options) for u in theirs["cells_zarr"]]].reset_index(drop=True)
+        if len(present) and present["label"].nunique() == 2:
+            y = (present["label"] == "blast").to_numpy(int)
+            comparisons["champion's test cells"] = (
+                compute_metrics(y, predict_batch(model, load_cells(present, storage_options)), threshold),
+                compute_metrics(y, present["probability"].to_numpy(), threshold),
+            )
+    return ref.version, comparisons
+
+
+def code_version() -> str:
+    try:
+        return importlib.metadata.version("aml-smear")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def register_challenger(model, card: dict, figures: dict[str, bytes], test: pd.DataFrame, p_test: np.ndarray,
+                        store: str, storage_options: dict) -> ModelRef:
+    """Save the model with its card, figures and test predictions into the registry."""
+    from aml_model.io import save_model
+
+    predictions = test[["cell_id", "sha256", "label", "cells_zarr", "zarr_index"]].assign(probability=p_test)
+    buffer = io.BytesIO()
+    predictions.to_parquet(buffer, index=False)
+    with tempfile.TemporaryDirectory() as folder:
+        local = save_model(model, os.path.join(folder, "model.keras"))
+        return register_model(str(local), {**card, "code_version": code_version()}, store, storage_options,
+                              extra_files={**figures, TEST_PREDICTIONS: buffer.getvalue()})
+
+
+def _task(name: str):
+    from prefect import task
+    from prefect.cache_policies import NO_CACHE
+
+    return task(name=name, cache_policy=NO_CACHE)
+
+
+@_task("train-head-on-features")
+def train_on_features(cache, config, feature_shape, train_rows, y_train_rows, val_rows, y_val, test_images,
+                      storage_options):
+    """Cached path: fit the head on cached features, assemble the full model, score the test cells."""
+    import dataclasses
+
+    from aml_model.architecture import assemble_model, build_head
+    from aml_model.predict import predict_batch
+    from aml_model.train import train_head
+    from tasks.features import local_copy
+
+    head = build_head(feature_shape, config.model)
+    history, best = train_head(head, cache.read_rows(train_rows), y_train_rows, cache.read_rows(val_rows), y_val,
+                               config.train)
+    weights = local_copy(cache.weights, storage_options, f"{cache.backbone_id}.weights.h5")
+    model = assemble_model(dataclasses.replace(config.model, backbone_weights=weights, backbone_weights_sha256=None),
+                           head)
+    return model, history, best, predict_batch(model, test_images)
+
+
+@_task("train-plain")
+def train_plain(cache, config, images, y, split, storage_options):
+    """Plain path: the full model in the loop, augmentation on the fly every epoch."""
+    import dataclasses
+
+    import keras
+
+    from aml_model.architecture import build_model
+    from aml_model.predict import predict_batch
+    from aml_model.train import train_model
+    from tasks.features import local_copy
+
+    weights = local_copy(cache.weights, storage_options, f"{cache.backbone_id}.weights.h5")
+    keras.utils.set_random_seed(config.train.seed)
+    model = build_model(dataclasses.replace(config.model, backbone_weights=weights, backbone_weights_sha256=None))
+    history, best = train_model(model, images[split["train"]], y[split["train"]], images[split["val"]],
+                                y[split["val"]], config.train)
+    return model, history, best, predict_batch(model, images[split["test"]])

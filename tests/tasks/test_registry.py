@@ -1,0 +1,44 @@
+import json
+
+import pytest
+
+from tasks import storage
+from tasks.registry import ModelNotFoundError, register_model, resolve_model, set_champion
+
+
+def card(image_size=32):
+    return {"config": {"model": {"image_size": image_size}}, "metrics": {"roc_auc": 0.9}}
+
+
+def test_missing_champion_says_how_to_train_one(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="aml-smear retrain SOURCE --store"):
+        resolve_model("champion", str(tmp_path))
+
+
+def test_register_promote_and_resolve(tiny_model_file, tmp_path):
+    store = str(tmp_path / "store")
+    ref = register_model(str(tiny_model_file), card(), store, extra_files={"roc_curve.png": b"png"})
+    assert ref.image_size == 32
+    folder = tmp_path / "store" / "models" / ref.version
+    assert sorted(p.name for p in folder.iterdir()) == ["model.keras", "model_card.json", "roc_curve.png"]
+    assert json.loads((folder / "model_card.json").read_text())["version"] == ref.version
+    set_champion(store, ref.version)
+    assert resolve_model("champion", store) == ref
+    assert resolve_model(ref.version, store) == ref
+
+
+def test_a_half_registered_version_cannot_become_champion(tmp_path):
+    storage.write_bytes(str(tmp_path / "models" / "v1" / "model.keras"), b"partial")
+    with pytest.raises(ModelNotFoundError, match="not completely registered"):
+        set_champion(str(tmp_path), "v1")
+    assert not (tmp_path / "models" / "champion.json").exists()
+
+
+def test_model_file_by_path_gets_a_content_version(tiny_model_file, tmp_path):
+    ref = resolve_model(str(tiny_model_file), str(tmp_path))
+    assert ref.version.startswith("file-") and ref.image_size == 32
+    (tmp_path / "junk.keras").write_bytes(b"not a zip")
+    with pytest.raises(ModelNotFoundError, match="not a Keras .keras model file"):
+        resolve_model(str(tmp_path / "junk.keras"), str(tmp_path))
+    with pytest.raises(ModelNotFoundError, match="neither a version registered"):
+        resolve_model("v-does-not-exist", str(tmp_path))
