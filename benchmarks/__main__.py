@@ -9,7 +9,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-BENCHMARKS = ("ingest", "score")
+BENCHMARKS = ("ingest", "score", "retrain")
 
 
 def main(argv: list[str]) -> int:

@@ -20,20 +20,27 @@ from pathlib import Path
 N_CELLS = int(os.environ.get("AML_SMEAR_BENCH_CELLS", "320"))
 
 
-def _sample(lmu: Path, root: Path) -> list[Path]:
-    from tests.corpus import lmu_rows
+def sample_cohort(lmu: Path, root: Path, n_cells: int) -> list[tuple[Path, str]]:
+    """Copy n_cells real cells, half blasts, into four patient folders under a temporary root.
 
-    rows = lmu_rows(lmu)
-    picked = [r for r in rows if r["label"] == "blast"][: N_CELLS // 2] + \
-             [r for r in rows if r["label"] == "normal"][: N_CELLS - N_CELLS // 2]
-    paths = []
+    Writes ``root/labels.csv``; returns (path, label) per cell.
+    """
+    import csv
+
+    with open(lmu / "labels.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    picked = [r for r in rows if r["label"] == "blast"][: n_cells // 2] + \
+             [r for r in rows if r["label"] == "normal"][: n_cells - n_cells // 2]
+    cells = []
     for number, row in enumerate(picked):
         patient = root / f"P{number % 4}"
         patient.mkdir(parents=True, exist_ok=True)
         target = patient / Path(row["file"]).name
         shutil.copyfile(lmu / row["file"], target)
-        paths.append(target)
-    return paths
+        cells.append((target, row["label"]))
+    (root / "labels.csv").write_text("image,label\n" + "".join(
+        f"{path.relative_to(root).as_posix()},{label}\n" for path, label in cells))
+    return cells
 
 
 def model_only(model, files: list[Path]) -> float:
@@ -97,7 +104,7 @@ def main() -> dict:
     lmu = require_lmu_cells()
     quiet_dask_logs()
     with tempfile.TemporaryDirectory() as work:
-        files = _sample(lmu, Path(work) / "cohort")
+        files = [path for path, _ in sample_cohort(lmu, Path(work) / "cohort", N_CELLS)]
         keras.utils.set_random_seed(0)
         model = build_model(ModelConfig(backbone_weights="none"))
         model_file = str(Path(work) / "paper.keras")

@@ -146,7 +146,9 @@ def retrain_and_evaluate(
         "data": {"sources": sources, "runs": [p.root for p in paths], "sha256": data.data_hash,
                  "n_labelled": len(data.cells), "n_unlabelled": data.n_unlabelled, "n_duplicates": data.n_duplicates},
         "split": {"seed": seed, "by": "patient" if by_patient else "cell",
-                  "sizes": {k: len(v) for k, v in split.items()}},
+                  "sizes": {k: len(v) for k, v in split.items()},
+                  "patients": {k: sorted(set(data.cells["patient_id"].iloc[v])) for k, v in split.items()}
+                  if by_patient else None},
         "metrics": metrics.to_dict(), "history": history, "best_epoch": best, "parent": parent,
         "promotion": {"promoted": decision.promote, "reason": decision.reason, "margin": promotion_margin,
                       "comparisons": {name: {"challenger": a.to_dict(), "champion": b.to_dict()}

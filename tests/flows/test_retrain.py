@@ -1,0 +1,96 @@
+import csv
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from prefect.artifacts import Artifact
+
+from aml_model.io import load_model
+from aml_model.predict import predict_batch
+from flows.retrain import retrain_and_evaluate
+from tasks import storage
+from tasks.training import load_cells
+from tests.corpus import compose_patient_cohort
+
+FIGURES = ("learning_curves.png", "confusion_matrix.png", "roc_curve.png", "f1_curve.png")
+
+
+def run_retrain(task_runner, **parameters):
+    defaults = dict(epochs=8, patience=3, backbone_weights="none", image_size=64, augment_views=1)
+    return retrain_and_evaluate.with_options(task_runner=task_runner)(**{**defaults, **parameters})
+
+
+@pytest.fixture(scope="module")
+def cohort(lmu_cells, tmp_path_factory):
+    """Twelve patients of real cells, half of them mostly blasts: enough for a split by patient."""
+    plan = {f"P{i:02d}": ((14, 6) if i % 2 else (3, 17)) for i in range(12)}
+    return compose_patient_cohort(lmu_cells, tmp_path_factory.mktemp("cohort") / "cohort", plan)
+
+
+def test_retrain_registers_promotes_and_reuses_the_feature_cache(cohort, tmp_path, task_runner):
+    store = str(tmp_path / "store")
+    first = run_retrain(task_runner, sources=[str(cohort)], store=store)
+    assert first["promoted"] and first["reason"].startswith("no champion yet")
+    assert first["embedded"] > 0
+    folder = tmp_path / "store" / "models" / first["version"]
+    for name in ("model.keras", "model_card.json", "test_predictions.parquet", *FIGURES):
+        assert (folder / name).stat().st_size > 0, name
+    assert json.loads((tmp_path / "store" / "models" / "champion.json").read_text())["version"] == first["version"]
+    card = json.loads((folder / "model_card.json").read_text())
+    assert card["split"]["by"] == "patient" and card["split"]["seed"] == 0
+    patients = card["split"]["patients"]
+    assert set(patients["train"]).isdisjoint(patients["val"]) and set(patients["train"]).isdisjoint(patients["test"])
+    assert set(patients["val"]).isdisjoint(patients["test"])
+    assert sum(card["split"]["sizes"].values()) == 240
+    assert card["backbone"]["id"].startswith("resnet50-64px-") and card["data"]["n_labelled"] == 240
+    assert card["parent"] is None and card["promotion"]["promoted"] is True
+    assert card["metrics"]["roc_auc"] == first["metrics"]["roc_auc"]
+    assert Artifact.get("retrain-metrics") is not None and Artifact.get("retrain-report") is not None
+
+    # The registered model scores exactly as the in-memory one did.
+    predictions = pd.read_parquet(folder / "test_predictions.parquet")
+    loaded = load_model(folder / "model.keras", compile=False)
+    np.testing.assert_allclose(predict_batch(loaded, load_cells(predictions, {})), predictions["probability"],
+                               atol=1e-5)
+
+    second = run_retrain(task_runner, sources=[str(cohort)], store=store)
+    assert second["embedded"] == 0, "nothing new: no image is embedded again"
+    assert second["version"] != first["version"]
+
+
+def test_a_worse_challenger_is_not_promoted(cohort, tmp_path, task_runner):
+    store = str(tmp_path / "store")
+    champion = run_retrain(task_runner, sources=[str(cohort)], store=store)
+    assert champion["promoted"]
+    # The same images with their labels shuffled: the challenger learns nothing real.
+    shuffled = tmp_path / "shuffled"
+    for path in cohort.rglob("*.jpg"):
+        target = shuffled / path.relative_to(cohort)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(path.read_bytes())
+    with open(cohort / "labels.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    labels = np.random.default_rng(1).permutation([r["label"] for r in rows])
+    with open(shuffled / "labels.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "label"])
+        writer.writerows(zip([r["image"] for r in rows], labels, strict=True))
+    challenger = run_retrain(task_runner, sources=[str(shuffled)], store=store)
+    assert not challenger["promoted"]
+    assert challenger["reason"].startswith("kept as a candidate")
+    assert json.loads((tmp_path / "store" / "models" / "champion.json").read_text())["version"] == champion["version"]
+    card = storage.read_json(str(tmp_path / "store" / "models" / challenger["version"] / "model_card.json"))
+    assert card["parent"] == champion["version"]
+    assert "champion's test cells" in card["promotion"]["comparisons"]
+
+
+def test_cached_and_plain_paths_build_the_same_architecture(cohort, tmp_path, task_runner):
+    store = str(tmp_path / "store")
+    cached = run_retrain(task_runner, sources=[str(cohort)], store=store, epochs=2)
+    plain = run_retrain(task_runner, sources=[str(cohort)], store=store, epochs=2, training_path="plain")
+    a = load_model(cached["model"], compile=False)
+    b = load_model(plain["model"], compile=False)
+    assert [(l.name, type(l).__name__) for l in a.layers] == [(l.name, type(l).__name__) for l in b.layers]
+    assert [w.shape for w in a.weights] == [w.shape for w in b.weights]
+    assert plain["embedded"] == 0
