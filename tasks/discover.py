@@ -14,6 +14,8 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from tasks.storage import is_local
+
 from aml_model.layouts import DEFAULT_CLASS_LABELS, LABELS, choose_layout, is_image_name, label_for_class
 
 __all__ = ["CellInput", "Discovery", "discover", "discover_inputs"]
@@ -59,18 +61,13 @@ class Discovery:
     diagnoses: dict[str, str] = field(default_factory=dict)
 
 
-def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
-    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else fs.protocol
-    return "file" in protocols or "local" in protocols
-
-
 def _url(fs: fsspec.AbstractFileSystem, path: str) -> str:
-    return path if _is_local(fs) else fs.unstrip_protocol(path)
+    return path if is_local(fs) else fs.unstrip_protocol(path)
 
 
 def _escapes(fs: fsspec.AbstractFileSystem, root: str, path: str) -> bool:
     """True when ``path`` lies outside ``root``, after resolving ``..`` and, locally, symlinks."""
-    if _is_local(fs):
+    if is_local(fs):
         real_root, real_path = os.path.realpath(root), os.path.realpath(path)
         return os.path.commonpath([real_root, real_path]) != real_root
     norm_root = posixpath.normpath(root)

@@ -96,25 +96,12 @@ def prepare_backbone(config: ModelConfig, store: str, storage_options: dict | No
     return backbone_id, cache.weights, tuple(int(d) for d in backbone.output.shape[1:])
 
 
-def local_copy(url: str, storage_options: dict, name: str) -> str:
-    """A local file with ``url``'s bytes, cached per process under the temp folder."""
-    folder = os.path.join(tempfile.gettempdir(), "aml-smear-cache")
-    os.makedirs(folder, exist_ok=True)
-    local = os.path.join(folder, name)
-    if not os.path.isfile(local):
-        partial = f"{local}.{os.getpid()}.partial"
-        with open(partial, "wb") as handle:
-            handle.write(storage.read_bytes(url, storage_options))
-        os.replace(partial, local)
-    return local
-
-
 def _worker_backbone(backbone_id: str, weights_url: str, image_size: int, storage_options: dict):
     with _LOCK:
         if backbone_id not in _BACKBONES:
             from aml_model.architecture import build_backbone
 
-            local = local_copy(weights_url, storage_options, f"{backbone_id}.weights.h5")
+            local = storage.local_copy(weights_url, storage_options, f"{backbone_id}.weights.h5")
             _BACKBONES.clear()
             _BACKBONES[backbone_id] = build_backbone(ModelConfig(image_size=image_size, backbone_weights=local))
         return _BACKBONES[backbone_id]

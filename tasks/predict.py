@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import threading
 
 import numpy as np
@@ -46,14 +44,7 @@ def load_worker_model(model: ModelRef, storage_options: dict, precision: str = "
         from aml_model.predict import with_precision
 
         _configure_devices()
-        folder = os.path.join(tempfile.gettempdir(), "aml-smear-models")
-        os.makedirs(folder, exist_ok=True)
-        local = os.path.join(folder, f"{model.version}.keras")
-        if not os.path.isfile(local):
-            partial = f"{local}.{os.getpid()}.partial"
-            with open(partial, "wb") as handle:
-                handle.write(storage.read_bytes(model.url, storage_options))
-            os.replace(partial, local)
+        local = storage.local_copy(model.url, storage_options, f"{model.version}.keras")
         loaded = with_precision(load_model(local, compile=False), precision)
         _MODELS.clear()  # keep one model per worker: a new version replaces the old one
         _MODELS[key] = loaded

@@ -12,6 +12,7 @@ import io
 import json
 import os
 import posixpath
+import tempfile
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +26,9 @@ __all__ = [
     "create_cells_array",
     "create_probabilities_array",
     "exists",
+    "is_local",
     "join",
+    "local_copy",
     "open_cells_array",
     "read_bytes",
     "read_json",
@@ -57,7 +60,8 @@ def _fs(url: str, storage_options: dict | None) -> tuple[fsspec.AbstractFileSyst
     return fsspec.core.url_to_fs(url, **(storage_options or {}))
 
 
-def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    """True for the local file system."""
     protocols = (fs.protocol,) if isinstance(fs.protocol, str) else fs.protocol
     return "file" in protocols or "local" in protocols
 
@@ -80,7 +84,7 @@ def read_bytes(url: str, storage_options: dict | None = None) -> bytes:
 def write_bytes(url: str, data: bytes, storage_options: dict | None = None) -> str:
     """Write a whole object atomically: temporary name + rename locally, one PUT elsewhere."""
     fs, path = _fs(url, storage_options)
-    if _is_local(fs):
+    if is_local(fs):
         folder = os.path.dirname(path)
         os.makedirs(folder, exist_ok=True)
         partial = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex}.partial")
@@ -92,6 +96,23 @@ def write_bytes(url: str, data: bytes, storage_options: dict | None = None) -> s
     else:
         fs.pipe_file(path, data)
     return url
+
+
+def local_copy(url: str, storage_options: dict | None, name: str) -> str:
+    """A local file holding ``url``'s bytes, fetched once per machine into the temp folder.
+
+    Keras reads models and weights from local paths only; ``name`` must identify the content
+    (a version or a hash), since an existing file of that name is reused.
+    """
+    folder = os.path.join(tempfile.gettempdir(), "aml-smear-cache")
+    os.makedirs(folder, exist_ok=True)
+    local = os.path.join(folder, name)
+    if not os.path.isfile(local):
+        partial = f"{local}.{os.getpid()}.partial"
+        with open(partial, "wb") as handle:
+            handle.write(read_bytes(url, storage_options))
+        os.replace(partial, local)
+    return local
 
 
 def remove(url: str, storage_options: dict | None = None, recursive: bool = False) -> None:
@@ -122,7 +143,7 @@ def read_table(url: str, storage_options: dict | None = None) -> pd.DataFrame:
 
 def zarr_store(url: str, storage_options: dict | None, read_only: bool) -> zarr.abc.store.Store:
     fs, path = _fs(url, storage_options)
-    if _is_local(fs):
+    if is_local(fs):
         return zarr.storage.LocalStore(path, read_only=read_only)
     return zarr.storage.FsspecStore.from_url(url, storage_options=storage_options or {}, read_only=read_only)
 

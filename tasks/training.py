@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from aml_model.evaluate import BinaryMetrics, compute_metrics
 from tasks import storage
@@ -79,13 +81,11 @@ def evaluation_files(history: dict, metrics: BinaryMetrics, y_test: np.ndarray, 
 
 def _champion_model(store: str, storage_options: dict):
     from aml_model.io import load_model
-    from tasks.features import local_copy
-
     try:
         ref = resolve_model("champion", store, storage_options)
     except FileNotFoundError:
         return None, None
-    return ref, load_model(local_copy(ref.url, storage_options, f"{ref.version}.keras"), compile=False)
+    return ref, load_model(storage.local_copy(ref.url, storage_options, f"{ref.version}.keras"), compile=False)
 
 
 def champion_comparisons(
@@ -151,14 +151,7 @@ def register_challenger(model, card: dict, figures: dict[str, bytes], test: pd.D
                               extra_files={**figures, TEST_PREDICTIONS: buffer.getvalue()})
 
 
-def _task(name: str):
-    from prefect import task
-    from prefect.cache_policies import NO_CACHE
-
-    return task(name=name, cache_policy=NO_CACHE)
-
-
-@_task("train-head-on-features")
+@task(name="train-head-on-features", cache_policy=NO_CACHE)
 def train_on_features(cache, config, feature_shape, train_rows, y_train_rows, val_rows, y_val, test_images,
                       storage_options):
     """Cached path: fit the head on cached features, assemble the full model, score the test cells."""
@@ -167,18 +160,19 @@ def train_on_features(cache, config, feature_shape, train_rows, y_train_rows, va
     from aml_model.architecture import assemble_model, build_head
     from aml_model.predict import predict_batch
     from aml_model.train import train_head
-    from tasks.features import local_copy
+    import keras
 
+    keras.utils.set_random_seed(config.train.seed)  # the head's initialisation is part of the seeded run
     head = build_head(feature_shape, config.model)
     history, best = train_head(head, cache.read_rows(train_rows), y_train_rows, cache.read_rows(val_rows), y_val,
                                config.train)
-    weights = local_copy(cache.weights, storage_options, f"{cache.backbone_id}.weights.h5")
+    weights = storage.local_copy(cache.weights, storage_options, f"{cache.backbone_id}.weights.h5")
     model = assemble_model(dataclasses.replace(config.model, backbone_weights=weights, backbone_weights_sha256=None),
                            head)
     return model, history, best, predict_batch(model, test_images)
 
 
-@_task("train-plain")
+@task(name="train-plain", cache_policy=NO_CACHE)
 def train_plain(cache, config, images, y, split, storage_options):
     """Plain path: the full model in the loop, augmentation on the fly every epoch."""
     import dataclasses
@@ -188,9 +182,7 @@ def train_plain(cache, config, images, y, split, storage_options):
     from aml_model.architecture import build_model
     from aml_model.predict import predict_batch
     from aml_model.train import train_model
-    from tasks.features import local_copy
-
-    weights = local_copy(cache.weights, storage_options, f"{cache.backbone_id}.weights.h5")
+    weights = storage.local_copy(cache.weights, storage_options, f"{cache.backbone_id}.weights.h5")
     keras.utils.set_random_seed(config.train.seed)
     model = build_model(dataclasses.replace(config.model, backbone_weights=weights, backbone_weights_sha256=None))
     history, best = train_model(model, images[split["train"]], y[split["train"]], images[split["val"]],

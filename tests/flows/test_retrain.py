@@ -57,6 +57,9 @@ def test_retrain_registers_promotes_and_reuses_the_feature_cache(cohort, tmp_pat
     second = run_retrain(task_runner, sources=[str(cohort)], store=store)
     assert second["embedded"] == 0, "nothing new: no image is embedded again"
     assert second["version"] != first["version"]
+    second_predictions = pd.read_parquet(tmp_path / "store" / "models" / second["version"] / "test_predictions.parquet")
+    np.testing.assert_allclose(second_predictions["probability"], predictions["probability"], atol=1e-6,
+                               err_msg="the same seed and data train the same model")
 
 
 def test_a_worse_challenger_is_not_promoted(cohort, tmp_path, task_runner):
