@@ -5,9 +5,9 @@ from __future__ import annotations
 import posixpath
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
-from prefect.futures import as_completed
+from prefect.artifacts import create_markdown_artifact
 
+from flows.progress import results_with_progress
 from tasks import storage
 from tasks.discover import discover_inputs
 from tasks.ingest import ingest_shard, plan_hash, plan_shards, write_ingest_tables
@@ -86,17 +86,15 @@ def ingest(
                                     "inputs": len(found.inputs)}, store_options)
     storage.create_cells_array(paths.cells_zarr, len(found.inputs), image_size, chunk_cells, store_options)
     shards = plan_shards(found.inputs, chunk_cells, chunks_per_task)
-    progress = create_progress_artifact(0.0, key="ingest-progress", description=f"ingest of {source}")
     futures = [
         ingest_shard.submit(spec, paths.cells_zarr, paths.shard_marker("ingest", spec["shard"]), fingerprint,
                             image_size, source_options, store_options)
         for spec in shards
     ]
     records: list[dict] = []
-    for done, future in enumerate(as_completed(futures), start=1):
-        records.extend(future.result())
-        percent = 100.0 * done / len(futures)
-        update_progress_artifact(progress, percent)
+    progress = results_with_progress(futures, "ingest-progress", f"ingest of {source}")
+    for done, (percent, shard_records) in enumerate(progress, start=1):
+        records.extend(shard_records)
         logger.info("ingest %5.1f%%: %d/%d shards, %d/%d images", percent, done, len(futures),
                     len(records), len(found.inputs))
 

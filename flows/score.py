@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, \
-    update_progress_artifact
-from prefect.futures import as_completed
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from aml_model.aggregate import RESEARCH_NOTE
 from aml_model.config import SummaryConfig
 from flows.ingest import ingest
+from flows.progress import results_with_progress
 from tasks import storage
 from tasks.predict import score_shard
 from tasks.registry import resolve_model
@@ -97,7 +96,6 @@ def score_smears(
     # per-task overhead, and small tasks keep every worker busy until the end.
     span = chunk_cells
     shards = [(start, min(start + span, plan["inputs"])) for start in range(0, plan["inputs"], span)]
-    progress = create_progress_artifact(0.0, key="score-progress", description=f"scoring {paths.run_id}")
     futures = [
         score_shard.submit(start, stop, slots[(slots >= start) & (slots < stop)].tolist(), paths.cells_zarr,
                            paths.shard_marker("score", number), model_ref, plan["fingerprint"], batch_size,
@@ -105,10 +103,8 @@ def score_smears(
         for number, (start, stop) in enumerate(shards)
     ]
     scored = 0
-    for done, future in enumerate(as_completed(futures), start=1):
-        scored += future.result()
-        percent = 100.0 * done / len(futures)
-        update_progress_artifact(progress, percent)
+    for percent, shard_scored in results_with_progress(futures, "score-progress", f"scoring {paths.run_id}"):
+        scored += shard_scored
         logger.info("scoring %5.1f%%: %d/%d cells", percent, scored, len(cells))
 
     patients = write_scored_tables(paths, config, model_ref.version, store_options)
