@@ -8,11 +8,14 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from aml_model.aggregate import RESEARCH_NOTE
 from aml_model.config import SummaryConfig
+from aml_model.report import patients_to_explain
 from flows.ingest import ingest
 from flows.progress import results_with_progress
 from tasks import storage
+from tasks.explain import clear_explanations, explain_patient
 from tasks.predict import score_shard
 from tasks.registry import resolve_model
+from tasks.report import index_url, reports_markdown, write_reports
 from tasks.summarise import write_scored_tables
 
 __all__ = ["score_smears"]
@@ -49,6 +52,8 @@ def score_smears(
     chunk_cells: int = 64,
     chunks_per_task: int = 4,
     s3_endpoint_url: str | None = None,
+    explain: bool = True,
+    explain_top_k: int = 12,
 ) -> dict:
     """Score every cell of ``source`` and call each patient.
 
@@ -63,11 +68,17 @@ def score_smears(
         batch_size: cells per forward pass on a worker.
         threshold, blast_cutoff, min_cells: the per-patient call rule (SummaryConfig).
         precision: "float32", "bfloat16" (CPUs with AMX) or "float16" (GPUs).
+        explain: Grad-CAM overlays of the most blast-like cells of each AML_SUSPECTED or
+            INDETERMINATE patient, computed on the workers, shown in the reports.
+        explain_top_k: cells per patient in the reports' galleries (and Grad-CAM).
 
     Returns:
-        run_id, run root, model version, counts, and the per-patient calls.
+        run_id, run root, model version, counts, the per-patient calls and the reports' index page.
     """
     logger = get_run_logger()
+    if explain_top_k < 1:
+        message = f"explain_top_k={explain_top_k} is invalid: expected at least 1 cell"
+        raise ValueError(message)
     config = SummaryConfig(threshold=threshold, blast_cutoff=blast_cutoff, min_cells=min_cells)
     store_options = storage.storage_options_for(store, s3_endpoint_url)
     model_ref = resolve_model(model, store, store_options)
@@ -78,7 +89,7 @@ def score_smears(
                       mark_success=False, run_id_suffix=f"-{model_ref.version[-8:]}")
     paths = storage.RunPaths(store, ingested["run_id"])
     settings = {"model_version": model_ref.version, "threshold": threshold, "blast_cutoff": blast_cutoff,
-                "min_cells": min_cells, "precision": precision}
+                "min_cells": min_cells, "precision": precision, "explain": explain, "explain_top_k": explain_top_k}
     score_record = storage.join(paths.root, "score.json")
     if storage.exists(paths.success, store_options):
         if storage.exists(score_record, store_options) and storage.read_json(score_record, store_options) == settings:
@@ -109,11 +120,21 @@ def score_smears(
 
     patients = write_scored_tables(paths, config, model_ref.version, store_options)
     storage.write_json(score_record, settings, store_options)
+    # A run is complete only with its reports: they come before _SUCCESS.
+    clear_explanations(paths, store_options)
+    explained = patients_to_explain(patients) if explain else []
+    for future in [explain_patient.submit(paths, patient_id, model_ref, explain_top_k, store_options)
+                   for patient_id in explained]:
+        future.result()
+    index = write_reports(paths, store_options)
+    logger.info("Grad-CAM of the top %d cells of %d patients; reports: %s", explain_top_k, len(explained), index)
     storage.write_bytes(paths.success, b"", store_options)
     create_table_artifact(key="patient-calls", table=patients.astype(object).where(patients.notna(), None)
                           .to_dict(orient="records"), description=f"per-patient AML calls, run {paths.run_id}")
     create_markdown_artifact(key="cohort-overview", markdown=_overview(patients, paths.run_id, model_ref.version, config),
                              description=f"cohort overview, run {paths.run_id}")
+    create_markdown_artifact(key="patient-reports", markdown=reports_markdown(paths, patients),
+                             description=f"per-patient HTML reports, run {paths.run_id}")
     return _result(paths, model_ref.version, ingested, patients, already_complete=False)
 
 
@@ -121,6 +142,7 @@ def _result(paths, model_version, ingested, patients, already_complete: bool) ->
     return {
         "run_id": paths.run_id, "run": paths.root, "model_version": model_version,
         "cells": ingested["cells"], "quarantined": ingested["quarantined"], "already_complete": already_complete,
+        "report": index_url(paths),
         "patients": patients[["patient_id", "n_scored", "n_blast_like", "blast_fraction", "ci_low", "ci_high",
                               "call"]].to_dict(orient="records"),
     }

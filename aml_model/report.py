@@ -1,0 +1,224 @@
+"""Per-patient HTML reports a hematologist can read, and the cohort index page.
+
+Each report is one self-contained HTML file (images embedded as data URIs, no scripts, no
+external resources), rendered from Jinja2 templates in ``aml_model/templates``: the call with
+its interval and the rule that produced it, the counts, the QC flags, a histogram of the cell
+probabilities with the threshold marked, a gallery of the most blast-like cells with their
+Grad-CAM overlays, and the model version with its test metrics.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+import matplotlib
+
+matplotlib.use("Agg")  # headless workers and CI have no display
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from aml_model.aggregate import RESEARCH_NOTE  # noqa: E402
+
+__all__ = ["EXPLAINED_CALLS", "GalleryCell", "ModelInfo", "PatientReport", "describe_call", "encode_png",
+           "patients_to_explain", "render_cohort_index", "render_patient_report", "render_probability_histogram",
+           "report_name", "top_cells"]
+
+# Grad-CAM is worth its cost where a hematologist has to check a positive or unclear call.
+EXPLAINED_CALLS = ("AML_SUSPECTED", "INDETERMINATE")
+METRIC_NAMES = ("accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc")
+_TEMPLATES = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(Path(__file__).with_name("templates")),
+    autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+)
+
+
+@dataclass(frozen=True)
+class GalleryCell:
+    """One of a patient's most blast-like cells.
+
+    Attributes:
+        rank: 1 for the most blast-like cell.
+        cell_id: the cell's id in cells.parquet.
+        probability: its blast probability in [0, 1].
+        cell_png: the cell as the model saw it, PNG bytes.
+        overlay_png: its Grad-CAM overlay, PNG bytes; None where Grad-CAM was not computed.
+    """
+
+    rank: int
+    cell_id: str
+    probability: float
+    cell_png: bytes
+    overlay_png: bytes | None
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The model behind the scores: its version and, when registered, its test metrics.
+
+    Attributes:
+        version: registry version, or ``file-<hash>`` for a bare .keras file.
+        metrics: test-set metrics from the model card (keys as ``BinaryMetrics.to_dict``), or
+            None when there is no model card.
+    """
+
+    version: str
+    metrics: dict | None
+
+
+@dataclass(frozen=True)
+class PatientReport:
+    """Everything one patient's report shows.
+
+    Attributes:
+        run_id: the scoring run.
+        summary: the patient's row of patients.parquet (see ``aml_model.aggregate.PATIENT_COLUMNS``).
+        probabilities: `(n_scored,)` float blast probabilities of the patient's cells.
+        gallery: the most blast-like cells, most blast-like first.
+        explained: whether Grad-CAM overlays were computed for this patient.
+        model: the model that scored the cells.
+    """
+
+    run_id: str
+    summary: dict
+    probabilities: np.ndarray
+    gallery: tuple[GalleryCell, ...]
+    explained: bool
+    model: ModelInfo
+
+
+def report_name(patient_id: str) -> str:
+    """A file-name-safe stem for a patient's report and Grad-CAM folder (ids may hold any character)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", patient_id).lstrip(".") or "_"
+
+
+def patients_to_explain(patients: pd.DataFrame, calls: tuple[str, ...] = EXPLAINED_CALLS) -> list[str]:
+    """Ids of the patients whose call is in ``calls`` and who have scored cells, in table order."""
+    chosen = patients[patients["call"].isin(calls) & (patients["n_scored"] > 0)]
+    return chosen["patient_id"].tolist()
+
+
+def top_cells(cells: pd.DataFrame, patient_id: str, k: int) -> pd.DataFrame:
+    """The ``k`` most blast-like cells of a patient, highest probability first (ties: by cell_id).
+
+    Args:
+        cells: the scored cell table (patient_id, cell_id, zarr_index, probability).
+        patient_id: the patient.
+        k: how many cells, >= 1.
+
+    Returns:
+        A new DataFrame of at most ``k`` rows.
+    """
+    if k < 1:
+        message = f"k={k} is invalid: expected at least 1 cell"
+        raise ValueError(message)
+    mine = cells[cells["patient_id"] == patient_id]
+    return mine.sort_values(["probability", "cell_id"], ascending=[False, True]).head(k).reset_index(drop=True)
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """PNG bytes of an `(h, w, 3)` uint8 RGB image."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def render_probability_histogram(probabilities: np.ndarray, threshold: float) -> bytes:
+    """Histogram of a patient's cell probabilities (20 bins on [0, 1]), the threshold marked.
+
+    Args:
+        probabilities: `(n,)` blast probabilities in [0, 1]; may be empty.
+        threshold: the probability at which a cell is blast-like.
+
+    Returns:
+        PNG bytes.
+    """
+    fig, ax = plt.subplots(figsize=(6, 2.8))
+    bins = np.linspace(0.0, 1.0, 21)
+    values = np.asarray(probabilities, dtype=np.float64)
+    ax.hist(values[values < threshold], bins=bins, color="#4c72b0", label="below threshold")
+    ax.hist(values[values >= threshold], bins=bins, color="#c44e52", label="blast-like")
+    ax.axvline(threshold, color="black", linestyle="--", linewidth=1.2, label=f"threshold {threshold:g}")
+    if values.size == 0:
+        ax.text(0.5, 0.5, "no scored cells", ha="center", va="center", transform=ax.transAxes)
+    ax.set(xlim=(0, 1), xlabel="blast probability", ylabel="cells", title=f"Cell probabilities (n = {values.size})")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.grid(alpha=0.3)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _percent(value: float) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{value:.1%}"
+
+
+def _probability(value: float) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{value:.3f}"
+
+
+def describe_call(summary: dict) -> str:
+    """One sentence stating the rule that produced the patient's call (see ``summarise_patient``)."""
+    call, cutoff = summary["call"], f"{summary['blast_cutoff']:.0%}"
+    interval = f"{_percent(summary['ci_low'])}-{_percent(summary['ci_high'])}"
+    if call == "INSUFFICIENT_CELLS":
+        return (f"{summary['n_scored']} cells were scored, fewer than the minimum of {summary['min_cells']}: "
+                f"too few for a call.")
+    if call == "AML_SUSPECTED":
+        return (f"The lower bound of the 95% interval of the blast-like fraction ({_percent(summary['ci_low'])}) "
+                f"is at or above the blast cut-off of {cutoff}.")
+    if call == "NOT_SUSPECTED":
+        return (f"The upper bound of the 95% interval of the blast-like fraction ({_percent(summary['ci_high'])}) "
+                f"is below the blast cut-off of {cutoff}.")
+    return f"The 95% interval of the blast-like fraction ({interval}) contains the blast cut-off of {cutoff}."
+
+
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+_TEMPLATES.filters["data_uri"] = _data_uri
+_TEMPLATES.filters["percent"] = _percent
+_TEMPLATES.filters["probability"] = _probability
+
+
+def _flags(summary: dict) -> list[str]:
+    return [flag for flag in (summary.get("qc_flags") or "").split(";") if flag]
+
+
+def render_patient_report(report: PatientReport) -> str:
+    """The patient's report as one self-contained HTML document (a str)."""
+    summary = report.summary
+    histogram = render_probability_histogram(report.probabilities, float(summary["threshold"]))
+    metrics = None if report.model.metrics is None else \
+        [(name, report.model.metrics[name]) for name in METRIC_NAMES if name in report.model.metrics]
+    return _TEMPLATES.get_template("patient_report.html.j2").render(
+        run_id=report.run_id, s=summary, rule=describe_call(summary), flags=_flags(summary),
+        histogram=histogram, gallery=report.gallery, explained=report.explained,
+        explained_calls=EXPLAINED_CALLS, model=report.model, metrics=metrics,
+        n_test=(report.model.metrics or {}).get("n"), note=RESEARCH_NOTE,
+    )
+
+
+def render_cohort_index(run_id: str, patients: pd.DataFrame, model: ModelInfo) -> str:
+    """The cohort index page: one row per patient linking to its report (``<report_name>.html``).
+
+    Args:
+        run_id: the scoring run.
+        patients: patients.parquet of the run.
+        model: the model that scored the cells.
+    """
+    rows = [{**row, "flags": _flags(row), "href": f"{report_name(row['patient_id'])}.html"}
+            for row in patients.to_dict(orient="records")]
+    counts = patients["call"].value_counts().to_dict()
+    return _TEMPLATES.get_template("cohort_index.html.j2").render(run_id=run_id, rows=rows, model=model,
+                                                                   counts=counts, note=RESEARCH_NOTE)

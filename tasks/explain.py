@@ -1,0 +1,70 @@
+"""Grad-CAM of a patient's most blast-like cells, on the Dask worker that holds the model."""
+
+from __future__ import annotations
+
+import numpy as np
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from aml_model.report import encode_png, report_name, top_cells
+from tasks import storage
+from tasks.predict import load_worker_model
+from tasks.registry import ModelRef
+from tasks.retry import retry_transient_errors
+
+__all__ = ["EXPLAIN_MANIFEST", "clear_explanations", "explain_dir", "explain_patient", "manifest_url"]
+
+EXPLAIN_MANIFEST = "gradcam.json"
+
+
+def explain_dir(paths: storage.RunPaths, patient_id: str) -> str:
+    """``runs/<run_id>/explain/<patient>/``: the patient's overlays and their manifest."""
+    return storage.join(paths.root, "explain", report_name(patient_id))
+
+
+def manifest_url(paths: storage.RunPaths, patient_id: str) -> str:
+    """The patient's Grad-CAM manifest; it is written after the overlays, so it lists only whole files."""
+    return storage.join(explain_dir(paths, patient_id), EXPLAIN_MANIFEST)
+
+
+@task(name="explain-patient", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2,
+      retry_condition_fn=retry_transient_errors)
+def explain_patient(
+    paths: storage.RunPaths,
+    patient_id: str,
+    model: ModelRef,
+    top_k: int,
+    store_options: dict,
+) -> str:
+    """Write Grad-CAM overlays (PNG) of the ``top_k`` most blast-like cells of a patient with scored cells.
+
+    Files: ``explain/<patient>/<rank>-<cell>.png`` (rank 01 = most blast-like) and
+    ``explain/<patient>/gradcam.json`` listing rank, cell_id, zarr_index, probability, logit
+    and overlay file name of each.
+
+    Returns:
+        The manifest's URL.
+    """
+    from aml_model.explain import compute_gradcam
+
+    top = top_cells(storage.read_table(paths.cells_table, store_options), patient_id, top_k)
+    slots = top["zarr_index"].to_numpy(dtype=np.int64)
+    order = np.argsort(slots)
+    # Orthogonal selection wants increasing indices; put the cells back in rank order after.
+    images = storage.open_cells_array(paths.cells_zarr, store_options).oindex[slots[order]][np.argsort(order)]
+    # Grad-CAM needs the paper model in float32, whatever precision scoring used.
+    cam = compute_gradcam(load_worker_model(model, store_options), images)
+    folder = explain_dir(paths, patient_id)
+    entries = []
+    for rank, (row, overlay, logit) in enumerate(zip(top.itertuples(), cam.overlays, cam.logits, strict=True), 1):
+        name = f"{rank:02d}-{report_name(row.cell_id)}.png"
+        storage.write_bytes(storage.join(folder, name), encode_png(overlay), store_options)
+        entries.append({"rank": rank, "cell_id": row.cell_id, "zarr_index": int(row.zarr_index),
+                        "probability": float(row.probability), "logit": float(logit), "overlay": name})
+    manifest = {"patient_id": patient_id, "model_version": model.version, "top_k": top_k, "cells": entries}
+    return storage.write_json(manifest_url(paths, patient_id), manifest, store_options)
+
+
+def clear_explanations(paths: storage.RunPaths, store_options: dict) -> None:
+    """Remove the run's ``explain/`` folder, so that overlays of an earlier scoring cannot outlive it."""
+    storage.remove(storage.join(paths.root, "explain"), store_options, recursive=True)

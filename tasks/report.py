@@ -1,0 +1,111 @@
+"""Render a scored run's per-patient HTML reports and cohort index into ``runs/<run_id>/reports/``."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from aml_model.aggregate import RESEARCH_NOTE
+from aml_model.report import (GalleryCell, ModelInfo, PatientReport, encode_png, render_cohort_index,
+                              render_patient_report, report_name, top_cells)
+from tasks import storage
+from tasks.explain import explain_dir, manifest_url
+from tasks.registry import CARD_FILE, models_root
+from tasks.retry import retry_transient_errors
+
+__all__ = ["SCORE_RECORD", "build_reports", "index_url", "model_info", "report_url", "reports_markdown",
+           "write_reports"]
+
+SCORE_RECORD = "score.json"
+DEFAULT_TOP_K = 12
+
+
+def report_url(paths: storage.RunPaths, patient_id: str) -> str:
+    """``runs/<run_id>/reports/<patient>.html``."""
+    return storage.join(paths.root, "reports", f"{report_name(patient_id)}.html")
+
+
+def index_url(paths: storage.RunPaths) -> str:
+    """``runs/<run_id>/reports/index.html``, the cohort index page."""
+    return storage.join(paths.root, "reports", "index.html")
+
+
+def model_info(store: str, version: str, store_options: dict | None = None) -> ModelInfo:
+    """The model's version and, for a registered model, the test metrics of its card."""
+    card = storage.join(models_root(store), version, CARD_FILE)
+    if not storage.exists(card, store_options):
+        return ModelInfo(version=version, metrics=None)
+    return ModelInfo(version=version, metrics=storage.read_json(card, store_options).get("metrics"))
+
+
+def _gallery(paths: storage.RunPaths, cells: pd.DataFrame, patient_id: str, top_k: int, images,
+             store_options: dict) -> tuple[tuple[GalleryCell, ...], bool]:
+    """The patient's top cells, with the Grad-CAM overlays of its manifest where there is one."""
+    manifest = manifest_url(paths, patient_id)
+    explained = storage.exists(manifest, store_options)
+    if explained:
+        # The explained cells, exactly as Grad-CAM saw them (the same ranking, the same k).
+        top = pd.DataFrame(storage.read_json(manifest, store_options)["cells"])
+        overlays = [storage.read_bytes(storage.join(explain_dir(paths, patient_id), name), store_options)
+                    for name in top["overlay"]]
+    else:
+        top = top_cells(cells, patient_id, top_k)
+        overlays = [None] * len(top)
+    slots = top["zarr_index"].to_numpy(dtype=np.int64)
+    order = np.argsort(slots)
+    pixels = images.oindex[slots[order]][np.argsort(order)] if len(slots) else []
+    gallery = tuple(GalleryCell(rank=rank, cell_id=row.cell_id, probability=float(row.probability),
+                                cell_png=encode_png(image), overlay_png=overlay)
+                    for rank, (row, image, overlay) in enumerate(zip(top.itertuples(), pixels, overlays,
+                                                                     strict=True), 1))
+    return gallery, explained
+
+
+def build_reports(paths: storage.RunPaths, store_options: dict | None = None) -> str:
+    """Render every patient's report and the cohort index of a scored run.
+
+    Reads cells.parquet, patients.parquet, score.json, the cell images and the Grad-CAM
+    manifests of ``explain/``; writes ``reports/<patient>.html`` and ``reports/index.html``.
+
+    Returns:
+        The index page's URL.
+    """
+    options = store_options or {}
+    settings = storage.read_json(storage.join(paths.root, SCORE_RECORD), options)
+    top_k = int(settings.get("explain_top_k", DEFAULT_TOP_K))
+    cells = storage.read_table(paths.cells_table, options)
+    patients = storage.read_table(paths.patients_table, options)
+    model = model_info(paths.store, settings["model_version"], options)
+    images = storage.open_cells_array(paths.cells_zarr, options)
+    for summary in patients.to_dict(orient="records"):
+        patient_id = summary["patient_id"]
+        gallery, explained = _gallery(paths, cells, patient_id, top_k, images, options)
+        probabilities = cells.loc[cells["patient_id"] == patient_id, "probability"].to_numpy(np.float64)
+        report = PatientReport(run_id=paths.run_id, summary=summary, probabilities=probabilities,
+                               gallery=gallery, explained=explained, model=model)
+        storage.write_bytes(report_url(paths, patient_id), render_patient_report(report).encode(), options)
+    return storage.write_bytes(index_url(paths), render_cohort_index(paths.run_id, patients, model).encode(), options)
+
+
+@task(name="write-reports", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2,
+      retry_condition_fn=retry_transient_errors)
+def write_reports(paths: storage.RunPaths, store_options: dict) -> str:
+    """Task form of :func:`build_reports`; returns the index page's URL."""
+    return build_reports(paths, store_options)
+
+
+def _link(url: str) -> str:
+    return url if "://" in url else "file://" + os.path.abspath(url)
+
+
+def reports_markdown(paths: storage.RunPaths, patients: pd.DataFrame) -> str:
+    """Markdown for a Prefect artifact: the index page and each patient's report, linked, with the call."""
+    lines = [f"# Patient reports: run {paths.run_id}", "", f"**{RESEARCH_NOTE}**", "",
+             f"[Cohort index]({_link(index_url(paths))})", "", "| patient | call | report |", "|---|---|---|"]
+    lines += [f"| {row.patient_id} | {row.call} | [{report_name(row.patient_id)}.html]"
+              f"({_link(report_url(paths, row.patient_id))}) |" for row in patients.itertuples()]
+    return "\n".join(lines)

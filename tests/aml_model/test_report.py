@@ -1,0 +1,102 @@
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from aml_model.aggregate import RESEARCH_NOTE, summarise_cohort
+from aml_model.config import SummaryConfig
+from aml_model.report import (GalleryCell, ModelInfo, PatientReport, describe_call, encode_png, patients_to_explain,
+                              render_cohort_index, render_patient_report, render_probability_histogram, report_name,
+                              top_cells)
+from tests.report_checks import embedded_pngs, parse_page
+
+METRICS = {"n": 40, "threshold": 0.5, "accuracy": 0.9, "sensitivity": 0.85, "specificity": 0.95, "precision": 0.9,
+           "f1": 0.87, "roc_auc": 0.97, "tn": 19, "fp": 1, "fn": 3, "tp": 17}
+
+
+@pytest.fixture
+def cohort():
+    """Scored cells of four patients: AML_SUSPECTED, NOT_SUSPECTED, INDETERMINATE, INSUFFICIENT_CELLS."""
+    probabilities = {"AML-1": [0.9] * 12 + [0.1] * 8, "HLT/2": [0.1] * 20, "MID-3": [0.9] * 4 + [0.1] * 16,
+                     "FEW-4": [0.8] * 3}
+    cells = pd.DataFrame([{"cell_id": f"{pid}:{i:04x}", "patient_id": pid, "zarr_index": n, "probability": p}
+                          for n, (pid, i, p) in enumerate((pid, i, p) for pid, ps in probabilities.items()
+                                                          for i, p in enumerate(ps))])
+    quarantine = pd.DataFrame({"patient_id": ["FEW-4"]})
+    patients = summarise_cohort(cells, quarantine, SummaryConfig(min_cells=10), "v-test")
+    return cells, patients.set_index("patient_id", drop=False)
+
+
+def test_the_calls_to_explain_are_the_suspected_and_indeterminate(cohort):
+    _, patients = cohort
+    assert patients["call"].to_dict() == {"AML-1": "AML_SUSPECTED", "FEW-4": "INSUFFICIENT_CELLS",
+                                          "HLT/2": "NOT_SUSPECTED", "MID-3": "INDETERMINATE"}
+    assert patients_to_explain(patients) == ["AML-1", "MID-3"]
+
+
+def test_top_cells_are_the_most_blast_like_first(cohort):
+    cells, _ = cohort
+    top = top_cells(cells, "MID-3", 6)
+    assert top["probability"].tolist() == [0.9] * 4 + [0.1] * 2
+    assert (top["patient_id"] == "MID-3").all() and top["cell_id"].iloc[:4].is_monotonic_increasing
+    assert len(top_cells(cells, "FEW-4", 12)) == 3
+    with pytest.raises(ValueError, match="k=0 is invalid"):
+        top_cells(cells, "MID-3", 0)
+
+
+def test_each_call_states_the_rule_that_produced_it(cohort):
+    _, patients = cohort
+    rules = {pid: describe_call(row) for pid, row in patients.to_dict(orient="index").items()}
+    assert "lower bound" in rules["AML-1"] and "at or above the blast cut-off of 20%" in rules["AML-1"]
+    assert "upper bound" in rules["HLT/2"] and "below the blast cut-off of 20%" in rules["HLT/2"]
+    assert "contains the blast cut-off" in rules["MID-3"]
+    assert "fewer than the minimum of 10" in rules["FEW-4"]
+
+
+def test_report_names_are_safe_file_names():
+    assert report_name("HLT/2") == "HLT_2" and report_name("../x y") == "_x_y" and report_name("P-01.a") == "P-01.a"
+
+
+def test_histogram_is_a_png():
+    image = Image.open(io.BytesIO(render_probability_histogram(np.linspace(0, 1, 50), 0.5)))
+    assert image.format == "PNG" and image.width > 300
+    assert Image.open(io.BytesIO(render_probability_histogram(np.zeros(0), 0.5))).format == "PNG"
+
+
+def test_patient_report_is_one_self_contained_page(cohort):
+    cells, patients = cohort
+    rng = np.random.default_rng(0)
+    gallery = tuple(GalleryCell(rank=i + 1, cell_id=f"AML-1:{i:04x}", probability=0.9,
+                                cell_png=encode_png(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)),
+                                overlay_png=encode_png(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)))
+                    for i in range(3))
+    probabilities = cells.loc[cells["patient_id"] == "AML-1", "probability"].to_numpy()
+    html = render_patient_report(PatientReport("run-1", patients.loc["AML-1"].to_dict(), probabilities, gallery,
+                                               True, ModelInfo("v-test", METRICS)))
+    page = parse_page(html)
+    assert len(embedded_pngs(page)) == 1 + 2 * 3, "the histogram, and each cell with its overlay"
+    assert "http" not in html and "<script" not in html, "nothing to fetch, nothing to run"
+    assert "Patient AML-1" in page.text and "AML_SUSPECTED" in page.text and "Grad-CAM" in page.text
+    assert "blast-like fraction 60.0% (95% interval" in page.text and describe_call(patients.loc["AML-1"]) in page.text
+    assert "v-test" in page.text and "roc_auc" in page.text and "0.970" in page.text
+    assert RESEARCH_NOTE in page.text.lower()
+
+
+def test_report_without_model_card_or_grad_cam_says_so(cohort):
+    cells, patients = cohort
+    html = render_patient_report(PatientReport("run-1", patients.loc["FEW-4"].to_dict(), np.array([0.8] * 3), (),
+                                               False, ModelInfo("file-0123456789ab", None)))
+    page = parse_page(html)
+    assert "No model card" in page.text and "file-0123456789ab" in page.text
+    assert "fewer_than_10_cells" in page.text and "INSUFFICIENT_CELLS" in page.text
+    assert "Grad-CAM is computed only for AML_SUSPECTED and INDETERMINATE calls" in page.text
+    assert len(embedded_pngs(page)) == 1
+
+
+def test_index_links_every_patient_report(cohort):
+    _, patients = cohort
+    page = parse_page(render_cohort_index("run-1", patients.reset_index(drop=True), ModelInfo("v-test", METRICS)))
+    assert page.links == ["AML-1.html", "FEW-4.html", "HLT_2.html", "MID-3.html"]
+    assert "AML_SUSPECTED: 1" in page.text and RESEARCH_NOTE in page.text.lower() and "v-test" in page.text

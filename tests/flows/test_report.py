@@ -1,0 +1,105 @@
+"""Reports of a scored cohort: Grad-CAM on the workers, one HTML page per patient, the index, the CLI rebuild."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+from prefect.artifacts import Artifact
+from prefect_dask import DaskTaskRunner
+
+from aml_model.aggregate import RESEARCH_NOTE
+from aml_model.report import EXPLAINED_CALLS, report_name
+from flows.cli import cli
+from flows.score import score_smears
+from tasks import storage
+from tests.corpus import compose_patient_cohort
+from tests.report_checks import chromium, embedded_pngs, is_blank, parse_page, screenshot
+
+TOP_K = 4
+METRICS = {"n": 24, "threshold": 0.5, "accuracy": 0.875, "sensitivity": 0.8, "specificity": 0.9, "precision": 0.9,
+           "f1": 0.85, "roc_auc": 0.93, "tn": 9, "fp": 1, "fn": 2, "tp": 12}
+
+
+@pytest.fixture(scope="module")
+def scored_run(lmu_cells, tmp_path_factory, dask_cluster, tiny_model_file):
+    """A cohort scored by a registered champion with a model card: all blasts, all normal, too few cells."""
+    from tasks.registry import register_model, set_champion
+
+    root = tmp_path_factory.mktemp("reports")
+    store = str(root / "store")
+    ref = register_model(str(tiny_model_file), {"config": {"model": {"image_size": 32}}, "metrics": METRICS}, store)
+    set_champion(store, ref.version)
+    source = compose_patient_cohort(lmu_cells, root / "cohort", {"A": (16, 0), "B": (0, 16), "C": (2, 3)})
+    runner = DaskTaskRunner(address=dask_cluster.scheduler_address)
+    result = score_smears.with_options(task_runner=runner)(source=str(source), store=store, min_cells=10,
+                                                            chunk_cells=16, explain_top_k=TOP_K)
+    return result, storage.RunPaths(store, result["run_id"]), root
+
+
+def test_every_patient_gets_a_self_contained_report(scored_run):
+    result, paths, _ = scored_run
+    calls = {row["patient_id"]: row["call"] for row in result["patients"]}
+    assert calls["C"] == "INSUFFICIENT_CELLS"
+    explained = {pid for pid, call in calls.items() if call in EXPLAINED_CALLS}
+    assert explained, f"the cohort must have a patient to explain: {calls}"
+    assert result["report"] == storage.join(paths.root, "reports", "index.html")
+    for patient_id, call in calls.items():
+        html = storage.read_bytes(storage.join(paths.root, "reports", f"{patient_id}.html")).decode()
+        page = parse_page(html)
+        n_cells = 5 if patient_id == "C" else 16
+        gallery = min(TOP_K, n_cells) * (2 if patient_id in explained else 1)
+        assert len(embedded_pngs(page)) == 1 + gallery, "the histogram, each cell, and its overlay if explained"
+        assert f"Patient {patient_id}" in page.text and call in page.text
+        assert result["model_version"] in page.text and "roc_auc" in page.text and "0.930" in page.text
+        assert RESEARCH_NOTE in page.text.lower()
+        folder = storage.join(paths.root, "explain", patient_id)
+        if patient_id in explained:
+            names = [cell["overlay"] for cell in storage.read_json(storage.join(folder, "gradcam.json"))["cells"]]
+            assert len(names) == TOP_K and all(storage.exists(storage.join(folder, name)) for name in names)
+        else:
+            assert not storage.exists(folder), "Grad-CAM only for AML_SUSPECTED and INDETERMINATE calls"
+    index = parse_page(storage.read_bytes(result["report"]).decode())
+    assert index.links == [f"{report_name(pid)}.html" for pid in sorted(calls)]
+    artifact = Artifact.get("patient-reports")
+    assert artifact is not None and "index.html" in artifact.data and "A.html" in artifact.data
+
+
+def test_grad_cam_overlays_are_pngs_on_the_store(scored_run):
+    result, paths, _ = scored_run
+    explained = [row["patient_id"] for row in result["patients"] if row["call"] in EXPLAINED_CALLS]
+    manifest = storage.read_json(storage.join(paths.root, "explain", explained[0], "gradcam.json"))
+    assert [cell["rank"] for cell in manifest["cells"]] == list(range(1, TOP_K + 1))
+    probabilities = [cell["probability"] for cell in manifest["cells"]]
+    assert probabilities == sorted(probabilities, reverse=True)
+    png = storage.read_bytes(storage.join(paths.root, "explain", explained[0], manifest["cells"][0]["overlay"]))
+    image = Image.open(io.BytesIO(png))
+    assert image.format == "PNG" and image.size == (32, 32) and image.mode == "RGB"
+
+
+def test_report_renders_in_headless_chromium(scored_run):
+    _, paths, root = scored_run
+    executable = chromium()
+    if executable is None:
+        pytest.skip("chromium is not installed (apt-get install chromium): the HTML was checked with html.parser only")
+    page = root / "store" / "runs" / paths.run_id / "reports" / "A.html"
+    image = screenshot(executable, page, root / "A.png", root / "chromium-profile")
+    assert image.size == (1200, 1600) and not is_blank(image)
+
+
+def test_cli_rebuilds_the_reports_of_a_complete_run_only(scored_run):
+    _, paths, root = scored_run
+    store = str(root / "store")
+    storage.remove(storage.join(paths.root, "reports"), recursive=True)
+    rebuilt = CliRunner().invoke(cli, ["report", paths.run_id, "--store", store])
+    assert rebuilt.exit_code == 0, rebuilt.output
+    assert "reports of run" in rebuilt.output and storage.exists(storage.join(paths.root, "reports", "index.html"))
+    assert all(storage.exists(storage.join(paths.root, "reports", f"{pid}.html")) for pid in "ABC")
+
+    storage.remove(paths.success)
+    refused = CliRunner().invoke(cli, ["report", paths.run_id, "--store", store])
+    assert refused.exit_code == 1 and "is incomplete (no _SUCCESS)" in refused.output
+    missing = CliRunner().invoke(cli, ["report", "no-such-run", "--store", store])
+    assert missing.exit_code == 1 and "no run no-such-run" in missing.output
