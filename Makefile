@@ -1,6 +1,8 @@
 # Two commands set everything up on a fresh machine with python3 and a package index:
 #   make demo   creates .venv if missing, installs, runs the pipeline on synthetic demo data
 #   make test   creates .venv if missing, installs, runs the whole test suite
+# and, to run the Prefect deployments on this machine (README, "Running in production"):
+#   make prefect-local   Prefect server on 127.0.0.1, work pool, variables, deployments, worker
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -8,7 +10,7 @@ STAMP := $(VENV)/.installed
 DEMO_STORE ?= demo-store
 PYTEST_ARGS ?=
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench clean prefect-local
 
 # constraints.txt pins the versions the suite was last run with, so installs resolve fast and alike.
 $(STAMP): pyproject.toml constraints.txt
@@ -29,3 +31,13 @@ clean:
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
+
+# Foreground until Ctrl-C, which stops the worker, then the server. Set STORE (and
+# RETRAIN_SOURCES, space-separated) for the Prefect variables on the first run.
+PREFECT_PORT ?= 4200
+AML_SMEAR_LOCAL ?= $(HOME)/.aml-smear
+STORE ?= $(AML_SMEAR_LOCAL)/store
+RETRAIN_SOURCES ?=
+prefect-local: $(STAMP)
+	$(BIN)/python deployments/local_stack.py up --port $(PREFECT_PORT) --home $(AML_SMEAR_LOCAL) \
+		--store $(STORE) $(foreach source,$(RETRAIN_SOURCES),--retrain-source $(source))

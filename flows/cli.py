@@ -109,16 +109,22 @@ def _echo_patients(result: dict) -> None:
 @click.option("--batch-size", default=64, show_default=True, help="Cells per forward pass.")
 @click.option("--precision", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32",
               show_default=True, help="Inference precision (bfloat16: CPUs with AMX; float16: GPUs).")
+@click.option("--explain/--no-explain", default=True, show_default=True,
+              help="Grad-CAM of the most blast-like cells of AML_SUSPECTED and INDETERMINATE patients.")
+@click.option("--top-k", "explain_top_k", type=click.IntRange(min=1), default=12, show_default=True,
+              help="Most blast-like cells per patient in the reports (and Grad-CAM).")
 @_cluster_options
 def score_command(source, store, model, run_id, threshold, blast_cutoff, min_cells, layout, batch_size, precision,
-                  workers, scheduler, s3_endpoint_url) -> None:
+                  explain, explain_top_k, workers, scheduler, s3_endpoint_url) -> None:
     """Score the cells of SOURCE and call each patient."""
     from flows.score import score_smears
 
     result = _run_flow(score_smears, workers, scheduler, source=source, store=store, model=model, run_id=run_id,
                        threshold=threshold, blast_cutoff=blast_cutoff, min_cells=min_cells, layout=layout,
-                       batch_size=batch_size, precision=precision, s3_endpoint_url=s3_endpoint_url)
+                       batch_size=batch_size, precision=precision, s3_endpoint_url=s3_endpoint_url, explain=explain,
+                       explain_top_k=explain_top_k)
     _echo_patients(result)
+    click.echo(f"patient reports: {result['report']}")
 
 
 @cli.command("retrain")
@@ -152,6 +158,31 @@ def retrain_command(sources, store, epochs, patience, seed, backbone_weights, ba
     click.echo(f"{result['reason']}; {result['embedded']} new embeddings; {result['seconds']:.0f} s -> {result['model']}")
 
 
+@cli.command("report")
+@click.argument("run")
+@click.option("--store", required=True, help="Run store holding runs/RUN: a folder or an s3:// URL.")
+@click.option("--s3-endpoint-url", envvar="AML_SMEAR_S3_ENDPOINT_URL", default=None,
+              help="S3-compatible endpoint for s3:// URLs (MinIO, moto).")
+def report_command(run: str, store: str, s3_endpoint_url: str | None) -> None:
+    """Rebuild the per-patient HTML reports and the index page of the finished run RUN."""
+    from aml_model.errors import AmlSmearError
+    from tasks import storage
+    from tasks.report import build_reports
+    from tasks.runs import require_complete
+
+    options = storage.storage_options_for(store, s3_endpoint_url)
+    paths = storage.RunPaths(store, run)
+    try:
+        if not storage.exists(paths.root, options):
+            message = f"no run {run} in {store} ({paths.root} does not exist)"
+            raise _CliError(message)
+        require_complete(paths, options)
+        index = build_reports(paths, options)
+    except (AmlSmearError, FileNotFoundError, PermissionError) as exc:
+        raise _CliError(str(exc)) from exc
+    click.echo(f"reports of run {run} rebuilt: {index}")
+
+
 @cli.command("demo")
 @click.option("--store", default="demo-store", show_default=True, type=click.Path(file_okay=False),
               help="Folder for the demo data and outputs.")
@@ -164,6 +195,29 @@ def demo(store: str, epochs: int, workers, scheduler, s3_endpoint_url) -> None:
     result = _run_flow(demo_flow, workers, scheduler, store=str(Path(store).resolve()), epochs=epochs)
     _echo_patients(result)
     click.echo(f"demo outputs: {result['store']} (model {result['model_dir']}, run {result['run']})")
+    click.echo(f"patient reports: {result['report']}")
+
+
+@cli.command("serve")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Most flow runs at once [default: no limit].")
+@click.option("--scheduler", envvar="AML_SMEAR_DASK_SCHEDULER", default=None, metavar="tcp://HOST:PORT",
+              help="Address of an existing Dask scheduler for the runs [env AML_SMEAR_DASK_SCHEDULER].")
+@click.option("--workers", envvar="AML_SMEAR_DASK_WORKERS", type=click.IntRange(min=1), default=None,
+              help="Workers of each run's local Dask cluster [env AML_SMEAR_DASK_WORKERS; default: one per core].")
+def serve_command(limit, scheduler, workers) -> None:
+    """Serve the deployments (score-smears/on-demand, retrain-and-evaluate/nightly) without a work pool.
+
+    Needs PREFECT_API_URL; parameters of the nightly retrain come from the Prefect variables
+    aml_smear_store and aml_smear_retrain_sources. Runs until Ctrl-C, then pauses the schedules.
+    """
+    from flows.runner import dask_task_runner, quiet_dask_logs
+    from flows.serve import serve_deployments
+
+    quiet_dask_logs()
+    try:
+        serve_deployments(dask_task_runner(workers, scheduler), limit=limit)
+    except ValueError as exc:
+        raise _CliError(str(exc)) from exc
 
 
 def main() -> None:

@@ -1,0 +1,221 @@
+"""The production deployments, declared once: ``aml-smear serve`` serves them from here.
+
+``deployments/prefect.yaml`` declares the same two deployments for work pools (``prefect deploy``);
+``tests/deployments`` checks that the two agree. Deployed flows run on the Dask task runner that
+:func:`dask_runner_from_environment` builds from the environment of their flow-run process, served
+flows on the one ``aml-smear serve`` is given (its options default to the same variables), so a GPU
+cluster or a bigger machine needs a setting, not a code edit.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from prefect import Flow
+from prefect_dask import DaskTaskRunner
+
+from flows.runner import dask_task_runner
+
+__all__ = [
+    "DASK_SCHEDULER_ENV",
+    "DASK_WORKERS_ENV",
+    "DEPLOYMENTS",
+    "NIGHTLY_RETRAIN",
+    "SCORE_ON_DEMAND",
+    "VARIABLES",
+    "WORK_POOL",
+    "REQUIRED_VARIABLES",
+    "DeploymentSpec",
+    "dask_runner_from_environment",
+    "deployed_flow",
+    "deployment_options",
+    "read_variables",
+    "serve_deployments",
+]
+
+# Read by the process that runs a flow (a worker's flow-run process, or a served run): set them
+# in the worker's environment or as the `env` job variable of a deployment or a run.
+DASK_SCHEDULER_ENV = "AML_SMEAR_DASK_SCHEDULER"
+DASK_WORKERS_ENV = "AML_SMEAR_DASK_WORKERS"
+
+WORK_POOL = "aml-smear"
+
+# Prefect variables the deployments read their parameters from, and what each holds.
+VARIABLES: Mapping[str, str] = {
+    "aml_smear_store": "run store and model registry of the nightly retrain (a folder or s3:// URL)",
+    "aml_smear_retrain_sources": "labelled cell collections of the nightly retrain (a JSON list of URLs)",
+    "aml_smear_s3_endpoint_url": "S3-compatible endpoint (MinIO) for s3:// URLs; empty or unset for AWS",
+}
+# Without these a deployment has no sensible value; the S3 endpoint is optional.
+REQUIRED_VARIABLES = frozenset({"aml_smear_store", "aml_smear_retrain_sources"})
+
+
+@dataclass(frozen=True)
+class DeploymentSpec:
+    """One deployment of a flow.
+
+    Attributes:
+        flow_name: the Prefect flow's name, e.g. "score-smears".
+        name: the deployment's name; runs are started as ``flow_name/name``.
+        entrypoint: attribute of ``deployments/entrypoints.py`` holding the Dask-backed flow.
+        description: shown in the Prefect UI.
+        variables: {flow parameter: Prefect variable} for parameters read from variables
+            when the deployment is registered (``prefect deploy`` or ``aml-smear serve``).
+        cron, timezone: the schedule (IANA time zone), or None for on-demand runs only.
+        concurrency_limit: most runs of this deployment at once, or None for no limit.
+        tags: Prefect tags.
+    """
+
+    flow_name: str
+    name: str
+    entrypoint: str
+    description: str
+    variables: Mapping[str, str] = field(default_factory=dict)
+    cron: str | None = None
+    timezone: str | None = None
+    concurrency_limit: int | None = None
+    tags: tuple[str, ...] = ("aml-smear",)
+
+    @property
+    def full_name(self) -> str:
+        """``flow_name/name``, as ``prefect deployment run`` takes it."""
+        return f"{self.flow_name}/{self.name}"
+
+
+SCORE_ON_DEMAND = DeploymentSpec(
+    flow_name="score-smears",
+    name="on-demand",
+    entrypoint="score_smears",
+    description="Score new smears and call each patient; give source and store with each run. "
+                "Research use only: not a diagnosis.",
+    variables={"s3_endpoint_url": "aml_smear_s3_endpoint_url"},
+    tags=("aml-smear", "scoring"),
+)
+NIGHTLY_RETRAIN = DeploymentSpec(
+    flow_name="retrain-and-evaluate",
+    name="nightly",
+    entrypoint="retrain_and_evaluate",
+    description="Retrain the paper's model on the labelled sources every night, evaluate it and "
+                "promote it only if it is no worse than the champion.",
+    variables={"sources": "aml_smear_retrain_sources", "store": "aml_smear_store",
+               "s3_endpoint_url": "aml_smear_s3_endpoint_url"},
+    # 02:00 lab time, when the scanners are idle; the time zone makes daylight saving explicit.
+    cron="0 2 * * *",
+    timezone="Europe/Berlin",
+    # A retrain that overruns must not overlap the next night's.
+    concurrency_limit=1,
+    tags=("aml-smear", "training"),
+)
+DEPLOYMENTS: tuple[DeploymentSpec, ...] = (SCORE_ON_DEMAND, NIGHTLY_RETRAIN)
+
+
+def dask_runner_from_environment(environ: Mapping[str, str] | None = None) -> DaskTaskRunner:
+    """The Dask task runner named by ``AML_SMEAR_DASK_SCHEDULER`` / ``AML_SMEAR_DASK_WORKERS``.
+
+    Args:
+        environ: the environment to read; ``os.environ`` by default.
+
+    Returns:
+        A runner for the scheduler address when one is set, else a LocalCluster of the given
+        number of workers (default one per CPU core).
+
+    Raises:
+        ValueError: AML_SMEAR_DASK_WORKERS is not a positive integer, or both are set.
+    """
+    environ = os.environ if environ is None else environ
+    scheduler = environ.get(DASK_SCHEDULER_ENV) or None
+    workers_text = environ.get(DASK_WORKERS_ENV) or None
+    workers = None
+    if workers_text is not None:
+        if not workers_text.isdigit() or int(workers_text) < 1:
+            message = f"{DASK_WORKERS_ENV}={workers_text!r} is invalid: expected a positive integer"
+            raise ValueError(message)
+        workers = int(workers_text)
+    return dask_task_runner(workers, scheduler)
+
+
+def deployed_flow(spec: DeploymentSpec, task_runner: DaskTaskRunner) -> Flow:
+    """The flow of ``spec`` on ``task_runner``."""
+    # Imported here: the flows pull in the tasks and their libraries, which `--help` does not need.
+    from flows.retrain import retrain_and_evaluate
+    from flows.score import score_smears
+
+    flows = {flow.name: flow for flow in (score_smears, retrain_and_evaluate)}
+    return flows[spec.flow_name].with_options(task_runner=task_runner)
+
+
+def read_variables(names: set[str] | frozenset[str]) -> dict[str, Any]:
+    """The values of the Prefect variables ``names`` that are set (needs a Prefect API).
+
+    Raises:
+        ValueError: a variable in REQUIRED_VARIABLES is not set; the message says how to set it.
+    """
+    from prefect.variables import Variable
+
+    values = {name: Variable.get(name) for name in sorted(names)}
+    missing = sorted(name for name, value in values.items() if value is None and name in REQUIRED_VARIABLES)
+    if missing:
+        examples = "; ".join(f"prefect variable set {name} '<{VARIABLES[name]}>'" for name in missing)
+        message = f"Prefect variable(s) {', '.join(missing)} not set: {examples}"
+        raise ValueError(message)
+    return {name: value for name, value in values.items() if value is not None}
+
+
+def deployment_options(spec: DeploymentSpec, variables: Mapping[str, Any]) -> dict[str, Any]:
+    """Keyword arguments of ``Flow.to_deployment`` / ``Runner.add_flow`` for ``spec``.
+
+    Args:
+        spec: the deployment.
+        variables: Prefect variable values by name (see :func:`read_variables`); a parameter
+            whose variable is absent keeps the flow's default.
+    """
+    from prefect.schedules import Cron
+    from prefect.types.entrypoint import EntrypointType
+
+    return {
+        "name": spec.name,
+        "description": spec.description,
+        "parameters": {parameter: variables[variable] for parameter, variable in spec.variables.items()
+                       if variable in variables},
+        "schedules": [Cron(spec.cron, timezone=spec.timezone)] if spec.cron else [],
+        "concurrency_limit": spec.concurrency_limit,
+        "tags": list(spec.tags),
+        # Recorded for the UI only: the runner runs the flow objects it was given.
+        "entrypoint_type": EntrypointType.MODULE_PATH,
+    }
+
+
+def serve_deployments(task_runner: DaskTaskRunner, limit: int | None = None) -> None:
+    """Register DEPLOYMENTS with the configured Prefect API and run their flows until stopped.
+
+    This is what ``prefect.serve()`` does, with one difference that matters here: ``serve()``
+    reloads each flow from its entrypoint, which would drop the Dask task runner, while
+    ``Runner.add_flow`` keeps the flow objects given to it. Runs start in subprocesses of this
+    process; on shutdown the schedules are paused, so the nightly retrain does not pile up runs
+    while nothing serves it. The runner's webserver stays off (Prefect's default): no port is bound.
+
+    Raises:
+        ValueError: no Prefect API is configured, or a required variable is not set.
+    """
+    import asyncio
+
+    from prefect.runner import Runner
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        message = ("aml-smear serve needs a Prefect server: start one (`prefect server start`) and set "
+                   "PREFECT_API_URL, e.g. http://127.0.0.1:4200/api")
+        raise ValueError(message)
+    names = {variable for spec in DEPLOYMENTS for variable in spec.variables.values()}
+    variables = read_variables(names)
+    runner = Runner(name="aml-smear-serve", limit=limit, pause_on_shutdown=True)
+    for spec in DEPLOYMENTS:
+        runner.add_flow(deployed_flow(spec, task_runner), **deployment_options(spec, variables))
+        print(f"serving {spec.full_name}" + (f" ({spec.cron}, {spec.timezone})" if spec.cron else ""), flush=True)
+    try:
+        asyncio.run(runner.start())
+    except KeyboardInterrupt:
+        pass

@@ -1,0 +1,30 @@
+# aml-smear worker image, CPU: the Prefect process worker, the flow runs it starts, and the Dask
+# scheduler and workers all run this one image, so the Prefect, Dask and TensorFlow versions of
+# every process match. Build from the repository root:
+#
+#   docker build -f infra/cpu.Dockerfile -t aml-smear:cpu .
+#
+# Dependencies come only from pyproject.toml, pinned by constraints.txt: there is no second list.
+# No credentials are baked in: AWS_* and PREFECT_API_URL come from the runtime environment.
+FROM python:3.11-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    TF_CPP_MIN_LOG_LEVEL=2 \
+    PREFECT_SERVER_ANALYTICS_ENABLED=false
+
+# `prefect deploy` run here records this directory as the flow runs' working directory
+# (deployments/prefect.yaml has no pull step), so deployments/entrypoints.py is found.
+WORKDIR /opt/aml-smear
+COPY pyproject.toml constraints.txt README.md ./
+COPY aml_model ./aml_model
+COPY tasks ./tasks
+COPY flows ./flows
+COPY deployments ./deployments
+RUN pip install -c constraints.txt .
+
+RUN useradd --create-home --uid 10001 aml
+USER aml
+CMD ["prefect", "worker", "start", "--pool", "aml-smear", "--type", "process"]

@@ -1,0 +1,117 @@
+"""deployments/prefect.yaml and flows/serve.py declare the same deployments; the Dask runner comes from the env."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from flows.cli import cli
+from flows.serve import (
+    DASK_SCHEDULER_ENV,
+    DASK_WORKERS_ENV,
+    DEPLOYMENTS,
+    NIGHTLY_RETRAIN,
+    SCORE_ON_DEMAND,
+    WORK_POOL,
+    dask_runner_from_environment,
+    serve_deployments,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PREFECT_YAML = REPO_ROOT / "deployments" / "prefect.yaml"
+
+
+@pytest.fixture(scope="module")
+def prefect_yaml() -> dict:
+    return yaml.safe_load(PREFECT_YAML.read_text())
+
+
+def _by_name(prefect_yaml: dict) -> dict[str, dict]:
+    return {deployment["name"]: deployment for deployment in prefect_yaml["deployments"]}
+
+
+def test_prefect_yaml_declares_the_deployments_of_flows_serve(prefect_yaml):
+    deployments = _by_name(prefect_yaml)
+    assert set(deployments) == {spec.name for spec in DEPLOYMENTS}
+    for spec in DEPLOYMENTS:
+        declared = deployments[spec.name]
+        assert declared["entrypoint"] == f"deployments/entrypoints.py:{spec.entrypoint}"
+        assert declared["parameters"] == {parameter: f"{{{{ prefect.variables.{variable} }}}}"
+                                          for parameter, variable in spec.variables.items()}
+        expected_schedules = [{"cron": spec.cron, "timezone": spec.timezone, "active": True}] if spec.cron else []
+        assert declared["schedules"] == expected_schedules
+        assert declared.get("concurrency_limit") == spec.concurrency_limit
+        assert declared["description"] == spec.description
+        assert tuple(declared["tags"]) == spec.tags
+        assert declared["work_pool"]["name"] == WORK_POOL
+    assert NIGHTLY_RETRAIN.cron == "0 2 * * *" and NIGHTLY_RETRAIN.timezone == "Europe/Berlin"
+    assert SCORE_ON_DEMAND.cron is None
+
+
+def test_documented_job_variables_name_the_settings_the_runner_reads(prefect_yaml):
+    job_variables = prefect_yaml["definitions"]["job_variables"]
+    assert set(job_variables["gpu_cluster"]["env"]) == {DASK_SCHEDULER_ENV}
+    assert set(job_variables["local_cluster"]["env"]) == {DASK_WORKERS_ENV}
+    # Deploying needs no build or push: the code is where the worker runs.
+    assert prefect_yaml["build"] is None and prefect_yaml["push"] is None and "pull" not in prefect_yaml
+
+
+@pytest.mark.parametrize("spec", DEPLOYMENTS, ids=lambda spec: spec.full_name)
+def test_entrypoints_are_the_flows_on_the_dask_runner_from_the_environment(spec, monkeypatch):
+    from prefect.flows import load_flow_from_entrypoint
+
+    monkeypatch.setenv(DASK_SCHEDULER_ENV, "tcp://127.0.0.1:8786")
+    monkeypatch.delenv(DASK_WORKERS_ENV, raising=False)
+    flow = load_flow_from_entrypoint(f"{REPO_ROOT / 'deployments' / 'entrypoints.py'}:{spec.entrypoint}")
+    assert flow.name == spec.flow_name
+    assert flow.task_runner.address == "tcp://127.0.0.1:8786"
+
+
+def test_dask_runner_from_environment():
+    assert dask_runner_from_environment({DASK_SCHEDULER_ENV: "tcp://10.0.0.5:8786"}).address == "tcp://10.0.0.5:8786"
+    local = dask_runner_from_environment({DASK_WORKERS_ENV: "3"})
+    assert local.address is None and local.cluster_kwargs["n_workers"] == 3
+    with pytest.raises(ValueError, match="AML_SMEAR_DASK_WORKERS='two' is invalid"):
+        dask_runner_from_environment({DASK_WORKERS_ENV: "two"})
+    with pytest.raises(ValueError, match="AML_SMEAR_DASK_WORKERS='0' is invalid"):
+        dask_runner_from_environment({DASK_WORKERS_ENV: "0"})
+    with pytest.raises(ValueError, match="not both"):
+        dask_runner_from_environment({DASK_WORKERS_ENV: "2", DASK_SCHEDULER_ENV: "tcp://10.0.0.5:8786"})
+
+
+def test_served_deployments_have_the_names_schedule_and_variable_parameters():
+    from flows.serve import deployed_flow, deployment_options
+
+    runner = dask_runner_from_environment({DASK_WORKERS_ENV: "1"})
+    variables = {"aml_smear_store": "s3://lab/store", "aml_smear_retrain_sources": ["s3://lab/labelled"]}
+    # What Runner.add_flow builds from the same options, without registering anything.
+    on_demand, nightly = (deployed_flow(spec, runner).to_deployment(**deployment_options(spec, variables))
+                          for spec in DEPLOYMENTS)
+
+    assert (on_demand.flow_name, on_demand.name) == ("score-smears", "on-demand")
+    assert not on_demand.schedules and on_demand.parameters == {}  # no endpoint variable: the flow's default
+    assert (nightly.flow_name, nightly.name) == ("retrain-and-evaluate", "nightly")
+    (schedule,) = nightly.schedules
+    assert (schedule.schedule.cron, schedule.schedule.timezone) == ("0 2 * * *", "Europe/Berlin")
+    assert nightly.parameters == {"sources": ["s3://lab/labelled"], "store": "s3://lab/store"}
+    assert nightly.concurrency_limit == 1
+    assert on_demand.entrypoint == "flows.score.score_smears"
+    assert deployed_flow(NIGHTLY_RETRAIN, runner).task_runner is runner
+
+
+def test_serve_refuses_to_start_without_a_prefect_api():
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        with pytest.raises(ValueError, match="needs a Prefect server.*PREFECT_API_URL"):
+            serve_deployments(dask_runner_from_environment({DASK_WORKERS_ENV: "1"}))
+
+
+def test_serve_command_help_and_argument_errors():
+    result = CliRunner().invoke(cli, ["serve", "--help"])
+    assert result.exit_code == 0 and "without a work pool" in result.output
+    both = CliRunner().invoke(cli, ["serve", "--workers", "2", "--scheduler", "tcp://10.0.0.5:8786"])
+    assert both.exit_code == 1 and "not both" in both.output

@@ -1,0 +1,90 @@
+"""End to end on one machine: `prefect deployment run` of the scoring deployment through a real
+server and process worker, the nightly schedule read back from the API, and `aml-smear serve`.
+
+The tests run in file order on one stack: serving re-registers the deployments without a
+work pool, so it comes last.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.deployments.conftest import REPO_ROOT, stop_process_group
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+
+PREFECT = [sys.executable, "-m", "prefect"]
+
+
+def _deployment(api_url: str, name: str) -> dict:
+    response = httpx.get(f"{api_url}/deployments/name/{name}", timeout=10)
+    response.raise_for_status()
+    return response.json()
+
+
+def test_nightly_retrain_is_registered_with_its_schedule_and_variables(local_stack):
+    nightly = _deployment(local_stack["api_url"], "retrain-and-evaluate/nightly")
+    (schedule,) = nightly["schedules"]
+    assert schedule["active"] is True
+    assert (schedule["schedule"]["cron"], schedule["schedule"]["timezone"]) == ("0 2 * * *", "Europe/Berlin")
+    # Parameters come from the Prefect variables the stack set, not from code.
+    assert nightly["parameters"]["sources"] == local_stack["sources"]
+    assert nightly["parameters"]["store"] == str(local_stack["store"])
+    assert nightly["work_pool_name"] == "aml-smear"
+    assert nightly["global_concurrency_limit"]["limit"] == 1
+    on_demand = _deployment(local_stack["api_url"], "score-smears/on-demand")
+    assert on_demand["schedules"] == [] and on_demand["work_pool_name"] == "aml-smear"
+
+
+def test_scoring_deployment_run_from_the_cli_completes(local_stack, lmu_cells, tiny_model_file, tmp_path):
+    import pandas as pd
+
+    from tests.corpus import compose_patient_cohort
+
+    source = compose_patient_cohort(lmu_cells, tmp_path / "smears", {"P01": (12, 8), "P02": (2, 18)})
+    store = tmp_path / "store"
+    run = subprocess.run(
+        [*PREFECT, "deployment", "run", "score-smears/on-demand", "--param", f"source={source}",
+         "--param", f"store={store}", "--param", f"model={tiny_model_file}", "--param", "min_cells=5",
+         "--param", "run_id=deployed", "--watch", "--watch-interval", "1", "--watch-timeout", "600"],
+        cwd=tmp_path, env=local_stack["env"], capture_output=True, text=True, timeout=700)
+    worker_log = (local_stack["home"] / "worker.log").read_text()[-4000:]
+    assert run.returncode == 0, f"{run.stdout[-3000:]}\n{run.stderr[-3000:]}\nworker log:\n{worker_log}"
+
+    flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", run.stdout).group(1)
+    state = httpx.get(f"{local_stack['api_url']}/flow_runs/{flow_run_id}", timeout=10).json()["state"]
+    assert state["type"] == "COMPLETED"
+    patients = pd.read_parquet(store / "runs" / "deployed" / "patients.parquet")
+    assert sorted(patients["patient_id"]) == ["P01", "P02"]
+    assert patients["n_scored"].tolist() == [20, 20]
+    assert patients["model_version"].str.startswith("file-").all()
+
+
+def test_aml_smear_serve_registers_the_deployments_on_a_real_server(local_stack, tmp_path):
+    api_url = local_stack["api_url"]
+    output = tmp_path / "serve.out"
+    with open(output, "wb") as handle:
+        serve = subprocess.Popen([str(Path(sys.executable).parent / "aml-smear"), "serve", "--workers", "1"],
+                                 cwd=REPO_ROOT, env=local_stack["env"], stdout=handle, stderr=subprocess.STDOUT,
+                                 stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        # Served deployments have no work pool: the serving process runs them itself.
+        while any(_deployment(api_url, name)["work_pool_name"] for name in
+                  ("score-smears/on-demand", "retrain-and-evaluate/nightly")):
+            assert serve.poll() is None and time.monotonic() < deadline, output.read_text()[-3000:]
+            time.sleep(0.5)
+        nightly = _deployment(api_url, "retrain-and-evaluate/nightly")
+        (schedule,) = nightly["schedules"]
+        assert (schedule["schedule"]["cron"], schedule["schedule"]["timezone"]) == ("0 2 * * *", "Europe/Berlin")
+        assert nightly["parameters"]["sources"] == local_stack["sources"]
+        assert "serving retrain-and-evaluate/nightly (0 2 * * *, Europe/Berlin)" in output.read_text()
+    finally:
+        stop_process_group(serve, grace_s=20)
