@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 
 import keras
+import numpy as np
 
 from aml_model.config import ModelConfig
 from aml_model.weights import fetch_weights_file, imagenet_weights_file
 
 __all__ = ["BACKBONE_NAME", "assemble_model", "build_backbone", "build_head", "build_model", "compile_model",
-           "resolve_backbone_weights"]
+           "resolve_backbone_weights", "seed_weights"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,37 @@ def build_backbone(config: ModelConfig, storage_options: dict | None = None) -> 
     )
     backbone.trainable = False
     return backbone
+
+
+def seed_weights(model: keras.Model, seed: int) -> keras.Model:
+    """Re-draw every kernel of ``model`` from ``seed`` alone, as Keras' default Glorot-uniform
+    initialiser would, and zero the biases; BatchNorm statistics keep their initial values.
+
+    Keras draws initial weights from Python's global ``random`` module, which any other thread
+    of the process (Prefect's and Dask's among them) may advance at any time, so
+    ``keras.utils.set_random_seed`` alone does not make an initialisation reproducible in a
+    flow. This depends on nothing but ``seed``.
+
+    Returns:
+        ``model``, changed in place.
+    """
+    rng = np.random.default_rng(seed)
+    for layer in _all_layers(model):
+        if isinstance(layer, keras.layers.Conv2D | keras.layers.Dense):
+            shape = tuple(layer.kernel.shape)
+            receptive = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
+            limit = np.sqrt(6.0 / (shape[-2] * receptive + shape[-1] * receptive))
+            layer.kernel.assign(rng.uniform(-limit, limit, shape).astype(layer.kernel.dtype))
+            if layer.bias is not None:
+                layer.bias.assign(np.zeros(layer.bias.shape, layer.bias.dtype))
+    return model
+
+
+def _all_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    layers = []
+    for layer in model.layers:
+        layers.extend(_all_layers(layer) if isinstance(layer, keras.Model) else [layer])
+    return layers
 
 
 def _head_layers(config: ModelConfig) -> list[keras.layers.Layer]:

@@ -1,15 +1,21 @@
-"""``python -m benchmarks [NAME ...]``: run the named benchmarks (default: all)."""
+"""``python -m benchmarks [NAME ...]``: run the named benchmarks (default: all) in one process.
+
+Results merge into benchmarks/results/latest.json. The scoring benchmark uses the model the
+retraining benchmark trained on real cells (or trains one itself when run alone).
+"""
 
 from __future__ import annotations
 
 import importlib
 import os
+import shutil
 import sys
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-BENCHMARKS = ("ingest", "score", "retrain")
+BENCHMARKS = ("retrain", "score", "memory", "ingest")
 
 
 def main(argv: list[str]) -> int:
@@ -18,8 +24,16 @@ def main(argv: list[str]) -> int:
     if unknown:
         print(f"unknown benchmark(s): {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}", file=sys.stderr)
         return 2
-    for name in names:
-        importlib.import_module(f"benchmarks.bench_{name}").main()
+    from flows.runner import quiet_dask_logs, shared_prefect_api
+
+    quiet_dask_logs()
+    context = {"work": tempfile.mkdtemp(prefix="aml-smear-bench-")}
+    try:
+        with shared_prefect_api():
+            for name in sorted(names, key=BENCHMARKS.index):
+                importlib.import_module(f"benchmarks.bench_{name}").main(context)
+    finally:
+        shutil.rmtree(context["work"], ignore_errors=True)
     return 0
 
 

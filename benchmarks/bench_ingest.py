@@ -27,15 +27,12 @@ def measure(n_workers: int, source: str) -> float:
     return result["cells"] / elapsed
 
 
-def main() -> dict:
+def main(context: dict) -> dict:
     from benchmarks.common import print_table, record, require_lmu_cells
-    from flows.runner import quiet_dask_logs, shared_prefect_api
 
     source = str(require_lmu_cells())
-    quiet_dask_logs()
-    with shared_prefect_api():
-        one = measure(1, source)
-        two = measure(2, source)
+    one = measure(1, source)
+    two = measure(2, source)
     results = {"ingest_1w_cells_per_s": one, "ingest_2w_cells_per_s": two, "ingest_2w_over_1w": two / one}
     print_table("ingest of 1,400 real LMU cells (decode + resize + Zarr + Parquet)", [
         ("1 worker", f"{one:.1f} cells/s"), ("2 workers", f"{two:.1f} cells/s"), ("2w / 1w", f"{two / one:.2f}x"),

@@ -1,15 +1,18 @@
-"""Shared helpers: the real data, a result file, a Prefect API for Dask workers."""
+"""Shared helpers: the real data, cohorts drawn from it, the machine, and the result file."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import platform
+import shutil
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 LMU_CELLS = Path(os.environ.get("AML_SMEAR_LMU_CELLS", PROJECT_ROOT.parent / "shared" / "data" / "lmu-cells"))
-RESULTS = PROJECT_ROOT / "benchmarks" / "results" / "latest.json"
+# The smoke test points this elsewhere so that it never overwrites a real result.
+RESULTS = Path(os.environ.get("AML_SMEAR_BENCH_RESULTS", PROJECT_ROOT / "benchmarks" / "results" / "latest.json"))
 
 
 def require_lmu_cells() -> Path:
@@ -18,11 +21,59 @@ def require_lmu_cells() -> Path:
     return LMU_CELLS
 
 
-def record(results: dict[str, float]) -> dict:
-    """Merge ``results`` into benchmarks/results/latest.json with a note of the machine."""
+def lmu_rows(lmu: Path) -> tuple[list[dict], list[dict]]:
+    """The labelled LMU cells as (blast rows, normal rows), each in file order."""
+    with open(lmu / "labels.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return [r for r in rows if r["label"] == "blast"], [r for r in rows if r["label"] == "normal"]
+
+
+def sample_cohort(lmu: Path, root: Path, n_cells: int, offset: int = 0, patients: int = 4) -> list[tuple[Path, str]]:
+    """Copy n_cells real cells, half blasts, into patient folders under ``root``.
+
+    ``offset`` skips that many cells of each class, so two cohorts with offsets apart share no
+    cell. Cells are dealt to patients in turn. Writes ``root/labels.csv``; returns (path, label).
+    """
+    blasts, normals = lmu_rows(lmu)
+    picked = blasts[offset: offset + n_cells // 2] + normals[offset: offset + n_cells - n_cells // 2]
+    if len(picked) < n_cells:
+        message = f"only {len(picked)} LMU cells after offset {offset}, {n_cells} asked for"
+        raise SystemExit(message)
+    cells = []
+    for number, row in enumerate(picked):
+        patient = root / f"P{number % patients}"
+        patient.mkdir(parents=True, exist_ok=True)
+        target = patient / Path(row["file"]).name
+        shutil.copyfile(lmu / row["file"], target)
+        cells.append((target, row["label"]))
+    (root / "labels.csv").write_text("image,label\n" + "".join(
+        f"{path.relative_to(root).as_posix()},{label}\n" for path, label in cells))
+    return cells
+
+
+def machine() -> dict:
+    """What the numbers were measured on: CPU model, cores, the vector extensions that matter, TF."""
+    flags, model = set(), platform.processor() or platform.machine()
+    if Path("/proc/cpuinfo").is_file():
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    import tensorflow as tf
+
+    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
+    return {"cpu": model, "cpus": os.cpu_count(), "vector_extensions": [f for f in wanted if f in flags],
+            "gpus": [d.name for d in tf.config.list_physical_devices("GPU")], "tensorflow": tf.__version__,
+            "python": platform.python_version()}
+
+
+def record(results: dict) -> dict:
+    """Merge ``results`` into benchmarks/results/latest.json with a description of the machine."""
     current = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     current.update(results)
-    current["machine"] = {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()}
+    current["machine"] = machine()
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(current, indent=2, sort_keys=True))
     return current
@@ -30,6 +81,6 @@ def record(results: dict[str, float]) -> dict:
 
 def print_table(title: str, rows: list[tuple[str, str]]) -> None:
     width = max(len(name) for name, _ in rows)
-    print(f"\n{title}")
+    print(f"\n{title}", flush=True)
     for name, value in rows:
-        print(f"  {name.ljust(width)}  {value}")
+        print(f"  {name.ljust(width)}  {value}", flush=True)

@@ -8,7 +8,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 
-from prefect.settings import PREFECT_API_URL
+from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
 from prefect_dask import DaskTaskRunner
 
 __all__ = ["dask_task_runner", "local_cluster_kwargs", "quiet_dask_logs", "shared_prefect_api"]
@@ -31,8 +31,9 @@ def shared_prefect_api() -> Iterator[str | None]:
     # Offline, the server's telemetry only logs errors (and can lock its SQLite database).
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     server = SubprocessASGIServer()
-    # The server stops itself at exit, after the last log records have been sent to it.
-    server.start()
+    # The server stops itself at exit, after the last log records have been sent to it. On a
+    # busy machine its start can take longer than Prefect's default wait of 20 s.
+    server.start(timeout=max(120, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()))
     os.environ["PREFECT_API_URL"] = server.api_url
     try:
         yield server.api_url

@@ -76,12 +76,11 @@ def prepare_backbone(config: ModelConfig, store: str, storage_options: dict | No
     Returns:
         (backbone_id, weights URL in the store, feature shape `(h, w, c)`).
     """
-    import keras
+    from aml_model.architecture import build_backbone, seed_weights
 
-    from aml_model.architecture import build_backbone
-
-    keras.utils.set_random_seed(seed)  # "none" weights are random: seed them
     backbone = build_backbone(config, storage_options)
+    if config.backbone_weights.lower() == "none":
+        seed_weights(backbone, seed)  # random weights, the same for every run with this seed
     with tempfile.TemporaryDirectory() as folder:
         local = os.path.join(folder, "backbone.weights.h5")
         backbone.save_weights(local)
@@ -100,10 +99,13 @@ def _worker_backbone(backbone_id: str, weights_url: str, image_size: int, storag
     with _LOCK:
         if backbone_id not in _BACKBONES:
             from aml_model.architecture import build_backbone
+            from aml_model.inference import fold_batch_norm
 
             local = storage.local_copy(weights_url, storage_options, f"{backbone_id}.weights.h5")
             _BACKBONES.clear()
-            _BACKBONES[backbone_id] = build_backbone(ModelConfig(image_size=image_size, backbone_weights=local))
+            # The folded form computes the same features (within float rounding) faster.
+            backbone = build_backbone(ModelConfig(image_size=image_size, backbone_weights=local))
+            _BACKBONES[backbone_id] = fold_batch_norm(backbone)
         return _BACKBONES[backbone_id]
 
 

@@ -13,13 +13,15 @@ from tasks import storage
 from tasks.registry import ModelRef
 from tasks.retry import retry_transient_errors
 
-__all__ = ["load_worker_model", "score_shard"]
+__all__ = ["load_worker_model", "score_shard", "worker_scorer"]
 
 logger = logging.getLogger(__name__)
 
-# One model per worker process, kept across tasks: loading ResNet50 costs seconds and ~1 GiB.
-_MODELS: dict[tuple[str, str], object] = {}
-_LOCK = threading.Lock()
+# Kept per worker process across tasks: loading ResNet50 costs seconds and ~1 GiB, deriving and
+# tracing its inference form a few seconds more. One model version at a time.
+_MODELS: dict[str, object] = {}
+_SCORERS: dict[tuple[str, str, int], object] = {}
+_LOCK = threading.RLock()
 
 
 def _configure_devices() -> None:
@@ -34,21 +36,33 @@ def _configure_devices() -> None:
             logger.warning("GPU %s was initialised before memory growth could be set", gpu.name)
 
 
-def load_worker_model(model: ModelRef, storage_options: dict, precision: str = "float32"):
-    """This process's copy of the model, loaded (safe mode) on first use and cached."""
-    key = (model.version, precision)
+def load_worker_model(model: ModelRef, storage_options: dict):
+    """This process's copy of the paper model, loaded (safe mode) on first use and cached."""
     with _LOCK:
-        if key in _MODELS:
-            return _MODELS[key]
+        if model.version in _MODELS:
+            return _MODELS[model.version]
         from aml_model.io import load_model
-        from aml_model.predict import with_precision
 
         _configure_devices()
         local = storage.local_copy(model.url, storage_options, f"{model.version}.keras")
-        loaded = with_precision(load_model(local, compile=False), precision)
-        _MODELS.clear()  # keep one model per worker: a new version replaces the old one
-        _MODELS[key] = loaded
+        loaded = load_model(local, compile=False)
+        # A new version replaces the old one and everything derived from it.
+        _MODELS.clear()
+        _SCORERS.clear()
+        _MODELS[model.version] = loaded
         return loaded
+
+
+def worker_scorer(model: ModelRef, storage_options: dict, precision: str, batch_size: int):
+    """This process's compiled scorer: the model's folded inference form in ``precision``."""
+    key = (model.version, precision, batch_size)
+    with _LOCK:
+        if key not in _SCORERS:
+            from aml_model.inference import BatchScorer, inference_model
+
+            paper_model = load_worker_model(model, storage_options)
+            _SCORERS[key] = BatchScorer(inference_model(paper_model, precision), batch_size)
+        return _SCORERS[key]
 
 
 @task(name="score-shard", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2,
@@ -75,18 +89,20 @@ def score_shard(
     """
     if storage.exists(marker_url, store_options):
         marker = storage.read_json(marker_url, store_options)
-        if marker.get("plan") == fingerprint and marker.get("model_version") == model.version:
+        if marker == _marker(fingerprint, model, precision, marker.get("scored")):
             return marker["scored"]
-    from aml_model.predict import predict_batch
-
-    keras_model = load_worker_model(model, store_options, precision)
+    scorer = worker_scorer(model, store_options, precision, batch_size)
     block = np.full(stop - start, np.nan, np.float32)
     if indices:
         images = storage.open_cells_array(cells_url, store_options)[start:stop]
         rows = np.asarray(indices, dtype=np.int64) - start
-        block[rows] = predict_batch(keras_model, images[rows], batch_size=batch_size)
+        block[rows] = scorer(images[rows])
     probabilities = storage.open_cells_array(cells_url, store_options, name=storage.PROBABILITIES, read_only=False)
     probabilities[start:stop] = block
-    storage.write_json(marker_url, {"plan": fingerprint, "model_version": model.version, "scored": len(indices)},
-                       store_options)
+    storage.write_json(marker_url, _marker(fingerprint, model, precision, len(indices)), store_options)
     return len(indices)
+
+
+def _marker(fingerprint: str, model: ModelRef, precision: str, scored: int | None) -> dict:
+    # Probabilities depend on the cells, the model and the precision: a change of any redoes the shard.
+    return {"plan": fingerprint, "model_version": model.version, "precision": precision, "scored": scored}

@@ -157,13 +157,12 @@ def train_on_features(cache, config, feature_shape, train_rows, y_train_rows, va
     """Cached path: fit the head on cached features, assemble the full model, score the test cells."""
     import dataclasses
 
-    from aml_model.architecture import assemble_model, build_head
+    from aml_model.architecture import assemble_model, build_head, seed_weights
     from aml_model.predict import predict_batch
     from aml_model.train import train_head
-    import keras
 
-    keras.utils.set_random_seed(config.train.seed)  # the head's initialisation is part of the seeded run
-    head = build_head(feature_shape, config.model)
+    # The head's initialisation is part of the seeded run.
+    head = seed_weights(build_head(feature_shape, config.model), config.train.seed)
     history, best = train_head(head, cache.read_rows(train_rows), y_train_rows, cache.read_rows(val_rows), y_val,
                                config.train)
     weights = storage.local_copy(cache.weights, storage_options, f"{cache.backbone_id}.weights.h5")

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from aml_model.architecture import build_backbone, build_head, build_model
+from aml_model.architecture import build_backbone, build_head, build_model, seed_weights
 from aml_model.config import ModelConfig
 from aml_model.errors import BackboneWeightsError, WeightsHashMismatchError
 from aml_model.weights import IMAGENET_NOTOP_FILE
@@ -66,6 +66,7 @@ def weights_file(tmp_path):
     return backbone, path, hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.reliability
 @pytest.mark.parametrize("as_url", [False, True])
 def test_weights_file_is_loaded_with_its_hash_checked(weights_file, as_url):
     saved, path, digest = weights_file
@@ -76,6 +77,7 @@ def test_weights_file_is_loaded_with_its_hash_checked(weights_file, as_url):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
+@pytest.mark.reliability
 def test_wrong_hash_is_refused(weights_file):
     _, path, digest = weights_file
     wrong = ("0" if digest[0] != "0" else "1") + digest[1:]
@@ -97,3 +99,19 @@ def test_imagenet_offline_says_how_to_provide_weights(tmp_path, monkeypatch):
     assert IMAGENET_NOTOP_FILE in message
     assert str(tmp_path / "empty-keras-home" / "models") in message
     assert "--backbone-weights" in message
+
+
+def test_seed_weights_depend_on_the_seed_alone():
+    import random
+
+    config = ModelConfig(image_size=32, backbone_weights="none")
+    first = seed_weights(build_head((1, 1, 2048), config), 7).get_weights()
+    random.random()  # another thread advancing Python's global generator must not matter
+    second = seed_weights(build_head((1, 1, 2048), config), 7).get_weights()
+    other = seed_weights(build_head((1, 1, 2048), config), 8).get_weights()
+    for a, b in zip(first, second, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(first[0], other[0])
+    limit = np.sqrt(6.0 / (2048 + 128))
+    assert np.abs(first[0]).max() <= limit and first[0].std() > limit / 3  # Glorot-uniform's range
+    assert not first[1].any()

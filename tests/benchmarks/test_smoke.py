@@ -1,0 +1,40 @@
+"""The benchmark runs end to end on a handful of cells and writes every key it promises.
+
+Numbers are not checked: speed is measured by ``make bench``, never in the test suite.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import PROJECT_ROOT
+
+# The scoring benchmark's keys; it trains its model through the retraining flow's cached path.
+# The retraining and memory benchmarks run more flows of the same kind and are left to `make bench`.
+REQUIRED = (
+    "fp32_ceiling_cells_per_s", "model_only_over_ceiling", "model_only_cells_per_s", "baseline_cells_per_s",
+    "e2e_1w_cells_per_s", "e2e_2w_cells_per_s", "e2e_over_model_only", "e2e_over_baseline", "bf16_over_fp32",
+    "bf16_max_abs_dp", "bf16_auc_delta", "bf16_patient_calls_changed", "workers2_over_1",
+)
+
+
+@pytest.mark.slow
+def test_benchmarks_run_on_a_handful_of_cells(lmu_cells, tmp_path):
+    results = tmp_path / "latest.json"
+    env = {**os.environ, "AML_SMEAR_LMU_CELLS": str(lmu_cells), "AML_SMEAR_BENCH_RESULTS": str(results),
+           "AML_SMEAR_BENCH_CELLS": "24", "AML_SMEAR_BENCH_RETRAIN_CELLS": "40", "AML_SMEAR_BENCH_RETRAIN_EPOCHS": "1",
+           "AML_SMEAR_BENCH_IMAGE_SIZE": "32"}
+    env.pop("PREFECT_API_URL", None)  # the benchmark starts its own temporary Prefect server
+    completed = subprocess.run([sys.executable, "-m", "benchmarks", "score"], cwd=PROJECT_ROOT,
+                               env=env, capture_output=True, text=True, timeout=900)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    recorded = json.loads(results.read_text())
+    missing = [key for key in REQUIRED if not isinstance(recorded.get(key), int | float)]
+    assert not missing, f"keys missing or not numbers: {missing}"
+    assert recorded["machine"]["cpus"] == os.cpu_count()
+    assert "fp32 ceiling" in completed.stdout and "bf16 patient calls changed" in completed.stdout
