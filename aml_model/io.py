@@ -43,3 +43,12 @@ def load_model(path: str | Path, compile: bool = True) -> keras.Model:
             message = f"model file {path} was refused by Keras safe mode: {exc}"
             raise UnsafeModelError(message) from exc
         raise
+    except TypeError as exc:
+        # A config naming code outside Keras (os.system, subprocess.Popen...) is not imported:
+        # Keras raises a TypeError pages long; say in one line what happened.
+        if "Could not locate" in str(exc):
+            found = str(exc).rsplit("Full object config:", 1)[-1].strip()[:200]
+            message = (f"model file {path} names a class or function that is not a Keras object and was refused "
+                       f"by safe loading: {found}")
+            raise UnsafeModelError(message) from exc
+        raise

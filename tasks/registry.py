@@ -73,7 +73,13 @@ def resolve_model(spec: str, store: str, storage_options: dict | None = None) ->
         spec = storage.read_json(pointer, options)["version"]
     registered = storage.join(models_root(store), spec, MODEL_FILE)
     if "/" not in spec and storage.exists(registered, options):
-        card = storage.read_json(storage.join(models_root(store), spec, CARD_FILE), options)
+        card_url = storage.join(models_root(store), spec, CARD_FILE)
+        if not storage.exists(card_url, options):
+            # The card is written last: without it the registration was interrupted.
+            message = (f"model version {spec} in {models_root(store)} is not completely registered (no {CARD_FILE}): "
+                       f"its registration was interrupted; retrain, or use another version")
+            raise ModelNotFoundError(message)
+        card = storage.read_json(card_url, options)
         return ModelRef(registered, spec, int(card["config"]["model"]["image_size"]))
     if not storage.exists(spec, options):
         message = (f"model {spec!r} is neither a version registered in {models_root(store)} nor an existing "

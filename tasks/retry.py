@@ -15,7 +15,8 @@ def retry_transient_errors(task: Task, task_run: TaskRun, state: State) -> bool:
     """Prefect ``retry_condition_fn``: retry unless the failure is a validation error."""
     try:
         state.result()
-    except (AmlSmearError, ValueError, TypeError, KeyError, FileNotFoundError):
+    # PermissionError: access denied does not heal by retrying (throttling and 5xx are retried).
+    except (AmlSmearError, ValueError, TypeError, KeyError, FileNotFoundError, PermissionError):
         return False
     except Exception:
         return True

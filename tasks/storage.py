@@ -94,7 +94,12 @@ def write_bytes(url: str, data: bytes, storage_options: dict | None = None) -> s
             os.fsync(handle.fileno())
         os.replace(partial, path)
     else:
-        fs.pipe_file(path, data)
+        try:
+            fs.pipe_file(path, data)
+        except PermissionError as exc:
+            # s3fs says only "Access Denied": name the object, so a failed run says where.
+            message = f"cannot write {url}: {exc}"
+            raise PermissionError(message) from exc
     return url
 
 

@@ -20,6 +20,7 @@ def test_round_trip_keeps_predictions_and_optimizer(tmp_path):
     assert loaded.get_layer("resnet50").trainable is False
 
 
+@pytest.mark.reliability
 def test_lambda_layer_is_refused_in_safe_mode(tmp_path):
     inputs = keras.Input((4,))
     outputs = keras.layers.Lambda(lambda x: x * 2)(inputs)

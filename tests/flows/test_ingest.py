@@ -92,6 +92,7 @@ def shard_mtimes(root):
     return {p.name: p.stat().st_mtime_ns for p in (root / "_shards" / "ingest").iterdir()}
 
 
+@pytest.mark.reliability
 def test_rerun_is_idempotent_and_an_interrupted_run_is_completed(lmu_cells, tmp_path, task_runner):
     source = compose_patient_cohort(lmu_cells, tmp_path / "cohort", {"A": (6, 4), "B": (2, 8)})
     store = str(tmp_path / "store")

@@ -21,6 +21,7 @@ def run_score(task_runner, **parameters):
     return score_smears.with_options(task_runner=task_runner)(**parameters)
 
 
+@pytest.mark.reliability
 def test_distributed_scores_equal_single_process_predict(lmu_cells, tmp_path, task_runner, tiny_model_file):
     source = compose_patient_cohort(lmu_cells, tmp_path / "cohort", {"A": (12, 8), "B": (3, 17), "C": (20, 0)})
     (source / "C" / "broken.png").write_bytes(b"<html>")

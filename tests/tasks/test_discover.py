@@ -30,6 +30,7 @@ def test_patient_layout_with_labels_diagnoses_and_empty_folders(lmu_cells, tmp_p
     assert found.diagnoses == {"A": "aml", "B": "healthy"}
 
 
+@pytest.mark.reliability
 def test_bad_corpus_discovery_ignores_non_images_and_refuses_escaping_links(tmp_path):
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -42,6 +43,7 @@ def test_bad_corpus_discovery_ignores_non_images_and_refuses_escaping_links(tmp_
     assert len(found.inputs) == len(expected) - 1
 
 
+@pytest.mark.reliability
 def test_manifest_rows_missing_or_outside_the_root_are_refused(lmu_cells, tmp_path):
     root = compose_patient_cohort(lmu_cells, tmp_path / "m", {"A": (1, 1)})
     images = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.jpg"))

@@ -27,11 +27,14 @@ def test_register_promote_and_resolve(tiny_model_file, tmp_path):
     assert resolve_model(ref.version, store) == ref
 
 
+@pytest.mark.reliability
 def test_a_half_registered_version_cannot_become_champion(tmp_path):
     storage.write_bytes(str(tmp_path / "models" / "v1" / "model.keras"), b"partial")
     with pytest.raises(ModelNotFoundError, match="not completely registered"):
         set_champion(str(tmp_path), "v1")
     assert not (tmp_path / "models" / "champion.json").exists()
+    with pytest.raises(ModelNotFoundError, match="model version v1 .* is not completely registered"):
+        resolve_model("v1", str(tmp_path))
 
 
 def test_model_file_by_path_gets_a_content_version(tiny_model_file, tmp_path):

@@ -1,0 +1,137 @@
+"""The flow process is SIGKILLed mid-run: nothing half-written is taken for a result, a rerun completes it."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from prefect_dask import DaskTaskRunner
+
+from flows.cli import cli
+from flows.score import score_smears
+from tasks import storage
+from tasks.runs import IncompleteRunError, require_complete
+from tests.reliability.conftest import (COHORT_PLAN, SCORE_PARAMS, assert_same_tables, kill_group, read_tables,
+                                        score_markers, start_score_process, wait_for)
+
+pytestmark = pytest.mark.reliability
+
+TOTAL_SHARDS = -(-sum(sum(counts) for counts in COHORT_PLAN.values()) // SCORE_PARAMS["chunk_cells"])
+
+
+def _executing(dask_worker) -> int:
+    return len(dask_worker.state.executing)
+
+
+def test_killed_score_flow_is_refused_as_incomplete_and_a_rerun_completes_it(cohort, cluster, client, clean_run,
+                                                                              tiny_model_file, tmp_path):
+    store = tmp_path / "store"
+    params = dict(source=str(cohort), store=str(store), model=str(tiny_model_file), run_id="crash", **SCORE_PARAMS)
+    log = tmp_path / "flow.log"
+    process = start_score_process(cluster.scheduler_address, log, **params)
+    try:
+        wait_for(lambda: len(score_markers(store, "crash")) >= 3 or process.poll() is not None, 240,
+                 "some probability chunks to be written")
+    finally:
+        kill_group(process)
+    assert process.returncode == -9, f"the flow ended before it was killed:\n{log.read_text()[-3000:]}"
+    # Tasks already running on the workers finish (their client is gone); then nothing moves.
+    wait_for(lambda: not any(client.run(_executing).values()), 60, "the workers to finish their running tasks")
+    before = score_markers(store, "crash")
+    run = store / "runs" / "crash"
+    ingest_before = {p.name: p.stat().st_mtime_ns for p in (run / "_shards" / "ingest").iterdir()}
+    assert 0 < len(before) < TOTAL_SHARDS, "killed after some chunks, before the last"
+    assert not (run / "_SUCCESS").exists() and not (run / "patients.parquet").exists()
+    assert "probability" not in pd.read_parquet(run / "cells.parquet").columns
+
+    # Readers refuse it: the library's check, and aml-smear's own reader of runs.
+    paths = storage.RunPaths(str(store), "crash")
+    with pytest.raises(IncompleteRunError, match="run crash .* is incomplete .*rerun it with the same --run-id"):
+        require_complete(paths)
+    refused = CliRunner().invoke(cli, ["report", "crash", "--store", str(store)])
+    assert refused.exit_code == 1 and "is incomplete (no _SUCCESS)" in refused.output, refused.output
+
+    result = score_smears.with_options(task_runner=DaskTaskRunner(address=cluster.scheduler_address))(**params)
+    assert not result["already_complete"]
+    after = score_markers(store, "crash")
+    assert len(after) == TOTAL_SHARDS
+    assert {name: after[name] for name in before} == before, "finished chunks are not scored again"
+    assert {p.name: p.stat().st_mtime_ns for p in (run / "_shards" / "ingest").iterdir()} == ingest_before, \
+        "no image is decoded again"
+    assert_same_tables(read_tables(str(store), "crash"), clean_run[2])
+    assert json.loads((run / "score.json").read_text())["model_version"] == result["model_version"]
+
+
+def test_killed_retrain_keeps_the_champion_and_racing_retrains_promote_one_complete_model(
+        training_cohort, cohort, cluster, s3_bucket, s3_endpoint, tiny_model_file, tmp_path):
+    """A retrain killed while registering its model leaves champion.json on the old, complete model.
+
+    Its half-registered version is refused by name. Then two retrains race into the same store:
+    both finish, and champion.json names one complete, loadable model.
+    """
+    import threading
+
+    import s3fs
+
+    from aml_model.io import load_model
+    from tasks.registry import ModelNotFoundError, register_model, resolve_model, set_champion
+    from tests.reliability.conftest import FAKE_SECRETS, result_line, start_retrain_process
+    from tests.reliability.s3proxy import FaultProxy
+
+    bucket, options = s3_bucket
+    store = f"s3://{bucket}/store"
+    old = register_model(str(tiny_model_file), {"config": {"model": {"image_size": 32}}}, store, options)
+    set_champion(store, old.version, options)
+    fs = s3fs.S3FileSystem(**options)
+
+    # The model card is the last file of a registration: hold its upload and kill the flow meanwhile.
+    release = threading.Event()
+    with FaultProxy(s3_endpoint) as proxy:
+        proxy.fault = lambda method, path: ("hold", release) if method == "PUT" and "model_card.json" in path else None
+        log = tmp_path / "killed-retrain.log"
+        process = start_retrain_process(cluster.scheduler_address, log, sources=[str(training_cohort)], store=store,
+                                        s3_endpoint_url=proxy.url)
+        try:
+            wait_for(lambda: proxy.held.is_set() or process.poll() is not None, 400, "the model card upload")
+        finally:
+            kill_group(process)
+            release.set()
+    assert proxy.held.is_set(), log.read_text()[-4000:]
+    fs.invalidate_cache()
+    versions = [p.rsplit("/", 1)[-1] for p in fs.ls(f"{bucket}/store/models", detail=False) if fs.isdir(p)]
+    (partial,) = [v for v in versions if v != old.version]
+    assert fs.exists(f"{bucket}/store/models/{partial}/model.keras")
+    assert not fs.exists(f"{bucket}/store/models/{partial}/model_card.json")
+    assert resolve_model("champion", store, options) == old, "the champion did not move"
+    with pytest.raises(ModelNotFoundError, match=f"{partial} .* is not completely registered"):
+        resolve_model(partial, store, options)
+    refused = CliRunner().invoke(cli, ["score", str(cohort), "--store", store, "--model", partial,
+                                       "--s3-endpoint-url", s3_endpoint, "--scheduler", cluster.scheduler_address])
+    assert refused.exit_code == 1 and "is not completely registered" in refused.output, refused.output
+
+    # Two retrains at once (a rerun and a second nightly job) race for promotion.
+    logs = [tmp_path / f"race-{i}.log" for i in range(2)]
+    racers = [start_retrain_process(cluster.scheduler_address, log, sources=[str(training_cohort)], store=store,
+                                    s3_endpoint_url=s3_endpoint) for log in logs]
+    try:
+        wait_for(lambda: all(p.poll() is not None for p in racers), 400, "both retrains")
+    finally:
+        for process in racers:
+            kill_group(process)
+    assert [p.returncode for p in racers] == [0, 0], "\n".join(log.read_text()[-3000:] for log in logs)
+    results = [result_line(log) for log in logs]
+    champion = resolve_model("champion", store, options)
+    assert champion.version in {old.version} | {r["version"] for r in results if r["promoted"]}
+    folder = f"{bucket}/store/models/{champion.version}"
+    card = json.loads(fs.cat_file(f"{folder}/model_card.json"))
+    assert card["version"] == champion.version
+    local = storage.local_copy(champion.url, options, f"check-{champion.version}.keras")
+    assert load_model(local, compile=False).input_shape == (None, 32, 32, 3)
+    for result in results:  # both registrations are complete
+        assert fs.exists(f"{bucket}/store/models/{result['version']}/model_card.json")
+    # No credential of the flow processes reached a model card.
+    for path in fs.find(f"{bucket}/store/models"):
+        data = fs.cat_file(path)
+        assert not any(secret.encode() in data for secret in FAKE_SECRETS.values()), path
