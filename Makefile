@@ -8,7 +8,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_STORE ?= demo-store
-PYTEST_ARGS ?=
+# Two processes, each test file whole in one (files share module fixtures and run in order);
+# a CPU-bound test overlaps another's waiting on servers and subprocesses.
+PYTEST_ARGS ?= -n 2 --dist loadfile --durations=25
 
 .PHONY: install demo test bench clean prefect-local
 
