@@ -2,12 +2,15 @@
 
 Modules: ``config`` (typed defaults), ``preprocess`` (decode cells), ``augment``,
 ``architecture`` (``build_model``), ``weights``, ``data`` (tf.data), ``train``, ``predict``,
-``evaluate`` (metrics), ``figures`` (PNG figures), ``split``, ``io`` (.keras files),
-``synthetic`` (demo cells), ``errors``. Import the submodules you need: TensorFlow loads
+``inference`` (the folded, compiled scoring form), ``evaluate`` (metrics), ``figures`` (PNG
+figures), ``explain`` (Grad-CAM), ``report`` (HTML reports), ``split``, ``io`` (.keras files),
+``aggregate`` (per-patient calls), ``catalog``, ``layouts``, ``promotion``, ``experiment``,
+``summary``, ``synthetic`` (demo cells), ``errors``. Import the submodules you need: TensorFlow loads
 only with the modules that use it.
 """
 
 __all__ = [
-    "architecture", "augment", "config", "data", "errors", "evaluate", "figures", "io",
-    "predict", "preprocess", "split", "synthetic", "train", "weights",
+    "aggregate", "architecture", "augment", "catalog", "config", "data", "errors", "evaluate", "experiment",
+    "explain", "figures", "inference", "io", "layouts", "predict", "preprocess", "promotion", "report", "split",
+    "summary", "synthetic", "train", "weights",
 ]

@@ -1,7 +1,8 @@
 """``python -m benchmarks [NAME ...]``: run the named benchmarks (default: all) in one process.
 
-Results merge into benchmarks/results/latest.json. The scoring benchmark uses the model the
-retraining benchmark trained on real cells (or trains one itself when run alone).
+Results merge into benchmarks/results/latest.json (a run of all of them starts it afresh). The
+scoring benchmark uses the model the retraining benchmark trained on real cells (or trains one
+itself when run alone).
 """
 
 from __future__ import annotations
@@ -24,8 +25,11 @@ def main(argv: list[str]) -> int:
     if unknown:
         print(f"unknown benchmark(s): {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}", file=sys.stderr)
         return 2
+    from benchmarks.common import RESULTS
     from flows.runner import quiet_dask_logs, shared_prefect_api
 
+    if set(names) == set(BENCHMARKS):
+        RESULTS.unlink(missing_ok=True)  # a full run starts a fresh file: no figure from an older run stays
     quiet_dask_logs()
     context = {"work": tempfile.mkdtemp(prefix="aml-smear-bench-")}
     try:

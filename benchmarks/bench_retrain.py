@@ -48,9 +48,16 @@ def _train(context: dict, paths: tuple[str, ...]) -> dict:
 
 
 def trained_model(context: dict) -> str:
-    """A 224x224 paper model trained on real cells (the cached path), trained once per run."""
+    """A paper model trained on real cells (the cached path), trained once per run.
+
+    ``AML_SMEAR_BENCH_MODEL`` names a trained .keras file to use instead (the smoke test's); the
+    scoring cohort then starts at the first LMU cell.
+    """
     if "trained_model" not in context:
-        _train(context, ("cached_first",))
+        if os.environ.get("AML_SMEAR_BENCH_MODEL"):
+            context["trained_model"], context["retrain_cells"] = os.environ["AML_SMEAR_BENCH_MODEL"], 0
+        else:
+            _train(context, ("cached_first",))
     return context["trained_model"]
 
 

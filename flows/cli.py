@@ -210,13 +210,16 @@ def serve_command(limit, scheduler, workers) -> None:
     Needs PREFECT_API_URL; parameters of the nightly retrain come from the Prefect variables
     aml_smear_store and aml_smear_retrain_sources. Runs until Ctrl-C, then pauses the schedules.
     """
+    from prefect.exceptions import ParameterTypeError
+
     from flows.runner import dask_task_runner, quiet_dask_logs
     from flows.serve import serve_deployments
 
     quiet_dask_logs()
     try:
         serve_deployments(dask_task_runner(workers, scheduler), limit=limit)
-    except ValueError as exc:
+    # A Prefect variable of the wrong shape (sources not a list of URLs) fails parameter validation.
+    except (ValueError, ParameterTypeError) as exc:
         raise _CliError(str(exc)) from exc
 
 
