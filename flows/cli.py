@@ -9,6 +9,9 @@ from pathlib import Path
 import click
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Read when Prefect is first imported, and carried with every task to the Dask workers: a busy
+# machine can take longer than Prefect's default 20 s to start a temporary API server.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 
 class _CliError(click.ClickException):
