@@ -25,8 +25,8 @@ from aml_model.architecture import BACKBONE_NAME
 
 __all__ = ["INFERENCE_PRECISIONS", "BatchScorer", "fold_batch_norm", "inference_model"]
 
-#: Keras dtype of the folded graph per precision; the sigmoid stays float32 in every case.
-INFERENCE_PRECISIONS = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+#: Keras dtypes the folded graph computes in; the sigmoid stays float32 in every case.
+INFERENCE_PRECISIONS = ("float32", "bfloat16", "float16")
 
 
 class _FoldedBatchNorm(keras.layers.Layer):
@@ -99,14 +99,13 @@ def inference_model(model: keras.Model, precision: str = "float32") -> keras.Mod
     if precision not in INFERENCE_PRECISIONS:
         message = f"precision {precision!r} is not one of {', '.join(INFERENCE_PRECISIONS)}"
         raise ValueError(message)
-    dtype = INFERENCE_PRECISIONS[precision]
-    backbone = fold_batch_norm(model.get_layer(BACKBONE_NAME), dtype)
+    backbone = fold_batch_norm(model.get_layer(BACKBONE_NAME), precision)
     inputs = keras.Input(model.input_shape[1:], name="image")
     outputs = backbone(inputs, training=False)
     for name in ("flatten", "dense", "blast_probability"):
         original = model.get_layer(name)
         config = original.get_config()
-        config["dtype"] = "float32" if name == "blast_probability" else dtype
+        config["dtype"] = "float32" if name == "blast_probability" else precision
         layer = original.__class__.from_config(config)
         outputs = layer(outputs)
         layer.set_weights(original.get_weights())
