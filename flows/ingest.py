@@ -1,55 +1,63 @@
-"""The ``ingest`` flow: a source of cell images -> runs/<run_id>/cells.zarr + tables + _SUCCESS."""
+"""The ``ingest`` flow: a source of cell images -> runs/<run_id>/cells.zarr + tables + _SUCCESS.
+
+Its steps (plan, submit the decoding shards, collect, write the tables) are also what
+``score-smears`` composes, so that each shard's scoring can start as soon as that shard is decoded.
+"""
 
 from __future__ import annotations
 
 import posixpath
+from dataclasses import dataclass
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from prefect.futures import PrefectFuture
 
 from flows.progress import results_with_progress
 from tasks import storage
-from tasks.discover import discover_inputs
-from tasks.ingest import ingest_shard, plan_hash, plan_shards, write_ingest_tables
+from tasks.discover import Discovery, discover_inputs
+from tasks.ingest import ShardSpec, ingest_shard, plan_hash, plan_shards, write_ingest_tables
 from tasks.runs import RunConflictError, run_state
 
-__all__ = ["ingest"]
+__all__ = ["IngestPlan", "collect_ingest", "finish_ingest", "ingest", "plan_ingest", "start_ingest",
+           "submit_ingest_shard"]
 
 
-@flow(name="ingest", validate_parameters=True)
-def ingest(
-    source: str,
-    store: str,
-    run_id: str | None = None,
-    layout: str = "auto",
-    image_size: int = 224,
-    chunk_cells: int = 64,
-    chunks_per_task: int = 4,
-    s3_endpoint_url: str | None = None,
-    manifest_root: str | None = None,
-    mark_success: bool = True,
-    run_id_suffix: str = "",
-) -> dict:
-    """Decode every cell image of ``source`` into ``store``/runs/<run_id>/.
+@dataclass(frozen=True)
+class IngestPlan:
+    """What an ingest of ``source`` into one run will write, decided before anything is written.
 
-    Args:
-        source: folder or manifest (any fsspec URL: a path, file://, s3://).
-        store: run store URL.
-        run_id: the run to write; by default derived from the source name and the input
-            list, so rerunning an unchanged source reuses the same run.
-        layout: "auto", "patient", "class" or "manifest".
-        image_size: side of the stored cells, pixels.
-        chunk_cells: cells per Zarr chunk.
-        chunks_per_task: Zarr chunks each Dask task decodes and writes; larger tasks spread
-            Prefect's per-task overhead over more cells.
-        s3_endpoint_url: S3-compatible endpoint (MinIO, moto) for s3:// URLs.
-        manifest_root: manifest entries must lie under this URL (default: the manifest's folder).
-        mark_success: write ``_SUCCESS`` at the end (False when a parent flow goes on).
-        run_id_suffix: appended to a derived run id (a parent flow adds its model version).
+    Attributes:
+        found: the source's discovered inputs.
+        fingerprint: hash of the inputs, their order, the image size and the chunking.
+        paths: where the run lives.
+        complete: the run already has ``_SUCCESS``.
+    """
 
-    Returns:
-        Summary: run_id, run root, layout, counts of inputs, cells, quarantined inputs, and
-        whether the run was already complete.
+    source: str
+    found: Discovery
+    fingerprint: str
+    image_size: int
+    chunk_cells: int
+    paths: storage.RunPaths
+    source_options: dict
+    store_options: dict
+    complete: bool
+
+    def summary(self) -> dict:
+        return {"run_id": self.paths.run_id, "run": self.paths.root, "layout": self.found.layout,
+                "inputs": len(self.found.inputs)}
+
+    def recorded_counts(self) -> dict:
+        """Cell and quarantine counts of the ingest report an earlier, finished ingest wrote."""
+        return storage.read_json(self.paths.report, self.store_options)["counts"]
+
+
+def plan_ingest(source: str, store: str, run_id: str | None, layout: str, image_size: int, chunk_cells: int,
+                s3_endpoint_url: str | None, manifest_root: str | None = None, run_id_suffix: str = "") -> IngestPlan:
+    """Discover the inputs, derive the run id and refuse a run id that holds other inputs.
+
+    ``run_id_suffix`` is appended to a derived run id (score-smears adds its model version).
     """
     logger = get_run_logger()
     source_options = storage.storage_options_for(source, s3_endpoint_url)
@@ -73,46 +81,101 @@ def ingest(
         message = (f"run {run_id} in {store} was ingested from a different input list; "
                    f"use a new --run-id or remove {paths.root}")
         raise RunConflictError(message)
-    summary = {"run_id": run_id, "run": paths.root, "layout": found.layout, "inputs": len(found.inputs)}
-    if state.complete:
-        report = storage.read_json(paths.report, store_options)
-        logger.info("run %s is already complete: nothing to do", run_id)
-        return {**summary, **report["counts"], "already_complete": True}
-    if state.plan is not None:
+    if state.plan is not None and not state.complete:
         logger.info("run %s is incomplete: resuming", run_id)
+    return IngestPlan(source=source, found=found, fingerprint=fingerprint, image_size=image_size,
+                      chunk_cells=chunk_cells, paths=paths, source_options=source_options,
+                      store_options=store_options, complete=state.complete)
 
-    storage.write_json(paths.plan, {"fingerprint": fingerprint, "source": source, "layout": found.layout,
-                                    "image_size": image_size, "chunk_cells": chunk_cells,
-                                    "inputs": len(found.inputs)}, store_options)
-    storage.create_cells_array(paths.cells_zarr, len(found.inputs), image_size, chunk_cells, store_options)
-    shards = plan_shards(found.inputs, chunk_cells, chunks_per_task)
-    futures = [
-        ingest_shard.submit(spec, paths.cells_zarr, paths.shard_marker("ingest", spec["shard"]), fingerprint,
-                            image_size, source_options, store_options)
-        for spec in shards
-    ]
+
+def start_ingest(plan: IngestPlan, chunks_per_task: int) -> list[ShardSpec]:
+    """Write the run's plan and images array; returns the decoding shards, each of whole chunks."""
+    paths, found = plan.paths, plan.found
+    storage.write_json(paths.plan, {"fingerprint": plan.fingerprint, "source": plan.source, "layout": found.layout,
+                                    "image_size": plan.image_size, "chunk_cells": plan.chunk_cells,
+                                    "inputs": len(found.inputs)}, plan.store_options)
+    storage.create_cells_array(paths.cells_zarr, len(found.inputs), plan.image_size, plan.chunk_cells,
+                               plan.store_options)
+    return plan_shards(found.inputs, plan.chunk_cells, chunks_per_task)
+
+
+def submit_ingest_shard(plan: IngestPlan, spec: ShardSpec) -> PrefectFuture:
+    """Submit the task that decodes one shard; its result is the shard's records."""
+    return ingest_shard.submit(spec, plan.paths.cells_zarr, plan.paths.shard_marker("ingest", spec["shard"]),
+                               plan.fingerprint, plan.image_size, plan.source_options, plan.store_options)
+
+
+def collect_ingest(plan: IngestPlan, futures: list[PrefectFuture]) -> list[dict]:
+    """Every shard's records, gathered as the shards finish, with progress in the log and an artifact."""
+    logger = get_run_logger()
     records: list[dict] = []
-    progress = results_with_progress(futures, "ingest-progress", f"ingest of {source}")
+    progress = results_with_progress(futures, "ingest-progress", f"ingest of {plan.source}")
     for done, (percent, shard_records) in enumerate(progress, start=1):
         records.extend(shard_records)
         logger.info("ingest %5.1f%%: %d/%d shards, %d/%d images", percent, done, len(futures),
-                    len(records), len(found.inputs))
+                    len(records), len(plan.found.inputs))
+    return records
 
-    counts = write_ingest_tables(found.inputs, records, found.rejected, paths, store_options)
+
+def finish_ingest(plan: IngestPlan, records: list[dict], mark_success: bool) -> dict[str, int]:
+    """Write cells.parquet, quarantine.parquet, the ingest report (and ``_SUCCESS``); returns the counts."""
+    paths, found = plan.paths, plan.found
+    counts = write_ingest_tables(found.inputs, records, found.rejected, paths, plan.store_options)
     report = {
-        "source": source, "layout": found.layout, "counts": counts,
+        "source": plan.source, "layout": found.layout, "counts": counts,
         "ignored": found.ignored, "empty_patients": found.empty_patients,
         "unknown_classes": found.unknown_classes, "diagnoses": found.diagnoses,
     }
-    storage.write_json(paths.report, report, store_options)
+    storage.write_json(paths.report, report, plan.store_options)
     if mark_success:
-        storage.write_bytes(paths.success, b"", store_options)
+        storage.write_bytes(paths.success, b"", plan.store_options)
     create_markdown_artifact(
         key="ingest-summary",
-        markdown=(f"# Ingest {run_id}\n\n| | |\n|---|---|\n| source | `{source}` |\n| layout | {found.layout} |\n"
-                  f"| cells | {counts['cells']} |\n| quarantined | {counts['quarantined']} |\n"
-                  f"| ignored files | {len(found.ignored)} |\n| empty patient folders | {len(found.empty_patients)} |\n"
-                  f"| run | `{paths.root}` |\n"),
+        markdown=(f"# Ingest {paths.run_id}\n\n| | |\n|---|---|\n| source | `{plan.source}` |\n"
+                  f"| layout | {found.layout} |\n| cells | {counts['cells']} |\n"
+                  f"| quarantined | {counts['quarantined']} |\n| ignored files | {len(found.ignored)} |\n"
+                  f"| empty patient folders | {len(found.empty_patients)} |\n| run | `{paths.root}` |\n"),
         description="ingest summary",
     )
-    return {**summary, **counts, "already_complete": False}
+    return counts
+
+
+@flow(name="ingest", validate_parameters=True)
+def ingest(
+    source: str,
+    store: str,
+    run_id: str | None = None,
+    layout: str = "auto",
+    image_size: int = 224,
+    chunk_cells: int = 64,
+    chunks_per_task: int = 4,
+    s3_endpoint_url: str | None = None,
+    manifest_root: str | None = None,
+) -> dict:
+    """Decode every cell image of ``source`` into ``store``/runs/<run_id>/.
+
+    Args:
+        source: folder or manifest (any fsspec URL: a path, file://, s3://).
+        store: run store URL.
+        run_id: the run to write; by default derived from the source name and the input
+            list, so rerunning an unchanged source reuses the same run.
+        layout: "auto", "patient", "class" or "manifest".
+        image_size: side of the stored cells, pixels.
+        chunk_cells: cells per Zarr chunk.
+        chunks_per_task: Zarr chunks each Dask task decodes and writes; larger tasks spread
+            Prefect's per-task overhead over more cells.
+        s3_endpoint_url: S3-compatible endpoint (MinIO, moto) for s3:// URLs.
+        manifest_root: manifest entries must lie under this URL (default: the manifest's folder).
+
+    Returns:
+        Summary: run_id, run root, layout, counts of inputs, cells, quarantined inputs, and
+        whether the run was already complete.
+    """
+    plan = plan_ingest(source, store, run_id, layout, image_size, chunk_cells, s3_endpoint_url, manifest_root)
+    if plan.complete:
+        get_run_logger().info("run %s is already complete: nothing to do", plan.paths.run_id)
+        return {**plan.summary(), **plan.recorded_counts(), "already_complete": True}
+    futures = [submit_ingest_shard(plan, spec) for spec in start_ingest(plan, chunks_per_task)]
+    records = collect_ingest(plan, futures)
+    counts = finish_ingest(plan, records, mark_success=True)
+    return {**plan.summary(), **counts, "already_complete": False}

@@ -9,8 +9,9 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from aml_model.aggregate import RESEARCH_NOTE
 from aml_model.config import SummaryConfig
 from aml_model.report import patients_to_explain
-from flows.ingest import ingest
+from flows.ingest import collect_ingest, finish_ingest, plan_ingest, start_ingest, submit_ingest_shard
 from flows.progress import results_with_progress
+from flows.runner import in_order
 from tasks import storage
 from tasks.explain import clear_explanations, explain_patient
 from tasks.predict import score_shard
@@ -63,8 +64,8 @@ def score_smears(
         model: "champion", a registered version, or a .keras path/URL.
         run_id: the run to write; by default the source name, a hash of its inputs and the
             model version, so the same source and model map to the same run.
-        layout, chunk_cells, chunks_per_task, s3_endpoint_url: as for ``ingest``
-            (chunks_per_task applies to decoding; each scoring task takes one chunk).
+        layout, chunk_cells, chunks_per_task, s3_endpoint_url: as for ``ingest``; each
+            scoring task takes the chunks one decoding task wrote, as soon as they are written.
         batch_size: cells per forward pass on a worker.
         threshold, blast_cutoff, min_cells: the per-patient call rule (SummaryConfig).
         precision: "float32", "bfloat16" (CPUs with AMX) or "float16" (GPUs).
@@ -84,39 +85,39 @@ def score_smears(
     model_ref = resolve_model(model, store, store_options)
     logger.info("scoring with model %s (%dx%d input)", model_ref.version, model_ref.image_size, model_ref.image_size)
 
-    ingested = ingest(source=source, store=store, run_id=run_id, layout=layout, image_size=model_ref.image_size,
-                      chunk_cells=chunk_cells, chunks_per_task=chunks_per_task, s3_endpoint_url=s3_endpoint_url,
-                      mark_success=False, run_id_suffix=f"-{model_ref.version[-8:]}")
-    paths = storage.RunPaths(store, ingested["run_id"])
+    plan = plan_ingest(source, store, run_id, layout, model_ref.image_size, chunk_cells, s3_endpoint_url,
+                       run_id_suffix=f"-{model_ref.version[-8:]}")
+    paths = plan.paths
     settings = {"model_version": model_ref.version, "threshold": threshold, "blast_cutoff": blast_cutoff,
                 "min_cells": min_cells, "precision": precision, "explain": explain, "explain_top_k": explain_top_k}
     score_record = storage.join(paths.root, "score.json")
-    if storage.exists(paths.success, store_options):
+    if plan.complete:
         if storage.exists(score_record, store_options) and storage.read_json(score_record, store_options) == settings:
             logger.info("run %s is already scored with these settings: nothing to do", paths.run_id)
             patients = storage.read_table(paths.patients_table, store_options)
-            return _result(paths, model_ref.version, ingested, patients, already_complete=True)
+            return _result(paths, model_ref.version, plan.recorded_counts(), patients, already_complete=True)
         # The tables are about to change: the run must stop looking complete first.
         storage.remove(paths.success, store_options)
 
-    plan = storage.read_json(paths.plan, store_options)
-    cells = storage.read_table(paths.cells_table, store_options)
-    storage.create_probabilities_array(paths.cells_zarr, plan["inputs"], chunk_cells, store_options)
-    slots = cells["zarr_index"].to_numpy()
-    # One chunk per scoring task: inference costs seconds per chunk, far above Prefect's
-    # per-task overhead, and small tasks keep every worker busy until the end.
-    span = chunk_cells
-    shards = [(start, min(start + span, plan["inputs"])) for start in range(0, plan["inputs"], span)]
-    futures = [
-        score_shard.submit(start, stop, slots[(slots >= start) & (slots < stop)].tolist(), paths.cells_zarr,
-                           paths.shard_marker("score", number), model_ref, plan["fingerprint"], batch_size,
-                           precision, store_options)
-        for number, (start, stop) in enumerate(shards)
-    ]
+    n_inputs = len(plan.found.inputs)
+    shards = start_ingest(plan, chunks_per_task)
+    storage.create_probabilities_array(paths.cells_zarr, n_inputs, chunk_cells, store_options)
+    # Each shard's scoring waits only for its own decoding (the decoding task's result is its
+    # input) and ranks with it, ahead of later shards: a worker scores a decoded shard before it
+    # decodes another, while the other workers decode, so decoding overlaps inference. Shards an
+    # interrupted run finished return from their markers at once.
+    decoding, scoring = [], []
+    for spec in shards:
+        with in_order(spec["shard"]):
+            decoding.append(submit_ingest_shard(plan, spec))
+            scoring.append(score_shard.submit(spec["start"], spec["start"] + len(spec["uris"]), decoding[-1],
+                                              paths.cells_zarr, paths.shard_marker("score", spec["shard"]),
+                                              model_ref, plan.fingerprint, batch_size, precision, store_options))
+    counts = finish_ingest(plan, collect_ingest(plan, decoding), mark_success=False)
     scored = 0
-    for percent, shard_scored in results_with_progress(futures, "score-progress", f"scoring {paths.run_id}"):
+    for percent, shard_scored in results_with_progress(scoring, "score-progress", f"scoring {paths.run_id}"):
         scored += shard_scored
-        logger.info("scoring %5.1f%%: %d/%d cells", percent, scored, len(cells))
+        logger.info("scoring %5.1f%%: %d cells of %d inputs", percent, scored, n_inputs)
 
     patients = write_scored_tables(paths, config, model_ref.version, store_options)
     storage.write_json(score_record, settings, store_options)
@@ -135,13 +136,13 @@ def score_smears(
                              description=f"cohort overview, run {paths.run_id}")
     create_markdown_artifact(key="patient-reports", markdown=reports_markdown(paths, patients),
                              description=f"per-patient HTML reports, run {paths.run_id}")
-    return _result(paths, model_ref.version, ingested, patients, already_complete=False)
+    return _result(paths, model_ref.version, counts, patients, already_complete=False)
 
 
-def _result(paths, model_version, ingested, patients, already_complete: bool) -> dict:
+def _result(paths, model_version, counts: dict, patients, already_complete: bool) -> dict:
     return {
         "run_id": paths.run_id, "run": paths.root, "model_version": model_version,
-        "cells": ingested["cells"], "quarantined": ingested["quarantined"], "already_complete": already_complete,
+        "cells": counts["cells"], "quarantined": counts["quarantined"], "already_complete": already_complete,
         "report": index_url(paths),
         "patients": patients[["patient_id", "n_scored", "n_blast_like", "blast_fraction", "ci_low", "ci_high",
                               "call"]].to_dict(orient="records"),

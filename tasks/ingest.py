@@ -76,7 +76,10 @@ def ingest_shard(
     """
     if storage.exists(marker_url, store_options):
         marker = storage.read_json(marker_url, store_options)
-        if marker.get("plan") == fingerprint:
+        # Shards are numbered by position: a rerun with other chunks_per_task finds markers of
+        # other slot ranges under the same names.
+        done = [(r["zarr_index"], r["source_uri"]) for r in marker.get("records", [])]
+        if marker.get("plan") == fingerprint and done == list(enumerate(spec["uris"], start=spec["start"])):
             return marker["records"]
     config = PreprocessConfig(image_size=image_size)
     block = np.zeros((len(spec["uris"]), image_size, image_size, 3), np.uint8)

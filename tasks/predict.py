@@ -70,7 +70,7 @@ def worker_scorer(model: ModelRef, storage_options: dict, precision: str, batch_
 def score_shard(
     start: int,
     stop: int,
-    indices: list[int],
+    decoded: list[dict],
     cells_url: str,
     marker_url: str,
     model: ModelRef,
@@ -79,30 +79,36 @@ def score_shard(
     precision: str,
     store_options: dict,
 ) -> int:
-    """Score the accepted cells in Zarr slots [start, stop) and write their probabilities.
+    """Score the decoded cells in Zarr slots [start, stop) and write their probabilities.
 
-    The range covers whole chunks, so this task alone writes them. A marker written after
-    the probabilities makes a rerun with the same model and cells skip the shard.
+    ``decoded`` is the ingest records of these slots (what ``ingest_shard`` returns): every
+    slot whose image decoded is scored; slots of refused inputs stay NaN. A cell quarantined
+    later as a duplicate within its patient is scored too, and left out of the tables. The
+    range covers whole chunks, so this task alone writes them. A marker written after the
+    probabilities makes a rerun with the same model and cells skip the shard.
 
     Returns:
         The number of cells scored.
     """
     if storage.exists(marker_url, store_options):
         marker = storage.read_json(marker_url, store_options)
-        if marker == _marker(fingerprint, model, precision, marker.get("scored")):
+        if marker == _marker(fingerprint, start, stop, model, precision, marker.get("scored")):
             return marker["scored"]
-    scorer = worker_scorer(model, store_options, precision, batch_size)
+    rows = np.array([r["zarr_index"] - start for r in decoded
+                     if r["reason"] is None and start <= r["zarr_index"] < stop], dtype=np.int64)
     block = np.full(stop - start, np.nan, np.float32)
-    if indices:
+    if len(rows):
+        scorer = worker_scorer(model, store_options, precision, batch_size)
         images = storage.open_cells_array(cells_url, store_options)[start:stop]
-        rows = np.asarray(indices, dtype=np.int64) - start
         block[rows] = scorer(images[rows])
     probabilities = storage.open_cells_array(cells_url, store_options, name=storage.PROBABILITIES, read_only=False)
     probabilities[start:stop] = block
-    storage.write_json(marker_url, _marker(fingerprint, model, precision, len(indices)), store_options)
-    return len(indices)
+    storage.write_json(marker_url, _marker(fingerprint, start, stop, model, precision, len(rows)), store_options)
+    return len(rows)
 
 
-def _marker(fingerprint: str, model: ModelRef, precision: str, scored: int | None) -> dict:
-    # Probabilities depend on the cells, the model and the precision: a change of any redoes the shard.
-    return {"plan": fingerprint, "model_version": model.version, "precision": precision, "scored": scored}
+def _marker(fingerprint: str, start: int, stop: int, model: ModelRef, precision: str, scored: int | None) -> dict:
+    # Probabilities depend on the cells, the model and the precision: a change of any redoes the
+    # shard. The slots go in too: a rerun with other chunks_per_task numbers its shards differently.
+    return {"plan": fingerprint, "slots": [start, stop], "model_version": model.version, "precision": precision,
+            "scored": scored}

@@ -85,3 +85,24 @@ def test_s3_source_to_s3_store_with_a_registered_champion(lmu_cells, tmp_path, s
 def test_missing_model_is_a_clear_error(tmp_path, task_runner):
     with pytest.raises(ModelNotFoundError, match="no champion model"):
         run_score(task_runner, source=str(tmp_path), store=str(tmp_path / "store"))
+
+
+def test_resuming_with_other_chunks_per_task_scores_every_cell(lmu_cells, tmp_path, task_runner, tiny_model_file):
+    """Score shards are numbered by position: a rerun that groups chunks differently must not take
+    an old shard's marker for its own and leave cells unscored."""
+    source = compose_patient_cohort(lmu_cells, tmp_path / "cohort", {"A": (6, 6), "B": (6, 6)})
+    store = str(tmp_path / "store")
+    params = dict(source=str(source), store=store, model=str(tiny_model_file), run_id="regroup", min_cells=5,
+                  chunk_cells=4, batch_size=4, explain=False)
+    first = run_score(task_runner, chunks_per_task=1, **params)
+    paths = storage.RunPaths(store, "regroup")
+    complete = pd.read_parquet(paths.cells_table)
+    # Interrupted before the second chunk was scored: its probabilities and marker are gone.
+    storage.open_cells_array(paths.cells_zarr, name=storage.PROBABILITIES, read_only=False)[4:8] = np.nan
+    storage.remove(paths.shard_marker("score", 1))
+    storage.remove(paths.success)
+
+    again = run_score(task_runner, chunks_per_task=2, **params)
+    assert not again["already_complete"] and again["cells"] == first["cells"] == 24
+    require_complete(paths)
+    pd.testing.assert_frame_equal(pd.read_parquet(paths.cells_table), complete)

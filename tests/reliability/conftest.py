@@ -24,8 +24,11 @@ from tests.conftest import PROJECT_ROOT
 PYTHON = sys.executable
 
 # One shape for every scoring run of the shared cohort, so that all runs are comparable.
-SCORE_PARAMS = {"min_cells": 10, "chunk_cells": 8, "chunks_per_task": 2, "batch_size": 8, "explain": False}
+# One chunk per task: ten scoring tasks, so a fault can land after some and before the last.
+SCORE_PARAMS = {"min_cells": 10, "chunk_cells": 8, "chunks_per_task": 1, "batch_size": 8, "explain": False}
 COHORT_PLAN = {"A": (15, 15), "B": (5, 25), "C": (15, 5)}  # patient: (blast, normal) real cells
+SCORE_SHARDS = -(-sum(sum(counts) for counts in COHORT_PLAN.values())
+                 // (SCORE_PARAMS["chunk_cells"] * SCORE_PARAMS["chunks_per_task"]))
 
 
 def wait_for(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.02):
