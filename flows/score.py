@@ -104,8 +104,10 @@ def score_smears(
     storage.create_probabilities_array(paths.cells_zarr, n_inputs, chunk_cells, store_options)
     # Each shard's scoring waits only for its own decoding (the decoding task's result is its
     # input) and ranks with it, ahead of later shards: a worker scores a decoded shard before it
-    # decodes another, while the other workers decode, so decoding overlaps inference. Shards an
-    # interrupted run finished return from their markers at once.
+    # decodes another, while the other workers decode, so decoding overlaps inference. (With
+    # fewer shards than about twice the worker threads, Dask hands every decoding task out at
+    # once and a worker may decode its next shard first.) Shards an interrupted run finished
+    # return from their markers at once.
     decoding, scoring = [], []
     for spec in shards:
         with in_order(spec["shard"]):
