@@ -19,7 +19,6 @@ from tests.reliability.conftest import (SCORE_PARAMS, SCORE_SHARDS, assert_same_
 pytestmark = pytest.mark.reliability
 
 
-
 def _executing(dask_worker) -> int:
     return len(dask_worker.state.executing)
 
