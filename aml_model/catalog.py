@@ -6,7 +6,7 @@ import pandas as pd
 
 __all__ = ["CELL_COLUMNS", "QUARANTINE_COLUMNS", "build_cell_tables", "cell_id"]
 
-CELL_COLUMNS = ("cell_id", "patient_id", "source_uri", "sha256", "label", "zarr_index")
+CELL_COLUMNS = ("cell_id", "patient_id", "source_uri", "sha256", "label", "zarr_index", "cell_type")
 QUARANTINE_COLUMNS = ("source_uri", "patient_id", "reason")
 
 
@@ -24,7 +24,7 @@ def build_cell_tables(records: pd.DataFrame, rejected: pd.DataFrame | None = Non
     Args:
         records: one row per decoded input, in Zarr slot order, with columns zarr_index,
             source_uri, patient_id, label, sha256 (None when decoding failed) and reason
-            (None when it succeeded).
+            (None when it succeeded); cell_type (None when unknown) is optional.
         rejected: inputs refused before decoding (source_uri, patient_id, reason).
 
     Returns:
@@ -51,5 +51,7 @@ def build_cell_tables(records: pd.DataFrame, rejected: pd.DataFrame | None = Non
     )
     quarantine = quarantine.astype({"source_uri": str, "patient_id": str, "reason": str})
     cells = first.assign(cell_id=[cell_id(p, s) for p, s in zip(first["patient_id"], first["sha256"], strict=True)])
-    cells = cells[list(CELL_COLUMNS)].astype({"zarr_index": "int64"}).reset_index(drop=True)
+    if "cell_type" not in cells:
+        cells = cells.assign(cell_type=None)
+    cells = cells[list(CELL_COLUMNS)].astype({"zarr_index": "int64", "cell_type": "string"}).reset_index(drop=True)
     return cells, quarantine.sort_values("source_uri", kind="stable").reset_index(drop=True)

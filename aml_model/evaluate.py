@@ -6,9 +6,10 @@ import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 from sklearn import metrics as skm
 
-__all__ = ["BinaryMetrics", "compute_metrics", "f1_by_threshold"]
+__all__ = ["BinaryMetrics", "compute_metrics", "f1_by_threshold", "rates_by_group"]
 
 
 @dataclass(frozen=True)
@@ -107,3 +108,42 @@ def f1_by_threshold(
         [skm.f1_score(y_true, (y_prob >= t).astype(int), zero_division=0) for t in thresholds]
     )
     return thresholds, scores
+
+
+def rates_by_group(cells: pd.DataFrame, probabilities: np.ndarray, threshold: float, by: list[str]) -> pd.DataFrame:
+    """Blast-like rate (and ROC AUC where both classes are present) per group of cells.
+
+    Args:
+        cells: one row per cell with the ``by`` columns and, optionally, ``label``
+            ("blast"/"normal"/missing).
+        probabilities: `(n,)` blast probabilities in the rows' order.
+        threshold: a cell with probability >= threshold is blast-like.
+        by: grouping columns, e.g. ``["source", "cell_type"]``; missing values form their own
+            group, shown as "unknown".
+
+    Returns:
+        One row per group: the ``by`` columns, ``n`` cells, ``n_blast`` labelled blasts,
+        ``blast_like`` count, ``blast_like_rate`` in [0, 1] and ``roc_auc`` (NaN unless the group
+        holds labelled blasts and labelled normal cells).
+    """
+    probabilities = np.asarray(probabilities, np.float64).ravel()
+    if len(cells) != len(probabilities):
+        message = f"{len(cells)} cells but {len(probabilities)} probabilities"
+        raise ValueError(message)
+    labels = cells["label"] if "label" in cells else pd.Series([None] * len(cells), index=cells.index)
+    frame = cells[by].astype(object).where(cells[by].notna(), "unknown").assign(
+        _p=probabilities, _blast=(labels == "blast").to_numpy(), _labelled=labels.notna().to_numpy())
+    rows = []
+    for key, group in frame.groupby(by, sort=True, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        labelled = group[group["_labelled"]]
+        both = labelled["_blast"].nunique() == 2
+        rows.append({
+            **dict(zip(by, key, strict=True)),
+            "n": len(group),
+            "n_blast": int(group["_blast"].sum()),
+            "blast_like": int((group["_p"] >= threshold).sum()),
+            "blast_like_rate": float((group["_p"] >= threshold).mean()),
+            "roc_auc": float(skm.roc_auc_score(labelled["_blast"], labelled["_p"])) if both else float("nan"),
+        })
+    return pd.DataFrame(rows, columns=[*by, "n", "n_blast", "blast_like", "blast_like_rate", "roc_auc"])

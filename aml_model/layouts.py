@@ -13,6 +13,7 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "LABELS",
     "LMU_CLASSES",
+    "cell_type_for_class",
     "choose_layout",
     "is_image_name",
     "label_for_class",
@@ -59,6 +60,28 @@ def label_for_class(folder: str, class_labels: Mapping[str, str] = DEFAULT_CLASS
         message = f"class {folder!r} maps to {label!r}; labels must be one of {LABELS}"
         raise ValueError(message)
     return label
+
+
+def cell_type_for_class(folder: str, class_labels: Mapping[str, str] = DEFAULT_CLASS_LABELS) -> str | None:
+    """The cell type a class folder names, for the ``cell_type`` column of cells.parquet.
+
+    A TCIA-LMU class code (any case) gives its readable name from :data:`LMU_CLASSES`
+    (``NGS`` -> "segmented neutrophil", ``MYO`` -> "myeloblast"); another folder the class map
+    knows gives its own name as written. The generic label folders ``blast``/``normal`` and
+    other folders the class map does not know name no type.
+
+    Args:
+        folder: the class folder's name.
+        class_labels: the class-to-label map of the class layout.
+
+    Returns:
+        The cell type, or None when the folder names none.
+    """
+    if folder.lower() in LABELS:
+        return None
+    if folder.upper() in LMU_CLASSES:
+        return LMU_CLASSES[folder.upper()]
+    return folder if folder in class_labels or folder.upper() in class_labels else None
 
 
 def choose_layout(folders: Iterable[str], class_labels: Mapping[str, str] = DEFAULT_CLASS_LABELS) -> str:

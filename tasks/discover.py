@@ -16,7 +16,8 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.storage import is_local
 
-from aml_model.layouts import DEFAULT_CLASS_LABELS, LABELS, choose_layout, is_image_name, label_for_class
+from aml_model.layouts import (DEFAULT_CLASS_LABELS, LABELS, cell_type_for_class, choose_layout, is_image_name,
+                               label_for_class)
 
 __all__ = ["CellInput", "Discovery", "discover", "discover_inputs"]
 
@@ -29,11 +30,12 @@ SIDECARS = ("patients.csv", "labels.csv")
 
 @dataclass(frozen=True)
 class CellInput:
-    """One candidate cell image: where it is, whose it is, and its label when known."""
+    """One candidate cell image: where it is, whose it is, and its label and cell type when known."""
 
     uri: str
     patient_id: str
     label: str | None = None
+    cell_type: str | None = None
 
 
 @dataclass
@@ -93,10 +95,14 @@ def _discover_folders(fs, root: str, source: str, layout: str,
     found = Discovery(source=source, layout=layout)
 
     labels: dict[str, str] = {}
+    cell_types: dict[str, str] = {}
     if layout == "patient":
         if fs.isfile(posixpath.join(root, "labels.csv")):
             table = _read_csv(fs, posixpath.join(root, "labels.csv"))
             labels = {row["image"]: row["label"].strip().lower() for _, row in table.iterrows()}
+            if "cell_type" in table.columns:
+                cell_types = {row["image"]: row["cell_type"].strip() for _, row in table.iterrows()
+                              if row["cell_type"].strip()}
         if fs.isfile(posixpath.join(root, "patients.csv")):
             table = _read_csv(fs, posixpath.join(root, "patients.csv"))
             found.diagnoses = {row["patient_id"]: row["diagnosis"].strip().lower() for _, row in table.iterrows()}
@@ -117,10 +123,11 @@ def _discover_folders(fs, root: str, source: str, layout: str,
         folder = rel.split("/")[0]
         if layout == "class":
             patient_id, label = root_name, label_for_class(folder, class_labels)
+            cell_type = cell_type_for_class(folder, class_labels)
             if label is None:
                 unknown.add(folder)
         else:
-            patient_id, label = folder, labels.get(rel)
+            patient_id, label, cell_type = folder, labels.get(rel), cell_types.get(rel)
         if _escapes(fs, root, path):
             found.rejected.append({"source_uri": _url(fs, path), "patient_id": patient_id,
                                    "reason": "symbolic link points outside the source root"})
@@ -129,9 +136,14 @@ def _discover_folders(fs, root: str, source: str, layout: str,
             found.rejected.append({"source_uri": _url(fs, path), "patient_id": patient_id,
                                    "reason": f"label {label!r} is not one of {', '.join(LABELS)}"})
             continue
-        found.inputs.append(CellInput(_url(fs, path), patient_id, label))
+        found.inputs.append(CellInput(_url(fs, path), patient_id, label, cell_type))
     found.unknown_classes = sorted(unknown)
     return found
+
+
+def _text(value) -> str | None:
+    """A manifest cell as stripped text, None when empty or missing (CSV "" or Parquet null)."""
+    return None if value is None or pd.isna(value) or not str(value).strip() else str(value).strip()
 
 
 def _discover_manifest(fs, path: str, source: str, manifest_root: str | None,
@@ -149,6 +161,7 @@ def _discover_manifest(fs, path: str, source: str, manifest_root: str | None,
     for row in table.itertuples(index=False):
         entry, patient_id = str(row.image_uri), str(row.patient_id)
         label = str(getattr(row, "label", "") or "").strip().lower() or None
+        cell_type = _text(getattr(row, "cell_type", None))
         if "://" in entry:
             entry_fs, entry_path = fsspec.core.url_to_fs(entry, **storage_options)
             same_fs = type(entry_fs) is type(root_fs)
@@ -165,7 +178,7 @@ def _discover_manifest(fs, path: str, source: str, manifest_root: str | None,
         if reason:
             found.rejected.append({"source_uri": entry, "patient_id": patient_id, "reason": reason})
         else:
-            found.inputs.append(CellInput(_url(entry_fs, entry_path), patient_id, label))
+            found.inputs.append(CellInput(_url(entry_fs, entry_path), patient_id, label, cell_type))
     return found
 
 
@@ -180,7 +193,9 @@ def discover(
 
     Args:
         source: a folder (patient or class layout) or a manifest file (CSV/Parquet with
-            image_uri, patient_id and optional label), as any fsspec URL.
+            image_uri, patient_id and optional label and cell_type), as any fsspec URL. Cell types
+            come from the class folder (class layout) or an optional cell_type column of the
+            patient layout's labels.csv or of the manifest.
         layout: "auto", "patient", "class" or "manifest". Auto picks manifest for a
             .csv/.parquet file, class when every top-level folder is a known class, else patient.
         storage_options: fsspec options for the source.

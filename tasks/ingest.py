@@ -22,8 +22,13 @@ __all__ = ["ShardSpec", "ingest_shard", "plan_hash", "plan_shards", "write_inges
 
 
 def plan_hash(inputs: list[CellInput], image_size: int, chunk_cells: int) -> str:
-    """A fingerprint of what an ingest will write: inputs, their order, size and chunking."""
-    payload = json.dumps([[c.uri, c.patient_id, c.label] for c in inputs] + [image_size, chunk_cells])
+    """A fingerprint of what an ingest will write: inputs, their order, size and chunking.
+
+    A cell type is part of its input, so a changed type is a changed input; inputs without a
+    type hash as before cell types existed, so the runs of such sources keep their ids.
+    """
+    payload = json.dumps([[c.uri, c.patient_id, c.label] + ([c.cell_type] if c.cell_type is not None else [])
+                          for c in inputs] + [image_size, chunk_cells])
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -106,7 +111,8 @@ def write_ingest_tables(
 ) -> dict[str, int]:
     """Build and write cells.parquet and quarantine.parquet; returns their row counts."""
     frame = pd.DataFrame(records).sort_values("zarr_index", kind="stable")
-    meta = pd.DataFrame([{"patient_id": c.patient_id, "label": c.label} for c in inputs])
+    meta = pd.DataFrame([{"patient_id": c.patient_id, "label": c.label, "cell_type": c.cell_type} for c in inputs],
+                        columns=["patient_id", "label", "cell_type"])
     frame = pd.concat([frame.reset_index(drop=True), meta], axis=1)
     cells, quarantine = build_cell_tables(frame, pd.DataFrame(rejected, columns=["source_uri", "patient_id", "reason"]))
     storage.write_table(cells, paths.cells_table, store_options)

@@ -40,6 +40,22 @@ def compose_patient_cohort(lmu_cells: Path, root: Path, blast_counts: dict[str, 
     return root
 
 
+def compose_class_source(lmu_cells: Path, root: Path, counts: dict[str, tuple[str, int]]) -> Path:
+    """Class layout from real cells: {folder: (LMU class to copy from, n)}; no image used twice.
+
+    Returns ``root``, holding one folder per key (e.g. ``MYO``, ``blast``, ``XYZ``).
+    """
+    rows = lmu_rows(lmu_cells)
+    used: dict[str, int] = {}
+    for folder, (code, count) in counts.items():
+        (root / folder).mkdir(parents=True)
+        start = used.get(code, 0)
+        for row in [r for r in rows if r["matek_class"] == code][start:start + count]:
+            (root / folder / Path(row["file"]).name).write_bytes((lmu_cells / row["file"]).read_bytes())
+        used[code] = start + count
+    return root
+
+
 def _encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **kwargs)

@@ -1,6 +1,7 @@
 import pytest
 
-from aml_model.layouts import DEFAULT_CLASS_LABELS, choose_layout, is_image_name, label_for_class
+from aml_model.layouts import (DEFAULT_CLASS_LABELS, LMU_CLASSES, cell_type_for_class, choose_layout, is_image_name,
+                               label_for_class)
 
 
 def test_default_class_map_makes_only_myeloblasts_and_monoblasts_blasts():
@@ -29,3 +30,19 @@ def test_layout_choice():
     assert choose_layout(["blast", "Normal"]) == "class"
     assert choose_layout(["MYO", "patient-7"]) == "patient"
     assert choose_layout([]) == "patient"
+
+
+def test_class_folders_name_their_cell_type():
+    assert cell_type_for_class("NGS") == "segmented neutrophil"
+    assert cell_type_for_class("MYO") == "myeloblast"
+    assert cell_type_for_class("LYT") == "typical lymphocyte"
+    assert cell_type_for_class("myb") == "myelocyte"  # codes in any case, as label_for_class reads them
+    assert {code: cell_type_for_class(code) for code in LMU_CLASSES} == dict(LMU_CLASSES)
+
+
+def test_label_folders_and_unknown_folders_name_no_cell_type():
+    assert cell_type_for_class("blast") is None and cell_type_for_class("Normal") is None
+    assert cell_type_for_class("XYZ") is None
+    custom = {**DEFAULT_CLASS_LABELS, "Hairy cell": "normal"}
+    assert cell_type_for_class("Hairy cell", custom) == "Hairy cell"  # a mapped folder: its name as given
+    assert cell_type_for_class("Hairy cell") is None  # unknown to the default map

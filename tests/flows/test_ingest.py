@@ -11,7 +11,7 @@ from flows.ingest import ingest
 from tasks import storage
 from tasks.runs import IncompleteRunError, RunConflictError, require_complete
 from tests.conftest import upload_folder
-from tests.corpus import compose_patient_cohort, write_bad_corpus
+from tests.corpus import compose_class_source, compose_patient_cohort, write_bad_corpus
 
 
 def run_ingest(task_runner, **parameters):
@@ -32,6 +32,7 @@ def test_real_lmu_cells_in_class_layout(lmu_cells, tmp_path, task_runner):
     cells = pd.read_parquet(paths.cells_table)
     assert tuple(cells.columns) == CELL_COLUMNS
     assert cells["label"].value_counts().to_dict() == {"blast": 700, "normal": 700}
+    assert cells["cell_type"].value_counts().to_dict() == {"myeloblast": 700, "segmented neutrophil": 700}
     assert cells["cell_id"].is_unique
     quarantine = pd.read_parquet(paths.quarantine_table)
     assert tuple(quarantine.columns) == QUARANTINE_COLUMNS and quarantine.empty
@@ -132,3 +133,32 @@ def test_a_run_id_holding_other_inputs_is_refused(lmu_cells, tmp_path, task_runn
     (source / "A" / "extra.png").write_bytes((source / "A").glob("*.jpg").__next__().read_bytes())
     with pytest.raises(RunConflictError, match="different input list"):
         run_ingest(task_runner, source=str(source), store=store, run_id="r1", image_size=32)
+
+
+def test_cell_types_flow_from_class_folders_and_labels_csv_into_cells_parquet(lmu_cells, tmp_path, task_runner):
+    source = compose_class_source(lmu_cells, tmp_path / "smear", {"MYO": ("MYO", 3), "NGS": ("NGS", 2),
+                                                                   "blast": ("MYO", 2)})
+    store = str(tmp_path / "store")
+    result = run_ingest(task_runner, source=str(source), store=store, image_size=32, chunk_cells=4)
+    assert result["layout"] == "class" and result["cells"] == 7
+    cells = pd.read_parquet(storage.RunPaths(store, result["run_id"]).cells_table)
+    expected = {"MYO": "myeloblast", "NGS": "segmented neutrophil", "blast": None}
+    for uri, cell_type in zip(cells["source_uri"], cells["cell_type"], strict=True):
+        want = expected[uri.split("/smear/")[1].split("/")[0]]
+        assert (cell_type if pd.notna(cell_type) else None) == want, (uri, cell_type)
+    assert cells["cell_type"].isna().sum() == 2 and cells["label"].tolist().count("blast") == 5
+
+    # Patient layout: labels.csv names the types; retyping a cell is a new input list, so a new run.
+    cohort = compose_patient_cohort(lmu_cells, tmp_path / "cohort", {"A": (1, 2)})
+    labels = pd.read_csv(cohort / "labels.csv")
+    labels.assign(cell_type=["myeloblast", "segmented neutrophil", ""]).to_csv(cohort / "labels.csv", index=False)
+    first = run_ingest(task_runner, source=str(cohort), store=store, image_size=32)
+    typed = pd.read_parquet(storage.RunPaths(store, first["run_id"]).cells_table)
+    by_image = dict(zip(typed["source_uri"].str.split("/cohort/").str[1], typed["cell_type"], strict=True))
+    assert by_image[labels["image"][0]] == "myeloblast" and by_image[labels["image"][1]] == "segmented neutrophil"
+    assert pd.isna(by_image[labels["image"][2]])
+    labels.assign(cell_type=["monoblast", "segmented neutrophil", ""]).to_csv(cohort / "labels.csv", index=False)
+    second = run_ingest(task_runner, source=str(cohort), store=store, image_size=32)
+    assert second["run_id"] != first["run_id"] and not second["already_complete"]
+    retyped = pd.read_parquet(storage.RunPaths(store, second["run_id"]).cells_table)
+    assert sorted(retyped["cell_type"].dropna()) == ["monoblast", "segmented neutrophil"]

@@ -3,7 +3,7 @@ import pytest
 
 from tasks.discover import discover
 from tests.conftest import upload_folder
-from tests.corpus import compose_patient_cohort, write_bad_corpus
+from tests.corpus import compose_class_source, compose_patient_cohort, write_bad_corpus
 
 
 def test_lmu_folder_is_detected_as_class_layout(lmu_cells):
@@ -87,3 +87,44 @@ def test_s3_source_patient_layout(lmu_cells, tmp_path, s3_bucket):
         p.relative_to(root).as_posix() for p in root.rglob("*.jpg"))
     assert all(c.uri.startswith(f"s3://{bucket}/smears/") for c in found.inputs)
     assert sorted(c.label for c in found.inputs) == ["blast", "blast", "normal"]
+
+
+def test_class_folders_give_the_cell_type(lmu_cells, tmp_path):
+    folders = {"MYO": ("MYO", 2), "ngs": ("NGS", 2), "blast": ("MYO", 1), "XYZ": ("NGS", 1)}
+    root = compose_class_source(lmu_cells, tmp_path / "smear", folders)
+    found = discover(str(root), layout="class")
+    typed = sorted((c.uri.split("/smear/")[1].split("/")[0], c.label, c.cell_type) for c in found.inputs)
+    assert typed == [("MYO", "blast", "myeloblast"), ("MYO", "blast", "myeloblast"), ("XYZ", None, None),
+                     ("blast", "blast", None), ("ngs", "normal", "segmented neutrophil"),
+                     ("ngs", "normal", "segmented neutrophil")]
+    assert found.unknown_classes == ["XYZ"]
+
+
+def test_patient_labels_csv_may_name_the_cell_type(lmu_cells, tmp_path):
+    root = compose_patient_cohort(lmu_cells, tmp_path / "cohort", {"A": (1, 1), "B": (0, 1)})
+    labels = pd.read_csv(root / "labels.csv")
+    types = {"blast": "myeloblast", "normal": ""}
+    labels.assign(cell_type=[types[label] if patient == "A" else "band neutrophil"
+                             for label, patient in zip(labels["label"], labels["image"].str[0], strict=True)]
+                  ).to_csv(root / "labels.csv", index=False)
+    found = discover(str(root))
+    assert found.layout == "patient"
+    assert sorted((c.patient_id, c.label, c.cell_type) for c in found.inputs) == [
+        ("A", "blast", "myeloblast"), ("A", "normal", None), ("B", "normal", "band neutrophil")]
+
+
+@pytest.mark.parametrize("suffix", ["csv", "parquet"])
+def test_manifest_may_name_the_cell_type(lmu_cells, tmp_path, suffix):
+    root = compose_patient_cohort(lmu_cells, tmp_path / "m", {"A": (1, 1), "B": (1, 0)})
+    images = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.jpg"))
+    manifest = pd.DataFrame({"image_uri": images, "patient_id": [i[0] for i in images],
+                             "cell_type": ["myeloblast", None, " monocyte "]})
+    if suffix == "csv":
+        manifest.to_csv(root / "manifest.csv", index=False)
+    else:
+        manifest.to_parquet(root / "manifest.parquet")
+    found = discover(str(root / f"manifest.{suffix}"))
+    assert found.layout == "manifest"
+    assert [(c.uri, c.cell_type) for c in found.inputs] == [
+        (str(root / images[0]), "myeloblast"), (str(root / images[1]), None), (str(root / images[2]), "monocyte")]
+    assert all(c.label is None for c in found.inputs)
