@@ -27,8 +27,11 @@ import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from aml_model.aggregate import RESEARCH_NOTE  # noqa: E402
+from aml_model.calibration import call_probabilities  # noqa: E402
+from aml_model.evaluate import rates_by_group  # noqa: E402
 
-__all__ = ["EXPLAINED_CALLS", "GalleryCell", "ModelInfo", "PatientReport", "describe_call", "encode_png",
+__all__ = ["EXPLAINED_CALLS", "GalleryCell", "ModelInfo", "PatientReport", "cell_type_rates", "describe_call",
+           "encode_png",
            "patients_to_explain", "render_cohort_index", "render_patient_report", "render_probability_histogram",
            "report_name", "top_cells"]
 
@@ -85,6 +88,8 @@ class PatientReport:
         gallery: the most blast-like cells, most blast-like first.
         explained: whether Grad-CAM overlays were computed for this patient.
         model: the model that scored the cells.
+        cell_types: per-type rows of :func:`cell_type_rates` (cell_type, n, blast_like_rate...);
+            empty when no cell's type is known.
     """
 
     run_id: str
@@ -93,6 +98,7 @@ class PatientReport:
     gallery: tuple[GalleryCell, ...]
     explained: bool
     model: ModelInfo
+    cell_types: tuple[dict, ...] = ()
 
 
 def report_name(patient_id: str) -> str:
@@ -122,6 +128,22 @@ def top_cells(cells: pd.DataFrame, patient_id: str, k: int) -> pd.DataFrame:
         raise ValueError(message)
     mine = cells[cells["patient_id"] == patient_id]
     return mine.sort_values(["probability", "cell_id"], ascending=[False, True]).head(k).reset_index(drop=True)
+
+
+def cell_type_rates(cells: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    """Blast-like rate per cell type of scored cells (``evaluate.rates_by_group`` by cell_type).
+
+    Args:
+        cells: scored cells (probability; cell_type and label where present).
+        threshold: a cell with probability >= threshold is blast-like.
+
+    Returns:
+        One row per type (cells without a type: "unknown"), with cell_type, n, n_blast,
+        blast_like, blast_like_rate and roc_auc; no rows when no cell's type is known.
+    """
+    if "cell_type" not in cells or not cells["cell_type"].notna().any():
+        return pd.DataFrame(columns=["cell_type", "n", "n_blast", "blast_like", "blast_like_rate", "roc_auc"])
+    return rates_by_group(cells, call_probabilities(cells), threshold, by=["cell_type"])
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -204,21 +226,24 @@ def render_patient_report(report: PatientReport) -> str:
     return _TEMPLATES.get_template("patient_report.html.j2").render(
         run_id=report.run_id, s=summary, rule=describe_call(summary), flags=_flags(summary),
         histogram=histogram, gallery=report.gallery, explained=report.explained,
-        explained_calls=EXPLAINED_CALLS, model=report.model, metrics=metrics,
+        explained_calls=EXPLAINED_CALLS, model=report.model, metrics=metrics, cell_types=report.cell_types,
         n_test=(report.model.metrics or {}).get("n"), note=RESEARCH_NOTE,
     )
 
 
-def render_cohort_index(run_id: str, patients: pd.DataFrame, model: ModelInfo) -> str:
+def render_cohort_index(run_id: str, patients: pd.DataFrame, model: ModelInfo,
+                        cell_types: tuple[dict, ...] = ()) -> str:
     """The cohort index page: one row per patient linking to its report (``<report_name>.html``).
 
     Args:
         run_id: the scoring run.
         patients: patients.parquet of the run.
         model: the model that scored the cells.
+        cell_types: per-type rows of :func:`cell_type_rates` over the run; none shown when empty.
     """
     rows = [{**row, "flags": _flags(row), "href": f"{report_name(row['patient_id'])}.html"}
             for row in patients.to_dict(orient="records")]
     counts = patients["call"].value_counts().to_dict()
     return _TEMPLATES.get_template("cohort_index.html.j2").render(run_id=run_id, rows=rows, model=model,
-                                                                   counts=counts, note=RESEARCH_NOTE)
+                                                                   counts=counts, note=RESEARCH_NOTE,
+                                                                   cell_types=cell_types)

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from aml_model.aggregate import RESEARCH_NOTE
 from aml_model.config import SummaryConfig
-from aml_model.report import patients_to_explain
+from aml_model.report import cell_type_rates, patients_to_explain
 from flows.ingest import collect_ingest, finish_ingest, plan_ingest, start_ingest, submit_ingest_shard
 from flows.progress import results_with_progress
 from flows.runner import in_order
 from tasks import storage
+from tasks.calibration import read_site_calibration
 from tasks.explain import clear_explanations, explain_patient
 from tasks.predict import score_shard
 from tasks.registry import resolve_model
@@ -55,6 +58,7 @@ def score_smears(
     s3_endpoint_url: str | None = None,
     explain: bool = True,
     explain_top_k: int = 12,
+    site: str | None = None,
 ) -> dict:
     """Score every cell of ``source`` and call each patient.
 
@@ -72,6 +76,10 @@ def score_smears(
         explain: Grad-CAM overlays of the most blast-like cells of each AML_SUSPECTED or
             INDETERMINATE patient, computed on the workers, shown in the reports.
         explain_top_k: cells per patient in the reports' galleries (and Grad-CAM).
+        site: score with this site's calibration of the model (``aml-smear calibrate``): the
+            calibrated probability (column probability_calibrated) and the site's threshold make
+            the calls; refused before anything is written when the site has no calibration for
+            this model version. ``threshold`` must then stay at its default.
 
     Returns:
         run_id, run root, model version, counts, the per-patient calls and the reports' index page.
@@ -83,6 +91,17 @@ def score_smears(
     config = SummaryConfig(threshold=threshold, blast_cutoff=blast_cutoff, min_cells=min_cells)
     store_options = storage.storage_options_for(store, s3_endpoint_url)
     model_ref = resolve_model(model, store, store_options)
+    calibration = None
+    if site is not None:
+        # Before anything is written: a site calibrated for another model version is refused here.
+        if threshold != 0.5:
+            message = f"threshold={threshold:g} and site={site!r} both given: the site's calibration sets the threshold"
+            raise ValueError(message)
+        calibration = read_site_calibration(store, site, model_ref.version, store_options)
+        threshold = calibration.threshold
+        config = dataclasses.replace(config, threshold=threshold)
+        logger.info("site %s: calibration of %s (%s), threshold %g on the calibrated scale (raw %.3f)", site,
+                    calibration.created_at, calibration.method, threshold, calibration.raw_threshold)
     logger.info("scoring with model %s (%dx%d input)", model_ref.version, model_ref.image_size, model_ref.image_size)
 
     plan = plan_ingest(source, store, run_id, layout, model_ref.image_size, chunk_cells, s3_endpoint_url,
@@ -90,12 +109,16 @@ def score_smears(
     paths = plan.paths
     settings = {"model_version": model_ref.version, "threshold": threshold, "blast_cutoff": blast_cutoff,
                 "min_cells": min_cells, "precision": precision, "explain": explain, "explain_top_k": explain_top_k}
+    if calibration is not None:
+        settings |= {"site": site, "calibration": {"created_at": calibration.created_at, "method": calibration.method,
+                                                   "coefficients": calibration.coefficients}}
     score_record = storage.join(paths.root, "score.json")
     if plan.complete:
         if storage.exists(score_record, store_options) and storage.read_json(score_record, store_options) == settings:
             logger.info("run %s is already scored with these settings: nothing to do", paths.run_id)
             patients = storage.read_table(paths.patients_table, store_options)
-            return _result(paths, model_ref.version, plan.recorded_counts(), patients, already_complete=True)
+            return (_result(paths, model_ref.version, plan.recorded_counts(), patients, already_complete=True)
+                    | {"site": site})
         # The tables are about to change: the run must stop looking complete first.
         storage.remove(paths.success, store_options)
 
@@ -121,7 +144,7 @@ def score_smears(
         scored += shard_scored
         logger.info("scoring %5.1f%%: %d cells of %d inputs", percent, scored, n_inputs)
 
-    patients = write_scored_tables(paths, config, model_ref.version, store_options)
+    patients = write_scored_tables(paths, config, model_ref.version, store_options, calibration)
     storage.write_json(score_record, settings, store_options)
     # A run is complete only with its reports: they come before _SUCCESS.
     clear_explanations(paths, store_options)
@@ -138,7 +161,12 @@ def score_smears(
                              description=f"cohort overview, run {paths.run_id}")
     create_markdown_artifact(key="patient-reports", markdown=reports_markdown(paths, patients),
                              description=f"per-patient HTML reports, run {paths.run_id}")
-    return _result(paths, model_ref.version, counts, patients, already_complete=False)
+    rates = cell_type_rates(storage.read_table(paths.cells_table, store_options), threshold)
+    if len(rates):
+        create_table_artifact(key="per-type-rates", table=rates.astype(object).where(rates.notna(), None)
+                              .to_dict(orient="records"),
+                              description=f"blast-like rate per cell type, run {paths.run_id}")
+    return _result(paths, model_ref.version, counts, patients, already_complete=False) | {"site": site}
 
 
 def _result(paths, model_version, counts: dict, patients, already_complete: bool) -> dict:

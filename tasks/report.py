@@ -10,8 +10,9 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from aml_model.aggregate import RESEARCH_NOTE
-from aml_model.report import (GalleryCell, ModelInfo, PatientReport, encode_png, render_cohort_index,
-                              render_patient_report, report_name, top_cells)
+from aml_model.calibration import call_probabilities
+from aml_model.report import (GalleryCell, ModelInfo, PatientReport, cell_type_rates, encode_png,
+                              render_cohort_index, render_patient_report, report_name, top_cells)
 from tasks import storage
 from tasks.explain import explain_dir, manifest_url
 from tasks.registry import CARD_FILE, models_root
@@ -81,14 +82,22 @@ def build_reports(paths: storage.RunPaths, store_options: dict | None = None) ->
     patients = storage.read_table(paths.patients_table, options)
     model = model_info(paths.store, settings["model_version"], options)
     images = storage.open_cells_array(paths.cells_zarr, options)
+    threshold = float(settings["threshold"])
     for summary in patients.to_dict(orient="records"):
         patient_id = summary["patient_id"]
         gallery, explained = _gallery(paths, cells, patient_id, top_k, images, options)
-        probabilities = cells.loc[cells["patient_id"] == patient_id, "probability"].to_numpy(np.float64)
+        mine = cells[cells["patient_id"] == patient_id]
+        probabilities = call_probabilities(mine)  # calibrated where a site calibration was applied
         report = PatientReport(run_id=paths.run_id, summary=summary, probabilities=probabilities,
-                               gallery=gallery, explained=explained, model=model)
+                               gallery=gallery, explained=explained, model=model,
+                               cell_types=_type_rows(mine, threshold))
         storage.write_bytes(report_url(paths, patient_id), render_patient_report(report).encode(), options)
-    return storage.write_bytes(index_url(paths), render_cohort_index(paths.run_id, patients, model).encode(), options)
+    index = render_cohort_index(paths.run_id, patients, model, cell_types=_type_rows(cells, threshold))
+    return storage.write_bytes(index_url(paths), index.encode(), options)
+
+
+def _type_rows(cells: pd.DataFrame, threshold: float) -> tuple[dict, ...]:
+    return tuple(cell_type_rates(cells, threshold).to_dict(orient="records"))
 
 
 @task(name="write-reports", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2,

@@ -28,6 +28,7 @@ __all__ = [
     "exists",
     "is_local",
     "join",
+    "list_names",
     "local_copy",
     "open_cells_array",
     "read_bytes",
@@ -74,6 +75,14 @@ def join(url: str, *parts: str) -> str:
 def exists(url: str, storage_options: dict | None = None) -> bool:
     fs, path = _fs(url, storage_options)
     return fs.exists(path)
+
+
+def list_names(url: str, storage_options: dict | None = None) -> list[str]:
+    """Names of the entries directly under the folder ``url``, sorted; empty when it does not exist."""
+    fs, path = _fs(url, storage_options)
+    if not fs.exists(path):
+        return []
+    return sorted(posixpath.basename(entry.rstrip("/")) for entry in fs.ls(path, detail=False))
 
 
 def read_bytes(url: str, storage_options: dict | None = None) -> bytes:

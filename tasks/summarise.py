@@ -8,6 +8,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from aml_model.aggregate import summarise_cohort
+from aml_model.calibration import CALIBRATED_COLUMN, SiteCalibration
 from aml_model.config import SummaryConfig
 from tasks import storage
 from tasks.retry import retry_transient_errors
@@ -15,23 +16,29 @@ from tasks.retry import retry_transient_errors
 __all__ = ["score_columns", "write_scored_tables"]
 
 
-def score_columns(cells: pd.DataFrame, probabilities: np.ndarray, threshold: float, model_version: str) -> pd.DataFrame:
+def score_columns(cells: pd.DataFrame, probabilities: np.ndarray, threshold: float, model_version: str,
+                  calibration: SiteCalibration | None = None) -> pd.DataFrame:
     """A new cell table with probability, predicted_label and model_version added.
 
     Args:
         cells: the ingest cell table (zarr_index per cell).
         probabilities: `(n_slots,)` float32 from cells.zarr, NaN where nothing was scored.
+        calibration: a site's calibration: adds probability_calibrated (float32), and
+            predicted_label compares it, not the raw probability, with ``threshold``.
     """
     picked = probabilities[cells["zarr_index"].to_numpy()]
     if np.isnan(picked).any():
         missing = cells.loc[np.isnan(picked), "cell_id"].tolist()[:5]
         message = f"{int(np.isnan(picked).sum())} accepted cells have no probability (e.g. {missing})"
         raise RuntimeError(message)
-    return cells.assign(
+    called = picked if calibration is None else calibration.apply(picked).astype(np.float32)
+    # A table scored before (with another calibration, or none) must not keep a stale column.
+    scored = cells.drop(columns=[CALIBRATED_COLUMN], errors="ignore").assign(
         probability=picked.astype(np.float32),
-        predicted_label=np.where(picked >= threshold, "blast", "normal"),
+        predicted_label=np.where(called >= threshold, "blast", "normal"),
         model_version=model_version,
     )
+    return scored if calibration is None else scored.assign(**{CALIBRATED_COLUMN: called})
 
 
 @task(name="summarise", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2,
@@ -41,14 +48,20 @@ def write_scored_tables(
     config: SummaryConfig,
     model_version: str,
     store_options: dict,
+    calibration: SiteCalibration | None = None,
 ) -> pd.DataFrame:
-    """Write the scored cells.parquet and patients.parquet; returns the patient table."""
+    """Write the scored cells.parquet and patients.parquet; returns the patient table.
+
+    With a site ``calibration`` the patients are summarised on the calibrated probabilities
+    (``config.threshold`` is then the site's threshold on that scale).
+    """
     cells = storage.read_table(paths.cells_table, store_options)
     quarantine = storage.read_table(paths.quarantine_table, store_options)
     probabilities = storage.open_cells_array(paths.cells_zarr, store_options, name=storage.PROBABILITIES)[:]
-    scored = score_columns(cells, probabilities, config.threshold, model_version)
+    scored = score_columns(cells, probabilities, config.threshold, model_version, calibration)
     report = storage.read_json(paths.report, store_options)
-    patients = summarise_cohort(scored, quarantine, config, model_version,
+    called = scored if calibration is None else scored.assign(probability=scored[CALIBRATED_COLUMN])
+    patients = summarise_cohort(called, quarantine, config, model_version,
                                 extra_patients=tuple(report.get("empty_patients", ())))
     storage.write_table(scored, paths.cells_table, store_options)
     storage.write_table(patients, paths.patients_table, store_options)

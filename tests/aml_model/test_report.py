@@ -7,9 +7,9 @@ from PIL import Image
 
 from aml_model.aggregate import RESEARCH_NOTE, summarise_cohort
 from aml_model.config import SummaryConfig
-from aml_model.report import (GalleryCell, ModelInfo, PatientReport, describe_call, encode_png, patients_to_explain,
-                              render_cohort_index, render_patient_report, render_probability_histogram, report_name,
-                              top_cells)
+from aml_model.report import (GalleryCell, ModelInfo, PatientReport, cell_type_rates, describe_call, encode_png,
+                              patients_to_explain, render_cohort_index, render_patient_report,
+                              render_probability_histogram, report_name, top_cells)
 from tests.report_checks import embedded_pngs, parse_page
 
 METRICS = {"n": 40, "threshold": 0.5, "accuracy": 0.9, "sensitivity": 0.85, "specificity": 0.95, "precision": 0.9,
@@ -100,3 +100,27 @@ def test_index_links_every_patient_report(cohort):
     page = parse_page(render_cohort_index("run-1", patients.reset_index(drop=True), ModelInfo("v-test", METRICS)))
     assert page.links == ["AML-1.html", "FEW-4.html", "HLT_2.html", "MID-3.html"]
     assert "AML_SUSPECTED: 1" in page.text and RESEARCH_NOTE in page.text.lower() and "v-test" in page.text
+
+
+def test_cell_type_rates_and_their_tables_in_the_report_and_index(cohort):
+    cells, patients = cohort
+    assert cell_type_rates(cells, 0.5).empty, "no cell_type column: no per-type rates"
+    untyped = cells.assign(cell_type=pd.Series([None] * len(cells), dtype="string"))
+    assert cell_type_rates(untyped, 0.5).empty, "no known type: no per-type rates"
+    # AML-1: 12 cells at 0.9 then 8 at 0.1; the first 10 are myeloblasts, the next 6 neutrophils, 4 untyped.
+    mine = cells[cells["patient_id"] == "AML-1"].assign(cell_type=["myeloblast"] * 10 + ["neutrophil"] * 6 + [None] * 4)
+    rates = cell_type_rates(mine, 0.5)
+    assert rates[["cell_type", "n", "blast_like"]].values.tolist() == [
+        ["myeloblast", 10, 10], ["neutrophil", 6, 2], ["unknown", 4, 0]]
+    assert rates["blast_like_rate"].tolist() == pytest.approx([1.0, 2 / 6, 0.0])
+    rows = tuple(rates.to_dict(orient="records"))
+    summary, probabilities, model = patients.loc["AML-1"].to_dict(), mine["probability"].to_numpy(), ModelInfo("v", None)
+    html = render_patient_report(PatientReport("run-1", summary, probabilities, (), False, model, cell_types=rows))
+    text = parse_page(html).text
+    assert "Cell types" in text
+    assert "myeloblast 10 100.0%" in text and "neutrophil 6 33.3%" in text and "unknown 4 0.0%" in text
+    plain = render_patient_report(PatientReport("run-1", summary, probabilities, (), False, model))
+    assert "Cell types" not in parse_page(plain).text
+    index = parse_page(render_cohort_index("run-1", patients.reset_index(drop=True), ModelInfo("v-test", METRICS),
+                                           cell_types=rows)).text
+    assert "Cell types" in index and "neutrophil 6 33.3%" in index

@@ -9,6 +9,10 @@ import pytest
 
 @pytest.fixture(autouse=True, scope="session")
 def prefect_api():
+    # Prefect's first full import configures logging and closes the handlers already there; absl's
+    # (TensorFlow's) holds pytest's capture stream, so importing Prefect after TensorFlow (a CLI
+    # test whose model fixture trained first) would close it. Import Prefect first.
+    import prefect.main  # noqa: F401
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 

@@ -87,3 +87,32 @@ def test_score_without_a_model_fails_with_the_way_out(tmp_path, dask_cluster):
                                       dask_cluster.scheduler_address])
     assert result.exit_code == 1
     assert "no champion model" in result.output and "aml-smear retrain" in result.output
+
+
+def test_calibrate_command_prints_the_figures_and_score_refuses_an_uncalibrated_site(tmp_path, lmu_cells,
+                                                                                      dask_cluster, tiny_model_file):
+    from tasks.registry import register_model, set_champion
+    from tests.corpus import compose_patient_cohort
+
+    store = str(tmp_path / "store")
+    ref = register_model(str(tiny_model_file), {"config": {"model": {"image_size": 32}}}, store)
+    set_champion(store, ref.version)
+    scheduler = ["--scheduler", dask_cluster.scheduler_address]
+    few = compose_patient_cohort(lmu_cells, tmp_path / "few", {"A": (3, 12)})
+    refused = CliRunner().invoke(cli, ["calibrate", str(few), "--store", store, "--site", "lab-a", *scheduler])
+    assert refused.exit_code == 1
+    assert "site lab-a: calibration needs at least 10 labelled cells of each class; found 3 blast" in refused.output
+    assert not (tmp_path / "store" / "models" / ref.version / "sites").exists()
+
+    source = compose_patient_cohort(lmu_cells, tmp_path / "lab", {"A": (6, 5), "B": (5, 6)})
+    done = CliRunner().invoke(cli, ["calibrate", str(source), "--store", store, "--site", "lab-a", *scheduler])
+    assert done.exit_code == 0, done.output
+    assert f"site lab-a, model {ref.version}: fitted on 11 blast and 11 other labelled cells" in done.output
+    assert any(line.startswith("before (raw, 0.5)") for line in done.output.splitlines())
+    assert any(line.startswith("after (calibrated)") for line in done.output.splitlines())
+    assert str(tmp_path / "store" / "models" / ref.version / "sites" / "lab-a.json") in done.output
+
+    stale = CliRunner().invoke(cli, ["score", str(source), "--store", store, "--site", "lab-b", *scheduler])
+    assert stale.exit_code == 1
+    assert f"site lab-b has no calibration for model {ref.version}" in stale.output
+    assert "aml-smear calibrate" in stale.output

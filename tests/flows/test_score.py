@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,7 +14,8 @@ from tasks import storage
 from tasks.registry import ModelNotFoundError
 from tasks.runs import require_complete
 from tests.conftest import upload_folder
-from tests.corpus import compose_patient_cohort
+from tests.corpus import compose_class_source, compose_patient_cohort
+from tests.report_checks import parse_page
 
 SCORED_COLUMNS = CELL_COLUMNS + ("probability", "predicted_label", "model_version")
 
@@ -106,3 +109,115 @@ def test_resuming_with_other_chunks_per_task_scores_every_cell(lmu_cells, tmp_pa
     assert not again["already_complete"] and again["cells"] == first["cells"] == 24
     require_complete(paths)
     pd.testing.assert_frame_equal(pd.read_parquet(paths.cells_table), complete)
+
+
+def test_class_layout_run_reports_blast_like_rates_per_cell_type(lmu_cells, tmp_path, task_runner, tiny_model_file):
+    source = compose_class_source(lmu_cells, tmp_path / "smear", {"MYO": ("MYO", 6), "NGS": ("NGS", 5),
+                                                                   "blast": ("MYO", 3)})
+    store = str(tmp_path / "store")
+    result = run_score(task_runner, source=str(source), store=store, model=str(tiny_model_file), min_cells=5,
+                       chunk_cells=8, explain=False)
+    paths = storage.RunPaths(store, result["run_id"])
+    cells = pd.read_parquet(paths.cells_table)
+    assert tuple(cells.columns) == SCORED_COLUMNS
+    types = cells["cell_type"].astype(object).where(cells["cell_type"].notna(), "unknown")
+    assert types.value_counts().to_dict() == {"myeloblast": 6, "segmented neutrophil": 5, "unknown": 3}
+    expected = {t: (int((types == t).sum()), float((cells.loc[types == t, "probability"] >= 0.5).mean()))
+                for t in ("myeloblast", "segmented neutrophil", "unknown")}
+
+    artifact = Artifact.get("per-type-rates")
+    assert artifact is not None and artifact.type == "table"
+    rows = {row["cell_type"]: row for row in json.loads(artifact.data)}
+    assert sorted(rows) == sorted(expected)
+    for cell_type, (n, rate) in expected.items():
+        assert rows[cell_type]["n"] == n and rows[cell_type]["blast_like_rate"] == pytest.approx(rate)
+    assert rows["myeloblast"]["n_blast"] == 6 and rows["segmented neutrophil"]["n_blast"] == 0
+
+    report = parse_page(storage.read_bytes(storage.join(paths.root, "reports", "smear.html")).decode()).text
+    index = parse_page(storage.read_bytes(result["report"]).decode()).text
+    for cell_type, (n, rate) in expected.items():
+        assert f"{cell_type} {n} {rate:.1%}" in report, cell_type
+        assert f"{cell_type} {n} {rate:.1%}" in index, cell_type
+
+
+def _site_store(tmp_path, model_file):
+    """A store whose champion is the tiny model, and labelled-site scores to fit a calibration with."""
+    from scipy.special import expit
+
+    from tasks.registry import register_model, set_champion
+
+    store = str(tmp_path / "store")
+    ref = register_model(str(model_file), {"config": {"model": {"image_size": 32}}}, store)
+    set_champion(store, ref.version)
+    rng = np.random.default_rng(0)
+    y = np.r_[np.ones(30), np.zeros(30)].astype(int)
+    return store, ref, y, expit(np.where(y == 1, 1.0, -1.0) + rng.normal(size=y.size))
+
+
+def test_scoring_with_a_site_calls_on_its_calibrated_probabilities_and_records_it(lmu_cells, tmp_path, task_runner,
+                                                                                   tiny_model_file):
+    import dataclasses
+
+    from aml_model.calibration import CALIBRATED_COLUMN, fit_site_calibration
+    from tasks.calibration import save_site_calibration
+
+    store, ref, y, p = _site_store(tmp_path, tiny_model_file)
+    # A site whose raw cut sits at sigmoid(-12): nearly every cell the raw 0.5 calls normal turns blast-like.
+    calibration = dataclasses.replace(fit_site_calibration(y, p, "lab-a", ref.version),
+                                      coefficients={"slope": 1.0, "intercept": 12.0})
+    save_site_calibration(calibration, store)
+    source = compose_patient_cohort(lmu_cells, tmp_path / "cohort", {"A": (3, 9), "B": (0, 12)})
+    result = run_score(task_runner, source=str(source), store=store, site="lab-a", min_cells=5, chunk_cells=8,
+                       explain=False)
+    assert result["site"] == "lab-a" and result["model_version"] == ref.version
+    paths = storage.RunPaths(store, result["run_id"])
+    require_complete(paths)
+    settings = storage.read_json(storage.join(paths.root, "score.json"))
+    assert settings["site"] == "lab-a" and settings["threshold"] == calibration.threshold
+    assert settings["calibration"]["coefficients"] == {"slope": 1.0, "intercept": 12.0}
+
+    cells = pd.read_parquet(paths.cells_table)
+    assert tuple(cells.columns) == (*SCORED_COLUMNS, CALIBRATED_COLUMN)
+    np.testing.assert_allclose(cells[CALIBRATED_COLUMN], calibration.apply(cells["probability"]), rtol=1e-5)
+    assert (cells["probability"] < 0.5).sum() >= 5, "the raw scale calls some cells normal"
+    called = cells[CALIBRATED_COLUMN] >= calibration.threshold
+    assert (cells["predicted_label"] == np.where(called, "blast", "normal")).all()
+    patients = pd.read_parquet(paths.patients_table).set_index("patient_id")
+    assert patients["n_blast_like"].to_dict() == called.groupby(cells["patient_id"]).sum().to_dict()
+    assert patients["n_blast_like"].sum() > (cells["probability"] >= 0.5).sum()
+    np.testing.assert_allclose(patients["mean_probability"],
+                               cells.groupby("patient_id")[CALIBRATED_COLUMN].mean().loc[patients.index], rtol=1e-5)
+
+
+def test_a_site_calibrated_for_another_model_version_is_refused_before_anything_is_written(lmu_cells, tmp_path,
+                                                                                           task_runner,
+                                                                                           tiny_model_file):
+    import shutil
+
+    from aml_model.calibration import fit_site_calibration
+    from tasks.calibration import CalibrationNotFoundError, save_site_calibration
+    from tasks.registry import set_champion
+
+    store, ref, y, p = _site_store(tmp_path, tiny_model_file)
+    save_site_calibration(fit_site_calibration(y, p, "lab-a", ref.version), store)
+    # A newer champion, promoted after the site calibrated.
+    new = "20991231T000000Z-feedbeef"
+    shutil.copytree(tmp_path / "store" / "models" / ref.version, tmp_path / "store" / "models" / new,
+                    ignore=shutil.ignore_patterns("sites"))
+    set_champion(store, new)
+    source = compose_patient_cohort(lmu_cells, tmp_path / "cohort", {"A": (2, 2)})
+
+    def files():
+        return sorted((p.relative_to(tmp_path / "store"), p.stat().st_mtime_ns)
+                      for p in (tmp_path / "store").rglob("*"))
+
+    before = files()
+    with pytest.raises(CalibrationNotFoundError,
+                       match=rf"site lab-a has no calibration for model {new} \(it was calibrated for model "
+                             rf"{ref.version}\); run `aml-smear calibrate .* --site lab-a` again"):
+        run_score(task_runner, source=str(source), store=store, site="lab-a", min_cells=1)
+    assert files() == before
+    with pytest.raises(ValueError, match="the site's calibration sets the threshold"):
+        run_score(task_runner, source=str(source), store=store, model=ref.version, site="lab-a", threshold=0.7,
+                  min_cells=1)
+    assert files() == before and not (tmp_path / "store" / "runs").exists()

@@ -1,0 +1,98 @@
+"""The ``calibrate-site`` flow: ingest a site's labelled cells, score them, fit and record its calibration."""
+
+from __future__ import annotations
+
+import numpy as np
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+
+from aml_model.calibration import SiteCalibration, check_counts, fit_site_calibration, validate_site_name
+from flows.ingest import collect_ingest, finish_ingest, plan_ingest, start_ingest, submit_ingest_shard
+from tasks import storage
+from tasks.calibration import save_site_calibration, score_labelled_cells
+from tasks.registry import resolve_model
+from tasks.training import load_training_set
+
+__all__ = ["calibrate_site"]
+
+CELLS_PER_TASK = 256
+
+
+def _markdown(calibration: SiteCalibration, url: str) -> str:
+    before, after = calibration.before, calibration.after
+    lines = [f"# Site calibration: {calibration.site}", "",
+             f"Model `{calibration.model_version}`, {calibration.method}: calibrated = sigmoid("
+             f"{calibration.slope:.3f} x logit(p) + {calibration.intercept:.3f}); threshold "
+             f"{calibration.threshold:g} on the calibrated scale (raw probability {calibration.raw_threshold:.3f}).",
+             "", f"Fitted on {calibration.n_blast} blast and {calibration.n_other} other labelled cells "
+             "(the figures below are on those same cells).", "",
+             "| | accuracy | sensitivity | specificity | ROC AUC | threshold |", "|---|---|---|---|---|---|"]
+    for name, m in (("before (raw)", before), ("after (calibrated)", after)):
+        lines.append(f"| {name} | {m.accuracy:.3f} | {m.sensitivity:.3f} | {m.specificity:.3f} | {m.roc_auc:.3f} | "
+                     f"{m.threshold:g} |")
+    lines += ["", f"Stored at `{url}`."]
+    return "\n".join(lines)
+
+
+@flow(name="calibrate-site", validate_parameters=True)
+def calibrate_site(
+    source: str,
+    store: str,
+    site: str,
+    model: str = "champion",
+    layout: str = "auto",
+    s3_endpoint_url: str | None = None,
+) -> dict:
+    """Calibrate a registered model to one site on the site's labelled cells.
+
+    Args:
+        source: the site's labelled cells (patient layout with labels.csv, class layout, or a
+            manifest with a label column; any fsspec URL). Cells without a label are not used.
+        store: run store and model registry.
+        site: the site's name: letters, digits, ``-``, ``_``.
+        model: "champion" or a registered version (a bare .keras file is refused: the
+            calibration is stored next to a registered model).
+        layout, s3_endpoint_url: as for ``ingest``.
+
+    Returns:
+        site, model_version, the calibration's URL, the ingest run id, n_blast, n_other,
+        coefficients, threshold, raw_threshold, and the before/after metrics (dicts).
+    """
+    logger = get_run_logger()
+    validate_site_name(site)
+    store_options = storage.storage_options_for(store, s3_endpoint_url)
+    model_ref = resolve_model(model, store, store_options)
+    if model_ref.version.startswith("file-"):
+        message = (f"model {model!r} is a bare .keras file: calibrate the champion or a version registered in "
+                   f"{store} (the calibration is stored next to the registered model)")
+        raise ValueError(message)
+
+    # The ingest steps on this flow's task runner (Dask), at the model's input size.
+    plan = plan_ingest(source, store, None, layout, model_ref.image_size, 64, s3_endpoint_url)
+    if plan.complete:
+        logger.info("run %s is already ingested: reusing it", plan.paths.run_id)
+    else:
+        futures = [submit_ingest_shard(plan, spec) for spec in start_ingest(plan, 4)]
+        finish_ingest(plan, collect_ingest(plan, futures), mark_success=True)
+    data = load_training_set([plan.paths], store_options)
+    n_blast = int(data.y.sum())
+    logger.info("site %s: %d labelled cells (%d blast); %d without a label are not used; %d duplicate images dropped",
+                site, len(data.cells), n_blast, data.n_unlabelled, data.n_duplicates)
+    check_counts(site, n_blast, len(data.cells) - n_blast)
+
+    futures = [score_labelled_cells.submit(data.cells.iloc[start:start + CELLS_PER_TASK], model_ref, store_options)
+               for start in range(0, len(data.cells), CELLS_PER_TASK)]
+    probabilities = np.concatenate([future.result() for future in futures])
+    calibration = fit_site_calibration(data.y, probabilities, site, model_ref.version, source=source,
+                                       run_id=plan.paths.run_id)
+    url = save_site_calibration(calibration, store, store_options)
+    before, after = calibration.before, calibration.after
+    logger.info("site %s, model %s: slope %.3f, intercept %.3f; sensitivity %.3f -> %.3f, specificity %.3f -> %.3f; %s",
+                site, model_ref.version, calibration.slope, calibration.intercept, before.sensitivity,
+                after.sensitivity, before.specificity, after.specificity, url)
+    create_markdown_artifact(key="site-calibration", markdown=_markdown(calibration, url),
+                             description=f"calibration of site {site} for model {model_ref.version}")
+    return {"site": site, "model_version": model_ref.version, "calibration": url, "run_id": plan.paths.run_id,
+            "n_blast": calibration.n_blast, "n_other": calibration.n_other,
+            "coefficients": dict(calibration.coefficients), "threshold": calibration.threshold,
+            "raw_threshold": calibration.raw_threshold, "before": before.to_dict(), "after": after.to_dict()}

@@ -1,0 +1,100 @@
+"""Site calibrations in the model registry: ``models/<version>/sites/<site>.json``, and scoring labelled cells."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from aml_model.calibration import SiteCalibration, validate_site_name
+from aml_model.errors import AmlSmearError
+from tasks import storage
+from tasks.predict import worker_scorer
+from tasks.registry import CARD_FILE, ModelNotFoundError, ModelRef, models_root
+from tasks.retry import retry_transient_errors
+from tasks.training import load_cells
+
+__all__ = ["CalibrationNotFoundError", "calibrated_versions", "list_sites", "read_site_calibration",
+           "save_site_calibration", "score_labelled_cells", "site_calibration_url"]
+
+SITES = "sites"
+
+
+class CalibrationNotFoundError(AmlSmearError, FileNotFoundError):
+    """The site has no calibration for the model version asked for."""
+
+
+def site_calibration_url(store: str, version: str, site: str) -> str:
+    """``models/<version>/sites/<site>.json``; the site name is validated first."""
+    return storage.join(models_root(store), version, SITES, f"{validate_site_name(site)}.json")
+
+
+def save_site_calibration(calibration: SiteCalibration, store: str, storage_options: dict | None = None) -> str:
+    """Write the calibration next to its (registered) model, in one atomic write; returns its URL.
+
+    A recalibration of the same site and version replaces the earlier one.
+
+    Raises:
+        ModelNotFoundError: the model version is not completely registered in ``store``.
+    """
+    card = storage.join(models_root(store), calibration.model_version, CARD_FILE)
+    if not storage.exists(card, storage_options):
+        message = (f"model version {calibration.model_version} is not registered in {models_root(store)} (no "
+                   f"{CARD_FILE}): calibrate the champion or a registered version, not a bare .keras file")
+        raise ModelNotFoundError(message)
+    url = site_calibration_url(store, calibration.model_version, calibration.site)
+    return storage.write_json(url, calibration.to_dict(), storage_options)
+
+
+def list_sites(store: str, version: str, storage_options: dict | None = None) -> list[str]:
+    """The sites calibrated for ``version``, sorted."""
+    folder = storage.join(models_root(store), version, SITES)
+    return [name[:-len(".json")] for name in storage.list_names(folder, storage_options)
+            if name.endswith(".json") and not name.startswith(".")]
+
+
+def calibrated_versions(store: str, site: str, storage_options: dict | None = None) -> list[str]:
+    """The registered versions that hold a calibration of ``site``, sorted (oldest first)."""
+    validate_site_name(site)
+    return [version for version in storage.list_names(models_root(store), storage_options)
+            if storage.exists(site_calibration_url(store, version, site), storage_options)]
+
+
+def read_site_calibration(store: str, site: str, version: str, storage_options: dict | None = None) -> SiteCalibration:
+    """The calibration of ``site`` for model ``version``.
+
+    Raises:
+        ConfigError: an invalid site name.
+        CalibrationNotFoundError: none for this version; the message names the versions the
+            site was calibrated for and the command that calibrates the current one.
+    """
+    url = site_calibration_url(store, version, site)
+    if not storage.exists(url, storage_options):
+        others = calibrated_versions(store, site, storage_options)
+        where = (f"it was calibrated for model {', '.join(others)}" if others
+                 else f"it has no calibration in {store}")
+        message = (f"site {site} has no calibration for model {version} ({where}); run `aml-smear calibrate "
+                   f"LABELLED_SOURCE --store {store} --site {site}` again to calibrate model {version}")
+        raise CalibrationNotFoundError(message)
+    calibration = SiteCalibration.from_dict(storage.read_json(url, storage_options))
+    if calibration.model_version != version or calibration.site != site:
+        message = (f"{url} holds the calibration of site {calibration.site} for model {calibration.model_version}, "
+                   f"not of site {site} for model {version}: run `aml-smear calibrate` again")
+        raise CalibrationNotFoundError(message)
+    return calibration
+
+
+@task(name="score-labelled-cells", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2,
+      retry_condition_fn=retry_transient_errors)
+def score_labelled_cells(cells: pd.DataFrame, model: ModelRef, store_options: dict, batch_size: int = 64) -> np.ndarray:
+    """Raw probabilities of the given cells (cells_zarr, zarr_index), scored on a worker as ``score-smears`` does.
+
+    Returns:
+        `(len(cells),)` float32 blast probabilities, in the frame's order (float32 precision,
+        the folded inference form the scoring workers use).
+    """
+    images = load_cells(cells, store_options)
+    if not len(images):
+        return np.zeros(0, np.float32)
+    return worker_scorer(model, store_options, "float32", batch_size)(images)

@@ -1,0 +1,68 @@
+import json
+
+import numpy as np
+import pytest
+from scipy.special import expit
+
+from aml_model.calibration import fit_site_calibration
+from aml_model.errors import ConfigError
+from tasks import storage
+from tasks.calibration import (CalibrationNotFoundError, calibrated_versions, list_sites, read_site_calibration,
+                               save_site_calibration, site_calibration_url)
+from tasks.registry import ModelNotFoundError
+
+
+def registered(store, version):
+    """A registered version as far as the registry's files go (card written last)."""
+    storage.write_bytes(storage.join(store, "models", version, "model.keras"), b"model")
+    storage.write_json(storage.join(store, "models", version, "model_card.json"),
+                       {"config": {"model": {"image_size": 32}}, "version": version})
+
+
+def calibration_for(version, site="lab-a", shift=-1.0):
+    rng = np.random.default_rng(0)
+    y = np.r_[np.ones(30), np.zeros(40)].astype(int)
+    p = expit(np.where(y == 1, 1.0, -1.0) + rng.normal(size=y.size) + shift)
+    return fit_site_calibration(y, p, site, version)
+
+
+def test_a_calibration_is_stored_next_to_its_model_and_read_back(tmp_path):
+    store = str(tmp_path / "store")
+    registered(store, "v1")
+    calibration = calibration_for("v1")
+    url = save_site_calibration(calibration, store)
+    assert url == str(tmp_path / "store" / "models" / "v1" / "sites" / "lab-a.json")
+    data = json.loads((tmp_path / "store" / "models" / "v1" / "sites" / "lab-a.json").read_text())
+    assert (data["site"], data["model_version"], data["n_blast"], data["n_other"]) == ("lab-a", "v1", 30, 40)
+    assert read_site_calibration(store, "lab-a", "v1") == calibration
+    save_site_calibration(calibration_for("v1", site="lab_b"), store)
+    assert list_sites(store, "v1") == ["lab-a", "lab_b"]
+    assert list_sites(store, "v2") == []
+    # Atomic writes leave no temporary files behind.
+    assert sorted(p.name for p in (tmp_path / "store" / "models" / "v1" / "sites").iterdir()) == \
+        ["lab-a.json", "lab_b.json"]
+
+
+def test_a_site_calibrated_for_another_version_is_refused_with_both_versions_named(tmp_path):
+    store = str(tmp_path / "store")
+    registered(store, "v1")
+    registered(store, "v2")
+    save_site_calibration(calibration_for("v1"), store)
+    assert calibrated_versions(store, "lab-a") == ["v1"]
+    with pytest.raises(CalibrationNotFoundError,
+                       match=r"site lab-a has no calibration for model v2 \(it was calibrated for model v1\); "
+                             r"run `aml-smear calibrate .* --site lab-a` again"):
+        read_site_calibration(store, "lab-a", "v2")
+    with pytest.raises(CalibrationNotFoundError, match="site lab-z has no calibration for model v1 .*has no calibration"):
+        read_site_calibration(store, "lab-z", "v1")
+
+
+def test_a_bare_model_file_or_a_bad_site_name_is_refused(tmp_path):
+    store = str(tmp_path / "store")
+    with pytest.raises(ModelNotFoundError, match="not registered"):
+        save_site_calibration(calibration_for("file-0123456789ab"), store)
+    assert not (tmp_path / "store").exists()
+    with pytest.raises(ConfigError, match="site name"):
+        site_calibration_url(store, "v1", "../../escape")
+    with pytest.raises(ConfigError, match="site name"):
+        read_site_calibration(store, "a/b", "v1")
