@@ -8,6 +8,7 @@ import keras
 import numpy as np
 
 from aml_model.config import ModelConfig
+from aml_model.stain import STAIN_LAYER_NAME, StainNormalisation
 from aml_model.weights import fetch_weights_file, imagenet_weights_file
 
 __all__ = ["BACKBONE_NAME", "assemble_model", "build_backbone", "build_head", "build_model", "compile_model",
@@ -135,9 +136,9 @@ def compile_model(model: keras.Model, config: ModelConfig, jit_compile: bool = F
 def build_model(config: ModelConfig, storage_options: dict | None = None) -> keras.Model:
     """Build and compile the paper's model.
 
-    Layer sequence: input -> resnet50 (frozen, inference mode) -> flatten -> dense (relu)
-    -> blast_probability (sigmoid). With the paper's 224x224 input there are
-    12,845,313 trainable parameters, all in the head.
+    Layer sequence: input -> [stain_normalisation, unless "none"] -> resnet50 (frozen,
+    inference mode) -> flatten -> dense (relu) -> blast_probability (sigmoid). With the paper's
+    224x224 input there are 12,845,313 trainable parameters, all in the head.
 
     Args:
         config: see :class:`~aml_model.config.ModelConfig`.
@@ -149,8 +150,11 @@ def build_model(config: ModelConfig, storage_options: dict | None = None) -> ker
     """
     backbone = build_backbone(config, storage_options)
     inputs = keras.Input((config.image_size, config.image_size, 3), name="image")
+    images = inputs
+    if config.stain_normalisation != "none":
+        images = StainNormalisation(config.stain_normalisation, name=STAIN_LAYER_NAME)(images)
     # training=False keeps the frozen BatchNorm layers on their stored statistics.
-    features = backbone(inputs, training=False)
+    features = backbone(images, training=False)
     outputs = features
     for layer in _head_layers(config):
         outputs = layer(outputs)

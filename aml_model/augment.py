@@ -10,13 +10,15 @@ __all__ = ["build_augmenter"]
 
 
 def build_augmenter(config: AugmentConfig, seed: int | None = None) -> keras.Sequential:
-    """Build the paper's augmentation as a Keras model.
+    """Build the training augmentation as a Keras model: colour, then geometry.
 
     The layers are active only when called with ``training=True``; in inference they pass
     images through unchanged.
 
     Args:
-        config: rotation (degrees), shift and zoom (fractions) and flips.
+        config: colour jitter (hue, saturation, brightness, contrast), rotation (degrees),
+            shift, zoom and scale (fractions) and flips. The paper's settings have no colour
+            jitter and no extra scale range.
         seed: seeds every random layer, for reproducible training.
 
     Returns:
@@ -30,6 +32,24 @@ def build_augmenter(config: AugmentConfig, seed: int | None = None) -> keras.Seq
     }.get((config.horizontal_flip, config.vertical_flip))
     fill = {"fill_mode": config.fill_mode}
     layers: list[keras.layers.Layer] = []
+    value_range = (0, 255)
+    if config.stain_transfer:
+        from aml_model.stain import RandomStainTransfer
+
+        layers.append(RandomStainTransfer(config.stain_transfer, seed=seed, name="random_stain_transfer"))
+    if config.hue:
+        layers.append(keras.layers.RandomHue(config.hue, value_range=value_range, seed=seed))
+    if config.saturation:
+        # Keras' saturation factor maps 0.5 to "unchanged", 0 to grey and 1 to fully saturated.
+        half = config.saturation / 2
+        layers.append(keras.layers.RandomSaturation((0.5 - half, 0.5 + half), value_range=value_range, seed=seed))
+    if config.brightness:
+        layers.append(keras.layers.RandomBrightness(config.brightness, value_range=value_range, seed=seed))
+    if config.contrast:
+        layers.append(keras.layers.RandomContrast(config.contrast, value_range=value_range, seed=seed))
+    if config.blur:
+        layers.append(keras.layers.RandomGaussianBlur(config.blur, kernel_size=5, sigma=(0.5, 2.0),
+                                                      value_range=value_range, seed=seed))
     if config.rotation_degrees:
         layers.append(keras.layers.RandomRotation(config.rotation_degrees / 360.0, seed=seed, **fill))
     if config.width_shift or config.height_shift:
@@ -38,6 +58,10 @@ def build_augmenter(config: AugmentConfig, seed: int | None = None) -> keras.Seq
         )
     if config.zoom:
         layers.append(keras.layers.RandomZoom(config.zoom, config.zoom, seed=seed, **fill))
+    if config.scale:
+        # RandomZoom's factor f draws the image at 1/(1 + f) of its size.
+        shrink, grow = config.scale, 1 / (1 + config.scale) - 1
+        layers.append(keras.layers.RandomZoom((grow, shrink), (grow, shrink), seed=seed, **fill))
     if flips:
         layers.append(keras.layers.RandomFlip(flips, seed=seed))
     return keras.Sequential(layers, name="augmentation")

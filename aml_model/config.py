@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 from aml_model.errors import ConfigError
 
 __all__ = [
+    "DEFAULT_RECIPE",
+    "RECIPES",
+    "STAIN_NORMALISATIONS",
     "AugmentConfig",
     "ExperimentConfig",
     "ModelConfig",
@@ -20,6 +23,18 @@ __all__ = [
     "SummaryConfig",
     "TrainConfig",
 ]
+
+
+#: Colour standardisations of the input (ModelConfig.stain_normalisation).
+StainNormalisation = Literal["none", "channel", "grey"]
+STAIN_NORMALISATIONS: tuple[str, ...] = get_args(StainNormalisation)
+
+#: Named training recipes: "paper" is Hassan et al. unchanged; "robust" adds what keeps the
+#: per-patient call from depending on the lab (docs/design.md, "Recipes").
+Recipe = Literal["paper", "robust"]
+RECIPES: tuple[str, ...] = get_args(Recipe)
+#: The recipe of the CLI and the nightly retrain.
+DEFAULT_RECIPE = "paper"
 
 
 def _require(condition: bool, name: str, value: object, expected: str) -> None:
@@ -66,6 +81,18 @@ class AugmentConfig:
         horizontal_flip: flip left-right at random.
         vertical_flip: flip top-bottom at random.
         fill_mode: how pixels outside the source are filled ("nearest", as ImageDataGenerator).
+        scale: apparent-size change on top of ``zoom``: cells are drawn at 1/(1 + scale) to
+            (1 + scale) times their size. Labs scan at different microns per pixel (an LMU
+            neutrophil is about 1.3-1.5x wider at 224 px than a CellaVision one), so a model
+            must not read the lab from the cell's size. 0 (the paper) adds nothing.
+        hue: largest hue rotation, as a fraction of the colour circle (Keras ``RandomHue``).
+        saturation: saturation is scaled by a factor in [1 - saturation, 1 + saturation].
+        brightness: largest brightness shift, as a fraction of the 0..255 range.
+        contrast: contrast is scaled by a factor in [1 - contrast, 1 + contrast].
+        stain_transfer: share of images given the L*a*b* colour statistics of a random lab
+            (:class:`aml_model.stain.RandomStainTransfer`); 0 (the paper) recolours none.
+        blur: largest Gaussian blur, as Keras' ``RandomGaussianBlur`` factor (scanners and
+            optics differ in sharpness); 0 (the paper) blurs nothing.
     """
 
     rotation_degrees: float = 20.0
@@ -75,12 +102,22 @@ class AugmentConfig:
     horizontal_flip: bool = True
     vertical_flip: bool = True
     fill_mode: str = "nearest"
+    scale: float = 0.0
+    hue: float = 0.0
+    saturation: float = 0.0
+    brightness: float = 0.0
+    contrast: float = 0.0
+    stain_transfer: float = 0.0
+    blur: float = 0.0
 
     def __post_init__(self) -> None:
+        _require(0 <= self.blur <= 1, "blur", self.blur, "a fraction in [0, 1]")
+        _require(0 <= self.stain_transfer <= 1, "stain_transfer", self.stain_transfer, "a fraction in [0, 1]")
         _require(0 <= self.rotation_degrees <= 180, "rotation_degrees", self.rotation_degrees, "0..180")
-        for name in ("width_shift", "height_shift", "zoom"):
+        for name in ("width_shift", "height_shift", "zoom", "hue", "saturation", "brightness", "contrast"):
             value = getattr(self, name)
             _require(0 <= value < 1, name, value, "a fraction in [0, 1)")
+        _require(0 <= self.scale <= 1, "scale", self.scale, "a fraction in [0, 1]")
         modes = ("nearest", "reflect", "wrap", "constant")
         _require(self.fill_mode in modes, "fill_mode", self.fill_mode, f"one of {modes}")
 
@@ -96,6 +133,10 @@ class ModelConfig:
             (random initialisation), or a local path / fsspec URL of a weights file.
         backbone_weights_sha256: expected sha256 of a weights file; checked when set.
         learning_rate: Adam learning rate.
+        stain_normalisation: a layer before the backbone that standardises each image's
+            colour: "none" (the paper), "channel" (each colour channel to a fixed mean and
+            spread per image, which removes a lab's colour cast) or "grey" (luminance only,
+            standardised). Part of the saved model, so training and scoring apply the same.
     """
 
     image_size: int = 224
@@ -103,6 +144,7 @@ class ModelConfig:
     backbone_weights: str = "imagenet"
     backbone_weights_sha256: str | None = None
     learning_rate: float = 1e-4
+    stain_normalisation: str = "none"
 
     def __post_init__(self) -> None:
         # ResNet50's five stride-2 stages need at least 32 px to leave a 1x1 feature map.
@@ -115,6 +157,8 @@ class ModelConfig:
             ok = len(digest) == 64 and all(c in "0123456789abcdef" for c in digest.lower())
             _require(ok, "backbone_weights_sha256", digest, "64 hexadecimal characters")
         _require(self.learning_rate > 0, "learning_rate", self.learning_rate, "a positive number")
+        _require(self.stain_normalisation in STAIN_NORMALISATIONS, "stain_normalisation",
+                 self.stain_normalisation, f"one of {STAIN_NORMALISATIONS}")
 
 
 @dataclass(frozen=True)
@@ -150,6 +194,12 @@ class TrainConfig:
                  "train/val/test fractions", fractions, "three fractions in (0, 1) summing to 1")
 
 
+#: What the "robust" recipe changes (chosen in benchmarks/bench_robustness.py; docs/design.md).
+ROBUST_STAIN_NORMALISATION = "channel"
+ROBUST_AUGMENT: dict[str, float] = {"scale": 0.5, "hue": 0.05, "saturation": 0.5, "brightness": 0.1,
+                                    "contrast": 0.3, "stain_transfer": 0.8}
+
+
 @dataclass(frozen=True)
 class ExperimentConfig:
     """Everything that defines one trained model; the defaults are the paper's.
@@ -158,14 +208,34 @@ class ExperimentConfig:
         model: the network and optimiser.
         train: fitting, split and augmentation.
         threshold: probability at or above which a cell is called blast-like.
+        recipe: the named recipe the model and augmentation settings come from.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     threshold: float = 0.5
+    recipe: str = "paper"
 
     def __post_init__(self) -> None:
         _require(0 < self.threshold < 1, "threshold", self.threshold, "a probability in (0, 1)")
+        _require(self.recipe in RECIPES, "recipe", self.recipe, f"one of {RECIPES}")
+
+    @classmethod
+    def for_recipe(cls, recipe: str, model: ModelConfig | None = None,
+                   train: TrainConfig | None = None) -> ExperimentConfig:
+        """``model`` and ``train`` with the recipe's colour handling and augmentation.
+
+        "paper" leaves the paper's settings as they are. "robust" standardises each image's
+        colour channels before the backbone and widens augmentation to the ways labs differ:
+        scale (cell size per pixel), hue, saturation, brightness and contrast (stain and
+        white balance). Other fields (input size, weights, epochs, seed) are kept.
+        """
+        _require(recipe in RECIPES, "recipe", recipe, f"one of {RECIPES}")
+        model, train = model or ModelConfig(), train or TrainConfig()
+        if recipe == "robust":
+            model = dataclasses.replace(model, stain_normalisation=ROBUST_STAIN_NORMALISATION)
+            train = dataclasses.replace(train, augment=dataclasses.replace(train.augment, **ROBUST_AUGMENT))
+        return cls(model=model, train=train, recipe=recipe)
 
     @classmethod
     def tiny(cls, image_size: int = 32, epochs: int = 5, seed: int = 0) -> ExperimentConfig:
@@ -192,6 +262,7 @@ class ExperimentConfig:
             model=ModelConfig(**data.get("model", {})),
             train=TrainConfig(**train),
             threshold=data.get("threshold", 0.5),
+            recipe=data.get("recipe", "paper"),
         )
 
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 __all__ = [
     "AmlSmearError",
     "BackboneWeightsError",
+    "CalibrationError",
     "ConfigError",
     "ImageDecodeError",
+    "TrainingCollapsedError",
     "UnsafeModelError",
     "WeightsHashMismatchError",
 ]
@@ -48,3 +50,11 @@ class WeightsHashMismatchError(BackboneWeightsError, ValueError):
 
 class UnsafeModelError(AmlSmearError, ValueError):
     """A saved model holds content that Keras' safe mode refuses to deserialise."""
+
+
+class TrainingCollapsedError(AmlSmearError, RuntimeError):
+    """Training produced a constant (or near-constant) predictor in every attempt."""
+
+
+class CalibrationError(AmlSmearError, ValueError):
+    """A site's labelled cells cannot support a calibration (too few of a class, scores that do not rank)."""

@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from aml_model.architecture import BACKBONE_NAME
+from aml_model.stain import STAIN_LAYER_NAME, StainNormalisation
 
 __all__ = ["INFERENCE_PRECISIONS", "BatchScorer", "fold_batch_norm", "inference_model"]
 
@@ -89,7 +90,8 @@ def inference_model(model: keras.Model, precision: str = "float32") -> keras.Mod
     """The scoring form of a paper model: folded backbone + the same head, in ``precision``.
 
     Args:
-        model: the paper's model (``image -> resnet50 -> flatten -> dense -> blast_probability``).
+        model: the paper's model (``image -> [stain_normalisation] -> resnet50 -> flatten -> dense
+            -> blast_probability``).
         precision: "float32", "bfloat16" (CPUs with AMX or AVX-512 BF16) or "float16" (GPUs).
 
     Returns:
@@ -101,7 +103,12 @@ def inference_model(model: keras.Model, precision: str = "float32") -> keras.Mod
         raise ValueError(message)
     backbone = fold_batch_norm(model.get_layer(BACKBONE_NAME), precision)
     inputs = keras.Input(model.input_shape[1:], name="image")
-    outputs = backbone(inputs, training=False)
+    images = inputs
+    stain = [layer for layer in model.layers if layer.name == STAIN_LAYER_NAME]
+    if stain:
+        # Statistics over a whole image stay float32 in every precision.
+        images = StainNormalisation(stain[0].mode, name=STAIN_LAYER_NAME)(images)
+    outputs = backbone(images, training=False)
     for name in ("flatten", "dense", "blast_probability"):
         original = model.get_layer(name)
         config = original.get_config()

@@ -14,11 +14,21 @@ def _stratify_or_none(labels: np.ndarray) -> np.ndarray | None:
     return labels if counts.size >= 2 and counts.min() >= 2 else None
 
 
+def _strata_or_labels(strata: np.ndarray, labels: np.ndarray, holdout: float) -> np.ndarray:
+    # Each stratum needs a few cells in every split; a smaller one joins its label's stratum.
+    smallest = int(np.ceil(2 / holdout)) * 2
+    values, counts = np.unique(strata, return_counts=True)
+    small = set(values[counts < smallest])
+    return np.array([f"label:{label}" if stratum in small else str(stratum)
+                     for stratum, label in zip(strata, labels, strict=True)])
+
+
 def split_indices(
     labels: np.ndarray,
     groups: np.ndarray | None = None,
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
     seed: int = 0,
+    strata: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Split cells into train, validation and test index sets.
 
@@ -31,6 +41,8 @@ def split_indices(
         groups: `(n,)` patient ids, or None.
         fractions: train, validation and test fractions, summing to 1.
         seed: random seed.
+        strata: `(n,)` finer classes to stratify a split by cell on (source, cell type and
+            label, say); strata too small to split fall back to the labels.
 
     Returns:
         {"train": idx, "val": idx, "test": idx}, sorted int arrays covering 0..n-1 once.
@@ -45,10 +57,11 @@ def split_indices(
                    f"{np.unique(groups).size}; split by cell instead (groups=None)")
         raise ValueError(message)
     if groups is None:
+        classes = labels if strata is None else _strata_or_labels(np.asarray(strata), labels, holdout)
         train, rest = train_test_split(index, test_size=holdout, random_state=seed,
-                                       stratify=_stratify_or_none(labels))
+                                       stratify=_stratify_or_none(classes))
         val, test = train_test_split(rest, test_size=test_fraction / holdout, random_state=seed,
-                                     stratify=_stratify_or_none(labels[rest]))
+                                     stratify=_stratify_or_none(classes[rest]))
     else:
         groups = np.asarray(groups)
         # A test fold of 1/k of the groups, then a validation fold of the rest.

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from aml_model.config import DEFAULT_RECIPE, RECIPES
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Read when Prefect is first imported, and carried with every task to the Dask workers: a busy
 # machine can take longer than Prefect's default 20 s to start a temporary API server.
@@ -116,18 +118,46 @@ def _echo_patients(result: dict) -> None:
               help="Grad-CAM of the most blast-like cells of AML_SUSPECTED and INDETERMINATE patients.")
 @click.option("--top-k", "explain_top_k", type=click.IntRange(min=1), default=12, show_default=True,
               help="Most blast-like cells per patient in the reports (and Grad-CAM).")
+@click.option("--site", default=None, help="Use this site's calibration of the model (see `aml-smear calibrate`).")
 @_cluster_options
 def score_command(source, store, model, run_id, threshold, blast_cutoff, min_cells, layout, batch_size, precision,
-                  explain, explain_top_k, workers, scheduler, s3_endpoint_url) -> None:
+                  explain, explain_top_k, site, workers, scheduler, s3_endpoint_url) -> None:
     """Score the cells of SOURCE and call each patient."""
     from flows.score import score_smears
 
     result = _run_flow(score_smears, workers, scheduler, source=source, store=store, model=model, run_id=run_id,
                        threshold=threshold, blast_cutoff=blast_cutoff, min_cells=min_cells, layout=layout,
                        batch_size=batch_size, precision=precision, s3_endpoint_url=s3_endpoint_url, explain=explain,
-                       explain_top_k=explain_top_k)
+                       explain_top_k=explain_top_k, site=site)
+    if site:
+        click.echo(f"site {site}: calibrated probabilities and the site's threshold make the calls")
     _echo_patients(result)
     click.echo(f"patient reports: {result['report']}")
+
+
+@cli.command("calibrate")
+@click.argument("source")
+@click.option("--store", required=True, help="Run store and model registry: a folder or an s3:// URL.")
+@click.option("--site", required=True, help="The site's name: letters, digits, '-' and '_'.")
+@click.option("--model", default="champion", show_default=True, help="champion or a registered version.")
+@click.option("--layout", type=_LAYOUTS, default="auto", show_default=True)
+@_cluster_options
+def calibrate_command(source, store, site, model, layout, workers, scheduler, s3_endpoint_url) -> None:
+    """Calibrate the model to one site on the site's labelled cells in SOURCE."""
+    from flows.calibrate import calibrate_site
+
+    result = _run_flow(calibrate_site, workers, scheduler, source=source, store=store, site=site, model=model,
+                       layout=layout, s3_endpoint_url=s3_endpoint_url)
+    click.echo(f"site {result['site']}, model {result['model_version']}: fitted on {result['n_blast']} blast and "
+               f"{result['n_other']} other labelled cells; threshold {result['threshold']:g} on the calibrated scale "
+               f"(raw probability {result['raw_threshold']:.3f})")
+    click.echo(f"{'':<20} {'accuracy':>8} {'sensitivity':>11} {'specificity':>11} {'ROC AUC':>7}")
+    for name in ("before", "after"):
+        m = result[name]
+        label = "before (raw, 0.5)" if name == "before" else "after (calibrated)"
+        click.echo(f"{label:<20} {m['accuracy']:>8.3f} {m['sensitivity']:>11.3f} {m['specificity']:>11.3f} "
+                   f"{m['roc_auc']:>7.3f}")
+    click.echo(f"(on the calibration cells themselves) -> {result['calibration']}")
 
 
 @cli.command("retrain")
@@ -143,22 +173,31 @@ def score_command(source, store, model, run_id, threshold, blast_cutoff, min_cel
 @click.option("--promotion-margin", default=0.005, show_default=True, help="Tolerated ROC AUC drop against the champion.")
 @click.option("--training-path", type=click.Choice(["cached", "plain"]), default="cached", show_default=True)
 @click.option("--layout", type=_LAYOUTS, default="auto", show_default=True)
+@click.option("--recipe", type=click.Choice(RECIPES), default=DEFAULT_RECIPE, show_default=True,
+              help="paper: Hassan et al. unchanged; robust: colour standardisation, colour and scale augmentation.")
 @_cluster_options
 def retrain_command(sources, store, epochs, patience, seed, backbone_weights, backbone_weights_sha256, image_size,
-                    augment_views, promotion_margin, training_path, layout, workers, scheduler, s3_endpoint_url):
-    """Train and evaluate the paper's model on labelled SOURCES; promote it if no worse."""
+                    augment_views, promotion_margin, training_path, layout, recipe, workers, scheduler,
+                    s3_endpoint_url):
+    """Train and evaluate the model on labelled SOURCES together (balanced by source and label);
+    promote it if no worse than the champion."""
     from flows.retrain import retrain_and_evaluate
 
     result = _run_flow(retrain_and_evaluate, workers, scheduler, sources=list(sources), store=store, epochs=epochs,
                        patience=patience, seed=seed, backbone_weights=backbone_weights,
                        backbone_weights_sha256=backbone_weights_sha256, image_size=image_size,
                        augment_views=augment_views, promotion_margin=promotion_margin, training_path=training_path,
-                       layout=layout, s3_endpoint_url=s3_endpoint_url)
+                       layout=layout, recipe=recipe, s3_endpoint_url=s3_endpoint_url)
     m = result["metrics"]
     click.echo(f"model {result['version']} ({'champion' if result['promoted'] else 'candidate'}): test ROC AUC "
                f"{m['roc_auc']:.3f}, accuracy {m['accuracy']:.3f}, sensitivity {m['sensitivity']:.3f}, "
                f"specificity {m['specificity']:.3f}, F1 {m['f1']:.3f} on {m['n']} cells")
     click.echo(f"{result['reason']}; {result['embedded']} new embeddings; {result['seconds']:.0f} s -> {result['model']}")
+    if len(result["rates_by_type"]) > 1:
+        click.echo("blast-like rate of the test cells by source and cell type:")
+        for row in result["rates_by_type"]:
+            auc = "" if row["roc_auc"] != row["roc_auc"] else f", ROC AUC {row['roc_auc']:.3f}"
+            click.echo(f"  {row['source']} / {row['cell_type']}: {row['blast_like_rate']:.3f} of {row['n']}{auc}")
 
 
 @cli.command("report")

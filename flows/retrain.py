@@ -10,9 +10,10 @@ import pandas as pd
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from aml_model.config import AugmentConfig, ExperimentConfig, ModelConfig, TrainConfig
-from aml_model.evaluate import compute_metrics
+from aml_model.config import DEFAULT_RECIPE, ExperimentConfig, ModelConfig, TrainConfig
+from aml_model.evaluate import compute_metrics, rates_by_group
 from aml_model.promotion import decide_promotion
+from aml_model.sampling import balanced_weights, group_counts
 from aml_model.split import split_indices
 from flows.ingest import ingest
 from tasks import storage
@@ -36,7 +37,7 @@ def _embed_missing(cache: FeatureCache, store: str, needed: pd.DataFrame, featur
             embed_shard.submit(
                 [(r.cells_zarr, int(r.zarr_index), int(r.view)) for r in missing.iloc[s:s + ROWS_PER_CHUNK].itertuples()],
                 first + s, store, cache.backbone_id, config.model.image_size,
-                config.train.augment, config.train.seed, store_options)
+                config.train.augment, config.train.seed, store_options, config.model.stain_normalisation)
             for s in range(0, len(missing), ROWS_PER_CHUNK)
         ]
         done = sum(f.result() for f in futures)
@@ -65,11 +66,14 @@ def retrain_and_evaluate(
     training_path: str = "cached",
     layout: str = "auto",
     s3_endpoint_url: str | None = None,
+    recipe: str = DEFAULT_RECIPE,
 ) -> dict:
     """Train the paper's model on labelled cells, evaluate it, register it, promote it if no worse.
 
     Args:
-        sources: labelled cell collections (patient, class or manifest layout; fsspec URLs).
+        sources: labelled cell collections (patient, class or manifest layout; fsspec URLs),
+            trained on together: each label weighs half, shared equally by the sources that
+            hold it (:func:`aml_model.sampling.balanced_weights`).
         store: run store and model registry.
         epochs, patience, seed: training length, early-stopping patience, and the seed of
             the split, initialisation, shuffling and augmentation.
@@ -81,6 +85,8 @@ def retrain_and_evaluate(
         training_path: "cached" (head on cached backbone features) or "plain" (backbone in the
             loop, augmentation each epoch).
         layout, s3_endpoint_url: as for ``ingest``.
+        recipe: "paper" (Hassan et al. unchanged) or "robust" (colour standardisation, colour
+            and scale augmentation; docs/design.md, "Recipes").
 
     Returns:
         version, promoted, decision reason, test metrics, embedded count, sizes and wall time.
@@ -90,16 +96,17 @@ def retrain_and_evaluate(
     if training_path not in ("cached", "plain"):
         message = f"training_path {training_path!r} is not 'cached' or 'plain'"
         raise ValueError(message)
-    config = ExperimentConfig(
-        model=ModelConfig(image_size=image_size, backbone_weights=backbone_weights,
-                          backbone_weights_sha256=backbone_weights_sha256),
-        train=TrainConfig(epochs=epochs, early_stopping_patience=patience, seed=seed, augment=AugmentConfig()),
+    config = ExperimentConfig.for_recipe(
+        recipe,
+        ModelConfig(image_size=image_size, backbone_weights=backbone_weights,
+                    backbone_weights_sha256=backbone_weights_sha256),
+        TrainConfig(epochs=epochs, early_stopping_patience=patience, seed=seed),
     )
     store_options = storage.storage_options_for(store, s3_endpoint_url)
     runs = [ingest(source=s, store=store, layout=layout, image_size=image_size, s3_endpoint_url=s3_endpoint_url)
             for s in sources]
     paths = [storage.RunPaths(store, r["run_id"]) for r in runs]
-    data = load_training_set(paths, store_options)
+    data = load_training_set(paths, store_options, sources)
     logger.info("%d labelled cells (%d blast); %d cells without a label are not used; %d duplicate images dropped",
                 len(data.cells), data.y.sum(), data.n_unlabelled, data.n_duplicates)
     if len(data.cells) < 10 or len(np.unique(data.y)) < 2:
@@ -108,7 +115,11 @@ def retrain_and_evaluate(
     n_patients = data.cells["patient_id"].nunique()
     by_patient = all(r["layout"] != "class" for r in runs) and n_patients >= round(1 / config.train.test_fraction)
     fractions = (config.train.train_fraction, config.train.val_fraction, config.train.test_fraction)
-    split = split_indices(data.y, data.cells["patient_id"].to_numpy() if by_patient else None, fractions, seed)
+    # By cell, every source, cell type and label keeps its share in each split.
+    strata = (data.cells["source"] + "/" + data.cells["cell_type"].fillna("") + "/" + data.cells["label"]).to_numpy()
+    split = split_indices(data.y, data.cells["patient_id"].to_numpy() if by_patient else None, fractions, seed,
+                          strata=None if by_patient else strata)
+    weights = balanced_weights(data.cells["source"].to_numpy()[split["train"]], data.y[split["train"]])
     logger.info("split by %s (seed %d): %s", "patient" if by_patient else "cell", seed,
                 {k: len(v) for k, v in split.items()})
 
@@ -125,30 +136,39 @@ def retrain_and_evaluate(
         rows = needed.merge(index, on=["sha256", "view"], how="left")["row"].to_numpy()
         n_train = sum(len(v) for v in views)
         y_train = np.tile(data.y[split["train"]], augment_views + 1)
-        model, history, best, p_test = train_on_features(cache, config, feature_shape, rows[:n_train], y_train,
-                                                         rows[n_train:], data.y[split["val"]], test_images,
-                                                         store_options)
+        model, history, best, p_test, attempts = train_on_features(
+            cache, config, feature_shape, rows[:n_train], y_train, rows[n_train:], data.y[split["val"]], test_images,
+            store_options, train_weights=np.tile(weights, augment_views + 1))
     else:
         images = load_cells(data.cells, store_options)
-        model, history, best, p_test = train_plain(cache, config, images, data.y, split, store_options)
+        model, history, best, p_test, attempts = train_plain(cache, config, images, data.y, split, store_options,
+                                                             train_weights=weights)
 
     y_test = data.y[split["test"]]
     metrics = compute_metrics(y_test, p_test, config.threshold)
     logger.info("test metrics: accuracy %.3f, sensitivity %.3f, specificity %.3f, F1 %.3f, ROC AUC %.3f",
                 metrics.accuracy, metrics.sensitivity, metrics.specificity, metrics.f1, metrics.roc_auc)
+    by_source = rates_by_group(test, p_test, config.threshold, ["source"])
+    by_type = rates_by_group(test, p_test, config.threshold, ["source", "cell_type"])
     parent, comparisons = champion_comparisons(store, store_options, model, image_size, test, y_test, p_test,
                                                config.threshold)
     decision = decide_promotion(comparisons, promotion_margin)
     card = {
-        "config": config.to_dict(), "training_path": training_path, "augment_views": augment_views,
+        "config": config.to_dict(), "recipe": recipe, "training_path": training_path,
+        "augment_views": augment_views,
         "backbone": {"id": backbone_id, "weights": backbone_weights, "weights_file": cache.weights},
         "data": {"sources": sources, "runs": [p.root for p in paths], "sha256": data.data_hash,
-                 "n_labelled": len(data.cells), "n_unlabelled": data.n_unlabelled, "n_duplicates": data.n_duplicates},
+                 "n_labelled": len(data.cells), "n_unlabelled": data.n_unlabelled, "n_duplicates": data.n_duplicates,
+                 "per_source": group_counts(data.cells["source"].to_numpy(), data.y),
+                 "train_per_source": group_counts(data.cells["source"].to_numpy()[split["train"]],
+                                                  data.y[split["train"]])},
         "split": {"seed": seed, "by": "patient" if by_patient else "cell",
                   "sizes": {k: len(v) for k, v in split.items()},
                   "patients": {k: sorted(set(data.cells["patient_id"].iloc[v])) for k, v in split.items()}
                   if by_patient else None},
         "metrics": metrics.to_dict(), "history": history, "best_epoch": best, "parent": parent,
+        "training_attempts": attempts,
+        "evaluation": {"by_source": by_source.to_dict("records"), "by_source_and_type": by_type.to_dict("records")},
         "promotion": {"promoted": decision.promote, "reason": decision.reason, "margin": promotion_margin,
                       "comparisons": {name: {"challenger": a.to_dict(), "champion": b.to_dict()}
                                       for name, (a, b) in comparisons.items()}},
@@ -163,6 +183,8 @@ def retrain_and_evaluate(
     rows_table += [{"model": who, "test set": name, **m.to_dict()}
                    for name, (a, b) in comparisons.items() for who, m in (("challenger", a), ("champion", b))]
     create_table_artifact(key="retrain-metrics", table=rows_table, description=f"test metrics of {ref.version}")
+    create_table_artifact(key="retrain-rates-by-type", table=by_type.to_dict("records"),
+                          description=f"{ref.version}: blast-like rate of the test cells per source and cell type")
     folder = storage.join(store, "models", ref.version)
     create_markdown_artifact(key="retrain-report", markdown="\n".join([
         f"# Model {ref.version}", "", f"**{'Promoted to champion' if decision.promote else 'Kept as a candidate'}**: "
@@ -173,4 +195,5 @@ def retrain_and_evaluate(
         description=f"retrain report {ref.version}")
     return {"version": ref.version, "model": ref.url, "promoted": decision.promote, "reason": decision.reason,
             "metrics": metrics.to_dict(), "embedded": embedded, "split": card["split"]["sizes"],
+            "recipe": recipe, "rates_by_type": by_type.to_dict("records"), "training_attempts": attempts,
             "seconds": time.perf_counter() - started}

@@ -62,11 +62,11 @@ class FeatureCache:
         return start
 
     def read_rows(self, rows: np.ndarray) -> np.ndarray:
-        """Features of the given rows as float32, in the order given."""
+        """Features of the given rows as stored (float16), in the order given."""
         array = storage.open_cells_array(self.array_url, self.options, name="features")
         order = np.argsort(rows)
-        out = np.empty((len(rows), *array.shape[1:]), np.float32)
-        out[order] = array.get_orthogonal_selection((np.asarray(rows)[order],)).astype(np.float32)
+        out = np.empty((len(rows), *array.shape[1:]), np.float16)
+        out[order] = array.get_orthogonal_selection((np.asarray(rows)[order],))
         return out
 
 
@@ -81,13 +81,15 @@ def prepare_backbone(config: ModelConfig, store: str, storage_options: dict | No
     backbone = build_backbone(config, storage_options)
     if config.backbone_weights.lower() == "none":
         seed_weights(backbone, seed)  # random weights, the same for every run with this seed
+    # Colour standardisation runs before the backbone, so it is part of what a feature means.
+    stain = "" if config.stain_normalisation == "none" else f"-{config.stain_normalisation}"
     with tempfile.TemporaryDirectory() as folder:
         local = os.path.join(folder, "backbone.weights.h5")
         backbone.save_weights(local)
         digest = hashlib.sha256()
         for weight in backbone.weights:
             digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
-        backbone_id = f"resnet50-{config.image_size}px-{digest.hexdigest()[:16]}"
+        backbone_id = f"resnet50-{config.image_size}px-{digest.hexdigest()[:16]}{stain}"
         cache = FeatureCache(store, backbone_id, storage_options)
         if not storage.exists(cache.weights, storage_options):
             with open(local, "rb") as handle:
@@ -120,6 +122,7 @@ def embed_shard(
     augment: AugmentConfig,
     seed: int,
     storage_options: dict,
+    stain_normalisation: str = "none",
 ) -> int:
     """Compute backbone features of cells and write them to rows [first_row, first_row + n).
 
@@ -127,12 +130,14 @@ def embed_shard(
         items: (cells.zarr URL, zarr index, view) per row; view 0 is the cell as it is, views
             1.. are random augmentations of it.
         first_row: the first row this task owns (a chunk boundary: no other task writes there).
+        stain_normalisation: the model's colour standardisation, applied before the backbone.
 
     Returns:
         The number of rows embedded.
     """
     from aml_model.augment import build_augmenter
     from aml_model.preprocess import normalise_for_resnet50
+    from aml_model.stain import standardise_colour
 
     cache = FeatureCache(store, backbone_id, storage_options)
     backbone = _worker_backbone(backbone_id, cache.weights, image_size, storage_options)
@@ -149,7 +154,8 @@ def embed_shard(
         augmenter = build_augmenter(augment, seed=seed + first_row)
         augmented = np.asarray(augmenter(images[views > 0], training=True))
         images[views > 0] = augmented
-    features = backbone.predict(normalise_for_resnet50(images), batch_size=32, verbose=0)
+    inputs = np.asarray(standardise_colour(normalise_for_resnet50(images), stain_normalisation))
+    features = backbone.predict(inputs, batch_size=32, verbose=0)
     target = storage.open_cells_array(cache.array_url, storage_options, name="features", read_only=False)
     target[first_row:first_row + len(items)] = features.astype(np.float16)
     return len(items)

@@ -28,8 +28,9 @@ TEST_PREDICTIONS = "test_predictions.parquet"
 class TrainingSet:
     """Labelled cells of the training runs, deduplicated by image hash.
 
-    ``cells`` has cell_id, patient_id, sha256, label, zarr_index and cells_zarr (the run's
-    array); ``y`` is `(n,)` 0/1 (1 = blast).
+    ``cells`` has cell_id, patient_id, sha256, label, cell_type (None where the layout names
+    none), source (the source the cell was ingested from), zarr_index and cells_zarr (the
+    run's array); ``y`` is `(n,)` 0/1 (1 = blast).
     """
 
     cells: pd.DataFrame
@@ -44,11 +45,23 @@ class TrainingSet:
         return hashlib.sha256(repr(pairs).encode()).hexdigest()
 
 
-def load_training_set(run_roots: list[storage.RunPaths], storage_options: dict) -> TrainingSet:
-    """Read the runs' cell tables and keep the labelled cells, each image once."""
-    frames = [storage.read_table(paths.cells_table, storage_options).assign(cells_zarr=paths.cells_zarr)
-              for paths in run_roots]
+def load_training_set(run_roots: list[storage.RunPaths], storage_options: dict,
+                      sources: list[str] | None = None) -> TrainingSet:
+    """Read the runs' cell tables and keep the labelled cells, each image once (the first
+    source that holds it keeps it).
+
+    Args:
+        run_roots: one ingest run per source.
+        sources: the source of each run, for per-source balance and figures; the run ids
+            when omitted.
+    """
+    names = sources or [paths.root for paths in run_roots]
+    frames = [storage.read_table(paths.cells_table, storage_options).assign(cells_zarr=paths.cells_zarr,
+                                                                             source=name)
+              for paths, name in zip(run_roots, names, strict=True)]
     cells = pd.concat(frames, ignore_index=True)
+    if "cell_type" not in cells:
+        cells["cell_type"] = None
     labelled = cells[cells["label"].notna()]
     unique = labelled.drop_duplicates("sha256", keep="first").reset_index(drop=True)
     return TrainingSet(unique, (unique["label"] == "blast").to_numpy(int), len(cells) - len(labelled),
@@ -151,39 +164,82 @@ def register_challenger(model, card: dict, figures: dict[str, bytes], test: pd.D
                               extra_files={**figures, TEST_PREDICTIONS: buffer.getvalue()})
 
 
+#: Initialisations tried before training is declared collapsed.
+MAX_ATTEMPTS = 3
+
+
+def _attempt_seed(seed: int, attempt: int) -> int:
+    # A fresh initialisation per attempt that still depends on nothing but the run's seed.
+    return seed + 7919 * attempt
+
+
+def _record(check) -> dict:
+    return {"val_auc": check.val_auc, "spread": check.spread,
+            "predicted_blast_fraction": check.predicted_blast_fraction, "collapsed": check.collapsed,
+            "reason": check.reason}
+
+
 @task(name="train-head-on-features", cache_policy=NO_CACHE)
 def train_on_features(cache, config, feature_shape, train_rows, y_train_rows, val_rows, y_val, test_images,
-                      storage_options):
-    """Cached path: fit the head on cached features, assemble the full model, score the test cells."""
+                      storage_options, train_weights=None):
+    """Cached path: fit the head on cached features, assemble the full model, score the test cells.
+
+    A head whose validation predictions collapse (:mod:`aml_model.collapse`) is drawn again from
+    a derived seed, up to :data:`MAX_ATTEMPTS` times; then training fails and nothing is registered.
+
+    Returns:
+        (model, history, best epoch, test probabilities, attempts: one dict of validation figures each).
+    """
     import dataclasses
 
     from aml_model.architecture import assemble_model, build_head, seed_weights
+    from aml_model.collapse import check_collapse, require_not_collapsed
     from aml_model.predict import predict_batch
-    from aml_model.train import train_head
+    from aml_model.train import FeatureBatches, train_head
 
-    # The head's initialisation is part of the seeded run.
-    head = seed_weights(build_head(feature_shape, config.model), config.train.seed)
-    history, best = train_head(head, cache.read_rows(train_rows), y_train_rows, cache.read_rows(val_rows), y_val,
-                               config.train)
+    # float16 as cached: half the memory, each batch converted as training reads it.
+    train_features, val_features = cache.read_rows(train_rows), cache.read_rows(val_rows)
+    checks = []
+    for attempt in range(MAX_ATTEMPTS):
+        train_config = dataclasses.replace(config.train, seed=_attempt_seed(config.train.seed, attempt))
+        # The head's initialisation is part of the seeded run.
+        head = seed_weights(build_head(feature_shape, config.model), train_config.seed)
+        history, best = train_head(head, train_features, y_train_rows, val_features, y_val, train_config,
+                                   train_weights=train_weights)
+        p_val = head.predict(FeatureBatches(val_features, y_val, config.train.batch_size), verbose=0).reshape(-1)
+        checks.append(check_collapse(y_val, p_val, config.threshold))
+        if not checks[-1].collapsed:
+            break
+    require_not_collapsed(checks)
     weights = storage.local_copy(cache.weights, storage_options, f"{cache.backbone_id}.weights.h5")
     model = assemble_model(dataclasses.replace(config.model, backbone_weights=weights, backbone_weights_sha256=None),
                            head)
-    return model, history, best, predict_batch(model, test_images)
+    return model, history, best, predict_batch(model, test_images), [_record(c) for c in checks]
 
 
 @task(name="train-plain", cache_policy=NO_CACHE)
-def train_plain(cache, config, images, y, split, storage_options):
-    """Plain path: the full model in the loop, augmentation on the fly every epoch."""
+def train_plain(cache, config, images, y, split, storage_options, train_weights=None):
+    """Plain path: the full model in the loop, augmentation on the fly every epoch; the same
+    collapse guard as :func:`train_on_features`."""
     import dataclasses
 
     import keras
 
     from aml_model.architecture import build_model
+    from aml_model.collapse import check_collapse, require_not_collapsed
     from aml_model.predict import predict_batch
     from aml_model.train import train_model
     weights = storage.local_copy(cache.weights, storage_options, f"{cache.backbone_id}.weights.h5")
-    keras.utils.set_random_seed(config.train.seed)
-    model = build_model(dataclasses.replace(config.model, backbone_weights=weights, backbone_weights_sha256=None))
-    history, best = train_model(model, images[split["train"]], y[split["train"]], images[split["val"]],
-                                y[split["val"]], config.train)
-    return model, history, best, predict_batch(model, images[split["test"]])
+    model_config = dataclasses.replace(config.model, backbone_weights=weights, backbone_weights_sha256=None)
+    checks = []
+    for attempt in range(MAX_ATTEMPTS):
+        train_config = dataclasses.replace(config.train, seed=_attempt_seed(config.train.seed, attempt))
+        keras.utils.set_random_seed(train_config.seed)
+        model = build_model(model_config)
+        history, best = train_model(model, images[split["train"]], y[split["train"]], images[split["val"]],
+                                    y[split["val"]], train_config, train_weights=train_weights)
+        checks.append(check_collapse(y[split["val"]], predict_batch(model, images[split["val"]]), config.threshold))
+        if not checks[-1].collapsed:
+            break
+    require_not_collapsed(checks)
+    return model, history, best, predict_batch(model, images[split["test"]]), [_record(c) for c in checks]

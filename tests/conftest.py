@@ -22,6 +22,7 @@ os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 LMU_CELLS = Path(os.environ.get("AML_SMEAR_LMU_CELLS", PROJECT_ROOT.parent / "shared" / "data" / "lmu-cells"))
+PBC_CELLS = Path(os.environ.get("AML_SMEAR_PBC_CELLS", PROJECT_ROOT.parent / "shared" / "data" / "pbc-cells"))
 
 
 @pytest.fixture(scope="session")
@@ -30,6 +31,14 @@ def lmu_cells() -> Path:
     if not (LMU_CELLS / "labels.csv").is_file():
         pytest.skip(f"real cell data not found at {LMU_CELLS} (set AML_SMEAR_LMU_CELLS)")
     return LMU_CELLS
+
+
+@pytest.fixture(scope="session")
+def pbc_cells() -> Path:
+    """The real PBC cells (six healthy types, another lab and scanner; all normal), read in place."""
+    if not (PBC_CELLS / "labels.csv").is_file():
+        pytest.skip(f"real cell data not found at {PBC_CELLS} (set AML_SMEAR_PBC_CELLS)")
+    return PBC_CELLS
 
 
 @pytest.fixture(scope="session")

@@ -31,3 +31,21 @@ def test_training_changes_images_and_inference_does_not():
     assert augmented.shape == images.shape
     assert not np.allclose(augmented, images)
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(augmenter(images, training=False)), images)
+
+
+def test_robust_augmentation_adds_colour_and_scale_and_is_inactive_in_inference():
+    from aml_model.config import ExperimentConfig
+
+    augment = ExperimentConfig.for_recipe("robust").train.augment
+    augmenter = build_augmenter(augment, seed=2)
+    names = [type(layer).__name__ for layer in augmenter.layers]
+    assert names[:4] == ["RandomHue", "RandomSaturation", "RandomBrightness", "RandomContrast"]
+    zooms = [layer for layer in augmenter.layers if isinstance(layer, keras.layers.RandomZoom)]
+    assert len(zooms) == 2
+    low, high = zooms[1].height_factor
+    # Cells are drawn between 1/1.5 and 1.5 times their size: factors 1/1.5 - 1 and 0.5.
+    assert (round(low, 4), high) == (round(1 / 1.5 - 1, 4), 0.5)
+    images = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    augmented = keras.ops.convert_to_numpy(augmenter(images, training=True))
+    assert not np.allclose(augmented, images) and augmented.min() >= 0 and augmented.max() <= 255
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(augmenter(images, training=False)), images)

@@ -49,3 +49,34 @@ def test_unknown_keys_are_refused():
     data["model"]["dropout"] = 0.5
     with pytest.raises(TypeError, match="dropout"):
         ExperimentConfig.from_dict(data)
+
+
+def test_the_paper_recipe_is_the_papers_configuration():
+    from aml_model.config import ExperimentConfig
+
+    assert ExperimentConfig.for_recipe("paper") == ExperimentConfig()
+    assert ExperimentConfig().model.stain_normalisation == "none" and ExperimentConfig().train.augment.hue == 0
+
+
+def test_the_robust_recipe_standardises_colour_and_widens_augmentation_only():
+    import dataclasses
+
+    from aml_model.config import ROBUST_AUGMENT, ExperimentConfig, ModelConfig, TrainConfig
+
+    model, train = ModelConfig(image_size=64, backbone_weights="none"), TrainConfig(epochs=3, seed=4)
+    robust = ExperimentConfig.for_recipe("robust", model, train)
+    assert robust.recipe == "robust" and robust.model.stain_normalisation == "channel"
+    assert robust.model.image_size == 64 and robust.train.epochs == 3 and robust.train.seed == 4
+    assert {k: getattr(robust.train.augment, k) for k in ROBUST_AUGMENT} == ROBUST_AUGMENT
+    assert dataclasses.replace(robust.train.augment, **{k: 0.0 for k in ROBUST_AUGMENT}) == \
+        dataclasses.replace(train.augment, **{k: 0.0 for k in ROBUST_AUGMENT})
+    assert ExperimentConfig.from_dict(robust.to_dict()) == robust
+
+
+def test_unknown_recipe_and_stain_mode_are_refused():
+    from aml_model.config import ExperimentConfig, ModelConfig
+
+    with pytest.raises(ConfigError, match="recipe='fast'"):
+        ExperimentConfig.for_recipe("fast")
+    with pytest.raises(ConfigError, match="stain_normalisation='macenko'"):
+        ModelConfig(stain_normalisation="macenko")

@@ -66,7 +66,8 @@ def test_a_worse_challenger_is_not_promoted(cohort, tmp_path, task_runner):
     store = str(tmp_path / "store")
     champion = run_retrain(task_runner, sources=[str(cohort)], store=store)
     assert champion["promoted"]
-    # The same images with their labels shuffled: the challenger learns nothing real.
+    # The same images with a third of their labels flipped: the challenger learns a worse model
+    # (all of them shuffled would learn nothing, and a collapsed model is never registered).
     shuffled = tmp_path / "shuffled"
     for path in cohort.rglob("*.jpg"):
         target = shuffled / path.relative_to(cohort)
@@ -74,7 +75,8 @@ def test_a_worse_challenger_is_not_promoted(cohort, tmp_path, task_runner):
         target.write_bytes(path.read_bytes())
     with open(cohort / "labels.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    labels = np.random.default_rng(1).permutation([r["label"] for r in rows])
+    flip = np.random.default_rng(1).random(len(rows)) < 1 / 3
+    labels = [({"blast": "normal", "normal": "blast"}[r["label"]] if f else r["label"]) for r, f in zip(rows, flip, strict=True)]
     with open(shuffled / "labels.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["image", "label"])

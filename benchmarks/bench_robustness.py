@@ -1,0 +1,348 @@
+"""Does the model read the cell or the lab? Recipes compared on held-out cells of two labs.
+
+Trains each recipe on the real LMU cells (myeloblasts, neutrophils; Munich) plus the real PBC
+cells (six healthy types; Barcelona, CellaVision), all at once, balanced by source and label,
+with the offline (random, seeded) backbone, and reports on held-out cells:
+
+- LMU blasts vs. neutrophils: ROC AUC and accuracy;
+- PBC, per cell type: the blast-like rate (every PBC cell is normal);
+- cells moved into the other lab's look: held-out LMU blasts recoloured to PBC's colour
+  statistics and shrunk to PBC's cell size, held-out PBC cells recoloured to LMU's and enlarged.
+  A model that learned "CellaVision look = normal" calls the moved blasts normal.
+- every seed's validation ROC AUC (a collapsed model would show 0.5).
+
+Colour moves: Reinhard et al. (2001): each image's L*a*b* channel means and spreads are set to
+the average of the other lab's training images. A second, non-linear move (per-channel histogram
+matching to the other lab's pooled training pixels) is reported beside it, so that a recipe whose
+colour standardisation happens to invert one transfer cannot pass by construction.
+Scale move: the ratio of the two labs' median neutrophil nucleus diameters at the model's input
+size (the same cell type has the same physical size), measured on training cells.
+
+The model is the paper's network (224 px input, frozen ResNet50, Flatten, Dense(128), sigmoid)
+trained on cached backbone features, which is what ``retrain-and-evaluate`` does by default.
+
+``python -m benchmarks.bench_robustness [--image-size 224] [--seeds 0 1 2 3 4] ...``; results go to
+``benchmarks/results/robustness.json`` and, summarised, into ``latest.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from benchmarks.common import PROJECT_ROOT, RESULTS, print_table, record
+
+SHARED = PROJECT_ROOT.parent / "shared" / "data"
+LMU = Path(os.environ.get("AML_SMEAR_LMU_CELLS", SHARED / "lmu-cells"))
+PBC = Path(os.environ.get("AML_SMEAR_PBC_CELLS", SHARED / "pbc-cells"))
+OUTPUT = RESULTS.parent / "robustness.json"
+
+
+@dataclass
+class Cells:
+    """Decoded cells with their metadata; ``originals`` are the full-size RGB arrays."""
+
+    frame: pd.DataFrame
+    images: np.ndarray
+    originals: list[np.ndarray]
+
+
+def load_source(root: Path, source: str, image_size: int, limit: int | None) -> Cells:
+    from aml_model.layouts import LMU_CLASSES
+    from aml_model.preprocess import PreprocessConfig, decode_cell
+
+    with open(root / "labels.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if limit:
+        by_class: dict[str, list[dict]] = {}
+        for row in rows:
+            by_class.setdefault(row["matek_class"], []).append(row)
+        rows = [row for group in by_class.values() for row in group[:limit]]
+    config = PreprocessConfig(image_size=image_size)
+    originals = [np.asarray(Image.open(root / row["file"]).convert("RGB")) for row in rows]
+    images = np.stack([decode_cell((root / row["file"]).read_bytes(), row["file"], config) for row in rows])
+    frame = pd.DataFrame({"source": source, "cell_type": [LMU_CLASSES[r["matek_class"]] for r in rows],
+                          "label": [r["label"] for r in rows], "file": [r["file"] for r in rows]})
+    return Cells(frame, images, originals)
+
+
+def nucleus_diameter(images: np.ndarray) -> float:
+    """Median equivalent diameter (pixels) of the darkest-stained region: green below half the
+    image's bright background level. Crude, but the same rule on the same cell type in both labs."""
+    green = images[..., 1].astype(np.float32)
+    background = np.percentile(green.reshape(len(images), -1), 95, axis=1)[:, None, None]
+    areas = (green < 0.5 * background).sum(axis=(1, 2))
+    return float(2 * np.sqrt(np.median(areas) / np.pi))
+
+
+def lab_statistics(images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Average per-image L*a*b* channel means and standard deviations."""
+    from skimage.color import rgb2lab
+
+    labs = [rgb2lab(image).reshape(-1, 3) for image in images]
+    return np.mean([lab.mean(0) for lab in labs], 0), np.mean([lab.std(0) for lab in labs], 0)
+
+
+def reinhard(image: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    from skimage.color import lab2rgb, rgb2lab
+
+    lab = rgb2lab(image)
+    flat = lab.reshape(-1, 3)
+    moved = (lab - flat.mean(0)) / (flat.std(0) + 1e-6) * std + mean
+    return np.clip(lab2rgb(moved) * 255, 0, 255).astype(np.uint8)
+
+
+def match_histograms(image: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    from skimage.exposure import match_histograms as match
+
+    return np.clip(match(image, reference, channel_axis=-1), 0, 255).astype(np.uint8)
+
+
+def rescale(image: np.ndarray, factor: float, image_size: int) -> np.ndarray:
+    """Show the cell at ``factor`` times its apparent size: crop the centre (factor > 1) or
+    pad by reflection (factor < 1), then resize to the model input."""
+    height, width = image.shape[:2]
+    if factor >= 1:
+        h, w = round(height / factor), round(width / factor)
+        top, left = (height - h) // 2, (width - w) // 2
+        image = image[top:top + h, left:left + w]
+    else:
+        pad_h, pad_w = round(height * (1 / factor - 1) / 2), round(width * (1 / factor - 1) / 2)
+        image = np.pad(image, ((pad_h, pad_h), (pad_w, pad_w), (0, 0)), mode="reflect")
+    return np.asarray(Image.fromarray(image).resize((image_size, image_size), Image.Resampling.BILINEAR))
+
+
+def moved_sets(lmu: Cells, pbc: Cells, lmu_train: np.ndarray, pbc_train: np.ndarray, lmu_test: np.ndarray,
+               pbc_test: np.ndarray, image_size: int, scale: float, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Held-out LMU blasts in PBC's look and held-out PBC cells in LMU's look, two colour moves each."""
+    blasts = [i for i in lmu_test if lmu.frame["label"].iloc[i] == "blast"]
+
+    def sample(indices, n):
+        return rng.choice(indices, min(n, len(indices)), replace=False)
+
+    lmu_stats = lab_statistics([lmu.originals[i] for i in sample(lmu_train, 100)])
+    pbc_stats = lab_statistics([pbc.originals[i] for i in sample(pbc_train, 100)])
+    # Pools of equal-sized images: the PBC set has a few 366x369 and 360x360 files.
+    lmu_pool = np.concatenate([lmu.originals[i][:360, :360] for i in sample(lmu_train, 20)], axis=1)
+    pbc_pool = np.concatenate([pbc.originals[i][:360, :360] for i in sample(pbc_train, 20)], axis=1)
+    return {
+        "lmu_blasts_as_pbc_reinhard": np.stack([rescale(reinhard(lmu.originals[i], *pbc_stats), 1 / scale, image_size)
+                                                for i in blasts]),
+        "lmu_blasts_as_pbc_histogram": np.stack([rescale(match_histograms(lmu.originals[i], pbc_pool), 1 / scale,
+                                                         image_size) for i in blasts]),
+        # The two halves of the move apart, to tell which one a model fails on.
+        "lmu_blasts_colour_only_histogram": np.stack([rescale(match_histograms(lmu.originals[i], pbc_pool), 1,
+                                                              image_size) for i in blasts]),
+        "lmu_blasts_scale_only": np.stack([rescale(lmu.originals[i], 1 / scale, image_size) for i in blasts]),
+        "pbc_as_lmu_reinhard": np.stack([rescale(reinhard(pbc.originals[i], *lmu_stats), scale, image_size)
+                                         for i in pbc_test]),
+        "pbc_as_lmu_histogram": np.stack([rescale(match_histograms(pbc.originals[i], lmu_pool), scale, image_size)
+                                          for i in pbc_test]),
+    }
+
+
+def embedder(config, seed: int):
+    """The seeded random backbone (BatchNorm folded, as the feature cache computes it) and a
+    function embedding uint8 cells, optionally augmented, through the recipe's preprocessing."""
+    import tensorflow as tf
+
+    from aml_model.architecture import build_backbone, seed_weights
+    from aml_model.augment import build_augmenter
+    from aml_model.inference import fold_batch_norm
+    from aml_model.preprocess import normalise_for_resnet50
+    from aml_model.stain import standardise_colour
+
+    backbone = fold_batch_norm(seed_weights(build_backbone(config.model), seed))
+    mode = config.model.stain_normalisation
+
+    @tf.function(reduce_retracing=True)
+    def forward(batch):
+        return tf.cast(backbone(standardise_colour(normalise_for_resnet50(batch), mode), training=False),
+                       tf.float16)
+
+    def embed(images: np.ndarray, augment_seed: int | None = None, batch_size: int = 64) -> np.ndarray:
+        augmenter = None if augment_seed is None else build_augmenter(config.train.augment, seed=augment_seed)
+        out = np.empty((len(images), *backbone.output.shape[1:]), np.float16)
+        for start in range(0, len(images), batch_size):
+            batch = tf.constant(images[start:start + batch_size], tf.float32)
+            if augmenter is not None:
+                batch = augmenter(batch, training=True)
+            out[start:start + batch_size] = forward(batch).numpy()
+        return out
+
+    return embed
+
+
+def parse_variant(name: str) -> tuple[str, dict[str, str]]:
+    """``robust`` or an ablation ``robust:stain_normalisation=grey,scale=0``."""
+    recipe, _, changes = name.partition(":")
+    return recipe, dict(change.split("=", 1) for change in changes.split(",") if change)
+
+
+def configure(name: str, image_size: int, epochs: int, patience: int, seed: int):
+    import dataclasses
+
+    from aml_model.config import ExperimentConfig, ModelConfig, TrainConfig
+
+    recipe, changes = parse_variant(name)
+    config = ExperimentConfig.for_recipe(recipe, ModelConfig(image_size=image_size, backbone_weights="none"),
+                                         TrainConfig(epochs=epochs, early_stopping_patience=patience, seed=seed))
+    model_fields = {f.name for f in dataclasses.fields(config.model)}
+    model = {k: v for k, v in changes.items() if k in model_fields}
+    augment = {k: float(v) for k, v in changes.items() if k not in model_fields}
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, **model),
+                               train=dataclasses.replace(config.train,
+                                                         augment=dataclasses.replace(config.train.augment, **augment)))
+
+
+def run_recipe(recipe: str, seed: int, data: dict, args) -> dict:
+    import keras
+
+    from aml_model.architecture import build_head, seed_weights
+    from aml_model.collapse import check_collapse
+    from aml_model.evaluate import compute_metrics, rates_by_group
+    from aml_model.sampling import balanced_weights
+    from aml_model.train import train_head
+
+    config = configure(recipe, args.image_size, args.epochs, args.patience, seed)
+    started = time.perf_counter()
+    embed = embedder(config, seed)
+    train, val, test = data["train"], data["val"], data["test"]
+    views = [embed(data["images"][train])]
+    views += [embed(data["images"][train], augment_seed=seed * 1000 + v) for v in range(1, args.views + 1)]
+    x_train = np.concatenate(views)
+    y = (data["frame"]["label"] == "blast").to_numpy(int)
+    y_train = np.tile(y[train], args.views + 1)
+    w_train = np.tile(balanced_weights(data["frame"]["source"].to_numpy()[train], y[train]), args.views + 1)
+    x_val, x_test = embed(data["images"][val]), embed(data["images"][test])
+    moved = {name: embed(images) for name, images in data["moved"].items()}
+    embed_seconds = time.perf_counter() - started
+
+    head = seed_weights(build_head(x_train.shape[1:], config.model), seed)
+    history, best = train_head(head, x_train, y_train, x_val, y[val], config.train, train_weights=w_train)
+
+    def predict(features):
+        return head.predict(features.astype(np.float32), batch_size=64, verbose=0).reshape(-1)
+
+    p_val, p_test = predict(x_val), predict(x_test)
+    collapse = check_collapse(y[val], p_val)
+    frame = data["frame"].iloc[test].reset_index(drop=True)
+    lmu = (frame["source"] == "lmu").to_numpy()
+    lmu_metrics = compute_metrics(y[test][lmu], p_test[lmu], config.threshold)
+    by_type = rates_by_group(frame, p_test, config.threshold, ["source", "cell_type"])
+    result = {
+        "recipe": recipe, "seed": seed, "val_auc": collapse.val_auc, "collapsed": collapse.collapsed,
+        "epochs_run": len(history["loss"]), "best_epoch": best + 1,
+        "lmu_auc": lmu_metrics.roc_auc, "lmu_accuracy": lmu_metrics.accuracy,
+        "lmu_sensitivity": lmu_metrics.sensitivity, "lmu_specificity": lmu_metrics.specificity,
+        "pbc_blast_like_by_type": {r.cell_type: r.blast_like_rate for r in by_type.itertuples() if r.source == "pbc"},
+        "moved_blast_like": {name: float(np.mean(predict(f) >= config.threshold)) for name, f in moved.items()},
+        "embed_seconds": embed_seconds, "seconds": time.perf_counter() - started,
+    }
+    result["pbc_max_blast_like"] = max(result["pbc_blast_like_by_type"].values())
+    keras.backend.clear_session()
+    return result
+
+
+def prepare(args) -> dict:
+    from aml_model.split import split_indices
+
+    lmu = load_source(LMU, "lmu", args.image_size, args.limit)
+    pbc = load_source(PBC, "pbc", args.image_size, args.limit)
+    frame = pd.concat([lmu.frame, pbc.frame], ignore_index=True)
+    images = np.concatenate([lmu.images, pbc.images])
+    strata = (frame["source"] + "/" + frame["cell_type"]).to_numpy()
+    split = split_indices(strata, None, (0.8, 0.1, 0.1), seed=args.split_seed)
+    n_lmu = len(lmu.frame)
+    ngs = frame["cell_type"] == "segmented neutrophil"
+    train_mask = np.zeros(len(frame), bool)
+    train_mask[split["train"]] = True
+    scale = (nucleus_diameter(images[(ngs & (frame["source"] == "lmu")).to_numpy() & train_mask])
+             / nucleus_diameter(images[(ngs & (frame["source"] == "pbc")).to_numpy() & train_mask]))
+    rng = np.random.default_rng(args.split_seed)
+
+    def local(indices, lower, upper):
+        return np.array([i - lower for i in indices if lower <= i < upper])
+
+    moved = moved_sets(lmu, pbc, local(split["train"], 0, n_lmu), local(split["train"], n_lmu, len(frame)),
+                       local(split["test"], 0, n_lmu), local(split["test"], n_lmu, len(frame)),
+                       args.image_size, scale, rng)
+    return {"frame": frame, "images": images, "moved": moved, "scale": scale, **split}
+
+
+def summarise(results: list[dict], recipes: list[str]) -> dict:
+    summary = {}
+    for recipe in recipes:
+        runs = [r for r in results if r["recipe"] == recipe]
+        summary[recipe] = {
+            "seeds": [r["seed"] for r in runs],
+            "val_auc": [round(r["val_auc"], 4) for r in runs],
+            "collapsed": sum(r["collapsed"] for r in runs),
+            **{key: float(np.mean([r[key] for r in runs]))
+               for key in ("lmu_auc", "lmu_accuracy", "pbc_max_blast_like")},
+            "pbc_blast_like_by_type": {t: float(np.mean([r["pbc_blast_like_by_type"][t] for r in runs]))
+                                       for t in runs[0]["pbc_blast_like_by_type"]},
+            "moved_blast_like": {m: float(np.mean([r["moved_blast_like"][m] for r in runs]))
+                                 for m in runs[0]["moved_blast_like"]},
+        }
+    return summary
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--recipes", nargs="+", default=["paper", "robust"],
+                        help="recipes, or ablations of one: robust:stain_normalisation=grey,scale=0")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--robust-seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4],
+                        help="seeds of the robust recipe (the collapse check wants five)")
+    parser.add_argument("--views", type=int, default=1, help="augmented views per training cell")
+    parser.add_argument("--epochs", type=int, default=50)
+    parser.add_argument("--patience", type=int, default=5)
+    parser.add_argument("--split-seed", type=int, default=0)
+    parser.add_argument("--limit", type=int, default=None, help="cells per class and source (smoke runs)")
+    parser.add_argument("--output", type=Path, default=OUTPUT)
+    args = parser.parse_args(argv)
+
+    data = prepare(args)
+    print(f"cells: {len(data['frame'])}; split {len(data['train'])}/{len(data['val'])}/{len(data['test'])}; "
+          f"LMU/PBC neutrophil size ratio {data['scale']:.2f}", flush=True)
+    results = []
+    for recipe in args.recipes:
+        for seed in (args.robust_seeds if recipe == "robust" else args.seeds):
+            result = run_recipe(recipe, seed, data, args)
+            results.append(result)
+            print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()}),
+                  flush=True)
+    summary = summarise(results, args.recipes)
+    payload = {"image_size": args.image_size, "views": args.views, "epochs": args.epochs,
+               "scale_ratio": data["scale"], "split_sizes": {k: len(data[k]) for k in ("train", "val", "test")},
+               "summary": summary, "runs": results}
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(payload, indent=2))
+    for recipe, s in summary.items():
+        print_table(f"{recipe} (seeds {s['seeds']})", [
+            ("LMU hold-out ROC AUC / accuracy", f"{s['lmu_auc']:.4f} / {s['lmu_accuracy']:.4f}"),
+            *[(f"PBC {t} blast-like", f"{v:.3f}") for t, v in s["pbc_blast_like_by_type"].items()],
+            *[(f"{m} blast-like", f"{v:.3f}") for m, v in s["moved_blast_like"].items()],
+            ("validation ROC AUC per seed", ", ".join(f"{v:.3f}" for v in s["val_auc"])),
+            ("collapsed seeds", str(s["collapsed"])),
+        ])
+    record({f"robustness_{recipe}_{key}": value for recipe, s in summary.items()
+            for key, value in s.items() if not isinstance(value, dict | list)})
+    return payload
+
+
+if __name__ == "__main__":
+    main()
