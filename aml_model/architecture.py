@@ -8,15 +8,31 @@ import keras
 import numpy as np
 
 from aml_model.config import ModelConfig
+from aml_model.scale import SCALE_LAYER_NAME, ScaleNormalisation
 from aml_model.stain import STAIN_LAYER_NAME, StainNormalisation
 from aml_model.weights import fetch_weights_file, imagenet_weights_file
 
-__all__ = ["BACKBONE_NAME", "assemble_model", "build_backbone", "build_head", "build_model", "compile_model",
+__all__ = ["BACKBONE_NAME", "INPUT_NORMALISATION_LAYERS", "assemble_model", "input_normalisation", "build_backbone", "build_head", "build_model", "compile_model",
            "resolve_backbone_weights", "seed_weights"]
 
 logger = logging.getLogger(__name__)
 
 BACKBONE_NAME = "resnet50"
+#: Layers between the input and the backbone, in model order, when a recipe has them.
+INPUT_NORMALISATION_LAYERS = (SCALE_LAYER_NAME, STAIN_LAYER_NAME)
+
+
+def input_normalisation(config: ModelConfig) -> list[keras.layers.Layer]:
+    """The recipe's layers before the backbone: scale, then colour (none for the paper).
+
+    They take and give ResNet50-normalised `(batch, s, s, 3)` float32 images.
+    """
+    layers: list[keras.layers.Layer] = []
+    if config.scale_normalisation != "none":
+        layers.append(ScaleNormalisation(name=SCALE_LAYER_NAME))
+    if config.stain_normalisation != "none":
+        layers.append(StainNormalisation(config.stain_normalisation, name=STAIN_LAYER_NAME))
+    return layers
 
 
 def resolve_backbone_weights(config: ModelConfig, storage_options: dict | None = None) -> str | None:
@@ -136,7 +152,7 @@ def compile_model(model: keras.Model, config: ModelConfig, jit_compile: bool = F
 def build_model(config: ModelConfig, storage_options: dict | None = None) -> keras.Model:
     """Build and compile the paper's model.
 
-    Layer sequence: input -> [stain_normalisation, unless "none"] -> resnet50 (frozen,
+    Layer sequence: input -> [scale_normalisation, stain_normalisation: robust recipe] -> resnet50 (frozen,
     inference mode) -> flatten -> dense (relu) -> blast_probability (sigmoid). With the paper's
     224x224 input there are 12,845,313 trainable parameters, all in the head.
 
@@ -151,8 +167,8 @@ def build_model(config: ModelConfig, storage_options: dict | None = None) -> ker
     backbone = build_backbone(config, storage_options)
     inputs = keras.Input((config.image_size, config.image_size, 3), name="image")
     images = inputs
-    if config.stain_normalisation != "none":
-        images = StainNormalisation(config.stain_normalisation, name=STAIN_LAYER_NAME)(images)
+    for layer in input_normalisation(config):
+        images = layer(images)
     # training=False keeps the frozen BatchNorm layers on their stored statistics.
     features = backbone(images, training=False)
     outputs = features

@@ -15,6 +15,7 @@ from aml_model.errors import ConfigError
 __all__ = [
     "DEFAULT_RECIPE",
     "RECIPES",
+    "SCALE_NORMALISATIONS",
     "STAIN_NORMALISATIONS",
     "AugmentConfig",
     "ExperimentConfig",
@@ -24,6 +25,10 @@ __all__ = [
     "TrainConfig",
 ]
 
+
+#: Scale normalisations of the input (ModelConfig.scale_normalisation).
+ScaleNormalisation = Literal["none", "nucleus"]
+SCALE_NORMALISATIONS: tuple[str, ...] = get_args(ScaleNormalisation)
 
 #: Colour standardisations of the input (ModelConfig.stain_normalisation).
 StainNormalisation = Literal["none", "channel", "grey"]
@@ -137,6 +142,10 @@ class ModelConfig:
             colour: "none" (the paper), "channel" (each colour channel to a fixed mean and
             spread per image, which removes a lab's colour cast) or "grey" (luminance only,
             standardised). Part of the saved model, so training and scoring apply the same.
+        scale_normalisation: a layer before the backbone that zooms each image about its
+            nucleus to a fixed apparent size (:mod:`aml_model.scale`): "none" (the paper) or
+            "nucleus". Labs differ in microns per pixel; this removes the difference. Saved in
+            the model like the stain normalisation.
     """
 
     image_size: int = 224
@@ -145,6 +154,7 @@ class ModelConfig:
     backbone_weights_sha256: str | None = None
     learning_rate: float = 1e-4
     stain_normalisation: str = "none"
+    scale_normalisation: str = "none"
 
     def __post_init__(self) -> None:
         # ResNet50's five stride-2 stages need at least 32 px to leave a 1x1 feature map.
@@ -159,6 +169,8 @@ class ModelConfig:
         _require(self.learning_rate > 0, "learning_rate", self.learning_rate, "a positive number")
         _require(self.stain_normalisation in STAIN_NORMALISATIONS, "stain_normalisation",
                  self.stain_normalisation, f"one of {STAIN_NORMALISATIONS}")
+        _require(self.scale_normalisation in SCALE_NORMALISATIONS, "scale_normalisation",
+                 self.scale_normalisation, f"one of {SCALE_NORMALISATIONS}")
 
 
 @dataclass(frozen=True)
@@ -196,6 +208,7 @@ class TrainConfig:
 
 #: What the "robust" recipe changes (chosen in benchmarks/bench_robustness.py; docs/design.md).
 ROBUST_STAIN_NORMALISATION = "channel"
+ROBUST_SCALE_NORMALISATION = "nucleus"
 ROBUST_AUGMENT: dict[str, float] = {"scale": 0.5, "hue": 0.05, "saturation": 0.5, "brightness": 0.1,
                                     "contrast": 0.3, "stain_transfer": 0.8}
 
@@ -233,7 +246,8 @@ class ExperimentConfig:
         _require(recipe in RECIPES, "recipe", recipe, f"one of {RECIPES}")
         model, train = model or ModelConfig(), train or TrainConfig()
         if recipe == "robust":
-            model = dataclasses.replace(model, stain_normalisation=ROBUST_STAIN_NORMALISATION)
+            model = dataclasses.replace(model, stain_normalisation=ROBUST_STAIN_NORMALISATION,
+                                        scale_normalisation=ROBUST_SCALE_NORMALISATION)
             train = dataclasses.replace(train, augment=dataclasses.replace(train.augment, **ROBUST_AUGMENT))
         return cls(model=model, train=train, recipe=recipe)
 

@@ -21,8 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from aml_model.architecture import BACKBONE_NAME
-from aml_model.stain import STAIN_LAYER_NAME, StainNormalisation
+from aml_model.architecture import BACKBONE_NAME, INPUT_NORMALISATION_LAYERS
 
 __all__ = ["INFERENCE_PRECISIONS", "BatchScorer", "fold_batch_norm", "inference_model"]
 
@@ -90,8 +89,8 @@ def inference_model(model: keras.Model, precision: str = "float32") -> keras.Mod
     """The scoring form of a paper model: folded backbone + the same head, in ``precision``.
 
     Args:
-        model: the paper's model (``image -> [stain_normalisation] -> resnet50 -> flatten -> dense
-            -> blast_probability``).
+        model: the paper's model (``image -> [scale_normalisation, stain_normalisation] -> resnet50
+            -> flatten -> dense -> blast_probability``).
         precision: "float32", "bfloat16" (CPUs with AMX or AVX-512 BF16) or "float16" (GPUs).
 
     Returns:
@@ -104,10 +103,10 @@ def inference_model(model: keras.Model, precision: str = "float32") -> keras.Mod
     backbone = fold_batch_norm(model.get_layer(BACKBONE_NAME), precision)
     inputs = keras.Input(model.input_shape[1:], name="image")
     images = inputs
-    stain = [layer for layer in model.layers if layer.name == STAIN_LAYER_NAME]
-    if stain:
-        # Statistics over a whole image stay float32 in every precision.
-        images = StainNormalisation(stain[0].mode, name=STAIN_LAYER_NAME)(images)
+    for original in model.layers:
+        if original.name in INPUT_NORMALISATION_LAYERS:
+            # Statistics over a whole image stay float32 in every precision.
+            images = original.__class__.from_config(original.get_config())(images)
     outputs = backbone(images, training=False)
     for name in ("flatten", "dense", "blast_probability"):
         original = model.get_layer(name)

@@ -11,7 +11,7 @@ from aml_model.augment import build_augmenter
 from aml_model.config import TrainConfig
 from aml_model.data import make_dataset
 
-__all__ = ["FeatureBatches", "TrainingHistory", "train_head", "train_model"]
+__all__ = ["TrainingHistory", "feature_batches", "train_head", "train_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,44 +66,54 @@ def train_model(
     return history, best_epoch
 
 
-class FeatureBatches(keras.utils.PyDataset):
-    """Batches of cached backbone features, read row by row as training asks for them.
+def feature_batches(features, labels: np.ndarray, batch_size: int, weights: np.ndarray | None = None,
+                    seed: int | None = None):
+    """A tf.data pipeline of cached backbone features, read a batch at a time.
 
     Only one batch is converted to float32 at a time, so the features may stay float16 (as
-    cached) or live in any array that takes an index array (a Zarr array, a memory map).
+    cached) or live in any array that takes a sorted index array (a Zarr array, a memory map).
+    The order comes from tf.data's seeded shuffle of row numbers, reshuffled every epoch: the
+    same seed gives the same batches whatever the timing of the prefetching.
 
     Args:
-        features: `(n, h, w, c)` array-like indexable by a sorted int array.
+        features: `(n, h, w, c)` array-like.
         labels: `(n,)` 0/1.
         batch_size: rows per batch.
         weights: `(n,)` per-row loss weights, or None.
-        seed: reshuffle the rows every epoch with this seed; None keeps their order.
+        seed: shuffle with this seed; None keeps the rows' order.
+
+    Returns:
+        A dataset of `(batch, h, w, c)` float32 features, `(batch, 1)` float32 labels and, with
+        ``weights``, `(batch,)` float32 weights.
     """
+    import tensorflow as tf
 
-    def __init__(self, features, labels: np.ndarray, batch_size: int, weights: np.ndarray | None = None,
-                 seed: int | None = None) -> None:
-        super().__init__()
-        if len(features) != len(labels) or (weights is not None and len(weights) != len(labels)):
-            message = f"{len(features)} feature rows, {len(labels)} labels, {0 if weights is None else len(weights)} weights"
-            raise ValueError(message)
-        self.features, self.batch_size = features, batch_size
-        self.labels = np.asarray(labels, np.float32).reshape(-1, 1)
-        self.weights = None if weights is None else np.asarray(weights, np.float32)
-        self._rng = None if seed is None else np.random.default_rng(seed)
-        self._order = np.arange(len(self.labels))
-        self.on_epoch_end()
+    if len(features) != len(labels) or (weights is not None and len(weights) != len(labels)):
+        message = (f"{len(features)} feature rows, {len(labels)} labels, "
+                   f"{0 if weights is None else len(weights)} weights")
+        raise ValueError(message)
+    labels = np.asarray(labels, np.float32).reshape(-1, 1)
+    weights = None if weights is None else np.asarray(weights, np.float32)
+    feature_shape = tuple(features.shape[1:])
 
-    def __len__(self) -> int:
-        return -(-len(self.labels) // self.batch_size)
+    def load(rows: np.ndarray):
+        rows = np.sort(rows)
+        batch = [np.asarray(features[rows], np.float32), labels[rows]]
+        return batch if weights is None else [*batch, weights[rows]]
 
-    def __getitem__(self, index: int):
-        rows = np.sort(self._order[index * self.batch_size:(index + 1) * self.batch_size])
-        batch = (np.asarray(self.features[rows], np.float32), self.labels[rows])
-        return batch if self.weights is None else (*batch, self.weights[rows])
+    def load_tensors(rows):
+        types = [tf.float32, tf.float32] + ([] if weights is None else [tf.float32])
+        batch = tf.numpy_function(load, [rows], types)
+        batch[0].set_shape((None, *feature_shape))
+        batch[1].set_shape((None, 1))
+        if weights is not None:
+            batch[2].set_shape((None,))
+        return tuple(batch)
 
-    def on_epoch_end(self) -> None:
-        if self._rng is not None:
-            self._rng.shuffle(self._order)
+    dataset = tf.data.Dataset.range(len(labels))
+    if seed is not None:
+        dataset = dataset.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
+    return dataset.batch(batch_size).map(load_tensors).prefetch(2)
 
 
 def train_head(
@@ -118,7 +128,7 @@ def train_head(
     """Train the classifier head on cached backbone features, with the paper's early stopping.
 
     Augmentation is already in the features (several augmented views per training cell), so
-    batches are only shuffled. Features are read a batch at a time (:class:`FeatureBatches`):
+    batches are only shuffled. Features are read a batch at a time (:func:`feature_batches`):
     memory holds the rows as they are given (float16 from the cache) plus one float32 batch.
 
     Args:
@@ -132,10 +142,10 @@ def train_head(
         The per-epoch history and the 0-based index of the restored (best) epoch.
     """
     keras.utils.set_random_seed(config.seed)
-    train = FeatureBatches(train_features, train_labels, config.batch_size, train_weights, seed=config.seed)
-    val = FeatureBatches(val_features, val_labels, config.batch_size)
+    train = feature_batches(train_features, train_labels, config.batch_size, train_weights, seed=config.seed)
+    val = feature_batches(val_features, val_labels, config.batch_size)
     stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.early_stopping_patience,
                                             restore_best_weights=True)
-    fit = head.fit(train, validation_data=val, epochs=config.epochs, callbacks=[stopper], verbose=0)
+    fit = head.fit(train, validation_data=val, epochs=config.epochs, callbacks=[stopper], verbose=0, shuffle=False)
     history = {key: [float(v) for v in values] for key, values in fit.history.items()}
     return history, int(np.argmin(history["val_loss"]))

@@ -37,7 +37,8 @@ def _embed_missing(cache: FeatureCache, store: str, needed: pd.DataFrame, featur
             embed_shard.submit(
                 [(r.cells_zarr, int(r.zarr_index), int(r.view)) for r in missing.iloc[s:s + ROWS_PER_CHUNK].itertuples()],
                 first + s, store, cache.backbone_id, config.model.image_size,
-                config.train.augment, config.train.seed, store_options, config.model.stain_normalisation)
+                config.train.augment, config.train.seed, store_options, config.model.stain_normalisation,
+                config.model.scale_normalisation)
             for s in range(0, len(missing), ROWS_PER_CHUNK)
         ]
         done = sum(f.result() for f in futures)

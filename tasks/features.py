@@ -81,8 +81,8 @@ def prepare_backbone(config: ModelConfig, store: str, storage_options: dict | No
     backbone = build_backbone(config, storage_options)
     if config.backbone_weights.lower() == "none":
         seed_weights(backbone, seed)  # random weights, the same for every run with this seed
-    # Colour standardisation runs before the backbone, so it is part of what a feature means.
-    stain = "" if config.stain_normalisation == "none" else f"-{config.stain_normalisation}"
+    # Scale and colour normalisation run before the backbone: they are part of what a feature means.
+    stain = "".join(f"-{mode}" for mode in (config.scale_normalisation, config.stain_normalisation) if mode != "none")
     with tempfile.TemporaryDirectory() as folder:
         local = os.path.join(folder, "backbone.weights.h5")
         backbone.save_weights(local)
@@ -123,6 +123,7 @@ def embed_shard(
     seed: int,
     storage_options: dict,
     stain_normalisation: str = "none",
+    scale_normalisation: str = "none",
 ) -> int:
     """Compute backbone features of cells and write them to rows [first_row, first_row + n).
 
@@ -130,14 +131,15 @@ def embed_shard(
         items: (cells.zarr URL, zarr index, view) per row; view 0 is the cell as it is, views
             1.. are random augmentations of it.
         first_row: the first row this task owns (a chunk boundary: no other task writes there).
-        stain_normalisation: the model's colour standardisation, applied before the backbone.
+        stain_normalisation, scale_normalisation: the model's input normalisation, applied
+            before the backbone as the model applies it.
 
     Returns:
         The number of rows embedded.
     """
     from aml_model.augment import build_augmenter
     from aml_model.preprocess import normalise_for_resnet50
-    from aml_model.stain import standardise_colour
+    from aml_model.architecture import input_normalisation
 
     cache = FeatureCache(store, backbone_id, storage_options)
     backbone = _worker_backbone(backbone_id, cache.weights, image_size, storage_options)
@@ -154,7 +156,12 @@ def embed_shard(
         augmenter = build_augmenter(augment, seed=seed + first_row)
         augmented = np.asarray(augmenter(images[views > 0], training=True))
         images[views > 0] = augmented
-    inputs = np.asarray(standardise_colour(normalise_for_resnet50(images), stain_normalisation))
+    inputs = normalise_for_resnet50(images)
+    for layer in input_normalisation(ModelConfig(image_size=image_size, backbone_weights="none",
+                                                 stain_normalisation=stain_normalisation,
+                                                 scale_normalisation=scale_normalisation)):
+        inputs = layer(inputs)
+    inputs = np.asarray(inputs)
     features = backbone.predict(inputs, batch_size=32, verbose=0)
     target = storage.open_cells_array(cache.array_url, storage_options, name="features", read_only=False)
     target[first_row:first_row + len(items)] = features.astype(np.float16)

@@ -195,7 +195,7 @@ def train_on_features(cache, config, feature_shape, train_rows, y_train_rows, va
     from aml_model.architecture import assemble_model, build_head, seed_weights
     from aml_model.collapse import check_collapse, require_not_collapsed
     from aml_model.predict import predict_batch
-    from aml_model.train import FeatureBatches, train_head
+    from aml_model.train import feature_batches, train_head
 
     # float16 as cached: half the memory, each batch converted as training reads it.
     train_features, val_features = cache.read_rows(train_rows), cache.read_rows(val_rows)
@@ -206,7 +206,7 @@ def train_on_features(cache, config, feature_shape, train_rows, y_train_rows, va
         head = seed_weights(build_head(feature_shape, config.model), train_config.seed)
         history, best = train_head(head, train_features, y_train_rows, val_features, y_val, train_config,
                                    train_weights=train_weights)
-        p_val = head.predict(FeatureBatches(val_features, y_val, config.train.batch_size), verbose=0).reshape(-1)
+        p_val = head.predict(feature_batches(val_features, y_val, config.train.batch_size), verbose=0).reshape(-1)
         checks.append(check_collapse(y_val, p_val, config.threshold))
         if not checks[-1].collapsed:
             break

@@ -39,7 +39,7 @@ def test_robust_augmentation_adds_colour_and_scale_and_is_inactive_in_inference(
     augment = ExperimentConfig.for_recipe("robust").train.augment
     augmenter = build_augmenter(augment, seed=2)
     names = [type(layer).__name__ for layer in augmenter.layers]
-    assert names[:4] == ["RandomHue", "RandomSaturation", "RandomBrightness", "RandomContrast"]
+    assert names[:5] == ["RandomStainTransfer", "RandomHue", "RandomSaturation", "RandomBrightness", "RandomContrast"]
     zooms = [layer for layer in augmenter.layers if isinstance(layer, keras.layers.RandomZoom)]
     assert len(zooms) == 2
     low, high = zooms[1].height_factor

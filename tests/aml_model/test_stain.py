@@ -55,7 +55,8 @@ def test_robust_model_scores_identically_after_save_and_reload_and_in_the_infere
     config = ExperimentConfig.for_recipe("robust", ModelConfig(image_size=32, backbone_weights="none"))
     keras.utils.set_random_seed(0)
     model = build_model(config.model)
-    assert model.layers[1].name == STAIN_LAYER_NAME and model.get_layer(STAIN_LAYER_NAME).mode == "channel"
+    assert [layer.name for layer in model.layers[1:3]] == ["scale_normalisation", STAIN_LAYER_NAME]
+    assert model.get_layer(STAIN_LAYER_NAME).mode == "channel"
     before = predict_batch(model, images)
     loaded = load_model(save_model(model, tmp_path / "robust.keras"), compile=False)
     assert loaded.get_layer(STAIN_LAYER_NAME).mode == "channel"
@@ -73,3 +74,31 @@ def test_robust_model_scores_identically_after_save_and_reload_and_in_the_infere
 def test_paper_model_has_no_stain_layer():
     model = build_model(ModelConfig(image_size=32, backbone_weights="none"))
     assert STAIN_LAYER_NAME not in [layer.name for layer in model.layers]
+
+
+def test_lab_conversion_matches_scikit_image_and_inverts():
+    from skimage.color import rgb2lab
+
+    from aml_model.stain import lab_to_rgb, rgb_to_lab
+
+    rgb = np.random.default_rng(2).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
+    lab = keras.ops.convert_to_numpy(rgb_to_lab(rgb))
+    np.testing.assert_allclose(lab, rgb2lab(rgb / 255), atol=1e-3)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(lab_to_rgb(lab)), rgb, atol=0.01)
+
+
+def test_stain_transfer_recolours_in_training_only_and_lands_in_the_target_ranges():
+    from aml_model.stain import TRANSFER_TARGETS, RandomStainTransfer, rgb_to_lab
+
+    rng = np.random.default_rng(3)
+    # Bluish LMU-like cells: a narrow range the transfer must move out of.
+    images = np.clip(rng.normal((200, 180, 230), 20, (8, 24, 24, 3)), 0, 255).astype("float32")
+    layer = RandomStainTransfer(1.0, seed=4)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer(images, training=False)), images)
+    moved = keras.ops.convert_to_numpy(layer(images, training=True))
+    means = keras.ops.convert_to_numpy(rgb_to_lab(moved)).mean(axis=(1, 2))
+    b_low, b_high = TRANSFER_TARGETS[2]
+    assert (means[:, 2] > b_low - 3).all() and (means[:, 2] < b_high + 3).all()
+    # Each image gets its own target: the b* means spread out instead of staying together.
+    original = keras.ops.convert_to_numpy(rgb_to_lab(images)).mean(axis=(1, 2))
+    assert np.ptp(means[:, 2]) > 3 * np.ptp(original[:, 2])
