@@ -58,6 +58,43 @@ def test_two_labs_train_together_with_counts_and_rates_per_source_and_type(two_l
     assert card["training_attempts"] == result["training_attempts"]
 
 
+def test_the_feature_cache_and_the_registered_model_normalise_alike(two_labs, tmp_path, task_runner):
+    """The head learns on cached features; the model scores through its own layers: both must apply
+    the recipe's scale and colour normalisation the same way, or training and scoring disagree."""
+    from aml_model.architecture import INPUT_NORMALISATION_LAYERS
+    from aml_model.io import load_model
+    from aml_model.preprocess import normalise_for_resnet50
+    from aml_model.predict import predict_batch
+    from tasks.features import FeatureCache
+    from tasks.training import load_cells
+
+    store = tmp_path / "store"
+    result = run_retrain(task_runner, sources=list(two_labs), store=str(store), recipe="robust", epochs=2)
+    card = json.loads((store / "models" / result["version"] / "model_card.json").read_text())
+    model = load_model(store / "models" / result["version"] / "model.keras", compile=False)
+    assert [layer.name for layer in model.layers[1:3]] == list(INPUT_NORMALISATION_LAYERS)
+
+    predictions = pd.read_parquet(store / "models" / result["version"] / "test_predictions.parquet")
+    images = load_cells(predictions, {})
+    np.testing.assert_allclose(predict_batch(model, images), predictions["probability"], atol=1e-5)
+
+    cache = FeatureCache(str(store), card["backbone"]["id"])
+    index = cache.read_index()
+    # Training and validation cells are cached as they are (view 0): compare a few of one run's
+    # with what the model's own layers compute from the same stored cells.
+    run = next(path for path in (store / "runs").iterdir() if (path / "cells.parquet").exists())
+    cells = pd.read_parquet(run / "cells.parquet").assign(cells_zarr=str(run / "cells.zarr"))
+    known = cells.merge(index[index["view"] == 0], on="sha256").head(6)
+    assert len(known) == 6
+    zarr_cells = load_cells(known, {})
+    x = normalise_for_resnet50(zarr_cells.astype("float32"))
+    for name in INPUT_NORMALISATION_LAYERS:
+        x = model.get_layer(name)(x)
+    expected = np.asarray(model.get_layer("resnet50")(x, training=False))
+    cached = cache.read_rows(known["row"].to_numpy()).astype(np.float32)
+    np.testing.assert_allclose(cached, expected, rtol=0.02, atol=0.02 * np.abs(expected).max())
+
+
 def test_a_model_that_can_only_be_constant_is_never_registered(tmp_path, task_runner):
     # Identical flat cells (distinct files only by a text chunk) carry no information: any head
     # on them is a constant predictor.
