@@ -28,6 +28,7 @@ def train_model(
     config: TrainConfig,
     callbacks: list[keras.callbacks.Callback] | None = None,
     train_weights: np.ndarray | None = None,
+    val_weights: np.ndarray | None = None,
 ) -> tuple[TrainingHistory, int]:
     """Train a compiled model with the paper's procedure.
 
@@ -42,6 +43,7 @@ def train_model(
         config: epochs, batch size, patience, seed and augmentation.
         callbacks: extra Keras callbacks (progress reporting).
         train_weights: `(n,)` loss weights of the training cells (source and label balance).
+        val_weights: `(m,)` weights of the validation cells (see :func:`train_head`).
 
     Returns:
         The per-epoch history and the 0-based index of the restored (best) epoch.
@@ -50,7 +52,7 @@ def train_model(
     augmenter = build_augmenter(config.augment, seed=config.seed)
     train = make_dataset(train_images, train_labels, batch_size=config.batch_size,
                          augmenter=augmenter, shuffle_seed=config.seed, weights=train_weights)
-    val = make_dataset(val_images, val_labels, batch_size=config.batch_size)
+    val = make_dataset(val_images, val_labels, batch_size=config.batch_size, weights=val_weights)
     stopper = keras.callbacks.EarlyStopping(
         monitor="val_loss",
         patience=config.early_stopping_patience,
@@ -124,6 +126,7 @@ def train_head(
     val_labels: np.ndarray,
     config: TrainConfig,
     train_weights: np.ndarray | None = None,
+    val_weights: np.ndarray | None = None,
 ) -> tuple[TrainingHistory, int]:
     """Train the classifier head on cached backbone features, with the paper's early stopping.
 
@@ -137,13 +140,15 @@ def train_head(
         train_labels, val_labels: `(n,)` 0/1.
         config: epochs, batch size, patience and seed.
         train_weights: `(n,)` loss weights of the training rows (source and label balance).
+        val_weights: `(m,)` weights of the validation rows, so that early stopping watches the
+            loss that training minimises (otherwise the most numerous source decides when to stop).
 
     Returns:
         The per-epoch history and the 0-based index of the restored (best) epoch.
     """
     keras.utils.set_random_seed(config.seed)
     train = feature_batches(train_features, train_labels, config.batch_size, train_weights, seed=config.seed)
-    val = feature_batches(val_features, val_labels, config.batch_size)
+    val = feature_batches(val_features, val_labels, config.batch_size, val_weights)
     stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.early_stopping_patience,
                                             restore_best_weights=True)
     fit = head.fit(train, validation_data=val, epochs=config.epochs, callbacks=[stopper], verbose=0, shuffle=False)

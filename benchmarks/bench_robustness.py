@@ -231,7 +231,8 @@ def run_recipe(recipe: str, seed: int, data: dict, args) -> dict:
     embed_seconds = time.perf_counter() - started
 
     head = seed_weights(build_head(x_train.shape[1:], config.model), seed)
-    history, best = train_head(head, x_train, y_train, x_val, y[val], config.train, train_weights=w_train)
+    history, best = train_head(head, x_train, y_train, x_val, y[val], config.train, train_weights=w_train,
+                               val_weights=balanced_weights(data["frame"]["source"].to_numpy()[val], y[val]))
 
     def predict(features):
         return head.predict(features.astype(np.float32), batch_size=64, verbose=0).reshape(-1)

@@ -181,7 +181,7 @@ def _record(check) -> dict:
 
 @task(name="train-head-on-features", cache_policy=NO_CACHE)
 def train_on_features(cache, config, feature_shape, train_rows, y_train_rows, val_rows, y_val, test_images,
-                      storage_options, train_weights=None):
+                      storage_options, train_weights=None, val_weights=None):
     """Cached path: fit the head on cached features, assemble the full model, score the test cells.
 
     A head whose validation predictions collapse (:mod:`aml_model.collapse`) is drawn again from
@@ -205,7 +205,7 @@ def train_on_features(cache, config, feature_shape, train_rows, y_train_rows, va
         # The head's initialisation is part of the seeded run.
         head = seed_weights(build_head(feature_shape, config.model), train_config.seed)
         history, best = train_head(head, train_features, y_train_rows, val_features, y_val, train_config,
-                                   train_weights=train_weights)
+                                   train_weights=train_weights, val_weights=val_weights)
         p_val = head.predict(feature_batches(val_features, y_val, config.train.batch_size), verbose=0).reshape(-1)
         checks.append(check_collapse(y_val, p_val, config.threshold))
         if not checks[-1].collapsed:
@@ -218,7 +218,7 @@ def train_on_features(cache, config, feature_shape, train_rows, y_train_rows, va
 
 
 @task(name="train-plain", cache_policy=NO_CACHE)
-def train_plain(cache, config, images, y, split, storage_options, train_weights=None):
+def train_plain(cache, config, images, y, split, storage_options, train_weights=None, val_weights=None):
     """Plain path: the full model in the loop, augmentation on the fly every epoch; the same
     collapse guard as :func:`train_on_features`."""
     import dataclasses
@@ -237,7 +237,8 @@ def train_plain(cache, config, images, y, split, storage_options, train_weights=
         keras.utils.set_random_seed(train_config.seed)
         model = build_model(model_config)
         history, best = train_model(model, images[split["train"]], y[split["train"]], images[split["val"]],
-                                    y[split["val"]], train_config, train_weights=train_weights)
+                                    y[split["val"]], train_config, train_weights=train_weights,
+                                    val_weights=val_weights)
         checks.append(check_collapse(y[split["val"]], predict_batch(model, images[split["val"]]), config.threshold))
         if not checks[-1].collapsed:
             break
