@@ -11,18 +11,38 @@ from types import MappingProxyType
 __all__ = [
     "DEFAULT_CLASS_LABELS",
     "IMAGE_SUFFIXES",
+    "JUNK_NAMES",
     "LABELS",
     "LMU_CLASSES",
+    "NOT_IMAGE_SUFFIXES",
+    "OTHER_IMAGE_SUFFIXES",
     "cell_type_for_class",
     "choose_layout",
     "is_image_name",
+    "is_plainly_not_image",
     "label_for_class",
 ]
 
 #: Labels a cell can carry.
 LABELS = ("blast", "normal")
 
+#: Suffixes of the formats the decoder reads (aml_model.preprocess.SUPPORTED_FORMATS).
 IMAGE_SUFFIXES = frozenset({".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp"})
+#: Suffixes of other image formats. Such a file is still a cell image: the decoder quarantines
+#: it with its reason ("unsupported format GIF (supported: ...)"), it is never silently ignored.
+OTHER_IMAGE_SUFFIXES = frozenset({
+    ".gif", ".webp", ".heic", ".heif", ".avif", ".jp2", ".j2k", ".jpx", ".jpf", ".jxl", ".jfif", ".jpe",
+    ".ico", ".cur", ".svg", ".psd", ".tga", ".ppm", ".pgm", ".pbm", ".pnm", ".pcx", ".dib", ".dcm",
+    ".dicom", ".dng", ".cr2", ".nef", ".arw", ".raw", ".exr", ".hdr", ".eps", ".emf", ".wmf", ".xcf",
+})
+#: Suffixes of files that are plainly not images: notes, sidecar tables, documents, archives.
+NOT_IMAGE_SUFFIXES = frozenset({
+    ".txt", ".md", ".rst", ".csv", ".tsv", ".json", ".xml", ".yaml", ".yml", ".log", ".ini", ".cfg",
+    ".html", ".htm", ".pdf", ".rtf", ".doc", ".docx", ".xls", ".xlsx", ".odt", ".ods", ".parquet",
+    ".zip", ".gz", ".tar", ".7z", ".py", ".sh", ".db", ".sqlite", ".lnk", ".url",
+})
+#: File names operating systems and tools leave in folders (matched without case).
+JUNK_NAMES = frozenset({"thumbs.db", "desktop.ini", "ehthumbs.db", "icon\r"})
 
 #: The 15 morphological classes of TCIA AML-Cytomorphology_LMU (Matek et al. 2019).
 LMU_CLASSES = MappingProxyType({
@@ -39,12 +59,32 @@ DEFAULT_CLASS_LABELS = MappingProxyType(
 )
 
 
+def _suffix(base: str) -> str:
+    return "." + base.rsplit(".", 1)[-1].lower() if "." in base else ""
+
+
 def is_image_name(name: str) -> bool:
-    """True for a file name with a supported image suffix that is not hidden (``.DS_Store``...)."""
+    """True for a file named as an image (any image format's suffix) that is not hidden.
+
+    Formats the decoder does not read count too (``cell.gif``): such a file is a cell that
+    cannot be used, to be quarantined with its reason, not ignored.
+    """
     base = name.rsplit("/", 1)[-1]
-    if base.startswith(".") or "." not in base:
+    if base.startswith(".") or base.lower() in JUNK_NAMES:
         return False
-    return "." + base.rsplit(".", 1)[-1].lower() in IMAGE_SUFFIXES
+    return _suffix(base) in IMAGE_SUFFIXES | OTHER_IMAGE_SUFFIXES
+
+
+def is_plainly_not_image(name: str) -> bool:
+    """True for a file that is plainly not a cell image, to be ignored without reading it.
+
+    Hidden files (``.DS_Store``, ``._cell.jpg`` AppleDouble files), ``Thumbs.db`` and the like,
+    and notes, sidecar tables and documents by their suffix. A name that is neither this nor
+    :func:`is_image_name` (no suffix, an unknown one) is an image only if its first bytes say so
+    (:func:`aml_model.preprocess.sniff_image_format`).
+    """
+    base = name.rsplit("/", 1)[-1]
+    return base.startswith(".") or base.lower() in JUNK_NAMES or _suffix(base) in NOT_IMAGE_SUFFIXES
 
 
 def label_for_class(folder: str, class_labels: Mapping[str, str] = DEFAULT_CLASS_LABELS) -> str | None:

@@ -16,7 +16,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from aml_model.config import PreprocessConfig
 from aml_model.errors import ImageDecodeError
 
-__all__ = ["SUPPORTED_FORMATS", "decode_cell", "normalise_for_resnet50", "to_rgb_uint8"]
+__all__ = ["SNIFF_BYTES", "SUPPORTED_FORMATS", "decode_cell", "normalise_for_resnet50", "sniff_image_format",
+           "to_rgb_uint8"]
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +28,39 @@ SUPPORTED_FORMATS = frozenset({"TIFF", "PNG", "JPEG", "MPO", "BMP"})
 _BACKGROUND = (255, 255, 255)
 
 
+#: Bytes to read from a file to recognise an image format by its signature (DICOM's is at 128).
+SNIFF_BYTES = 160
+
+
+def sniff_image_format(head: bytes) -> str | None:
+    """The image format whose signature ``head`` (a file's first bytes) starts with, or None.
+
+    Pillow-free: names formats Pillow may not open (HEIC, AVIF, JPEG XL, DICOM) too, so that
+    such a file is recognised as an image that cannot be used rather than taken for a note.
+    """
+    riff = head[:4] == b"RIFF" and head[8:12] == b"WEBP"
+    brand = head[8:12] if head[4:8] == b"ftyp" else b""
+    signatures = (
+        (head.startswith(b"\x89PNG\r\n\x1a\n"), "PNG"),
+        (head.startswith(b"\xff\xd8\xff"), "JPEG"),
+        (head.startswith((b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")), "TIFF"),
+        (head.startswith(b"BM") and int.from_bytes(head[14:18], "little") in (12, 40, 52, 56, 64, 108, 124), "BMP"),
+        (head.startswith((b"GIF87a", b"GIF89a")), "GIF"),
+        (riff, "WEBP"),
+        (brand in (b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1"), "HEIC"),
+        (brand in (b"avif", b"avis"), "AVIF"),
+        (head.startswith((b"\x00\x00\x00\x0cjP  \r\n\x87\n", b"\xff\x4f\xff\x51")), "JPEG2000"),
+        (head.startswith((b"\xff\x0a", b"\x00\x00\x00\x0cJXL \r\n\x87\n")), "JPEG XL"),
+        (head.startswith(b"8BPS"), "PSD"),
+        (head[128:132] == b"DICM", "DICOM"),
+    )
+    return next((name for matched, name in signatures if matched), None)
+
+
 def _describe_unidentified(data: bytes) -> str:
+    sniffed = sniff_image_format(data[:SNIFF_BYTES])
+    if sniffed is not None and sniffed not in SUPPORTED_FORMATS:
+        return f"unsupported format {sniffed} (supported: {', '.join(sorted(SUPPORTED_FORMATS))})"
     head = data[:512].lstrip().lower()
     if head.startswith((b"<!doctype", b"<html", b"<?xml", b"<")):
         return "not an image: the file holds HTML/XML text"

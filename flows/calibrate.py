@@ -8,6 +8,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from aml_model.calibration import SiteCalibration, check_counts, fit_site_calibration, validate_site_name
 from flows.ingest import collect_ingest, finish_ingest, plan_ingest, start_ingest, submit_ingest_shard
+from flows.parameters import Layout, SiteName, require_existing
 from tasks import storage
 from tasks.calibration import save_site_calibration, score_labelled_cells
 from tasks.registry import resolve_model
@@ -38,12 +39,14 @@ def _markdown(calibration: SiteCalibration, url: str) -> str:
 def calibrate_site(
     source: str,
     store: str,
-    site: str,
+    site: SiteName,
     model: str = "champion",
-    layout: str = "auto",
+    layout: Layout = "auto",
     s3_endpoint_url: str | None = None,
 ) -> dict:
     """Calibrate a registered model to one site on the site's labelled cells.
+
+    Every parameter is checked (its type, the source, the model) before anything is written.
 
     Args:
         source: the site's labelled cells (patient layout with labels.csv, class layout, or a
@@ -60,6 +63,8 @@ def calibrate_site(
     """
     logger = get_run_logger()
     validate_site_name(site)
+    # The parameters' types were checked before this line; now that the source exists.
+    require_existing([source], "source", s3_endpoint_url)
     store_options = storage.storage_options_for(store, s3_endpoint_url)
     model_ref = resolve_model(model, store, store_options)
     if model_ref.version.startswith("file-"):

@@ -10,23 +10,86 @@ import click
 
 from aml_model.config import DEFAULT_RECIPE, RECIPES
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Read when Prefect is first imported, and carried with every task to the Dask workers: a busy
 # machine can take longer than Prefect's default 20 s to start a temporary API server.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
+# Set by the command group before anything imports Prefect or TensorFlow, inherited by the Dask
+# workers; a variable the user set wins. TF_CPP_MIN_LOG_LEVEL=3 hides TensorFlow's C++ errors
+# and warnings ("failed call to cuInit" on machines without a GPU); the console handler keeps
+# tracebacks out of the terminal (flows.logs). --debug (AML_SMEAR_DEBUG=1) shows both.
+_QUIET = {"TF_CPP_MIN_LOG_LEVEL": "3", "PREFECT_LOGGING_HANDLERS_CONSOLE_CLASS": "flows.logs.ConsoleHandler"}
+_DEBUG = {"TF_CPP_MIN_LOG_LEVEL": "0", "PREFECT_LOGGING_HANDLERS_CONSOLE_CLASS": "flows.logs.ConsoleHandler"}
+_DEBUG_ENV = "AML_SMEAR_DEBUG"  # flows.logs.DEBUG_ENV
+
 
 class _CliError(click.ClickException):
-    """A one-line failure reason; exit status 1."""
+    """A one-line failure reason, printed as ``error: <reason>``; exit status 1."""
+
+    def show(self, file=None) -> None:
+        click.echo(f"error: {self.format_message()}", file=file, err=True)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """Any failure of a command is one line, ``error: <reason>``; its traceback only with --debug."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.Abort, click.UsageError):
+            raise
+        except click.ClickException as exc:
+            if ctx.params.get("debug") and exc.__cause__ is not None:
+                import traceback
+
+                traceback.print_exception(exc.__cause__, file=sys.stderr)
+            raise
+        except Exception as exc:
+            if ctx.params.get("debug"):
+                raise
+            raise _CliError(_reason(exc)) from exc
+
+
+def _reason(exc: BaseException) -> str:
+    """The line to print: an expected failure's message; anything else with its type and a hint."""
+    from prefect.exceptions import ParameterTypeError
+
+    from aml_model.errors import AmlSmearError
+    from flows.logs import one_line
+
+    if isinstance(exc, ParameterTypeError):  # raised before any flow run: say it plainly
+        return one_line(exc).replace("Flow run received invalid parameters:", "invalid parameters:")
+    if isinstance(exc, AmlSmearError | ValueError | FileNotFoundError | PermissionError):
+        return one_line(exc)
+    return f"{type(exc).__name__}: {one_line(exc)} (aml-smear --debug shows the traceback)"
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, envvar=_DEBUG_ENV,
+              help="On failure print the full traceback; show TensorFlow's C++ logs [env AML_SMEAR_DEBUG=1].")
 @click.version_option(package_name="aml-smear")
-def cli() -> None:
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
     """Score single-cell peripheral blood smear images for AML (Hassan et al. ResNet50).
 
     Research use only: not a diagnosis.
     """
+    settings = {**_DEBUG, _DEBUG_ENV: "1"} if debug else _QUIET
+    before = {name: os.environ.get(name) for name in settings}
+    for name, value in settings.items():
+        if name == _DEBUG_ENV:
+            os.environ[name] = value
+        else:
+            os.environ.setdefault(name, value)
+
+    def restore() -> None:  # for callers that run several commands in one process (tests)
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+    ctx.call_on_close(restore)
 
 
 @cli.command("model-summary")
@@ -56,18 +119,32 @@ def _cluster_options(command):
                         help="Workers of a new local Dask cluster [default: one per CPU core].")(command)
 
 
+def _check_parameters(flow_fn, parameters: dict) -> None:
+    """The flow's own parameter check (types, choices, bounds), before any server or cluster starts.
+
+    Raises:
+        ParameterTypeError: naming each invalid parameter and what it accepts.
+    """
+    import logging
+
+    # Prefect logs the failure with every parameter's value over two lines; the error says it in one.
+    logger = logging.getLogger("prefect.flows")
+    disabled, logger.disabled = logger.disabled, True
+    try:
+        flow_fn.validate_parameters(parameters)
+    finally:
+        logger.disabled = disabled
+
+
 def _run_flow(flow_fn, workers: int | None, scheduler: str | None, **parameters):
-    """Run a flow on a Dask task runner; expected failures become a one-line reason."""
-    from aml_model.errors import AmlSmearError
+    """Run a flow on a Dask task runner; a failure becomes a one-line reason (``_Group``)."""
     from flows.runner import dask_task_runner, quiet_dask_logs, shared_prefect_api
 
     quiet_dask_logs()
-    try:
-        runner = dask_task_runner(workers, scheduler)
-        with shared_prefect_api():
-            return flow_fn.with_options(task_runner=runner)(**parameters)
-    except (AmlSmearError, ValueError, FileNotFoundError, PermissionError) as exc:
-        raise _CliError(str(exc)) from exc
+    _check_parameters(flow_fn, parameters)
+    runner = dask_task_runner(workers, scheduler)
+    with shared_prefect_api():
+        return flow_fn.with_options(task_runner=runner)(**parameters)
 
 
 @cli.command("ingest")
@@ -262,7 +339,9 @@ def serve_command(limit, scheduler, workers) -> None:
         serve_deployments(dask_task_runner(workers, scheduler), limit=limit)
     # A Prefect variable of the wrong shape (sources not a list of URLs) fails parameter validation.
     except (ValueError, ParameterTypeError) as exc:
-        raise _CliError(str(exc)) from exc
+        from flows.logs import one_line
+
+        raise _CliError(one_line(exc)) from exc
 
 
 def main() -> None:

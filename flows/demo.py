@@ -8,6 +8,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from aml_model.synthetic import DEMO_COHORT, SyntheticPatient, write_synthetic_cohort
+from flows.parameters import Positive
 from flows.retrain import retrain_and_evaluate
 from flows.score import score_smears
 
@@ -19,9 +20,11 @@ TRAINING_COHORT = tuple(SyntheticPatient(f"SYN-TRAIN-{i:02d}", "aml" if i % 2 el
                         for i in range(4))
 
 
-@flow(name="demo")
-def demo_flow(store: str, epochs: int = 15, cells_per_patient: int = 40) -> dict:
+@flow(name="demo", validate_parameters=True)
+def demo_flow(store: str, epochs: Positive = 15, cells_per_patient: Positive = 40) -> dict:
     """Draw the synthetic cohorts, train a demo champion, and score the demo patients.
+
+    The parameters are checked before anything is written (:mod:`flows.parameters`).
 
     Returns:
         score-smears' result plus the store, the demo data folder and the model folder.

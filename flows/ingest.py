@@ -13,6 +13,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.futures import PrefectFuture
 
+from flows.parameters import ImageSize, Layout, Positive, RunId, require_existing
 from flows.progress import results_with_progress
 from tasks import storage
 from tasks.discover import Discovery, discover_inputs
@@ -144,15 +145,18 @@ def finish_ingest(plan: IngestPlan, records: list[dict], mark_success: bool) -> 
 def ingest(
     source: str,
     store: str,
-    run_id: str | None = None,
-    layout: str = "auto",
-    image_size: int = 224,
-    chunk_cells: int = 64,
-    chunks_per_task: int = 4,
+    run_id: RunId | None = None,
+    layout: Layout = "auto",
+    image_size: ImageSize = 224,
+    chunk_cells: Positive = 64,
+    chunks_per_task: Positive = 4,
     s3_endpoint_url: str | None = None,
     manifest_root: str | None = None,
 ) -> dict:
     """Decode every cell image of ``source`` into ``store``/runs/<run_id>/.
+
+    Every parameter is checked (its type, then that the source exists) before anything is
+    written (:mod:`flows.parameters`).
 
     Args:
         source: folder or manifest (any fsspec URL: a path, file://, s3://).
@@ -160,7 +164,7 @@ def ingest(
         run_id: the run to write; by default derived from the source name and the input
             list, so rerunning an unchanged source reuses the same run.
         layout: "auto", "patient", "class" or "manifest".
-        image_size: side of the stored cells, pixels.
+        image_size: side of the stored cells, pixels (32 to 1024).
         chunk_cells: cells per Zarr chunk.
         chunks_per_task: Zarr chunks each Dask task decodes and writes; larger tasks spread
             Prefect's per-task overhead over more cells.
@@ -171,6 +175,9 @@ def ingest(
         Summary: run_id, run root, layout, counts of inputs, cells, quarantined inputs, and
         whether the run was already complete.
     """
+    # The parameters' types were checked before this line; now that the source (and root) exist.
+    require_existing([source], "source", s3_endpoint_url)
+    require_existing([manifest_root] if manifest_root else [], "manifest_root", s3_endpoint_url)
     plan = plan_ingest(source, store, run_id, layout, image_size, chunk_cells, s3_endpoint_url, manifest_root)
     if plan.complete:
         get_run_logger().info("run %s is already complete: nothing to do", plan.paths.run_id)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from typing import Annotated
 
 import numpy as np
 import pandas as pd
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from pydantic import Field
 
 from aml_model.config import DEFAULT_RECIPE, ExperimentConfig, ModelConfig, TrainConfig
 from aml_model.evaluate import compute_metrics, rates_by_group
@@ -16,6 +18,8 @@ from aml_model.promotion import decide_promotion
 from aml_model.sampling import balanced_weights, group_counts
 from aml_model.split import split_indices
 from flows.ingest import ingest
+from flows.parameters import (BackboneWeights, ImageSize, Layout, Positive, Recipe, Sha256, TrainingPath,
+                              require_existing)
 from tasks import storage
 from tasks.features import ROWS_PER_CHUNK, FeatureCache, embed_shard, prepare_backbone
 from tasks.registry import set_champion
@@ -54,22 +58,25 @@ def _embed_missing(cache: FeatureCache, store: str, needed: pd.DataFrame, featur
 
 @flow(name="retrain-and-evaluate", validate_parameters=True)
 def retrain_and_evaluate(
-    sources: list[str],
+    sources: Annotated[list[str], Field(min_length=1)],
     store: str,
-    epochs: int = 50,
-    patience: int = 5,
-    seed: int = 0,
-    backbone_weights: str = "imagenet",
-    backbone_weights_sha256: str | None = None,
-    image_size: int = 224,
-    augment_views: int = 2,
-    promotion_margin: float = 0.005,
-    training_path: str = "cached",
-    layout: str = "auto",
+    epochs: Positive = 50,
+    patience: Annotated[int, Field(ge=0)] = 5,
+    seed: Annotated[int, Field(ge=0, lt=2**32)] = 0,
+    backbone_weights: BackboneWeights = "imagenet",
+    backbone_weights_sha256: Sha256 | None = None,
+    image_size: ImageSize = 224,
+    augment_views: Annotated[int, Field(ge=0, le=64)] = 2,
+    promotion_margin: Annotated[float, Field(ge=0, le=1)] = 0.005,
+    training_path: TrainingPath = "cached",
+    layout: Layout = "auto",
     s3_endpoint_url: str | None = None,
-    recipe: str = DEFAULT_RECIPE,
+    recipe: Recipe = DEFAULT_RECIPE,
 ) -> dict:
     """Train the paper's model on labelled cells, evaluate it, register it, promote it if no worse.
+
+    Every parameter is checked (its type, then that every source and a weights file exist) before
+    anything is written (:mod:`flows.parameters`).
 
     Args:
         sources: labelled cell collections (patient, class or manifest layout; fsspec URLs),
@@ -94,9 +101,11 @@ def retrain_and_evaluate(
     """
     logger = get_run_logger()
     started, began = time.perf_counter(), datetime.now(UTC)
-    if training_path not in ("cached", "plain"):
-        message = f"training_path {training_path!r} is not 'cached' or 'plain'"
-        raise ValueError(message)
+    # The parameters' types were checked before this line. Every source, and a weights file, must
+    # exist before the first source is ingested.
+    require_existing(sources, "source", s3_endpoint_url)
+    if backbone_weights.lower() not in ("imagenet", "none"):
+        require_existing([backbone_weights], "backbone_weights", s3_endpoint_url)
     config = ExperimentConfig.for_recipe(
         recipe,
         ModelConfig(image_size=image_size, backbone_weights=backbone_weights,
@@ -120,7 +129,8 @@ def retrain_and_evaluate(
     strata = (data.cells["source"] + "/" + data.cells["cell_type"].fillna("") + "/" + data.cells["label"]).to_numpy()
     split = split_indices(data.y, data.cells["patient_id"].to_numpy() if by_patient else None, fractions, seed,
                           strata=None if by_patient else strata)
-    weights = balanced_weights(data.cells["source"].to_numpy()[split["train"]], data.y[split["train"]])
+    sources_of = data.cells["source"].to_numpy()
+    weights = balanced_weights(sources_of[split["train"]], data.y[split["train"]])
     logger.info("split by %s (seed %d): %s", "patient" if by_patient else "cell", seed,
                 {k: len(v) for k, v in split.items()})
 
@@ -139,11 +149,13 @@ def retrain_and_evaluate(
         y_train = np.tile(data.y[split["train"]], augment_views + 1)
         model, history, best, p_test, attempts = train_on_features(
             cache, config, feature_shape, rows[:n_train], y_train, rows[n_train:], data.y[split["val"]], test_images,
-            store_options, train_weights=np.tile(weights, augment_views + 1))
+            store_options, train_weights=np.tile(weights, augment_views + 1),
+            val_weights=balanced_weights(sources_of[split["val"]], data.y[split["val"]]))
     else:
         images = load_cells(data.cells, store_options)
-        model, history, best, p_test, attempts = train_plain(cache, config, images, data.y, split, store_options,
-                                                             train_weights=weights)
+        model, history, best, p_test, attempts = train_plain(
+            cache, config, images, data.y, split, store_options, train_weights=weights,
+            val_weights=balanced_weights(sources_of[split["val"]], data.y[split["val"]]))
 
     y_test = data.y[split["test"]]
     metrics = compute_metrics(y_test, p_test, config.threshold)

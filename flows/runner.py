@@ -94,5 +94,8 @@ def local_cluster_kwargs(n_workers: int) -> dict:
         "processes": True,
         "dashboard_address": None,
         "local_directory": os.path.join(tempfile.gettempdir(), "aml-smear-dask"),
-        "env": {"OMP_NUM_THREADS": threads, "TF_NUM_INTRAOP_THREADS": threads, "TF_NUM_INTEROP_THREADS": "1"},
+        "env": {"OMP_NUM_THREADS": threads, "TF_NUM_INTRAOP_THREADS": threads, "TF_NUM_INTEROP_THREADS": "1",
+                # TensorFlow's C++ errors and warnings ("failed call to cuInit" without a GPU) are
+                # noise in the workers' output, unless TF_CPP_MIN_LOG_LEVEL asks for them.
+                "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3")},
     }

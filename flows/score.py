@@ -12,6 +12,7 @@ from aml_model.aggregate import RESEARCH_NOTE
 from aml_model.config import SummaryConfig
 from aml_model.report import cell_type_rates, patients_to_explain
 from flows.ingest import collect_ingest, finish_ingest, plan_ingest, start_ingest, submit_ingest_shard
+from flows.parameters import Layout, Positive, Precision, Probability, RunId, SiteName, require_existing
 from flows.progress import results_with_progress
 from flows.runner import in_order
 from tasks import storage
@@ -46,21 +47,24 @@ def score_smears(
     source: str,
     store: str,
     model: str = "champion",
-    run_id: str | None = None,
-    layout: str = "auto",
-    batch_size: int = 64,
-    threshold: float = 0.5,
-    blast_cutoff: float = 0.2,
-    min_cells: int = 100,
-    precision: str = "float32",
-    chunk_cells: int = 64,
-    chunks_per_task: int = 4,
+    run_id: RunId | None = None,
+    layout: Layout = "auto",
+    batch_size: Positive = 64,
+    threshold: Probability = 0.5,
+    blast_cutoff: Probability = 0.2,
+    min_cells: Positive = 100,
+    precision: Precision = "float32",
+    chunk_cells: Positive = 64,
+    chunks_per_task: Positive = 4,
     s3_endpoint_url: str | None = None,
     explain: bool = True,
-    explain_top_k: int = 12,
-    site: str | None = None,
+    explain_top_k: Positive = 12,
+    site: SiteName | None = None,
 ) -> dict:
     """Score every cell of ``source`` and call each patient.
+
+    Every parameter is checked (its type, then that the source exists) before anything is
+    written, so a wrong value never touches a finished run (:mod:`flows.parameters`).
 
     Args:
         source: folder or manifest of cell images (any fsspec URL).
@@ -85,9 +89,8 @@ def score_smears(
         run_id, run root, model version, counts, the per-patient calls and the reports' index page.
     """
     logger = get_run_logger()
-    if explain_top_k < 1:
-        message = f"explain_top_k={explain_top_k} is invalid: expected at least 1 cell"
-        raise ValueError(message)
+    # The parameters' types were checked before this line; now that the source exists.
+    require_existing([source], "source", s3_endpoint_url)
     config = SummaryConfig(threshold=threshold, blast_cutoff=blast_cutoff, min_cells=min_cells)
     store_options = storage.storage_options_for(store, s3_endpoint_url)
     model_ref = resolve_model(model, store, store_options)

@@ -17,7 +17,8 @@ from prefect.cache_policies import NO_CACHE
 from tasks.storage import is_local
 
 from aml_model.layouts import (DEFAULT_CLASS_LABELS, LABELS, cell_type_for_class, choose_layout, is_image_name,
-                               label_for_class)
+                               is_plainly_not_image, label_for_class)
+from aml_model.preprocess import SNIFF_BYTES, sniff_image_format
 
 __all__ = ["CellInput", "Discovery", "discover", "discover_inputs"]
 
@@ -47,7 +48,8 @@ class Discovery:
         layout: the layout used ("patient", "class" or "manifest").
         inputs: candidate images, sorted by patient then URI.
         rejected: inputs refused before decoding: dicts of source_uri, patient_id, reason.
-        ignored: files that are not images (sidecars, notes), listed, not quarantined.
+        ignored: files that are plainly not images (sidecars, notes, ``.DS_Store``), listed,
+            not quarantined; image files of any format are inputs, quarantined when unusable.
         empty_patients: patient folders without any image.
         unknown_classes: class folders the class map does not know (label left unknown).
         diagnoses: patient_id -> "aml"/"healthy" from patients.csv, when present.
@@ -84,11 +86,30 @@ def _walk(fs: fsspec.AbstractFileSystem, root: str) -> list[str]:
     return sorted(p for p in fs.find(root, detail=False) if p != root)
 
 
+def _is_image(fs: fsspec.AbstractFileSystem, path: str) -> bool:
+    """Whether a file is a cell image to decode (or quarantine), not a file to ignore.
+
+    Named as an image (any image format, supported or not): yes. Plainly not an image (notes,
+    sidecars, ``.DS_Store``, ``Thumbs.db``): no. Otherwise (no suffix, an unknown one) its first
+    bytes decide.
+    """
+    if is_image_name(path):
+        return True
+    if is_plainly_not_image(path):
+        return False
+    try:
+        head = fs.cat_file(path, start=0, end=SNIFF_BYTES)
+    except OSError:  # a dangling link without an image name: nothing to say it is an image
+        return False
+    return sniff_image_format(head) is not None
+
+
 def _discover_folders(fs, root: str, source: str, layout: str,
                       class_labels: Mapping[str, str]) -> Discovery:
     files = _walk(fs, root)
     relative = {path: posixpath.relpath(path, root) for path in files}
-    image_dirs = sorted({rel.split("/")[0] for rel in relative.values() if "/" in rel and is_image_name(rel)})
+    images = {path for path in files if _is_image(fs, path)}
+    image_dirs = sorted({relative[path].split("/")[0] for path in images if "/" in relative[path]})
     if layout == "auto":
         layout = choose_layout(image_dirs, class_labels)
         logger.info("layout auto: chose %r for %s", layout, source)
@@ -113,7 +134,7 @@ def _discover_folders(fs, root: str, source: str, layout: str,
     unknown: set[str] = set()
     for path in files:
         rel = relative[path]
-        if not is_image_name(rel):
+        if path not in images:
             found.ignored.append(_url(fs, path))
             continue
         if "/" not in rel:

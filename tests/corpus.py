@@ -67,7 +67,9 @@ def write_bad_corpus(root: Path, outside: Path) -> dict[str, dict]:
 
     Returns:
         {relative name: {"kept": bool, "reason": substring of the quarantine reason}} for
-        every image-named entry; non-image files and the empty patient folder are extra.
+        every image entry (named as an image, or with an image's first bytes); the files that
+        are plainly not images (.DS_Store, Thumbs.db, README.txt, NOTES) and the empty patient
+        folder are extra.
     """
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)
@@ -98,6 +100,13 @@ def write_bad_corpus(root: Path, outside: Path) -> dict[str, dict]:
     put("P2/page.png", b"<html><body>Forbidden</body></html>", False, "HTML")
     put("P2/notes.jpg", b"cell count 200, smear 3\n", False, "plain text")
     put("P2/anim.png", _encode(Image.fromarray(pixels), "GIF"), False, "unsupported format GIF")
+    # Image files of formats the decoder does not read are quarantined, never ignored: by their
+    # suffix, or (no suffix) by their first bytes.
+    put("P2/cell.gif", _encode(Image.fromarray(pixels), "GIF"), False, "unsupported format GIF (supported: ")
+    put("P2/cell.webp", _encode(Image.fromarray(pixels), "WEBP"), False, "unsupported format WEBP")
+    put("P2/cell.heic", b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64), False,
+        "unsupported format HEIC")
+    put("P2/scan-0042", _encode(Image.fromarray(pixels), "GIF"), False, "unsupported format GIF")
     put("P2/line.png", _encode(Image.new("RGB", (4000, 1)), "PNG"), False, "below the minimum side")
     put("P2/bomb.png", _encode(Image.new("1", (8000, 6000)), "PNG"), False, "decompression bomb")
     os.symlink(root / "P2" / "missing-target.png", root / "P2" / "dangling.png")
@@ -107,5 +116,7 @@ def write_bad_corpus(root: Path, outside: Path) -> dict[str, dict]:
     expected["P2/escape.png"] = {"kept": False, "reason": "outside the source root"}
     (root / "P2" / "README.txt").write_text("scanner notes")
     (root / "P1" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (root / "P1" / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(64))
+    (root / "P2" / "NOTES").write_text("stained 2024-03-01, slide 7\n")
     (root / "P3-empty").mkdir()
     return expected

@@ -1,7 +1,7 @@
 import pytest
 
 from aml_model.layouts import (DEFAULT_CLASS_LABELS, LMU_CLASSES, cell_type_for_class, choose_layout, is_image_name,
-                               label_for_class)
+                               is_plainly_not_image, label_for_class)
 
 
 def test_default_class_map_makes_only_myeloblasts_and_monoblasts_blasts():
@@ -23,6 +23,18 @@ def test_image_names():
     assert is_image_name("P1/cell.JPG") and is_image_name("a.tiff") and is_image_name("b.bmp")
     assert not is_image_name("P1/.DS_Store") and not is_image_name("notes.txt")
     assert not is_image_name("P1/._cell.jpg") and not is_image_name("README")
+    # Formats the decoder does not read are still images (quarantined with the reason), not ignored.
+    assert is_image_name("P1/cell.gif") and is_image_name("cell.WEBP") and is_image_name("x.heic")
+    assert not is_image_name("P1/Thumbs.db") and not is_image_name("desktop.ini")
+
+
+def test_files_that_are_plainly_not_images():
+    for name in ("P1/.DS_Store", "P1/._cell.jpg", "P1/Thumbs.db", "notes.txt", "README.md", "labels.csv",
+                 "scan.pdf"):
+        assert is_plainly_not_image(name), name
+    # No suffix, or an unknown one: the file's first bytes decide (tasks.discover).
+    for name in ("README", "P1/scan-0042", "P1/cell.dat", "P1/cell.gif", "P1/cell.png"):
+        assert not is_plainly_not_image(name), name
 
 
 def test_layout_choice():

@@ -7,7 +7,7 @@ from PIL import Image
 
 from aml_model.config import PreprocessConfig
 from aml_model.errors import ImageDecodeError
-from aml_model.preprocess import decode_cell, normalise_for_resnet50
+from aml_model.preprocess import SNIFF_BYTES, decode_cell, normalise_for_resnet50, sniff_image_format
 
 SMALL = PreprocessConfig(image_size=32)
 
@@ -137,6 +137,20 @@ def test_unsupported_format_is_named():
     data = encode(Image.fromarray(gradient_rgb(32, 32)), "GIF")
     with pytest.raises(ImageDecodeError, match="unsupported format GIF"):
         decode_cell(data, "x.gif", SMALL)
+    # A format Pillow cannot even open is named from its signature.
+    heic = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64)
+    with pytest.raises(ImageDecodeError, match=r"unsupported format HEIC \(supported: BMP, JPEG"):
+        decode_cell(heic, "x.heic", SMALL)
+
+
+def test_image_formats_are_recognised_by_their_first_bytes():
+    image = Image.fromarray(gradient_rgb(32, 32))
+    for fmt in ("PNG", "JPEG", "TIFF", "BMP", "GIF", "WEBP"):
+        assert sniff_image_format(encode(image, fmt)[:SNIFF_BYTES]) == fmt
+    assert sniff_image_format(b"\x00\x00\x00\x18ftypheic") == "HEIC"
+    assert sniff_image_format(bytes(128) + b"DICM") == "DICOM"
+    for text in (b"", b"cell count 200\n", b"BMI notes: 22", b"<html></html>", b"\0\0\0\1Bud1"):
+        assert sniff_image_format(text) is None, text
 
 
 def test_degenerate_sizes_are_refused():

@@ -67,6 +67,37 @@ def test_scoring_deployment_run_from_the_cli_completes(local_stack, lmu_cells, t
     assert patients["model_version"].str.startswith("file-").all()
 
 
+def test_a_failing_deployment_run_shows_its_reason_in_flow_run_inspect(local_stack, tmp_path):
+    import json
+
+    env = local_stack["env"]
+    missing, store = tmp_path / "no-such-smears", tmp_path / "store"
+    run = subprocess.run(
+        [*PREFECT, "deployment", "run", "score-smears/on-demand", "--param", f"source={missing}",
+         "--param", f"store={store}", "--watch", "--watch-timeout", "600"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=700)
+    assert run.returncode == 1, f"{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
+    flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", run.stdout).group(1)
+    inspect = subprocess.run([*PREFECT, "flow-run", "inspect", flow_run_id, "--output", "json"], cwd=tmp_path,
+                             env=env, capture_output=True, text=True, timeout=120)
+    assert inspect.returncode == 0, inspect.stderr
+    state = json.loads(inspect.stdout)["state"]
+    assert state["type"] == "FAILED"
+    assert state["message"] == f"Flow run encountered an exception: FileNotFoundError: source {missing} does not exist"
+    assert not store.exists()
+
+    # A value outside a parameter's choices: the server refuses to create the run (the deployment's
+    # parameter schema comes from the flow's types), so nothing runs and nothing is written.
+    typo = subprocess.run(
+        [*PREFECT, "deployment", "run", "score-smears/on-demand", "--param", f"source={tmp_path}",
+         "--param", f"store={store}", "--param", "precision=fp16"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    output = typo.stdout + typo.stderr
+    assert typo.returncode == 1, output
+    assert "precision" in output and "fp16" in output and "float32" in output, output
+    assert not store.exists()
+
+
 def test_aml_smear_serve_registers_the_deployments_on_a_real_server(local_stack, tmp_path):
     api_url = local_stack["api_url"]
     output = tmp_path / "serve.out"

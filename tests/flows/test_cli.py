@@ -63,10 +63,76 @@ def test_ingest_command_reports_counts_and_reruns_without_work(tmp_path, lmu_cel
 
 
 def test_ingest_command_fails_with_one_line_reason(tmp_path, dask_cluster):
-    result = CliRunner().invoke(cli, ["ingest", str(tmp_path / "missing"), "--store", str(tmp_path / "s"),
+    args = ["ingest", str(tmp_path / "missing"), "--store", str(tmp_path / "s"), "--scheduler",
+            dask_cluster.scheduler_address]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1
+    assert result.output == f"error: source {tmp_path / 'missing'} does not exist\n"
+    # --debug lets the exception (and its traceback) through.
+    debug = CliRunner().invoke(cli, ["--debug", *args])
+    assert debug.exit_code == 1 and isinstance(debug.exception, FileNotFoundError)
+    assert not (tmp_path / "s").exists()
+
+
+def test_invalid_parameters_are_refused_in_one_line_before_anything_runs(tmp_path, lmu_cells, dask_cluster):
+    from tests.corpus import compose_patient_cohort
+
+    source = compose_patient_cohort(lmu_cells, tmp_path / "cohort", {"A": (2, 2)})
+    store = tmp_path / "store"
+    result = CliRunner().invoke(cli, ["retrain", str(source), "--store", str(store), "--epochs", "0",
                                       "--scheduler", dask_cluster.scheduler_address])
     assert result.exit_code == 1
-    assert f"Error: source {tmp_path / 'missing'} does not exist" in result.output
+    assert result.output == "error: invalid parameters: epochs: Input should be greater than or equal to 1\n"
+    missing = CliRunner().invoke(cli, ["retrain", str(source), str(tmp_path / "gone"), "--store", str(store),
+                                       "--backbone-weights", "none", "--scheduler", dask_cluster.scheduler_address])
+    assert missing.exit_code == 1
+    assert missing.output == f"error: source {tmp_path / 'gone'} does not exist\n"
+    assert not store.exists()
+
+
+def _aml_smear(*args: str, env: dict[str, str | None] | None = None):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    command = [str(Path(sys.executable).parent / "aml-smear"), *args]
+    environment = {name: value for name, value in {**os.environ, **(env or {})}.items() if value is not None}
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment)
+
+
+def test_a_failing_command_prints_one_line_and_the_traceback_only_with_debug(tmp_path, dask_cluster):
+    import re
+
+    # The real command in its own process, on this session's Prefect API and Dask cluster.
+    missing = tmp_path / "missing"
+    args = ["ingest", str(missing), "--store", str(tmp_path / "s"), "--scheduler", dask_cluster.scheduler_address]
+    plain = _aml_smear(*args)
+    assert plain.returncode == 1, plain.stderr
+    output = plain.stdout + plain.stderr
+    assert "Traceback" not in output, output
+    # Prefect's own log lines (time | level | ...) aside, the failure is one line.
+    prefect_log = re.compile(r"^\d\d:\d\d:\d\d\.\d{3} \| ")
+    assert [line for line in output.splitlines() if not prefect_log.match(line)] == [
+        f"error: source {missing} does not exist"], output
+    debug = _aml_smear("--debug", *args)
+    assert debug.returncode == 1
+    assert "Traceback (most recent call last)" in debug.stderr
+    assert f"FileNotFoundError: source {missing} does not exist" in debug.stderr
+
+
+def test_tensorflow_start_up_errors_are_hidden_unless_asked_for(tmp_path):
+    import tensorflow as tf
+
+    env = {"TF_CPP_MIN_LOG_LEVEL": None}  # the tests set it; a user usually has not
+    quiet = _aml_smear("model-summary", "--image-size", "32", env=env)
+    assert quiet.returncode == 0, quiet.stderr
+    # e.g. "E0000 00:00:1700000000.000000 1234 cuda_platform.cc:52] failed call to cuInit: ..."
+    assert "cuInit" not in quiet.stderr and not any(line.startswith(("E0000", "W0000"))
+                                                     for line in quiet.stderr.splitlines()), quiet.stderr
+    if tf.sysconfig.get_build_info().get("is_cuda_build") and not tf.config.list_physical_devices("GPU"):
+        loud = _aml_smear("--debug", "model-summary", "--image-size", "32", env=env)
+        assert loud.returncode == 0 and "cuInit" in loud.stderr, loud.stderr
 
 
 def test_score_command_prints_the_patient_table(tmp_path, lmu_cells, dask_cluster, tiny_model_file):

@@ -69,7 +69,7 @@ def test_patient_cohort_bad_inputs_are_quarantined_and_good_ones_kept(tmp_path, 
                                   reference_stack(cells["source_uri"], image_size=32))
     report = storage.read_json(paths.report)
     assert report["empty_patients"] == ["P3-empty"]
-    assert sorted(p.rsplit("/", 1)[-1] for p in report["ignored"]) == [".DS_Store", "README.txt"]
+    assert sorted(p.rsplit("/", 1)[-1] for p in report["ignored"]) == [".DS_Store", "NOTES", "README.txt", "Thumbs.db"]
 
 
 def test_s3_source_into_s3_store(lmu_cells, tmp_path, s3_bucket, s3_endpoint, task_runner):

@@ -119,7 +119,7 @@ def test_a_failing_command_does_not_echo_the_access_key(cohort, cluster, s3_buck
             kill_group(process)
     output = log.read_text()
     assert process.returncode == 1, output[-4000:]
-    assert "Error: cannot write" in output and "ingest_plan.json" in output
+    assert "error: cannot write" in output and "ingest_plan.json" in output
     assert proxy.injected["status"] >= 1
     assert leaked(output) == []
 

@@ -38,7 +38,7 @@ def test_bad_corpus_discovery_ignores_non_images_and_refuses_escaping_links(tmp_
     found = discover(str(tmp_path / "src"), layout="patient")
     refused = {r["source_uri"].split("/src/")[1]: r["reason"] for r in found.rejected}
     assert refused == {"P2/escape.png": "symbolic link points outside the source root"}
-    assert sorted(p.rsplit("/", 1)[-1] for p in found.ignored) == [".DS_Store", "README.txt"]
+    assert sorted(p.rsplit("/", 1)[-1] for p in found.ignored) == [".DS_Store", "NOTES", "README.txt", "Thumbs.db"]
     assert found.empty_patients == ["P3-empty"]
     assert len(found.inputs) == len(expected) - 1
 
