@@ -47,9 +47,6 @@ def build_augmenter(config: AugmentConfig, seed: int | None = None) -> keras.Seq
         layers.append(keras.layers.RandomBrightness(config.brightness, value_range=value_range, seed=seed))
     if config.contrast:
         layers.append(keras.layers.RandomContrast(config.contrast, value_range=value_range, seed=seed))
-    if config.blur:
-        layers.append(keras.layers.RandomGaussianBlur(config.blur, kernel_size=5, sigma=(0.5, 2.0),
-                                                      value_range=value_range, seed=seed))
     if config.rotation_degrees:
         layers.append(keras.layers.RandomRotation(config.rotation_degrees / 360.0, seed=seed, **fill))
     if config.width_shift or config.height_shift:

@@ -96,8 +96,6 @@ class AugmentConfig:
         contrast: contrast is scaled by a factor in [1 - contrast, 1 + contrast].
         stain_transfer: share of images given the L*a*b* colour statistics of a random lab
             (:class:`aml_model.stain.RandomStainTransfer`); 0 (the paper) recolours none.
-        blur: largest Gaussian blur, as Keras' ``RandomGaussianBlur`` factor (scanners and
-            optics differ in sharpness); 0 (the paper) blurs nothing.
     """
 
     rotation_degrees: float = 20.0
@@ -113,10 +111,8 @@ class AugmentConfig:
     brightness: float = 0.0
     contrast: float = 0.0
     stain_transfer: float = 0.0
-    blur: float = 0.0
 
     def __post_init__(self) -> None:
-        _require(0 <= self.blur <= 1, "blur", self.blur, "a fraction in [0, 1]")
         _require(0 <= self.stain_transfer <= 1, "stain_transfer", self.stain_transfer, "a fraction in [0, 1]")
         _require(0 <= self.rotation_degrees <= 180, "rotation_degrees", self.rotation_degrees, "0..180")
         for name in ("width_shift", "height_shift", "zoom", "hue", "saturation", "brightness", "contrast"):
