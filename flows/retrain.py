@@ -93,8 +93,9 @@ def retrain_and_evaluate(
         training_path: "cached" (head on cached backbone features) or "plain" (backbone in the
             loop, augmentation each epoch).
         layout, s3_endpoint_url: as for ``ingest``.
-        recipe: "paper" (Hassan et al. unchanged) or "robust" (colour standardisation, colour
-            and scale augmentation; docs/design.md, "Recipes").
+        recipe: "paper" (Hassan et al. unchanged) or "robust" (scale and colour normalisation
+            layers in the model, colour, stain-transfer and scale augmentation; docs/design.md,
+            "The model and its recipes").
 
     Returns:
         version, promoted, decision reason, test metrics, embedded count, sizes and wall time.
