@@ -170,7 +170,7 @@ MAX_ATTEMPTS = 3
 
 def _attempt_seed(seed: int, attempt: int) -> int:
     # A fresh initialisation per attempt that still depends on nothing but the run's seed.
-    return seed + 7919 * attempt
+    return (seed + 7919 * attempt) % 2**32  # numpy and TensorFlow take seeds below 2**32
 
 
 def _record(check) -> dict:
