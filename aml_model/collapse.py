@@ -14,12 +14,19 @@ from sklearn.metrics import roc_auc_score
 
 from aml_model.errors import TrainingCollapsedError
 
-__all__ = ["CollapseCheck", "check_collapse", "require_not_collapsed"]
+__all__ = ["MAX_ATTEMPTS", "CollapseCheck", "attempt_seed", "check_collapse", "require_not_collapsed"]
 
 #: A validation ROC AUC at or below this is no better than a guess for this task.
 MIN_VAL_AUC = 0.6
 #: Probabilities spread less than this (standard deviation) are one answer for every cell.
 MIN_SPREAD = 1e-3
+#: Initialisations tried before training is declared collapsed.
+MAX_ATTEMPTS = 3
+
+
+def attempt_seed(seed: int, attempt: int) -> int:
+    """The seed of initialisation ``attempt`` (0 = the run's own): depends on nothing but ``seed``."""
+    return (seed + 7919 * attempt) % 2**32  # numpy and TensorFlow take seeds below 2**32
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import os
 import time
@@ -211,7 +212,7 @@ def run_recipe(recipe: str, seed: int, data: dict, args) -> dict:
     import keras
 
     from aml_model.architecture import build_head, seed_weights
-    from aml_model.collapse import check_collapse
+    from aml_model.collapse import MAX_ATTEMPTS, attempt_seed, check_collapse
     from aml_model.evaluate import compute_metrics, rates_by_group
     from aml_model.sampling import balanced_weights
     from aml_model.train import train_head
@@ -230,21 +231,31 @@ def run_recipe(recipe: str, seed: int, data: dict, args) -> dict:
     moved = {name: embed(images) for name, images in data["moved"].items()}
     embed_seconds = time.perf_counter() - started
 
-    head = seed_weights(build_head(x_train.shape[1:], config.model), seed)
-    history, best = train_head(head, x_train, y_train, x_val, y[val], config.train, train_weights=w_train,
-                               val_weights=balanced_weights(data["frame"]["source"].to_numpy()[val], y[val]))
+    w_val = balanced_weights(data["frame"]["source"].to_numpy()[val], y[val])
+    # As retrain does (tasks/training.py): a collapsed head is drawn again from a derived seed.
+    first_attempt_val_auc = None
+    for attempt in range(MAX_ATTEMPTS):
+        train_config = dataclasses.replace(config.train, seed=attempt_seed(seed, attempt))
+        head = seed_weights(build_head(x_train.shape[1:], config.model), train_config.seed)
+        history, best = train_head(head, x_train, y_train, x_val, y[val], train_config, train_weights=w_train,
+                                   val_weights=w_val)
 
-    def predict(features):
-        return head.predict(features.astype(np.float32), batch_size=64, verbose=0).reshape(-1)
+        def predict(features, head=head):
+            return head.predict(features.astype(np.float32), batch_size=64, verbose=0).reshape(-1)
 
-    p_val, p_test = predict(x_val), predict(x_test)
-    collapse = check_collapse(y[val], p_val)
+        p_val = predict(x_val)
+        collapse = check_collapse(y[val], p_val)
+        first_attempt_val_auc = collapse.val_auc if first_attempt_val_auc is None else first_attempt_val_auc
+        if not collapse.collapsed:
+            break
+    p_test = predict(x_test)
     frame = data["frame"].iloc[test].reset_index(drop=True)
     lmu = (frame["source"] == "lmu").to_numpy()
     lmu_metrics = compute_metrics(y[test][lmu], p_test[lmu], config.threshold)
     by_type = rates_by_group(frame, p_test, config.threshold, ["source", "cell_type"])
     result = {
         "recipe": recipe, "seed": seed, "val_auc": collapse.val_auc, "collapsed": collapse.collapsed,
+        "attempts": attempt + 1, "first_attempt_val_auc": first_attempt_val_auc,
         "epochs_run": len(history["loss"]), "best_epoch": best + 1,
         "lmu_auc": lmu_metrics.roc_auc, "lmu_accuracy": lmu_metrics.accuracy,
         "lmu_sensitivity": lmu_metrics.sensitivity, "lmu_specificity": lmu_metrics.specificity,

@@ -164,15 +164,6 @@ def register_challenger(model, card: dict, figures: dict[str, bytes], test: pd.D
                               extra_files={**figures, TEST_PREDICTIONS: buffer.getvalue()})
 
 
-#: Initialisations tried before training is declared collapsed.
-MAX_ATTEMPTS = 3
-
-
-def _attempt_seed(seed: int, attempt: int) -> int:
-    # A fresh initialisation per attempt that still depends on nothing but the run's seed.
-    return (seed + 7919 * attempt) % 2**32  # numpy and TensorFlow take seeds below 2**32
-
-
 def _record(check) -> dict:
     return {"val_auc": check.val_auc, "spread": check.spread,
             "predicted_blast_fraction": check.predicted_blast_fraction, "collapsed": check.collapsed,
@@ -185,7 +176,7 @@ def train_on_features(cache, config, feature_shape, train_rows, y_train_rows, va
     """Cached path: fit the head on cached features, assemble the full model, score the test cells.
 
     A head whose validation predictions collapse (:mod:`aml_model.collapse`) is drawn again from
-    a derived seed, up to :data:`MAX_ATTEMPTS` times; then training fails and nothing is registered.
+    a derived seed, up to :data:`aml_model.collapse.MAX_ATTEMPTS` times; then training fails and nothing is registered.
 
     Returns:
         (model, history, best epoch, test probabilities, attempts: one dict of validation figures each).
@@ -193,7 +184,7 @@ def train_on_features(cache, config, feature_shape, train_rows, y_train_rows, va
     import dataclasses
 
     from aml_model.architecture import assemble_model, build_head, seed_weights
-    from aml_model.collapse import check_collapse, require_not_collapsed
+    from aml_model.collapse import MAX_ATTEMPTS, attempt_seed, check_collapse, require_not_collapsed
     from aml_model.predict import predict_batch
     from aml_model.train import feature_batches, train_head
 
@@ -201,7 +192,7 @@ def train_on_features(cache, config, feature_shape, train_rows, y_train_rows, va
     train_features, val_features = cache.read_rows(train_rows), cache.read_rows(val_rows)
     checks = []
     for attempt in range(MAX_ATTEMPTS):
-        train_config = dataclasses.replace(config.train, seed=_attempt_seed(config.train.seed, attempt))
+        train_config = dataclasses.replace(config.train, seed=attempt_seed(config.train.seed, attempt))
         # The head's initialisation is part of the seeded run.
         head = seed_weights(build_head(feature_shape, config.model), train_config.seed)
         history, best = train_head(head, train_features, y_train_rows, val_features, y_val, train_config,
@@ -226,14 +217,14 @@ def train_plain(cache, config, images, y, split, storage_options, train_weights=
     import keras
 
     from aml_model.architecture import build_model
-    from aml_model.collapse import check_collapse, require_not_collapsed
+    from aml_model.collapse import MAX_ATTEMPTS, attempt_seed, check_collapse, require_not_collapsed
     from aml_model.predict import predict_batch
     from aml_model.train import train_model
     weights = storage.local_copy(cache.weights, storage_options, f"{cache.backbone_id}.weights.h5")
     model_config = dataclasses.replace(config.model, backbone_weights=weights, backbone_weights_sha256=None)
     checks = []
     for attempt in range(MAX_ATTEMPTS):
-        train_config = dataclasses.replace(config.train, seed=_attempt_seed(config.train.seed, attempt))
+        train_config = dataclasses.replace(config.train, seed=attempt_seed(config.train.seed, attempt))
         keras.utils.set_random_seed(train_config.seed)
         model = build_model(model_config)
         history, best = train_model(model, images[split["train"]], y[split["train"]], images[split["val"]],

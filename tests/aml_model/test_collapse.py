@@ -37,3 +37,12 @@ def test_every_attempt_collapsed_is_an_error_naming_each():
     checks = [check_collapse(Y, np.full(Y.shape, 0.2)), check_collapse(Y, np.full(Y.shape, 0.9))]
     with pytest.raises(TrainingCollapsedError, match="all 2 initialisations.*attempt 1.*attempt 2.*no model was registered"):
         require_not_collapsed(checks)
+
+
+def test_attempt_seeds_differ_and_stay_valid_for_numpy():
+    from aml_model.collapse import MAX_ATTEMPTS, attempt_seed
+
+    seeds = [attempt_seed(2**32 - 1, attempt) for attempt in range(MAX_ATTEMPTS)]
+    assert seeds[0] == 2**32 - 1 and len(set(seeds)) == MAX_ATTEMPTS
+    for seed in seeds:
+        np.random.seed(seed)  # raises for seeds of 2**32 and above

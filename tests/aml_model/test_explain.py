@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from aml_model.architecture import build_head, build_model, seed_weights
-from aml_model.collapse import check_collapse
+from aml_model.collapse import MAX_ATTEMPTS, attempt_seed, check_collapse
 from aml_model.config import ModelConfig, PreprocessConfig
 from aml_model.explain import build_gradcam_model, compute_gradcam, overlay_heatmaps
 from aml_model.predict import predict_batch
@@ -29,8 +29,8 @@ def train_paper_model(images: np.ndarray, labels: np.ndarray, epochs: int, seed:
     features = model.get_layer("resnet50").predict(normalise_for_resnet50(images.astype(np.float32)),
                                                    batch_size=32, verbose=0)
     # As retrain does (aml_model/collapse.py): a head that collapsed to one answer is drawn again.
-    for attempt in range(3):
-        head = seed_weights(build_head(features.shape[1:], config), seed + 7919 * attempt)
+    for attempt in range(MAX_ATTEMPTS):
+        head = seed_weights(build_head(features.shape[1:], config), attempt_seed(seed, attempt))
         head.optimizer.learning_rate.assign(1e-3)  # 10x the paper's rate: a few epochs are enough here
         head.fit(features, labels.astype(np.float32), epochs=epochs, batch_size=32, shuffle=True, verbose=0)
         if not check_collapse(labels, head.predict(features, verbose=0).ravel()).collapsed:
