@@ -193,8 +193,6 @@ def parse_variant(name: str) -> tuple[str, dict[str, str]]:
 
 
 def configure(name: str, image_size: int, epochs: int, patience: int, seed: int):
-    import dataclasses
-
     from aml_model.config import ExperimentConfig, ModelConfig, TrainConfig
 
     recipe, changes = parse_variant(name)

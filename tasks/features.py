@@ -82,14 +82,14 @@ def prepare_backbone(config: ModelConfig, store: str, storage_options: dict | No
     if config.backbone_weights.lower() == "none":
         seed_weights(backbone, seed)  # random weights, the same for every run with this seed
     # Scale and colour normalisation run before the backbone: they are part of what a feature means.
-    stain = "".join(f"-{mode}" for mode in (config.scale_normalisation, config.stain_normalisation) if mode != "none")
+    normalisation = "".join(f"-{mode}" for mode in (config.scale_normalisation, config.stain_normalisation) if mode != "none")
     with tempfile.TemporaryDirectory() as folder:
         local = os.path.join(folder, "backbone.weights.h5")
         backbone.save_weights(local)
         digest = hashlib.sha256()
         for weight in backbone.weights:
             digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
-        backbone_id = f"resnet50-{config.image_size}px-{digest.hexdigest()[:16]}{stain}"
+        backbone_id = f"resnet50-{config.image_size}px-{digest.hexdigest()[:16]}{normalisation}"
         cache = FeatureCache(store, backbone_id, storage_options)
         if not storage.exists(cache.weights, storage_options):
             with open(local, "rb") as handle:
