@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from aml_model.config import DEFAULT_RECIPE, RECIPES
+from flows.cli_models import models
 
 # Read when Prefect is first imported, and carried with every task to the Dask workers: a busy
 # machine can take longer than Prefect's default 20 s to start a temporary API server.
@@ -342,6 +343,9 @@ def serve_command(limit, scheduler, workers) -> None:
         from flows.logs import one_line
 
         raise _CliError(one_line(exc)) from exc
+
+
+cli.add_command(models)
 
 
 def main() -> None:

@@ -3,24 +3,39 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import io
 import json
+import os
+import re
+import subprocess
 import zipfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 from aml_model.errors import AmlSmearError
 from tasks import storage
 
-__all__ = ["ModelNotFoundError", "ModelRef", "champion_pointer", "model_input_size", "register_model",
-           "resolve_model", "set_champion"]
+__all__ = ["ModelNotFoundError", "ModelRef", "RegistryError", "champion_pointer", "code_version", "model_input_size",
+           "read_champion", "register_model", "require_registered", "resolve_model", "rollback_champion",
+           "set_champion"]
 
 MODEL_FILE = "model.keras"
 CARD_FILE = "model_card.json"
+# Earlier champions kept in the pointer, newest last: what `rollback` returns to.
+HISTORY_LIMIT = 100
+_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# The checkout this code runs from, when it runs from one (an editable install or the repository root).
+_CODE_ROOT = Path(__file__).resolve().parents[1]
 
 
 class ModelNotFoundError(AmlSmearError, FileNotFoundError):
     """No model where one was asked for."""
+
+
+class RegistryError(AmlSmearError, ValueError):
+    """A registry operation that cannot be done as asked (no earlier champion, an unreadable card...)."""
 
 
 @dataclass(frozen=True)
@@ -104,16 +119,147 @@ def register_model(model_file: str, card: dict, store: str, storage_options: dic
     storage.write_bytes(storage.join(folder, MODEL_FILE), data, storage_options)
     for name, content in (extra_files or {}).items():
         storage.write_bytes(storage.join(folder, name), content, storage_options)
-    card = {**card, "version": version, "registered_at": now.isoformat()}
+    card = {**card, "code_version": code_version(), "version": version, "registered_at": now.isoformat()}
     storage.write_json(storage.join(folder, CARD_FILE), card, storage_options)
     return ModelRef(storage.join(folder, MODEL_FILE), version, int(card["config"]["model"]["image_size"]))
 
 
-def set_champion(store: str, version: str, storage_options: dict | None = None, reason: str = "") -> None:
-    """Point models/champion.json at ``version``, replacing the pointer in one write."""
-    card_url = storage.join(models_root(store), version, CARD_FILE)
+def _git(root: Path, *args: str) -> str:
+    # GIT_OPTIONAL_LOCKS=0: `git status` must not take the index lock of a checkout others work in.
+    result = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=30, check=True,
+                            env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"})
+    return result.stdout.strip()
+
+
+def code_version(root: Path | None = None) -> dict:
+    """The code that registers a model, for its card.
+
+    Returns:
+        ``{"package": <aml-smear version>, "commit": <git commit>, "dirty": <tracked files changed>}``
+        when the code runs from a git checkout (``root``, default this repository); without one
+        (an installed wheel, no git, a checkout git refuses to read) ``commit`` and ``dirty`` are None.
+        Untracked files do not make the checkout dirty.
+    """
+    root = (root or _CODE_ROOT).resolve()
+    try:
+        package = importlib.metadata.version("aml-smear")
+    except importlib.metadata.PackageNotFoundError:
+        package = "unknown"
+    try:
+        # Only the checkout the code lives in: an installed package inside another repository is not it.
+        if Path(_git(root, "rev-parse", "--show-toplevel")).resolve() != root:
+            return {"package": package, "commit": None, "dirty": None}
+        commit = _git(root, "rev-parse", "HEAD")
+        dirty = bool(_git(root, "status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return {"package": package, "commit": None, "dirty": None}
+    return {"package": package, "commit": commit, "dirty": dirty}
+
+
+def require_registered(store: str, version: str, storage_options: dict | None = None) -> dict:
+    """The card of a completely registered ``version``: its card readable, its model file present.
+
+    Raises:
+        ModelNotFoundError: no such version, or its registration is incomplete.
+        RegistryError: the version name is not one, or its card is not a readable model card.
+    """
+    if not isinstance(version, str) or not _VERSION.match(version):
+        message = f"{version!r} is not a model version name (letters, digits, '.', '_' and '-')"
+        raise RegistryError(message)
+    folder = storage.join(models_root(store), version)
+    card_url, model_url = storage.join(folder, CARD_FILE), storage.join(folder, MODEL_FILE)
     if not storage.exists(card_url, storage_options):
-        message = f"model version {version} is not completely registered in {store} (no {CARD_FILE})"
+        if storage.exists(model_url, storage_options):
+            message = f"model version {version} is not completely registered in {store} (no {CARD_FILE})"
+        else:
+            message = (f"model version {version} is not registered in {models_root(store)}: "
+                       f"`aml-smear models list --store {store}` shows the versions there")
         raise ModelNotFoundError(message)
-    storage.write_json(champion_pointer(store), {"version": version, "promoted_at": datetime.now(UTC).isoformat(),
-                                                 "reason": reason}, storage_options)
+    try:
+        card = storage.read_json(card_url, storage_options)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        message = f"the card of model version {version} ({card_url}) is not readable JSON: {exc}"
+        raise RegistryError(message) from exc
+    if not isinstance(card, dict) or card.get("version", version) != version:
+        found = card.get("version") if isinstance(card, dict) else type(card).__name__
+        message = f"{card_url} is not the card of model version {version} (it names {found!r})"
+        raise RegistryError(message)
+    if not storage.exists(model_url, storage_options):
+        message = f"model version {version} has a card but no {MODEL_FILE} in {folder}: it cannot be used"
+        raise ModelNotFoundError(message)
+    return card
+
+
+def read_champion(store: str, storage_options: dict | None = None) -> dict | None:
+    """The champion pointer (``version``, ``promoted_at``, ``reason``, ``history``), None when there is none.
+
+    ``history`` lists the earlier champions, newest last (absent from pointers written before it was kept).
+
+    Raises:
+        RegistryError: the pointer is not readable.
+    """
+    pointer = champion_pointer(store)
+    if not storage.exists(pointer, storage_options):
+        return None
+    try:
+        current = storage.read_json(pointer, storage_options)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        message = f"the champion pointer {pointer} is not readable JSON: {exc}"
+        raise RegistryError(message) from exc
+    if not isinstance(current, dict) or not isinstance(current.get("version"), str):
+        message = f"the champion pointer {pointer} names no version"
+        raise RegistryError(message)
+    return {**current, "history": list(current.get("history") or [])}
+
+
+def _write_champion(store: str, entry: dict, history: list[dict], storage_options: dict | None) -> None:
+    """Replace the pointer in one write (a temporary file renamed locally, one PUT on S3)."""
+    storage.write_json(champion_pointer(store), {**entry, "history": history[-HISTORY_LIMIT:]}, storage_options)
+
+
+def set_champion(store: str, version: str, storage_options: dict | None = None, reason: str = "") -> None:
+    """Point models/champion.json at ``version``, replacing the pointer in one write.
+
+    The version must be completely registered (:func:`require_registered`). The champion it
+    replaces goes to the end of the pointer's ``history``, which :func:`rollback_champion` returns to.
+    An unreadable pointer is replaced (its history is lost), so a promotion is never blocked by it.
+    """
+    require_registered(store, version, storage_options)
+    try:
+        current = read_champion(store, storage_options)
+    except RegistryError:
+        current = None
+    history = current["history"] if current else []
+    if current and current["version"] != version:
+        history = [*history, {key: current.get(key) for key in ("version", "promoted_at", "reason")}]
+    entry = {"version": version, "promoted_at": datetime.now(UTC).isoformat(), "reason": reason}
+    _write_champion(store, entry, history, storage_options)
+
+
+def rollback_champion(store: str, storage_options: dict | None = None) -> tuple[str, str]:
+    """Make the previous champion the champion again, in one write of the pointer.
+
+    Returns:
+        (the version rolled back from, the champion now).
+
+    Raises:
+        RegistryError: no champion, or no earlier champion recorded.
+        ModelNotFoundError: the previous champion is no longer completely registered.
+    """
+    current = read_champion(store, storage_options)
+    if current is None or not current["history"]:
+        what = "no champion" if current is None else f"no champion before {current['version']} is recorded"
+        message = (f"nothing to roll back to in {store}: {what}; choose one with "
+                   f"`aml-smear models promote VERSION --store {store}`")
+        raise RegistryError(message)
+    previous = current["history"][-1]["version"]
+    try:
+        require_registered(store, previous, storage_options)
+    except (ModelNotFoundError, RegistryError) as exc:
+        message = (f"cannot roll back to the previous champion {previous}: {exc}; choose another with "
+                   f"`aml-smear models promote VERSION --store {store}`")
+        raise type(exc)(message) from exc
+    entry = {"version": previous, "promoted_at": datetime.now(UTC).isoformat(),
+             "reason": f"rolled back from {current['version']}"}
+    _write_champion(store, entry, current["history"][:-1], storage_options)
+    return current["version"], previous

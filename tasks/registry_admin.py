@@ -1,0 +1,259 @@
+"""Operating the model registry: list, inspect, compare and prune versions (``aml-smear models``).
+
+Plain functions, no Prefect. Promotion and rollback are :func:`tasks.registry.set_champion` and
+:func:`tasks.registry.rollback_champion`: the one atomic pointer write the flows use.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import fsspec
+
+from tasks import storage
+from tasks.registry import (CARD_FILE, MODEL_FILE, ModelNotFoundError, RegistryError, champion_pointer,
+                            models_root, read_champion, require_registered)
+
+__all__ = ["METRICS", "ModelEntry", "PrunePlan", "card_facts", "compare_cards", "list_models", "model_references",
+           "model_status", "plan_prune", "prune_models", "resolve_version"]
+
+# The test metrics of a card, in the order they are shown.
+METRICS = ("roc_auc", "accuracy", "sensitivity", "specificity", "precision", "f1")
+# An incomplete version younger than this may be a registration in progress: prune leaves it.
+INCOMPLETE_GRACE = timedelta(days=1)
+# Folders under runs/ that never hold a scoring record: walking them would list every chunk.
+_NOT_SCORINGS = ("_shards",)
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One folder of models/.
+
+    Attributes:
+        version: the folder's name.
+        card: its model card, or None when the registration is incomplete or the card unreadable.
+        problem: why the version cannot be used (None when it is complete).
+        status: "champion", "previous champion" (what ``rollback`` returns to), "candidate" or "incomplete".
+    """
+
+    version: str
+    card: dict | None
+    problem: str | None
+    status: str
+
+    @property
+    def complete(self) -> bool:
+        return self.problem is None
+
+    @property
+    def registered_at(self) -> str:
+        """The card's registration time; for an incomplete version, the time its name records ("" if none)."""
+        if self.card and self.card.get("registered_at"):
+            return str(self.card["registered_at"])
+        stamp = _version_time(self.version)
+        return stamp.isoformat() if stamp else ""
+
+
+def _version_time(version: str) -> datetime | None:
+    """The registration time a version name starts with (``20260101T020000Z-...``), None if it has none."""
+    try:
+        return datetime.strptime(version[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+def _statuses(store: str, storage_options: dict | None) -> dict[str, str]:
+    champion = read_champion(store, storage_options)
+    if champion is None:
+        return {}
+    statuses = {champion["version"]: "champion"}
+    if champion["history"]:
+        statuses.setdefault(champion["history"][-1]["version"], "previous champion")
+    return statuses
+
+
+def model_status(store: str, version: str, storage_options: dict | None = None) -> str:
+    """What the pointer makes of a complete ``version``: "champion", "previous champion" or "candidate"."""
+    return _statuses(store, storage_options).get(version, "candidate")
+
+
+def list_models(store: str, storage_options: dict | None = None) -> list[ModelEntry]:
+    """Every version folder in ``store``'s registry, oldest first (by registration time, then name).
+
+    A folder with neither a model file nor a card is not a version and is left out.
+    """
+    root = models_root(store)
+    pointer_name = posixpath.basename(champion_pointer(store))
+    statuses = _statuses(store, storage_options)
+    entries = []
+    for name in storage.list_names(root, storage_options):
+        if name == pointer_name or name.startswith("."):
+            continue
+        try:
+            card, problem = require_registered(store, name, storage_options), None
+        except (ModelNotFoundError, RegistryError) as exc:
+            folder = storage.join(root, name)
+            if not any(storage.exists(storage.join(folder, f), storage_options) for f in (CARD_FILE, MODEL_FILE)):
+                continue
+            card, problem = None, str(exc)
+        status = statuses.get(name, "candidate") if problem is None else "incomplete"
+        entries.append(ModelEntry(name, card, problem, status))
+    return sorted(entries, key=lambda entry: (entry.registered_at, entry.version))
+
+
+def resolve_version(store: str, version: str, storage_options: dict | None = None) -> str:
+    """``version``, or the champion's version when it is "champion"."""
+    if version != "champion":
+        return version
+    champion = read_champion(store, storage_options)
+    if champion is None:
+        message = f"no champion in {store}: `aml-smear models list --store {store}` shows the versions there"
+        raise ModelNotFoundError(message)
+    return champion["version"]
+
+
+def _code(card: dict) -> str:
+    code = card.get("code_version")
+    if not isinstance(code, dict):
+        return str(code) if code is not None else "n/a"
+    if code.get("commit"):
+        return f"{code['commit'][:12]}{' (dirty)' if code.get('dirty') else ''}"
+    return f"package {code.get('package')}"
+
+
+def card_facts(card: dict) -> list[tuple[str, str]]:
+    """What a card says about how its model was made, as (label, value) rows."""
+    data = card.get("data") or {}
+    split = card.get("split") or {}
+    return [
+        ("registered", str(card.get("registered_at", "n/a"))),
+        ("recipe", str(card.get("recipe", "n/a"))),
+        ("code", _code(card)),
+        ("training data", f"{data.get('n_labelled', 'n/a')} labelled cells, "
+                          f"sha256 {str(data.get('sha256', 'n/a'))[:12]}"),
+        ("sources", ", ".join(data.get("sources") or []) or "n/a"),
+        ("split", f"by {split.get('by', 'n/a')}, seed {split.get('seed', 'n/a')}"),
+    ]
+
+
+Facts = list[tuple[str, str, str]]
+Metrics = list[tuple[str, float, float]]
+
+
+def compare_cards(card_a: dict, card_b: dict) -> tuple[Facts, Metrics, bool]:
+    """Two cards side by side.
+
+    Returns:
+        (facts as (label, A, B), test metrics as (name, A, B) with NaN where a card lacks one,
+        whether both were tested on the same cells: the same training data and split).
+    """
+    facts = [(label, a, b) for (label, a), (_, b) in zip(card_facts(card_a), card_facts(card_b), strict=True)]
+    metrics_a, metrics_b = card_a.get("metrics") or {}, card_b.get("metrics") or {}
+    metrics = [(name, float(metrics_a.get(name, "nan")), float(metrics_b.get(name, "nan"))) for name in METRICS]
+    metrics.insert(0, ("test cells", float(metrics_a.get("n", "nan")), float(metrics_b.get("n", "nan"))))
+
+    def test_set(card: dict) -> tuple:
+        split = card.get("split") or {}
+        return (card.get("data") or {}).get("sha256"), split.get("by"), split.get("seed")
+
+    same = test_set(card_a) == test_set(card_b) and test_set(card_a)[0] is not None
+    return facts, metrics, same
+
+
+def model_references(store: str, storage_options: dict | None = None) -> dict[str, list[str]]:
+    """The model versions the scorings in ``store`` record: {version: [score.json paths under runs/]}.
+
+    Every ``score.json`` at any depth under ``runs/`` counts (``runs/<run>/score.json`` and
+    ``runs/<ingest>/scores/<scoring>/score.json`` alike), complete or not; Zarr arrays and shard
+    markers are not walked.
+
+    Raises:
+        RegistryError: a scoring record cannot be read, so the model it needs is unknown.
+    """
+    runs = storage.join(store, "runs")
+    fs, root = fsspec.core.url_to_fs(runs, **(storage_options or {}))
+    if not fs.exists(root):
+        return {}
+    root = root.rstrip("/")
+    references: dict[str, list[str]] = {}
+    folders = [root]
+    while folders:
+        for entry in fs.ls(folders.pop(), detail=True):
+            path = entry["name"].rstrip("/")
+            name = posixpath.basename(path)
+            if entry["type"] == "directory":
+                if not name.endswith(".zarr") and name not in _NOT_SCORINGS:
+                    folders.append(path)
+            elif name == "score.json":
+                where = storage.join(runs, posixpath.relpath(path, root))
+                try:
+                    version = json.loads(fs.cat_file(path))["model_version"]
+                except (OSError, ValueError, KeyError, TypeError) as exc:
+                    message = f"cannot tell which model the scoring {where} used ({type(exc).__name__}: {exc})"
+                    raise RegistryError(message) from exc
+                references.setdefault(str(version), []).append(where)
+    return references
+
+
+@dataclass(frozen=True)
+class PrunePlan:
+    """What ``prune`` keeps (version -> why) and removes (oldest first)."""
+
+    keep: dict[str, str] = field(default_factory=dict)
+    remove: list[str] = field(default_factory=list)
+
+
+def plan_prune(store: str, keep_newest: int, storage_options: dict | None = None,
+               now: datetime | None = None) -> PrunePlan:
+    """Which versions ``prune --keep N`` removes: all but the champion, the previous champion (what
+    ``rollback`` returns to), the ``keep_newest`` newest complete versions, and every version a
+    scoring under ``runs/`` records. An incomplete version is removed only once it is a day old
+    (a younger one may be registering now) and when no scoring records it.
+    """
+    if keep_newest < 0:
+        message = f"--keep must be 0 or more, not {keep_newest}"
+        raise RegistryError(message)
+    now = now or datetime.now(UTC)
+    entries = list_models(store, storage_options)
+    references = model_references(store, storage_options)
+    newest = {entry.version for entry in [e for e in entries if e.complete][::-1][:keep_newest]}
+    plan = PrunePlan()
+    for entry in entries:
+        stamp = _version_time(entry.version)
+        if entry.status in ("champion", "previous champion"):
+            plan.keep[entry.version] = entry.status
+        elif entry.version in references:
+            used = references[entry.version]
+            plan.keep[entry.version] = f"used by {used[0]}" + (f" and {len(used) - 1} more" if len(used) > 1 else "")
+        elif entry.version in newest:
+            plan.keep[entry.version] = f"one of the {keep_newest} newest"
+        elif not entry.complete and (stamp is None or now - stamp < INCOMPLETE_GRACE):
+            plan.keep[entry.version] = "incomplete, may be registering now" if stamp else "incomplete, age unknown"
+        else:
+            plan.remove.append(entry.version)
+    return plan
+
+
+def prune_models(store: str, keep_newest: int, storage_options: dict | None = None,
+                 dry_run: bool = False) -> PrunePlan:
+    """Remove the versions :func:`plan_prune` selects (nothing when ``dry_run``).
+
+    Each version's card goes first, so a version cut short is incomplete, never complete and
+    broken. A version that has become the champion since the plan was made is kept.
+    """
+    plan = plan_prune(store, keep_newest, storage_options)
+    if dry_run:
+        return plan
+    removed = []
+    for version in plan.remove:
+        if version in _statuses(store, storage_options):  # promoted meanwhile
+            plan.keep[version] = "became the champion while pruning"
+            continue
+        folder = storage.join(models_root(store), version)
+        storage.remove(storage.join(folder, CARD_FILE), storage_options)
+        storage.remove(folder, storage_options, recursive=True)
+        removed.append(version)
+    return PrunePlan(plan.keep, removed)

@@ -1,0 +1,69 @@
+"""Model cards record the code that registered them: the git commit and a dirty flag, or the package version."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import subprocess
+
+import pytest
+
+from tasks.registry import _CODE_ROOT, code_version, register_model
+
+PACKAGE = importlib.metadata.version("aml-smear")
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(["git", "-C", str(_CODE_ROOT), *args], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+@pytest.fixture
+def checkout():
+    try:
+        if _git("rev-parse", "--show-toplevel") != str(_CODE_ROOT):
+            pytest.skip("the code does not run from its own git checkout here")
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("no git checkout here")
+
+
+def test_in_a_git_checkout_the_commit_and_dirty_flag(checkout):
+    version = code_version()
+    assert version["commit"] == _git("rev-parse", "HEAD")
+    assert version["dirty"] is bool(_git("status", "--porcelain", "--untracked-files=no"))
+    assert version["package"] == PACKAGE
+
+
+def test_a_dirty_checkout_is_flagged(tmp_path):
+    root = tmp_path / "checkout"
+    root.mkdir()
+    (root / "module.py").write_text("x = 1\n")
+    for args in (["init", "-q"], ["add", "module.py"],
+                 ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "one"]):
+        subprocess.run(["git", "-C", str(root), *args], check=True, capture_output=True)
+    clean = code_version(root)
+    assert len(clean["commit"]) == 40 and clean["dirty"] is False
+    (root / "untracked.txt").write_text("not code")
+    assert code_version(root)["dirty"] is False  # untracked files do not count
+    (root / "module.py").write_text("x = 2\n")
+    assert code_version(root) == {"package": PACKAGE, "commit": clean["commit"], "dirty": True}
+
+
+def test_without_git_the_package_version_and_no_dirty_flag(tmp_path, monkeypatch):
+    assert code_version(tmp_path) == {"package": PACKAGE, "commit": None, "dirty": None}  # not a checkout
+    inner = tmp_path / "checkout" / "site-packages"
+    inner.mkdir(parents=True)
+    subprocess.run(["git", "-C", str(tmp_path / "checkout"), "init", "-q"], check=True)
+    # Installed inside another repository: that repository's commit is not this code's.
+    assert code_version(inner)["commit"] is None
+    monkeypatch.setenv("PATH", str(tmp_path / "no-bin"))  # no git program at all
+    assert code_version() == {"package": PACKAGE, "commit": None, "dirty": None}
+
+
+def test_register_model_records_the_code_version(tmp_path):
+    model_file = tmp_path / "model.keras"
+    model_file.write_bytes(b"stand-in")
+    ref = register_model(str(model_file), {"config": {"model": {"image_size": 32}}, "code_version": "0.1.0"},
+                         str(tmp_path / "store"))
+    card = json.loads((tmp_path / "store" / "models" / ref.version / "model_card.json").read_text())
+    assert card["code_version"] == code_version()
