@@ -66,6 +66,16 @@ class DeploymentSpec:
             when the deployment is registered (``prefect deploy`` or ``aml-smear serve``).
         cron, timezone: the schedule (IANA time zone), or None for on-demand runs only.
         concurrency_limit: most runs of this deployment at once, or None for no limit.
+        collision_strategy: what happens to a run that would exceed the limit: "ENQUEUE" (wait,
+            Prefect's default) or "CANCEL_NEW" (cancelled at once).
+        timeout_seconds: a run still going after this long fails (TimedOut), or None for none.
+        retries, retry_delay_seconds: how often a failed run is run again, and after how long.
+            Prefect's flow retries cannot tell a transient fault from any other: every failure
+            after the run has started is retried, a check inside the flow (a missing source)
+            included; transient I/O is also retried inside the run, per task (``tasks.retry``).
+            Invalid parameters (types, choices, bounds: flows.parameters) are never retried: the
+            server refuses a deployment run with them, and a run whose parameters fail Prefect's
+            validation fails before it is Running (tests/flows/test_serve.py).
         tags: Prefect tags.
     """
 
@@ -77,6 +87,10 @@ class DeploymentSpec:
     cron: str | None = None
     timezone: str | None = None
     concurrency_limit: int | None = None
+    collision_strategy: str | None = None
+    timeout_seconds: int | None = None
+    retries: int = 0
+    retry_delay_seconds: int = 0
     tags: tuple[str, ...] = ("aml-smear",)
 
     @property
@@ -92,6 +106,10 @@ SCORE_ON_DEMAND = DeploymentSpec(
     description="Score new smears and call each patient; give source and store with each run. "
                 "Research use only: not a diagnosis.",
     variables={"s3_endpoint_url": "aml_smear_s3_endpoint_url"},
+    # No concurrency limit: every request is scored. No flow retries: whoever asked sees a wrong
+    # source or store at once, not after a retry; transient I/O is retried per task (tasks.retry),
+    # and a failed scoring run again resumes from its finished shards.
+    timeout_seconds=4 * 3600,
     tags=("aml-smear", "scoring"),
 )
 NIGHTLY_RETRAIN = DeploymentSpec(
@@ -105,8 +123,14 @@ NIGHTLY_RETRAIN = DeploymentSpec(
     # 02:00 lab time, when the scanners are idle; the time zone makes daylight saving explicit.
     cron="0 2 * * *",
     timezone="Europe/Berlin",
-    # A retrain that overruns must not overlap the next night's.
+    # A retrain that overruns must not overlap the next night's, nor queue it: the night's run is
+    # cancelled while one is still going (CANCEL_NEW), and a hung one fails after the timeout.
+    # Timeout, retry and delay together stay under a day (tests/deployments check it).
     concurrency_limit=1,
+    collision_strategy="CANCEL_NEW",
+    timeout_seconds=8 * 3600,
+    retries=1,
+    retry_delay_seconds=15 * 60,
     tags=("aml-smear", "training"),
 )
 DEPLOYMENTS: tuple[DeploymentSpec, ...] = (SCORE_ON_DEMAND, NIGHTLY_RETRAIN)
@@ -144,7 +168,9 @@ def deployed_flow(spec: DeploymentSpec, task_runner: DaskTaskRunner) -> Flow:
     from flows.score import score_smears
 
     flows = {flow.name: flow for flow in (score_smears, retrain_and_evaluate)}
-    return flows[spec.flow_name].with_options(task_runner=task_runner)
+    # Timeout and retries are the flow's settings: a work pool's run and a served run get them alike.
+    return flows[spec.flow_name].with_options(task_runner=task_runner, timeout_seconds=spec.timeout_seconds,
+                                              retries=spec.retries, retry_delay_seconds=spec.retry_delay_seconds)
 
 
 def read_variables(names: set[str] | frozenset[str]) -> dict[str, Any]:
@@ -172,16 +198,20 @@ def deployment_options(spec: DeploymentSpec, variables: Mapping[str, Any]) -> di
         variables: Prefect variable values by name (see :func:`read_variables`); a parameter
             whose variable is absent keeps the flow's default.
     """
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig
     from prefect.schedules import Cron
     from prefect.types.entrypoint import EntrypointType
 
+    concurrency = spec.concurrency_limit
+    if concurrency is not None and spec.collision_strategy is not None:
+        concurrency = ConcurrencyLimitConfig(limit=concurrency, collision_strategy=spec.collision_strategy)
     return {
         "name": spec.name,
         "description": spec.description,
         "parameters": {parameter: variables[variable] for parameter, variable in spec.variables.items()
                        if variable in variables},
         "schedules": [Cron(spec.cron, timezone=spec.timezone)] if spec.cron else [],
-        "concurrency_limit": spec.concurrency_limit,
+        "concurrency_limit": concurrency,
         "tags": list(spec.tags),
         # Recorded for the UI only: the runner runs the flow objects it was given.
         "entrypoint_type": EntrypointType.MODULE_PATH,

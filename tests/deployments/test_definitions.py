@@ -43,7 +43,9 @@ def test_prefect_yaml_declares_the_deployments_of_flows_serve(prefect_yaml):
                                           for parameter, variable in spec.variables.items()}
         expected_schedules = [{"cron": spec.cron, "timezone": spec.timezone, "active": True}] if spec.cron else []
         assert declared["schedules"] == expected_schedules
-        assert declared.get("concurrency_limit") == spec.concurrency_limit
+        expected_limit = (spec.concurrency_limit if spec.collision_strategy is None else
+                          {"limit": spec.concurrency_limit, "collision_strategy": spec.collision_strategy})
+        assert declared.get("concurrency_limit") == expected_limit
         assert declared["description"] == spec.description
         assert tuple(declared["tags"]) == spec.tags
         assert declared["work_pool"]["name"] == WORK_POOL
@@ -68,6 +70,20 @@ def test_entrypoints_are_the_flows_on_the_dask_runner_from_the_environment(spec,
     flow = load_flow_from_entrypoint(f"{REPO_ROOT / 'deployments' / 'entrypoints.py'}:{spec.entrypoint}")
     assert flow.name == spec.flow_name
     assert flow.task_runner.address == "tcp://127.0.0.1:8786"
+    # Timeout and retries travel with the flow: `prefect deploy` and `aml-smear serve` runs get them alike.
+    assert (flow.timeout_seconds, flow.retries, flow.retry_delay_seconds) == (
+        spec.timeout_seconds, spec.retries, spec.retry_delay_seconds)
+
+
+def test_a_hung_or_failing_nightly_is_over_before_the_next_night():
+    spec = NIGHTLY_RETRAIN
+    assert (spec.concurrency_limit, spec.collision_strategy) == (1, "CANCEL_NEW")
+    assert spec.timeout_seconds and spec.retries >= 1
+    worst_case = (spec.retries + 1) * spec.timeout_seconds + spec.retries * spec.retry_delay_seconds
+    assert worst_case < 24 * 3600
+    # On-demand scoring is never cancelled for another run, and times out; a failure is reported at once.
+    assert SCORE_ON_DEMAND.concurrency_limit is None and SCORE_ON_DEMAND.timeout_seconds
+    assert SCORE_ON_DEMAND.retries == 0
 
 
 def test_dask_runner_from_environment():
@@ -98,6 +114,8 @@ def test_served_deployments_have_the_names_schedule_and_variable_parameters():
     assert (schedule.schedule.cron, schedule.schedule.timezone) == ("0 2 * * *", "Europe/Berlin")
     assert nightly.parameters == {"sources": ["s3://lab/labelled"], "store": "s3://lab/store"}
     assert nightly.concurrency_limit == 1
+    assert nightly.concurrency_options.collision_strategy == "CANCEL_NEW"
+    assert on_demand.concurrency_limit is None
     assert on_demand.entrypoint == "flows.score.score_smears"
     assert deployed_flow(NIGHTLY_RETRAIN, runner).task_runner is runner
 

@@ -39,6 +39,7 @@ def test_nightly_retrain_is_registered_with_its_schedule_and_variables(local_sta
     assert nightly["parameters"]["store"] == str(local_stack["store"])
     assert nightly["work_pool_name"] == "aml-smear"
     assert nightly["global_concurrency_limit"]["limit"] == 1
+    assert nightly["concurrency_options"]["collision_strategy"] == "CANCEL_NEW"
     on_demand = _deployment(local_stack["api_url"], "score-smears/on-demand")
     assert on_demand["schedules"] == [] and on_demand["work_pool_name"] == "aml-smear"
 
@@ -116,6 +117,7 @@ def test_aml_smear_serve_registers_the_deployments_on_a_real_server(local_stack,
         (schedule,) = nightly["schedules"]
         assert (schedule["schedule"]["cron"], schedule["schedule"]["timezone"]) == ("0 2 * * *", "Europe/Berlin")
         assert nightly["parameters"]["sources"] == local_stack["sources"]
+        assert nightly["concurrency_options"]["collision_strategy"] == "CANCEL_NEW"
         assert "serving retrain-and-evaluate/nightly (0 2 * * *, Europe/Berlin)" in output.read_text()
     finally:
         stop_process_group(serve, grace_s=20)
