@@ -23,10 +23,15 @@ import tensorflow as tf
 
 from aml_model.architecture import BACKBONE_NAME, INPUT_NORMALISATION_LAYERS
 
-__all__ = ["INFERENCE_PRECISIONS", "BatchScorer", "fold_batch_norm", "inference_model"]
+__all__ = ["INFERENCE_PRECISIONS", "REDUCED_PRECISION_MAX_ABS_DP", "BatchScorer", "fold_batch_norm", "inference_model"]
 
 #: Keras dtypes the folded graph computes in; the sigmoid stays float32 in every case.
 INFERENCE_PRECISIONS = ("float32", "bfloat16", "float16")
+
+#: The accuracy guard of the reduced precisions: the largest per-cell blast probability difference
+#: a bfloat16 or float16 form may show against float32 (the tests and the scoring benchmark hold
+#: them to it).
+REDUCED_PRECISION_MAX_ABS_DP = 0.05
 
 
 class _FoldedBatchNorm(keras.layers.Layer):
@@ -45,12 +50,30 @@ def _folded_conv_weights(conv: keras.layers.Conv2D, bn: keras.layers.BatchNormal
     return [(kernel * scale).astype(np.float32), ((bias - mean) * scale + beta).astype(np.float32)]
 
 
-def _conv_of(bn_name: str) -> str:
-    # ResNet50 names each BatchNorm after the convolution it follows: conv2_block1_1_conv -> _1_bn.
-    if not bn_name.endswith("_bn"):
-        message = f"cannot tell which convolution the BatchNormalization {bn_name!r} follows"
+def _batch_norm_pairs(backbone: keras.Model) -> list[tuple[keras.layers.Conv2D, keras.layers.BatchNormalization]]:
+    """Each convolution of ``backbone`` with the BatchNormalization that takes its output.
+
+    Raises:
+        ValueError: a convolution whose output no BatchNormalization takes (its folded copy would
+            keep the clone's random initial weights), or a BatchNormalization that does not
+            follow a convolution (there is nothing to fold it into).
+    """
+    convolutions = [layer for layer in backbone.layers if isinstance(layer, keras.layers.Conv2D)]
+    producer = {id(conv.output): conv for conv in convolutions}
+    follows: dict[str, keras.layers.BatchNormalization] = {}
+    for layer in backbone.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            conv = producer.get(id(layer.input))
+            if conv is None:
+                message = f"BatchNormalization {layer.name!r} does not follow a convolution: nothing to fold it into"
+                raise ValueError(message)
+            follows[conv.name] = layer
+    unfolded = [conv.name for conv in convolutions if conv.name not in follows]
+    if unfolded:
+        message = (f"convolution(s) {', '.join(unfolded)} have no BatchNormalization after them to fold; "
+                   "fold_batch_norm takes a backbone whose every Conv2D is followed by one (ResNet50)")
         raise ValueError(message)
-    return bn_name[: -len("_bn")] + "_conv"
+    return [(conv, follows[conv.name]) for conv in convolutions]
 
 
 def fold_batch_norm(backbone: keras.Model, dtype: str = "float32") -> keras.Model:
@@ -66,6 +89,11 @@ def fold_batch_norm(backbone: keras.Model, dtype: str = "float32") -> keras.Mode
         `(batch, s/32, s/32, 2048)`; BatchNorm layers are identities and the convolutions
         carry the folded weights. In float32 its outputs match the original within float
         rounding (about 1e-5 relative).
+
+    Raises:
+        ValueError: a Conv2D without a BatchNormalization after it, or a BatchNormalization
+            not after a Conv2D: every convolution of the copy carries folded weights or there is
+            no copy.
     """
     def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
         if isinstance(layer, keras.layers.BatchNormalization):
@@ -74,12 +102,12 @@ def fold_batch_norm(backbone: keras.Model, dtype: str = "float32") -> keras.Mode
         config["dtype"] = dtype
         return layer.__class__.from_config(config)
 
+    pairs = _batch_norm_pairs(backbone)  # before cloning: refuses a convolution it could not fold
     folded = keras.models.clone_model(backbone, clone_function=clone)
+    for conv, bn in pairs:
+        folded.get_layer(conv.name).set_weights(_folded_conv_weights(conv, bn))
     for layer in backbone.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            conv = backbone.get_layer(_conv_of(layer.name))
-            folded.get_layer(conv.name).set_weights(_folded_conv_weights(conv, layer))
-        elif layer.weights and not isinstance(layer, keras.layers.Conv2D):
+        if layer.weights and not isinstance(layer, keras.layers.Conv2D | keras.layers.BatchNormalization):
             folded.get_layer(layer.name).set_weights(layer.get_weights())
     folded.trainable = False
     return folded
