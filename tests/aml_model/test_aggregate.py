@@ -61,8 +61,12 @@ def test_no_cells_and_quarantine_flags():
     assert clean.qc_flags == "" and clean.n_cells == 202
 
 
-def test_cohorts_of_real_cells_with_known_blast_fractions(lmu_cells):
-    """Patients composed from real expert labels; a fixed scorer (0.9 for blast, 0.1 for normal)."""
+def test_cohorts_composed_from_the_real_expert_labels(lmu_cells):
+    """Patients dealt the LMU set's expert labels (labels.csv) in known blast fractions.
+
+    No image is read: the call depends on probabilities only, and a fixed scorer (0.9 for a
+    blast, 0.1 for a normal cell) stands in for the model.
+    """
     rows = lmu_rows(lmu_cells)
     blasts = [r for r in rows if r["label"] == "blast"]
     normals = [r for r in rows if r["label"] == "normal"]

@@ -25,8 +25,11 @@ def test_training_reduces_the_loss(cells):
     history, best_epoch = train_model(model, images[:72], labels[:72], images[72:], labels[72:], config.train)
     assert len(history["loss"]) >= 2
     assert min(history["loss"][1:]) < history["loss"][0]
-    assert min(history["val_loss"]) < history["val_loss"][0] or best_epoch == 0
     assert set(history) >= {"loss", "val_loss", "accuracy", "val_accuracy"}
+    # Synthetic blasts and neutrophils are learnable: a later epoch beats the first on validation
+    # loss, and the best epoch returned is the one with the lowest validation loss.
+    assert best_epoch == int(np.argmin(history["val_loss"])) and best_epoch > 0
+    assert history["val_loss"][best_epoch] < history["val_loss"][0]
 
 
 def test_early_stopping_stops_and_restores_the_best_epoch(cells):

@@ -45,11 +45,22 @@ def test_retrain_registers_promotes_and_reuses_the_feature_cache(cohort, tmp_pat
     assert sum(card["split"]["sizes"].values()) == 240
     assert card["backbone"]["id"].startswith("resnet50-64px-") and card["data"]["n_labelled"] == 240
     assert card["parent"] is None and card["promotion"]["promoted"] is True
-    assert card["metrics"]["roc_auc"] == first["metrics"]["roc_auc"]
     assert Artifact.get("retrain-metrics") is not None and Artifact.get("retrain-report") is not None
 
-    # The registered model scores exactly as the in-memory one did.
+    # The card's metrics are those of the stored test predictions, recomputed here by hand.
     predictions = pd.read_parquet(folder / "test_predictions.parquet")
+    assert len(predictions) == card["split"]["sizes"]["test"] == card["metrics"]["n"]
+    blast = (predictions["label"] == "blast").to_numpy()
+    p = predictions["probability"].to_numpy()
+    called = p >= card["metrics"]["threshold"]
+    assert [card["metrics"][k] for k in ("tp", "fn", "fp", "tn")] == [
+        int((called & blast).sum()), int((~called & blast).sum()), int((called & ~blast).sum()),
+        int((~called & ~blast).sum())]
+    above = p[blast][:, None] - p[~blast][None, :]  # every (blast, normal) pair: blast ranked higher?
+    assert card["metrics"]["roc_auc"] == pytest.approx(((above > 0) + 0.5 * (above == 0)).mean(), abs=1e-9)
+    assert first["metrics"] == card["metrics"]
+
+    # The registered model scores exactly as the in-memory one did.
     loaded = load_model(folder / "model.keras", compile=False)
     np.testing.assert_allclose(predict_batch(loaded, load_cells(predictions, {})), predictions["probability"],
                                atol=1e-5)

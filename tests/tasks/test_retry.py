@@ -1,0 +1,59 @@
+"""The retry policy: transient I/O is retried, wrong input never is; checked on real Prefect task runs."""
+
+from __future__ import annotations
+
+import pytest
+from prefect import flow, task
+from prefect.states import Completed, Failed
+
+from aml_model.errors import AmlSmearError, TrainingCollapsedError
+from tasks.retry import retry_transient_errors
+
+WRONG_INPUT = [AmlSmearError("bad cell"), TrainingCollapsedError("flat head"), ValueError("threshold 2"),
+               TypeError("not a str"), KeyError("label"), FileNotFoundError("no such source"),
+               PermissionError("access denied")]
+TRANSIENT = [OSError("503 Slow Down"), ConnectionResetError("peer reset"), TimeoutError("read timed out"),
+             RuntimeError("worker lost")]
+
+
+@pytest.mark.parametrize("error", WRONG_INPUT, ids=lambda e: type(e).__name__)
+def test_wrong_input_is_not_retried(error):
+    assert retry_transient_errors(None, None, Failed(data=error)) is False
+
+
+@pytest.mark.parametrize("error", TRANSIENT, ids=lambda e: type(e).__name__)
+def test_transient_failures_are_retried(error):
+    assert retry_transient_errors(None, None, Failed(data=error)) is True
+
+
+def test_a_completed_state_is_not_retried():
+    assert retry_transient_errors(None, None, Completed(data=1)) is False
+
+
+@pytest.fixture(scope="module")
+def prefect_api():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        yield
+
+
+def test_a_task_with_the_policy_retries_io_and_stops_at_wrong_input(prefect_api):
+    attempts: list[str] = []
+
+    @task(retries=2, retry_delay_seconds=0, retry_condition_fn=retry_transient_errors)
+    def flaky(kind: str) -> str:
+        attempts.append(kind)
+        if kind == "io" and attempts.count("io") < 3:
+            raise ConnectionResetError("peer reset")
+        if kind == "input":
+            raise ValueError("image of shape (3, 3) does not fit the model input")
+        return kind
+
+    @flow
+    def both() -> tuple[str, str]:
+        return flaky("io"), flaky.submit("input").result(raise_on_failure=False)
+
+    io, wrong = both()
+    assert io == "io" and attempts.count("io") == 3, "two retries, then success"
+    assert isinstance(wrong, ValueError) and attempts.count("input") == 1, "wrong input runs once"
