@@ -7,7 +7,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from aml_model.calibration import SiteCalibration, check_counts, fit_site_calibration, validate_site_name
-from flows.ingest import collect_ingest, finish_ingest, plan_ingest, start_ingest, submit_ingest_shard
+from flows.ingest import discover_source, ensure_ingested, plan_ingest
 from flows.parameters import Layout, SiteName, require_existing
 from tasks import storage
 from tasks.calibration import save_site_calibration, score_labelled_cells
@@ -73,12 +73,9 @@ def calibrate_site(
         raise ValueError(message)
 
     # The ingest steps on this flow's task runner (Dask), at the model's input size.
-    plan = plan_ingest(source, store, None, layout, model_ref.image_size, 64, s3_endpoint_url)
-    if plan.complete:
-        logger.info("run %s is already ingested: reusing it", plan.paths.run_id)
-    else:
-        futures = [submit_ingest_shard(plan, spec) for spec in start_ingest(plan, 4)]
-        finish_ingest(plan, collect_ingest(plan, futures), mark_success=True)
+    plan = plan_ingest(discover_source(source, layout, s3_endpoint_url), store, None, model_ref.image_size, 64,
+                       s3_endpoint_url)
+    ensure_ingested(plan, 4)
     data = load_training_set([plan.paths], store_options)
     n_blast = int(data.y.sum())
     logger.info("site %s: %d labelled cells (%d blast); %d without a label are not used; %d duplicate images dropped",

@@ -169,8 +169,9 @@ def ingest_command(source, store, layout, run_id, image_size, workers, scheduler
 def _echo_patients(result: dict) -> None:
     from aml_model.aggregate import RESEARCH_NOTE
 
-    click.echo(f"run {result['run_id']}: {result['cells']} cells scored with model {result['model_version']}, "
-               f"{result['quarantined']} inputs quarantined -> {result['run']}")
+    state = "already complete, nothing redone" if result["already_complete"] else "complete"
+    click.echo(f"run {result['run_id']}, scoring {result['score_id']} {state}: {result['cells']} cells scored with "
+               f"model {result['model_version']}, {result['quarantined']} inputs quarantined -> {result['run']}")
     click.echo(f"{'patient':<16} {'scored':>6} {'blast-like':>10} {'fraction (95% CI)':>24}  call")
     for row in result["patients"]:
         fraction = ("n/a" if row["n_scored"] == 0 else
@@ -184,7 +185,11 @@ def _echo_patients(result: dict) -> None:
 @click.argument("source")
 @click.option("--store", required=True, help="Run store (and model registry): a folder or an s3:// URL.")
 @click.option("--model", default="champion", show_default=True, help="champion, a registered version, or a .keras path/URL.")
-@click.option("--run-id", default=None, help="Run id [default: from the source, its inputs and the model].")
+@click.option("--run-id", default=None, help="Ingest run id [default: from the source name and its inputs].")
+@click.option("--score-id", default=None,
+              help="Scoring id within the run [default: from the model version and the settings].")
+@click.option("--new-only", is_flag=True,
+              help="Score only patients whose current images the model has not scored; nothing new, nothing done.")
 @click.option("--threshold", default=0.5, show_default=True, help="Probability at which a cell is blast-like.")
 @click.option("--blast-cutoff", default=0.2, show_default=True, help="Blast-like fraction that suspects AML.")
 @click.option("--min-cells", default=100, show_default=True, help="Fewer scored cells give INSUFFICIENT_CELLS.")
@@ -198,15 +203,23 @@ def _echo_patients(result: dict) -> None:
               help="Most blast-like cells per patient in the reports (and Grad-CAM).")
 @click.option("--site", default=None, help="Use this site's calibration of the model (see `aml-smear calibrate`).")
 @_cluster_options
-def score_command(source, store, model, run_id, threshold, blast_cutoff, min_cells, layout, batch_size, precision,
-                  explain, explain_top_k, site, workers, scheduler, s3_endpoint_url) -> None:
-    """Score the cells of SOURCE and call each patient."""
+def score_command(source, store, model, run_id, score_id, new_only, threshold, blast_cutoff, min_cells, layout,
+                  batch_size, precision, explain, explain_top_k, site, workers, scheduler, s3_endpoint_url) -> None:
+    """Score the cells of SOURCE and call each patient.
+
+    Each model and settings make their own scoring of the source's decoded cells; a finished
+    scoring is never rewritten.
+    """
     from flows.score import score_smears
 
     result = _run_flow(score_smears, workers, scheduler, source=source, store=store, model=model, run_id=run_id,
-                       threshold=threshold, blast_cutoff=blast_cutoff, min_cells=min_cells, layout=layout,
+                       score_id=score_id, new_only=new_only, threshold=threshold, blast_cutoff=blast_cutoff, min_cells=min_cells, layout=layout,
                        batch_size=batch_size, precision=precision, s3_endpoint_url=s3_endpoint_url, explain=explain,
                        explain_top_k=explain_top_k, site=site)
+    if result["nothing_new"]:
+        click.echo(f"nothing new in {source}: model {result['model_version']} has scored every patient's "
+                   f"current images")
+        return
     if site:
         click.echo(f"site {site}: calibrated probabilities and the site's threshold make the calls")
     _echo_patients(result)
@@ -281,26 +294,23 @@ def retrain_command(sources, store, epochs, patience, seed, backbone_weights, ba
 @cli.command("report")
 @click.argument("run")
 @click.option("--store", required=True, help="Run store holding runs/RUN: a folder or an s3:// URL.")
+@click.option("--score", "score_id", default=None, help="The scoring of RUN [default: its latest complete one].")
 @click.option("--s3-endpoint-url", envvar="AML_SMEAR_S3_ENDPOINT_URL", default=None,
               help="S3-compatible endpoint for s3:// URLs (MinIO, moto).")
-def report_command(run: str, store: str, s3_endpoint_url: str | None) -> None:
-    """Rebuild the per-patient HTML reports and the index page of the finished run RUN."""
+def report_command(run: str, store: str, score_id: str | None, s3_endpoint_url: str | None) -> None:
+    """Rebuild the per-patient HTML reports and the index page of a finished scoring of RUN."""
     from aml_model.errors import AmlSmearError
     from tasks import storage
     from tasks.report import build_reports
-    from tasks.runs import require_complete
+    from tasks.runs import find_scoring
 
     options = storage.storage_options_for(store, s3_endpoint_url)
-    paths = storage.RunPaths(store, run)
     try:
-        if not storage.exists(paths.root, options):
-            message = f"no run {run} in {store} ({paths.root} does not exist)"
-            raise _CliError(message)
-        require_complete(paths, options)
-        index = build_reports(paths, options)
+        scoring = find_scoring(storage.RunPaths(store, run), score_id, options)
+        index = build_reports(scoring, options)
     except (AmlSmearError, FileNotFoundError, PermissionError) as exc:
         raise _CliError(str(exc)) from exc
-    click.echo(f"reports of run {run} rebuilt: {index}")
+    click.echo(f"reports of run {run}, scoring {scoring.score_id} rebuilt: {index}")
 
 
 @cli.command("demo")

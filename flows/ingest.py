@@ -1,5 +1,8 @@
 """The ``ingest`` flow: a source of cell images -> runs/<run_id>/cells.zarr + tables + _SUCCESS.
 
+An ingest run is the decoded cells of one input list; scorings of it are separate records
+(``runs/<run_id>/scores/<score_id>/``, :mod:`flows.score`).
+
 Its steps (plan, submit the decoding shards, collect, write the tables) are also what
 ``score-smears`` composes, so that each shard's scoring can start as soon as that shard is decoded.
 """
@@ -18,10 +21,10 @@ from flows.progress import results_with_progress
 from tasks import storage
 from tasks.discover import Discovery, discover_inputs
 from tasks.ingest import ShardSpec, ingest_shard, plan_hash, plan_shards, write_ingest_tables
-from tasks.runs import RunConflictError, run_state
+from tasks.runs import RunConflictError, mark_complete, run_state
 
-__all__ = ["IngestPlan", "collect_ingest", "finish_ingest", "ingest", "plan_ingest", "start_ingest",
-           "submit_ingest_shard"]
+__all__ = ["IngestPlan", "collect_ingest", "discover_source", "ensure_ingested", "finish_ingest", "ingest",
+           "plan_ingest", "start_ingest", "submit_ingest_shard"]
 
 
 @dataclass(frozen=True)
@@ -54,16 +57,11 @@ class IngestPlan:
         return storage.read_json(self.paths.report, self.store_options)["counts"]
 
 
-def plan_ingest(source: str, store: str, run_id: str | None, layout: str, image_size: int, chunk_cells: int,
-                s3_endpoint_url: str | None, manifest_root: str | None = None, run_id_suffix: str = "") -> IngestPlan:
-    """Discover the inputs, derive the run id and refuse a run id that holds other inputs.
-
-    ``run_id_suffix`` is appended to a derived run id (score-smears adds its model version).
-    """
+def discover_source(source: str, layout: str, s3_endpoint_url: str | None,
+                    manifest_root: str | None = None) -> Discovery:
+    """The source's inputs, with what discovery refused or ignored in the log; raises if it holds none."""
     logger = get_run_logger()
-    source_options = storage.storage_options_for(source, s3_endpoint_url)
-    store_options = storage.storage_options_for(store, s3_endpoint_url)
-    found = discover_inputs(source, layout, source_options, manifest_root)
+    found = discover_inputs(source, layout, storage.storage_options_for(source, s3_endpoint_url), manifest_root)
     logger.info("layout %s: %d candidate images, %d refused at discovery, %d non-image files ignored",
                 found.layout, len(found.inputs), len(found.rejected), len(found.ignored))
     if found.empty_patients:
@@ -73,20 +71,37 @@ def plan_ingest(source: str, store: str, run_id: str | None, layout: str, image_
     if not found.inputs and not found.rejected:
         message = f"no images found in {source} (layout {found.layout})"
         raise FileNotFoundError(message)
+    return found
 
+
+def plan_ingest(found: Discovery, store: str, run_id: str | None, image_size: int, chunk_cells: int,
+                s3_endpoint_url: str | None) -> IngestPlan:
+    """Derive the run id of the discovered inputs and refuse a run id that holds other inputs."""
+    source = found.source
     fingerprint = plan_hash(found.inputs, image_size, chunk_cells)
-    run_id = run_id or f"{posixpath.basename(source.rstrip('/')).rsplit('.', 1)[0]}-{fingerprint[:12]}{run_id_suffix}"
+    run_id = run_id or f"{posixpath.basename(source.rstrip('/')).rsplit('.', 1)[0]}-{fingerprint[:12]}"
     paths = storage.RunPaths(store, run_id)
+    store_options = storage.storage_options_for(store, s3_endpoint_url)
     state = run_state(paths, store_options)
     if state.plan is not None and state.plan.get("fingerprint") != fingerprint:
         message = (f"run {run_id} in {store} was ingested from a different input list; "
                    f"use a new --run-id or remove {paths.root}")
         raise RunConflictError(message)
     if state.plan is not None and not state.complete:
-        logger.info("run %s is incomplete: resuming", run_id)
+        get_run_logger().info("run %s is incomplete: resuming", run_id)
     return IngestPlan(source=source, found=found, fingerprint=fingerprint, image_size=image_size,
-                      chunk_cells=chunk_cells, paths=paths, source_options=source_options,
+                      chunk_cells=chunk_cells, paths=paths,
+                      source_options=storage.storage_options_for(source, s3_endpoint_url),
                       store_options=store_options, complete=state.complete)
+
+
+def ensure_ingested(plan: IngestPlan, chunks_per_task: int) -> dict[str, int]:
+    """Decode the plan's inputs unless its run is complete; returns the run's cell counts."""
+    if plan.complete:
+        get_run_logger().info("run %s is already ingested: reusing its cells", plan.paths.run_id)
+        return plan.recorded_counts()
+    futures = [submit_ingest_shard(plan, spec) for spec in start_ingest(plan, chunks_per_task)]
+    return finish_ingest(plan, collect_ingest(plan, futures), mark_success=True)
 
 
 def start_ingest(plan: IngestPlan, chunks_per_task: int) -> list[ShardSpec]:
@@ -129,7 +144,7 @@ def finish_ingest(plan: IngestPlan, records: list[dict], mark_success: bool) -> 
     }
     storage.write_json(paths.report, report, plan.store_options)
     if mark_success:
-        storage.write_bytes(paths.success, b"", plan.store_options)
+        mark_complete(paths, plan.store_options)
     create_markdown_artifact(
         key="ingest-summary",
         markdown=(f"# Ingest {paths.run_id}\n\n| | |\n|---|---|\n| source | `{plan.source}` |\n"
@@ -178,11 +193,7 @@ def ingest(
     # The parameters' types were checked before this line; now that the source (and root) exist.
     require_existing([source], "source", s3_endpoint_url)
     require_existing([manifest_root] if manifest_root else [], "manifest_root", s3_endpoint_url)
-    plan = plan_ingest(source, store, run_id, layout, image_size, chunk_cells, s3_endpoint_url, manifest_root)
-    if plan.complete:
-        get_run_logger().info("run %s is already complete: nothing to do", plan.paths.run_id)
-        return {**plan.summary(), **plan.recorded_counts(), "already_complete": True}
-    futures = [submit_ingest_shard(plan, spec) for spec in start_ingest(plan, chunks_per_task)]
-    records = collect_ingest(plan, futures)
-    counts = finish_ingest(plan, records, mark_success=True)
-    return {**plan.summary(), **counts, "already_complete": False}
+    found = discover_source(source, layout, s3_endpoint_url, manifest_root)
+    plan = plan_ingest(found, store, run_id, image_size, chunk_cells, s3_endpoint_url)
+    counts = ensure_ingested(plan, chunks_per_task)
+    return {**plan.summary(), **counts, "already_complete": plan.complete}

@@ -12,17 +12,17 @@ from tasks.predict import load_worker_model
 from tasks.registry import ModelRef
 from tasks.retry import retry_transient_errors
 
-__all__ = ["EXPLAIN_MANIFEST", "clear_explanations", "explain_dir", "explain_patient", "manifest_url"]
+__all__ = ["EXPLAIN_MANIFEST", "explain_dir", "explain_patient", "manifest_url"]
 
 EXPLAIN_MANIFEST = "gradcam.json"
 
 
-def explain_dir(paths: storage.RunPaths, patient_id: str) -> str:
-    """``runs/<run_id>/explain/<patient>/``: the patient's overlays and their manifest."""
+def explain_dir(paths: storage.ScoringPaths, patient_id: str) -> str:
+    """``runs/<run_id>/scores/<score_id>/explain/<patient>/``: the patient's overlays and their manifest."""
     return storage.join(paths.root, "explain", report_name(patient_id))
 
 
-def manifest_url(paths: storage.RunPaths, patient_id: str) -> str:
+def manifest_url(paths: storage.ScoringPaths, patient_id: str) -> str:
     """The patient's Grad-CAM manifest; it is written after the overlays, so it lists only whole files."""
     return storage.join(explain_dir(paths, patient_id), EXPLAIN_MANIFEST)
 
@@ -30,7 +30,7 @@ def manifest_url(paths: storage.RunPaths, patient_id: str) -> str:
 @task(name="explain-patient", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2,
       retry_condition_fn=retry_transient_errors)
 def explain_patient(
-    paths: storage.RunPaths,
+    paths: storage.ScoringPaths,
     patient_id: str,
     model: ModelRef,
     top_k: int,
@@ -63,8 +63,3 @@ def explain_patient(
                         "probability": float(row.probability), "logit": float(logit), "overlay": name})
     manifest = {"patient_id": patient_id, "model_version": model.version, "top_k": top_k, "cells": entries}
     return storage.write_json(manifest_url(paths, patient_id), manifest, store_options)
-
-
-def clear_explanations(paths: storage.RunPaths, store_options: dict) -> None:
-    """Remove the run's ``explain/`` folder, so that overlays of an earlier scoring cannot outlive it."""
-    storage.remove(storage.join(paths.root, "explain"), store_options, recursive=True)

@@ -72,6 +72,7 @@ def score_shard(
     stop: int,
     decoded: list[dict],
     cells_url: str,
+    probabilities_url: str,
     marker_url: str,
     model: ModelRef,
     fingerprint: str,
@@ -79,10 +80,11 @@ def score_shard(
     precision: str,
     store_options: dict,
 ) -> int:
-    """Score the decoded cells in Zarr slots [start, stop) and write their probabilities.
+    """Score the decoded cells in Zarr slots [start, stop) of ``cells_url`` and write their probabilities.
 
-    ``decoded`` is the ingest records of these slots (what ``ingest_shard`` returns): every
-    slot whose image decoded is scored; slots of refused inputs stay NaN. A cell quarantined
+    ``decoded`` is the ingest records of these slots (what ``ingest_shard`` returns, or the
+    accepted cells of a finished ingest): every slot whose image decoded is scored; slots of
+    refused inputs stay NaN in the scoring's own ``probabilities_url``. A cell quarantined
     later as a duplicate within its patient is scored too, and left out of the tables. The
     range covers whole chunks, so this task alone writes them. A marker written after the
     probabilities makes a rerun with the same model and cells skip the shard.
@@ -101,7 +103,8 @@ def score_shard(
         scorer = worker_scorer(model, store_options, precision, batch_size)
         images = storage.open_cells_array(cells_url, store_options)[start:stop]
         block[rows] = scorer(images[rows])
-    probabilities = storage.open_cells_array(cells_url, store_options, name=storage.PROBABILITIES, read_only=False)
+    probabilities = storage.open_cells_array(probabilities_url, store_options, name=storage.PROBABILITIES,
+                                             read_only=False)
     probabilities[start:stop] = block
     storage.write_json(marker_url, _marker(fingerprint, start, stop, model, precision, len(rows)), store_options)
     return len(rows)

@@ -1,4 +1,4 @@
-"""Render a scored run's per-patient HTML reports and cohort index into ``runs/<run_id>/reports/``."""
+"""Render a scored run's per-patient HTML reports and cohort index into ``runs/<run_id>/scores/<score_id>/reports/``."""
 
 from __future__ import annotations
 
@@ -18,20 +18,19 @@ from tasks.explain import explain_dir, manifest_url
 from tasks.registry import CARD_FILE, models_root
 from tasks.retry import retry_transient_errors
 
-__all__ = ["SCORE_RECORD", "build_reports", "index_url", "model_info", "report_url", "reports_markdown",
+__all__ = ["build_reports", "index_url", "model_info", "report_url", "reports_markdown",
            "write_reports"]
 
-SCORE_RECORD = "score.json"
 DEFAULT_TOP_K = 12
 
 
-def report_url(paths: storage.RunPaths, patient_id: str) -> str:
-    """``runs/<run_id>/reports/<patient>.html``."""
+def report_url(paths: storage.ScoringPaths, patient_id: str) -> str:
+    """``<scoring>/reports/<patient>.html``."""
     return storage.join(paths.root, "reports", f"{report_name(patient_id)}.html")
 
 
-def index_url(paths: storage.RunPaths) -> str:
-    """``runs/<run_id>/reports/index.html``, the cohort index page."""
+def index_url(paths: storage.ScoringPaths) -> str:
+    """``<scoring>/reports/index.html``, the cohort index page."""
     return storage.join(paths.root, "reports", "index.html")
 
 
@@ -43,7 +42,7 @@ def model_info(store: str, version: str, store_options: dict | None = None) -> M
     return ModelInfo(version=version, metrics=storage.read_json(card, store_options).get("metrics"))
 
 
-def _gallery(paths: storage.RunPaths, cells: pd.DataFrame, patient_id: str, top_k: int, images,
+def _gallery(paths: storage.ScoringPaths, cells: pd.DataFrame, patient_id: str, top_k: int, images,
              store_options: dict) -> tuple[tuple[GalleryCell, ...], bool]:
     """The patient's top cells, with the Grad-CAM overlays of its manifest where there is one."""
     manifest = manifest_url(paths, patient_id)
@@ -66,7 +65,7 @@ def _gallery(paths: storage.RunPaths, cells: pd.DataFrame, patient_id: str, top_
     return gallery, explained
 
 
-def build_reports(paths: storage.RunPaths, store_options: dict | None = None) -> str:
+def build_reports(paths: storage.ScoringPaths, store_options: dict | None = None) -> str:
     """Render every patient's report and the cohort index of a scored run.
 
     Reads cells.parquet, patients.parquet, score.json, the cell images and the Grad-CAM
@@ -76,7 +75,7 @@ def build_reports(paths: storage.RunPaths, store_options: dict | None = None) ->
         The index page's URL.
     """
     options = store_options or {}
-    settings = storage.read_json(storage.join(paths.root, SCORE_RECORD), options)
+    settings = storage.read_json(paths.settings, options)
     top_k = int(settings.get("explain_top_k", DEFAULT_TOP_K))
     cells = storage.read_table(paths.cells_table, options)
     patients = storage.read_table(paths.patients_table, options)
@@ -102,7 +101,7 @@ def _type_rows(cells: pd.DataFrame, threshold: float) -> tuple[dict, ...]:
 
 @task(name="write-reports", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2,
       retry_condition_fn=retry_transient_errors)
-def write_reports(paths: storage.RunPaths, store_options: dict) -> str:
+def write_reports(paths: storage.ScoringPaths, store_options: dict) -> str:
     """Task form of :func:`build_reports`; returns the index page's URL."""
     return build_reports(paths, store_options)
 
@@ -111,7 +110,7 @@ def _link(url: str) -> str:
     return url if "://" in url else "file://" + os.path.abspath(url)
 
 
-def reports_markdown(paths: storage.RunPaths, patients: pd.DataFrame) -> str:
+def reports_markdown(paths: storage.ScoringPaths, patients: pd.DataFrame) -> str:
     """Markdown for a Prefect artifact: the index page and each patient's report, linked, with the call."""
     lines = [f"# Patient reports: run {paths.run_id}", "", f"**{RESEARCH_NOTE}**", "",
              f"[Cohort index]({_link(index_url(paths))})", "", "| patient | call | report |", "|---|---|---|"]

@@ -1,21 +1,34 @@
-"""The state of a run in the store: absent, incomplete or complete."""
+"""The state of runs and scorings in the store: absent, incomplete or complete; which scoring to read."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from aml_model.errors import AmlSmearError
 from tasks import storage
 
-__all__ = ["IncompleteRunError", "RunConflictError", "RunState", "require_complete", "run_state"]
+__all__ = ["IncompleteRunError", "LegacyRunError", "RunConflictError", "RunState", "ScoringNotFoundError",
+           "derive_score_id", "find_scoring", "list_scorings", "mark_complete", "open_scoring", "require_complete",
+           "run_state"]
 
 
 class IncompleteRunError(AmlSmearError, RuntimeError):
-    """A run has no ``_SUCCESS``: its tables must not be read as final."""
+    """A run or scoring has no ``_SUCCESS``: its tables must not be read as final."""
 
 
 class RunConflictError(AmlSmearError, ValueError):
-    """A run id already holds a run of different inputs."""
+    """A run id already holds a run of different inputs, or a score id a scoring of other settings."""
+
+
+class ScoringNotFoundError(AmlSmearError, FileNotFoundError):
+    """No complete scoring where one was asked for."""
+
+
+class LegacyRunError(AmlSmearError, ValueError):
+    """A run written in the old layout, with its scoring at the run root."""
 
 
 @dataclass(frozen=True)
@@ -29,9 +42,105 @@ def run_state(paths: storage.RunPaths, storage_options: dict | None = None) -> R
     return RunState(plan=plan, complete=storage.exists(paths.success, storage_options))
 
 
-def require_complete(paths: storage.RunPaths, storage_options: dict | None = None) -> None:
-    """Raise unless the run finished: readers must not take a partial run for a result."""
+def mark_complete(paths: storage.RunPaths | storage.ScoringPaths, storage_options: dict | None = None) -> None:
+    """Write ``_SUCCESS``, last: it holds the completion time, which orders a run's scorings."""
+    storage.write_json(paths.success, {"completed_at": datetime.now(UTC).isoformat()}, storage_options)
+
+
+def require_complete(paths: storage.RunPaths | storage.ScoringPaths, storage_options: dict | None = None) -> None:
+    """Raise unless the run (or scoring) finished: readers must not take a partial one for a result."""
     if not storage.exists(paths.success, storage_options):
-        message = (f"run {paths.run_id} in {paths.store} is incomplete (no _SUCCESS): it was interrupted "
-                   f"or is still running; rerun it with the same --run-id to complete it")
+        what = (f"scoring {paths.score_id} of run {paths.run_id}" if isinstance(paths, storage.ScoringPaths)
+                else f"run {paths.run_id}")
+        message = (f"{what} in {paths.store} is incomplete (no _SUCCESS): it was interrupted "
+                   f"or is still running; rerun it with the same settings to complete it")
         raise IncompleteRunError(message)
+
+
+def _completed_at(paths: storage.ScoringPaths, storage_options: dict | None) -> str | None:
+    # A _SUCCESS written by hand (or by an older writer) may be empty: complete, time unknown.
+    data = storage.read_bytes(paths.success, storage_options)
+    return json.loads(data).get("completed_at") if data.strip() else None
+
+
+def _require_current_layout(run: storage.RunPaths, storage_options: dict | None) -> None:
+    if storage.exists(run.legacy_score_record, storage_options) and not storage.exists(run.scores_root,
+                                                                                        storage_options):
+        message = (f"run {run.run_id} in {run.store} is in the old run-store layout (its scoring at the run root, "
+                   f"{run.legacy_score_record}); this version reads scorings from runs/<run>/scores/<score>/ "
+                   f"and does not convert old runs: score the source again (its cells are decoded once more "
+                   f"into a new run), or read the old tables directly")
+        raise LegacyRunError(message)
+
+
+def list_scorings(run: storage.RunPaths, storage_options: dict | None = None) -> list[dict]:
+    """Every scoring of ``run``, oldest complete first, incomplete ones last.
+
+    Returns:
+        One dict per scoring: score_id, complete, completed_at (ISO time or None) and the
+        settings of its score.json (None if it has none yet).
+    """
+    _require_current_layout(run, storage_options)
+    if not storage.exists(run.scores_root, storage_options):
+        return []
+    scorings = []
+    for score_id in storage.list_names(run.scores_root, storage_options):
+        paths = run.scoring(score_id)
+        done = storage.exists(paths.success, storage_options)
+        settings = (storage.read_json(paths.settings, storage_options)
+                    if storage.exists(paths.settings, storage_options) else None)
+        completed_at = _completed_at(paths, storage_options) if done else None
+        scorings.append({"score_id": score_id, "complete": done, "completed_at": completed_at,
+                         "settings": settings})
+    return sorted(scorings, key=lambda s: (not s["complete"], s["completed_at"] or "", s["score_id"]))
+
+
+def find_scoring(run: storage.RunPaths, score_id: str | None = None,
+                 storage_options: dict | None = None) -> storage.ScoringPaths:
+    """The named scoring of ``run``, or its latest complete one; raises if there is none to read."""
+    if not storage.exists(run.root, storage_options):
+        message = f"no run {run.run_id} in {run.store} ({run.root} does not exist)"
+        raise ScoringNotFoundError(message)
+    scorings = list_scorings(run, storage_options)
+    if score_id is not None:
+        if score_id not in {s["score_id"] for s in scorings}:
+            message = (f"run {run.run_id} has no scoring {score_id}; its scorings: "
+                       f"{', '.join(s['score_id'] for s in scorings) or 'none'}")
+            raise ScoringNotFoundError(message)
+        paths = run.scoring(score_id)
+        require_complete(paths, storage_options)
+        return paths
+    complete = [s for s in scorings if s["complete"]]
+    if not complete:
+        state = "only incomplete scorings (interrupted or still running)" if scorings else "no scoring"
+        message = f"run {run.run_id} in {run.store} has {state}: score it to read its calls"
+        raise ScoringNotFoundError(message)
+    return run.scoring(complete[-1]["score_id"])
+
+
+def derive_score_id(settings: dict) -> str:
+    """``<model_version>-<hash of the other settings>``: the same model and settings, the same scoring."""
+    others = {k: v for k, v in settings.items() if k != "model_version"}
+    digest = hashlib.sha256(json.dumps(others, sort_keys=True).encode()).hexdigest()
+    return f"{settings['model_version']}-{digest[:8]}"
+
+
+def open_scoring(scoring: storage.ScoringPaths, settings: dict, storage_options: dict | None = None) -> bool:
+    """Record a new scoring's settings, or check them against those it was started with.
+
+    A finished scoring is never rewritten: a score id that holds other settings is refused
+    before anything is written. Returns whether the scoring is already complete.
+    """
+    _require_current_layout(scoring.ingest, storage_options)
+    settings = json.loads(json.dumps(settings))
+    if storage.exists(scoring.settings, storage_options):
+        recorded = storage.read_json(scoring.settings, storage_options)
+        if recorded != settings:
+            changed = sorted(k for k in recorded.keys() | settings.keys() if recorded.get(k) != settings.get(k))
+            message = (f"scoring {scoring.score_id} of run {scoring.run_id} in {scoring.store} was made with other "
+                       f"settings ({', '.join(changed)} differ); a scoring is never rewritten: leave the score id "
+                       f"out (other settings get their own) or name a new one")
+            raise RunConflictError(message)
+        return storage.exists(scoring.success, storage_options)
+    storage.write_json(scoring.settings, settings, storage_options)
+    return False

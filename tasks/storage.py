@@ -23,6 +23,7 @@ import zarr
 
 __all__ = [
     "RunPaths",
+    "ScoringPaths",
     "create_cells_array",
     "create_probabilities_array",
     "exists",
@@ -44,6 +45,8 @@ __all__ = [
 
 IMAGES = "images"
 PROBABILITIES = "probabilities"
+SUCCESS = "_SUCCESS"
+SCORE_RECORD = "score.json"
 
 
 def storage_options_for(url: str, endpoint_url: str | None = None) -> dict[str, Any]:
@@ -209,9 +212,24 @@ def open_cells_array(url: str, storage_options: dict | None = None, name: str = 
     return zarr.open_group(store, mode="r" if read_only else "r+")[name]
 
 
+def _in_root(*parts: str) -> property:
+    """A path property: ``parts`` joined under the record's root."""
+    return property(lambda self: join(self.root, *parts))
+
+
+def _shard_marker(self, stage: str, shard: int) -> str:
+    """A shard's record of what it wrote; its presence means the shard is complete."""
+    return join(self.root, "_shards", stage, f"{shard:05d}.json")
+
+
 @dataclass(frozen=True)
 class RunPaths:
-    """Where each piece of a run lives in the store (see DESIGN.md, "The run store")."""
+    """Where each piece of an ingest run lives: ``runs/<run_id>/`` (docs/design.md, "The run store").
+
+    An ingest run holds a source's decoded cells and their tables; its scorings live under
+    ``scores/<score_id>/`` (:class:`ScoringPaths`), so a new model or new call settings add a
+    scoring and never rewrite the cells or an earlier scoring.
+    """
 
     store: str
     run_id: str
@@ -220,34 +238,53 @@ class RunPaths:
     def root(self) -> str:
         return join(self.store, "runs", self.run_id)
 
-    @property
-    def cells_zarr(self) -> str:
-        return join(self.root, "cells.zarr")
+    cells_zarr = _in_root("cells.zarr")
+    cells_table = _in_root("cells.parquet")
+    quarantine_table = _in_root("quarantine.parquet")
+    plan = _in_root("ingest_plan.json")
+    report = _in_root("ingest_report.json")
+    success = _in_root(SUCCESS)
+    scores_root = _in_root("scores")
+    # Where a run of the old layout (ingest and scoring in one folder) kept its scoring settings.
+    legacy_score_record = _in_root(SCORE_RECORD)
+    shard_marker = _shard_marker
+
+    def scoring(self, score_id: str) -> ScoringPaths:
+        return ScoringPaths(self, score_id)
+
+
+@dataclass(frozen=True)
+class ScoringPaths:
+    """Where each piece of one scoring of an ingest run lives: ``runs/<run_id>/scores/<score_id>/``.
+
+    The images (``cells_zarr``), the ingest cell table, the quarantine and the ingest report are
+    the ingest run's, read only here; the probabilities, the scored cell table (the ingest's with
+    probability columns), the patients, settings (score.json), reports and Grad-CAM overlays are
+    the scoring's own.
+    """
+
+    ingest: RunPaths
+    score_id: str
 
     @property
-    def cells_table(self) -> str:
-        return join(self.root, "cells.parquet")
+    def store(self) -> str:
+        return self.ingest.store
 
     @property
-    def quarantine_table(self) -> str:
-        return join(self.root, "quarantine.parquet")
+    def run_id(self) -> str:
+        return self.ingest.run_id
 
     @property
-    def patients_table(self) -> str:
-        return join(self.root, "patients.parquet")
+    def root(self) -> str:
+        return join(self.ingest.scores_root, self.score_id)
 
-    @property
-    def plan(self) -> str:
-        return join(self.root, "ingest_plan.json")
-
-    @property
-    def report(self) -> str:
-        return join(self.root, "ingest_report.json")
-
-    @property
-    def success(self) -> str:
-        return join(self.root, "_SUCCESS")
-
-    def shard_marker(self, stage: str, shard: int) -> str:
-        """A shard's record of what it wrote; its presence means the shard is complete."""
-        return join(self.root, "_shards", stage, f"{shard:05d}.json")
+    cells_zarr = property(lambda self: self.ingest.cells_zarr)
+    ingest_cells_table = property(lambda self: self.ingest.cells_table)
+    quarantine_table = property(lambda self: self.ingest.quarantine_table)
+    report = property(lambda self: self.ingest.report)
+    probabilities_zarr = _in_root("probabilities.zarr")
+    cells_table = _in_root("cells.parquet")
+    patients_table = _in_root("patients.parquet")
+    settings = _in_root(SCORE_RECORD)
+    success = _in_root(SUCCESS)
+    shard_marker = _shard_marker

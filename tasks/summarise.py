@@ -44,25 +44,29 @@ def score_columns(cells: pd.DataFrame, probabilities: np.ndarray, threshold: flo
 @task(name="summarise", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2,
       retry_condition_fn=retry_transient_errors)
 def write_scored_tables(
-    paths: storage.RunPaths,
+    paths: storage.ScoringPaths,
     config: SummaryConfig,
     model_version: str,
     store_options: dict,
     calibration: SiteCalibration | None = None,
+    patient_versions: dict[str, str] | None = None,
 ) -> pd.DataFrame:
-    """Write the scored cells.parquet and patients.parquet; returns the patient table.
+    """Write the scoring's cells.parquet and patients.parquet; returns the patient table.
 
+    Reads the ingest run's cell table, quarantine and report and the scoring's probabilities.
     With a site ``calibration`` the patients are summarised on the calibrated probabilities
-    (``config.threshold`` is then the site's threshold on that scale).
+    (``config.threshold`` is then the site's threshold on that scale). ``patient_versions``
+    (patient_id -> hash of its image set, :mod:`tasks.arrivals`) becomes the patient_version column.
     """
-    cells = storage.read_table(paths.cells_table, store_options)
+    cells = storage.read_table(paths.ingest_cells_table, store_options)
     quarantine = storage.read_table(paths.quarantine_table, store_options)
-    probabilities = storage.open_cells_array(paths.cells_zarr, store_options, name=storage.PROBABILITIES)[:]
+    probabilities = storage.open_cells_array(paths.probabilities_zarr, store_options, name=storage.PROBABILITIES)[:]
     scored = score_columns(cells, probabilities, config.threshold, model_version, calibration)
     report = storage.read_json(paths.report, store_options)
     called = scored if calibration is None else scored.assign(probability=scored[CALIBRATED_COLUMN])
     patients = summarise_cohort(called, quarantine, config, model_version,
                                 extra_patients=tuple(report.get("empty_patients", ())))
+    patients["patient_version"] = patients["patient_id"].map(patient_versions or {})
     storage.write_table(scored, paths.cells_table, store_options)
     storage.write_table(patients, paths.patients_table, store_options)
     return patients

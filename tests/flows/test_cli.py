@@ -37,14 +37,15 @@ def test_demo_runs_the_pipeline_and_prints_the_calls(tmp_path, dask_cluster):
     for name in ("model.keras", "model_card.json", "learning_curves.png", "confusion_matrix.png", "roc_curve.png",
                  "f1_curve.png"):
         assert (model_dir / name).stat().st_size > 0
-    # Two runs: the ingested training cohort, and the scored demo cohort.
+    # Two ingest runs: the training cohort, and the demo cohort with its one scoring.
     runs = sorted((store / "runs").iterdir())
     assert len(runs) == 2 and all((r / "_SUCCESS").exists() for r in runs)
-    (run,) = [r for r in runs if (r / "patients.parquet").exists()]
-    patients = pd.read_parquet(run / "patients.parquet")
-    assert tuple(patients.columns) == PATIENT_COLUMNS and len(patients) == 6
+    (scoring,) = [s for r in runs for s in (r / "scores").glob("*")]
+    assert (scoring / "_SUCCESS").exists()
+    patients = pd.read_parquet(scoring / "patients.parquet")
+    assert tuple(patients.columns) == (*PATIENT_COLUMNS, "patient_version") and len(patients) == 6
     assert set(patients["call"]) <= {"AML_SUSPECTED", "NOT_SUSPECTED", "INDETERMINATE", "INSUFFICIENT_CELLS"}
-    assert len(pd.read_parquet(run / "cells.parquet")) == 240
+    assert len(pd.read_parquet(scoring / "cells.parquet")) == 240
 
 
 def test_ingest_command_reports_counts_and_reruns_without_work(tmp_path, lmu_cells, dask_cluster):

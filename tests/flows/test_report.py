@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -36,7 +37,7 @@ def scored_run(lmu_cells, tmp_path_factory, dask_cluster, tiny_model_file):
     runner = DaskTaskRunner(address=dask_cluster.scheduler_address)
     result = score_smears.with_options(task_runner=runner)(source=str(source), store=store, min_cells=10,
                                                             chunk_cells=16, explain_top_k=TOP_K)
-    return result, storage.RunPaths(store, result["run_id"]), root
+    return result, storage.RunPaths(store, result["run_id"]).scoring(result["score_id"]), root
 
 
 def test_every_patient_gets_a_self_contained_report(scored_run):
@@ -84,7 +85,7 @@ def test_report_renders_in_headless_chromium(scored_run):
     executable = chromium()
     if executable is None:
         pytest.skip("chromium is not installed (apt-get install chromium): the HTML was checked with html.parser only")
-    page = root / "store" / "runs" / paths.run_id / "reports" / "A.html"
+    page = Path(paths.root) / "reports" / "A.html"
     image = screenshot(executable, page, root / "A.png", root / "chromium-profile")
     assert image.size == (1200, 1600) and not is_blank(image)
 
@@ -95,11 +96,14 @@ def test_cli_rebuilds_the_reports_of_a_complete_run_only(scored_run):
     storage.remove(storage.join(paths.root, "reports"), recursive=True)
     rebuilt = CliRunner().invoke(cli, ["report", paths.run_id, "--store", store])
     assert rebuilt.exit_code == 0, rebuilt.output
-    assert "reports of run" in rebuilt.output and storage.exists(storage.join(paths.root, "reports", "index.html"))
+    assert f"reports of run {paths.run_id}, scoring {paths.score_id} rebuilt" in rebuilt.output
+    assert storage.exists(storage.join(paths.root, "reports", "index.html"))
     assert all(storage.exists(storage.join(paths.root, "reports", f"{pid}.html")) for pid in "ABC")
 
     storage.remove(paths.success)
-    refused = CliRunner().invoke(cli, ["report", paths.run_id, "--store", store])
+    refused = CliRunner().invoke(cli, ["report", paths.run_id, "--store", store, "--score", paths.score_id])
     assert refused.exit_code == 1 and "is incomplete (no _SUCCESS)" in refused.output
+    latest = CliRunner().invoke(cli, ["report", paths.run_id, "--store", store])
+    assert latest.exit_code == 1 and "has only incomplete scorings" in latest.output
     missing = CliRunner().invoke(cli, ["report", "no-such-run", "--store", store])
     assert missing.exit_code == 1 and "no run no-such-run" in missing.output

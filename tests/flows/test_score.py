@@ -24,6 +24,10 @@ def run_score(task_runner, **parameters):
     return score_smears.with_options(task_runner=task_runner)(**parameters)
 
 
+def scoring_of(store: str, result: dict) -> storage.ScoringPaths:
+    return storage.RunPaths(store, result["run_id"]).scoring(result["score_id"])
+
+
 @pytest.mark.reliability
 def test_distributed_scores_equal_single_process_predict(lmu_cells, tmp_path, task_runner, tiny_model_file):
     source = compose_patient_cohort(lmu_cells, tmp_path / "cohort", {"A": (12, 8), "B": (3, 17), "C": (20, 0)})
@@ -31,12 +35,15 @@ def test_distributed_scores_equal_single_process_predict(lmu_cells, tmp_path, ta
     store = str(tmp_path / "store")
     result = run_score(task_runner, source=str(source), store=store, model=str(tiny_model_file),
                        min_cells=10, chunk_cells=8, chunks_per_task=1, batch_size=5)
-    paths = storage.RunPaths(store, result["run_id"])
+    paths = scoring_of(store, result)
     require_complete(paths)
+    require_complete(paths.ingest)
+    assert result["run"] == paths.root and result["ingest"] == paths.ingest.root
     cells = pd.read_parquet(paths.cells_table)
     assert tuple(cells.columns) == SCORED_COLUMNS
     assert len(cells) == 60 and cells["cell_id"].is_unique and cells["probability"].notna().all()
-    markers = sorted((tmp_path / "store" / "runs" / result["run_id"] / "_shards" / "score").iterdir())
+    markers = sorted((tmp_path / "store" / "runs" / result["run_id"] / "scores" / result["score_id"] / "_shards"
+                      / "score").iterdir())
     assert len(markers) == 8  # 61 inputs in chunks of 8
     assert sum(storage.read_json(str(m))["scored"] for m in markers) == 60, "every cell scored exactly once"
     images = storage.open_cells_array(paths.cells_zarr)[:]
@@ -46,8 +53,9 @@ def test_distributed_scores_equal_single_process_predict(lmu_cells, tmp_path, ta
     assert (cells["model_version"] == result["model_version"]).all()
 
     patients = pd.read_parquet(paths.patients_table)
-    assert tuple(patients.columns) == PATIENT_COLUMNS
+    assert tuple(patients.columns) == (*PATIENT_COLUMNS, "patient_version")
     assert patients["patient_id"].tolist() == ["A", "B", "C"]
+    assert patients["patient_version"].str.fullmatch("[0-9a-f]{64}").all() and patients["patient_version"].is_unique
     c = patients.set_index("patient_id").loc["C"]
     assert (c.n_cells, c.n_scored, c.n_quarantined) == (21, 20, 1)
     assert (patients["note"] == RESEARCH_NOTE).all() and (patients["threshold"] == 0.5).all()
@@ -60,7 +68,7 @@ def test_distributed_scores_equal_single_process_predict(lmu_cells, tmp_path, ta
 
     again = run_score(task_runner, source=str(source), store=store, model=str(tiny_model_file),
                       min_cells=10, chunk_cells=8, chunks_per_task=1, batch_size=5)
-    assert again["already_complete"] and again["run_id"] == result["run_id"]
+    assert again["already_complete"] and (again["run_id"], again["score_id"]) == (result["run_id"], result["score_id"])
     pd.testing.assert_frame_equal(pd.read_parquet(paths.cells_table), cells)
 
 
@@ -76,8 +84,8 @@ def test_s3_source_to_s3_store_with_a_registered_champion(lmu_cells, tmp_path, s
     upload_folder(local, f"s3://{bucket}/smears", options)
     result = run_score(task_runner, source=f"s3://{bucket}/smears", store=store, s3_endpoint_url=s3_endpoint,
                        min_cells=5, chunk_cells=4)
-    assert result["model_version"] == ref.version
-    paths = storage.RunPaths(store, result["run_id"])
+    assert result["model_version"] == ref.version and result["score_id"].startswith(ref.version)
+    paths = scoring_of(store, result)
     require_complete(paths, options)
     cells = storage.read_table(paths.cells_table, options)
     assert len(cells) == 14 and cells["probability"].between(0, 1).all()
@@ -98,10 +106,10 @@ def test_resuming_with_other_chunks_per_task_scores_every_cell(lmu_cells, tmp_pa
     params = dict(source=str(source), store=store, model=str(tiny_model_file), run_id="regroup", min_cells=5,
                   chunk_cells=4, batch_size=4, explain=False)
     first = run_score(task_runner, chunks_per_task=1, **params)
-    paths = storage.RunPaths(store, "regroup")
+    paths = scoring_of(store, first)
     complete = pd.read_parquet(paths.cells_table)
     # Interrupted before the second chunk was scored: its probabilities and marker are gone.
-    storage.open_cells_array(paths.cells_zarr, name=storage.PROBABILITIES, read_only=False)[4:8] = np.nan
+    storage.open_cells_array(paths.probabilities_zarr, name=storage.PROBABILITIES, read_only=False)[4:8] = np.nan
     storage.remove(paths.shard_marker("score", 1))
     storage.remove(paths.success)
 
@@ -117,7 +125,7 @@ def test_class_layout_run_reports_blast_like_rates_per_cell_type(lmu_cells, tmp_
     store = str(tmp_path / "store")
     result = run_score(task_runner, source=str(source), store=store, model=str(tiny_model_file), min_cells=5,
                        chunk_cells=8, explain=False)
-    paths = storage.RunPaths(store, result["run_id"])
+    paths = scoring_of(store, result)
     cells = pd.read_parquet(paths.cells_table)
     assert tuple(cells.columns) == SCORED_COLUMNS
     types = cells["cell_type"].astype(object).where(cells["cell_type"].notna(), "unknown")
@@ -170,9 +178,9 @@ def test_scoring_with_a_site_calls_on_its_calibrated_probabilities_and_records_i
     result = run_score(task_runner, source=str(source), store=store, site="lab-a", min_cells=5, chunk_cells=8,
                        explain=False)
     assert result["site"] == "lab-a" and result["model_version"] == ref.version
-    paths = storage.RunPaths(store, result["run_id"])
+    paths = scoring_of(store, result)
     require_complete(paths)
-    settings = storage.read_json(storage.join(paths.root, "score.json"))
+    settings = storage.read_json(paths.settings)
     assert settings["site"] == "lab-a" and settings["threshold"] == calibration.threshold
     assert settings["calibration"]["coefficients"] == {"slope": 1.0, "intercept": 12.0}
 
@@ -205,6 +213,8 @@ def test_a_site_calibrated_for_another_model_version_is_refused_before_anything_
     new = "20991231T000000Z-feedbeef"
     shutil.copytree(tmp_path / "store" / "models" / ref.version, tmp_path / "store" / "models" / new,
                     ignore=shutil.ignore_patterns("sites"))
+    card = tmp_path / "store" / "models" / new / "model_card.json"
+    card.write_text(json.dumps({**json.loads(card.read_text()), "version": new}))
     set_champion(store, new)
     source = compose_patient_cohort(lmu_cells, tmp_path / "cohort", {"A": (2, 2)})
 

@@ -77,10 +77,9 @@ def start_score_process(address: str, log: Path, **parameters) -> subprocess.Pop
 
 
 def score_markers(store: Path, run_id: str) -> dict[str, int]:
-    """The score shard markers of a run: name -> mtime (ns)."""
-    folder = store / "runs" / run_id / "_shards" / "score"
+    """The score shard markers of a run's scorings (these tests make one per run): name -> mtime (ns)."""
     found = {}
-    for path in folder.glob("*.json") if folder.is_dir() else ():
+    for path in (store / "runs" / run_id).glob("scores/*/_shards/score/*.json"):
         try:
             found[path.name] = path.stat().st_mtime_ns
         except FileNotFoundError:
@@ -89,12 +88,11 @@ def score_markers(store: Path, run_id: str) -> dict[str, int]:
 
 
 def read_tables(store: str, run_id: str, storage_options: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """cells.parquet and patients.parquet of a complete run, rows in a canonical order."""
+    """cells.parquet and patients.parquet of a run's latest complete scoring, rows in a canonical order."""
     from tasks import storage
-    from tasks.runs import require_complete
+    from tasks.runs import find_scoring
 
-    paths = storage.RunPaths(store, run_id)
-    require_complete(paths, storage_options)
+    paths = find_scoring(storage.RunPaths(store, run_id), None, storage_options)
     cells = storage.read_table(paths.cells_table, storage_options).sort_values("cell_id", ignore_index=True)
     patients = storage.read_table(paths.patients_table, storage_options).sort_values("patient_id", ignore_index=True)
     return cells, patients

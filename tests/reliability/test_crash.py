@@ -41,17 +41,21 @@ def test_killed_score_flow_is_refused_as_incomplete_and_a_rerun_completes_it(coh
     run = store / "runs" / "crash"
     ingest_before = {p.name: p.stat().st_mtime_ns for p in (run / "_shards" / "ingest").iterdir()}
     assert 0 < len(before) < SCORE_SHARDS, "killed after some chunks, before the last"
-    assert not (run / "_SUCCESS").exists() and not (run / "patients.parquet").exists()
-    # Scoring starts as shards are decoded, so the cell table may not be written yet; if it
-    # is, it is the ingest's, without probabilities.
+    (scoring_dir,) = (run / "scores").iterdir()
+    assert not (scoring_dir / "_SUCCESS").exists() and not (scoring_dir / "patients.parquet").exists()
+    assert not (scoring_dir / "cells.parquet").exists()
+    # Scoring starts as shards are decoded, so the ingest's cell table may not be written yet; it
+    # never holds probabilities (they are the scoring's).
     cells_table = run / "cells.parquet"
     assert not cells_table.exists() or "probability" not in pd.read_parquet(cells_table).columns
 
     # Readers refuse it: the library's check, and aml-smear's own reader of runs.
-    paths = storage.RunPaths(str(store), "crash")
-    with pytest.raises(IncompleteRunError, match="run crash .* is incomplete .*rerun it with the same --run-id"):
-        require_complete(paths)
+    scoring = storage.RunPaths(str(store), "crash").scoring(scoring_dir.name)
+    with pytest.raises(IncompleteRunError, match="scoring .* of run crash .* is incomplete .*rerun it with the same"):
+        require_complete(scoring)
     refused = CliRunner().invoke(cli, ["report", "crash", "--store", str(store)])
+    assert refused.exit_code == 1 and "has only incomplete scorings" in refused.output, refused.output
+    refused = CliRunner().invoke(cli, ["report", "crash", "--store", str(store), "--score", scoring_dir.name])
     assert refused.exit_code == 1 and "is incomplete (no _SUCCESS)" in refused.output, refused.output
 
     result = score_smears.with_options(task_runner=DaskTaskRunner(address=cluster.scheduler_address))(**params)
@@ -63,7 +67,8 @@ def test_killed_score_flow_is_refused_as_incomplete_and_a_rerun_completes_it(coh
     assert len(ingest_after) == SCORE_SHARDS
     assert {name: ingest_after[name] for name in ingest_before} == ingest_before, "no decoded shard is decoded again"
     assert_same_tables(read_tables(str(store), "crash"), clean_run[2])
-    assert json.loads((run / "score.json").read_text())["model_version"] == result["model_version"]
+    assert result["score_id"] == scoring_dir.name
+    assert json.loads((scoring_dir / "score.json").read_text())["model_version"] == result["model_version"]
 
 
 def test_killed_retrain_keeps_the_champion_and_racing_retrains_promote_one_complete_model(
@@ -137,3 +142,42 @@ def test_killed_retrain_keeps_the_champion_and_racing_retrains_promote_one_compl
     for path in fs.find(f"{bucket}/store/models"):
         data = fs.cat_file(path)
         assert not any(secret.encode() in data for secret in FAKE_SECRETS.values()), path
+
+
+def test_a_killed_rescoring_leaves_the_finished_scoring_byte_identical(clean_run, cohort, cluster, client,
+                                                                       tiny_model_file, tmp_path):
+    """A rerun with other settings is killed mid-scoring: the finished scoring and the cells are untouched."""
+    import shutil
+
+    from tasks.runs import find_scoring, list_scorings
+
+    clean_store, run_id, tables = clean_run
+    store = tmp_path / "store"
+    shutil.copytree(clean_store, store)
+    run = store / "runs" / run_id
+
+    def files() -> dict[str, bytes]:
+        return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+    before = files()
+    params = dict(source=str(cohort), store=str(store), model=str(tiny_model_file),
+                  run_id=run_id, **{**SCORE_PARAMS, "min_cells": SCORE_PARAMS["min_cells"] + 1})
+    log = tmp_path / "flow.log"
+    process = start_score_process(cluster.scheduler_address, log, **params)
+    try:
+        wait_for(lambda: len(list(run.glob("scores/*/_shards/score/*.json"))) >= SCORE_SHARDS + 2
+                 or process.poll() is not None, 240, "some chunks of the new scoring")
+    finally:
+        kill_group(process)
+    assert process.returncode == -9, f"the flow ended before it was killed:\n{log.read_text()[-3000:]}"
+    wait_for(lambda: not any(client.run(_executing).values()), 60, "the workers to finish their running tasks")
+
+    after = files()
+    assert {name: after.get(name) for name in before} == before, "a file of the finished run changed or vanished"
+    scorings = list_scorings(storage.RunPaths(str(store), run_id))
+    assert [s["complete"] for s in scorings] == [True, False]
+    assert scorings[1]["settings"]["min_cells"] == params["min_cells"]
+    # Readers still find the finished scoring, with its tables as they were.
+    assert find_scoring(storage.RunPaths(str(store), run_id)).score_id == scorings[0]["score_id"]
+    assert_same_tables(read_tables(str(store), run_id), tables)
+

@@ -85,5 +85,5 @@ def test_a_cohort_larger_than_worker_memory_streams_through_one_worker(prefect_a
     assert result["cells"] == 540 and not result["already_complete"]
     assert pid_after == pid_before, "the worker was killed for memory and restarted"
     assert peak < 0.95 * MEMORY_LIMIT < images.nbytes, f"peak {peak / 1e9:.2f} GB"
-    probabilities = storage.read_table(paths.cells_table)["probability"].to_numpy()
+    probabilities = storage.read_table(paths.scoring(result["score_id"]).cells_table)["probability"].to_numpy()
     assert len(probabilities) == 540 and np.isfinite(probabilities).all()

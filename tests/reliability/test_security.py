@@ -81,7 +81,7 @@ def test_a_scoring_command_keeps_credentials_out_of_every_output_and_binds_loopb
         kill_group(process)
     output = log.read_text()
     assert process.returncode == 0, output[-4000:]
-    assert "run secrets: 5 cells scored" in output
+    assert "run secrets, scoring " in output and " complete: 5 cells scored" in output
     assert any("uvicorn" in cmd for cmd in listening.values()), f"the Prefect server was not seen: {listening}"
     assert len(listening) >= 2, f"the Dask scheduler was not seen: {listening}"
     assert {ip for ip, _ in listening} == {"127.0.0.1"}, listening
