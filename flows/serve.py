@@ -24,6 +24,7 @@ __all__ = [
     "DASK_WORKERS_ENV",
     "DEPLOYMENTS",
     "NIGHTLY_RETRAIN",
+    "SCORE_NEW_ARRIVALS",
     "SCORE_ON_DEMAND",
     "VARIABLES",
     "WORK_POOL",
@@ -48,6 +49,8 @@ VARIABLES: Mapping[str, str] = {
     "aml_smear_store": "run store and model registry of the nightly retrain (a folder or s3:// URL)",
     "aml_smear_retrain_sources": "labelled cell collections of the nightly retrain (a JSON list of URLs)",
     "aml_smear_s3_endpoint_url": "S3-compatible endpoint (MinIO) for s3:// URLs; empty or unset for AWS",
+    "aml_smear_incoming": "where new smears arrive, one folder per patient (a folder or s3:// URL); "
+                          "unset: no new-arrival scoring",
 }
 # Without these a deployment has no sensible value; the S3 endpoint is optional.
 REQUIRED_VARIABLES = frozenset({"aml_smear_store", "aml_smear_retrain_sources"})
@@ -64,7 +67,11 @@ class DeploymentSpec:
         description: shown in the Prefect UI.
         variables: {flow parameter: Prefect variable} for parameters read from variables
             when the deployment is registered (``prefect deploy`` or ``aml-smear serve``).
+        parameters: fixed parameter values of every run of this deployment.
         cron, timezone: the schedule (IANA time zone), or None for on-demand runs only.
+        interval_seconds: an interval schedule instead of a cron one, or None.
+        requires: variables without which the deployment is not served (and stays paused
+            in prefect.yaml until they are set).
         concurrency_limit: most runs of this deployment at once, or None for no limit.
         collision_strategy: what happens to a run that would exceed the limit: "ENQUEUE" (wait,
             Prefect's default) or "CANCEL_NEW" (cancelled at once).
@@ -84,8 +91,11 @@ class DeploymentSpec:
     entrypoint: str
     description: str
     variables: Mapping[str, str] = field(default_factory=dict)
+    parameters: Mapping[str, Any] = field(default_factory=dict)
     cron: str | None = None
     timezone: str | None = None
+    interval_seconds: int | None = None
+    requires: frozenset[str] = frozenset()
     concurrency_limit: int | None = None
     collision_strategy: str | None = None
     timeout_seconds: int | None = None
@@ -133,7 +143,24 @@ NIGHTLY_RETRAIN = DeploymentSpec(
     retry_delay_seconds=15 * 60,
     tags=("aml-smear", "training"),
 )
-DEPLOYMENTS: tuple[DeploymentSpec, ...] = (SCORE_ON_DEMAND, NIGHTLY_RETRAIN)
+SCORE_NEW_ARRIVALS = DeploymentSpec(
+    flow_name="score-smears",
+    name="new-arrivals",
+    entrypoint="score_new_arrivals",
+    description="Every 15 minutes, score the patients of the incoming source that the champion has not "
+                "scored yet (new folders, or folders with changed images). Research use only: not a diagnosis.",
+    variables={"source": "aml_smear_incoming", "store": "aml_smear_store",
+               "s3_endpoint_url": "aml_smear_s3_endpoint_url"},
+    parameters={"new_only": True},
+    interval_seconds=15 * 60,
+    requires=frozenset({"aml_smear_incoming"}),
+    # One at a time: a pass still scoring when the next is due makes the next one pointless.
+    concurrency_limit=1,
+    collision_strategy="CANCEL_NEW",
+    timeout_seconds=4 * 3600,
+    tags=("aml-smear", "scoring"),
+)
+DEPLOYMENTS: tuple[DeploymentSpec, ...] = (SCORE_ON_DEMAND, NIGHTLY_RETRAIN, SCORE_NEW_ARRIVALS)
 
 
 def dask_runner_from_environment(environ: Mapping[str, str] | None = None) -> DaskTaskRunner:
@@ -198,19 +225,25 @@ def deployment_options(spec: DeploymentSpec, variables: Mapping[str, Any]) -> di
         variables: Prefect variable values by name (see :func:`read_variables`); a parameter
             whose variable is absent keeps the flow's default.
     """
+    from datetime import timedelta
+
     from prefect.client.schemas.objects import ConcurrencyLimitConfig
-    from prefect.schedules import Cron
+    from prefect.schedules import Cron, Interval
     from prefect.types.entrypoint import EntrypointType
 
     concurrency = spec.concurrency_limit
     if concurrency is not None and spec.collision_strategy is not None:
         concurrency = ConcurrencyLimitConfig(limit=concurrency, collision_strategy=spec.collision_strategy)
+    schedules = [Cron(spec.cron, timezone=spec.timezone)] if spec.cron else []
+    if spec.interval_seconds:
+        schedules.append(Interval(timedelta(seconds=spec.interval_seconds)))
     return {
         "name": spec.name,
         "description": spec.description,
-        "parameters": {parameter: variables[variable] for parameter, variable in spec.variables.items()
-                       if variable in variables},
-        "schedules": [Cron(spec.cron, timezone=spec.timezone)] if spec.cron else [],
+        "parameters": {**spec.parameters, **{parameter: variables[variable]
+                                             for parameter, variable in spec.variables.items()
+                                             if variable in variables}},
+        "schedules": schedules,
         "concurrency_limit": concurrency,
         "tags": list(spec.tags),
         # Recorded for the UI only: the runner runs the flow objects it was given.
@@ -243,8 +276,14 @@ def serve_deployments(task_runner: DaskTaskRunner, limit: int | None = None) -> 
     variables = read_variables(names)
     runner = Runner(name="aml-smear-serve", limit=limit, pause_on_shutdown=True)
     for spec in DEPLOYMENTS:
+        if not spec.requires <= variables.keys():
+            print(f"not serving {spec.full_name}: set {', '.join(sorted(spec.requires - variables.keys()))}",
+                  flush=True)
+            continue
         runner.add_flow(deployed_flow(spec, task_runner), **deployment_options(spec, variables))
-        print(f"serving {spec.full_name}" + (f" ({spec.cron}, {spec.timezone})" if spec.cron else ""), flush=True)
+        schedule = (f" ({spec.cron}, {spec.timezone})" if spec.cron else
+                    f" (every {spec.interval_seconds // 60} min)" if spec.interval_seconds else "")
+        print(f"serving {spec.full_name}{schedule}", flush=True)
     try:
         asyncio.run(runner.start())
     except KeyboardInterrupt:

@@ -14,6 +14,7 @@ from flows.serve import (
     DASK_WORKERS_ENV,
     DEPLOYMENTS,
     NIGHTLY_RETRAIN,
+    SCORE_NEW_ARRIVALS,
     SCORE_ON_DEMAND,
     WORK_POOL,
     dask_runner_from_environment,
@@ -39,9 +40,13 @@ def test_prefect_yaml_declares_the_deployments_of_flows_serve(prefect_yaml):
     for spec in DEPLOYMENTS:
         declared = deployments[spec.name]
         assert declared["entrypoint"] == f"deployments/entrypoints.py:{spec.entrypoint}"
-        assert declared["parameters"] == {parameter: f"{{{{ prefect.variables.{variable} }}}}"
-                                          for parameter, variable in spec.variables.items()}
+        assert declared["parameters"] == {**spec.parameters,
+                                          **{parameter: f"{{{{ prefect.variables.{variable} }}}}"
+                                             for parameter, variable in spec.variables.items()}}
         expected_schedules = [{"cron": spec.cron, "timezone": spec.timezone, "active": True}] if spec.cron else []
+        if spec.interval_seconds:
+            # Paused until its required variables are set (a deploy without them reads "").
+            expected_schedules.append({"interval": spec.interval_seconds, "active": not spec.requires})
         assert declared["schedules"] == expected_schedules
         expected_limit = (spec.concurrency_limit if spec.collision_strategy is None else
                           {"limit": spec.concurrency_limit, "collision_strategy": spec.collision_strategy})
@@ -104,8 +109,8 @@ def test_served_deployments_have_the_names_schedule_and_variable_parameters():
     runner = dask_runner_from_environment({DASK_WORKERS_ENV: "1"})
     variables = {"aml_smear_store": "s3://lab/store", "aml_smear_retrain_sources": ["s3://lab/labelled"]}
     # What Runner.add_flow builds from the same options, without registering anything.
-    on_demand, nightly = (deployed_flow(spec, runner).to_deployment(**deployment_options(spec, variables))
-                          for spec in DEPLOYMENTS)
+    on_demand, nightly, arrivals = (deployed_flow(spec, runner).to_deployment(**deployment_options(spec, variables))
+                                    for spec in DEPLOYMENTS)
 
     assert (on_demand.flow_name, on_demand.name) == ("score-smears", "on-demand")
     assert not on_demand.schedules and on_demand.parameters == {}  # no endpoint variable: the flow's default
@@ -118,6 +123,13 @@ def test_served_deployments_have_the_names_schedule_and_variable_parameters():
     assert on_demand.concurrency_limit is None
     assert on_demand.entrypoint == "flows.score.score_smears"
     assert deployed_flow(NIGHTLY_RETRAIN, runner).task_runner is runner
+    # New arrivals: every 15 minutes, only what the champion has not scored, one pass at a time.
+    assert (arrivals.flow_name, arrivals.name) == ("score-smears", "new-arrivals")
+    (schedule,) = arrivals.schedules
+    assert schedule.schedule.interval.total_seconds() == 900
+    assert arrivals.parameters == {"new_only": True, "store": "s3://lab/store"}  # no incoming variable given
+    assert arrivals.concurrency_options.collision_strategy == "CANCEL_NEW"
+    assert SCORE_NEW_ARRIVALS.requires == {"aml_smear_incoming"}
 
 
 def test_serve_refuses_to_start_without_a_prefect_api():
