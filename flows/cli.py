@@ -10,6 +10,7 @@ import click
 
 from aml_model.config import DEFAULT_RECIPE, RECIPES
 from flows.cli_models import models
+from flows.cli_runs import runs
 
 # Read when Prefect is first imported, and carried with every task to the Dask workers: a busy
 # machine can take longer than Prefect's default 20 s to start a temporary API server.
@@ -356,6 +357,7 @@ def serve_command(limit, scheduler, workers) -> None:
 
 
 cli.add_command(models)
+cli.add_command(runs)
 
 
 def main() -> None:

@@ -1,0 +1,145 @@
+"""Operating the run store: list its runs and scorings, prune the old ones (``aml-smear runs``).
+
+No Prefect, no TensorFlow: plain reads and removals through :mod:`tasks.storage`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import fsspec
+
+from tasks import storage
+from tasks.registry import CARD_FILE, models_root
+from tasks.runs import LegacyRunError, list_scorings
+
+__all__ = ["RunEntry", "RunPrunePlan", "list_runs", "plan_prune_runs", "prune_runs", "runs_root"]
+
+
+def runs_root(store: str) -> str:
+    return storage.join(store, "runs")
+
+
+@dataclass(frozen=True)
+class RunEntry:
+    """One ingest run: its state, cell count, scorings and when anything in it last completed.
+
+    Attributes:
+        last_activity: the newest completion time of the run or its scorings; for a run that never
+            completed, when its plan was written (None when even that is unknown).
+        scorings: as :func:`tasks.runs.list_scorings` gives them (empty for a run of the old layout).
+        legacy: the run is in the old layout (its scoring at the run root).
+    """
+
+    run_id: str
+    complete: bool
+    cells: int | None
+    scorings: tuple[dict, ...]
+    last_activity: datetime | None
+    legacy: bool
+
+
+def _modified(url: str, storage_options: dict | None) -> datetime | None:
+    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    try:
+        stamp = fs.modified(path)
+    except (FileNotFoundError, NotImplementedError, OSError):
+        return None
+    return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
+
+
+def _completed_at(url: str, storage_options: dict | None) -> datetime | None:
+    """When a ``_SUCCESS`` was written: its recorded time, else the file's modification time."""
+    if not storage.exists(url, storage_options):
+        return None
+    data = storage.read_bytes(url, storage_options)
+    if data.strip():
+        return datetime.fromisoformat(json.loads(data)["completed_at"])
+    return _modified(url, storage_options)
+
+
+def _entry(store: str, run_id: str, storage_options: dict | None) -> RunEntry:
+    run = storage.RunPaths(store, run_id)
+    try:
+        scorings = tuple(list_scorings(run, storage_options))
+        legacy = False
+    except LegacyRunError:
+        scorings, legacy = (), True
+    complete = storage.exists(run.success, storage_options)
+    cells = (storage.read_json(run.report, storage_options)["counts"]["cells"]
+             if complete and storage.exists(run.report, storage_options) else None)
+    times = [_completed_at(run.success, storage_options)]
+    times += [datetime.fromisoformat(s["completed_at"]) for s in scorings if s["completed_at"]]
+    times = [t for t in times if t is not None] or [_modified(run.plan, storage_options)]
+    return RunEntry(run_id=run_id, complete=complete, cells=cells, scorings=scorings,
+                    last_activity=max((t for t in times if t is not None), default=None), legacy=legacy)
+
+
+def list_runs(store: str, storage_options: dict | None = None) -> list[RunEntry]:
+    """Every run of the store, by run id."""
+    return [_entry(store, run_id, storage_options)
+            for run_id in storage.list_names(runs_root(store), storage_options)]
+
+
+@dataclass(frozen=True)
+class RunPrunePlan:
+    """What ``prune_runs`` removes, and why each other old run stays."""
+
+    remove: tuple[str, ...]
+    kept_old: dict[str, str]
+
+
+def _runs_models_need(store: str, storage_options: dict | None) -> dict[str, str]:
+    """{run_id: model version} of the runs a registered model was trained on (its card's data.runs)."""
+    needed: dict[str, str] = {}
+    root = models_root(store)
+    for version in storage.list_names(root, storage_options):
+        card_url = storage.join(root, version, CARD_FILE)
+        if not storage.exists(card_url, storage_options):
+            continue
+        for run_root in storage.read_json(card_url, storage_options).get("data", {}).get("runs", []):
+            needed.setdefault(run_root.rstrip("/").rsplit("/", 1)[-1], version)
+    return needed
+
+
+def plan_prune_runs(store: str, older_than_days: float, storage_options: dict | None = None,
+                    now: datetime | None = None) -> RunPrunePlan:
+    """The runs whose last activity is older than ``older_than_days``, except those a registered model needs.
+
+    A run of unknown age is kept. Pruning a run removes its cells and every scoring of it; the
+    ledger of scored patients stays, so ``--new-only`` does not score pruned patients again.
+    """
+    cutoff = (now or datetime.now(UTC)) - timedelta(days=older_than_days)
+    needed = _runs_models_need(store, storage_options)
+    remove, kept = [], {}
+    for entry in list_runs(store, storage_options):
+        if entry.last_activity is None or entry.last_activity >= cutoff:
+            if entry.last_activity is None:
+                kept[entry.run_id] = "age unknown"
+            continue
+        if entry.run_id in needed:
+            kept[entry.run_id] = f"model {needed[entry.run_id]} was trained on it"
+            continue
+        remove.append(entry.run_id)
+    return RunPrunePlan(remove=tuple(remove), kept_old=kept)
+
+
+def prune_runs(store: str, older_than_days: float, storage_options: dict | None = None,
+               dry_run: bool = False, now: datetime | None = None) -> RunPrunePlan:
+    """Remove the runs :func:`plan_prune_runs` names (nothing with ``dry_run``); returns the plan.
+
+    Each run's ``_SUCCESS`` and its scorings' go first, so a prune interrupted half-way leaves
+    runs that readers refuse as incomplete, never a complete-looking run with files missing.
+    """
+    plan = plan_prune_runs(store, older_than_days, storage_options, now)
+    if dry_run:
+        return plan
+    for run_id in plan.remove:
+        run = storage.RunPaths(store, run_id)
+        for scoring in storage.list_names(run.scores_root, storage_options):
+            storage.remove(run.scoring(scoring).success, storage_options)
+        storage.remove(run.success, storage_options)
+        storage.remove(run.root, storage_options, recursive=True)
+    return plan

@@ -1,0 +1,95 @@
+"""aml-smear runs: listing and pruning the run store, on local disk and on the moto S3 server."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from click.testing import CliRunner
+
+from flows.cli import cli
+from tasks import storage
+from tasks.run_admin import list_runs, plan_prune_runs, prune_runs
+
+NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+
+
+def _run(store: str, run_id: str, days_ago: float | None, scorings: dict[str, float | None] | None = None,
+         options: dict | None = None) -> storage.RunPaths:
+    """An ingest run completed ``days_ago`` (None: never completed) with scorings {id: days ago or None}."""
+    run = storage.RunPaths(store, run_id)
+    storage.write_json(run.plan, {"fingerprint": run_id}, options)
+    if days_ago is not None:
+        storage.write_json(run.report, {"counts": {"cells": 12, "quarantined": 0}}, options)
+        storage.write_json(run.success, {"completed_at": (NOW - timedelta(days=days_ago)).isoformat()}, options)
+    for score_id, score_days in (scorings or {}).items():
+        scoring = run.scoring(score_id)
+        storage.write_json(scoring.settings, {"model_version": "v1", "threshold": 0.5, "min_cells": 100}, options)
+        if score_days is not None:
+            storage.write_json(scoring.success, {"completed_at": (NOW - timedelta(days=score_days)).isoformat()},
+                               options)
+    return run
+
+
+def _store(root: str, options: dict | None = None) -> str:
+    _run(root, "fresh", 1, {"v1-a": 1}, options)
+    _run(root, "old", 40, {"v1-a": 39, "v2-b": None}, options)
+    _run(root, "old-ingest-new-scoring", 40, {"v1-a": 2}, options)
+    _run(root, "trained-on", 60, {}, options)
+    storage.write_json(storage.join(root, "models", "v1", "model_card.json"),
+                       {"version": "v1", "data": {"runs": [storage.join(root, "runs", "trained-on")]}}, options)
+    return root
+
+
+def test_list_runs_gives_state_cells_scorings_and_last_activity(tmp_path):
+    store = _store(str(tmp_path / "store"))
+    _run(store, "interrupted", None)
+    entries = {entry.run_id: entry for entry in list_runs(store)}
+    assert sorted(entries) == ["fresh", "interrupted", "old", "old-ingest-new-scoring", "trained-on"]
+    old = entries["old"]
+    assert old.complete and old.cells == 12 and not old.legacy
+    assert [(s["score_id"], s["complete"]) for s in old.scorings] == [("v1-a", True), ("v2-b", False)]
+    assert old.last_activity == NOW - timedelta(days=39), "the newest completion, scorings included"
+    assert entries["old-ingest-new-scoring"].last_activity == NOW - timedelta(days=2)
+    interrupted = entries["interrupted"]
+    assert not interrupted.complete and interrupted.cells is None
+    assert interrupted.last_activity is not None and abs(interrupted.last_activity - datetime.now(UTC)) < timedelta(
+        minutes=5), "a run that never completed is as old as its plan file"
+
+
+def test_prune_removes_old_runs_only_and_keeps_what_a_model_was_trained_on(tmp_path):
+    store = _store(str(tmp_path / "store"))
+    plan = plan_prune_runs(store, 30, now=NOW)
+    assert plan.remove == ("old",)
+    assert plan.kept_old == {"trained-on": "model v1 was trained on it"}
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    dry = prune_runs(store, 30, dry_run=True, now=NOW)
+    assert dry == plan and sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    prune_runs(store, 30, now=NOW)
+    assert sorted(storage.list_names(storage.join(store, "runs"))) == ["fresh", "old-ingest-new-scoring",
+                                                                       "trained-on"]
+    assert prune_runs(store, 0.5, now=NOW).remove == ("fresh", "old-ingest-new-scoring")
+
+
+def test_runs_commands_on_s3(s3_bucket, s3_endpoint):
+    bucket, options = s3_bucket
+    store = _store(f"s3://{bucket}/store", options)
+    listed = CliRunner().invoke(cli, ["runs", "list", "--store", store, "--s3-endpoint-url", s3_endpoint])
+    assert listed.exit_code == 0, listed.output
+    assert "old  complete, 12 cells, last activity" in listed.output
+    assert "  scoring v2-b  incomplete  model v1, threshold 0.5, min_cells 100" in listed.output
+    # The CLI measures age from the real clock: with 0 days every completed run is old enough.
+    dry = CliRunner().invoke(cli, ["runs", "prune", "--older-than", "0", "--dry-run", "--store", store,
+                                   "--s3-endpoint-url", s3_endpoint])
+    assert dry.exit_code == 0, dry.output
+    assert "would remove 3 runs: fresh, old, old-ingest-new-scoring" in dry.output
+    assert "kept trained-on: model v1 was trained on it" in dry.output
+    assert len(storage.list_names(storage.join(store, "runs"), options)) == 4
+    pruned = CliRunner().invoke(cli, ["runs", "prune", "--older-than", "0", "--store", store,
+                                      "--s3-endpoint-url", s3_endpoint])
+    assert pruned.exit_code == 0 and "removed 3 runs" in pruned.output, pruned.output
+    assert storage.list_names(storage.join(store, "runs"), options) == ["trained-on"]
+
+
+def test_prune_needs_a_non_negative_age(tmp_path):
+    refused = CliRunner().invoke(cli, ["runs", "prune", "--older-than", "-1", "--store", str(tmp_path)])
+    assert refused.exit_code == 2 and "--older-than" in refused.output
