@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from aml_model.calibration import SiteCalibration, validate_site_name
 from aml_model.errors import AmlSmearError
 from tasks import storage
 from tasks.predict import worker_scorer
 from tasks.registry import CARD_FILE, ModelNotFoundError, ModelRef, models_root
-from tasks.retry import retry_transient_errors
+from tasks.retry import store_task
 from tasks.training import load_cells
 
 __all__ = ["CalibrationNotFoundError", "calibrated_versions", "list_sites", "read_site_calibration",
@@ -85,8 +83,7 @@ def read_site_calibration(store: str, site: str, version: str, storage_options: 
     return calibration
 
 
-@task(name="score-labelled-cells", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2,
-      retry_condition_fn=retry_transient_errors)
+@store_task("score-labelled-cells")
 def score_labelled_cells(cells: pd.DataFrame, model: ModelRef, store_options: dict, batch_size: int = 64) -> np.ndarray:
     """Raw probabilities of the given cells (cells_zarr, zarr_index), scored on a worker as ``score-smears`` does.
 

@@ -11,9 +11,8 @@ from dataclasses import dataclass, field
 
 import fsspec
 import pandas as pd
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
+from tasks.retry import store_task
 from tasks.storage import is_local
 
 from aml_model.layouts import (DEFAULT_CLASS_LABELS, LABELS, cell_type_for_class, choose_layout, is_image_name,
@@ -250,7 +249,7 @@ def discover(
     return found
 
 
-@task(name="discover-inputs", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+@store_task("discover-inputs")
 def discover_inputs(source: str, layout: str, storage_options: dict,
                     manifest_root: str | None = None) -> Discovery:
     """Prefect task around :func:`discover` (retried: listing is network I/O on S3)."""

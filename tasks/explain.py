@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from aml_model.report import encode_png, report_name, top_cells
 from tasks import storage
 from tasks.predict import load_worker_model
 from tasks.registry import ModelRef
-from tasks.retry import retry_transient_errors
+from tasks.retry import store_task
 
 __all__ = ["EXPLAIN_MANIFEST", "explain_dir", "explain_patient", "manifest_url"]
 
@@ -27,8 +25,7 @@ def manifest_url(paths: storage.ScoringPaths, patient_id: str) -> str:
     return storage.join(explain_dir(paths, patient_id), EXPLAIN_MANIFEST)
 
 
-@task(name="explain-patient", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2,
-      retry_condition_fn=retry_transient_errors)
+@store_task("explain-patient")
 def explain_patient(
     paths: storage.ScoringPaths,
     patient_id: str,

@@ -7,8 +7,7 @@ import json
 
 import numpy as np
 import pandas as pd
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import get_run_logger
 
 from aml_model.catalog import build_cell_tables
 from aml_model.config import PreprocessConfig
@@ -16,7 +15,7 @@ from aml_model.errors import ImageDecodeError
 from aml_model.preprocess import decode_cell
 from tasks import storage
 from tasks.discover import CellInput
-from tasks.retry import retry_transient_errors
+from tasks.retry import store_task
 
 __all__ = ["ShardSpec", "ingest_shard", "plan_hash", "plan_shards", "write_ingest_tables"]
 
@@ -60,8 +59,7 @@ def _decode_one(uri: str, storage_options: dict, config: PreprocessConfig) -> tu
     return cell, {"sha256": hashlib.sha256(data).hexdigest(), "reason": None}
 
 
-@task(name="ingest-shard", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2,
-      retry_condition_fn=retry_transient_errors)
+@store_task("ingest-shard")
 def ingest_shard(
     spec: ShardSpec,
     cells_url: str,
@@ -100,8 +98,7 @@ def ingest_shard(
     return records
 
 
-@task(name="write-ingest-tables", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2,
-      retry_condition_fn=retry_transient_errors)
+@store_task("write-ingest-tables")
 def write_ingest_tables(
     inputs: list[CellInput],
     records: list[dict],

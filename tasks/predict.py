@@ -6,12 +6,10 @@ import logging
 import threading
 
 import numpy as np
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from tasks import storage
 from tasks.registry import ModelRef
-from tasks.retry import retry_transient_errors
+from tasks.retry import store_task
 
 __all__ = ["load_worker_model", "score_shard", "worker_scorer"]
 
@@ -65,8 +63,7 @@ def worker_scorer(model: ModelRef, storage_options: dict, precision: str, batch_
         return _SCORERS[key]
 
 
-@task(name="score-shard", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2,
-      retry_condition_fn=retry_transient_errors)
+@store_task("score-shard")
 def score_shard(
     start: int,
     stop: int,

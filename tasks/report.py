@@ -6,8 +6,6 @@ import os
 
 import numpy as np
 import pandas as pd
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from aml_model.aggregate import RESEARCH_NOTE
 from aml_model.calibration import call_probabilities
@@ -16,7 +14,7 @@ from aml_model.report import (GalleryCell, ModelInfo, PatientReport, cell_type_r
 from tasks import storage
 from tasks.explain import explain_dir, manifest_url
 from tasks.registry import CARD_FILE, models_root
-from tasks.retry import retry_transient_errors
+from tasks.retry import store_task
 
 __all__ = ["build_reports", "index_url", "model_info", "report_url", "reports_markdown",
            "write_reports"]
@@ -99,8 +97,7 @@ def _type_rows(cells: pd.DataFrame, threshold: float) -> tuple[dict, ...]:
     return tuple(cell_type_rates(cells, threshold).to_dict(orient="records"))
 
 
-@task(name="write-reports", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2,
-      retry_condition_fn=retry_transient_errors)
+@store_task("write-reports")
 def write_reports(paths: storage.ScoringPaths, store_options: dict) -> str:
     """Task form of :func:`build_reports`; returns the index page's URL."""
     return build_reports(paths, store_options)

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from aml_model.aggregate import summarise_cohort
 from aml_model.calibration import CALIBRATED_COLUMN, SiteCalibration
 from aml_model.config import SummaryConfig
 from tasks import storage
-from tasks.retry import retry_transient_errors
+from tasks.retry import store_task
 
 __all__ = ["score_columns", "write_scored_tables"]
 
@@ -41,8 +39,7 @@ def score_columns(cells: pd.DataFrame, probabilities: np.ndarray, threshold: flo
     return scored if calibration is None else scored.assign(**{CALIBRATED_COLUMN: called})
 
 
-@task(name="summarise", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2,
-      retry_condition_fn=retry_transient_errors)
+@store_task("summarise")
 def write_scored_tables(
     paths: storage.ScoringPaths,
     config: SummaryConfig,

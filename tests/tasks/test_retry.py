@@ -57,3 +57,24 @@ def test_a_task_with_the_policy_retries_io_and_stops_at_wrong_input(prefect_api)
     io, wrong = both()
     assert io == "io" and attempts.count("io") == 3, "two retries, then success"
     assert isinstance(wrong, ValueError) and attempts.count("input") == 1, "wrong input runs once"
+
+
+def test_every_store_task_carries_the_retry_policy_and_no_result_cache():
+    from prefect.cache_policies import NO_CACHE
+
+    from tasks.calibration import score_labelled_cells
+    from tasks.discover import discover_inputs
+    from tasks.explain import explain_patient
+    from tasks.ingest import ingest_shard, write_ingest_tables
+    from tasks.predict import score_shard
+    from tasks.report import write_reports
+    from tasks.summarise import write_scored_tables
+
+    store_tasks = [score_labelled_cells, discover_inputs, explain_patient, ingest_shard, write_ingest_tables,
+                   score_shard, write_reports, write_scored_tables]
+    for store_task in store_tasks:
+        # discover_inputs once retried bad input: listing a source that does not exist is not transient.
+        assert store_task.retry_condition_fn is retry_transient_errors, store_task.name
+        assert (store_task.retries, store_task.retry_delay_seconds) == (2, 2), store_task.name
+        assert store_task.cache_policy is NO_CACHE, store_task.name
+    assert len({t.name for t in store_tasks}) == len(store_tasks)
