@@ -189,7 +189,7 @@ def _echo_patients(result: dict) -> None:
 @click.option("--run-id", default=None, help="Ingest run id [default: from the source name and its inputs].")
 @click.option("--score-id", default=None,
               help="Scoring id within the run [default: from the model version and the settings].")
-@click.option("--new-only", is_flag=True,
+@click.option("--new-only", is_flag=True, default=False,
               help="Score only patients whose current images the model has not scored; nothing new, nothing done.")
 @click.option("--threshold", default=0.5, show_default=True, help="Probability at which a cell is blast-like.")
 @click.option("--blast-cutoff", default=0.2, show_default=True, help="Blast-like fraction that suspects AML.")
