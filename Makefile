@@ -35,11 +35,16 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks
 
 # Foreground until Ctrl-C, which stops the worker, then the server. Set STORE (and
-# RETRAIN_SOURCES, space-separated) for the Prefect variables on the first run.
+# RETRAIN_SOURCES, space-separated; offline BACKBONE_WEIGHTS and BACKBONE_WEIGHTS_SHA256) for the
+# Prefect variables on the first run; later, `prefect variable set NAME VALUE --overwrite`.
 PREFECT_PORT ?= 4200
 AML_SMEAR_LOCAL ?= $(HOME)/.aml-smear
 STORE ?= $(AML_SMEAR_LOCAL)/store
 RETRAIN_SOURCES ?=
+BACKBONE_WEIGHTS ?=
+BACKBONE_WEIGHTS_SHA256 ?=
 prefect-local: $(STAMP)
 	$(BIN)/python deployments/local_stack.py up --port $(PREFECT_PORT) --home $(AML_SMEAR_LOCAL) \
-		--store $(STORE) $(foreach source,$(RETRAIN_SOURCES),--retrain-source $(source))
+		--store $(STORE) $(foreach source,$(RETRAIN_SOURCES),--retrain-source $(source)) \
+		$(if $(BACKBONE_WEIGHTS),--backbone-weights $(BACKBONE_WEIGHTS)) \
+		$(if $(BACKBONE_WEIGHTS_SHA256),--backbone-weights-sha256 $(BACKBONE_WEIGHTS_SHA256))

@@ -3,6 +3,7 @@ variables, the deployments of ``deployments/prefect.yaml``, and a process worker
 
     python deployments/local_stack.py up [--port 4200] [--home ~/.aml-smear] [--store URL]
                                          [--retrain-source URL ...] [--s3-endpoint-url URL]
+                                         [--backbone-weights URL --backbone-weights-sha256 HEX]
     python deployments/local_stack.py deploy    # pool + variables + deployments on $PREFECT_API_URL
 
 ``up`` stays in the foreground until Ctrl-C (or SIGTERM), then stops the worker, then the
@@ -11,7 +12,9 @@ ignore SIGTERM, and always does once its server is gone; runs in progress are ki
 crashed). The server and the worker run in their own process groups, so a terminal's Ctrl-C
 reaches only this script, which stops them in that order; their pids are in
 ``<home>/stack.json`` and their logs in ``<home>/server.log`` and ``<home>/worker.log``.
-Variables that already exist on the server are never overwritten.
+Variables that already exist on the server are never overwritten; ``aml_smear_code_dir`` (the
+pull step's directory) is this checkout unless set. The nightly reads its variables when each run
+starts: ``prefect variable set NAME VALUE --overwrite`` changes the next run.
 """
 
 from __future__ import annotations
@@ -91,9 +94,12 @@ def _wait_healthy(api_url: str, server: subprocess.Popen, log: Path) -> None:
     raise StackError(message)
 
 
-def _variable_values(store: str | None, sources: list[str], s3_endpoint_url: str | None) -> dict:
+def _variable_values(store: str | None, sources: list[str], s3_endpoint_url: str | None,
+                     backbone_weights: str | None = None, backbone_weights_sha256: str | None = None) -> dict:
     values = {"aml_smear_store": store, "aml_smear_retrain_sources": sources or None,
-              "aml_smear_s3_endpoint_url": s3_endpoint_url}
+              "aml_smear_s3_endpoint_url": s3_endpoint_url, "aml_smear_backbone_weights": backbone_weights,
+              "aml_smear_backbone_weights_sha256": backbone_weights_sha256,
+              "aml_smear_code_dir": str(REPO_ROOT)}
     return {name: value for name, value in values.items() if value is not None}
 
 
@@ -132,7 +138,7 @@ def deploy(api_url: str, values: dict, env: dict[str, str]) -> None:
                 print(f"set Prefect variable {name} = {json.dumps(values[name])}", flush=True)
                 if values[name] == []:
                     print(f"  the nightly retrain fails until it has sources: prefect variable set {name} "
-                          "'[\"/path/to/labelled\"]' --overwrite, then deploy again", flush=True)
+                          "'[\"/path/to/labelled\"]' --overwrite", flush=True)
             elif name in REQUIRED_VARIABLES:
                 missing.append(name)
         if missing:
@@ -165,8 +171,9 @@ def _raise_stop(signum, frame) -> None:
 def up(port: int, home: Path, values: dict) -> int:
     """Start the server, deploy, start the worker, and wait; returns the exit status.
 
-    Unset variables default to a store under ``home`` and no retrain sources: scoring works at
-    once, and the nightly retrain fails (visibly, in the UI) until its sources are set.
+    Unset variables default to a store under ``home`` and no retrain sources: the nightly retrain
+    fails (visibly, in the UI) until its sources are set, and scoring needs a champion first
+    (``aml-smear bootstrap``, README "Running in production").
     """
     if not _port_is_free(port):
         message = f"port {port} on {HOST} is in use (another Prefect server?): pass --port"
@@ -229,13 +236,18 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--retrain-source", action="append", default=[], dest="sources",
                          help="a labelled source for aml_smear_retrain_sources if it is not set (repeatable)")
         sub.add_argument("--s3-endpoint-url", help="value for aml_smear_s3_endpoint_url if it is not set")
+        sub.add_argument("--backbone-weights", help="value for aml_smear_backbone_weights if it is not set: "
+                                                     "imagenet, none, or a weights file path/URL (offline)")
+        sub.add_argument("--backbone-weights-sha256",
+                         help="value for aml_smear_backbone_weights_sha256 if it is not set")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point; returns the exit status."""
     args = _parser().parse_args(argv)
-    values = _variable_values(args.store, args.sources, args.s3_endpoint_url)
+    values = _variable_values(args.store, args.sources, args.s3_endpoint_url, args.backbone_weights,
+                              args.backbone_weights_sha256)
     try:
         if args.command == "up":
             return up(args.port, args.home.expanduser().resolve(), values)

@@ -292,6 +292,59 @@ def retrain_command(sources, store, epochs, patience, seed, backbone_weights, ba
             click.echo(f"  {row['source']} / {row['cell_type']}: {row['blast_like_rate']:.3f} of {row['n']}{auc}")
 
 
+@cli.command("bootstrap")
+@click.argument("sources", nargs=-1)
+@click.option("--store", default=None, help="Run store and model registry: a folder or an s3:// URL.")
+@click.option("--from-variables", is_flag=True,
+              help="Read the nightly's configuration from the Prefect variables (needs PREFECT_API_URL); "
+                   "SOURCES and options given here win over them.")
+@click.option("--force", is_flag=True,
+              help="Train and promote a new model even when the store has a champion (it stays in the "
+                   "champion history: `aml-smear models rollback` restores it).")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Most training epochs [default: 50].")
+@click.option("--backbone-weights", default=None,
+              help="imagenet (downloads), none, or a weights file path/URL [default: imagenet].")
+@click.option("--backbone-weights-sha256", default=None, help="Expected sha256 of the weights file.")
+@click.option("--image-size", type=int, default=None, help="Model input side, pixels [default: 224].")
+@click.option("--recipe", type=click.Choice(RECIPES), default=None, help=f"[default: {DEFAULT_RECIPE}]")
+@_cluster_options
+def bootstrap_command(sources, store, from_variables, force, epochs, backbone_weights, backbone_weights_sha256,
+                      image_size, recipe, workers, scheduler, s3_endpoint_url) -> None:
+    """Train and promote the first champion of an empty store from labelled SOURCES.
+
+    With --from-variables it trains exactly as the nightly would (the same Prefect variables), so
+    the next nightly finds nothing changed and skips training. Refuses when the store already has
+    a champion, unless --force.
+    """
+    from flows.nightly import nightly_parameters, read_nightly_variables
+    from flows.retrain import retrain_and_evaluate
+    from tasks import storage
+    from tasks.registry import read_champion, set_champion
+
+    explicit = {"sources": list(sources) or None, "store": store, "epochs": epochs, "image_size": image_size,
+                "backbone_weights": backbone_weights, "backbone_weights_sha256": backbone_weights_sha256,
+                "recipe": recipe, "s3_endpoint_url": s3_endpoint_url}
+    if not from_variables and not (sources and store):
+        raise _CliError("bootstrap needs SOURCE... and --store, or --from-variables to read them from Prefect")
+    parameters, _ = nightly_parameters(explicit, read_nightly_variables() if from_variables else {})
+    store = parameters["store"]
+    options = storage.storage_options_for(store, parameters.get("s3_endpoint_url"))
+    current = read_champion(store, options)
+    if current and not force:
+        raise _CliError(f"{store} already has champion {current['version']}; nothing done (the nightly retrains "
+                        f"it; --force trains and promotes another)")
+    result = _run_flow(retrain_and_evaluate, workers, scheduler, **parameters)
+    if not result["promoted"]:
+        set_champion(store, result["version"], options, reason="aml-smear bootstrap --force")
+    m = result["metrics"]
+    click.echo(f"champion {result['version']}: trained on {len(parameters['sources'])} source(s) "
+               f"({', '.join(parameters['sources'])}), test ROC AUC {m['roc_auc']:.3f}, sensitivity "
+               f"{m['sensitivity']:.3f}, specificity {m['specificity']:.3f} on {m['n']} cells -> {result['model']}")
+    if current:
+        click.echo(f"replaced champion {current['version']} (`aml-smear models rollback --store {store}` restores it)")
+    click.echo(f"scoring and the nightly now use it: aml-smear score SOURCE --store {store}")
+
+
 @cli.command("report")
 @click.argument("run")
 @click.option("--store", required=True, help="Run store holding runs/RUN: a folder or an s3:// URL.")

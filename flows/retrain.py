@@ -14,7 +14,7 @@ from pydantic import Field
 
 from aml_model.config import DEFAULT_RECIPE, ExperimentConfig, ModelConfig, TrainConfig
 from aml_model.evaluate import compute_metrics, rates_by_group
-from aml_model.promotion import decide_promotion
+from aml_model.promotion import decide_promotion, unchanged_since_champion
 from aml_model.sampling import balanced_weights, group_counts
 from aml_model.split import split_indices
 from flows.ingest import ingest
@@ -22,7 +22,7 @@ from flows.parameters import (BackboneWeights, ImageSize, Layout, Positive, Reci
                               require_existing)
 from tasks import storage
 from tasks.features import ROWS_PER_CHUNK, FeatureCache, embed_shard, prepare_backbone
-from tasks.registry import set_champion
+from tasks.registry import champion_card, code_version, set_champion
 from tasks.training import (champion_comparisons, evaluation_files, load_cells, load_training_set,
                             register_challenger, train_on_features, train_plain)
 
@@ -56,6 +56,16 @@ def _embed_missing(cache: FeatureCache, store: str, needed: pd.DataFrame, featur
     return index, len(missing)
 
 
+def _skipped(champion: str, reason: str, recipe: str, seconds: float) -> dict:
+    """The result of a run that trained nothing, its reason logged and in the ``retrain-report`` artifact."""
+    get_run_logger().info("training skipped: %s", reason)
+    create_markdown_artifact(key="retrain-report", markdown=f"# Training skipped\n\n{reason}.\n\n"
+                             f"Champion {champion} stays; nothing was registered.",
+                             description=f"retrain skipped: champion {champion} unchanged")
+    return {"skipped": True, "version": champion, "model": None, "promoted": False, "reason": reason,
+            "recipe": recipe, "seconds": seconds}
+
+
 @flow(name="retrain-and-evaluate", validate_parameters=True)
 def retrain_and_evaluate(
     sources: Annotated[list[str], Field(min_length=1)],
@@ -72,6 +82,7 @@ def retrain_and_evaluate(
     layout: Layout = "auto",
     s3_endpoint_url: str | None = None,
     recipe: Recipe = DEFAULT_RECIPE,
+    skip_unchanged: bool = False,
 ) -> dict:
     """Train the paper's model on labelled cells, evaluate it, register it, promote it if no worse.
 
@@ -96,9 +107,12 @@ def retrain_and_evaluate(
         recipe: "paper" (Hassan et al. unchanged) or "robust" (scale and colour normalisation
             layers in the model, colour, stain-transfer and scale augmentation; docs/design.md,
             "The model and its recipes").
+        skip_unchanged: train nothing when the labelled data (after ingest), the code and the
+            configuration are those of the champion's card (the nightly sets it); the result then
+            has ``skipped: True``, the champion's version and the reason.
 
     Returns:
-        version, promoted, decision reason, test metrics, embedded count, sizes and wall time.
+        skipped (False), version, promoted, decision reason, test metrics, embedded count, sizes and wall time.
     """
     logger = get_run_logger()
     started, began = time.perf_counter(), datetime.now(UTC)
@@ -123,6 +137,13 @@ def retrain_and_evaluate(
     if len(data.cells) < 10 or len(np.unique(data.y)) < 2:
         message = f"training needs labelled cells of both classes; found {len(data.cells)} ({data.y.sum()} blast)"
         raise ValueError(message)
+    if skip_unchanged:
+        settings = {"config": config.to_dict(), "recipe": recipe, "training_path": training_path,
+                    "augment_views": augment_views}
+        champion = champion_card(store, store_options)
+        unchanged = unchanged_since_champion(champion, data.data_hash, code_version(), settings)
+        if unchanged:
+            return _skipped(champion["version"], unchanged, recipe, time.perf_counter() - started)
     n_patients = data.cells["patient_id"].nunique()
     by_patient = all(r["layout"] != "class" for r in runs) and n_patients >= round(1 / config.train.test_fraction)
     fractions = (config.train.train_fraction, config.train.val_fraction, config.train.test_fraction)
@@ -207,7 +228,7 @@ def retrain_and_evaluate(
         *[f"- `{storage.join(folder, name)}`" for name in ("learning_curves.png", "confusion_matrix.png",
                                                           "roc_curve.png", "f1_curve.png", "model_card.json")]]),
         description=f"retrain report {ref.version}")
-    return {"version": ref.version, "model": ref.url, "promoted": decision.promote, "reason": decision.reason,
+    return {"skipped": False, "version": ref.version, "model": ref.url, "promoted": decision.promote, "reason": decision.reason,
             "metrics": metrics.to_dict(), "embedded": embedded, "split": card["split"]["sizes"],
             "recipe": recipe, "rates_by_type": by_type.to_dict("records"), "training_attempts": attempts,
             "seconds": time.perf_counter() - started}

@@ -44,13 +44,24 @@ DASK_WORKERS_ENV = "AML_SMEAR_DASK_WORKERS"
 
 WORK_POOL = "aml-smear"
 
-# Prefect variables the deployments read their parameters from, and what each holds.
+# Prefect variables of the deployments, and what each holds. The nightly reads its own when each run
+# starts (flows/nightly.py: NIGHTLY_VARIABLES); the scoring deployments when they are registered.
 VARIABLES: Mapping[str, str] = {
-    "aml_smear_store": "run store and model registry of the nightly retrain (a folder or s3:// URL)",
+    "aml_smear_store": "run store and model registry (a folder or s3:// URL)",
     "aml_smear_retrain_sources": "labelled cell collections of the nightly retrain (a JSON list of URLs)",
     "aml_smear_s3_endpoint_url": "S3-compatible endpoint (MinIO) for s3:// URLs; empty or unset for AWS",
     "aml_smear_incoming": "where new smears arrive, one folder per patient (a folder or s3:// URL); "
                           "unset: no new-arrival scoring",
+    "aml_smear_backbone_weights": "backbone weights of the nightly: imagenet (downloads), none, or a "
+                                  "weights file path/URL (offline: a file in the store or on S3)",
+    "aml_smear_backbone_weights_sha256": "sha256 of that weights file, checked before it is used",
+    "aml_smear_recipe": "the nightly's recipe: paper or robust",
+    "aml_smear_epochs": "the nightly's most training epochs",
+    "aml_smear_image_size": "the nightly's model input side, pixels",
+    "aml_smear_retrain_options": "any other retrain parameter of the nightly, a JSON object "
+                                 "(e.g. {\"augment_views\": 1, \"patience\": 3})",
+    "aml_smear_code_dir": "where the worker's host holds this repository (prefect.yaml's pull step): "
+                          "the checkout, or /opt/aml-smear in the images",
 }
 # Without these a deployment has no sensible value; the S3 endpoint is optional.
 REQUIRED_VARIABLES = frozenset({"aml_smear_store", "aml_smear_retrain_sources"})
@@ -128,8 +139,8 @@ NIGHTLY_RETRAIN = DeploymentSpec(
     entrypoint="retrain_and_evaluate",
     description="Retrain the paper's model on the labelled sources every night, evaluate it and "
                 "promote it only if it is no worse than the champion.",
-    variables={"sources": "aml_smear_retrain_sources", "store": "aml_smear_store",
-               "s3_endpoint_url": "aml_smear_s3_endpoint_url"},
+    # No parameters fixed at registration: each run reads the Prefect variables when it starts
+    # (flows/nightly.py), so a changed variable changes the next run without deploying again.
     # 02:00 lab time, when the scanners are idle; the time zone makes daylight saving explicit.
     cron="0 2 * * *",
     timezone="Europe/Berlin",
@@ -191,10 +202,11 @@ def dask_runner_from_environment(environ: Mapping[str, str] | None = None) -> Da
 def deployed_flow(spec: DeploymentSpec, task_runner: DaskTaskRunner) -> Flow:
     """The flow of ``spec`` on ``task_runner``."""
     # Imported here: the flows pull in the tasks and their libraries, which `--help` does not need.
-    from flows.retrain import retrain_and_evaluate
+    from flows.nightly import nightly_retrain
     from flows.score import score_smears
 
-    flows = {flow.name: flow for flow in (score_smears, retrain_and_evaluate)}
+    # The nightly's flow (named retrain-and-evaluate too) reads its configuration when a run starts.
+    flows = {flow.name: flow for flow in (score_smears, nightly_retrain)}
     # Timeout and retries are the flow's settings: a work pool's run and a served run get them alike.
     return flows[spec.flow_name].with_options(task_runner=task_runner, timeout_seconds=spec.timeout_seconds,
                                               retries=spec.retries, retry_delay_seconds=spec.retry_delay_seconds)

@@ -17,7 +17,7 @@ from pathlib import Path
 from aml_model.errors import AmlSmearError
 from tasks import storage
 
-__all__ = ["ModelNotFoundError", "ModelRef", "RegistryError", "champion_pointer", "code_version", "model_input_size",
+__all__ = ["ModelNotFoundError", "ModelRef", "RegistryError", "champion_card", "champion_pointer", "code_version", "model_input_size",
            "read_champion", "register_model", "require_registered", "resolve_model", "rollback_champion",
            "set_champion"]
 
@@ -210,6 +210,16 @@ def read_champion(store: str, storage_options: dict | None = None) -> dict | Non
         message = f"the champion pointer {pointer} names no version"
         raise RegistryError(message)
     return {**current, "history": list(current.get("history") or [])}
+
+
+def champion_card(store: str, storage_options: dict | None = None) -> dict | None:
+    """The champion's model card, None when the store has no champion.
+
+    Raises:
+        ModelNotFoundError, RegistryError: the pointer names a version that is not completely registered.
+    """
+    pointer = read_champion(store, storage_options)
+    return None if pointer is None else require_registered(store, pointer["version"], storage_options)
 
 
 def _write_champion(store: str, entry: dict, history: list[dict], storage_options: dict | None) -> None:

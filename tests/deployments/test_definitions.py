@@ -16,6 +16,7 @@ from flows.serve import (
     NIGHTLY_RETRAIN,
     SCORE_NEW_ARRIVALS,
     SCORE_ON_DEMAND,
+    VARIABLES,
     WORK_POOL,
     dask_runner_from_environment,
     serve_deployments,
@@ -62,8 +63,32 @@ def test_documented_job_variables_name_the_settings_the_runner_reads(prefect_yam
     job_variables = prefect_yaml["definitions"]["job_variables"]
     assert set(job_variables["gpu_cluster"]["env"]) == {DASK_SCHEDULER_ENV}
     assert set(job_variables["local_cluster"]["env"]) == {DASK_WORKERS_ENV}
-    # Deploying needs no build or push: the code is where the worker runs.
-    assert prefect_yaml["build"] is None and prefect_yaml["push"] is None and "pull" not in prefect_yaml
+    # Deploying needs no build or push: the code is on the worker's host, in the directory a
+    # variable names, read by the pull step when each run starts (not when deploying).
+    assert prefect_yaml["build"] is None and prefect_yaml["push"] is None
+    (step,) = prefect_yaml["pull"]
+    assert step == {"prefect.deployments.steps.set_working_directory":
+                    {"directory": "{{ prefect.variables.aml_smear_code_dir }}"}}
+    assert "aml_smear_code_dir" in VARIABLES
+    # The documented alternative, a pinned commit cloned on each run, names real step arguments.
+    import inspect
+
+    from prefect.deployments.steps import git_clone
+
+    text = PREFECT_YAML.read_text()
+    for argument in ("repository", "commit_sha"):
+        assert f"#      {argument}: " in text and argument in inspect.signature(git_clone).parameters
+
+
+def test_the_nightly_reads_its_variables_when_a_run_starts(prefect_yaml):
+    from flows.nightly import NIGHTLY_VARIABLES, OPTIONS_VARIABLE, RETRAIN_PARAMETERS
+
+    # Nothing is fixed at deploy time: every parameter of the nightly comes from a variable at run time.
+    assert _by_name(prefect_yaml)["nightly"]["parameters"] == {} and NIGHTLY_RETRAIN.variables == {}
+    assert set(NIGHTLY_VARIABLES) <= RETRAIN_PARAMETERS
+    assert {*NIGHTLY_VARIABLES.values(), OPTIONS_VARIABLE} <= set(VARIABLES)  # documented, set by local_stack
+    assert {"store", "sources", "backbone_weights", "backbone_weights_sha256", "recipe", "epochs"} <= set(
+        NIGHTLY_VARIABLES)
 
 
 @pytest.mark.parametrize("spec", DEPLOYMENTS, ids=lambda spec: spec.full_name)
@@ -117,7 +142,7 @@ def test_served_deployments_have_the_names_schedule_and_variable_parameters():
     assert (nightly.flow_name, nightly.name) == ("retrain-and-evaluate", "nightly")
     (schedule,) = nightly.schedules
     assert (schedule.schedule.cron, schedule.schedule.timezone) == ("0 2 * * *", "Europe/Berlin")
-    assert nightly.parameters == {"sources": ["s3://lab/labelled"], "store": "s3://lab/store"}
+    assert nightly.parameters == {}  # read from the variables when each run starts
     assert nightly.concurrency_limit == 1
     assert nightly.concurrency_options.collision_strategy == "CANCEL_NEW"
     assert on_demand.concurrency_limit is None
