@@ -21,6 +21,7 @@ from flows.progress import results_with_progress
 from tasks import storage
 from tasks.discover import Discovery, discover_inputs
 from tasks.ingest import ShardSpec, ingest_shard, plan_hash, plan_shards, write_ingest_tables
+from tasks.privacy import prefect_patient_ids
 from tasks.runs import RunConflictError, mark_complete, run_state
 
 __all__ = ["IngestPlan", "collect_ingest", "discover_source", "ensure_ingested", "finish_ingest", "ingest",
@@ -65,7 +66,7 @@ def discover_source(source: str, layout: str, s3_endpoint_url: str | None,
     logger.info("layout %s: %d candidate images, %d refused at discovery, %d non-image files ignored",
                 found.layout, len(found.inputs), len(found.rejected), len(found.ignored))
     if found.empty_patients:
-        logger.warning("patient folders without images: %s", ", ".join(found.empty_patients))
+        logger.warning("patient folders without images: %s", ", ".join(prefect_patient_ids(found.empty_patients)))
     if found.unknown_classes:
         logger.warning("class folders not in the class map (label unknown): %s", ", ".join(found.unknown_classes))
     if not found.inputs and not found.rejected:

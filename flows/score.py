@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 from aml_model.aggregate import RESEARCH_NOTE
 from aml_model.config import SummaryConfig
@@ -21,11 +21,14 @@ from flows.runner import in_order
 from tasks import storage
 from tasks.arrivals import only_new, patient_versions, record_scored, scored_versions
 from tasks.calibration import read_site_calibration
+from tasks.events import emit_aml_suspected
 from tasks.explain import explain_patient
 from tasks.ingest import plan_shards
+from tasks.links import index_link, reports_markdown
 from tasks.predict import score_shard
+from tasks.privacy import prefect_patient_ids, prefect_patients_table
 from tasks.registry import ModelRef, resolve_model
-from tasks.report import index_url, reports_markdown, write_reports
+from tasks.report import index_url, write_reports
 from tasks.runs import derive_score_id, mark_complete, open_scoring
 from tasks.summarise import write_scored_tables
 
@@ -33,6 +36,7 @@ __all__ = ["score_smears"]
 
 
 def _overview(patients, scoring: storage.ScoringPaths, model_version: str, config: SummaryConfig) -> str:
+    """The cohort-overview markdown; ``patients`` as Prefect may see it (:func:`prefect_patients_table`)."""
     counts = patients["call"].value_counts().to_dict()
     lines = [f"# AML smear scoring: run {scoring.run_id}, scoring {scoring.score_id}", "", f"**{RESEARCH_NOTE}**", "",
              f"Model `{model_version}`, threshold {config.threshold:g}, blast cut-off {config.blast_cutoff:.0%}, "
@@ -121,7 +125,7 @@ def score_smears(
             logger.info("nothing new in %s: model %s has scored every patient's current images", source,
                         model_ref.version)
             return _nothing_new(model_ref.version, site)
-        logger.info("%d new or changed patients: %s", len(versions), ", ".join(sorted(versions)))
+        logger.info("%d new or changed patients: %s", len(versions), ", ".join(sorted(prefect_patient_ids(versions))))
     plan = plan_ingest(found, store, run_id, model_ref.image_size, chunk_cells, s3_endpoint_url)
     settings = _settings(model_ref.version, config, precision, explain, explain_top_k, site, calibration)
     scoring = plan.paths.scoring(score_id or derive_score_id(settings))
@@ -227,18 +231,25 @@ def _explain_and_report(scoring: storage.ScoringPaths, patients, model_ref: Mode
 
 def _publish(scoring: storage.ScoringPaths, patients, model_version: str, config: SummaryConfig,
              store_options: dict) -> None:
-    """The scoring's Prefect artifacts: patient calls, cohort overview, report links, per-type rates."""
+    """What a complete scoring sends to Prefect: its artifacts (patient calls, cohort overview, report
+    links, per-type rates) and an event per AML_SUSPECTED patient, patient ids as :mod:`tasks.privacy` says."""
     where = f"run {scoring.run_id}, scoring {scoring.score_id}"
-    create_table_artifact(key="patient-calls", table=patients.astype(object).where(patients.notna(), None)
+    shown = prefect_patients_table(patients)
+    create_table_artifact(key="patient-calls", table=shown.astype(object).where(shown.notna(), None)
                           .to_dict(orient="records"), description=f"per-patient AML calls, {where}")
-    create_markdown_artifact(key="cohort-overview", markdown=_overview(patients, scoring, model_version, config),
+    create_markdown_artifact(key="cohort-overview", markdown=_overview(shown, scoring, model_version, config),
                              description=f"cohort overview, {where}")
-    create_markdown_artifact(key="patient-reports", markdown=reports_markdown(scoring, patients),
-                             description=f"per-patient HTML reports, {where}")
+    index = index_link(scoring, store_options)
+    expiry = f"; {index.expiry_note}" if index.expiry_note else ""
+    create_link_artifact(key="report-index", link=index.url, link_text=f"Cohort reports, {where}",
+                         description=f"the cohort's HTML reports, {where}{expiry}")
+    create_markdown_artifact(key="patient-reports", markdown=reports_markdown(scoring, patients, index, store_options),
+                             description=f"per-patient HTML reports, {where}{expiry}")
     rates = cell_type_rates(storage.read_table(scoring.cells_table, store_options), config.threshold)
     if len(rates):
         create_table_artifact(key="per-type-rates", table=rates.astype(object).where(rates.notna(), None)
                               .to_dict(orient="records"), description=f"blast-like rate per cell type, {where}")
+    emit_aml_suspected(scoring, patients, model_version, index.url)
 
 
 _PATIENT_COLUMNS = ["patient_id", "n_scored", "n_blast_like", "blast_fraction", "ci_low", "ci_high", "call"]

@@ -1,0 +1,83 @@
+"""Links to a scoring's reports that open from the Prefect UI: presigned on S3, file paths locally."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import fsspec
+import pandas as pd
+
+from aml_model.aggregate import RESEARCH_NOTE
+from aml_model.report import report_name
+from tasks import storage
+from tasks.privacy import prefect_patient_id, pseudonymising
+from tasks.report import index_url, report_url
+
+__all__ = ["LINK_EXPIRY", "Link", "index_link", "reports_markdown", "ui_link"]
+
+# SigV4 presigned URLs live at most 7 days; a report is looked at within days of its scoring.
+LINK_EXPIRY = timedelta(days=7)
+
+
+@dataclass(frozen=True)
+class Link:
+    """A URL a browser can open, and when it stops working (None: never)."""
+
+    url: str
+    expires_at: datetime | None = None
+
+    @property
+    def expiry_note(self) -> str:
+        """"link expires ..." for an artifact's description, or "" for a link that does not expire."""
+        if self.expires_at is None:
+            return ""
+        return f"link expires {self.expires_at:%Y-%m-%d %H:%M} UTC ({LINK_EXPIRY.days} days after the scoring)"
+
+
+def ui_link(url: str, store_options: dict | None = None, expires_in: timedelta = LINK_EXPIRY) -> Link:
+    """A link to ``url`` for the Prefect UI.
+
+    A local file becomes ``file://<absolute path>`` (it opens on the machine holding the store);
+    an object on S3 (or MinIO) a presigned HTTPS URL valid for ``expires_in``, signed with the
+    credentials of the process that calls this; any other store its URL unchanged.
+    """
+    fs, path = fsspec.core.url_to_fs(url, **(store_options or {}))
+    if storage.is_local(fs):
+        return Link("file://" + os.path.abspath(path))
+    try:
+        signed = fs.sign(path, expiration=int(expires_in.total_seconds()))
+    except NotImplementedError:
+        return Link(url)
+    return Link(signed, datetime.now(UTC) + expires_in)
+
+
+def reports_markdown(paths: storage.ScoringPaths, patients: pd.DataFrame, index: Link,
+                     store_options: dict | None = None) -> str:
+    """Markdown for the ``patient-reports`` artifact: the cohort index and each patient's call and report.
+
+    The reports' file names are the patient ids: when patient ids are pseudonymised
+    (:mod:`tasks.privacy`), only the index is linked and each patient appears by pseudonym.
+    """
+    hidden = pseudonymising()
+    lines = [f"# Patient reports: run {paths.run_id}, scoring {paths.score_id}", "", f"**{RESEARCH_NOTE}**", "",
+             f"[Cohort index]({index.url})", ""]
+    if index.expires_at is not None:
+        lines += [f"Links expire {index.expires_at:%Y-%m-%d %H:%M} UTC; the reports stay in the store at "
+                  f"`{index_url(paths)}`.", ""]
+    if hidden:
+        lines += ["Patient ids are pseudonymised here; the reports, named by patient id, are linked from the "
+                  "cohort index.", "", "| patient | call |", "|---|---|"]
+        lines += [f"| {prefect_patient_id(row.patient_id)} | {row.call} |" for row in patients.itertuples()]
+        return "\n".join(lines)
+    lines += ["| patient | call | report |", "|---|---|---|"]
+    lines += [f"| {row.patient_id} | {row.call} | [{report_name(row.patient_id)}.html]"
+              f"({ui_link(report_url(paths, row.patient_id), store_options).url}) |"
+              for row in patients.itertuples()]
+    return "\n".join(lines)
+
+
+def index_link(paths: storage.ScoringPaths, store_options: dict | None = None) -> Link:
+    """The UI link of the scoring's cohort index page."""
+    return ui_link(index_url(paths), store_options)

@@ -1,0 +1,75 @@
+"""Patient identifiers in what is sent to Prefect: the real ones, or a keyed hash.
+
+Artifacts, log lines and events go into Prefect's database (and its UI, and anything an
+automation forwards them to). With ``AML_SMEAR_PATIENT_ID_KEY`` set in the environment of the
+process that runs the flow (the worker's, or ``aml-smear serve``'s), every patient id sent to
+Prefect is replaced by ``pid-`` and the first 16 hex digits of HMAC-SHA256(key, patient id): the
+same patient has the same pseudonym in every run under the same key, and nobody without the key
+can compute it from a guessed id. The run store (tables, reports, ledger) keeps the real ids.
+
+``AML_SMEAR_PSEUDONYMISE=1`` makes the setting mandatory: a flow that would send a patient id
+without a key fails instead. Never put the key in a deployment's job variables: Prefect stores
+those in its database too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from collections.abc import Iterable, Mapping
+
+import pandas as pd
+
+__all__ = ["PATIENT_ID_KEY_ENV", "PSEUDONYM_PREFIX", "PSEUDONYMISE_ENV", "prefect_patient_id",
+           "prefect_patient_ids", "prefect_patients_table", "pseudonymising"]
+
+PATIENT_ID_KEY_ENV = "AML_SMEAR_PATIENT_ID_KEY"
+PSEUDONYMISE_ENV = "AML_SMEAR_PSEUDONYMISE"
+PSEUDONYM_PREFIX = "pid-"
+_HEX_DIGITS = 16  # 64 bits: no collision among a lab's patients, short enough to read out
+
+
+def _key(environ: Mapping[str, str] | None = None) -> bytes | None:
+    environ = os.environ if environ is None else environ
+    key = environ.get(PATIENT_ID_KEY_ENV) or None
+    if key is None and environ.get(PSEUDONYMISE_ENV, "") not in ("", "0"):
+        message = (f"{PSEUDONYMISE_ENV} is set but {PATIENT_ID_KEY_ENV} is not: set the key in the environment "
+                   f"of the process that runs the flows (not in a deployment's job variables)")
+        raise ValueError(message)
+    return None if key is None else key.encode()
+
+
+def pseudonymising(environ: Mapping[str, str] | None = None) -> bool:
+    """True when patient ids sent to Prefect are replaced by keyed hashes."""
+    return _key(environ) is not None
+
+
+def prefect_patient_id(patient_id: str, environ: Mapping[str, str] | None = None) -> str:
+    """The patient id as Prefect may see it: itself, or ``pid-<HMAC-SHA256 prefix>`` with a key.
+
+    Raises:
+        ValueError: AML_SMEAR_PSEUDONYMISE is set without AML_SMEAR_PATIENT_ID_KEY.
+    """
+    key = _key(environ)
+    if key is None:
+        return str(patient_id)
+    digest = hmac.new(key, str(patient_id).encode(), hashlib.sha256).hexdigest()
+    return PSEUDONYM_PREFIX + digest[:_HEX_DIGITS]
+
+
+def prefect_patient_ids(patient_ids: Iterable[str]) -> list[str]:
+    """:func:`prefect_patient_id` of each id, in order."""
+    return [prefect_patient_id(patient_id) for patient_id in patient_ids]
+
+
+def prefect_patients_table(patients: pd.DataFrame) -> pd.DataFrame:
+    """A copy of a per-patient table fit for Prefect: ids replaced when pseudonymising.
+
+    ``patient_version`` (an unkeyed hash of the id and image URIs) is left out then: it would
+    link the pseudonym back to a store's patient for anyone who can list the images.
+    """
+    if not pseudonymising():
+        return patients.copy()
+    return patients.assign(patient_id=prefect_patient_ids(patients["patient_id"])).drop(
+        columns=["patient_version"], errors="ignore")

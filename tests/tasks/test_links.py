@@ -1,0 +1,55 @@
+"""Report links for the Prefect UI: file paths locally, presigned URLs on S3 that open without credentials."""
+
+from __future__ import annotations
+
+import urllib.request
+from datetime import UTC, datetime, timedelta
+
+import pandas as pd
+import pytest
+
+from aml_model.aggregate import RESEARCH_NOTE
+from tasks import storage
+from tasks.links import LINK_EXPIRY, index_link, reports_markdown, ui_link
+from tasks.privacy import PATIENT_ID_KEY_ENV, prefect_patient_id
+from tasks.report import index_url, report_url
+
+
+def test_a_local_file_is_an_absolute_file_url(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    link = ui_link("store/reports/index.html")
+    assert link.url == f"file://{tmp_path}/store/reports/index.html" and link.expires_at is None
+    assert link.expiry_note == ""
+
+
+def test_an_s3_object_gets_a_presigned_url_that_a_browser_can_open(s3_bucket, monkeypatch):
+    bucket, options = s3_bucket
+    url = storage.write_bytes(f"s3://{bucket}/store/reports/index.html", b"<html>report</html>", options)
+    link = ui_link(url, options)
+    assert link.url.startswith("http") and "Signature" in link.url
+    assert link.expires_at == pytest.approx(datetime.now(UTC) + LINK_EXPIRY, abs=timedelta(minutes=1))
+    assert link.expiry_note.startswith("link expires ") and "(7 days" in link.expiry_note
+    # Opened as a browser would: no credentials in the environment, only the URL.
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    with urllib.request.urlopen(link.url, timeout=10) as response:
+        assert response.read() == b"<html>report</html>"
+
+
+def test_reports_markdown_links_the_index_and_each_report(tmp_path, monkeypatch):
+    monkeypatch.delenv(PATIENT_ID_KEY_ENV, raising=False)
+    paths = storage.RunPaths(str(tmp_path / "store"), "run-1").scoring("v1-abc")
+    patients = pd.DataFrame({"patient_id": ["P/1", "P2"], "call": ["AML_SUSPECTED", "NOT_SUSPECTED"]})
+    markdown = reports_markdown(paths, patients, index_link(paths))
+    assert report_url(paths, "P/1") == f"{tmp_path}/store/runs/run-1/scores/v1-abc/reports/P_1.html"
+    assert f"(file://{index_url(paths)})" in markdown and f"(file://{report_url(paths, 'P/1')})" in markdown
+    assert "| P2 | NOT_SUSPECTED |" in markdown and RESEARCH_NOTE in markdown and "expire" not in markdown
+
+
+def test_pseudonymised_reports_markdown_links_only_the_index(tmp_path, monkeypatch):
+    monkeypatch.setenv(PATIENT_ID_KEY_ENV, "k")
+    paths = storage.RunPaths(str(tmp_path / "store"), "run-1").scoring("v1-abc")
+    patients = pd.DataFrame({"patient_id": ["MRN-1"], "call": ["AML_SUSPECTED"]})
+    markdown = reports_markdown(paths, patients, index_link(paths))
+    assert "MRN-1" not in markdown and f"| {prefect_patient_id('MRN-1')} | AML_SUSPECTED |" in markdown
+    assert f"(file://{index_url(paths)})" in markdown
