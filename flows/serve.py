@@ -95,6 +95,8 @@ class DeploymentSpec:
             server refuses a deployment run with them, and a run whose parameters fail Prefect's
             validation fails before it is Running (tests/flows/test_serve.py).
         tags: Prefect tags.
+        alert_on_failure: a run that fails for good (after its retries) or crashes emits
+            ``aml-smear.nightly.failed`` (:func:`tasks.events.emit_nightly_failed`).
     """
 
     flow_name: str
@@ -113,6 +115,7 @@ class DeploymentSpec:
     retries: int = 0
     retry_delay_seconds: int = 0
     tags: tuple[str, ...] = ("aml-smear",)
+    alert_on_failure: bool = False
 
     @property
     def full_name(self) -> str:
@@ -153,6 +156,7 @@ NIGHTLY_RETRAIN = DeploymentSpec(
     retries=1,
     retry_delay_seconds=15 * 60,
     tags=("aml-smear", "training"),
+    alert_on_failure=True,
 )
 SCORE_NEW_ARRIVALS = DeploymentSpec(
     flow_name="score-smears",
@@ -204,12 +208,15 @@ def deployed_flow(spec: DeploymentSpec, task_runner: DaskTaskRunner) -> Flow:
     # Imported here: the flows pull in the tasks and their libraries, which `--help` does not need.
     from flows.nightly import nightly_retrain
     from flows.score import score_smears
+    from tasks.events import emit_nightly_failed
 
     # The nightly's flow (named retrain-and-evaluate too) reads its configuration when a run starts.
     flows = {flow.name: flow for flow in (score_smears, nightly_retrain)}
-    # Timeout and retries are the flow's settings: a work pool's run and a served run get them alike.
+    # Timeout, retries and hooks are the flow's settings: a work pool's run and a served run get them alike.
+    hooks = [emit_nightly_failed] if spec.alert_on_failure else None
     return flows[spec.flow_name].with_options(task_runner=task_runner, timeout_seconds=spec.timeout_seconds,
-                                              retries=spec.retries, retry_delay_seconds=spec.retry_delay_seconds)
+                                              retries=spec.retries, retry_delay_seconds=spec.retry_delay_seconds,
+                                              on_failure=hooks, on_crashed=hooks)
 
 
 def read_variables(names: set[str] | frozenset[str]) -> dict[str, Any]:

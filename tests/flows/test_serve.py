@@ -6,6 +6,8 @@ from prefect.client.orchestration import get_client
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.serve import NIGHTLY_RETRAIN, dask_runner_from_environment, deployed_flow
+from tasks.events import NIGHTLY_FAILED
+from tests.flows.prefect_events import read_events
 
 
 def _flow_run(state):
@@ -35,3 +37,7 @@ def test_a_failure_after_the_run_started_is_retried(tmp_path):
     run = _flow_run(state)
     assert run.run_count == NIGHTLY_RETRAIN.retries + 1
     assert not (tmp_path / "store").exists()
+    # Failed for good, after the retry: one aml-smear.nightly.failed, with the run's reason.
+    events = read_events(NIGHTLY_FAILED, resource_id=f"prefect.flow-run.{run.id}")
+    assert len(events) == 1 and events[0].payload["run_count"] == run.run_count
+    assert "no-such-source" in events[0].payload["message"] and events[0].payload["state"] == "Failed"
