@@ -15,8 +15,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     TF_CPP_MIN_LOG_LEVEL=2 \
     PREFECT_SERVER_ANALYTICS_ENABLED=false
 
-# `prefect deploy` run here records this directory as the flow runs' working directory
-# (deployments/prefect.yaml has no pull step), so deployments/entrypoints.py is found.
+# The flow runs' working directory: deployments/prefect.yaml's pull step changes to the directory
+# named by the Prefect variable aml_smear_code_dir, which `local_stack.py deploy` run here sets to
+# this one, so deployments/entrypoints.py is found.
 WORKDIR /opt/aml-smear
 COPY pyproject.toml constraints.txt README.md ./
 COPY aml_model ./aml_model
