@@ -9,9 +9,10 @@ import numpy as np
 
 from aml_model.augment import build_augmenter
 from aml_model.config import TrainConfig
-from aml_model.data import make_dataset
+from aml_model.preprocess import normalise_for_resnet50
+from aml_model.zarr_rows import read_cells
 
-__all__ = ["TrainingHistory", "feature_batches", "train_head", "train_model"]
+__all__ = ["TrainingHistory", "cell_batches", "feature_batches", "train_head", "train_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -21,9 +22,9 @@ TrainingHistory = dict[str, list[float]]
 
 def train_model(
     model: keras.Model,
-    train_images: np.ndarray,
+    train_images,
     train_labels: np.ndarray,
-    val_images: np.ndarray,
+    val_images,
     val_labels: np.ndarray,
     config: TrainConfig,
     callbacks: list[keras.callbacks.Callback] | None = None,
@@ -32,13 +33,15 @@ def train_model(
 ) -> tuple[TrainingHistory, int]:
     """Train a compiled model with the paper's procedure.
 
-    Training batches are shuffled and augmented each epoch; validation batches are not.
+    Training batches are shuffled and augmented each epoch; validation batches are not. Cells
+    are read a batch at a time (:func:`cell_batches`), so they may stay in the store.
     Training stops after ``config.early_stopping_patience`` epochs without a lower
     validation loss and the weights of the best epoch are restored.
 
     Args:
         model: compiled model from :func:`aml_model.architecture.build_model`.
-        train_images, val_images: `(n, s, s, 3)` uint8 RGB cells.
+        train_images, val_images: `(n, s, s, 3)` uint8 RGB cells: an array, a Zarr array or
+            :class:`aml_model.zarr_rows.Rows`.
         train_labels, val_labels: `(n,)` 0/1 labels, 1 = blast.
         config: epochs, batch size, patience, seed and augmentation.
         callbacks: extra Keras callbacks (progress reporting).
@@ -50,9 +53,9 @@ def train_model(
     """
     keras.utils.set_random_seed(config.seed)
     augmenter = build_augmenter(config.augment, seed=config.seed)
-    train = make_dataset(train_images, train_labels, batch_size=config.batch_size,
-                         augmenter=augmenter, shuffle_seed=config.seed, weights=train_weights)
-    val = make_dataset(val_images, val_labels, batch_size=config.batch_size, weights=val_weights)
+    train = cell_batches(train_images, train_labels, config.batch_size, train_weights, seed=config.seed,
+                         augmenter=augmenter)
+    val = cell_batches(val_images, val_labels, config.batch_size, val_weights)
     stopper = keras.callbacks.EarlyStopping(
         monitor="val_loss",
         patience=config.early_stopping_patience,
@@ -68,54 +71,66 @@ def train_model(
     return history, best_epoch
 
 
-def feature_batches(features, labels: np.ndarray, batch_size: int, weights: np.ndarray | None = None,
+def feature_batches(features, labels: np.ndarray | None, batch_size: int, weights: np.ndarray | None = None,
                     seed: int | None = None):
-    """A tf.data pipeline of cached backbone features, read a batch at a time.
+    """A tf.data pipeline of rows (cached features, cells), read from their array a batch at a time.
 
-    Only one batch is converted to float32 at a time, so the features may stay float16 (as
-    cached) or live in any array that takes a sorted index array (a Zarr array, a memory map).
-    The order comes from tf.data's seeded shuffle of row numbers, reshuffled every epoch: the
-    same seed gives the same batches whatever the timing of the prefetching.
+    Each batch's rows are read with :func:`aml_model.zarr_rows.read_cells` when the pipeline
+    reaches it and converted to float32, so memory holds a few batches, never the array: it may
+    be a Zarr array, :class:`aml_model.zarr_rows.Rows` (rows of the feature cache or of several
+    runs' cells) or a NumPy array. The order comes from tf.data's seeded shuffle of row numbers,
+    reshuffled every epoch: the same seed gives the same batches whatever the timing of the
+    prefetching.
 
     Args:
-        features: `(n, h, w, c)` array-like.
-        labels: `(n,)` 0/1.
+        features: `(n, ...)` array-like.
+        labels: `(n,)` 0/1, or None (inference: the dataset yields the rows alone).
         batch_size: rows per batch.
         weights: `(n,)` per-row loss weights, or None.
         seed: shuffle with this seed; None keeps the rows' order.
 
     Returns:
-        A dataset of `(batch, h, w, c)` float32 features, `(batch, 1)` float32 labels and, with
-        ``weights``, `(batch,)` float32 weights.
+        A dataset of `(batch, ...)` float32 rows with, given ``labels``, `(batch, 1)` float32
+        labels and, with ``weights``, `(batch,)` float32 weights.
     """
     import tensorflow as tf
 
-    if len(features) != len(labels) or (weights is not None and len(weights) != len(labels)):
-        message = (f"{len(features)} feature rows, {len(labels)} labels, "
+    n = len(features)
+    if (labels is not None and len(labels) != n) or (weights is not None and (labels is None or len(weights) != n)):
+        message = (f"{n} rows, {'no' if labels is None else len(labels)} labels, "
                    f"{0 if weights is None else len(weights)} weights")
         raise ValueError(message)
-    labels = np.asarray(labels, np.float32).reshape(-1, 1)
-    weights = None if weights is None else np.asarray(weights, np.float32)
-    feature_shape = tuple(features.shape[1:])
+    columns = [] if labels is None else [np.asarray(labels, np.float32).reshape(-1, 1)]
+    columns += [] if weights is None else [np.asarray(weights, np.float32)]
+    row_shape = tuple(features.shape[1:])
+    shapes = [(None, *row_shape), *((None, *c.shape[1:]) for c in columns)]
 
     def load(rows: np.ndarray):
-        rows = np.sort(rows)
-        batch = [np.asarray(features[rows], np.float32), labels[rows]]
-        return batch if weights is None else [*batch, weights[rows]]
+        return [np.asarray(read_cells(features, rows), np.float32), *(c[rows] for c in columns)]
 
     def load_tensors(rows):
-        types = [tf.float32, tf.float32] + ([] if weights is None else [tf.float32])
-        batch = tf.numpy_function(load, [rows], types)
-        batch[0].set_shape((None, *feature_shape))
-        batch[1].set_shape((None, 1))
-        if weights is not None:
-            batch[2].set_shape((None,))
-        return tuple(batch)
+        batch = tf.numpy_function(load, [rows], [tf.float32] * len(shapes))
+        for tensor, shape in zip(batch, shapes, strict=True):
+            tensor.set_shape(shape)
+        return tuple(batch) if columns else batch[0]
 
-    dataset = tf.data.Dataset.range(len(labels))
+    dataset = tf.data.Dataset.range(n)
     if seed is not None:
-        dataset = dataset.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
+        dataset = dataset.shuffle(n, seed=seed, reshuffle_each_iteration=True)
     return dataset.batch(batch_size).map(load_tensors).prefetch(2)
+
+
+def cell_batches(cells, labels: np.ndarray | None, batch_size: int, weights: np.ndarray | None = None,
+                 seed: int | None = None, augmenter=None):
+    """:func:`feature_batches` of uint8 cells, augmented (when given an augmenter) and normalised
+    for ResNet50 a batch at a time, in order: the same seed gives the same augmentation."""
+    augment = (lambda x: x) if augmenter is None else (lambda x: augmenter(x, training=True))
+
+    def prepare(x, *rest):
+        x = normalise_for_resnet50(augment(x))
+        return (x, *rest) if rest else x
+
+    return feature_batches(cells, labels, batch_size, weights, seed).map(prepare).prefetch(2)
 
 
 def train_head(
@@ -132,11 +147,13 @@ def train_head(
 
     Augmentation is already in the features (several augmented views per training cell), so
     batches are only shuffled. Features are read a batch at a time (:func:`feature_batches`):
-    memory holds the rows as they are given (float16 from the cache) plus one float32 batch.
+    given the cache's Zarr array (or :class:`aml_model.zarr_rows.Rows` of it), memory holds the
+    model and a few float32 batches, however many rows there are.
 
     Args:
         head: compiled model from :func:`aml_model.architecture.build_head`.
-        train_features, val_features: `(n, h, w, c)` backbone outputs, any float dtype.
+        train_features, val_features: `(n, h, w, c)` backbone outputs, any float dtype, in any
+            array-like that :func:`feature_batches` reads.
         train_labels, val_labels: `(n,)` 0/1.
         config: epochs, batch size, patience and seed.
         train_weights: `(n,)` loss weights of the training rows (source and label balance).

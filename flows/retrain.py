@@ -21,39 +21,12 @@ from flows.ingest import ingest
 from flows.parameters import (BackboneWeights, ImageSize, Layout, Positive, Recipe, Sha256, TrainingPath,
                               require_existing)
 from tasks import storage
-from tasks.features import ROWS_PER_CHUNK, FeatureCache, embed_shard, prepare_backbone
+from tasks.features import FeatureCache, embed_missing, prepare_backbone
 from tasks.registry import champion_card, code_version, set_champion
-from tasks.training import (champion_comparisons, evaluation_files, load_cells, load_training_set,
-                            register_challenger, train_on_features, train_plain)
+from tasks.training import (champion_comparisons, evaluation_files, load_training_set, register_challenger,
+                            train_on_features, train_plain)
 
 __all__ = ["retrain_and_evaluate"]
-
-
-def _embed_missing(cache: FeatureCache, store: str, needed: pd.DataFrame, feature_shape, config,
-                   store_options) -> tuple[pd.DataFrame, int]:
-    """Embed the (sha256, view) pairs not yet cached on the Dask workers; returns the index and the count."""
-    index = cache.read_index()
-    known = needed.merge(index, on=["sha256", "view"], how="left")
-    missing = known[known["row"].isna()].drop(columns="row").reset_index(drop=True)
-    if len(missing):
-        first = cache.allocate(len(missing), feature_shape)
-        futures = [
-            embed_shard.submit(
-                [(r.cells_zarr, int(r.zarr_index), int(r.view)) for r in missing.iloc[s:s + ROWS_PER_CHUNK].itertuples()],
-                first + s, store, cache.backbone_id, config.model.image_size,
-                config.train.augment, config.train.seed, store_options, config.model.stain_normalisation,
-                config.model.scale_normalisation)
-            for s in range(0, len(missing), ROWS_PER_CHUNK)
-        ]
-        done = sum(f.result() for f in futures)
-        if done != len(missing):
-            message = f"embedding wrote {done} rows, expected {len(missing)}"
-            raise RuntimeError(message)
-        added = missing[["sha256", "view"]].assign(row=np.arange(first, first + len(missing)))
-        index = pd.concat([index, added], ignore_index=True)
-        # The index is the commit point: rows become visible only once all of them are written.
-        storage.write_table(index, cache.index_url, store_options)
-    return index, len(missing)
 
 
 def _skipped(champion: str, reason: str, recipe: str, seconds: float) -> dict:
@@ -159,24 +132,21 @@ def retrain_and_evaluate(
     backbone_id, _, feature_shape = prepare_backbone(config.model, store, store_options, seed)
     cache = FeatureCache(store, backbone_id, store_options)
     test = data.cells.iloc[split["test"]].reset_index(drop=True)
-    test_images = load_cells(test, store_options)
     embedded = 0
     if training_path == "cached":
         views = [data.cells.iloc[split["train"]].assign(view=v) for v in range(augment_views + 1)]
         needed = pd.concat([*views, data.cells.iloc[split["val"]].assign(view=0)], ignore_index=True)
-        index, embedded = _embed_missing(cache, store, needed, feature_shape, config, store_options)
+        rows, embedded = embed_missing(cache, needed, feature_shape, config)
         logger.info("feature cache %s: %d new embeddings, %d reused", backbone_id, embedded, len(needed) - embedded)
-        rows = needed.merge(index, on=["sha256", "view"], how="left")["row"].to_numpy()
         n_train = sum(len(v) for v in views)
         y_train = np.tile(data.y[split["train"]], augment_views + 1)
         model, history, best, p_test, attempts = train_on_features(
-            cache, config, feature_shape, rows[:n_train], y_train, rows[n_train:], data.y[split["val"]], test_images,
+            cache, config, feature_shape, rows[:n_train], y_train, rows[n_train:], data.y[split["val"]], test,
             store_options, train_weights=np.tile(weights, augment_views + 1),
             val_weights=balanced_weights(sources_of[split["val"]], data.y[split["val"]]))
     else:
-        images = load_cells(data.cells, store_options)
         model, history, best, p_test, attempts = train_plain(
-            cache, config, images, data.y, split, store_options, train_weights=weights,
+            cache, config, data.cells, data.y, split, store_options, train_weights=weights,
             val_weights=balanced_weights(sources_of[split["val"]], data.y[split["val"]]))
 
     y_test = data.y[split["test"]]

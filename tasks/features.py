@@ -1,11 +1,19 @@
-"""The frozen-backbone feature cache: features/<backbone_id>.zarr keyed by image sha256 and view.
+"""The frozen-backbone feature cache: features/<backbone_id>.zarr keyed by everything that makes a view.
 
 The backbone never changes during training, so its output for an image depends only on the
 image, the preprocessing and the backbone weights. The cache keeps, per backbone:
 ``<id>.weights.h5`` (the exact weights, so every worker and the final model use the same ones),
-``<id>.zarr/features`` (float16 rows of `(h, w, c)` features, 64 rows a chunk) and
-``<id>.index.parquet`` (sha256, view, row), the index being written last: rows it does not list
-are invisible, so a crash mid-embedding leaves nothing a reader could take for complete.
+``<id>.zarr/views`` (float16 rows of `(h, w, c)` features, one row a chunk, so a shuffled
+training batch reads its rows and nothing else) and ``<id>.index.parquet`` (sha256, view,
+augmentation, row), the index being written last: rows it does not list are invisible, so a
+crash mid-embedding leaves nothing a reader could take for complete.
+
+A row is named by the cell's sha256, the view number (0: the cell as it is) and the view's
+augmentation key (the augmentation settings and the seed, :func:`aml_model.views.augmentation_key`);
+its random draws come from a seed derived from that name, and the backbone runs on batches padded
+to one size. A view is therefore the same bits whichever run, order or worker computed it, and a
+new seed or augmentation embeds new views instead of reusing old ones. An index from before
+these keys (no ``augmentation`` column) is ignored: its rows are embedded again.
 """
 
 from __future__ import annotations
@@ -14,20 +22,28 @@ import hashlib
 import os
 import tempfile
 import threading
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
-from aml_model.config import AugmentConfig, ModelConfig
+from aml_model.config import AugmentConfig, ExperimentConfig, ModelConfig
+from aml_model.views import augmentation_key, view_seed
+from aml_model.zarr_rows import Rows, read_cells
 from tasks import storage
-from tasks.retry import retry_transient_errors
+from tasks.retry import store_task
 
-__all__ = ["FeatureCache", "embed_shard", "prepare_backbone"]
+__all__ = ["ROWS_PER_TASK", "FeatureCache", "embed_missing", "embed_shard", "prepare_backbone"]
 
-ROWS_PER_CHUNK = 64
-_BACKBONES: dict[str, object] = {}
+#: Rows one embedding task computes and writes.
+ROWS_PER_TASK = 64
+#: The backbone sees batches of exactly this many images (the last one padded): a row's
+#: features then do not depend on how many other rows its task had.
+EMBED_BATCH = 1000000 if False else 32
+ARRAY = "views"
+KEY = ["sha256", "view", "augmentation"]
+#: Per worker process: kind -> (key, object), the folded backbone and the view augmenter.
+_WORKER: dict[str, tuple[object, object]] = {}
 _LOCK = threading.Lock()
 
 
@@ -35,6 +51,7 @@ class FeatureCache:
     """Where one backbone's cache lives in the store."""
 
     def __init__(self, store: str, backbone_id: str, storage_options: dict | None = None) -> None:
+        self.store = store
         self.root = storage.join(store, "features")
         self.backbone_id = backbone_id
         self.options = storage_options or {}
@@ -43,31 +60,82 @@ class FeatureCache:
         self.index_url = storage.join(self.root, f"{backbone_id}.index.parquet")
 
     def read_index(self) -> pd.DataFrame:
+        """sha256, view, augmentation and row of every committed row."""
         if storage.exists(self.index_url, self.options):
-            return storage.read_table(self.index_url, self.options)
+            index = storage.read_table(self.index_url, self.options)
+            if set(KEY) <= set(index.columns):
+                return index
         return pd.DataFrame({"sha256": pd.Series(dtype=str), "view": pd.Series(dtype="int64"),
-                             "row": pd.Series(dtype="int64")})
+                             "augmentation": pd.Series(dtype=str), "row": pd.Series(dtype="int64")})
 
     def allocate(self, n_new: int, feature_shape: tuple[int, ...]) -> int:
-        """Grow the array by ``n_new`` rows starting on a fresh chunk; returns the first new row."""
+        """Grow the array by ``n_new`` rows; returns the first new row."""
         import zarr
 
         group = zarr.open_group(storage.zarr_store(self.array_url, self.options, read_only=False), mode="a")
-        if "features" not in group:
-            group.create_array("features", shape=(0, *feature_shape), chunks=(ROWS_PER_CHUNK, *feature_shape),
-                               dtype="float16", fill_value=0)
-        array = group["features"]
-        start = -(-array.shape[0] // ROWS_PER_CHUNK) * ROWS_PER_CHUNK
+        if ARRAY not in group:
+            group.create_array(ARRAY, shape=(0, *feature_shape), chunks=(1, *feature_shape), dtype="float16",
+                               fill_value=0, compressors=[zarr.codecs.BloscCodec(cname="zstd", clevel=1,
+                                                                                 shuffle="shuffle")])
+        array = group[ARRAY]
+        start = array.shape[0]
         array.resize((start + n_new, *feature_shape))
         return start
 
+    def array(self, read_only: bool = True):
+        """The `(rows, h, w, c)` float16 Zarr array, unread."""
+        return storage.open_cells_array(self.array_url, self.options, name=ARRAY, read_only=read_only)
+
+    def rows(self, rows: np.ndarray) -> Rows:
+        """The given rows, to be read a batch at a time (:func:`aml_model.train.feature_batches`)."""
+        return Rows.of(self.array(), rows)
+
     def read_rows(self, rows: np.ndarray) -> np.ndarray:
         """Features of the given rows as stored (float16), in the order given."""
-        array = storage.open_cells_array(self.array_url, self.options, name="features")
-        order = np.argsort(rows)
-        out = np.empty((len(rows), *array.shape[1:]), np.float16)
-        out[order] = array.get_orthogonal_selection((np.asarray(rows)[order],))
-        return out
+        return read_cells(self.array(), rows)
+
+
+def embed_missing(cache: FeatureCache, needed: pd.DataFrame, feature_shape: tuple[int, ...],
+                  config: ExperimentConfig, map_shards: Callable[[list[tuple]], list[int]] | None = None,
+                  ) -> tuple[np.ndarray, int]:
+    """Embed the views of ``needed`` that the cache lacks, and commit them to the index.
+
+    Args:
+        cache: the backbone's cache.
+        needed: one row per view wanted: sha256, view, cells_zarr, zarr_index.
+        config: the model's input size and normalisation, the augmentation and the seed.
+        map_shards: runs :func:`embed_shard` on each tuple of arguments and returns the row
+            counts; by default the shards are submitted to the flow's task runner (Dask workers).
+
+    Returns:
+        (the cache row of each row of ``needed``, in its order; the number of rows embedded).
+    """
+    if map_shards is None:
+        def map_shards(calls):
+            return [future.result() for future in [embed_shard.submit(*call) for call in calls]]
+
+    augment, seed = config.train.augment, config.train.seed
+    keyed = needed.assign(augmentation=[augmentation_key(augment, seed, view) for view in needed["view"]])
+    index = cache.read_index()
+    known = keyed.merge(index, on=KEY, how="left")
+    missing = known[known["row"].isna()].drop_duplicates(KEY).drop(columns="row").reset_index(drop=True)
+    if len(missing):
+        first = cache.allocate(len(missing), feature_shape)
+        items = [(r.cells_zarr, int(r.zarr_index), view_seed(r.sha256, r.view, r.augmentation) if r.view else None)
+                 for r in missing.itertuples()]
+        calls = [(items[s:s + ROWS_PER_TASK], first + s, cache.store, cache.backbone_id, config.model.image_size,
+                  augment, cache.options, config.model.stain_normalisation, config.model.scale_normalisation)
+                 for s in range(0, len(items), ROWS_PER_TASK)]
+        done = sum(map_shards(calls))
+        if done != len(missing):
+            message = f"embedding wrote {done} rows, expected {len(missing)}"
+            raise RuntimeError(message)
+        added = missing[KEY].assign(row=np.arange(first, first + len(missing)))
+        index = pd.concat([index, added], ignore_index=True)
+        # The index is the commit point: rows become visible only once all of them are written.
+        storage.write_table(index, cache.index_url, cache.options)
+    rows = keyed.merge(index, on=KEY, how="left")["row"].to_numpy(np.int64)
+    return rows, len(missing)
 
 
 def prepare_backbone(config: ModelConfig, store: str, storage_options: dict | None, seed: int) -> tuple[str, str, tuple]:
@@ -97,30 +165,33 @@ def prepare_backbone(config: ModelConfig, store: str, storage_options: dict | No
     return backbone_id, cache.weights, tuple(int(d) for d in backbone.output.shape[1:])
 
 
-def _worker_backbone(backbone_id: str, weights_url: str, image_size: int, storage_options: dict):
+def _per_worker(kind: str, key, build: Callable[[], object]):
+    """The object of this kind for ``key``, built once per worker process (one kept per kind)."""
     with _LOCK:
-        if backbone_id not in _BACKBONES:
-            from aml_model.architecture import build_backbone
-            from aml_model.inference import fold_batch_norm
-
-            local = storage.local_copy(weights_url, storage_options, f"{backbone_id}.weights.h5")
-            _BACKBONES.clear()
-            # The folded form computes the same features (within float rounding) faster.
-            backbone = build_backbone(ModelConfig(image_size=image_size, backbone_weights=local))
-            _BACKBONES[backbone_id] = fold_batch_norm(backbone)
-        return _BACKBONES[backbone_id]
+        held = _WORKER.get(kind)
+        if held is None or held[0] != key:
+            _WORKER.pop(kind, None)
+            _WORKER[kind] = (key, build())
+        return _WORKER[kind][1]
 
 
-@task(name="embed-shard", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2,
-      retry_condition_fn=retry_transient_errors)
+def _build_backbone(backbone_id: str, weights_url: str, image_size: int, storage_options: dict):
+    from aml_model.architecture import build_backbone
+    from aml_model.inference import fold_batch_norm
+
+    local = storage.local_copy(weights_url, storage_options, f"{backbone_id}.weights.h5")
+    # The folded form computes the same features (within float rounding) faster.
+    return fold_batch_norm(build_backbone(ModelConfig(image_size=image_size, backbone_weights=local)))
+
+
+@store_task("embed-shard")
 def embed_shard(
-    items: list[tuple[str, int, int]],
+    items: list[tuple[str, int, int | None]],
     first_row: int,
     store: str,
     backbone_id: str,
     image_size: int,
     augment: AugmentConfig,
-    seed: int,
     storage_options: dict,
     stain_normalisation: str = "none",
     scale_normalisation: str = "none",
@@ -128,41 +199,39 @@ def embed_shard(
     """Compute backbone features of cells and write them to rows [first_row, first_row + n).
 
     Args:
-        items: (cells.zarr URL, zarr index, view) per row; view 0 is the cell as it is, views
-            1.. are random augmentations of it.
-        first_row: the first row this task owns (a chunk boundary: no other task writes there).
+        items: (cells.zarr URL, zarr index, view seed) per row; a seed of None is the cell as
+            it is (view 0), any other an augmented view drawn with that seed
+            (:class:`aml_model.views.ViewAugmenter`).
+        first_row: the first row this task owns (no other task writes there).
         stain_normalisation, scale_normalisation: the model's input normalisation, applied
             before the backbone as the model applies it.
 
     Returns:
         The number of rows embedded.
     """
-    from aml_model.augment import build_augmenter
-    from aml_model.preprocess import normalise_for_resnet50
     from aml_model.architecture import input_normalisation
+    from aml_model.preprocess import normalise_for_resnet50
 
     cache = FeatureCache(store, backbone_id, storage_options)
-    backbone = _worker_backbone(backbone_id, cache.weights, image_size, storage_options)
-    images = np.empty((len(items), image_size, image_size, 3), np.float32)
-    for url in sorted({url for url, _, _ in items}):
-        positions = [i for i, (u, _, _) in enumerate(items) if u == url]
-        indices = np.array([items[i][1] for i in positions])
-        order = np.argsort(indices)
-        array = storage.open_cells_array(url, storage_options)
-        picked = array.get_orthogonal_selection((indices[order],))
-        images[np.array(positions)[order]] = picked
-    views = np.array([view for _, _, view in items])
-    if (views > 0).any():
-        augmenter = build_augmenter(augment, seed=seed + first_row)
-        augmented = np.asarray(augmenter(images[views > 0], training=True))
-        images[views > 0] = augmented
+    backbone = _per_worker("backbone", backbone_id, lambda: _build_backbone(backbone_id, cache.weights, image_size,
+                                                                             storage_options))
+    cells = Rows.named([url for url, _, _ in items], [index for _, index, _ in items],
+                       lambda url: storage.open_cells_array(url, storage_options))
+    # Padded to whole backbone batches: the padding rows are computed and dropped.
+    images = np.zeros((-(-len(items) // EMBED_BATCH) * EMBED_BATCH, image_size, image_size, 3), np.float32)
+    images[:len(items)] = cells[np.arange(len(items))]
+    if any(seed is not None for _, _, seed in items):
+        from aml_model.views import ViewAugmenter
+
+        augmenter = _per_worker("augmenter", augment, lambda: ViewAugmenter(augment))
+        for position, (_, _, seed) in enumerate(items):
+            if seed is not None:
+                images[position] = augmenter(images[position], seed)
     inputs = normalise_for_resnet50(images)
     for layer in input_normalisation(ModelConfig(image_size=image_size, backbone_weights="none",
                                                  stain_normalisation=stain_normalisation,
                                                  scale_normalisation=scale_normalisation)):
         inputs = layer(inputs)
-    inputs = np.asarray(inputs)
-    features = backbone.predict(inputs, batch_size=32, verbose=0)
-    target = storage.open_cells_array(cache.array_url, storage_options, name="features", read_only=False)
-    target[first_row:first_row + len(items)] = features.astype(np.float16)
+    features = backbone.predict(np.asarray(inputs), batch_size=EMBED_BATCH, verbose=0)[:len(items)]
+    cache.array(read_only=False)[first_row:first_row + len(items)] = features.astype(np.float16)
     return len(items)

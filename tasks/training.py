@@ -15,11 +15,12 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from aml_model.evaluate import BinaryMetrics, compute_metrics
+from aml_model.zarr_rows import Rows
 from tasks import storage
 from tasks.registry import CARD_FILE, ModelRef, models_root, register_model, resolve_model
 
-__all__ = ["TrainingSet", "champion_comparisons", "evaluation_files", "load_cells", "load_training_set",
-           "register_challenger"]
+__all__ = ["TrainingSet", "cell_rows", "champion_comparisons", "evaluation_files", "fit_head", "load_cells",
+           "load_training_set", "predict_cells", "register_challenger", "train_on_features", "train_plain"]
 
 TEST_PREDICTIONS = "test_predictions.parquet"
 
@@ -68,16 +69,27 @@ def load_training_set(run_roots: list[storage.RunPaths], storage_options: dict,
                        len(labelled) - len(unique))
 
 
+def cell_rows(frame: pd.DataFrame, storage_options: dict) -> Rows:
+    """The uint8 images of the given cells (cells_zarr, zarr_index), in the frame's order, unread:
+    index the result with positions to read them, or train on it a batch at a time."""
+    return Rows.named(frame["cells_zarr"], frame["zarr_index"],
+                      lambda url: storage.open_cells_array(url, storage_options))
+
+
 def load_cells(frame: pd.DataFrame, storage_options: dict) -> np.ndarray:
     """The uint8 images of the given cells (cells_zarr, zarr_index), in the frame's order."""
-    first = storage.open_cells_array(frame["cells_zarr"].iloc[0], storage_options) if len(frame) else None
-    out = np.empty((len(frame), *(first.shape[1:] if first is not None else (0, 0, 3))), np.uint8)
-    for url, group in frame.groupby("cells_zarr", sort=False):
-        positions = frame.index.get_indexer(group.index)
-        indices = group["zarr_index"].to_numpy()
-        order = np.argsort(indices)
-        out[positions[order]] = storage.open_cells_array(url, storage_options).get_orthogonal_selection((indices[order],))
-    return out
+    if not len(frame):
+        return np.empty((0, 0, 0, 3), np.uint8)
+    return cell_rows(frame, storage_options)[np.arange(len(frame))]
+
+
+def predict_cells(model, cells, batch_size: int = 64) -> np.ndarray:
+    """Blast probabilities of cells read a batch at a time (:class:`Rows` or an array)."""
+    from aml_model.train import cell_batches
+
+    if not len(cells):
+        return np.zeros((0,), np.float32)
+    return np.asarray(model.predict(cell_batches(cells, None, batch_size), verbose=0), np.float32).reshape(-1)
 
 
 def evaluation_files(history: dict, metrics: BinaryMetrics, y_test: np.ndarray, p_test: np.ndarray) -> dict[str, bytes]:
@@ -116,8 +128,6 @@ def champion_comparisons(
     Returns:
         (champion version or None, {test set name: (challenger metrics, champion metrics)}).
     """
-    from aml_model.predict import predict_batch
-
     ref, champion = _champion_model(store, storage_options)
     if ref is None:
         return None, {}
@@ -128,7 +138,7 @@ def champion_comparisons(
                              (compute_metrics(y_test, p_test, threshold), recorded)}
     comparisons = {"challenger's test cells": (
         compute_metrics(y_test, p_test, threshold),
-        compute_metrics(y_test, predict_batch(champion, load_cells(test, storage_options)), threshold),
+        compute_metrics(y_test, predict_cells(champion, cell_rows(test, storage_options)), threshold),
     )}
     theirs_url = storage.join(models_root(store), ref.version, TEST_PREDICTIONS)
     if storage.exists(theirs_url, storage_options):
@@ -137,7 +147,7 @@ def champion_comparisons(
         if len(present) and present["label"].nunique() == 2:
             y = (present["label"] == "blast").to_numpy(int)
             comparisons["champion's test cells"] = (
-                compute_metrics(y, predict_batch(model, load_cells(present, storage_options)), threshold),
+                compute_metrics(y, predict_cells(model, cell_rows(present, storage_options)), threshold),
                 compute_metrics(y, present["probability"].to_numpy(), threshold),
             )
     return ref.version, comparisons
@@ -170,68 +180,109 @@ def _record(check) -> dict:
             "reason": check.reason}
 
 
-@task(name="train-head-on-features", cache_policy=NO_CACHE)
-def train_on_features(cache, config, feature_shape, train_rows, y_train_rows, val_rows, y_val, test_images,
-                      storage_options, train_weights=None, val_weights=None):
-    """Cached path: fit the head on cached features, assemble the full model, score the test cells.
+def _train_guarded(config, y_val: np.ndarray, attempt) -> tuple:
+    """Train with ``attempt(train_config) -> (model, history, best epoch, validation probabilities)``,
+    drawing again from a derived seed while the validation predictions collapse
+    (:mod:`aml_model.collapse`), up to :data:`aml_model.collapse.MAX_ATTEMPTS` times; then training
+    fails and nothing is registered.
 
-    A head whose validation predictions collapse (:mod:`aml_model.collapse`) is drawn again from
-    a derived seed, up to :data:`aml_model.collapse.MAX_ATTEMPTS` times; then training fails and nothing is registered.
+    Returns:
+        (model, history, best epoch, attempts: one dict of validation figures each).
+    """
+    import dataclasses
+
+    from aml_model.collapse import MAX_ATTEMPTS, attempt_seed, check_collapse, require_not_collapsed
+
+    checks = []
+    for number in range(MAX_ATTEMPTS):
+        train_config = dataclasses.replace(config.train, seed=attempt_seed(config.train.seed, number))
+        model, history, best, p_val = attempt(train_config)
+        checks.append(check_collapse(y_val, p_val, config.threshold))
+        if not checks[-1].collapsed:
+            break
+    require_not_collapsed(checks)
+    return model, history, best, [_record(c) for c in checks]
+
+
+def fit_head(cache, config, feature_shape, train_rows, y_train_rows, val_rows, y_val, train_weights=None,
+             val_weights=None) -> tuple:
+    """Fit the head on cache rows read from the store a batch at a time, with the collapse guard.
+
+    Args:
+        cache: :class:`tasks.features.FeatureCache`.
+        train_rows, val_rows: cache rows of the training views and the validation cells.
+        y_train_rows, y_val: their 0/1 labels.
+        train_weights, val_weights: their loss weights.
+
+    Returns:
+        (head, history, best epoch, attempts: one dict of validation figures each).
+    """
+    from aml_model.architecture import build_head, seed_weights
+    from aml_model.train import feature_batches, train_head
+
+    train_features, val_features = cache.rows(train_rows), cache.rows(val_rows)
+
+    def attempt(train_config):
+        # The head's initialisation is part of the seeded run.
+        head = seed_weights(build_head(feature_shape, config.model), train_config.seed)
+        history, best = train_head(head, train_features, y_train_rows, val_features, y_val, train_config,
+                                   train_weights=train_weights, val_weights=val_weights)
+        p_val = head.predict(feature_batches(val_features, None, config.train.batch_size), verbose=0).reshape(-1)
+        return head, history, best, p_val
+
+    return _train_guarded(config, y_val, attempt)
+
+
+@task(name="train-head-on-features", cache_policy=NO_CACHE)
+def train_on_features(cache, config, feature_shape, train_rows, y_train_rows, val_rows, y_val, test: pd.DataFrame,
+                      storage_options, train_weights=None, val_weights=None):
+    """Cached path: fit the head on cached features (:func:`fit_head`), assemble the full model,
+    score the test cells (cells_zarr, zarr_index) read a batch at a time.
 
     Returns:
         (model, history, best epoch, test probabilities, attempts: one dict of validation figures each).
     """
     import dataclasses
 
-    from aml_model.architecture import assemble_model, build_head, seed_weights
-    from aml_model.collapse import MAX_ATTEMPTS, attempt_seed, check_collapse, require_not_collapsed
-    from aml_model.predict import predict_batch
-    from aml_model.train import feature_batches, train_head
+    from aml_model.architecture import assemble_model
 
-    # float16 as cached: half the memory, each batch converted as training reads it.
-    train_features, val_features = cache.read_rows(train_rows), cache.read_rows(val_rows)
-    checks = []
-    for attempt in range(MAX_ATTEMPTS):
-        train_config = dataclasses.replace(config.train, seed=attempt_seed(config.train.seed, attempt))
-        # The head's initialisation is part of the seeded run.
-        head = seed_weights(build_head(feature_shape, config.model), train_config.seed)
-        history, best = train_head(head, train_features, y_train_rows, val_features, y_val, train_config,
-                                   train_weights=train_weights, val_weights=val_weights)
-        p_val = head.predict(feature_batches(val_features, y_val, config.train.batch_size), verbose=0).reshape(-1)
-        checks.append(check_collapse(y_val, p_val, config.threshold))
-        if not checks[-1].collapsed:
-            break
-    require_not_collapsed(checks)
+    head, history, best, attempts = fit_head(cache, config, feature_shape, train_rows, y_train_rows, val_rows, y_val,
+                                             train_weights, val_weights)
     weights = storage.local_copy(cache.weights, storage_options, f"{cache.backbone_id}.weights.h5")
     model = assemble_model(dataclasses.replace(config.model, backbone_weights=weights, backbone_weights_sha256=None),
                            head)
-    return model, history, best, predict_batch(model, test_images), [_record(c) for c in checks]
+    return model, history, best, predict_cells(model, cell_rows(test, storage_options)), attempts
 
 
 @task(name="train-plain", cache_policy=NO_CACHE)
-def train_plain(cache, config, images, y, split, storage_options, train_weights=None, val_weights=None):
-    """Plain path: the full model in the loop, augmentation on the fly every epoch; the same
-    collapse guard as :func:`train_on_features`."""
+def train_plain(cache, config, cells: pd.DataFrame, y, split, storage_options, train_weights=None, val_weights=None):
+    """Plain path: the full model in the loop, augmentation on the fly every epoch, cells read
+    from their runs' cells.zarr a batch at a time; the same collapse guard as :func:`fit_head`.
+
+    Args:
+        cells: the labelled cells (cells_zarr, zarr_index); ``split`` holds positions in it.
+
+    Returns:
+        (model, history, best epoch, test probabilities, attempts: one dict of validation figures each).
+    """
     import dataclasses
 
     import keras
 
     from aml_model.architecture import build_model
-    from aml_model.collapse import MAX_ATTEMPTS, attempt_seed, check_collapse, require_not_collapsed
-    from aml_model.predict import predict_batch
     from aml_model.train import train_model
+
     weights = storage.local_copy(cache.weights, storage_options, f"{cache.backbone_id}.weights.h5")
     model_config = dataclasses.replace(config.model, backbone_weights=weights, backbone_weights_sha256=None)
-    checks = []
-    for attempt in range(MAX_ATTEMPTS):
-        train_config = dataclasses.replace(config.train, seed=attempt_seed(config.train.seed, attempt))
+    images = cell_rows(cells, storage_options)
+    train, val = images.subset(split["train"]), images.subset(split["val"])
+
+    def attempt(train_config):
         keras.utils.set_random_seed(train_config.seed)
         model = build_model(model_config)
-        history, best = train_model(model, images[split["train"]], y[split["train"]], images[split["val"]],
-                                    y[split["val"]], train_config, train_weights=train_weights,
-                                    val_weights=val_weights)
-        checks.append(check_collapse(y[split["val"]], predict_batch(model, images[split["val"]]), config.threshold))
-        if not checks[-1].collapsed:
-            break
-    require_not_collapsed(checks)
-    return model, history, best, predict_batch(model, images[split["test"]]), [_record(c) for c in checks]
+        history, best = train_model(model, train, y[split["train"]], val, y[split["val"]], train_config,
+                                    train_weights=train_weights, val_weights=val_weights)
+        return model, history, best, predict_cells(model, val)
+
+    model, history, best, attempts = _train_guarded(config, y[split["val"]], attempt)
+    return model, history, best, predict_cells(model, images.subset(split["test"])), attempts

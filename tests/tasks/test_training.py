@@ -1,0 +1,59 @@
+import dataclasses
+
+import numpy as np
+import pytest
+
+from aml_model.config import ExperimentConfig
+from tasks import storage
+from tasks.features import FeatureCache, prepare_backbone
+from tasks.training import cell_rows, load_cells, predict_cells, train_plain
+from tests.tasks.synthetic_store import write_runs
+
+
+@pytest.fixture(scope="module")
+def cells(tmp_path_factory):
+    return write_runs(tmp_path_factory.mktemp("cells"), cells_per_run=20)
+
+
+def test_cells_of_several_runs_are_read_in_the_frame_order(cells):
+    arrays = {url: storage.open_cells_array(url)[:] for url in cells["cells_zarr"].unique()}
+    shuffled = cells.sample(frac=1, random_state=0).reset_index(drop=True)
+    expected = np.stack([arrays[r.cells_zarr][r.zarr_index] for r in shuffled.itertuples()])
+    np.testing.assert_array_equal(load_cells(shuffled, {}), expected)
+    rows = cell_rows(shuffled, {})
+    assert rows.shape == expected.shape and rows.dtype == np.uint8
+    np.testing.assert_array_equal(rows.subset([5, 1])[[0, 1]], expected[[5, 1]])
+    assert load_cells(shuffled.iloc[:0], {}).shape[0] == 0
+
+
+class Recording:
+    """A cells array that records how many rows each read asks for."""
+
+    def __init__(self, array, reads):
+        self.array, self.reads, self.shape, self.dtype = array, reads, array.shape, array.dtype
+
+    def get_orthogonal_selection(self, selection):
+        self.reads.append(len(selection[0]))
+        return self.array.get_orthogonal_selection(selection)
+
+
+def test_the_plain_path_reads_cells_from_the_store_a_batch_at_a_time(cells, tmp_path, monkeypatch):
+    tiny = ExperimentConfig.tiny(image_size=32, epochs=2)
+    config = dataclasses.replace(tiny, train=dataclasses.replace(tiny.train, batch_size=8))
+    store = str(tmp_path / "store")
+    backbone_id, _, _ = prepare_backbone(config.model, store, {}, config.train.seed)
+    reads = []
+    opened = storage.open_cells_array
+    monkeypatch.setattr(storage, "open_cells_array", lambda *a, **k: Recording(opened(*a, **k), reads))
+
+    y = (cells["label"] == "blast").to_numpy(int)
+    order = np.random.default_rng(0).permutation(len(cells))
+    split = {"train": order[:24], "val": order[24:32], "test": order[32:]}
+    model, history, best, p_test, attempts = train_plain.fn(FeatureCache(store, backbone_id), config, cells, y, split,
+                                                            {})
+    assert len(history["loss"]) == 2 and p_test.shape == (8,) and len(attempts) >= 1
+    # Training batches of 8 from two runs, validation and test in batches of up to 64: no read
+    # ever holds more than one batch, let alone all 40 cells.
+    assert max(reads) <= 8
+    assert len(reads) >= 2 * (24 // 8)
+    np.testing.assert_allclose(p_test, predict_cells(model, load_cells(cells.iloc[split["test"]], {})), atol=1e-6)
