@@ -156,6 +156,7 @@ def promote_command(version: str, store: str, s3_endpoint_url: str | None, reaso
             click.echo(f"{version} is already the champion of {store}: nothing changed")
             return
         set_champion(store, version, options, reason=reason)
+    _announce(store, version, current["version"] if current else None, reason, "models promote")
     click.echo(f"champion of {store}: {version}" + (f" (was {current['version']})" if current else ""))
 
 
@@ -167,7 +168,19 @@ def rollback_command(store: str, s3_endpoint_url: str | None) -> None:
 
     with _one_line_errors():
         was, now = rollback_champion(store, _options(store, s3_endpoint_url))
+    _announce(store, now, was, f"rolled back from {was}", "models rollback")
     click.echo(f"champion of {store}: {now} (rolled back from {was})")
+
+
+def _announce(store: str, version: str, previous: str | None, reason: str, by: str) -> None:
+    """``aml-smear.model.promoted`` on the Prefect API that PREFECT_API_URL names; nothing without one
+    (no temporary server is started for it). Prefect sends queued events before the process exits."""
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value():
+        from tasks.events import emit_model_promoted
+
+        emit_model_promoted(store, version, previous, reason, by)
 
 
 @models.command("prune")

@@ -2,7 +2,8 @@
 
 - ``aml-smear.patient.aml-suspected``: a scoring completed with a patient called AML_SUSPECTED, one
   event each; resource ``aml-smear.patient.<id>``, the scoring and model related.
-- ``aml-smear.model.promoted``: the nightly retrain made a model the champion; resource
+- ``aml-smear.model.promoted``: a retrain (the nightly), or ``aml-smear models promote``/``rollback``
+  with a Prefect API, made a model the champion; resource
   ``aml-smear.model.<version>``, the previous champion related.
 - ``aml-smear.nightly.failed``: the deployed nightly retrain failed for good (after its retry) or
   crashed; resource ``prefect.flow-run.<id>``, its state message in the payload.
@@ -72,7 +73,7 @@ def emit_model_promoted(store: str, version: str, previous: str | None, reason: 
     """``aml-smear.model.promoted``: ``version`` is now the champion of ``store``'s registry.
 
     Args:
-        by: what promoted it, e.g. "retrain".
+        by: what promoted it: "retrain", "models promote" or "models rollback".
     """
     related = [_resource("model", previous, "previous-champion")] if previous else []
     emit_event(event=MODEL_PROMOTED, resource=_resource("model", version), related=related,

@@ -9,7 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 from flows.cli import cli
+from tasks.events import MODEL_PROMOTED
 from tasks.registry import set_champion
+from tests.flows.prefect_events import read_events
 from tests.registry_fakes import fake_model, fake_scoring
 
 V1, V2, V3, V4 = (f"2026010{day}T020000Z-0000000{day}" for day in range(1, 5))
@@ -80,6 +82,14 @@ def test_promote_and_rollback(store):
     empty = run("rollback", "--store", str(store))
     assert empty.exit_code == 1 and empty.output.startswith("error: nothing to roll back to")
     assert len(empty.output.strip().splitlines()) == 1
+
+    # With a Prefect API (the harness's), each change of champion is an aml-smear.model.promoted event.
+    def events(version):
+        found = read_events(MODEL_PROMOTED, resource_id=f"aml-smear.model.{version}")
+        return [(e.payload["previous"], e.payload["by"]) for e in found if e.payload["store"] == str(store)]
+
+    assert events(V4) == [(V2, "models promote")], "promoted once: the second promote changed nothing"
+    assert events(V1) == [(V2, "models rollback")]
 
 
 def test_promote_refuses_an_unknown_or_broken_version_with_one_line(store):
