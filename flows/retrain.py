@@ -21,6 +21,7 @@ from flows.ingest import ingest
 from flows.parameters import (BackboneWeights, ImageSize, Layout, Positive, Recipe, Sha256, TrainingPath,
                               require_existing)
 from tasks import storage
+from tasks.events import emit_model_promoted
 from tasks.features import FeatureCache, embed_missing, prepare_backbone
 from tasks.registry import champion_card, code_version, set_champion
 from tasks.training import (champion_comparisons, evaluation_files, load_training_set, register_challenger,
@@ -183,6 +184,7 @@ def retrain_and_evaluate(
                               store, store_options)
     if decision.promote:
         set_champion(store, ref.version, store_options, reason=decision.reason)
+        emit_model_promoted(store, ref.version, parent, decision.reason, by="retrain")
     logger.info("registered %s: %s", ref.version, "promoted to champion" if decision.promote else decision.reason)
     rows_table = [{"model": "challenger", "test set": "own", **metrics.to_dict()}]
     rows_table += [{"model": who, "test set": name, **m.to_dict()}

@@ -10,8 +10,10 @@ from aml_model.io import load_model
 from aml_model.predict import predict_batch
 from flows.retrain import retrain_and_evaluate
 from tasks import storage
+from tasks.events import MODEL_PROMOTED
 from tasks.training import load_cells
 from tests.corpus import compose_patient_cohort
+from tests.flows.prefect_events import read_events
 
 FIGURES = ("learning_curves.png", "confusion_matrix.png", "roc_curve.png", "f1_curve.png")
 
@@ -46,6 +48,9 @@ def test_retrain_registers_promotes_and_reuses_the_feature_cache(cohort, tmp_pat
     assert card["backbone"]["id"].startswith("resnet50-64px-") and card["data"]["n_labelled"] == 240
     assert card["parent"] is None and card["promotion"]["promoted"] is True
     assert Artifact.get("retrain-metrics") is not None and Artifact.get("retrain-report") is not None
+    [promoted] = read_events(MODEL_PROMOTED, resource_id=f"aml-smear.model.{first['version']}")
+    assert promoted.payload == {"version": first["version"], "previous": None, "reason": first["reason"],
+                                "store": store, "by": "retrain"}
 
     # The card's metrics are those of the stored test predictions, recomputed here by hand.
     predictions = pd.read_parquet(folder / "test_predictions.parquet")
