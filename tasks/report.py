@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pandas as pd
 
-from aml_model.aggregate import RESEARCH_NOTE
 from aml_model.calibration import call_probabilities
 from aml_model.report import (GalleryCell, ModelInfo, PatientReport, cell_type_rates, encode_png,
                               render_cohort_index, render_patient_report, report_name, top_cells)
@@ -16,8 +13,7 @@ from tasks.explain import explain_dir, manifest_url
 from tasks.registry import CARD_FILE, models_root
 from tasks.retry import store_task
 
-__all__ = ["build_reports", "index_url", "model_info", "report_url", "reports_markdown",
-           "write_reports"]
+__all__ = ["build_reports", "index_url", "model_info", "report_url", "write_reports"]
 
 DEFAULT_TOP_K = 12
 
@@ -101,16 +97,3 @@ def _type_rows(cells: pd.DataFrame, threshold: float) -> tuple[dict, ...]:
 def write_reports(paths: storage.ScoringPaths, store_options: dict) -> str:
     """Task form of :func:`build_reports`; returns the index page's URL."""
     return build_reports(paths, store_options)
-
-
-def _link(url: str) -> str:
-    return url if "://" in url else "file://" + os.path.abspath(url)
-
-
-def reports_markdown(paths: storage.ScoringPaths, patients: pd.DataFrame) -> str:
-    """Markdown for a Prefect artifact: the index page and each patient's report, linked, with the call."""
-    lines = [f"# Patient reports: run {paths.run_id}", "", f"**{RESEARCH_NOTE}**", "",
-             f"[Cohort index]({_link(index_url(paths))})", "", "| patient | call | report |", "|---|---|---|"]
-    lines += [f"| {row.patient_id} | {row.call} | [{report_name(row.patient_id)}.html]"
-              f"({_link(report_url(paths, row.patient_id))}) |" for row in patients.itertuples()]
-    return "\n".join(lines)
