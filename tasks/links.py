@@ -15,10 +15,12 @@ from tasks import storage
 from tasks.privacy import prefect_patient_id, pseudonymising
 from tasks.report import index_url, report_url
 
-__all__ = ["LINK_EXPIRY", "Link", "index_link", "reports_markdown", "ui_link"]
+__all__ = ["LINK_EXPIRY", "LINK_EXPIRY_ENV", "Link", "index_link", "link_expiry", "reports_markdown", "ui_link"]
 
 # SigV4 presigned URLs live at most 7 days; a report is looked at within days of its scoring.
 LINK_EXPIRY = timedelta(days=7)
+# Seconds a presigned link lives (1 to 604800); 0 presigns nothing: S3 links stay s3:// URLs.
+LINK_EXPIRY_ENV = "AML_SMEAR_LINK_EXPIRY_SECONDS"
 
 
 @dataclass(frozen=True)
@@ -33,19 +35,39 @@ class Link:
         """"link expires ..." for an artifact's description, or "" for a link that does not expire."""
         if self.expires_at is None:
             return ""
-        return f"link expires {self.expires_at:%Y-%m-%d %H:%M} UTC ({LINK_EXPIRY.days} days after the scoring)"
+        return f"link expires {self.expires_at:%Y-%m-%d %H:%M} UTC"
 
 
-def ui_link(url: str, store_options: dict | None = None, expires_in: timedelta = LINK_EXPIRY) -> Link:
+def link_expiry() -> timedelta:
+    """How long presigned links live: ``AML_SMEAR_LINK_EXPIRY_SECONDS``, 7 days by default (0: not presigned).
+
+    Raises:
+        ValueError: the setting is not a whole number of seconds from 0 to 604800 (7 days, S3's limit).
+    """
+    text = os.environ.get(LINK_EXPIRY_ENV, "").strip()
+    if not text:
+        return LINK_EXPIRY
+    if not text.isdigit() or int(text) > LINK_EXPIRY.total_seconds():
+        message = f"{LINK_EXPIRY_ENV}={text!r} is invalid: expected 0 (no presigned links) to 604800 seconds"
+        raise ValueError(message)
+    return timedelta(seconds=int(text))
+
+
+def ui_link(url: str, store_options: dict | None = None, expires_in: timedelta | None = None) -> Link:
     """A link to ``url`` for the Prefect UI.
 
     A local file becomes ``file://<absolute path>`` (it opens on the machine holding the store);
-    an object on S3 (or MinIO) a presigned HTTPS URL valid for ``expires_in``, signed with the
-    credentials of the process that calls this; any other store its URL unchanged.
+    an object on S3 (or MinIO) a presigned HTTPS URL valid for ``expires_in`` (default
+    :func:`link_expiry`), signed with the credentials of the process that calls this: the URL
+    carries the access key id, never the secret key. Any other store, or an expiry of 0, keeps
+    the URL unchanged.
     """
+    expires_in = link_expiry() if expires_in is None else expires_in
     fs, path = fsspec.core.url_to_fs(url, **(store_options or {}))
     if storage.is_local(fs):
         return Link("file://" + os.path.abspath(path))
+    if not expires_in:
+        return Link(url)
     try:
         signed = fs.sign(path, expiration=int(expires_in.total_seconds()))
     except NotImplementedError:

@@ -10,7 +10,7 @@ import pytest
 
 from aml_model.aggregate import RESEARCH_NOTE
 from tasks import storage
-from tasks.links import LINK_EXPIRY, index_link, reports_markdown, ui_link
+from tasks.links import LINK_EXPIRY, LINK_EXPIRY_ENV, Link, index_link, reports_markdown, ui_link
 from tasks.privacy import PATIENT_ID_KEY_ENV, prefect_patient_id
 from tasks.report import index_url, report_url
 
@@ -28,12 +28,21 @@ def test_an_s3_object_gets_a_presigned_url_that_a_browser_can_open(s3_bucket, mo
     link = ui_link(url, options)
     assert link.url.startswith("http") and "Signature" in link.url
     assert link.expires_at == pytest.approx(datetime.now(UTC) + LINK_EXPIRY, abs=timedelta(minutes=1))
-    assert link.expiry_note.startswith("link expires ") and "(7 days" in link.expiry_note
+    assert link.expiry_note == f"link expires {link.expires_at:%Y-%m-%d %H:%M} UTC"
     # Opened as a browser would: no credentials in the environment, only the URL.
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.delenv(name, raising=False)
     with urllib.request.urlopen(link.url, timeout=10) as response:
         assert response.read() == b"<html>report</html>"
+
+    monkeypatch.setenv(LINK_EXPIRY_ENV, "3600")
+    hour = ui_link(url, options)
+    assert hour.expires_at == pytest.approx(datetime.now(UTC) + timedelta(hours=1), abs=timedelta(minutes=1))
+    monkeypatch.setenv(LINK_EXPIRY_ENV, "0")
+    assert ui_link(url, options) == Link(url), "0: no presigned link, the s3:// URL as it is"
+    monkeypatch.setenv(LINK_EXPIRY_ENV, "700000")
+    with pytest.raises(ValueError, match=LINK_EXPIRY_ENV):
+        ui_link(url, options)
 
 
 def test_reports_markdown_links_the_index_and_each_report(tmp_path, monkeypatch):
