@@ -50,17 +50,22 @@ def stop_process_group(process: subprocess.Popen, grace_s: float) -> None:
 
 @pytest.fixture(scope="module")
 def local_stack(tmp_path_factory):
-    """Yields {api_url, env, store, sources, output}; stops the stack and every process it started."""
+    """Yields {api_url, env, store, sources, home}; stops the stack and every process it started."""
     root = tmp_path_factory.mktemp("stack")
-    home, store, sources = root / "home", root / "store", [str(root / "labelled")]
-    env = stack_env(home / "prefect")
+    yield from running_stack(root, REPO_ROOT, stack_env(root / "home" / "prefect"), [str(root / "labelled")])
+
+
+def running_stack(root: Path, code: Path, env: dict[str, str], sources: list[str], *arguments: str):
+    """`local_stack.py up` of the checkout ``code`` with ``env``, its home and store under ``root``;
+    yields {api_url, env, store, sources, home} once ready, then stops everything it started."""
+    home, store = root / "home", root / "store"
     port = free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     output = root / "stack.out"
-    command = [sys.executable, "deployments/local_stack.py", "up", "--port", str(port),
-               "--home", str(home), "--store", str(store), "--retrain-source", sources[0]]
+    command = [sys.executable, "deployments/local_stack.py", "up", "--port", str(port), "--home", str(home),
+               "--store", str(store), *[a for source in sources for a in ("--retrain-source", source)], *arguments]
     with open(output, "wb") as handle:
-        stack = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT,
+        stack = subprocess.Popen(command, cwd=code, env=env, stdout=handle, stderr=subprocess.STDOUT,
                                  stdin=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + READY_TIMEOUT_S

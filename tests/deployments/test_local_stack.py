@@ -29,14 +29,25 @@ def _deployment(api_url: str, name: str) -> dict:
     return response.json()
 
 
+def _variable(api_url: str, name: str):
+    response = httpx.get(f"{api_url}/variables/name/{name}", timeout=10)
+    response.raise_for_status()
+    return response.json()["value"]
+
+
 def test_nightly_retrain_is_registered_with_its_schedule_and_variables(local_stack):
     nightly = _deployment(local_stack["api_url"], "retrain-and-evaluate/nightly")
     (schedule,) = nightly["schedules"]
     assert schedule["active"] is True
     assert (schedule["schedule"]["cron"], schedule["schedule"]["timezone"]) == ("0 2 * * *", "Europe/Berlin")
-    # Parameters come from the Prefect variables the stack set, not from code.
-    assert nightly["parameters"]["sources"] == local_stack["sources"]
-    assert nightly["parameters"]["store"] == str(local_stack["store"])
+    # Nothing is fixed at deploy time: each run reads the Prefect variables that the stack set.
+    assert nightly["parameters"] == {}
+    assert _variable(local_stack["api_url"], "aml_smear_retrain_sources") == local_stack["sources"]
+    assert _variable(local_stack["api_url"], "aml_smear_store") == str(local_stack["store"])
+    # Flow runs change to the checkout first (the pull step), read on the worker when a run starts.
+    assert nightly["pull_steps"] == [{"prefect.deployments.steps.set_working_directory": {
+        "directory": "{{ prefect.variables.aml_smear_code_dir }}"}}]
+    assert _variable(local_stack["api_url"], "aml_smear_code_dir") == str(REPO_ROOT)
     assert nightly["work_pool_name"] == "aml-smear"
     assert nightly["global_concurrency_limit"]["limit"] == 1
     assert nightly["concurrency_options"]["collision_strategy"] == "CANCEL_NEW"
@@ -62,7 +73,9 @@ def test_scoring_deployment_run_from_the_cli_completes(local_stack, lmu_cells, t
     flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", run.stdout).group(1)
     state = httpx.get(f"{local_stack['api_url']}/flow_runs/{flow_run_id}", timeout=10).json()["state"]
     assert state["type"] == "COMPLETED"
-    patients = pd.read_parquet(store / "runs" / "deployed" / "patients.parquet")
+    # The run's one scoring (runs/<run>/scores/<score_id>/, docs/design.md "The run store").
+    (patients_file,) = (store / "runs" / "deployed" / "scores").glob("*/patients.parquet")
+    patients = pd.read_parquet(patients_file)
     assert sorted(patients["patient_id"]) == ["P01", "P02"]
     assert patients["n_scored"].tolist() == [20, 20]
     assert patients["model_version"].str.startswith("file-").all()
@@ -116,7 +129,7 @@ def test_aml_smear_serve_registers_the_deployments_on_a_real_server(local_stack,
         nightly = _deployment(api_url, "retrain-and-evaluate/nightly")
         (schedule,) = nightly["schedules"]
         assert (schedule["schedule"]["cron"], schedule["schedule"]["timezone"]) == ("0 2 * * *", "Europe/Berlin")
-        assert nightly["parameters"]["sources"] == local_stack["sources"]
+        assert nightly["parameters"] == {}  # read from the variables when each run starts
         assert nightly["concurrency_options"]["collision_strategy"] == "CANCEL_NEW"
         assert "serving retrain-and-evaluate/nightly (0 2 * * *, Europe/Berlin)" in output.read_text()
     finally:
