@@ -391,8 +391,8 @@ def demo(store: str, epochs: int, workers, scheduler, s3_endpoint_url) -> None:
 def serve_command(limit, scheduler, workers) -> None:
     """Serve the deployments (score-smears/on-demand, retrain-and-evaluate/nightly) without a work pool.
 
-    Needs PREFECT_API_URL; parameters of the nightly retrain come from the Prefect variables
-    aml_smear_store and aml_smear_retrain_sources. Runs until Ctrl-C, then pauses the schedules.
+    Needs PREFECT_API_URL; the nightly retrain reads its Prefect variables (aml_smear_store,
+    aml_smear_retrain_sources...) when each run starts. Runs until Ctrl-C, then pauses the schedules.
     """
     from prefect.exceptions import ParameterTypeError
 
