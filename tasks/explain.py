@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from aml_model.report import encode_png, report_name, top_cells
+from aml_model.zarr_rows import read_cells
 from tasks import storage
 from tasks.predict import load_worker_model
 from tasks.registry import ModelRef
@@ -46,9 +47,7 @@ def explain_patient(
 
     top = top_cells(storage.read_table(paths.cells_table, store_options), patient_id, top_k)
     slots = top["zarr_index"].to_numpy(dtype=np.int64)
-    order = np.argsort(slots)
-    # Orthogonal selection wants increasing indices; put the cells back in rank order after.
-    images = storage.open_cells_array(paths.cells_zarr, store_options).oindex[slots[order]][np.argsort(order)]
+    images = read_cells(storage.open_cells_array(paths.cells_zarr, store_options), slots)
     # Grad-CAM needs the paper model in float32, whatever precision scoring used.
     cam = compute_gradcam(load_worker_model(model, store_options), images)
     folder = explain_dir(paths, patient_id)

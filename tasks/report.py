@@ -8,6 +8,7 @@ import pandas as pd
 from aml_model.calibration import call_probabilities
 from aml_model.report import (GalleryCell, ModelInfo, PatientReport, cell_type_rates, encode_png,
                               render_cohort_index, render_patient_report, report_name, top_cells)
+from aml_model.zarr_rows import read_cells
 from tasks import storage
 from tasks.explain import explain_dir, manifest_url
 from tasks.registry import CARD_FILE, models_root
@@ -50,8 +51,7 @@ def _gallery(paths: storage.ScoringPaths, cells: pd.DataFrame, patient_id: str, 
         top = top_cells(cells, patient_id, top_k)
         overlays = [None] * len(top)
     slots = top["zarr_index"].to_numpy(dtype=np.int64)
-    order = np.argsort(slots)
-    pixels = images.oindex[slots[order]][np.argsort(order)] if len(slots) else []
+    pixels = read_cells(images, slots)
     gallery = tuple(GalleryCell(rank=rank, cell_id=row.cell_id, probability=float(row.probability),
                                 cell_png=encode_png(image), overlay_png=overlay)
                     for rank, (row, image, overlay) in enumerate(zip(top.itertuples(), pixels, overlays,
