@@ -72,6 +72,19 @@ def s3_bucket(s3_endpoint, request):
     yield name, options
 
 
+def drain_prefect_events() -> None:
+    """Flush and drop this process's Prefect events worker.
+
+    Prefect keeps one events worker per process, bound to the API it first saw; a test harness of
+    another module in this process (xdist runs several files per process) would leave it bound to a
+    stopped server, and every event after that would be lost. Each harness fixture calls this on
+    entering and before leaving, so events reach the server of the tests that emit them.
+    """
+    from prefect.events.worker import EventsWorker
+
+    EventsWorker.drain_all(timeout=30)
+
+
 def upload_folder(local: Path, url: str, storage_options: dict) -> None:
     """Copy a local folder tree to an fsspec URL (tests build S3 sources this way)."""
     import fsspec

@@ -16,10 +16,14 @@ def prefect_api():
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
+    from tests.conftest import drain_prefect_events
+
     with prefect_test_harness(server_startup_timeout=60):
         # Dask worker processes inherit the environment: point them at the harness too.
         os.environ["PREFECT_API_URL"] = PREFECT_API_URL.value()
+        drain_prefect_events()
         yield PREFECT_API_URL.value()
+        drain_prefect_events()
         del os.environ["PREFECT_API_URL"]
 
 
@@ -38,3 +42,12 @@ def task_runner(dask_cluster):
     from prefect_dask import DaskTaskRunner
 
     return DaskTaskRunner(address=dask_cluster.scheduler_address)
+
+
+@pytest.fixture(autouse=True)
+def events_reach_this_server(prefect_api):
+    """Each test's events go to the server it reads them from, whatever ran before in this process."""
+    from tests.conftest import drain_prefect_events
+
+    drain_prefect_events()
+    yield

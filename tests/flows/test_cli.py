@@ -1,5 +1,6 @@
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from flows.cli import cli
@@ -21,6 +22,7 @@ def test_model_summary_prints_the_paper_architecture():
 
 def test_demo_runs_the_pipeline_and_prints_the_calls(tmp_path, dask_cluster):
     import pandas as pd
+    from scipy.stats import beta
 
     from aml_model.aggregate import PATIENT_COLUMNS
 
@@ -44,8 +46,19 @@ def test_demo_runs_the_pipeline_and_prints_the_calls(tmp_path, dask_cluster):
     assert (scoring / "_SUCCESS").exists()
     patients = pd.read_parquet(scoring / "patients.parquet")
     assert tuple(patients.columns) == (*PATIENT_COLUMNS, "patient_version") and len(patients) == 6
-    assert set(patients["call"]) <= {"AML_SUSPECTED", "NOT_SUSPECTED", "INDETERMINATE", "INSUFFICIENT_CELLS"}
     assert len(pd.read_parquet(scoring / "cells.parquet")) == 240
+    # The call rule, recomputed: Clopper-Pearson bounds from scipy's beta quantiles, then the cut-off.
+    for row in patients.itertuples():
+        k, n = row.n_blast_like, row.n_scored
+        low = 0.0 if k == 0 else beta.ppf(0.025, k, n - k + 1)
+        high = 1.0 if k == n else beta.ppf(0.975, k + 1, n - k)
+        assert (row.ci_low, row.ci_high) == pytest.approx((low, high), abs=1e-9), row.patient_id
+        expected = ("INSUFFICIENT_CELLS" if n < row.min_cells else "AML_SUSPECTED" if low >= row.blast_cutoff
+                    else "NOT_SUSPECTED" if high < row.blast_cutoff else "INDETERMINATE")
+        assert row.call == expected, row.patient_id
+    # The demo's ground truth: the synthetic AML patients hold more blast-like cells than the healthy ones.
+    fractions = patients.set_index("patient_id")["blast_fraction"]
+    assert fractions.filter(like="SYN-AML").mean() > fractions.filter(like="SYN-HLT").mean() + 0.2, fractions
 
 
 def test_ingest_command_reports_counts_and_reruns_without_work(tmp_path, lmu_cells, dask_cluster):

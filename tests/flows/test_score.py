@@ -88,7 +88,12 @@ def test_s3_source_to_s3_store_with_a_registered_champion(lmu_cells, tmp_path, s
     paths = scoring_of(store, result)
     require_complete(paths, options)
     cells = storage.read_table(paths.cells_table, options)
-    assert len(cells) == 14 and cells["probability"].between(0, 1).all()
+    assert len(cells) == 14
+    # The scores are the model's own on these cells, read back from the store's Zarr images.
+    images = storage.open_cells_array(paths.cells_zarr, options)[:][cells["zarr_index"].to_numpy()]
+    reference = predict_batch(load_model(tiny_model_file, compile=False), images)
+    np.testing.assert_allclose(cells["probability"].to_numpy(), reference, atol=1e-5)
+    assert (cells["predicted_label"] == np.where(reference >= 0.5, "blast", "normal")).all()
     patients = storage.read_table(paths.patients_table, options)
     assert patients["patient_id"].tolist() == ["P1", "P2"] and patients["n_scored"].tolist() == [8, 6]
 

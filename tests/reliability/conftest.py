@@ -117,9 +117,13 @@ def prefect_api():
     from prefect.testing.utilities import prefect_test_harness
 
     previous = os.environ.get("PREFECT_API_URL")
+    from tests.conftest import drain_prefect_events
+
     with prefect_test_harness(server_startup_timeout=60):
         os.environ["PREFECT_API_URL"] = PREFECT_API_URL.value()
+        drain_prefect_events()
         yield PREFECT_API_URL.value()
+        drain_prefect_events()
     # Restore rather than delete: another directory's harness may still be active in this session.
     if previous is None:
         os.environ.pop("PREFECT_API_URL", None)

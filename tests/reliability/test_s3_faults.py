@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 
@@ -61,7 +62,9 @@ def test_permanent_s3_fault_fails_the_run_with_a_clear_message_and_no_success(co
                                           "--run-id", "denied", "--s3-endpoint-url", proxy.url,
                                           "--scheduler", cluster.scheduler_address])
     assert result.exit_code == 1, result.output
-    assert f"error: cannot write {store}/runs/denied/ingest_plan.json: " in result.output, result.output
+    # The first write of a scoring is its settings (score.json), before the ingest plan.
+    assert re.search(rf"error: cannot write {re.escape(store)}/runs/denied/scores/[^/ ]+/score\.json: ",
+                     result.output), result.output
     assert proxy.injected["status"] >= 1
     fs = s3fs.S3FileSystem(**options)
     fs.invalidate_cache()

@@ -127,7 +127,7 @@ def test_a_failing_command_does_not_echo_the_access_key(cohort, cluster, s3_buck
             kill_group(process)
     output = log.read_text()
     assert process.returncode == 1, output[-4000:]
-    assert "error: cannot write" in output and "ingest_plan.json" in output
+    assert "error: cannot write" in output and "/runs/denied/scores/" in output and "score.json" in output
     assert proxy.injected["status"] >= 1
     assert leaked(output) == []
 

@@ -34,8 +34,12 @@ def test_a_completed_state_is_not_retried():
 def prefect_api():
     from prefect.testing.utilities import prefect_test_harness
 
+    from tests.conftest import drain_prefect_events
+
     with prefect_test_harness(server_startup_timeout=60):
+        drain_prefect_events()
         yield
+        drain_prefect_events()
 
 
 def test_a_task_with_the_policy_retries_io_and_stops_at_wrong_input(prefect_api):
