@@ -1,6 +1,6 @@
 """The production deployments, declared once: ``aml-smear serve`` serves them from here.
 
-``deployments/prefect.yaml`` declares the same two deployments for work pools (``prefect deploy``);
+``deployments/prefect.yaml`` declares the same deployments for work pools (``prefect deploy``);
 ``tests/deployments`` checks that the two agree. Deployed flows run on the Dask task runner that
 :func:`dask_runner_from_environment` builds from the environment of their flow-run process, served
 flows on the one ``aml-smear serve`` is given (its options default to the same variables), so a GPU
