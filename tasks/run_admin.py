@@ -5,7 +5,6 @@ No Prefect, no TensorFlow: plain reads and removals through :mod:`tasks.storage`
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -13,7 +12,7 @@ import fsspec
 
 from tasks import storage
 from tasks.registry import CARD_FILE, models_root
-from tasks.runs import LegacyRunError, list_scorings
+from tasks.runs import LegacyRunError, list_scorings, recorded_completion
 
 __all__ = ["RunEntry", "RunPrunePlan", "list_runs", "plan_prune_runs", "prune_runs", "runs_root"]
 
@@ -51,13 +50,9 @@ def _modified(url: str, storage_options: dict | None) -> datetime | None:
 
 
 def _completed_at(url: str, storage_options: dict | None) -> datetime | None:
-    """When a ``_SUCCESS`` was written: its recorded time, else the file's modification time."""
-    if not storage.exists(url, storage_options):
-        return None
-    data = storage.read_bytes(url, storage_options)
-    if data.strip():
-        return datetime.fromisoformat(json.loads(data)["completed_at"])
-    return _modified(url, storage_options)
+    """When an existing ``_SUCCESS`` was written: its recorded time, else the file's modification time."""
+    recorded = recorded_completion(url, storage_options)
+    return datetime.fromisoformat(recorded) if recorded else _modified(url, storage_options)
 
 
 def _entry(store: str, run_id: str, storage_options: dict | None) -> RunEntry:
@@ -70,7 +65,7 @@ def _entry(store: str, run_id: str, storage_options: dict | None) -> RunEntry:
     complete = storage.exists(run.success, storage_options)
     cells = (storage.read_json(run.report, storage_options)["counts"]["cells"]
              if complete and storage.exists(run.report, storage_options) else None)
-    times = [_completed_at(run.success, storage_options)]
+    times = [_completed_at(run.success, storage_options)] if complete else []
     times += [datetime.fromisoformat(s["completed_at"]) for s in scorings if s["completed_at"]]
     times = [t for t in times if t is not None] or [_modified(run.plan, storage_options)]
     return RunEntry(run_id=run_id, complete=complete, cells=cells, scorings=scorings,

@@ -11,7 +11,8 @@ from aml_model.errors import AmlSmearError
 from tasks import storage
 
 __all__ = ["IncompleteRunError", "LegacyRunError", "RunConflictError", "RunState", "ScoringNotFoundError",
-           "derive_score_id", "find_scoring", "list_scorings", "mark_complete", "open_scoring", "require_complete",
+           "derive_score_id", "find_scoring", "list_scorings", "mark_complete", "open_scoring", "recorded_completion",
+           "require_complete",
            "run_state"]
 
 
@@ -57,9 +58,12 @@ def require_complete(paths: storage.RunPaths | storage.ScoringPaths, storage_opt
         raise IncompleteRunError(message)
 
 
-def _completed_at(paths: storage.ScoringPaths, storage_options: dict | None) -> str | None:
-    # A _SUCCESS written by hand (or by an older writer) may be empty: complete, time unknown.
-    data = storage.read_bytes(paths.success, storage_options)
+def recorded_completion(success_url: str, storage_options: dict | None = None) -> str | None:
+    """The completion time (ISO) a ``_SUCCESS`` records; None when it records none.
+
+    A _SUCCESS written by hand (or by an older writer) may be empty: complete, time unknown.
+    """
+    data = storage.read_bytes(success_url, storage_options)
     return json.loads(data).get("completed_at") if data.strip() else None
 
 
@@ -89,7 +93,7 @@ def list_scorings(run: storage.RunPaths, storage_options: dict | None = None) ->
         done = storage.exists(paths.success, storage_options)
         settings = (storage.read_json(paths.settings, storage_options)
                     if storage.exists(paths.settings, storage_options) else None)
-        completed_at = _completed_at(paths, storage_options) if done else None
+        completed_at = recorded_completion(paths.success, storage_options) if done else None
         scorings.append({"score_id": score_id, "complete": done, "completed_at": completed_at,
                          "settings": settings})
     return sorted(scorings, key=lambda s: (not s["complete"], s["completed_at"] or "", s["score_id"]))
