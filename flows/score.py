@@ -120,7 +120,7 @@ def score_smears(
     found = discover_source(source, layout, s3_endpoint_url)
     versions = patient_versions(found)
     if new_only:
-        found, versions = only_new(found, scored_versions(store, model_ref.version, store_options))
+        found, versions = only_new(found, versions, scored_versions(store, model_ref.version, store_options))
         if not versions:
             logger.info("nothing new in %s: model %s has scored every patient's current images", source,
                         model_ref.version)

@@ -37,14 +37,19 @@ def patient_versions(found: Discovery) -> dict[str, str]:
             for patient_id, entries in members.items()}
 
 
-def only_new(found: Discovery, scored: set[str]) -> tuple[Discovery, dict[str, str]]:
+def only_new(found: Discovery, versions: dict[str, str], scored: set[str]) -> tuple[Discovery, dict[str, str]]:
     """``found`` restricted to the patients whose version is not in ``scored``.
+
+    Args:
+        found: the source's discovery.
+        versions: its patients' versions (:func:`patient_versions` of ``found``).
+        scored: versions a model has scored (:func:`scored_versions`).
 
     Returns:
         The restricted discovery (inputs, refusals and empty folders of new patients only) and
         the new patients' versions.
     """
-    new = {p: v for p, v in patient_versions(found).items() if v not in scored}
+    new = {p: v for p, v in versions.items() if v not in scored}
     restricted = dataclasses.replace(
         found,
         inputs=[c for c in found.inputs if c.patient_id in new],

@@ -12,8 +12,7 @@ from tasks import storage
 
 __all__ = ["IncompleteRunError", "LegacyRunError", "RunConflictError", "RunState", "ScoringNotFoundError",
            "derive_score_id", "find_scoring", "list_scorings", "mark_complete", "open_scoring", "recorded_completion",
-           "require_complete",
-           "run_state"]
+           "require_complete", "run_state"]
 
 
 class IncompleteRunError(AmlSmearError, RuntimeError):
