@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
-__all__ = ["split_indices"]
+__all__ = ["split_indices", "training_split"]
 
 
 def _stratify_or_none(labels: np.ndarray) -> np.ndarray | None:
@@ -72,3 +73,24 @@ def split_indices(
         train_pos, val_pos = next(inner.split(rest, labels[rest], groups[rest]))
         train, val = rest[train_pos], rest[val_pos]
     return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
+
+
+def training_split(cells: pd.DataFrame, labels: np.ndarray, fractions: tuple[float, float, float], seed: int,
+                   patients_known: bool) -> tuple[dict[str, np.ndarray], bool]:
+    """The split of a retrain: by patient where the cells' patients are real and numerous enough,
+    otherwise by cell, keeping each source, cell type and label's share in every split.
+
+    Args:
+        cells: the labelled cells: patient_id, source, cell_type (None where unknown), label.
+        labels: `(n,)` 0/1.
+        fractions: train, validation and test fractions.
+        patients_known: the layouts name patients (a class layout's patient is its folder).
+
+    Returns:
+        ({"train", "val", "test"}: sorted positions in ``cells``; True when split by patient).
+    """
+    by_patient = patients_known and cells["patient_id"].nunique() >= round(1 / fractions[2])
+    strata = (cells["source"] + "/" + cells["cell_type"].fillna("") + "/" + cells["label"]).to_numpy()
+    split = split_indices(labels, cells["patient_id"].to_numpy() if by_patient else None, fractions, seed,
+                          strata=None if by_patient else strata)
+    return split, by_patient

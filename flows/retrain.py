@@ -1,4 +1,8 @@
-"""The ``retrain-and-evaluate`` flow: ingest -> split -> embed -> train -> evaluate -> register -> promote."""
+"""The ``retrain-and-evaluate`` flow: ingest -> split -> embed -> train -> evaluate -> register -> promote.
+
+The flow plans, waits and writes small records; decoding, embedding, training, test scoring and
+the champion comparison are tasks on its task runner (the Dask workers).
+"""
 
 from __future__ import annotations
 
@@ -9,35 +13,68 @@ from typing import Annotated
 import numpy as np
 import pandas as pd
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import Field
 
 from aml_model.config import DEFAULT_RECIPE, ExperimentConfig, ModelConfig, TrainConfig
 from aml_model.evaluate import compute_metrics, rates_by_group
 from aml_model.promotion import decide_promotion, unchanged_since_champion
-from aml_model.sampling import balanced_weights, group_counts
-from aml_model.split import split_indices
-from flows.ingest import ingest
+from aml_model.sampling import balanced_weights
+from aml_model.split import training_split
+from flows.ingest import discover_source, ensure_ingested, plan_ingest
 from flows.parameters import (BackboneWeights, ImageSize, Layout, Positive, Recipe, Sha256, TrainingPath,
                               require_existing)
 from tasks import storage
 from tasks.events import emit_model_promoted
-from tasks.features import FeatureCache, embed_missing, prepare_backbone
+from tasks.features import FeatureCache, embed_missing, prepare_backbone_task
 from tasks.registry import champion_card, code_version, set_champion
-from tasks.training import (champion_comparisons, evaluation_files, load_training_set, register_challenger,
-                            train_on_features, train_plain)
+from tasks.retrain_report import model_card, publish_retrain_report, publish_skipped
+from tasks.training import (TrainedModel, TrainingSet, compare_with_champion, evaluation_files, load_training_set,
+                            register_challenger, train_on_features, train_plain)
 
 __all__ = ["retrain_and_evaluate"]
 
+#: Zarr chunks each ingest task decodes (as ``ingest``'s default).
+CHUNKS_PER_TASK = 4
 
-def _skipped(champion: str, reason: str, recipe: str, seconds: float) -> dict:
-    """The result of a run that trained nothing, its reason logged and in the ``retrain-report`` artifact."""
-    get_run_logger().info("training skipped: %s", reason)
-    create_markdown_artifact(key="retrain-report", markdown=f"# Training skipped\n\n{reason}.\n\n"
-                             f"Champion {champion} stays; nothing was registered.",
-                             description=f"retrain skipped: champion {champion} unchanged")
-    return {"skipped": True, "version": champion, "model": None, "promoted": False, "reason": reason,
-            "recipe": recipe, "seconds": seconds}
+
+def _ingest_sources(sources: list[str], store: str, layout: str, image_size: int,
+                    s3_endpoint_url: str | None) -> tuple[list[storage.RunPaths], bool]:
+    """Ingest every source on the task runner; returns the runs and whether all name patients."""
+    plans = [plan_ingest(discover_source(s, layout, s3_endpoint_url), store, None, image_size, 64, s3_endpoint_url)
+             for s in sources]
+    for plan in plans:
+        ensure_ingested(plan, CHUNKS_PER_TASK)
+    return [p.paths for p in plans], all(p.found.layout != "class" for p in plans)
+
+
+def _train(config: ExperimentConfig, data: TrainingSet, split: dict, training_path: str, augment_views: int,
+           store: str, store_options: dict) -> tuple[TrainedModel, str, str, int]:
+    """Build the backbone, embed what the feature cache lacks and train, each as a task on a worker.
+
+    Returns:
+        (the staged model, backbone id, stored backbone weights URL, rows embedded).
+    """
+    backbone_id, weights, feature_shape = prepare_backbone_task.submit(config.model, store, store_options,
+                                                                       config.train.seed).result()
+    cache = FeatureCache(store, backbone_id, store_options)
+    sources = data.cells["source"].to_numpy()
+    weights_of = {name: balanced_weights(sources[split[name]], data.y[split[name]]) for name in ("train", "val")}
+    test = data.cells.iloc[split["test"]].reset_index(drop=True)
+    if training_path == "plain":
+        trained = train_plain.submit(cache, config, data.cells, data.y, split, store_options,
+                                     train_weights=weights_of["train"], val_weights=weights_of["val"]).result()
+        return trained, backbone_id, weights, 0
+    views = [data.cells.iloc[split["train"]].assign(view=v) for v in range(augment_views + 1)]
+    needed = pd.concat([*views, data.cells.iloc[split["val"]].assign(view=0)], ignore_index=True)
+    rows, embedded = embed_missing(cache, needed, feature_shape, config)
+    get_run_logger().info("feature cache %s: %d new embeddings, %d reused", backbone_id, embedded,
+                          len(needed) - embedded)
+    n_train = sum(len(v) for v in views)
+    trained = train_on_features.submit(
+        cache, config, feature_shape, rows[:n_train], np.tile(data.y[split["train"]], augment_views + 1),
+        rows[n_train:], data.y[split["val"]], test, store_options,
+        train_weights=np.tile(weights_of["train"], augment_views + 1), val_weights=weights_of["val"]).result()
+    return trained, backbone_id, weights, embedded
 
 
 @flow(name="retrain-and-evaluate", validate_parameters=True)
@@ -96,111 +133,54 @@ def retrain_and_evaluate(
     if backbone_weights.lower() not in ("imagenet", "none"):
         require_existing([backbone_weights], "backbone_weights", s3_endpoint_url)
     config = ExperimentConfig.for_recipe(
-        recipe,
-        ModelConfig(image_size=image_size, backbone_weights=backbone_weights,
-                    backbone_weights_sha256=backbone_weights_sha256),
-        TrainConfig(epochs=epochs, early_stopping_patience=patience, seed=seed),
-    )
+        recipe, ModelConfig(image_size=image_size, backbone_weights=backbone_weights,
+                            backbone_weights_sha256=backbone_weights_sha256),
+        TrainConfig(epochs=epochs, early_stopping_patience=patience, seed=seed))
+    settings = {"recipe": recipe, "training_path": training_path, "augment_views": augment_views}
     store_options = storage.storage_options_for(store, s3_endpoint_url)
-    runs = [ingest(source=s, store=store, layout=layout, image_size=image_size, s3_endpoint_url=s3_endpoint_url)
-            for s in sources]
-    paths = [storage.RunPaths(store, r["run_id"]) for r in runs]
+
+    paths, patients_known = _ingest_sources(sources, store, layout, image_size, s3_endpoint_url)
     data = load_training_set(paths, store_options, sources)
     logger.info("%d labelled cells (%d blast); %d cells without a label are not used; %d duplicate images dropped",
                 len(data.cells), data.y.sum(), data.n_unlabelled, data.n_duplicates)
     if len(data.cells) < 10 or len(np.unique(data.y)) < 2:
         message = f"training needs labelled cells of both classes; found {len(data.cells)} ({data.y.sum()} blast)"
         raise ValueError(message)
-    if skip_unchanged:
-        settings = {"config": config.to_dict(), "recipe": recipe, "training_path": training_path,
-                    "augment_views": augment_views}
-        champion = champion_card(store, store_options)
-        unchanged = unchanged_since_champion(champion, data.data_hash, code_version(), settings)
-        if unchanged:
-            return _skipped(champion["version"], unchanged, recipe, time.perf_counter() - started)
-    n_patients = data.cells["patient_id"].nunique()
-    by_patient = all(r["layout"] != "class" for r in runs) and n_patients >= round(1 / config.train.test_fraction)
+    champion = champion_card(store, store_options) if skip_unchanged else None
+    unchanged = skip_unchanged and unchanged_since_champion(champion, data.data_hash, code_version(),
+                                                            {"config": config.to_dict(), **settings})
+    if unchanged:
+        logger.info("training skipped: %s", unchanged)
+        publish_skipped(champion["version"], unchanged)
+        return {"skipped": True, "version": champion["version"], "model": None, "promoted": False,
+                "reason": unchanged, "recipe": recipe, "seconds": time.perf_counter() - started}
     fractions = (config.train.train_fraction, config.train.val_fraction, config.train.test_fraction)
-    # By cell, every source, cell type and label keeps its share in each split.
-    strata = (data.cells["source"] + "/" + data.cells["cell_type"].fillna("") + "/" + data.cells["label"]).to_numpy()
-    split = split_indices(data.y, data.cells["patient_id"].to_numpy() if by_patient else None, fractions, seed,
-                          strata=None if by_patient else strata)
-    sources_of = data.cells["source"].to_numpy()
-    weights = balanced_weights(sources_of[split["train"]], data.y[split["train"]])
+    split, by_patient = training_split(data.cells, data.y, fractions, seed, patients_known)
     logger.info("split by %s (seed %d): %s", "patient" if by_patient else "cell", seed,
                 {k: len(v) for k, v in split.items()})
 
-    backbone_id, _, feature_shape = prepare_backbone(config.model, store, store_options, seed)
-    cache = FeatureCache(store, backbone_id, store_options)
-    test = data.cells.iloc[split["test"]].reset_index(drop=True)
-    embedded = 0
-    if training_path == "cached":
-        views = [data.cells.iloc[split["train"]].assign(view=v) for v in range(augment_views + 1)]
-        needed = pd.concat([*views, data.cells.iloc[split["val"]].assign(view=0)], ignore_index=True)
-        rows, embedded = embed_missing(cache, needed, feature_shape, config)
-        logger.info("feature cache %s: %d new embeddings, %d reused", backbone_id, embedded, len(needed) - embedded)
-        n_train = sum(len(v) for v in views)
-        y_train = np.tile(data.y[split["train"]], augment_views + 1)
-        model, history, best, p_test, attempts = train_on_features(
-            cache, config, feature_shape, rows[:n_train], y_train, rows[n_train:], data.y[split["val"]], test,
-            store_options, train_weights=np.tile(weights, augment_views + 1),
-            val_weights=balanced_weights(sources_of[split["val"]], data.y[split["val"]]))
-    else:
-        model, history, best, p_test, attempts = train_plain(
-            cache, config, data.cells, data.y, split, store_options, train_weights=weights,
-            val_weights=balanced_weights(sources_of[split["val"]], data.y[split["val"]]))
-
-    y_test = data.y[split["test"]]
-    metrics = compute_metrics(y_test, p_test, config.threshold)
+    trained, backbone_id, weights_file, embedded = _train(config, data, split, training_path, augment_views, store,
+                                                          store_options)
+    test, y_test = data.cells.iloc[split["test"]].reset_index(drop=True), data.y[split["test"]]
+    metrics = compute_metrics(y_test, trained.p_test, config.threshold)
     logger.info("test metrics: accuracy %.3f, sensitivity %.3f, specificity %.3f, F1 %.3f, ROC AUC %.3f",
                 metrics.accuracy, metrics.sensitivity, metrics.specificity, metrics.f1, metrics.roc_auc)
-    by_source = rates_by_group(test, p_test, config.threshold, ["source"])
-    by_type = rates_by_group(test, p_test, config.threshold, ["source", "cell_type"])
-    parent, comparisons = champion_comparisons(store, store_options, model, image_size, test, y_test, p_test,
-                                               config.threshold)
+    evaluation = {"by_source": rates_by_group(test, trained.p_test, config.threshold, ["source"]),
+                  "by_source_and_type": rates_by_group(test, trained.p_test, config.threshold, ["source", "cell_type"])}
+    parent, comparisons = compare_with_champion.submit(store, store_options, trained.ref, test, y_test, trained.p_test,
+                                                       config.threshold).result()
     decision = decide_promotion(comparisons, promotion_margin)
-    card = {
-        "config": config.to_dict(), "recipe": recipe, "training_path": training_path,
-        "augment_views": augment_views,
-        "backbone": {"id": backbone_id, "weights": backbone_weights, "weights_file": cache.weights},
-        "data": {"sources": sources, "runs": [p.root for p in paths], "sha256": data.data_hash,
-                 "n_labelled": len(data.cells), "n_unlabelled": data.n_unlabelled, "n_duplicates": data.n_duplicates,
-                 "per_source": group_counts(data.cells["source"].to_numpy(), data.y),
-                 "train_per_source": group_counts(data.cells["source"].to_numpy()[split["train"]],
-                                                  data.y[split["train"]])},
-        "split": {"seed": seed, "by": "patient" if by_patient else "cell",
-                  "sizes": {k: len(v) for k, v in split.items()},
-                  "patients": {k: sorted(set(data.cells["patient_id"].iloc[v])) for k, v in split.items()}
-                  if by_patient else None},
-        "metrics": metrics.to_dict(), "history": history, "best_epoch": best, "parent": parent,
-        "training_attempts": attempts,
-        "evaluation": {"by_source": by_source.to_dict("records"), "by_source_and_type": by_type.to_dict("records")},
-        "promotion": {"promoted": decision.promote, "reason": decision.reason, "margin": promotion_margin,
-                      "comparisons": {name: {"challenger": a.to_dict(), "champion": b.to_dict()}
-                                      for name, (a, b) in comparisons.items()}},
-        "embedded": embedded, "started_at": began.isoformat(), "finished_at": datetime.now(UTC).isoformat(),
-    }
-    ref = register_challenger(model, card, evaluation_files(history, metrics, y_test, p_test), test, p_test,
-                              store, store_options)
+    card = model_card(config, settings, {"id": backbone_id, "weights": backbone_weights, "weights_file": weights_file},
+                      data, sources, [p.root for p in paths], split, by_patient, trained, metrics, evaluation, parent,
+                      comparisons, decision, promotion_margin, embedded, began)
+    ref = register_challenger(trained, card, evaluation_files(trained.history, metrics, y_test, trained.p_test),
+                              test, store, store_options)
     if decision.promote:
         set_champion(store, ref.version, store_options, reason=decision.reason)
         emit_model_promoted(store, ref.version, parent, decision.reason, by="retrain")
     logger.info("registered %s: %s", ref.version, "promoted to champion" if decision.promote else decision.reason)
-    rows_table = [{"model": "challenger", "test set": "own", **metrics.to_dict()}]
-    rows_table += [{"model": who, "test set": name, **m.to_dict()}
-                   for name, (a, b) in comparisons.items() for who, m in (("challenger", a), ("champion", b))]
-    create_table_artifact(key="retrain-metrics", table=rows_table, description=f"test metrics of {ref.version}")
-    create_table_artifact(key="retrain-rates-by-type", table=by_type.to_dict("records"),
-                          description=f"{ref.version}: blast-like rate of the test cells per source and cell type")
-    folder = storage.join(store, "models", ref.version)
-    create_markdown_artifact(key="retrain-report", markdown="\n".join([
-        f"# Model {ref.version}", "", f"**{'Promoted to champion' if decision.promote else 'Kept as a candidate'}**: "
-        f"{decision.reason}", "", f"Test ROC AUC {metrics.roc_auc:.3f}, accuracy {metrics.accuracy:.3f}, "
-        f"sensitivity {metrics.sensitivity:.3f}, specificity {metrics.specificity:.3f}, F1 {metrics.f1:.3f}.", "",
-        *[f"- `{storage.join(folder, name)}`" for name in ("learning_curves.png", "confusion_matrix.png",
-                                                          "roc_curve.png", "f1_curve.png", "model_card.json")]]),
-        description=f"retrain report {ref.version}")
-    return {"skipped": False, "version": ref.version, "model": ref.url, "promoted": decision.promote, "reason": decision.reason,
-            "metrics": metrics.to_dict(), "embedded": embedded, "split": card["split"]["sizes"],
-            "recipe": recipe, "rates_by_type": by_type.to_dict("records"), "training_attempts": attempts,
-            "seconds": time.perf_counter() - started}
+    publish_retrain_report(ref, card, store)
+    return {"skipped": False, "version": ref.version, "model": ref.url, "promoted": decision.promote,
+            "reason": decision.reason, "metrics": metrics.to_dict(), "embedded": embedded,
+            "split": card["split"]["sizes"], "recipe": recipe, "training_attempts": trained.attempts,
+            "rates_by_type": card["evaluation"]["by_source_and_type"], "seconds": time.perf_counter() - started}

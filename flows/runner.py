@@ -8,10 +8,13 @@ import os
 import tempfile
 from collections.abc import Iterator
 
+from prefect import Flow
+from prefect.context import FlowRunContext
 from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
 from prefect_dask import DaskTaskRunner
 
-__all__ = ["dask_task_runner", "in_order", "local_cluster_kwargs", "quiet_dask_logs", "shared_prefect_api"]
+__all__ = ["dask_task_runner", "in_order", "local_cluster_kwargs", "on_this_cluster", "quiet_dask_logs",
+           "shared_prefect_api"]
 
 
 @contextlib.contextmanager
@@ -51,6 +54,21 @@ def in_order(position: int) -> contextlib.AbstractContextManager:
     import dask
 
     return dask.annotate(priority=-position)
+
+
+def on_this_cluster(subflow: Flow) -> Flow:
+    """``subflow`` with a task runner on the Dask cluster of the flow that calls it.
+
+    A subflow runs on its own decorator's task runner (Prefect's thread pool in the flow
+    process), not on its parent's; this points it at the parent's cluster instead, so that its
+    tasks run on the same workers. Outside a flow, or under another task runner, ``subflow``
+    is returned as it is.
+    """
+    context = FlowRunContext.get()
+    runner = context.task_runner if context else None
+    if not isinstance(runner, DaskTaskRunner):
+        return subflow
+    return subflow.with_options(task_runner=DaskTaskRunner(address=runner.client.scheduler.address))
 
 
 def quiet_dask_logs() -> None:

@@ -33,7 +33,7 @@ from aml_model.zarr_rows import Rows, read_cells
 from tasks import storage
 from tasks.retry import store_task
 
-__all__ = ["ROWS_PER_TASK", "FeatureCache", "embed_missing", "embed_shard", "prepare_backbone"]
+__all__ = ["ROWS_PER_TASK", "FeatureCache", "embed_missing", "embed_shard", "prepare_backbone", "prepare_backbone_task"]
 
 #: Rows one embedding task computes and writes.
 ROWS_PER_TASK = 64
@@ -163,6 +163,10 @@ def prepare_backbone(config: ModelConfig, store: str, storage_options: dict | No
             with open(local, "rb") as handle:
                 storage.write_bytes(cache.weights, handle.read(), storage_options)
     return backbone_id, cache.weights, tuple(int(d) for d in backbone.output.shape[1:])
+
+
+#: :func:`prepare_backbone` as a task, so that a flow builds the backbone on a worker.
+prepare_backbone_task = store_task("prepare-backbone")(prepare_backbone)
 
 
 def _per_worker(kind: str, key, build: Callable[[], object]):

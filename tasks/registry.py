@@ -18,8 +18,8 @@ from aml_model.errors import AmlSmearError
 from tasks import storage
 
 __all__ = ["ModelNotFoundError", "ModelRef", "RegistryError", "champion_card", "champion_pointer", "code_version", "model_input_size",
-           "read_champion", "register_model", "require_registered", "resolve_model", "rollback_champion",
-           "set_champion"]
+           "finish_registration", "read_champion", "register_model", "require_registered", "resolve_model", "rollback_champion",
+           "set_champion", "stage_model"]
 
 MODEL_FILE = "model.keras"
 CARD_FILE = "model_card.json"
@@ -104,24 +104,42 @@ def resolve_model(spec: str, store: str, storage_options: dict | None = None) ->
     return ModelRef(spec, "file-" + hashlib.sha256(data).hexdigest()[:12], model_input_size(data, spec))
 
 
-def register_model(model_file: str, card: dict, store: str, storage_options: dict | None = None,
-                   extra_files: dict[str, bytes] | None = None) -> ModelRef:
-    """Copy a local .keras file, its card and extra files (figures) into models/<version>/.
+def stage_model(model_file: str, store: str, storage_options: dict | None = None) -> ModelRef:
+    """Copy a local .keras file into models/<version>/model.keras, without a card yet.
 
-    The version is the registration time plus the model file's hash. The card is written
-    last, so a version folder with a card is complete.
+    The version is the registration time plus the model file's hash. A version folder without
+    a card is an unfinished registration: nothing resolves or promotes it
+    (:func:`resolve_model`, :func:`require_registered`) until :func:`finish_registration`
+    writes the card, and ``models prune`` removes it once it is a day old. Training tasks stage
+    the model they trained, so that only its URL travels back to the flow.
     """
     with open(model_file, "rb") as handle:
         data = handle.read()
-    now = datetime.now(UTC)
-    version = f"{now:%Y%m%dT%H%M%SZ}-{hashlib.sha256(data).hexdigest()[:8]}"
-    folder = storage.join(models_root(store), version)
-    storage.write_bytes(storage.join(folder, MODEL_FILE), data, storage_options)
+    version = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{hashlib.sha256(data).hexdigest()[:8]}"
+    url = storage.join(models_root(store), version, MODEL_FILE)
+    storage.write_bytes(url, data, storage_options)
+    return ModelRef(url, version, model_input_size(data, model_file))
+
+
+def finish_registration(ref: ModelRef, card: dict, store: str, storage_options: dict | None = None,
+                        extra_files: dict[str, bytes] | None = None) -> ModelRef:
+    """Write a staged model's extra files (figures), then its card: the card last, so a version
+    folder with a card is complete. The card gains code_version, version and registered_at."""
+    folder = storage.join(models_root(store), ref.version)
     for name, content in (extra_files or {}).items():
         storage.write_bytes(storage.join(folder, name), content, storage_options)
-    card = {**card, "code_version": code_version(), "version": version, "registered_at": now.isoformat()}
+    card = {**card, "code_version": code_version(), "version": ref.version,
+            "registered_at": datetime.now(UTC).isoformat()}
     storage.write_json(storage.join(folder, CARD_FILE), card, storage_options)
-    return ModelRef(storage.join(folder, MODEL_FILE), version, int(card["config"]["model"]["image_size"]))
+    return ModelRef(ref.url, ref.version, int(card["config"]["model"]["image_size"]))
+
+
+def register_model(model_file: str, card: dict, store: str, storage_options: dict | None = None,
+                   extra_files: dict[str, bytes] | None = None) -> ModelRef:
+    """Copy a local .keras file, its card and extra files (figures) into models/<version>/
+    (:func:`stage_model`, then :func:`finish_registration`)."""
+    ref = stage_model(model_file, store, storage_options)
+    return finish_registration(ref, card, store, storage_options, extra_files)
 
 
 def _git(root: Path, *args: str) -> str:

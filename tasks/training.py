@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import io
 import os
 import tempfile
@@ -17,10 +16,12 @@ from prefect.cache_policies import NO_CACHE
 from aml_model.evaluate import BinaryMetrics, compute_metrics
 from aml_model.zarr_rows import Rows
 from tasks import storage
-from tasks.registry import CARD_FILE, ModelRef, models_root, register_model, resolve_model
+from tasks.retry import store_task
+from tasks.registry import CARD_FILE, ModelRef, finish_registration, models_root, resolve_model, stage_model
 
-__all__ = ["TrainingSet", "cell_rows", "champion_comparisons", "evaluation_files", "fit_head", "load_cells",
-           "load_training_set", "predict_cells", "register_challenger", "train_on_features", "train_plain"]
+__all__ = ["TrainedModel", "TrainingSet", "cell_rows", "compare_with_champion", "evaluation_files", "fit_head",
+           "load_cells", "load_training_set", "predict_cells", "register_challenger", "train_on_features",
+           "train_plain"]
 
 TEST_PREDICTIONS = "test_predictions.parquet"
 
@@ -44,6 +45,26 @@ class TrainingSet:
         """A fingerprint of the training data: the sorted image hashes with their labels."""
         pairs = sorted(zip(self.cells["sha256"], self.cells["label"], strict=True))
         return hashlib.sha256(repr(pairs).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """What a training task hands back: the model staged in the registry (no card yet, so not
+    resolvable: :func:`tasks.registry.stage_model`) and what the flow records about it.
+
+    Attributes:
+        ref: the staged model's URL, version and input size.
+        history: per-epoch metric lists.
+        best_epoch: 0-based index of the restored epoch.
+        p_test: `(n_test,)` blast probabilities of the test cells, in their order.
+        attempts: one dict of validation figures per training attempt (collapse guard).
+    """
+
+    ref: ModelRef
+    history: dict
+    best_epoch: int
+    p_test: np.ndarray
+    attempts: list[dict]
 
 
 def load_training_set(run_roots: list[storage.RunPaths], storage_options: dict,
@@ -104,20 +125,17 @@ def evaluation_files(history: dict, metrics: BinaryMetrics, y_test: np.ndarray, 
     }
 
 
-def _champion_model(store: str, storage_options: dict):
+def _load(ref: ModelRef, storage_options: dict):
     from aml_model.io import load_model
-    try:
-        ref = resolve_model("champion", store, storage_options)
-    except FileNotFoundError:
-        return None, None
-    return ref, load_model(storage.local_copy(ref.url, storage_options, f"{ref.version}.keras"), compile=False)
+
+    return load_model(storage.local_copy(ref.url, storage_options, f"{ref.version}.keras"), compile=False)
 
 
-def champion_comparisons(
+@store_task("compare-with-champion")
+def compare_with_champion(
     store: str,
     storage_options: dict,
-    model,
-    image_size: int,
+    challenger: ModelRef,
     test: pd.DataFrame,
     y_test: np.ndarray,
     p_test: np.ndarray,
@@ -125,20 +143,27 @@ def champion_comparisons(
 ) -> tuple[str | None, dict[str, tuple[BinaryMetrics, BinaryMetrics]]]:
     """Challenger vs champion metrics on the challenger's test cells and on the champion's.
 
+    Runs where it is submitted (a Dask worker): both models are loaded from the registry there.
+
+    Args:
+        challenger: the staged challenger; ``p_test`` are its probabilities of ``test``.
+
     Returns:
         (champion version or None, {test set name: (challenger metrics, champion metrics)}).
     """
-    ref, champion = _champion_model(store, storage_options)
-    if ref is None:
+    try:
+        ref = resolve_model("champion", store, storage_options)
+    except FileNotFoundError:
         return None, {}
-    if ref.image_size != image_size:
+    if ref.image_size != challenger.image_size:
         card = storage.read_json(storage.join(models_root(store), ref.version, CARD_FILE), storage_options)
         recorded = BinaryMetrics(**card["metrics"])
         return ref.version, {"each model's own test cells (input sizes differ)":
                              (compute_metrics(y_test, p_test, threshold), recorded)}
     comparisons = {"challenger's test cells": (
         compute_metrics(y_test, p_test, threshold),
-        compute_metrics(y_test, predict_cells(champion, cell_rows(test, storage_options)), threshold),
+        compute_metrics(y_test, predict_cells(_load(ref, storage_options), cell_rows(test, storage_options)),
+                        threshold),
     )}
     theirs_url = storage.join(models_root(store), ref.version, TEST_PREDICTIONS)
     if storage.exists(theirs_url, storage_options):
@@ -147,31 +172,28 @@ def champion_comparisons(
         if len(present) and present["label"].nunique() == 2:
             y = (present["label"] == "blast").to_numpy(int)
             comparisons["champion's test cells"] = (
-                compute_metrics(y, predict_cells(model, cell_rows(present, storage_options)), threshold),
+                compute_metrics(y, predict_cells(_load(challenger, storage_options),
+                                                 cell_rows(present, storage_options)), threshold),
                 compute_metrics(y, present["probability"].to_numpy(), threshold),
             )
     return ref.version, comparisons
 
 
-def code_version() -> str:
-    try:
-        return importlib.metadata.version("aml-smear")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
-def register_challenger(model, card: dict, figures: dict[str, bytes], test: pd.DataFrame, p_test: np.ndarray,
+def register_challenger(trained: TrainedModel, card: dict, figures: dict[str, bytes], test: pd.DataFrame,
                         store: str, storage_options: dict) -> ModelRef:
-    """Save the model with its card, figures and test predictions into the registry."""
-    from aml_model.io import save_model
-
-    predictions = test[["cell_id", "sha256", "label", "cells_zarr", "zarr_index"]].assign(probability=p_test)
+    """Complete the staged model's registration: figures, test predictions, then its card."""
+    predictions = test[["cell_id", "sha256", "label", "cells_zarr", "zarr_index"]].assign(probability=trained.p_test)
     buffer = io.BytesIO()
     predictions.to_parquet(buffer, index=False)
+    return finish_registration(trained.ref, card, store, storage_options,
+                               extra_files={**figures, TEST_PREDICTIONS: buffer.getvalue()})
+
+
+def _stage(model, store: str, storage_options: dict) -> ModelRef:
+    from aml_model.io import save_model
+
     with tempfile.TemporaryDirectory() as folder:
-        local = save_model(model, os.path.join(folder, "model.keras"))
-        return register_model(str(local), {**card, "code_version": code_version()}, store, storage_options,
-                              extra_files={**figures, TEST_PREDICTIONS: buffer.getvalue()})
+        return stage_model(str(save_model(model, os.path.join(folder, "model.keras"))), store, storage_options)
 
 
 def _record(check) -> dict:
@@ -237,10 +259,11 @@ def fit_head(cache, config, feature_shape, train_rows, y_train_rows, val_rows, y
 def train_on_features(cache, config, feature_shape, train_rows, y_train_rows, val_rows, y_val, test: pd.DataFrame,
                       storage_options, train_weights=None, val_weights=None):
     """Cached path: fit the head on cached features (:func:`fit_head`), assemble the full model,
-    score the test cells (cells_zarr, zarr_index) read a batch at a time.
+    score the test cells (cells_zarr, zarr_index) read a batch at a time, and stage the model in
+    the cache's store. Submitted to the flow's task runner, it runs on a Dask worker.
 
     Returns:
-        (model, history, best epoch, test probabilities, attempts: one dict of validation figures each).
+        :class:`TrainedModel`: the staged model's reference, not the Keras object.
     """
     import dataclasses
 
@@ -251,19 +274,21 @@ def train_on_features(cache, config, feature_shape, train_rows, y_train_rows, va
     weights = storage.local_copy(cache.weights, storage_options, f"{cache.backbone_id}.weights.h5")
     model = assemble_model(dataclasses.replace(config.model, backbone_weights=weights, backbone_weights_sha256=None),
                            head)
-    return model, history, best, predict_cells(model, cell_rows(test, storage_options)), attempts
+    p_test = predict_cells(model, cell_rows(test, storage_options))
+    return TrainedModel(_stage(model, cache.store, storage_options), history, best, p_test, attempts)
 
 
 @task(name="train-plain", cache_policy=NO_CACHE)
 def train_plain(cache, config, cells: pd.DataFrame, y, split, storage_options, train_weights=None, val_weights=None):
     """Plain path: the full model in the loop, augmentation on the fly every epoch, cells read
     from their runs' cells.zarr a batch at a time; the same collapse guard as :func:`fit_head`.
+    The model is staged in the cache's store, as :func:`train_on_features` does.
 
     Args:
         cells: the labelled cells (cells_zarr, zarr_index); ``split`` holds positions in it.
 
     Returns:
-        (model, history, best epoch, test probabilities, attempts: one dict of validation figures each).
+        :class:`TrainedModel`.
     """
     import dataclasses
 
@@ -285,4 +310,5 @@ def train_plain(cache, config, cells: pd.DataFrame, y, split, storage_options, t
         return model, history, best, predict_cells(model, val)
 
     model, history, best, attempts = _train_guarded(config, y[split["val"]], attempt)
-    return model, history, best, predict_cells(model, images.subset(split["test"])), attempts
+    p_test = predict_cells(model, images.subset(split["test"]))
+    return TrainedModel(_stage(model, cache.store, storage_options), history, best, p_test, attempts)

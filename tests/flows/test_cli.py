@@ -22,14 +22,25 @@ def test_model_summary_prints_the_paper_architecture():
 
 def test_demo_runs_the_pipeline_and_prints_the_calls(tmp_path, dask_cluster):
     import pandas as pd
+    from distributed import Client, get_task_stream
     from scipy.stats import beta
 
     from aml_model.aggregate import PATIENT_COLUMNS
 
     store = tmp_path / "store"
-    result = CliRunner().invoke(cli, ["demo", "--store", str(store), "--epochs", "3",
-                                      "--scheduler", dask_cluster.scheduler_address])
+    with Client(dask_cluster.scheduler_address) as client, get_task_stream(client) as stream:
+        result = CliRunner().invoke(cli, ["demo", "--store", str(store), "--epochs", "3",
+                                          "--scheduler", dask_cluster.scheduler_address])
+        workers = set(client.scheduler_info()["workers"])
     assert result.exit_code == 0, result.output
+    # The subflows' heavy steps ran on the cluster's two workers, not in the flow process.
+    ran = {}
+    for record in stream.data:
+        ran.setdefault(record["key"].rsplit("-", 1)[0], set()).add(record["worker"])
+    for step in ("ingest_shard", "prepare_backbone", "embed_shard", "train_on_features", "compare_with_champion",
+                 "score_shard"):
+        assert step in ran, sorted(ran)
+    assert len(workers) == 2 and set().union(*ran.values()) == workers, ran
     assert f"demo outputs: {store}" in result.output
     for patient in ("SYN-AML-01", "SYN-HLT-03"):
         assert patient in result.output

@@ -49,11 +49,20 @@ def test_the_plain_path_reads_cells_from_the_store_a_batch_at_a_time(cells, tmp_
     y = (cells["label"] == "blast").to_numpy(int)
     order = np.random.default_rng(0).permutation(len(cells))
     split = {"train": order[:24], "val": order[24:32], "test": order[32:]}
-    model, history, best, p_test, attempts = train_plain.fn(FeatureCache(store, backbone_id), config, cells, y, split,
-                                                            {})
-    assert len(history["loss"]) == 2 and p_test.shape == (8,) and len(attempts) >= 1
+    trained = train_plain.fn(FeatureCache(store, backbone_id), config, cells, y, split, {})
+    assert len(trained.history["loss"]) == 2 and trained.p_test.shape == (8,) and len(trained.attempts) >= 1
     # Training batches of 8 from two runs, validation and test in batches of up to 64: no read
     # ever holds more than one batch, let alone all 40 cells.
     assert max(reads) <= 8
     assert len(reads) >= 2 * (24 // 8)
-    np.testing.assert_allclose(p_test, predict_cells(model, load_cells(cells.iloc[split["test"]], {})), atol=1e-6)
+    # The task hands back the model staged in the store, not the Keras object: the staged file
+    # scores the test cells as training did, and is not yet resolvable (no card).
+    from aml_model.io import load_model
+    from tasks.registry import ModelNotFoundError, resolve_model
+
+    assert trained.ref.url == f"{store}/models/{trained.ref.version}/model.keras" and trained.ref.image_size == 32
+    model = load_model(trained.ref.url, compile=False)
+    np.testing.assert_allclose(trained.p_test, predict_cells(model, load_cells(cells.iloc[split["test"]], {})),
+                               atol=1e-6)
+    with pytest.raises(ModelNotFoundError, match="not completely registered"):
+        resolve_model(trained.ref.version, store)

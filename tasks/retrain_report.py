@@ -1,0 +1,96 @@
+"""What a retrain records: the model card, and the artifacts that show it in Prefect's UI."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pandas as pd
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from aml_model.config import ExperimentConfig
+from aml_model.evaluate import BinaryMetrics
+from aml_model.promotion import PromotionDecision
+from aml_model.sampling import group_counts
+from tasks import storage
+from tasks.registry import CARD_FILE, ModelRef, models_root
+from tasks.training import TrainedModel, TrainingSet
+
+__all__ = ["FIGURE_FILES", "model_card", "publish_retrain_report", "publish_skipped"]
+
+#: The paper's four figures, as files next to each registered model.
+FIGURE_FILES = ("learning_curves.png", "confusion_matrix.png", "roc_curve.png", "f1_curve.png")
+
+
+def model_card(
+    config: ExperimentConfig,
+    settings: dict,
+    backbone: dict,
+    data: TrainingSet,
+    sources: list[str],
+    runs: list[str],
+    split: dict,
+    by_patient: bool,
+    trained: TrainedModel,
+    metrics: BinaryMetrics,
+    evaluation: dict[str, pd.DataFrame],
+    parent: str | None,
+    comparisons: dict[str, tuple[BinaryMetrics, BinaryMetrics]],
+    decision: PromotionDecision,
+    promotion_margin: float,
+    embedded: int,
+    started_at: datetime,
+) -> dict:
+    """The card registered with a model (docs/design.md, "The model registry").
+
+    Args:
+        settings: recipe, training_path and augment_views (compared by ``skip_unchanged``).
+        backbone: id, weights choice and the stored weights file of the backbone.
+        runs: the ingest run roots, one per source.
+        split: positions in ``data.cells`` of the train, val and test cells.
+        evaluation: the test cells' blast-like rates by source, and by source and cell type.
+    """
+    cells, y = data.cells, data.y
+    return {
+        "config": config.to_dict(), **settings, "backbone": backbone,
+        "data": {"sources": sources, "runs": runs, "sha256": data.data_hash,
+                 "n_labelled": len(cells), "n_unlabelled": data.n_unlabelled, "n_duplicates": data.n_duplicates,
+                 "per_source": group_counts(cells["source"].to_numpy(), y),
+                 "train_per_source": group_counts(cells["source"].to_numpy()[split["train"]], y[split["train"]])},
+        "split": {"seed": config.train.seed, "by": "patient" if by_patient else "cell",
+                  "sizes": {k: len(v) for k, v in split.items()},
+                  "patients": {k: sorted(set(cells["patient_id"].iloc[v])) for k, v in split.items()}
+                  if by_patient else None},
+        "metrics": metrics.to_dict(), "history": trained.history, "best_epoch": trained.best_epoch,
+        "parent": parent, "training_attempts": trained.attempts,
+        "evaluation": {name: frame.to_dict("records") for name, frame in evaluation.items()},
+        "promotion": {"promoted": decision.promote, "reason": decision.reason, "margin": promotion_margin,
+                      "comparisons": {name: {"challenger": a.to_dict(), "champion": b.to_dict()}
+                                      for name, (a, b) in comparisons.items()}},
+        "embedded": embedded, "started_at": started_at.isoformat(), "finished_at": datetime.now(UTC).isoformat(),
+    }
+
+
+def publish_retrain_report(ref: ModelRef, card: dict, store: str) -> None:
+    """The ``retrain-metrics``, ``retrain-rates-by-type`` and ``retrain-report`` artifacts of a registered model."""
+    metrics, promotion = card["metrics"], card["promotion"]
+    rows = [{"model": "challenger", "test set": "own", **metrics}]
+    rows += [{"model": who, "test set": name, **pair[who]}
+             for name, pair in promotion["comparisons"].items() for who in ("challenger", "champion")]
+    create_table_artifact(key="retrain-metrics", table=rows, description=f"test metrics of {ref.version}")
+    create_table_artifact(key="retrain-rates-by-type", table=card["evaluation"]["by_source_and_type"],
+                          description=f"{ref.version}: blast-like rate of the test cells per source and cell type")
+    folder = storage.join(models_root(store), ref.version)
+    verdict = "Promoted to champion" if promotion["promoted"] else "Kept as a candidate"
+    create_markdown_artifact(key="retrain-report", markdown="\n".join([
+        f"# Model {ref.version}", "", f"**{verdict}**: {promotion['reason']}", "",
+        f"Test ROC AUC {metrics['roc_auc']:.3f}, accuracy {metrics['accuracy']:.3f}, sensitivity "
+        f"{metrics['sensitivity']:.3f}, specificity {metrics['specificity']:.3f}, F1 {metrics['f1']:.3f}.", "",
+        *[f"- `{storage.join(folder, name)}`" for name in (*FIGURE_FILES, CARD_FILE)]]),
+        description=f"retrain report {ref.version}")
+
+
+def publish_skipped(champion: str, reason: str) -> None:
+    """The ``retrain-report`` artifact of a run that trained nothing."""
+    create_markdown_artifact(key="retrain-report", markdown=f"# Training skipped\n\n{reason}.\n\n"
+                             f"Champion {champion} stays; nothing was registered.",
+                             description=f"retrain skipped: champion {champion} unchanged")
