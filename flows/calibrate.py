@@ -10,6 +10,7 @@ from aml_model.calibration import SiteCalibration, check_counts, fit_site_calibr
 from flows.ingest import discover_source, ensure_ingested, plan_ingest
 from flows.parameters import Layout, SiteName, require_existing
 from tasks import storage
+from tasks.devices import model_tasks
 from tasks.calibration import save_site_calibration, score_labelled_cells
 from tasks.registry import resolve_model
 from tasks.training import load_training_set
@@ -82,8 +83,10 @@ def calibrate_site(
                 site, len(data.cells), n_blast, data.n_unlabelled, data.n_duplicates)
     check_counts(site, n_blast, len(data.cells) - n_blast)
 
-    futures = [score_labelled_cells.submit(data.cells.iloc[start:start + CELLS_PER_TASK], model_ref, store_options)
-               for start in range(0, len(data.cells), CELLS_PER_TASK)]
+    with model_tasks():
+        futures = [score_labelled_cells.submit(data.cells.iloc[start:start + CELLS_PER_TASK], model_ref,
+                                               store_options)
+                   for start in range(0, len(data.cells), CELLS_PER_TASK)]
     probabilities = np.concatenate([future.result() for future in futures])
     calibration = fit_site_calibration(data.y, probabilities, site, model_ref.version, source=source,
                                        run_id=plan.paths.run_id)

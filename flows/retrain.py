@@ -24,6 +24,7 @@ from flows.ingest import discover_source, ensure_ingested, plan_ingest
 from flows.parameters import (BackboneWeights, ImageSize, Layout, Positive, Recipe, Sha256, TrainingPath,
                               require_existing)
 from tasks import storage
+from tasks.devices import model_tasks
 from tasks.events import emit_model_promoted
 from tasks.features import FeatureCache, embed_missing, prepare_backbone_task
 from tasks.registry import champion_card, code_version, set_champion
@@ -61,20 +62,22 @@ def _train(config: ExperimentConfig, data: TrainingSet, split: dict, training_pa
     weights_of = {name: balanced_weights(sources[split[name]], data.y[split[name]]) for name in ("train", "val")}
     test = data.cells.iloc[split["test"]].reset_index(drop=True)
     if training_path == "plain":
-        trained = train_plain.submit(cache, config, data.cells, data.y, split, store_options,
-                                     train_weights=weights_of["train"], val_weights=weights_of["val"]).result()
-        return trained, backbone_id, weights, 0
+        with model_tasks():
+            trained = train_plain.submit(cache, config, data.cells, data.y, split, store_options,
+                                         train_weights=weights_of["train"], val_weights=weights_of["val"])
+        return trained.result(), backbone_id, weights, 0
     views = [data.cells.iloc[split["train"]].assign(view=v) for v in range(augment_views + 1)]
     needed = pd.concat([*views, data.cells.iloc[split["val"]].assign(view=0)], ignore_index=True)
     rows, embedded = embed_missing(cache, needed, feature_shape, config)
     get_run_logger().info("feature cache %s: %d new embeddings, %d reused", backbone_id, embedded,
                           len(needed) - embedded)
     n_train = sum(len(v) for v in views)
-    trained = train_on_features.submit(
-        cache, config, feature_shape, rows[:n_train], np.tile(data.y[split["train"]], augment_views + 1),
-        rows[n_train:], data.y[split["val"]], test, store_options,
-        train_weights=np.tile(weights_of["train"], augment_views + 1), val_weights=weights_of["val"]).result()
-    return trained, backbone_id, weights, embedded
+    with model_tasks():
+        trained = train_on_features.submit(
+            cache, config, feature_shape, rows[:n_train], np.tile(data.y[split["train"]], augment_views + 1),
+            rows[n_train:], data.y[split["val"]], test, store_options,
+            train_weights=np.tile(weights_of["train"], augment_views + 1), val_weights=weights_of["val"])
+    return trained.result(), backbone_id, weights, embedded
 
 
 @flow(name="retrain-and-evaluate", validate_parameters=True)
@@ -167,8 +170,10 @@ def retrain_and_evaluate(
                 metrics.accuracy, metrics.sensitivity, metrics.specificity, metrics.f1, metrics.roc_auc)
     evaluation = {"by_source": rates_by_group(test, trained.p_test, config.threshold, ["source"]),
                   "by_source_and_type": rates_by_group(test, trained.p_test, config.threshold, ["source", "cell_type"])}
-    parent, comparisons = compare_with_champion.submit(store, store_options, trained.ref, test, y_test, trained.p_test,
-                                                       config.threshold).result()
+    with model_tasks():
+        comparing = compare_with_champion.submit(store, store_options, trained.ref, test, y_test, trained.p_test,
+                                                 config.threshold)
+    parent, comparisons = comparing.result()
     decision = decide_promotion(comparisons, promotion_margin)
     card = model_card(config, settings, {"id": backbone_id, "weights": backbone_weights, "weights_file": weights_file},
                       data, sources, [p.root for p in paths], split, by_patient, trained, metrics, evaluation, parent,

@@ -13,7 +13,9 @@ from prefect.context import FlowRunContext
 from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
 from prefect_dask import DaskTaskRunner
 
-__all__ = ["dask_task_runner", "in_order", "local_cluster_kwargs", "on_this_cluster", "quiet_dask_logs",
+from tasks.devices import GPU_RESOURCE, visible_gpus
+
+__all__ = ["dask_task_runner", "gpu_cluster_spec", "in_order", "local_cluster_kwargs", "on_this_cluster", "quiet_dask_logs",
            "shared_prefect_api"]
 
 
@@ -81,9 +83,11 @@ def dask_task_runner(workers: int | None = None, scheduler: str | None = None) -
     """Build a DaskTaskRunner.
 
     Args:
-        workers: processes of a new LocalCluster, one thread each; default one per CPU core.
+        workers: processes of a new local cluster, one thread each; default one per CPU core.
             TensorFlow and Pillow release the GIL but a single thread per process keeps each
-            worker's model and memory predictable.
+            worker's model and memory predictable. On a host with GPUs (:func:`tasks.devices.visible_gpus`)
+            there is one worker per GPU, pinned to it and advertising it, plus CPU-only workers
+            up to ``workers`` (:func:`gpu_cluster_spec`).
         scheduler: address of an existing Dask scheduler (``tcp://host:8786``); overrides
             ``workers``.
     """
@@ -96,7 +100,17 @@ def dask_task_runner(workers: int | None = None, scheduler: str | None = None) -
     if n_workers < 1:
         message = f"workers={n_workers} is invalid: expected at least 1"
         raise ValueError(message)
+    gpus = visible_gpus()
+    if gpus:
+        return DaskTaskRunner(cluster_class="distributed.SpecCluster", cluster_kwargs=gpu_cluster_spec(n_workers, gpus))
     return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=local_cluster_kwargs(n_workers))
+
+
+def _worker_env(threads: int) -> dict[str, str]:
+    return {"OMP_NUM_THREADS": str(threads), "TF_NUM_INTRAOP_THREADS": str(threads), "TF_NUM_INTEROP_THREADS": "1",
+            # TensorFlow's C++ errors and warnings ("failed call to cuInit" without a GPU) are
+            # noise in the workers' output, unless TF_CPP_MIN_LOG_LEVEL asks for them.
+            "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3")}
 
 
 def local_cluster_kwargs(n_workers: int) -> dict:
@@ -105,15 +119,37 @@ def local_cluster_kwargs(n_workers: int) -> dict:
     Dask starts workers with OMP_NUM_THREADS=1, which would hold TensorFlow to one core even
     when one worker has the whole machine; the machine's cores are shared out instead.
     """
-    threads = str(max(1, (os.cpu_count() or 1) // n_workers))
     return {
         "n_workers": n_workers,
         "threads_per_worker": 1,
         "processes": True,
         "dashboard_address": None,
         "local_directory": os.path.join(tempfile.gettempdir(), "aml-smear-dask"),
-        "env": {"OMP_NUM_THREADS": threads, "TF_NUM_INTRAOP_THREADS": threads, "TF_NUM_INTEROP_THREADS": "1",
-                # TensorFlow's C++ errors and warnings ("failed call to cuInit" without a GPU) are
-                # noise in the workers' output, unless TF_CPP_MIN_LOG_LEVEL asks for them.
-                "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3")},
+        "env": _worker_env(max(1, (os.cpu_count() or 1) // n_workers)),
     }
+
+
+def gpu_cluster_spec(n_workers: int, gpus: list[str]) -> dict:
+    """``SpecCluster`` settings for a host with GPUs: a mixed CPU/GPU cluster on one machine.
+
+    One worker per GPU, which sees only its device (``CUDA_VISIBLE_DEVICES``) and advertises it
+    as the ``GPU`` resource that model tasks ask for (:func:`tasks.devices.model_tasks`); then
+    CPU-only workers, which see no GPU, up to ``n_workers`` in all, for decoding. Each is a
+    single-threaded Nanny process with the host's cores shared out, as :func:`local_cluster_kwargs`.
+
+    Args:
+        n_workers: workers in all; at least one per GPU is started whatever it says.
+        gpus: device ids, e.g. ["0", "1"].
+    """
+    from distributed import Nanny, Scheduler
+
+    total = max(n_workers, len(gpus))
+    threads = max(1, (os.cpu_count() or 1) // total)
+    options = {"nthreads": 1, "local_directory": os.path.join(tempfile.gettempdir(), "aml-smear-dask")}
+    workers = {f"gpu-{gpu}": {"cls": Nanny, "options": {**options, "resources": {GPU_RESOURCE: 1},
+                                                        "env": {**_worker_env(threads), "CUDA_VISIBLE_DEVICES": gpu}}}
+               for gpu in gpus}
+    workers |= {f"cpu-{i}": {"cls": Nanny, "options": {**options, "env": {**_worker_env(threads),
+                                                                         "CUDA_VISIBLE_DEVICES": ""}}}
+                for i in range(total - len(gpus))}
+    return {"scheduler": {"cls": Scheduler, "options": {"dashboard_address": None}}, "workers": workers}

@@ -19,6 +19,7 @@ from flows.parameters import Layout, Positive, Precision, Probability, RunId, Si
 from flows.progress import results_with_progress
 from flows.runner import in_order
 from tasks import storage
+from tasks.devices import cluster_has_gpus, model_tasks
 from tasks.arrivals import only_new, patient_versions, record_scored, scored_versions
 from tasks.calibration import read_site_calibration
 from tasks.events import emit_aml_suspected
@@ -199,15 +200,16 @@ def _score_cells(plan: IngestPlan, scoring: storage.ScoringPaths, model_ref: Mod
         decoding = [[{"zarr_index": int(i), "reason": None} for i in accepted[low:high]] for low, high in bounds]
     else:
         shards, decoding = start_ingest(plan, chunks_per_task), []
-    scoring_futures = []
+    scoring_futures, gpus = [], cluster_has_gpus()
     for number, spec in enumerate(shards):
         with in_order(spec["shard"]):
             if not plan.complete:
                 decoding.append(submit_ingest_shard(plan, spec))
-            scoring_futures.append(score_shard.submit(
-                spec["start"], spec["start"] + len(spec["uris"]), decoding[number], plan.paths.cells_zarr,
-                scoring.probabilities_zarr, scoring.shard_marker("score", spec["shard"]), model_ref, plan.fingerprint,
-                batch_size, precision, store_options))
+            with model_tasks(gpus):
+                scoring_futures.append(score_shard.submit(
+                    spec["start"], spec["start"] + len(spec["uris"]), decoding[number], plan.paths.cells_zarr,
+                    scoring.probabilities_zarr, scoring.shard_marker("score", spec["shard"]), model_ref,
+                    plan.fingerprint, batch_size, precision, store_options))
     counts = (plan.recorded_counts() if plan.complete
               else finish_ingest(plan, collect_ingest(plan, decoding), mark_success=True))
     scored = 0
@@ -222,8 +224,10 @@ def _explain_and_report(scoring: storage.ScoringPaths, patients, model_ref: Mode
                         explain_top_k: int, store_options: dict) -> str:
     """Grad-CAM on the workers for the patients worth a look, then the HTML reports; returns the index URL."""
     explained = patients_to_explain(patients) if explain else []
-    for future in [explain_patient.submit(scoring, patient_id, model_ref, explain_top_k, store_options)
-                   for patient_id in explained]:
+    with model_tasks():
+        futures = [explain_patient.submit(scoring, patient_id, model_ref, explain_top_k, store_options)
+                   for patient_id in explained]
+    for future in futures:
         future.result()
     get_run_logger().info("Grad-CAM of the top %d cells of %d patients", explain_top_k, len(explained))
     return write_reports(scoring, store_options)

@@ -31,6 +31,7 @@ from aml_model.config import AugmentConfig, ExperimentConfig, ModelConfig
 from aml_model.views import augmentation_key, view_seed
 from aml_model.zarr_rows import Rows, read_cells
 from tasks import storage
+from tasks.devices import model_tasks
 from tasks.retry import store_task
 
 __all__ = ["ROWS_PER_TASK", "FeatureCache", "embed_missing", "embed_shard", "prepare_backbone", "prepare_backbone_task"]
@@ -112,7 +113,9 @@ def embed_missing(cache: FeatureCache, needed: pd.DataFrame, feature_shape: tupl
     """
     if map_shards is None:
         def map_shards(calls):
-            return [future.result() for future in [embed_shard.submit(*call) for call in calls]]
+            with model_tasks():
+                futures = [embed_shard.submit(*call) for call in calls]
+            return [future.result() for future in futures]
 
     augment, seed = config.train.augment, config.train.seed
     keyed = needed.assign(augmentation=[augmentation_key(augment, seed, view) for view in needed["view"]])

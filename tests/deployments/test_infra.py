@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tasks.devices import GPU_RESOURCE
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 INFRA = REPO_ROOT / "infra"
 DOCKERFILES = sorted(INFRA.glob("*.Dockerfile"))
@@ -59,6 +61,11 @@ def test_gpu_workers_reserve_one_gpu_each_and_use_the_gpu_image(compose):
         assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"] and len(device["device_ids"]) == 1
         device_ids += device["device_ids"]
         assert service["command"][:3] == ["dask", "worker", "tcp://dask-scheduler:8786"]
+        # The resource model tasks ask for (tasks.devices.model_tasks).
+        assert service["command"][-2:] == ["--resources", f"{GPU_RESOURCE}=1"], name
+    cpu_workers = [s for s in compose["services"].values()
+                   if s.get("command", [])[:2] == ["dask", "worker"] and "gpu" not in s.get("profiles", [])]
+    assert cpu_workers and all("--resources" not in s["command"] for s in cpu_workers)
     assert len(set(device_ids)) == len(device_ids), "two workers on one GPU"
 
 
