@@ -196,8 +196,9 @@ def _echo_patients(result: dict) -> None:
 @click.option("--min-cells", default=100, show_default=True, help="Fewer scored cells give INSUFFICIENT_CELLS.")
 @click.option("--layout", type=_LAYOUTS, default="auto", show_default=True)
 @click.option("--batch-size", default=64, show_default=True, help="Cells per forward pass.")
-@click.option("--precision", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32",
-              show_default=True, help="Inference precision (bfloat16: CPUs with AMX; float16: GPUs).")
+@click.option("--precision", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
+              show_default=True, help="Inference precision; auto: per worker, bfloat16 on CPUs with AMX or "
+              "AVX-512 BF16, float16 on GPUs, float32 elsewhere or where the model's card shows its scores drift.")
 @click.option("--explain/--no-explain", default=True, show_default=True,
               help="Grad-CAM of the most blast-like cells of AML_SUSPECTED and INDETERMINATE patients.")
 @click.option("--top-k", "explain_top_k", type=click.IntRange(min=1), default=12, show_default=True,

@@ -36,8 +36,8 @@ __all__ = [
 
 #: Source layouts (tasks.discover.LAYOUTS).
 Layout = Literal["auto", "patient", "class", "manifest"]
-#: Inference precisions (aml_model.inference.INFERENCE_PRECISIONS; a test keeps the two equal).
-Precision = Literal["float32", "bfloat16", "float16"]
+#: "auto" and the inference precisions (aml_model.inference.INFERENCE_PRECISIONS; a test keeps them equal).
+Precision = Literal["auto", "float32", "bfloat16", "float16"]
 #: Training paths of retrain-and-evaluate.
 TrainingPath = Literal["cached", "plain"]
 

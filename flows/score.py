@@ -66,7 +66,7 @@ def score_smears(
     threshold: Probability = 0.5,
     blast_cutoff: Probability = 0.2,
     min_cells: Positive = 100,
-    precision: Precision = "float32",
+    precision: Precision = "auto",
     chunk_cells: Positive = 64,
     chunks_per_task: Positive = 4,
     s3_endpoint_url: str | None = None,
@@ -95,7 +95,8 @@ def score_smears(
             scoring task takes the chunks one decoding task wrote, as soon as they are written.
         batch_size: cells per forward pass on a worker.
         threshold, blast_cutoff, min_cells: the per-patient call rule (SummaryConfig).
-        precision: "float32", "bfloat16" (CPUs with AMX) or "float16" (GPUs).
+        precision: "auto" (each worker picks: :func:`tasks.predict.worker_precision`), "float32",
+            "bfloat16" (CPUs with AMX or AVX-512 BF16) or "float16" (GPUs).
         explain: Grad-CAM overlays of the most blast-like cells of each AML_SUSPECTED or
             INDETERMINATE patient, computed on the workers, shown in the reports.
         explain_top_k: cells per patient in the reports' galleries (and Grad-CAM).

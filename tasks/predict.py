@@ -7,11 +7,12 @@ import threading
 
 import numpy as np
 
+from aml_model.precision import AUTO, cpu_flags, resolve_precision
 from tasks import storage
 from tasks.registry import ModelRef
 from tasks.retry import store_task
 
-__all__ = ["load_worker_model", "score_shard", "worker_scorer"]
+__all__ = ["load_worker_model", "score_shard", "worker_precision", "worker_scorer"]
 
 logger = logging.getLogger(__name__)
 
@@ -19,6 +20,7 @@ logger = logging.getLogger(__name__)
 # tracing its inference form a few seconds more. One model version at a time.
 _MODELS: dict[str, object] = {}
 _SCORERS: dict[tuple[str, str, int], object] = {}
+_PRECISIONS: dict[tuple[str, str], str] = {}
 _LOCK = threading.RLock()
 
 
@@ -49,6 +51,26 @@ def load_worker_model(model: ModelRef, storage_options: dict):
         _SCORERS.clear()
         _MODELS[model.version] = loaded
         return loaded
+
+
+def worker_precision(requested: str, model: ModelRef) -> str:
+    """The precision this worker scores ``model`` in: ``requested``, or for "auto" the worker's
+    native reduced precision where the model's card shows it agrees with float32
+    (:func:`aml_model.precision.resolve_precision`), else float32. Logged once per worker and model."""
+    if requested != AUTO:
+        return requested
+    key = ("auto", model.version)
+    with _LOCK:
+        if key not in _PRECISIONS:
+            import tensorflow as tf
+
+            from aml_model.inference import REDUCED_PRECISION_MAX_ABS_DP
+
+            gpu = bool(tf.config.list_physical_devices("GPU"))
+            _PRECISIONS[key], reason = resolve_precision(requested, model.precision_agreement, cpu_flags(), gpu,
+                                                         REDUCED_PRECISION_MAX_ABS_DP)
+            logger.info("model %s scores in %s on this worker: %s", model.version, _PRECISIONS[key], reason)
+        return _PRECISIONS[key]
 
 
 def worker_scorer(model: ModelRef, storage_options: dict, precision: str, batch_size: int):
@@ -84,11 +106,13 @@ def score_shard(
     refused inputs stay NaN in the scoring's own ``probabilities_url``. A cell quarantined
     later as a duplicate within its patient is scored too, and left out of the tables. The
     range covers whole chunks, so this task alone writes them. A marker written after the
-    probabilities makes a rerun with the same model and cells skip the shard.
+    probabilities makes a rerun with the same model and cells skip the shard. ``precision``
+    "auto" is resolved on the worker (:func:`worker_precision`); the marker records the result.
 
     Returns:
         The number of cells scored.
     """
+    precision = worker_precision(precision, model)
     if storage.exists(marker_url, store_options):
         marker = storage.read_json(marker_url, store_options)
         if marker == _marker(fingerprint, start, stop, model, precision, marker.get("scored")):

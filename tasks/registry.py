@@ -40,11 +40,17 @@ class RegistryError(AmlSmearError, ValueError):
 
 @dataclass(frozen=True)
 class ModelRef:
-    """A model to score with: where its .keras file is, its version, and its input size (pixels)."""
+    """A model to score with: where its .keras file is, its version, and its input size (pixels).
+
+    ``precision_agreement`` is what its card recorded at training: the largest |p - p_float32| of
+    each reduced precision on its test cells (:func:`aml_model.precision.precision_agreement`);
+    None when unknown (a bare file, an older card), and ``precision="auto"`` then scores in float32.
+    """
 
     url: str
     version: str
     image_size: int
+    precision_agreement: dict[str, float] | None = None
 
 
 def models_root(store: str) -> str:
@@ -95,7 +101,7 @@ def resolve_model(spec: str, store: str, storage_options: dict | None = None) ->
                        f"its registration was interrupted; retrain, or use another version")
             raise ModelNotFoundError(message)
         card = storage.read_json(card_url, options)
-        return ModelRef(registered, spec, int(card["config"]["model"]["image_size"]))
+        return ModelRef(registered, spec, int(card["config"]["model"]["image_size"]), _agreement(card))
     if not storage.exists(spec, options):
         message = (f"model {spec!r} is neither a version registered in {models_root(store)} nor an existing "
                    f".keras file: train one with `aml-smear retrain SOURCE --store {store}`")
@@ -131,7 +137,11 @@ def finish_registration(ref: ModelRef, card: dict, store: str, storage_options: 
     card = {**card, "code_version": code_version(), "version": ref.version,
             "registered_at": datetime.now(UTC).isoformat()}
     storage.write_json(storage.join(folder, CARD_FILE), card, storage_options)
-    return ModelRef(ref.url, ref.version, int(card["config"]["model"]["image_size"]))
+    return ModelRef(ref.url, ref.version, int(card["config"]["model"]["image_size"]), _agreement(card))
+
+
+def _agreement(card: dict) -> dict[str, float] | None:
+    return (card.get("inference") or {}).get("max_abs_dp_vs_float32")
 
 
 def register_model(model_file: str, card: dict, store: str, storage_options: dict | None = None,

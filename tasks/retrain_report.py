@@ -9,11 +9,12 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from aml_model.config import ExperimentConfig
 from aml_model.evaluate import BinaryMetrics
+from aml_model.inference import REDUCED_PRECISION_MAX_ABS_DP
 from aml_model.promotion import PromotionDecision
 from aml_model.sampling import group_counts
 from tasks import storage
 from tasks.registry import CARD_FILE, ModelRef, models_root
-from tasks.training import TrainedModel, TrainingSet
+from tasks.training import AGREEMENT_CELLS, TrainedModel, TrainingSet
 
 __all__ = ["FIGURE_FILES", "model_card", "publish_retrain_report", "publish_skipped"]
 
@@ -66,6 +67,8 @@ def model_card(
         "promotion": {"promoted": decision.promote, "reason": decision.reason, "margin": promotion_margin,
                       "comparisons": {name: {"challenger": a.to_dict(), "champion": b.to_dict()}
                                       for name, (a, b) in comparisons.items()}},
+        "inference": {"max_abs_dp_vs_float32": trained.precision_agreement, "guard": REDUCED_PRECISION_MAX_ABS_DP,
+                      "cells": min(len(split["test"]), AGREEMENT_CELLS)},
         "embedded": embedded, "started_at": started_at.isoformat(), "finished_at": datetime.now(UTC).isoformat(),
     }
 

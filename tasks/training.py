@@ -24,6 +24,9 @@ __all__ = ["TrainedModel", "TrainingSet", "cell_rows", "compare_with_champion", 
            "train_plain"]
 
 TEST_PREDICTIONS = "test_predictions.parquet"
+#: Test cells the reduced precisions are checked on: enough for a max |dp| that means something,
+#: few enough that float16 emulated on a CPU (~35 cells/s at 224 px) costs seconds.
+AGREEMENT_CELLS = 256
 
 
 @dataclass
@@ -58,6 +61,8 @@ class TrainedModel:
         best_epoch: 0-based index of the restored epoch.
         p_test: `(n_test,)` blast probabilities of the test cells, in their order.
         attempts: one dict of validation figures per training attempt (collapse guard).
+        precision_agreement: the largest |p - p_float32| of each reduced precision on (up to
+            :data:`AGREEMENT_CELLS` of) the test cells, for ``precision="auto"``.
     """
 
     ref: ModelRef
@@ -65,6 +70,7 @@ class TrainedModel:
     best_epoch: int
     p_test: np.ndarray
     attempts: list[dict]
+    precision_agreement: dict[str, float]
 
 
 def load_training_set(run_roots: list[storage.RunPaths], storage_options: dict,
@@ -189,6 +195,12 @@ def register_challenger(trained: TrainedModel, card: dict, figures: dict[str, by
                                extra_files={**figures, TEST_PREDICTIONS: buffer.getvalue()})
 
 
+def _agreement(model, test: pd.DataFrame, storage_options: dict) -> dict[str, float]:
+    from aml_model.precision import precision_agreement
+
+    return precision_agreement(model, load_cells(test.iloc[:AGREEMENT_CELLS], storage_options))
+
+
 def _stage(model, store: str, storage_options: dict) -> ModelRef:
     from aml_model.io import save_model
 
@@ -275,7 +287,8 @@ def train_on_features(cache, config, feature_shape, train_rows, y_train_rows, va
     model = assemble_model(dataclasses.replace(config.model, backbone_weights=weights, backbone_weights_sha256=None),
                            head)
     p_test = predict_cells(model, cell_rows(test, storage_options))
-    return TrainedModel(_stage(model, cache.store, storage_options), history, best, p_test, attempts)
+    return TrainedModel(_stage(model, cache.store, storage_options), history, best, p_test, attempts,
+                        _agreement(model, test, storage_options))
 
 
 @task(name="train-plain", cache_policy=NO_CACHE)
@@ -311,4 +324,5 @@ def train_plain(cache, config, cells: pd.DataFrame, y, split, storage_options, t
 
     model, history, best, attempts = _train_guarded(config, y[split["val"]], attempt)
     p_test = predict_cells(model, images.subset(split["test"]))
-    return TrainedModel(_stage(model, cache.store, storage_options), history, best, p_test, attempts)
+    return TrainedModel(_stage(model, cache.store, storage_options), history, best, p_test, attempts,
+                        _agreement(model, cells.iloc[split["test"]], storage_options))

@@ -24,7 +24,7 @@ from flows.score import score_smears
 from tasks.discover import LAYOUTS
 from tests.corpus import compose_patient_cohort
 
-PRECISIONS = "'float32', 'bfloat16' or 'float16'"
+PRECISIONS = "'auto', 'float32', 'bfloat16' or 'float16'"
 LAYOUT_CHOICES = "'auto', 'patient', 'class' or 'manifest'"
 
 
@@ -67,7 +67,7 @@ def test_choices_are_the_librarys():
     def choices(flow, name):
         return typing.get_args(typing.get_type_hints(flow.fn, include_extras=True)[name])
 
-    assert choices(score_smears, "precision") == INFERENCE_PRECISIONS
+    assert choices(score_smears, "precision") == ("auto", *INFERENCE_PRECISIONS)
     assert choices(retrain_and_evaluate, "recipe") == RECIPES
     assert choices(retrain_and_evaluate, "training_path") == ("cached", "plain")
     for flow in (score_smears, ingest, calibrate_site, retrain_and_evaluate):
@@ -77,7 +77,7 @@ def test_choices_are_the_librarys():
         (option,) = [p for p in cli.commands[command].params if p.name == name]
         return tuple(option.type.choices)
 
-    assert cli_choices("score", "precision") == INFERENCE_PRECISIONS
+    assert cli_choices("score", "precision") == ("auto", *INFERENCE_PRECISIONS)
     assert cli_choices("retrain", "recipe") == RECIPES
     assert cli_choices("retrain", "training_path") == ("cached", "plain")
     assert cli_choices("ingest", "layout") == LAYOUTS

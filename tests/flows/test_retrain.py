@@ -64,6 +64,17 @@ def test_retrain_registers_promotes_and_reuses_the_feature_cache(cohort, tmp_pat
     above = p[blast][:, None] - p[~blast][None, :]  # every (blast, normal) pair: blast ranked higher?
     assert card["metrics"]["roc_auc"] == pytest.approx(((above > 0) + 0.5 * (above == 0)).mean(), abs=1e-9)
     assert first["metrics"] == card["metrics"]
+    # The reduced precisions' agreement with float32 on the test cells, for precision="auto",
+    # recomputed from the registered model; the registry hands it to the scoring workers.
+    from aml_model.precision import precision_agreement
+    from tasks.registry import resolve_model
+
+    recorded = card["inference"]["max_abs_dp_vs_float32"]
+    assert card["inference"]["cells"] == len(predictions) and card["inference"]["guard"] == 0.05
+    recomputed = precision_agreement(load_model(folder / "model.keras", compile=False),
+                                     load_cells(predictions, {}))
+    assert recorded == pytest.approx(recomputed, abs=1e-6) and recorded["bfloat16"] > 0
+    assert resolve_model("champion", store).precision_agreement == recorded
 
     # The registered model scores exactly as the in-memory one did.
     loaded = load_model(folder / "model.keras", compile=False)
