@@ -14,7 +14,11 @@ On the same real LMU cells (none of them used to train the model), in one run:
    workers and bf16 on 2, from flow start to finish: cold (model loading on the workers
    included) and warm (a second run on the same workers). Compared with the baseline like with
    like: cold over cold, warm over warm;
-5. bf16 against fp32 on a model trained on real cells: the largest per-cell probability
+5. ``score-smears`` with ``precision="auto"`` (the default) on 2 workers, the trained model
+   scored as registered (its card records its reduced-precision agreement on its test cells), so
+   each worker picks what ``auto`` picks in production: ``e2e_auto_2w_cells_per_s`` and its ratio
+   to fp32 end to end, with the precision it resolves to on this machine;
+6. bf16 against fp32 on a model trained on real cells: the largest per-cell probability
    difference (against the accuracy guard ``aml_model.inference.REDUCED_PRECISION_MAX_ABS_DP``),
    the ROC AUC difference, and the patient-level calls that change.
 On a machine with a GPU the reduced precision is float16 (keys ``fp16_...`` instead of ``bf16_...``)
@@ -143,6 +147,31 @@ def _score_run(flow, source: Path, store: Path, model_file: str, run: str, preci
     return result["cells"] / elapsed, result
 
 
+def registered_in(model_url: str, store: Path) -> str:
+    """Copy the trained model's registry entry (model and card) into ``store``; returns its version.
+
+    A bare .keras file (``AML_SMEAR_BENCH_MODEL``) has no card: it is copied alone, and ``auto``
+    then scores it in float32, as it would in production.
+    """
+    import json
+    import shutil
+
+    source = Path(model_url)
+    version = source.parent.name if (source.parent / "model_card.json").exists() else f"bare-{source.stem}"
+    target = store / "models" / version
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, target / "model.keras")
+    card = source.parent / "model_card.json"
+    if card.exists():
+        shutil.copyfile(card, target / "model_card.json")
+    else:
+        from aml_model.io import load_model
+
+        size = int(load_model(source, compile=False).input_shape[1])
+        (target / "model_card.json").write_text(json.dumps({"config": {"model": {"image_size": size}}}))
+    return version
+
+
 def main(context: dict) -> dict:
     import numpy as np
     from sklearn.metrics import roc_auc_score
@@ -186,6 +215,10 @@ def main(context: dict) -> dict:
     e2e_1 = end_to_end(1, source, work / "e2e-fp32-1w", model_file, "float32")
     e2e_2 = end_to_end(many, source, work / "e2e-fp32-2w", model_file, "float32")
     e2e_low = end_to_end(many, source, work / f"e2e-{tag}-2w", model_file, low)
+    auto_store = work / "e2e-auto-2w"
+    auto_version = registered_in(model_file, auto_store)
+    e2e_auto = end_to_end(many, source, auto_store, auto_version, "auto")
+    auto_precision, auto_reason = _auto_choice(auto_store, auto_version, gpus > 0)
     calls32 = {row["patient_id"]: row["call"] for row in e2e_2["result"]["patients"]}
     calls_low = {row["patient_id"]: row["call"] for row in e2e_low["result"]["patients"]}
     best = {run: max(e2e_1[run], e2e_2[run]) for run in ("warm", "cold")}
@@ -213,10 +246,24 @@ def main(context: dict) -> dict:
         "fp32_auc": float(roc_auc_score(labels, p32)),
         f"{tag}_auc_delta": float(roc_auc_score(labels, p_low) - roc_auc_score(labels, p32)),
         f"{tag}_patient_calls_changed": sum(calls32[p] != calls_low.get(p) for p in calls32),
+        "e2e_auto_2w_cells_per_s": e2e_auto["warm"], "e2e_auto_2w_cold_cells_per_s": e2e_auto["cold"],
+        "e2e_auto_over_fp32_2w": e2e_auto["warm"] / e2e_2["warm"], "auto_precision": auto_precision,
+        "auto_precision_reason": auto_reason,
     }
     print_table(f"scoring {len(files)} held-out real LMU cells, trained paper model {size}x{size}",
                 _table(results, tag, best_library, many, len(calls32)))
     return record(results)
+
+
+def _auto_choice(store: Path, version: str, gpu: bool) -> tuple[str, str]:
+    """What ``precision="auto"`` resolves to on this machine for the registered model, by the rule
+    the workers apply (:func:`aml_model.precision.resolve_precision`)."""
+    from aml_model.inference import REDUCED_PRECISION_MAX_ABS_DP
+    from aml_model.precision import cpu_flags, resolve_precision
+    from tasks.registry import resolve_model
+
+    ref = resolve_model(version, str(store))
+    return resolve_precision("auto", ref.precision_agreement, cpu_flags(), gpu, REDUCED_PRECISION_MAX_ABS_DP)
 
 
 def _table(r: dict, tag: str, best_library: str, many: int, patients: int) -> list[tuple[str, str]]:
@@ -259,4 +306,7 @@ def _table(r: dict, tag: str, best_library: str, many: int, patients: int) -> li
          f"{dp:.4f} ({guard} the {REDUCED_PRECISION_MAX_ABS_DP} guard), {r[f'{tag}_auc_delta']:+.4f} "
          f"(fp32 AUC {r['fp32_auc']:.3f})"),
         (f"{tag} patient calls changed", f"{r[f'{tag}_patient_calls_changed']} of {patients}"),
+        (f"score-smears auto, {many} workers, warm (cold)",
+         f"{r['e2e_auto_2w_cells_per_s']:.1f} ({r['e2e_auto_2w_cold_cells_per_s']:.1f}) cells/s = "
+         f"{r['e2e_auto_over_fp32_2w']:.2f}x fp32; auto = {r['auto_precision']} ({r['auto_precision_reason']})"),
     ]

@@ -21,7 +21,8 @@ REQUIRED = (
     "fp32_ceiling_cells_per_s", "model_only_over_ceiling", "model_only_cells_per_s", "baseline_cells_per_s",
     "e2e_1w_cells_per_s", "e2e_2w_cells_per_s", "e2e_over_model_only", "e2e_over_baseline", "bf16_over_fp32",
     "bf16_max_abs_dp", "bf16_auc_delta", "bf16_patient_calls_changed", "workers2_over_1",
-    "bf16_over_folded_fp32", "baseline_warm_cells_per_s", "e2e_over_baseline_warm",
+    "bf16_over_folded_fp32", "baseline_warm_cells_per_s", "e2e_over_baseline_warm", "e2e_auto_2w_cells_per_s",
+    "e2e_auto_over_fp32_2w",
 )
 
 
@@ -42,3 +43,7 @@ def test_benchmarks_run_on_a_handful_of_cells(lmu_cells, tiny_model_file, tmp_pa
     # Both bf16 ratios are printed: over the same folded graph in fp32 (fair) and over the stock one.
     assert "bf16 / folded fp32 (same graph, the fair ratio)" in completed.stdout
     assert "bf16 / stock fp32" in completed.stdout
+    # The tests' model is a bare .keras file, without the card that would let auto reduce it.
+    assert recorded["auto_precision"] == "float32"
+    assert "not recorded for this model" in recorded["auto_precision_reason"] or \
+        "no native reduced precision" in recorded["auto_precision_reason"]
