@@ -152,18 +152,21 @@ def decode_cell(data: bytes, source: str, config: PreprocessConfig | None = None
             source,
             f"image is {width}x{height} px, aspect ratio above {config.max_aspect_ratio:g}",
         )
+    size = (config.image_size, config.image_size)
     try:
+        # JPEG only: libjpeg decodes at the smallest DCT scale (1/2, 1/4, 1/8) that still covers
+        # the model size, which spares most of a large photo's decoding; at scale 1 (cells under
+        # twice the model size) the pixels are exactly those of a full decode.
+        image.draft("RGB", size)
         image.load()
-        image = ImageOps.exif_transpose(image)
-        rgb = to_rgb_uint8(image)
+        ImageOps.exif_transpose(image, in_place=True)
+        # RGB images are resized by Pillow as they are; other modes go through to_rgb_uint8 first.
+        rgb = image if image.mode == "RGB" else Image.fromarray(to_rgb_uint8(image))
+        if rgb.size != size:
+            rgb = rgb.resize(size, Image.Resampling.BILINEAR)
+        return np.asarray(rgb, dtype=np.uint8)
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageDecodeError(source, f"truncated or corrupt image data: {exc}") from None
-
-    size = (config.image_size, config.image_size)
-    if rgb.shape[:2] == size[::-1]:
-        return rgb
-    resized = Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR)
-    return np.asarray(resized, dtype=np.uint8)
 
 
 def normalise_for_resnet50(images):

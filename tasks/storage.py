@@ -187,8 +187,11 @@ def create_cells_array(
         IMAGES, shape=shape, chunks=(chunk_cells, image_size, image_size, 3), dtype="uint8",
         fill_value=0, dimension_names=("cell", "y", "x", "channel"),
         # Blosc zstd level 1 writes 3x and reads 2.5x faster than zarr's default zstd level 0
-        # on real cells, at the same size (measured on 64 LMU cells).
-        compressors=[zarr.codecs.BloscCodec(cname="zstd", clevel=1, shuffle="shuffle")],
+        # on real cells, at the same size (measured on 64 LMU cells). Without the byte shuffle,
+        # which has nothing to reorder in one-byte pixels, the same bytes (118 KiB per 224 px
+        # cell, raw 147) are written in 0.87 ms instead of 1.20 and read in 0.22 instead of 0.31
+        # (256 LMU cells, AMD EPYC); lz4 would be faster still, at 144 KiB per cell on S3.
+        compressors=[zarr.codecs.BloscCodec(cname="zstd", clevel=1, shuffle="noshuffle")],
     )
 
 

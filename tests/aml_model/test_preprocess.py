@@ -38,6 +38,23 @@ def test_real_lmu_cells_decode_like_a_plain_pillow_reference(lmu_cells):
         assert cell.std() > 10, "a real cell image is not flat"
 
 
+def test_a_large_jpeg_is_decoded_at_a_reduced_dct_scale_close_to_a_full_decode(lmu_cells):
+    # A cell photographed at 4x the LMU resolution: libjpeg decodes it at 1/4 scale (400 px), not
+    # at 1600 px; the result stays within a few grey levels of a full decode resized the same way.
+    path = next((lmu_cells / "MYO").glob("*.jpg"))
+    with Image.open(path) as image:
+        large = image.convert("RGB").resize((1600, 1600), Image.Resampling.BICUBIC)
+    data = encode(large, "JPEG", quality=95)
+    cell = decode_cell(data, "large.jpg")
+    with Image.open(io.BytesIO(data)) as image:
+        image.draft("RGB", (224, 224))
+        assert image.size == (400, 400), "the DCT scaling this test relies on"
+    with Image.open(io.BytesIO(data)) as image:
+        full = np.asarray(image.convert("RGB").resize((224, 224), Image.Resampling.BILINEAR)).astype(int)
+    assert cell.shape == (224, 224, 3)
+    assert np.abs(cell.astype(int) - full).mean() < 3
+
+
 @pytest.mark.parametrize("fmt", ["PNG", "TIFF", "BMP"])
 def test_lossless_rgb_formats_keep_pixels(fmt):
     pixels = gradient_rgb(32, 32)
