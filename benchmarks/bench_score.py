@@ -2,7 +2,10 @@
 
 On the same real LMU cells (none of them used to train the model), in one run:
 1. the fp32 ceiling: the best float32 matrix-product GFLOP/s of numpy and TensorFlow over the
-   model's FLOPs per cell (and the same for bf16, from TensorFlow's bf16 matrix product);
+   model's FLOPs per cell (and the same for bf16, from TensorFlow's bf16 matrix product), and
+   the ceilings at the model's own GEMM shapes: every convolution as the im2col matrix product
+   it is, timed at its own (M, K, N) in fp32 and bf16 (``benchmarks.ceiling.gemm_ceiling_cells_per_s``),
+   so that "x GEMM ceiling" compares the model with matrix products of its own sizes;
 2. model only: the compiled, BatchNorm-folded scorer on preloaded uint8 cells, fp32 and bf16,
    and the stock Keras graph (``tf.function`` over the paper model, batch 64) for reference.
    Every batch shape a timed pass uses (64 cells, and the shorter last batch) is traced before
@@ -181,7 +184,8 @@ def main(context: dict) -> dict:
     from aml_model.io import load_model
     from aml_model.preprocess import decode_cell
     from benchmarks.bench_retrain import trained_model
-    from benchmarks.ceiling import model_flops_per_cell, numpy_matmul_gflops, tensorflow_matmul_gflops
+    from benchmarks.ceiling import (gemm_ceiling_cells_per_s, model_flops_per_cell, numpy_matmul_gflops,
+                                    tensorflow_matmul_gflops)
     from benchmarks.common import print_table, record, require_lmu_cells, sample_cohort
 
     model_file = trained_model(context)
@@ -205,6 +209,7 @@ def main(context: dict) -> dict:
     flops = model_flops_per_cell(model)
     best_library = max(gflops, key=gflops.get)
     ceiling, ceiling_low = gflops[best_library] * 1e9 / flops, gflops_low * 1e9 / flops
+    gemm_ceiling, gemm_ceiling_low = gemm_ceiling_cells_per_s(model, "float32"), gemm_ceiling_cells_per_s(model, low)
     stock, _ = stock_graph(model, images)
     fp32 = BatchScorer(inference_model(model, "float32"), BATCH)
     reduced = BatchScorer(inference_model(model, low), BATCH)
@@ -231,6 +236,9 @@ def main(context: dict) -> dict:
         "model_only_cells_per_s": model_only, "model_only_over_ceiling": model_only / ceiling,
         "folded_over_stock_fp32": model_only / stock, f"model_only_{tag}_cells_per_s": model_only_low,
         f"model_only_{tag}_over_{tag}_ceiling": model_only_low / ceiling_low,
+        "fp32_gemm_ceiling_cells_per_s": gemm_ceiling, f"{tag}_gemm_ceiling_cells_per_s": gemm_ceiling_low,
+        "model_only_over_gemm_ceiling": model_only / gemm_ceiling,
+        f"model_only_{tag}_over_{tag}_gemm_ceiling": model_only_low / gemm_ceiling_low,
         "baseline_cells_per_s": baseline["cold"], "baseline_warm_cells_per_s": baseline["warm"],
         "e2e_1w_cells_per_s": e2e_1["warm"], "e2e_2w_cells_per_s": e2e_2["warm"],
         f"e2e_{tag}_2w_cells_per_s": e2e_low["warm"],
@@ -279,6 +287,9 @@ def _table(r: dict, tag: str, best_library: str, many: int, patients: int) -> li
          f"tensorflow {r['matmul_fp32_gflops_tensorflow']:.0f})"),
         (f"{tag} ceiling (tensorflow matmul)",
          f"{r[f'{tag}_ceiling_cells_per_s']:.1f} cells/s ({r[f'matmul_{tag}_gflops_tensorflow']:.0f} GFLOP/s)"),
+        ("ceilings at the model's own GEMM shapes, fp32 / " + tag,
+         f"{r['fp32_gemm_ceiling_cells_per_s']:.1f} / {r[f'{tag}_gemm_ceiling_cells_per_s']:.1f} cells/s; model only "
+         f"{r['model_only_over_gemm_ceiling']:.2f}x / {r[f'model_only_{tag}_over_{tag}_gemm_ceiling']:.2f}x of them"),
         ("stock Keras graph fp32 (tf.function, batch 64)", f"{r['stock_fp32_cells_per_s']:.1f} cells/s"),
         ("model only fp32 (folded, compiled)",
          f"{r['model_only_cells_per_s']:.1f} cells/s = {r['model_only_over_ceiling']:.2f}x ceiling, "

@@ -57,3 +57,46 @@ def model_flops_per_cell(model) -> float:
             c_in, c_out = layer.kernel.shape
             total += 2.0 * c_in * c_out
     return total
+
+
+def gemm_shapes(model, batch: int) -> dict[tuple[int, int, int], int]:
+    """The matrix products a batch of cells costs, as im2col GEMMs: (M, K, N) -> how many.
+
+    A convolution with a kh x kw x c_in kernel, c_out filters and an h_out x w_out output is the
+    product of a (batch * h_out * w_out, kh * kw * c_in) matrix with a (kh * kw * c_in, c_out)
+    one; a dense layer of (batch, c_in) with (c_in, c_out).
+    """
+    import keras
+
+    shapes: dict[tuple[int, int, int], int] = {}
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            for shape, count in gemm_shapes(layer, batch).items():
+                shapes[shape] = shapes.get(shape, 0) + count
+            continue
+        if isinstance(layer, keras.layers.Conv2D):
+            kh, kw, c_in, c_out = layer.kernel.shape
+            _, h_out, w_out, _ = layer.output.shape
+            shape = (batch * h_out * w_out, kh * kw * c_in, c_out)
+        elif isinstance(layer, keras.layers.Dense):
+            c_in, c_out = layer.kernel.shape
+            shape = (batch, c_in, c_out)
+        else:
+            continue
+        shapes[shape] = shapes.get(shape, 0) + 1
+    return shapes
+
+
+def gemm_ceiling_cells_per_s(model, dtype: str, batch: int = 32, repeats: int = 2) -> float:
+    """Cells/s if every convolution ran at the rate TensorFlow's matrix product reaches on that
+    layer's own GEMM shape, in ``dtype``: a ceiling at the model's shapes, not at one square size
+    (small K or N run below a square product's rate, so a square ceiling overstates them)."""
+    import tensorflow as tf
+
+    seconds = 0.0
+    for (m, k, n), count in gemm_shapes(model, batch).items():
+        a = tf.cast(tf.random.stateless_normal((m, k), seed=(0, 0)), dtype)
+        b = tf.cast(tf.random.stateless_normal((k, n), seed=(0, 1)), dtype)
+        product = tf.function(lambda a=a, b=b: tf.reduce_sum(tf.linalg.matmul(a, b)[:1, :1]))
+        seconds += count * _best_seconds(lambda product=product: product().numpy(), repeats)
+    return batch / seconds

@@ -22,7 +22,8 @@ REQUIRED = (
     "e2e_1w_cells_per_s", "e2e_2w_cells_per_s", "e2e_over_model_only", "e2e_over_baseline", "bf16_over_fp32",
     "bf16_max_abs_dp", "bf16_auc_delta", "bf16_patient_calls_changed", "workers2_over_1",
     "bf16_over_folded_fp32", "baseline_warm_cells_per_s", "e2e_over_baseline_warm", "e2e_auto_2w_cells_per_s",
-    "e2e_auto_over_fp32_2w",
+    "e2e_auto_over_fp32_2w", "fp32_gemm_ceiling_cells_per_s", "bf16_gemm_ceiling_cells_per_s",
+    "model_only_bf16_over_bf16_gemm_ceiling",
 )
 
 
