@@ -41,6 +41,15 @@ def _options(store: str, s3_endpoint_url: str | None) -> dict:
     return storage.storage_options_for(store, s3_endpoint_url)
 
 
+def _listed(lister, store: str, s3_endpoint_url: str | None, empty: str) -> list:
+    """``lister(store, storage_options)``'s entries; with none, says ``empty`` and returns []."""
+    with _one_line_errors():
+        entries = lister(store, _options(store, s3_endpoint_url))
+    if not entries:
+        click.echo(empty)
+    return entries
+
+
 def _number(value, integer: bool = False) -> str:
     """A metric with three decimals (a count as an integer); "n/a" where a card has none."""
     value = math.nan if value is None else float(value)
@@ -61,10 +70,9 @@ def list_command(store: str, s3_endpoint_url: str | None) -> None:
     from tasks.registry import models_root
     from tasks.registry_admin import list_models
 
-    with _one_line_errors():
-        entries = list_models(store, _options(store, s3_endpoint_url))
+    entries = _listed(list_models, store, s3_endpoint_url,
+                      f"no models in {models_root(store)}: train one with `aml-smear retrain SOURCE --store {store}`")
     if not entries:
-        click.echo(f"no models in {models_root(store)}: train one with `aml-smear retrain SOURCE --store {store}`")
         return
     click.echo(f"{'version':<26} {'registered':<16} {'recipe':<7} {'ROC AUC':>7} {'sensitivity':>11} "
                f"{'specificity':>11} {'test cells':>10}  status")

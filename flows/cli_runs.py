@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from flows.cli_models import _one_line_errors, _options, _store_options
+from flows.cli_models import _listed, _one_line_errors, _options, _store_options
 
 __all__ = ["runs"]
 
@@ -20,10 +20,8 @@ def list_command(store: str, s3_endpoint_url: str | None) -> None:
     """List the ingest runs, each with its scorings (model, settings, complete or not)."""
     from tasks.run_admin import list_runs, runs_root
 
-    with _one_line_errors():
-        entries = list_runs(store, _options(store, s3_endpoint_url))
+    entries = _listed(list_runs, store, s3_endpoint_url, f"no runs in {runs_root(store)}")
     if not entries:
-        click.echo(f"no runs in {runs_root(store)}")
         return
     for entry in entries:
         when = entry.last_activity.strftime("%Y-%m-%d %H:%M") if entry.last_activity else "unknown"

@@ -48,6 +48,20 @@ def _ingest_sources(sources: list[str], store: str, layout: str, image_size: int
     return [p.paths for p in plans], all(p.found.layout != "class" for p in plans)
 
 
+def _skip_if_unchanged(store: str, store_options: dict, data: TrainingSet, config: ExperimentConfig,
+                       settings: dict) -> dict | None:
+    """The result of a run that trains nothing, when the data, code and configuration are the
+    champion's (:func:`aml_model.promotion.unchanged_since_champion`); None otherwise."""
+    champion = champion_card(store, store_options)
+    reason = unchanged_since_champion(champion, data.data_hash, code_version(), {"config": config.to_dict(), **settings})
+    if not reason:
+        return None
+    get_run_logger().info("training skipped: %s", reason)
+    publish_skipped(champion["version"], reason)
+    return {"skipped": True, "version": champion["version"], "model": None, "promoted": False, "reason": reason,
+            "recipe": settings["recipe"]}
+
+
 def _train(config: ExperimentConfig, data: TrainingSet, split: dict, training_path: str, augment_views: int,
            store: str, store_options: dict) -> tuple[TrainedModel, str, str, int]:
     """Build the backbone, embed what the feature cache lacks and train, each as a task on a worker.
@@ -149,14 +163,9 @@ def retrain_and_evaluate(
     if len(data.cells) < 10 or len(np.unique(data.y)) < 2:
         message = f"training needs labelled cells of both classes; found {len(data.cells)} ({data.y.sum()} blast)"
         raise ValueError(message)
-    champion = champion_card(store, store_options) if skip_unchanged else None
-    unchanged = skip_unchanged and unchanged_since_champion(champion, data.data_hash, code_version(),
-                                                            {"config": config.to_dict(), **settings})
-    if unchanged:
-        logger.info("training skipped: %s", unchanged)
-        publish_skipped(champion["version"], unchanged)
-        return {"skipped": True, "version": champion["version"], "model": None, "promoted": False,
-                "reason": unchanged, "recipe": recipe, "seconds": time.perf_counter() - started}
+    skipped = skip_unchanged and _skip_if_unchanged(store, store_options, data, config, settings)
+    if skipped:
+        return {**skipped, "seconds": time.perf_counter() - started}
     fractions = (config.train.train_fraction, config.train.val_fraction, config.train.test_fraction)
     split, by_patient = training_split(data.cells, data.y, fractions, seed, patients_known)
     logger.info("split by %s (seed %d): %s", "patient" if by_patient else "cell", seed,
