@@ -149,12 +149,16 @@ NIGHTLY_RETRAIN = DeploymentSpec(
     timezone="Europe/Berlin",
     # A retrain that overruns must not overlap the next night's, nor queue it: the night's run is
     # cancelled while one is still going (CANCEL_NEW), and a hung one fails after the timeout.
-    # Timeout, retry and delay together stay under a day (tests/deployments check it).
+    # No flow retry: with a deployment concurrency limit, Prefect 3.9 revokes the run's slot when
+    # it goes to AwaitingRetry and the retry never runs (PrefectHQ/prefect#22885; seen here as a
+    # run stuck in AwaitingRetry on a real stack). A failed night fails at once, with its reason
+    # in its state and an aml-smear.nightly.failed event; transient I/O is retried per task
+    # (tasks.retry), and the next night runs again.
     concurrency_limit=1,
     collision_strategy="CANCEL_NEW",
     timeout_seconds=8 * 3600,
-    retries=1,
-    retry_delay_seconds=15 * 60,
+    retries=0,
+    retry_delay_seconds=0,
     tags=("aml-smear", "training"),
     alert_on_failure=True,
 )

@@ -92,3 +92,27 @@ def test_bootstrap_then_the_nightly_skips_until_a_variable_changes(clean_stack):
     (trained,) = set(_versions(store)) - {champion}
     assert report.startswith(f"# Model {trained}")
     assert json.loads((store / "models" / trained / "model_card.json").read_text())["config"]["train"]["epochs"] == 3
+
+
+def test_a_failing_nightly_shows_its_reason_in_flow_run_inspect(clean_stack):
+    import re
+    import time
+
+    # A variable naming a weights file that is not there: the run starts and fails, at once (no flow
+    # retry); its reason is its state's message.
+    missing = clean_stack["store"].parent / "no-such.weights.h5"
+    _run([*PREFECT, "variable", "set", "aml_smear_backbone_weights", str(missing), "--overwrite"], clean_stack,
+         timeout=120)
+    started = _run([*PREFECT, "deployment", "run", "retrain-and-evaluate/nightly"], clean_stack, timeout=120)
+    flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", started.stdout).group(1)
+    deadline = time.monotonic() + 600
+    while True:
+        state = httpx.get(f"{clean_stack['api_url']}/flow_runs/{flow_run_id}", timeout=10).json()["state"]
+        if state["type"] in ("FAILED", "COMPLETED", "CRASHED", "CANCELLED") or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert state["type"] == "FAILED", state
+    inspect = _run([*PREFECT, "flow-run", "inspect", flow_run_id], clean_stack, timeout=120)
+    assert f"backbone_weights {missing} does not exist" in inspect.stdout, inspect.stdout[-3000:]
+    assert "run_count=1" in inspect.stdout.replace(" ", ""), inspect.stdout[-3000:]
+    _run([*PREFECT, "variable", "unset", "aml_smear_backbone_weights"], clean_stack, timeout=120)
