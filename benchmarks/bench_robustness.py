@@ -153,9 +153,14 @@ def moved_sets(lmu: Cells, pbc: Cells, lmu_train: np.ndarray, pbc_train: np.ndar
     }
 
 
-def embedder(config, seed: int):
+def embedder(config, seed: int, cut: str | None = None):
     """The seeded random backbone (BatchNorm folded, as the feature cache computes it) and a
-    function embedding uint8 cells, optionally augmented, through the recipe's preprocessing."""
+    function embedding uint8 cells, optionally augmented, through the recipe's preprocessing.
+
+    With ``cut`` (a backbone layer name, e.g. ``conv4_block6_out``) the features are that layer's
+    output, and the third value is the backbone's part after it (to train); else None.
+    """
+    import keras
     import tensorflow as tf
 
     from aml_model.architecture import build_backbone, input_normalisation, seed_weights
@@ -163,7 +168,9 @@ def embedder(config, seed: int):
     from aml_model.inference import fold_batch_norm
     from aml_model.preprocess import normalise_for_resnet50
 
-    backbone = fold_batch_norm(seed_weights(build_backbone(config.model), seed))
+    full = fold_batch_norm(seed_weights(build_backbone(config.model), seed))
+    backbone = full if cut is None else keras.Model(full.input, full.get_layer(cut).output)
+    tail = None if cut is None else keras.Model(full.get_layer(cut).output, full.output)
     normalisation = input_normalisation(config.model)
 
     @tf.function(reduce_retracing=True)
@@ -183,7 +190,27 @@ def embedder(config, seed: int):
             out[start:start + batch_size] = forward(batch).numpy()
         return out
 
-    return embed
+    return embed, tail
+
+
+def trainable_model(config, feature_shape: tuple, tail, seed: int):
+    """The head alone, or (``tail`` given) a trainable copy of the backbone's last layers with the
+    head on top: what trains on features cut before the backbone's end (``--trainable-from``)."""
+    import keras
+
+    from aml_model.architecture import build_head, compile_model, seed_weights
+
+    if tail is None:
+        return seed_weights(build_head(feature_shape, config.model), seed)
+    head = seed_weights(build_head(tuple(tail.output.shape[1:]), config.model), seed)
+    copy = keras.models.clone_model(tail)
+    copy.set_weights(tail.get_weights())
+    copy.trainable = True
+    for layer in copy.layers:
+        layer.trainable = True
+    inputs = keras.Input(feature_shape)
+    model = keras.Model(inputs, head(copy(inputs, training=False)), name="tail_and_head")
+    return compile_model(model, config.model, jit_compile=True)
 
 
 def parse_variant(name: str) -> tuple[str, dict[str, str]]:
@@ -209,7 +236,6 @@ def configure(name: str, image_size: int, epochs: int, patience: int, seed: int)
 def run_recipe(recipe: str, seed: int, data: dict, args) -> dict:
     import keras
 
-    from aml_model.architecture import build_head, seed_weights
     from aml_model.collapse import MAX_ATTEMPTS, attempt_seed, check_collapse
     from aml_model.evaluate import compute_metrics, rates_by_group
     from aml_model.sampling import balanced_weights
@@ -217,7 +243,7 @@ def run_recipe(recipe: str, seed: int, data: dict, args) -> dict:
 
     config = configure(recipe, args.image_size, args.epochs, args.patience, seed)
     started = time.perf_counter()
-    embed = embedder(config, seed)
+    embed, tail = embedder(config, seed, args.trainable_from)
     train, val, test = data["train"], data["val"], data["test"]
     views = [embed(data["images"][train])]
     views += [embed(data["images"][train], augment_seed=seed * 1000 + v) for v in range(1, args.views + 1)]
@@ -234,7 +260,7 @@ def run_recipe(recipe: str, seed: int, data: dict, args) -> dict:
     first_attempt_val_auc = None
     for attempt in range(MAX_ATTEMPTS):
         train_config = dataclasses.replace(config.train, seed=attempt_seed(seed, attempt))
-        head = seed_weights(build_head(x_train.shape[1:], config.model), train_config.seed)
+        head = trainable_model(config, x_train.shape[1:], tail, train_config.seed)
         history, best = train_head(head, x_train, y_train, x_val, y[val], train_config, train_weights=w_train,
                                    val_weights=w_val)
 
@@ -252,7 +278,8 @@ def run_recipe(recipe: str, seed: int, data: dict, args) -> dict:
     lmu_metrics = compute_metrics(y[test][lmu], p_test[lmu], config.threshold)
     by_type = rates_by_group(frame, p_test, config.threshold, ["source", "cell_type"])
     result = {
-        "recipe": recipe, "seed": seed, "val_auc": collapse.val_auc, "collapsed": collapse.collapsed,
+        "recipe": recipe, "seed": seed, "trainable_from": args.trainable_from or "head",
+        "trainable_weights": int(sum(np.prod(w.shape) for w in head.trainable_weights)), "val_auc": collapse.val_auc, "collapsed": collapse.collapsed,
         "attempts": attempt + 1, "first_attempt_val_auc": first_attempt_val_auc,
         "epochs_run": len(history["loss"]), "best_epoch": best + 1,
         "lmu_auc": lmu_metrics.roc_auc, "lmu_accuracy": lmu_metrics.accuracy,
@@ -355,6 +382,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--robust-seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4],
                         help="seeds of the robust recipe (the collapse check wants five)")
     parser.add_argument("--views", type=int, default=1, help="augmented views per training cell")
+    parser.add_argument("--trainable-from", default=None,
+                        help="train the backbone's layers after this one too (e.g. conv5_block2_out: the last "
+                             "block; conv4_block6_out: the last stage), on features cut there")
     parser.add_argument("--epochs", type=int, default=50)
     parser.add_argument("--patience", type=int, default=5)
     parser.add_argument("--split-seed", type=int, default=0)

@@ -5,8 +5,8 @@
 - ``aml-smear.model.promoted``: a retrain (the nightly), or ``aml-smear models promote``/``rollback``
   with a Prefect API, made a model the champion; resource
   ``aml-smear.model.<version>``, the previous champion related.
-- ``aml-smear.nightly.failed``: the deployed nightly retrain failed for good (after its retry) or
-  crashed; resource ``prefect.flow-run.<id>``, its state message in the payload.
+- ``aml-smear.nightly.failed``: the deployed nightly retrain failed or crashed (it has no flow
+  retry); resource ``prefect.flow-run.<id>``, its state message in the payload.
 
 Patient ids, in resource ids and payloads, pass through :func:`tasks.privacy.prefect_patient_id`.
 Emitted inside a flow run, an event also names the run, its flow and deployment as related
@@ -83,7 +83,7 @@ def emit_model_promoted(store: str, version: str, previous: str | None, reason: 
 def emit_nightly_failed(flow: Any, flow_run: Any, state: Any) -> None:
     """``aml-smear.nightly.failed``: a flow ``on_failure`` hook for the deployed nightly retrain.
 
-    Prefect calls it once the run has failed for good (not before a retry); the payload carries
+    Prefect calls it when the run fails (the nightly has no flow retry); the payload carries
     the run's one-line reason (its state message).
     """
     emit_event(
