@@ -135,7 +135,11 @@ def run_factor(factor: int, work: Path) -> dict:
             for process in (*workers, scheduler):
                 process.terminate()
             for process in (*workers, scheduler):
-                process.wait(timeout=60)
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:  # a worker still closing its TensorFlow session
+                    process.kill()
+                    process.wait()
     return {"factor": factor, "cells": n_cells, "stages": figures, "peak_rss_mb": peaks}
 
 
