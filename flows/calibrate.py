@@ -7,7 +7,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from aml_model.calibration import SiteCalibration, check_counts, fit_site_calibration, validate_site_name
-from flows.ingest import discover_source, ensure_ingested, plan_ingest
+from flows.ingest import CHUNKS_PER_TASK, ensure_ingested, plan_source
 from flows.parameters import Layout, SiteName, require_existing
 from tasks import storage
 from tasks.devices import model_tasks
@@ -74,9 +74,8 @@ def calibrate_site(
         raise ValueError(message)
 
     # The ingest steps on this flow's task runner (Dask), at the model's input size.
-    plan = plan_ingest(discover_source(source, layout, s3_endpoint_url), store, None, model_ref.image_size, 64,
-                       s3_endpoint_url)
-    ensure_ingested(plan, 4)
+    plan = plan_source(source, store, layout, model_ref.image_size, s3_endpoint_url)
+    ensure_ingested(plan, CHUNKS_PER_TASK)
     data = load_training_set([plan.paths], store_options)
     n_blast = int(data.y.sum())
     logger.info("site %s: %d labelled cells (%d blast); %d without a label are not used; %d duplicate images dropped",

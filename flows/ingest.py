@@ -24,8 +24,12 @@ from tasks.ingest import ShardSpec, ingest_shard, plan_hash, plan_shards, write_
 from tasks.privacy import prefect_patient_ids
 from tasks.runs import RunConflictError, mark_complete, run_state
 
-__all__ = ["IngestPlan", "collect_ingest", "discover_source", "ensure_ingested", "finish_ingest", "ingest",
-           "plan_ingest", "start_ingest", "submit_ingest_shard"]
+__all__ = ["CHUNKS_PER_TASK", "CHUNK_CELLS", "IngestPlan", "collect_ingest", "discover_source", "ensure_ingested",
+           "finish_ingest", "ingest", "plan_ingest", "plan_source", "start_ingest", "submit_ingest_shard"]
+
+#: Cells per Zarr chunk, and chunks each decoding task writes: the flows' defaults.
+CHUNK_CELLS = 64
+CHUNKS_PER_TASK = 4
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,13 @@ def ensure_ingested(plan: IngestPlan, chunks_per_task: int) -> dict[str, int]:
     return finish_ingest(plan, collect_ingest(plan, futures), mark_success=True)
 
 
+def plan_source(source: str, store: str, layout: str, image_size: int, s3_endpoint_url: str | None) -> IngestPlan:
+    """Discover ``source`` and plan its run with the default chunking (run id from its inputs):
+    the first step of a flow that ingests as a step; ``ensure_ingested(plan, CHUNKS_PER_TASK)`` decodes."""
+    return plan_ingest(discover_source(source, layout, s3_endpoint_url), store, None, image_size, CHUNK_CELLS,
+                       s3_endpoint_url)
+
+
 def start_ingest(plan: IngestPlan, chunks_per_task: int) -> list[ShardSpec]:
     """Write the run's plan and images array; returns the decoding shards, each of whole chunks."""
     paths, found = plan.paths, plan.found
@@ -164,8 +175,8 @@ def ingest(
     run_id: RunId | None = None,
     layout: Layout = "auto",
     image_size: ImageSize = 224,
-    chunk_cells: Positive = 64,
-    chunks_per_task: Positive = 4,
+    chunk_cells: Positive = CHUNK_CELLS,
+    chunks_per_task: Positive = CHUNKS_PER_TASK,
     s3_endpoint_url: str | None = None,
     manifest_root: str | None = None,
 ) -> dict:

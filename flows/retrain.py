@@ -20,7 +20,7 @@ from aml_model.evaluate import compute_metrics, rates_by_group
 from aml_model.promotion import decide_promotion, unchanged_since_champion
 from aml_model.sampling import balanced_weights
 from aml_model.split import training_split
-from flows.ingest import discover_source, ensure_ingested, plan_ingest
+from flows.ingest import CHUNKS_PER_TASK, ensure_ingested, plan_source
 from flows.parameters import (BackboneWeights, ImageSize, Layout, Positive, Recipe, Sha256, TrainingPath,
                               require_existing)
 from tasks import storage
@@ -34,15 +34,11 @@ from tasks.training import (TrainedModel, TrainingSet, compare_with_champion, ev
 
 __all__ = ["retrain_and_evaluate"]
 
-#: Zarr chunks each ingest task decodes (as ``ingest``'s default).
-CHUNKS_PER_TASK = 4
-
-
 def _ingest_sources(sources: list[str], store: str, layout: str, image_size: int,
                     s3_endpoint_url: str | None) -> tuple[list[storage.RunPaths], bool]:
-    """Ingest every source on the task runner; returns the runs and whether all name patients."""
-    plans = [plan_ingest(discover_source(s, layout, s3_endpoint_url), store, None, image_size, 64, s3_endpoint_url)
-             for s in sources]
+    """Ingest every source on the task runner, each planned before any is decoded; returns the runs
+    and whether all name patients."""
+    plans = [plan_source(s, store, layout, image_size, s3_endpoint_url) for s in sources]
     for plan in plans:
         ensure_ingested(plan, CHUNKS_PER_TASK)
     return [p.paths for p in plans], all(p.found.layout != "class" for p in plans)
@@ -62,9 +58,10 @@ def _skip_if_unchanged(store: str, store_options: dict, data: TrainingSet, confi
             "recipe": settings["recipe"]}
 
 
-def _train(config: ExperimentConfig, data: TrainingSet, split: dict, training_path: str, augment_views: int,
-           store: str, store_options: dict) -> tuple[TrainedModel, str, str, int]:
-    """Build the backbone, embed what the feature cache lacks and train, each as a task on a worker.
+def _train(config: ExperimentConfig, data: TrainingSet, split: dict, test: pd.DataFrame, training_path: str,
+           augment_views: int, store: str, store_options: dict) -> tuple[TrainedModel, str, str, int]:
+    """Build the backbone, embed what the feature cache lacks and train, each as a task on a worker;
+    ``test`` is ``data.cells`` at ``split["test"]``, which the training task scores.
 
     Returns:
         (the staged model, backbone id, stored backbone weights URL, rows embedded).
@@ -74,7 +71,6 @@ def _train(config: ExperimentConfig, data: TrainingSet, split: dict, training_pa
     cache = FeatureCache(store, backbone_id, store_options)
     sources = data.cells["source"].to_numpy()
     weights_of = {name: balanced_weights(sources[split[name]], data.y[split[name]]) for name in ("train", "val")}
-    test = data.cells.iloc[split["test"]].reset_index(drop=True)
     if training_path == "plain":
         with model_tasks():
             trained = train_plain.submit(cache, config, data.cells, data.y, split, store_options,
@@ -171,9 +167,9 @@ def retrain_and_evaluate(
     logger.info("split by %s (seed %d): %s", "patient" if by_patient else "cell", seed,
                 {k: len(v) for k, v in split.items()})
 
-    trained, backbone_id, weights_file, embedded = _train(config, data, split, training_path, augment_views, store,
-                                                          store_options)
     test, y_test = data.cells.iloc[split["test"]].reset_index(drop=True), data.y[split["test"]]
+    trained, backbone_id, weights_file, embedded = _train(config, data, split, test, training_path, augment_views,
+                                                          store, store_options)
     metrics = compute_metrics(y_test, trained.p_test, config.threshold)
     logger.info("test metrics: accuracy %.3f, sensitivity %.3f, specificity %.3f, F1 %.3f, ROC AUC %.3f",
                 metrics.accuracy, metrics.sensitivity, metrics.specificity, metrics.f1, metrics.roc_auc)

@@ -106,6 +106,10 @@ def dask_task_runner(workers: int | None = None, scheduler: str | None = None) -
     return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=local_cluster_kwargs(n_workers))
 
 
+#: Where workers started here keep their spill files and locks.
+_WORKER_DIRECTORY = os.path.join(tempfile.gettempdir(), "aml-smear-dask")
+
+
 def _worker_env(threads: int) -> dict[str, str]:
     return {"OMP_NUM_THREADS": str(threads), "TF_NUM_INTRAOP_THREADS": str(threads), "TF_NUM_INTEROP_THREADS": "1",
             # TensorFlow's C++ errors and warnings ("failed call to cuInit" without a GPU) are
@@ -124,7 +128,7 @@ def local_cluster_kwargs(n_workers: int) -> dict:
         "threads_per_worker": 1,
         "processes": True,
         "dashboard_address": None,
-        "local_directory": os.path.join(tempfile.gettempdir(), "aml-smear-dask"),
+        "local_directory": _WORKER_DIRECTORY,
         "env": _worker_env(max(1, (os.cpu_count() or 1) // n_workers)),
     }
 
@@ -145,7 +149,7 @@ def gpu_cluster_spec(n_workers: int, gpus: list[str]) -> dict:
 
     total = max(n_workers, len(gpus))
     threads = max(1, (os.cpu_count() or 1) // total)
-    options = {"nthreads": 1, "local_directory": os.path.join(tempfile.gettempdir(), "aml-smear-dask")}
+    options = {"nthreads": 1, "local_directory": _WORKER_DIRECTORY}
     workers = {f"gpu-{gpu}": {"cls": Nanny, "options": {**options, "resources": {GPU_RESOURCE: 1},
                                                         "env": {**_worker_env(threads), "CUDA_VISIBLE_DEVICES": gpu}}}
                for gpu in gpus}

@@ -13,8 +13,8 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from aml_model.aggregate import RESEARCH_NOTE
 from aml_model.config import SummaryConfig
 from aml_model.report import cell_type_rates, patients_to_explain
-from flows.ingest import (IngestPlan, collect_ingest, discover_source, finish_ingest, plan_ingest, start_ingest,
-                          submit_ingest_shard)
+from flows.ingest import (CHUNK_CELLS, CHUNKS_PER_TASK, IngestPlan, collect_ingest, discover_source, finish_ingest,
+                          plan_ingest, start_ingest, submit_ingest_shard)
 from flows.parameters import Layout, Positive, Precision, Probability, RunId, SiteName, require_existing
 from flows.progress import results_with_progress
 from flows.runner import in_order
@@ -67,8 +67,8 @@ def score_smears(
     blast_cutoff: Probability = 0.2,
     min_cells: Positive = 100,
     precision: Precision = "auto",
-    chunk_cells: Positive = 64,
-    chunks_per_task: Positive = 4,
+    chunk_cells: Positive = CHUNK_CELLS,
+    chunks_per_task: Positive = CHUNKS_PER_TASK,
     s3_endpoint_url: str | None = None,
     explain: bool = True,
     explain_top_k: Positive = 12,

@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 # tracing its inference form a few seconds more. One model version at a time.
 _MODELS: dict[str, object] = {}
 _SCORERS: dict[tuple[str, str, int], object] = {}
-_PRECISIONS: dict[tuple[str, str], str] = {}
+_PRECISIONS: dict[str, str] = {}
 _LOCK = threading.RLock()
 
 
@@ -59,18 +59,17 @@ def worker_precision(requested: str, model: ModelRef) -> str:
     (:func:`aml_model.precision.resolve_precision`), else float32. Logged once per worker and model."""
     if requested != AUTO:
         return requested
-    key = ("auto", model.version)
     with _LOCK:
-        if key not in _PRECISIONS:
+        if model.version not in _PRECISIONS:
             import tensorflow as tf
 
             from aml_model.inference import REDUCED_PRECISION_MAX_ABS_DP
 
             gpu = bool(tf.config.list_physical_devices("GPU"))
-            _PRECISIONS[key], reason = resolve_precision(requested, model.precision_agreement, cpu_flags(), gpu,
-                                                         REDUCED_PRECISION_MAX_ABS_DP)
-            logger.info("model %s scores in %s on this worker: %s", model.version, _PRECISIONS[key], reason)
-        return _PRECISIONS[key]
+            _PRECISIONS[model.version], reason = resolve_precision(requested, model.precision_agreement, cpu_flags(),
+                                                                   gpu, REDUCED_PRECISION_MAX_ABS_DP)
+            logger.info("model %s scores in %s on this worker: %s", model.version, _PRECISIONS[model.version], reason)
+        return _PRECISIONS[model.version]
 
 
 def worker_scorer(model: ModelRef, storage_options: dict, precision: str, batch_size: int):

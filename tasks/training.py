@@ -195,7 +195,7 @@ def register_challenger(trained: TrainedModel, card: dict, figures: dict[str, by
                                extra_files={**figures, TEST_PREDICTIONS: buffer.getvalue()})
 
 
-def _agreement(model, test: pd.DataFrame, storage_options: dict) -> dict[str, float]:
+def _measure_agreement(model, test: pd.DataFrame, storage_options: dict) -> dict[str, float]:
     from aml_model.precision import precision_agreement
 
     return precision_agreement(model, load_cells(test.iloc[:AGREEMENT_CELLS], storage_options))
@@ -288,7 +288,7 @@ def train_on_features(cache, config, feature_shape, train_rows, y_train_rows, va
                            head)
     p_test = predict_cells(model, cell_rows(test, storage_options))
     return TrainedModel(_stage(model, cache.store, storage_options), history, best, p_test, attempts,
-                        _agreement(model, test, storage_options))
+                        _measure_agreement(model, test, storage_options))
 
 
 @task(name="train-plain", cache_policy=NO_CACHE)
@@ -325,4 +325,4 @@ def train_plain(cache, config, cells: pd.DataFrame, y, split, storage_options, t
     model, history, best, attempts = _train_guarded(config, y[split["val"]], attempt)
     p_test = predict_cells(model, images.subset(split["test"]))
     return TrainedModel(_stage(model, cache.store, storage_options), history, best, p_test, attempts,
-                        _agreement(model, cells.iloc[split["test"]], storage_options))
+                        _measure_agreement(model, cells.iloc[split["test"]], storage_options))
