@@ -21,6 +21,8 @@ __all__ = [
     "ExperimentConfig",
     "ModelConfig",
     "PreprocessConfig",
+    "RetrainConfig",
+    "ScoringConfig",
     "SummaryConfig",
     "TrainConfig",
 ]
@@ -302,3 +304,37 @@ class SummaryConfig:
         _require(0 < self.confidence < 1, "confidence", self.confidence, "a level in (0, 1)")
         _require(0 <= self.max_quarantine_fraction <= 1, "max_quarantine_fraction",
                  self.max_quarantine_fraction, "a fraction in [0, 1]")
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    """How a scoring runs on the workers (what it calls is :class:`SummaryConfig`).
+
+    Attributes:
+        batch_size: cells per forward pass on a worker.
+        precision: "auto" (each worker picks) or an inference precision (aml_model.inference).
+        chunk_cells: cells per Zarr chunk of a run's arrays.
+        chunks_per_task: chunks one decoding (and scoring) task takes.
+        explain_top_k: most blast-like cells per patient in the reports and Grad-CAM.
+    """
+
+    batch_size: int = 64
+    precision: str = "auto"
+    chunk_cells: int = 64
+    chunks_per_task: int = 4
+    explain_top_k: int = 12
+
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    """How a retrain trains and promotes, besides the model's :class:`ExperimentConfig`.
+
+    Attributes:
+        augment_views: augmented views per training cell in the feature cache (cached path).
+        training_path: "cached" (head on cached backbone features) or "plain" (backbone in the loop).
+        promotion_margin: tolerated ROC AUC drop of a challenger against the champion.
+    """
+
+    augment_views: int = 2
+    training_path: str = "cached"
+    promotion_margin: float = 0.005

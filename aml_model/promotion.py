@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from aml_model.config import RetrainConfig
 from aml_model.evaluate import BinaryMetrics
 
 __all__ = ["PromotionDecision", "decide_promotion", "unchanged_since_champion"]
@@ -20,7 +21,7 @@ class PromotionDecision:
 
 def decide_promotion(
     comparisons: dict[str, tuple[BinaryMetrics, BinaryMetrics]],
-    margin: float = 0.005,
+    margin: float = RetrainConfig.promotion_margin,
 ) -> PromotionDecision:
     """Promote only if, on every test set compared, the challenger's ROC AUC is not lower than the
     champion's by more than ``margin`` and its sensitivity is not lower.

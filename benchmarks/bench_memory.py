@@ -62,12 +62,13 @@ def peak_rss_mb(source: Path, store: Path, model_file: str) -> float:
     from prefect_dask import DaskTaskRunner
 
     from flows.runner import local_cluster_kwargs
+    from flows.parameters import ScoreOptions
     from flows.score import score_smears
 
     with LocalCluster(**local_cluster_kwargs(2)) as cluster, Client(cluster) as client:
         runner = DaskTaskRunner(address=cluster.scheduler_address)
-        score_smears.with_options(task_runner=runner)(source=str(source), store=str(store), model=model_file,
-                                                      explain=False)
+        score_smears.with_options(task_runner=runner)(source=str(source), store=str(store),
+                                                      options=ScoreOptions(model=model_file, explain=False))
         return max(client.run(_worker_peak_rss_mb).values())
 
 
@@ -79,13 +80,15 @@ def retrain_peaks(source: Path, store: Path) -> dict:
     from distributed import Client, LocalCluster
     from prefect_dask import DaskTaskRunner
 
+    from flows.parameters import RetrainOptions
     from flows.retrain import retrain_and_evaluate
     from flows.runner import local_cluster_kwargs
 
     with LocalCluster(**local_cluster_kwargs(2)) as cluster, Client(cluster) as client:
         flow = retrain_and_evaluate.with_options(task_runner=DaskTaskRunner(address=cluster.scheduler_address))
-        result = flow(sources=[str(source)], store=str(store), backbone_weights="none", epochs=RETRAIN_EPOCHS,
-                      patience=RETRAIN_EPOCHS, image_size=RETRAIN_IMAGE_SIZE, augment_views=RETRAIN_VIEWS)
+        result = flow(sources=[str(source)], store=str(store),
+                      options=RetrainOptions(backbone_weights="none", epochs=RETRAIN_EPOCHS, patience=RETRAIN_EPOCHS,
+                                             image_size=RETRAIN_IMAGE_SIZE, augment_views=RETRAIN_VIEWS))
         workers = sorted(client.run(_worker_peak_rss_mb).values())
     flow_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"flow": flow_peak, "workers": workers, "rows": result["embedded"], "seconds": result["seconds"]}

@@ -36,6 +36,7 @@ def _train(context: dict, names: tuple[str, ...]) -> dict:
     from prefect_dask import DaskTaskRunner
 
     from benchmarks.common import require_lmu_cells, sample_cohort
+    from flows.parameters import RetrainOptions
     from flows.retrain import retrain_and_evaluate
     from flows.runner import local_cluster_kwargs
 
@@ -43,8 +44,8 @@ def _train(context: dict, names: tuple[str, ...]) -> dict:
     source = work / "retrain-cohort"
     if not source.exists():
         sample_cohort(require_lmu_cells(), source, N_CELLS)
-    common = dict(sources=[str(source)], backbone_weights="none", epochs=EPOCHS, patience=EPOCHS,
-                  augment_views=AUGMENT_VIEWS, image_size=IMAGE_SIZE)
+    common = dict(backbone_weights="none", epochs=EPOCHS, patience=EPOCHS, augment_views=AUGMENT_VIEWS,
+                  image_size=IMAGE_SIZE)
     path_of = dict(RUNS)
     runs = {}
     for path in dict.fromkeys(path_of[name] for name in names):
@@ -52,7 +53,8 @@ def _train(context: dict, names: tuple[str, ...]) -> dict:
             flow = retrain_and_evaluate.with_options(task_runner=DaskTaskRunner(address=cluster.scheduler_address))
             for name in (n for n in names if path_of[n] == path):
                 started = time.perf_counter()
-                result = flow(store=str(work / f"retrain-{path}"), training_path=path, **common)
+                result = flow(sources=[str(source)], store=str(work / f"retrain-{path}"),
+                              options=RetrainOptions(training_path=path, **common))
                 runs[name] = {"seconds": time.perf_counter() - started, "auc": result["metrics"]["roc_auc"],
                               "model": result["model"]}
     context["trained_model"] = runs[names[0]]["model"]

@@ -96,6 +96,7 @@ def run_factor(factor: int, work: Path) -> dict:
 
     from benchmarks.common import require_lmu_cells
     from flows.ingest import ingest
+    from flows.parameters import RetrainOptions, ScoreOptions
     from flows.retrain import retrain_and_evaluate
     from flows.runner import shared_prefect_api
     from flows.score import score_smears
@@ -112,10 +113,12 @@ def run_factor(factor: int, work: Path) -> dict:
                 stages = {
                     "ingest": lambda: ingest.with_options(task_runner=runner)(source=str(source), **common),
                     "retrain": lambda: retrain_and_evaluate.with_options(task_runner=runner)(
-                        sources=[str(source)], backbone_weights="none", epochs=EPOCHS, patience=EPOCHS,
-                        augment_views=1, **common),
+                        sources=[str(source)], store=store,
+                        options=RetrainOptions(backbone_weights="none", epochs=EPOCHS, patience=EPOCHS,
+                                               augment_views=1, image_size=IMAGE_SIZE)),
                     "score": lambda: score_smears.with_options(task_runner=runner)(
-                        source=str(source), store=store, model="champion", explain=False, min_cells=BASE // 2),
+                        source=str(source), store=store,
+                        options=ScoreOptions(model="champion", explain=False, min_cells=BASE // 2)),
                 }
                 figures = {}
                 for stage, run in stages.items():

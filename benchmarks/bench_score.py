@@ -140,9 +140,11 @@ def _score_run(flow, source: Path, store: Path, model_file: str, run: str, preci
     The one place that knows the flow's parameters and result; a run that found its work already
     done would time nothing, and is refused.
     """
+    from flows.parameters import ScoreOptions
+
     started = time.perf_counter()
-    result = flow(source=str(source), store=str(store), model=model_file, run_id=run, precision=precision,
-                  min_cells=50, explain=False)
+    result = flow(source=str(source), store=str(store),
+                  options=ScoreOptions(model=model_file, run_id=run, precision=precision, min_cells=50, explain=False))
     elapsed = time.perf_counter() - started
     if result.get("already_complete") or not result["cells"]:
         message = f"score-smears run {run!r} in {store} scored nothing new: its timing would mean nothing"

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact
 
-from aml_model.calibration import SiteCalibration, check_counts, fit_site_calibration, validate_site_name
+from aml_model.calibration import check_counts, fit_site_calibration, validate_site_name
 from flows.ingest import CHUNKS_PER_TASK, ensure_ingested, plan_source
 from flows.parameters import Layout, SiteName, require_existing
 from tasks import storage
 from tasks.devices import model_tasks
-from tasks.calibration import save_site_calibration, score_labelled_cells
-from tasks.registry import resolve_model
+from tasks.calibration import publish_site_calibration, save_site_calibration, score_labelled_cells
+from tasks.registry import ModelRef, resolve_model
 from tasks.training import load_training_set
 
 __all__ = ["calibrate_site"]
@@ -20,20 +19,14 @@ __all__ = ["calibrate_site"]
 CELLS_PER_TASK = 256
 
 
-def _markdown(calibration: SiteCalibration, url: str) -> str:
-    before, after = calibration.before, calibration.after
-    lines = [f"# Site calibration: {calibration.site}", "",
-             f"Model `{calibration.model_version}`, {calibration.method}: calibrated = sigmoid("
-             f"{calibration.slope:.3f} x logit(p) + {calibration.intercept:.3f}); threshold "
-             f"{calibration.threshold:g} on the calibrated scale (raw probability {calibration.raw_threshold:.3f}).",
-             "", f"Fitted on {calibration.n_blast} blast and {calibration.n_other} other labelled cells "
-             "(the figures below are on those same cells).", "",
-             "| | accuracy | sensitivity | specificity | ROC AUC | threshold |", "|---|---|---|---|---|---|"]
-    for name, m in (("before (raw)", before), ("after (calibrated)", after)):
-        lines.append(f"| {name} | {m.accuracy:.3f} | {m.sensitivity:.3f} | {m.specificity:.3f} | {m.roc_auc:.3f} | "
-                     f"{m.threshold:g} |")
-    lines += ["", f"Stored at `{url}`."]
-    return "\n".join(lines)
+def _registered_model(model: str, store: str, store_options: dict) -> ModelRef:
+    """The registered model to calibrate (a bare .keras file has no place for a calibration)."""
+    model_ref = resolve_model(model, store, store_options)
+    if model_ref.version.startswith("file-"):
+        message = (f"model {model!r} is a bare .keras file: calibrate the champion or a version registered in "
+                   f"{store} (the calibration is stored next to the registered model)")
+        raise ValueError(message)
+    return model_ref
 
 
 @flow(name="calibrate-site", validate_parameters=True)
@@ -67,12 +60,7 @@ def calibrate_site(
     # The parameters' types were checked before this line; now that the source exists.
     require_existing([source], "source", s3_endpoint_url)
     store_options = storage.storage_options_for(store, s3_endpoint_url)
-    model_ref = resolve_model(model, store, store_options)
-    if model_ref.version.startswith("file-"):
-        message = (f"model {model!r} is a bare .keras file: calibrate the champion or a version registered in "
-                   f"{store} (the calibration is stored next to the registered model)")
-        raise ValueError(message)
-
+    model_ref = _registered_model(model, store, store_options)
     # The ingest steps on this flow's task runner (Dask), at the model's input size.
     plan = plan_source(source, store, layout, model_ref.image_size, s3_endpoint_url)
     ensure_ingested(plan, CHUNKS_PER_TASK)
@@ -94,8 +82,7 @@ def calibrate_site(
     logger.info("site %s, model %s: slope %.3f, intercept %.3f; sensitivity %.3f -> %.3f, specificity %.3f -> %.3f; %s",
                 site, model_ref.version, calibration.slope, calibration.intercept, before.sensitivity,
                 after.sensitivity, before.specificity, after.specificity, url)
-    create_markdown_artifact(key="site-calibration", markdown=_markdown(calibration, url),
-                             description=f"calibration of site {site} for model {model_ref.version}")
+    publish_site_calibration(calibration, url)
     return {"site": site, "model_version": model_ref.version, "calibration": url, "run_id": plan.paths.run_id,
             "n_blast": calibration.n_blast, "n_other": calibration.n_other,
             "coefficients": dict(calibration.coefficients), "threshold": calibration.threshold,

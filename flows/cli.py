@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -60,7 +61,9 @@ def _reason(exc: BaseException) -> str:
     from flows.logs import one_line
 
     if isinstance(exc, ParameterTypeError):  # raised before any flow run: say it plainly
-        return one_line(exc).replace("Flow run received invalid parameters:", "invalid parameters:")
+        # An options field is a CLI option of its own name: "options.epochs" is --epochs.
+        message = re.sub(r"(^|\s)options\.", r"\1", one_line(exc))
+        return message.replace("Flow run received invalid parameters:", "invalid parameters:")
     if isinstance(exc, AmlSmearError | ValueError | FileNotFoundError | PermissionError):
         return one_line(exc)
     return f"{type(exc).__name__}: {one_line(exc)} (aml-smear --debug shows the traceback)"
@@ -205,25 +208,23 @@ def _echo_patients(result: dict) -> None:
               help="Most blast-like cells per patient in the reports (and Grad-CAM).")
 @click.option("--site", default=None, help="Use this site's calibration of the model (see `aml-smear calibrate`).")
 @_cluster_options
-def score_command(source, store, model, run_id, score_id, new_only, threshold, blast_cutoff, min_cells, layout,
-                  batch_size, precision, explain, explain_top_k, site, workers, scheduler, s3_endpoint_url) -> None:
+def score_command(source, store, workers, scheduler, **parameters) -> None:
     """Score the cells of SOURCE and call each patient.
 
     Each model and settings make their own scoring of the source's decoded cells; a finished
     scoring is never rewritten.
     """
+    from flows.parameters import ScoreOptions, nest_options
     from flows.score import score_smears
 
-    result = _run_flow(score_smears, workers, scheduler, source=source, store=store, model=model, run_id=run_id,
-                       score_id=score_id, new_only=new_only, threshold=threshold, blast_cutoff=blast_cutoff, min_cells=min_cells, layout=layout,
-                       batch_size=batch_size, precision=precision, s3_endpoint_url=s3_endpoint_url, explain=explain,
-                       explain_top_k=explain_top_k, site=site)
+    result = _run_flow(score_smears, workers, scheduler,
+                       **nest_options({"source": source, "store": store, **parameters}, ScoreOptions))
     if result["nothing_new"]:
         click.echo(f"nothing new in {source}: model {result['model_version']} has scored every patient's "
                    f"current images")
         return
-    if site:
-        click.echo(f"site {site}: calibrated probabilities and the site's threshold make the calls")
+    if result["site"]:
+        click.echo(f"site {result['site']}: calibrated probabilities and the site's threshold make the calls")
     _echo_patients(result)
     click.echo(f"patient reports: {result['report']}")
 
@@ -269,18 +270,14 @@ def calibrate_command(source, store, site, model, layout, workers, scheduler, s3
 @click.option("--recipe", type=click.Choice(RECIPES), default=DEFAULT_RECIPE, show_default=True,
               help="paper: Hassan et al. unchanged; robust: colour standardisation, colour and scale augmentation.")
 @_cluster_options
-def retrain_command(sources, store, epochs, patience, seed, backbone_weights, backbone_weights_sha256, image_size,
-                    augment_views, promotion_margin, training_path, layout, recipe, workers, scheduler,
-                    s3_endpoint_url):
+def retrain_command(sources, store, workers, scheduler, **parameters):
     """Train and evaluate the model on labelled SOURCES together (balanced by source and label);
     promote it if no worse than the champion."""
+    from flows.parameters import RetrainOptions, nest_options
     from flows.retrain import retrain_and_evaluate
 
-    result = _run_flow(retrain_and_evaluate, workers, scheduler, sources=list(sources), store=store, epochs=epochs,
-                       patience=patience, seed=seed, backbone_weights=backbone_weights,
-                       backbone_weights_sha256=backbone_weights_sha256, image_size=image_size,
-                       augment_views=augment_views, promotion_margin=promotion_margin, training_path=training_path,
-                       layout=layout, recipe=recipe, s3_endpoint_url=s3_endpoint_url)
+    result = _run_flow(retrain_and_evaluate, workers, scheduler,
+                       **nest_options({"sources": list(sources), "store": store, **parameters}, RetrainOptions))
     m = result["metrics"]
     click.echo(f"model {result['version']} ({'champion' if result['promoted'] else 'candidate'}): test ROC AUC "
                f"{m['roc_auc']:.3f}, accuracy {m['accuracy']:.3f}, sensitivity {m['sensitivity']:.3f}, "
@@ -318,6 +315,7 @@ def bootstrap_command(sources, store, from_variables, force, epochs, backbone_we
     a champion, unless --force.
     """
     from flows.nightly import nightly_parameters, read_nightly_variables
+    from flows.parameters import RetrainOptions, nest_options
     from flows.retrain import retrain_and_evaluate
     from tasks import storage
     from tasks.registry import read_champion, set_champion
@@ -334,7 +332,7 @@ def bootstrap_command(sources, store, from_variables, force, epochs, backbone_we
     if current and not force:
         raise _CliError(f"{store} already has champion {current['version']}; nothing done (the nightly retrains "
                         f"it; --force trains and promotes another)")
-    result = _run_flow(retrain_and_evaluate, workers, scheduler, **parameters)
+    result = _run_flow(retrain_and_evaluate, workers, scheduler, **nest_options(parameters, RetrainOptions))
     if not result["promoted"]:
         set_champion(store, result["version"], options, reason="aml-smear bootstrap --force")
     m = result["metrics"]

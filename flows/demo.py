@@ -8,7 +8,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from aml_model.synthetic import DEMO_COHORT, SyntheticPatient, write_synthetic_cohort
-from flows.parameters import Positive
+from flows.parameters import Positive, RetrainOptions, ScoreOptions
 from flows.retrain import retrain_and_evaluate
 from flows.runner import on_this_cluster
 from flows.score import score_smears
@@ -36,10 +36,11 @@ def demo_flow(store: str, epochs: Positive = 15, cells_per_patient: Positive = 4
     logger.info("synthetic demo cohort in %s, training cohort in %s", data, training)
     # The paper's procedure at a small input size, with an untrained backbone: nothing to download.
     # Both subflows run their tasks on this flow's cluster (``demo --workers N`` sizes it).
-    model = on_this_cluster(retrain_and_evaluate)(sources=[str(training)], store=store, epochs=epochs, patience=3,
-                                                  backbone_weights="none", image_size=DEMO_IMAGE_SIZE,
-                                                  augment_views=1)
-    result = on_this_cluster(score_smears)(source=str(data), store=store, model="champion",
-                                           min_cells=min(30, cells_per_patient))
+    model = on_this_cluster(retrain_and_evaluate)(
+        sources=[str(training)], store=store,
+        options=RetrainOptions(epochs=epochs, patience=3, backbone_weights="none", image_size=DEMO_IMAGE_SIZE,
+                               augment_views=1))
+    result = on_this_cluster(score_smears)(source=str(data), store=store,
+                                           options=ScoreOptions(min_cells=min(30, cells_per_patient)))
     return {**result, "store": store, "data": str(data), "model_dir": posixpath.dirname(model["model"]),
             "model_metrics": model["metrics"]}

@@ -16,6 +16,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.futures import PrefectFuture
 
+from aml_model.config import ScoringConfig
 from flows.parameters import ImageSize, Layout, Positive, RunId, require_existing
 from flows.progress import results_with_progress
 from tasks import storage
@@ -28,8 +29,8 @@ __all__ = ["CHUNKS_PER_TASK", "CHUNK_CELLS", "IngestPlan", "collect_ingest", "di
            "finish_ingest", "ingest", "plan_ingest", "plan_source", "start_ingest", "submit_ingest_shard"]
 
 #: Cells per Zarr chunk, and chunks each decoding task writes: the flows' defaults.
-CHUNK_CELLS = 64
-CHUNKS_PER_TASK = 4
+CHUNK_CELLS = ScoringConfig.chunk_cells
+CHUNKS_PER_TASK = ScoringConfig.chunks_per_task
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from typing import Annotated, Any
 from prefect import flow, get_run_logger
 from pydantic import Field
 
-from flows.parameters import BackboneWeights, ImageSize, Layout, Positive, Recipe, Sha256, TrainingPath
+from flows.parameters import PartialRetrainOptions, RetrainOptions, nest_options
 from flows.retrain import retrain_and_evaluate
 
 __all__ = ["NIGHTLY_VARIABLES", "OPTIONS_VARIABLE", "nightly_parameters", "nightly_retrain", "read_nightly_variables"]
@@ -36,7 +36,9 @@ NIGHTLY_VARIABLES: Mapping[str, str] = {
 }
 # A JSON object of any other retrain parameter, e.g. {"augment_views": 1, "patience": 3}.
 OPTIONS_VARIABLE = "aml_smear_retrain_options"
-RETRAIN_PARAMETERS = frozenset(inspect.signature(retrain_and_evaluate.fn).parameters) - {"skip_unchanged"}
+# The retrain's inputs besides its options; with the options' fields, the nightly's parameters by name.
+_INPUTS = frozenset(inspect.signature(retrain_and_evaluate.fn).parameters) - {"options", "skip_unchanged"}
+RETRAIN_PARAMETERS = _INPUTS | frozenset(RetrainOptions.model_fields)
 
 
 def _value(value: Any) -> Any:
@@ -101,39 +103,30 @@ def nightly_retrain(
     # The retrain flow's types, each optional: a given value is checked before the run starts.
     sources: Annotated[list[str], Field(min_length=1)] | None = None,
     store: str | None = None,
-    epochs: Positive | None = None,
-    patience: Annotated[int, Field(ge=0)] | None = None,
-    seed: Annotated[int, Field(ge=0, lt=2**32)] | None = None,
-    backbone_weights: BackboneWeights | None = None,
-    backbone_weights_sha256: Sha256 | None = None,
-    image_size: ImageSize | None = None,
-    augment_views: Annotated[int, Field(ge=0, le=64)] | None = None,
-    promotion_margin: Annotated[float, Field(ge=0, le=1)] | None = None,
-    training_path: TrainingPath | None = None,
-    layout: Layout | None = None,
+    options: PartialRetrainOptions | None = None,
     s3_endpoint_url: str | None = None,
-    recipe: Recipe | None = None,
     force: bool = False,
 ) -> dict:
     """Retrain with the configuration in the Prefect variables, read now; given parameters win.
 
-    Every parameter is that of :func:`flows.retrain.retrain_and_evaluate`: a given one is checked
-    before the run starts (a bad one never runs, so is never retried); unset ones come from the
-    variables of NIGHTLY_VARIABLES and ``aml_smear_retrain_options``, then from that flow's
-    defaults, checked when the run starts (a bad variable fails the run with its name, before
-    anything is written). ``force`` trains even when nothing changed since the champion.
+    Every parameter is that of :func:`flows.retrain.retrain_and_evaluate`, and ``options`` may give
+    some of its options only: a given one is checked before the run starts (a bad one never runs);
+    unset ones come from the variables of NIGHTLY_VARIABLES and ``aml_smear_retrain_options``, then
+    from that flow's defaults, checked when the run starts (a bad variable fails the run with its
+    name, before anything is written). ``force`` trains even when nothing changed since the champion.
 
     Returns:
         retrain_and_evaluate's result (``skipped`` says whether it trained), plus ``configuration``:
         where each parameter came from.
     """
-    explicit = {name: value for name, value in locals().items() if name != "force"}
+    given = options.model_dump(exclude_none=True) if options is not None else {}
+    explicit = {"sources": sources, "store": store, "s3_endpoint_url": s3_endpoint_url, **given}
     parameters, origin = nightly_parameters(explicit, read_nightly_variables())
     logger = get_run_logger()
     for name in sorted(parameters):
         logger.info("%s = %s (%s)", name, json.dumps(parameters[name]), origin[name])
     # The retrain flow's own types, choices and bounds; a bad variable fails the run here, with its name.
-    checked = retrain_and_evaluate.validate_parameters({**parameters, "skip_unchanged": not force})
+    checked = retrain_and_evaluate.validate_parameters({**nest_options(parameters, RetrainOptions), "skip_unchanged": not force})
     # Its body in this flow run: one run, on this flow's task runner, timeout and retries.
     result = retrain_and_evaluate.fn(**checked)
     return {**result, "configuration": origin}

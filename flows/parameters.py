@@ -1,4 +1,4 @@
-"""The types of the flows' parameters, and the checks every flow makes before it writes anything.
+"""The types of the flows' parameters, their options, and the checks every flow makes before it writes anything.
 
 Prefect validates a flow's arguments against its signature (pydantic) before the flow's first line
 runs: a value outside a ``Literal`` or a ``Field`` bound fails the flow run at once, with a state
@@ -6,29 +6,39 @@ message naming the parameter and what it accepts (``ParameterTypeError``), and n
 The deployments publish the same types as their parameter schema, so the Prefect server refuses
 such a value already when a run is created. What a type cannot say (that a source exists) is
 checked by :func:`require_existing` at the start of each flow, also before anything is written.
+
+:class:`ScoreOptions` and :class:`RetrainOptions` are the typed options of ``score-smears`` and
+``retrain-and-evaluate``: one flow parameter (``options``) each, whose defaults come from
+:mod:`aml_model.config`. The CLI's options and the deployments' parameters are checked against them
+(tests/flows/test_cli_defaults.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Annotated, Literal
+from collections.abc import Iterable, Mapping
+from typing import Annotated, Any, Literal
 
 import fsspec
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from aml_model.config import Recipe
+from aml_model.config import (DEFAULT_RECIPE, ExperimentConfig, ModelConfig, Recipe, RetrainConfig, ScoringConfig,
+                              SummaryConfig, TrainConfig)
 from tasks import storage
 
 __all__ = [
     "BackboneWeights",
     "ImageSize",
     "Layout",
+    "PartialRetrainOptions",
     "Positive",
     "Precision",
     "Probability",
     "Recipe",
+    "RetrainOptions",
     "RunId",
+    "ScoreOptions",
     "Sha256",
+    "nest_options",
     "SiteName",
     "TrainingPath",
     "require_existing",
@@ -70,3 +80,94 @@ def require_existing(urls: Iterable[str], what: str, s3_endpoint_url: str | None
         if not fs.exists(path):
             message = f"{what} {url} does not exist"
             raise FileNotFoundError(message)
+
+
+class ScoreOptions(BaseModel):
+    """How ``score-smears`` scores and calls: everything but what to score, where, and the S3 endpoint."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = Field("champion", description='"champion", a registered version, or a .keras path/URL.')
+    run_id: RunId | None = Field(None, description="The ingest run to score; by default the source name and a "
+                                 "hash of its inputs, so the same inputs map to the same run whatever the model.")
+    score_id: RunId | None = Field(None, description="The scoring to write; by default the model version and a "
+                                   "hash of the settings, so the same model and settings map to the same scoring.")
+    layout: Layout = Field("auto", description="Source layout (as for ingest).")
+    batch_size: Positive = Field(ScoringConfig.batch_size, description="Cells per forward pass on a worker.")
+    threshold: Probability = Field(SummaryConfig.threshold, description="Probability at which a cell is "
+                                   "blast-like; must stay at its default with a site.")
+    blast_cutoff: Probability = Field(SummaryConfig.blast_cutoff, description="Blast-like fraction that "
+                                      "suspects AML.")
+    min_cells: Positive = Field(SummaryConfig.min_cells, description="Fewer scored cells give INSUFFICIENT_CELLS.")
+    precision: Precision = Field(ScoringConfig.precision, description='"auto" (each worker picks: '
+                                 'tasks.predict.worker_precision), "float32", "bfloat16" or "float16".')
+    chunk_cells: Positive = Field(ScoringConfig.chunk_cells, description="Cells per Zarr chunk of a new run.")
+    chunks_per_task: Positive = Field(ScoringConfig.chunks_per_task, description="Chunks per decoding and "
+                                      "scoring task.")
+    explain: bool = Field(True, description="Grad-CAM of the most blast-like cells of each AML_SUSPECTED or "
+                          "INDETERMINATE patient, in the reports.")
+    explain_top_k: Positive = Field(ScoringConfig.explain_top_k, description="Cells per patient in the "
+                                    "reports' galleries (and Grad-CAM).")
+    site: SiteName | None = Field(None, description="Score with this site's calibration of the model "
+                                  "(aml-smear calibrate); refused when the site has none for this model version.")
+
+    def summary_config(self, site_threshold: float | None = None) -> SummaryConfig:
+        """The call rule; a site's calibrated threshold replaces ``threshold``."""
+        threshold = self.threshold if site_threshold is None else site_threshold
+        return SummaryConfig(threshold=threshold, blast_cutoff=self.blast_cutoff, min_cells=self.min_cells)
+
+
+class RetrainOptions(BaseModel):
+    """How ``retrain-and-evaluate`` trains, evaluates and promotes: everything but the sources and the store."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    epochs: Positive = Field(TrainConfig.epochs, description="Most training epochs.")
+    patience: Annotated[int, Field(ge=0)] = Field(TrainConfig.early_stopping_patience,
+                                                  description="Early-stopping patience on validation loss, epochs.")
+    seed: Annotated[int, Field(ge=0, lt=2**32)] = Field(TrainConfig.seed, description="Seed of the split, "
+                                                        "initialisation, shuffling and augmentation.")
+    backbone_weights: BackboneWeights = Field(ModelConfig.backbone_weights, description='"imagenet", "none", '
+                                              "or a weights file path/URL.")
+    backbone_weights_sha256: Sha256 | None = Field(None, description="Checked against the weights file.")
+    image_size: ImageSize = Field(ModelConfig.image_size, description="Model input side, pixels (224 in the paper).")
+    augment_views: Annotated[int, Field(ge=0, le=64)] = Field(RetrainConfig.augment_views, description=
+                                                              "Augmented views per training cell (cached path).")
+    promotion_margin: Annotated[float, Field(ge=0, le=1)] = Field(RetrainConfig.promotion_margin, description=
+                                                                  "Tolerated ROC AUC drop against the champion.")
+    training_path: TrainingPath = Field(RetrainConfig.training_path, description='"cached" (head on cached '
+                                        'backbone features) or "plain" (backbone in the loop).')
+    layout: Layout = Field("auto", description="Source layout (as for ingest).")
+    recipe: Recipe = Field(DEFAULT_RECIPE, description='"paper" (Hassan et al. unchanged) or "robust" '
+                           '(docs/design.md, "The model and its recipes").')
+
+    def experiment_config(self) -> ExperimentConfig:
+        """The model's configuration: the recipe's, at these input size, weights and training settings."""
+        return ExperimentConfig.for_recipe(
+            self.recipe, ModelConfig(image_size=self.image_size, backbone_weights=self.backbone_weights,
+                                     backbone_weights_sha256=self.backbone_weights_sha256),
+            TrainConfig(epochs=self.epochs, early_stopping_patience=self.patience, seed=self.seed))
+
+    def settings(self) -> dict:
+        """What a model card records besides the configuration (and what "unchanged" compares)."""
+        return {"recipe": self.recipe, "training_path": self.training_path, "augment_views": self.augment_views}
+
+
+def _all_optional(model: type[BaseModel]) -> type[BaseModel]:
+    """``model`` with every field optional and None by default (options given in part), its
+    types, choices and bounds kept for the values that are given."""
+    fields = {name: ((Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation) | None,
+                     Field(None, description=info.description))
+              for name, info in model.model_fields.items()}
+    return create_model(f"Partial{model.__name__}", __config__=ConfigDict(extra="forbid", frozen=True), **fields)
+
+
+#: Some of the retrain's options (the nightly's: the rest come from Prefect variables or defaults).
+PartialRetrainOptions = _all_optional(RetrainOptions)
+
+
+def nest_options(parameters: Mapping[str, Any], options: type[BaseModel]) -> dict[str, Any]:
+    """A flow's arguments from its parameters by name (as the CLI and the nightly hold them): the
+    fields of ``options`` gathered into the flow's ``options`` argument, the rest as they are."""
+    return {**{name: value for name, value in parameters.items() if name not in options.model_fields},
+            "options": {name: value for name, value in parameters.items() if name in options.model_fields}}

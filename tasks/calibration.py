@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from prefect.artifacts import create_markdown_artifact
 
 from aml_model.calibration import SiteCalibration, validate_site_name
 from aml_model.errors import AmlSmearError
@@ -13,8 +14,9 @@ from tasks.registry import CARD_FILE, ModelNotFoundError, ModelRef, models_root
 from tasks.retry import store_task
 from tasks.training import load_cells
 
-__all__ = ["CalibrationNotFoundError", "calibrated_versions", "list_sites", "read_site_calibration",
-           "save_site_calibration", "score_labelled_cells", "site_calibration_url"]
+__all__ = ["CalibrationNotFoundError", "calibrated_versions", "calibration_markdown", "list_sites",
+           "publish_site_calibration", "read_site_calibration", "save_site_calibration", "score_labelled_cells",
+           "site_calibration_url"]
 
 SITES = "sites"
 
@@ -95,3 +97,26 @@ def score_labelled_cells(cells: pd.DataFrame, model: ModelRef, store_options: di
     if not len(images):
         return np.zeros(0, np.float32)
     return worker_scorer(model, store_options, "float32", batch_size)(images)
+
+
+def calibration_markdown(calibration: SiteCalibration, url: str) -> str:
+    """The ``site-calibration`` artifact: the fit, its threshold, and the figures before and after."""
+    before, after = calibration.before, calibration.after
+    lines = [f"# Site calibration: {calibration.site}", "",
+             f"Model `{calibration.model_version}`, {calibration.method}: calibrated = sigmoid("
+             f"{calibration.slope:.3f} x logit(p) + {calibration.intercept:.3f}); threshold "
+             f"{calibration.threshold:g} on the calibrated scale (raw probability {calibration.raw_threshold:.3f}).",
+             "", f"Fitted on {calibration.n_blast} blast and {calibration.n_other} other labelled cells "
+             "(the figures below are on those same cells).", "",
+             "| | accuracy | sensitivity | specificity | ROC AUC | threshold |", "|---|---|---|---|---|---|"]
+    for name, m in (("before (raw)", before), ("after (calibrated)", after)):
+        lines.append(f"| {name} | {m.accuracy:.3f} | {m.sensitivity:.3f} | {m.specificity:.3f} | {m.roc_auc:.3f} | "
+                     f"{m.threshold:g} |")
+    lines += ["", f"Stored at `{url}`."]
+    return "\n".join(lines)
+
+
+def publish_site_calibration(calibration: SiteCalibration, url: str) -> None:
+    """The ``site-calibration`` artifact of the flow run (the calibration is stored at ``url``)."""
+    create_markdown_artifact(key="site-calibration", markdown=calibration_markdown(calibration, url),
+                             description=f"calibration of site {calibration.site} for model {calibration.model_version}")

@@ -7,6 +7,7 @@ work pool, so it comes last.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -64,8 +65,8 @@ def test_scoring_deployment_run_from_the_cli_completes(local_stack, lmu_cells, t
     store = tmp_path / "store"
     run = subprocess.run(
         [*PREFECT, "deployment", "run", "score-smears/on-demand", "--param", f"source={source}",
-         "--param", f"store={store}", "--param", f"model={tiny_model_file}", "--param", "min_cells=5",
-         "--param", "run_id=deployed", "--watch", "--watch-interval", "1", "--watch-timeout", "600"],
+         "--param", f"store={store}", "--param",
+         "options=" + json.dumps({"model": str(tiny_model_file), "min_cells": 5, "run_id": "deployed"}), "--watch", "--watch-interval", "1", "--watch-timeout", "600"],
         cwd=tmp_path, env=local_stack["env"], capture_output=True, text=True, timeout=700)
     worker_log = (local_stack["home"] / "worker.log").read_text()[-4000:]
     assert run.returncode == 0, f"{run.stdout[-3000:]}\n{run.stderr[-3000:]}\nworker log:\n{worker_log}"
@@ -82,8 +83,6 @@ def test_scoring_deployment_run_from_the_cli_completes(local_stack, lmu_cells, t
 
 
 def test_a_failing_deployment_run_shows_its_reason_in_flow_run_inspect(local_stack, tmp_path):
-    import json
-
     env = local_stack["env"]
     missing, store = tmp_path / "no-such-smears", tmp_path / "store"
     run = subprocess.run(
@@ -104,7 +103,7 @@ def test_a_failing_deployment_run_shows_its_reason_in_flow_run_inspect(local_sta
     # parameter schema comes from the flow's types), so nothing runs and nothing is written.
     typo = subprocess.run(
         [*PREFECT, "deployment", "run", "score-smears/on-demand", "--param", f"source={tmp_path}",
-         "--param", f"store={store}", "--param", "precision=fp16"],
+         "--param", f"store={store}", "--param", 'options={"precision": "fp16"}'],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     output = typo.stdout + typo.stderr
     assert typo.returncode == 1, output

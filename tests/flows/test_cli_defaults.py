@@ -7,6 +7,7 @@ import inspect
 
 import click
 import pytest
+from pydantic import BaseModel
 
 from flows.calibrate import calibrate_site
 from flows.cli import cli
@@ -23,15 +24,22 @@ RUNNER_OPTIONS = {"workers", "scheduler"}
 
 
 def _flow_defaults(flow) -> dict:
-    return {name: p.default for name, p in inspect.signature(flow.fn).parameters.items()
-            if p.default is not inspect.Parameter.empty}
+    """The flow's parameters' defaults, a typed options object's as a dict."""
+    return {name: p.default.model_dump() if isinstance(p.default, BaseModel) else p.default
+            for name, p in inspect.signature(flow.fn).parameters.items() if p.default is not inspect.Parameter.empty}
+
+
+def _parameter_defaults(flow) -> dict:
+    """Every default by parameter name, the options' fields by their own names (as the CLI names them)."""
+    defaults = _flow_defaults(flow)
+    return {**defaults, **defaults.pop("options", {})}
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_cli_defaults_are_the_flows(command):
     flow = COMMANDS[command]
-    defaults = _flow_defaults(flow)
-    parameters = inspect.signature(flow.fn).parameters
+    defaults = _parameter_defaults(flow)
+    parameters = {*inspect.signature(flow.fn).parameters, *defaults}
     ctx = click.Context(cli.commands[command])
     checked = 0
     for option in cli.commands[command].params:
@@ -43,6 +51,9 @@ def test_cli_defaults_are_the_flows(command):
                 f"aml-smear {command}: --{option.name} defaults to {option.get_default(ctx)!r}, "
                 f"flow {flow.name} to {defaults[option.name]!r}")
             checked += 1
+    # Every field of a flow's typed options is a CLI option, but the chunking of score's new runs.
+    options = set(_flow_defaults(flow).get("options", {})) - {"chunk_cells", "chunks_per_task"}
+    assert options <= {option.name for option in cli.commands[command].params}
     assert checked >= 1
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from flows.parameters import ScoreOptions
 from flows.score import score_smears
 from tasks import storage
 from tasks.events import PATIENT_AML_SUSPECTED
@@ -23,8 +24,8 @@ def _score(lmu_cells, root, task_runner, tiny_model_file):
     store = str(root / "store")
     # new_only: the "new or changed patients" log line names every patient.
     state = score_smears.with_options(task_runner=task_runner)(
-        source=str(source), store=store, model=str(tiny_model_file), min_cells=10, chunk_cells=16, explain=False,
-        new_only=True, return_state=True)
+        source=str(source), store=store, new_only=True, return_state=True,
+        options=ScoreOptions(model=str(tiny_model_file), min_cells=10, chunk_cells=16, explain=False))
     result = state.result()
     calls = {row["patient_id"]: row["call"] for row in result["patients"]}
     assert calls == {SUSPECTED: "AML_SUSPECTED", NORMAL: "INSUFFICIENT_CELLS"}, calls

@@ -9,6 +9,7 @@ from distributed import Client, SpecCluster, get_task_stream
 from prefect_dask import DaskTaskRunner
 
 from flows.runner import gpu_cluster_spec
+from flows.parameters import ScoreOptions
 from flows.score import score_smears
 from tasks import storage
 from tests.corpus import compose_patient_cohort
@@ -26,8 +27,8 @@ def test_scoring_runs_on_the_gpu_worker_and_decoding_anywhere(lmu_cells, tmp_pat
         (gpu_worker,) = [a for a, r in resources.items() if r.get("GPU") == 1]
         with get_task_stream(client) as stream:
             result = score_smears.with_options(task_runner=DaskTaskRunner(address=cluster.scheduler_address))(
-                source=str(source), store=store, model=str(tiny_model_file), min_cells=10, chunk_cells=4,
-                chunks_per_task=1)
+                source=str(source), store=store,
+                options=ScoreOptions(model=str(tiny_model_file), min_cells=10, chunk_cells=4, chunks_per_task=1))
     # The GPU worker sees only its device; the CPU worker sees none.
     assert sorted(devices.values()) == ["", "0"] and devices[gpu_worker] == "0"
     ran: dict[str, list[str]] = {}

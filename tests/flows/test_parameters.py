@@ -19,6 +19,7 @@ from aml_model.config import RECIPES
 from flows.calibrate import calibrate_site
 from flows.demo import demo_flow
 from flows.ingest import ingest
+from flows.parameters import RetrainOptions, ScoreOptions, nest_options
 from flows.retrain import retrain_and_evaluate
 from flows.score import score_smears
 from tasks.discover import LAYOUTS
@@ -54,7 +55,7 @@ def scored(lmu_cells, tiny_model_file, dask_cluster, tmp_path_factory):
     parameters = {"source": str(source), "store": str(store), "model": str(tiny_model_file), "min_cells": 5,
                   "chunk_cells": 4}
     runner = DaskTaskRunner(address=dask_cluster.scheduler_address)
-    result = score_smears.with_options(task_runner=runner)(**parameters)
+    result = score_smears.with_options(task_runner=runner)(**nest_options(parameters, ScoreOptions))
     assert not result["already_complete"]
     assert (store / "runs" / result["run_id"] / "_SUCCESS").exists()
     return source, store, tiny_model_file, parameters
@@ -65,7 +66,10 @@ def test_choices_are_the_librarys():
     from flows.cli import cli
 
     def choices(flow, name):
-        return typing.get_args(typing.get_type_hints(flow.fn, include_extras=True)[name])
+        hints = typing.get_type_hints(flow.fn, include_extras=True)
+        if name not in hints:  # a field of the flow's typed options
+            hints = typing.get_type_hints(hints["options"], include_extras=True)
+        return typing.get_args(hints[name])
 
     assert choices(score_smears, "precision") == ("auto", *INFERENCE_PRECISIONS)
     assert choices(retrain_and_evaluate, "recipe") == RECIPES
@@ -87,7 +91,8 @@ def test_a_typo_in_a_rerun_leaves_the_finished_run_untouched(scored, task_runner
     # The case: the same run again, through the same Dask cluster, with precision="fp16".
     _, store, _, parameters = scored
     before = snapshot(store)
-    state = score_smears.with_options(task_runner=task_runner)(**parameters, precision="fp16", return_state=True)
+    state = score_smears.with_options(task_runner=task_runner)(
+        **nest_options({**parameters, "precision": "fp16"}, ScoreOptions), return_state=True)
     assert state.is_failed()
     changed = sorted(name for name in before.keys() | snapshot(store).keys()
                      if before.get(name) != snapshot(store).get(name))
@@ -134,7 +139,8 @@ def _resolve(value, tmp_path):
 
 def _assert_refused(flow, parameters: dict, expected: list[str], store: Path) -> None:
     before = snapshot(store)
-    state = flow(**parameters, return_state=True)
+    options = {score_smears: ScoreOptions, retrain_and_evaluate: RetrainOptions}.get(flow)
+    state = flow(**(nest_options(parameters, options) if options else parameters), return_state=True)
     assert state.is_failed(), state
     assert snapshot(store) == before, "a rejected parameter changed the store"
     for text in expected:
@@ -220,7 +226,7 @@ def test_a_failure_in_the_flow_is_its_state_message_on_one_line(scored, tmp_path
     # What `prefect flow-run inspect`, the UI and `--watch` show: the reason, one line.
     _, store, _, parameters = scored
     missing = tmp_path / "missing"
-    state = score_smears(**{**parameters, "source": str(missing)}, return_state=True)
+    state = score_smears(**nest_options({**parameters, "source": str(missing)}, ScoreOptions), return_state=True)
     expected = f"Flow run encountered an exception: FileNotFoundError: source {missing} does not exist"
     assert recorded_state(state).message == expected
 

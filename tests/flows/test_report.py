@@ -14,6 +14,7 @@ from prefect_dask import DaskTaskRunner
 from aml_model.aggregate import RESEARCH_NOTE
 from aml_model.report import EXPLAINED_CALLS, report_name
 from flows.cli import cli
+from flows.parameters import ScoreOptions
 from flows.score import score_smears
 from tasks import storage
 from tests.corpus import compose_patient_cohort
@@ -35,8 +36,8 @@ def scored_run(lmu_cells, tmp_path_factory, dask_cluster, tiny_model_file):
     set_champion(store, ref.version)
     source = compose_patient_cohort(lmu_cells, root / "cohort", {"A": (16, 0), "B": (0, 16), "C": (2, 3)})
     runner = DaskTaskRunner(address=dask_cluster.scheduler_address)
-    result = score_smears.with_options(task_runner=runner)(source=str(source), store=store, min_cells=10,
-                                                            chunk_cells=16, explain_top_k=TOP_K)
+    result = score_smears.with_options(task_runner=runner)(
+        source=str(source), store=store, options=ScoreOptions(min_cells=10, chunk_cells=16, explain_top_k=TOP_K))
     return result, storage.RunPaths(store, result["run_id"]).scoring(result["score_id"]), root
 
 

@@ -8,6 +8,7 @@ from prefect.artifacts import Artifact
 
 from aml_model.io import load_model
 from aml_model.predict import predict_batch
+from flows.parameters import RetrainOptions, nest_options
 from flows.retrain import retrain_and_evaluate
 from tasks import storage
 from tasks.events import MODEL_PROMOTED
@@ -20,7 +21,8 @@ FIGURES = ("learning_curves.png", "confusion_matrix.png", "roc_curve.png", "f1_c
 
 def run_retrain(task_runner, **parameters):
     defaults = dict(epochs=8, patience=3, backbone_weights="none", image_size=64, augment_views=1)
-    return retrain_and_evaluate.with_options(task_runner=task_runner)(**{**defaults, **parameters})
+    return retrain_and_evaluate.with_options(task_runner=task_runner)(
+        **nest_options({**defaults, **parameters}, RetrainOptions))
 
 
 @pytest.fixture(scope="module")

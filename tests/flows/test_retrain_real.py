@@ -10,6 +10,7 @@ import pytest
 from aml_model.config import ExperimentConfig
 from aml_model.io import load_model
 from aml_model.predict import predict_batch
+from flows.parameters import RetrainOptions
 from flows.retrain import retrain_and_evaluate
 from tasks.training import load_cells
 from tests.corpus import lmu_rows
@@ -27,7 +28,7 @@ def test_full_configuration_on_real_cells(lmu_cells, tmp_path, task_runner):
     # 50 epochs with early stopping, the default augmented views cached per training cell), but
     # the backbone's weights: the ones available offline ("none").
     result = retrain_and_evaluate.with_options(task_runner=task_runner)(
-        sources=[str(source)], store=str(tmp_path / "store"), backbone_weights="none")
+        sources=[str(source)], store=str(tmp_path / "store"), options=RetrainOptions(backbone_weights="none"))
     store = tmp_path / "store" / "models"
     card = json.loads((store / result["version"] / "model_card.json").read_text())
     paper = ExperimentConfig().to_dict()

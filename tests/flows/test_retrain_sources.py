@@ -10,6 +10,7 @@ from PIL.PngImagePlugin import PngInfo
 from prefect.artifacts import Artifact
 
 from aml_model.errors import TrainingCollapsedError
+from flows.parameters import RetrainOptions, nest_options
 from flows.retrain import retrain_and_evaluate
 from tests.corpus import compose_class_source
 
@@ -18,7 +19,8 @@ PBC_TYPES = {"LYT": "typical lymphocyte", "MON": "monocyte", "NGS": "segmented n
 
 def run_retrain(task_runner, **parameters):
     defaults = dict(epochs=5, patience=3, backbone_weights="none", image_size=48, augment_views=1)
-    return retrain_and_evaluate.with_options(task_runner=task_runner)(**{**defaults, **parameters})
+    return retrain_and_evaluate.with_options(task_runner=task_runner)(
+        **nest_options({**defaults, **parameters}, RetrainOptions))
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from prefect.exceptions import ParameterTypeError
 
 from flows.cli import cli
+from flows.parameters import ScoreOptions, nest_options
 from flows.score import score_smears
 from tasks import storage
 from tasks.runs import LegacyRunError, RunConflictError, find_scoring, list_scorings
@@ -27,12 +28,13 @@ FAST = {"min_cells": 5, "chunk_cells": 16, "explain": False}
 
 
 def run_score(task_runner, **parameters):
-    return score_smears.with_options(task_runner=task_runner)(**parameters)
+    return score_smears.with_options(task_runner=task_runner)(**nest_options(parameters, ScoreOptions))
 
 
 def run_score_state(task_runner, **parameters):
     """The flow run's final state, so that its task runs can be read back from the Prefect API."""
-    return score_smears.with_options(task_runner=task_runner)(**parameters, return_state=True)
+    return score_smears.with_options(task_runner=task_runner)(**nest_options(parameters, ScoreOptions),
+                                                              return_state=True)
 
 
 def snapshot(root: Path) -> dict[str, bytes]:

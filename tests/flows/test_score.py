@@ -9,6 +9,7 @@ from aml_model.aggregate import PATIENT_COLUMNS, RESEARCH_NOTE
 from aml_model.catalog import CELL_COLUMNS
 from aml_model.io import load_model
 from aml_model.predict import predict_batch
+from flows.parameters import ScoreOptions, nest_options
 from flows.score import score_smears
 from tasks import storage
 from tasks.registry import ModelNotFoundError
@@ -21,7 +22,7 @@ SCORED_COLUMNS = CELL_COLUMNS + ("probability", "predicted_label", "model_versio
 
 
 def run_score(task_runner, **parameters):
-    return score_smears.with_options(task_runner=task_runner)(**parameters)
+    return score_smears.with_options(task_runner=task_runner)(**nest_options(parameters, ScoreOptions))
 
 
 def scoring_of(store: str, result: dict) -> storage.ScoringPaths:

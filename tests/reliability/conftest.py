@@ -66,8 +66,10 @@ def start_python(code: str, *args: str, log: Path, env: dict | None = None) -> s
 SCORE_PROCESS = """
 import json, sys
 from prefect_dask import DaskTaskRunner
+from flows.parameters import ScoreOptions, nest_options
 from flows.score import score_smears
-result = score_smears.with_options(task_runner=DaskTaskRunner(address=sys.argv[1]))(**json.loads(sys.argv[2]))
+result = score_smears.with_options(task_runner=DaskTaskRunner(address=sys.argv[1]))(
+    **nest_options(json.loads(sys.argv[2]), ScoreOptions))
 print("RESULT", json.dumps({k: v for k, v in result.items() if k != "patients"}))
 """
 
@@ -172,11 +174,13 @@ def clean_run(cohort, cluster, tiny_model_file, tmp_path_factory):
     """An undisturbed scoring run of the cohort: (store, run_id, (cells, patients))."""
     from prefect_dask import DaskTaskRunner
 
+    from flows.parameters import ScoreOptions
     from flows.score import score_smears
 
     store = tmp_path_factory.mktemp("clean") / "store"
     result = score_smears.with_options(task_runner=DaskTaskRunner(address=cluster.scheduler_address))(
-        source=str(cohort), store=str(store), model=str(tiny_model_file), run_id="clean", **SCORE_PARAMS)
+        source=str(cohort), store=str(store),
+        options=ScoreOptions(model=str(tiny_model_file), run_id="clean", **SCORE_PARAMS))
     assert not result["already_complete"]
     return store, "clean", read_tables(str(store), "clean")
 
@@ -193,8 +197,10 @@ FAKE_SECRETS = {
 RETRAIN_PROCESS = """
 import json, sys
 from prefect_dask import DaskTaskRunner
+from flows.parameters import RetrainOptions, nest_options
 from flows.retrain import retrain_and_evaluate
-result = retrain_and_evaluate.with_options(task_runner=DaskTaskRunner(address=sys.argv[1]))(**json.loads(sys.argv[2]))
+result = retrain_and_evaluate.with_options(task_runner=DaskTaskRunner(address=sys.argv[1]))(
+    **nest_options(json.loads(sys.argv[2]), RetrainOptions))
 print("RESULT", json.dumps({k: result[k] for k in ("version", "promoted", "reason")}))
 """
 RETRAIN_PARAMS = {"epochs": 2, "patience": 1, "backbone_weights": "none", "image_size": 32, "augment_views": 0}

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from prefect_dask import DaskTaskRunner
 
 from flows.cli import cli
+from flows.parameters import ScoreOptions, nest_options
 from flows.score import score_smears
 from tasks import storage
 from tasks.runs import IncompleteRunError, require_complete
@@ -58,7 +59,7 @@ def test_killed_score_flow_is_refused_as_incomplete_and_a_rerun_completes_it(coh
     refused = CliRunner().invoke(cli, ["report", "crash", "--store", str(store), "--score", scoring_dir.name])
     assert refused.exit_code == 1 and "is incomplete (no _SUCCESS)" in refused.output, refused.output
 
-    result = score_smears.with_options(task_runner=DaskTaskRunner(address=cluster.scheduler_address))(**params)
+    result = score_smears.with_options(task_runner=DaskTaskRunner(address=cluster.scheduler_address))(**nest_options(params, ScoreOptions))
     assert not result["already_complete"]
     after = score_markers(store, "crash")
     assert len(after) == SCORE_SHARDS

@@ -61,6 +61,7 @@ def test_a_cohort_larger_than_worker_memory_streams_through_one_worker(prefect_a
     from distributed import Client, LocalCluster
     from prefect_dask import DaskTaskRunner
 
+    from flows.parameters import ScoreOptions
     from flows.score import score_smears
 
     model = pooling_model(tmp_path / "pooling.keras", IMAGE_SIZE)
@@ -75,8 +76,9 @@ def test_a_cohort_larger_than_worker_memory_streams_through_one_worker(prefect_a
             Client(cluster.scheduler_address) as client:
         (pid_before,) = client.run(os.getpid).values()
         result = score_smears.with_options(task_runner=DaskTaskRunner(address=cluster.scheduler_address))(
-            source=str(source), store=store, model=str(model), run_id="big", min_cells=10, chunk_cells=16,
-            chunks_per_task=1, batch_size=2, explain=False)
+            source=str(source), store=store, options=ScoreOptions(model=str(model), run_id="big", min_cells=10,
+                                                                  chunk_cells=16, chunks_per_task=1, batch_size=2,
+                                                                  explain=False))
         (pid_after,) = client.run(os.getpid).values()
         (peak,) = client.run(_peak_rss).values()
     paths = storage.RunPaths(store, "big")

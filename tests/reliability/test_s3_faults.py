@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from prefect_dask import DaskTaskRunner
 
 from flows.cli import cli
+from flows.parameters import ScoreOptions
 from flows.score import score_smears
 from tests.reliability.conftest import SCORE_PARAMS, assert_same_tables, read_tables
 from tests.reliability.s3proxy import FaultProxy
@@ -43,8 +44,8 @@ def test_transient_s3_faults_during_writes_are_retried_and_the_run_completes(coh
     with FaultProxy(s3_endpoint) as proxy:
         proxy.fault = fault
         result = score_smears.with_options(task_runner=DaskTaskRunner(address=cluster.scheduler_address))(
-            source=str(cohort), store=store, model=str(tiny_model_file), run_id="flaky", s3_endpoint_url=proxy.url,
-            **SCORE_PARAMS)
+            source=str(cohort), store=store, s3_endpoint_url=proxy.url,
+            options=ScoreOptions(model=str(tiny_model_file), run_id="flaky", **SCORE_PARAMS))
     assert proxy.injected["status"] >= 10 and proxy.injected["reset"] >= 1, proxy.injected
     assert not result["already_complete"]
     assert_same_tables(read_tables(store, "flaky", options), clean_run[2])

@@ -10,6 +10,7 @@ import threading
 import pytest
 from prefect_dask import DaskTaskRunner
 
+from flows.parameters import ScoreOptions
 from flows.score import score_smears
 from tests.reliability.conftest import (PROJECT_ROOT, SCORE_PARAMS, SCORE_SHARDS, assert_same_tables, read_tables, score_markers,
                                         wait_for)
@@ -49,7 +50,7 @@ def score_while_killing_a_worker(address: str, source, store, model, run_id: str
         thread = threading.Thread(target=killer, daemon=True)
         thread.start()
         result = score_smears.with_options(task_runner=DaskTaskRunner(address=address))(
-            source=str(source), store=str(store), model=str(model), run_id=run_id, **SCORE_PARAMS)
+            source=str(source), store=str(store), options=ScoreOptions(model=str(model), run_id=run_id, **SCORE_PARAMS))
         thread.join(timeout=30)
         assert "error" not in seen, seen.get("error")
         assert seen.get("killed"), "no worker was killed: the run ended first"

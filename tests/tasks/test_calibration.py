@@ -7,8 +7,8 @@ from scipy.special import expit
 from aml_model.calibration import fit_site_calibration
 from aml_model.errors import ConfigError
 from tasks import storage
-from tasks.calibration import (CalibrationNotFoundError, calibrated_versions, list_sites, read_site_calibration,
-                               save_site_calibration, site_calibration_url)
+from tasks.calibration import (CalibrationNotFoundError, calibrated_versions, calibration_markdown, list_sites,
+                               read_site_calibration, save_site_calibration, site_calibration_url)
 from tasks.registry import ModelNotFoundError
 
 
@@ -66,3 +66,17 @@ def test_a_bare_model_file_or_a_bad_site_name_is_refused(tmp_path):
         site_calibration_url(store, "v1", "../../escape")
     with pytest.raises(ConfigError, match="site name"):
         read_site_calibration(store, "a/b", "v1")
+
+
+def test_the_artifact_states_the_fit_and_the_figures_before_and_after():
+    calibration = calibration_for("v1")
+    lines = calibration_markdown(calibration, "/store/models/v1/sites/lab-a.json").splitlines()
+    assert lines[0] == "# Site calibration: lab-a"
+    assert f"{calibration.slope:.3f} x logit(p) + {calibration.intercept:.3f}" in lines[2]
+    assert "Fitted on 30 blast and 40 other labelled cells (the figures below are on those same cells)." in lines
+    before, after = calibration.before, calibration.after
+    assert f"| before (raw) | {before.accuracy:.3f} | {before.sensitivity:.3f} | {before.specificity:.3f} |" \
+           f" {before.roc_auc:.3f} | {before.threshold:g} |" in lines
+    assert f"| after (calibrated) | {after.accuracy:.3f} | {after.sensitivity:.3f} | {after.specificity:.3f} |" \
+           f" {after.roc_auc:.3f} | {after.threshold:g} |" in lines
+    assert lines[-1] == "Stored at `/store/models/v1/sites/lab-a.json`."

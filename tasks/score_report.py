@@ -1,0 +1,57 @@
+"""What a complete scoring sends to Prefect: its artifacts (patient calls, cohort overview, report
+links, per-type rates) and an event per AML_SUSPECTED patient, patient ids as :mod:`tasks.privacy` says."""
+
+from __future__ import annotations
+
+import numpy as np
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+
+from aml_model.aggregate import RESEARCH_NOTE
+from aml_model.config import SummaryConfig
+from aml_model.report import cell_type_rates
+from tasks import storage
+from tasks.events import emit_aml_suspected
+from tasks.links import index_link, reports_markdown
+from tasks.privacy import prefect_patients_table
+
+__all__ = ["overview_markdown", "publish_scoring"]
+
+
+def overview_markdown(patients, scoring: storage.ScoringPaths, model_version: str, config: SummaryConfig) -> str:
+    """The cohort-overview markdown; ``patients`` as Prefect may see it (:func:`prefect_patients_table`)."""
+    counts = patients["call"].value_counts().to_dict()
+    lines = [f"# AML smear scoring: run {scoring.run_id}, scoring {scoring.score_id}", "", f"**{RESEARCH_NOTE}**", "",
+             f"Model `{model_version}`, threshold {config.threshold:g}, blast cut-off {config.blast_cutoff:.0%}, "
+             f"minimum {config.min_cells} scored cells.", "", "| call | patients |", "|---|---|"]
+    lines += [f"| {call} | {counts.get(call, 0)} |" for call in ("AML_SUSPECTED", "INDETERMINATE", "NOT_SUSPECTED",
+                                                                  "INSUFFICIENT_CELLS")]
+    lines += ["", "| patient | scored | blast-like | fraction (95% CI) | call | QC |", "|---|---|---|---|---|---|"]
+    for row in patients.itertuples():
+        fraction = "n/a" if np.isnan(row.blast_fraction) else \
+            f"{row.blast_fraction:.1%} ({row.ci_low:.1%}-{row.ci_high:.1%})"
+        lines.append(f"| {row.patient_id} | {row.n_scored} | {row.n_blast_like} | {fraction} | {row.call} | "
+                     f"{row.qc_flags or '-'} |")
+    return "\n".join(lines)
+
+
+def publish_scoring(scoring: storage.ScoringPaths, patients, model_version: str, config: SummaryConfig,
+                    store_options: dict) -> None:
+    """What a complete scoring sends to Prefect: its artifacts (patient calls, cohort overview, report
+    links, per-type rates) and an event per AML_SUSPECTED patient, patient ids as :mod:`tasks.privacy` says."""
+    where = f"run {scoring.run_id}, scoring {scoring.score_id}"
+    shown = prefect_patients_table(patients)
+    create_table_artifact(key="patient-calls", table=shown.astype(object).where(shown.notna(), None)
+                          .to_dict(orient="records"), description=f"per-patient AML calls, {where}")
+    create_markdown_artifact(key="cohort-overview", markdown=overview_markdown(shown, scoring, model_version, config),
+                             description=f"cohort overview, {where}")
+    index = index_link(scoring, store_options)
+    expiry = f"; {index.expiry_note}" if index.expiry_note else ""
+    create_link_artifact(key="report-index", link=index.url, link_text=f"Cohort reports, {where}",
+                         description=f"the cohort's HTML reports, {where}{expiry}")
+    create_markdown_artifact(key="patient-reports", markdown=reports_markdown(scoring, patients, index, store_options),
+                             description=f"per-patient HTML reports, {where}{expiry}")
+    rates = cell_type_rates(storage.read_table(scoring.cells_table, store_options), config.threshold)
+    if len(rates):
+        create_table_artifact(key="per-type-rates", table=rates.astype(object).where(rates.notna(), None)
+                              .to_dict(orient="records"), description=f"blast-like rate per cell type, {where}")
+    emit_aml_suspected(scoring, patients, model_version, index.url)
