@@ -1,7 +1,7 @@
-"""The production deployments, declared once: ``aml-smear serve`` serves them from here.
-
-``deployments/prefect.yaml`` declares the same deployments for work pools (``prefect deploy``);
-``tests/deployments`` checks that the two agree. Deployed flows run on the Dask task runner that
+"""The production deployments, declared once in ``deployments/prefect.yaml``: ``prefect deploy``
+registers them for a work pool, and ``aml-smear serve`` serves the same declarations from here
+(:func:`load_deployments`), with the flow-run settings that a prefect.yaml cannot hold
+(:data:`RUN_SETTINGS`: timeout, retries, failure alert), which the entrypoints carry too. Deployed flows run on the Dask task runner that
 :func:`dask_runner_from_environment` builds from the environment of their flow-run process, served
 flows on the one ``aml-smear serve`` is given (its options default to the same variables), so a GPU
 cluster or a bigger machine needs a setting, not a code edit.
@@ -9,11 +9,14 @@ cluster or a bigger machine needs a setting, not a code edit.
 
 from __future__ import annotations
 
+import importlib.resources
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import yaml
 from prefect import Flow
 from prefect_dask import DaskTaskRunner
 
@@ -24,15 +27,19 @@ __all__ = [
     "DASK_WORKERS_ENV",
     "DEPLOYMENTS",
     "NIGHTLY_RETRAIN",
+    "OPTIONAL_VARIABLES",
+    "RUN_SETTINGS",
     "SCORE_NEW_ARRIVALS",
     "SCORE_ON_DEMAND",
     "VARIABLES",
     "WORK_POOL",
     "REQUIRED_VARIABLES",
     "DeploymentSpec",
+    "RunSettings",
     "dask_runner_from_environment",
     "deployed_flow",
     "deployment_options",
+    "load_deployments",
     "read_variables",
     "serve_deployments",
 ]
@@ -69,7 +76,7 @@ REQUIRED_VARIABLES = frozenset({"aml_smear_store", "aml_smear_retrain_sources"})
 
 @dataclass(frozen=True)
 class DeploymentSpec:
-    """One deployment of a flow.
+    """One deployment of a flow, as :func:`load_deployments` reads it from prefect.yaml.
 
     Attributes:
         flow_name: the Prefect flow's name, e.g. "score-smears".
@@ -77,12 +84,14 @@ class DeploymentSpec:
         entrypoint: attribute of ``deployments/entrypoints.py`` holding the Dask-backed flow.
         description: shown in the Prefect UI.
         variables: {flow parameter: Prefect variable} for parameters read from variables
-            when the deployment is registered (``prefect deploy`` or ``aml-smear serve``).
+            when the deployment is registered (``prefect deploy`` or ``aml-smear serve``): in
+            prefect.yaml, a parameter whose value is ``"{{ prefect.variables.NAME }}"``.
         parameters: fixed parameter values of every run of this deployment.
         cron, timezone: the schedule (IANA time zone), or None for on-demand runs only.
         interval_seconds: an interval schedule instead of a cron one, or None.
         requires: variables without which the deployment is not served (and stays paused
-            in prefect.yaml until they are set).
+            in prefect.yaml until they are set): those it names, but the optional ones and
+            those every deployment needs (REQUIRED_VARIABLES, checked for all).
         concurrency_limit: most runs of this deployment at once, or None for no limit.
         collision_strategy: what happens to a run that would exceed the limit: "ENQUEUE" (wait,
             Prefect's default) or "CANCEL_NEW" (cancelled at once).
@@ -123,63 +132,73 @@ class DeploymentSpec:
         return f"{self.flow_name}/{self.name}"
 
 
-SCORE_ON_DEMAND = DeploymentSpec(
-    flow_name="score-smears",
-    name="on-demand",
-    entrypoint="score_smears",
-    description="Score new smears and call each patient; give source and store with each run. "
-                "Research use only: not a diagnosis.",
-    variables={"s3_endpoint_url": "aml_smear_s3_endpoint_url"},
-    # No concurrency limit: every request is scored. No flow retries: whoever asked sees a wrong
-    # source or store at once, not after a retry; transient I/O is retried per task (tasks.retry),
-    # and a failed scoring run again resumes from its finished shards.
-    timeout_seconds=4 * 3600,
-    tags=("aml-smear", "scoring"),
-)
-NIGHTLY_RETRAIN = DeploymentSpec(
-    flow_name="retrain-and-evaluate",
-    name="nightly",
-    entrypoint="retrain_and_evaluate",
-    description="Retrain the paper's model on the labelled sources every night, evaluate it and "
-                "promote it only if it is no worse than the champion.",
-    # No parameters fixed at registration: each run reads the Prefect variables when it starts
-    # (flows/nightly.py), so a changed variable changes the next run without deploying again.
-    # 02:00 lab time, when the scanners are idle; the time zone makes daylight saving explicit.
-    cron="0 2 * * *",
-    timezone="Europe/Berlin",
-    # A retrain that overruns must not overlap the next night's, nor queue it: the night's run is
-    # cancelled while one is still going (CANCEL_NEW), and a hung one fails after the timeout.
-    # No flow retry: with a deployment concurrency limit, Prefect 3.9 revokes the run's slot when
-    # it goes to AwaitingRetry and the retry never runs (PrefectHQ/prefect#22885; seen here as a
-    # run stuck in AwaitingRetry on a real stack). A failed night fails at once, with its reason
-    # in its state and an aml-smear.nightly.failed event; transient I/O is retried per task
-    # (tasks.retry), and the next night runs again.
-    concurrency_limit=1,
-    collision_strategy="CANCEL_NEW",
-    timeout_seconds=8 * 3600,
-    retries=0,
-    retry_delay_seconds=0,
-    tags=("aml-smear", "training"),
-    alert_on_failure=True,
-)
-SCORE_NEW_ARRIVALS = DeploymentSpec(
-    flow_name="score-smears",
-    name="new-arrivals",
-    entrypoint="score_new_arrivals",
-    description="Every 15 minutes, score the patients of the incoming source that the champion has not "
-                "scored yet (new folders, or folders with changed images). Research use only: not a diagnosis.",
-    variables={"source": "aml_smear_incoming", "store": "aml_smear_store",
-               "s3_endpoint_url": "aml_smear_s3_endpoint_url"},
-    parameters={"new_only": True},
-    interval_seconds=15 * 60,
-    requires=frozenset({"aml_smear_incoming"}),
-    # One at a time: a pass still scoring when the next is due makes the next one pointless.
-    concurrency_limit=1,
-    collision_strategy="CANCEL_NEW",
-    timeout_seconds=4 * 3600,
-    tags=("aml-smear", "scoring"),
-)
-DEPLOYMENTS: tuple[DeploymentSpec, ...] = (SCORE_ON_DEMAND, NIGHTLY_RETRAIN, SCORE_NEW_ARRIVALS)
+# What deployments/prefect.yaml cannot say, by deployment name: the flow behind the entrypoint and
+# the flow-run settings that travel with the flow (timeout, retries, the failure alert), so that a
+# work pool's run and a served run get them alike.
+@dataclass(frozen=True)
+class RunSettings:
+    """A deployment's flow and the settings of its flow runs (see :class:`DeploymentSpec`)."""
+
+    flow_name: str
+    timeout_seconds: int | None = None
+    retries: int = 0
+    retry_delay_seconds: int = 0
+    alert_on_failure: bool = False
+
+
+RUN_SETTINGS: Mapping[str, RunSettings] = {
+    # No flow retries: whoever asked sees a wrong source or store at once, not after a retry;
+    # transient I/O is retried per task (tasks.retry), and a failed scoring run again resumes
+    # from its finished shards.
+    "on-demand": RunSettings("score-smears", timeout_seconds=4 * 3600),
+    "new-arrivals": RunSettings("score-smears", timeout_seconds=4 * 3600),
+    # A hung retrain fails after the timeout. No flow retry: with a deployment concurrency limit,
+    # Prefect 3.9 revokes the run's slot when it goes to AwaitingRetry and the retry never runs
+    # (PrefectHQ/prefect#22885; seen here as a run stuck in AwaitingRetry on a real stack). A failed
+    # night fails at once, with its reason in its state and an aml-smear.nightly.failed event;
+    # transient I/O is retried per task (tasks.retry), and the next night runs again.
+    "nightly": RunSettings("retrain-and-evaluate", timeout_seconds=8 * 3600, alert_on_failure=True),
+}
+# Variables a deployment may do without: unset, the S3 endpoint is AWS's.
+OPTIONAL_VARIABLES = frozenset({"aml_smear_s3_endpoint_url"})
+_TEMPLATE = re.compile(r"^\{\{\s*prefect\.variables\.(\w+)\s*\}\}$")
+
+
+def _spec(declared: Mapping[str, Any]) -> DeploymentSpec:
+    """One deployment of prefect.yaml as a :class:`DeploymentSpec` (with its :data:`RUN_SETTINGS`)."""
+    parameters = declared.get("parameters") or {}
+    templated = {name: match.group(1) for name, value in parameters.items()
+                 if isinstance(value, str) and (match := _TEMPLATE.match(value))}
+    schedules = declared.get("schedules") or []
+    cron = next((s for s in schedules if "cron" in s), {})
+    interval = next((s["interval"] for s in schedules if "interval" in s), None)
+    limit = declared.get("concurrency_limit")
+    settings = RUN_SETTINGS[declared["name"]]
+    return DeploymentSpec(
+        flow_name=settings.flow_name, name=declared["name"],
+        entrypoint=declared["entrypoint"].rpartition(":")[2], description=declared["description"],
+        variables=templated, parameters={k: v for k, v in parameters.items() if k not in templated},
+        cron=cron.get("cron"), timezone=cron.get("timezone"), interval_seconds=interval,
+        # Every deployment needs the variables that every one needs (REQUIRED_VARIABLES); a
+        # deployment needs the others it names too, but the optional ones.
+        requires=frozenset(templated.values()) - OPTIONAL_VARIABLES - REQUIRED_VARIABLES,
+        concurrency_limit=limit["limit"] if isinstance(limit, dict) else limit,
+        collision_strategy=limit.get("collision_strategy") if isinstance(limit, dict) else None,
+        timeout_seconds=settings.timeout_seconds, retries=settings.retries,
+        retry_delay_seconds=settings.retry_delay_seconds, tags=tuple(declared.get("tags", ())),
+        alert_on_failure=settings.alert_on_failure)
+
+
+def load_deployments(text: str | None = None) -> tuple[DeploymentSpec, ...]:
+    """The deployments that ``deployments/prefect.yaml`` declares (or ``text``, a prefect.yaml)."""
+    if text is None:
+        text = (importlib.resources.files("deployments") / "prefect.yaml").read_text()
+    return tuple(_spec(declared) for declared in yaml.safe_load(text)["deployments"])
+
+
+DEPLOYMENTS: tuple[DeploymentSpec, ...] = load_deployments()
+SCORE_ON_DEMAND, NIGHTLY_RETRAIN, SCORE_NEW_ARRIVALS = (
+    next(spec for spec in DEPLOYMENTS if spec.name == name) for name in ("on-demand", "nightly", "new-arrivals"))
 
 
 def dask_runner_from_environment(environ: Mapping[str, str] | None = None) -> DaskTaskRunner:

@@ -1,4 +1,4 @@
-"""deployments/prefect.yaml and flows/serve.py declare the same deployments; the Dask runner comes from the env."""
+"""deployments/prefect.yaml declares the deployments, and flows/serve.py serves them from it; the Dask runner comes from the env."""
 
 from __future__ import annotations
 
@@ -14,11 +14,13 @@ from flows.serve import (
     DASK_WORKERS_ENV,
     DEPLOYMENTS,
     NIGHTLY_RETRAIN,
+    RUN_SETTINGS,
     SCORE_NEW_ARRIVALS,
     SCORE_ON_DEMAND,
     VARIABLES,
     WORK_POOL,
     dask_runner_from_environment,
+    load_deployments,
     serve_deployments,
 )
 
@@ -35,28 +37,30 @@ def _by_name(prefect_yaml: dict) -> dict[str, dict]:
     return {deployment["name"]: deployment for deployment in prefect_yaml["deployments"]}
 
 
-def test_prefect_yaml_declares_the_deployments_of_flows_serve(prefect_yaml):
+def test_serve_reads_the_deployments_from_prefect_yaml(prefect_yaml):
     deployments = _by_name(prefect_yaml)
-    assert set(deployments) == {spec.name for spec in DEPLOYMENTS}
+    assert [spec.name for spec in DEPLOYMENTS] == list(deployments) and set(RUN_SETTINGS) == set(deployments)
     for spec in DEPLOYMENTS:
         declared = deployments[spec.name]
         assert declared["entrypoint"] == f"deployments/entrypoints.py:{spec.entrypoint}"
-        assert declared["parameters"] == {**spec.parameters,
-                                          **{parameter: f"{{{{ prefect.variables.{variable} }}}}"
-                                             for parameter, variable in spec.variables.items()}}
-        expected_schedules = [{"cron": spec.cron, "timezone": spec.timezone, "active": True}] if spec.cron else []
-        if spec.interval_seconds:
-            # Paused until its required variables are set (a deploy without them reads "").
-            expected_schedules.append({"interval": spec.interval_seconds, "active": not spec.requires})
-        assert declared["schedules"] == expected_schedules
-        expected_limit = (spec.concurrency_limit if spec.collision_strategy is None else
-                          {"limit": spec.concurrency_limit, "collision_strategy": spec.collision_strategy})
-        assert declared.get("concurrency_limit") == expected_limit
-        assert declared["description"] == spec.description
-        assert tuple(declared["tags"]) == spec.tags
         assert declared["work_pool"]["name"] == WORK_POOL
+        # A schedule waits, paused, for the variables its deployment needs (a deploy without them reads "").
+        assert all(schedule["active"] == (not spec.requires) for schedule in declared["schedules"])
     assert NIGHTLY_RETRAIN.cron == "0 2 * * *" and NIGHTLY_RETRAIN.timezone == "Europe/Berlin"
-    assert SCORE_ON_DEMAND.cron is None
+    assert SCORE_ON_DEMAND.cron is None and SCORE_ON_DEMAND.variables == {"s3_endpoint_url": "aml_smear_s3_endpoint_url"}
+    assert SCORE_NEW_ARRIVALS.parameters == {"new_only": True} and SCORE_NEW_ARRIVALS.interval_seconds == 900
+    assert SCORE_NEW_ARRIVALS.variables["source"] == "aml_smear_incoming"
+
+
+def test_a_change_to_prefect_yaml_is_a_change_to_the_served_deployments():
+    text = PREFECT_YAML.read_text()
+    assert text.count('cron: "0 2 * * *"') == 1 and text.count("limit: 1\n") == 2
+    edited = text.replace('cron: "0 2 * * *"', 'cron: "30 3 * * *"').replace("      new_only: true\n",
+                                                                            "      new_only: false\n")
+    by_name = {spec.name: spec for spec in load_deployments(edited)}
+    assert by_name["nightly"].cron == "30 3 * * *" and by_name["new-arrivals"].parameters == {"new_only": False}
+    assert by_name["nightly"].timeout_seconds == RUN_SETTINGS["nightly"].timeout_seconds
+    assert by_name["nightly"].alert_on_failure and not by_name["on-demand"].alert_on_failure
 
 
 def test_documented_job_variables_name_the_settings_the_runner_reads(prefect_yaml):

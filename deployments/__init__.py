@@ -1,0 +1,1 @@
+"""The deployments of aml-smear: their one declaration (prefect.yaml), entrypoints, the local stack and automations."""
