@@ -126,7 +126,8 @@ def nightly_retrain(
     for name in sorted(parameters):
         logger.info("%s = %s (%s)", name, json.dumps(parameters[name]), origin[name])
     # The retrain flow's own types, choices and bounds; a bad variable fails the run here, with its name.
-    checked = retrain_and_evaluate.validate_parameters({**nest_options(parameters, RetrainOptions), "skip_unchanged": not force})
+    checked = retrain_and_evaluate.validate_parameters({**nest_options(parameters, RetrainOptions),
+                                                        "skip_unchanged": not force})
     # Its body in this flow run: one run, on this flow's task runner, timeout and retries.
     result = retrain_and_evaluate.fn(**checked)
     return {**result, "configuration": origin}

@@ -168,6 +168,8 @@ PartialRetrainOptions = _all_optional(RetrainOptions)
 
 def nest_options(parameters: Mapping[str, Any], options: type[BaseModel]) -> dict[str, Any]:
     """A flow's arguments from its parameters by name (as the CLI and the nightly hold them): the
-    fields of ``options`` gathered into the flow's ``options`` argument, the rest as they are."""
-    return {**{name: value for name, value in parameters.items() if name not in options.model_fields},
-            "options": {name: value for name, value in parameters.items() if name in options.model_fields}}
+    fields of ``options`` gathered into the flow's ``options`` argument (over any ``options`` given
+    as such), the rest as they are."""
+    given = dict(parameters.get("options") or {})
+    return {**{name: value for name, value in parameters.items() if name not in {*options.model_fields, "options"}},
+            "options": given | {name: value for name, value in parameters.items() if name in options.model_fields}}

@@ -65,10 +65,11 @@ def score_smears(source: str, store: str, options: ScoreOptions = ScoreOptions()
     versions = patient_versions(found)
     if new_only:
         found, versions = only_new(found, versions, scored_versions(store, model_ref.version, store_options))
-        logger.info("%d new or changed patients in %s: %s", len(versions), source,
-                    ", ".join(sorted(prefect_patient_ids(versions))) or "nothing to score")
         if not versions:
+            logger.info("nothing new in %s: model %s has scored every patient's current images", source,
+                        model_ref.version)
             return _nothing_new(model_ref.version, options.site)
+        logger.info("%d new or changed patients: %s", len(versions), ", ".join(sorted(prefect_patient_ids(versions))))
     plan = plan_ingest(found, store, options.run_id, model_ref.image_size, options.chunk_cells, s3_endpoint_url)
     settings = _settings(model_ref.version, config, options, calibration)
     scoring = plan.paths.scoring(options.score_id or derive_score_id(settings))

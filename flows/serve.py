@@ -162,26 +162,46 @@ RUN_SETTINGS: Mapping[str, RunSettings] = {
 # Variables a deployment may do without: unset, the S3 endpoint is AWS's.
 OPTIONAL_VARIABLES = frozenset({"aml_smear_s3_endpoint_url"})
 _TEMPLATE = re.compile(r"^\{\{\s*prefect\.variables\.(\w+)\s*\}\}$")
+_SCHEDULE_KEYS = frozenset({"cron", "timezone", "interval", "active"})
 
 
 def _spec(declared: Mapping[str, Any]) -> DeploymentSpec:
-    """One deployment of prefect.yaml as a :class:`DeploymentSpec` (with its :data:`RUN_SETTINGS`)."""
-    parameters = declared.get("parameters") or {}
-    templated = {name: match.group(1) for name, value in parameters.items()
+    """One deployment of prefect.yaml as a :class:`DeploymentSpec` (with its :data:`RUN_SETTINGS`).
+
+    Raises:
+        ValueError: prefect.yaml says something ``aml-smear serve`` would not serve as declared
+            (the message names the deployment and what to change).
+    """
+    name, parameters = declared["name"], declared.get("parameters") or {}
+    if name not in RUN_SETTINGS:
+        message = f"deployment {name!r} of prefect.yaml has no RunSettings: add it to flows.serve.RUN_SETTINGS"
+        raise ValueError(message)
+    templated = {key: match.group(1) for key, value in parameters.items()
                  if isinstance(value, str) and (match := _TEMPLATE.match(value))}
+    partial = [key for key, value in parameters.items()
+               if key not in templated and isinstance(value, str) and "{{" in value]
     schedules = declared.get("schedules") or []
+    unknown = sorted({key for schedule in schedules for key in schedule} - _SCHEDULE_KEYS)
+    requires = frozenset(templated.values()) - OPTIONAL_VARIABLES - REQUIRED_VARIABLES
+    # serve activates a schedule once the variables its deployment needs are set: prefect.yaml
+    # must say the same (paused exactly when there are such variables, until they are set).
+    if partial or unknown or any(schedule.get("active", True) == bool(requires) for schedule in schedules):
+        message = (f"deployment {name!r} of prefect.yaml: aml-smear serve reads a parameter that is a whole "
+                   f"'{{{{ prefect.variables.NAME }}}}' (not {partial}), schedules of cron, timezone, interval and "
+                   f"active (not {unknown}), active: {str(not requires).lower()} here")
+        raise ValueError(message)
     cron = next((s for s in schedules if "cron" in s), {})
     interval = next((s["interval"] for s in schedules if "interval" in s), None)
     limit = declared.get("concurrency_limit")
-    settings = RUN_SETTINGS[declared["name"]]
+    settings = RUN_SETTINGS[name]
     return DeploymentSpec(
-        flow_name=settings.flow_name, name=declared["name"],
+        flow_name=settings.flow_name, name=name,
         entrypoint=declared["entrypoint"].rpartition(":")[2], description=declared["description"],
         variables=templated, parameters={k: v for k, v in parameters.items() if k not in templated},
         cron=cron.get("cron"), timezone=cron.get("timezone"), interval_seconds=interval,
         # Every deployment needs the variables that every one needs (REQUIRED_VARIABLES); a
         # deployment needs the others it names too, but the optional ones.
-        requires=frozenset(templated.values()) - OPTIONAL_VARIABLES - REQUIRED_VARIABLES,
+        requires=requires,
         concurrency_limit=limit["limit"] if isinstance(limit, dict) else limit,
         collision_strategy=limit.get("collision_strategy") if isinstance(limit, dict) else None,
         timeout_seconds=settings.timeout_seconds, retries=settings.retries,
@@ -197,8 +217,8 @@ def load_deployments(text: str | None = None) -> tuple[DeploymentSpec, ...]:
 
 
 DEPLOYMENTS: tuple[DeploymentSpec, ...] = load_deployments()
-SCORE_ON_DEMAND, NIGHTLY_RETRAIN, SCORE_NEW_ARRIVALS = (
-    next(spec for spec in DEPLOYMENTS if spec.name == name) for name in ("on-demand", "nightly", "new-arrivals"))
+_BY_NAME = {spec.name: spec for spec in DEPLOYMENTS}
+SCORE_ON_DEMAND, NIGHTLY_RETRAIN, SCORE_NEW_ARRIVALS = _BY_NAME["on-demand"], _BY_NAME["nightly"], _BY_NAME["new-arrivals"]
 
 
 def dask_runner_from_environment(environ: Mapping[str, str] | None = None) -> DaskTaskRunner:

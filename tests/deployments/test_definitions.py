@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,21 @@ def test_a_change_to_prefect_yaml_is_a_change_to_the_served_deployments():
     assert by_name["nightly"].cron == "30 3 * * *" and by_name["new-arrivals"].parameters == {"new_only": False}
     assert by_name["nightly"].timeout_seconds == RUN_SETTINGS["nightly"].timeout_seconds
     assert by_name["nightly"].alert_on_failure and not by_name["on-demand"].alert_on_failure
+
+
+@pytest.mark.parametrize(("old", "new", "refusal"), [
+    ("  - name: on-demand\n", "  - name: on-request\n", "'on-request' of prefect.yaml has no RunSettings"),
+    ('cron: "0 2 * * *"\n      timezone: Europe/Berlin\n      active: true',
+     'cron: "0 2 * * *"\n      timezone: Europe/Berlin\n      active: false', "active: true here"),
+    ("        active: false\n", "        active: true\n", "active: false here"),
+    ("      new_only: true\n", "      new_only: true\n      label: \"lab-{{ prefect.variables.site }}\"\n",
+     "(not ['label'])"),
+])
+def test_what_serve_could_not_serve_as_declared_is_refused_by_name(old, new, refusal):
+    text = PREFECT_YAML.read_text()
+    assert text.count(old) == 1
+    with pytest.raises(ValueError, match=re.escape(refusal)):
+        load_deployments(text.replace(old, new))
 
 
 def test_documented_job_variables_name_the_settings_the_runner_reads(prefect_yaml):
