@@ -25,7 +25,7 @@ METRICS = ("roc_auc", "accuracy", "sensitivity", "specificity", "precision", "f1
 # An incomplete version younger than this may be a registration in progress: prune leaves it.
 INCOMPLETE_GRACE = timedelta(days=1)
 # Folders under runs/ that never hold a scoring record: walking them would list every chunk.
-_NOT_SCORINGS = ("_shards",)
+_NOT_SCORINGS = (storage.SHARDS,)
 
 
 @dataclass(frozen=True)
@@ -187,7 +187,7 @@ def model_references(store: str, storage_options: dict | None = None) -> dict[st
             if entry["type"] == "directory":
                 if not name.endswith(".zarr") and name not in _NOT_SCORINGS:
                     folders.append(path)
-            elif name == "score.json":
+            elif name == storage.SCORE_RECORD:
                 where = storage.join(runs, posixpath.relpath(path, root))
                 try:
                     version = json.loads(fs.cat_file(path))["model_version"]

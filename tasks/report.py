@@ -21,12 +21,12 @@ DEFAULT_TOP_K = 12
 
 def report_url(paths: storage.ScoringPaths, patient_id: str) -> str:
     """``<scoring>/reports/<patient>.html``."""
-    return storage.join(paths.root, "reports", f"{report_name(patient_id)}.html")
+    return storage.join(paths.reports_root, f"{report_name(patient_id)}.html")
 
 
 def index_url(paths: storage.ScoringPaths) -> str:
     """``<scoring>/reports/index.html``, the cohort index page."""
-    return storage.join(paths.root, "reports", "index.html")
+    return storage.join(paths.reports_root, "index.html")
 
 
 def model_info(store: str, version: str, store_options: dict | None = None) -> ModelInfo:

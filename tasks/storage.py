@@ -47,6 +47,7 @@ IMAGES = "images"
 PROBABILITIES = "probabilities"
 SUCCESS = "_SUCCESS"
 SCORE_RECORD = "score.json"
+SHARDS = "_shards"
 
 
 def storage_options_for(url: str, endpoint_url: str | None = None) -> dict[str, Any]:
@@ -222,7 +223,7 @@ def _in_root(*parts: str) -> property:
 
 def _shard_marker(self, stage: str, shard: int) -> str:
     """A shard's record of what it wrote; its presence means the shard is complete."""
-    return join(self.root, "_shards", stage, f"{shard:05d}.json")
+    return join(self.root, SHARDS, stage, f"{shard:05d}.json")
 
 
 @dataclass(frozen=True)
@@ -290,4 +291,5 @@ class ScoringPaths:
     patients_table = _in_root("patients.parquet")
     settings = _in_root(SCORE_RECORD)
     success = _in_root(SUCCESS)
+    reports_root = _in_root("reports")
     shard_marker = _shard_marker

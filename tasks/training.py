@@ -17,7 +17,7 @@ from aml_model.evaluate import BinaryMetrics, compute_metrics
 from aml_model.zarr_rows import Rows
 from tasks import storage
 from tasks.retry import store_task
-from tasks.registry import CARD_FILE, ModelRef, finish_registration, models_root, resolve_model, stage_model
+from tasks.registry import CARD_FILE, MODEL_FILE, ModelRef, finish_registration, models_root, resolve_model, stage_model
 
 __all__ = ["TrainedModel", "TrainingSet", "cell_rows", "compare_with_champion", "evaluation_files", "fit_head",
            "load_cells", "load_training_set", "predict_cells", "register_challenger", "train_on_features",
@@ -205,7 +205,7 @@ def _stage(model, store: str, storage_options: dict) -> ModelRef:
     from aml_model.io import save_model
 
     with tempfile.TemporaryDirectory() as folder:
-        return stage_model(str(save_model(model, os.path.join(folder, "model.keras"))), store, storage_options)
+        return stage_model(str(save_model(model, os.path.join(folder, MODEL_FILE))), store, storage_options)
 
 
 def _record(check) -> dict:
