@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from aml_model.architecture import BACKBONE_NAME, INPUT_NORMALISATION_LAYERS
+from aml_model.config import ScoringConfig
 
 __all__ = ["INFERENCE_PRECISIONS", "REDUCED_PRECISION_MAX_ABS_DP", "BatchScorer", "fold_batch_norm", "inference_model"]
 
@@ -157,7 +158,7 @@ class BatchScorer:
         batch_size: cells per forward pass.
     """
 
-    def __init__(self, model: keras.Model, batch_size: int = 64) -> None:
+    def __init__(self, model: keras.Model, batch_size: int = ScoringConfig.batch_size) -> None:
         from aml_model.preprocess import normalise_for_resnet50
 
         self.model = model

@@ -5,12 +5,13 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from aml_model.config import ScoringConfig
 from aml_model.data import make_dataset
 
 __all__ = ["predict_batch"]
 
 
-def predict_batch(model: keras.Model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+def predict_batch(model: keras.Model, images: np.ndarray, batch_size: int = ScoringConfig.batch_size) -> np.ndarray:
     """Blast probabilities for a stack of cells.
 
     Args:

@@ -199,8 +199,6 @@ def _spec(declared: Mapping[str, Any]) -> DeploymentSpec:
         entrypoint=declared["entrypoint"].rpartition(":")[2], description=declared["description"],
         variables=templated, parameters={k: v for k, v in parameters.items() if k not in templated},
         cron=cron.get("cron"), timezone=cron.get("timezone"), interval_seconds=interval,
-        # Every deployment needs the variables that every one needs (REQUIRED_VARIABLES); a
-        # deployment needs the others it names too, but the optional ones.
         requires=requires,
         concurrency_limit=limit["limit"] if isinstance(limit, dict) else limit,
         collision_strategy=limit.get("collision_strategy") if isinstance(limit, dict) else None,

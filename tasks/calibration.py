@@ -7,6 +7,7 @@ import pandas as pd
 from prefect.artifacts import create_markdown_artifact
 
 from aml_model.calibration import SiteCalibration, validate_site_name
+from aml_model.config import ScoringConfig
 from aml_model.errors import AmlSmearError
 from tasks import storage
 from tasks.predict import worker_scorer
@@ -86,7 +87,8 @@ def read_site_calibration(store: str, site: str, version: str, storage_options: 
 
 
 @store_task("score-labelled-cells")
-def score_labelled_cells(cells: pd.DataFrame, model: ModelRef, store_options: dict, batch_size: int = 64) -> np.ndarray:
+def score_labelled_cells(cells: pd.DataFrame, model: ModelRef, store_options: dict,
+                         batch_size: int = ScoringConfig.batch_size) -> np.ndarray:
     """Raw probabilities of the given cells (cells_zarr, zarr_index), scored on a worker as ``score-smears`` does.
 
     Returns:

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from aml_model.calibration import call_probabilities
+from aml_model.config import ScoringConfig
 from aml_model.report import (GalleryCell, ModelInfo, PatientReport, cell_type_rates, encode_png,
                               render_cohort_index, render_patient_report, report_name, top_cells)
 from aml_model.zarr_rows import read_cells
@@ -16,7 +17,6 @@ from tasks.retry import store_task
 
 __all__ = ["build_reports", "index_url", "model_info", "report_url", "write_reports"]
 
-DEFAULT_TOP_K = 12
 
 
 def report_url(paths: storage.ScoringPaths, patient_id: str) -> str:
@@ -70,7 +70,7 @@ def build_reports(paths: storage.ScoringPaths, store_options: dict | None = None
     """
     options = store_options or {}
     settings = storage.read_json(paths.settings, options)
-    top_k = int(settings.get("explain_top_k", DEFAULT_TOP_K))
+    top_k = int(settings.get("explain_top_k", ScoringConfig.explain_top_k))
     cells = storage.read_table(paths.cells_table, options)
     patients = storage.read_table(paths.patients_table, options)
     model = model_info(paths.store, settings["model_version"], options)

@@ -13,6 +13,7 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from aml_model.config import ScoringConfig
 from aml_model.evaluate import BinaryMetrics, compute_metrics
 from aml_model.zarr_rows import Rows
 from tasks import storage
@@ -110,7 +111,7 @@ def load_cells(frame: pd.DataFrame, storage_options: dict) -> np.ndarray:
     return cell_rows(frame, storage_options)[np.arange(len(frame))]
 
 
-def predict_cells(model, cells, batch_size: int = 64) -> np.ndarray:
+def predict_cells(model, cells, batch_size: int = ScoringConfig.batch_size) -> np.ndarray:
     """Blast probabilities of cells read a batch at a time (:class:`Rows` or an array)."""
     from aml_model.train import cell_batches
 
