@@ -130,6 +130,10 @@ def test_aml_smear_serve_registers_the_deployments_on_a_real_server(local_stack,
         assert (schedule["schedule"]["cron"], schedule["schedule"]["timezone"]) == ("0 2 * * *", "Europe/Berlin")
         assert nightly["parameters"] == {}  # read from the variables when each run starts
         assert nightly["concurrency_options"]["collision_strategy"] == "CANCEL_NEW"
-        assert "serving retrain-and-evaluate/nightly (0 2 * * *, Europe/Berlin)" in output.read_text()
+        # serve prints each line after the API has the deployment: wait for it, as for the registration.
+        line = "serving retrain-and-evaluate/nightly (0 2 * * *, Europe/Berlin)"
+        while line not in output.read_text():
+            assert serve.poll() is None and time.monotonic() < deadline, output.read_text()[-3000:]
+            time.sleep(0.5)
     finally:
         stop_process_group(serve, grace_s=20)
