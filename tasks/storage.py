@@ -12,7 +12,6 @@ import io
 import json
 import os
 import posixpath
-import tempfile
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +19,8 @@ from typing import Any
 import fsspec
 import pandas as pd
 import zarr
+
+from tasks.local_cache import cached_file
 
 __all__ = [
     "RunPaths",
@@ -117,20 +118,18 @@ def write_bytes(url: str, data: bytes, storage_options: dict | None = None) -> s
 
 
 def local_copy(url: str, storage_options: dict | None, name: str) -> str:
-    """A local file holding ``url``'s bytes, fetched once per machine into the temp folder.
+    """A local file holding ``url``'s bytes: the file itself on a local store, else a copy in the
+    machine's bounded cache (:mod:`tasks.local_cache`), fetched once per machine.
 
     Keras reads models and weights from local paths only; ``name`` must identify the content
-    (a version or a hash), since an existing file of that name is reused.
+    (a version or a hash), since an existing copy of that name is reused.
     """
-    folder = os.path.join(tempfile.gettempdir(), "aml-smear-cache")
-    os.makedirs(folder, exist_ok=True)
-    local = os.path.join(folder, name)
-    if not os.path.isfile(local):
-        partial = f"{local}.{os.getpid()}.partial"
-        with open(partial, "wb") as handle:
-            handle.write(read_bytes(url, storage_options))
-        os.replace(partial, local)
-    return local
+    fs, path = _fs(url, storage_options)
+    if is_local(fs):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{url} does not exist")
+        return path
+    return cached_file(name, lambda: read_bytes(url, storage_options))
 
 
 def remove(url: str, storage_options: dict | None = None, recursive: bool = False) -> None:

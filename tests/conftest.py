@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -11,6 +13,9 @@ import pytest
 # Set before anything imports Keras or Prefect: a bare `import keras` writes $KERAS_HOME.
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="aml-smear-tests-"))
 os.environ["KERAS_HOME"] = str(_SESSION_HOME / "keras")
+# Models copied from s3:// stores go to this session's own cache, not the machine's.
+os.environ["AML_SMEAR_CACHE_DIR"] = str(_SESSION_HOME / "cache")
+atexit.register(shutil.rmtree, _SESSION_HOME, ignore_errors=True)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MPLBACKEND", "Agg")

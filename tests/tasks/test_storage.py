@@ -1,8 +1,5 @@
 """Storage round trips, written once and run against the local disk and a real S3 API (moto)."""
 
-import os
-import uuid
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -64,16 +61,13 @@ class TestLocalStorage(StorageContract):
             storage.write_bytes(storage.join(root, "t.bin"), b"x" * 1000, options)
         assert [p.name for p in (tmp_path / "store").iterdir()] == ["t.bin"]
 
-    def test_local_copy_is_fetched_once(self, where):
+    def test_local_copy_of_a_local_file_is_the_file_itself(self, where):
         root, options = where
         url = storage.join(root, "m.bin")
         storage.write_bytes(url, b"v1", options)
-        name = f"test-{uuid.uuid4().hex}.bin"
-        first = storage.local_copy(url, options, name)
-        storage.write_bytes(url, b"v2", options)
-        assert storage.local_copy(url, options, name) == first
-        assert open(first, "rb").read() == b"v1", "a name identifies content: the cached copy is kept"
-        os.remove(first)
+        assert storage.local_copy(url, options, "m-v1.bin") == url
+        with pytest.raises(FileNotFoundError, match="nope.bin does not exist"):
+            storage.local_copy(storage.join(root, "nope.bin"), options, "nope.bin")
 
 
 class TestS3Storage(StorageContract):
@@ -81,6 +75,17 @@ class TestS3Storage(StorageContract):
     def where(self, s3_bucket):
         bucket, options = s3_bucket
         return f"s3://{bucket}/store", options
+
+    def test_local_copy_is_fetched_once_into_the_local_cache(self, where, tmp_path, monkeypatch):
+        root, options = where
+        monkeypatch.setenv("AML_SMEAR_CACHE_DIR", str(tmp_path / "cache"))
+        url = storage.join(root, "m.bin")
+        storage.write_bytes(url, b"v1", options)
+        first = storage.local_copy(url, options, "m-v1.bin")
+        assert first == str(tmp_path / "cache" / "m-v1.bin")
+        storage.write_bytes(url, b"v2", options)
+        assert storage.local_copy(url, options, "m-v1.bin") == first
+        assert open(first, "rb").read() == b"v1", "a name identifies content: the cached copy is kept"
 
     def test_endpoint_option_only_for_s3(self, s3_endpoint):
         assert storage.storage_options_for("s3://b/x", s3_endpoint) == {"client_kwargs": {"endpoint_url": s3_endpoint}}

@@ -1,0 +1,151 @@
+"""The machine-local copies of remote models and weights, bounded in size.
+
+Keras loads models and weights from local files only, so a worker scoring or training from an
+s3:// store first copies the file here. Every nightly retrain adds a new model version
+(about 100-150 MB at 224 px), so the folder is kept under a size cap: after each new copy, the
+files used longest ago are removed until the folder fits. A file used within the last
+``min_age_s`` is never removed, so one process cannot pull a model from under another that is
+loading it.
+
+Settings come from the environment, so that every worker process of a deployment reads the same:
+``AML_SMEAR_CACHE_DIR`` (default ``<temp folder>/aml-smear-cache``) and ``AML_SMEAR_CACHE_MAX_MB``
+(default 2048).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+logger = logging.getLogger(__name__)
+
+_PARTIAL = ".partial"
+
+
+def _default_folder() -> str:
+    return os.path.join(tempfile.gettempdir(), "aml-smear-cache")
+
+
+@dataclass(frozen=True)
+class LocalCacheSettings:
+    """Where the local copies live and how much room they may take.
+
+    Attributes:
+        folder: the cache folder (created on first use).
+        max_bytes: size cap in bytes; the folder may exceed it only by files used within
+            ``min_age_s``.
+        min_age_s: seconds after its last use during which a file is never removed; also the age
+            after which a ``.partial`` file is taken as left by a crashed copy and removed.
+    """
+
+    folder: str = field(default_factory=_default_folder)
+    max_bytes: int = 2048 * 2**20
+    min_age_s: float = 3600.0
+
+    @classmethod
+    def from_env(cls) -> LocalCacheSettings:
+        """The settings named by ``AML_SMEAR_CACHE_DIR`` and ``AML_SMEAR_CACHE_MAX_MB``, else the defaults."""
+        defaults = cls()
+        folder = os.environ.get("AML_SMEAR_CACHE_DIR") or defaults.folder
+        raw = os.environ.get("AML_SMEAR_CACHE_MAX_MB")
+        if raw is None or raw == "":
+            return cls(folder=folder)
+        try:
+            megabytes = float(raw)
+        except ValueError:
+            megabytes = -1.0
+        if megabytes < 0:
+            message = f"AML_SMEAR_CACHE_MAX_MB={raw!r} is invalid: expected a size in MB, 0 or more"
+            raise ValueError(message)
+        return cls(folder=folder, max_bytes=int(megabytes * 2**20))
+
+
+def cached_file(name: str, fetch: Callable[[], bytes], settings: LocalCacheSettings | None = None) -> str:
+    """The local path of the file ``name``, written from ``fetch()`` when it is not cached yet.
+
+    ``name`` must identify the content (a model version, a backbone id): an existing file of that
+    name is reused as it is. A cache hit marks the file as just used; a new copy is written under
+    a temporary name and renamed into place, then older files are evicted (:func:`evict`).
+
+    Args:
+        name: file name inside the cache folder, e.g. ``"20261130T101853Z-2090980b.keras"``.
+        fetch: returns the file's bytes; called only on a miss.
+        settings: defaults to :meth:`LocalCacheSettings.from_env`.
+
+    Returns:
+        Absolute path of the cached file.
+    """
+    settings = settings or LocalCacheSettings.from_env()
+    os.makedirs(settings.folder, exist_ok=True)
+    local = os.path.join(settings.folder, name)
+    try:
+        os.utime(local)
+        return local
+    except FileNotFoundError:
+        pass
+    partial = f"{local}.{os.getpid()}{_PARTIAL}"
+    with open(partial, "wb") as handle:
+        handle.write(fetch())
+    os.replace(partial, local)
+    evict(settings, keep=local)
+    return local
+
+
+def evict(settings: LocalCacheSettings, keep: str | None = None, now: float | None = None) -> list[str]:
+    """Remove the least recently used files until the folder fits ``settings.max_bytes``.
+
+    Files used within ``settings.min_age_s`` and ``keep`` stay whatever the size; ``.partial``
+    files older than ``min_age_s`` (left by a crashed copy) are removed; files another process
+    removes meanwhile are skipped.
+
+    Args:
+        keep: a path never removed (the file just written).
+        now: the time to age files against, in seconds since the epoch; defaults to now.
+
+    Returns:
+        The paths removed, oldest first.
+    """
+    now = time.time() if now is None else now
+    removed: list[str] = []
+    files: list[tuple[float, int, str]] = []
+    for entry in os.scandir(settings.folder):
+        try:
+            if not entry.is_file():
+                continue
+            stat = entry.stat()
+        except FileNotFoundError:
+            continue
+        if entry.name.endswith(_PARTIAL):
+            if now - stat.st_mtime > settings.min_age_s and _remove(entry.path):
+                removed.append(entry.path)
+            continue
+        files.append((stat.st_mtime, stat.st_size, entry.path))
+    total = sum(size for _, size, _ in files)
+    freed = 0
+    for used, size, path in sorted(files):
+        if total - freed <= settings.max_bytes:
+            break
+        if path == keep or now - used < settings.min_age_s:
+            continue
+        if _remove(path):
+            removed.append(path)
+            freed += size
+    if freed:
+        logger.info("local cache %s: removed %d file(s), %.0f MB, to stay under %.0f MB", settings.folder,
+                    len(removed), freed / 2**20, settings.max_bytes / 2**20)
+    if total - freed > settings.max_bytes:
+        logger.warning("local cache %s holds %.0f MB, over its %.0f MB cap, all of it used within the last %.0f s",
+                       settings.folder, (total - freed) / 2**20, settings.max_bytes / 2**20, settings.min_age_s)
+    return removed
+
+
+def _remove(path: str) -> bool:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        return False
+    return True
