@@ -11,11 +11,16 @@ from pathlib import Path
 import pytest
 
 # Set before anything imports Keras or Prefect: a bare `import keras` writes $KERAS_HOME.
-_SESSION_HOME = Path(tempfile.mkdtemp(prefix="aml-smear-tests-"))
+# One home per test run: the pytest process that makes it removes it at exit; xdist workers and
+# any process that imports this module again (a Dask worker unpickling a test's plugin) inherit it,
+# since such processes are often killed, not exited.
+if "AML_SMEAR_TEST_HOME" not in os.environ:
+    os.environ["AML_SMEAR_TEST_HOME"] = tempfile.mkdtemp(prefix="aml-smear-tests-")
+    atexit.register(shutil.rmtree, os.environ["AML_SMEAR_TEST_HOME"], ignore_errors=True)
+_SESSION_HOME = Path(os.environ["AML_SMEAR_TEST_HOME"])
 os.environ["KERAS_HOME"] = str(_SESSION_HOME / "keras")
 # Models copied from s3:// stores go to this session's own cache, not the machine's.
 os.environ["AML_SMEAR_CACHE_DIR"] = str(_SESSION_HOME / "cache")
-atexit.register(shutil.rmtree, _SESSION_HOME, ignore_errors=True)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MPLBACKEND", "Agg")
