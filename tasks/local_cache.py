@@ -8,8 +8,8 @@ files used longest ago are removed until the folder fits. A file used within the
 loading it.
 
 Settings come from the environment, so that every worker process of a deployment reads the same:
-``AML_SMEAR_CACHE_DIR`` (default ``<temp folder>/aml-smear-cache``) and ``AML_SMEAR_CACHE_MAX_MB``
-(default 2048).
+``AML_SMEAR_CACHE_DIR`` (default ``<temp folder>/aml-smear-cache``; a folder of its own, since any
+file in it may be evicted) and ``AML_SMEAR_CACHE_MAX_MB`` (default 2048).
 """
 
 from __future__ import annotations
