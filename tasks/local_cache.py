@@ -57,8 +57,8 @@ class LocalCacheSettings:
         try:
             megabytes = float(raw)
         except ValueError:
-            megabytes = -1.0
-        if megabytes < 0:
+            megabytes = None
+        if megabytes is None or megabytes < 0:
             message = f"AML_SMEAR_CACHE_MAX_MB={raw!r} is invalid: expected a size in MB, 0 or more"
             raise ValueError(message)
         return cls(folder=folder, max_bytes=int(megabytes * 2**20))

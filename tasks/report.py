@@ -18,7 +18,6 @@ from tasks.retry import store_task
 __all__ = ["build_reports", "index_url", "model_info", "report_url", "write_reports"]
 
 
-
 def report_url(paths: storage.ScoringPaths, patient_id: str) -> str:
     """``<scoring>/reports/<patient>.html``."""
     return storage.join(paths.reports_root, f"{report_name(patient_id)}.html")

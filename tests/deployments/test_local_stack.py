@@ -118,22 +118,23 @@ def test_aml_smear_serve_registers_the_deployments_on_a_real_server(local_stack,
         serve = subprocess.Popen([str(Path(sys.executable).parent / "aml-smear"), "serve", "--workers", "1"],
                                  cwd=REPO_ROOT, env=local_stack["env"], stdout=handle, stderr=subprocess.STDOUT,
                                  stdin=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 300
-        # Served deployments have no work pool: the serving process runs them itself.
-        while any(_deployment(api_url, name)["work_pool_name"] for name in
-                  ("score-smears/on-demand", "retrain-and-evaluate/nightly")):
+    deadline = time.monotonic() + 300
+
+    def wait_until(condition) -> None:
+        while not condition():
             assert serve.poll() is None and time.monotonic() < deadline, output.read_text()[-3000:]
             time.sleep(0.5)
+
+    try:
+        # Served deployments have no work pool: the serving process runs them itself.
+        wait_until(lambda: not any(_deployment(api_url, name)["work_pool_name"] for name in
+                                   ("score-smears/on-demand", "retrain-and-evaluate/nightly")))
         nightly = _deployment(api_url, "retrain-and-evaluate/nightly")
         (schedule,) = nightly["schedules"]
         assert (schedule["schedule"]["cron"], schedule["schedule"]["timezone"]) == ("0 2 * * *", "Europe/Berlin")
         assert nightly["parameters"] == {}  # read from the variables when each run starts
         assert nightly["concurrency_options"]["collision_strategy"] == "CANCEL_NEW"
         # serve prints each line after the API has the deployment: wait for it, as for the registration.
-        line = "serving retrain-and-evaluate/nightly (0 2 * * *, Europe/Berlin)"
-        while line not in output.read_text():
-            assert serve.poll() is None and time.monotonic() < deadline, output.read_text()[-3000:]
-            time.sleep(0.5)
+        wait_until(lambda: "serving retrain-and-evaluate/nightly (0 2 * * *, Europe/Berlin)" in output.read_text())
     finally:
         stop_process_group(serve, grace_s=20)
