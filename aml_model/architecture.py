@@ -1,4 +1,8 @@
-"""The paper's network: frozen Keras ResNet50 + Flatten, Dense(128, relu), Dense(1, sigmoid)."""
+"""The paper's network: frozen Keras ResNet50 + Flatten, Dense(128, relu), Dense(1, sigmoid).
+
+A recipe may cut the backbone at an earlier stage, pool its map (:mod:`aml_model.pooling`) and
+change the head's size (:class:`aml_model.config.ModelConfig`); the paper's model is the default.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +11,26 @@ import logging
 import keras
 import numpy as np
 
-from aml_model.config import ModelConfig
+from aml_model.config import FEATURE_LAYERS, ModelConfig
+from aml_model.pooling import POOLING_LAYER_NAME, SpatialMeanStd
 from aml_model.scale import SCALE_LAYER_NAME, ScaleNormalisation
 from aml_model.stain import STAIN_LAYER_NAME, StainNormalisation
 from aml_model.weights import fetch_weights_file, imagenet_weights_file
 
-__all__ = ["BACKBONE_NAME", "INPUT_NORMALISATION_LAYERS", "assemble_model", "input_normalisation", "build_backbone", "build_head", "build_model", "compile_model",
-           "resolve_backbone_weights", "seed_weights"]
+__all__ = ["BACKBONE_NAME", "FEATURE_NORMALISATION_NAME", "INPUT_NORMALISATION_LAYERS", "OUTPUT_LAYER_NAME",
+           "adapt_feature_normalisation", "assemble_model", "build_backbone", "build_head", "build_model",
+           "compile_model", "copy_layer_weights", "cut_backbone", "feature_extractor", "head_layer_names",
+           "input_normalisation", "resolve_backbone_weights", "seed_weights"]
 
 logger = logging.getLogger(__name__)
 
 BACKBONE_NAME = "resnet50"
 #: Layers between the input and the backbone, in model order, when a recipe has them.
 INPUT_NORMALISATION_LAYERS = (SCALE_LAYER_NAME, STAIN_LAYER_NAME)
+#: The head's first layer when the backbone's features are pooled.
+FEATURE_NORMALISATION_NAME = "feature_normalisation"
+#: The head's last layer: the blast probability.
+OUTPUT_LAYER_NAME = "blast_probability"
 
 
 def input_normalisation(config: ModelConfig) -> list[keras.layers.Layer]:
@@ -54,15 +65,19 @@ def resolve_backbone_weights(config: ModelConfig, storage_options: dict | None =
 
 
 def build_backbone(config: ModelConfig, storage_options: dict | None = None) -> keras.Model:
-    """ResNet50 without its top, every layer frozen.
+    """ResNet50 without its top, up to ``config.feature_layer`` and pooled as configured, frozen.
+
+    The weights (ImageNet, or a weights file) are always those of the whole ResNet50 without its
+    top, so one file serves every feature layer.
 
     Args:
-        config: input size and backbone weights.
+        config: input size, backbone weights, feature layer and pooling.
         storage_options: fsspec options for a remote weights URL.
 
     Returns:
-        A Keras model `(batch, s, s, 3)` float32 (ResNet50-normalised) ->
-        `(batch, s/32, s/32, 2048)`.
+        A Keras model named "resnet50", `(batch, s, s, 3)` float32 (ResNet50-normalised) ->
+        the feature layer's map, `(batch, s/32, s/32, 2048)` for the paper's ``conv5_block3_out``
+        (`s/8, s/8, 512` for ``conv3_block4_out``), or `(batch, 2c)` with "mean_std" pooling.
     """
     weights = resolve_backbone_weights(config, storage_options)
     backbone = keras.applications.ResNet50(
@@ -71,6 +86,21 @@ def build_backbone(config: ModelConfig, storage_options: dict | None = None) -> 
         input_shape=(config.image_size, config.image_size, 3),
         name=BACKBONE_NAME,
     )
+    return cut_backbone(backbone, config)
+
+
+def cut_backbone(backbone: keras.Model, config: ModelConfig) -> keras.Model:
+    """The part of a whole ResNet50 ``backbone`` that ``config`` reads, frozen; its weights are shared.
+
+    Returns:
+        ``backbone`` itself for the paper (the last stage, not pooled), else a model named
+        "resnet50" from its input to ``config.feature_layer``, pooled by ``config.feature_pooling``.
+    """
+    if config.feature_layer != FEATURE_LAYERS[-1] or config.feature_pooling != "none":
+        features = backbone.get_layer(config.feature_layer).output
+        if config.feature_pooling == "mean_std":
+            features = SpatialMeanStd(name=POOLING_LAYER_NAME)(features)
+        backbone = keras.Model(backbone.input, features, name=BACKBONE_NAME)
     backbone.trainable = False
     return backbone
 
@@ -107,12 +137,68 @@ def _all_layers(model: keras.Model) -> list[keras.layers.Layer]:
 
 
 def _head_layers(config: ModelConfig) -> list[keras.layers.Layer]:
-    return [
-        keras.layers.Flatten(name="flatten"),
-        keras.layers.Dense(config.head_units, activation="relu", name="dense"),
-        # float32 output keeps the probability exact under mixed-precision policies.
-        keras.layers.Dense(1, activation="sigmoid", name="blast_probability", dtype="float32"),
-    ]
+    layers: list[keras.layers.Layer] = []
+    if config.feature_pooling != "none":
+        # Pooled channel statistics differ in scale from channel to channel; standardised with the
+        # training features' mean and variance (adapt_feature_normalisation), one learning rate
+        # suits them all. The statistics are weights of the saved model.
+        layers.append(keras.layers.Normalization(name=FEATURE_NORMALISATION_NAME))
+    layers.append(keras.layers.Flatten(name="flatten"))
+    if config.head_units:
+        layers.append(keras.layers.Dense(config.head_units, activation="relu", name="dense"))
+    # float32 output keeps the probability exact under mixed-precision policies.
+    layers.append(keras.layers.Dense(1, activation="sigmoid", name=OUTPUT_LAYER_NAME, dtype="float32"))
+    return layers
+
+
+def head_layer_names(model: keras.Model) -> list[str]:
+    """Names of the layers after the backbone of a model from :func:`build_model`, in order."""
+    names = [layer.name for layer in model.layers]
+    return names[names.index(BACKBONE_NAME) + 1:]
+
+
+def copy_layer_weights(source: keras.layers.Layer, target: keras.layers.Layer) -> None:
+    """Give ``target`` the weights of ``source`` (same class and configuration).
+
+    A Keras ``Normalization`` layer computes from copies of its statistics made when it is
+    adapted or loaded, so it is told that they changed.
+    """
+    target.set_weights(source.get_weights())
+    if isinstance(target, keras.layers.Normalization):
+        target.finalize_state()
+
+
+def adapt_feature_normalisation(model: keras.Model, features) -> bool:
+    """Fit the feature normalisation of a pooled head (or full model) to training features.
+
+    Args:
+        model: a head from :func:`build_head` or a model from :func:`build_model`.
+        features: the training features, `(n, 2c)` array or a tf.data dataset of `(batch, 2c)`
+            batches (the backbone's outputs, augmented views included).
+
+    Returns:
+        Whether ``model`` has a feature normalisation (pooled recipes) and it was fitted.
+    """
+    if FEATURE_NORMALISATION_NAME not in [layer.name for layer in model.layers]:
+        return False
+    model.get_layer(FEATURE_NORMALISATION_NAME).adapt(features)
+    return True
+
+
+def feature_extractor(model: keras.Model) -> keras.Model:
+    """What feeds the head of a model from :func:`build_model`: its input normalisation and backbone.
+
+    Returns:
+        A model sharing ``model``'s layers, `(batch, s, s, 3)` ResNet50-normalised float32 ->
+        the backbone's output.
+    """
+    inputs = keras.Input(tuple(model.input_shape[1:]), name="image")
+    images = inputs
+    for layer in model.layers:
+        if layer.name in INPUT_NORMALISATION_LAYERS:
+            images = layer(images)
+    # training=False keeps the frozen BatchNorm layers on their stored statistics, as in build_model.
+    return keras.Model(inputs, model.get_layer(BACKBONE_NAME)(images, training=False), name="feature_extractor")
 
 
 def build_head(feature_shape: tuple[int, int, int], config: ModelConfig) -> keras.Sequential:
@@ -122,7 +208,8 @@ def build_head(feature_shape: tuple[int, int, int], config: ModelConfig) -> kera
     weights transfer by layer name.
 
     Args:
-        feature_shape: the backbone's output shape without the batch axis, e.g. (7, 7, 2048).
+        feature_shape: the backbone's output shape without the batch axis, e.g. (7, 7, 2048),
+            or (1024,) pooled (the Flatten layer then passes it through).
         config: head size.
 
     Returns:
@@ -150,11 +237,13 @@ def compile_model(model: keras.Model, config: ModelConfig, jit_compile: bool = F
 
 
 def build_model(config: ModelConfig, storage_options: dict | None = None) -> keras.Model:
-    """Build and compile the paper's model.
+    """Build and compile the paper's model, or a recipe's variant of it.
 
     Layer sequence: input -> [scale_normalisation, stain_normalisation: robust recipe] -> resnet50 (frozen,
     inference mode) -> flatten -> dense (relu) -> blast_probability (sigmoid). With the paper's
-    224x224 input there are 12,845,313 trainable parameters, all in the head.
+    224x224 input there are 12,845,313 trainable parameters, all in the head. The robust recipe's
+    resnet50 ends at ``conv3_block4_out`` and pools it to 1,024 channel statistics, and its head
+    is feature_normalisation -> flatten -> blast_probability: 1,025 trainable parameters.
 
     Args:
         config: see :class:`~aml_model.config.ModelConfig`.
@@ -189,5 +278,5 @@ def assemble_model(config: ModelConfig, head: keras.Model, storage_options: dict
     """
     model = build_model(config, storage_options)
     for layer in head.layers:
-        model.get_layer(layer.name).set_weights(layer.get_weights())
+        copy_layer_weights(layer, model.get_layer(layer.name))
     return model

@@ -14,6 +14,8 @@ from aml_model.errors import ConfigError
 
 __all__ = [
     "DEFAULT_RECIPE",
+    "FEATURE_LAYERS",
+    "FEATURE_POOLINGS",
     "RECIPES",
     "SCALE_NORMALISATIONS",
     "STAIN_NORMALISATIONS",
@@ -35,6 +37,13 @@ SCALE_NORMALISATIONS: tuple[str, ...] = get_args(ScaleNormalisation)
 #: Colour standardisations of the input (ModelConfig.stain_normalisation).
 StainNormalisation = Literal["none", "channel", "grey"]
 STAIN_NORMALISATIONS: tuple[str, ...] = get_args(StainNormalisation)
+
+#: ResNet50 layers the head may read: the output of each stage (conv2 to conv5), in order.
+FEATURE_LAYERS: tuple[str, ...] = ("conv2_block3_out", "conv3_block4_out", "conv4_block6_out", "conv5_block3_out")
+
+#: What the frozen part does to its last feature map (ModelConfig.feature_pooling).
+FeaturePooling = Literal["none", "mean_std"]
+FEATURE_POOLINGS: tuple[str, ...] = get_args(FeaturePooling)
 
 #: Named training recipes: "paper" is Hassan et al. unchanged; "robust" adds what keeps the
 #: per-patient call from depending on the lab (docs/design.md, "Recipes").
@@ -131,7 +140,7 @@ class ModelConfig:
 
     Attributes:
         image_size: side of the square RGB input, pixels (224 in the paper).
-        head_units: units of the hidden Dense layer.
+        head_units: units of the hidden Dense layer; 0 leaves it out (a logistic head).
         backbone_weights: "imagenet" (Keras' download cache under KERAS_HOME), "none"
             (random initialisation), or a local path / fsspec URL of a weights file.
         backbone_weights_sha256: expected sha256 of a weights file; checked when set.
@@ -144,6 +153,12 @@ class ModelConfig:
             nucleus to a fixed apparent size (:mod:`aml_model.scale`): "none" (the paper) or
             "nucleus". Labs differ in microns per pixel; this removes the difference. Saved in
             the model like the stain normalisation.
+        feature_layer: the ResNet50 layer whose output the head reads (one of
+            ``FEATURE_LAYERS``); the paper reads the last, ``conv5_block3_out``. The layers after
+            it are not part of the model.
+        feature_pooling: "none" (the paper: the `(h, w, c)` map, flattened by the head) or
+            "mean_std" (each channel's mean and standard deviation over the map, `(2c,)`:
+            :mod:`aml_model.pooling`), computed in the frozen part, so cached features are pooled.
     """
 
     image_size: int = 224
@@ -153,11 +168,13 @@ class ModelConfig:
     learning_rate: float = 1e-4
     stain_normalisation: str = "none"
     scale_normalisation: str = "none"
+    feature_layer: str = FEATURE_LAYERS[-1]
+    feature_pooling: str = "none"
 
     def __post_init__(self) -> None:
         # ResNet50's five stride-2 stages need at least 32 px to leave a 1x1 feature map.
         _require(self.image_size >= 32, "image_size", self.image_size, "an integer >= 32")
-        _require(self.head_units >= 1, "head_units", self.head_units, "a positive integer")
+        _require(self.head_units >= 0, "head_units", self.head_units, "an integer >= 0")
         _require(bool(self.backbone_weights), "backbone_weights", self.backbone_weights,
                  '"imagenet", "none" or a weights file path/URL')
         if self.backbone_weights_sha256 is not None:
@@ -169,6 +186,10 @@ class ModelConfig:
                  self.stain_normalisation, f"one of {STAIN_NORMALISATIONS}")
         _require(self.scale_normalisation in SCALE_NORMALISATIONS, "scale_normalisation",
                  self.scale_normalisation, f"one of {SCALE_NORMALISATIONS}")
+        _require(self.feature_layer in FEATURE_LAYERS, "feature_layer", self.feature_layer,
+                 f"one of {FEATURE_LAYERS}")
+        _require(self.feature_pooling in FEATURE_POOLINGS, "feature_pooling", self.feature_pooling,
+                 f"one of {FEATURE_POOLINGS}")
 
 
 @dataclass(frozen=True)
@@ -205,8 +226,9 @@ class TrainConfig:
 
 
 #: What the "robust" recipe changes (chosen in benchmarks/bench_robustness.py; docs/design.md).
-ROBUST_STAIN_NORMALISATION = "channel"
-ROBUST_SCALE_NORMALISATION = "nucleus"
+ROBUST_MODEL: dict[str, object] = {"stain_normalisation": "channel", "scale_normalisation": "nucleus",
+                                    "feature_layer": "conv3_block4_out", "feature_pooling": "mean_std",
+                                    "head_units": 0, "learning_rate": 3e-3}
 ROBUST_AUGMENT: dict[str, float] = {"scale": 0.5, "hue": 0.05, "saturation": 0.5, "brightness": 0.1,
                                     "contrast": 0.3, "stain_transfer": 0.8}
 
@@ -236,16 +258,18 @@ class ExperimentConfig:
                    train: TrainConfig | None = None) -> ExperimentConfig:
         """``model`` and ``train`` with the recipe's colour handling and augmentation.
 
-        "paper" leaves the paper's settings as they are. "robust" standardises each image's
-        colour channels before the backbone and widens augmentation to the ways labs differ:
-        scale (cell size per pixel), hue, saturation, brightness and contrast (stain and
-        white balance). Other fields (input size, weights, epochs, seed) are kept.
+        "paper" leaves the paper's settings as they are. "robust" zooms each cell to a fixed
+        nucleus size and standardises its colour channels before the backbone, has the head
+        read the channel means and spreads of the backbone's third stage instead of the last
+        stage's map, standardised, through a logistic head (no hidden layer; Adam 3e-3, as a
+        linear model converges slowly at 1e-4), and widens augmentation to the ways labs differ: scale (cell size per
+        pixel), hue, saturation, brightness and contrast (stain and white balance). Other fields
+        (input size, weights, epochs, seed) are kept.
         """
         _require(recipe in RECIPES, "recipe", recipe, f"one of {RECIPES}")
         model, train = model or ModelConfig(), train or TrainConfig()
         if recipe == "robust":
-            model = dataclasses.replace(model, stain_normalisation=ROBUST_STAIN_NORMALISATION,
-                                        scale_normalisation=ROBUST_SCALE_NORMALISATION)
+            model = dataclasses.replace(model, **ROBUST_MODEL)
             train = dataclasses.replace(train, augment=dataclasses.replace(train.augment, **ROBUST_AUGMENT))
         return cls(model=model, train=train, recipe=recipe)
 

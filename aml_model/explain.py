@@ -2,9 +2,10 @@
 
 Grad-CAM (Selvaraju et al., 2017) weights each channel of a convolutional feature map by the
 mean gradient of the class score over that map, sums the channels and keeps the positive part.
-Here the feature map is ResNet50's last block, ``conv5_block3_out`` (`(s/32, s/32, 2048)`:
-7x7 for the paper's 224 px input, 2x2 at 64 px, a single cell at 32 px, where the heatmap is
-necessarily flat), and the class score is the logit of the sigmoid output (its pre-activation),
+Here the feature map is the one the head reads: for the paper ResNet50's last block,
+``conv5_block3_out`` (`(s/32, s/32, 2048)`: 7x7 for the paper's 224 px input, 2x2 at 64 px, a
+single cell at 32 px, where the heatmap is necessarily flat), for a pooled recipe the map its
+channel statistics are taken from (``conv3_block4_out``: 28x28 at 224 px), and the class score is the logit of the sigmoid output (its pre-activation),
 whose gradient does not vanish for cells the model is already sure about.
 """
 
@@ -16,14 +17,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from aml_model.architecture import BACKBONE_NAME
+from aml_model.architecture import BACKBONE_NAME, INPUT_NORMALISATION_LAYERS, OUTPUT_LAYER_NAME, head_layer_names
+from aml_model.pooling import POOLING_LAYER_NAME
 from aml_model.preprocess import normalise_for_resnet50
 
-__all__ = ["LAST_CONV_LAYER", "GradCam", "build_gradcam_model", "compute_gradcam", "overlay_heatmaps"]
+__all__ = ["GradCam", "build_gradcam_model", "compute_gradcam", "overlay_heatmaps"]
 
-LAST_CONV_LAYER = "conv5_block3_out"
-HEAD_LAYERS = ("flatten", "dense")
-OUTPUT_LAYER = "blast_probability"
 
 
 @dataclass(frozen=True)
@@ -45,13 +44,14 @@ class GradCam:
 
 
 def build_gradcam_model(model: keras.Model) -> keras.Model:
-    """A model from the paper's model's input to its last conv block and its blast logit.
+    """A model from the paper's model's input to the feature map the head reads and its blast logit.
 
     The backbone is nested as a sub-model, so its inner layers are not in the outer graph
     (``model.get_layer(...).output`` of an inner layer gives "Graph disconnected"). The
-    backbone's own graph is cut at ``conv5_block3_out``, then the outer head (flatten, dense)
-    is re-applied to the backbone output in a new graph, and the final Dense layer's kernel
-    and bias give the logit without its sigmoid. All weights are shared with ``model``.
+    backbone's own graph gives the map (its output, or the input of its pooling layer) and its
+    output; the model's input normalisation before it and its head layers after it (all but the
+    last) are re-applied in a new graph, and the final Dense layer's kernel and bias give the
+    logit without its sigmoid. All weights are shared with ``model``.
 
     Args:
         model: a model from :func:`aml_model.architecture.build_model`, or one loaded from
@@ -59,18 +59,25 @@ def build_gradcam_model(model: keras.Model) -> keras.Model:
 
     Returns:
         A Keras model `(batch, s, s, 3)` ResNet50-normalised float32 ->
-        [`(batch, s/32, s/32, 2048)` feature map, `(batch, 1)` logit].
+        [`(batch, h, w, c)` feature map, `(batch, 1)` logit]; the paper's map is
+        `(s/32, s/32, 2048)`.
     """
     backbone = model.get_layer(BACKBONE_NAME)
-    cut = keras.Model(backbone.inputs, [backbone.get_layer(LAST_CONV_LAYER).output, backbone.output],
-                      name="gradcam_backbone")
+    pooled = any(layer.name == POOLING_LAYER_NAME for layer in backbone.layers)
+    feature_map = backbone.get_layer(POOLING_LAYER_NAME).input if pooled else backbone.output
+    cut = keras.Model(backbone.inputs, [feature_map, backbone.output], name="gradcam_backbone")
     inputs = keras.Input(tuple(model.input_shape[1:]), name="image")
+    images = inputs
+    # The recipe's scale and colour normalisation, as the model applies them before its backbone.
+    for layer in model.layers:
+        if layer.name in INPUT_NORMALISATION_LAYERS:
+            images = layer(images)
     # training=False keeps the frozen BatchNorm layers on their stored statistics, as in build_model.
-    feature_map, features = cut(inputs, training=False)
+    feature_map, features = cut(images, training=False)
     hidden = features
-    for name in HEAD_LAYERS:
+    for name in head_layer_names(model)[:-1]:
         hidden = model.get_layer(name)(hidden)
-    final = model.get_layer(OUTPUT_LAYER)
+    final = model.get_layer(OUTPUT_LAYER_NAME)
     logit = keras.ops.matmul(keras.ops.cast(hidden, "float32"), final.kernel) + final.bias
     return keras.Model(inputs, [feature_map, logit], name="gradcam")
 
@@ -101,7 +108,8 @@ def compute_gradcam(
         gradcam_model: a model from :func:`build_gradcam_model` to reuse across calls.
 
     Returns:
-        A :class:`GradCam`; the `(s/32, s/32)` maps are upsampled bilinearly to `(s, s)`.
+        A :class:`GradCam`; the maps, feature-map-sized (`(s/32, s/32)` for the paper), are
+        upsampled bilinearly to `(s, s)`.
     """
     expected = tuple(model.input_shape[1:])
     if images.ndim != 4 or tuple(images.shape[1:]) != expected or images.dtype != np.uint8:

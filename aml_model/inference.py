@@ -21,7 +21,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from aml_model.architecture import BACKBONE_NAME, INPUT_NORMALISATION_LAYERS
+from aml_model.architecture import (
+    BACKBONE_NAME,
+    FEATURE_NORMALISATION_NAME,
+    INPUT_NORMALISATION_LAYERS,
+    OUTPUT_LAYER_NAME,
+    copy_layer_weights,
+    head_layer_names,
+)
 from aml_model.config import ScoringConfig
 
 __all__ = ["INFERENCE_PRECISIONS", "REDUCED_PRECISION_MAX_ABS_DP", "BatchScorer", "fold_batch_norm", "inference_model"]
@@ -86,10 +93,10 @@ def fold_batch_norm(backbone: keras.Model, dtype: str = "float32") -> keras.Mode
             "bfloat16" or "float16").
 
     Returns:
-        A model with the same layer names, inputs and outputs `(batch, s, s, 3)` ->
-        `(batch, s/32, s/32, 2048)`; BatchNorm layers are identities and the convolutions
-        carry the folded weights. In float32 its outputs match the original within float
-        rounding (about 1e-5 relative).
+        A model with the same layer names, inputs and outputs `(batch, s, s, 3)` -> the
+        backbone's output (`(batch, s/32, s/32, 2048)` for the paper); BatchNorm layers are
+        identities and the convolutions carry the folded weights. In float32 its outputs match
+        the original within float rounding (about 1e-5 relative).
 
     Raises:
         ValueError: a Conv2D without a BatchNormalization after it, or a BatchNormalization
@@ -119,7 +126,7 @@ def inference_model(model: keras.Model, precision: str = "float32") -> keras.Mod
 
     Args:
         model: the paper's model (``image -> [scale_normalisation, stain_normalisation] -> resnet50
-            -> flatten -> dense -> blast_probability``).
+            -> flatten -> dense -> blast_probability``), or a recipe's (:func:`build_model`).
         precision: "float32", "bfloat16" (CPUs with AMX or AVX-512 BF16) or "float16" (GPUs).
 
     Returns:
@@ -137,13 +144,14 @@ def inference_model(model: keras.Model, precision: str = "float32") -> keras.Mod
             # Statistics over a whole image stay float32 in every precision.
             images = original.__class__.from_config(original.get_config())(images)
     outputs = backbone(images, training=False)
-    for name in ("flatten", "dense", "blast_probability"):
+    for name in head_layer_names(model):
         original = model.get_layer(name)
         config = original.get_config()
-        config["dtype"] = "float32" if name == "blast_probability" else precision
+        # The probability, and the feature statistics it is computed from, stay float32.
+        config["dtype"] = "float32" if name in (OUTPUT_LAYER_NAME, FEATURE_NORMALISATION_NAME) else precision
         layer = original.__class__.from_config(config)
         outputs = layer(outputs)
-        layer.set_weights(original.get_weights())
+        copy_layer_weights(original, layer)
     return keras.Model(inputs, outputs, name=f"{model.name}_inference_{precision}")
 
 

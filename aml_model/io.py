@@ -8,6 +8,7 @@ import keras
 
 from aml_model.errors import UnsafeModelError
 # Registers the project's own serialisable layers, which saved models may hold.
+from aml_model.pooling import SpatialMeanStd  # noqa: F401
 from aml_model.scale import ScaleNormalisation  # noqa: F401
 from aml_model.stain import StainNormalisation  # noqa: F401
 

@@ -7,6 +7,7 @@ import logging
 import keras
 import numpy as np
 
+from aml_model.architecture import FEATURE_NORMALISATION_NAME, adapt_feature_normalisation, feature_extractor
 from aml_model.augment import build_augmenter
 from aml_model.config import TrainConfig
 from aml_model.preprocess import normalise_for_resnet50
@@ -33,7 +34,8 @@ def train_model(
 ) -> tuple[TrainingHistory, int]:
     """Train a compiled model with the paper's procedure.
 
-    Training batches are shuffled and augmented each epoch; validation batches are not. Cells
+    Training batches are shuffled and augmented each epoch; validation batches are not. A pooled
+    model's feature normalisation is first fitted to the training cells' features. Cells
     are read a batch at a time (:func:`cell_batches`), so they may stay in the store.
     Training stops after ``config.early_stopping_patience`` epochs without a lower
     validation loss and the weights of the best epoch are restored.
@@ -52,6 +54,10 @@ def train_model(
         The per-epoch history and the 0-based index of the restored (best) epoch.
     """
     keras.utils.set_random_seed(config.seed)
+    if FEATURE_NORMALISATION_NAME in [layer.name for layer in model.layers]:
+        # Fitted to the backbone's features of the training cells as they are (no augmentation).
+        features = feature_extractor(model).predict(cell_batches(train_images, None, config.batch_size), verbose=0)
+        adapt_feature_normalisation(model, features)
     augmenter = build_augmenter(config.augment, seed=config.seed)
     train = cell_batches(train_images, train_labels, config.batch_size, train_weights, seed=config.seed,
                          augmenter=augmenter)
@@ -146,7 +152,8 @@ def train_head(
     """Train the classifier head on cached backbone features, with the paper's early stopping.
 
     Augmentation is already in the features (several augmented views per training cell), so
-    batches are only shuffled. Features are read a batch at a time (:func:`feature_batches`):
+    batches are only shuffled. A pooled head's feature normalisation is first fitted to the
+    training rows (:func:`aml_model.architecture.adapt_feature_normalisation`). Features are read a batch at a time (:func:`feature_batches`):
     given the cache's Zarr array (or :class:`aml_model.zarr_rows.Rows` of it), memory holds the
     model and a few float32 batches, however many rows there are.
 
@@ -164,6 +171,7 @@ def train_head(
         The per-epoch history and the 0-based index of the restored (best) epoch.
     """
     keras.utils.set_random_seed(config.seed)
+    adapt_feature_normalisation(head, feature_batches(train_features, None, config.batch_size))
     train = feature_batches(train_features, train_labels, config.batch_size, train_weights, seed=config.seed)
     val = feature_batches(val_features, val_labels, config.batch_size, val_weights)
     stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.early_stopping_patience,

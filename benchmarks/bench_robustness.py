@@ -384,7 +384,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--views", type=int, default=1, help="augmented views per training cell")
     parser.add_argument("--trainable-from", default=None,
                         help="train the backbone's layers after this one too (e.g. conv5_block2_out: the last "
-                             "block; conv4_block6_out: the last stage), on features cut there")
+                             "block; conv4_block6_out: the last stage), on features cut there; for recipes "
+                             "that read the last stage (paper)")
     parser.add_argument("--epochs", type=int, default=50)
     parser.add_argument("--patience", type=int, default=5)
     parser.add_argument("--split-seed", type=int, default=0)

@@ -18,6 +18,7 @@ these keys (no ``augmentation`` column) is ignored: its rows are embedded again.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import tempfile
@@ -27,7 +28,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from aml_model.config import AugmentConfig, ExperimentConfig, ModelConfig
+from aml_model.config import FEATURE_LAYERS, AugmentConfig, ExperimentConfig, ModelConfig
 from aml_model.views import augmentation_key, view_seed
 from aml_model.zarr_rows import Rows, read_cells
 from tasks import storage
@@ -40,7 +41,7 @@ __all__ = ["ROWS_PER_TASK", "FeatureCache", "embed_missing", "embed_shard", "pre
 ROWS_PER_TASK = 64
 #: The backbone sees batches of exactly this many images (the last one padded): a row's
 #: features then do not depend on how many other rows its task had.
-EMBED_BATCH = 1000000 if False else 32
+EMBED_BATCH = 32
 ARRAY = "views"
 KEY = ["sha256", "view", "augmentation"]
 #: Per worker process: kind -> (key, object), the folded backbone and the view augmenter.
@@ -126,9 +127,8 @@ def embed_missing(cache: FeatureCache, needed: pd.DataFrame, feature_shape: tupl
         first = cache.allocate(len(missing), feature_shape)
         items = [(r.cells_zarr, int(r.zarr_index), view_seed(r.sha256, r.view, r.augmentation) if r.view else None)
                  for r in missing.itertuples()]
-        calls = [(items[s:s + ROWS_PER_TASK], first + s, cache.store, cache.backbone_id, config.model.image_size,
-                  augment, cache.options, config.model.stain_normalisation, config.model.scale_normalisation)
-                 for s in range(0, len(items), ROWS_PER_TASK)]
+        calls = [(items[s:s + ROWS_PER_TASK], first + s, cache.store, cache.backbone_id, config.model, augment,
+                  cache.options) for s in range(0, len(items), ROWS_PER_TASK)]
         done = sum(map_shards(calls))
         if done != len(missing):
             message = f"embedding wrote {done} rows, expected {len(missing)}"
@@ -147,25 +147,31 @@ def prepare_backbone(config: ModelConfig, store: str, storage_options: dict | No
     Returns:
         (backbone_id, weights URL in the store, feature shape `(h, w, c)`).
     """
-    from aml_model.architecture import build_backbone, seed_weights
+    from aml_model.architecture import build_backbone, cut_backbone, seed_weights
 
-    backbone = build_backbone(config, storage_options)
+    # The whole network's weights are stored, as build_backbone reads them for any feature layer;
+    # seed_weights draws a cut network's weights as the first layers of the whole one's.
+    backbone = build_backbone(dataclasses.replace(config, feature_layer=FEATURE_LAYERS[-1], feature_pooling="none"),
+                              storage_options)
     if config.backbone_weights.lower() == "none":
         seed_weights(backbone, seed)  # random weights, the same for every run with this seed
-    # Scale and colour normalisation run before the backbone: they are part of what a feature means.
-    normalisation = "".join(f"-{mode}" for mode in (config.scale_normalisation, config.stain_normalisation) if mode != "none")
+    # The weights' hash does not see the scale and colour normalisation before the backbone, nor
+    # the feature layer and pooling after it: all are part of what a feature means.
+    layer = "none" if config.feature_layer == FEATURE_LAYERS[-1] else config.feature_layer
+    steps = (config.scale_normalisation, config.stain_normalisation, layer, config.feature_pooling)
+    variant = "".join(f"-{step}" for step in steps if step != "none")
     with tempfile.TemporaryDirectory() as folder:
         local = os.path.join(folder, "backbone.weights.h5")
         backbone.save_weights(local)
         digest = hashlib.sha256()
         for weight in backbone.weights:
             digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
-        backbone_id = f"resnet50-{config.image_size}px-{digest.hexdigest()[:16]}{normalisation}"
+        backbone_id = f"resnet50-{config.image_size}px-{digest.hexdigest()[:16]}{variant}"
         cache = FeatureCache(store, backbone_id, storage_options)
         if not storage.exists(cache.weights, storage_options):
             with open(local, "rb") as handle:
                 storage.write_bytes(cache.weights, handle.read(), storage_options)
-    return backbone_id, cache.weights, tuple(int(d) for d in backbone.output.shape[1:])
+    return backbone_id, cache.weights, tuple(int(d) for d in cut_backbone(backbone, config).output.shape[1:])
 
 
 #: :func:`prepare_backbone` as a task, so that a flow builds the backbone on a worker.
@@ -182,13 +188,14 @@ def _per_worker(kind: str, key, build: Callable[[], object]):
         return _WORKER[kind][1]
 
 
-def _build_backbone(backbone_id: str, weights_url: str, image_size: int, storage_options: dict):
+def _build_backbone(backbone_id: str, weights_url: str, model: ModelConfig, storage_options: dict):
     from aml_model.architecture import build_backbone
     from aml_model.inference import fold_batch_norm
 
     local = storage.local_copy(weights_url, storage_options, f"{backbone_id}.weights.h5")
+    stored = dataclasses.replace(model, backbone_weights=local, backbone_weights_sha256=None)
     # The folded form computes the same features (within float rounding) faster.
-    return fold_batch_norm(build_backbone(ModelConfig(image_size=image_size, backbone_weights=local)))
+    return fold_batch_norm(build_backbone(stored))
 
 
 @store_task("embed-shard")
@@ -197,11 +204,9 @@ def embed_shard(
     first_row: int,
     store: str,
     backbone_id: str,
-    image_size: int,
+    model: ModelConfig,
     augment: AugmentConfig,
     storage_options: dict,
-    stain_normalisation: str = "none",
-    scale_normalisation: str = "none",
 ) -> int:
     """Compute backbone features of cells and write them to rows [first_row, first_row + n).
 
@@ -210,8 +215,8 @@ def embed_shard(
             it is (view 0), any other an augmented view drawn with that seed
             (:class:`aml_model.views.ViewAugmenter`).
         first_row: the first row this task owns (no other task writes there).
-        stain_normalisation, scale_normalisation: the model's input normalisation, applied
-            before the backbone as the model applies it.
+        model: the model's input size, input normalisation (applied before the backbone as the
+            model applies it), feature layer and pooling; its weights are the cache's.
 
     Returns:
         The number of rows embedded.
@@ -220,8 +225,9 @@ def embed_shard(
     from aml_model.preprocess import normalise_for_resnet50
 
     cache = FeatureCache(store, backbone_id, storage_options)
-    backbone = _per_worker("backbone", backbone_id, lambda: _build_backbone(backbone_id, cache.weights, image_size,
+    backbone = _per_worker("backbone", backbone_id, lambda: _build_backbone(backbone_id, cache.weights, model,
                                                                              storage_options))
+    image_size = model.image_size
     cells = Rows.named([url for url, _, _ in items], [index for _, index, _ in items],
                        lambda url: storage.open_cells_array(url, storage_options))
     # Padded to whole backbone batches: the padding rows are computed and dropped.
@@ -235,9 +241,7 @@ def embed_shard(
             if seed is not None:
                 images[position] = augmenter(images[position], seed)
     inputs = normalise_for_resnet50(images)
-    for layer in input_normalisation(ModelConfig(image_size=image_size, backbone_weights="none",
-                                                 stain_normalisation=stain_normalisation,
-                                                 scale_normalisation=scale_normalisation)):
+    for layer in input_normalisation(model):
         inputs = layer(inputs)
     features = backbone.predict(np.asarray(inputs), batch_size=EMBED_BATCH, verbose=0)[:len(items)]
     cache.array(read_only=False)[first_row:first_row + len(items)] = features.astype(np.float16)

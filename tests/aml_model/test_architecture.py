@@ -57,6 +57,45 @@ def test_head_layers_match_the_full_model_by_name():
     assert [w.shape for w in head.weights] == [w.shape for w in model.layers[2].weights + model.layers[3].weights + model.layers[4].weights]
 
 
+def test_the_robust_recipe_reads_pooled_third_stage_features_through_a_standardised_logistic_head():
+    from aml_model.config import ExperimentConfig
+
+    config = ExperimentConfig.for_recipe("robust", ModelConfig(image_size=64, backbone_weights="none")).model
+    model = build_model(config)
+    backbone = model.get_layer("resnet50")
+    names = [layer.name for layer in backbone.layers]
+    assert names[-2:] == ["conv3_block4_out", "feature_pooling"]
+    assert not any(name.startswith(("conv4", "conv5")) for name in names)
+    assert backbone.output.shape[1:] == (1024,) and backbone.trainable_weights == []
+    assert [layer.name for layer in model.layers[-3:]] == ["feature_normalisation", "flatten", "blast_probability"]
+    assert sum(int(np.prod(w.shape)) for w in model.trainable_weights) == 1024 + 1
+    assert float(model.optimizer.learning_rate) == pytest.approx(3e-3)
+    # The cut network draws its random weights as the whole one does, layer for layer.
+    full = seed_weights(build_backbone(ModelConfig(image_size=64, backbone_weights="none")), 3)
+    cut = seed_weights(build_backbone(config), 3)
+    np.testing.assert_array_equal(cut.get_layer("conv3_block4_3_conv").kernel.numpy(),
+                                  full.get_layer("conv3_block4_3_conv").kernel.numpy())
+
+
+def test_a_head_trained_on_pooled_features_scores_alike_in_the_assembled_model():
+    from aml_model.architecture import adapt_feature_normalisation, assemble_model, feature_extractor
+    from aml_model.config import ExperimentConfig
+
+    config = ExperimentConfig.for_recipe("robust", ModelConfig(image_size=32, backbone_weights="none")).model
+    images = np.random.default_rng(0).uniform(-100, 100, (6, 32, 32, 3)).astype(np.float32)
+    model = seed_weights(build_model(config), 0)
+    features = feature_extractor(model).predict(images, verbose=0)
+    head = seed_weights(build_head(features.shape[1:], config), 1)
+    assert adapt_feature_normalisation(head, features)
+    standardised = keras.ops.convert_to_numpy(head.get_layer("feature_normalisation")(features))
+    np.testing.assert_allclose(standardised.mean(axis=0), 0, atol=1e-3)
+    # The statistics travel with the weights into the full model (Normalization recomputes from them).
+    assembled = assemble_model(config, head)
+    seed_weights(assembled.get_layer("resnet50"), 0)  # the backbone the features came from
+    np.testing.assert_allclose(assembled.predict(images, verbose=0), head.predict(features, verbose=0), atol=1e-5)
+    assert not adapt_feature_normalisation(build_model(TINY), features), "the paper's head has nothing to fit"
+
+
 @pytest.fixture
 def weights_file(tmp_path):
     keras.utils.set_random_seed(3)

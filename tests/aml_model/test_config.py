@@ -58,14 +58,16 @@ def test_the_paper_recipe_is_the_papers_configuration():
     assert ExperimentConfig().model.stain_normalisation == "none" and ExperimentConfig().train.augment.hue == 0
 
 
-def test_the_robust_recipe_standardises_colour_and_widens_augmentation_only():
+def test_the_robust_recipe_changes_input_features_and_augmentation_only():
     import dataclasses
 
-    from aml_model.config import ROBUST_AUGMENT, ExperimentConfig, ModelConfig, TrainConfig
+    from aml_model.config import ROBUST_AUGMENT, ROBUST_MODEL, ExperimentConfig, ModelConfig, TrainConfig
 
     model, train = ModelConfig(image_size=64, backbone_weights="none"), TrainConfig(epochs=3, seed=4)
     robust = ExperimentConfig.for_recipe("robust", model, train)
     assert robust.recipe == "robust" and robust.model.stain_normalisation == "channel"
+    assert robust.model.feature_layer == "conv3_block4_out" and robust.model.feature_pooling == "mean_std"
+    assert dataclasses.replace(robust.model, **{k: getattr(model, k) for k in ROBUST_MODEL}) == model
     assert robust.model.image_size == 64 and robust.train.epochs == 3 and robust.train.seed == 4
     assert {k: getattr(robust.train.augment, k) for k in ROBUST_AUGMENT} == ROBUST_AUGMENT
     assert dataclasses.replace(robust.train.augment, **{k: 0.0 for k in ROBUST_AUGMENT}) == \
@@ -80,3 +82,7 @@ def test_unknown_recipe_and_stain_mode_are_refused():
         ExperimentConfig.for_recipe("fast")
     with pytest.raises(ConfigError, match="stain_normalisation='macenko'"):
         ModelConfig(stain_normalisation="macenko")
+    with pytest.raises(ConfigError, match="feature_layer='conv3_block3_out'"):
+        ModelConfig(feature_layer="conv3_block3_out")
+    with pytest.raises(ConfigError, match="feature_pooling='max'"):
+        ModelConfig(feature_pooling="max")

@@ -8,7 +8,7 @@ import pytest
 
 from aml_model.architecture import build_head, build_model, seed_weights
 from aml_model.collapse import MAX_ATTEMPTS, attempt_seed, check_collapse
-from aml_model.config import ModelConfig, PreprocessConfig
+from aml_model.config import ExperimentConfig, ModelConfig, PreprocessConfig
 from aml_model.explain import build_gradcam_model, compute_gradcam, overlay_heatmaps
 from aml_model.predict import predict_batch
 from aml_model.preprocess import decode_cell, normalise_for_resnet50
@@ -74,6 +74,18 @@ def test_gradcam_model_reuses_the_models_weights(real_cells_model):
     assert tuple(feature_map.shape) == (2, 2, 2, 2048) and tuple(logit.shape) == (2, 1)
     shared = {id(variable) for variable in model.weights}
     assert all(id(variable) in shared for variable in gradcam_model.weights), "no copied weights"
+
+
+def test_gradcam_of_a_robust_model_reads_its_pooled_map_after_its_input_normalisation(real_cells_model):
+    _, cells = real_cells_model
+    config = ExperimentConfig.for_recipe("robust", ModelConfig(image_size=64, backbone_weights="none")).model
+    model = seed_weights(build_model(config), 0)
+    cam = compute_gradcam(model, cells[:4])
+    # conv3_block4_out, the map the robust recipe pools, is s/8 on a side.
+    feature_map, _ = build_gradcam_model(model)(normalise_for_resnet50(cells[:1].astype(np.float32)))
+    assert tuple(feature_map.shape) == (1, 8, 8, 512)
+    # The same probability as the model's own: scale and colour normalisation applied first.
+    np.testing.assert_allclose(cam.probabilities, predict_batch(model, cells[:4]), atol=1e-5)
 
 
 def test_cells_that_do_not_fit_the_model_are_refused(real_cells_model):

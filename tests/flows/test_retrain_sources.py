@@ -41,7 +41,7 @@ def test_two_labs_train_together_with_counts_and_rates_per_source_and_type(two_l
     assert card["data"]["per_source"] == {lmu: {"blast": 40, "normal": 40}, pbc: {"blast": 0, "normal": 60}}
     train_counts = card["data"]["train_per_source"]
     assert train_counts[lmu]["blast"] == train_counts[lmu]["normal"] == 32 and train_counts[pbc]["normal"] == 48
-    assert card["backbone"]["id"].endswith("-channel")
+    assert card["backbone"]["id"].endswith("-nucleus-channel-conv3_block4_out-mean_std")
 
     rows = pd.DataFrame(card["evaluation"]["by_source_and_type"])
     # The split keeps every source and type in the test set (10% of each).
