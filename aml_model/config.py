@@ -50,7 +50,7 @@ FEATURE_POOLINGS: tuple[str, ...] = get_args(FeaturePooling)
 Recipe = Literal["paper", "robust"]
 RECIPES: tuple[str, ...] = get_args(Recipe)
 #: The recipe of the CLI and the nightly retrain.
-DEFAULT_RECIPE = "paper"
+DEFAULT_RECIPE = "robust"
 
 
 def _require(condition: bool, name: str, value: object, expected: str) -> None:

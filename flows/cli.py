@@ -99,14 +99,17 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 @cli.command("model-summary")
 @click.option("--image-size", default=224, show_default=True, help="Side of the square input, pixels.")
-def model_summary(image_size: int) -> None:
-    """Print the paper architecture and its parameter counts."""
+@click.option("--recipe", type=click.Choice(RECIPES), default="paper", show_default=True,
+              help="The recipe whose network to print.")
+def model_summary(image_size: int, recipe: str) -> None:
+    """Print the paper architecture (or a recipe's) and its parameter counts."""
     from aml_model.architecture import build_model
-    from aml_model.config import ModelConfig
+    from aml_model.config import ExperimentConfig, ModelConfig
     from aml_model.summary import describe_model
 
     # Random backbone weights: the architecture and counts are the same as with ImageNet's.
-    model = build_model(ModelConfig(image_size=image_size, backbone_weights="none"))
+    config = ExperimentConfig.for_recipe(recipe, ModelConfig(image_size=image_size, backbone_weights="none"))
+    model = build_model(config.model)
     click.echo(describe_model(model))
 
 

@@ -20,6 +20,14 @@ def test_model_summary_prints_the_paper_architecture():
         assert name in result.output
 
 
+def test_model_summary_prints_a_recipes_network():
+    result = CliRunner().invoke(cli, ["model-summary", "--recipe", "robust"])
+    assert result.exit_code == 0, result.output
+    assert "trainable params: 1,025" in result.output
+    for name in ("scale_normalisation", "stain_normalisation", "feature_normalisation", "blast_probability"):
+        assert name in result.output
+
+
 def test_demo_runs_the_pipeline_and_prints_the_calls(tmp_path, dask_cluster):
     import pandas as pd
     from distributed import Client, get_task_stream
