@@ -5,8 +5,9 @@ mean gradient of the class score over that map, sums the channels and keeps the 
 Here the feature map is the one the head reads: for the paper ResNet50's last block,
 ``conv5_block3_out`` (`(s/32, s/32, 2048)`: 7x7 for the paper's 224 px input, 2x2 at 64 px, a
 single cell at 32 px, where the heatmap is necessarily flat), for a pooled recipe the map its
-channel statistics are taken from (``conv3_block4_out``: 28x28 at 224 px), and the class score is the logit of the sigmoid output (its pre-activation),
-whose gradient does not vanish for cells the model is already sure about.
+channel statistics are taken from (``conv3_block4_out``: 28x28 at 224 px). The class score is
+the logit of the sigmoid output (its pre-activation), whose gradient does not vanish for cells
+the model is already sure about.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from aml_model.pooling import POOLING_LAYER_NAME
 from aml_model.preprocess import normalise_for_resnet50
 
 __all__ = ["GradCam", "build_gradcam_model", "compute_gradcam", "overlay_heatmaps"]
-
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,8 @@ class GradCam:
 
 
 def build_gradcam_model(model: keras.Model) -> keras.Model:
-    """A model from the paper's model's input to the feature map the head reads and its blast logit.
+    """A model from the input of the paper's model (or a recipe's) to the feature map the head
+    reads and the blast logit.
 
     The backbone is nested as a sub-model, so its inner layers are not in the outer graph
     (``model.get_layer(...).output`` of an inner layer gives "Graph disconnected"). The

@@ -153,9 +153,10 @@ def train_head(
 
     Augmentation is already in the features (several augmented views per training cell), so
     batches are only shuffled. A pooled head's feature normalisation is first fitted to the
-    training rows (:func:`aml_model.architecture.adapt_feature_normalisation`). Features are read a batch at a time (:func:`feature_batches`):
-    given the cache's Zarr array (or :class:`aml_model.zarr_rows.Rows` of it), memory holds the
-    model and a few float32 batches, however many rows there are.
+    training rows (:func:`aml_model.architecture.adapt_feature_normalisation`). Features are read
+    a batch at a time (:func:`feature_batches`): given the cache's Zarr array (or
+    :class:`aml_model.zarr_rows.Rows` of it), memory holds the model and a few float32 batches,
+    however many rows there are.
 
     Args:
         head: compiled model from :func:`aml_model.architecture.build_head`.

@@ -271,7 +271,8 @@ def calibrate_command(source, store, site, model, layout, workers, scheduler, s3
 @click.option("--training-path", type=click.Choice(["cached", "plain"]), default="cached", show_default=True)
 @click.option("--layout", type=_LAYOUTS, default="auto", show_default=True)
 @click.option("--recipe", type=click.Choice(RECIPES), default=DEFAULT_RECIPE, show_default=True,
-              help="paper: Hassan et al. unchanged; robust: colour standardisation, colour and scale augmentation.")
+              help="paper: Hassan et al. unchanged; robust: scale and colour standardisation, pooled "
+                   "third-stage features with a logistic head, colour and scale augmentation.")
 @_cluster_options
 def retrain_command(sources, store, workers, scheduler, **parameters):
     """Train and evaluate the model on labelled SOURCES together (balanced by source and label);
