@@ -3,10 +3,10 @@
 The backbone never changes during training, so its output for an image depends only on the
 image, the preprocessing and the backbone weights. The cache keeps, per backbone:
 ``<id>.weights.h5`` (the exact weights, so every worker and the final model use the same ones),
-``<id>.zarr/views`` (float16 rows of `(h, w, c)` features, one row a chunk, so a shuffled
-training batch reads its rows and nothing else) and ``<id>.index.parquet`` (sha256, view,
-augmentation, row), the index being written last: rows it does not list are invisible, so a
-crash mid-embedding leaves nothing a reader could take for complete.
+``<id>.zarr/views`` (float16 rows of `(h, w, c)` features, or `(2c,)` pooled, one row a chunk,
+so a shuffled training batch reads its rows and nothing else) and ``<id>.index.parquet``
+(sha256, view, augmentation, row), the index being written last: rows it does not list are
+invisible, so a crash mid-embedding leaves nothing a reader could take for complete.
 
 A row is named by the cell's sha256, the view number (0: the cell as it is) and the view's
 augmentation key (the augmentation settings and the seed, :func:`aml_model.views.augmentation_key`);
@@ -145,7 +145,7 @@ def prepare_backbone(config: ModelConfig, store: str, storage_options: dict | No
     """Build the configured backbone once, and store its exact weights under their hash.
 
     Returns:
-        (backbone_id, weights URL in the store, feature shape `(h, w, c)`).
+        (backbone_id, weights URL in the store, feature shape: `(h, w, c)`, or `(2c,)` pooled).
     """
     from aml_model.architecture import build_backbone, cut_backbone, seed_weights
 
