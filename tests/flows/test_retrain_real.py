@@ -1,4 +1,4 @@
-"""The paper's full configuration on real LMU cells, kept within CI time by the feature cache."""
+"""The paper's full configuration, and the default recipe's, on real LMU cells, kept within CI time by the feature cache."""
 
 import json
 import shutil
@@ -16,19 +16,25 @@ from tasks.training import load_cells
 from tests.corpus import lmu_rows
 
 
-@pytest.mark.slow
-def test_full_configuration_on_real_cells(lmu_cells, tmp_path, task_runner):
-    # 50 cells of each class in the LMU class layout: the full configuration's cost is per cell.
+@pytest.fixture
+def source(lmu_cells, tmp_path):
+    """50 cells of each class in the LMU class layout: the full configuration's cost is per cell."""
     source = tmp_path / "lmu-subset"
     for cls in ("MYO", "NGS"):
         (source / cls).mkdir(parents=True)
         for row in [r for r in lmu_rows(lmu_cells) if r["file"].startswith(f"{cls}/")][:50]:
             shutil.copyfile(lmu_cells / row["file"], source / row["file"])
-    # Every parameter at its default (224x224 input, frozen ResNet50, the paper's head, Adam 1e-4,
-    # 50 epochs with early stopping, the default augmented views cached per training cell), but
-    # the backbone's weights: the ones available offline ("none").
+    return source
+
+
+@pytest.mark.slow
+def test_full_configuration_on_real_cells(source, tmp_path, task_runner):
+    # The paper's recipe with every other parameter at its default (224x224 input, frozen ResNet50,
+    # the paper's head, Adam 1e-4, 50 epochs with early stopping, the default augmented views cached
+    # per training cell), but the backbone's weights: the ones available offline ("none").
+    options = RetrainOptions(recipe="paper", backbone_weights="none")
     result = retrain_and_evaluate.with_options(task_runner=task_runner)(
-        sources=[str(source)], store=str(tmp_path / "store"), options=RetrainOptions(backbone_weights="none"))
+        sources=[str(source)], store=str(tmp_path / "store"), options=options)
     store = tmp_path / "store" / "models"
     card = json.loads((store / result["version"] / "model_card.json").read_text())
     paper = ExperimentConfig().to_dict()
@@ -56,3 +62,22 @@ def test_full_configuration_on_real_cells(lmu_cells, tmp_path, task_runner):
     assert result["metrics"]["roc_auc"] == pytest.approx(auc, abs=1e-9)
     assert auc >= 0.8
     assert card["metrics"]["n"] == 10 and card["metrics"]["tp"] + card["metrics"]["fn"] == 5
+
+
+@pytest.mark.slow
+def test_the_default_recipe_at_full_size_on_real_cells(source, tmp_path, task_runner):
+    from aml_model.config import DEFAULT_RECIPE, ModelConfig
+
+    result = retrain_and_evaluate.with_options(task_runner=task_runner)(
+        sources=[str(source)], store=str(tmp_path / "store"), options=RetrainOptions(backbone_weights="none"))
+    store = tmp_path / "store" / "models"
+    card = json.loads((store / result["version"] / "model_card.json").read_text())
+    expected = ExperimentConfig.for_recipe(DEFAULT_RECIPE, ModelConfig(backbone_weights="none")).to_dict()
+    assert DEFAULT_RECIPE == "robust" and card["config"] == expected and card["config"]["model"]["image_size"] == 224
+    # Pooled third-stage statistics: what the cache holds per view.
+    assert card["backbone"]["id"].endswith("-nucleus-channel-conv3_block4_out-mean_std")
+    predictions = pd.read_parquet(store / result["version"] / "test_predictions.parquet")
+    loaded = load_model(store / result["version"] / "model.keras", compile=False)
+    np.testing.assert_allclose(predict_batch(loaded, load_cells(predictions, {})), predictions["probability"],
+                               atol=1e-5)
+    assert result["metrics"]["roc_auc"] >= 0.8
