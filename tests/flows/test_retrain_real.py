@@ -1,4 +1,5 @@
-"""The paper's full configuration, and the default recipe's, on real LMU cells, kept within CI time by the feature cache."""
+"""The paper's full configuration, and the default recipe's, on real LMU cells, kept within CI time
+by the feature cache."""
 
 import json
 import shutil
