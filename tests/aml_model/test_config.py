@@ -58,7 +58,7 @@ def test_the_paper_recipe_is_the_papers_configuration():
     assert ExperimentConfig().model.stain_normalisation == "none" and ExperimentConfig().train.augment.hue == 0
 
 
-def test_the_robust_recipe_changes_input_features_and_augmentation_only():
+def test_the_robust_recipe_changes_its_model_fields_and_augmentation_only():
     import dataclasses
 
     from aml_model.config import ROBUST_AUGMENT, ROBUST_MODEL, ExperimentConfig, ModelConfig, TrainConfig
