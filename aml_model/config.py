@@ -261,8 +261,8 @@ class ExperimentConfig:
         "paper" leaves the paper's settings as they are. "robust" zooms each cell to a fixed
         nucleus size and standardises its colour channels before the backbone; has the head read
         the channel means and spreads of the backbone's third stage instead of the last stage's
-        map, standardised, through a logistic head (no hidden layer; Adam 3e-3, as a linear model
-        converges slowly at 1e-4); and widens augmentation to the ways labs differ: scale (cell
+        map, standardised, through a logistic head (no hidden layer; Adam 3e-3, at which it stops
+        within the default 50 epochs); and widens augmentation to the ways labs differ: scale (cell
         size per pixel), hue, saturation, brightness and contrast (stain and white balance).
         Other fields (input size, weights, epochs, seed) are kept.
         """
