@@ -185,20 +185,26 @@ def adapt_feature_normalisation(model: keras.Model, features) -> bool:
     return True
 
 
-def feature_extractor(model: keras.Model) -> keras.Model:
+def feature_extractor(model: keras.Model, backbone: keras.Model | None = None) -> keras.Model:
     """What feeds the head of a model from :func:`build_model`: its input normalisation and backbone.
+
+    Args:
+        model: the full model.
+        backbone: a model on the backbone's input to use in its place (sharing its layers, e.g.
+            one that also outputs an inner feature map); by default the backbone itself.
 
     Returns:
         A model sharing ``model``'s layers, `(batch, s, s, 3)` ResNet50-normalised float32 ->
-        the backbone's output.
+        the backbone's output(s).
     """
     inputs = keras.Input(tuple(model.input_shape[1:]), name="image")
     images = inputs
     for layer in model.layers:
         if layer.name in INPUT_NORMALISATION_LAYERS:
             images = layer(images)
+    backbone = backbone or model.get_layer(BACKBONE_NAME)
     # training=False keeps the frozen BatchNorm layers on their stored statistics, as in build_model.
-    return keras.Model(inputs, model.get_layer(BACKBONE_NAME)(images, training=False), name="feature_extractor")
+    return keras.Model(inputs, backbone(images, training=False), name="feature_extractor")
 
 
 def build_head(feature_shape: tuple[int, int, int], config: ModelConfig) -> keras.Sequential:

@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from aml_model.architecture import BACKBONE_NAME, INPUT_NORMALISATION_LAYERS, OUTPUT_LAYER_NAME, head_layer_names
+from aml_model.architecture import BACKBONE_NAME, OUTPUT_LAYER_NAME, feature_extractor, head_layer_names
 from aml_model.pooling import POOLING_LAYER_NAME
 from aml_model.preprocess import normalise_for_resnet50
 
@@ -67,14 +67,10 @@ def build_gradcam_model(model: keras.Model) -> keras.Model:
     pooled = any(layer.name == POOLING_LAYER_NAME for layer in backbone.layers)
     feature_map = backbone.get_layer(POOLING_LAYER_NAME).input if pooled else backbone.output
     cut = keras.Model(backbone.inputs, [feature_map, backbone.output], name="gradcam_backbone")
-    inputs = keras.Input(tuple(model.input_shape[1:]), name="image")
-    images = inputs
-    # The recipe's scale and colour normalisation, as the model applies them before its backbone.
-    for layer in model.layers:
-        if layer.name in INPUT_NORMALISATION_LAYERS:
-            images = layer(images)
-    # training=False keeps the frozen BatchNorm layers on their stored statistics, as in build_model.
-    feature_map, features = cut(images, training=False)
+    # The recipe's scale and colour normalisation first, as the model applies them.
+    extractor = feature_extractor(model, cut)
+    inputs = extractor.input
+    feature_map, features = extractor.outputs
     hidden = features
     for name in head_layer_names(model)[:-1]:
         hidden = model.get_layer(name)(hidden)
