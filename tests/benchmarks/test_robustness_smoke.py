@@ -34,6 +34,11 @@ def test_robustness_benchmark_reports_every_group(lmu_cells, pbc_cells, tmp_path
     assert len(robust["val_auc"]) == 2 and all(0 <= v <= 1 for v in robust["val_auc"])
     # 30 cells of each class and source: 10% of them held out, moved into the other lab's look.
     assert payload["split_sizes"]["test"] == 24
+    # The listing names held-out LMU cells, worst first.
+    wrong = payload["runs"][0]["lmu_most_wrong"]
+    assert len(wrong) == 5 and all(w["file"].startswith(("MYO/", "NGS/")) for w in wrong)
+    misses = [abs(w["score"] - (w["cell_type"] == "myeloblast")) for w in wrong]
+    assert misses == sorted(misses, reverse=True)
     recorded = json.loads(results.read_text())
     assert recorded["robustness_robust_collapsed"] == robust["collapsed"]
     assert "LMU hold-out ROC AUC / accuracy" in completed.stdout
