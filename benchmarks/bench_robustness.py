@@ -290,6 +290,7 @@ def run_recipe(recipe: str, seed: int, data: dict, args) -> dict:
     }
     result["pbc_max_blast_like"] = max(result["pbc_blast_like_by_type"].values())
     result["lmu_most_wrong"] = most_wrong(frame[lmu], y[test][lmu], p_test[lmu])
+    result["lmu_auc_ci95"] = auc_interval(y[test][lmu], p_test[lmu], seed)
     result["site_calibration"] = calibrate_on_moved(predict(moved["lmu_blasts_as_pbc_reinhard"]),
                                                     predict(moved["pbc_as_lmu_reinhard"]), seed)
     keras.backend.clear_session()
@@ -305,6 +306,21 @@ def most_wrong(frame: pd.DataFrame, labels: np.ndarray, scores: np.ndarray, n: i
     order = np.argsort(-np.abs(scores - labels), kind="stable")[:n]
     return [{"file": frame["file"].iloc[i], "cell_type": frame["cell_type"].iloc[i],
              "score": round(float(scores[i]), 4)} for i in order]
+
+
+def auc_interval(labels: np.ndarray, scores: np.ndarray, seed: int, resamples: int = 2000) -> list[float]:
+    """95% percentile-bootstrap interval of the ROC AUC of ``scores`` (0..1) against ``labels``
+    (1 = blast), resampling blasts and others separately: how far the figure of a few held-out
+    cells could move on another draw of as many cells."""
+    from scipy.stats import bootstrap
+    from sklearn.metrics import roc_auc_score
+
+    def auc(positives: np.ndarray, negatives: np.ndarray) -> float:
+        return roc_auc_score(np.r_[np.ones(len(positives)), np.zeros(len(negatives))], np.r_[positives, negatives])
+
+    interval = bootstrap((scores[labels == 1], scores[labels == 0]), auc, vectorized=False, method="percentile",
+                         n_resamples=resamples, random_state=seed).confidence_interval
+    return [float(interval.low), float(interval.high)]
 
 
 def calibrate_on_moved(p_blasts: np.ndarray, p_others: np.ndarray, seed: int, n_blast: int = 35,

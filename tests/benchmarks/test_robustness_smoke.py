@@ -39,6 +39,8 @@ def test_robustness_benchmark_reports_every_group(lmu_cells, pbc_cells, tmp_path
     assert len(wrong) == 5 and all(w["file"].startswith(("MYO/", "NGS/")) for w in wrong)
     misses = [abs(w["score"] - (w["cell_type"] == "myeloblast")) for w in wrong]
     assert misses == sorted(misses, reverse=True)
+    low, high = payload["runs"][0]["lmu_auc_ci95"]
+    assert 0 <= low <= payload["runs"][0]["lmu_auc"] <= high <= 1
     recorded = json.loads(results.read_text())
     assert recorded["robustness_robust_collapsed"] == robust["collapsed"]
     assert "LMU hold-out ROC AUC / accuracy" in completed.stdout
