@@ -9,7 +9,10 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
-__all__ = ["BinaryMetrics", "compute_metrics", "f1_by_threshold", "rates_by_group"]
+__all__ = ["REVIEW_CELLS", "BinaryMetrics", "compute_metrics", "confident_errors", "f1_by_threshold", "rates_by_group"]
+
+#: Misclassified test cells a retrain lists for a person to look at, worst first.
+REVIEW_CELLS = 10
 
 
 @dataclass(frozen=True)
@@ -147,3 +150,34 @@ def rates_by_group(cells: pd.DataFrame, probabilities: np.ndarray, threshold: fl
             "roc_auc": float(skm.roc_auc_score(labelled["_blast"], labelled["_p"])) if both else float("nan"),
         })
     return pd.DataFrame(rows, columns=[*by, "n", "n_blast", "blast_like", "blast_like_rate", "roc_auc"])
+
+
+def confident_errors(cells: pd.DataFrame, probabilities: np.ndarray, threshold: float,
+                     n: int = REVIEW_CELLS) -> pd.DataFrame:
+    """The labelled cells on the wrong side of ``threshold``, the most confident first.
+
+    On a small test set one confidently wrong cell moves the ROC AUC by up to 1 / (number of
+    cells of the other class), and such a cell is as often a wrong label as a wrong model, so
+    they are named for a person to look at.
+
+    Args:
+        cells: one row per cell with a ``label`` column ("blast"/"normal"/missing); unlabelled
+            cells are never errors.
+        probabilities: `(n,)` blast probabilities in the rows' order.
+        threshold: a cell with probability >= threshold is blast-like.
+        n: at most this many cells.
+
+    Returns:
+        Up to ``n`` rows of ``cells`` with a ``probability`` column, ordered by distance of the
+        probability from the label (1 for "blast", 0 for "normal"), largest first.
+    """
+    probabilities = np.asarray(probabilities, np.float64).ravel()
+    if len(cells) != len(probabilities):
+        message = f"{len(cells)} cells but {len(probabilities)} probabilities"
+        raise ValueError(message)
+    labels = cells["label"].to_numpy()
+    blast, normal = labels == "blast", labels == "normal"
+    wrong = (blast & (probabilities < threshold)) | (normal & (probabilities >= threshold))
+    miss = np.where(blast, 1 - probabilities, probabilities)
+    order = [i for i in np.argsort(-miss, kind="stable") if wrong[i]][:n]
+    return cells.iloc[order].assign(probability=probabilities[order])

@@ -237,7 +237,7 @@ def run_recipe(recipe: str, seed: int, data: dict, args) -> dict:
     import keras
 
     from aml_model.collapse import MAX_ATTEMPTS, attempt_seed, check_collapse
-    from aml_model.evaluate import compute_metrics, rates_by_group
+    from aml_model.evaluate import compute_metrics, confident_errors, rates_by_group
     from aml_model.sampling import balanced_weights
     from aml_model.train import train_head
 
@@ -289,23 +289,15 @@ def run_recipe(recipe: str, seed: int, data: dict, args) -> dict:
         "embed_seconds": embed_seconds, "seconds": time.perf_counter() - started,
     }
     result["pbc_max_blast_like"] = max(result["pbc_blast_like_by_type"].values())
-    result["lmu_most_wrong"] = most_wrong(frame[lmu], y[test][lmu], p_test[lmu])
+    # One confident error among 70 + 70 cells moves the ROC AUC by up to 0.014: name the cells, so
+    # that a shortfall can be told from a wrong label by eye.
+    errors = confident_errors(frame[lmu][["file", "cell_type", "label"]], p_test[lmu], config.threshold, n=5)
+    result["lmu_errors"] = errors.round({"probability": 4}).to_dict("records")
     result["lmu_auc_ci95"] = auc_interval(y[test][lmu], p_test[lmu], seed)
     result["site_calibration"] = calibrate_on_moved(predict(moved["lmu_blasts_as_pbc_reinhard"]),
                                                     predict(moved["pbc_as_lmu_reinhard"]), seed)
     keras.backend.clear_session()
     return result
-
-
-def most_wrong(frame: pd.DataFrame, labels: np.ndarray, scores: np.ndarray, n: int = 5) -> list[dict]:
-    """The ``n`` held-out cells whose scores lie furthest from their labels, with their files.
-
-    On 70 + 70 LMU cells one confidently wrong cell moves the ROC AUC by up to 70 / 4,900 = 0.014,
-    so the files say whether a shortfall is the recipe or one cell (a label to check by eye).
-    """
-    order = np.argsort(-np.abs(scores - labels), kind="stable")[:n]
-    return [{"file": frame["file"].iloc[i], "cell_type": frame["cell_type"].iloc[i],
-             "score": round(float(scores[i]), 4)} for i in order]
 
 
 def auc_interval(labels: np.ndarray, scores: np.ndarray, seed: int, resamples: int = 2000) -> list[float]:

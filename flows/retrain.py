@@ -16,7 +16,7 @@ from prefect import flow, get_run_logger
 from pydantic import Field
 
 from aml_model.config import ExperimentConfig
-from aml_model.evaluate import compute_metrics, rates_by_group
+from aml_model.evaluate import compute_metrics, confident_errors, rates_by_group
 from aml_model.promotion import decide_promotion, unchanged_since_champion
 from aml_model.sampling import balanced_weights
 from aml_model.split import training_split
@@ -27,7 +27,7 @@ from tasks.devices import model_tasks
 from tasks.events import emit_model_promoted
 from tasks.features import FeatureCache, embed_missing, prepare_backbone_task
 from tasks.registry import champion_card, code_version, set_champion
-from tasks.retrain_report import model_card, publish_retrain_report, publish_skipped
+from tasks.retrain_report import REVIEW_COLUMNS, model_card, publish_retrain_report, publish_skipped
 from tasks.training import (TrainedModel, TrainingSet, compare_with_champion, evaluation_files, load_training_set,
                             register_challenger, train_on_features, train_plain)
 
@@ -122,7 +122,8 @@ def _evaluate(test: pd.DataFrame, y_test: np.ndarray, trained: TrainedModel, thr
     get_run_logger().info("test metrics: accuracy %.3f, sensitivity %.3f, specificity %.3f, F1 %.3f, ROC AUC %.3f",
                           metrics.accuracy, metrics.sensitivity, metrics.specificity, metrics.f1, metrics.roc_auc)
     evaluation = {"by_source": rates_by_group(test, trained.p_test, threshold, ["source"]),
-                  "by_source_and_type": rates_by_group(test, trained.p_test, threshold, ["source", "cell_type"])}
+                  "by_source_and_type": rates_by_group(test, trained.p_test, threshold, ["source", "cell_type"]),
+                  "to_review": confident_errors(test[list(REVIEW_COLUMNS)], trained.p_test, threshold)}
     with model_tasks():
         comparing = compare_with_champion.submit(store, store_options, trained.ref, test, y_test, trained.p_test,
                                                  threshold)

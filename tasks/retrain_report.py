@@ -8,7 +8,7 @@ import pandas as pd
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from aml_model.config import ExperimentConfig
-from aml_model.evaluate import BinaryMetrics
+from aml_model.evaluate import REVIEW_CELLS, BinaryMetrics
 from aml_model.inference import REDUCED_PRECISION_MAX_ABS_DP
 from aml_model.promotion import PromotionDecision
 from aml_model.sampling import group_counts
@@ -16,10 +16,13 @@ from tasks import storage
 from tasks.registry import CARD_FILE, ModelRef, models_root
 from tasks.training import AGREEMENT_CELLS, TrainedModel, TrainingSet
 
-__all__ = ["FIGURE_FILES", "model_card", "publish_retrain_report", "publish_skipped"]
+__all__ = ["FIGURE_FILES", "REVIEW_COLUMNS", "model_card", "publish_retrain_report", "publish_skipped"]
 
 #: The paper's four figures, as files next to each registered model.
 FIGURE_FILES = ("learning_curves.png", "confusion_matrix.png", "roc_curve.png", "f1_curve.png")
+
+#: What the card says of each misclassified test cell to review (with its probability).
+REVIEW_COLUMNS = ("cell_id", "source", "cell_type", "label", "source_uri")
 
 
 def model_card(
@@ -48,7 +51,8 @@ def model_card(
         backbone: id, weights choice and the stored weights file of the backbone.
         runs: the ingest run roots, one per source.
         split: positions in ``data.cells`` of the train, val and test cells.
-        evaluation: the test cells' blast-like rates by source, and by source and cell type.
+        evaluation: the test cells' blast-like rates by source, and by source and cell type, and
+            the misclassified test cells to review (``to_review``, the most confident first).
     """
     cells, y = data.cells, data.y
     return {
@@ -74,7 +78,8 @@ def model_card(
 
 
 def publish_retrain_report(ref: ModelRef, card: dict, store: str) -> None:
-    """The ``retrain-metrics``, ``retrain-rates-by-type`` and ``retrain-report`` artifacts of a registered model."""
+    """The ``retrain-metrics``, ``retrain-rates-by-type``, ``retrain-cells-to-review`` (when a test cell is
+    misclassified) and ``retrain-report`` artifacts of a registered model."""
     metrics, promotion = card["metrics"], card["promotion"]
     rows = [{"model": "challenger", "test set": "own", **metrics}]
     rows += [{"model": who, "test set": name, **pair[who]}
@@ -82,12 +87,19 @@ def publish_retrain_report(ref: ModelRef, card: dict, store: str) -> None:
     create_table_artifact(key="retrain-metrics", table=rows, description=f"test metrics of {ref.version}")
     create_table_artifact(key="retrain-rates-by-type", table=card["evaluation"]["by_source_and_type"],
                           description=f"{ref.version}: blast-like rate of the test cells per source and cell type")
+    to_review = card["evaluation"]["to_review"]
+    if to_review:
+        create_table_artifact(key="retrain-cells-to-review", table=to_review,
+                              description=f"{ref.version}: misclassified test cells, the most confident first "
+                                          "(a wrong label or a wrong model: look at them)")
     folder = storage.join(models_root(store), ref.version)
     verdict = "Promoted to champion" if promotion["promoted"] else "Kept as a candidate"
     create_markdown_artifact(key="retrain-report", markdown="\n".join([
         f"# Model {ref.version}", "", f"**{verdict}**: {promotion['reason']}", "",
         f"Test ROC AUC {metrics['roc_auc']:.3f}, accuracy {metrics['accuracy']:.3f}, sensitivity "
         f"{metrics['sensitivity']:.3f}, specificity {metrics['specificity']:.3f}, F1 {metrics['f1']:.3f}.", "",
+        f"{len(to_review)} misclassified test cells to review (at most {REVIEW_CELLS}, the most confident first)"
+        + (": artifact `retrain-cells-to-review`." if to_review else "."), "",
         *[f"- `{storage.join(folder, name)}`" for name in (*FIGURE_FILES, CARD_FILE)]]),
         description=f"retrain report {ref.version}")
 

@@ -1,11 +1,12 @@
 import io
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
 from aml_model import figures
-from aml_model.evaluate import compute_metrics, f1_by_threshold
+from aml_model.evaluate import compute_metrics, confident_errors, f1_by_threshold
 
 # Worked by hand: at threshold 0.5 the predictions are 1 1 0 1 | 0 0 1 0 1 0,
 # so tp=3, fn=1, fp=2, tn=4; of the 24 (blast, normal) pairs 21 are ranked correctly.
@@ -70,3 +71,18 @@ def test_all_four_figures_are_valid_pngs():
         figures.render_f1_curve(Y_TRUE, Y_PROB, 0.5),
     ):
         assert_png(data)
+
+
+def test_confident_errors_name_only_misclassified_labelled_cells_most_confident_first():
+    cells = pd.DataFrame({"cell_id": list("abcdefg"),
+                          "label": ["blast", "blast", "normal", "normal", "normal", None, "blast"]})
+    probabilities = np.array([0.9, 0.2, 0.99, 0.5, 0.1, 0.99, 0.49])
+    errors = confident_errors(cells, probabilities, threshold=0.5)
+    # c (normal at 0.99) before b (blast at 0.2) before g and d, the two at the threshold's edge;
+    # f is unlabelled, a and e are right.
+    assert errors["cell_id"].tolist() == ["c", "b", "g", "d"]
+    assert errors["probability"].tolist() == [0.99, 0.2, 0.49, 0.5]
+    assert confident_errors(cells, probabilities, threshold=0.5, n=2)["cell_id"].tolist() == ["c", "b"]
+    assert confident_errors(cells, np.where(cells["label"] == "blast", 1.0, 0.0), 0.5).empty
+    with pytest.raises(ValueError, match="7 cells but 6 probabilities"):
+        confident_errors(cells, probabilities[:6], 0.5)

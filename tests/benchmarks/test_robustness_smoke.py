@@ -34,11 +34,13 @@ def test_robustness_benchmark_reports_every_group(lmu_cells, pbc_cells, tmp_path
     assert len(robust["val_auc"]) == 2 and all(0 <= v <= 1 for v in robust["val_auc"])
     # 30 cells of each class and source: 10% of them held out, moved into the other lab's look.
     assert payload["split_sizes"]["test"] == 24
-    # The listing names held-out LMU cells, worst first.
-    wrong = payload["runs"][0]["lmu_most_wrong"]
-    assert len(wrong) == 5 and all(w["file"].startswith(("MYO/", "NGS/")) for w in wrong)
-    misses = [abs(w["score"] - (w["cell_type"] == "myeloblast")) for w in wrong]
-    assert misses == sorted(misses, reverse=True)
+    # Every run names its misclassified held-out LMU cells, the most confident first.
+    for run in payload["runs"]:
+        misses = [abs(e["probability"] - (e["label"] == "blast")) for e in run["lmu_errors"]]
+        assert all(e["file"].startswith(("MYO/", "NGS/")) for e in run["lmu_errors"])
+        assert all(m >= 0.5 for m in misses) and misses == sorted(misses, reverse=True)
+        n_wrong = round((1 - run["lmu_accuracy"]) * 6)
+        assert len(run["lmu_errors"]) == min(n_wrong, 5)
     low, high = payload["runs"][0]["lmu_auc_ci95"]
     assert 0 <= low <= payload["runs"][0]["lmu_auc"] <= high <= 1
     recorded = json.loads(results.read_text())

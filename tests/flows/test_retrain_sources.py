@@ -56,6 +56,15 @@ def test_two_labs_train_together_with_counts_and_rates_per_source_and_type(two_l
     assert by_source.loc[lmu, "blast_like"] + by_source.loc[pbc, "blast_like"] == int(
         (predictions["probability"] >= 0.5).sum())
     assert Artifact.get("retrain-rates-by-type") is not None
+    # The cells to review are the misclassified test predictions (at most 10), named by their files.
+    wrong = predictions[(predictions["probability"] >= 0.5) != (predictions["label"] == "blast")]
+    to_review = pd.DataFrame(card["evaluation"]["to_review"], columns=["cell_id", "source_uri", "probability"])
+    assert len(to_review) == min(len(wrong), 10)
+    assert set(to_review["cell_id"]) <= set(wrong["cell_id"])
+    assert to_review.set_index("cell_id")["probability"].to_dict() == pytest.approx(
+        wrong.set_index("cell_id")["probability"].loc[to_review["cell_id"]].to_dict())
+    assert all(uri.startswith((lmu, pbc)) for uri in to_review["source_uri"])
+    assert (Artifact.get("retrain-cells-to-review") is not None) == bool(len(wrong))
     assert result["training_attempts"][-1]["collapsed"] is False
     assert card["training_attempts"] == result["training_attempts"]
 
