@@ -9,7 +9,8 @@ with the offline (random, seeded) backbone, and reports on held-out cells:
 - cells moved into the other lab's look: held-out LMU blasts recoloured to PBC's colour
   statistics and shrunk to PBC's cell size, held-out PBC cells recoloured to LMU's and enlarged.
   A model that learned "CellaVision look = normal" calls the moved blasts normal.
-- every seed's validation ROC AUC (a collapsed model would show 0.5).
+- every seed's validation ROC AUC (a collapsed model would show 0.5);
+- the misclassified held-out LMU cells by file, and a 95% bootstrap interval of the LMU ROC AUC.
 
 Colour moves: Reinhard et al. (2001): each image's L*a*b* channel means and spreads are set to
 the average of the other lab's training images. A second, non-linear move (per-channel histogram
