@@ -64,7 +64,11 @@ def test_two_labs_train_together_with_counts_and_rates_per_source_and_type(two_l
     assert to_review.set_index("cell_id")["probability"].to_dict() == pytest.approx(
         wrong.set_index("cell_id")["probability"].loc[to_review["cell_id"]].to_dict())
     assert all(uri.startswith((lmu, pbc)) for uri in to_review["source_uri"])
-    assert (Artifact.get("retrain-cells-to-review") is not None) == bool(len(wrong))
+    assert f"{len(to_review)} misclassified test cells to review" in Artifact.get("retrain-report").data
+    if len(wrong):  # three in this run; the artifact is this model's and names them
+        review = Artifact.get("retrain-cells-to-review")
+        assert review.description.startswith(result["version"])
+        assert all(cell in review.data for cell in to_review["cell_id"])
     assert result["training_attempts"][-1]["collapsed"] is False
     assert card["training_attempts"] == result["training_attempts"]
 
