@@ -276,7 +276,8 @@ def run_recipe(recipe: str, seed: int, data: dict, args) -> dict:
     p_test = predict(x_test)
     frame = data["frame"].iloc[test].reset_index(drop=True)
     lmu = (frame["source"] == "lmu").to_numpy()
-    lmu_metrics = compute_metrics(y[test][lmu], p_test[lmu], config.threshold)
+    y_lmu, p_lmu = y[test][lmu], p_test[lmu]
+    lmu_metrics = compute_metrics(y_lmu, p_lmu, config.threshold)
     by_type = rates_by_group(frame, p_test, config.threshold, ["source", "cell_type"])
     result = {
         "recipe": recipe, "seed": seed, "trainable_from": args.trainable_from or "head",
@@ -292,9 +293,9 @@ def run_recipe(recipe: str, seed: int, data: dict, args) -> dict:
     result["pbc_max_blast_like"] = max(result["pbc_blast_like_by_type"].values())
     # One confident error among 70 + 70 cells moves the ROC AUC by up to 0.014: name the cells, so
     # that a shortfall can be told from a wrong label by eye.
-    errors = confident_errors(frame[lmu][["file", "cell_type", "label"]], p_test[lmu], config.threshold, n=5)
+    errors = confident_errors(frame[lmu][["file", "cell_type", "label"]], p_lmu, config.threshold, n=5)
     result["lmu_errors"] = errors.round({"probability": 4}).to_dict("records")
-    result["lmu_auc_ci95"] = auc_interval(y[test][lmu], p_test[lmu], seed)
+    result["lmu_auc_ci95"] = auc_interval(y_lmu, p_lmu, seed)
     result["site_calibration"] = calibrate_on_moved(predict(moved["lmu_blasts_as_pbc_reinhard"]),
                                                     predict(moved["pbc_as_lmu_reinhard"]), seed)
     keras.backend.clear_session()

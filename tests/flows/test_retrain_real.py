@@ -28,6 +28,17 @@ def source(lmu_cells, tmp_path):
     return source
 
 
+def registered(store, version: str) -> tuple[dict, pd.DataFrame]:
+    """The model card and test predictions of ``version``, after checking that the registered
+    model, reloaded, gives those predictions."""
+    card = json.loads((store / version / "model_card.json").read_text())
+    predictions = pd.read_parquet(store / version / "test_predictions.parquet")
+    loaded = load_model(store / version / "model.keras", compile=False)
+    np.testing.assert_allclose(predict_batch(loaded, load_cells(predictions, {})), predictions["probability"],
+                               atol=1e-5)
+    return card, predictions
+
+
 @pytest.mark.slow
 def test_full_configuration_on_real_cells(source, tmp_path, task_runner):
     # The paper's recipe with every other parameter at its default (224x224 input, frozen ResNet50,
@@ -37,7 +48,7 @@ def test_full_configuration_on_real_cells(source, tmp_path, task_runner):
     result = retrain_and_evaluate.with_options(task_runner=task_runner)(
         sources=[str(source)], store=str(tmp_path / "store"), options=options)
     store = tmp_path / "store" / "models"
-    card = json.loads((store / result["version"] / "model_card.json").read_text())
+    card, predictions = registered(store, result["version"])
     paper = ExperimentConfig().to_dict()
     paper["model"]["backbone_weights"] = "none"
     assert card["config"] == paper, "the paper's configuration, nothing shrunk"
@@ -49,12 +60,8 @@ def test_full_configuration_on_real_cells(source, tmp_path, task_runner):
     assert result["promoted"] and result["reason"].startswith("no champion yet")
     assert json.loads((store / "champion.json").read_text())["version"] == result["version"]
 
-    # The registered model gives the stored test predictions; a blast outranks a neutrophil in
-    # them: blasts are larger, with finer chromatin, even to an untrained backbone.
-    predictions = pd.read_parquet(store / result["version"] / "test_predictions.parquet")
-    loaded = load_model(store / result["version"] / "model.keras", compile=False)
-    np.testing.assert_allclose(predict_batch(loaded, load_cells(predictions, {})), predictions["probability"],
-                               atol=1e-5)
+    # A blast outranks a neutrophil in the registered model's test predictions: blasts are larger,
+    # with finer chromatin, even to an untrained backbone.
     blast = (predictions["label"] == "blast").to_numpy()
     p = predictions["probability"].to_numpy()
     above = p[blast][:, None] - p[~blast][None, :]
@@ -71,14 +78,9 @@ def test_the_default_recipe_at_full_size_on_real_cells(source, tmp_path, task_ru
 
     result = retrain_and_evaluate.with_options(task_runner=task_runner)(
         sources=[str(source)], store=str(tmp_path / "store"), options=RetrainOptions(backbone_weights="none"))
-    store = tmp_path / "store" / "models"
-    card = json.loads((store / result["version"] / "model_card.json").read_text())
+    card, _ = registered(tmp_path / "store" / "models", result["version"])
     expected = ExperimentConfig.for_recipe(DEFAULT_RECIPE, ModelConfig(backbone_weights="none")).to_dict()
     assert DEFAULT_RECIPE == "robust" and card["config"] == expected and card["config"]["model"]["image_size"] == 224
     # Pooled third-stage statistics: what the cache holds per view.
     assert card["backbone"]["id"].endswith("-nucleus-channel-conv3_block4_out-mean_std")
-    predictions = pd.read_parquet(store / result["version"] / "test_predictions.parquet")
-    loaded = load_model(store / result["version"] / "model.keras", compile=False)
-    np.testing.assert_allclose(predict_batch(loaded, load_cells(predictions, {})), predictions["probability"],
-                               atol=1e-5)
     assert result["metrics"]["roc_auc"] >= 0.8
