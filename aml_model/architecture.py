@@ -15,12 +15,13 @@ from aml_model.config import FEATURE_LAYERS, ModelConfig
 from aml_model.pooling import POOLING_LAYER_NAME, SpatialMeanStd
 from aml_model.scale import SCALE_LAYER_NAME, ScaleNormalisation
 from aml_model.stain import STAIN_LAYER_NAME, StainNormalisation
-from aml_model.weights import fetch_weights_file, imagenet_weights_file
+from aml_model.weights import (fetch_weights_file, imagenet_weights_file, load_backbone_weights,
+                               partial_weights_layers)
 
 __all__ = ["BACKBONE_NAME", "FEATURE_NORMALISATION_NAME", "INPUT_NORMALISATION_LAYERS", "OUTPUT_LAYER_NAME",
            "adapt_feature_normalisation", "assemble_model", "build_backbone", "build_head", "build_model",
            "compile_model", "copy_layer_weights", "cut_backbone", "feature_extractor", "head_layer_names",
-           "input_normalisation", "resolve_backbone_weights", "seed_weights"]
+           "input_normalisation", "resolve_backbone_weights", "seed_weights", "whole_backbone"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,9 +68,6 @@ def resolve_backbone_weights(config: ModelConfig, storage_options: dict | None =
 def build_backbone(config: ModelConfig, storage_options: dict | None = None) -> keras.Model:
     """ResNet50 without its top, up to ``config.feature_layer`` and pooled as configured, frozen.
 
-    The weights (ImageNet, or a weights file) are always those of the whole ResNet50 without its
-    top, so one file serves every feature layer.
-
     Args:
         config: input size, backbone weights, feature layer and pooling.
         storage_options: fsspec options for a remote weights URL.
@@ -79,14 +77,33 @@ def build_backbone(config: ModelConfig, storage_options: dict | None = None) -> 
         the feature layer's map, `(batch, s/32, s/32, 2048)` for the paper's ``conv5_block3_out``
         (`s/8, s/8, 512` for ``conv3_block4_out``), or `(batch, 2c)` with "mean_std" pooling.
     """
+    return cut_backbone(whole_backbone(config, storage_options), config)
+
+
+def whole_backbone(config: ModelConfig, storage_options: dict | None = None) -> keras.Model:
+    """The whole ResNet50 without its top, holding ``config.backbone_weights``, not frozen.
+
+    The weights are those of the whole network (ImageNet's, or a weights file), so one file
+    serves every feature layer, or a partial file of its first stages
+    (:func:`aml_model.weights.save_partial_weights`: a pretrained cell backbone) that holds at
+    least the layers up to ``config.feature_layer``; the layers after it are then drawn from a
+    fixed seed, so that the whole network's weights, and its backbone id, are the same each time.
+
+    Raises:
+        BackboneWeightsError: the weights cannot be had, or a partial file stops too early.
+    """
     weights = resolve_backbone_weights(config, storage_options)
     backbone = keras.applications.ResNet50(
         include_top=False,
-        weights=weights,
+        weights=None,
         input_shape=(config.image_size, config.image_size, 3),
         name=BACKBONE_NAME,
     )
-    return cut_backbone(backbone, config)
+    if weights is not None:
+        if partial_weights_layers(weights) is not None:
+            seed_weights(backbone, 0)
+        load_backbone_weights(backbone, weights, config.feature_layer)
+    return backbone
 
 
 def cut_backbone(backbone: keras.Model, config: ModelConfig) -> keras.Model:

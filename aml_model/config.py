@@ -16,6 +16,7 @@ __all__ = [
     "DEFAULT_RECIPE",
     "FEATURE_LAYERS",
     "FEATURE_POOLINGS",
+    "PRETRAIN_METHODS",
     "RECIPES",
     "SCALE_NORMALISATIONS",
     "STAIN_NORMALISATIONS",
@@ -23,6 +24,7 @@ __all__ = [
     "ExperimentConfig",
     "ModelConfig",
     "PreprocessConfig",
+    "PretrainConfig",
     "RetrainConfig",
     "ScoringConfig",
     "SummaryConfig",
@@ -347,6 +349,70 @@ class ScoringConfig:
     chunk_cells: int = 64
     chunks_per_task: int = 4
     explain_top_k: int = 12
+
+
+#: Self-supervised objectives of :mod:`aml_model.pretrain`.
+PretrainMethod = Literal["simclr"]
+PRETRAIN_METHODS: tuple[str, ...] = get_args(PretrainMethod)
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Self-supervised pretraining of the backbone's stages on unlabelled cells (:mod:`aml_model.pretrain`).
+
+    Attributes:
+        method: the objective: "simclr" (Chen et al. 2020: two views of each cell are pulled
+            together, the other cells of the batch pushed away).
+        steps: optimiser steps in all (a resumed run counts the steps already done).
+        batch_size: cells per step; each gives two views, the others of the batch are its negatives.
+        view_size: side of the views the encoder trains on, pixels: a random square crop of
+            ``min_crop`` to 1 times the cell image's side, resized. Crops near ``view_size`` /
+            the model's input size show the cell at the pixel scale scoring reads it at.
+        min_crop: smallest crop side as a fraction of the cell image's side.
+        learning_rate: AdamW's peak learning rate, reached after ``warmup_steps`` and then
+            decayed to 0 along a cosine by ``steps``.
+        warmup_steps: steps of linear warm-up from 0.
+        weight_decay: AdamW's decoupled weight decay.
+        temperature: the contrastive loss's softmax temperature.
+        projection_units: units of the projection head's hidden layer (thrown away after training).
+        projection_dim: size of the projected embedding the loss compares.
+        seed: seeds the initial weights (when not continued from a backbone), the batches, the
+            views and the crops: a step's draws depend on the seed and the step number only.
+        checkpoint_every: steps between checkpoints.
+        pool_cells: most cells one training task holds in memory; batches are drawn from them.
+    """
+
+    method: str = "simclr"
+    steps: int = 3000
+    batch_size: int = 64
+    view_size: int = 112
+    min_crop: float = 0.5
+    learning_rate: float = 1e-3
+    warmup_steps: int = 100
+    weight_decay: float = 1e-4
+    temperature: float = 0.2
+    projection_units: int = 256
+    projection_dim: int = 128
+    seed: int = 0
+    checkpoint_every: int = 50
+    pool_cells: int = 8192
+
+    def __post_init__(self) -> None:
+        _require(self.method in PRETRAIN_METHODS, "method", self.method, f"one of {PRETRAIN_METHODS}")
+        for name in ("steps", "checkpoint_every", "projection_units", "projection_dim"):
+            _require(getattr(self, name) >= 1, name, getattr(self, name), "an integer >= 1")
+        _require(self.batch_size >= 2, "batch_size", self.batch_size, "an integer >= 2 (a cell needs negatives)")
+        _require(self.pool_cells >= self.batch_size, "pool_cells", self.pool_cells, "at least batch_size")
+        _require(self.view_size >= 32, "view_size", self.view_size, "an integer >= 32")
+        _require(0 < self.min_crop <= 1, "min_crop", self.min_crop, "a fraction in (0, 1]")
+        _require(self.learning_rate > 0, "learning_rate", self.learning_rate, "a positive number")
+        _require(0 <= self.warmup_steps < self.steps, "warmup_steps", self.warmup_steps, "0 <= warmup_steps < steps")
+        _require(self.weight_decay >= 0, "weight_decay", self.weight_decay, ">= 0")
+        _require(self.temperature > 0, "temperature", self.temperature, "a positive number")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dictionary (for backbone cards)."""
+        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-__all__ = ["SCALE_LAYER_NAME", "ScaleNormalisation", "nucleus_diameter", "normalise_scale"]
+__all__ = ["SCALE_LAYER_NAME", "ScaleNormalisation", "normalise_scale", "nucleus_boxes", "nucleus_diameter"]
 
 SCALE_LAYER_NAME = "scale_normalisation"
 #: Nucleus equivalent diameter after normalisation, as a share of the image side (a LMU myeloblast's
@@ -57,6 +57,30 @@ def nucleus_diameter(green):
     return diameter, tf.stack([cy, cx], axis=1)
 
 
+def nucleus_boxes(images, green_offset: float = _GREEN_MEAN):
+    """The window of each image that :func:`normalise_scale` zooms to.
+
+    Args:
+        images: `(batch, h, w, 3)` float tensor whose channel 1 plus ``green_offset`` is green
+            in 0..255 (ResNet50's input space by default; 0 for plain RGB).
+        green_offset: added to channel 1 to get green in 0..255.
+
+    Returns:
+        `(batch, 4)` float32 boxes (y0, x0, y1, x1) in fractions of the side, as
+        ``tf.image.crop_and_resize`` takes them.
+    """
+    images = tf.cast(images, tf.float32)
+    shape = tf.shape(images)
+    diameter, centre = nucleus_diameter(images[..., 1] + green_offset)
+    side = tf.cast(tf.minimum(shape[1], shape[2]), tf.float32)
+    zoom = tf.clip_by_value(TARGET_DIAMETER * side / tf.maximum(diameter, 1.0), *ZOOM_RANGE)
+    half = 0.5 / zoom
+    # Keep the window inside the image: move it towards the nucleus as far as that allows.
+    cy = tf.clip_by_value(centre[:, 0], half, 1.0 - half)
+    cx = tf.clip_by_value(centre[:, 1], half, 1.0 - half)
+    return tf.stack([cy - half, cx - half, cy + half, cx + half], axis=1)
+
+
 def normalise_scale(images, green_offset: float = _GREEN_MEAN):
     """Zoom each image about its nucleus so that the nucleus spans :data:`TARGET_DIAMETER`.
 
@@ -70,14 +94,7 @@ def normalise_scale(images, green_offset: float = _GREEN_MEAN):
     """
     images = tf.cast(images, tf.float32)
     shape = tf.shape(images)
-    diameter, centre = nucleus_diameter(images[..., 1] + green_offset)
-    side = tf.cast(tf.minimum(shape[1], shape[2]), tf.float32)
-    zoom = tf.clip_by_value(TARGET_DIAMETER * side / tf.maximum(diameter, 1.0), *ZOOM_RANGE)
-    half = 0.5 / zoom
-    # Keep the window inside the image: move it towards the nucleus as far as that allows.
-    cy = tf.clip_by_value(centre[:, 0], half, 1.0 - half)
-    cx = tf.clip_by_value(centre[:, 1], half, 1.0 - half)
-    boxes = tf.stack([cy - half, cx - half, cy + half, cx + half], axis=1)
+    boxes = nucleus_boxes(images, green_offset)
     return tf.image.crop_and_resize(images, boxes, tf.range(shape[0]), (shape[1], shape[2]))
 
 

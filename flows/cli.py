@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from aml_model.config import DEFAULT_RECIPE, RECIPES
+from aml_model.config import DEFAULT_RECIPE, PRETRAIN_METHODS, RECIPES
 from flows.cli_models import models
 from flows.cli_runs import runs
 
@@ -263,7 +263,9 @@ def calibrate_command(source, store, site, model, layout, workers, scheduler, s3
 @click.option("--epochs", default=50, show_default=True)
 @click.option("--patience", default=5, show_default=True, help="Early-stopping patience on validation loss.")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--backbone-weights", default="imagenet", show_default=True, help="imagenet, none, or a weights file path/URL.")
+@click.option("--backbone-weights", default="imagenet", show_default=True,
+              help="imagenet, none, shipped (the package's cell backbone), a registered backbone id "
+                   "(aml-smear pretrain-backbone), or a weights file path/URL.")
 @click.option("--backbone-weights-sha256", default=None, help="Expected sha256 of the weights file.")
 @click.option("--image-size", default=224, show_default=True)
 @click.option("--augment-views", default=2, show_default=True, help="Augmented views per training cell (cached path).")
@@ -292,6 +294,55 @@ def retrain_command(sources, store, workers, scheduler, **parameters):
         for row in result["rates_by_type"]:
             auc = "" if row["roc_auc"] != row["roc_auc"] else f", ROC AUC {row['roc_auc']:.3f}"
             click.echo(f"  {row['source']} / {row['cell_type']}: {row['blast_like_rate']:.3f} of {row['n']}{auc}")
+
+
+@cli.command("pretrain-backbone")
+@click.argument("sources", nargs=-1)
+@click.option("--store", required=True, help="Run store; the backbone is registered under backbones/<id>/.")
+@click.option("--run", "runs", multiple=True, default=None, metavar="RUN_ID",
+              help="An ingest run of the store to train on too (repeatable): a lab's own cells.")
+@click.option("--recipe", type=click.Choice(RECIPES), default=DEFAULT_RECIPE, show_default=True,
+              help="The recipe the backbone is for (feature layer, input normalisation, views).")
+@click.option("--start-from", default="none", show_default=True,
+              help="none (random), shipped, a registered backbone id, imagenet, or a weights file path/URL.")
+@click.option("--start-from-sha256", default=None, help="Expected sha256 of a --start-from weights file.")
+@click.option("--name", default="cells", show_default=True, help="Prefix of the backbone's id.")
+@click.option("--method", type=click.Choice(PRETRAIN_METHODS), default="simclr", show_default=True,
+              help="The self-supervised objective (aml_model.pretrain).")
+@click.option("--steps", default=3000, show_default=True, help="Optimiser steps in all.")
+@click.option("--steps-per-task", default=200, show_default=True, help="Steps per task (each resumes the checkpoint).")
+@click.option("--batch-size", default=64, show_default=True, help="Cells per step (two views each).")
+@click.option("--view-size", default=112, show_default=True, help="Side of the training views, pixels.")
+@click.option("--min-crop", default=0.5, show_default=True, help="Smallest view crop, a fraction of the cell's side.")
+@click.option("--learning-rate", default=1e-3, show_default=True, help="Peak learning rate.")
+@click.option("--temperature", default=0.2, show_default=True, help="Contrastive softmax temperature.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--checkpoint-every", default=50, show_default=True, help="Steps between checkpoints.")
+@click.option("--pool-cells", default=8192, show_default=True, help="Most cells a task holds in memory.")
+@click.option("--image-size", default=224, show_default=True, help="The model's input side, pixels.")
+@click.option("--layout", type=_LAYOUTS, default="auto", show_default=True)
+@_cluster_options
+def pretrain_backbone_command(sources, store, runs, workers, scheduler, s3_endpoint_url, **parameters) -> None:
+    """Pretrain the recipe's backbone stages on the cells of SOURCES (and --run RUN_ID) without labels.
+
+    SimCLR on two views of each cell from the recipe's augmentation; checkpointed in the store, so
+    the same command run again after a crash resumes where it stopped. Registers the backbone
+    for `aml-smear retrain --backbone-weights ID`.
+    """
+    from flows.parameters import PretrainOptions, nest_options
+    from flows.pretrain import pretrain_backbone
+
+    result = _run_flow(pretrain_backbone, workers, scheduler, **nest_options(
+        {"sources": list(sources), "runs": list(runs or ()), "store": store, "s3_endpoint_url": s3_endpoint_url,
+         **parameters}, PretrainOptions))
+    card = result["card"]
+    state = "already registered, nothing redone" if result["already_complete"] else "registered"
+    resumed = f", resumed at step {result['resumed_from']}" if 0 < result["resumed_from"] < card["steps"] else ""
+    click.echo(f"backbone {result['backbone_id']} {state}: {card['steps']} steps ({card['epochs']:.1f} passes over "
+               f"{result['cells']} cells{resumed}), {card['train_seconds']:.0f} s of training, loss "
+               f"{card['loss']['first']:.3f} -> {card['loss']['last']:.3f}, sha256 {card['sha256']}")
+    click.echo(f"train a model on it: aml-smear retrain SOURCE... --store {store} --backbone-weights "
+               f"{result['backbone_id']}")
 
 
 @cli.command("bootstrap")

@@ -26,7 +26,8 @@ from tasks.privacy import prefect_patient_ids
 from tasks.runs import RunConflictError, mark_complete, run_state
 
 __all__ = ["CHUNKS_PER_TASK", "CHUNK_CELLS", "IngestPlan", "collect_ingest", "discover_source", "ensure_ingested",
-           "finish_ingest", "ingest", "plan_ingest", "plan_source", "start_ingest", "submit_ingest_shard"]
+           "finish_ingest", "ingest", "ingest_sources", "plan_ingest", "plan_source", "start_ingest",
+           "submit_ingest_shard"]
 
 #: Cells per Zarr chunk, and chunks each decoding task writes: the flows' defaults.
 CHUNK_CELLS = ScoringConfig.chunk_cells
@@ -115,6 +116,16 @@ def plan_source(source: str, store: str, layout: str, image_size: int, s3_endpoi
     the first step of a flow that ingests as a step; ``ensure_ingested(plan, CHUNKS_PER_TASK)`` decodes."""
     return plan_ingest(discover_source(source, layout, s3_endpoint_url), store, None, image_size, CHUNK_CELLS,
                        s3_endpoint_url)
+
+
+def ingest_sources(sources: list[str], store: str, layout: str, image_size: int,
+                   s3_endpoint_url: str | None) -> tuple[list[storage.RunPaths], bool]:
+    """Ingest every source on the task runner, each planned before any is decoded; returns the runs
+    and whether all name patients."""
+    plans = [plan_source(s, store, layout, image_size, s3_endpoint_url) for s in sources]
+    for plan in plans:
+        ensure_ingested(plan, CHUNKS_PER_TASK)
+    return [p.paths for p in plans], all(p.found.layout != "class" for p in plans)
 
 
 def start_ingest(plan: IngestPlan, chunks_per_task: int) -> list[ShardSpec]:

@@ -21,8 +21,8 @@ from typing import Annotated, Any, Literal
 import fsspec
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from aml_model.config import (DEFAULT_RECIPE, ExperimentConfig, ModelConfig, Recipe, RetrainConfig, ScoringConfig,
-                              SummaryConfig, TrainConfig)
+from aml_model.config import (DEFAULT_RECIPE, ExperimentConfig, ModelConfig, PretrainConfig, PretrainMethod, Recipe,
+                              RetrainConfig, ScoringConfig, SummaryConfig, TrainConfig)
 from tasks import storage
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "Layout",
     "PartialRetrainOptions",
     "Positive",
+    "PretrainOptions",
     "Precision",
     "Probability",
     "Recipe",
@@ -151,6 +152,50 @@ class RetrainOptions(BaseModel):
     def settings(self) -> dict:
         """What a model card records besides the configuration (and what "unchanged" compares)."""
         return {"recipe": self.recipe, "training_path": self.training_path, "augment_views": self.augment_views}
+
+
+class PretrainOptions(BaseModel):
+    """How ``pretrain-backbone`` trains a backbone: everything but the cells and the store."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    recipe: Recipe = Field(DEFAULT_RECIPE, description="The recipe the backbone is for: its input normalisation, "
+                           "feature layer, pooling and augmentation (the views).")
+    start_from: BackboneWeights = Field("none", description='The weights to continue from: "none" (random), '
+                                        '"shipped", a registered backbone id, "imagenet", or a weights file path/URL.')
+    start_from_sha256: Sha256 | None = Field(None, description="Checked against a start_from weights file.")
+    name: RunId = Field("cells", description="Prefix of the registered backbone's id (<name>-<sha256 prefix>).")
+    method: PretrainMethod = Field(PretrainConfig.method, description='"simclr" (aml_model.pretrain).')
+    steps: Positive = Field(PretrainConfig.steps, description="Optimiser steps in all.")
+    steps_per_task: Positive = Field(200, description="Steps one task trains before the flow checks in; each task "
+                                     "resumes from the checkpoint.")
+    batch_size: Annotated[int, Field(ge=2)] = Field(PretrainConfig.batch_size, description="Cells per step.")
+    view_size: ImageSize = Field(PretrainConfig.view_size, description="Side of the training views, pixels.")
+    min_crop: Annotated[float, Field(gt=0, le=1)] = Field(PretrainConfig.min_crop, description=
+                                                          "Smallest view crop, as a fraction of the cell's side.")
+    learning_rate: Annotated[float, Field(gt=0)] = Field(PretrainConfig.learning_rate, description=
+                                                         "Peak learning rate (AdamW, warm-up then cosine decay).")
+    temperature: Annotated[float, Field(gt=0)] = Field(PretrainConfig.temperature, description=
+                                                       "Contrastive softmax temperature.")
+    seed: Annotated[int, Field(ge=0, lt=2**32)] = Field(PretrainConfig.seed, description="Seed of the initial "
+                                                        "weights, batches, views and crops.")
+    checkpoint_every: Positive = Field(PretrainConfig.checkpoint_every, description="Steps between checkpoints.")
+    pool_cells: Positive = Field(PretrainConfig.pool_cells, description="Most cells a task holds in memory.")
+    image_size: ImageSize = Field(ModelConfig.image_size, description="The model's input side, pixels.")
+    layout: Layout = Field("auto", description="Source layout (as for ingest).")
+
+    def pretrain_config(self) -> PretrainConfig:
+        """The settings of :mod:`aml_model.pretrain` (warm-up: a tenth of the steps, at most its default)."""
+        return PretrainConfig(method=self.method, steps=self.steps, batch_size=self.batch_size,
+                              view_size=self.view_size, min_crop=self.min_crop, learning_rate=self.learning_rate,
+                              warmup_steps=min(PretrainConfig.warmup_steps, self.steps // 10),
+                              temperature=self.temperature, seed=self.seed, checkpoint_every=self.checkpoint_every,
+                              pool_cells=max(self.pool_cells, self.batch_size))
+
+    def experiment_config(self) -> ExperimentConfig:
+        """The recipe's model and augmentation at this input size."""
+        return ExperimentConfig.for_recipe(self.recipe, ModelConfig(image_size=self.image_size,
+                                                                    backbone_weights="none"))
 
 
 def _all_optional(model: type[BaseModel]) -> type[BaseModel]:

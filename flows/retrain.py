@@ -20,9 +20,10 @@ from aml_model.evaluate import compute_metrics, confident_errors, rates_by_group
 from aml_model.promotion import decide_promotion, unchanged_since_champion
 from aml_model.sampling import balanced_weights
 from aml_model.split import training_split
-from flows.ingest import CHUNKS_PER_TASK, ensure_ingested, plan_source
+from flows.ingest import ingest_sources
 from flows.parameters import RetrainOptions, require_existing
 from tasks import storage
+from tasks.backbones import resolve_backbone, with_backbone
 from tasks.devices import model_tasks
 from tasks.events import emit_model_promoted
 from tasks.features import FeatureCache, embed_missing, prepare_backbone_task
@@ -32,16 +33,6 @@ from tasks.training import (TrainedModel, TrainingSet, compare_with_champion, ev
                             register_challenger, train_on_features, train_plain)
 
 __all__ = ["retrain_and_evaluate"]
-
-def _ingest_sources(sources: list[str], store: str, layout: str, image_size: int,
-                    s3_endpoint_url: str | None) -> tuple[list[storage.RunPaths], bool]:
-    """Ingest every source on the task runner, each planned before any is decoded; returns the runs
-    and whether all name patients."""
-    plans = [plan_source(s, store, layout, image_size, s3_endpoint_url) for s in sources]
-    for plan in plans:
-        ensure_ingested(plan, CHUNKS_PER_TASK)
-    return [p.paths for p in plans], all(p.found.layout != "class" for p in plans)
-
 
 def _skip_if_unchanged(store: str, store_options: dict, data: TrainingSet, config: ExperimentConfig,
                        settings: dict) -> dict | None:
@@ -86,9 +77,14 @@ def _train(config: ExperimentConfig, data: TrainingSet, split: dict, test: pd.Da
     Returns:
         (the staged model, the backbone as the model card records it, rows embedded).
     """
-    backbone_id, weights, feature_shape = prepare_backbone_task.submit(config.model, store, store_options,
-                                                                       config.train.seed).result()
-    backbone = {"id": backbone_id, "weights": options.backbone_weights, "weights_file": weights}
+    registered = resolve_backbone(options.backbone_weights, store, store_options)
+    backbone_id, weights, feature_shape = prepare_backbone_task.submit(with_backbone(config.model, registered), store,
+                                                                       store_options, config.train.seed).result()
+    backbone = {"id": backbone_id, "weights": options.backbone_weights, "weights_file": weights,
+                "registered": registered.summary() if registered else None}
+    if registered:
+        get_run_logger().info("backbone %s (%s, sha256 %s...)", registered.id, registered.card.get("method", "?"),
+                              registered.sha256[:12])
     cache = FeatureCache(store, backbone_id, store_options)
     sources = data.cells["source"].to_numpy()
     weights_of = {name: balanced_weights(sources[split[name]], data.y[split[name]]) for name in ("train", "val")}
@@ -131,11 +127,14 @@ def _evaluate(test: pd.DataFrame, y_test: np.ndarray, trained: TrainedModel, thr
     return metrics, evaluation, parent, comparisons, decide_promotion(comparisons, margin)
 
 
-def _require_inputs(sources: list[str], options: RetrainOptions, s3_endpoint_url: str | None) -> None:
-    """Every source, and a weights file, exists (the parameters' types were checked before the flow)."""
+def _require_inputs(sources: list[str], store: str, options: RetrainOptions, s3_endpoint_url: str | None) -> None:
+    """Every source, and the backbone (registered, shipped or a file), exists (the parameters' types
+    were checked before the flow)."""
     require_existing(sources, "source", s3_endpoint_url)
-    if options.backbone_weights.lower() not in ("imagenet", "none"):
-        require_existing([options.backbone_weights], "backbone_weights", s3_endpoint_url)
+    weights = options.backbone_weights
+    if weights.lower() not in ("imagenet", "none") and resolve_backbone(
+            weights, store, storage.storage_options_for(store, s3_endpoint_url)) is None:
+        require_existing([weights], "backbone_weights", s3_endpoint_url)
 
 
 @flow(name="retrain-and-evaluate", validate_parameters=True)
@@ -161,10 +160,10 @@ def retrain_and_evaluate(sources: Annotated[list[str], Field(min_length=1)], sto
         skipped, version, promoted, decision reason, test metrics, embedded count, sizes and wall time.
     """
     started, began = time.perf_counter(), datetime.now(UTC)
-    _require_inputs(sources, options, s3_endpoint_url)
+    _require_inputs(sources, store, options, s3_endpoint_url)
     config, settings = options.experiment_config(), options.settings()
     store_options = storage.storage_options_for(store, s3_endpoint_url)
-    paths, patients_known = _ingest_sources(sources, store, options.layout, options.image_size, s3_endpoint_url)
+    paths, patients_known = ingest_sources(sources, store, options.layout, options.image_size, s3_endpoint_url)
     data = _labelled_cells(paths, store_options, sources)
     skipped = skip_unchanged and _skip_if_unchanged(store, store_options, data, config, settings)
     if skipped:

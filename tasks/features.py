@@ -147,12 +147,11 @@ def prepare_backbone(config: ModelConfig, store: str, storage_options: dict | No
     Returns:
         (backbone_id, weights URL in the store, feature shape: `(h, w, c)`, or `(2c,)` pooled).
     """
-    from aml_model.architecture import build_backbone, cut_backbone, seed_weights
+    from aml_model.architecture import cut_backbone, seed_weights, whole_backbone
 
     # The whole network's weights are stored, as build_backbone reads them for any feature layer;
     # seed_weights draws a cut network's weights as the first layers of the whole one's.
-    backbone = build_backbone(dataclasses.replace(config, feature_layer=FEATURE_LAYERS[-1], feature_pooling="none"),
-                              storage_options)
+    backbone = whole_backbone(config, storage_options)
     if config.backbone_weights.lower() == "none":
         seed_weights(backbone, seed)  # random weights, the same for every run with this seed
     # The weights' hash does not see the scale and colour normalisation before the backbone, nor

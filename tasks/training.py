@@ -75,7 +75,7 @@ class TrainedModel:
 
 
 def load_training_set(run_roots: list[storage.RunPaths], storage_options: dict,
-                      sources: list[str] | None = None) -> TrainingSet:
+                      sources: list[str] | None = None, labelled_only: bool = True) -> TrainingSet:
     """Read the runs' cell tables and keep the labelled cells, each image once (the first
     source that holds it keeps it).
 
@@ -83,6 +83,8 @@ def load_training_set(run_roots: list[storage.RunPaths], storage_options: dict,
         run_roots: one ingest run per source.
         sources: the source of each run, for per-source balance and figures; the run ids
             when omitted.
+        labelled_only: keep only labelled cells (training); else every cell (pretraining), and
+            ``y`` is 1 for the labelled blasts only.
     """
     names = sources or [paths.root for paths in run_roots]
     frames = [storage.read_table(paths.cells_table, storage_options).assign(cells_zarr=paths.cells_zarr,
@@ -91,7 +93,7 @@ def load_training_set(run_roots: list[storage.RunPaths], storage_options: dict,
     cells = pd.concat(frames, ignore_index=True)
     if "cell_type" not in cells:
         cells["cell_type"] = None
-    labelled = cells[cells["label"].notna()]
+    labelled = cells[cells["label"].notna()] if labelled_only else cells
     unique = labelled.drop_duplicates("sha256", keep="first").reset_index(drop=True)
     return TrainingSet(unique, (unique["label"] == "blast").to_numpy(int), len(cells) - len(labelled),
                        len(labelled) - len(unique))

@@ -13,12 +13,13 @@ from flows.calibrate import calibrate_site
 from flows.cli import cli
 from flows.demo import demo_flow
 from flows.ingest import ingest
+from flows.pretrain import pretrain_backbone
 from flows.retrain import retrain_and_evaluate
 from flows.score import score_smears
 from flows.serve import DEPLOYMENTS, dask_runner_from_environment, deployed_flow, deployment_options
 
 COMMANDS = {"score": score_smears, "ingest": ingest, "retrain": retrain_and_evaluate, "calibrate": calibrate_site,
-            "demo": demo_flow}
+            "demo": demo_flow, "pretrain-backbone": pretrain_backbone}
 # Options of the runner, not parameters of a flow.
 RUNNER_OPTIONS = {"workers", "scheduler"}
 
