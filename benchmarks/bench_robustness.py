@@ -2,13 +2,17 @@
 
 Trains each recipe on the real LMU cells (myeloblasts, neutrophils; Munich) plus the real PBC
 cells (six healthy types; Barcelona, CellaVision), all at once, balanced by source and label,
-with the offline (random, seeded) backbone, and reports on held-out cells:
+with the offline backbone (random and seeded, or ``--backbone-weights`` files), and reports on
+held-out cells:
 
+- the headline, a proxy for the next lab: held-out LMU blasts moved into PBC's look as completely
+  as it can be measured (colour, framing, scale, optics), ranked against all held-out PBC cells
+  (six healthy types): a cross-lab ROC AUC. The same AUC for every moved variant, for the blasts
+  unmoved, and the other way round (native LMU blasts against PBC cells moved into LMU's look);
 - LMU blasts vs. neutrophils: ROC AUC and accuracy;
 - PBC, per cell type: the blast-like rate (every PBC cell is normal);
-- cells moved into the other lab's look: held-out LMU blasts recoloured to PBC's colour
-  statistics and shrunk to PBC's cell size, held-out PBC cells recoloured to LMU's and enlarged.
-  A model that learned "CellaVision look = normal" calls the moved blasts normal.
+- the blast-like rate at 0.5 of each moved set. A model that learned "CellaVision look = normal"
+  calls the moved blasts normal.
 - every seed's validation ROC AUC (a collapsed model would show 0.5);
 - the misclassified held-out LMU cells by file, and a 95% bootstrap interval of the LMU ROC AUC.
 
@@ -17,7 +21,15 @@ the average of the other lab's training images. A second, non-linear move (per-c
 matching to the other lab's pooled training pixels) is reported beside it, so that a recipe whose
 colour standardisation happens to invert one transfer cannot pass by construction.
 Scale move: the ratio of the two labs' median neutrophil nucleus diameters at the model's input
-size (the same cell type has the same physical size), measured on training cells.
+size (the same cell type has the same physical size), measured on training cells. Resizing both
+labs' frames to one input size and matching the nucleus size also matches the field of view.
+Framing move: the LMU crops sit the cell farther from the frame centre than CellaVision does; each
+cell is shifted so that the labs' median nucleus offsets from the centre agree.
+Optics move: sharpness and noise of the grey cells at the input size, measured on training
+neutrophils of both labs after the colour, framing and scale moves; a Gaussian blur and added
+noise are solved for to reach the other lab's values. A blur cannot sharpen and added noise cannot
+denoise: where the moved cells are already blurrier or noisier, that part of the move is zero and
+the gap is recorded.
 
 The model is the paper's network (224 px input, frozen ResNet50, Flatten, Dense(128), sigmoid)
 trained on cached backbone features, which is what ``retrain-and-evaluate`` does by default.
@@ -49,6 +61,11 @@ SHARED = PROJECT_ROOT.parent / "shared" / "data"
 LMU = Path(os.environ.get("AML_SMEAR_LMU_CELLS", SHARED / "lmu-cells"))
 PBC = Path(os.environ.get("AML_SMEAR_PBC_CELLS", SHARED / "pbc-cells"))
 OUTPUT = RESULTS.parent / "robustness.json"
+NEUTROPHIL = "segmented neutrophil"
+#: The headline moved set: LMU blasts in PBC's look by every move this benchmark measures.
+HEADLINE = "lmu_blasts_as_pbc_full_histogram"
+#: Training neutrophils per lab that each look is measured on: the one cell type both labs have.
+NEUTROPHILS = 100
 
 
 @dataclass
@@ -79,13 +96,106 @@ def load_source(root: Path, source: str, image_size: int, limit: int | None) -> 
     return Cells(frame, images, originals)
 
 
-def nucleus_diameter(images: np.ndarray) -> float:
-    """Median equivalent diameter (pixels) of the darkest-stained region: green below half the
-    image's bright background level. Crude, but the same rule on the same cell type in both labs."""
+def nucleus_masks(images: np.ndarray) -> np.ndarray:
+    """The darkest-stained region of each cell: green below half the image's bright background
+    level. Crude, but the same rule on the same cell type in both labs."""
     green = images[..., 1].astype(np.float32)
     background = np.percentile(green.reshape(len(images), -1), 95, axis=1)[:, None, None]
-    areas = (green < 0.5 * background).sum(axis=(1, 2))
+    return green < 0.5 * background
+
+
+def nucleus_diameter(images: np.ndarray) -> float:
+    """Median equivalent diameter (pixels) of the cells' nucleus masks."""
+    areas = nucleus_masks(images).sum(axis=(1, 2))
     return float(2 * np.sqrt(np.median(areas) / np.pi))
+
+
+def nucleus_offsets(images: np.ndarray) -> np.ndarray:
+    """Each cell's nucleus centroid minus the frame centre, `(n, 2)` pixels (row, column)."""
+    from scipy import ndimage
+
+    centre = (np.array(images.shape[1:3]) - 1) / 2
+    # An empty mask has no centroid (NaN): such a cell is left where it is.
+    with np.errstate(invalid="ignore"):
+        centroids = np.array([ndimage.center_of_mass(mask) for mask in nucleus_masks(images)])
+    return np.nan_to_num(centroids - centre)
+
+
+def nucleus_offset(images: np.ndarray) -> float:
+    """Median distance of the nucleus centroid from the frame centre, as a fraction of the frame side."""
+    return float(np.median(np.hypot(*nucleus_offsets(images).T)) / images.shape[1])
+
+
+def recentre(image: np.ndarray, factor: float) -> np.ndarray:
+    """Shift the cell so that its nucleus lies ``factor`` times as far from the frame centre,
+    mirroring the image into the uncovered border."""
+    from scipy import ndimage
+
+    row, column = (factor - 1) * nucleus_offsets(image[None])[0]
+    return ndimage.shift(image, (row, column, 0), order=0, mode="mirror")
+
+
+def blur_level(images: np.ndarray) -> float:
+    """Median blur of uint8 cells: scikit-image's ``blur_effect`` (Crete et al. 2007; 0 sharp,
+    1 blurred) of the grey image. It compares an image's local variation with that of a re-blurred
+    copy, so stain contrast cancels out; content does not (a blast's fine chromatin reads blurrier
+    than a neutrophil's granules), so both labs are measured on one cell type."""
+    from skimage.color import rgb2gray
+    from skimage.measure import blur_effect
+
+    return float(np.median([blur_effect(grey) for grey in rgb2gray(images)]))
+
+
+def noise_level(images: np.ndarray) -> float:
+    """Median noise (grey levels, 0-255) of uint8 cells: Immerkaer's (1996) estimate, the mean
+    absolute response to a kernel that cancels locally linear intensity, over each image's flattest
+    quarter (least gradient after smoothing), where the response is noise and not stained detail."""
+    from scipy import ndimage
+    from skimage.color import rgb2gray
+    from skimage.filters import gaussian, sobel
+
+    # skimage.restoration.estimate_sigma does this with wavelets but needs PyWavelets, not installed here.
+    kernel = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
+    levels = []
+    for grey in rgb2gray(images) * 255:
+        residual = np.abs(ndimage.convolve(grey, kernel, mode="reflect"))
+        gradient = sobel(gaussian(grey, 1))
+        levels.append(np.sqrt(np.pi / 2) / 6 * residual[gradient <= np.percentile(gradient, 25)].mean())
+    return float(np.median(levels))
+
+
+def optics_of(images: np.ndarray) -> dict[str, float]:
+    """What the optics move matches: blur and noise of uint8 cells at the model input size."""
+    return {"blur_effect": blur_level(images), "noise": noise_level(images)}
+
+
+def framing_of(images: np.ndarray) -> dict[str, float]:
+    """What the scale and centring moves match: the nucleus's diameter (pixels) and distance from the
+    frame centre (a fraction of the side), of uint8 cells at the input size in their lab's own colours
+    (the nucleus rule reads the stain, and a recoloured cell's darkest region is not its nucleus alone)."""
+    return {"nucleus_diameter": nucleus_diameter(images), "nucleus_offset": nucleus_offset(images)}
+
+
+def optics(images: np.ndarray, sigma: float, noise: float, field: np.ndarray) -> np.ndarray:
+    """uint8 cells blurred by a Gaussian of ``sigma`` pixels, plus ``noise`` grey levels times the
+    standard-normal ``field`` (one value per pixel and channel, as a camera's noise)."""
+    from scipy import ndimage
+
+    blurred = ndimage.gaussian_filter(images.astype(np.float32), (0, sigma, sigma, 0))
+    return np.clip(np.rint(blurred + noise * field), 0, 255).astype(np.uint8)
+
+
+def reach(measure, target: float, upper: float) -> float:
+    """The least ``x`` in [0, ``upper``] at which the rising ``measure(x)`` reaches ``target``:
+    0 where it is there already (a blur cannot sharpen, nor added noise denoise), ``upper`` where
+    even that falls short."""
+    from scipy.optimize import brentq
+
+    if measure(0.0) >= target:
+        return 0.0
+    if measure(upper) <= target:
+        return upper
+    return float(brentq(lambda x: measure(x) - target, 0.0, upper, xtol=0.01))
 
 
 def lab_statistics(images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -126,8 +236,15 @@ def rescale(image: np.ndarray, factor: float, image_size: int) -> np.ndarray:
 
 
 def moved_sets(lmu: Cells, pbc: Cells, lmu_train: np.ndarray, pbc_train: np.ndarray, lmu_test: np.ndarray,
-               pbc_test: np.ndarray, image_size: int, scale: float, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Held-out LMU blasts in PBC's look and held-out PBC cells in LMU's look, two colour moves each."""
+               pbc_test: np.ndarray, image_size: int, scale: float,
+               rng: np.random.Generator) -> tuple[dict[str, np.ndarray], dict]:
+    """Held-out LMU blasts in PBC's look and held-out PBC cells in LMU's look, and what moved them.
+
+    Returns the moved sets (uint8 cells at the input size) and the looks: each lab's, measured on
+    its training neutrophils; each direction's framing move (scale, centring) with the framing it
+    gives them; and each full move's optics (blur, noise) with the optics of the training
+    neutrophils it moved, before its optics move and after.
+    """
     blasts = [i for i in lmu_test if lmu.frame["label"].iloc[i] == "blast"]
 
     def sample(indices, n):
@@ -138,25 +255,76 @@ def moved_sets(lmu: Cells, pbc: Cells, lmu_train: np.ndarray, pbc_train: np.ndar
     # Pools of equal-sized images: the PBC set has a few 366x369 and 360x360 files.
     lmu_pool = np.concatenate([lmu.originals[i][:360, :360] for i in sample(lmu_train, 20)], axis=1)
     pbc_pool = np.concatenate([pbc.originals[i][:360, :360] for i in sample(pbc_train, 20)], axis=1)
-    return {
-        "lmu_blasts_as_pbc_reinhard": np.stack([rescale(reinhard(lmu.originals[i], *pbc_stats), 1 / scale, image_size)
-                                                for i in blasts]),
-        "lmu_blasts_as_pbc_histogram": np.stack([rescale(match_histograms(lmu.originals[i], pbc_pool), 1 / scale,
-                                                         image_size) for i in blasts]),
-        # The two halves of the move apart, to tell which one a model fails on.
-        "lmu_blasts_colour_only_histogram": np.stack([rescale(match_histograms(lmu.originals[i], pbc_pool), 1,
-                                                              image_size) for i in blasts]),
-        "lmu_blasts_scale_only": np.stack([rescale(lmu.originals[i], 1 / scale, image_size) for i in blasts]),
-        "pbc_as_lmu_reinhard": np.stack([rescale(reinhard(pbc.originals[i], *lmu_stats), scale, image_size)
-                                         for i in pbc_test]),
-        "pbc_as_lmu_histogram": np.stack([rescale(match_histograms(pbc.originals[i], lmu_pool), scale, image_size)
-                                          for i in pbc_test]),
+    to_pbc = {"reinhard": lambda image: reinhard(image, *pbc_stats),
+              "histogram": lambda image: match_histograms(image, pbc_pool)}
+    to_lmu = {"reinhard": lambda image: reinhard(image, *lmu_stats),
+              "histogram": lambda image: match_histograms(image, lmu_pool)}
+    lmu_ngs = sample([i for i in lmu_train if lmu.frame["cell_type"].iloc[i] == NEUTROPHIL], NEUTROPHILS)
+    pbc_ngs = sample([i for i in pbc_train if pbc.frame["cell_type"].iloc[i] == NEUTROPHIL], NEUTROPHILS)
+    looks = {lab: {**optics_of(cells.images[indices]), **framing_of(cells.images[indices])}
+             for lab, cells, indices in (("lmu", lmu, lmu_ngs), ("pbc", pbc, pbc_ngs))}
+
+    def move(cells, indices, colour=None, centring=None, factor=1.0):
+        """The cells' originals recentred, recoloured and rescaled, in that order, at the input size."""
+        moved = []
+        for i in indices:
+            image = cells.originals[i] if centring is None else recentre(cells.originals[i], centring)
+            moved.append(rescale(image if colour is None else colour(image), factor, image_size))
+        return np.stack(moved)
+
+    def fit_framing(cells, neutrophils, factor, target):
+        """The centring that brings the median nucleus offset of the ``neutrophils`` rescaled by
+        ``factor`` to ``target``'s, and the framing of the neutrophils so moved."""
+        centring = target["nucleus_offset"] / nucleus_offset(move(cells, neutrophils, factor=factor))
+        return {"scale": factor, "centring": centring,
+                "after": framing_of(move(cells, neutrophils, centring=centring, factor=factor))}
+
+    def full(cells, indices, neutrophils, colour, framing, target):
+        """``indices`` moved by every move, the optics fitted on the training ``neutrophils`` to ``target``."""
+        before = move(cells, neutrophils, colour, framing["centring"], framing["scale"])
+        # One noise field throughout the search, so that the measure rises smoothly with the level.
+        field = rng.standard_normal(before.shape, np.float32)
+        sigma = reach(lambda s: blur_level(optics(before, s, 0.0, field)), target["blur_effect"], 4.0)
+        noise = reach(lambda n: noise_level(optics(before, sigma, n, field)), target["noise"], 16.0)
+        images = move(cells, indices, colour, framing["centring"], framing["scale"])
+        parameters = {"blur_sigma": sigma, "noise": noise, "before": optics_of(before),
+                      "after": optics_of(optics(before, sigma, noise, field))}
+        return optics(images, sigma, noise, rng.standard_normal(images.shape, np.float32)), parameters
+
+    framing = {"lmu_as_pbc": fit_framing(lmu, lmu_ngs, 1 / scale, looks["pbc"]),
+               "pbc_as_lmu": fit_framing(pbc, pbc_ngs, scale, looks["lmu"])}
+    full_moves, moves = {}, {}
+    for colour in ("histogram", "reinhard"):
+        as_pbc, as_lmu = f"lmu_blasts_as_pbc_full_{colour}", f"pbc_as_lmu_full_{colour}"
+        full_moves[as_pbc], moves[as_pbc] = full(lmu, blasts, lmu_ngs, to_pbc[colour], framing["lmu_as_pbc"],
+                                                 looks["pbc"])
+        full_moves[as_lmu], moves[as_lmu] = full(pbc, pbc_test, pbc_ngs, to_lmu[colour], framing["pbc_as_lmu"],
+                                                 looks["lmu"])
+    native = move(lmu, blasts)
+    sets = {
+        "lmu_blasts_as_pbc_reinhard": move(lmu, blasts, to_pbc["reinhard"], factor=1 / scale),
+        "lmu_blasts_as_pbc_histogram": move(lmu, blasts, to_pbc["histogram"], factor=1 / scale),
+        # The parts of the move apart, to tell which one a model fails on; optics as in the headline move.
+        "lmu_blasts_colour_only_histogram": move(lmu, blasts, to_pbc["histogram"]),
+        "lmu_blasts_scale_only": move(lmu, blasts, factor=1 / scale),
+        "lmu_blasts_optics_only": optics(native, moves[HEADLINE]["blur_sigma"], moves[HEADLINE]["noise"],
+                                         rng.standard_normal(native.shape, np.float32)),
+        HEADLINE: full_moves[HEADLINE],
+        "lmu_blasts_as_pbc_full_reinhard": full_moves["lmu_blasts_as_pbc_full_reinhard"],
+        "pbc_as_lmu_reinhard": move(pbc, pbc_test, to_lmu["reinhard"], factor=scale),
+        "pbc_as_lmu_histogram": move(pbc, pbc_test, to_lmu["histogram"], factor=scale),
+        "pbc_as_lmu_full_histogram": full_moves["pbc_as_lmu_full_histogram"],
+        "pbc_as_lmu_full_reinhard": full_moves["pbc_as_lmu_full_reinhard"],
     }
+    return sets, {**looks, "neutrophils": {"lmu": len(lmu_ngs), "pbc": len(pbc_ngs)}, "framing": framing,
+                  "optics": moves}
 
 
 def embedder(config, seed: int, cut: str | None = None):
-    """The seeded random backbone (BatchNorm folded, as the feature cache computes it) and a
-    function embedding uint8 cells, optionally augmented, through the recipe's preprocessing.
+    """The backbone (BatchNorm folded, as the feature cache computes it) and a function embedding
+    uint8 cells, optionally augmented, through the recipe's preprocessing. The backbone is
+    ``config.model.backbone_weights``: "none" is a random one drawn from ``seed``; a weights file is
+    the same for every seed.
 
     With ``cut`` (a backbone layer name, e.g. ``conv4_block6_out``) the features are that layer's
     output, and the third value is the backbone's part after it (to train); else None.
@@ -169,7 +337,10 @@ def embedder(config, seed: int, cut: str | None = None):
     from aml_model.inference import fold_batch_norm
     from aml_model.preprocess import normalise_for_resnet50
 
-    full = fold_batch_norm(seed_weights(build_backbone(config.model), seed))
+    full = build_backbone(config.model)
+    if config.model.backbone_weights == "none":
+        seed_weights(full, seed)
+    full = fold_batch_norm(full)
     backbone = full if cut is None else keras.Model(full.input, full.get_layer(cut).output)
     tail = None if cut is None else keras.Model(full.get_layer(cut).output, full.output)
     normalisation = input_normalisation(config.model)
@@ -220,11 +391,11 @@ def parse_variant(name: str) -> tuple[str, dict[str, str]]:
     return recipe, dict(change.split("=", 1) for change in changes.split(",") if change)
 
 
-def configure(name: str, image_size: int, epochs: int, patience: int, seed: int):
+def configure(name: str, image_size: int, epochs: int, patience: int, seed: int, backbone: str = "none"):
     from aml_model.config import ExperimentConfig, ModelConfig, TrainConfig
 
     recipe, changes = parse_variant(name)
-    config = ExperimentConfig.for_recipe(recipe, ModelConfig(image_size=image_size, backbone_weights="none"),
+    config = ExperimentConfig.for_recipe(recipe, ModelConfig(image_size=image_size, backbone_weights=backbone),
                                          TrainConfig(epochs=epochs, early_stopping_patience=patience, seed=seed))
     model_fields = {f.name for f in dataclasses.fields(config.model)}
     model = {k: v for k, v in changes.items() if k in model_fields}
@@ -234,7 +405,29 @@ def configure(name: str, image_size: int, epochs: int, patience: int, seed: int)
                                                          augment=dataclasses.replace(config.train.augment, **augment)))
 
 
-def run_recipe(recipe: str, seed: int, data: dict, args) -> dict:
+def backbone_label(recipe: str, backbone: str) -> str:
+    """``robust`` for the random backbone, ``robust@<file stem>`` for a weights file."""
+    return recipe if backbone == "none" else f"{recipe}@{Path(backbone).stem}"
+
+
+def stops_short(recipe: str, backbone: str, args) -> bool:
+    """Whether ``backbone`` is a partial weights file that ends before the layer ``recipe`` reads
+    (a backbone pretrained for the robust recipe's third stage holds nothing of the paper's fifth)."""
+    from aml_model.weights import partial_weights_layers
+
+    held = None if backbone == "none" else partial_weights_layers(backbone)
+    feature_layer = configure(recipe, args.image_size, args.epochs, args.patience, 0, backbone).model.feature_layer
+    return held is not None and feature_layer not in held
+
+
+def ranking_auc(blasts: np.ndarray, others: np.ndarray) -> float:
+    """ROC AUC of blast scores against other cells' scores."""
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(np.r_[np.ones(len(blasts)), np.zeros(len(others))], np.r_[blasts, others]))
+
+
+def run_recipe(recipe: str, backbone: str, seed: int, data: dict, args) -> dict:
     import keras
 
     from aml_model.collapse import MAX_ATTEMPTS, attempt_seed, check_collapse
@@ -242,7 +435,7 @@ def run_recipe(recipe: str, seed: int, data: dict, args) -> dict:
     from aml_model.sampling import balanced_weights
     from aml_model.train import train_head
 
-    config = configure(recipe, args.image_size, args.epochs, args.patience, seed)
+    config = configure(recipe, args.image_size, args.epochs, args.patience, seed, backbone)
     started = time.perf_counter()
     embed, tail = embedder(config, seed, args.trainable_from)
     train, val, test = data["train"], data["val"], data["test"]
@@ -279,15 +472,23 @@ def run_recipe(recipe: str, seed: int, data: dict, args) -> dict:
     y_lmu, p_lmu = y[test][lmu], p_test[lmu]
     lmu_metrics = compute_metrics(y_lmu, p_lmu, config.threshold)
     by_type = rates_by_group(frame, p_test, config.threshold, ["source", "cell_type"])
+    p_moved = {name: predict(features) for name, features in moved.items()}
+    # Moved blasts are ranked against the native cells of the other lab, native blasts against moved ones.
+    p_blasts, p_pbc = p_lmu[y_lmu == 1], p_test[~lmu]
+    cross_lab_auc = {"unmoved": ranking_auc(p_blasts, p_pbc)} | {
+        name: ranking_auc(p, p_pbc) if name.startswith("lmu_blasts") else ranking_auc(p_blasts, p)
+        for name, p in p_moved.items()}
     result = {
-        "recipe": recipe, "seed": seed, "trainable_from": args.trainable_from or "head",
-        "trainable_weights": int(sum(np.prod(w.shape) for w in head.trainable_weights)), "val_auc": collapse.val_auc, "collapsed": collapse.collapsed,
+        "recipe": recipe, "backbone": backbone, "seed": seed, "cross_lab_auc": cross_lab_auc,
+        "trainable_from": args.trainable_from or "head",
+        "trainable_weights": int(sum(np.prod(w.shape) for w in head.trainable_weights)),
+        "val_auc": collapse.val_auc, "collapsed": collapse.collapsed,
         "attempts": attempt + 1, "first_attempt_val_auc": first_attempt_val_auc,
         "epochs_run": len(history["loss"]), "best_epoch": best + 1,
         "lmu_auc": lmu_metrics.roc_auc, "lmu_accuracy": lmu_metrics.accuracy,
         "lmu_sensitivity": lmu_metrics.sensitivity, "lmu_specificity": lmu_metrics.specificity,
         "pbc_blast_like_by_type": {r.cell_type: r.blast_like_rate for r in by_type.itertuples() if r.source == "pbc"},
-        "moved_blast_like": {name: float(np.mean(predict(f) >= config.threshold)) for name, f in moved.items()},
+        "moved_blast_like": {name: float(np.mean(p >= config.threshold)) for name, p in p_moved.items()},
         "embed_seconds": embed_seconds, "seconds": time.perf_counter() - started,
     }
     result["pbc_max_blast_like"] = max(result["pbc_blast_like_by_type"].values())
@@ -296,8 +497,8 @@ def run_recipe(recipe: str, seed: int, data: dict, args) -> dict:
     errors = confident_errors(frame[lmu][["file", "cell_type", "label"]], p_lmu, config.threshold, n=5)
     result["lmu_errors"] = errors.round({"probability": 4}).to_dict("records")
     result["lmu_auc_ci95"] = auc_interval(y_lmu, p_lmu, seed)
-    result["site_calibration"] = calibrate_on_moved(predict(moved["lmu_blasts_as_pbc_reinhard"]),
-                                                    predict(moved["pbc_as_lmu_reinhard"]), seed)
+    result["site_calibration"] = calibrate_on_moved(p_moved["lmu_blasts_as_pbc_reinhard"],
+                                                    p_moved["pbc_as_lmu_reinhard"], seed)
     keras.backend.clear_session()
     return result
 
@@ -307,13 +508,9 @@ def auc_interval(labels: np.ndarray, scores: np.ndarray, seed: int, resamples: i
     (1 = blast), resampling blasts and others separately: how far the figure of a few held-out
     cells could move on another draw of as many cells."""
     from scipy.stats import bootstrap
-    from sklearn.metrics import roc_auc_score
 
-    def auc(positives: np.ndarray, negatives: np.ndarray) -> float:
-        return roc_auc_score(np.r_[np.ones(len(positives)), np.zeros(len(negatives))], np.r_[positives, negatives])
-
-    interval = bootstrap((scores[labels == 1], scores[labels == 0]), auc, vectorized=False, method="percentile",
-                         n_resamples=resamples, random_state=seed).confidence_interval
+    interval = bootstrap((scores[labels == 1], scores[labels == 0]), ranking_auc, vectorized=False,
+                         method="percentile", n_resamples=resamples, random_state=seed).confidence_interval
     return [float(interval.low), float(interval.high)]
 
 
@@ -368,18 +565,30 @@ def prepare(args) -> dict:
     def local(indices, lower, upper):
         return np.array([i - lower for i in indices if lower <= i < upper])
 
-    moved = moved_sets(lmu, pbc, local(split["train"], 0, n_lmu), local(split["train"], n_lmu, len(frame)),
-                       local(split["test"], 0, n_lmu), local(split["test"], n_lmu, len(frame)),
-                       args.image_size, scale, rng)
-    return {"frame": frame, "images": images, "moved": moved, "scale": scale, **split}
+    moved, look = moved_sets(lmu, pbc, local(split["train"], 0, n_lmu), local(split["train"], n_lmu, len(frame)),
+                             local(split["test"], 0, n_lmu), local(split["test"], n_lmu, len(frame)),
+                             args.image_size, scale, rng)
+    return {"frame": frame, "images": images, "moved": moved, "look": look, "scale": scale, **split}
 
 
-def summarise(results: list[dict], recipes: list[str]) -> dict:
+def spread(values: list[float]) -> dict[str, float]:
+    """Mean, standard deviation, least and greatest over seeds."""
+    return {"mean": float(np.mean(values)), "std": float(np.std(values)), "min": float(np.min(values)),
+            "max": float(np.max(values))}
+
+
+def summarise(results: list[dict]) -> dict:
+    """Per (recipe, backbone), labelled by :func:`backbone_label`, in the order run."""
     summary = {}
-    for recipe in recipes:
-        runs = [r for r in results if r["recipe"] == recipe]
-        summary[recipe] = {
+    for recipe, backbone in dict.fromkeys((r["recipe"], r["backbone"]) for r in results):
+        runs = [r for r in results if (r["recipe"], r["backbone"]) == (recipe, backbone)]
+        headline = spread([r["cross_lab_auc"][HEADLINE] for r in runs])
+        summary[backbone_label(recipe, backbone)] = {
+            "backbone": backbone,
             "seeds": [r["seed"] for r in runs],
+            "cross_lab_auc_full": headline["mean"],
+            **{f"cross_lab_auc_full_{key}": value for key, value in headline.items() if key != "mean"},
+            "cross_lab_auc": {m: spread([r["cross_lab_auc"][m] for r in runs]) for m in runs[0]["cross_lab_auc"]},
             "val_auc": [round(r["val_auc"], 4) for r in runs],
             "collapsed": sum(r["collapsed"] for r in runs),
             **{key: float(np.mean([r[key] for r in runs]))
@@ -395,6 +604,24 @@ def summarise(results: list[dict], recipes: list[str]) -> dict:
     return summary
 
 
+def print_look(look: dict) -> None:
+    def optics_text(values: dict) -> str:
+        return f"blur_effect {values['blur_effect']:.3f}, noise {values['noise']:.2f}"
+
+    def framing_text(values: dict) -> str:
+        return f"nucleus {values['nucleus_diameter']:.1f} px, {values['nucleus_offset']:.3f} of the frame off centre"
+
+    cells = look["neutrophils"]
+    print_table(f"look of training neutrophils ({cells['lmu']} LMU, {cells['pbc']} PBC) at the input size "
+                "(blur_effect: 0 sharp, 1 blurred; noise in grey levels)", [
+        *[(lab.upper(), f"{optics_text(look[lab])}; {framing_text(look[lab])}") for lab in ("lmu", "pbc")],
+        *[(f"{name}: scale x{move['scale']:.2f}, centring x{move['centring']:.2f}", framing_text(move["after"]))
+          for name, move in look["framing"].items()],
+        *[(f"{name}: blur sigma {move['blur_sigma']:.2f} px, noise {move['noise']:.2f}",
+           f"{optics_text(move['before'])} -> {optics_text(move['after'])}") for name, move in look["optics"].items()],
+    ])
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--image-size", type=int, default=224)
@@ -403,6 +630,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--robust-seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4],
                         help="seeds of the robust recipe (the collapse check wants five)")
+    parser.add_argument("--backbone-weights", nargs="+", default=["none"],
+                        help="the recipes' backbones, each run and summarised apart: none (random, drawn from "
+                             "each run's seed) or weights files, the same for every seed (a whole ResNet50 .h5, "
+                             "or a partial file of its first stages, as pretrain-backbone writes)")
     parser.add_argument("--views", type=int, default=1, help="augmented views per training cell")
     parser.add_argument("--trainable-from", default=None,
                         help="train the backbone's layers after this one too (e.g. conv5_block2_out: the last "
@@ -418,27 +649,39 @@ def main(argv: list[str] | None = None) -> dict:
     data = prepare(args)
     print(f"cells: {len(data['frame'])}; split {len(data['train'])}/{len(data['val'])}/{len(data['test'])}; "
           f"LMU/PBC neutrophil size ratio {data['scale']:.2f}", flush=True)
-    results = []
+    print_look(data["look"])
+    results, skipped = [], []
     for recipe in args.recipes:
-        for seed in (args.robust_seeds if recipe == "robust" else args.seeds):
-            result = run_recipe(recipe, seed, data, args)
-            results.append(result)
-            print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()}),
-                  flush=True)
-    summary = summarise(results, args.recipes)
+        for backbone in args.backbone_weights:
+            if stops_short(recipe, backbone, args):
+                skipped.append(backbone_label(recipe, backbone))
+                print(f"skipped {skipped[-1]}: {backbone} ends before the layer {recipe} reads", flush=True)
+                continue
+            for seed in (args.robust_seeds if recipe == "robust" else args.seeds):
+                result = run_recipe(recipe, backbone, seed, data, args)
+                results.append(result)
+                print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()}),
+                      flush=True)
+    summary = summarise(results)
     payload = {"image_size": args.image_size, "views": args.views, "epochs": args.epochs,
-               "scale_ratio": data["scale"], "split_sizes": {k: len(data[k]) for k in ("train", "val", "test")},
+               "backbone_weights": args.backbone_weights, "skipped": skipped, "scale_ratio": data["scale"],
+               "look": data["look"], "split_sizes": {k: len(data[k]) for k in ("train", "val", "test")},
                "summary": summary, "runs": results}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(payload, indent=2))
-    for recipe, s in summary.items():
-        print_table(f"{recipe} (seeds {s['seeds']})", [
+    for label, s in summary.items():
+        print_table(f"{label} (seeds {s['seeds']})", [
+            (f"cross-lab ROC AUC, {HEADLINE} vs. all PBC cells: mean (std; min-max)",
+             (f"{s['cross_lab_auc_full']:.4f} ({s['cross_lab_auc_full_std']:.4f}; "
+              f"{s['cross_lab_auc_full_min']:.4f}-{s['cross_lab_auc_full_max']:.4f})")),
+            *[(f"cross-lab ROC AUC, {m}", f"{v['mean']:.4f} ({v['std']:.4f}; {v['min']:.4f}-{v['max']:.4f})")
+              for m, v in s["cross_lab_auc"].items() if m != HEADLINE],
             ("LMU hold-out ROC AUC / accuracy", f"{s['lmu_auc']:.4f} / {s['lmu_accuracy']:.4f}"),
             *[(f"PBC {t} blast-like", f"{v:.3f}") for t, v in s["pbc_blast_like_by_type"].items()],
             *[(f"{m} blast-like", f"{v:.3f}") for m, v in s["moved_blast_like"].items()],
             *([("calibrated on 100 moved cells: blasts / others blast-like, before -> after",
-                f"{c['blasts_before']:.3f} -> {c['blasts_after']:.3f} / {c['others_before']:.3f} -> "
-                f"{c['others_after']:.3f}")] if (c := s["site_calibration"]) else []),
+                (f"{c['blasts_before']:.3f} -> {c['blasts_after']:.3f} / {c['others_before']:.3f} -> "
+                 f"{c['others_after']:.3f}"))] if (c := s["site_calibration"]) else []),
             ("validation ROC AUC per seed", ", ".join(f"{v:.3f}" for v in s["val_auc"])),
             ("collapsed seeds", str(s["collapsed"])),
         ])
