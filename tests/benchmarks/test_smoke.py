@@ -49,3 +49,19 @@ def test_benchmarks_run_on_a_handful_of_cells(lmu_cells, tiny_model_file, tmp_pa
     assert "not recorded for this model" in recorded["auto_precision_reason"] or \
         "no native reduced precision" in recorded["auto_precision_reason"]
 
+
+
+@pytest.mark.slow
+def test_the_pretraining_benchmark_writes_its_rates_and_ratios(lmu_cells, tmp_path):
+    results = tmp_path / "latest.json"
+    env = {**os.environ, "AML_SMEAR_LMU_CELLS": str(lmu_cells), "AML_SMEAR_BENCH_RESULTS": str(results),
+           "AML_SMEAR_BENCH_IMAGE_SIZE": "64", "AML_SMEAR_BENCH_PRETRAIN_STEPS": "2"}
+    env.pop("PREFECT_API_URL", None)
+    completed = subprocess.run([sys.executable, "-m", "benchmarks", "pretrain"], cwd=PROJECT_ROOT, env=env,
+                               capture_output=True, text=True, timeout=900)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    recorded = json.loads(results.read_text())
+    rates = ("pretrain_cells_per_s", "pretrain_forward_224_cells_per_s", "pretrain_forward_views_cells_per_s")
+    assert all(recorded[key] > 0 for key in rates)
+    assert recorded["pretrain_over_forward_224"] == recorded[rates[0]] / recorded[rates[1]]
+    assert "pretraining / forward (whole cells)" in completed.stdout
