@@ -6,7 +6,7 @@ import keras
 
 from aml_model.config import AugmentConfig
 
-__all__ = ["build_augmenter"]
+__all__ = ["RandomChannelGamma", "build_augmenter"]
 
 
 def build_augmenter(config: AugmentConfig, seed: int | None = None) -> keras.Sequential:
@@ -62,3 +62,41 @@ def build_augmenter(config: AugmentConfig, seed: int | None = None) -> keras.Seq
     if flips:
         layers.append(keras.layers.RandomFlip(flips, seed=seed))
     return keras.Sequential(layers, name="augmentation")
+
+
+@keras.saving.register_keras_serializable(package="aml_smear")
+class RandomChannelGamma(keras.layers.Layer):
+    """A random tone curve per image and colour channel: ``255 * (x / 255) ** gamma``.
+
+    Labs differ by more than a gain and an offset per channel: stain saturation and a camera's
+    response bend each channel's intensities, which a per-image standardisation cannot undo. Each
+    channel of each image gets ``gamma = exp(u)``, ``u`` uniform in ``[-strength, strength]``, in
+    training; in inference images pass through.
+
+    Args:
+        strength: the largest ``|log gamma|``.
+        seed: seeds the draws.
+
+    Input and output: `(batch, h, w, 3)` RGB floats in 0..255.
+    """
+
+    def __init__(self, strength: float, seed: int | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.strength, self.seed = strength, seed
+        self._generator = keras.random.SeedGenerator(seed)
+
+    def call(self, inputs, training=None):
+        if not training:
+            return inputs
+        from keras import ops
+
+        images = ops.cast(inputs, "float32")
+        draws = keras.random.uniform((ops.shape(images)[0], 1, 1, 3), -self.strength, self.strength,
+                                     seed=self._generator)
+        return 255.0 * ops.power(ops.clip(images / 255.0, 1e-6, 1.0), ops.exp(draws))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "strength": self.strength, "seed": self.seed}

@@ -48,7 +48,7 @@ from aml_model.preprocess import normalise_for_resnet50
 from aml_model.scale import ScaleNormalisation, nucleus_boxes
 from aml_model.weights import load_backbone_weights
 
-__all__ = ["PretrainState", "Pretrainer", "nt_xent", "recalibrate_batch_norm", "trained_backbone"]
+__all__ = ["PretrainState", "Pretrainer", "nt_xent", "recalibrate_batch_norm", "trained_backbone", "view_augmenter"]
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +90,28 @@ class PretrainState:
                        [float(x) for x in archive["losses"]], float(archive["seconds"]))
 
 
+def view_augmenter(augment: AugmentConfig, config: PretrainConfig) -> keras.Sequential:
+    """The recipe's augmentation, then the pretraining's own: a tone curve per channel, greyscale and
+    blur (SimCLR's colour dropping and blur; each only when its setting is above 0).
+
+    Returns:
+        A ``keras.Sequential`` taking and returning `(batch, v, v, 3)` float views in 0..255.
+    """
+    from aml_model.augment import RandomChannelGamma, build_augmenter
+
+    layers = list(build_augmenter(augment, seed=config.seed).layers)
+    if config.tone:
+        layers.append(RandomChannelGamma(config.tone, seed=config.seed, name="random_tone"))
+    if config.greyscale:
+        layers.append(keras.layers.RandomGrayscale(config.greyscale, seed=config.seed))
+    if config.blur:
+        # A kernel of about 2 sigma either side; the factor draws how much of it each view gets.
+        kernel = 2 * int(np.ceil(2 * config.blur)) + 1
+        layers.append(keras.layers.RandomGaussianBlur(1.0, kernel_size=kernel, sigma=(0.1, config.blur),
+                                                      seed=config.seed))
+    return keras.Sequential(layers, name="views")
+
+
 class Pretrainer:
     """SimCLR training of ResNet50's stages up to the recipe's feature layer.
 
@@ -104,8 +126,6 @@ class Pretrainer:
 
     def __init__(self, model: ModelConfig, augment: AugmentConfig, config: PretrainConfig,
                  initial_weights: str | None = None) -> None:
-        from aml_model.augment import build_augmenter
-
         self.model, self.config = model, config
         whole = keras.applications.ResNet50(include_top=False, weights=None,
                                             input_shape=(config.view_size, config.view_size, 3))
@@ -126,7 +146,7 @@ class Pretrainer:
         self.optimizer = keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay)
         self.variables = self.encoder.trainable_variables + self.projector.trainable_variables
         self.optimizer.build(self.variables)
-        self.augmenter = build_augmenter(augment, seed=config.seed)
+        self.augmenter = view_augmenter(augment, config)
         self._seed_states = [v for v in self.augmenter.variables if v.name == "seed_generator_state"]
         # The scale normalisation acts through the crops' windows (views), the rest as layers.
         self.normalisation = [layer for layer in input_normalisation(model)

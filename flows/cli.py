@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from aml_model.config import DEFAULT_RECIPE, PRETRAIN_METHODS, RECIPES
+from aml_model.config import DEFAULT_RECIPE, PRETRAIN_METHODS, RECIPES, PretrainConfig
 from flows.cli_models import models
 from flows.cli_runs import runs
 
@@ -309,16 +309,27 @@ def retrain_command(sources, store, workers, scheduler, **parameters):
 @click.option("--name", default="cells", show_default=True, help="Prefix of the backbone's id.")
 @click.option("--method", type=click.Choice(PRETRAIN_METHODS), default="simclr", show_default=True,
               help="The self-supervised objective (aml_model.pretrain).")
-@click.option("--steps", default=3000, show_default=True, help="Optimiser steps in all.")
+@click.option("--steps", default=PretrainConfig.steps, show_default=True, help="Optimiser steps in all.")
 @click.option("--steps-per-task", default=200, show_default=True, help="Steps per task (each resumes the checkpoint).")
-@click.option("--batch-size", default=64, show_default=True, help="Cells per step (two views each).")
-@click.option("--view-size", default=112, show_default=True, help="Side of the training views, pixels.")
-@click.option("--min-crop", default=0.5, show_default=True, help="Smallest view crop, a fraction of the cell's side.")
-@click.option("--learning-rate", default=1e-3, show_default=True, help="Peak learning rate.")
-@click.option("--temperature", default=0.2, show_default=True, help="Contrastive softmax temperature.")
+@click.option("--batch-size", default=PretrainConfig.batch_size, show_default=True,
+              help="Cells per step (two views each).")
+@click.option("--view-size", default=PretrainConfig.view_size, show_default=True,
+              help="Side of the training views, pixels.")
+@click.option("--min-crop", default=PretrainConfig.min_crop, show_default=True,
+              help="Smallest view crop, a fraction of the cell's side.")
+@click.option("--learning-rate", default=PretrainConfig.learning_rate, show_default=True, help="Peak learning rate.")
+@click.option("--temperature", default=PretrainConfig.temperature, show_default=True,
+              help="Contrastive softmax temperature.")
+@click.option("--tone", default=PretrainConfig.tone, show_default=True,
+              help="The views' random tone curve per colour channel: the largest |log gamma|.")
+@click.option("--greyscale", default=PretrainConfig.greyscale, show_default=True, help="Share of views turned grey.")
+@click.option("--blur", default=PretrainConfig.blur, show_default=True,
+              help="The views' largest Gaussian blur, sigma in pixels of the view.")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--checkpoint-every", default=50, show_default=True, help="Steps between checkpoints.")
-@click.option("--pool-cells", default=8192, show_default=True, help="Most cells a task holds in memory.")
+@click.option("--checkpoint-every", default=PretrainConfig.checkpoint_every, show_default=True,
+              help="Steps between checkpoints.")
+@click.option("--pool-cells", default=PretrainConfig.pool_cells, show_default=True,
+              help="Most cells a task holds in memory.")
 @click.option("--image-size", default=224, show_default=True, help="The model's input side, pixels.")
 @click.option("--layout", type=_LAYOUTS, default="auto", show_default=True)
 @_cluster_options

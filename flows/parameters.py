@@ -179,6 +179,12 @@ class PretrainOptions(BaseModel):
                                                        "Contrastive softmax temperature.")
     seed: Annotated[int, Field(ge=0, lt=2**32)] = Field(PretrainConfig.seed, description="Seed of the initial "
                                                         "weights, batches, views and crops.")
+    tone: Annotated[float, Field(ge=0, le=1)] = Field(PretrainConfig.tone, description="The views' random tone "
+                                                      "curve per colour channel: the largest |log gamma|.")
+    greyscale: Annotated[float, Field(ge=0, le=1)] = Field(PretrainConfig.greyscale, description=
+                                                           "Share of views turned grey.")
+    blur: Annotated[float, Field(ge=0, le=8)] = Field(PretrainConfig.blur, description="The views' largest "
+                                                      "Gaussian blur, sigma in pixels of the view.")
     checkpoint_every: Positive = Field(PretrainConfig.checkpoint_every, description="Steps between checkpoints.")
     pool_cells: Positive = Field(PretrainConfig.pool_cells, description="Most cells a task holds in memory.")
     image_size: ImageSize = Field(ModelConfig.image_size, description="The model's input side, pixels.")
@@ -190,7 +196,8 @@ class PretrainOptions(BaseModel):
                               view_size=self.view_size, min_crop=self.min_crop, learning_rate=self.learning_rate,
                               warmup_steps=min(PretrainConfig.warmup_steps, self.steps // 10),
                               temperature=self.temperature, seed=self.seed, checkpoint_every=self.checkpoint_every,
-                              pool_cells=max(self.pool_cells, self.batch_size))
+                              pool_cells=max(self.pool_cells, self.batch_size), tone=self.tone,
+                              greyscale=self.greyscale, blur=self.blur)
 
     def experiment_config(self) -> ExperimentConfig:
         """The recipe's model and augmentation at this input size."""

@@ -38,6 +38,8 @@ STATE_FILE = "state.npz"
 DONE_FILE = "done.json"
 #: Steps between progress lines in the log.
 LOG_EVERY = 25
+#: Cells the BatchNorm statistics of a registered backbone are re-estimated on (two passes).
+RECALIBRATION_CELLS = 1024
 
 
 @dataclass(frozen=True)
@@ -181,7 +183,8 @@ def register_backbone(plan: PretrainPlan) -> dict:
         message = f"pretraining {plan.key} is at step {state.step} of {plan.config.steps}: it cannot be registered"
         raise RuntimeError(message)
     backbone = trained_backbone(state, plan.model, plan.config)
-    pool = _pool(plan, plan.config.steps)
+    # The pool is in sha256 order, so its first cells are a sample of all of them.
+    pool = _pool(plan, plan.config.steps)[:RECALIBRATION_CELLS]
     recalibrate_batch_norm(backbone, plan.model, pool)
     with tempfile.TemporaryDirectory() as folder:
         local = os.path.join(folder, BACKBONE_WEIGHTS)

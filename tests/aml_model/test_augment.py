@@ -49,3 +49,21 @@ def test_robust_augmentation_adds_colour_and_scale_and_is_inactive_in_inference(
     augmented = keras.ops.convert_to_numpy(augmenter(images, training=True))
     assert not np.allclose(augmented, images) and augmented.min() >= 0 and augmented.max() <= 255
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(augmenter(images, training=False)), images)
+
+
+def test_random_channel_gamma_bends_each_channel_by_its_own_curve_in_training_only():
+    import numpy as np
+
+    from aml_model.augment import RandomChannelGamma
+
+    images = np.tile(np.linspace(0, 255, 16, dtype=np.float32)[None, :, None, None], (8, 1, 16, 3))
+    layer = RandomChannelGamma(0.5, seed=4)
+    np.testing.assert_array_equal(np.asarray(layer(images, training=False)), images)
+    bent = np.asarray(layer(images, training=True))
+    # Each (image, channel) is 255 * (x / 255) ** gamma for one gamma in [e^-0.5, e^0.5].
+    x = np.clip(images[:, 8, 0, :] / 255.0, 1e-6, 1.0)
+    gammas = np.log(bent[:, 8, 0, :] / 255.0) / np.log(x)
+    assert np.all((gammas > np.exp(-0.5) - 1e-4) & (gammas < np.exp(0.5) + 1e-4))
+    np.testing.assert_allclose(bent, 255.0 * np.clip(images / 255.0, 1e-6, 1.0) ** gammas[:, None, None, :],
+                               rtol=1e-4, atol=1e-3)
+    assert np.unique(np.round(gammas, 4)).size > 12, "draws differ by image and channel"

@@ -99,3 +99,16 @@ def test_batch_norm_statistics_are_re_estimated_on_the_cells(pool):
     conv = keras.Model(backbone.input, backbone.get_layer("conv1_conv").output)(images).numpy()
     np.testing.assert_allclose(bn.moving_mean.numpy(), conv.mean(axis=(0, 1, 2)), rtol=0.2,
                                atol=0.05 * np.abs(conv).mean())
+
+
+def test_the_views_add_tone_greyscale_and_blur_only_when_asked():
+    from aml_model.augment import build_augmenter
+    from aml_model.pretrain import view_augmenter
+
+    def kinds(config):
+        return [type(layer).__name__ for layer in view_augmenter(ROBUST.train.augment, config).layers]
+
+    recipe = kinds(TINY)
+    assert recipe == [type(layer).__name__ for layer in build_augmenter(ROBUST.train.augment).layers]
+    extras = PretrainConfig(**{**TINY.to_dict(), "tone": 0.3, "greyscale": 0.2, "blur": 1.5})
+    assert kinds(extras) == [*recipe, "RandomChannelGamma", "RandomGrayscale", "RandomGaussianBlur"]
