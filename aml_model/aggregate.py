@@ -1,4 +1,10 @@
-"""Per-patient AML call from cell probabilities (DESIGN.md, "Per-patient AML call")."""
+"""Per-patient AML call from cell probabilities (DESIGN.md, "Per-patient AML call").
+
+With a site calibration the patient table also carries the blast fraction corrected for the site's
+rates (:func:`rogan_gladen`, :func:`with_corrected_fraction`). The call stays on the observed
+blast-like fraction's interval: at a site's ``fraction`` operating point (aml_model.calibration)
+both give the same call, since the correction maps the blast cut-off to itself there.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,8 @@ from scipy.stats import binomtest
 
 from aml_model.config import SummaryConfig
 
-__all__ = ["CALLS", "PATIENT_COLUMNS", "RESEARCH_NOTE", "PatientSummary", "summarise_cohort", "summarise_patient"]
+__all__ = ["CALLS", "CORRECTED_COLUMNS", "PATIENT_COLUMNS", "RESEARCH_NOTE", "PatientSummary", "rogan_gladen",
+           "summarise_cohort", "summarise_patient", "with_corrected_fraction"]
 
 RESEARCH_NOTE = "research use only: not a diagnosis"
 CALLS = ("AML_SUSPECTED", "NOT_SUSPECTED", "INDETERMINATE", "INSUFFICIENT_CELLS")
@@ -20,6 +27,8 @@ PATIENT_COLUMNS = (
     "ci_low", "ci_high", "mean_probability", "median_probability", "call", "qc_flags",
     "model_version", "threshold", "blast_cutoff", "min_cells", "note",
 )
+CORRECTED_COLUMNS = ("blast_fraction_corrected", "corrected_ci_low", "corrected_ci_high")
+"""Columns a site calibration adds: blast_fraction, ci_low and ci_high through :func:`rogan_gladen`."""
 
 
 @dataclass(frozen=True)
@@ -130,3 +139,40 @@ def summarise_cohort(
         for pid in patients
     ]
     return pd.DataFrame(rows, columns=list(PATIENT_COLUMNS))
+
+
+def rogan_gladen(observed: np.ndarray, sensitivity: float, false_positive_rate: float) -> np.ndarray:
+    """The true blast fraction estimated from an observed blast-like fraction (Rogan & Gladen, 1978).
+
+    A patient with true blast fraction ``f`` shows ``f * se + (1 - f) * fpr`` blast-like cells in
+    expectation; solved for ``f``: ``(observed - fpr) / (se - fpr)``, clipped to [0, 1]. Applied to
+    the bounds of the observed fraction's interval, it gives an interval of the true fraction that
+    takes ``se`` and ``fpr`` as known: it ignores their own uncertainty (they come from about 50
+    labelled cells of each class), so it is narrower than the truth.
+
+    Args:
+        observed: `(n,)` blast-like fractions (or interval bounds) in [0, 1]; NaN stays NaN.
+        sensitivity: the site's share of blasts that are blast-like at the threshold the cells were called at.
+        false_positive_rate: the site's share of other cells that are blast-like there.
+
+    Returns:
+        `(n,)` float64 in [0, 1]; all NaN where ``sensitivity <= false_positive_rate`` (the calls then
+        say nothing about blasts) or either rate is NaN.
+    """
+    observed = np.asarray(observed, np.float64)
+    if not sensitivity > false_positive_rate:
+        return np.full(observed.shape, np.nan)
+    return np.clip((observed - false_positive_rate) / (sensitivity - false_positive_rate), 0.0, 1.0)
+
+
+def with_corrected_fraction(patients: pd.DataFrame, sensitivity: float, false_positive_rate: float) -> pd.DataFrame:
+    """A new patient table with :data:`CORRECTED_COLUMNS` added after the site's rates (:func:`rogan_gladen`).
+
+    Args:
+        patients: a table with blast_fraction, ci_low and ci_high (:data:`PATIENT_COLUMNS`).
+        sensitivity, false_positive_rate: the site's rates at the threshold of the calls.
+    """
+    return patients.assign(**{name: rogan_gladen(patients[column].to_numpy(np.float64), sensitivity,
+                                                 false_positive_rate)
+                              for name, column in zip(CORRECTED_COLUMNS, ("blast_fraction", "ci_low", "ci_high"),
+                                                      strict=True)})

@@ -6,8 +6,9 @@ import numpy as np
 from prefect import flow, get_run_logger
 
 from aml_model.calibration import check_counts, fit_site_calibration, validate_site_name
+from aml_model.config import SummaryConfig
 from flows.ingest import CHUNKS_PER_TASK, ensure_ingested, plan_source
-from flows.parameters import Layout, SiteName, require_existing
+from flows.parameters import Layout, Probability, SiteName, require_existing
 from tasks import storage
 from tasks.devices import model_tasks
 from tasks.calibration import publish_site_calibration, save_site_calibration, score_labelled_cells
@@ -36,6 +37,7 @@ def calibrate_site(
     site: SiteName,
     model: str = "champion",
     layout: Layout = "auto",
+    blast_cutoff: Probability = SummaryConfig.blast_cutoff,
     s3_endpoint_url: str | None = None,
 ) -> dict:
     """Calibrate a registered model to one site on the site's labelled cells.
@@ -50,10 +52,14 @@ def calibrate_site(
         model: "champion" or a registered version (a bare .keras file is refused: the
             calibration is stored next to a registered model).
         layout, s3_endpoint_url: as for ``ingest``.
+        blast_cutoff: the blast fraction at which the site's ``fraction`` operating point makes
+            the expected blast-like fraction unbiased (the cut-off ``score`` calls at).
 
     Returns:
         site, model_version, the calibration's URL, the ingest run id, n_blast, n_other,
-        coefficients, threshold, raw_threshold, and the before/after metrics (dicts).
+        coefficients, threshold, raw_threshold, the before/after metrics (dicts), blast_cutoff,
+        and operating_points (name -> threshold, raw_threshold, sensitivity, false_positive_rate,
+        bias_at_cutoff, metrics) as the site's file holds them.
     """
     logger = get_run_logger()
     validate_site_name(site)
@@ -76,14 +82,21 @@ def calibrate_site(
                    for start in range(0, len(data.cells), CELLS_PER_TASK)]
     probabilities = np.concatenate([future.result() for future in futures])
     calibration = fit_site_calibration(data.y, probabilities, site, model_ref.version, source=source,
-                                       run_id=plan.paths.run_id)
+                                       run_id=plan.paths.run_id, blast_cutoff=blast_cutoff)
     url = save_site_calibration(calibration, store, store_options)
     before, after = calibration.before, calibration.after
     logger.info("site %s, model %s: slope %.3f, intercept %.3f; sensitivity %.3f -> %.3f, specificity %.3f -> %.3f; %s",
                 site, model_ref.version, calibration.slope, calibration.intercept, before.sensitivity,
                 after.sensitivity, before.specificity, after.specificity, url)
+    stored = calibration.to_dict()
+    for name, point in stored["operating_points"].items():
+        logger.info("site %s, %s operating point: threshold %.3f (raw %.3f), sensitivity %.3f, false-positive rate "
+                    "%.3f; expected bias of the blast-like fraction at %.0f%% blasts %+.3f", site, name,
+                    point["threshold"], point["raw_threshold"], point["sensitivity"], point["false_positive_rate"],
+                    100 * blast_cutoff, point["bias_at_cutoff"])
     publish_site_calibration(calibration, url)
     return {"site": site, "model_version": model_ref.version, "calibration": url, "run_id": plan.paths.run_id,
             "n_blast": calibration.n_blast, "n_other": calibration.n_other,
             "coefficients": dict(calibration.coefficients), "threshold": calibration.threshold,
-            "raw_threshold": calibration.raw_threshold, "before": before.to_dict(), "after": after.to_dict()}
+            "raw_threshold": calibration.raw_threshold, "before": before.to_dict(), "after": after.to_dict(),
+            "blast_cutoff": blast_cutoff, "operating_points": stored["operating_points"]}

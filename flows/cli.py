@@ -183,8 +183,12 @@ def _echo_patients(result: dict) -> None:
     for row in result["patients"]:
         fraction = ("n/a" if row["n_scored"] == 0 else
                     f"{row['blast_fraction']:.1%} ({row['ci_low']:.1%}-{row['ci_high']:.1%})")
+        # Scored with a site: the corrected fraction after the call (NaN where the site's rates are unknown).
+        corrected = ("" if "blast_fraction_corrected" not in row or row["n_scored"] == 0 else
+                     f"  corrected {row['blast_fraction_corrected']:.1%} ({row['corrected_ci_low']:.1%}-"
+                     f"{row['corrected_ci_high']:.1%})")
         click.echo(f"{row['patient_id']:<16} {row['n_scored']:>6} {row['n_blast_like']:>10} {fraction:>24}  "
-                   f"{row['call']}")
+                   f"{row['call']}{corrected}")
     click.echo(RESEARCH_NOTE)
 
 
@@ -210,6 +214,9 @@ def _echo_patients(result: dict) -> None:
 @click.option("--top-k", "explain_top_k", type=click.IntRange(min=1), default=12, show_default=True,
               help="Most blast-like cells per patient in the reports (and Grad-CAM).")
 @click.option("--site", default=None, help="Use this site's calibration of the model (see `aml-smear calibrate`).")
+@click.option("--site-operating-point", type=click.Choice(["fraction", "balanced"]), default="fraction",
+              show_default=True, help="With --site: the site's threshold that makes the calls; fraction: the "
+              "blast-like fraction is unbiased at the blast cut-off, balanced: sensitivity = specificity.")
 @_cluster_options
 def score_command(source, store, workers, scheduler, **parameters) -> None:
     """Score the cells of SOURCE and call each patient.
@@ -227,7 +234,8 @@ def score_command(source, store, workers, scheduler, **parameters) -> None:
                    f"current images")
         return
     if result["site"]:
-        click.echo(f"site {result['site']}: calibrated probabilities and the site's threshold make the calls")
+        click.echo(f"site {result['site']}: calibrated probabilities at the site's {result['site_operating_point']} "
+                   f"operating point make the calls; 'corrected' is the blast fraction corrected for the site's rates")
     _echo_patients(result)
     click.echo(f"patient reports: {result['report']}")
 
@@ -238,23 +246,34 @@ def score_command(source, store, workers, scheduler, **parameters) -> None:
 @click.option("--site", required=True, help="The site's name: letters, digits, '-' and '_'.")
 @click.option("--model", default="champion", show_default=True, help="champion or a registered version.")
 @click.option("--layout", type=_LAYOUTS, default="auto", show_default=True)
+@click.option("--blast-cutoff", default=0.2, show_default=True,
+              help="Blast fraction at which the site's fraction operating point is unbiased (score's cut-off).")
 @_cluster_options
-def calibrate_command(source, store, site, model, layout, workers, scheduler, s3_endpoint_url) -> None:
+def calibrate_command(source, store, site, model, layout, blast_cutoff, workers, scheduler, s3_endpoint_url) -> None:
     """Calibrate the model to one site on the site's labelled cells in SOURCE."""
     from flows.calibrate import calibrate_site
 
     result = _run_flow(calibrate_site, workers, scheduler, source=source, store=store, site=site, model=model,
-                       layout=layout, s3_endpoint_url=s3_endpoint_url)
+                       layout=layout, blast_cutoff=blast_cutoff, s3_endpoint_url=s3_endpoint_url)
     click.echo(f"site {result['site']}, model {result['model_version']}: fitted on {result['n_blast']} blast and "
-               f"{result['n_other']} other labelled cells; threshold {result['threshold']:g} on the calibrated scale "
-               f"(raw probability {result['raw_threshold']:.3f})")
+               f"{result['n_other']} other labelled cells; balanced threshold {result['threshold']:g} on the "
+               f"calibrated scale (raw probability {result['raw_threshold']:.3f})")
     click.echo(f"{'':<20} {'accuracy':>8} {'sensitivity':>11} {'specificity':>11} {'ROC AUC':>7}")
-    for name in ("before", "after"):
-        m = result[name]
-        label = "before (raw, 0.5)" if name == "before" else "after (calibrated)"
+    for label, m in (("before (raw, 0.5)", result["before"]), ("after (calibrated)", result["after"]),
+                     ("after (fraction pt)", result["operating_points"]["fraction"]["metrics"])):
         click.echo(f"{label:<20} {m['accuracy']:>8.3f} {m['sensitivity']:>11.3f} {m['specificity']:>11.3f} "
                    f"{m['roc_auc']:>7.3f}")
     click.echo(f"(on the calibration cells themselves) -> {result['calibration']}")
+    cutoff = result["blast_cutoff"]
+    click.echo(f"blast-like fraction expected of a patient with {cutoff:.0%} blasts, at each operating point "
+               f"(score --site-operating-point; smoothed rates of the labelled cells):")
+    click.echo(f"{'':<10} {'threshold':>9} {'raw':>6} {'sensitivity':>11} {'false-pos.':>10} {'expected':>8} "
+               f"{'bias':>7}")
+    for name, point in result["operating_points"].items():
+        bias = round(point["bias_at_cutoff"], 3) + 0.0  # + 0.0: the fraction point's -1e-15 prints as +0.000
+        click.echo(f"{name:<10} {point['threshold']:>9.3f} {point['raw_threshold']:>6.3f} "
+                   f"{point['sensitivity']:>11.3f} {point['false_positive_rate']:>10.3f} "
+                   f"{cutoff + point['bias_at_cutoff']:>8.1%} {bias:>+7.3f}")
 
 
 @cli.command("retrain")

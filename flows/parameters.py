@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal
 import fsspec
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from aml_model.calibration import DEFAULT_OPERATING_POINT
 from aml_model.config import (DEFAULT_RECIPE, ExperimentConfig, ModelConfig, PretrainConfig, PretrainMethod, Recipe,
                               RetrainConfig, ScoringConfig, SummaryConfig, TrainConfig)
 from tasks import storage
@@ -41,6 +42,7 @@ __all__ = [
     "Sha256",
     "nest_options",
     "SiteName",
+    "SiteOperatingPoint",
     "TrainingPath",
     "require_existing",
 ]
@@ -51,6 +53,8 @@ Layout = Literal["auto", "patient", "class", "manifest"]
 Precision = Literal["auto", "float32", "bfloat16", "float16"]
 #: Training paths of retrain-and-evaluate.
 TrainingPath = Literal["cached", "plain"]
+#: A site's operating points (aml_model.calibration.OPERATING_POINTS; a test keeps them equal).
+SiteOperatingPoint = Literal["fraction", "balanced"]
 
 #: An integer of at least 1 (cells, epochs, batch and chunk sizes).
 Positive = Annotated[int, Field(ge=1)]
@@ -111,6 +115,10 @@ class ScoreOptions(BaseModel):
                                     "reports' galleries (and Grad-CAM).")
     site: SiteName | None = Field(None, description="Score with this site's calibration of the model "
                                   "(aml-smear calibrate); refused when the site has none for this model version.")
+    site_operating_point: SiteOperatingPoint = Field(DEFAULT_OPERATING_POINT, description=
+                                                     'With a site: its threshold that makes the calls, "fraction" '
+                                                     "(the blast-like fraction unbiased at the blast cut-off) or "
+                                                     '"balanced" (sensitivity and specificity balanced).')
 
     def summary_config(self, site_threshold: float | None = None) -> SummaryConfig:
         """The call rule; a site's calibrated threshold replaces ``threshold``."""

@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 from prefect import flow, get_run_logger
 
+from aml_model.aggregate import CORRECTED_COLUMNS
+from aml_model.calibration import OperatingPoint, SiteCalibration
 from aml_model.config import SummaryConfig
 from aml_model.report import patients_to_explain
 from flows.ingest import (IngestPlan, collect_ingest, discover_source, finish_ingest, plan_ingest, start_ingest,
@@ -52,14 +54,15 @@ def score_smears(source: str, store: str, options: ScoreOptions = ScoreOptions()
 
     Returns:
         run_id, score_id, the scoring's folder (run), the ingest run's folder, model version, counts,
-        the per-patient calls, the reports' index page, whether nothing was new, and the site.
+        the per-patient calls (with the corrected fraction when scored with a site), the reports'
+        index page, whether nothing was new, the site and its operating point.
     """
     logger = get_run_logger()
     require_existing([source], "source", s3_endpoint_url)  # the types were checked before this line
     store_options = storage.storage_options_for(store, s3_endpoint_url)
     model_ref = resolve_model(options.model, store, store_options)
-    calibration = _site_calibration(options, store, model_ref, store_options)
-    config = options.summary_config(None if calibration is None else calibration.threshold)
+    calibration, point = _site_calibration(options, store, model_ref, store_options)
+    config = options.summary_config(None if point is None else point.threshold)
     logger.info("scoring with model %s (%dx%d input)", model_ref.version, model_ref.image_size, model_ref.image_size)
     found = discover_source(source, options.layout, s3_endpoint_url)
     versions = patient_versions(found)
@@ -68,7 +71,7 @@ def score_smears(source: str, store: str, options: ScoreOptions = ScoreOptions()
         if not versions:
             logger.info("nothing new in %s: model %s has scored every patient's current images", source,
                         model_ref.version)
-            return _nothing_new(model_ref.version, options.site)
+            return _nothing_new(model_ref.version, options)
         logger.info("%d new or changed patients: %s", len(versions), ", ".join(sorted(prefect_patient_ids(versions))))
     plan = plan_ingest(found, store, options.run_id, model_ref.image_size, options.chunk_cells, s3_endpoint_url)
     settings = _settings(model_ref.version, config, options, calibration)
@@ -78,30 +81,35 @@ def score_smears(source: str, store: str, options: ScoreOptions = ScoreOptions()
                     plan.paths.run_id)
         patients = storage.read_table(scoring.patients_table, store_options)
         record_scored(scoring, model_ref.version, patients, store_options)
-        return _result(scoring, model_ref.version, plan.recorded_counts(), patients, True, options.site)
+        return _result(scoring, model_ref.version, plan.recorded_counts(), patients, True, options)
     counts = _score_cells(plan, scoring, model_ref, options)
-    patients = write_scored_tables(scoring, config, model_ref.version, store_options, calibration, versions)
+    patients = write_scored_tables(scoring, config, model_ref.version, store_options, calibration, versions, point)
     index = _explain_and_report(scoring, patients, model_ref, options, store_options)
     mark_complete(scoring, store_options)
     record_scored(scoring, model_ref.version, patients, store_options)
     publish_scoring(scoring, patients, model_ref.version, config, store_options)
     logger.info("scoring %s of run %s complete; reports: %s", scoring.score_id, scoring.run_id, index)
-    return _result(scoring, model_ref.version, counts, patients, False, options.site)
+    return _result(scoring, model_ref.version, counts, patients, False, options)
 
 
-def _site_calibration(options: ScoreOptions, store: str, model_ref: ModelRef, store_options: dict):
-    """The site's calibration of the model, checked before anything is written; None without a site."""
+def _site_calibration(options: ScoreOptions, store: str, model_ref: ModelRef,
+                      store_options: dict) -> tuple[SiteCalibration, OperatingPoint] | tuple[None, None]:
+    """The site's calibration of the model and its chosen operating point, checked before anything
+    is written; (None, None) without a site."""
     if options.site is None:
-        return None
+        return None, None
     if options.threshold != ScoreOptions.model_fields["threshold"].default:
         message = (f"threshold={options.threshold:g} and site={options.site!r} both given: the site's calibration "
                    f"sets the threshold")
         raise ValueError(message)
     calibration = read_site_calibration(store, options.site, model_ref.version, store_options)
-    get_run_logger().info("site %s: calibration of %s (%s), threshold %g on the calibrated scale (raw %.3f)",
-                          options.site, calibration.created_at, calibration.method, calibration.threshold,
-                          calibration.raw_threshold)
-    return calibration
+    point = calibration.operating_point(options.site_operating_point, options.blast_cutoff)
+    get_run_logger().info("site %s: calibration of %s (%s), %s operating point: threshold %g on the calibrated "
+                          "scale (raw %.3f); expected blast-like fraction at %.0f%% blasts %.1f%%",
+                          options.site, calibration.created_at, calibration.method, options.site_operating_point,
+                          point.threshold, calibration.to_raw(point.threshold), 100 * options.blast_cutoff,
+                          100 * point.expected_fraction(options.blast_cutoff))
+    return calibration, point
 
 
 def _settings(model_version: str, config: SummaryConfig, options: ScoreOptions, calibration) -> dict:
@@ -110,9 +118,9 @@ def _settings(model_version: str, config: SummaryConfig, options: ScoreOptions, 
                 "min_cells": config.min_cells, "precision": options.precision, "explain": options.explain,
                 "explain_top_k": options.explain_top_k}
     if calibration is not None:
-        settings |= {"site": options.site, "calibration": {"created_at": calibration.created_at,
-                                                           "method": calibration.method,
-                                                           "coefficients": calibration.coefficients}}
+        settings |= {"site": options.site, "site_operating_point": options.site_operating_point,
+                     "calibration": {"created_at": calibration.created_at, "method": calibration.method,
+                                     "coefficients": calibration.coefficients}}
     return settings
 
 
@@ -178,17 +186,23 @@ def _explain_and_report(scoring: storage.ScoringPaths, patients, model_ref: Mode
 _PATIENT_COLUMNS = ["patient_id", "n_scored", "n_blast_like", "blast_fraction", "ci_low", "ci_high", "call"]
 
 
+def _site_fields(options: ScoreOptions) -> dict:
+    point = None if options.site is None else options.site_operating_point
+    return {"site": options.site, "site_operating_point": point}
+
+
 def _result(scoring: storage.ScoringPaths, model_version: str, counts: dict, patients, already_complete: bool,
-            site: str | None) -> dict:
+            options: ScoreOptions) -> dict:
+    columns = _PATIENT_COLUMNS + [column for column in CORRECTED_COLUMNS if column in patients]
     return {
         "run_id": scoring.run_id, "score_id": scoring.score_id, "run": scoring.root, "ingest": scoring.ingest.root,
         "model_version": model_version, "cells": counts["cells"], "quarantined": counts["quarantined"],
         "already_complete": already_complete, "nothing_new": False, "report": index_url(scoring),
-        "patients": patients[_PATIENT_COLUMNS].to_dict(orient="records"), "site": site,
+        "patients": patients[columns].to_dict(orient="records"), **_site_fields(options),
     }
 
 
-def _nothing_new(model_version: str, site: str | None) -> dict:
+def _nothing_new(model_version: str, options: ScoreOptions) -> dict:
     return {"run_id": None, "score_id": None, "run": None, "ingest": None, "model_version": model_version,
             "cells": 0, "quarantined": 0, "already_complete": True, "nothing_new": True, "report": None,
-            "patients": [], "site": site}
+            "patients": [], **_site_fields(options)}

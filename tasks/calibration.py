@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 from prefect.artifacts import create_markdown_artifact
 
-from aml_model.calibration import SiteCalibration, validate_site_name
+from aml_model.calibration import DEFAULT_OPERATING_POINT, OPERATING_POINTS, SiteCalibration, validate_site_name
 from aml_model.config import ScoringConfig
 from aml_model.errors import AmlSmearError
 from tasks import storage
@@ -102,18 +102,35 @@ def score_labelled_cells(cells: pd.DataFrame, model: ModelRef, store_options: di
 
 
 def calibration_markdown(calibration: SiteCalibration, url: str) -> str:
-    """The ``site-calibration`` artifact: the fit, its threshold, and the figures before and after."""
+    """The ``site-calibration`` artifact of a fit: the figures before and after, and the operating points
+    with the expected bias of the blast-like fraction at the blast cut-off."""
     before, after = calibration.before, calibration.after
     lines = [f"# Site calibration: {calibration.site}", "",
              f"Model `{calibration.model_version}`, {calibration.method}: calibrated = sigmoid("
-             f"{calibration.slope:.3f} x logit(p) + {calibration.intercept:.3f}); threshold "
+             f"{calibration.slope:.3f} x logit(p) + {calibration.intercept:.3f}); balanced threshold "
              f"{calibration.threshold:g} on the calibrated scale (raw probability {calibration.raw_threshold:.3f}).",
              "", f"Fitted on {calibration.n_blast} blast and {calibration.n_other} other labelled cells "
              "(the figures below are on those same cells).", "",
              "| | accuracy | sensitivity | specificity | ROC AUC | threshold |", "|---|---|---|---|---|---|"]
-    for name, m in (("before (raw)", before), ("after (calibrated)", after)):
+    fraction = calibration.operating_point("fraction")
+    for name, m in (("before (raw)", before), ("after (calibrated)", after), ("after (fraction point)",
+                                                                              fraction.metrics)):
         lines.append(f"| {name} | {m.accuracy:.3f} | {m.sensitivity:.3f} | {m.specificity:.3f} | {m.roc_auc:.3f} | "
                      f"{m.threshold:g} |")
+    cutoff = calibration.blast_cutoff
+    lines += ["", f"## Operating points: the blast-like fraction of a patient with {cutoff:.0%} blasts", "",
+              "A patient whose true blast fraction is f shows f x sensitivity + (1 - f) x false-positive rate "
+              "blast-like cells in expectation. The rates are smoothed estimates from the labelled cells "
+              f"(`aml_model.calibration`); `score --site` calls at the `{DEFAULT_OPERATING_POINT}` point unless "
+              "`--site-operating-point` names the other.", "",
+              "| operating point | threshold | raw threshold | sensitivity | false-positive rate | "
+              f"expected fraction at {cutoff:.0%} | bias |", "|---|---|---|---|---|---|---|"]
+    for name in OPERATING_POINTS:
+        point = calibration.operating_point(name)
+        # + 0.0 turns the -0.0 of a bias of -1e-15 (the fraction point's, by construction) into 0.
+        lines.append(f"| {name} | {point.threshold:.3f} | {calibration.to_raw(point.threshold):.3f} | "
+                     f"{point.sensitivity:.3f} | {point.false_positive_rate:.3f} | "
+                     f"{point.expected_fraction(cutoff):.1%} | {round(point.bias(cutoff), 3) + 0.0:+.3f} |")
     lines += ["", f"Stored at `{url}`."]
     return "\n".join(lines)
 

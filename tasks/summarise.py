@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from aml_model.aggregate import summarise_cohort
-from aml_model.calibration import CALIBRATED_COLUMN, SiteCalibration
+from aml_model.aggregate import summarise_cohort, with_corrected_fraction
+from aml_model.calibration import CALIBRATED_COLUMN, OperatingPoint, SiteCalibration
 from aml_model.config import SummaryConfig
 from tasks import storage
 from tasks.retry import store_task
@@ -47,13 +47,16 @@ def write_scored_tables(
     store_options: dict,
     calibration: SiteCalibration | None = None,
     patient_versions: dict[str, str] | None = None,
+    operating_point: OperatingPoint | None = None,
 ) -> pd.DataFrame:
     """Write the scoring's cells.parquet and patients.parquet; returns the patient table.
 
     Reads the ingest run's cell table, quarantine and report and the scoring's probabilities.
     With a site ``calibration`` the patients are summarised on the calibrated probabilities
-    (``config.threshold`` is then the site's threshold on that scale). ``patient_versions``
-    (patient_id -> hash of its image set, :mod:`tasks.arrivals`) becomes the patient_version column.
+    (``config.threshold`` is then the threshold of the site's ``operating_point`` on that scale),
+    and the site's rates at that point add the corrected fraction columns
+    (:data:`aml_model.aggregate.CORRECTED_COLUMNS`). ``patient_versions`` (patient_id -> hash of
+    its image set, :mod:`tasks.arrivals`) becomes the patient_version column.
     """
     cells = storage.read_table(paths.ingest_cells_table, store_options)
     quarantine = storage.read_table(paths.quarantine_table, store_options)
@@ -63,6 +66,8 @@ def write_scored_tables(
     called = scored if calibration is None else scored.assign(probability=scored[CALIBRATED_COLUMN])
     patients = summarise_cohort(called, quarantine, config, model_version,
                                 extra_patients=tuple(report.get("empty_patients", ())))
+    if operating_point is not None:
+        patients = with_corrected_fraction(patients, operating_point.sensitivity, operating_point.false_positive_rate)
     patients["patient_version"] = patients["patient_id"].map(patient_versions or {})
     storage.write_table(scored, paths.cells_table, store_options)
     storage.write_table(patients, paths.patients_table, store_options)

@@ -3,7 +3,8 @@ import pandas as pd
 import pytest
 from scipy.stats import beta
 
-from aml_model.aggregate import PATIENT_COLUMNS, RESEARCH_NOTE, summarise_cohort, summarise_patient
+from aml_model.aggregate import (CORRECTED_COLUMNS, PATIENT_COLUMNS, RESEARCH_NOTE, rogan_gladen, summarise_cohort,
+                                 summarise_patient, with_corrected_fraction)
 from aml_model.config import SummaryConfig
 from tests.corpus import lmu_rows
 
@@ -90,3 +91,43 @@ def test_cohorts_composed_from_the_real_expert_labels(lmu_cells):
     assert (f30.ci_low, f30.ci_high) == pytest.approx(clopper_pearson(45, 150))
     assert table.set_index("patient_id").loc["F10"].n_quarantined == 1
     assert (table["note"] == RESEARCH_NOTE).all()
+
+
+def test_rogan_gladen_by_hand():
+    # The hidden lab's rates: se 0.88, fpr 0.32; a patient at 20% blasts shows 43.2% in expectation.
+    observed = np.array([0.432, 0.32, 0.88, 0.6, 0.1, 0.95, np.nan])
+    np.testing.assert_allclose(rogan_gladen(observed, 0.88, 0.32),
+                               [0.2, 0.0, 1.0, 0.28 / 0.56, 0.0, 1.0, np.nan])  # below fpr and above se: clipped
+    assert rogan_gladen(np.array([0.2]), 1.0, 0.0)[0] == 0.2, "perfect rates change nothing"
+
+
+@pytest.mark.parametrize(("sensitivity", "false_positive_rate"), [(0.3, 0.3), (0.2, 0.4), (np.nan, 0.1), (0.8, np.nan)])
+def test_rogan_gladen_without_information_is_nan(sensitivity, false_positive_rate):
+    assert np.isnan(rogan_gladen(np.array([0.0, 0.3, 1.0]), sensitivity, false_positive_rate)).all()
+
+
+def test_the_corrected_columns_transform_the_fraction_and_its_interval():
+    cells = pd.DataFrame({"patient_id": ["A"] * 150 + ["B"] * 120,
+                          "probability": np.r_[probs(45, 105), probs(0, 120)]})
+    table = summarise_cohort(cells, pd.DataFrame(columns=["patient_id"]), SummaryConfig(), "v1",
+                             extra_patients=("EMPTY",))
+    corrected = with_corrected_fraction(table, 0.8, 0.05)
+    assert tuple(corrected.columns) == (*PATIENT_COLUMNS, *CORRECTED_COLUMNS)
+    pd.testing.assert_frame_equal(corrected[list(PATIENT_COLUMNS)], table)
+    a, b, empty = (corrected.set_index("patient_id").loc[pid] for pid in ("A", "B", "EMPTY"))
+    low, high = clopper_pearson(45, 150)
+    assert a.blast_fraction_corrected == pytest.approx((0.3 - 0.05) / 0.75)  # 1/3
+    assert (a.corrected_ci_low, a.corrected_ci_high) == pytest.approx(((low - 0.05) / 0.75, (high - 0.05) / 0.75))
+    # No blast-like cell: below the false-positive rate, clipped to 0; the upper bound (0.030) too.
+    assert (b.blast_fraction_corrected, b.corrected_ci_low, b.corrected_ci_high) == (0.0, 0.0, 0.0)
+    assert np.isnan([empty.blast_fraction_corrected, empty.corrected_ci_low, empty.corrected_ci_high]).all()
+
+
+@pytest.mark.parametrize("k", [10, 25, 30, 33, 45])
+def test_at_a_fraction_operating_point_the_corrected_interval_gives_the_same_call(k):
+    # 0.2 * 0.6 + 0.8 * 0.1 = 0.2: the cut-off maps to itself, so either interval gives the same call.
+    summary = summarise_patient("P", probs(k, 150 - k), 0, SummaryConfig(), "v1")
+    low, high = rogan_gladen(np.array([summary.ci_low, summary.ci_high]), 0.6, 0.1)
+    assert rogan_gladen(np.array([0.2]), 0.6, 0.1)[0] == pytest.approx(0.2)
+    corrected_call = "AML_SUSPECTED" if low >= 0.2 else "NOT_SUSPECTED" if high < 0.2 else "INDETERMINATE"
+    assert corrected_call == summary.call

@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 from prefect.artifacts import Artifact
 
+from aml_model.calibration import fit_site_calibration
 from aml_model.evaluate import compute_metrics
 from aml_model.io import load_model
 from aml_model.predict import predict_batch
@@ -56,7 +57,21 @@ def test_calibrate_site_records_the_calibration_next_to_the_champion(lmu_cells, 
     assert (data["after"]["tp"], data["after"]["tn"]) == (after.tp, after.tn)
     assert result["after"] == data["after"] and result["before"] == data["before"]
 
+    # Both operating points, with the expected bias of the blast-like fraction at the 20% cut-off.
+    assert data["blast_cutoff"] == result["blast_cutoff"] == 0.2
+    assert set(data["operating_points"]) == {"fraction", "balanced"}
+    assert result["operating_points"] == data["operating_points"]
+    refit = fit_site_calibration(y, raw, "lab-a", version)
+    for name, point in data["operating_points"].items():
+        refitted = refit.operating_point(name)
+        assert (point["threshold"], point["sensitivity"], point["false_positive_rate"]) == pytest.approx(
+            (refitted.threshold, refitted.sensitivity, refitted.false_positive_rate), abs=1e-4), name
+        assert point["bias_at_cutoff"] == pytest.approx(refitted.bias(0.2), abs=1e-4), name
+    assert data["operating_points"]["fraction"]["bias_at_cutoff"] == pytest.approx(0, abs=1e-9)
+    assert data["operating_points"]["balanced"]["metrics"] == data["after"]
+
     artifact = Artifact.get("site-calibration")
     assert artifact is not None and "Site calibration: lab-a" in artifact.data
     assert "12 blast and 12 other" in artifact.data and version in artifact.data
+    assert "## Operating points: the blast-like fraction of a patient with 20% blasts" in artifact.data
     assert np.isfinite(result["raw_threshold"]) and 0 < result["raw_threshold"] < 1

@@ -209,6 +209,10 @@ def test_calibrate_command_prints_the_figures_and_score_refuses_an_uncalibrated_
     assert f"site lab-a, model {ref.version}: fitted on 11 blast and 11 other labelled cells" in done.output
     assert any(line.startswith("before (raw, 0.5)") for line in done.output.splitlines())
     assert any(line.startswith("after (calibrated)") for line in done.output.splitlines())
+    assert "blast-like fraction expected of a patient with 20% blasts, at each operating point" in done.output
+    rows = {line.split()[0]: line.split() for line in done.output.splitlines()
+            if line.startswith(("fraction ", "balanced "))}
+    assert rows["balanced"][1] == "0.500" and rows["fraction"][-2:] == ["20.0%", "+0.000"]
     assert str(tmp_path / "store" / "models" / ref.version / "sites" / "lab-a.json") in done.output
 
     stale = CliRunner().invoke(cli, ["score", str(source), "--store", store, "--site", "lab-b", *scheduler])

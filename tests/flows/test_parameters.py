@@ -62,6 +62,7 @@ def scored(lmu_cells, tiny_model_file, dask_cluster, tmp_path_factory):
 
 
 def test_choices_are_the_librarys():
+    from aml_model.calibration import OPERATING_POINTS
     from aml_model.inference import INFERENCE_PRECISIONS
     from flows.cli import cli
 
@@ -72,6 +73,7 @@ def test_choices_are_the_librarys():
         return typing.get_args(hints[name])
 
     assert choices(score_smears, "precision") == ("auto", *INFERENCE_PRECISIONS)
+    assert choices(score_smears, "site_operating_point") == OPERATING_POINTS
     assert choices(retrain_and_evaluate, "recipe") == RECIPES
     assert choices(retrain_and_evaluate, "training_path") == ("cached", "plain")
     for flow in (score_smears, ingest, calibrate_site, retrain_and_evaluate):
@@ -82,6 +84,7 @@ def test_choices_are_the_librarys():
         return tuple(option.type.choices)
 
     assert cli_choices("score", "precision") == ("auto", *INFERENCE_PRECISIONS)
+    assert cli_choices("score", "site_operating_point") == OPERATING_POINTS
     assert cli_choices("retrain", "recipe") == RECIPES
     assert cli_choices("retrain", "training_path") == ("cached", "plain")
     assert cli_choices("ingest", "layout") == LAYOUTS
@@ -116,6 +119,8 @@ SCORE_CASES = [
     ({"explain": "maybe"}, ["explain: Input should be a valid boolean"]),
     ({"run_id": "../elsewhere"}, ["run_id: String should match pattern"]),
     ({"site": "lab a"}, ["site: String should match pattern"]),
+    ({"site": "lab-a", "site_operating_point": "youden"},
+     ["site_operating_point: Input should be 'fraction' or 'balanced'"]),
     ({"site": "lab-a", "threshold": 0.6}, ["threshold=0.6 and site='lab-a' both given"]),
     ({"site": "lab-z"}, ["site lab-z has no calibration for model"]),
     ({"model": "MISSING/model.keras"}, ["model 'MISSING/model.keras' is neither"]),
@@ -203,6 +208,7 @@ CALIBRATE_CASES = [
     ({"source": "MISSING"}, ["source MISSING does not exist"]),
     ({"model": "champion"}, ["no champion model in"]),
     ({"model": "MODEL"}, ["is a bare .keras file"]),
+    ({"blast_cutoff": 1.5}, ["blast_cutoff: Input should be less than 1"]),
 ]
 
 

@@ -172,6 +172,7 @@ def test_scoring_with_a_site_calls_on_its_calibrated_probabilities_and_records_i
                                                                                    tiny_model_file):
     import dataclasses
 
+    from aml_model.aggregate import CORRECTED_COLUMNS, rogan_gladen
     from aml_model.calibration import CALIBRATED_COLUMN, fit_site_calibration
     from tasks.calibration import save_site_calibration
 
@@ -184,10 +185,14 @@ def test_scoring_with_a_site_calls_on_its_calibrated_probabilities_and_records_i
     result = run_score(task_runner, source=str(source), store=store, site="lab-a", min_cells=5, chunk_cells=8,
                        explain=False)
     assert result["site"] == "lab-a" and result["model_version"] == ref.version
+    assert result["site_operating_point"] == "fraction", "the fraction point calls by default"
+    point = calibration.operating_point("fraction")
+    assert point.threshold > calibration.threshold
     paths = scoring_of(store, result)
     require_complete(paths)
     settings = storage.read_json(paths.settings)
-    assert settings["site"] == "lab-a" and settings["threshold"] == calibration.threshold
+    assert settings["site"] == "lab-a" and settings["threshold"] == point.threshold
+    assert settings["site_operating_point"] == "fraction"
     assert settings["calibration"]["coefficients"] == {"slope": 1.0, "intercept": 12.0}
 
     cells = pd.read_parquet(paths.cells_table)
@@ -195,9 +200,16 @@ def test_scoring_with_a_site_calls_on_its_calibrated_probabilities_and_records_i
     np.testing.assert_allclose(cells[CALIBRATED_COLUMN], calibration.apply(cells["probability"]), rtol=1e-5)
     # The tiny model is weak: how many cells its raw 0.5 calls normal varies with its training.
     assert (cells["probability"] < 0.5).sum() >= 1, "the raw scale calls some cells normal"
-    called = cells[CALIBRATED_COLUMN] >= calibration.threshold
+    called = cells[CALIBRATED_COLUMN] >= point.threshold
     assert (cells["predicted_label"] == np.where(called, "blast", "normal")).all()
     patients = pd.read_parquet(paths.patients_table).set_index("patient_id")
+    # The blast fraction corrected for the site's rates at the fraction point, with its interval.
+    assert tuple(patients.columns)[-4:] == (*CORRECTED_COLUMNS, "patient_version")
+    for corrected, observed in zip(CORRECTED_COLUMNS, ("blast_fraction", "ci_low", "ci_high"), strict=True):
+        np.testing.assert_allclose(patients[corrected], rogan_gladen(patients[observed], point.sensitivity,
+                                                                     point.false_positive_rate))
+    assert {row["patient_id"]: row["blast_fraction_corrected"] for row in result["patients"]} == \
+        patients["blast_fraction_corrected"].to_dict()
     assert patients["n_blast_like"].to_dict() == called.groupby(cells["patient_id"]).sum().to_dict()
     assert patients["n_blast_like"].sum() > (cells["probability"] >= 0.5).sum()
     np.testing.assert_allclose(patients["mean_probability"],
@@ -210,7 +222,8 @@ def test_a_site_calibrated_for_another_model_version_is_refused_before_anything_
     import shutil
 
     from aml_model.calibration import fit_site_calibration
-    from tasks.calibration import CalibrationNotFoundError, save_site_calibration
+    from aml_model.errors import ConfigError
+    from tasks.calibration import CalibrationNotFoundError, save_site_calibration, site_calibration_url
     from tasks.registry import set_champion
 
     store, ref, y, p = _site_store(tmp_path, tiny_model_file)
@@ -237,4 +250,14 @@ def test_a_site_calibrated_for_another_model_version_is_refused_before_anything_
     with pytest.raises(ValueError, match="the site's calibration sets the threshold"):
         run_score(task_runner, source=str(source), store=store, model=ref.version, site="lab-a", threshold=0.7,
                   min_cells=1)
+    with pytest.raises(ConfigError, match="unbiased at a blast cut-off of 0.2, not 0.3"):
+        run_score(task_runner, source=str(source), store=store, model=ref.version, site="lab-a", blast_cutoff=0.3,
+                  min_cells=1)
+    # A calibration stored before the operating points: the fraction point (the default) is refused.
+    url = site_calibration_url(store, ref.version, "lab-a")
+    storage.write_json(url, {k: v for k, v in storage.read_json(url).items()
+                             if k not in {"operating_points", "blast_cutoff"}})
+    before = files()
+    with pytest.raises(ConfigError, match="has no fraction operating point"):
+        run_score(task_runner, source=str(source), store=store, model=ref.version, site="lab-a", min_cells=1)
     assert files() == before and not (tmp_path / "store" / "runs").exists()

@@ -79,4 +79,14 @@ def test_the_artifact_states_the_fit_and_the_figures_before_and_after():
            f" {before.roc_auc:.3f} | {before.threshold:g} |" in lines
     assert f"| after (calibrated) | {after.accuracy:.3f} | {after.sensitivity:.3f} | {after.specificity:.3f} |" \
            f" {after.roc_auc:.3f} | {after.threshold:g} |" in lines
+    fraction, balanced = calibration.operating_point("fraction"), calibration.operating_point("balanced")
+    assert any(line.startswith(f"| after (fraction point) | {fraction.metrics.accuracy:.3f} |") for line in lines)
+    assert "## Operating points: the blast-like fraction of a patient with 20% blasts" in lines
+    bias = 0.2 * balanced.sensitivity + 0.8 * balanced.false_positive_rate - 0.2
+    assert (f"| balanced | 0.500 | {calibration.raw_threshold:.3f} | {balanced.sensitivity:.3f} | "
+            f"{balanced.false_positive_rate:.3f} | {0.2 + bias:.1%} | {bias:+.3f} |") in lines
+    (row,) = [line for line in lines if line.startswith("| fraction |")]
+    assert row.startswith(f"| fraction | {fraction.threshold:.3f} | {calibration.to_raw(fraction.threshold):.3f} | "
+                          f"{fraction.sensitivity:.3f} | {fraction.false_positive_rate:.3f} | ")
+    assert row.endswith(" | 20.0% | +0.000 |"), "unbiased at the cut-off by construction"
     assert lines[-1] == "Stored at `/store/models/v1/sites/lab-a.json`."
