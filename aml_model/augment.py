@@ -6,7 +6,7 @@ import keras
 
 from aml_model.config import AugmentConfig
 
-__all__ = ["RandomChannelGamma", "build_augmenter"]
+__all__ = ["RandomToneCurve", "build_augmenter"]
 
 
 def build_augmenter(config: AugmentConfig, seed: int | None = None) -> keras.Sequential:
@@ -65,24 +65,29 @@ def build_augmenter(config: AugmentConfig, seed: int | None = None) -> keras.Seq
 
 
 @keras.saving.register_keras_serializable(package="aml_smear")
-class RandomChannelGamma(keras.layers.Layer):
-    """A random tone curve per image and colour channel: ``255 * (x / 255) ** gamma``.
+class RandomToneCurve(keras.layers.Layer):
+    """A random monotone tone curve per image and colour channel.
 
-    Labs differ by more than a gain and an offset per channel: stain saturation and a camera's
-    response bend each channel's intensities, which a per-image standardisation cannot undo. Each
-    channel of each image gets ``gamma = exp(u)``, ``u`` uniform in ``[-strength, strength]``, in
-    training; in inference images pass through.
+    Labs differ by more than a gain and an offset per channel: stain uptake saturates and a
+    camera's response bends each channel's intensities, which a per-image standardisation cannot
+    undo. Each channel of each image is mapped through a curve that is piecewise linear between
+    ``knots`` evenly spaced inputs, whose outputs rise by random shares of 0..255 (exponential
+    draws, normalised: a random monotone map onto 0..255), blended with the identity by a weight
+    drawn uniformly from ``[0, strength]``. Strength 0 leaves images alone, 1 allows any such
+    curve. Per-channel histogram matching between labs is a map of this kind. In inference
+    images pass through.
 
     Args:
-        strength: the largest ``|log gamma|``.
+        strength: the largest weight of the random curve against the identity, in [0, 1].
+        knots: inputs at which the curve bends (including 0 and 255).
         seed: seeds the draws.
 
     Input and output: `(batch, h, w, 3)` RGB floats in 0..255.
     """
 
-    def __init__(self, strength: float, seed: int | None = None, **kwargs) -> None:
+    def __init__(self, strength: float, knots: int = 6, seed: int | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.strength, self.seed = strength, seed
+        self.strength, self.knots, self.seed = strength, knots, seed
         self._generator = keras.random.SeedGenerator(seed)
 
     def call(self, inputs, training=None):
@@ -91,12 +96,25 @@ class RandomChannelGamma(keras.layers.Layer):
         from keras import ops
 
         images = ops.cast(inputs, "float32")
-        draws = keras.random.uniform((ops.shape(images)[0], 1, 1, 3), -self.strength, self.strength,
-                                     seed=self._generator)
-        return 255.0 * ops.power(ops.clip(images / 255.0, 1e-6, 1.0), ops.exp(draws))
+        batch, height, width = ops.shape(images)[0], ops.shape(images)[1], ops.shape(images)[2]
+        segments = self.knots - 1
+        rises = -ops.log(keras.random.uniform((batch, 3, segments), 1e-6, 1.0, seed=self._generator))
+        curve = ops.cumsum(rises / ops.sum(rises, axis=-1, keepdims=True), axis=-1)
+        identity = ops.linspace(1.0 / segments, 1.0, segments)
+        weight = keras.random.uniform((batch, 1, 1), 0.0, self.strength, seed=self._generator)
+        knots = ops.concatenate([ops.zeros((batch, 3, 1)), (1 - weight) * identity + weight * curve], axis=-1)
+        # (batch, 3, pixels): each channel's intensities, placed on the curve's segments.
+        position = ops.transpose(ops.reshape(ops.clip(images, 0.0, 255.0), (batch, -1, 3)), (0, 2, 1)) / 255.0
+        position = position * segments
+        lower = ops.cast(ops.minimum(ops.floor(position), segments - 1), "int32")
+        fraction = position - ops.cast(lower, "float32")
+        start = ops.take_along_axis(knots, lower, axis=-1)
+        end = ops.take_along_axis(knots, lower + 1, axis=-1)
+        mapped = 255.0 * (start + fraction * (end - start))
+        return ops.reshape(ops.transpose(mapped, (0, 2, 1)), (batch, height, width, 3))
 
     def compute_output_shape(self, input_shape):
         return input_shape
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "strength": self.strength, "seed": self.seed}
+        return {**super().get_config(), "strength": self.strength, "knots": self.knots, "seed": self.seed}

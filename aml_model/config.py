@@ -380,14 +380,14 @@ class PretrainConfig:
             views and the crops: a step's draws depend on the seed and the step number only.
         checkpoint_every: steps between checkpoints.
         pool_cells: most cells one training task holds in memory; batches are drawn from them.
-        tone: the views' extra random tone curve per colour channel, the largest ``|log gamma|``
-            (:class:`aml_model.augment.RandomChannelGamma`); 0 for none.
+        tone: the views' random monotone tone curve per colour channel: the largest weight of a
+            random curve against the identity (:class:`aml_model.augment.RandomToneCurve`); 0 for none.
         greyscale: share of views turned grey (SimCLR's random greyscale).
         blur: the largest Gaussian blur of a view, in pixels of the view (sigma); 0 for none.
     """
 
     method: str = "simclr"
-    steps: int = 3000
+    steps: int = 600
     batch_size: int = 64
     view_size: int = 112
     min_crop: float = 0.5
@@ -400,9 +400,9 @@ class PretrainConfig:
     seed: int = 0
     checkpoint_every: int = 50
     pool_cells: int = 8192
-    tone: float = 0.0
-    greyscale: float = 0.0
-    blur: float = 0.0
+    tone: float = 1.0
+    greyscale: float = 0.2
+    blur: float = 1.5
 
     def __post_init__(self) -> None:
         _require(self.method in PRETRAIN_METHODS, "method", self.method, f"one of {PRETRAIN_METHODS}")
@@ -416,7 +416,7 @@ class PretrainConfig:
         _require(0 <= self.warmup_steps < self.steps, "warmup_steps", self.warmup_steps, "0 <= warmup_steps < steps")
         _require(self.weight_decay >= 0, "weight_decay", self.weight_decay, ">= 0")
         _require(self.temperature > 0, "temperature", self.temperature, "a positive number")
-        _require(0 <= self.tone <= 1, "tone", self.tone, "a |log gamma| in [0, 1]")
+        _require(0 <= self.tone <= 1, "tone", self.tone, "a weight in [0, 1]")
         _require(0 <= self.greyscale <= 1, "greyscale", self.greyscale, "a fraction in [0, 1]")
         _require(0 <= self.blur <= 8, "blur", self.blur, "a sigma in [0, 8] pixels")
 

@@ -91,17 +91,17 @@ class PretrainState:
 
 
 def view_augmenter(augment: AugmentConfig, config: PretrainConfig) -> keras.Sequential:
-    """The recipe's augmentation, then the pretraining's own: a tone curve per channel, greyscale and
-    blur (SimCLR's colour dropping and blur; each only when its setting is above 0).
+    """The recipe's augmentation, then the pretraining's own: a random tone curve per channel,
+    greyscale and blur (SimCLR's colour dropping and blur; each only when its setting is above 0).
 
     Returns:
         A ``keras.Sequential`` taking and returning `(batch, v, v, 3)` float views in 0..255.
     """
-    from aml_model.augment import RandomChannelGamma, build_augmenter
+    from aml_model.augment import RandomToneCurve, build_augmenter
 
     layers = list(build_augmenter(augment, seed=config.seed).layers)
     if config.tone:
-        layers.append(RandomChannelGamma(config.tone, seed=config.seed, name="random_tone"))
+        layers.append(RandomToneCurve(config.tone, seed=config.seed, name="random_tone"))
     if config.greyscale:
         layers.append(keras.layers.RandomGrayscale(config.greyscale, seed=config.seed))
     if config.blur:

@@ -340,7 +340,7 @@ def retrain_command(sources, store, workers, scheduler, **parameters):
 @click.option("--temperature", default=PretrainConfig.temperature, show_default=True,
               help="Contrastive softmax temperature.")
 @click.option("--tone", default=PretrainConfig.tone, show_default=True,
-              help="The views' random tone curve per colour channel: the largest |log gamma|.")
+              help="The views' random monotone tone curve per colour channel: its largest weight (0-1).")
 @click.option("--greyscale", default=PretrainConfig.greyscale, show_default=True, help="Share of views turned grey.")
 @click.option("--blur", default=PretrainConfig.blur, show_default=True,
               help="The views' largest Gaussian blur, sigma in pixels of the view.")

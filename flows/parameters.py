@@ -188,7 +188,7 @@ class PretrainOptions(BaseModel):
     seed: Annotated[int, Field(ge=0, lt=2**32)] = Field(PretrainConfig.seed, description="Seed of the initial "
                                                         "weights, batches, views and crops.")
     tone: Annotated[float, Field(ge=0, le=1)] = Field(PretrainConfig.tone, description="The views' random tone "
-                                                      "curve per colour channel: the largest |log gamma|.")
+                                                      "curve per colour channel: its largest weight.")
     greyscale: Annotated[float, Field(ge=0, le=1)] = Field(PretrainConfig.greyscale, description=
                                                            "Share of views turned grey.")
     blur: Annotated[float, Field(ge=0, le=8)] = Field(PretrainConfig.blur, description="The views' largest "

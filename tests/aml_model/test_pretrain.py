@@ -101,14 +101,14 @@ def test_batch_norm_statistics_are_re_estimated_on_the_cells(pool):
                                atol=0.05 * np.abs(conv).mean())
 
 
-def test_the_views_add_tone_greyscale_and_blur_only_when_asked():
+def test_the_views_add_tone_greyscale_and_blur_to_the_recipes_augmentation_only_when_asked():
     from aml_model.augment import build_augmenter
     from aml_model.pretrain import view_augmenter
 
     def kinds(config):
         return [type(layer).__name__ for layer in view_augmenter(ROBUST.train.augment, config).layers]
 
-    recipe = kinds(TINY)
+    recipe = kinds(PretrainConfig(**{**TINY.to_dict(), "tone": 0.0, "greyscale": 0.0, "blur": 0.0}))
     assert recipe == [type(layer).__name__ for layer in build_augmenter(ROBUST.train.augment).layers]
     extras = PretrainConfig(**{**TINY.to_dict(), "tone": 0.3, "greyscale": 0.2, "blur": 1.5})
-    assert kinds(extras) == [*recipe, "RandomChannelGamma", "RandomGrayscale", "RandomGaussianBlur"]
+    assert kinds(extras) == [*recipe, "RandomToneCurve", "RandomGrayscale", "RandomGaussianBlur"]
