@@ -24,7 +24,9 @@ Scale move: the ratio of the two labs' median neutrophil nucleus diameters at th
 size (the same cell type has the same physical size), measured on training cells. Resizing both
 labs' frames to one input size and matching the nucleus size also matches the field of view.
 Framing move: the LMU crops sit the cell farther from the frame centre than CellaVision does; each
-cell is shifted so that the labs' median nucleus offsets from the centre agree.
+cell is shifted so that the labs' median nucleus offsets from the centre agree. The full moves
+recolour last, once a cell is framed and sized as the other lab's are: histogram matching assumes
+the two images hold the same mix of content.
 Optics move: sharpness and noise of the grey cells at the input size, measured on training
 neutrophils of both labs after the colour, framing and scale moves; a Gaussian blur and added
 noise are solved for to reach the other lab's values. A blur cannot sharpen and added noise cannot
@@ -264,12 +266,16 @@ def moved_sets(lmu: Cells, pbc: Cells, lmu_train: np.ndarray, pbc_train: np.ndar
     looks = {lab: {**optics_of(cells.images[indices]), **framing_of(cells.images[indices])}
              for lab, cells, indices in (("lmu", lmu, lmu_ngs), ("pbc", pbc, pbc_ngs))}
 
-    def move(cells, indices, colour=None, centring=None, factor=1.0):
-        """The cells' originals recentred, recoloured and rescaled, in that order, at the input size."""
+    def move(cells, indices, colour=None, centring=None, factor=1.0, colour_first=True):
+        """The cells' originals recentred, recoloured and rescaled at the input size; with
+        ``colour_first`` false, recoloured last."""
         moved = []
         for i in indices:
             image = cells.originals[i] if centring is None else recentre(cells.originals[i], centring)
-            moved.append(rescale(image if colour is None else colour(image), factor, image_size))
+            if colour is not None and colour_first:
+                image = colour(image)
+            image = rescale(image, factor, image_size)
+            moved.append(image if colour is None or colour_first else colour(image))
         return np.stack(moved)
 
     def fit_framing(cells, neutrophils, factor, target):
@@ -281,12 +287,16 @@ def moved_sets(lmu: Cells, pbc: Cells, lmu_train: np.ndarray, pbc_train: np.ndar
 
     def full(cells, indices, neutrophils, colour, framing, target):
         """``indices`` moved by every move, the optics fitted on the training ``neutrophils`` to ``target``."""
-        before = move(cells, neutrophils, colour, framing["centring"], framing["scale"])
+        # Colour last: a histogram is matched on a cell framed as the other lab frames its cells, so
+        # that the two hold the same mix of nucleus, cytoplasm and background. Matched before the
+        # shrink, a large LMU blast's many nucleus pixels take the colours of PBC's cytoplasm and red
+        # cells: fine chromatin turns into coarse clumps no lab produces.
+        before = move(cells, neutrophils, colour, framing["centring"], framing["scale"], colour_first=False)
         # One noise field throughout the search, so that the measure rises smoothly with the level.
         field = rng.standard_normal(before.shape, np.float32)
         sigma = reach(lambda s: blur_level(optics(before, s, 0.0, field)), target["blur_effect"], 4.0)
         noise = reach(lambda n: noise_level(optics(before, sigma, n, field)), target["noise"], 16.0)
-        images = move(cells, indices, colour, framing["centring"], framing["scale"])
+        images = move(cells, indices, colour, framing["centring"], framing["scale"], colour_first=False)
         parameters = {"blur_sigma": sigma, "noise": noise, "before": optics_of(before),
                       "after": optics_of(optics(before, sigma, noise, field))}
         return optics(images, sigma, noise, rng.standard_normal(images.shape, np.float32)), parameters
