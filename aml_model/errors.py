@@ -12,6 +12,7 @@ __all__ = [
     "CalibrationError",
     "ConfigError",
     "ImageDecodeError",
+    "PretrainingDivergedError",
     "TrainingCollapsedError",
     "UnsafeModelError",
     "WeightsHashMismatchError",
@@ -54,6 +55,10 @@ class UnsafeModelError(AmlSmearError, ValueError):
 
 class TrainingCollapsedError(AmlSmearError, RuntimeError):
     """Training produced a constant (or near-constant) predictor in every attempt."""
+
+
+class PretrainingDivergedError(AmlSmearError, FloatingPointError):
+    """A pretraining's loss is no longer finite: resuming from the checkpoint would diverge again."""
 
 
 class CalibrationError(AmlSmearError, ValueError):

@@ -43,6 +43,7 @@ import tensorflow as tf
 
 from aml_model.architecture import input_normalisation, seed_weights
 from aml_model.config import AugmentConfig, ModelConfig, PretrainConfig
+from aml_model.errors import PretrainingDivergedError
 from aml_model.pooling import SpatialMeanStd
 from aml_model.preprocess import normalise_for_resnet50
 from aml_model.scale import ScaleNormalisation, nucleus_boxes
@@ -248,7 +249,7 @@ class Pretrainer:
             loss = float(self._train_step(tf.constant(pool[batch]), tf.constant(boxes[batch]), crop_seed))
             if not np.isfinite(loss):
                 message = f"pretraining loss is {loss} at step {self.step_number}: lower the learning rate"
-                raise FloatingPointError(message)
+                raise PretrainingDivergedError(message)
             self.step_number += 1
             self.losses.append(loss)
             self.seconds = seconds_before + time.perf_counter() - started

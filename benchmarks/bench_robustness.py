@@ -238,14 +238,16 @@ def rescale(image: np.ndarray, factor: float, image_size: int) -> np.ndarray:
 
 
 def moved_sets(lmu: Cells, pbc: Cells, lmu_train: np.ndarray, pbc_train: np.ndarray, lmu_test: np.ndarray,
-               pbc_test: np.ndarray, image_size: int, scale: float,
-               rng: np.random.Generator) -> tuple[dict[str, np.ndarray], dict]:
+               pbc_test: np.ndarray, image_size: int, scale: float, rng: np.random.Generator,
+               site: bool = False) -> tuple[dict[str, np.ndarray], dict, np.ndarray | None]:
     """Held-out LMU blasts in PBC's look and held-out PBC cells in LMU's look, and what moved them.
 
-    Returns the moved sets (uint8 cells at the input size) and the looks: each lab's, measured on
+    Returns the moved sets (uint8 cells at the input size); the looks: each lab's, measured on
     its training neutrophils; each direction's framing move (scale, centring) with the framing it
     gives them; and each full move's optics (blur, noise) with the optics of the training
-    neutrophils it moved, before its optics move and after.
+    neutrophils it moved, before its optics move and after; and, with ``site``, a site's own
+    unlabelled cells in PBC's look: every training LMU cell moved by the headline move, and the
+    training PBC cells (None without ``site``).
     """
     blasts = [i for i in lmu_test if lmu.frame["label"].iloc[i] == "blast"]
 
@@ -296,10 +298,14 @@ def moved_sets(lmu: Cells, pbc: Cells, lmu_train: np.ndarray, pbc_train: np.ndar
         field = rng.standard_normal(before.shape, np.float32)
         sigma = reach(lambda s: blur_level(optics(before, s, 0.0, field)), target["blur_effect"], 4.0)
         noise = reach(lambda n: noise_level(optics(before, sigma, n, field)), target["noise"], 16.0)
-        images = move(cells, indices, colour, framing["centring"], framing["scale"], colour_first=False)
         parameters = {"blur_sigma": sigma, "noise": noise, "before": optics_of(before),
                       "after": optics_of(optics(before, sigma, noise, field))}
-        return optics(images, sigma, noise, rng.standard_normal(images.shape, np.float32)), parameters
+        return moved_fully(cells, indices, colour, framing, parameters), parameters
+
+    def moved_fully(cells, indices, colour, framing, parameters):
+        images = move(cells, indices, colour, framing["centring"], framing["scale"], colour_first=False)
+        return optics(images, parameters["blur_sigma"], parameters["noise"],
+                      rng.standard_normal(images.shape, np.float32))
 
     framing = {"lmu_as_pbc": fit_framing(lmu, lmu_ngs, 1 / scale, looks["pbc"]),
                "pbc_as_lmu": fit_framing(pbc, pbc_ngs, scale, looks["lmu"])}
@@ -326,8 +332,11 @@ def moved_sets(lmu: Cells, pbc: Cells, lmu_train: np.ndarray, pbc_train: np.ndar
         "pbc_as_lmu_full_histogram": full_moves["pbc_as_lmu_full_histogram"],
         "pbc_as_lmu_full_reinhard": full_moves["pbc_as_lmu_full_reinhard"],
     }
+    site_cells = None if not site else np.concatenate([
+        moved_fully(lmu, lmu_train, to_pbc["histogram"], framing["lmu_as_pbc"], moves[HEADLINE]),
+        pbc.images[pbc_train]])
     return sets, {**looks, "neutrophils": {"lmu": len(lmu_ngs), "pbc": len(pbc_ngs)}, "framing": framing,
-                  "optics": moves}
+                  "optics": moves}, site_cells
 
 
 def embedder(config, seed: int, cut: str | None = None):
@@ -449,14 +458,22 @@ def run_recipe(recipe: str, backbone: str, seed: int, data: dict, args) -> dict:
     started = time.perf_counter()
     embed, tail = embedder(config, seed, args.trainable_from)
     train, val, test = data["train"], data["val"], data["test"]
-    views = [embed(data["images"][train])]
+    # A weights file's backbone is every seed's: the cells as they are are embedded once per file.
+    key = None if backbone == "none" else (recipe, backbone, args.trainable_from)
+    fixed = data.setdefault("embedded", {}).get(key) if key else None
+    if fixed is None:
+        fixed = {"train": embed(data["images"][train]), "val": embed(data["images"][val]),
+                 "test": embed(data["images"][test]), **{name: embed(images) for name, images in data["moved"].items()}}
+        if key:
+            data["embedded"][key] = fixed
+    views = [fixed["train"]]
     views += [embed(data["images"][train], augment_seed=seed * 1000 + v) for v in range(1, args.views + 1)]
     x_train = np.concatenate(views)
     y = (data["frame"]["label"] == "blast").to_numpy(int)
     y_train = np.tile(y[train], args.views + 1)
     w_train = np.tile(balanced_weights(data["frame"]["source"].to_numpy()[train], y[train]), args.views + 1)
-    x_val, x_test = embed(data["images"][val]), embed(data["images"][test])
-    moved = {name: embed(images) for name, images in data["moved"].items()}
+    x_val, x_test = fixed["val"], fixed["test"]
+    moved = {name: fixed[name] for name in data["moved"]}
     embed_seconds = time.perf_counter() - started
 
     w_val = balanced_weights(data["frame"]["source"].to_numpy()[val], y[val])
@@ -575,10 +592,36 @@ def prepare(args) -> dict:
     def local(indices, lower, upper):
         return np.array([i - lower for i in indices if lower <= i < upper])
 
-    moved, look = moved_sets(lmu, pbc, local(split["train"], 0, n_lmu), local(split["train"], n_lmu, len(frame)),
-                             local(split["test"], 0, n_lmu), local(split["test"], n_lmu, len(frame)),
-                             args.image_size, scale, rng)
-    return {"frame": frame, "images": images, "moved": moved, "look": look, "scale": scale, **split}
+    moved, look, site = moved_sets(lmu, pbc, local(split["train"], 0, n_lmu),
+                                   local(split["train"], n_lmu, len(frame)), local(split["test"], 0, n_lmu),
+                                   local(split["test"], n_lmu, len(frame)), args.image_size, scale, rng,
+                                   site=bool(args.site_pretrain))
+    return {"frame": frame, "images": images, "moved": moved, "look": look, "scale": scale, "site": site, **split}
+
+
+def site_pretrain(start: str, cells: np.ndarray, steps: int, image_size: int, folder: Path) -> Path:
+    """Continue pretraining the backbone in the partial weights file ``start`` on a site's own
+    unlabelled cells (`(n, s, s, 3)` uint8), as ``pretrain-backbone --start-from`` does, and write
+    the site's backbone as ``folder/site-<start stem>.h5``."""
+    import dataclasses
+
+    from aml_model.config import ExperimentConfig, ModelConfig, PretrainConfig
+    from aml_model.pretrain import Pretrainer, recalibrate_batch_norm, trained_backbone
+    from aml_model.weights import save_partial_weights
+
+    recipe = ExperimentConfig.for_recipe("robust", ModelConfig(image_size=image_size, backbone_weights="none"))
+    # Views of half the cell's side, as the shipped backbone's (112 px of 224), at any input size.
+    config = dataclasses.replace(PretrainConfig(), steps=steps, view_size=max(32, image_size // 2),
+                                 warmup_steps=min(PretrainConfig.warmup_steps, steps // 10))
+    pretrainer = Pretrainer(recipe.model, recipe.train.augment, config, initial_weights=start)
+    # In sha256 order in the flow; here a fixed shuffle does the same: batches mix both kinds of cell.
+    pool = cells[np.random.default_rng(0).permutation(len(cells))]
+    state = pretrainer.train(pool, steps, on_progress=lambda step, loss: step % 25 or print(
+        f"site pretraining step {step}/{steps}: loss {np.mean(pretrainer.losses[-25:]):.3f}", flush=True))
+    backbone = recalibrate_batch_norm(trained_backbone(state, recipe.model, config), recipe.model, pool[:1024])
+    path = folder / f"site-{Path(start).stem}.h5"
+    save_partial_weights(backbone, recipe.model.feature_layer, path)
+    return path
 
 
 def spread(values: list[float]) -> dict[str, float]:
@@ -644,6 +687,11 @@ def main(argv: list[str] | None = None) -> dict:
                         help="the recipes' backbones, each run and summarised apart: none (random, drawn from "
                              "each run's seed) or weights files, the same for every seed (a whole ResNet50 .h5, "
                              "or a partial file of its first stages, as pretrain-backbone writes)")
+    parser.add_argument("--site-pretrain", default=None, metavar="FILE",
+                        help="also continue pretraining this partial weights file on a site's own unlabelled "
+                             "cells (every training LMU cell moved into PBC's look by the headline move, and the "
+                             "training PBC cells) and run the robust recipe on the result too")
+    parser.add_argument("--site-steps", type=int, default=200, help="steps of --site-pretrain")
     parser.add_argument("--views", type=int, default=1, help="augmented views per training cell")
     parser.add_argument("--trainable-from", default=None,
                         help="train the backbone's layers after this one too (e.g. conv5_block2_out: the last "
@@ -660,9 +708,16 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"cells: {len(data['frame'])}; split {len(data['train'])}/{len(data['val'])}/{len(data['test'])}; "
           f"LMU/PBC neutrophil size ratio {data['scale']:.2f}", flush=True)
     print_look(data["look"])
+    backbones = list(args.backbone_weights)
+    if args.site_pretrain:
+        started = time.perf_counter()
+        backbones.append(str(site_pretrain(args.site_pretrain, data["site"], args.site_steps, args.image_size,
+                                           args.output.parent)))
+        print(f"site backbone {backbones[-1]}: {args.site_steps} steps on {len(data['site'])} cells in "
+              f"{time.perf_counter() - started:.0f} s", flush=True)
     results, skipped = [], []
     for recipe in args.recipes:
-        for backbone in args.backbone_weights:
+        for backbone in backbones:
             if stops_short(recipe, backbone, args):
                 skipped.append(backbone_label(recipe, backbone))
                 print(f"skipped {skipped[-1]}: {backbone} ends before the layer {recipe} reads", flush=True)
@@ -674,7 +729,7 @@ def main(argv: list[str] | None = None) -> dict:
                       flush=True)
     summary = summarise(results)
     payload = {"image_size": args.image_size, "views": args.views, "epochs": args.epochs,
-               "backbone_weights": args.backbone_weights, "skipped": skipped, "scale_ratio": data["scale"],
+               "backbone_weights": backbones, "skipped": skipped, "scale_ratio": data["scale"],
                "look": data["look"], "split_sizes": {k: len(data[k]) for k in ("train", "val", "test")},
                "summary": summary, "runs": results}
     args.output.parent.mkdir(parents=True, exist_ok=True)

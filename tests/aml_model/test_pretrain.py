@@ -112,3 +112,13 @@ def test_the_views_add_tone_greyscale_and_blur_to_the_recipes_augmentation_only_
     assert recipe == [type(layer).__name__ for layer in build_augmenter(ROBUST.train.augment).layers]
     extras = PretrainConfig(**{**TINY.to_dict(), "tone": 0.3, "greyscale": 0.2, "blur": 1.5})
     assert kinds(extras) == [*recipe, "RandomToneCurve", "RandomGrayscale", "RandomGaussianBlur"]
+
+
+def test_a_diverged_pretraining_stops_with_an_error_that_is_not_retried(pool):
+    from aml_model.errors import AmlSmearError, PretrainingDivergedError
+
+    # A temperature this small overflows the similarities: the loss is not finite at the first step.
+    diverging = PretrainConfig(**{**TINY.to_dict(), "temperature": 1e-40})
+    with pytest.raises(PretrainingDivergedError, match="loss is nan at step 0: lower the learning rate") as caught:
+        Pretrainer(ROBUST.model, ROBUST.train.augment, diverging).train(pool, 2)
+    assert isinstance(caught.value, AmlSmearError)  # tasks.retry does not retry these

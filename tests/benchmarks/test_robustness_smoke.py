@@ -37,15 +37,19 @@ def test_robustness_benchmark_reports_every_group(lmu_cells, pbc_cells, tmp_path
            "AML_SMEAR_BENCH_RESULTS": str(results)}
     completed = subprocess.run(
         [sys.executable, "-m", "benchmarks.bench_robustness", "--image-size", "32", "--limit", "30", "--epochs", "2",
-         "--robust-seeds", "0", "1", "--backbone-weights", "none", str(weights), "--output", str(output)],
+         "--robust-seeds", "0", "1", "--backbone-weights", "none", str(weights), "--site-pretrain", str(weights),
+         "--site-steps", "2", "--output", str(output)],
         check=False, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert completed.returncode == 0, completed.stderr[-3000:]
     payload = json.loads(output.read_text())
+    # The site's backbone: the file continued on the site's own cells, written beside the results.
+    site = tmp_path / "site-b.h5"
+    assert site.stat().st_size > 0 and "site backbone" in completed.stdout
     assert [(r["recipe"], r["backbone"], r["seed"]) for r in payload["runs"]] == [
         ("paper", "none", 0), ("robust", "none", 0), ("robust", "none", 1), ("robust", str(weights), 0),
-        ("robust", str(weights), 1)]
-    assert payload["skipped"] == ["paper@b"]
-    assert list(payload["summary"]) == ["paper", "robust", "robust@b"]
+        ("robust", str(weights), 1), ("robust", str(site), 0), ("robust", str(site), 1)]
+    assert payload["skipped"] == ["paper@b", "paper@site-b"]
+    assert list(payload["summary"]) == ["paper", "robust", "robust@b", "robust@site-b"]
     robust = payload["summary"]["robust"]
     assert set(robust["pbc_blast_like_by_type"]) == {"basophil", "eosinophil", "erythroblast", "monocyte",
                                                      "segmented neutrophil", "typical lymphocyte"}
