@@ -341,7 +341,8 @@ def recalibrate_batch_norm(backbone: keras.Model, model: ModelConfig, cells: np.
         layer.momentum = 0.9
     normalisation = input_normalisation(model)
 
-    @tf.function(reduce_retracing=True)
+    # No AutoGraph: the loop over the layers is Python's, and AutoGraph cannot read this closure.
+    @tf.function(reduce_retracing=True, autograph=False)
     def update(images):
         images = normalise_for_resnet50(tf.cast(images, tf.float32))
         for layer in normalisation:

@@ -55,3 +55,12 @@ def test_listing_shows_complete_registrations_oldest_first(tmp_path):
     _register(tmp_path, "half", card=False)
     (tmp_path / "backbones" / "_pretraining" / "0123").mkdir(parents=True)
     assert [card["id"] for card in list_backbones(str(tmp_path))] == ["cells-a", "site-b"]
+
+
+def test_shipped_names_the_packages_backbone_by_alias_or_id(tmp_path):
+    from aml_model.backbones import shipped_backbone
+
+    path, card = shipped_backbone()
+    for spec in ("shipped", card["id"]):
+        ref = resolve_backbone(spec, str(tmp_path))
+        assert (ref.id, ref.weights_url, ref.sha256) == (card["id"], str(path), card["sha256"])
