@@ -261,3 +261,27 @@ def test_a_site_calibrated_for_another_model_version_is_refused_before_anything_
     with pytest.raises(ConfigError, match="has no fraction operating point"):
         run_score(task_runner, source=str(source), store=store, model=ref.version, site="lab-a", min_cells=1)
     assert files() == before and not (tmp_path / "store" / "runs").exists()
+
+
+def test_a_flat_folder_is_scored_as_one_pseudo_patient_named_after_it(lmu_cells, tmp_path, task_runner,
+                                                                      tiny_model_file, caplog):
+    source = compose_class_source(lmu_cells, tmp_path / "cells", {"smear-17": ("MYO", 6)}) / "smear-17"
+    store = str(tmp_path / "store")
+    result = run_score(task_runner, source=str(source), store=store, model=str(tiny_model_file), min_cells=5,
+                       chunk_cells=4)
+    assert [(p["patient_id"], p["n_scored"]) for p in result["patients"]] == [("smear-17", 6)]
+    require_complete(scoring_of(store, result))
+    assert "flat folder: its images are scored as one pseudo-patient 'smear-17'" in caplog.text
+
+
+def test_symlinked_patient_folders_are_scored(lmu_cells, tmp_path, task_runner, tiny_model_file):
+    archive = compose_patient_cohort(lmu_cells, tmp_path / "archive", {"P1": (3, 3), "P2": (0, 5), "P3": (1, 1)})
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    for patient in ("P1", "P2"):  # a batch assembled from links into the archive
+        (batch / patient).symlink_to(archive / patient)
+    store = str(tmp_path / "store")
+    result = run_score(task_runner, source=str(batch), store=store, model=str(tiny_model_file), min_cells=5,
+                       chunk_cells=4)
+    assert [(p["patient_id"], p["n_scored"]) for p in result["patients"]] == [("P1", 6), ("P2", 5)]
+
