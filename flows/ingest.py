@@ -23,7 +23,7 @@ from tasks import storage
 from tasks.discover import Discovery, discover_inputs, require_images
 from tasks.ingest import ShardSpec, ingest_shard, plan_hash, plan_shards, write_ingest_tables
 from tasks.privacy import prefect_patient_id, prefect_patient_ids
-from tasks.runs import RunConflictError, mark_complete, run_state
+from tasks.runs import RunConflictError, mark_complete, recording_failure, run_state
 
 __all__ = ["CHUNKS_PER_TASK", "CHUNK_CELLS", "IngestPlan", "collect_ingest", "discover_source", "ensure_ingested",
            "finish_ingest", "ingest", "ingest_sources", "plan_ingest", "plan_source", "start_ingest",
@@ -117,8 +117,9 @@ def ensure_ingested(plan: IngestPlan, chunks_per_task: int) -> dict[str, int]:
     if plan.complete:
         get_run_logger().info("run %s is already ingested: reusing its cells", plan.paths.run_id)
         return plan.recorded_counts()
-    futures = [submit_ingest_shard(plan, spec) for spec in start_ingest(plan, chunks_per_task)]
-    return finish_ingest(plan, collect_ingest(plan, futures), mark_success=True)
+    with recording_failure([plan.paths], plan.store_options):
+        futures = [submit_ingest_shard(plan, spec) for spec in start_ingest(plan, chunks_per_task)]
+        return finish_ingest(plan, collect_ingest(plan, futures), mark_success=True)
 
 
 def plan_source(source: str, store: str, layout: str, image_size: int, s3_endpoint_url: str | None) -> IngestPlan:

@@ -7,6 +7,9 @@ from prefect.artifacts import Artifact
 from aml_model.catalog import CELL_COLUMNS, QUARANTINE_COLUMNS
 from aml_model.config import PreprocessConfig
 from aml_model.preprocess import decode_cell
+from click.testing import CliRunner
+
+from flows.cli import cli
 from flows.ingest import ingest
 from tasks import storage
 from tasks.discover import NoImagesError
@@ -193,3 +196,24 @@ def test_a_source_without_usable_images_fails_before_anything_is_written(lmu_cel
         run_ingest(task_runner, source=str(source), store=str(store), layout=layout, image_size=32)
     assert not store.exists(), "nothing is written for a source without images"
 
+
+def test_a_failed_ingest_is_listed_as_failed_with_its_reason(lmu_cells, tmp_path, task_runner):
+    source = compose_patient_cohort(lmu_cells, tmp_path / "cohort", {"A": (2, 2)})
+    store = str(tmp_path / "store")
+    paths = storage.RunPaths(store, "batch-1")
+    # What the run will write is in the way, of another shape: a real write failure after the plan.
+    storage.create_cells_array(paths.cells_zarr, 3, 16, 3)
+    params = dict(source=str(source), store=store, run_id="batch-1", image_size=32, chunk_cells=4)
+    with pytest.raises(ValueError, match="already exists with shape"):
+        run_ingest(task_runner, **params)
+    listed = CliRunner().invoke(cli, ["runs", "list", "--store", store])
+    assert listed.exit_code == 0, listed.output
+    assert "batch-1  failed (ValueError: " in listed.output and "already exists with shape" in listed.output
+    with pytest.raises(IncompleteRunError, match=r"it failed \(ValueError: "):
+        require_complete(paths)
+
+    storage.remove(paths.cells_zarr, recursive=True)
+    run_ingest(task_runner, **params)
+    listed = CliRunner().invoke(cli, ["runs", "list", "--store", store])
+    assert "batch-1  complete, 4 cells" in listed.output, "a rerun that completes the run clears its failure"
+    assert not storage.exists(paths.failed)
