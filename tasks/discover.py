@@ -121,7 +121,8 @@ def _walk_local(root: str) -> tuple[list[str], list[dict[str, str]]]:
                 entry.stat()
             except OSError as exc:
                 if exc.errno == errno.ELOOP:  # links leading to each other: no file at the end
-                    skipped.append({"source_uri": entry.path, "reason": "symbolic link loop: following it never reaches a file"})
+                    skipped.append({"source_uri": entry.path,
+                                    "reason": "symbolic link loop: following it never reaches a file"})
                     continue
             if not entry.is_dir():  # a file, or a dangling link: the decoder says "file not found"
                 files.append(entry.path)
@@ -309,6 +310,10 @@ def discover(
     return found
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def require_images(found: Discovery) -> None:
     """Raise :class:`NoImagesError` unless discovery found an image to decode.
 
@@ -320,12 +325,12 @@ def require_images(found: Discovery) -> None:
     where = f"{found.source} (layout {found.layout})"
     if found.rejected:
         reasons = Counter(r["reason"] for r in found.rejected).most_common()
-        message = (f"no usable images in {where}: all {len(found.rejected)} refused at discovery: "
-                   + "; ".join(f"{reason} ({count})" for reason, count in reasons))
+        message = (f"no usable images in {where}: {_count(len(found.rejected), 'image')}, all refused at "
+                   f"discovery: " + "; ".join(f"{reason} ({count})" for reason, count in reasons))
     elif found.ignored:
         examples = ", ".join(posixpath.basename(url) for url in found.ignored[:3])
-        message = (f"no images found in {where}: {len(found.ignored)} files, none an image by its name or its "
-                   f"first bytes (e.g. {examples})")
+        message = (f"no images found in {where}: {_count(len(found.ignored), 'file')}, none an image by its name "
+                   f"or its first bytes (e.g. {examples})")
     else:
         message = f"no images found in {where}: it {'lists' if found.layout == 'manifest' else 'holds'} no files"
     if found.skipped_links:

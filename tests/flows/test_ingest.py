@@ -180,8 +180,8 @@ def test_a_flat_folder_is_ingested_as_one_pseudo_patient(lmu_cells, tmp_path, ta
 
 @pytest.mark.parametrize("layout, error", [
     ("auto", r"no images found in \S+/notes \(layout patient\): 2 files, none an image"),
-    ("patient", r"no usable images in \S+/notes \(layout patient\): all 1 refused at discovery: image is not "
-                r"inside a patient folder \(1\)"),
+    ("patient", r"no usable images in \S+/notes \(layout patient\): 1 image, all refused at discovery: "
+                r"image is not inside a patient folder \(1\)"),
 ])
 def test_a_source_without_usable_images_fails_before_anything_is_written(lmu_cells, tmp_path, task_runner, layout,
                                                                          error):

@@ -197,12 +197,13 @@ def test_a_source_without_usable_images_says_what_it_holds(lmu_cells, tmp_path):
     (notes / "P1" / "readme.txt").write_text("to do")
     (notes / "P1" / "counts.csv").write_text("a,b\n")
     with pytest.raises(NoImagesError, match=rf"no images found in {notes} \(layout patient\): 2 files, none an "
-                                            r"image by its name or its first bytes \(e\.g\. counts\.csv, readme\.txt\)"):
+                                            r"image by its name or its first bytes "
+                                            r"\(e\.g\. counts\.csv, readme\.txt\)"):
         require_images(discover(str(notes)))
     (tmp_path / "empty").mkdir()
     with pytest.raises(NoImagesError, match="holds no files"):
         require_images(discover(str(tmp_path / "empty")))
     flat = compose_class_source(lmu_cells, tmp_path / "cells", {"smear": ("NGS", 2)}) / "smear"
-    with pytest.raises(NoImagesError, match=r"no usable images in .* all 2 refused at discovery: image is not "
-                                            r"inside a class folder \(2\)"):
+    with pytest.raises(NoImagesError, match=r"no usable images in .* 2 images, all refused at discovery: "
+                                            r"image is not inside a class folder \(2\)"):
         require_images(discover(str(flat), layout="class"))
