@@ -124,14 +124,22 @@ def cell_type_for_class(folder: str, class_labels: Mapping[str, str] = DEFAULT_C
     return folder if folder in class_labels or folder.upper() in class_labels else None
 
 
-def choose_layout(folders: Iterable[str], class_labels: Mapping[str, str] = DEFAULT_CLASS_LABELS) -> str:
-    """Pick "class" when every top-level folder holding images is a known class, else "patient".
+def choose_layout(folders: Iterable[str], class_labels: Mapping[str, str] = DEFAULT_CLASS_LABELS,
+                  loose_images: bool = False) -> str:
+    """Pick "flat", "class" or "patient" for a folder source.
+
+    "flat" when images lie directly in the source and no top-level folder holds any (a folder of
+    one smear's cells, the most common first try); "class" when every top-level folder holding
+    images is a known class; else "patient".
 
     Args:
         folders: names of the source's top-level folders that hold images.
         class_labels: the class-to-label map.
+        loose_images: whether images lie directly in the source folder.
     """
     names = list(folders)
+    if not names and loose_images:
+        return "flat"
     if names and all(label_for_class(name, class_labels) is not None for name in names):
         return "class"
     return "patient"

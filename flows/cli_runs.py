@@ -25,15 +25,22 @@ def list_command(store: str, s3_endpoint_url: str | None) -> None:
         return
     for entry in entries:
         when = entry.last_activity.strftime("%Y-%m-%d %H:%M") if entry.last_activity else "unknown"
-        state = "old layout, not read" if entry.legacy else ("complete" if entry.complete else "incomplete")
+        state = "old layout, not read" if entry.legacy else _state(entry.complete, entry.failure)
         cells = f"{entry.cells} cells" if entry.cells is not None else "cells n/a"
         click.echo(f"{entry.run_id}  {state}, {cells}, last activity {when}")
         for scoring in entry.scorings:
             settings = scoring["settings"] or {}
-            click.echo(f"  scoring {scoring['score_id']}  {'complete' if scoring['complete'] else 'incomplete'}"
+            click.echo(f"  scoring {scoring['score_id']}  {_state(scoring['complete'], scoring['failure'])}"
                        f"  model {settings.get('model_version', '?')}, threshold {settings.get('threshold', '?')}, "
                        f"min_cells {settings.get('min_cells', '?')}"
                        + (f", site {settings['site']}" if settings.get("site") else ""))
+
+
+def _state(complete: bool, failure: dict | None) -> str:
+    """complete, failed (with its reason), or incomplete: interrupted (killed, nothing recorded) or running."""
+    if complete:
+        return "complete"
+    return f"failed ({failure['reason']})" if failure else "incomplete"
 
 
 @runs.command("prune")

@@ -20,10 +20,10 @@ from aml_model.config import ScoringConfig
 from flows.parameters import ImageSize, Layout, Positive, RunId, require_existing
 from flows.progress import results_with_progress
 from tasks import storage
-from tasks.discover import Discovery, discover_inputs
+from tasks.discover import Discovery, discover_inputs, require_images
 from tasks.ingest import ShardSpec, ingest_shard, plan_hash, plan_shards, write_ingest_tables
-from tasks.privacy import prefect_patient_ids
-from tasks.runs import RunConflictError, mark_complete, run_state
+from tasks.privacy import prefect_patient_id, prefect_patient_ids
+from tasks.runs import RunConflictError, mark_complete, recording_failure, run_state
 
 __all__ = ["CHUNKS_PER_TASK", "CHUNK_CELLS", "IngestPlan", "collect_ingest", "discover_source", "ensure_ingested",
            "finish_ingest", "ingest", "ingest_sources", "plan_ingest", "plan_source", "start_ingest",
@@ -66,18 +66,28 @@ class IngestPlan:
 
 def discover_source(source: str, layout: str, s3_endpoint_url: str | None,
                     manifest_root: str | None = None) -> Discovery:
-    """The source's inputs, with what discovery refused or ignored in the log; raises if it holds none."""
+    """The source's inputs, with what discovery refused or ignored in the log.
+
+    Raises :class:`tasks.discover.NoImagesError` when it holds no image to decode: before
+    anything is written, so that such a source leaves no run in the store.
+    """
     logger = get_run_logger()
     found = discover_inputs(source, layout, storage.storage_options_for(source, s3_endpoint_url), manifest_root)
     logger.info("layout %s: %d candidate images, %d refused at discovery, %d non-image files ignored",
                 found.layout, len(found.inputs), len(found.rejected), len(found.ignored))
+    if found.layout == "flat" and found.inputs:
+        logger.info("flat folder: its images are scored as one pseudo-patient %r",
+                    prefect_patient_id(found.inputs[0].patient_id))
     if found.empty_patients:
         logger.warning("patient folders without images: %s", ", ".join(prefect_patient_ids(found.empty_patients)))
     if found.unknown_classes:
         logger.warning("class folders not in the class map (label unknown): %s", ", ".join(found.unknown_classes))
-    if not found.inputs and not found.rejected:
-        message = f"no images found in {source} (layout {found.layout})"
-        raise FileNotFoundError(message)
+    if found.skipped_links:
+        # Counts and reasons only: a link's path names its patient folder (tasks.privacy).
+        reasons = sorted({link["reason"] for link in found.skipped_links})
+        logger.warning("%d links or folders not followed (%s): see skipped_links in the ingest report",
+                       len(found.skipped_links), "; ".join(reasons))
+    require_images(found)
     return found
 
 
@@ -107,8 +117,9 @@ def ensure_ingested(plan: IngestPlan, chunks_per_task: int) -> dict[str, int]:
     if plan.complete:
         get_run_logger().info("run %s is already ingested: reusing its cells", plan.paths.run_id)
         return plan.recorded_counts()
-    futures = [submit_ingest_shard(plan, spec) for spec in start_ingest(plan, chunks_per_task)]
-    return finish_ingest(plan, collect_ingest(plan, futures), mark_success=True)
+    with recording_failure([plan.paths], plan.store_options):
+        futures = [submit_ingest_shard(plan, spec) for spec in start_ingest(plan, chunks_per_task)]
+        return finish_ingest(plan, collect_ingest(plan, futures), mark_success=True)
 
 
 def plan_source(source: str, store: str, layout: str, image_size: int, s3_endpoint_url: str | None) -> IngestPlan:
@@ -125,7 +136,7 @@ def ingest_sources(sources: list[str], store: str, layout: str, image_size: int,
     plans = [plan_source(s, store, layout, image_size, s3_endpoint_url) for s in sources]
     for plan in plans:
         ensure_ingested(plan, CHUNKS_PER_TASK)
-    return [p.paths for p in plans], all(p.found.layout != "class" for p in plans)
+    return [p.paths for p in plans], all(p.found.layout not in ("class", "flat") for p in plans)
 
 
 def start_ingest(plan: IngestPlan, chunks_per_task: int) -> list[ShardSpec]:
@@ -165,6 +176,7 @@ def finish_ingest(plan: IngestPlan, records: list[dict], mark_success: bool) -> 
         "source": plan.source, "layout": found.layout, "counts": counts,
         "ignored": found.ignored, "empty_patients": found.empty_patients,
         "unknown_classes": found.unknown_classes, "diagnoses": found.diagnoses,
+        "skipped_links": found.skipped_links,
     }
     storage.write_json(paths.report, report, plan.store_options)
     if mark_success:

@@ -28,7 +28,7 @@ from tasks.predict import score_shard
 from tasks.privacy import prefect_patient_ids
 from tasks.registry import ModelRef, resolve_model
 from tasks.report import index_url, write_reports
-from tasks.runs import derive_score_id, mark_complete, open_scoring
+from tasks.runs import derive_score_id, mark_complete, open_scoring, recording_failure
 from tasks.score_report import publish_scoring
 from tasks.summarise import write_scored_tables
 
@@ -82,10 +82,13 @@ def score_smears(source: str, store: str, options: ScoreOptions = ScoreOptions()
         patients = storage.read_table(scoring.patients_table, store_options)
         record_scored(scoring, model_ref.version, patients, store_options)
         return _result(scoring, model_ref.version, plan.recorded_counts(), patients, True, options)
-    counts = _score_cells(plan, scoring, model_ref, options)
-    patients = write_scored_tables(scoring, config, model_ref.version, store_options, calibration, versions, point)
-    index = _explain_and_report(scoring, patients, model_ref, options, store_options)
-    mark_complete(scoring, store_options)
+    # The ingest run is written here too when it is new: a failure is recorded in both.
+    with recording_failure([scoring] if plan.complete else [plan.paths, scoring], store_options):
+        counts = _score_cells(plan, scoring, model_ref, options)
+        patients = write_scored_tables(scoring, config, model_ref.version, store_options, calibration, versions,
+                                       point)
+        index = _explain_and_report(scoring, patients, model_ref, options, store_options)
+        mark_complete(scoring, store_options)
     record_scored(scoring, model_ref.version, patients, store_options)
     publish_scoring(scoring, patients, model_ref.version, config, store_options)
     logger.info("scoring %s of run %s complete; reports: %s", scoring.score_id, scoring.run_id, index)

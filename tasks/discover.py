@@ -1,11 +1,13 @@
-"""Find the cell images of a source in one of the three layouts (DESIGN.md, "Inputs")."""
+"""Find the cell images of a source in one of its layouts (docs/design.md, "Inputs")."""
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import os
 import posixpath
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -15,17 +17,22 @@ import pandas as pd
 from tasks.retry import store_task
 from tasks.storage import is_local
 
+from aml_model.errors import AmlSmearError
 from aml_model.layouts import (DEFAULT_CLASS_LABELS, LABELS, cell_type_for_class, choose_layout, is_image_name,
                                is_plainly_not_image, label_for_class)
 from aml_model.preprocess import SNIFF_BYTES, sniff_image_format
 
-__all__ = ["CellInput", "Discovery", "discover", "discover_inputs"]
+__all__ = ["CellInput", "Discovery", "NoImagesError", "discover", "discover_inputs", "require_images"]
 
 logger = logging.getLogger(__name__)
 
 LAYOUTS = ("auto", "patient", "class", "manifest")
 MANIFEST_SUFFIXES = (".csv", ".parquet")
 SIDECARS = ("patients.csv", "labels.csv")
+
+
+class NoImagesError(AmlSmearError, FileNotFoundError):
+    """A source holds no image to decode; raised before anything is written, saying what it holds instead."""
 
 
 @dataclass(frozen=True)
@@ -44,7 +51,8 @@ class Discovery:
 
     Attributes:
         source: the source URL as given.
-        layout: the layout used ("patient", "class" or "manifest").
+        layout: the layout used ("patient", "class", "flat" or "manifest"); "flat" is chosen by
+            "auto" only, for images directly in the source folder: one pseudo-patient named after it.
         inputs: candidate images, sorted by patient then URI.
         rejected: inputs refused before decoding: dicts of source_uri, patient_id, reason.
         ignored: files that are plainly not images (sidecars, notes, ``.DS_Store``), listed,
@@ -52,6 +60,8 @@ class Discovery:
         empty_patients: patient folders without any image.
         unknown_classes: class folders the class map does not know (label left unknown).
         diagnoses: patient_id -> "aml"/"healthy" from patients.csv, when present.
+        skipped_links: symbolic links not followed (a loop, an unreadable folder): dicts of
+            source_uri, reason.
     """
 
     source: str
@@ -62,6 +72,7 @@ class Discovery:
     empty_patients: list[str] = field(default_factory=list)
     unknown_classes: list[str] = field(default_factory=list)
     diagnoses: dict[str, str] = field(default_factory=dict)
+    skipped_links: list[dict[str, str]] = field(default_factory=list)
 
 
 def _url(fs: fsspec.AbstractFileSystem, path: str) -> str:
@@ -69,7 +80,11 @@ def _url(fs: fsspec.AbstractFileSystem, path: str) -> str:
 
 
 def _escapes(fs: fsspec.AbstractFileSystem, root: str, path: str) -> bool:
-    """True when ``path`` lies outside ``root``, after resolving ``..`` and, locally, symlinks."""
+    """True when ``path`` lies outside ``root``, after resolving ``..`` and, locally, symlinks.
+
+    For manifest entries, text that could name any file; a folder source's links are followed
+    wherever they lead (:func:`_walk_local`).
+    """
     if is_local(fs):
         real_root, real_path = os.path.realpath(root), os.path.realpath(path)
         return os.path.commonpath([real_root, real_path]) != real_root
@@ -81,8 +96,53 @@ def _read_csv(fs: fsspec.AbstractFileSystem, path: str) -> pd.DataFrame:
     return pd.read_csv(io.BytesIO(fs.cat_file(path)), dtype=str, keep_default_na=False)
 
 
-def _walk(fs: fsspec.AbstractFileSystem, root: str) -> list[str]:
-    return sorted(p for p in fs.find(root, detail=False) if p != root)
+def _walk_local(root: str) -> tuple[list[str], list[dict[str, str]]]:
+    """Every file under ``root`` on local disk, following symbolic links to files and folders.
+
+    Labs assemble a batch from links into their archive, and fsspec's walk lists a linked folder
+    as one file. A link that leads back to a folder it lies in would be walked forever: such a
+    loop is skipped with its reason, as is a folder that cannot be listed.
+
+    Returns:
+        The files' paths as reached (links not resolved), sorted, and the skipped links and
+        folders: dicts of source_uri, reason.
+    """
+    files: list[str] = []
+    skipped: list[dict[str, str]] = []
+
+    def visit(folder: str, ancestors: frozenset[str]) -> None:
+        try:
+            entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+        except OSError as exc:
+            skipped.append({"source_uri": folder, "reason": f"folder cannot be listed: {exc.strerror or exc}"})
+            return
+        for entry in entries:
+            try:
+                entry.stat()
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:  # links leading to each other: no file at the end
+                    skipped.append({"source_uri": entry.path,
+                                    "reason": "symbolic link loop: following it never reaches a file"})
+                    continue
+            if not entry.is_dir():  # a file, or a dangling link: the decoder says "file not found"
+                files.append(entry.path)
+                continue
+            target = os.path.realpath(entry.path)
+            if target in ancestors:
+                skipped.append({"source_uri": entry.path,
+                                "reason": "symbolic link loop: it leads back to a folder it lies in"})
+                continue
+            visit(entry.path, ancestors | {target})
+
+    visit(root, frozenset({os.path.realpath(root)}))
+    return sorted(files), skipped
+
+
+def _walk(fs: fsspec.AbstractFileSystem, root: str) -> tuple[list[str], list[dict[str, str]]]:
+    """The files under ``root`` and the links not followed (object stores have no links)."""
+    if is_local(fs):
+        return _walk_local(root)
+    return sorted(p for p in fs.find(root, detail=False) if p != root), []
 
 
 def _is_image(fs: fsspec.AbstractFileSystem, path: str) -> bool:
@@ -105,18 +165,19 @@ def _is_image(fs: fsspec.AbstractFileSystem, path: str) -> bool:
 
 def _discover_folders(fs, root: str, source: str, layout: str,
                       class_labels: Mapping[str, str]) -> Discovery:
-    files = _walk(fs, root)
+    files, skipped_links = _walk(fs, root)
     relative = {path: posixpath.relpath(path, root) for path in files}
     images = {path for path in files if _is_image(fs, path)}
     image_dirs = sorted({relative[path].split("/")[0] for path in images if "/" in relative[path]})
     if layout == "auto":
-        layout = choose_layout(image_dirs, class_labels)
+        layout = choose_layout(image_dirs, class_labels, loose_images=any("/" not in relative[p] for p in images))
         logger.info("layout auto: chose %r for %s", layout, source)
-    found = Discovery(source=source, layout=layout)
+    found = Discovery(source=source, layout=layout, skipped_links=[
+        {**link, "source_uri": _url(fs, link["source_uri"])} for link in skipped_links])
 
     labels: dict[str, str] = {}
     cell_types: dict[str, str] = {}
-    if layout == "patient":
+    if layout in ("patient", "flat"):
         if fs.isfile(posixpath.join(root, "labels.csv")):
             table = _read_csv(fs, posixpath.join(root, "labels.csv"))
             labels = {row["image"]: row["label"].strip().lower() for _, row in table.iterrows()}
@@ -126,8 +187,10 @@ def _discover_folders(fs, root: str, source: str, layout: str,
         if fs.isfile(posixpath.join(root, "patients.csv")):
             table = _read_csv(fs, posixpath.join(root, "patients.csv"))
             found.diagnoses = {row["patient_id"]: row["diagnosis"].strip().lower() for _, row in table.iterrows()}
+    if layout == "patient":
+        not_followed = {posixpath.relpath(link["source_uri"], root) for link in skipped_links}
         all_dirs = sorted(posixpath.basename(p.rstrip("/")) for p in fs.ls(root, detail=False) if fs.isdir(p))
-        found.empty_patients = [d for d in all_dirs if d not in image_dirs]
+        found.empty_patients = [d for d in all_dirs if d not in image_dirs and d not in not_followed]
 
     root_name = posixpath.basename(root.rstrip("/"))
     unknown: set[str] = set()
@@ -136,22 +199,20 @@ def _discover_folders(fs, root: str, source: str, layout: str,
         if path not in images:
             found.ignored.append(_url(fs, path))
             continue
-        if "/" not in rel:
+        if "/" not in rel and layout != "flat":
             found.rejected.append({"source_uri": _url(fs, path), "patient_id": "",
                                    "reason": f"image is not inside a {layout} folder"})
             continue
         folder = rel.split("/")[0]
-        if layout == "class":
+        if layout == "flat":
+            patient_id, label, cell_type = root_name, labels.get(rel), cell_types.get(rel)
+        elif layout == "class":
             patient_id, label = root_name, label_for_class(folder, class_labels)
             cell_type = cell_type_for_class(folder, class_labels)
             if label is None:
                 unknown.add(folder)
         else:
             patient_id, label, cell_type = folder, labels.get(rel), cell_types.get(rel)
-        if _escapes(fs, root, path):
-            found.rejected.append({"source_uri": _url(fs, path), "patient_id": patient_id,
-                                   "reason": "symbolic link points outside the source root"})
-            continue
         if label is not None and label not in LABELS:
             found.rejected.append({"source_uri": _url(fs, path), "patient_id": patient_id,
                                    "reason": f"label {label!r} is not one of {', '.join(LABELS)}"})
@@ -247,6 +308,35 @@ def discover(
         found = _discover_folders(fs, path, source, layout, class_labels)
     found.inputs.sort(key=lambda cell: (cell.patient_id, cell.uri))
     return found
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def require_images(found: Discovery) -> None:
+    """Raise :class:`NoImagesError` unless discovery found an image to decode.
+
+    Called before anything is written, so that a source without images leaves no run behind; the
+    message says what the source holds instead, which is what a user needs to fix it.
+    """
+    if found.inputs:
+        return
+    where = f"{found.source} (layout {found.layout})"
+    if found.rejected:
+        reasons = Counter(r["reason"] for r in found.rejected).most_common()
+        message = (f"no usable images in {where}: {_count(len(found.rejected), 'image')}, all refused at "
+                   f"discovery: " + "; ".join(f"{reason} ({count})" for reason, count in reasons))
+    elif found.ignored:
+        examples = ", ".join(posixpath.basename(url) for url in found.ignored[:3])
+        message = (f"no images found in {where}: {_count(len(found.ignored), 'file')}, none an image by its name "
+                   f"or its first bytes (e.g. {examples})")
+    else:
+        message = f"no images found in {where}: it {'lists' if found.layout == 'manifest' else 'holds'} no files"
+    if found.skipped_links:
+        message += (f"; {len(found.skipped_links)} links or folders not followed, e.g. "
+                    f"{found.skipped_links[0]['source_uri']}: {found.skipped_links[0]['reason']}")
+    raise NoImagesError(message)
 
 
 @store_task("discover-inputs")

@@ -12,7 +12,7 @@ import fsspec
 
 from tasks import storage
 from tasks.registry import CARD_FILE, models_root
-from tasks.runs import LegacyRunError, list_scorings, recorded_completion
+from tasks.runs import LegacyRunError, list_scorings, recorded_completion, recorded_failure
 
 __all__ = ["RunEntry", "RunPrunePlan", "list_runs", "plan_prune_runs", "prune_runs", "runs_root"]
 
@@ -26,14 +26,16 @@ class RunEntry:
     """One ingest run: its state, cell count, scorings and when anything in it last completed.
 
     Attributes:
-        last_activity: the newest completion time of the run or its scorings; for a run that never
-            completed, when its plan was written (None when even that is unknown).
+        failure: why the run failed (failed_at, reason), None unless it failed and was not completed since.
+        last_activity: the newest completion (or failure) time of the run or its scorings; for a run
+            that never completed, when its plan was written (None when even that is unknown).
         scorings: as :func:`tasks.runs.list_scorings` gives them (empty for a run of the old layout).
         legacy: the run is in the old layout (its scoring at the run root).
     """
 
     run_id: str
     complete: bool
+    failure: dict | None
     cells: int | None
     scorings: tuple[dict, ...]
     last_activity: datetime | None
@@ -65,10 +67,13 @@ def _entry(store: str, run_id: str, storage_options: dict | None) -> RunEntry:
     complete = storage.exists(run.success, storage_options)
     cells = (storage.read_json(run.report, storage_options)["counts"]["cells"]
              if complete and storage.exists(run.report, storage_options) else None)
+    failure = None if complete else recorded_failure(run, storage_options)
     times = [_completed_at(run.success, storage_options)] if complete else []
     times += [datetime.fromisoformat(s["completed_at"]) for s in scorings if s["completed_at"]]
+    times += [datetime.fromisoformat(record["failed_at"])
+              for record in [failure] + [s["failure"] for s in scorings] if record]
     times = [t for t in times if t is not None] or [_modified(run.plan, storage_options)]
-    return RunEntry(run_id=run_id, complete=complete, cells=cells, scorings=scorings,
+    return RunEntry(run_id=run_id, complete=complete, failure=failure, cells=cells, scorings=scorings,
                     last_activity=max((t for t in times if t is not None), default=None), legacy=legacy)
 
 

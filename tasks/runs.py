@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -12,7 +14,7 @@ from tasks import storage
 
 __all__ = ["IncompleteRunError", "LegacyRunError", "RunConflictError", "RunState", "ScoringNotFoundError",
            "derive_score_id", "find_scoring", "list_scorings", "mark_complete", "open_scoring", "recorded_completion",
-           "require_complete", "run_state"]
+           "recorded_failure", "recording_failure", "require_complete", "run_state"]
 
 
 class IncompleteRunError(AmlSmearError, RuntimeError):
@@ -47,13 +49,50 @@ def mark_complete(paths: storage.RunPaths | storage.ScoringPaths, storage_option
     storage.write_json(paths.success, {"completed_at": datetime.now(UTC).isoformat()}, storage_options)
 
 
+@contextlib.contextmanager
+def recording_failure(records: Sequence[storage.RunPaths | storage.ScoringPaths],
+                      storage_options: dict | None = None) -> Iterator[None]:
+    """Around the work that writes ``records``: when it raises, each one it left incomplete records why.
+
+    Without the record a failed run looks like one still running, and ``aml-smear runs list``
+    could not say why it stopped. A record of an earlier attempt is removed first, so that a rerun
+    resuming the work is not listed as failed while it runs. A record is written only where the
+    work wrote something: a failure before that leaves nothing in the store. A process that is
+    killed writes nothing: its run stays incomplete.
+    """
+    for paths in records:
+        storage.remove(paths.failed, storage_options)
+    try:
+        yield
+    except Exception as exc:
+        reason = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+        failure = {"failed_at": datetime.now(UTC).isoformat(), "reason": reason}
+        for paths in records:
+            # A store that refused the work may refuse the record too: the work's own error is what to raise.
+            with contextlib.suppress(OSError):
+                if storage.exists(paths.root, storage_options) and not storage.exists(paths.success, storage_options):
+                    storage.write_json(paths.failed, failure, storage_options)
+        raise
+
+
+def recorded_failure(paths: storage.RunPaths | storage.ScoringPaths,
+                     storage_options: dict | None = None) -> dict | None:
+    """The failure a run or scoring records (failed_at, reason); None when it has none or completed since."""
+    if storage.exists(paths.success, storage_options) or not storage.exists(paths.failed, storage_options):
+        return None
+    return storage.read_json(paths.failed, storage_options)
+
+
 def require_complete(paths: storage.RunPaths | storage.ScoringPaths, storage_options: dict | None = None) -> None:
     """Raise unless the run (or scoring) finished: readers must not take a partial one for a result."""
     if not storage.exists(paths.success, storage_options):
         what = (f"scoring {paths.score_id} of run {paths.run_id}" if isinstance(paths, storage.ScoringPaths)
                 else f"run {paths.run_id}")
-        message = (f"{what} in {paths.store} is incomplete (no _SUCCESS): it was interrupted "
-                   f"or is still running; rerun it with the same settings to complete it")
+        failure = recorded_failure(paths, storage_options)
+        why = (f"it failed ({failure['reason']})" if failure
+               else "it was interrupted or is still running")
+        message = (f"{what} in {paths.store} is incomplete (no _SUCCESS): {why}; "
+                   f"rerun it with the same settings to complete it")
         raise IncompleteRunError(message)
 
 
@@ -80,8 +119,8 @@ def list_scorings(run: storage.RunPaths, storage_options: dict | None = None) ->
     """Every scoring of ``run``, oldest complete first, incomplete ones last.
 
     Returns:
-        One dict per scoring: score_id, complete, completed_at (ISO time or None) and the
-        settings of its score.json (None if it has none yet).
+        One dict per scoring: score_id, complete, completed_at (ISO time or None), failure
+        (:func:`recorded_failure`) and the settings of its score.json (None if it has none yet).
     """
     _require_current_layout(run, storage_options)
     if not storage.exists(run.scores_root, storage_options):
@@ -94,7 +133,7 @@ def list_scorings(run: storage.RunPaths, storage_options: dict | None = None) ->
                     if storage.exists(paths.settings, storage_options) else None)
         completed_at = recorded_completion(paths.success, storage_options) if done else None
         scorings.append({"score_id": score_id, "complete": done, "completed_at": completed_at,
-                         "settings": settings})
+                         "failure": None if done else recorded_failure(paths, storage_options), "settings": settings})
     return sorted(scorings, key=lambda s: (not s["complete"], s["completed_at"] or "", s["score_id"]))
 
 

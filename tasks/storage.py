@@ -47,6 +47,8 @@ __all__ = [
 IMAGES = "images"
 PROBABILITIES = "probabilities"
 SUCCESS = "_SUCCESS"
+# Why a run or scoring stopped, written when it fails; _SUCCESS, when a rerun completes it, wins.
+FAILED = "_FAILED"
 SCORE_RECORD = "score.json"
 SHARDS = "_shards"
 
@@ -247,6 +249,7 @@ class RunPaths:
     plan = _in_root("ingest_plan.json")
     report = _in_root("ingest_report.json")
     success = _in_root(SUCCESS)
+    failed = _in_root(FAILED)
     scores_root = _in_root("scores")
     # Where a run of the old layout (ingest and scoring in one folder) kept its scoring settings.
     legacy_score_record = _in_root(SCORE_RECORD)
@@ -290,5 +293,6 @@ class ScoringPaths:
     patients_table = _in_root("patients.parquet")
     settings = _in_root(SCORE_RECORD)
     success = _in_root(SUCCESS)
+    failed = _in_root(FAILED)
     reports_root = _in_root("reports")
     shard_marker = _shard_marker

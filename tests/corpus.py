@@ -111,9 +111,10 @@ def write_bad_corpus(root: Path, outside: Path) -> dict[str, dict]:
     put("P2/bomb.png", _encode(Image.new("1", (8000, 6000)), "PNG"), False, "decompression bomb")
     os.symlink(root / "P2" / "missing-target.png", root / "P2" / "dangling.png")
     expected["P2/dangling.png"] = {"kept": False, "reason": "file not found"}
-    (outside / "secret.png").write_bytes(png)
-    os.symlink(outside / "secret.png", root / "P2" / "escape.png")
-    expected["P2/escape.png"] = {"kept": False, "reason": "outside the source root"}
+    # A link out of the source is followed: labs assemble batches from links into their archive.
+    (outside / "archived.png").write_bytes(png)
+    os.symlink(outside / "archived.png", root / "P2" / "linked.png")
+    expected["P2/linked.png"] = {"kept": True, "reason": ""}
     (root / "P2" / "README.txt").write_text("scanner notes")
     (root / "P1" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
     (root / "P1" / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(64))

@@ -44,6 +44,13 @@ def test_layout_choice():
     assert choose_layout([]) == "patient"
 
 
+def test_images_directly_in_the_source_and_no_image_folder_make_a_flat_layout():
+    assert choose_layout([], loose_images=True) == "flat"
+    # Beside image folders, loose images are not a layout of their own: they are refused with a reason.
+    assert choose_layout(["P1"], loose_images=True) == "patient"
+    assert choose_layout(["MYO"], loose_images=True) == "class"
+
+
 def test_class_folders_name_their_cell_type():
     assert cell_type_for_class("NGS") == "segmented neutrophil"
     assert cell_type_for_class("MYO") == "myeloblast"

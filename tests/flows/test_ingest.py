@@ -7,8 +7,12 @@ from prefect.artifacts import Artifact
 from aml_model.catalog import CELL_COLUMNS, QUARANTINE_COLUMNS
 from aml_model.config import PreprocessConfig
 from aml_model.preprocess import decode_cell
+from click.testing import CliRunner
+
+from flows.cli import cli
 from flows.ingest import ingest
 from tasks import storage
+from tasks.discover import NoImagesError
 from tasks.runs import IncompleteRunError, RunConflictError, require_complete
 from tests.conftest import upload_folder
 from tests.corpus import compose_class_source, compose_patient_cohort, write_bad_corpus
@@ -162,3 +166,54 @@ def test_cell_types_flow_from_class_folders_and_labels_csv_into_cells_parquet(lm
     assert second["run_id"] != first["run_id"] and not second["already_complete"]
     retyped = pd.read_parquet(storage.RunPaths(store, second["run_id"]).cells_table)
     assert sorted(retyped["cell_type"].dropna()) == ["monoblast", "segmented neutrophil"]
+
+
+def test_a_flat_folder_is_ingested_as_one_pseudo_patient(lmu_cells, tmp_path, task_runner):
+    source = compose_class_source(lmu_cells, tmp_path / "cells", {"smear-17": ("MYO", 5)}) / "smear-17"
+    store = str(tmp_path / "store")
+    result = run_ingest(task_runner, source=str(source), store=store, image_size=32, chunk_cells=4)
+    assert result["layout"] == "flat" and result["cells"] == 5 and result["quarantined"] == 0
+    assert result["run_id"].startswith("smear-17-")
+    cells = pd.read_parquet(storage.RunPaths(store, result["run_id"]).cells_table)
+    assert cells["patient_id"].tolist() == ["smear-17"] * 5
+
+
+@pytest.mark.parametrize("layout, error", [
+    ("auto", r"no images found in \S+/notes \(layout patient\): 2 files, none an image"),
+    ("patient", r"no usable images in \S+/notes \(layout patient\): 1 image, all refused at discovery: "
+                r"image is not inside a patient folder \(1\)"),
+])
+def test_a_source_without_usable_images_fails_before_anything_is_written(lmu_cells, tmp_path, task_runner, layout,
+                                                                         error):
+    source = tmp_path / "notes"
+    (source / "P1").mkdir(parents=True)
+    (source / "P1" / "readme.txt").write_text("to do")
+    (source / "P1" / "counts.csv").write_text("a,b\n")
+    if layout == "patient":  # an image, but not where the named layout wants it
+        (source / "cell.jpg").write_bytes(sorted((lmu_cells / "MYO").iterdir())[0].read_bytes())
+    store = tmp_path / "store"
+    with pytest.raises(NoImagesError, match=error):
+        run_ingest(task_runner, source=str(source), store=str(store), layout=layout, image_size=32)
+    assert not store.exists(), "nothing is written for a source without images"
+
+
+def test_a_failed_ingest_is_listed_as_failed_with_its_reason(lmu_cells, tmp_path, task_runner):
+    source = compose_patient_cohort(lmu_cells, tmp_path / "cohort", {"A": (2, 2)})
+    store = str(tmp_path / "store")
+    paths = storage.RunPaths(store, "batch-1")
+    # What the run will write is in the way, of another shape: a real write failure after the plan.
+    storage.create_cells_array(paths.cells_zarr, 3, 16, 3)
+    params = dict(source=str(source), store=store, run_id="batch-1", image_size=32, chunk_cells=4)
+    with pytest.raises(ValueError, match="already exists with shape"):
+        run_ingest(task_runner, **params)
+    listed = CliRunner().invoke(cli, ["runs", "list", "--store", store])
+    assert listed.exit_code == 0, listed.output
+    assert "batch-1  failed (ValueError: " in listed.output and "already exists with shape" in listed.output
+    with pytest.raises(IncompleteRunError, match=r"it failed \(ValueError: "):
+        require_complete(paths)
+
+    storage.remove(paths.cells_zarr, recursive=True)
+    run_ingest(task_runner, **params)
+    listed = CliRunner().invoke(cli, ["runs", "list", "--store", store])
+    assert "batch-1  complete, 4 cells" in listed.output, "a rerun that completes the run clears its failure"
+    assert not storage.exists(paths.failed)

@@ -1,14 +1,17 @@
 import json
+import zipfile
 
 import numpy as np
 import pandas as pd
 import pytest
+from click.testing import CliRunner
 from prefect.artifacts import Artifact
 
 from aml_model.aggregate import PATIENT_COLUMNS, RESEARCH_NOTE
 from aml_model.catalog import CELL_COLUMNS
 from aml_model.io import load_model
 from aml_model.predict import predict_batch
+from flows.cli import cli
 from flows.parameters import ScoreOptions, nest_options
 from flows.score import score_smears
 from tasks import storage
@@ -261,3 +264,43 @@ def test_a_site_calibrated_for_another_model_version_is_refused_before_anything_
     with pytest.raises(ConfigError, match="has no fraction operating point"):
         run_score(task_runner, source=str(source), store=store, model=ref.version, site="lab-a", min_cells=1)
     assert files() == before and not (tmp_path / "store" / "runs").exists()
+
+
+def test_a_flat_folder_is_scored_as_one_pseudo_patient_named_after_it(lmu_cells, tmp_path, task_runner,
+                                                                      tiny_model_file, caplog):
+    source = compose_class_source(lmu_cells, tmp_path / "cells", {"smear-17": ("MYO", 6)}) / "smear-17"
+    store = str(tmp_path / "store")
+    result = run_score(task_runner, source=str(source), store=store, model=str(tiny_model_file), min_cells=5,
+                       chunk_cells=4)
+    assert [(p["patient_id"], p["n_scored"]) for p in result["patients"]] == [("smear-17", 6)]
+    require_complete(scoring_of(store, result))
+    assert "flat folder: its images are scored as one pseudo-patient 'smear-17'" in caplog.text
+
+
+def test_symlinked_patient_folders_are_scored(lmu_cells, tmp_path, task_runner, tiny_model_file):
+    archive = compose_patient_cohort(lmu_cells, tmp_path / "archive", {"P1": (3, 3), "P2": (0, 5), "P3": (1, 1)})
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    for patient in ("P1", "P2"):  # a batch assembled from links into the archive
+        (batch / patient).symlink_to(archive / patient)
+    store = str(tmp_path / "store")
+    result = run_score(task_runner, source=str(batch), store=store, model=str(tiny_model_file), min_cells=5,
+                       chunk_cells=4)
+    assert [(p["patient_id"], p["n_scored"]) for p in result["patients"]] == [("P1", 6), ("P2", 5)]
+
+
+def test_a_failed_scoring_is_listed_as_failed_with_its_reason(lmu_cells, tmp_path, task_runner, tiny_model_file):
+    # A model whose config reads but whose weights do not: it fails on the workers, after the cells are decoded.
+    broken = tmp_path / "broken.keras"
+    with zipfile.ZipFile(tiny_model_file) as original, zipfile.ZipFile(broken, "w") as copy:
+        for name in original.namelist():
+            copy.writestr(name, b"not HDF5" if name.endswith(".h5") else original.read(name))
+    source = compose_patient_cohort(lmu_cells, tmp_path / "cohort", {"P1": (2, 2)})
+    store = str(tmp_path / "store")
+    with pytest.raises(Exception):  # noqa: B017 - whatever Keras raises; the record must say it
+        run_score(task_runner, source=str(source), store=store, model=str(broken), min_cells=2, chunk_cells=4)
+    listed = CliRunner().invoke(cli, ["runs", "list", "--store", store])
+    assert listed.exit_code == 0, listed.output
+    lines = listed.output.splitlines()
+    assert len(lines) == 2 and " complete, 4 cells" in lines[0], "the cells were decoded: the ingest run completed"
+    assert lines[1].startswith("  scoring file-") and "  failed (" in lines[1], listed.output

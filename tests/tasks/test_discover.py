@@ -1,7 +1,10 @@
+import os
+import signal
+
 import pandas as pd
 import pytest
 
-from tasks.discover import discover
+from tasks.discover import NoImagesError, discover, require_images
 from tests.conftest import upload_folder
 from tests.corpus import compose_class_source, compose_patient_cohort, write_bad_corpus
 
@@ -31,16 +34,15 @@ def test_patient_layout_with_labels_diagnoses_and_empty_folders(lmu_cells, tmp_p
 
 
 @pytest.mark.reliability
-def test_bad_corpus_discovery_ignores_non_images_and_refuses_escaping_links(tmp_path):
+def test_bad_corpus_discovery_ignores_non_images_and_follows_links(tmp_path):
     outside = tmp_path / "outside"
     outside.mkdir()
     expected = write_bad_corpus(tmp_path / "src", outside)
     found = discover(str(tmp_path / "src"), layout="patient")
-    refused = {r["source_uri"].split("/src/")[1]: r["reason"] for r in found.rejected}
-    assert refused == {"P2/escape.png": "symbolic link points outside the source root"}
+    assert found.rejected == []
     assert sorted(p.rsplit("/", 1)[-1] for p in found.ignored) == [".DS_Store", "NOTES", "README.txt", "Thumbs.db"]
     assert found.empty_patients == ["P3-empty"]
-    assert len(found.inputs) == len(expected) - 1
+    assert sorted(c.uri.split("/src/")[1] for c in found.inputs) == sorted(expected)
 
 
 @pytest.mark.reliability
@@ -128,3 +130,80 @@ def test_manifest_may_name_the_cell_type(lmu_cells, tmp_path, suffix):
     assert [(c.uri, c.cell_type) for c in found.inputs] == [
         (str(root / images[0]), "myeloblast"), (str(root / images[1]), None), (str(root / images[2]), "monocyte")]
     assert all(c.label is None for c in found.inputs)
+
+
+def test_a_flat_folder_is_one_pseudo_patient_named_after_it(lmu_cells, tmp_path):
+    root = compose_class_source(lmu_cells, tmp_path / "cells", {"smear-17": ("MYO", 3)}) / "smear-17"
+    (root / "notes.txt").write_text("slide 4")
+    found = discover(str(root))
+    assert found.layout == "flat"
+    assert [(c.patient_id, c.label, c.cell_type) for c in found.inputs] == [("smear-17", None, None)] * 3
+    assert found.rejected == []
+    assert [p.rsplit("/", 1)[-1] for p in found.ignored] == ["notes.txt"]
+    # Named, not chosen: a patient layout has no room for loose images, and says so for each.
+    refused = discover(str(root), layout="patient")
+    assert refused.inputs == []
+    assert {r["reason"] for r in refused.rejected} == {"image is not inside a patient folder"}
+
+
+def test_symlinked_patient_folders_and_files_are_followed(lmu_cells, tmp_path):
+    archive = compose_patient_cohort(lmu_cells, tmp_path / "archive", {"A": (1, 1), "B": (1, 0), "C": (0, 1)})
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    (batch / "A").symlink_to(archive / "A")  # folders linked from outside the batch
+    (batch / "B").symlink_to(archive / "B", target_is_directory=True)
+    (batch / "C").mkdir()
+    for image in (archive / "C").iterdir():  # a folder of linked files
+        (batch / "C" / image.name).symlink_to(image)
+    found = discover(str(batch))
+    assert found.layout == "patient"
+    assert [c.patient_id for c in found.inputs] == ["A", "A", "B", "C"]
+    assert all(c.uri.startswith(str(batch) + "/") for c in found.inputs)  # read through the links
+    assert found.rejected == [] and found.ignored == [] and found.skipped_links == []
+
+
+@pytest.mark.reliability
+def test_a_symlink_loop_is_skipped_with_its_reason_not_walked_forever(lmu_cells, tmp_path):
+    root = compose_patient_cohort(lmu_cells, tmp_path / "cohort", {"A": (1, 1)})
+    (root / "A" / "again").symlink_to(root)  # back to the source root
+    (root / "A" / "self").symlink_to(root / "A")  # back to its own folder
+    (root / "loop").symlink_to(root)  # a top-level link to the root is a loop too, not an empty patient
+    (root / "ping.jpg").symlink_to(root / "pong.jpg")  # links leading to each other
+    (root / "pong.jpg").symlink_to(root / "ping.jpg")
+
+    def hung(signum, frame):
+        raise TimeoutError("discovery did not finish in 20 s: a symlink loop was walked")
+
+    signal.signal(signal.SIGALRM, hung)
+    signal.alarm(20)
+    try:
+        found = discover(str(root))
+    finally:
+        signal.alarm(0)
+    assert found.layout == "patient"
+    assert [c.patient_id for c in found.inputs] == ["A", "A"]
+    skipped = {os.path.relpath(link["source_uri"], root): link["reason"] for link in found.skipped_links}
+    assert skipped == {"A/again": "symbolic link loop: it leads back to a folder it lies in",
+                       "A/self": "symbolic link loop: it leads back to a folder it lies in",
+                       "loop": "symbolic link loop: it leads back to a folder it lies in",
+                       "ping.jpg": "symbolic link loop: following it never reaches a file",
+                       "pong.jpg": "symbolic link loop: following it never reaches a file"}
+    assert found.empty_patients == []
+
+
+def test_a_source_without_usable_images_says_what_it_holds(lmu_cells, tmp_path):
+    notes = tmp_path / "notes"
+    (notes / "P1").mkdir(parents=True)
+    (notes / "P1" / "readme.txt").write_text("to do")
+    (notes / "P1" / "counts.csv").write_text("a,b\n")
+    with pytest.raises(NoImagesError, match=rf"no images found in {notes} \(layout patient\): 2 files, none an "
+                                            r"image by its name or its first bytes "
+                                            r"\(e\.g\. counts\.csv, readme\.txt\)"):
+        require_images(discover(str(notes)))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(NoImagesError, match="holds no files"):
+        require_images(discover(str(tmp_path / "empty")))
+    flat = compose_class_source(lmu_cells, tmp_path / "cells", {"smear": ("NGS", 2)}) / "smear"
+    with pytest.raises(NoImagesError, match=r"no usable images in .* 2 images, all refused at discovery: "
+                                            r"image is not inside a class folder \(2\)"):
+        require_images(discover(str(flat), layout="class"))

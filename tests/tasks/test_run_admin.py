@@ -51,7 +51,7 @@ def test_list_runs_gives_state_cells_scorings_and_last_activity(tmp_path):
     assert old.last_activity == NOW - timedelta(days=39), "the newest completion, scorings included"
     assert entries["old-ingest-new-scoring"].last_activity == NOW - timedelta(days=2)
     interrupted = entries["interrupted"]
-    assert not interrupted.complete and interrupted.cells is None
+    assert not interrupted.complete and interrupted.cells is None and interrupted.failure is None
     assert interrupted.last_activity is not None and abs(interrupted.last_activity - datetime.now(UTC)) < timedelta(
         minutes=5), "a run that never completed is as old as its plan file"
 
@@ -93,3 +93,20 @@ def test_runs_commands_on_s3(s3_bucket, s3_endpoint):
 def test_prune_needs_a_non_negative_age(tmp_path):
     refused = CliRunner().invoke(cli, ["runs", "prune", "--older-than", "-1", "--store", str(tmp_path)])
     assert refused.exit_code == 2 and "--older-than" in refused.output
+
+
+def test_a_failed_run_and_a_failed_scoring_are_listed_as_failed_with_their_reasons(tmp_path):
+    store = str(tmp_path / "store")
+    failed_at = (NOW - timedelta(days=3)).isoformat()
+    run = _run(store, "broken", None)
+    storage.write_json(run.failed, {"failed_at": failed_at, "reason": "PermissionError: cannot write cells.parquet"})
+    scored = _run(store, "scored", 5, {"v1-a": None})
+    storage.write_json(scored.scoring("v1-a").failed, {"failed_at": failed_at, "reason": "OSError: model unreadable"})
+    entries = {entry.run_id: entry for entry in list_runs(store)}
+    assert entries["broken"].failure["reason"] == "PermissionError: cannot write cells.parquet"
+    assert entries["broken"].last_activity == NOW - timedelta(days=3), "a failure is activity too"
+    listed = CliRunner().invoke(cli, ["runs", "list", "--store", store])
+    assert listed.exit_code == 0, listed.output
+    assert "broken  failed (PermissionError: cannot write cells.parquet), cells n/a" in listed.output
+    assert "scored  complete, 12 cells" in listed.output
+    assert "  scoring v1-a  failed (OSError: model unreadable)  model v1" in listed.output
