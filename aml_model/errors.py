@@ -16,6 +16,7 @@ __all__ = [
     "TrainingCollapsedError",
     "UnsafeModelError",
     "WeightsHashMismatchError",
+    "one_line",
 ]
 
 
@@ -63,3 +64,11 @@ class PretrainingDivergedError(AmlSmearError, FloatingPointError):
 
 class CalibrationError(AmlSmearError, ValueError):
     """A site's labelled cells cannot support a calibration (too few of a class, scores that do not rank)."""
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line: its lines joined with "; " (" - " list marks dropped)."""
+    lines = [line.strip().removeprefix("- ") for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    return lines[0] + (" " + "; ".join(lines[1:]) if len(lines) > 1 else "")

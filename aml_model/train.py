@@ -130,10 +130,12 @@ def cell_batches(cells, labels: np.ndarray | None, batch_size: int, weights: np.
                  seed: int | None = None, augmenter=None):
     """:func:`feature_batches` of uint8 cells, augmented (when given an augmenter) and normalised
     for ResNet50 a batch at a time, in order: the same seed gives the same augmentation."""
-    augment = (lambda x: x) if augmenter is None else (lambda x: augmenter(x, training=True))
-
+    # No lambdas here: AutoGraph, which converts what Dataset.map calls, cannot read the source of two
+    # lambdas on one line, and warned about it at every training.
     def prepare(x, *rest):
-        x = normalise_for_resnet50(augment(x))
+        if augmenter is not None:  # decided when tracing, not a graph condition
+            x = augmenter(x, training=True)
+        x = normalise_for_resnet50(x)
         return (x, *rest) if rest else x
 
     return feature_batches(cells, labels, batch_size, weights, seed).map(prepare).prefetch(2)

@@ -6,7 +6,19 @@ worker or as the ``env`` job variable), read when the run starts. Each attribute
 deployment's ``entrypoint`` (``score_smears``, ``score_new_arrivals``, ``retrain_and_evaluate``).
 """
 
+import os
+
+from aml_model.tf_log import QUIET_LEVEL
+from flows.logs import debug_requested
+
+# Before anything imports TensorFlow, and inherited by the run's Dask workers: the run's output
+# (a worker's log) is as quiet as the CLI's, whatever environment the worker was started with.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if debug_requested() else QUIET_LEVEL)
+
+from flows.runner import quiet_dask_logs
 from flows.serve import DEPLOYMENTS, dask_runner_from_environment, deployed_flow
+
+quiet_dask_logs()
 
 __all__ = [spec.entrypoint for spec in DEPLOYMENTS]
 

@@ -178,6 +178,7 @@ def up(port: int, home: Path, values: dict) -> int:
     if not _port_is_free(port):
         message = f"port {port} on {HOST} is in use (another Prefect server?): pass --port"
         raise StackError(message)
+    from aml_model.tf_log import QUIET_LEVEL
     from flows.serve import WORK_POOL
 
     values = {"aml_smear_store": str(home / "store"), "aml_smear_retrain_sources": [], **values}
@@ -187,6 +188,10 @@ def up(port: int, home: Path, values: dict) -> int:
     env = {**os.environ, "PREFECT_HOME": str(prefect_home), "PREFECT_API_URL": api_url}
     # Offline, the server's telemetry only logs errors (and can lock its SQLite database).
     env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # The worker's flow runs (and their Dask workers) log to worker.log as `aml-smear` to a terminal:
+    # no TensorFlow C++ lines, tracebacks or per-task completion lines; the UI keeps the last two.
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", QUIET_LEVEL)
+    env.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_CLASS", "flows.logs.ConsoleHandler")
     signal.signal(signal.SIGTERM, _raise_stop)
     started: list[subprocess.Popen] = []
     try:

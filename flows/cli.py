@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from aml_model import tf_log
 from aml_model.config import DEFAULT_RECIPE, PRETRAIN_METHODS, RECIPES, PretrainConfig
 from flows.cli_models import models
 from flows.cli_runs import runs
@@ -18,10 +19,10 @@ from flows.cli_runs import runs
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 # Set by the command group before anything imports Prefect or TensorFlow, inherited by the Dask
-# workers; a variable the user set wins. TF_CPP_MIN_LOG_LEVEL=3 hides TensorFlow's C++ errors
-# and warnings ("failed call to cuInit" on machines without a GPU); the console handler keeps
-# tracebacks out of the terminal (flows.logs). --debug (AML_SMEAR_DEBUG=1) shows both.
-_QUIET = {"TF_CPP_MIN_LOG_LEVEL": "3", "PREFECT_LOGGING_HANDLERS_CONSOLE_CLASS": "flows.logs.ConsoleHandler"}
+# workers; a variable the user set wins. TF_CPP_MIN_LOG_LEVEL hides TensorFlow's C++ lines, those
+# of its start-up included (aml_model.tf_log); the console handler keeps tracebacks and completion
+# lines out of the terminal (flows.logs). --debug (AML_SMEAR_DEBUG=1) shows all of them.
+_QUIET = {"TF_CPP_MIN_LOG_LEVEL": tf_log.QUIET_LEVEL, "PREFECT_LOGGING_HANDLERS_CONSOLE_CLASS": "flows.logs.ConsoleHandler"}
 _DEBUG = {"TF_CPP_MIN_LOG_LEVEL": "0", "PREFECT_LOGGING_HANDLERS_CONSOLE_CLASS": "flows.logs.ConsoleHandler"}
 _DEBUG_ENV = "AML_SMEAR_DEBUG"  # flows.logs.DEBUG_ENV
 
@@ -33,13 +34,42 @@ class _CliError(click.ClickException):
         click.echo(f"error: {self.format_message()}", file=file, err=True)
 
 
+class _UsageError(click.UsageError):
+    """A command line that cannot run: Click's usage, then ``error: <reason>``; exit status 2."""
+
+    def show(self, file=None) -> None:
+        if self.ctx is not None:
+            click.echo(f"{self.ctx.get_usage()}\nTry '{self.ctx.command_path} -h' for help.", file=file, err=True)
+        click.echo(f"error: {self.format_message()}", file=file, err=True)
+
+
+def _usage_error(exc: click.UsageError) -> click.UsageError:
+    """Click's usage error with the reason line every other failure has (``error:``, not ``Error:``)."""
+    # Without arguments Click prints the help, as an error of its own kind.
+    if isinstance(exc, _UsageError | getattr(click.exceptions, "NoArgsIsHelpError", ())):
+        return exc
+    return _UsageError(exc.format_message(), exc.ctx)
+
+
 class _Group(click.Group):
-    """Any failure of a command is one line, ``error: <reason>``; its traceback only with --debug."""
+    """Any failure of a command is one line, ``error: <reason>``; its traceback only with --debug.
+
+    Exit status 1 when a command ran and failed, 2 when its command line cannot run (Click's
+    checks of the arguments, and the flow's check of its parameters' values).
+    """
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:
+            raise _usage_error(exc) from None
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.Abort, click.UsageError):
+        except click.UsageError as exc:
+            raise _usage_error(exc) from None
+        except (click.exceptions.Exit, click.Abort):
             raise
         except click.ClickException as exc:
             if ctx.params.get("debug") and exc.__cause__ is not None:
@@ -55,17 +85,17 @@ class _Group(click.Group):
 
 def _reason(exc: BaseException) -> str:
     """The line to print: an expected failure's message; anything else with its type and a hint."""
-    from prefect.exceptions import ParameterTypeError
+    from aml_model.errors import AmlSmearError, one_line
 
-    from aml_model.errors import AmlSmearError
-    from flows.logs import one_line
+    # Before Prefect is imported (seconds): a missing source fails before the flow is imported.
+    if isinstance(exc, AmlSmearError | ValueError | FileNotFoundError | PermissionError):
+        return one_line(exc)
+    from prefect.exceptions import ParameterTypeError
 
     if isinstance(exc, ParameterTypeError):  # raised before any flow run: say it plainly
         # An options field is a CLI option of its own name: "options.epochs" is --epochs.
         message = re.sub(r"(^|\s)options\.", r"\1", one_line(exc))
         return message.replace("Flow run received invalid parameters:", "invalid parameters:")
-    if isinstance(exc, AmlSmearError | ValueError | FileNotFoundError | PermissionError):
-        return one_line(exc)
     return f"{type(exc).__name__}: {one_line(exc)} (aml-smear --debug shows the traceback)"
 
 
@@ -127,19 +157,43 @@ def _cluster_options(command):
                         help="Workers of a new local Dask cluster [default: one per CPU core].")(command)
 
 
+def _check_inputs(sources, store: str, s3_endpoint_url: str | None, model: str | None = None) -> None:
+    """What the flow checks first, checked before the flow is imported (Prefect: 3-4 s) and its
+    temporary Prefect server and Dask cluster start (about 10 s): a missing source, store or model
+    fails in a second. The flow checks again, for its other callers (deployments, Python).
+
+    Raises:
+        FileNotFoundError: a source, the store's bucket or the model does not exist.
+        ValueError: the store is a file.
+    """
+    from flows.parameters import require_existing, require_store
+
+    require_existing(sources, "source", s3_endpoint_url)
+    require_store(store, s3_endpoint_url)
+    if model is not None:
+        from tasks import storage
+        from tasks.registry import resolve_model
+
+        resolve_model(model, store, storage.storage_options_for(store, s3_endpoint_url))
+
+
 def _check_parameters(flow_fn, parameters: dict) -> None:
     """The flow's own parameter check (types, choices, bounds), before any server or cluster starts.
 
     Raises:
-        ParameterTypeError: naming each invalid parameter and what it accepts.
+        _UsageError: naming each invalid parameter and what it accepts (exit status 2).
     """
     import logging
+
+    from prefect.exceptions import ParameterTypeError
 
     # Prefect logs the failure with every parameter's value over two lines; the error says it in one.
     logger = logging.getLogger("prefect.flows")
     disabled, logger.disabled = logger.disabled, True
     try:
         flow_fn.validate_parameters(parameters)
+    except ParameterTypeError as exc:
+        raise _UsageError(_reason(exc)) from exc
     finally:
         logger.disabled = disabled
 
@@ -164,6 +218,7 @@ def _run_flow(flow_fn, workers: int | None, scheduler: str | None, **parameters)
 @_cluster_options
 def ingest_command(source, store, layout, run_id, image_size, workers, scheduler, s3_endpoint_url) -> None:
     """Decode the cell images of SOURCE into the run store (Zarr + Parquet)."""
+    _check_inputs([source], store, s3_endpoint_url)
     from flows.ingest import ingest
 
     result = _run_flow(ingest, workers, scheduler, source=source, store=store, run_id=run_id, layout=layout,
@@ -224,6 +279,7 @@ def score_command(source, store, workers, scheduler, **parameters) -> None:
     Each model and settings make their own scoring of the source's decoded cells; a finished
     scoring is never rewritten.
     """
+    _check_inputs([source], store, parameters["s3_endpoint_url"], parameters["model"])
     from flows.parameters import ScoreOptions, nest_options
     from flows.score import score_smears
 
@@ -251,6 +307,7 @@ def score_command(source, store, workers, scheduler, **parameters) -> None:
 @_cluster_options
 def calibrate_command(source, store, site, model, layout, blast_cutoff, workers, scheduler, s3_endpoint_url) -> None:
     """Calibrate the model to one site on the site's labelled cells in SOURCE."""
+    _check_inputs([source], store, s3_endpoint_url, model)
     from flows.calibrate import calibrate_site
 
     result = _run_flow(calibrate_site, workers, scheduler, source=source, store=store, site=site, model=model,
@@ -298,6 +355,7 @@ def calibrate_command(source, store, site, model, layout, blast_cutoff, workers,
 def retrain_command(sources, store, workers, scheduler, **parameters):
     """Train and evaluate the model on labelled SOURCES together (balanced by source and label);
     promote it if no worse than the champion."""
+    _check_inputs(sources, store, parameters["s3_endpoint_url"])
     from flows.parameters import RetrainOptions, nest_options
     from flows.retrain import retrain_and_evaluate
 
@@ -359,6 +417,7 @@ def pretrain_backbone_command(sources, store, runs, workers, scheduler, s3_endpo
     the same command run again after a crash resumes where it stopped. Registers the backbone
     for `aml-smear retrain --backbone-weights ID`.
     """
+    _check_inputs(sources, store, s3_endpoint_url)
     from flows.parameters import PretrainOptions, nest_options
     from flows.pretrain import pretrain_backbone
 
@@ -488,7 +547,7 @@ def serve_command(limit, scheduler, workers) -> None:
         serve_deployments(dask_task_runner(workers, scheduler), limit=limit)
     # A Prefect variable of the wrong shape (sources not a list of URLs) fails parameter validation.
     except (ValueError, ParameterTypeError) as exc:
-        from flows.logs import one_line
+        from aml_model.errors import one_line
 
         raise _CliError(one_line(exc)) from exc
 

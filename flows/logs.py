@@ -4,7 +4,9 @@
 ``PREFECT_LOGGING_HANDLERS_CONSOLE_CLASS`` setting, which the command's Dask worker processes
 inherit), so a failing flow or task logs its one-line reason to the terminal without the
 traceback; the Prefect API (UI, ``prefect flow-run logs``) still receives the traceback.
-``aml-smear --debug`` (or ``AML_SMEAR_DEBUG=1``) keeps tracebacks in the terminal too.
+It also leaves out the "Finished in state Completed()" line of every task and flow run: the command
+prints what completed, and the API keeps them. ``aml-smear --debug`` (or
+``AML_SMEAR_DEBUG=1``) keeps tracebacks and those lines in the terminal too.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import os
 
 from prefect.logging.handlers import PrefectConsoleHandler
 
-__all__ = ["DEBUG_ENV", "ConsoleHandler", "debug_requested", "one_line"]
+__all__ = ["DEBUG_ENV", "ConsoleHandler", "debug_requested"]
 
 #: Set (to anything but "" or "0") for full tracebacks in the terminal; `aml-smear --debug` sets it.
 DEBUG_ENV = "AML_SMEAR_DEBUG"
@@ -25,16 +27,14 @@ def debug_requested() -> bool:
     return os.environ.get(DEBUG_ENV, "") not in ("", "0")
 
 
-def one_line(exc: BaseException) -> str:
-    """An exception's message on one line: its lines joined with "; " (" - " list marks dropped)."""
-    lines = [line.strip().removeprefix("- ") for line in str(exc).splitlines() if line.strip()]
-    if not lines:
-        return type(exc).__name__
-    return lines[0] + (" " + "; ".join(lines[1:]) if len(lines) > 1 else "")
-
-
 class ConsoleHandler(PrefectConsoleHandler):
-    """Prefect's console handler that leaves tracebacks out unless debugging was asked for."""
+    """Prefect's console handler that leaves tracebacks and completion lines out unless debugging was asked for."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not debug_requested() and record.name in ("prefect.task_runs", "prefect.flow_runs") \
+                and str(record.msg).startswith("Finished in state Completed("):
+            return False
+        return super().filter(record)
 
     def format(self, record: logging.LogRecord) -> str:
         if debug_requested() or not (record.exc_info or record.exc_text or record.stack_info):

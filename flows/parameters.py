@@ -21,7 +21,6 @@ from typing import Annotated, Any, Literal
 import fsspec
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from aml_model.calibration import DEFAULT_OPERATING_POINT
 from aml_model.config import (DEFAULT_RECIPE, ExperimentConfig, ModelConfig, PretrainConfig, PretrainMethod, Recipe,
                               RetrainConfig, ScoringConfig, SummaryConfig, TrainConfig)
 from tasks import storage
@@ -45,6 +44,7 @@ __all__ = [
     "SiteOperatingPoint",
     "TrainingPath",
     "require_existing",
+    "require_store",
 ]
 
 #: Source layouts (tasks.discover.LAYOUTS).
@@ -55,6 +55,9 @@ Precision = Literal["auto", "float32", "bfloat16", "float16"]
 TrainingPath = Literal["cached", "plain"]
 #: A site's operating points (aml_model.calibration.OPERATING_POINTS; a test keeps them equal).
 SiteOperatingPoint = Literal["fraction", "balanced"]
+#: aml_model.calibration.DEFAULT_OPERATING_POINT (a test keeps them equal): importing that module
+#: (scikit-learn, SciPy) takes 2 s, which the CLI's check of its inputs cannot wait for.
+_DEFAULT_OPERATING_POINT: SiteOperatingPoint = "fraction"
 
 #: An integer of at least 1 (cells, epochs, batch and chunk sizes).
 Positive = Annotated[int, Field(ge=1)]
@@ -87,6 +90,24 @@ def require_existing(urls: Iterable[str], what: str, s3_endpoint_url: str | None
             raise FileNotFoundError(message)
 
 
+def require_store(store: str, s3_endpoint_url: str | None = None) -> None:
+    """Raise when ``store`` cannot hold a run store: a store's folders are made when first written,
+    an S3 bucket is not.
+
+    Raises:
+        FileNotFoundError: the bucket of an s3:// store does not exist.
+        ValueError: a local store is a file.
+    """
+    fs, path = fsspec.core.url_to_fs(store, **storage.storage_options_for(store, s3_endpoint_url))
+    if storage.is_local(fs):
+        if fs.isfile(path):
+            message = f"store {store} is a file, not a folder"
+            raise ValueError(message)
+    elif store.startswith(("s3://", "s3a://")) and not fs.exists(bucket := path.split("/", 1)[0]):
+        message = f"store {store}: bucket {bucket} does not exist"
+        raise FileNotFoundError(message)
+
+
 class ScoreOptions(BaseModel):
     """How ``score-smears`` scores and calls: everything but what to score, where, and the S3 endpoint."""
 
@@ -115,7 +136,7 @@ class ScoreOptions(BaseModel):
                                     "reports' galleries (and Grad-CAM).")
     site: SiteName | None = Field(None, description="Score with this site's calibration of the model "
                                   "(aml-smear calibrate); refused when the site has none for this model version.")
-    site_operating_point: SiteOperatingPoint = Field(DEFAULT_OPERATING_POINT, description=
+    site_operating_point: SiteOperatingPoint = Field(_DEFAULT_OPERATING_POINT, description=
                                                      'With a site: its threshold that makes the calls, "fraction" '
                                                      "(the blast-like fraction unbiased at the blast cut-off) or "
                                                      '"balanced" (sensitivity and specificity balanced).')

@@ -13,6 +13,7 @@ from prefect.context import FlowRunContext
 from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
 from prefect_dask import DaskTaskRunner
 
+from flows.logs import debug_requested
 from tasks.devices import GPU_RESOURCE, visible_gpus
 
 __all__ = ["dask_task_runner", "gpu_cluster_spec", "in_order", "local_cluster_kwargs", "on_this_cluster", "quiet_dask_logs",
@@ -73,10 +74,31 @@ def on_this_cluster(subflow: Flow) -> Flow:
     return subflow.with_options(task_runner=DaskTaskRunner(address=runner.client.scheduler.address))
 
 
+class _WorkerExitFilter(logging.Filter):
+    """Drops the nanny's warning that it killed a worker process still exiting when the cluster closed.
+
+    At the end of a run each worker process has finished its tasks and sent their results, and
+    then exits (Prefect's log and event queues flush on the way out); a nanny waits 4 s for that and
+    kills it after, which on a busy machine it often does. A worker killed while it runs a task
+    is another message ("Restarting worker"), which still shows.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Worker process still alive after")
+
+
 def quiet_dask_logs() -> None:
-    """Keep Dask's per-worker start/stop chatter out of the terminal; warnings still show."""
+    """Keep Dask's per-worker start/stop chatter out of the terminal; warnings still show.
+
+    With ``aml-smear --debug`` (:func:`flows.logs.debug_requested`) Dask logs as it would.
+    """
+    if debug_requested():
+        return
     for name in ("distributed", "distributed.nanny", "distributed.scheduler", "distributed.core"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    nanny = logging.getLogger("distributed.nanny")
+    if not any(isinstance(f, _WorkerExitFilter) for f in nanny.filters):
+        nanny.addFilter(_WorkerExitFilter())
 
 
 def dask_task_runner(workers: int | None = None, scheduler: str | None = None) -> DaskTaskRunner:
@@ -108,6 +130,10 @@ def dask_task_runner(workers: int | None = None, scheduler: str | None = None) -
 
 #: Where workers started here keep their spill files and locks.
 _WORKER_DIRECTORY = os.path.join(tempfile.gettempdir(), "aml-smear-dask")
+#: The scheduler's HTTP server (health, metrics; the dashboard where bokeh is installed). It starts
+#: even without a dashboard, on port 8787 unless told otherwise, so a second run on the machine
+#: warned "Port 8787 is already in use": any free port, on the loopback only.
+_HTTP_ADDRESS = "127.0.0.1:0"
 
 
 def _worker_env(threads: int) -> dict[str, str]:
@@ -127,7 +153,7 @@ def local_cluster_kwargs(n_workers: int) -> dict:
         "n_workers": n_workers,
         "threads_per_worker": 1,
         "processes": True,
-        "dashboard_address": None,
+        "dashboard_address": _HTTP_ADDRESS,
         "local_directory": _WORKER_DIRECTORY,
         "env": _worker_env(max(1, (os.cpu_count() or 1) // n_workers)),
     }
@@ -156,4 +182,4 @@ def gpu_cluster_spec(n_workers: int, gpus: list[str]) -> dict:
     workers |= {f"cpu-{i}": {"cls": Nanny, "options": {**options, "env": {**_worker_env(threads),
                                                                          "CUDA_VISIBLE_DEVICES": ""}}}
                 for i in range(total - len(gpus))}
-    return {"scheduler": {"cls": Scheduler, "options": {"dashboard_address": None}}, "workers": workers}
+    return {"scheduler": {"cls": Scheduler, "options": {"dashboard_address": _HTTP_ADDRESS}}, "workers": workers}

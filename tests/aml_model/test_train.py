@@ -46,3 +46,27 @@ def test_early_stopping_stops_and_restores_the_best_epoch(cells):
     restored = model.evaluate(make_dataset(images[72:], 1 - labels[72:], batch_size=16), verbose=0, return_dict=True)
     assert restored["loss"] == pytest.approx(history["val_loss"][best_epoch], rel=1e-4)
     assert restored["loss"] != pytest.approx(history["val_loss"][-1], rel=1e-4)
+
+
+def test_cell_batches_give_autograph_nothing_to_warn_about(cells):
+    import logging
+
+    from aml_model.augment import build_augmenter
+    from aml_model.config import AugmentConfig
+    from aml_model.train import cell_batches
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            messages.append(record.getMessage())
+
+    messages, handler, logger = [], Keep(), logging.getLogger("tensorflow")
+    logger.addHandler(handler)
+    try:
+        images, labels = cells
+        for augmenter in (None, build_augmenter(AugmentConfig(), seed=0)):
+            batches = list(cell_batches(images[:8], labels[:8], 4, seed=0, augmenter=augmenter))
+            assert [tuple(x.shape) for x, _ in batches] == [(4, 32, 32, 3)] * 2
+    finally:
+        logger.removeHandler(handler)
+    # "AutoGraph could not transform <function cell_batches.<locals>.<lambda>> ... do_not_convert"
+    assert not [m for m in messages if "AutoGraph" in m or "do_not_convert" in m], messages

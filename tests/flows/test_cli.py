@@ -114,8 +114,9 @@ def test_invalid_parameters_are_refused_in_one_line_before_anything_runs(tmp_pat
     store = tmp_path / "store"
     result = CliRunner().invoke(cli, ["retrain", str(source), "--store", str(store), "--epochs", "0",
                                       "--scheduler", dask_cluster.scheduler_address])
-    assert result.exit_code == 1
-    assert result.output == "error: invalid parameters: epochs: Input should be greater than or equal to 1\n"
+    assert result.exit_code == 2  # a command line that cannot run, as Click's own usage errors: the usage first
+    assert result.output.splitlines()[-1] == "error: invalid parameters: epochs: Input should be greater than or " \
+                                             "equal to 1"
     missing = CliRunner().invoke(cli, ["retrain", str(source), str(tmp_path / "gone"), "--store", str(store),
                                        "--backbone-weights", "none", "--scheduler", dask_cluster.scheduler_address])
     assert missing.exit_code == 1
@@ -131,6 +132,9 @@ def _aml_smear(*args: str, env: dict[str, str | None] | None = None):
 
     command = [str(Path(sys.executable).parent / "aml-smear"), *args]
     environment = {name: value for name, value in {**os.environ, **(env or {})}.items() if value is not None}
+    # This checkout's code, whichever checkout the environment's editable install points at.
+    root = str(Path(__file__).resolve().parents[2])
+    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [root, environment.get("PYTHONPATH")]))
     return subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment)
 
 
@@ -163,9 +167,56 @@ def test_tensorflow_start_up_errors_are_hidden_unless_asked_for(tmp_path):
     # e.g. "E0000 00:00:1700000000.000000 1234 cuda_platform.cc:52] failed call to cuInit: ..."
     assert "cuInit" not in quiet.stderr and not any(line.startswith(("E0000", "W0000"))
                                                      for line in quiet.stderr.splitlines()), quiet.stderr
+    # TensorFlow's start-up lines, written before it reads TF_CPP_MIN_LOG_LEVEL (aml_model.tf_log).
+    assert "absl::InitializeLog" not in quiet.stderr and "oneDNN" not in quiet.stderr, quiet.stderr
+    loud = _aml_smear("--debug", "model-summary", "--image-size", "32", env=env)
+    assert loud.returncode == 0 and "absl::InitializeLog" in loud.stderr, loud.stderr
     if tf.sysconfig.get_build_info().get("is_cuda_build") and not tf.config.list_physical_devices("GPU"):
-        loud = _aml_smear("--debug", "model-summary", "--image-size", "32", env=env)
-        assert loud.returncode == 0 and "cuInit" in loud.stderr, loud.stderr
+        assert "cuInit" in loud.stderr, loud.stderr
+
+
+#: What a successful run printed besides its results (issue 27): TensorFlow's C++ start-up lines,
+#: Dask's port and nanny warnings, AutoGraph's warning, shutdown tracebacks, completion lines.
+NOISE = ("absl::InitializeLog", "cudart_stub", "oneDNN custom operations", "cuInit", "already in use",
+         "still alive after", "CommClosedError", "AutoGraph", "do_not_convert", "Finished in state Completed()")
+
+
+def test_a_scoring_prints_its_results_and_no_noise(tmp_path, lmu_cells, tiny_model_file):
+    import socket
+
+    from tests.corpus import compose_patient_cohort
+
+    source = compose_patient_cohort(lmu_cells, tmp_path / "cohort", {"A": (5, 5), "B": (5, 5)})
+    args = ["score", str(source), "--store", str(tmp_path / "store"), "--model", str(tiny_model_file),
+            "--min-cells", "3", "--workers", "2"]
+    # A Dask scheduler of another run holds 8787, the port Dask's HTTP server takes by default.
+    with socket.socket() as other_run:
+        other_run.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            other_run.bind(("127.0.0.1", 8787))
+            other_run.listen()
+        except OSError:
+            pass  # something already listens there: as good
+        # A user's environment: no TF_CPP_MIN_LOG_LEVEL (the tests set one); its own cluster.
+        run = _aml_smear(*args, env={"TF_CPP_MIN_LOG_LEVEL": None})
+    assert run.returncode == 0, run.stderr
+    assert "20 cells scored" in run.stdout and "patient reports:" in run.stdout, run.stdout
+    noise = [line for line in (run.stdout + run.stderr).splitlines() if any(text in line for text in NOISE)]
+    assert not noise, run.stderr
+
+
+def test_a_missing_source_fails_at_once_with_one_line(tmp_path):
+    missing = tmp_path / "missing"
+    # No Prefect API configured: a command that got as far as its flow would start a temporary server.
+    run = _aml_smear("score", str(missing), "--store", str(tmp_path / "s"), env={"PREFECT_API_URL": None})
+    assert run.returncode == 1
+    assert run.stderr == f"error: source {missing} does not exist\n" and run.stdout == ""
+    assert not (tmp_path / "s").exists()
+    # Usage errors: status 2, the usage, and the same reason line.
+    usage = _aml_smear("score", str(missing), "--stor", str(tmp_path / "s"))
+    assert usage.returncode == 2
+    assert usage.stderr.startswith("Usage: aml-smear score [OPTIONS] SOURCE\n")
+    assert usage.stderr.splitlines()[-1].startswith("error: No such option '--stor'")
 
 
 def test_score_command_prints_the_patient_table(tmp_path, lmu_cells, dask_cluster, tiny_model_file):

@@ -62,9 +62,10 @@ def scored(lmu_cells, tiny_model_file, dask_cluster, tmp_path_factory):
 
 
 def test_choices_are_the_librarys():
-    from aml_model.calibration import OPERATING_POINTS
+    from aml_model.calibration import DEFAULT_OPERATING_POINT, OPERATING_POINTS
     from aml_model.inference import INFERENCE_PRECISIONS
     from flows.cli import cli
+    from flows.parameters import ScoreOptions
 
     def choices(flow, name):
         hints = typing.get_type_hints(flow.fn, include_extras=True)
@@ -74,6 +75,7 @@ def test_choices_are_the_librarys():
 
     assert choices(score_smears, "precision") == ("auto", *INFERENCE_PRECISIONS)
     assert choices(score_smears, "site_operating_point") == OPERATING_POINTS
+    assert ScoreOptions().site_operating_point == DEFAULT_OPERATING_POINT
     assert choices(retrain_and_evaluate, "recipe") == RECIPES
     assert choices(retrain_and_evaluate, "training_path") == ("cached", "plain")
     for flow in (score_smears, ingest, calibrate_site, retrain_and_evaluate):
