@@ -204,6 +204,8 @@ def _echo_patients(result: dict) -> None:
 @click.option("--threshold", default=0.5, show_default=True, help="Probability at which a cell is blast-like.")
 @click.option("--blast-cutoff", default=0.2, show_default=True, help="Blast-like fraction that suspects AML.")
 @click.option("--min-cells", default=100, show_default=True, help="Fewer scored cells give INSUFFICIENT_CELLS.")
+@click.option("--max-quarantined-share", default=0.02, show_default=True,
+              help="A patient with more of its inputs quarantined gets the high_quarantine_rate QC flag.")
 @click.option("--layout", type=_LAYOUTS, default="auto", show_default=True)
 @click.option("--batch-size", default=64, show_default=True, help="Cells per forward pass.")
 @click.option("--precision", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
