@@ -90,6 +90,9 @@ def test_ingest_command_reports_counts_and_reruns_without_work(tmp_path, lmu_cel
     first = CliRunner().invoke(cli, args)
     assert first.exit_code == 0, first.output
     assert "run cli complete: 4 cells, 1 quarantined (layout patient)" in first.output
+    quarantine = tmp_path / "store" / "runs" / "cli" / "quarantine.parquet"
+    assert f"1 input quarantined, not scored, listed in {quarantine}:\n  A/broken.jpg: empty file (0 bytes)\n" in \
+        first.output
     second = CliRunner().invoke(cli, args)
     assert second.exit_code == 0, second.output
     assert "run cli already complete, nothing redone: 4 cells, 1 quarantined" in second.output
@@ -179,6 +182,35 @@ def test_score_command_prints_the_patient_table(tmp_path, lmu_cells, dask_cluste
     assert "5 cells scored with model file-" in result.output
     assert any(line.startswith("A ") and line.rstrip().endswith(("AML_SUSPECTED", "NOT_SUSPECTED", "INDETERMINATE"))
                for line in result.output.splitlines())
+
+
+def test_score_command_names_the_first_ten_quarantined_files_and_where_all_are(tmp_path, lmu_cells, dask_cluster,
+                                                                                tiny_model_file):
+    import pandas as pd
+
+    from tests.corpus import compose_patient_cohort
+
+    source = compose_patient_cohort(lmu_cells, tmp_path / "cohort", {"A": (2, 2), "B": (2, 2)})
+    for n in range(11):
+        (source / "A" / f"broken-{n:02d}.jpg").write_bytes(b"")
+    (source / "B" / "page.png").write_bytes(b"<html>")
+    store = tmp_path / "store"
+    result = CliRunner().invoke(cli, ["score", str(source), "--store", str(store), "--model", str(tiny_model_file),
+                                      "--min-cells", "3", "--no-explain", "--scheduler",
+                                      dask_cluster.scheduler_address])
+    assert result.exit_code == 0, result.output
+    (run,) = (store / "runs").iterdir()
+    assert len(pd.read_parquet(run / "quarantine.parquet")) == 12
+    lines = result.output.splitlines()
+    start = lines.index(f"12 inputs quarantined, not scored; the first 10 here, all with their reasons in "
+                        f"{run / 'quarantine.parquet'}:")
+    # By patient, then file; named as in the source, not by URI or cell hash.
+    assert lines[start + 1:start + 11] == [f"  A/broken-{n:02d}.jpg: empty file (0 bytes)" for n in range(10)]
+    assert "A/broken-10.jpg" not in result.output and "B/page.png" not in result.output
+    assert lines[start + 11].startswith("patient reports: ")
+    # A loses 11 of its 15 inputs, B 1 of 5: both above the default share of 2%.
+    table = pd.read_parquet(next(run.glob("scores/*/patients.parquet")))
+    assert table["qc_flags"].str.contains("high_quarantine_rate").all()
 
 
 def test_score_without_a_model_fails_with_the_way_out(tmp_path, dask_cluster):
