@@ -492,6 +492,10 @@ def demo(store: str, epochs: int, workers, scheduler, s3_endpoint_url) -> None:
 
     result = _run_flow(demo_flow, workers, scheduler, store=str(Path(store).resolve()), epochs=epochs)
     _echo_patients(result)
+    settings = result["call_settings"]
+    click.echo(f"called with aml-smear score's defaults: threshold {settings['threshold']:g}, blast cut-off "
+               f"{settings['blast_cutoff']:.0%}, min cells {settings['min_cells']}, max quarantined share "
+               f"{settings['max_quarantined_share']:.0%}")
     click.echo(f"demo outputs: {result['store']} (model {result['model_dir']}, run {result['run']})")
     click.echo(f"patient reports: {result['report']}")
 

@@ -65,7 +65,11 @@ def test_demo_runs_the_pipeline_and_prints_the_calls(tmp_path, dask_cluster):
     assert (scoring / "_SUCCESS").exists()
     patients = pd.read_parquet(scoring / "patients.parquet")
     assert tuple(patients.columns) == (*PATIENT_COLUMNS, "patient_version") and len(patients) == 6
-    assert len(pd.read_parquet(scoring / "cells.parquet")) == 240
+    # Scored with score's defaults, on enough cells for them: the calls are calls, not INSUFFICIENT_CELLS.
+    assert len(pd.read_parquet(scoring / "cells.parquet")) == 600
+    assert ("called with aml-smear score's defaults: threshold 0.5, blast cut-off 20%, min cells 100, "
+            "max quarantined share 2%") in result.output
+    assert (patients["min_cells"] == 100).all() and "INSUFFICIENT_CELLS" not in set(patients["call"])
     # The call rule, recomputed: Clopper-Pearson bounds from scipy's beta quantiles, then the cut-off.
     for row in patients.itertuples():
         k, n = row.n_blast_like, row.n_scored
@@ -78,6 +82,12 @@ def test_demo_runs_the_pipeline_and_prints_the_calls(tmp_path, dask_cluster):
     # The demo's ground truth: the synthetic AML patients hold more blast-like cells than the healthy ones.
     fractions = patients.set_index("patient_id")["blast_fraction"]
     assert fractions.filter(like="SYN-AML").mean() > fractions.filter(like="SYN-HLT").mean() + 0.2, fractions
+    # The same cohort through `aml-smear score` (what the on-demand deployment runs) with its defaults
+    # finds the demo's scoring: the same settings, so the same calls.
+    again = CliRunner().invoke(cli, ["score", str(store / "demo-data"), "--store", str(store), "--scheduler",
+                                     dask_cluster.scheduler_address])
+    assert again.exit_code == 0, again.output
+    assert f"scoring {scoring.name} already complete, nothing redone" in again.output
 
 
 def test_ingest_command_reports_counts_and_reruns_without_work(tmp_path, lmu_cells, dask_cluster):
