@@ -25,7 +25,7 @@ CALLS = ("AML_SUSPECTED", "NOT_SUSPECTED", "INDETERMINATE", "INSUFFICIENT_CELLS"
 PATIENT_COLUMNS = (
     "patient_id", "n_cells", "n_scored", "n_quarantined", "n_blast_like", "blast_fraction",
     "ci_low", "ci_high", "mean_probability", "median_probability", "call", "qc_flags",
-    "model_version", "threshold", "blast_cutoff", "min_cells", "note",
+    "model_version", "threshold", "blast_cutoff", "min_cells", "max_quarantined_share", "note",
 )
 CORRECTED_COLUMNS = ("blast_fraction_corrected", "corrected_ci_low", "corrected_ci_high")
 """Columns a site calibration adds: blast_fraction, ci_low and ci_high through :func:`rogan_gladen`."""
@@ -37,6 +37,7 @@ class PatientSummary:
 
     ``n_cells`` counts the inputs found (scored + quarantined). Fractions and probabilities
     are NaN when no cell was scored. ``qc_flags`` is a ";"-joined list, empty when clean.
+    ``threshold`` to ``max_quarantined_share`` are the call settings that made the row.
     """
 
     patient_id: str
@@ -55,6 +56,7 @@ class PatientSummary:
     threshold: float
     blast_cutoff: float
     min_cells: int
+    max_quarantined_share: float
     note: str = RESEARCH_NOTE
 
 
@@ -70,12 +72,14 @@ def summarise_patient(
     The call: INSUFFICIENT_CELLS below ``min_cells`` scored cells; else AML_SUSPECTED when the
     interval's lower bound is at or above ``blast_cutoff``, NOT_SUSPECTED when its upper bound
     is below it, INDETERMINATE otherwise. The interval is the exact (Clopper-Pearson) one.
+    More than ``max_quarantined_share`` of the patient's inputs quarantined adds the
+    ``high_quarantine_rate`` QC flag: the call stands, on the cells that were scored.
 
     Args:
         patient_id: the patient.
         probabilities: `(n_scored,)` blast probabilities of the patient's scored cells.
         n_quarantined: inputs of this patient that were quarantined.
-        config: threshold, cut-off, minimum cells and interval level.
+        config: threshold, cut-off, minimum cells, interval level and largest quarantined share.
         model_version: the model that produced the probabilities.
     """
     probabilities = np.asarray(probabilities, dtype=np.float64)
@@ -100,14 +104,14 @@ def summarise_patient(
     else:
         call = "INDETERMINATE"
     n_cells = n_scored + int(n_quarantined)
-    if n_cells and n_quarantined / n_cells > config.max_quarantine_fraction:
+    if n_cells and n_quarantined / n_cells > config.max_quarantined_share:
         flags.append("high_quarantine_rate")
     return PatientSummary(
         patient_id=patient_id, n_cells=n_cells, n_scored=n_scored, n_quarantined=int(n_quarantined),
         n_blast_like=n_blast, blast_fraction=fraction, ci_low=ci_low, ci_high=ci_high,
         mean_probability=mean, median_probability=median, call=call, qc_flags=";".join(flags),
         model_version=model_version, threshold=config.threshold, blast_cutoff=config.blast_cutoff,
-        min_cells=config.min_cells,
+        min_cells=config.min_cells, max_quarantined_share=config.max_quarantined_share,
     )
 
 

@@ -2,9 +2,10 @@
 
 Each report is one self-contained HTML file (images embedded as data URIs, no scripts, no
 external resources), rendered from Jinja2 templates in ``aml_model/templates``: the call with
-its interval and the rule that produced it, the counts, the QC flags, a histogram of the cell
-probabilities with the threshold marked, a gallery of the most blast-like cells with their
-Grad-CAM overlays, and the model version with its test metrics.
+its interval and the rule that produced it, the counts, the QC flags, the patient's quarantined
+inputs with their reasons, a histogram of the cell probabilities with the threshold marked, a
+gallery of the most blast-like cells (each named by its file) with their Grad-CAM overlays, and the
+model version with its test metrics.
 """
 
 from __future__ import annotations
@@ -50,14 +51,14 @@ class GalleryCell:
 
     Attributes:
         rank: 1 for the most blast-like cell.
-        cell_id: the cell's id in cells.parquet.
+        name: the cell's file, as a person finds it in the source (its path there).
         probability: its blast probability in [0, 1].
         cell_png: the cell as the model saw it, PNG bytes.
         overlay_png: its Grad-CAM overlay, PNG bytes; None where Grad-CAM was not computed.
     """
 
     rank: int
-    cell_id: str
+    name: str
     probability: float
     cell_png: bytes
     overlay_png: bytes | None
@@ -90,6 +91,7 @@ class PatientReport:
         model: the model that scored the cells.
         cell_types: per-type rows of :func:`cell_type_rates` (cell_type, n, blast_like_rate...);
             empty when no cell's type is known.
+        quarantined: the patient's quarantined inputs, each a dict of name and reason.
     """
 
     run_id: str
@@ -99,6 +101,7 @@ class PatientReport:
     explained: bool
     model: ModelInfo
     cell_types: tuple[dict, ...] = ()
+    quarantined: tuple[dict, ...] = ()
 
 
 def report_name(patient_id: str) -> str:
@@ -227,7 +230,7 @@ def render_patient_report(report: PatientReport) -> str:
         run_id=report.run_id, s=summary, rule=describe_call(summary), flags=_flags(summary),
         histogram=histogram, gallery=report.gallery, explained=report.explained,
         explained_calls=EXPLAINED_CALLS, model=report.model, metrics=metrics, cell_types=report.cell_types,
-        n_test=(report.model.metrics or {}).get("n"), note=RESEARCH_NOTE,
+        quarantined=report.quarantined, n_test=(report.model.metrics or {}).get("n"), note=RESEARCH_NOTE,
     )
 
 

@@ -226,6 +226,33 @@ def ingest_command(source, store, layout, run_id, image_size, workers, scheduler
     state = "already complete, nothing redone" if result["already_complete"] else "complete"
     click.echo(f"run {result['run_id']} {state}: {result['cells']} cells, {result['quarantined']} quarantined "
                f"(layout {result['layout']}) -> {result['run']}")
+    _echo_quarantined(store, result["run_id"], s3_endpoint_url)
+
+
+#: Quarantined inputs a summary names; the run's quarantine.parquet lists them all.
+_QUARANTINED_SHOWN = 10
+
+
+def _echo_quarantined(store: str, run_id: str, s3_endpoint_url: str | None) -> None:
+    """Name the run's first quarantined inputs (by patient, then file) with their reasons, and where
+    the full list is.
+
+    Names are paths in the source, so in the patient layout they start with the patient's folder:
+    the terminal shows real patient ids anyway (the calls), and nothing here goes to Prefect.
+    """
+    from tasks import storage
+    from tasks.inputs import quarantined_inputs
+
+    paths = storage.RunPaths(store, run_id)
+    quarantined = quarantined_inputs(paths, storage.storage_options_for(store, s3_endpoint_url))
+    if quarantined.empty:
+        return
+    count = f"{len(quarantined)} input{'' if len(quarantined) == 1 else 's'} quarantined, not scored"
+    shown = ("" if len(quarantined) <= _QUARANTINED_SHOWN else
+             f"; the first {_QUARANTINED_SHOWN} here, all with their reasons in")
+    click.echo(f"{count}{shown or ', listed in'} {paths.quarantine_table}:")
+    for row in quarantined.head(_QUARANTINED_SHOWN).itertuples():
+        click.echo(f"  {row.name}: {row.reason}")
 
 
 def _echo_patients(result: dict) -> None:
@@ -259,6 +286,8 @@ def _echo_patients(result: dict) -> None:
 @click.option("--threshold", default=0.5, show_default=True, help="Probability at which a cell is blast-like.")
 @click.option("--blast-cutoff", default=0.2, show_default=True, help="Blast-like fraction that suspects AML.")
 @click.option("--min-cells", default=100, show_default=True, help="Fewer scored cells give INSUFFICIENT_CELLS.")
+@click.option("--max-quarantined-share", default=0.02, show_default=True,
+              help="A patient with more of its inputs quarantined gets the high_quarantine_rate QC flag.")
 @click.option("--layout", type=_LAYOUTS, default="auto", show_default=True)
 @click.option("--batch-size", default=64, show_default=True, help="Cells per forward pass.")
 @click.option("--precision", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
@@ -293,6 +322,7 @@ def score_command(source, store, workers, scheduler, **parameters) -> None:
         click.echo(f"site {result['site']}: calibrated probabilities at the site's {result['site_operating_point']} "
                    f"operating point make the calls; 'corrected' is the blast fraction corrected for the site's rates")
     _echo_patients(result)
+    _echo_quarantined(store, result["run_id"], parameters["s3_endpoint_url"])
     click.echo(f"patient reports: {result['report']}")
 
 
@@ -521,6 +551,10 @@ def demo(store: str, epochs: int, workers, scheduler, s3_endpoint_url) -> None:
 
     result = _run_flow(demo_flow, workers, scheduler, store=str(Path(store).resolve()), epochs=epochs)
     _echo_patients(result)
+    settings = result["call_settings"]
+    click.echo(f"called with aml-smear score's defaults: threshold {settings['threshold']:g}, blast cut-off "
+               f"{settings['blast_cutoff']:.0%}, min cells {settings['min_cells']}, max quarantined share "
+               f"{settings['max_quarantined_share']:.0%}")
     click.echo(f"demo outputs: {result['store']} (model {result['model_dir']}, run {result['run']})")
     click.echo(f"patient reports: {result['report']}")
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
+from aml_model.config import SummaryConfig
 from aml_model.synthetic import DEMO_COHORT, SyntheticPatient, write_synthetic_cohort
 from flows.parameters import Positive, RetrainOptions, ScoreOptions
 from flows.retrain import retrain_and_evaluate
@@ -22,13 +23,16 @@ TRAINING_COHORT = tuple(SyntheticPatient(f"SYN-TRAIN-{i:02d}", "aml" if i % 2 el
 
 
 @flow(name="demo", validate_parameters=True)
-def demo_flow(store: str, epochs: Positive = 15, cells_per_patient: Positive = 40) -> dict:
+def demo_flow(store: str, epochs: Positive = 15, cells_per_patient: Positive = SummaryConfig.min_cells) -> dict:
     """Draw the synthetic cohorts, train a demo champion, and score the demo patients.
 
-    The parameters are checked before anything is written (:mod:`flows.parameters`).
+    The demo patients are scored with score-smears' default settings, so that the same cohort
+    through the CLI or a deployment gets the same calls; each patient holds the fewest cells the
+    default call needs. The parameters are checked before anything is written (:mod:`flows.parameters`).
 
     Returns:
-        score-smears' result plus the store, the demo data folder and the model folder.
+        score-smears' result plus the store, the demo data folder, the model folder and the call
+        settings it scored with.
     """
     logger = get_run_logger()
     data = write_synthetic_cohort(Path(store) / "demo-data", DEMO_COHORT, cells_per_patient, seed=0)
@@ -40,7 +44,9 @@ def demo_flow(store: str, epochs: Positive = 15, cells_per_patient: Positive = 4
         sources=[str(training)], store=store,
         options=RetrainOptions(epochs=epochs, patience=3, backbone_weights="none", image_size=DEMO_IMAGE_SIZE,
                                augment_views=1))
-    result = on_this_cluster(score_smears)(source=str(data), store=store,
-                                           options=ScoreOptions(min_cells=min(30, cells_per_patient)))
+    options = ScoreOptions()
+    result = on_this_cluster(score_smears)(source=str(data), store=store, options=options)
     return {**result, "store": store, "data": str(data), "model_dir": posixpath.dirname(model["model"]),
-            "model_metrics": model["metrics"]}
+            "model_metrics": model["metrics"],
+            "call_settings": options.model_dump(include={"threshold", "blast_cutoff", "min_cells",
+                                                         "max_quarantined_share"})}

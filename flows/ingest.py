@@ -173,7 +173,7 @@ def finish_ingest(plan: IngestPlan, records: list[dict], mark_success: bool) -> 
     paths, found = plan.paths, plan.found
     counts = write_ingest_tables(found.inputs, records, found.rejected, paths, plan.store_options)
     report = {
-        "source": plan.source, "layout": found.layout, "counts": counts,
+        "source": plan.source, "root": found.root, "layout": found.layout, "counts": counts,
         "ignored": found.ignored, "empty_patients": found.empty_patients,
         "unknown_classes": found.unknown_classes, "diagnoses": found.diagnoses,
         "skipped_links": found.skipped_links,

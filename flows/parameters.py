@@ -39,6 +39,7 @@ __all__ = [
     "RunId",
     "ScoreOptions",
     "Sha256",
+    "Share",
     "nest_options",
     "SiteName",
     "SiteOperatingPoint",
@@ -63,6 +64,8 @@ _DEFAULT_OPERATING_POINT: SiteOperatingPoint = "fraction"
 Positive = Annotated[int, Field(ge=1)]
 #: A probability or fraction strictly between 0 and 1 (thresholds, cut-offs).
 Probability = Annotated[float, Field(gt=0, lt=1)]
+#: A share of a whole, 0 and 1 included.
+Share = Annotated[float, Field(ge=0, le=1)]
 #: The side of the square model input, pixels: ResNet50 needs 32 at least.
 ImageSize = Annotated[int, Field(ge=32, le=1024)]
 #: A run id becomes a folder name under runs/: no '/', no leading '.'.
@@ -125,6 +128,9 @@ class ScoreOptions(BaseModel):
     blast_cutoff: Probability = Field(SummaryConfig.blast_cutoff, description="Blast-like fraction that "
                                       "suspects AML.")
     min_cells: Positive = Field(SummaryConfig.min_cells, description="Fewer scored cells give INSUFFICIENT_CELLS.")
+    max_quarantined_share: Share = Field(SummaryConfig.max_quarantined_share, description="A patient with more of "
+                                         "its inputs quarantined than this share gets the high_quarantine_rate QC "
+                                         "flag.")
     precision: Precision = Field(ScoringConfig.precision, description='"auto" (each worker picks: '
                                  'tasks.predict.worker_precision), "float32", "bfloat16" or "float16".')
     chunk_cells: Positive = Field(ScoringConfig.chunk_cells, description="Cells per Zarr chunk of a new run.")
@@ -144,7 +150,8 @@ class ScoreOptions(BaseModel):
     def summary_config(self, site_threshold: float | None = None) -> SummaryConfig:
         """The call rule; a site's calibrated threshold replaces ``threshold``."""
         threshold = self.threshold if site_threshold is None else site_threshold
-        return SummaryConfig(threshold=threshold, blast_cutoff=self.blast_cutoff, min_cells=self.min_cells)
+        return SummaryConfig(threshold=threshold, blast_cutoff=self.blast_cutoff, min_cells=self.min_cells,
+                             max_quarantined_share=self.max_quarantined_share)
 
 
 class RetrainOptions(BaseModel):

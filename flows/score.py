@@ -118,7 +118,8 @@ def _site_calibration(options: ScoreOptions, store: str, model_ref: ModelRef,
 def _settings(model_version: str, config: SummaryConfig, options: ScoreOptions, calibration) -> dict:
     """What a scoring's results depend on (besides the cells): its score.json."""
     settings = {"model_version": model_version, "threshold": config.threshold, "blast_cutoff": config.blast_cutoff,
-                "min_cells": config.min_cells, "precision": options.precision, "explain": options.explain,
+                "min_cells": config.min_cells, "max_quarantined_share": config.max_quarantined_share,
+                "precision": options.precision, "explain": options.explain,
                 "explain_top_k": options.explain_top_k}
     if calibration is not None:
         settings |= {"site": options.site, "site_operating_point": options.site_operating_point,

@@ -22,7 +22,7 @@ from aml_model.layouts import (DEFAULT_CLASS_LABELS, LABELS, cell_type_for_class
                                is_plainly_not_image, label_for_class)
 from aml_model.preprocess import SNIFF_BYTES, sniff_image_format
 
-__all__ = ["CellInput", "Discovery", "NoImagesError", "discover", "discover_inputs", "require_images"]
+__all__ = ["CellInput", "Discovery", "NoImagesError", "discover", "discover_inputs", "input_name", "require_images"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +53,8 @@ class Discovery:
         source: the source URL as given.
         layout: the layout used ("patient", "class", "flat" or "manifest"); "flat" is chosen by
             "auto" only, for images directly in the source folder: one pseudo-patient named after it.
+        root: the URL the inputs' names are relative to (:func:`input_name`), in the form of their
+            URIs: the source folder, or a manifest's root (its folder or ``manifest_root``).
         inputs: candidate images, sorted by patient then URI.
         rejected: inputs refused before decoding: dicts of source_uri, patient_id, reason.
         ignored: files that are plainly not images (sidecars, notes, ``.DS_Store``), listed,
@@ -66,6 +68,7 @@ class Discovery:
 
     source: str
     layout: str
+    root: str = ""
     inputs: list[CellInput] = field(default_factory=list)
     rejected: list[dict[str, str]] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
@@ -172,7 +175,7 @@ def _discover_folders(fs, root: str, source: str, layout: str,
     if layout == "auto":
         layout = choose_layout(image_dirs, class_labels, loose_images=any("/" not in relative[p] for p in images))
         logger.info("layout auto: chose %r for %s", layout, source)
-    found = Discovery(source=source, layout=layout, skipped_links=[
+    found = Discovery(source=source, layout=layout, root=_url(fs, root), skipped_links=[
         {**link, "source_uri": _url(fs, link["source_uri"])} for link in skipped_links])
 
     labels: dict[str, str] = {}
@@ -236,9 +239,9 @@ def _discover_manifest(fs, path: str, source: str, manifest_root: str | None,
     if missing:
         message = f"manifest {source} lacks the column(s) {', '.join(sorted(missing))}"
         raise ValueError(message)
-    found = Discovery(source=source, layout="manifest")
     root_url = manifest_root or _url(fs, posixpath.dirname(path))
     root_fs, root = fsspec.core.url_to_fs(root_url, **storage_options)
+    found = Discovery(source=source, layout="manifest", root=_url(root_fs, root))
     for row in table.itertuples(index=False):
         entry, patient_id = str(row.image_uri), str(row.patient_id)
         label = str(getattr(row, "label", "") or "").strip().lower() or None
@@ -308,6 +311,19 @@ def discover(
         found = _discover_folders(fs, path, source, layout, class_labels)
     found.inputs.sort(key=lambda cell: (cell.patient_id, cell.uri))
     return found
+
+
+def input_name(uri: str, root: str) -> str:
+    """An input as a person finds it: its path under ``root`` (a :attr:`Discovery.root`), or its file
+    name where it lies elsewhere or the root is unknown (runs ingested before roots were recorded).
+
+    In the patient layout the name starts with the patient's folder: show it where patient ids
+    may be shown (the terminal, the run store's reports), never in what goes to Prefect (tasks.privacy).
+    """
+    if "://" not in uri and not uri.startswith("/"):
+        return uri  # a manifest's entry refused at discovery, as the manifest gave it: relative to the root
+    prefix = root.rstrip("/") + "/"
+    return uri[len(prefix):] if root and uri.startswith(prefix) else posixpath.basename(uri.rstrip("/"))
 
 
 def _count(n: int, noun: str) -> str:

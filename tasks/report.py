@@ -12,6 +12,7 @@ from aml_model.report import (GalleryCell, ModelInfo, PatientReport, cell_type_r
 from aml_model.zarr_rows import read_cells
 from tasks import storage
 from tasks.explain import explain_dir, manifest_url
+from tasks.inputs import input_names, quarantined_inputs, source_root
 from tasks.registry import CARD_FILE, models_root
 from tasks.retry import store_task
 
@@ -38,7 +39,8 @@ def model_info(store: str, version: str, store_options: dict | None = None) -> M
 
 def _gallery(paths: storage.ScoringPaths, cells: pd.DataFrame, patient_id: str, top_k: int, images,
              store_options: dict) -> tuple[tuple[GalleryCell, ...], bool]:
-    """The patient's top cells, with the Grad-CAM overlays of its manifest where there is one."""
+    """The patient's top cells, named by file (``cells``' name column), with the Grad-CAM overlays of
+    its manifest where there is one."""
     manifest = manifest_url(paths, patient_id)
     explained = storage.exists(manifest, store_options)
     if explained:
@@ -50,19 +52,21 @@ def _gallery(paths: storage.ScoringPaths, cells: pd.DataFrame, patient_id: str, 
         top = top_cells(cells, patient_id, top_k)
         overlays = [None] * len(top)
     slots = top["zarr_index"].to_numpy(dtype=np.int64)
+    names = cells.set_index("zarr_index")["name"].loc[slots]
     pixels = read_cells(images, slots)
-    gallery = tuple(GalleryCell(rank=rank, cell_id=row.cell_id, probability=float(row.probability),
+    gallery = tuple(GalleryCell(rank=rank, name=name, probability=float(row.probability),
                                 cell_png=encode_png(image), overlay_png=overlay)
-                    for rank, (row, image, overlay) in enumerate(zip(top.itertuples(), pixels, overlays,
-                                                                     strict=True), 1))
+                    for rank, (row, name, image, overlay) in enumerate(zip(top.itertuples(), names, pixels, overlays,
+                                                                           strict=True), 1))
     return gallery, explained
 
 
 def build_reports(paths: storage.ScoringPaths, store_options: dict | None = None) -> str:
     """Render every patient's report and the cohort index of a scored run.
 
-    Reads cells.parquet, patients.parquet, score.json, the cell images and the Grad-CAM
-    manifests of ``explain/``; writes ``reports/<patient>.html`` and ``reports/index.html``.
+    Reads cells.parquet, patients.parquet, score.json, the cell images, the Grad-CAM manifests of
+    ``explain/`` and the run's quarantine and ingest report (to name files as the source does);
+    writes ``reports/<patient>.html`` and ``reports/index.html``.
 
     Returns:
         The index page's URL.
@@ -71,6 +75,8 @@ def build_reports(paths: storage.ScoringPaths, store_options: dict | None = None
     settings = storage.read_json(paths.settings, options)
     top_k = int(settings.get("explain_top_k", ScoringConfig.explain_top_k))
     cells = storage.read_table(paths.cells_table, options)
+    cells = cells.assign(name=input_names(cells["source_uri"], source_root(paths, options)))
+    quarantined = quarantined_inputs(paths, options)
     patients = storage.read_table(paths.patients_table, options)
     model = model_info(paths.store, settings["model_version"], options)
     images = storage.open_cells_array(paths.cells_zarr, options)
@@ -80,9 +86,11 @@ def build_reports(paths: storage.ScoringPaths, store_options: dict | None = None
         gallery, explained = _gallery(paths, cells, patient_id, top_k, images, options)
         mine = cells[cells["patient_id"] == patient_id]
         probabilities = call_probabilities(mine)  # calibrated where a site calibration was applied
+        lost = quarantined.loc[quarantined["patient_id"] == patient_id, ["name", "reason"]]
         report = PatientReport(run_id=paths.run_id, summary=summary, probabilities=probabilities,
                                gallery=gallery, explained=explained, model=model,
-                               cell_types=_type_rows(mine, threshold))
+                               cell_types=_type_rows(mine, threshold),
+                               quarantined=tuple(lost.to_dict(orient="records")))
         storage.write_bytes(report_url(paths, patient_id), render_patient_report(report).encode(), options)
     index = render_cohort_index(paths.run_id, patients, model, cell_types=_type_rows(cells, threshold))
     return storage.write_bytes(index_url(paths), index.encode(), options)

@@ -62,6 +62,21 @@ def test_no_cells_and_quarantine_flags():
     assert clean.qc_flags == "" and clean.n_cells == 202
 
 
+def test_quarantine_flag_fires_above_the_set_share_and_not_at_or_below_it():
+    # The issue's case: 2 of 42 inputs (4.8%) lost, which the default share (2%) flags.
+    lost_two = summarise_patient("P", probs(0, 40), 2, SummaryConfig(min_cells=1), "v")
+    assert lost_two.qc_flags == "high_quarantine_rate" and lost_two.max_quarantined_share == 0.02
+    # 2 of 100 is the default share itself: not above it; 3 of 100 is.
+    enough = SummaryConfig(min_cells=1)
+    assert summarise_patient("P", probs(0, 98), 2, enough, "v").qc_flags == ""
+    assert summarise_patient("P", probs(0, 97), 3, enough, "v").qc_flags == "high_quarantine_rate"
+    # The share is a setting: 4.8% passes at 5%, and the row records the share it was called at.
+    lenient = summarise_patient("P", probs(0, 40), 2, SummaryConfig(min_cells=1, max_quarantined_share=0.05), "v")
+    assert lenient.qc_flags == "" and lenient.max_quarantined_share == 0.05
+    with pytest.raises(ValueError, match="max_quarantined_share"):
+        SummaryConfig(max_quarantined_share=1.5)
+
+
 def test_cohorts_composed_from_the_real_expert_labels(lmu_cells):
     """Patients dealt the LMU set's expert labels (labels.csv) in known blast fractions.
 

@@ -68,7 +68,7 @@ def test_histogram_is_a_png():
 def test_patient_report_is_one_self_contained_page(cohort):
     cells, patients = cohort
     rng = np.random.default_rng(0)
-    gallery = tuple(GalleryCell(rank=i + 1, cell_id=f"AML-1:{i:04x}", probability=0.9,
+    gallery = tuple(GalleryCell(rank=i + 1, name=f"AML-1/slide 2/cell_{i:03d}.jpg", probability=0.9,
                                 cell_png=encode_png(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)),
                                 overlay_png=encode_png(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)))
                     for i in range(3))
@@ -82,6 +82,21 @@ def test_patient_report_is_one_self_contained_page(cohort):
     assert "blast-like fraction 60.0% (95% interval" in page.text and describe_call(patients.loc["AML-1"]) in page.text
     assert "v-test" in page.text and "roc_auc" in page.text and "0.970" in page.text
     assert RESEARCH_NOTE in page.text.lower()
+    # Each cell of the gallery is named by its file, which a hematologist can open.
+    assert all(f"AML-1/slide 2/cell_{i:03d}.jpg" in page.text for i in range(3))
+    assert "quarantined file" not in page.text, "nothing quarantined: no list"
+
+
+def test_report_lists_the_patients_quarantined_files_with_reasons(cohort):
+    _, patients = cohort
+    lost = ({"name": "FEW-4/broken.jpg", "reason": "empty file (0 bytes)"},)
+    html = render_patient_report(PatientReport("run-1", patients.loc["FEW-4"].to_dict(), np.array([0.8] * 3), (),
+                                               False, ModelInfo("v", None), quarantined=lost))
+    text = parse_page(html).text
+    assert "quarantined file reason FEW-4/broken.jpg empty file (0 bytes)" in text
+    # 1 of 4 inputs lost: flagged, and the report says at what share the flag is raised.
+    assert "high_quarantine_rate" in text and "1 of 4 inputs (25.0%) were quarantined" in text
+    assert "raised above 2.0% of the inputs" in text
 
 
 def test_report_without_model_card_or_grad_cam_says_so(cohort):

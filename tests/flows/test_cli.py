@@ -65,7 +65,11 @@ def test_demo_runs_the_pipeline_and_prints_the_calls(tmp_path, dask_cluster):
     assert (scoring / "_SUCCESS").exists()
     patients = pd.read_parquet(scoring / "patients.parquet")
     assert tuple(patients.columns) == (*PATIENT_COLUMNS, "patient_version") and len(patients) == 6
-    assert len(pd.read_parquet(scoring / "cells.parquet")) == 240
+    # Scored with score's defaults, on enough cells for them: the calls are calls, not INSUFFICIENT_CELLS.
+    assert len(pd.read_parquet(scoring / "cells.parquet")) == 600
+    assert ("called with aml-smear score's defaults: threshold 0.5, blast cut-off 20%, min cells 100, "
+            "max quarantined share 2%") in result.output
+    assert (patients["min_cells"] == 100).all() and "INSUFFICIENT_CELLS" not in set(patients["call"])
     # The call rule, recomputed: Clopper-Pearson bounds from scipy's beta quantiles, then the cut-off.
     for row in patients.itertuples():
         k, n = row.n_blast_like, row.n_scored
@@ -78,6 +82,12 @@ def test_demo_runs_the_pipeline_and_prints_the_calls(tmp_path, dask_cluster):
     # The demo's ground truth: the synthetic AML patients hold more blast-like cells than the healthy ones.
     fractions = patients.set_index("patient_id")["blast_fraction"]
     assert fractions.filter(like="SYN-AML").mean() > fractions.filter(like="SYN-HLT").mean() + 0.2, fractions
+    # The same cohort through `aml-smear score` (what the on-demand deployment runs) with its defaults
+    # finds the demo's scoring: the same settings, so the same calls.
+    again = CliRunner().invoke(cli, ["score", str(store / "demo-data"), "--store", str(store), "--scheduler",
+                                     dask_cluster.scheduler_address])
+    assert again.exit_code == 0, again.output
+    assert f"scoring {scoring.name} already complete, nothing redone" in again.output
 
 
 def test_ingest_command_reports_counts_and_reruns_without_work(tmp_path, lmu_cells, dask_cluster):
@@ -90,6 +100,9 @@ def test_ingest_command_reports_counts_and_reruns_without_work(tmp_path, lmu_cel
     first = CliRunner().invoke(cli, args)
     assert first.exit_code == 0, first.output
     assert "run cli complete: 4 cells, 1 quarantined (layout patient)" in first.output
+    quarantine = tmp_path / "store" / "runs" / "cli" / "quarantine.parquet"
+    assert f"1 input quarantined, not scored, listed in {quarantine}:\n  A/broken.jpg: empty file (0 bytes)\n" in \
+        first.output
     second = CliRunner().invoke(cli, args)
     assert second.exit_code == 0, second.output
     assert "run cli already complete, nothing redone: 4 cells, 1 quarantined" in second.output
@@ -230,6 +243,35 @@ def test_score_command_prints_the_patient_table(tmp_path, lmu_cells, dask_cluste
     assert "5 cells scored with model file-" in result.output
     assert any(line.startswith("A ") and line.rstrip().endswith(("AML_SUSPECTED", "NOT_SUSPECTED", "INDETERMINATE"))
                for line in result.output.splitlines())
+
+
+def test_score_command_names_the_first_ten_quarantined_files_and_where_all_are(tmp_path, lmu_cells, dask_cluster,
+                                                                                tiny_model_file):
+    import pandas as pd
+
+    from tests.corpus import compose_patient_cohort
+
+    source = compose_patient_cohort(lmu_cells, tmp_path / "cohort", {"A": (2, 2), "B": (2, 2)})
+    for n in range(11):
+        (source / "A" / f"broken-{n:02d}.jpg").write_bytes(b"")
+    (source / "B" / "page.png").write_bytes(b"<html>")
+    store = tmp_path / "store"
+    result = CliRunner().invoke(cli, ["score", str(source), "--store", str(store), "--model", str(tiny_model_file),
+                                      "--min-cells", "3", "--no-explain", "--scheduler",
+                                      dask_cluster.scheduler_address])
+    assert result.exit_code == 0, result.output
+    (run,) = (store / "runs").iterdir()
+    assert len(pd.read_parquet(run / "quarantine.parquet")) == 12
+    lines = result.output.splitlines()
+    start = lines.index(f"12 inputs quarantined, not scored; the first 10 here, all with their reasons in "
+                        f"{run / 'quarantine.parquet'}:")
+    # By patient, then file; named as in the source, not by URI or cell hash.
+    assert lines[start + 1:start + 11] == [f"  A/broken-{n:02d}.jpg: empty file (0 bytes)" for n in range(10)]
+    assert "A/broken-10.jpg" not in result.output and "B/page.png" not in result.output
+    assert lines[start + 11].startswith("patient reports: ")
+    # A loses 11 of its 15 inputs, B 1 of 5: both above the default share of 2%.
+    table = pd.read_parquet(next(run.glob("scores/*/patients.parquet")))
+    assert table["qc_flags"].str.contains("high_quarantine_rate").all()
 
 
 def test_score_without_a_model_fails_with_the_way_out(tmp_path, dask_cluster):

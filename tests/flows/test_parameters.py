@@ -114,6 +114,7 @@ SCORE_CASES = [
     ({"threshold": 0}, ["threshold: Input should be greater than 0"]),
     ({"blast_cutoff": 0.0}, ["blast_cutoff: Input should be greater than 0"]),
     ({"min_cells": 0}, ["min_cells: Input should be greater than or equal to 1"]),
+    ({"max_quarantined_share": 1.5}, ["max_quarantined_share: Input should be less than or equal to 1"]),
     ({"batch_size": 0}, ["batch_size: Input should be greater than or equal to 1"]),
     ({"chunk_cells": 0}, ["chunk_cells: Input should be greater than or equal to 1"]),
     ({"chunks_per_task": 0}, ["chunks_per_task: Input should be greater than or equal to 1"]),

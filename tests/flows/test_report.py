@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,8 @@ METRICS = {"n": 24, "threshold": 0.5, "accuracy": 0.875, "sensitivity": 0.8, "sp
 
 @pytest.fixture(scope="module")
 def scored_run(lmu_cells, tmp_path_factory, dask_cluster, tiny_model_file):
-    """A cohort scored by a registered champion with a model card: all blasts, all normal, too few cells."""
+    """A cohort scored by a registered champion with a model card: all blasts, all normal, too few cells
+    (and one broken file)."""
     from tasks.registry import register_model, set_champion
 
     root = tmp_path_factory.mktemp("reports")
@@ -35,6 +37,7 @@ def scored_run(lmu_cells, tmp_path_factory, dask_cluster, tiny_model_file):
     ref = register_model(str(tiny_model_file), {"config": {"model": {"image_size": 32}}, "metrics": METRICS}, store)
     set_champion(store, ref.version)
     source = compose_patient_cohort(lmu_cells, root / "cohort", {"A": (16, 0), "B": (0, 16), "C": (2, 3)})
+    (source / "C" / "broken.jpg").write_bytes(b"")
     runner = DaskTaskRunner(address=dask_cluster.scheduler_address)
     result = score_smears.with_options(task_runner=runner)(
         source=str(source), store=store, options=ScoreOptions(min_cells=10, chunk_cells=16, explain_top_k=TOP_K))
@@ -67,6 +70,22 @@ def test_every_patient_gets_a_self_contained_report(scored_run):
     assert index.links == [f"{report_name(pid)}.html" for pid in sorted(calls)]
     artifact = Artifact.get("patient-reports")
     assert artifact is not None and "index.html" in artifact.data and "A.html" in artifact.data
+
+
+def test_reports_name_each_cell_by_its_file_and_list_the_patients_quarantined_files(scored_run):
+    _, paths, root = scored_run
+    for patient_id in "ABC":
+        html = storage.read_bytes(storage.join(paths.root, "reports", f"{patient_id}.html")).decode()
+        names = re.findall(r'<div class="id">([^<]*)</div>', html)
+        # Each gallery cell is labelled by its path in the source, a file a hematologist can open.
+        assert len(names) == min(TOP_K, 5 if patient_id == "C" else 16), html
+        assert all(name.startswith(f"{patient_id}/") and (root / "cohort" / name).is_file() for name in names), names
+        text = parse_page(html).text
+        if patient_id == "C":
+            assert "quarantined file reason C/broken.jpg empty file (0 bytes)" in text
+            assert "1 of 6 inputs (16.7%) were quarantined" in text and "high_quarantine_rate" in text
+        else:
+            assert "broken.jpg" not in text and "quarantined file" not in text
 
 
 def test_grad_cam_overlays_are_pngs_on_the_store(scored_run):

@@ -4,7 +4,7 @@ import signal
 import pandas as pd
 import pytest
 
-from tasks.discover import NoImagesError, discover, require_images
+from tasks.discover import NoImagesError, discover, input_name, require_images
 from tests.conftest import upload_folder
 from tests.corpus import compose_class_source, compose_patient_cohort, write_bad_corpus
 
@@ -66,6 +66,23 @@ def test_manifest_rows_missing_or_outside_the_root_are_refused(lmu_cells, tmp_pa
     assert reasons[str(tmp_path / "elsewhere.jpg")].startswith("path escapes the manifest root")
 
 
+def test_inputs_are_named_by_their_path_under_the_source(lmu_cells, tmp_path):
+    root = compose_patient_cohort(lmu_cells, tmp_path / "cohort", {"A": (1, 1)})
+    images = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.jpg"))
+    found = discover(str(root))
+    assert found.root == str(root)
+    assert [input_name(c.uri, found.root) for c in found.inputs] == images
+    # A manifest's root is its folder; a refused entry keeps the manifest's own relative path, and a
+    # URI outside the root (or a run without a recorded root) falls back to the file's name.
+    pd.DataFrame({"image_uri": [images[0], "A/missing.jpg"], "patient_id": ["A", "A"]}).to_csv(
+        root / "manifest.csv", index=False)
+    listed = discover(str(root / "manifest.csv"))
+    assert listed.root == str(root) and input_name(listed.inputs[0].uri, listed.root) == images[0]
+    assert input_name(listed.rejected[0]["source_uri"], listed.root) == "A/missing.jpg"
+    assert input_name(str(tmp_path / "elsewhere" / "x.jpg"), listed.root) == "x.jpg"
+    assert input_name(str(root / images[0]), "") == images[0].split("/")[1]
+
+
 def test_manifest_without_required_columns_is_an_error(tmp_path):
     (tmp_path / "m.csv").write_text("path,label\na.png,blast\n")
     with pytest.raises(ValueError, match="lacks the column.*image_uri, patient_id"):
@@ -88,6 +105,8 @@ def test_s3_source_patient_layout(lmu_cells, tmp_path, s3_bucket):
     assert [c.uri.split("/smears/")[1] for c in found.inputs] == sorted(
         p.relative_to(root).as_posix() for p in root.rglob("*.jpg"))
     assert all(c.uri.startswith(f"s3://{bucket}/smears/") for c in found.inputs)
+    assert found.root == f"s3://{bucket}/smears"
+    assert [input_name(c.uri, found.root) for c in found.inputs] == [c.uri.split("/smears/")[1] for c in found.inputs]
     assert sorted(c.label for c in found.inputs) == ["blast", "blast", "normal"]
 
 

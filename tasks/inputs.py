@@ -1,0 +1,43 @@
+"""A run's inputs named as a person finds them: by their path in the source, not by URI or cell hash.
+
+The names come from the source root recorded in the run's ingest report
+(:func:`tasks.discover.input_name`). In the patient layout a name starts with the patient's
+folder, so they are for the terminal and the run store's reports, which show patient ids anyway;
+what goes to Prefect keeps to counts and reasons (:mod:`tasks.privacy`).
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from tasks import storage
+from tasks.discover import input_name
+
+__all__ = ["input_names", "quarantined_inputs", "source_root"]
+
+
+def source_root(paths: storage.RunPaths | storage.ScoringPaths, store_options: dict | None = None) -> str:
+    """The root the run's inputs are named under; "" for a run ingested before roots were recorded."""
+    return storage.read_json(paths.report, store_options).get("root", "")
+
+
+def input_names(uris: pd.Series, root: str) -> pd.Series:
+    """:func:`tasks.discover.input_name` of each URI, index kept."""
+    return uris.map(lambda uri: input_name(uri, root))
+
+
+def quarantined_inputs(paths: storage.RunPaths | storage.ScoringPaths,
+                       store_options: dict | None = None) -> pd.DataFrame:
+    """The run's quarantine.parquet with each input's name: name, patient_id, reason, source_uri.
+
+    A reason that names another input (a duplicate's first copy) names it the same way.
+    Ordered by patient, then name; patient_id is "" for an input that belongs to no patient.
+    """
+    quarantine = storage.read_table(paths.quarantine_table, store_options)
+    root = source_root(paths, store_options)
+    prefix = root.rstrip("/") + "/"
+    reasons = quarantine["reason"].astype(str)
+    named = quarantine.assign(name=input_names(quarantine["source_uri"].astype(str), root),
+                              reason=reasons.str.replace(prefix, "", regex=False) if root else reasons)
+    return named[["name", "patient_id", "reason", "source_uri"]].sort_values(
+        ["patient_id", "name"], kind="stable").reset_index(drop=True)
