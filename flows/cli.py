@@ -57,16 +57,14 @@ def _reason(exc: BaseException) -> str:
     """The line to print: an expected failure's message; anything else with its type and a hint."""
     from prefect.exceptions import ParameterTypeError
 
-    from aml_model.errors import AmlSmearError
-    from flows.logs import one_line
+    from flows.logs import EXPECTED_FAILURES, failure_reason, one_line
 
     if isinstance(exc, ParameterTypeError):  # raised before any flow run: say it plainly
         # An options field is a CLI option of its own name: "options.epochs" is --epochs.
         message = re.sub(r"(^|\s)options\.", r"\1", one_line(exc))
         return message.replace("Flow run received invalid parameters:", "invalid parameters:")
-    if isinstance(exc, AmlSmearError | ValueError | FileNotFoundError | PermissionError):
-        return one_line(exc)
-    return f"{type(exc).__name__}: {one_line(exc)} (aml-smear --debug shows the traceback)"
+    hint = "" if isinstance(exc, EXPECTED_FAILURES) else " (aml-smear --debug shows the traceback)"
+    return failure_reason(exc) + hint
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -15,6 +15,7 @@ from aml_model.config import SummaryConfig
 from aml_model.report import patients_to_explain
 from flows.ingest import (IngestPlan, collect_ingest, discover_source, finish_ingest, plan_ingest, start_ingest,
                           submit_ingest_shard)
+from flows.logs import failing_with_reason
 from flows.parameters import ScoreOptions, require_existing
 from flows.progress import results_with_progress
 from flows.runner import in_order
@@ -60,7 +61,14 @@ def score_smears(source: str, store: str, options: ScoreOptions = ScoreOptions()
         the per-patient calls (with the corrected fraction when scored with a site), the reports'
         index page, whether nothing was new, the call settings (threshold, blast cut-off, minimum
         cells, site and operating point) and the scoring whose probabilities were reused (or None).
+        A failure fails the run with its one-line reason as the state's message
+        (:func:`flows.logs.failing_with_reason`); called directly, the flow raises it.
     """
+    return failing_with_reason(_score_smears, source, store, options, new_only, s3_endpoint_url)
+
+
+def _score_smears(source: str, store: str, options: ScoreOptions, new_only: bool, s3_endpoint_url: str | None) -> dict:
+    """score_smears' body."""
     logger = get_run_logger()
     require_existing([source], "source", s3_endpoint_url)  # the types were checked before this line
     store_options = storage.storage_options_for(store, s3_endpoint_url)
@@ -102,8 +110,10 @@ def score_smears(source: str, store: str, options: ScoreOptions = ScoreOptions()
         index = _explain_and_report(scoring, patients, model_ref, options, store_options, reused)
         mark_complete(scoring, store_options)
     record_scored(scoring, model_ref.version, patients, store_options)
-    publish_scoring(scoring, patients, model_ref.version, config, store_options)
-    logger.info("scoring %s of run %s complete; reports: %s", scoring.score_id, scoring.run_id, index)
+    artifacts = publish_scoring(scoring, patients, model_ref.version, config, store_options)
+    # The run's last line, so that `prefect deployment run --watch` ends with where the results are.
+    logger.info("scoring %s of run %s complete; reports: %s; per-patient calls: %s; report index: %s",
+                scoring.score_id, scoring.run_id, index, artifacts["patient-calls"], artifacts["report-index"])
     return _result(scoring, model_ref.version, counts, patients, False, config, options,
                    reused and reused.score_id)
 
