@@ -32,6 +32,10 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PREFECT_FILE = "deployments/prefect.yaml"
+# The server streams flow-run logs out (off by default in Prefect 3.9): without it `prefect deployment
+# run --watch` shows state events only, neither a failure's reason nor where the results are.
+LOG_STREAMING = {"PREFECT_SERVER_LOGS_STREAM_OUT_ENABLED": "true",
+                 "PREFECT_SERVER_LOGS_STREAM_PUBLISHING_ENABLED": "true"}
 HOST = "127.0.0.1"
 SERVER_START_TIMEOUT_S = 180
 # A Prefect 3.9 process worker may not exit on SIGTERM at all: a short grace, then SIGKILL.
@@ -192,6 +196,7 @@ def up(port: int, home: Path, values: dict) -> int:
     # no TensorFlow C++ lines, tracebacks or per-task completion lines; the UI keeps the last two.
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", QUIET_LEVEL)
     env.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_CLASS", "flows.logs.ConsoleHandler")
+    env.update(LOG_STREAMING)
     signal.signal(signal.SIGTERM, _raise_stop)
     started: list[subprocess.Popen] = []
     try:

@@ -92,11 +92,13 @@ def _reason(exc: BaseException) -> str:
         return one_line(exc)
     from prefect.exceptions import ParameterTypeError
 
+    from flows.logs import failure_reason
+
     if isinstance(exc, ParameterTypeError):  # raised before any flow run: say it plainly
         # An options field is a CLI option of its own name: "options.epochs" is --epochs.
         message = re.sub(r"(^|\s)options\.", r"\1", one_line(exc))
         return message.replace("Flow run received invalid parameters:", "invalid parameters:")
-    return f"{type(exc).__name__}: {one_line(exc)} (aml-smear --debug shows the traceback)"
+    return failure_reason(exc) + " (aml-smear --debug shows the traceback)"
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -256,22 +258,15 @@ def _echo_quarantined(store: str, run_id: str, s3_endpoint_url: str | None) -> N
 
 
 def _echo_patients(result: dict) -> None:
-    from aml_model.aggregate import RESEARCH_NOTE
+    from flows.cli_runs import call_settings, echo_patients
 
     state = "already complete, nothing redone" if result["already_complete"] else "complete"
     click.echo(f"run {result['run_id']}, scoring {result['score_id']} {state}: {result['cells']} cells scored with "
                f"model {result['model_version']}, {result['quarantined']} inputs quarantined -> {result['run']}")
-    click.echo(f"{'patient':<16} {'scored':>6} {'blast-like':>10} {'fraction (95% CI)':>24}  call")
-    for row in result["patients"]:
-        fraction = ("n/a" if row["n_scored"] == 0 else
-                    f"{row['blast_fraction']:.1%} ({row['ci_low']:.1%}-{row['ci_high']:.1%})")
-        # Scored with a site: the corrected fraction after the call (NaN where the site's rates are unknown).
-        corrected = ("" if "blast_fraction_corrected" not in row or row["n_scored"] == 0 else
-                     f"  corrected {row['blast_fraction_corrected']:.1%} ({row['corrected_ci_low']:.1%}-"
-                     f"{row['corrected_ci_high']:.1%})")
-        click.echo(f"{row['patient_id']:<16} {row['n_scored']:>6} {row['n_blast_like']:>10} {fraction:>24}  "
-                   f"{row['call']}{corrected}")
-    click.echo(RESEARCH_NOTE)
+    reused = result.get("reused_probabilities_from")
+    click.echo(f"calls at {call_settings(result)}"
+               + (f"; probabilities copied from scoring {reused}, not scored again" if reused else ""))
+    echo_patients(result["patients"])
 
 
 @cli.command("score")

@@ -7,16 +7,27 @@ traceback; the Prefect API (UI, ``prefect flow-run logs``) still receives the tr
 It also leaves out the "Finished in state Completed()" line of every task and flow run: the command
 prints what completed, and the API keeps them. ``aml-smear --debug`` (or
 ``AML_SMEAR_DEBUG=1``) keeps tracebacks and those lines in the terminal too.
+
+A deployed flow's failure is its state's message (:func:`failing_with_reason`): what
+``prefect deployment run --watch``, ``prefect flow-run inspect`` and the UI show.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
+from typing import Any
 
 from prefect.logging.handlers import PrefectConsoleHandler
 
-__all__ = ["DEBUG_ENV", "ConsoleHandler", "debug_requested"]
+from aml_model.errors import AmlSmearError, one_line
+
+__all__ = ["DEBUG_ENV", "EXPECTED_FAILURES", "ConsoleHandler", "debug_requested", "failing_with_reason",
+           "failure_reason", "one_line"]
+
+#: Failures whose message says all: wrong input, a missing or forbidden file. Others name their type.
+EXPECTED_FAILURES = (AmlSmearError, ValueError, FileNotFoundError, PermissionError)
 
 #: Set (to anything but "" or "0") for full tracebacks in the terminal; `aml-smear --debug` sets it.
 DEBUG_ENV = "AML_SMEAR_DEBUG"
@@ -25,6 +36,36 @@ DEBUG_ENV = "AML_SMEAR_DEBUG"
 def debug_requested() -> bool:
     """True when the user asked for tracebacks (``--debug`` or ``AML_SMEAR_DEBUG``)."""
     return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def failure_reason(exc: BaseException) -> str:
+    """The one-line reason of a failure: an expected one's message; anything else with its type first."""
+    if isinstance(exc, EXPECTED_FAILURES):
+        return one_line(exc)
+    return f"{type(exc).__name__}: {one_line(exc)}"
+
+
+def failing_with_reason(body: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``body(*args, **kwargs)`` in a flow; when it raises, the flow run's Failed state with its one-line reason.
+
+    Prefect makes a raised exception's message "Flow run encountered an exception: <type>: <message>",
+    which is what a ``--watch``ed deployment run and the UI show; the returned state's message is
+    the reason alone, as the CLI prints it. The exception stays the state's result, so a caller of
+    the flow gets it raised as before; its traceback goes to the flow run's log. A timeout is left
+    to Prefect, whose TimedOut state says so.
+    """
+    # Imported here: Prefect's logging set-up imports this module (ConsoleHandler) while Prefect loads.
+    from prefect import get_run_logger
+    from prefect.states import Failed
+
+    try:
+        return body(*args, **kwargs)
+    except TimeoutError:
+        raise
+    except Exception as exc:
+        reason = failure_reason(exc)
+        get_run_logger().error("failed: %s", reason, exc_info=exc)
+        return Failed(message=reason, data=exc)
 
 
 class ConsoleHandler(PrefectConsoleHandler):

@@ -18,6 +18,7 @@ from typing import Annotated, Any
 from prefect import flow, get_run_logger
 from pydantic import Field
 
+from flows.logs import failing_with_reason
 from flows.parameters import PartialRetrainOptions, RetrainOptions, nest_options
 from flows.retrain import retrain_and_evaluate
 
@@ -121,6 +122,12 @@ def nightly_retrain(
     """
     given = options.model_dump(exclude_none=True) if options is not None else {}
     explicit = {"sources": sources, "store": store, "s3_endpoint_url": s3_endpoint_url, **given}
+    # A failure's state message is its one-line reason: what the failure alert and `--watch` show.
+    return failing_with_reason(_nightly, explicit, force)
+
+
+def _nightly(explicit: dict[str, Any], force: bool) -> dict:
+    """nightly_retrain's body: ``explicit`` is the run's own parameters (None: not given)."""
     parameters, origin = nightly_parameters(explicit, read_nightly_variables())
     logger = get_run_logger()
     for name in sorted(parameters):

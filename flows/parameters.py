@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from aml_model.config import (DEFAULT_RECIPE, ExperimentConfig, ModelConfig, PretrainConfig, PretrainMethod, Recipe,
                               RetrainConfig, ScoringConfig, SummaryConfig, TrainConfig)
 from tasks import storage
+from tasks.runs import ID_PATTERN
 
 __all__ = [
     "BackboneWeights",
@@ -69,7 +70,7 @@ Share = Annotated[float, Field(ge=0, le=1)]
 #: The side of the square model input, pixels: ResNet50 needs 32 at least.
 ImageSize = Annotated[int, Field(ge=32, le=1024)]
 #: A run id becomes a folder name under runs/: no '/', no leading '.'.
-RunId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
+RunId = Annotated[str, Field(pattern=ID_PATTERN)]
 #: A site name becomes a file name (aml_model.calibration.validate_site_name).
 SiteName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 #: A sha256 digest, hexadecimal.

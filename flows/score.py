@@ -15,6 +15,7 @@ from aml_model.config import SummaryConfig
 from aml_model.report import patients_to_explain
 from flows.ingest import (IngestPlan, collect_ingest, discover_source, finish_ingest, plan_ingest, start_ingest,
                           submit_ingest_shard)
+from flows.logs import failing_with_reason
 from flows.parameters import ScoreOptions, require_existing
 from flows.progress import results_with_progress
 from flows.runner import in_order
@@ -22,13 +23,14 @@ from tasks import storage
 from tasks.devices import cluster_has_gpus, model_tasks
 from tasks.arrivals import only_new, patient_versions, record_scored, scored_versions
 from tasks.calibration import read_site_calibration
-from tasks.explain import explain_patient
+from tasks.explain import explain_patient, reuse_explanation
 from tasks.ingest import plan_shards
-from tasks.predict import score_shard
+from tasks.predict import reuse_probabilities, score_shard
 from tasks.privacy import prefect_patient_ids
 from tasks.registry import ModelRef, resolve_model
 from tasks.report import index_url, write_reports
-from tasks.runs import derive_score_id, mark_complete, open_scoring, recording_failure
+from tasks.runs import (REUSED_FROM, derive_score_id, mark_complete, open_scoring, recording_failure,
+                        reusable_probabilities)
 from tasks.score_report import publish_scoring
 from tasks.summarise import write_scored_tables
 
@@ -42,7 +44,9 @@ def score_smears(source: str, store: str, options: ScoreOptions = ScoreOptions()
 
     Every parameter is checked (its type, then that the source exists) before anything is written
     (:mod:`flows.parameters`). The cells are decoded once per input list (the ingest run); each
-    model and settings make a scoring of their own, and a finished scoring is never rewritten.
+    model and settings make a scoring of their own, and a finished scoring is never rewritten. A
+    scoring with the model and precision of a finished scoring of the same run copies that
+    scoring's probabilities (and the Grad-CAM it can) instead of running the model again.
 
     Args:
         source: folder or manifest of cell images (any fsspec URL).
@@ -55,8 +59,16 @@ def score_smears(source: str, store: str, options: ScoreOptions = ScoreOptions()
     Returns:
         run_id, score_id, the scoring's folder (run), the ingest run's folder, model version, counts,
         the per-patient calls (with the corrected fraction when scored with a site), the reports'
-        index page, whether nothing was new, the site and its operating point.
+        index page, whether nothing was new, the call settings (threshold, blast cut-off, minimum
+        cells, site and operating point) and the scoring whose probabilities were reused (or None).
+        A failure fails the run with its one-line reason as the state's message
+        (:func:`flows.logs.failing_with_reason`); called directly, the flow raises it.
     """
+    return failing_with_reason(_score_smears, source, store, options, new_only, s3_endpoint_url)
+
+
+def _score_smears(source: str, store: str, options: ScoreOptions, new_only: bool, s3_endpoint_url: str | None) -> dict:
+    """score_smears' body."""
     logger = get_run_logger()
     require_existing([source], "source", s3_endpoint_url)  # the types were checked before this line
     store_options = storage.storage_options_for(store, s3_endpoint_url)
@@ -71,28 +83,39 @@ def score_smears(source: str, store: str, options: ScoreOptions = ScoreOptions()
         if not versions:
             logger.info("nothing new in %s: model %s has scored every patient's current images", source,
                         model_ref.version)
-            return _nothing_new(model_ref.version, options)
+            return _nothing_new(model_ref.version, config, options)
         logger.info("%d new or changed patients: %s", len(versions), ", ".join(sorted(prefect_patient_ids(versions))))
     plan = plan_ingest(found, store, options.run_id, model_ref.image_size, options.chunk_cells, s3_endpoint_url)
     settings = _settings(model_ref.version, config, options, calibration)
     scoring = plan.paths.scoring(options.score_id or derive_score_id(settings))
-    if open_scoring(scoring, settings, store_options):
+    reused = reusable_probabilities(scoring, settings, store_options) if plan.complete else None
+    if open_scoring(scoring, settings, store_options, reused_from=reused and reused.score_id):
         logger.info("scoring %s of run %s is complete with these settings: nothing to do", scoring.score_id,
                     plan.paths.run_id)
         patients = storage.read_table(scoring.patients_table, store_options)
         record_scored(scoring, model_ref.version, patients, store_options)
-        return _result(scoring, model_ref.version, plan.recorded_counts(), patients, True, options)
+        recorded = storage.read_json(scoring.settings, store_options).get(REUSED_FROM)
+        return _result(scoring, model_ref.version, plan.recorded_counts(), patients, True, config, options, recorded)
     # The ingest run is written here too when it is new: a failure is recorded in both.
     with recording_failure([scoring] if plan.complete else [plan.paths, scoring], store_options):
-        counts = _score_cells(plan, scoring, model_ref, options)
+        if reused is None:
+            counts = _score_cells(plan, scoring, model_ref, options)
+        else:
+            scored = reuse_probabilities(reused, scoring, store_options)
+            logger.info("probabilities of %d cells reused from scoring %s (the same model, precision and cells): "
+                        "no cell scored again", scored, reused.score_id)
+            counts = plan.recorded_counts()
         patients = write_scored_tables(scoring, config, model_ref.version, store_options, calibration, versions,
                                        point)
-        index = _explain_and_report(scoring, patients, model_ref, options, store_options)
+        index = _explain_and_report(scoring, patients, model_ref, options, store_options, reused)
         mark_complete(scoring, store_options)
     record_scored(scoring, model_ref.version, patients, store_options)
-    publish_scoring(scoring, patients, model_ref.version, config, store_options)
-    logger.info("scoring %s of run %s complete; reports: %s", scoring.score_id, scoring.run_id, index)
-    return _result(scoring, model_ref.version, counts, patients, False, options)
+    artifacts = publish_scoring(scoring, patients, model_ref.version, config, store_options)
+    # The run's last line, so that `prefect deployment run --watch` ends with where the results are.
+    logger.info("scoring %s of run %s complete; reports: %s; per-patient calls: %s; report index: %s",
+                scoring.score_id, scoring.run_id, index, artifacts["patient-calls"], artifacts["report-index"])
+    return _result(scoring, model_ref.version, counts, patients, False, config, options,
+                   reused and reused.score_id)
 
 
 def _site_calibration(options: ScoreOptions, store: str, model_ref: ModelRef,
@@ -175,38 +198,49 @@ def _score_cells(plan: IngestPlan, scoring: storage.ScoringPaths, model_ref: Mod
 
 
 def _explain_and_report(scoring: storage.ScoringPaths, patients, model_ref: ModelRef, options: ScoreOptions,
-                        store_options: dict) -> str:
-    """Grad-CAM on the workers for the patients worth a look, then the HTML reports; returns the index URL."""
+                        store_options: dict, reused: storage.ScoringPaths | None = None) -> str:
+    """Grad-CAM on the workers for the patients worth a look, then the HTML reports; returns the index URL.
+
+    With ``reused``, the scoring whose probabilities this one copied, a patient's Grad-CAM made
+    there with the same top-k is copied too; only the others are computed.
+    """
     explained = patients_to_explain(patients) if options.explain else []
+    copied = {patient_id for patient_id in explained if reused is not None and reuse_explanation(
+        reused, scoring, patient_id, model_ref.version, options.explain_top_k, store_options)}
     with model_tasks():
         futures = [explain_patient.submit(scoring, patient_id, model_ref, options.explain_top_k, store_options)
-                   for patient_id in explained]
+                   for patient_id in explained if patient_id not in copied]
     for future in futures:
         future.result()
-    get_run_logger().info("Grad-CAM of the top %d cells of %d patients", options.explain_top_k, len(explained))
+    copies = "" if reused is None else f" ({len(copied)} copied from scoring {reused.score_id})"
+    get_run_logger().info("Grad-CAM of the top %d cells of %d patients%s", options.explain_top_k, len(explained),
+                          copies)
     return write_reports(scoring, store_options)
 
 
 _PATIENT_COLUMNS = ["patient_id", "n_scored", "n_blast_like", "blast_fraction", "ci_low", "ci_high", "call"]
 
 
-def _site_fields(options: ScoreOptions) -> dict:
+def _call_fields(config: SummaryConfig, options: ScoreOptions) -> dict:
+    """The settings that make the calls, so that a summary tells two scorings of a run apart."""
     point = None if options.site is None else options.site_operating_point
-    return {"site": options.site, "site_operating_point": point}
+    return {"threshold": config.threshold, "blast_cutoff": config.blast_cutoff, "min_cells": config.min_cells,
+            "site": options.site, "site_operating_point": point}
 
 
 def _result(scoring: storage.ScoringPaths, model_version: str, counts: dict, patients, already_complete: bool,
-            options: ScoreOptions) -> dict:
+            config: SummaryConfig, options: ScoreOptions, reused_from: str | None) -> dict:
     columns = _PATIENT_COLUMNS + [column for column in CORRECTED_COLUMNS if column in patients]
     return {
         "run_id": scoring.run_id, "score_id": scoring.score_id, "run": scoring.root, "ingest": scoring.ingest.root,
         "model_version": model_version, "cells": counts["cells"], "quarantined": counts["quarantined"],
         "already_complete": already_complete, "nothing_new": False, "report": index_url(scoring),
-        "patients": patients[columns].to_dict(orient="records"), **_site_fields(options),
+        "patients": patients[columns].to_dict(orient="records"), **_call_fields(config, options),
+        REUSED_FROM: reused_from,
     }
 
 
-def _nothing_new(model_version: str, options: ScoreOptions) -> dict:
+def _nothing_new(model_version: str, config: SummaryConfig, options: ScoreOptions) -> dict:
     return {"run_id": None, "score_id": None, "run": None, "ingest": None, "model_version": model_version,
             "cells": 0, "quarantined": 0, "already_complete": True, "nothing_new": True, "report": None,
-            "patients": [], **_site_fields(options)}
+            "patients": [], **_call_fields(config, options), REUSED_FROM: None}

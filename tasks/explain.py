@@ -11,7 +11,7 @@ from tasks.predict import load_worker_model
 from tasks.registry import ModelRef
 from tasks.retry import store_task
 
-__all__ = ["EXPLAIN_MANIFEST", "explain_dir", "explain_patient", "manifest_url"]
+__all__ = ["EXPLAIN_MANIFEST", "explain_dir", "explain_patient", "manifest_url", "reuse_explanation"]
 
 EXPLAIN_MANIFEST = "gradcam.json"
 
@@ -59,3 +59,34 @@ def explain_patient(
                         "probability": float(row.probability), "logit": float(logit), "overlay": name})
     manifest = {"patient_id": patient_id, "model_version": model.version, "top_k": top_k, "cells": entries}
     return storage.write_json(manifest_url(paths, patient_id), manifest, store_options)
+
+
+@store_task("reuse-explanation")
+def reuse_explanation(
+    source: storage.ScoringPaths,
+    target: storage.ScoringPaths,
+    patient_id: str,
+    model_version: str,
+    top_k: int,
+    store_options: dict,
+) -> bool:
+    """Copy the patient's Grad-CAM from ``source``, a scoring with the same probabilities, into ``target``.
+
+    The overlays depend on the model, the cells and their ranking by probability (the same in
+    both) and on ``top_k``: a manifest of the same model and ``top_k`` is what
+    :func:`explain_patient` would write again. The manifest is copied last, as it is written.
+
+    Returns:
+        Whether it was copied; False when ``source`` has no such Grad-CAM of the patient.
+    """
+    manifest = manifest_url(source, patient_id)
+    if not storage.exists(manifest, store_options):
+        return False
+    recorded = storage.read_json(manifest, store_options)
+    if recorded["model_version"] != model_version or recorded["top_k"] != top_k:
+        return False
+    for entry in recorded["cells"]:
+        overlay = storage.read_bytes(storage.join(explain_dir(source, patient_id), entry["overlay"]), store_options)
+        storage.write_bytes(storage.join(explain_dir(target, patient_id), entry["overlay"]), overlay, store_options)
+    storage.write_bytes(manifest_url(target, patient_id), storage.read_bytes(manifest, store_options), store_options)
+    return True

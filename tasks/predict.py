@@ -12,7 +12,7 @@ from tasks import storage
 from tasks.registry import ModelRef
 from tasks.retry import store_task
 
-__all__ = ["load_worker_model", "score_shard", "worker_precision", "worker_scorer"]
+__all__ = ["load_worker_model", "reuse_probabilities", "score_shard", "worker_precision", "worker_scorer"]
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +128,24 @@ def score_shard(
     probabilities[start:stop] = block
     storage.write_json(marker_url, _marker(fingerprint, start, stop, model, precision, len(rows)), store_options)
     return len(rows)
+
+
+@store_task("reuse-probabilities")
+def reuse_probabilities(source: storage.ScoringPaths, target: storage.ScoringPaths, store_options: dict) -> int:
+    """Copy a finished scoring's probabilities, and the shard markers that say how they were made, into
+    another scoring of the same run (:func:`tasks.runs.reusable_probabilities` picks ``source``).
+
+    The probabilities depend on the cells, the model and the precision only, so a scoring that
+    differs in anything else has them without running the model; the copy keeps each scoring a
+    record of its own, byte for byte what scoring would have written.
+
+    Returns:
+        The number of cells with a probability.
+    """
+    storage.copy_tree(source.probabilities_zarr, target.probabilities_zarr, store_options)
+    storage.copy_tree(source.score_shards, target.score_shards, store_options)
+    probabilities = storage.open_cells_array(target.probabilities_zarr, store_options, name=storage.PROBABILITIES)
+    return int(np.count_nonzero(~np.isnan(probabilities[:])))
 
 
 def _marker(fingerprint: str, start: int, stop: int, model: ModelRef, precision: str, scored: int | None) -> dict:

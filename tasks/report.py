@@ -26,7 +26,7 @@ def report_url(paths: storage.ScoringPaths, patient_id: str) -> str:
 
 def index_url(paths: storage.ScoringPaths) -> str:
     """``<scoring>/reports/index.html``, the cohort index page."""
-    return storage.join(paths.reports_root, "index.html")
+    return paths.report_index
 
 
 def model_info(store: str, version: str, store_options: dict | None = None) -> ModelInfo:

@@ -1,4 +1,4 @@
-"""Operating the run store: list its runs and scorings, prune the old ones (``aml-smear runs``).
+"""Operating the run store: list its runs and scorings, show one, prune the old ones (``aml-smear runs``).
 
 No Prefect, no TensorFlow: plain reads and removals through :mod:`tasks.storage`.
 """
@@ -9,12 +9,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import fsspec
+import pandas as pd
 
 from tasks import storage
 from tasks.registry import CARD_FILE, models_root
-from tasks.runs import LegacyRunError, list_scorings, recorded_completion, recorded_failure
+from tasks.runs import (LegacyRunError, check_id, find_scoring, list_scorings, recorded_completion,
+                        recorded_failure)
 
-__all__ = ["RunEntry", "RunPrunePlan", "list_runs", "plan_prune_runs", "prune_runs", "runs_root"]
+__all__ = ["RunEntry", "RunPrunePlan", "ScoringView", "list_runs", "plan_prune_runs", "prune_runs", "runs_root",
+           "show_scoring"]
 
 
 def runs_root(store: str) -> str:
@@ -81,6 +84,50 @@ def list_runs(store: str, storage_options: dict | None = None) -> list[RunEntry]
     """Every run of the store, by run id."""
     return [_entry(store, run_id, storage_options)
             for run_id in storage.list_names(runs_root(store), storage_options)]
+
+
+@dataclass(frozen=True)
+class ScoringView:
+    """A complete scoring as ``aml-smear runs show`` prints it.
+
+    Attributes:
+        settings: its score.json (the settings, and where its probabilities were copied from).
+        precisions: the precisions its shards were scored in, as their markers record them
+            ("auto" resolves per worker); empty when it has no markers.
+        quarantine: the run's quarantined inputs (source_uri, patient_id, reason).
+        report: the cohort index page, None when the reports are missing.
+    """
+
+    scoring: storage.ScoringPaths
+    completed_at: str | None
+    settings: dict
+    precisions: tuple[str, ...]
+    patients: pd.DataFrame
+    quarantine: pd.DataFrame
+    report: str | None
+
+
+def show_scoring(store: str, run_id: str, score_id: str | None = None,
+                 storage_options: dict | None = None) -> ScoringView:
+    """The scoring ``score_id`` of the run ``run_id`` (by default its latest complete one), read back.
+
+    Raises:
+        ValueError: an id that is not one folder name (a path, ``..``).
+        ScoringNotFoundError, IncompleteRunError: no such run or scoring, or it is not complete.
+    """
+    check_id(run_id, "run id")
+    if score_id is not None:
+        check_id(score_id, "score id")
+    scoring = find_scoring(storage.RunPaths(store, run_id), score_id, storage_options)
+    markers = [storage.join(scoring.score_shards, name)
+               for name in storage.list_names(scoring.score_shards, storage_options) if name.endswith(".json")]
+    precisions = sorted({storage.read_json(marker, storage_options)["precision"] for marker in markers})
+    quarantine = storage.read_table(scoring.quarantine_table, storage_options)
+    report = scoring.report_index if storage.exists(scoring.report_index, storage_options) else None
+    return ScoringView(scoring=scoring, completed_at=recorded_completion(scoring.success, storage_options),
+                       settings=storage.read_json(scoring.settings, storage_options), precisions=tuple(precisions),
+                       patients=storage.read_table(scoring.patients_table, storage_options),
+                       quarantine=quarantine.sort_values(["patient_id", "source_uri"]), report=report)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -12,9 +13,19 @@ from datetime import UTC, datetime
 from aml_model.errors import AmlSmearError
 from tasks import storage
 
-__all__ = ["IncompleteRunError", "LegacyRunError", "RunConflictError", "RunState", "ScoringNotFoundError",
-           "derive_score_id", "find_scoring", "list_scorings", "mark_complete", "open_scoring", "recorded_completion",
-           "recorded_failure", "recording_failure", "require_complete", "run_state"]
+__all__ = ["ID_PATTERN", "REUSED_FROM", "IncompleteRunError", "LegacyRunError", "RunConflictError", "RunState",
+           "ScoringNotFoundError", "check_id", "derive_score_id", "find_scoring", "list_scorings", "mark_complete",
+           "open_scoring", "recorded_completion", "recorded_failure", "recording_failure", "require_complete",
+           "reusable_probabilities", "run_state"]
+
+#: A run or score id: one folder name under runs/ (no path separator, never "." or "..").
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+
+#: The score.json key naming the scoring whose probabilities a scoring copied; not a setting (not in its id).
+REUSED_FROM = "reused_probabilities_from"
+
+# What a scoring's probabilities depend on besides the run's cells (score_shard's markers check the same).
+_PROBABILITY_SETTINGS = ("model_version", "precision")
 
 
 class IncompleteRunError(AmlSmearError, RuntimeError):
@@ -160,6 +171,36 @@ def find_scoring(run: storage.RunPaths, score_id: str | None = None,
     return run.scoring(complete[-1]["score_id"])
 
 
+def check_id(value: str, what: str = "run id") -> str:
+    """``value`` when it names one run (or scoring) folder; a path (``a/b``, ``..``) is refused.
+
+    Raises:
+        ValueError: saying what an id may hold.
+    """
+    if not re.fullmatch(ID_PATTERN, value):
+        message = (f"{what} {value!r} is not one: letters, digits, '.', '_' and '-', starting with a letter or "
+                   f"digit, no path (`aml-smear runs list` shows the ids)")
+        raise ValueError(message)
+    return value
+
+
+def reusable_probabilities(scoring: storage.ScoringPaths, settings: dict,
+                           storage_options: dict | None = None) -> storage.ScoringPaths | None:
+    """The latest complete other scoring of the same run whose probabilities ``settings`` would compute again.
+
+    The probabilities depend on the cells (the run), the model and the precision only: a scoring
+    that differs in the call settings, the site or Grad-CAM can copy them instead of running the
+    model. None when there is no such scoring.
+    """
+    wanted = {key: settings[key] for key in _PROBABILITY_SETTINGS}
+    for entry in reversed(list_scorings(scoring.ingest, storage_options)):
+        recorded = entry["settings"] or {}
+        if (entry["complete"] and entry["score_id"] != scoring.score_id
+                and all(recorded.get(key) == value for key, value in wanted.items())):
+            return scoring.ingest.scoring(entry["score_id"])
+    return None
+
+
 def derive_score_id(settings: dict) -> str:
     """``<model_version>-<hash of the other settings>``: the same model and settings, the same scoring."""
     others = {k: v for k, v in settings.items() if k != "model_version"}
@@ -167,22 +208,32 @@ def derive_score_id(settings: dict) -> str:
     return f"{settings['model_version']}-{digest[:8]}"
 
 
-def open_scoring(scoring: storage.ScoringPaths, settings: dict, storage_options: dict | None = None) -> bool:
+def open_scoring(scoring: storage.ScoringPaths, settings: dict, storage_options: dict | None = None,
+                 reused_from: str | None = None) -> bool:
     """Record a new scoring's settings, or check them against those it was started with.
 
     A finished scoring is never rewritten: a score id that holds other settings is refused
-    before anything is written. Returns whether the scoring is already complete.
+    before anything is written. ``reused_from`` (the scoring whose probabilities this one copies)
+    is recorded beside the settings as :data:`REUSED_FROM`; an unfinished scoring resumed with
+    another source of probabilities records the new one. Returns whether the scoring is already
+    complete.
     """
     _require_current_layout(scoring.ingest, storage_options)
     settings = json.loads(json.dumps(settings))
+    record = settings | ({REUSED_FROM: reused_from} if reused_from else {})
     if storage.exists(scoring.settings, storage_options):
         recorded = storage.read_json(scoring.settings, storage_options)
-        if recorded != settings:
-            changed = sorted(k for k in recorded.keys() | settings.keys() if recorded.get(k) != settings.get(k))
+        recorded_settings = {key: value for key, value in recorded.items() if key != REUSED_FROM}
+        if recorded_settings != settings:
+            changed = sorted(k for k in recorded_settings.keys() | settings.keys()
+                             if recorded_settings.get(k) != settings.get(k))
             message = (f"scoring {scoring.score_id} of run {scoring.run_id} in {scoring.store} was made with other "
                        f"settings ({', '.join(changed)} differ); a scoring is never rewritten: leave the score id "
                        f"out (other settings get their own) or name a new one")
             raise RunConflictError(message)
-        return storage.exists(scoring.success, storage_options)
-    storage.write_json(scoring.settings, settings, storage_options)
+        if storage.exists(scoring.success, storage_options):
+            return True
+        if recorded == record:
+            return False
+    storage.write_json(scoring.settings, record, storage_options)
     return False

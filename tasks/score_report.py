@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.settings import PREFECT_API_URL
 
 from aml_model.aggregate import RESEARCH_NOTE
 from aml_model.config import SummaryConfig
@@ -34,20 +35,31 @@ def overview_markdown(patients, scoring: storage.ScoringPaths, model_version: st
     return "\n".join(lines)
 
 
+def _artifact_url(artifact_id) -> str:
+    """The artifact's URL in the Prefect API (the UI has no address of its own for one artifact,
+    ``prefect.utilities.urls``); its id alone without an API."""
+    api = PREFECT_API_URL.value()
+    return f"{api.rstrip('/')}/artifacts/{artifact_id}" if api else str(artifact_id)
+
+
 def publish_scoring(scoring: storage.ScoringPaths, patients, model_version: str, config: SummaryConfig,
-                    store_options: dict) -> None:
+                    store_options: dict) -> dict[str, str]:
     """What a complete scoring sends to Prefect: its artifacts (patient calls, cohort overview, report
-    links, per-type rates) and an event per AML_SUSPECTED patient, patient ids as :mod:`tasks.privacy` says."""
+    links, per-type rates) and an event per AML_SUSPECTED patient, patient ids as :mod:`tasks.privacy` says.
+
+    Returns:
+        The URLs of the patient-calls and report-index artifacts, by key, for the flow's last log line.
+    """
     where = f"run {scoring.run_id}, scoring {scoring.score_id}"
     shown = prefect_patients_table(patients)
-    create_table_artifact(key="patient-calls", table=shown.astype(object).where(shown.notna(), None)
-                          .to_dict(orient="records"), description=f"per-patient AML calls, {where}")
+    calls = create_table_artifact(key="patient-calls", table=shown.astype(object).where(shown.notna(), None)
+                                  .to_dict(orient="records"), description=f"per-patient AML calls, {where}")
     create_markdown_artifact(key="cohort-overview", markdown=overview_markdown(shown, scoring, model_version, config),
                              description=f"cohort overview, {where}")
     index = index_link(scoring, store_options)
     expiry = f"; {index.expiry_note}" if index.expiry_note else ""
-    create_link_artifact(key="report-index", link=index.url, link_text=f"Cohort reports, {where}",
-                         description=f"the cohort's HTML reports, {where}{expiry}")
+    reports = create_link_artifact(key="report-index", link=index.url, link_text=f"Cohort reports, {where}",
+                                   description=f"the cohort's HTML reports, {where}{expiry}")
     create_markdown_artifact(key="patient-reports", markdown=reports_markdown(scoring, patients, index, store_options),
                              description=f"per-patient HTML reports, {where}{expiry}")
     rates = cell_type_rates(storage.read_table(scoring.cells_table, store_options), config.threshold)
@@ -55,3 +67,4 @@ def publish_scoring(scoring: storage.ScoringPaths, patients, model_version: str,
         create_table_artifact(key="per-type-rates", table=rates.astype(object).where(rates.notna(), None)
                               .to_dict(orient="records"), description=f"blast-like rate per cell type, {where}")
     emit_aml_suspected(scoring, patients, model_version, index.url)
+    return {"patient-calls": _artifact_url(calls), "report-index": _artifact_url(reports)}

@@ -25,6 +25,7 @@ from tasks.local_cache import cached_file
 __all__ = [
     "RunPaths",
     "ScoringPaths",
+    "copy_tree",
     "create_cells_array",
     "create_probabilities_array",
     "exists",
@@ -117,6 +118,23 @@ def write_bytes(url: str, data: bytes, storage_options: dict | None = None) -> s
             message = f"cannot write {url}: {exc}"
             raise PermissionError(message) from exc
     return url
+
+
+def copy_tree(source: str, target: str, storage_options: dict | None = None) -> int:
+    """Copy every file under the folder ``source`` to the same place under ``target`` (one store),
+    each written whole (:func:`write_bytes`), so the copy is byte for byte the original.
+
+    Returns:
+        How many files were copied (0 when ``source`` does not exist).
+    """
+    fs, root = _fs(source, storage_options)
+    if not fs.exists(root):
+        return 0
+    # A leftover of an interrupted local write is not part of the record.
+    files = [path for path in fs.find(root) if not path.endswith(".partial")]
+    for path in files:
+        write_bytes(join(target, posixpath.relpath(path, root)), fs.cat_file(path), storage_options)
+    return len(files)
 
 
 def local_copy(url: str, storage_options: dict | None, name: str) -> str:
@@ -295,4 +313,6 @@ class ScoringPaths:
     success = _in_root(SUCCESS)
     failed = _in_root(FAILED)
     reports_root = _in_root("reports")
+    report_index = _in_root("reports", "index.html")
+    score_shards = _in_root(SHARDS, "score")
     shard_marker = _shard_marker

@@ -39,6 +39,10 @@ def test_units_restart_on_failure_and_log_to_journald(name):
     assert service["WorkingDirectory"] == INSTALLED.rstrip("/")
     environment = dict(item.split("=", 1) for item in shlex.split(service["Environment"]))
     assert environment["PREFECT_HOME"] == "/var/lib/aml-smear/prefect"
+    if name == "aml-smear-prefect-server.service":  # as the local stack's server: `--watch` shows the logs
+        from deployments.local_stack import LOG_STREAMING
+
+        assert LOG_STREAMING.items() <= environment.items()
 
 
 def _help(command: list[str]) -> str:

@@ -241,8 +241,16 @@ def test_score_command_prints_the_patient_table(tmp_path, lmu_cells, dask_cluste
                                       dask_cluster.scheduler_address])
     assert result.exit_code == 0, result.output
     assert "5 cells scored with model file-" in result.output
+    assert "calls at threshold 0.5, blast cut-off 20%, min cells 3\n" in result.output
     assert any(line.startswith("A ") and line.rstrip().endswith(("AML_SUSPECTED", "NOT_SUSPECTED", "INDETERMINATE"))
                for line in result.output.splitlines())
+    # A rescoring with other call settings says which, and that the model did not run again.
+    again = CliRunner().invoke(cli, ["score", str(source), "--store", str(tmp_path / "store"), "--model",
+                                     str(tiny_model_file), "--min-cells", "4", "--blast-cutoff", "0.3",
+                                     "--scheduler", dask_cluster.scheduler_address])
+    assert again.exit_code == 0, again.output
+    assert "calls at threshold 0.5, blast cut-off 30%, min cells 4; probabilities copied from scoring file-" \
+           in again.output
 
 
 def test_score_command_names_the_first_ten_quarantined_files_and_where_all_are(tmp_path, lmu_cells, dask_cluster,

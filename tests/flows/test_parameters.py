@@ -236,8 +236,9 @@ def test_a_failure_in_the_flow_is_its_state_message_on_one_line(scored, tmp_path
     _, store, _, parameters = scored
     missing = tmp_path / "missing"
     state = score_smears(**nest_options({**parameters, "source": str(missing)}, ScoreOptions), return_state=True)
-    expected = f"Flow run encountered an exception: FileNotFoundError: source {missing} does not exist"
-    assert recorded_state(state).message == expected
+    assert recorded_state(state).message == f"source {missing} does not exist"
+    with pytest.raises(FileNotFoundError, match="does not exist"):  # called directly, the flow raises it
+        state.result()
 
 
 def test_sources_are_checked_on_s3_too(s3_bucket, s3_endpoint):

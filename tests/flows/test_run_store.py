@@ -1,7 +1,7 @@
 """The run store keeps finished results: an ingest run decoded once, scorings added beside it, never rewritten.
 
-Scoring ids, reuse of decoded cells, new-arrival scoring (``--new-only``) on local disk and on
-the moto S3 server, and the refusal of a store in the old layout.
+Scoring ids, reuse of decoded cells and of probabilities, new-arrival scoring (``--new-only``) on
+local disk and on the moto S3 server, and the refusal of a store in the old layout.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from flows.cli import cli
 from flows.parameters import ScoreOptions, nest_options
 from flows.score import score_smears
 from tasks import storage
-from tasks.runs import LegacyRunError, RunConflictError, find_scoring, list_scorings
+from tasks.runs import REUSED_FROM, LegacyRunError, RunConflictError, find_scoring, list_scorings
 from tests.conftest import upload_folder
 from tests.corpus import compose_patient_cohort
 
@@ -144,6 +144,59 @@ def test_a_second_model_scores_ingested_cells_without_decoding_them(lmu_cells, t
         pd.read_parquet(run.scoring(result["score_id"]).patients_table).drop(columns="patient_version"),
         pd.read_parquet(storage.RunPaths(str(tmp_path / "fresh"), fresh["run_id"])
                         .scoring(fresh["score_id"]).patients_table).drop(columns="patient_version"))
+
+
+def test_a_threshold_only_rescoring_copies_the_probabilities_and_runs_no_score_shard(lmu_cells, tmp_path,
+                                                                                     task_runner, tiny_model_file):
+    source = compose_patient_cohort(lmu_cells, tmp_path / "cohort", {"A": (36, 4), "B": (2, 38)})
+    store = str(tmp_path / "store")
+    params = {"source": str(source), "store": store, "model": str(tiny_model_file), "min_cells": 5,
+              "chunk_cells": 16, "explain_top_k": 3}
+    first_state = run_score_state(task_runner, **params)
+    first = first_state.result()
+    assert any(n.startswith("score-shard") for n in task_names(first_state))
+    run = storage.RunPaths(store, first["run_id"])
+    original = run.scoring(first["score_id"])
+    before = snapshot(Path(original.root))
+
+    rescored_state = run_score_state(task_runner, **params, threshold=0.6)
+    rescored = rescored_state.result()
+    names = task_names(rescored_state)
+    assert any(n.startswith("reuse-probabilities") for n in names), names
+    assert not any(n.startswith(("score-shard", "ingest-shard", "explain-patient")) for n in names), names
+    assert rescored["score_id"] != first["score_id"] and rescored[REUSED_FROM] == first["score_id"]
+    assert (rescored["threshold"], rescored["blast_cutoff"], rescored["min_cells"]) == (0.6, 0.2, 5)
+    copy = run.scoring(rescored["score_id"])
+    assert snapshot(Path(copy.probabilities_zarr)) == snapshot(Path(original.probabilities_zarr)), \
+        "the probabilities are not byte for byte the first scoring's"
+    assert storage.read_json(copy.settings)[REUSED_FROM] == first["score_id"]
+    assert REUSED_FROM not in storage.read_json(original.settings)
+    cells = pd.read_parquet(copy.cells_table)
+    assert ((cells["probability"] >= 0.6) == (cells["predicted_label"] == "blast")).all(), "called at the new threshold"
+    # Grad-CAM of the same cells at the same top-k is copied, not computed again.
+    explained = snapshot(Path(copy.root, "explain"))
+    assert explained and explained.items() <= snapshot(Path(original.root, "explain")).items()
+    assert snapshot(Path(original.root)) == before, "the first scoring changed"
+
+    # Another top-k computes Grad-CAM again, still from the copied probabilities; another precision scores.
+    top_k = run_score_state(task_runner, **{**params, "explain_top_k": 2}, threshold=0.6)
+    names = task_names(top_k)
+    assert any(n.startswith("explain-patient") for n in names) and not any(n.startswith("score-shard")
+                                                                           for n in names), names
+    float32 = run_score_state(task_runner, **params, precision="float32")
+    assert float32.result()[REUSED_FROM] is None
+    assert any(n.startswith("score-shard") for n in task_names(float32))
+
+    # `runs show` reads a scoring back with its settings; `runs list` tells the scorings apart.
+    shown = CliRunner().invoke(cli, ["runs", "show", run.run_id, "--score", rescored["score_id"], "--store", store])
+    assert shown.exit_code == 0, shown.output
+    assert "threshold 0.6, blast cut-off 20%, min cells 5, precision auto (scored in " in shown.output
+    assert f"probabilities copied from scoring {first['score_id']}" in shown.output
+    assert f"patient reports: {copy.report_index}" in shown.output
+    assert any(line.startswith("A ") for line in shown.output.splitlines())
+    listed = CliRunner().invoke(cli, ["runs", "list", "--store", store]).output
+    assert f"  scoring {first['score_id']}  complete  model {first['model_version']}, threshold 0.5," in listed
+    assert f"threshold 0.6, blast cut-off 20%, min cells 5, probabilities of {first['score_id']}" in listed
 
 
 def _add(local: Path, relative: str, data: bytes, url: str | None, options: dict) -> None:

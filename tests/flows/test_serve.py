@@ -33,11 +33,12 @@ def test_a_failure_after_the_run_started_fails_at_once_with_its_reason(tmp_path)
     # No flow retry (flows/serve.py: a deployment concurrency limit drops Prefect 3.9's flow retries).
     state = _nightly()(sources=[str(tmp_path / "no-such-source")], store=str(tmp_path / "store"),
                        return_state=True)
-    assert state.is_failed() and "no-such-source" in state.message
+    reason = f"source {tmp_path / 'no-such-source'} does not exist"
+    assert state.is_failed() and state.message == reason, "the state message is the one-line reason"
     run = _flow_run(state)
-    assert run.run_count == 1 and run.state.name == "Failed"
+    assert run.run_count == 1 and run.state.name == "Failed" and run.state.message == reason
     assert not (tmp_path / "store").exists()
     # Failed for good: one aml-smear.nightly.failed, with the run's reason.
     events = read_events(NIGHTLY_FAILED, resource_id=f"prefect.flow-run.{run.id}")
     assert len(events) == 1 and events[0].payload["run_count"] == run.run_count
-    assert "no-such-source" in events[0].payload["message"] and events[0].payload["state"] == "Failed"
+    assert events[0].payload["message"] == reason and events[0].payload["state"] == "Failed"

@@ -147,7 +147,10 @@ def test_killed_retrain_keeps_the_champion_and_racing_retrains_promote_one_compl
 
 def test_a_killed_rescoring_leaves_the_finished_scoring_byte_identical(clean_run, cohort, cluster, client,
                                                                        tiny_model_file, tmp_path):
-    """A rerun with other settings is killed mid-scoring: the finished scoring and the cells are untouched."""
+    """A rerun with other settings is killed mid-scoring: the finished scoring and the cells are untouched.
+
+    Another precision, so that it runs the model: other call settings alone copy the finished
+    scoring's probabilities (tasks.predict.reuse_probabilities) and score no shard."""
     import shutil
 
     from tasks.runs import find_scoring, list_scorings
@@ -162,7 +165,7 @@ def test_a_killed_rescoring_leaves_the_finished_scoring_byte_identical(clean_run
 
     before = files()
     params = dict(source=str(cohort), store=str(store), model=str(tiny_model_file),
-                  run_id=run_id, **{**SCORE_PARAMS, "min_cells": SCORE_PARAMS["min_cells"] + 1})
+                  run_id=run_id, **{**SCORE_PARAMS, "precision": "float32"})
     log = tmp_path / "flow.log"
     process = start_score_process(cluster.scheduler_address, log, **params)
     try:
@@ -177,7 +180,7 @@ def test_a_killed_rescoring_leaves_the_finished_scoring_byte_identical(clean_run
     assert {name: after.get(name) for name in before} == before, "a file of the finished run changed or vanished"
     scorings = list_scorings(storage.RunPaths(str(store), run_id))
     assert [s["complete"] for s in scorings] == [True, False]
-    assert scorings[1]["settings"]["min_cells"] == params["min_cells"]
+    assert scorings[1]["settings"]["precision"] == "float32"
     # Readers still find the finished scoring, with its tables as they were.
     assert find_scoring(storage.RunPaths(str(store), run_id)).score_id == scorings[0]["score_id"]
     assert_same_tables(read_tables(str(store), run_id), tables)

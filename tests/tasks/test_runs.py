@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from tasks import storage
-from tasks.runs import (IncompleteRunError, RunConflictError, derive_score_id, list_scorings, mark_complete,
-                        open_scoring, recorded_completion, recorded_failure, recording_failure, require_complete)
+from tasks.runs import (REUSED_FROM, IncompleteRunError, RunConflictError, check_id, derive_score_id, list_scorings,
+                        mark_complete, open_scoring, recorded_completion, recorded_failure, recording_failure,
+                        require_complete, reusable_probabilities)
 
 SETTINGS = {"model_version": "m1", "threshold": 0.5, "blast_cutoff": 0.2, "min_cells": 100}
 
@@ -63,3 +64,42 @@ def test_a_failure_is_recorded_where_the_work_left_something_incomplete_and_clea
         assert recorded_failure(scoring) is None, "a resuming rerun is not listed as failed while it runs"
         mark_complete(scoring)
     assert list_scorings(run)[0]["failure"] is None
+
+
+def test_probabilities_are_reused_only_from_a_complete_scoring_of_the_same_model_and_precision(tmp_path):
+    run = storage.RunPaths(str(tmp_path / "store"), "run-1")
+    settings = {**SETTINGS, "precision": "auto"}
+    for score_id, recorded, complete in (("old", settings, True), ("fp32", {**settings, "precision": "float32"}, True),
+                                         ("m2", {**settings, "model_version": "m2"}, True),
+                                         ("latest", {**settings, "min_cells": 7}, True),
+                                         ("unfinished", {**settings, "threshold": 0.4}, False)):
+        open_scoring(run.scoring(score_id), recorded)
+        if complete:
+            mark_complete(run.scoring(score_id))
+    rescoring = run.scoring("new")
+    assert reusable_probabilities(rescoring, {**settings, "threshold": 0.3}).score_id == "latest"
+    assert reusable_probabilities(run.scoring("latest"), settings).score_id == "old", "never itself"
+    assert reusable_probabilities(rescoring, {**settings, "precision": "bfloat16"}) is None
+    assert reusable_probabilities(rescoring, {**settings, "model_version": "m3"}) is None
+
+
+def test_where_the_probabilities_came_from_is_recorded_but_is_no_setting(tmp_path):
+    scoring = storage.RunPaths(str(tmp_path / "store"), "run-1").scoring(derive_score_id(SETTINGS))
+    assert open_scoring(scoring, SETTINGS, reused_from="m1-aaaa") is False
+    assert storage.read_json(scoring.settings) == {**SETTINGS, REUSED_FROM: "m1-aaaa"}
+    # Resumed without a scoring to copy from: the same settings, and the record says so.
+    assert open_scoring(scoring, SETTINGS) is False
+    assert storage.read_json(scoring.settings) == SETTINGS
+    open_scoring(scoring, SETTINGS, reused_from="m1-bbbb")
+    mark_complete(scoring)
+    assert open_scoring(scoring, SETTINGS, reused_from="m1-cccc") is True
+    assert storage.read_json(scoring.settings)[REUSED_FROM] == "m1-bbbb", "a finished scoring is never rewritten"
+    with pytest.raises(RunConflictError, match=r"\(min_cells differ\)"):
+        open_scoring(scoring, {**SETTINGS, "min_cells": 5}, reused_from="m1-bbbb")
+
+
+@pytest.mark.parametrize("value", ["..", ".", "../run", "a/b", "a\\b", "", ".hidden", "x" * 129])
+def test_an_id_that_is_not_one_folder_name_is_refused(value):
+    with pytest.raises(ValueError, match="is not one: letters, digits"):
+        check_id(value)
+    assert check_id("cohort-0123abcd.v2_x") == "cohort-0123abcd.v2_x"
