@@ -1,7 +1,7 @@
 # Two commands set everything up on a fresh machine with python3 and a package index:
 #   make demo   creates .venv if missing, installs, runs the pipeline on synthetic demo data
 #   make test   creates .venv if missing, installs, runs the whole test suite
-# and, to run the Prefect deployments on this machine (README, "Running in production"):
+# and, to run the Prefect deployments on this machine (docs/deployments.md):
 #   make prefect-local   Prefect server on 127.0.0.1, work pool, variables, deployments, worker
 PYTHON ?= python3
 VENV ?= .venv

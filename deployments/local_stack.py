@@ -177,7 +177,7 @@ def up(port: int, home: Path, values: dict) -> int:
 
     Unset variables default to a store under ``home`` and no retrain sources: the nightly retrain
     fails (visibly, in the UI) until its sources are set, and scoring needs a champion first
-    (``aml-smear bootstrap``, README "Running in production").
+    (``aml-smear bootstrap``, docs/deployments.md).
     """
     if not _port_is_free(port):
         message = f"port {port} on {HOST} is in use (another Prefect server?): pass --port"

@@ -56,7 +56,7 @@ def _run(command: list[str], stack: dict, timeout: int = 1800) -> subprocess.Com
 
 
 def _nightly(stack: dict) -> str:
-    """Runs the nightly deployment by hand, as README says; returns its retrain-report artifact."""
+    """Runs the nightly deployment by hand, as docs/deployments.md says; returns its retrain-report artifact."""
     _run([*PREFECT, "deployment", "run", "retrain-and-evaluate/nightly", "--watch", "--watch-interval", "2",
           "--watch-timeout", "1700"], stack)
     response = httpx.get(f"{stack['api_url']}/artifacts/retrain-report/latest", timeout=10)
