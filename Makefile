@@ -12,7 +12,7 @@ DEMO_STORE ?= demo-store
 # a CPU-bound test overlaps another's waiting on servers and subprocesses.
 PYTEST_ARGS ?= -n 2 --dist loadfile --durations=25
 
-.PHONY: install demo test bench clean prefect-local
+.PHONY: install demo test test-benchmarks bench clean prefect-local
 
 # constraints.txt pins the versions the suite was last run with, so installs resolve fast and alike.
 $(STAMP): pyproject.toml constraints.txt
@@ -27,6 +27,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The benchmarks' whole-script smoke runs (about 6 minutes), left out of `make test`.
+test-benchmarks: $(STAMP)
+	$(BIN)/python -m pytest -m benchmark_smoke tests/benchmarks
 
 clean:
 	rm -rf $(DEMO_STORE) .pytest_cache

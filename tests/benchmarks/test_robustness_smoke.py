@@ -22,6 +22,7 @@ MOVED = {"lmu_blasts_as_pbc_reinhard", "lmu_blasts_as_pbc_histogram", "lmu_blast
 
 
 @pytest.mark.slow
+@pytest.mark.benchmark_smoke
 def test_robustness_benchmark_reports_every_group(lmu_cells, pbc_cells, tmp_path):
     import keras
 

@@ -28,6 +28,7 @@ REQUIRED = (
 
 
 @pytest.mark.slow
+@pytest.mark.benchmark_smoke
 def test_benchmarks_run_on_a_handful_of_cells(lmu_cells, tiny_model_file, tmp_path):
     results = tmp_path / "latest.json"
     env = {**os.environ, "AML_SMEAR_LMU_CELLS": str(lmu_cells), "AML_SMEAR_BENCH_RESULTS": str(results),
