@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import keras
 import numpy as np
@@ -13,12 +14,28 @@ from aml_model.config import TrainConfig
 from aml_model.preprocess import normalise_for_resnet50
 from aml_model.zarr_rows import read_cells
 
-__all__ = ["TrainingHistory", "cell_batches", "feature_batches", "train_head", "train_model"]
+__all__ = ["EpochReport", "TrainingHistory", "cell_batches", "feature_batches", "train_head", "train_model"]
 
 logger = logging.getLogger(__name__)
 
 #: Per-epoch metric lists, e.g. {"loss": [...], "val_loss": [...], "accuracy": [...], ...}.
 TrainingHistory = dict[str, list[float]]
+
+
+class EpochReport(keras.callbacks.Callback):
+    """A Keras callback that hands each finished epoch to ``report(epoch, epochs, logs)``.
+
+    ``epoch`` counts from 1, ``epochs`` is the most the fit may run (early stopping may end it
+    sooner), ``logs`` holds the epoch's metrics (loss, val_loss, val_auc, ...) as floats.
+    """
+
+    def __init__(self, report: Callable[[int, int, dict[str, float]], None]) -> None:
+        super().__init__()
+        self._report = report
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self._report(epoch + 1, int(self.params.get("epochs") or 0),
+                     {key: float(value) for key, value in (logs or {}).items()})
 
 
 def train_model(
@@ -150,6 +167,7 @@ def train_head(
     config: TrainConfig,
     train_weights: np.ndarray | None = None,
     val_weights: np.ndarray | None = None,
+    callbacks: list[keras.callbacks.Callback] | None = None,
 ) -> tuple[TrainingHistory, int]:
     """Train the classifier head on cached backbone features, with the paper's early stopping.
 
@@ -169,6 +187,7 @@ def train_head(
         train_weights: `(n,)` loss weights of the training rows (source and label balance).
         val_weights: `(m,)` weights of the validation rows, so that early stopping watches the
             loss that training minimises (otherwise the most numerous source decides when to stop).
+        callbacks: extra Keras callbacks (progress reporting, :class:`EpochReport`).
 
     Returns:
         The per-epoch history and the 0-based index of the restored (best) epoch.
@@ -179,6 +198,7 @@ def train_head(
     val = feature_batches(val_features, val_labels, config.batch_size, val_weights)
     stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.early_stopping_patience,
                                             restore_best_weights=True)
-    fit = head.fit(train, validation_data=val, epochs=config.epochs, callbacks=[stopper], verbose=0, shuffle=False)
+    fit = head.fit(train, validation_data=val, epochs=config.epochs, callbacks=[stopper, *(callbacks or [])], verbose=0,
+                   shuffle=False)
     history = {key: [float(v) for v in values] for key, values in fit.history.items()}
     return history, int(np.argmin(history["val_loss"]))

@@ -158,13 +158,15 @@ def submit_ingest_shard(plan: IngestPlan, spec: ShardSpec) -> PrefectFuture:
 
 def collect_ingest(plan: IngestPlan, futures: list[PrefectFuture]) -> list[dict]:
     """Every shard's records, gathered as the shards finish, with progress in the log and an artifact."""
-    logger = get_run_logger()
     records: list[dict] = []
-    progress = results_with_progress(futures, "ingest-progress", f"ingest of {plan.source}")
-    for done, (percent, shard_records) in enumerate(progress, start=1):
+
+    def line(percent: float, done: int) -> str:
+        return (f"ingest {percent:5.1f}%: {done}/{len(futures)} shards, "
+                f"{len(records)}/{len(plan.found.inputs)} images")
+
+    for _percent, shard_records in results_with_progress(futures, "ingest-progress", f"ingest of {plan.source}",
+                                                         line):
         records.extend(shard_records)
-        logger.info("ingest %5.1f%%: %d/%d shards, %d/%d images", percent, done, len(futures),
-                    len(records), len(plan.found.inputs))
     return records
 
 

@@ -22,11 +22,12 @@ from aml_model.sampling import balanced_weights
 from aml_model.split import training_split
 from flows.ingest import ingest_sources
 from flows.parameters import RetrainOptions, require_existing
+from flows.progress import results_with_progress
 from tasks import storage
 from tasks.backbones import resolve_backbone, with_backbone
 from tasks.devices import model_tasks
 from tasks.events import emit_model_promoted
-from tasks.features import FeatureCache, embed_missing, prepare_backbone_task
+from tasks.features import FeatureCache, embed_missing, embed_shard, prepare_backbone_task
 from tasks.registry import champion_card, code_version, set_champion
 from tasks.retrain_report import REVIEW_COLUMNS, model_card, publish_retrain_report, publish_skipped
 from tasks.training import (TrainedModel, TrainingSet, compare_with_champion, evaluation_files, load_training_set,
@@ -95,7 +96,7 @@ def _train(config: ExperimentConfig, data: TrainingSet, split: dict, test: pd.Da
         return trained.result(), backbone, 0
     views = [data.cells.iloc[split["train"]].assign(view=v) for v in range(options.augment_views + 1)]
     needed = pd.concat([*views, data.cells.iloc[split["val"]].assign(view=0)], ignore_index=True)
-    rows, embedded = embed_missing(cache, needed, feature_shape, config)
+    rows, embedded = embed_missing(cache, needed, feature_shape, config, _embed_with_progress)
     get_run_logger().info("feature cache %s: %d new embeddings, %d reused", backbone_id, embedded,
                           len(needed) - embedded)
     n_train, copies = sum(len(v) for v in views), options.augment_views + 1
@@ -105,6 +106,20 @@ def _train(config: ExperimentConfig, data: TrainingSet, split: dict, test: pd.Da
             rows[n_train:], data.y[split["val"]], test, store_options,
             train_weights=np.tile(weights_of["train"], copies), val_weights=weights_of["val"])
     return trained.result(), backbone, embedded
+
+
+def _embed_with_progress(calls: list[tuple]) -> list[int]:
+    """Run the embedding shards on the workers, with progress in rows; returns each shard's row count."""
+    with model_tasks():
+        futures = [embed_shard.submit(*call) for call in calls]
+    total, counts = sum(len(call[0]) for call in calls), []
+
+    def line(percent: float, _done: int) -> str:
+        return f"embedding {percent:5.1f}%: {sum(counts)}/{total} feature rows"
+
+    for _percent, count in results_with_progress(futures, "embed-progress", f"embedding {total} feature rows", line):
+        counts.append(count)
+    return counts
 
 
 def _evaluate(test: pd.DataFrame, y_test: np.ndarray, trained: TrainedModel, threshold: float,

@@ -166,7 +166,6 @@ def _score_cells(plan: IngestPlan, scoring: storage.ScoringPaths, model_ref: Mod
     Returns:
         The ingest run's cell and quarantine counts.
     """
-    logger = get_run_logger()
     store_options = plan.store_options
     n_inputs = len(plan.found.inputs)
     storage.create_probabilities_array(scoring.probabilities_zarr, n_inputs, plan.chunk_cells, store_options)
@@ -190,10 +189,13 @@ def _score_cells(plan: IngestPlan, scoring: storage.ScoringPaths, model_ref: Mod
     counts = (plan.recorded_counts() if plan.complete
               else finish_ingest(plan, collect_ingest(plan, decoding), mark_success=True))
     scored = 0
-    for percent, shard_scored in results_with_progress(scoring_futures, "score-progress",
-                                                       f"scoring {scoring.run_id}/{scoring.score_id}"):
+
+    def line(percent: float, _done: int) -> str:
+        return f"scoring {percent:5.1f}%: {scored} cells of {n_inputs} inputs"
+
+    for _percent, shard_scored in results_with_progress(scoring_futures, "score-progress",
+                                                        f"scoring {scoring.run_id}/{scoring.score_id}", line):
         scored += shard_scored
-        logger.info("scoring %5.1f%%: %d cells of %d inputs", percent, scored, n_inputs)
     return counts
 
 
@@ -210,8 +212,12 @@ def _explain_and_report(scoring: storage.ScoringPaths, patients, model_ref: Mode
     with model_tasks():
         futures = [explain_patient.submit(scoring, patient_id, model_ref, options.explain_top_k, store_options)
                    for patient_id in explained if patient_id not in copied]
-    for future in futures:
-        future.result()
+    if futures:
+        def line(percent: float, done: int) -> str:
+            return f"Grad-CAM {percent:5.1f}%: {done}/{len(futures)} patients"
+
+        for _ in results_with_progress(futures, "explain-progress", f"Grad-CAM of scoring {scoring.score_id}", line):
+            pass
     copies = "" if reused is None else f" ({len(copied)} copied from scoring {reused.score_id})"
     get_run_logger().info("Grad-CAM of the top %d cells of %d patients%s", options.explain_top_k, len(explained),
                           copies)

@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 import tempfile
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import MissingContextError
 
 from aml_model.config import ScoringConfig
 from aml_model.evaluate import BinaryMetrics, compute_metrics
 from aml_model.zarr_rows import Rows
 from tasks import storage
 from tasks.retry import store_task
+from tasks.throttle import Throttle
 from tasks.registry import CARD_FILE, MODEL_FILE, ModelRef, finish_registration, models_root, resolve_model, stage_model
 
 __all__ = ["TrainedModel", "TrainingSet", "cell_rows", "compare_with_champion", "evaluation_files", "fit_head",
@@ -217,6 +220,37 @@ def _record(check) -> dict:
             "reason": check.reason}
 
 
+def _logger():
+    """The task's run logger; the module's logger outside a run (a direct call in a test or benchmark)."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger(__name__)
+
+
+def _epoch_lines():
+    """A Keras callback that logs epochs (loss, validation loss and AUC), rate-limited, through the
+    task's run logger (the module's logger outside a run)."""
+    from aml_model.train import EpochReport
+
+    logger = _logger()
+    throttle = Throttle()
+
+    def report(epoch: int, epochs: int, logs: dict[str, float]) -> None:
+        if throttle.due(final=epoch == epochs):
+            logger.info("epoch %d/%d: loss %.4f, val_loss %.4f, val AUC %.3f", epoch, epochs, logs.get("loss", np.nan),
+                        logs.get("val_loss", np.nan), logs.get("val_auc", np.nan))
+
+    return EpochReport(report)
+
+
+def _log_trained(history: dict, best: int) -> None:
+    """The line that ends a training's progress: epochs run and the restored epoch's figures."""
+    logger = _logger()
+    logger.info("trained %d epochs; best epoch %d: val_loss %.4f, val AUC %.3f", len(history["val_loss"]), best + 1,
+                history["val_loss"][best], history.get("val_auc", [np.nan] * (best + 1))[best])
+
+
 def _train_guarded(config, y_val: np.ndarray, attempt) -> tuple:
     """Train with ``attempt(train_config) -> (model, history, best epoch, validation probabilities)``,
     drawing again from a derived seed while the validation predictions collapse
@@ -263,7 +297,8 @@ def fit_head(cache, config, feature_shape, train_rows, y_train_rows, val_rows, y
         # The head's initialisation is part of the seeded run.
         head = seed_weights(build_head(feature_shape, config.model), train_config.seed)
         history, best = train_head(head, train_features, y_train_rows, val_features, y_val, train_config,
-                                   train_weights=train_weights, val_weights=val_weights)
+                                   train_weights=train_weights, val_weights=val_weights, callbacks=[_epoch_lines()])
+        _log_trained(history, best)
         p_val = head.predict(feature_batches(val_features, None, config.train.batch_size), verbose=0).reshape(-1)
         return head, history, best, p_val
 
@@ -322,7 +357,8 @@ def train_plain(cache, config, cells: pd.DataFrame, y, split, storage_options, t
         keras.utils.set_random_seed(train_config.seed)
         model = build_model(model_config)
         history, best = train_model(model, train, y[split["train"]], val, y[split["val"]], train_config,
-                                    train_weights=train_weights, val_weights=val_weights)
+                                    callbacks=[_epoch_lines()], train_weights=train_weights, val_weights=val_weights)
+        _log_trained(history, best)
         return model, history, best, predict_cells(model, val)
 
     model, history, best, attempts = _train_guarded(config, y[split["val"]], attempt)

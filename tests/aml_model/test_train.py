@@ -6,7 +6,7 @@ from aml_model.architecture import build_model
 from aml_model.config import ExperimentConfig
 from aml_model.data import make_dataset
 from aml_model.synthetic import render_cell
-from aml_model.train import train_model
+from aml_model.train import EpochReport, train_model
 
 
 @pytest.fixture(scope="module")
@@ -70,3 +70,16 @@ def test_cell_batches_give_autograph_nothing_to_warn_about(cells):
         logger.removeHandler(handler)
     # "AutoGraph could not transform <function cell_batches.<locals>.<lambda>> ... do_not_convert"
     assert not [m for m in messages if "AutoGraph" in m or "do_not_convert" in m], messages
+
+
+def test_epoch_report_hands_over_every_epoch_with_its_validation_auc(cells):
+    images, labels = cells
+    config = ExperimentConfig.tiny(image_size=32, epochs=3)
+    keras.utils.set_random_seed(0)
+    model = build_model(config.model)
+    seen = []
+    history, _ = train_model(model, images[:72], labels[:72], images[72:], labels[72:], config.train,
+                             callbacks=[EpochReport(lambda epoch, epochs, logs: seen.append((epoch, epochs, logs)))])
+    assert [(epoch, epochs) for epoch, epochs, _ in seen] == [(1, 3), (2, 3), (3, 3)]
+    assert [logs["val_loss"] for _, _, logs in seen] == pytest.approx(history["val_loss"])
+    assert all(0.0 <= logs["val_auc"] <= 1.0 for _, _, logs in seen)

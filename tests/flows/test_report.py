@@ -98,6 +98,8 @@ def test_grad_cam_overlays_are_pngs_on_the_store(scored_run):
     png = storage.read_bytes(storage.join(paths.root, "explain", explained[0], manifest["cells"][0]["overlay"]))
     image = Image.open(io.BytesIO(png))
     assert image.format == "PNG" and image.size == (32, 32) and image.mode == "RGB"
+    progress = Artifact.get("explain-progress")
+    assert float(progress.data) == 100.0 and progress.description == f"Grad-CAM of scoring {result['score_id']}"
 
 
 def test_report_renders_in_headless_chromium(scored_run):

@@ -50,6 +50,8 @@ def test_retrain_registers_promotes_and_reuses_the_feature_cache(cohort, tmp_pat
     assert card["backbone"]["id"].startswith("resnet50-64px-") and card["data"]["n_labelled"] == 240
     assert card["parent"] is None and card["promotion"]["promoted"] is True
     assert Artifact.get("retrain-metrics") is not None and Artifact.get("retrain-report") is not None
+    embedding = Artifact.get("embed-progress")
+    assert float(embedding.data) == 100.0 and embedding.description == f"embedding {first['embedded']} feature rows"
     [promoted] = read_events(MODEL_PROMOTED, resource_id=f"aml-smear.model.{first['version']}")
     assert promoted.payload == {"version": first["version"], "previous": None, "reason": first["reason"],
                                 "store": store, "by": "retrain"}

@@ -1,4 +1,6 @@
 import dataclasses
+import logging
+import re
 
 import numpy as np
 import pandas as pd
@@ -38,6 +40,22 @@ def wanted(cells, train, val):
     """The rows retrain asks for: every view of the training cells, the validation cells as they are."""
     views = [cells.iloc[train].assign(view=v) for v in range(VIEWS + 1)]
     return pd.concat([*views, cells.iloc[val].assign(view=0)], ignore_index=True)
+
+
+def test_fit_head_logs_its_epochs_and_the_restored_one(cells, config, tmp_path, caplog):
+    train, val = np.arange(16), np.arange(16, 24)
+    store = str(tmp_path / "store")
+    new_run()
+    backbone_id, _, shape = prepare_backbone(config.model, store, {}, config.train.seed)
+    cache = FeatureCache(store, backbone_id)
+    rows, _ = embed_missing(cache, wanted(cells, train, val), shape, config, map_shards=in_process)
+    with caplog.at_level(logging.INFO, logger="tasks.training"):
+        train_from_cache(cache, config, cells, rows, train, val)
+    lines = [record.getMessage() for record in caplog.records if record.name == "tasks.training"]
+    # Four epochs take well under the throttle's interval: the first line and the last one show.
+    assert re.fullmatch(r"epoch 1/4: loss \d+\.\d{4}, val_loss \d+\.\d{4}, val AUC (\d\.\d{3}|nan)", lines[0]), lines
+    assert lines[1].startswith("epoch 4/4: ") and len(lines) == 3
+    assert re.fullmatch(r"trained 4 epochs; best epoch [1-4]: val_loss \d+\.\d{4}, val AUC .+", lines[2])
 
 
 def train_from_cache(cache, config, cells, rows, train, val):
