@@ -7,6 +7,7 @@ Each class also inherits the builtin a caller would naturally catch (``ValueErro
 from __future__ import annotations
 
 __all__ = [
+    "EXPECTED_FAILURES",
     "AmlSmearError",
     "BackboneWeightsError",
     "CalibrationError",
@@ -64,6 +65,10 @@ class PretrainingDivergedError(AmlSmearError, FloatingPointError):
 
 class CalibrationError(AmlSmearError, ValueError):
     """A site's labelled cells cannot support a calibration (too few of a class, scores that do not rank)."""
+
+
+#: Failures whose message says all: wrong input, a missing or forbidden file. Others name their type.
+EXPECTED_FAILURES = (AmlSmearError, ValueError, FileNotFoundError, PermissionError)
 
 
 def one_line(exc: BaseException) -> str:

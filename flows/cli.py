@@ -85,10 +85,10 @@ class _Group(click.Group):
 
 def _reason(exc: BaseException) -> str:
     """The line to print: an expected failure's message; anything else with its type and a hint."""
-    from aml_model.errors import AmlSmearError, one_line
+    from aml_model.errors import EXPECTED_FAILURES, one_line
 
     # Before Prefect is imported (seconds): a missing source fails before the flow is imported.
-    if isinstance(exc, AmlSmearError | ValueError | FileNotFoundError | PermissionError):
+    if isinstance(exc, EXPECTED_FAILURES):
         return one_line(exc)
     from prefect.exceptions import ParameterTypeError
 
@@ -493,7 +493,8 @@ def bootstrap_command(sources, store, from_variables, force, epochs, backbone_we
                 "backbone_weights": backbone_weights, "backbone_weights_sha256": backbone_weights_sha256,
                 "recipe": recipe, "s3_endpoint_url": s3_endpoint_url}
     if not from_variables and not (sources and store):
-        raise _CliError("bootstrap needs SOURCE... and --store, or --from-variables to read them from Prefect")
+        raise _UsageError("bootstrap needs SOURCE... and --store, or --from-variables to read them from Prefect",
+                          click.get_current_context())
     parameters, _ = nightly_parameters(explicit, read_nightly_variables() if from_variables else {})
     store = parameters["store"]
     options = storage.storage_options_for(store, parameters.get("s3_endpoint_url"))

@@ -21,13 +21,10 @@ from typing import Any
 
 from prefect.logging.handlers import PrefectConsoleHandler
 
-from aml_model.errors import AmlSmearError, one_line
+from aml_model.errors import EXPECTED_FAILURES, one_line
 
 __all__ = ["DEBUG_ENV", "EXPECTED_FAILURES", "ConsoleHandler", "debug_requested", "failing_with_reason",
            "failure_reason", "one_line"]
-
-#: Failures whose message says all: wrong input, a missing or forbidden file. Others name their type.
-EXPECTED_FAILURES = (AmlSmearError, ValueError, FileNotFoundError, PermissionError)
 
 #: Set (to anything but "" or "0") for full tracebacks in the terminal; `aml-smear --debug` sets it.
 DEBUG_ENV = "AML_SMEAR_DEBUG"

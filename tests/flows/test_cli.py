@@ -135,6 +135,9 @@ def test_invalid_parameters_are_refused_in_one_line_before_anything_runs(tmp_pat
     assert missing.exit_code == 1
     assert missing.output == f"error: source {tmp_path / 'gone'} does not exist\n"
     assert not store.exists()
+    bare = CliRunner().invoke(cli, ["bootstrap", "--store", str(store)])
+    assert bare.exit_code == 2 and bare.output.startswith("Usage: cli bootstrap [OPTIONS] [SOURCES]...")
+    assert bare.output.splitlines()[-1].startswith("error: bootstrap needs SOURCE... and --store")
 
 
 def _aml_smear(*args: str, env: dict[str, str | None] | None = None):
