@@ -11,6 +11,7 @@ model version with its test metrics.
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import math
 import re
@@ -31,10 +32,9 @@ from aml_model.aggregate import RESEARCH_NOTE  # noqa: E402
 from aml_model.calibration import call_probabilities  # noqa: E402
 from aml_model.evaluate import rates_by_group  # noqa: E402
 
-__all__ = ["EXPLAINED_CALLS", "GalleryCell", "ModelInfo", "PatientReport", "cell_type_rates", "describe_call",
-           "encode_png",
-           "patients_to_explain", "render_cohort_index", "render_patient_report", "render_probability_histogram",
-           "report_name", "top_cells"]
+__all__ = ["EXPLAINED_CALLS", "STEM_CHARACTERS", "GalleryCell", "ModelInfo", "PatientReport", "cell_type_rates",
+           "describe_call", "encode_png", "legacy_report_name", "patients_to_explain", "render_cohort_index",
+           "render_patient_report", "render_probability_histogram", "report_name", "top_cells"]
 
 # Grad-CAM is worth its cost where a hematologist has to check a positive or unclear call.
 EXPLAINED_CALLS = ("AML_SUSPECTED", "INDETERMINATE")
@@ -104,9 +104,25 @@ class PatientReport:
     quarantined: tuple[dict, ...] = ()
 
 
-def report_name(patient_id: str) -> str:
-    """A file-name-safe stem for a patient's report and Grad-CAM folder (ids may hold any character)."""
+#: Characters of an id kept in its file name stem; the hash after it keeps the name unique.
+STEM_CHARACTERS = 48
+
+
+def legacy_report_name(patient_id: str) -> str:
+    """The stem reports and Grad-CAM folders had before :func:`report_name` (``P/1`` and ``P 1`` were
+    both ``P_1``): only for finding the Grad-CAM of scorings made then."""
     return re.sub(r"[^A-Za-z0-9._-]", "_", patient_id).lstrip(".") or "_"
+
+
+def report_name(patient_id: str) -> str:
+    """A file-name-safe stem for a patient's report and Grad-CAM folder, unique to the exact id.
+
+    Ids may hold any character: the readable part keeps letters, digits, ``.``, ``_`` and ``-``
+    (others become ``_``, at most :data:`STEM_CHARACTERS` of them), and the first 10 hex digits of
+    the id's sha256 follow, so ``P/1``, ``P 1`` and ``P_1`` get three names (``P_1-<hash>``).
+    """
+    digest = hashlib.sha256(patient_id.encode("utf-8")).hexdigest()[:10]
+    return f"{legacy_report_name(patient_id)[:STEM_CHARACTERS]}-{digest}"
 
 
 def patients_to_explain(patients: pd.DataFrame, calls: tuple[str, ...] = EXPLAINED_CALLS) -> list[str]:

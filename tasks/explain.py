@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from aml_model.report import encode_png, report_name, top_cells
+from aml_model.report import encode_png, legacy_report_name, report_name, top_cells
 from aml_model.zarr_rows import read_cells
 from tasks import storage
 from tasks.predict import load_worker_model
 from tasks.registry import ModelRef
 from tasks.retry import store_task
 
-__all__ = ["EXPLAIN_MANIFEST", "explain_dir", "explain_patient", "manifest_url", "reuse_explanation"]
+__all__ = ["EXPLAIN_MANIFEST", "explain_dir", "explain_patient", "find_explanation", "manifest_url",
+           "reuse_explanation"]
 
 EXPLAIN_MANIFEST = "gradcam.json"
 
@@ -24,6 +25,22 @@ def explain_dir(paths: storage.ScoringPaths, patient_id: str) -> str:
 def manifest_url(paths: storage.ScoringPaths, patient_id: str) -> str:
     """The patient's Grad-CAM manifest; it is written after the overlays, so it lists only whole files."""
     return storage.join(explain_dir(paths, patient_id), EXPLAIN_MANIFEST)
+
+
+def find_explanation(paths: storage.ScoringPaths, patient_id: str, store_options: dict | None = None) -> str | None:
+    """The folder of the patient's Grad-CAM in ``paths`` (overlays and manifest), or None.
+
+    A scoring made before names were unique (:func:`aml_model.report.legacy_report_name`) is read
+    too, where that folder's manifest is the patient's own: two ids could share it.
+    """
+    folder = explain_dir(paths, patient_id)
+    if storage.exists(storage.join(folder, EXPLAIN_MANIFEST), store_options):
+        return folder
+    legacy = storage.join(paths.root, "explain", legacy_report_name(patient_id))
+    manifest = storage.join(legacy, EXPLAIN_MANIFEST)
+    if not storage.exists(manifest, store_options):
+        return None
+    return legacy if storage.read_json(manifest, store_options)["patient_id"] == patient_id else None
 
 
 @store_task("explain-patient")
@@ -79,14 +96,15 @@ def reuse_explanation(
     Returns:
         Whether it was copied; False when ``source`` has no such Grad-CAM of the patient.
     """
-    manifest = manifest_url(source, patient_id)
-    if not storage.exists(manifest, store_options):
+    folder = find_explanation(source, patient_id, store_options)
+    if folder is None:
         return False
+    manifest = storage.join(folder, EXPLAIN_MANIFEST)
     recorded = storage.read_json(manifest, store_options)
     if recorded["model_version"] != model_version or recorded["top_k"] != top_k:
         return False
     for entry in recorded["cells"]:
-        overlay = storage.read_bytes(storage.join(explain_dir(source, patient_id), entry["overlay"]), store_options)
+        overlay = storage.read_bytes(storage.join(folder, entry["overlay"]), store_options)
         storage.write_bytes(storage.join(explain_dir(target, patient_id), entry["overlay"]), overlay, store_options)
     storage.write_bytes(manifest_url(target, patient_id), storage.read_bytes(manifest, store_options), store_options)
     return True

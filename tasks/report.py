@@ -11,7 +11,7 @@ from aml_model.report import (GalleryCell, ModelInfo, PatientReport, cell_type_r
                               render_cohort_index, render_patient_report, report_name, top_cells)
 from aml_model.zarr_rows import read_cells
 from tasks import storage
-from tasks.explain import explain_dir, manifest_url
+from tasks.explain import EXPLAIN_MANIFEST, find_explanation
 from tasks.inputs import input_names, quarantined_inputs, source_root
 from tasks.registry import CARD_FILE, models_root
 from tasks.retry import store_task
@@ -41,13 +41,12 @@ def _gallery(paths: storage.ScoringPaths, cells: pd.DataFrame, patient_id: str, 
              store_options: dict) -> tuple[tuple[GalleryCell, ...], bool]:
     """The patient's top cells, named by file (``cells``' name column), with the Grad-CAM overlays of
     its manifest where there is one."""
-    manifest = manifest_url(paths, patient_id)
-    explained = storage.exists(manifest, store_options)
+    folder = find_explanation(paths, patient_id, store_options)
+    explained = folder is not None
     if explained:
         # The explained cells, exactly as Grad-CAM saw them (the same ranking, the same k).
-        top = pd.DataFrame(storage.read_json(manifest, store_options)["cells"])
-        overlays = [storage.read_bytes(storage.join(explain_dir(paths, patient_id), name), store_options)
-                    for name in top["overlay"]]
+        top = pd.DataFrame(storage.read_json(storage.join(folder, EXPLAIN_MANIFEST), store_options)["cells"])
+        overlays = [storage.read_bytes(storage.join(folder, name), store_options) for name in top["overlay"]]
     else:
         top = top_cells(cells, patient_id, top_k)
         overlays = [None] * len(top)

@@ -1,4 +1,6 @@
+import hashlib
 import io
+import re
 
 import numpy as np
 import pandas as pd
@@ -7,9 +9,21 @@ from PIL import Image
 
 from aml_model.aggregate import RESEARCH_NOTE, summarise_cohort
 from aml_model.config import SummaryConfig
-from aml_model.report import (GalleryCell, ModelInfo, PatientReport, cell_type_rates, describe_call, encode_png,
-                              patients_to_explain, render_cohort_index, render_patient_report,
-                              render_probability_histogram, report_name, top_cells)
+from aml_model.report import (
+    STEM_CHARACTERS,
+    GalleryCell,
+    ModelInfo,
+    PatientReport,
+    cell_type_rates,
+    describe_call,
+    encode_png,
+    patients_to_explain,
+    render_cohort_index,
+    render_patient_report,
+    render_probability_histogram,
+    report_name,
+    top_cells,
+)
 from tests.report_checks import embedded_pngs, parse_page
 
 METRICS = {"n": 40, "threshold": 0.5, "accuracy": 0.9, "sensitivity": 0.85, "specificity": 0.95, "precision": 0.9,
@@ -55,8 +69,12 @@ def test_each_call_states_the_rule_that_produced_it(cohort):
     assert "fewer than the minimum of 10" in rules["FEW-4"]
 
 
-def test_report_names_are_safe_file_names():
-    assert report_name("HLT/2") == "HLT_2" and report_name("../x y") == "_x_y" and report_name("P-01.a") == "P-01.a"
+def test_report_names_are_safe_file_names_unique_to_the_exact_id():
+    assert report_name("HLT/2") == "HLT_2-" + hashlib.sha256(b"HLT/2").hexdigest()[:10]
+    assert report_name("../x y").startswith("_x_y-") and report_name("P-01.a").startswith("P-01.a-")
+    names = [report_name(patient_id) for patient_id in ("P/1", "P 1", "P_1", "p_1")]
+    assert len(set(names)) == 4 and all(re.fullmatch(r"[Pp]_1-[0-9a-f]{10}", name) for name in names)
+    assert len(report_name("x" * 300)) == STEM_CHARACTERS + 11, "long ids keep file names short"
 
 
 def test_histogram_is_a_png():
@@ -113,7 +131,7 @@ def test_report_without_model_card_or_grad_cam_says_so(cohort):
 def test_index_links_every_patient_report(cohort):
     _, patients = cohort
     page = parse_page(render_cohort_index("run-1", patients.reset_index(drop=True), ModelInfo("v-test", METRICS)))
-    assert page.links == ["AML-1.html", "FEW-4.html", "HLT_2.html", "MID-3.html"]
+    assert page.links == [f"{report_name(pid)}.html" for pid in ("AML-1", "FEW-4", "HLT/2", "MID-3")]
     assert "AML_SUSPECTED: 1" in page.text and RESEARCH_NOTE in page.text.lower() and "v-test" in page.text
 
 

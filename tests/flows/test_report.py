@@ -52,7 +52,7 @@ def test_every_patient_gets_a_self_contained_report(scored_run):
     assert explained, f"the cohort must have a patient to explain: {calls}"
     assert result["report"] == storage.join(paths.root, "reports", "index.html")
     for patient_id, call in calls.items():
-        html = storage.read_bytes(storage.join(paths.root, "reports", f"{patient_id}.html")).decode()
+        html = storage.read_bytes(storage.join(paths.root, "reports", f"{report_name(patient_id)}.html")).decode()
         page = parse_page(html)
         n_cells = 5 if patient_id == "C" else 16
         gallery = min(TOP_K, n_cells) * (2 if patient_id in explained else 1)
@@ -60,7 +60,7 @@ def test_every_patient_gets_a_self_contained_report(scored_run):
         assert f"Patient {patient_id}" in page.text and call in page.text
         assert result["model_version"] in page.text and "roc_auc" in page.text and "0.930" in page.text
         assert RESEARCH_NOTE in page.text.lower()
-        folder = storage.join(paths.root, "explain", patient_id)
+        folder = storage.join(paths.root, "explain", report_name(patient_id))
         if patient_id in explained:
             names = [cell["overlay"] for cell in storage.read_json(storage.join(folder, "gradcam.json"))["cells"]]
             assert len(names) == TOP_K and all(storage.exists(storage.join(folder, name)) for name in names)
@@ -69,13 +69,13 @@ def test_every_patient_gets_a_self_contained_report(scored_run):
     index = parse_page(storage.read_bytes(result["report"]).decode())
     assert index.links == [f"{report_name(pid)}.html" for pid in sorted(calls)]
     artifact = Artifact.get("patient-reports")
-    assert artifact is not None and "index.html" in artifact.data and "A.html" in artifact.data
+    assert artifact is not None and "index.html" in artifact.data and f"{report_name('A')}.html" in artifact.data
 
 
 def test_reports_name_each_cell_by_its_file_and_list_the_patients_quarantined_files(scored_run):
     _, paths, root = scored_run
     for patient_id in "ABC":
-        html = storage.read_bytes(storage.join(paths.root, "reports", f"{patient_id}.html")).decode()
+        html = storage.read_bytes(storage.join(paths.root, "reports", f"{report_name(patient_id)}.html")).decode()
         names = re.findall(r'<div class="id">([^<]*)</div>', html)
         # Each gallery cell is labelled by its path in the source, a file a hematologist can open.
         assert len(names) == min(TOP_K, 5 if patient_id == "C" else 16), html
@@ -91,11 +91,12 @@ def test_reports_name_each_cell_by_its_file_and_list_the_patients_quarantined_fi
 def test_grad_cam_overlays_are_pngs_on_the_store(scored_run):
     result, paths, _ = scored_run
     explained = [row["patient_id"] for row in result["patients"] if row["call"] in EXPLAINED_CALLS]
-    manifest = storage.read_json(storage.join(paths.root, "explain", explained[0], "gradcam.json"))
+    folder = storage.join(paths.root, "explain", report_name(explained[0]))
+    manifest = storage.read_json(storage.join(folder, "gradcam.json"))
     assert [cell["rank"] for cell in manifest["cells"]] == list(range(1, TOP_K + 1))
     probabilities = [cell["probability"] for cell in manifest["cells"]]
     assert probabilities == sorted(probabilities, reverse=True)
-    png = storage.read_bytes(storage.join(paths.root, "explain", explained[0], manifest["cells"][0]["overlay"]))
+    png = storage.read_bytes(storage.join(folder, manifest["cells"][0]["overlay"]))
     image = Image.open(io.BytesIO(png))
     assert image.format == "PNG" and image.size == (32, 32) and image.mode == "RGB"
     progress = Artifact.get("explain-progress")
@@ -107,7 +108,7 @@ def test_report_renders_in_headless_chromium(scored_run):
     executable = chromium()
     if executable is None:
         pytest.skip("chromium is not installed (apt-get install chromium): the HTML was checked with html.parser only")
-    page = Path(paths.root) / "reports" / "A.html"
+    page = Path(paths.root) / "reports" / f"{report_name('A')}.html"
     image = screenshot(executable, page, root / "A.png", root / "chromium-profile")
     assert image.size == (1200, 1600) and not is_blank(image)
 
@@ -120,7 +121,7 @@ def test_cli_rebuilds_the_reports_of_a_complete_run_only(scored_run):
     assert rebuilt.exit_code == 0, rebuilt.output
     assert f"reports of run {paths.run_id}, scoring {paths.score_id} rebuilt" in rebuilt.output
     assert storage.exists(storage.join(paths.root, "reports", "index.html"))
-    assert all(storage.exists(storage.join(paths.root, "reports", f"{pid}.html")) for pid in "ABC")
+    assert all(storage.exists(storage.join(paths.root, "reports", f"{report_name(pid)}.html")) for pid in "ABC")
 
     storage.remove(paths.success)
     refused = CliRunner().invoke(cli, ["report", paths.run_id, "--store", store, "--score", paths.score_id])
@@ -129,3 +130,43 @@ def test_cli_rebuilds_the_reports_of_a_complete_run_only(scored_run):
     assert latest.exit_code == 1 and "has only incomplete scorings" in latest.output
     missing = CliRunner().invoke(cli, ["report", "no-such-run", "--store", store])
     assert missing.exit_code == 1 and "no run no-such-run" in missing.output
+
+
+def test_patients_whose_ids_share_a_file_name_stem_get_a_report_and_grad_cam_each(lmu_cells, tmp_path, dask_cluster,
+                                                                                   tiny_model_file):
+    """``P/1``, ``P 1`` and ``P_1`` (a manifest may name patients so) once shared ``P_1.html``."""
+    import csv
+
+    from tests.corpus import lmu_rows
+
+    blasts = [row["file"] for row in lmu_rows(lmu_cells) if row["label"] == "blast"]
+    patients = ["P/1", "P 1", "P_1"]
+    entries = []
+    for number, patient_id in enumerate(patients):
+        for file in blasts[number * 12:(number + 1) * 12]:
+            name = f"cells/{number}-{Path(file).name}"
+            (tmp_path / "cohort" / "cells").mkdir(parents=True, exist_ok=True)
+            (tmp_path / "cohort" / name).write_bytes((lmu_cells / file).read_bytes())
+            entries.append({"image_uri": name, "patient_id": patient_id})
+    with open(tmp_path / "cohort" / "manifest.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, ["image_uri", "patient_id"])
+        writer.writeheader()
+        writer.writerows(entries)
+    store = str(tmp_path / "store")
+    result = score_smears.with_options(task_runner=DaskTaskRunner(address=dask_cluster.scheduler_address))(
+        source=str(tmp_path / "cohort" / "manifest.csv"), store=store,
+        options=ScoreOptions(model=str(tiny_model_file), min_cells=10, chunk_cells=16, explain_top_k=2,
+                             layout="manifest"))
+    paths = storage.RunPaths(store, result["run_id"]).scoring(result["score_id"])
+    calls = {row["patient_id"]: row["call"] for row in result["patients"]}
+    assert sorted(calls) == sorted(patients) and all(call in EXPLAINED_CALLS for call in calls.values()), calls
+    reports = sorted((Path(paths.root) / "reports").glob("*.html"))
+    assert len(reports) == 4, "three patients and the index"
+    for report in (r for r in reports if r.name != "index.html"):
+        owners = [pid for pid in patients if f"Patient {pid}" in parse_page(report.read_text()).text]
+        assert len(owners) == 1, (report.name, owners)
+    index = parse_page(storage.read_bytes(result["report"]).decode())
+    assert len(set(index.links)) == 3 and set(index.links) <= {r.name for r in reports}
+    owners = [storage.read_json(str(folder / "gradcam.json"))["patient_id"]
+              for folder in (Path(paths.root) / "explain").iterdir()]
+    assert sorted(owners) == sorted(patients), "three Grad-CAM folders, each with its own patient"

@@ -16,6 +16,7 @@ from flows.parameters import ScoreOptions, nest_options
 from flows.score import score_smears
 from tasks import storage
 from tasks.registry import ModelNotFoundError
+from tasks.report import report_url
 from tasks.runs import require_complete
 from tests.conftest import upload_folder
 from tests.corpus import compose_class_source, compose_patient_cohort
@@ -150,7 +151,7 @@ def test_class_layout_run_reports_blast_like_rates_per_cell_type(lmu_cells, tmp_
         assert rows[cell_type]["n"] == n and rows[cell_type]["blast_like_rate"] == pytest.approx(rate)
     assert rows["myeloblast"]["n_blast"] == 6 and rows["segmented neutrophil"]["n_blast"] == 0
 
-    report = parse_page(storage.read_bytes(storage.join(paths.root, "reports", "smear.html")).decode()).text
+    report = parse_page(storage.read_bytes(report_url(paths, "smear")).decode()).text
     index = parse_page(storage.read_bytes(result["report"]).decode()).text
     for cell_type, (n, rate) in expected.items():
         assert f"{cell_type} {n} {rate:.1%}" in report, cell_type

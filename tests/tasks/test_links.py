@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from aml_model.aggregate import RESEARCH_NOTE
+from aml_model.report import report_name
 from tasks import storage
 from tasks.links import LINK_EXPIRY, LINK_EXPIRY_ENV, Link, index_link, reports_markdown, ui_link
 from tasks.privacy import PATIENT_ID_KEY_ENV, prefect_patient_id
@@ -50,7 +51,7 @@ def test_reports_markdown_links_the_index_and_each_report(tmp_path, monkeypatch)
     paths = storage.RunPaths(str(tmp_path / "store"), "run-1").scoring("v1-abc")
     patients = pd.DataFrame({"patient_id": ["P/1", "P2"], "call": ["AML_SUSPECTED", "NOT_SUSPECTED"]})
     markdown = reports_markdown(paths, patients, index_link(paths))
-    assert report_url(paths, "P/1") == f"{tmp_path}/store/runs/run-1/scores/v1-abc/reports/P_1.html"
+    assert report_url(paths, "P/1") == f"{tmp_path}/store/runs/run-1/scores/v1-abc/reports/{report_name('P/1')}.html"
     assert f"(file://{index_url(paths)})" in markdown and f"(file://{report_url(paths, 'P/1')})" in markdown
     assert "| P2 | NOT_SUSPECTED |" in markdown and RESEARCH_NOTE in markdown and "expire" not in markdown
 
