@@ -531,7 +531,7 @@ def report_command(run: str, store: str, score_id: str | None, s3_endpoint_url: 
     try:
         scoring = find_scoring(storage.RunPaths(store, run), score_id, options)
         index = build_reports(scoring, options)
-    except (AmlSmearError, FileNotFoundError, PermissionError) as exc:
+    except (AmlSmearError, ValueError, FileNotFoundError, PermissionError) as exc:
         raise _CliError(str(exc)) from exc
     click.echo(f"reports of run {run}, scoring {scoring.score_id} rebuilt: {index}")
 

@@ -13,7 +13,7 @@ import pandas as pd
 
 from tasks import storage
 from tasks.registry import CARD_FILE, models_root
-from tasks.runs import (LegacyRunError, check_id, find_scoring, list_scorings, recorded_completion,
+from tasks.runs import (LegacyRunError, find_scoring, list_scorings, recorded_completion,
                         recorded_failure)
 
 __all__ = ["RunEntry", "RunPrunePlan", "ScoringView", "list_runs", "plan_prune_runs", "prune_runs", "runs_root",
@@ -115,9 +115,6 @@ def show_scoring(store: str, run_id: str, score_id: str | None = None,
         ValueError: an id that is not one folder name (a path, ``..``).
         ScoringNotFoundError, IncompleteRunError: no such run or scoring, or it is not complete.
     """
-    check_id(run_id, "run id")
-    if score_id is not None:
-        check_id(score_id, "score id")
     scoring = find_scoring(storage.RunPaths(store, run_id), score_id, storage_options)
     markers = [storage.join(scoring.score_shards, name)
                for name in storage.list_names(scoring.score_shards, storage_options) if name.endswith(".json")]

@@ -150,7 +150,15 @@ def list_scorings(run: storage.RunPaths, storage_options: dict | None = None) ->
 
 def find_scoring(run: storage.RunPaths, score_id: str | None = None,
                  storage_options: dict | None = None) -> storage.ScoringPaths:
-    """The named scoring of ``run``, or its latest complete one; raises if there is none to read."""
+    """The named scoring of ``run``, or its latest complete one; raises if there is none to read.
+
+    Raises:
+        ValueError: a run or score id that is not one folder name (``../x``): nothing is read.
+        ScoringNotFoundError: no such run, scoring, or complete scoring.
+    """
+    check_id(run.run_id, "run id")
+    if score_id is not None:
+        check_id(score_id, "score id")
     if not storage.exists(run.root, storage_options):
         message = f"no run {run.run_id} in {run.store} ({run.root} does not exist)"
         raise ScoringNotFoundError(message)

@@ -170,3 +170,18 @@ def test_patients_whose_ids_share_a_file_name_stem_get_a_report_and_grad_cam_eac
     owners = [storage.read_json(str(folder / "gradcam.json"))["patient_id"]
               for folder in (Path(paths.root) / "explain").iterdir()]
     assert sorted(owners) == sorted(patients), "three Grad-CAM folders, each with its own patient"
+
+
+def test_report_refuses_a_run_or_scoring_name_that_leaves_the_store(scored_run):
+    import shutil
+
+    _, paths, root = scored_run
+    # A complete run beside the store's runs/ folder, where "../x" would reach it, without reports.
+    outside = root / "store" / "x"
+    shutil.copytree(paths.ingest.root, outside)
+    shutil.rmtree(outside / "scores" / paths.score_id / "reports")
+    for name, argv in (("run id '../x'", ["report", "../x"]),
+                       ("score id '../../x'", ["report", paths.run_id, "--score", "../../x"])):
+        refused = CliRunner().invoke(cli, [*argv, "--store", str(root / "store")])
+        assert refused.exit_code == 1 and refused.output.startswith(f"error: {name} is not one"), refused.output
+    assert not (outside / "scores" / paths.score_id / "reports").exists(), "nothing written outside runs/"
