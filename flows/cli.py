@@ -174,8 +174,11 @@ def _check_inputs(sources, store: str, s3_endpoint_url: str | None, model: str |
     require_store(store, s3_endpoint_url)
     if model is not None:
         from tasks import storage
-        from tasks.registry import resolve_model
+        from tasks.registry import allow_model_file, names_a_file, resolve_model
 
+        if names_a_file(model):
+            # The user named this file on their own command line: this process may load it.
+            allow_model_file(model)
         resolve_model(model, store, storage.storage_options_for(store, s3_endpoint_url))
 
 

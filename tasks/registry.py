@@ -17,7 +17,8 @@ from pathlib import Path
 from aml_model.errors import AmlSmearError
 from tasks import storage
 
-__all__ = ["ModelNotFoundError", "ModelRef", "RegistryError", "champion_card", "champion_pointer", "code_version", "model_input_size",
+__all__ = ["MODEL_PREFIXES_ENV", "ModelNotAllowedError", "ModelNotFoundError", "ModelRef", "RegistryError",
+           "allow_model_file", "allowed_model_prefixes", "names_a_file", "champion_card", "champion_pointer", "code_version", "model_input_size",
            "finish_registration", "read_champion", "register_model", "require_registered", "resolve_model", "rollback_champion",
            "set_champion", "stage_model"]
 
@@ -26,12 +27,19 @@ CARD_FILE = "model_card.json"
 # Earlier champions kept in the pointer, newest last: what `rollback` returns to.
 HISTORY_LIMIT = 100
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+#: Comma-separated folders or URL prefixes (or single files) that a scoring's ``model`` path may
+#: name besides the store's ``models/``; a deployment run's caller cannot widen it.
+MODEL_PREFIXES_ENV = "AML_SMEAR_MODEL_PREFIXES"
 # The checkout this code runs from, when it runs from one (an editable install or the repository root).
 _CODE_ROOT = Path(__file__).resolve().parents[1]
 
 
 class ModelNotFoundError(AmlSmearError, FileNotFoundError):
     """No model where one was asked for."""
+
+
+class ModelNotAllowedError(AmlSmearError, PermissionError):
+    """A model file outside the allowed prefixes: no process loads it."""
 
 
 class RegistryError(AmlSmearError, ValueError):
@@ -73,16 +81,59 @@ def model_input_size(data: bytes, source: str) -> int:
     return int(shape[1])
 
 
+def allowed_model_prefixes(store: str) -> list[str]:
+    """Where a model named by path may lie: the store's ``models/``, then :data:`MODEL_PREFIXES_ENV`'s entries."""
+    extra = [entry.strip() for entry in os.environ.get(MODEL_PREFIXES_ENV, "").split(",") if entry.strip()]
+    return [models_root(store), *extra]
+
+
+def names_a_file(spec: str) -> bool:
+    """Whether a ``model`` value is a path or URL (it has a ``/`` or ends in ``.keras``), not a version."""
+    return "/" in spec or spec.endswith(".keras")
+
+
+def allow_model_file(path: str) -> None:
+    """Add one model file to this process's allowed prefixes: the CLI's user named it on the command line."""
+    os.environ[MODEL_PREFIXES_ENV] = ",".join(filter(None, [os.environ.get(MODEL_PREFIXES_ENV, ""), path]))
+
+
+def _canonical(url: str) -> str:
+    """A URL with ``..`` and ``.`` resolved (never above its bucket); a local path resolved, links included."""
+    if "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://{os.path.normpath('/' + rest).lstrip('/')}"
+    return os.path.realpath(url)
+
+
+def _require_allowed(spec: str, store: str) -> None:
+    """Refuse a model path outside :func:`allowed_model_prefixes`, before anything reads it.
+
+    Raises:
+        ModelNotAllowedError: naming the prefixes and the variable that adds one.
+    """
+    target = _canonical(spec)
+    for prefix in allowed_model_prefixes(store):
+        root = _canonical(prefix)
+        if target == root or target.startswith(root.rstrip("/") + "/"):
+            return
+    message = (f"model {spec!r} is not under an allowed prefix ({', '.join(allowed_model_prefixes(store))}): "
+               f"register it (aml-smear retrain, or models in the store), or add its folder to {MODEL_PREFIXES_ENV} "
+               f"where the flow runs")
+    raise ModelNotAllowedError(message)
+
+
 def resolve_model(spec: str, store: str, storage_options: dict | None = None) -> ModelRef:
     """Find the model that ``spec`` names.
 
     Args:
-        spec: "champion", a registered version, or the path/URL of a .keras file.
+        spec: "champion", a registered version, or the path/URL of a .keras file under
+            :func:`allowed_model_prefixes`.
         store: the run store holding ``models/``.
         storage_options: fsspec options for the store and the model URL.
 
     Raises:
         ModelNotFoundError: nothing there; the message says how to get a model.
+        ModelNotAllowedError: a path outside the allowed prefixes (nothing is read).
     """
     options = storage_options or {}
     if spec == "champion":
@@ -102,6 +153,9 @@ def resolve_model(spec: str, store: str, storage_options: dict | None = None) ->
             raise ModelNotFoundError(message)
         card = storage.read_json(card_url, options)
         return ModelRef(registered, spec, int(card["config"]["model"]["image_size"]), _agreement(card))
+    # A bare name is a version that is not registered: say so, not that a path is not allowed.
+    if names_a_file(spec):
+        _require_allowed(spec, store)
     if not storage.exists(spec, options):
         message = (f"model {spec!r} is neither a version registered in {models_root(store)} nor an existing "
                    f".keras file: train one with `aml-smear retrain SOURCE --store {store}`")

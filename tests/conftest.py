@@ -21,6 +21,8 @@ _SESSION_HOME = Path(os.environ["AML_SMEAR_TEST_HOME"])
 os.environ["KERAS_HOME"] = str(_SESSION_HOME / "keras")
 # Models copied from s3:// stores go to this session's own cache, not the machine's.
 os.environ["AML_SMEAR_CACHE_DIR"] = str(_SESSION_HOME / "cache")
+# Tests score with model files they make in their temporary folders, as a lab adds its own folder.
+os.environ["AML_SMEAR_MODEL_PREFIXES"] = tempfile.gettempdir()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MPLBACKEND", "Agg")

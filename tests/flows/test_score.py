@@ -305,3 +305,24 @@ def test_a_failed_scoring_is_listed_as_failed_with_its_reason(lmu_cells, tmp_pat
     lines = listed.output.splitlines()
     assert len(lines) == 2 and " complete, 4 cells" in lines[0], "the cells were decoded: the ingest run completed"
     assert lines[1].startswith("  scoring file-") and "  failed (" in lines[1], listed.output
+
+
+def test_a_model_file_outside_the_allowed_prefixes_is_refused_before_any_worker_loads_it(
+        lmu_cells, tmp_path, task_runner, tiny_model_file, monkeypatch):
+    import shutil
+
+    source = compose_patient_cohort(lmu_cells, tmp_path / "cohort", {"A": (3, 3)})
+    elsewhere = tmp_path / "elsewhere" / "model.keras"
+    elsewhere.parent.mkdir()
+    shutil.copy(tiny_model_file, elsewhere)
+    store = tmp_path / "store"
+    monkeypatch.delenv("AML_SMEAR_MODEL_PREFIXES", raising=False)
+    for model in (str(elsewhere), f"{store}/models/../../elsewhere/model.keras"):
+        with pytest.raises(PermissionError, match="is not under an allowed prefix"):
+            run_score(task_runner, source=str(source), store=str(store), model=model, min_cells=1, explain=False)
+        assert not (store / "runs").exists(), "refused before anything was written"
+
+    monkeypatch.setenv("AML_SMEAR_MODEL_PREFIXES", f"s3://other/models,{elsewhere.parent}")
+    allowed = run_score(task_runner, source=str(source), store=str(store), model=str(elsewhere), min_cells=1,
+                        explain=False)
+    assert allowed["model_version"].startswith("file-")

@@ -3,7 +3,9 @@ import json
 import pytest
 
 from tasks import storage
-from tasks.registry import ModelNotFoundError, register_model, resolve_model, set_champion
+from tasks.registry import (MODEL_PREFIXES_ENV, ModelNotAllowedError, ModelNotFoundError, allow_model_file,
+                            register_model, resolve_model, set_champion)
+from tests.registry_fakes import stand_in_keras_file
 
 
 def card(image_size=32):
@@ -45,3 +47,29 @@ def test_model_file_by_path_gets_a_content_version(tiny_model_file, tmp_path):
         resolve_model(str(tmp_path / "junk.keras"), str(tmp_path))
     with pytest.raises(ModelNotFoundError, match="neither a version registered"):
         resolve_model("v-does-not-exist", str(tmp_path))
+
+
+def test_a_model_path_must_lie_under_the_store_or_an_allowed_prefix(tmp_path, monkeypatch):
+    store = str(tmp_path / "store")
+    monkeypatch.delenv(MODEL_PREFIXES_ENV, raising=False)
+    for folder in ("lab", "store/models/hand-copied"):
+        (tmp_path / folder).mkdir(parents=True)
+    named = stand_in_keras_file(tmp_path / "lab" / "named.keras")
+    sibling = stand_in_keras_file(tmp_path / "lab" / "sibling.keras")
+    inside = stand_in_keras_file(tmp_path / "store" / "models" / "hand-copied" / "model.keras")
+    assert resolve_model(str(inside), store).url == str(inside)
+    with pytest.raises(ModelNotAllowedError, match=f"add its folder to {MODEL_PREFIXES_ENV}"):
+        resolve_model(str(named), store)
+    (tmp_path / "lab" / "link.keras").symlink_to(named)
+    (tmp_path / "store" / "models" / "link.keras").symlink_to(named)
+    with pytest.raises(ModelNotAllowedError):
+        resolve_model(str(tmp_path / "store" / "models" / "link.keras"), store)  # a link out of models/
+    with pytest.raises(ModelNotFoundError, match="neither a version registered"):
+        resolve_model("v-typo", store)  # a bare name is a missing version, not a refused path
+
+    allow_model_file(str(named))  # as the CLI does for the file its user named
+    assert resolve_model(str(named), store).url == str(named)
+    with pytest.raises(ModelNotAllowedError):
+        resolve_model(str(sibling), store)
+    monkeypatch.setenv(MODEL_PREFIXES_ENV, f"s3://lab-models/approved, {tmp_path / 'lab'}")
+    assert resolve_model(str(sibling), store).url == str(sibling)
