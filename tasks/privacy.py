@@ -21,13 +21,15 @@ from collections.abc import Iterable, Mapping
 
 import pandas as pd
 
-__all__ = ["PATIENT_ID_KEY_ENV", "PSEUDONYM_PREFIX", "PSEUDONYMISE_ENV", "prefect_patient_id",
+__all__ = ["PATIENT_ID_KEY_ENV", "PSEUDONYM_PREFIX", "PSEUDONYMISE_ENV", "prefect_cell_rows", "prefect_patient_id",
            "prefect_patient_ids", "prefect_patients_table", "pseudonymising"]
 
 PATIENT_ID_KEY_ENV = "AML_SMEAR_PATIENT_ID_KEY"
 PSEUDONYMISE_ENV = "AML_SMEAR_PSEUDONYMISE"
 PSEUDONYM_PREFIX = "pid-"
 _HEX_DIGITS = 16  # 64 bits: no collision among a lab's patients, short enough to read out
+# A shorter id inside a file name is left: replacing "7" in "cell-17.jpg" would garble, not protect.
+_MIN_ID_IN_NAME = 4
 
 
 def _key(environ: Mapping[str, str] | None = None) -> bytes | None:
@@ -73,3 +75,31 @@ def prefect_patients_table(patients: pd.DataFrame) -> pd.DataFrame:
         return patients.copy()
     return patients.assign(patient_id=prefect_patient_ids(patients["patient_id"])).drop(
         columns=["patient_version"], errors="ignore")
+
+
+def _pseudonymous_uri(uri: str, patient_id: str, pseudonym: str) -> str:
+    """``uri`` with every path component that is the patient id replaced, and the id inside the file
+    name too where it is at least :data:`_MIN_ID_IN_NAME` characters long."""
+    *folders, name = uri.split("/")
+    folders = [pseudonym if part == patient_id else part for part in folders]
+    if name == patient_id or len(patient_id) >= _MIN_ID_IN_NAME:
+        name = name.replace(patient_id, pseudonym)
+    return "/".join([*folders, name])
+
+
+def prefect_cell_rows(rows: list[dict]) -> list[dict]:
+    """Cell rows (``cell_id`` = ``<patient_id>:<hash>``, optional ``source_uri`` and ``patient_id``)
+    fit for Prefect: copies, with the patient part of each replaced when pseudonymising."""
+    if not pseudonymising():
+        return [dict(row) for row in rows]
+    published = []
+    for row in rows:
+        patient_id, _, digest = str(row["cell_id"]).rpartition(":")
+        pseudonym = prefect_patient_id(patient_id)
+        row = {**row, "cell_id": f"{pseudonym}:{digest}"}
+        if "patient_id" in row:
+            row["patient_id"] = pseudonym
+        if row.get("source_uri"):
+            row["source_uri"] = _pseudonymous_uri(str(row["source_uri"]), patient_id, pseudonym)
+        published.append(row)
+    return published

@@ -13,6 +13,7 @@ from aml_model.inference import REDUCED_PRECISION_MAX_ABS_DP
 from aml_model.promotion import PromotionDecision
 from aml_model.sampling import group_counts
 from tasks import storage
+from tasks.privacy import prefect_cell_rows
 from tasks.registry import CARD_FILE, ModelRef, models_root
 from tasks.training import AGREEMENT_CELLS, TrainedModel, TrainingSet
 
@@ -89,7 +90,7 @@ def publish_retrain_report(ref: ModelRef, card: dict, store: str) -> None:
                           description=f"{ref.version}: blast-like rate of the test cells per source and cell type")
     to_review = card["evaluation"]["to_review"]
     if to_review:
-        create_table_artifact(key="retrain-cells-to-review", table=to_review,
+        create_table_artifact(key="retrain-cells-to-review", table=prefect_cell_rows(to_review),
                               description=f"{ref.version}: misclassified test cells, the most confident first "
                                           "(a wrong label or a wrong model: look at them)")
     folder = storage.join(models_root(store), ref.version)

@@ -130,3 +130,25 @@ def test_cached_and_plain_paths_build_the_same_architecture(cohort, tmp_path, ta
     assert [(l.name, type(l).__name__) for l in a.layers] == [(l.name, type(l).__name__) for l in b.layers]
     assert [w.shape for w in a.weights] == [w.shape for w in b.weights]
     assert plain["embedded"] == 0
+
+
+def test_the_cells_to_review_artifact_of_a_pseudonymised_retrain_names_no_patient(tmp_path, monkeypatch):
+    from tasks.privacy import PATIENT_ID_KEY_ENV, prefect_patient_id
+    from tasks.registry import ModelRef
+    from tasks.retrain_report import publish_retrain_report
+
+    monkeypatch.setenv(PATIENT_ID_KEY_ENV, "a key of the lab's")
+    patients = ["Mueller-1970-03-01", "Schmidt-1962-11-30"]
+    review = [{"cell_id": f"{patient}:0123456789abcdef", "source": "/data/batch-7", "cell_type": None,
+               "label": "blast", "source_uri": f"/data/batch-7/{patient}/{patient}-cell-12.jpg", "probability": 0.02}
+              for patient in patients]
+    metrics = {"roc_auc": 0.9, "accuracy": 0.9, "sensitivity": 0.9, "specificity": 0.9, "f1": 0.9}
+    card = {"metrics": metrics, "promotion": {"promoted": False, "reason": "worse", "comparisons": {}},
+            "evaluation": {"by_source_and_type": [], "to_review": review}}
+    publish_retrain_report(ModelRef("/store/models/v-1/model.keras", "v-1", 32), card, str(tmp_path))
+    published = Artifact.get("retrain-cells-to-review").data
+    assert not any(patient in published for patient in patients), published
+    for patient in patients:
+        assert f"/data/batch-7/{prefect_patient_id(patient)}/" in published
+        assert f"{prefect_patient_id(patient)}:0123456789abcdef" in published
+    assert review[0]["cell_id"].startswith(patients[0]), "the card in the store keeps the real ids"
