@@ -32,6 +32,8 @@ def shared_prefect_api() -> Iterator[str | None]:
     if PREFECT_API_URL.value():
         yield PREFECT_API_URL.value()
         return
+    # Private to Prefect, and what its own test harness uses: pinned to one minor release
+    # (pyproject.toml) and tested there (tests/flows/test_runner.py).
     from prefect.server.api.server import SubprocessASGIServer
 
     # Offline, the server's telemetry only logs errors (and can lock its SQLite database).
