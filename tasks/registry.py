@@ -11,21 +11,25 @@ import re
 import subprocess
 import zipfile
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from aml_model.errors import AmlSmearError
 from tasks import storage
 
 __all__ = ["MODEL_PREFIXES_ENV", "ModelNotAllowedError", "ModelNotFoundError", "ModelRef", "RegistryError",
-           "allow_model_file", "allowed_model_prefixes", "names_a_file", "champion_card", "champion_pointer", "code_version", "model_input_size",
-           "finish_registration", "read_champion", "register_model", "require_registered", "resolve_model", "rollback_champion",
-           "set_champion", "stage_model"]
+           "allow_model_file", "allowed_model_prefixes", "champion_card", "champion_pointer", "code_version",
+           "finish_registration", "model_input_size", "names_a_file", "read_champion", "register_model",
+           "require_registered", "resolve_model", "rollback_champion", "set_champion", "stage_model",
+           "pruning_marks", "update_champion"]
 
 MODEL_FILE = "model.keras"
 CARD_FILE = "model_card.json"
 # Earlier champions kept in the pointer, newest last: what `rollback` returns to.
 HISTORY_LIMIT = 100
+#: How long a prune's mark in the pointer protects the versions it is removing; a prune takes
+#: seconds, so an older mark is one a killed prune left behind.
+PRUNE_MARK_TTL = timedelta(hours=1)
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 #: Comma-separated folders or URL prefixes (or single files) that a scoring's ``model`` path may
 #: name besides the store's ``models/``; a deployment run's caller cannot widen it.
@@ -273,9 +277,12 @@ def require_registered(store: str, version: str, storage_options: dict | None = 
 
 
 def read_champion(store: str, storage_options: dict | None = None) -> dict | None:
-    """The champion pointer (``version``, ``promoted_at``, ``reason``, ``history``), None when there is none.
+    """The champion pointer (``version``, ``promoted_at``, ``reason``, ``history``, ``pruning``,
+    ``serial``), None when there is none.
 
-    ``history`` lists the earlier champions, newest last (absent from pointers written before it was kept).
+    ``history`` lists the earlier champions, newest last (absent from pointers written before it was
+    kept); ``pruning`` the versions a prune in progress is removing; ``serial`` counts the pointer's
+    writes (absent before compare-and-swap writes).
 
     Raises:
         RegistryError: the pointer is not readable.
@@ -283,15 +290,7 @@ def read_champion(store: str, storage_options: dict | None = None) -> dict | Non
     pointer = champion_pointer(store)
     if not storage.exists(pointer, storage_options):
         return None
-    try:
-        current = storage.read_json(pointer, storage_options)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        message = f"the champion pointer {pointer} is not readable JSON: {exc}"
-        raise RegistryError(message) from exc
-    if not isinstance(current, dict) or not isinstance(current.get("version"), str):
-        message = f"the champion pointer {pointer} names no version"
-        raise RegistryError(message)
-    return {**current, "history": list(current.get("history") or [])}
+    return _parse_pointer(storage.read_bytes(pointer, storage_options), pointer)
 
 
 def champion_card(store: str, storage_options: dict | None = None) -> dict | None:
@@ -304,54 +303,137 @@ def champion_card(store: str, storage_options: dict | None = None) -> dict | Non
     return None if pointer is None else require_registered(store, pointer["version"], storage_options)
 
 
-def _write_champion(store: str, entry: dict, history: list[dict], storage_options: dict | None) -> None:
-    """Replace the pointer in one write (a temporary file renamed locally, one PUT on S3)."""
-    storage.write_json(champion_pointer(store), {**entry, "history": history[-HISTORY_LIMIT:]}, storage_options)
+def _parse_pointer(raw: bytes | None, pointer: str, tolerate_unreadable: bool = False) -> dict | None:
+    """A pointer's JSON with its ``history`` and ``pruning`` lists, None when there is none (or, with
+    ``tolerate_unreadable``, when it is not readable).
 
-
-def set_champion(store: str, version: str, storage_options: dict | None = None, reason: str = "") -> None:
-    """Point models/champion.json at ``version``, replacing the pointer in one write.
-
-    The version must be completely registered (:func:`require_registered`). The champion it
-    replaces goes to the end of the pointer's ``history``, which :func:`rollback_champion` returns to.
-    An unreadable pointer is replaced (its history is lost), so a promotion is never blocked by it.
+    Raises:
+        RegistryError: the pointer is not readable (without ``tolerate_unreadable``).
     """
-    require_registered(store, version, storage_options)
+    if raw is None:
+        return None
     try:
-        current = read_champion(store, storage_options)
-    except RegistryError:
-        current = None
-    history = current["history"] if current else []
-    if current and current["version"] != version:
-        history = [*history, {key: current.get(key) for key in ("version", "promoted_at", "reason")}]
-    entry = {"version": version, "promoted_at": datetime.now(UTC).isoformat(), "reason": reason}
-    _write_champion(store, entry, history, storage_options)
+        current = json.loads(raw)
+        if not isinstance(current, dict) or not isinstance(current.get("version"), str):
+            message = f"the champion pointer {pointer} names no version"
+            raise RegistryError(message)
+    except (json.JSONDecodeError, UnicodeDecodeError, RegistryError) as exc:
+        if tolerate_unreadable:
+            return None
+        if isinstance(exc, RegistryError):
+            raise
+        message = f"the champion pointer {pointer} is not readable JSON: {exc}"
+        raise RegistryError(message) from exc
+    return {**current, "history": list(current.get("history") or []), "pruning": list(current.get("pruning") or [])}
+
+
+def update_champion(store: str, change, storage_options: dict | None = None,
+                    tolerate_unreadable: bool = False) -> dict:
+    """Replace the champion pointer by ``change(current pointer or None)``, as a compare-and-swap.
+
+    Every write of ``models/champion.json`` goes through here (:mod:`tasks.conditional`): a write
+    based on a pointer that another writer has replaced meanwhile is not made, and ``change`` is
+    asked again with the new pointer, so no promotion, rollback or prune mark is ever lost.
+    ``change`` returns the new pointer (``version``, ``promoted_at``, ``reason``, ``history``,
+    ``pruning``) or raises to refuse; ``serial`` is counted here.
+
+    Returns:
+        The pointer written.
+    """
+    from tasks.conditional import update_object
+
+    pointer = champion_pointer(store)
+    written: dict = {}
+
+    def apply(raw: bytes | None) -> bytes:
+        current = _parse_pointer(raw, pointer, tolerate_unreadable)
+        new = change(current)
+        written.clear()
+        written.update(new, history=new["history"][-HISTORY_LIMIT:], serial=(current or {}).get("serial", 0) + 1)
+        if not written.get("pruning"):
+            written.pop("pruning", None)
+        return json.dumps(written, indent=2).encode()
+
+    update_object(pointer, apply, storage_options)
+    return dict(written)
+
+
+def pruning_marks(current: dict | None, now: datetime | None = None) -> dict[str, str]:
+    """The versions a prune in progress is removing (version -> when it marked them), from a pointer;
+    marks older than :data:`PRUNE_MARK_TTL` are a prune that died and count no more."""
+    now = now or datetime.now(UTC)
+    marks = {}
+    for mark in (current or {}).get("pruning", []):
+        if now - datetime.fromisoformat(mark["since"]) < PRUNE_MARK_TTL:
+            marks[mark["version"]] = mark["since"]
+    return marks
+
+
+def _refuse_pruned(store: str, versions: list[str], current: dict | None) -> None:
+    """Refuse to name a version that a prune in progress is removing (it marked it in the pointer)."""
+    pruning = sorted(set(versions) & set(pruning_marks(current)))
+    if pruning:
+        message = (f"model version {', '.join(pruning)} is being removed by `aml-smear models prune` in {store}; "
+                   f"choose another version, or try again once the prune has finished")
+        raise RegistryError(message)
+
+
+def set_champion(store: str, version: str, storage_options: dict | None = None, reason: str = "") -> dict:
+    """Point models/champion.json at ``version``, as a compare-and-swap (:func:`update_champion`).
+
+    The version must be completely registered when the pointer is written (:func:`require_registered`,
+    checked against the pointer the write is based on) and not marked by a prune in progress. The
+    champion it replaces goes to the end of the pointer's ``history``, which
+    :func:`rollback_champion` returns to. An unreadable pointer is replaced (its history is lost),
+    so a promotion is never blocked by it.
+
+    Returns:
+        The pointer written.
+    """
+    def change(current: dict | None) -> dict:
+        _refuse_pruned(store, [version], current)
+        require_registered(store, version, storage_options)
+        history = current["history"] if current else []
+        if current and current["version"] != version:
+            history = [*history, {key: current.get(key) for key in ("version", "promoted_at", "reason")}]
+        return {"version": version, "promoted_at": datetime.now(UTC).isoformat(), "reason": reason,
+                "history": history, "pruning": (current or {}).get("pruning", [])}
+
+    return update_champion(store, change, storage_options, tolerate_unreadable=True)
 
 
 def rollback_champion(store: str, storage_options: dict | None = None) -> tuple[str, str]:
-    """Make the previous champion the champion again, in one write of the pointer.
+    """Make the previous champion the champion again, as a compare-and-swap (:func:`update_champion`).
 
     Returns:
         (the version rolled back from, the champion now).
 
     Raises:
-        RegistryError: no champion, or no earlier champion recorded.
+        RegistryError: no champion, no earlier champion recorded, or the new champion or the new
+            previous one is being pruned.
         ModelNotFoundError: the previous champion is no longer completely registered.
     """
-    current = read_champion(store, storage_options)
-    if current is None or not current["history"]:
-        what = "no champion" if current is None else f"no champion before {current['version']} is recorded"
-        message = (f"nothing to roll back to in {store}: {what}; choose one with "
-                   f"`aml-smear models promote VERSION --store {store}`")
-        raise RegistryError(message)
-    previous = current["history"][-1]["version"]
-    try:
-        require_registered(store, previous, storage_options)
-    except (ModelNotFoundError, RegistryError) as exc:
-        message = (f"cannot roll back to the previous champion {previous}: {exc}; choose another with "
-                   f"`aml-smear models promote VERSION --store {store}`")
-        raise type(exc)(message) from exc
-    entry = {"version": previous, "promoted_at": datetime.now(UTC).isoformat(),
-             "reason": f"rolled back from {current['version']}"}
-    _write_champion(store, entry, current["history"][:-1], storage_options)
-    return current["version"], previous
+    rolled_back_from: list[str] = []  # the attempt that was written appends last
+
+    def change(current: dict | None) -> dict:
+        if current is None or not current["history"]:
+            what = "no champion" if current is None else f"no champion before {current['version']} is recorded"
+            message = (f"nothing to roll back to in {store}: {what}; choose one with "
+                       f"`aml-smear models promote VERSION --store {store}`")
+            raise RegistryError(message)
+        previous = current["history"][-1]["version"]
+        # The one before becomes "previous champion", which a prune must not be removing either.
+        _refuse_pruned(store, [entry["version"] for entry in current["history"][-2:]], current)
+        try:
+            require_registered(store, previous, storage_options)
+        except (ModelNotFoundError, RegistryError) as exc:
+            message = (f"cannot roll back to the previous champion {previous}: {exc}; choose another with "
+                       f"`aml-smear models promote VERSION --store {store}`")
+            raise type(exc)(message) from exc
+        rolled_back_from.append(current["version"])
+        return {"version": previous, "promoted_at": datetime.now(UTC).isoformat(),
+                "reason": f"rolled back from {current['version']}", "history": current["history"][:-1],
+                "pruning": current["pruning"]}
+
+    written = update_champion(store, change, storage_options)
+    return rolled_back_from[-1], written["version"]

@@ -15,7 +15,7 @@ import fsspec
 
 from tasks import storage
 from tasks.registry import (CARD_FILE, MODEL_FILE, ModelNotFoundError, RegistryError, champion_pointer,
-                            models_root, read_champion, require_registered)
+                            models_root, pruning_marks, read_champion, require_registered, update_champion)
 
 __all__ = ["METRICS", "ModelEntry", "PrunePlan", "card_facts", "compare_cards", "list_models", "model_references",
            "model_status", "plan_prune", "prune_models", "resolve_version"]
@@ -241,19 +241,71 @@ def prune_models(store: str, keep_newest: int, storage_options: dict | None = No
                  dry_run: bool = False) -> PrunePlan:
     """Remove the versions :func:`plan_prune` selects (nothing when ``dry_run``).
 
-    Each version's card goes first, so a version cut short is incomplete, never complete and
-    broken. A version that has become the champion since the plan was made is kept.
+    First the versions are marked in the champion pointer, by a compare-and-swap
+    (:func:`tasks.registry.update_champion`) that leaves out the champion and the previous champion
+    of the pointer it is based on; while marked, no promotion or rollback may name them. Then each
+    marked version's card goes, then its folder (so a version cut short is incomplete, never
+    complete and broken), and the marks are lifted. A promotion written before the mark keeps its
+    version; one after it is refused; so the pointer never names a removed version.
     """
     plan = plan_prune(store, keep_newest, storage_options)
-    if dry_run:
+    if dry_run or not plan.remove:
         return plan
-    removed = []
+    marked = _mark_for_pruning(store, plan.remove, storage_options)
     for version in plan.remove:
-        if version in _statuses(store, storage_options):  # promoted meanwhile
-            plan.keep[version] = "became the champion while pruning"
-            continue
-        folder = storage.join(models_root(store), version)
-        storage.remove(storage.join(folder, CARD_FILE), storage_options)
-        storage.remove(folder, storage_options, recursive=True)
-        removed.append(version)
+        if version not in marked:
+            plan.keep[version] = "became the champion or the previous champion while pruning"
+    removed = []
+    try:
+        for version in marked:
+            folder = storage.join(models_root(store), version)
+            if not storage.exists(folder, storage_options):
+                continue  # a concurrent prune removed it
+            for url, recursive in ((storage.join(folder, CARD_FILE), False), (folder, True)):
+                try:
+                    storage.remove(url, storage_options, recursive=recursive)
+                except FileNotFoundError:
+                    pass
+            removed.append(version)
+    finally:
+        _unmark(store, marked, storage_options)
     return PrunePlan(plan.keep, removed)
+
+
+def _mark_for_pruning(store: str, versions: list[str], storage_options: dict | None) -> list[str]:
+    """Mark ``versions`` but the pointer's champion and previous champion; returns those marked.
+
+    Without a pointer nothing can promote concurrently through it, and every version is returned.
+    """
+    marked: list[str] = []
+    if read_champion(store, storage_options) is None:
+        return list(versions)
+
+    def mark(current: dict | None) -> dict:
+        if current is None:
+            message = f"the champion pointer of {store} disappeared while pruning: nothing was removed"
+            raise RegistryError(message)
+        protected = {current["version"], *(entry["version"] for entry in current["history"][-1:])}
+        marked[:] = [version for version in versions if version not in protected]
+        now = datetime.now(UTC)
+        live = pruning_marks(current, now)
+        live.update({version: now.isoformat() for version in marked})
+        return {**current, "pruning": [{"version": v, "since": since} for v, since in sorted(live.items())]}
+
+    update_champion(store, mark, storage_options)
+    return marked
+
+
+def _unmark(store: str, versions: list[str], storage_options: dict | None) -> None:
+    """Lift the marks of ``versions`` (and any mark past its time)."""
+    if not versions or read_champion(store, storage_options) is None:
+        return
+
+    def unmark(current: dict | None) -> dict:
+        if current is None:
+            message = f"the champion pointer of {store} disappeared while pruning"
+            raise RegistryError(message)
+        live = {v: since for v, since in pruning_marks(current).items() if v not in versions}
+        return {**current, "pruning": [{"version": v, "since": since} for v, since in sorted(live.items())]}
+
+    update_champion(store, unmark, storage_options)

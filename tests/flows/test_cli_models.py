@@ -112,7 +112,8 @@ def test_prune_dry_run_then_prune(store):
     done = run("prune", "--keep", "0", "--store", str(store))
     assert done.exit_code == 0 and f"removed {V4}" in done.output
     assert f"keep   {V3}: used by {store}/runs/lab-a/scores/s-1/score.json" in done.output
-    assert sorted(p.name for p in (store / "models").iterdir()) == [V1, V2, V3, "champion.json"]
+    assert sorted(p.name for p in (store / "models").iterdir() if not p.name.startswith(".")) == [
+        V1, V2, V3, "champion.json"]
     assert run("prune", "--store", str(store)).exit_code == 2  # --keep is required
 
 

@@ -50,8 +50,10 @@ def test_promote_moves_the_pointer_in_one_write_and_keeps_the_history(store, tmp
     assert (pointer["version"], pointer["reason"]) == (V5, "by hand")
     assert [entry["version"] for entry in pointer["history"]] == [V2, V3]
     assert resolve_model("champion", store).version == V5
-    # Written as the flows write it: one file, nothing else left in models/.
-    assert sorted(p.name for p in (tmp_path / "store" / "models").iterdir() if p.is_file()) == ["champion.json"]
+    # Written as the flows write it: one file (beside the lock file of its compare-and-swap), no partial one.
+    assert sorted(p.name for p in (tmp_path / "store" / "models").iterdir() if p.is_file()) == [
+        ".champion.json.lock", "champion.json"]
+    assert pointer["serial"] == read_champion(store)["serial"] and pointer["serial"] >= 1
 
 
 def test_a_promotion_cut_short_leaves_the_old_pointer_whole(store, tmp_path, monkeypatch):
@@ -148,7 +150,8 @@ def test_prune_keeps_champion_previous_newest_and_what_runs_use(store, tmp_path)
                          V2: "previous champion", V3: "champion", V5: "one of the 1 newest"}
     done = prune_models(store, 1)
     assert done.remove == [V4]
-    assert sorted(p.name for p in (tmp_path / "store" / "models").iterdir()) == [V1, V2, V3, V5, "champion.json"]
+    assert sorted(p.name for p in (tmp_path / "store" / "models").iterdir() if not p.name.startswith(".")) == [
+        V1, V2, V3, V5, "champion.json"]
     assert resolve_model("champion", store).version == V3
     assert rollback_champion(store) == (V3, V2)
 
@@ -195,3 +198,28 @@ def test_registry_operations_on_s3(s3_bucket):
     assert [e.version for e in list_models(store, options)] == [V1, V2, V3]
     assert rollback_champion(store, options) == (V2, V1)
     assert resolve_model("champion", store, options).version == V1
+
+
+def test_a_version_a_prune_has_marked_cannot_be_promoted_until_the_mark_is_lifted_or_stale(store):
+    from datetime import timedelta
+
+    from tasks.registry import PRUNE_MARK_TTL, update_champion
+
+    def mark(since: datetime):
+        return lambda current: {**current, "pruning": [{"version": V4, "since": since.isoformat()}]}
+
+    update_champion(store, mark(datetime.now(UTC)))  # as prune_models marks V4 before removing it
+    with pytest.raises(RegistryError, match=f"model version {V4} is being removed by `aml-smear models prune`"):
+        set_champion(store, V4)
+    assert read_champion(store)["version"] == V3
+    # A mark older than PRUNE_MARK_TTL is one a killed prune left: it no longer blocks.
+    update_champion(store, mark(datetime.now(UTC) - PRUNE_MARK_TTL - timedelta(seconds=1)))
+    assert set_champion(store, V4)["version"] == V4
+
+
+def test_prune_lifts_its_marks_and_counts_every_pointer_write(store):
+    before = read_champion(store)["serial"]
+    assert prune_models(store, keep_newest=0).remove == [V1, V4, V5]
+    pointer = read_champion(store)
+    assert pointer["pruning"] == [] and pointer["serial"] == before + 2, "one write to mark, one to lift"
+    assert (pointer["version"], pointer["history"][-1]["version"]) == (V3, V2)
