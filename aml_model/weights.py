@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 
 import fsspec
@@ -105,7 +106,8 @@ def fetch_weights_file(
             folder = Path(tempfile.gettempdir()) / "aml-smear-weights" / hashlib.sha256(url.encode()).hexdigest()[:16]
             folder.mkdir(parents=True, exist_ok=True)
             local = str(folder / Path(path).name)
-            partial = local + ".partial"
+            # A name of its own: two processes fetching the same URL must not write one file.
+            partial = f"{local}.{uuid.uuid4().hex}.partial"
             with fs.open(path, "rb") as remote, open(partial, "wb") as out:
                 shutil.copyfileobj(remote, out)
             os.replace(partial, local)

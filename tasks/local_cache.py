@@ -7,17 +7,25 @@ files used longest ago are removed until the folder fits. A file used within the
 ``min_age_s`` is never removed, so one process cannot pull a model from under another that is
 loading it.
 
+The folder is the user's own (created with mode 0700; one that others may write is refused),
+since a file found there is loaded by Keras: a cached file whose expected sha256 is known (the
+model card's ``model_sha256``, a backbone file named by its hash) is checked before each use and
+fetched again when it differs. Copies are written under unique temporary names and renamed into
+place.
+
 Settings come from the environment, so that every worker process of a deployment reads the same:
-``AML_SMEAR_CACHE_DIR`` (default ``<temp folder>/aml-smear-cache``; a folder of its own, since any
-file in it may be evicted) and ``AML_SMEAR_CACHE_MAX_MB`` (default 2048).
+``AML_SMEAR_CACHE_DIR`` (default ``$XDG_CACHE_HOME/aml-smear``, else ``~/.cache/aml-smear``; a
+folder of its own, since any file in it may be evicted) and ``AML_SMEAR_CACHE_MAX_MB`` (default 2048).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
-import tempfile
+import stat
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -27,7 +35,40 @@ _PARTIAL = ".partial"
 
 
 def _default_folder() -> str:
-    return os.path.join(tempfile.gettempdir(), "aml-smear-cache")
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "aml-smear")
+
+
+class UnsafeCacheError(PermissionError):
+    """The cache folder is not the user's own: files in it could have been put there by others."""
+
+
+class CachedFileMismatchError(ValueError):
+    """The fetched bytes do not have the sha256 their source recorded: nothing was cached."""
+
+
+def _private_folder(folder: str) -> None:
+    """Create ``folder`` with mode 0700, or make an existing one of ours 0700; refuse one of another
+    user's, or a link (POSIX only; elsewhere the folder is created as the platform does)."""
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    if os.name != "posix":
+        return
+    info = os.lstat(folder)
+    if stat.S_ISLNK(info.st_mode) or info.st_uid != os.getuid():
+        message = (f"the model cache {folder} is a link or another user's folder: set AML_SMEAR_CACHE_DIR to a "
+                   f"folder of your own")
+        raise UnsafeCacheError(message)
+    if info.st_mode & 0o077:
+        os.chmod(folder, 0o700)
+
+
+def sha256_of(path: str) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -64,32 +105,45 @@ class LocalCacheSettings:
         return cls(folder=folder, max_bytes=int(megabytes * 2**20))
 
 
-def cached_file(name: str, fetch: Callable[[], bytes], settings: LocalCacheSettings | None = None) -> str:
+def cached_file(name: str, fetch: Callable[[], bytes], settings: LocalCacheSettings | None = None,
+                sha256: str | None = None) -> str:
     """The local path of the file ``name``, written from ``fetch()`` when it is not cached yet.
 
     ``name`` must identify the content (a model version, a backbone id): an existing file of that
-    name is reused as it is. A cache hit marks the file as just used; a new copy is written under
-    a temporary name and renamed into place, then older files are evicted (:func:`evict`).
+    name is reused, after its sha256 is checked when ``sha256`` is given (a file that differs is
+    removed and fetched again). A cache hit marks the file as just used; a new copy is written
+    under a unique temporary name and renamed into place, then older files are evicted (:func:`evict`).
 
     Args:
         name: file name inside the cache folder, e.g. ``"20261130T101853Z-2090980b.keras"``.
         fetch: returns the file's bytes; called only on a miss.
         settings: defaults to :meth:`LocalCacheSettings.from_env`.
+        sha256: the content's expected hex digest, from its card or registry; None when unknown.
 
     Returns:
         Absolute path of the cached file.
+
+    Raises:
+        UnsafeCacheError: the folder is a link or another user's.
+        CachedFileMismatchError: the fetched bytes differ from ``sha256``.
     """
     settings = settings or LocalCacheSettings.from_env()
-    os.makedirs(settings.folder, exist_ok=True)
+    _private_folder(settings.folder)
     local = os.path.join(settings.folder, name)
-    try:
-        os.utime(local)
-        return local
-    except FileNotFoundError:
-        pass
-    partial = f"{local}.{os.getpid()}{_PARTIAL}"
-    with open(partial, "wb") as handle:
-        handle.write(fetch())
+    if os.path.isfile(local):
+        if sha256 is None or sha256_of(local) == sha256.lower():
+            os.utime(local)
+            return local
+        logger.warning("local cache: %s differs from its recorded sha256 %s...: fetched again", local, sha256[:12])
+        _remove(local)
+    data = fetch()
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256.lower():
+        message = f"{name}: the fetched file's sha256 is not the recorded {sha256}; it was not used"
+        raise CachedFileMismatchError(message)
+    partial = f"{local}.{uuid.uuid4().hex}{_PARTIAL}"
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
     os.replace(partial, local)
     evict(settings, keep=local)
     return local

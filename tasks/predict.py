@@ -44,7 +44,7 @@ def load_worker_model(model: ModelRef, storage_options: dict):
         from aml_model.io import load_model
 
         _configure_devices()
-        local = storage.local_copy(model.url, storage_options, f"{model.version}.keras")
+        local = storage.local_copy(model.url, storage_options, f"{model.version}.keras", model.sha256)
         loaded = load_model(local, compile=False)
         # A new version replaces the old one and everything derived from it.
         _MODELS.clear()

@@ -121,7 +121,7 @@ def _initial_file(plan: PretrainPlan) -> str | None:
     if plan.initial is None:
         return None
     url, sha256 = plan.initial
-    local = storage.local_copy(url, plan.storage_options, f"{sha256}.h5")
+    local = storage.local_copy(url, plan.storage_options, f"{sha256}.h5", sha256)
     return fetch_weights_file(local, sha256)
 
 

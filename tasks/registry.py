@@ -57,12 +57,15 @@ class ModelRef:
     ``precision_agreement`` is what its card recorded at training: the largest |p - p_float32| of
     each reduced precision on its test cells (:func:`aml_model.precision.precision_agreement`);
     None when unknown (a bare file, an older card), and ``precision="auto"`` then scores in float32.
+    ``sha256`` is the .keras file's digest (the card's ``model_sha256``; None for an older card),
+    which a worker's cached copy is checked against before it is loaded.
     """
 
     url: str
     version: str
     image_size: int
     precision_agreement: dict[str, float] | None = None
+    sha256: str | None = None
 
 
 def models_root(store: str) -> str:
@@ -156,7 +159,8 @@ def resolve_model(spec: str, store: str, storage_options: dict | None = None) ->
                        f"its registration was interrupted; retrain, or use another version")
             raise ModelNotFoundError(message)
         card = storage.read_json(card_url, options)
-        return ModelRef(registered, spec, int(card["config"]["model"]["image_size"]), _agreement(card))
+        return ModelRef(registered, spec, int(card["config"]["model"]["image_size"]), _agreement(card),
+                        card.get("model_sha256"))
     # A bare name is a version that is not registered: say so, not that a path is not allowed.
     if names_a_file(spec):
         _require_allowed(spec, store)
@@ -165,7 +169,8 @@ def resolve_model(spec: str, store: str, storage_options: dict | None = None) ->
                    f".keras file: train one with `aml-smear retrain SOURCE --store {store}`")
         raise ModelNotFoundError(message)
     data = storage.read_bytes(spec, options)
-    return ModelRef(spec, "file-" + hashlib.sha256(data).hexdigest()[:12], model_input_size(data, spec))
+    digest = hashlib.sha256(data).hexdigest()
+    return ModelRef(spec, "file-" + digest[:12], model_input_size(data, spec), sha256=digest)
 
 
 def stage_model(model_file: str, store: str, storage_options: dict | None = None) -> ModelRef:
@@ -179,10 +184,11 @@ def stage_model(model_file: str, store: str, storage_options: dict | None = None
     """
     with open(model_file, "rb") as handle:
         data = handle.read()
-    version = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{hashlib.sha256(data).hexdigest()[:8]}"
+    digest = hashlib.sha256(data).hexdigest()
+    version = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{digest[:8]}"
     url = storage.join(models_root(store), version, MODEL_FILE)
     storage.write_bytes(url, data, storage_options)
-    return ModelRef(url, version, model_input_size(data, model_file))
+    return ModelRef(url, version, model_input_size(data, model_file), sha256=digest)
 
 
 def finish_registration(ref: ModelRef, card: dict, store: str, storage_options: dict | None = None,
@@ -192,10 +198,10 @@ def finish_registration(ref: ModelRef, card: dict, store: str, storage_options: 
     folder = storage.join(models_root(store), ref.version)
     for name, content in (extra_files or {}).items():
         storage.write_bytes(storage.join(folder, name), content, storage_options)
-    card = {**card, "code_version": code_version(), "version": ref.version,
+    card = {**card, "code_version": code_version(), "version": ref.version, "model_sha256": ref.sha256,
             "registered_at": datetime.now(UTC).isoformat()}
     storage.write_json(storage.join(folder, CARD_FILE), card, storage_options)
-    return ModelRef(ref.url, ref.version, int(card["config"]["model"]["image_size"]), _agreement(card))
+    return ModelRef(ref.url, ref.version, int(card["config"]["model"]["image_size"]), _agreement(card), ref.sha256)
 
 
 def _agreement(card: dict) -> dict[str, float] | None:

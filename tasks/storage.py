@@ -137,19 +137,20 @@ def copy_tree(source: str, target: str, storage_options: dict | None = None) -> 
     return len(files)
 
 
-def local_copy(url: str, storage_options: dict | None, name: str) -> str:
+def local_copy(url: str, storage_options: dict | None, name: str, sha256: str | None = None) -> str:
     """A local file holding ``url``'s bytes: the file itself on a local store, else a copy in the
-    machine's bounded cache (:mod:`tasks.local_cache`), fetched once per machine.
+    user's bounded cache (:mod:`tasks.local_cache`), fetched once per machine.
 
     Keras reads models and weights from local paths only; ``name`` must identify the content
-    (a version or a hash), since an existing copy of that name is reused.
+    (a version or a hash), since an existing copy of that name is reused, after its ``sha256`` (the
+    content's recorded digest, when known) is checked.
     """
     fs, path = _fs(url, storage_options)
     if is_local(fs):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{url} does not exist")
         return path
-    return cached_file(name, lambda: read_bytes(url, storage_options))
+    return cached_file(name, lambda: read_bytes(url, storage_options), sha256=sha256)
 
 
 def remove(url: str, storage_options: dict | None = None, recursive: bool = False) -> None:

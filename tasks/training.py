@@ -140,7 +140,7 @@ def evaluation_files(history: dict, metrics: BinaryMetrics, y_test: np.ndarray, 
 def _load(ref: ModelRef, storage_options: dict):
     from aml_model.io import load_model
 
-    return load_model(storage.local_copy(ref.url, storage_options, f"{ref.version}.keras"), compile=False)
+    return load_model(storage.local_copy(ref.url, storage_options, f"{ref.version}.keras", ref.sha256), compile=False)
 
 
 @store_task("compare-with-champion")

@@ -1,11 +1,13 @@
 """The machine-local cache of remote models: fetched once, kept under its size cap, safe for files in use."""
 
+import hashlib
 import os
+import stat
 import time
 
 import pytest
 
-from tasks.local_cache import LocalCacheSettings, cached_file, evict
+from tasks.local_cache import CachedFileMismatchError, LocalCacheSettings, UnsafeCacheError, cached_file, evict
 
 MB = 2**20
 
@@ -84,3 +86,49 @@ def test_settings_come_from_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("AML_SMEAR_CACHE_MAX_MB", "lots")
     with pytest.raises(ValueError, match="AML_SMEAR_CACHE_MAX_MB='lots' is invalid"):
         LocalCacheSettings.from_env()
+
+
+def test_a_tampered_cached_model_is_refused_and_fetched_again(tmp_path, s3_bucket, monkeypatch):
+    from tasks import storage
+    from tasks.registry import register_model, resolve_model
+    from tests.registry_fakes import stand_in_keras_file
+
+    bucket, options = s3_bucket
+    store = f"s3://{bucket}/store"
+    ref = register_model(str(stand_in_keras_file(tmp_path / "model.keras")), {"config": {"model": {"image_size": 32}}},
+                         store, options)
+    original = (tmp_path / "model.keras").read_bytes()
+    monkeypatch.setenv("AML_SMEAR_CACHE_DIR", str(tmp_path / "cache"))
+    ref = resolve_model(ref.version, store, options)
+    assert ref.sha256 == hashlib.sha256(original).hexdigest(), "the card records the model's sha256"
+    local = storage.local_copy(ref.url, options, f"{ref.version}.keras", ref.sha256)
+    with open(local, "wb") as handle:
+        handle.write(b"someone else's model")  # what another user of a shared /tmp could do
+    again = storage.local_copy(ref.url, options, f"{ref.version}.keras", ref.sha256)
+    assert again == local and open(again, "rb").read() == original
+
+    # The stored model itself replaced: the recorded hash refuses it, and nothing is cached.
+    storage.write_bytes(ref.url, b"a replaced model", options)
+    os.remove(local)
+    with pytest.raises(CachedFileMismatchError, match="not the recorded"):
+        storage.local_copy(ref.url, options, f"{ref.version}.keras", ref.sha256)
+    assert not os.path.exists(local)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX modes")
+def test_the_cache_folder_is_the_users_own(tmp_path):
+    loose = tmp_path / "loose"
+    loose.mkdir(mode=0o777)
+    os.chmod(loose, 0o777)
+    cached_file("v1.keras", lambda: b"model", LocalCacheSettings(folder=str(loose)))
+    assert stat.S_IMODE(os.stat(loose).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(loose / "v1.keras").st_mode) & 0o077 == 0
+    (tmp_path / "link").symlink_to(loose)
+    with pytest.raises(UnsafeCacheError, match="AML_SMEAR_CACHE_DIR"):
+        cached_file("v1.keras", lambda: b"model", LocalCacheSettings(folder=str(tmp_path / "link")))
+
+
+def test_default_folder_is_per_user(monkeypatch, tmp_path):
+    monkeypatch.delenv("AML_SMEAR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert LocalCacheSettings.from_env().folder == str(tmp_path / "xdg" / "aml-smear")
