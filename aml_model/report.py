@@ -251,7 +251,7 @@ def render_patient_report(report: PatientReport) -> str:
 
 
 def render_cohort_index(run_id: str, patients: pd.DataFrame, model: ModelInfo,
-                        cell_types: tuple[dict, ...] = ()) -> str:
+                        cell_types: tuple[dict, ...] = (), links_note: str | None = None) -> str:
     """The cohort index page: one row per patient linking to its report (``<report_name>.html``).
 
     Args:
@@ -259,10 +259,11 @@ def render_cohort_index(run_id: str, patients: pd.DataFrame, model: ModelInfo,
         patients: patients.parquet of the run.
         model: the model that scored the cells.
         cell_types: per-type rows of :func:`cell_type_rates` over the run; none shown when empty.
+        links_note: a line under the title on where the relative links open (object stores).
     """
     rows = [{**row, "flags": _flags(row), "href": f"{report_name(row['patient_id'])}.html"}
             for row in patients.to_dict(orient="records")]
     counts = patients["call"].value_counts().to_dict()
     return _TEMPLATES.get_template("cohort_index.html.j2").render(run_id=run_id, rows=rows, model=model,
                                                                    counts=counts, note=RESEARCH_NOTE,
-                                                                   cell_types=cell_types)
+                                                                   cell_types=cell_types, links_note=links_note)

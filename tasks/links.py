@@ -29,13 +29,26 @@ class Link:
 
     url: str
     expires_at: datetime | None = None
+    carries_session_token: bool = False
+    unsigned_because: str | None = None
 
     @property
     def expiry_note(self) -> str:
-        """"link expires ..." for an artifact's description, or "" for a link that does not expire."""
+        """"link expires ..." for an artifact's description (saying when the link carries a session
+        token, or why it was not presigned), or "" for a link that does not expire."""
+        if self.unsigned_because:
+            return self.unsigned_because
         if self.expires_at is None:
             return ""
-        return f"link expires {self.expires_at:%Y-%m-%d %H:%M} UTC"
+        note = f"link expires {self.expires_at:%Y-%m-%d %H:%M} UTC"
+        if self.carries_session_token:
+            note += (", or earlier with the temporary credentials that signed it: it carries a session token, "
+                     "which anyone holding the link can read")
+        return note
+
+
+def _expiry_chosen() -> bool:
+    return bool(os.environ.get(LINK_EXPIRY_ENV, "").strip())
 
 
 def link_expiry() -> timedelta:
@@ -60,9 +73,11 @@ def ui_link(url: str, store_options: dict | None = None, expires_in: timedelta |
     an object on S3 (or MinIO) a presigned HTTPS URL valid for ``expires_in`` (default
     :func:`link_expiry`), signed with the credentials of the process that calls this: the URL
     carries the access key id, never the secret key. Any other store, or an expiry of 0, keeps
-    the URL unchanged.
+    the URL unchanged. Temporary credentials (an instance role, IRSA: a session token) would put
+    their token in the URL: then nothing is presigned unless ``AML_SMEAR_LINK_EXPIRY_SECONDS`` (or
+    ``expires_in``) asks for links, and such a link says that it carries the token.
     """
-    expires_in = link_expiry() if expires_in is None else expires_in
+    explicit, expires_in = expires_in, link_expiry() if expires_in is None else expires_in
     fs, path = fsspec.core.url_to_fs(url, **(store_options or {}))
     if storage.is_local(fs):
         return Link("file://" + os.path.abspath(path))
@@ -72,7 +87,11 @@ def ui_link(url: str, store_options: dict | None = None, expires_in: timedelta |
         signed = fs.sign(path, expiration=int(expires_in.total_seconds()))
     except NotImplementedError:
         return Link(url)
-    return Link(signed, datetime.now(UTC) + expires_in)
+    token = "x-amz-security-token=" in signed.lower()  # SigV4 or SigV2 spelling
+    if token and explicit is None and not _expiry_chosen():
+        return Link(url, unsigned_because=f"not presigned: the credentials are temporary (a session token would be "
+                                          f"in the link); set {LINK_EXPIRY_ENV} to presign anyway")
+    return Link(signed, datetime.now(UTC) + expires_in, carries_session_token=token)
 
 
 def reports_markdown(paths: storage.ScoringPaths, patients: pd.DataFrame, index: Link,
@@ -88,6 +107,8 @@ def reports_markdown(paths: storage.ScoringPaths, patients: pd.DataFrame, index:
     if index.expires_at is not None:
         lines += [f"Links expire {index.expires_at:%Y-%m-%d %H:%M} UTC; the reports stay in the store at "
                   f"`{index_url(paths)}`.", ""]
+    elif index.unsigned_because:
+        lines += [f"Links are {index.unsigned_because}. The reports are in the store at `{index_url(paths)}`.", ""]
     if hidden:
         lines += ["Patient ids are pseudonymised here; the reports, named by patient id, are linked from the "
                   "cohort index.", "", "| patient | call |", "|---|---|"]

@@ -16,7 +16,14 @@ from tasks.inputs import input_names, quarantined_inputs, source_root
 from tasks.registry import CARD_FILE, models_root
 from tasks.retry import store_task
 
-__all__ = ["build_reports", "index_url", "model_info", "report_url", "write_reports"]
+__all__ = ["OBJECT_STORE_LINKS", "build_reports", "index_url", "model_info", "report_url", "write_reports"]
+
+#: The cohort index's note on an object store: its patient links are relative, and a presigned URL
+#: signs one object only, so from a private bucket they open only where the folder is served whole.
+OBJECT_STORE_LINKS = ("The patient links below are relative: they open where this reports/ folder is served whole "
+                      "(a public or proxied bucket, or a downloaded copy). Opened from a presigned link of a private "
+                      "bucket they do not open: use each report's own link in the Prefect artifact "
+                      "'patient-reports', or download the folder.")
 
 
 def report_url(paths: storage.ScoringPaths, patient_id: str) -> str:
@@ -91,7 +98,8 @@ def build_reports(paths: storage.ScoringPaths, store_options: dict | None = None
                                cell_types=_type_rows(mine, threshold),
                                quarantined=tuple(lost.to_dict(orient="records")))
         storage.write_bytes(report_url(paths, patient_id), render_patient_report(report).encode(), options)
-    index = render_cohort_index(paths.run_id, patients, model, cell_types=_type_rows(cells, threshold))
+    index = render_cohort_index(paths.run_id, patients, model, cell_types=_type_rows(cells, threshold),
+                                links_note=None if storage.is_local_url(paths.root, options) else OBJECT_STORE_LINKS)
     return storage.write_bytes(index_url(paths), index.encode(), options)
 
 

@@ -30,6 +30,7 @@ __all__ = [
     "create_probabilities_array",
     "exists",
     "is_local",
+    "is_local_url",
     "join",
     "list_names",
     "local_copy",
@@ -73,6 +74,11 @@ def is_local(fs: fsspec.AbstractFileSystem) -> bool:
     """True for the local file system."""
     protocols = (fs.protocol,) if isinstance(fs.protocol, str) else fs.protocol
     return "file" in protocols or "local" in protocols
+
+
+def is_local_url(url: str, storage_options: dict | None = None) -> bool:
+    """True when ``url`` is on the local file system."""
+    return is_local(_fs(url, storage_options)[0])
 
 
 def join(url: str, *parts: str) -> str:

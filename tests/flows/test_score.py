@@ -101,6 +101,9 @@ def test_s3_source_to_s3_store_with_a_registered_champion(lmu_cells, tmp_path, s
     assert (cells["predicted_label"] == np.where(reference >= 0.5, "blast", "normal")).all()
     patients = storage.read_table(paths.patients_table, options)
     assert patients["patient_id"].tolist() == ["P1", "P2"] and patients["n_scored"].tolist() == [8, 6]
+    # The index's patient links are relative: on S3 it says where they open.
+    index = parse_page(storage.read_bytes(paths.report_index, options).decode()).text
+    assert "Opened from a presigned link of a private bucket they do not open" in index
 
 
 def test_missing_model_is_a_clear_error(tmp_path, task_runner):

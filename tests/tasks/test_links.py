@@ -63,3 +63,19 @@ def test_pseudonymised_reports_markdown_links_only_the_index(tmp_path, monkeypat
     markdown = reports_markdown(paths, patients, index_link(paths))
     assert "MRN-1" not in markdown and f"| {prefect_patient_id('MRN-1')} | AML_SUSPECTED |" in markdown
     assert f"(file://{index_url(paths)})" in markdown
+
+
+def test_temporary_credentials_presign_nothing_by_default_and_say_so_when_asked_to(s3_bucket, monkeypatch):
+    bucket, options = s3_bucket
+    url = storage.write_bytes(f"s3://{bucket}/store/reports/index.html", b"<html>report</html>", options)
+    # As an instance role or IRSA gives them: a key, a secret and a session token.
+    temporary = {**options, "key": "testing", "secret": "testing", "token": "session-token-of-a-role"}
+    monkeypatch.delenv(LINK_EXPIRY_ENV, raising=False)
+    link = ui_link(url, temporary)
+    assert link.url == url and link.expires_at is None
+    assert "the credentials are temporary" in link.expiry_note and LINK_EXPIRY_ENV in link.expiry_note
+
+    monkeypatch.setenv(LINK_EXPIRY_ENV, "3600")  # the deployment asks for links anyway
+    signed = ui_link(url, temporary)
+    assert "x-amz-security-token=" in signed.url.lower() and signed.carries_session_token
+    assert "carries a session token" in signed.expiry_note
