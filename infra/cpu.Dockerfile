@@ -24,6 +24,10 @@ COPY aml_model ./aml_model
 COPY tasks ./tasks
 COPY flows ./flows
 COPY deployments ./deployments
+# The commit this image is built from (no .git is copied): model cards record it, and the nightly
+# skips training when nothing changed (tasks/build_info.py). The build fails without it.
+ARG AML_SMEAR_COMMIT
+RUN python -m tasks.build_info "$AML_SMEAR_COMMIT"
 RUN pip install -c constraints.txt .
 
 RUN useradd --create-home --uid 10001 aml

@@ -229,22 +229,29 @@ def code_version(root: Path | None = None) -> dict:
     Returns:
         ``{"package": <aml-smear version>, "commit": <git commit>, "dirty": <tracked files changed>}``
         when the code runs from a git checkout (``root``, default this repository); without one
-        (an installed wheel, no git, a checkout git refuses to read) ``commit`` and ``dirty`` are None.
+        (an installed wheel, no git, a checkout git refuses to read) the commit an image build
+        recorded in the package (:mod:`tasks.build_info`), else ``commit`` and ``dirty`` are None.
         Untracked files do not make the checkout dirty.
     """
+    from tasks.build_info import read_build_commit
+
+    default = root is None
     root = (root or _CODE_ROOT).resolve()
     try:
         package = importlib.metadata.version("aml-smear")
     except importlib.metadata.PackageNotFoundError:
         package = "unknown"
+    # Without a checkout, the commit an image build recorded in this package (tasks/build_info.py).
+    built = read_build_commit() if default else None
+    unknown = {"package": package, "commit": built[0] if built else None, "dirty": built[1] if built else None}
     try:
         # Only the checkout the code lives in: an installed package inside another repository is not it.
         if Path(_git(root, "rev-parse", "--show-toplevel")).resolve() != root:
-            return {"package": package, "commit": None, "dirty": None}
+            return unknown
         commit = _git(root, "rev-parse", "HEAD")
         dirty = bool(_git(root, "status", "--porcelain", "--untracked-files=no"))
     except (OSError, subprocess.SubprocessError):
-        return {"package": package, "commit": None, "dirty": None}
+        return unknown
     return {"package": package, "commit": commit, "dirty": dirty}
 
 

@@ -67,3 +67,48 @@ def test_register_model_records_the_code_version(tmp_path):
                          str(tmp_path / "store"))
     card = json.loads((tmp_path / "store" / "models" / ref.version / "model_card.json").read_text())
     assert card["code_version"] == code_version()
+
+
+def test_an_image_style_install_records_the_commit_it_was_built_from(tmp_path):
+    """The worker images copy no .git: the build records the commit (a build argument) in the package."""
+    import os
+    import re
+    import shlex
+    import shutil
+    import sys
+
+    from tests.deployments.test_infra import _instructions
+
+    commit = _git("rev-parse", "HEAD") if (_CODE_ROOT / ".git").exists() else "0123456789abcdef" * 2 + "01234567"
+    source, site = tmp_path / "opt" / "aml-smear", tmp_path / "site"
+    source.mkdir(parents=True)
+    env = {**os.environ, "AML_SMEAR_COMMIT": commit, "PYTHONPATH": ""}
+    for instruction, arguments in _instructions(_CODE_ROOT / "infra" / "cpu.Dockerfile"):
+        if instruction == "COPY":
+            *paths, _target = shlex.split(arguments)
+            for path in paths:
+                copy = shutil.copytree if (_CODE_ROOT / path).is_dir() else shutil.copy
+                copy(_CODE_ROOT / path, source / path)
+        elif instruction == "RUN" and "pip install" in arguments:
+            subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                            "--target", str(site), "."], cwd=source, env=env, check=True, capture_output=True)
+        elif instruction == "RUN" and "useradd" not in arguments:
+            subprocess.run(["sh", "-c", arguments.replace("python ", f"{sys.executable} ")], cwd=source, env=env,
+                           check=True, capture_output=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    probe = "import json; from tasks.registry import code_version; print(json.dumps(code_version()))"
+    run = subprocess.run([sys.executable, "-c", probe], cwd=elsewhere, capture_output=True, text=True, check=True,
+                         env={**env, "PYTHONPATH": str(site)})
+    recorded = json.loads(run.stdout)
+    assert recorded["commit"] == re.sub(r"-dirty$", "", commit) and recorded["dirty"] is False, recorded
+
+
+def test_a_build_without_a_commit_fails_and_a_dirty_one_says_so(tmp_path):
+    from tasks.build_info import read_build_commit, write_build_commit
+
+    with pytest.raises(ValueError, match="--build-arg AML_SMEAR_COMMIT"):
+        write_build_commit("", tmp_path / "build_commit.txt")
+    assert read_build_commit(tmp_path / "build_commit.txt") is None
+    write_build_commit("a" * 40 + "-dirty", tmp_path / "build_commit.txt")
+    assert read_build_commit(tmp_path / "build_commit.txt") == ("a" * 40, True)
