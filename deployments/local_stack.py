@@ -122,7 +122,10 @@ def deploy(api_url: str, values: dict, env: dict[str, str]) -> None:
     from prefect.variables import Variable
     from prefect.workers.process import ProcessWorker
 
-    from flows.serve import REQUIRED_VARIABLES, VARIABLES, WORK_POOL
+    from flows.serve import REQUIRED_VARIABLES, VARIABLES, WORK_POOL, pull_step_variables
+
+    # A work pool's run first changes to aml_smear_code_dir (the pull step): unset, every run fails.
+    required = REQUIRED_VARIABLES | pull_step_variables()
 
     with temporary_settings(updates={PREFECT_API_URL: api_url}):
         with get_client(sync_client=True) as client:
@@ -143,7 +146,7 @@ def deploy(api_url: str, values: dict, env: dict[str, str]) -> None:
                 if values[name] == []:
                     print(f"  the nightly retrain fails until it has sources: prefect variable set {name} "
                           "'[\"/path/to/labelled\"]' --overwrite", flush=True)
-            elif name in REQUIRED_VARIABLES:
+            elif name in required:
                 missing.append(name)
         if missing:
             # Deploying anyway would register an empty string where the flow expects a value.

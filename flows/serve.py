@@ -40,6 +40,7 @@ __all__ = [
     "deployed_flow",
     "deployment_options",
     "load_deployments",
+    "pull_step_variables",
     "read_variables",
     "serve_deployments",
 ]
@@ -205,6 +206,27 @@ def _spec(declared: Mapping[str, Any]) -> DeploymentSpec:
         timeout_seconds=settings.timeout_seconds, retries=settings.retries,
         retry_delay_seconds=settings.retry_delay_seconds, tags=tuple(declared.get("tags", ())),
         alert_on_failure=settings.alert_on_failure)
+
+
+def pull_step_variables(text: str | None = None) -> frozenset[str]:
+    """The Prefect variables that ``prefect.yaml``'s pull steps read on the worker when a run starts
+    (``aml_smear_code_dir``): a work-pool deployment needs them set, ``aml-smear serve`` does not."""
+    if text is None:
+        text = (importlib.resources.files("deployments") / "prefect.yaml").read_text()
+    found: set[str] = set()
+
+    def walk(node) -> None:
+        if isinstance(node, dict):
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+        elif isinstance(node, str) and (match := _TEMPLATE.match(node)):
+            found.add(match.group(1))
+
+    walk(yaml.safe_load(text).get("pull") or [])
+    return frozenset(found)
 
 
 def load_deployments(text: str | None = None) -> tuple[DeploymentSpec, ...]:

@@ -191,3 +191,12 @@ def test_serve_command_help_and_argument_errors():
     assert result.exit_code == 0 and "without a work pool" in result.output
     both = CliRunner().invoke(cli, ["serve", "--workers", "2", "--scheduler", "tcp://10.0.0.5:8786"])
     assert both.exit_code == 1 and "not both" in both.output
+
+
+def test_the_pull_steps_variable_is_required_where_work_pools_deploy():
+    from flows.serve import REQUIRED_VARIABLES, pull_step_variables
+
+    assert pull_step_variables() == {"aml_smear_code_dir"}, "the one pull step changes to the code's folder"
+    assert not pull_step_variables() & REQUIRED_VARIABLES, "aml-smear serve runs in place: it needs no pull step"
+    text = "pull:\n  - prefect.deployments.steps.git_clone:\n      repository: '{{ prefect.variables.repo }}'\n"
+    assert pull_step_variables(text) == {"repo"}
