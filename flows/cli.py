@@ -176,7 +176,7 @@ def _check_inputs(sources, store: str, s3_endpoint_url: str | None, model: str |
         from tasks import storage
         from tasks.registry import allow_model_file, names_a_file, resolve_model
 
-        if names_a_file(model):
+        if names_a_file(model) or os.path.exists(model):
             # The user named this file on their own command line: this process may load it.
             allow_model_file(model)
         resolve_model(model, store, storage.storage_options_for(store, s3_endpoint_url))

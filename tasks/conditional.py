@@ -38,7 +38,9 @@ def update_object(url: str, change: Callable[[bytes | None], bytes], storage_opt
     """Replace the object at ``url`` by ``change(its bytes, or None when absent)``, atomically.
 
     ``change`` may run more than once (once per attempt) and may raise to refuse: nothing is
-    written then, and its exception propagates.
+    written then, and its exception propagates. Its bytes should differ from any earlier write
+    (the pointer carries a write id): a conditional PUT that failed because its own retried
+    request landed is recognised by them.
 
     Returns:
         The bytes written.
@@ -67,12 +69,13 @@ def _flocked(path: str):
     """An exclusive lock on ``.<name>.lock`` beside ``path`` (made if missing, never removed)."""
     folder, name = os.path.split(path)
     os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, f".{name}.lock"), "a+b") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    # Read-only is enough for flock, so a user who may not write the lock file can still take it.
+    fd = os.open(os.path.join(folder, f".{name}.lock"), os.O_RDONLY | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def _update_s3(fs, path: str, url: str, change: Callable[[bytes | None], bytes]) -> bytes:
@@ -89,12 +92,23 @@ def _update_s3(fs, path: str, url: str, change: Callable[[bytes | None], bytes])
         except (OSError, FileExistsError) as exc:
             if not _lost_the_race(exc):
                 raise
+            # s3fs retries a PUT whose response was lost: its 412 may be our own write, landed.
+            if _read_current(fs, bucket, key) == new:
+                fs.invalidate_cache(path)
+                return new
             time.sleep(random.uniform(0, _PAUSE_S * (attempt + 1)))
             continue
         fs.invalidate_cache(path)
         return new
     message = f"{url} kept changing under {ATTEMPTS} conditional writes: nothing was written; try again"
     raise ConflictError(message)
+
+
+def _read_current(fs, bucket: str, key: str) -> bytes | None:
+    try:
+        return _read_body(fs, fs.call_s3("get_object", Bucket=bucket, Key=key))
+    except FileNotFoundError:
+        return None
 
 
 def _read_body(fs, got: dict) -> bytes:

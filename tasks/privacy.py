@@ -28,7 +28,7 @@ PATIENT_ID_KEY_ENV = "AML_SMEAR_PATIENT_ID_KEY"
 PSEUDONYMISE_ENV = "AML_SMEAR_PSEUDONYMISE"
 PSEUDONYM_PREFIX = "pid-"
 _HEX_DIGITS = 16  # 64 bits: no collision among a lab's patients, short enough to read out
-# A shorter id inside a file name is left: replacing "7" in "cell-17.jpg" would garble, not protect.
+# A shorter id is replaced only as a whole path component: "7" in "cell-17.jpg" would garble, not protect.
 _MIN_ID_IN_NAME = 4
 
 
@@ -78,13 +78,12 @@ def prefect_patients_table(patients: pd.DataFrame) -> pd.DataFrame:
 
 
 def _pseudonymous_uri(uri: str, patient_id: str, pseudonym: str) -> str:
-    """``uri`` with every path component that is the patient id replaced, and the id inside the file
-    name too where it is at least :data:`_MIN_ID_IN_NAME` characters long."""
-    *folders, name = uri.split("/")
-    folders = [pseudonym if part == patient_id else part for part in folders]
-    if name == patient_id or len(patient_id) >= _MIN_ID_IN_NAME:
-        name = name.replace(patient_id, pseudonym)
-    return "/".join([*folders, name])
+    """``uri`` with the patient id replaced: as a whole path component, and inside any component
+    (``patient-12345/``, ``12345-cell.jpg``, an id holding ``/``) where it is at least
+    :data:`_MIN_ID_IN_NAME` characters long."""
+    if len(patient_id) >= _MIN_ID_IN_NAME:
+        return uri.replace(patient_id, pseudonym)
+    return "/".join(pseudonym if part == patient_id else part for part in uri.split("/"))
 
 
 def prefect_cell_rows(rows: list[dict]) -> list[dict]:

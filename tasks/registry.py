@@ -9,10 +9,13 @@ import json
 import os
 import re
 import subprocess
+import uuid
 import zipfile
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+import fsspec
 
 from aml_model.errors import AmlSmearError
 from tasks import storage
@@ -95,21 +98,37 @@ def allowed_model_prefixes(store: str) -> list[str]:
 
 
 def names_a_file(spec: str) -> bool:
-    """Whether a ``model`` value is a path or URL (it has a ``/`` or ends in ``.keras``), not a version."""
-    return "/" in spec or spec.endswith(".keras")
+    """Whether a ``model`` value is a path or URL, not a version name (``champion`` included)."""
+    return not _VERSION.fullmatch(spec) or spec.endswith(".keras")
 
 
 def allow_model_file(path: str) -> None:
-    """Add one model file to this process's allowed prefixes: the CLI's user named it on the command line."""
+    """Add one model file to this process's allowed prefixes: the CLI's user named it on the command line.
+
+    Raises:
+        ModelNotAllowedError: a path with a comma, which would read as two prefixes.
+    """
+    if "," in path:
+        message = f"model path {path!r} has a comma: copy or link the file to a path without one"
+        raise ModelNotAllowedError(message)
     os.environ[MODEL_PREFIXES_ENV] = ",".join(filter(None, [os.environ.get(MODEL_PREFIXES_ENV, ""), path]))
 
 
 def _canonical(url: str) -> str:
-    """A URL with ``..`` and ``.`` resolved (never above its bucket); a local path resolved, links included."""
-    if "://" in url:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://{os.path.normpath('/' + rest).lstrip('/')}"
-    return os.path.realpath(url)
+    """``protocol://path`` with ``..`` and ``.`` resolved (never above a bucket); a local path
+    resolved through its links.
+
+    Raises:
+        ModelNotAllowedError: a chained URL (``a::b``), whose opened file is not the one named first.
+    """
+    if "::" in url:
+        message = f"model {url!r} is a chained fsspec URL: name the file itself"
+        raise ModelNotAllowedError(message)
+    fs, path = fsspec.core.url_to_fs(url)
+    if storage.is_local(fs):
+        return os.path.realpath(path)
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return f"{protocol}://{os.path.normpath('/' + path).lstrip('/')}"
 
 
 def _require_allowed(spec: str, store: str) -> None:
@@ -144,14 +163,14 @@ def resolve_model(spec: str, store: str, storage_options: dict | None = None) ->
     """
     options = storage_options or {}
     if spec == "champion":
-        pointer = champion_pointer(store)
-        if not storage.exists(pointer, options):
-            message = (f"no champion model in {store} ({pointer} is missing): train one with "
+        current = read_champion(store, options)
+        if current is None:
+            message = (f"no champion model in {store} ({champion_pointer(store)} is missing): train one with "
                        f"`aml-smear retrain SOURCE --store {store}`, or pass --model PATH_TO.keras")
             raise ModelNotFoundError(message)
-        spec = storage.read_json(pointer, options)["version"]
+        spec = current["version"]
     registered = storage.join(models_root(store), spec, MODEL_FILE)
-    if "/" not in spec and storage.exists(registered, options):
+    if not names_a_file(spec) and storage.exists(registered, options):
         card_url = storage.join(models_root(store), spec, CARD_FILE)
         if not storage.exists(card_url, options):
             # The card is written last: without it the registration was interrupted.
@@ -161,8 +180,8 @@ def resolve_model(spec: str, store: str, storage_options: dict | None = None) ->
         card = storage.read_json(card_url, options)
         return ModelRef(registered, spec, int(card["config"]["model"]["image_size"]), _agreement(card),
                         card.get("model_sha256"))
-    # A bare name is a version that is not registered: say so, not that a path is not allowed.
-    if names_a_file(spec):
+    # A bare version name that is not registered: say so, not that a path is not allowed.
+    if names_a_file(spec) or storage.exists(spec, options):
         _require_allowed(spec, store)
     if not storage.exists(spec, options):
         message = (f"model {spec!r} is neither a version registered in {models_root(store)} nor an existing "
@@ -362,7 +381,8 @@ def update_champion(store: str, change, storage_options: dict | None = None,
         current = _parse_pointer(raw, pointer, tolerate_unreadable)
         new = change(current)
         written.clear()
-        written.update(new, history=new["history"][-HISTORY_LIMIT:], serial=(current or {}).get("serial", 0) + 1)
+        written.update(new, history=new["history"][-HISTORY_LIMIT:], serial=(current or {}).get("serial", 0) + 1,
+                       write_id=uuid.uuid4().hex)
         if not written.get("pruning"):
             written.pop("pruning", None)
         return json.dumps(written, indent=2).encode()

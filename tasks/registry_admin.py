@@ -275,11 +275,15 @@ def prune_models(store: str, keep_newest: int, storage_options: dict | None = No
 def _mark_for_pruning(store: str, versions: list[str], storage_options: dict | None) -> list[str]:
     """Mark ``versions`` but the pointer's champion and previous champion; returns those marked.
 
-    Without a pointer nothing can promote concurrently through it, and every version is returned.
+    Raises:
+        RegistryError: there is no pointer yet to mark them in (a first promotion could name one
+            of them while it is removed): nothing is removed before a model is promoted.
     """
     marked: list[str] = []
     if read_champion(store, storage_options) is None:
-        return list(versions)
+        message = (f"no champion in {store} yet: prune removes nothing before a first promotion "
+                   f"(`aml-smear models promote VERSION --store {store}`)")
+        raise RegistryError(message)
 
     def mark(current: dict | None) -> dict:
         if current is None:

@@ -21,9 +21,9 @@ __all__ = ["OBJECT_STORE_LINKS", "build_reports", "index_url", "model_info", "re
 #: The cohort index's note on an object store: its patient links are relative, and a presigned URL
 #: signs one object only, so from a private bucket they open only where the folder is served whole.
 OBJECT_STORE_LINKS = ("The patient links below are relative: they open where this reports/ folder is served whole "
-                      "(a public or proxied bucket, or a downloaded copy). Opened from a presigned link of a private "
-                      "bucket they do not open: use each report's own link in the Prefect artifact "
-                      "'patient-reports', or download the folder.")
+                      "(a public or proxied bucket, or a downloaded copy, e.g. aws s3 sync). Opened from a presigned "
+                      "link of a private bucket they do not open: download the folder, or use a report's own "
+                      "presigned link where the Prefect artifact 'patient-reports' lists one.")
 
 
 def report_url(paths: storage.ScoringPaths, patient_id: str) -> str:

@@ -142,13 +142,15 @@ def test_the_cells_to_review_artifact_of_a_pseudonymised_retrain_names_no_patien
     review = [{"cell_id": f"{patient}:0123456789abcdef", "source": "/data/batch-7", "cell_type": None,
                "label": "blast", "source_uri": f"/data/batch-7/{patient}/{patient}-cell-12.jpg", "probability": 0.02}
               for patient in patients]
+    review[1]["source_uri"] = f"/data/batch-7/patient-{patients[1]}/cell-12.jpg"  # the id inside a folder name
     metrics = {"roc_auc": 0.9, "accuracy": 0.9, "sensitivity": 0.9, "specificity": 0.9, "f1": 0.9}
     card = {"metrics": metrics, "promotion": {"promoted": False, "reason": "worse", "comparisons": {}},
             "evaluation": {"by_source_and_type": [], "to_review": review}}
     publish_retrain_report(ModelRef("/store/models/v-1/model.keras", "v-1", 32), card, str(tmp_path))
     published = Artifact.get("retrain-cells-to-review").data
     assert not any(patient in published for patient in patients), published
+    assert f"/data/batch-7/{prefect_patient_id(patients[0])}/" in published
+    assert f"/data/batch-7/patient-{prefect_patient_id(patients[1])}/" in published
     for patient in patients:
-        assert f"/data/batch-7/{prefect_patient_id(patient)}/" in published
         assert f"{prefect_patient_id(patient)}:0123456789abcdef" in published
     assert review[0]["cell_id"].startswith(patients[0]), "the card in the store keeps the real ids"

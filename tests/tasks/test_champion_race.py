@@ -19,10 +19,10 @@ VERSIONS = [f"20261201T{hour:02d}{minute:02d}00Z-{hour:02d}{minute:02d}" for hou
 
 
 def operations(store: str, options: dict) -> list[tuple[str, str, str, dict]]:
-    """30 promotions, one per version but the first, 10 rollbacks and 10 prunes, shuffled."""
-    chosen = [("promote", version, store, options) for version in VERSIONS[1:]]
-    chosen += [("rollback", "", store, options)] * 10 + [("prune", "3", store, options)] * 10
-    chosen = chosen[:50]
+    """28 promotions, one per version but the two promoted first (each changes the champion),
+    11 rollbacks and 11 prunes, shuffled."""
+    chosen = [("promote", version, store, options) for version in VERSIONS[2:]]
+    chosen += [("rollback", "", store, options)] * 11 + [("prune", "3", store, options)] * 11
     random.Random(7).shuffle(chosen)
     return chosen
 

@@ -66,6 +66,19 @@ def test_a_model_path_must_lie_under_the_store_or_an_allowed_prefix(tmp_path, mo
         resolve_model(str(tmp_path / "store" / "models" / "link.keras"), store)  # a link out of models/
     with pytest.raises(ModelNotFoundError, match="neither a version registered"):
         resolve_model("v-typo", store)  # a bare name is a missing version, not a refused path
+    chained = f"{tmp_path}/store/models/../../lab/named.keras::memory://x"
+    with pytest.raises(ModelNotAllowedError, match="chained fsspec URL"):
+        resolve_model(chained, store)  # fsspec would open the first part, outside models/
+    monkeypatch.chdir(tmp_path / "lab")
+    with pytest.raises(ModelNotAllowedError):
+        resolve_model("named.keras", store)  # a bare file name in the working folder is a path too
+    (tmp_path / "lab" / "evil.h5").write_bytes(named.read_bytes())
+    with pytest.raises(ModelNotAllowedError):
+        resolve_model("evil.h5", store)
+    with pytest.raises(ModelNotAllowedError):
+        resolve_model("..", store)
+    with pytest.raises(ModelNotAllowedError, match="comma"):
+        allow_model_file(f"{tmp_path}/a,b.keras")
 
     allow_model_file(str(named))  # as the CLI does for the file its user named
     assert resolve_model(str(named), store).url == str(named)
