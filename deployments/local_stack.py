@@ -100,10 +100,12 @@ def _wait_healthy(api_url: str, server: subprocess.Popen, log: Path) -> None:
 
 def _variable_values(store: str | None, sources: list[str], s3_endpoint_url: str | None,
                      backbone_weights: str | None = None, backbone_weights_sha256: str | None = None) -> dict:
+    from flows.serve import DEFAULT_TIMEZONE
+
     values = {"aml_smear_store": store, "aml_smear_retrain_sources": sources or None,
               "aml_smear_s3_endpoint_url": s3_endpoint_url, "aml_smear_backbone_weights": backbone_weights,
               "aml_smear_backbone_weights_sha256": backbone_weights_sha256,
-              "aml_smear_code_dir": str(REPO_ROOT)}
+              "aml_smear_code_dir": str(REPO_ROOT), "aml_smear_timezone": DEFAULT_TIMEZONE}
     return {name: value for name, value in values.items() if value is not None}
 
 

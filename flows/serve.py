@@ -34,6 +34,7 @@ __all__ = [
     "VARIABLES",
     "WORK_POOL",
     "REQUIRED_VARIABLES",
+    "DEFAULT_TIMEZONE",
     "DeploymentSpec",
     "RunSettings",
     "dask_runner_from_environment",
@@ -42,6 +43,7 @@ __all__ = [
     "load_deployments",
     "pull_step_variables",
     "read_variables",
+    "schedule_timezone",
     "serve_deployments",
 ]
 
@@ -70,7 +72,10 @@ VARIABLES: Mapping[str, str] = {
                                  "(e.g. {\"augment_views\": 1, \"patience\": 3})",
     "aml_smear_code_dir": "where the worker's host holds this repository (prefect.yaml's pull step): "
                           "the checkout, or /opt/aml-smear in the images",
+    "aml_smear_timezone": "IANA time zone of the nightly's 02:00 schedule (default Europe/Berlin)",
 }
+#: The schedules' time zone when ``aml_smear_timezone`` is unset.
+DEFAULT_TIMEZONE = "Europe/Berlin"
 # Without these a deployment has no sensible value; the S3 endpoint is optional.
 REQUIRED_VARIABLES = frozenset({"aml_smear_store", "aml_smear_retrain_sources"})
 
@@ -89,6 +94,8 @@ class DeploymentSpec:
             prefect.yaml, a parameter whose value is ``"{{ prefect.variables.NAME }}"``.
         parameters: fixed parameter values of every run of this deployment.
         cron, timezone: the schedule (IANA time zone), or None for on-demand runs only.
+        timezone_variable: the Prefect variable prefect.yaml reads the time zone from
+            (``"{{ prefect.variables.aml_smear_timezone }}"``); ``timezone`` is then its default.
         interval_seconds: an interval schedule instead of a cron one, or None.
         requires: variables without which the deployment is not served (and stays paused
             in prefect.yaml until they are set): those it names, but the optional ones and
@@ -117,6 +124,7 @@ class DeploymentSpec:
     parameters: Mapping[str, Any] = field(default_factory=dict)
     cron: str | None = None
     timezone: str | None = None
+    timezone_variable: str | None = None
     interval_seconds: int | None = None
     requires: frozenset[str] = frozenset()
     concurrency_limit: int | None = None
@@ -192,6 +200,7 @@ def _spec(declared: Mapping[str, Any]) -> DeploymentSpec:
                    f"active (not {unknown}), active: {str(not requires).lower()} here")
         raise ValueError(message)
     cron = next((s for s in schedules if "cron" in s), {})
+    zone = _TEMPLATE.match(str(cron.get("timezone", "")))
     interval = next((s["interval"] for s in schedules if "interval" in s), None)
     limit = declared.get("concurrency_limit")
     settings = RUN_SETTINGS[name]
@@ -199,7 +208,8 @@ def _spec(declared: Mapping[str, Any]) -> DeploymentSpec:
         flow_name=settings.flow_name, name=name,
         entrypoint=declared["entrypoint"].rpartition(":")[2], description=declared["description"],
         variables=templated, parameters={k: v for k, v in parameters.items() if k not in templated},
-        cron=cron.get("cron"), timezone=cron.get("timezone"), interval_seconds=interval,
+        cron=cron.get("cron"), timezone=DEFAULT_TIMEZONE if zone else cron.get("timezone"),
+        timezone_variable=zone.group(1) if zone else None, interval_seconds=interval,
         requires=requires,
         concurrency_limit=limit["limit"] if isinstance(limit, dict) else limit,
         collision_strategy=limit.get("collision_strategy") if isinstance(limit, dict) else None,
@@ -299,6 +309,11 @@ def read_variables(names: set[str] | frozenset[str]) -> dict[str, Any]:
     return {name: value for name, value in values.items() if value is not None}
 
 
+def schedule_timezone(spec: DeploymentSpec, variables: Mapping[str, Any]) -> str | None:
+    """The time zone of ``spec``'s cron schedule: its variable's value where set, else its default."""
+    return variables.get(spec.timezone_variable) or spec.timezone if spec.timezone_variable else spec.timezone
+
+
 def deployment_options(spec: DeploymentSpec, variables: Mapping[str, Any]) -> dict[str, Any]:
     """Keyword arguments of ``Flow.to_deployment`` / ``Runner.add_flow`` for ``spec``.
 
@@ -316,7 +331,7 @@ def deployment_options(spec: DeploymentSpec, variables: Mapping[str, Any]) -> di
     concurrency = spec.concurrency_limit
     if concurrency is not None and spec.collision_strategy is not None:
         concurrency = ConcurrencyLimitConfig(limit=concurrency, collision_strategy=spec.collision_strategy)
-    schedules = [Cron(spec.cron, timezone=spec.timezone)] if spec.cron else []
+    schedules = [Cron(spec.cron, timezone=schedule_timezone(spec, variables))] if spec.cron else []
     if spec.interval_seconds:
         schedules.append(Interval(timedelta(seconds=spec.interval_seconds)))
     return {
@@ -355,6 +370,7 @@ def serve_deployments(task_runner: DaskTaskRunner, limit: int | None = None) -> 
                    "PREFECT_API_URL, e.g. http://127.0.0.1:4200/api")
         raise ValueError(message)
     names = {variable for spec in DEPLOYMENTS for variable in spec.variables.values()}
+    names |= {spec.timezone_variable for spec in DEPLOYMENTS if spec.timezone_variable}
     variables = read_variables(names)
     runner = Runner(name="aml-smear-serve", limit=limit, pause_on_shutdown=True)
     for spec in DEPLOYMENTS:
@@ -363,7 +379,7 @@ def serve_deployments(task_runner: DaskTaskRunner, limit: int | None = None) -> 
                   flush=True)
             continue
         runner.add_flow(deployed_flow(spec, task_runner), **deployment_options(spec, variables))
-        schedule = (f" ({spec.cron}, {spec.timezone})" if spec.cron else
+        schedule = (f" ({spec.cron}, {schedule_timezone(spec, variables)})" if spec.cron else
                     f" (every {spec.interval_seconds // 60} min)" if spec.interval_seconds else "")
         print(f"serving {spec.full_name}{schedule}", flush=True)
     try:

@@ -66,8 +66,8 @@ def test_a_change_to_prefect_yaml_is_a_change_to_the_served_deployments():
 
 @pytest.mark.parametrize(("old", "new", "refusal"), [
     ("  - name: on-demand\n", "  - name: on-request\n", "'on-request' of prefect.yaml has no RunSettings"),
-    ('cron: "0 2 * * *"\n      timezone: Europe/Berlin\n      active: true',
-     'cron: "0 2 * * *"\n      timezone: Europe/Berlin\n      active: false', "active: true here"),
+    ('timezone: "{{ prefect.variables.aml_smear_timezone }}"\n      active: true',
+     'timezone: "{{ prefect.variables.aml_smear_timezone }}"\n      active: false', "active: true here"),
     ("        active: false\n", "        active: true\n", "active: false here"),
     ("      new_only: true\n", "      new_only: true\n      label: \"lab-{{ prefect.variables.site }}\"\n",
      "(not ['label'])"),
@@ -200,3 +200,13 @@ def test_the_pull_steps_variable_is_required_where_work_pools_deploy():
     assert not pull_step_variables() & REQUIRED_VARIABLES, "aml-smear serve runs in place: it needs no pull step"
     text = "pull:\n  - prefect.deployments.steps.git_clone:\n      repository: '{{ prefect.variables.repo }}'\n"
     assert pull_step_variables(text) == {"repo"}
+
+
+def test_the_nightlys_time_zone_is_a_variable_with_a_default():
+    from flows.serve import DEFAULT_TIMEZONE, deployment_options, schedule_timezone
+
+    assert NIGHTLY_RETRAIN.timezone_variable == "aml_smear_timezone" and NIGHTLY_RETRAIN.timezone == DEFAULT_TIMEZONE
+    assert schedule_timezone(NIGHTLY_RETRAIN, {}) == "Europe/Berlin"
+    options = deployment_options(NIGHTLY_RETRAIN, {"aml_smear_timezone": "America/Chicago"})
+    (schedule,) = options["schedules"]
+    assert (schedule.cron, schedule.timezone) == ("0 2 * * *", "America/Chicago")
