@@ -12,7 +12,7 @@ DEMO_STORE ?= demo-store
 # a CPU-bound test overlaps another's waiting on servers and subprocesses.
 PYTEST_ARGS ?= -n 2 --dist loadfile --durations=25
 
-.PHONY: install demo test test-benchmarks bench clean prefect-local
+.PHONY: install demo lint test test-benchmarks bench clean prefect-local
 
 # constraints.txt pins the versions the suite was last run with, so installs resolve fast and alike.
 $(STAMP): pyproject.toml constraints.txt
@@ -24,6 +24,11 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/aml-smear demo --store $(DEMO_STORE)
+
+# The rules and the line length are in pyproject.toml ([tool.ruff]); `ruff format .` applies the format.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # Two sessions: the fault-injection tests (tests/reliability) start their own schedulers, workers and
 # servers, and in fresh worker processes they do not meet the 4-5 GB that a worker of the main
@@ -52,7 +57,7 @@ RETRAIN_SOURCES ?=
 BACKBONE_WEIGHTS ?=
 BACKBONE_WEIGHTS_SHA256 ?=
 prefect-local: $(STAMP)
-	$(BIN)/python deployments/local_stack.py up --port $(PREFECT_PORT) --home $(AML_SMEAR_LOCAL) \
+	$(BIN)/python -m app.local_stack up --port $(PREFECT_PORT) --home $(AML_SMEAR_LOCAL) \
 		--store $(STORE) $(foreach source,$(RETRAIN_SOURCES),--retrain-source $(source)) \
 		$(if $(BACKBONE_WEIGHTS),--backbone-weights $(BACKBONE_WEIGHTS)) \
 		$(if $(BACKBONE_WEIGHTS_SHA256),--backbone-weights-sha256 $(BACKBONE_WEIGHTS_SHA256))

@@ -15,7 +15,7 @@ from aml_model.config import FEATURE_LAYERS, ModelConfig
 from aml_model.pooling import POOLING_LAYER_NAME, SpatialMeanStd
 from aml_model.scale import SCALE_LAYER_NAME, ScaleNormalisation
 from aml_model.stain import STAIN_LAYER_NAME, StainNormalisation
-from aml_model.weights import (fetch_weights_file, imagenet_weights_file, load_backbone_weights,
+from aml_model.weights import (imagenet_weights_file, load_backbone_weights, local_weights_file,
                                partial_weights_layers)
 
 __all__ = ["BACKBONE_NAME", "FEATURE_NORMALISATION_NAME", "INPUT_NORMALISATION_LAYERS", "OUTPUT_LAYER_NAME",
@@ -47,40 +47,55 @@ def input_normalisation(config: ModelConfig) -> list[keras.layers.Layer]:
     return layers
 
 
-def resolve_backbone_weights(config: ModelConfig, storage_options: dict | None = None) -> str | None:
+def resolve_backbone_weights(config: ModelConfig, weights_file: str | None = None) -> str | None:
     """Turn ``config.backbone_weights`` into what ``keras.applications.ResNet50`` takes.
+
+    Only local files are read here: a weights file named by a remote URL (``s3://...``) is
+    fetched by the caller (:func:`tasks.weights.fetch_backbone_weights`) and passed as
+    ``weights_file``; the configuration, and what is recorded of it, keeps the URL.
+
+    Args:
+        config: ``backbone_weights`` ("imagenet", "none", or a weights file's path or URL) and
+            its expected ``backbone_weights_sha256``.
+        weights_file: the local copy of the file ``config.backbone_weights`` names, read in its
+            place; its sha256 is checked against ``backbone_weights_sha256``.
 
     Returns:
         ``None`` for "none", else the path of a local weights file.
 
     Raises:
-        BackboneWeightsError: "imagenet" offline without a cached file, or an unreadable file.
+        BackboneWeightsError: "imagenet" offline without a cached file, an unreadable file, or a
+            remote URL without its local copy.
         WeightsHashMismatchError: the file's sha256 differs from ``backbone_weights_sha256``.
+        ValueError: ``weights_file`` is given for "imagenet" or "none", which name no file.
     """
     choice = config.backbone_weights
+    if choice.lower() in ("none", "imagenet") and weights_file is not None:
+        message = f"a weights file ({weights_file}) was given for backbone_weights={choice!r}, which names no file"
+        raise ValueError(message)
     if choice.lower() == "none":
         return None
     if choice.lower() == "imagenet":
         return imagenet_weights_file()
-    return fetch_weights_file(choice, config.backbone_weights_sha256, storage_options)
+    return local_weights_file(weights_file or choice, config.backbone_weights_sha256)
 
 
-def build_backbone(config: ModelConfig, storage_options: dict | None = None) -> keras.Model:
+def build_backbone(config: ModelConfig, weights_file: str | None = None) -> keras.Model:
     """ResNet50 without its top, up to ``config.feature_layer`` and pooled as configured, frozen.
 
     Args:
         config: input size, backbone weights, feature layer and pooling.
-        storage_options: fsspec options for a remote weights URL.
+        weights_file: the local copy of a remote ``config.backbone_weights`` (:func:`resolve_backbone_weights`).
 
     Returns:
         A Keras model named "resnet50", `(batch, s, s, 3)` float32 (ResNet50-normalised) ->
         the feature layer's map, `(batch, s/32, s/32, 2048)` for the paper's ``conv5_block3_out``
         (`s/8, s/8, 512` for ``conv3_block4_out``), or `(batch, 2c)` with "mean_std" pooling.
     """
-    return cut_backbone(whole_backbone(config, storage_options), config)
+    return cut_backbone(whole_backbone(config, weights_file), config)
 
 
-def whole_backbone(config: ModelConfig, storage_options: dict | None = None) -> keras.Model:
+def whole_backbone(config: ModelConfig, weights_file: str | None = None) -> keras.Model:
     """The whole ResNet50 without its top, holding ``config.backbone_weights``, not frozen.
 
     The weights are those of the whole network (ImageNet's, or a weights file), so one file
@@ -89,10 +104,13 @@ def whole_backbone(config: ModelConfig, storage_options: dict | None = None) -> 
     least the layers up to ``config.feature_layer``; the layers after it are then drawn from a
     fixed seed, so that the whole network's weights, and its backbone id, are the same each time.
 
+    Args:
+        weights_file: the local copy of a remote ``config.backbone_weights`` (:func:`resolve_backbone_weights`).
+
     Raises:
         BackboneWeightsError: the weights cannot be had, or a partial file stops too early.
     """
-    weights = resolve_backbone_weights(config, storage_options)
+    weights = resolve_backbone_weights(config, weights_file)
     backbone = keras.applications.ResNet50(
         include_top=False,
         weights=None,
@@ -259,7 +277,7 @@ def compile_model(model: keras.Model, config: ModelConfig, jit_compile: bool = F
     return model
 
 
-def build_model(config: ModelConfig, storage_options: dict | None = None) -> keras.Model:
+def build_model(config: ModelConfig, weights_file: str | None = None) -> keras.Model:
     """Build and compile the paper's model, or a recipe's variant of it.
 
     Layer sequence: input -> [scale_normalisation, stain_normalisation: robust recipe] -> resnet50 (frozen,
@@ -270,13 +288,13 @@ def build_model(config: ModelConfig, storage_options: dict | None = None) -> ker
 
     Args:
         config: see :class:`~aml_model.config.ModelConfig`.
-        storage_options: fsspec options for a remote weights URL.
+        weights_file: the local copy of a remote ``config.backbone_weights`` (:func:`resolve_backbone_weights`).
 
     Returns:
         A compiled Keras model `(batch, s, s, 3)` ResNet50-normalised float32 ->
         `(batch, 1)` blast probability.
     """
-    backbone = build_backbone(config, storage_options)
+    backbone = build_backbone(config, weights_file)
     inputs = keras.Input((config.image_size, config.image_size, 3), name="image")
     images = inputs
     for layer in input_normalisation(config):
@@ -290,16 +308,17 @@ def build_model(config: ModelConfig, storage_options: dict | None = None) -> ker
     return compile_model(model, config)
 
 
-def assemble_model(config: ModelConfig, head: keras.Model, storage_options: dict | None = None) -> keras.Model:
+def assemble_model(config: ModelConfig, head: keras.Model, weights_file: str | None = None) -> keras.Model:
     """The full paper model from a head trained on cached features.
 
     Builds :func:`build_model` (its backbone from ``config.backbone_weights``, which must be the
-    weights the features were computed with) and copies the head's weights in by layer name.
+    weights the features were computed with; ``weights_file``, the local copy of a remote one) and
+    copies the head's weights in by layer name.
 
     Returns:
         A compiled model identical in architecture to ``build_model(config)``.
     """
-    model = build_model(config, storage_options)
+    model = build_model(config, weights_file)
     for layer in head.layers:
         copy_layer_weights(layer, model.get_layer(layer.name))
     return model

@@ -1,14 +1,28 @@
-"""Typed configuration with the defaults of Hassan et al. in one place.
+"""Typed configuration with the defaults of Hassan et al. in one place, each bound stated once.
 
 ``ExperimentConfig()`` is the paper's setting; ``ExperimentConfig.tiny()`` is the small
 configuration that tests and the demo use (tiny input, no pretrained weights).
+
+The classes are frozen dataclasses validated by pydantic: a field's type (``Positive``,
+``Probability``, ``ImageSize``...) carries its bounds, and the flows' typed options
+(:mod:`flows.parameters`) use the same types, so a bound is written here only. A value outside
+its bounds raises :class:`~aml_model.errors.ConfigError` naming the field, the value and what it
+accepts (``image_size=16 is invalid: expected an integer in [32, 1024]``); an unknown field is a
+``TypeError``, as for any dataclass.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+import functools
+import types
+from collections.abc import Iterable
+from dataclasses import field
+from typing import Annotated, Any, Literal, TypeVar, Union, dataclass_transform, get_args, get_origin
+
+import pydantic.dataclasses
+from pydantic import ConfigDict, Field, SecretStr, ValidationError
+from pydantic.fields import FieldInfo
 
 from aml_model.errors import ConfigError
 
@@ -19,16 +33,36 @@ __all__ = [
     "PRETRAIN_METHODS",
     "RECIPES",
     "SCALE_NORMALISATIONS",
+    "SHA256_PATTERN",
     "STAIN_NORMALISATIONS",
     "AugmentConfig",
+    "AugmentViews",
+    "BackboneWeights",
+    "BlurSigma",
+    "CropFraction",
     "ExperimentConfig",
+    "FeatureLayer",
+    "FillMode",
+    "ImageSize",
+    "Jitter",
     "ModelConfig",
+    "NonNegative",
+    "Positive",
+    "PositiveNumber",
+    "Precision",
     "PreprocessConfig",
+    "PretrainBatchSize",
     "PretrainConfig",
+    "Probability",
     "RetrainConfig",
     "ScoringConfig",
+    "Seed",
+    "Sha256",
+    "Share",
     "SummaryConfig",
     "TrainConfig",
+    "TrainingPath",
+    "accepted",
 ]
 
 
@@ -41,7 +75,8 @@ StainNormalisation = Literal["none", "channel", "grey"]
 STAIN_NORMALISATIONS: tuple[str, ...] = get_args(StainNormalisation)
 
 #: ResNet50 layers the head may read: the output of each stage (conv2 to conv5), in order.
-FEATURE_LAYERS: tuple[str, ...] = ("conv2_block3_out", "conv3_block4_out", "conv4_block6_out", "conv5_block3_out")
+FeatureLayer = Literal["conv2_block3_out", "conv3_block4_out", "conv4_block6_out", "conv5_block3_out"]
+FEATURE_LAYERS: tuple[str, ...] = get_args(FeatureLayer)
 
 #: What the frozen part does to its last feature map (ModelConfig.feature_pooling).
 FeaturePooling = Literal["none", "mean_std"]
@@ -54,14 +89,142 @@ RECIPES: tuple[str, ...] = get_args(Recipe)
 #: The recipe of the CLI and the nightly retrain.
 DEFAULT_RECIPE = "robust"
 
+#: Ways of filling the pixels an augmentation moves in from outside the image (AugmentConfig.fill_mode).
+FillMode = Literal["nearest", "reflect", "wrap", "constant"]
+#: "auto" (each worker picks) and the inference precisions (aml_model.inference.INFERENCE_PRECISIONS;
+#: a test keeps them equal: importing that module imports TensorFlow).
+Precision = Literal["auto", "float32", "bfloat16", "float16"]
+#: How a retrain fits the head: on cached backbone features, or with the backbone in the loop.
+TrainingPath = Literal["cached", "plain"]
 
-def _require(condition: bool, name: str, value: object, expected: str) -> None:
-    if not condition:
-        message = f"{name}={value!r} is invalid: expected {expected}"
-        raise ConfigError(message)
+# The bounds of every setting, each stated once: the configuration classes below and the flows'
+# typed options (flows.parameters) use these types.
+
+#: An integer of at least 1 (cells, epochs, steps, batch and chunk sizes).
+Positive = Annotated[int, Field(ge=1)]
+#: An integer of at least 0 (patience, head units, warm-up steps).
+NonNegative = Annotated[int, Field(ge=0)]
+#: A number above 0 (learning rates, temperatures).
+PositiveNumber = Annotated[float, Field(gt=0)]
+#: A probability or fraction strictly between 0 and 1 (thresholds, cut-offs, confidence levels).
+Probability = Annotated[float, Field(gt=0, lt=1)]
+#: A share of a whole, 0 and 1 included.
+Share = Annotated[float, Field(ge=0, le=1)]
+#: A fraction from 0 up to, not including, 1 (the shifts, zoom and colour jitter of augmentation).
+Jitter = Annotated[float, Field(ge=0, lt=1)]
+#: The side of a square model input or training view, pixels: ResNet50's five stride-2 stages need
+#: 32 at least to leave a 1x1 feature map; 1024 at most (the paper's is 224).
+ImageSize = Annotated[int, Field(ge=32, le=1024)]
+#: A seed numpy and TensorFlow accept (aml_model.collapse.attempt_seed keeps derived seeds in range).
+Seed = Annotated[int, Field(ge=0, lt=2**32)]
+#: A sha256 digest, hexadecimal.
+SHA256_PATTERN = r"^[0-9a-fA-F]{64}$"
+Sha256 = Annotated[str, Field(pattern=SHA256_PATTERN)]
+#: "imagenet", "none", or the path/URL of a weights file.
+BackboneWeights = Annotated[str, Field(min_length=1)]
+#: Augmented views per training cell in a retrain's feature cache.
+AugmentViews = Annotated[int, Field(ge=0, le=64)]
+#: Cells per pretraining step: each cell needs the others of its batch as negatives.
+PretrainBatchSize = Annotated[int, Field(ge=2)]
+#: The smallest crop of a pretraining view, as a fraction of the cell image's side.
+CropFraction = Annotated[float, Field(gt=0, le=1)]
+#: The largest Gaussian blur of a pretraining view, sigma in pixels of the view.
+BlurSigma = Annotated[float, Field(ge=0, le=8)]
+
+_PATTERN_WORDS = {SHA256_PATTERN: "64 hexadecimal characters"}
+_BOUNDS = ("ge", "gt", "le", "lt", "min_length", "pattern")
 
 
-@dataclass(frozen=True)
+def _constraints(metadata: Iterable[Any]) -> dict[str, Any]:
+    """The bounds in a field's pydantic metadata, by name (``{"ge": 1}``...)."""
+    found: dict[str, Any] = {}
+    for item in metadata:
+        if isinstance(item, FieldInfo):
+            found |= _constraints(item.metadata)
+        else:
+            found |= {name: getattr(item, name) for name in _BOUNDS if getattr(item, name, None) is not None}
+    return found
+
+
+def accepted(annotation: Any, metadata: Iterable[Any] = ()) -> str:
+    """What a field of type ``annotation`` (with pydantic ``metadata``) accepts, in words, for messages
+    and tables: "an integer >= 1", "a number in (0, 1)", "one of ('paper', 'robust')"."""
+    metadata = list(metadata)
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        base, *extra = get_args(annotation)
+        return accepted(base, [*metadata, *extra])
+    if origin in (Union, types.UnionType):
+        given = [arg for arg in get_args(annotation) if arg is not type(None)]
+        return " or ".join(accepted(arg, metadata) for arg in given)
+    if origin is Literal:
+        return f"one of {get_args(annotation)}"
+    bounds = _constraints(metadata)
+    if annotation is bool:
+        return "a boolean (1/0, true/false, yes/no, on/off)"
+    if annotation in (int, float):
+        kind = "an integer" if annotation is int else "a number"
+        low = ("[", bounds["ge"]) if "ge" in bounds else ("(", bounds["gt"]) if "gt" in bounds else None
+        high = (bounds["le"], "]") if "le" in bounds else (bounds["lt"], ")") if "lt" in bounds else None
+        if low and high:
+            return f"{kind} in {low[0]}{low[1]}, {high[0]}{high[1]}"
+        if low:
+            return f"{kind} {'>=' if low[0] == '[' else '>'} {low[1]}"
+        if high:
+            return f"{kind} {'<=' if high[1] == ']' else '<'} {high[0]}"
+        return kind
+    if annotation is str:
+        if "pattern" in bounds:
+            return _PATTERN_WORDS.get(bounds["pattern"], f"text matching {bounds['pattern']}")
+        return "non-empty text" if bounds.get("min_length") else "text"
+    if annotation is SecretStr:
+        return "text (kept secret)"
+    if origin in (tuple, list):
+        return "a comma-separated list"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _config_error(cls: type, error: ValidationError) -> Exception:
+    """The ConfigError (TypeError for an unknown field) of a configuration pydantic refused."""
+    problems = []
+    for item in error.errors():
+        location, kind = item["loc"], item["type"]
+        if kind in ("unexpected_keyword_argument", "unexpected_positional_argument"):
+            return TypeError(f"{cls.__name__}.__init__() got an unexpected argument {location[-1]!r}")
+        cause = (item.get("ctx") or {}).get("error")
+        if isinstance(cause, ConfigError):  # a check of several fields (__post_init__)
+            problems.append(str(cause))
+            continue
+        name = ".".join(map(str, location))
+        info = cls.__pydantic_fields__.get(name)  # type: ignore[attr-defined]
+        reason = f"expected {accepted(info.annotation, info.metadata)}" if info is not None else item["msg"].lower()
+        problems.append(f"{name}={item['input']!r} is invalid: {reason}")
+    return ConfigError("; ".join(problems))
+
+
+_Config = TypeVar("_Config")
+
+
+@dataclass_transform(frozen_default=True, field_specifiers=(dataclasses.field, Field))
+def _validated(cls: type[_Config]) -> type[_Config]:
+    """``cls`` as a frozen pydantic dataclass whose refusals are ConfigErrors (TypeErrors for unknown
+    fields). Plain dataclass otherwise: attribute access, ``dataclasses.replace``/``asdict``, the
+    defaults as class attributes."""
+    cls = pydantic.dataclasses.dataclass(frozen=True, config=ConfigDict(extra="forbid"))(cls)
+    validating_init = cls.__init__
+
+    @functools.wraps(validating_init)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            validating_init(self, *args, **kwargs)
+        except ValidationError as error:
+            raise _config_error(type(self), error) from None
+
+    cls.__init__ = __init__  # type: ignore[method-assign]
+    return cls
+
+
+@_validated
 class PreprocessConfig:
     """How raw files become model-sized RGB cells.
 
@@ -73,19 +236,13 @@ class PreprocessConfig:
         max_aspect_ratio: largest accepted long side / short side of a source image.
     """
 
-    image_size: int = 224
-    max_pixels: int = 40_000_000
-    min_side: int = 16
-    max_aspect_ratio: float = 8.0
-
-    def __post_init__(self) -> None:
-        _require(self.image_size >= 8, "image_size", self.image_size, "an integer >= 8")
-        _require(self.max_pixels > 0, "max_pixels", self.max_pixels, "a positive integer")
-        _require(self.min_side >= 1, "min_side", self.min_side, "an integer >= 1")
-        _require(self.max_aspect_ratio >= 1, "max_aspect_ratio", self.max_aspect_ratio, ">= 1")
+    image_size: Annotated[int, Field(ge=8)] = 224
+    max_pixels: Positive = 40_000_000
+    min_side: Positive = 16
+    max_aspect_ratio: Annotated[float, Field(ge=1)] = 8.0
 
 
-@dataclass(frozen=True)
+@_validated
 class AugmentConfig:
     """Training-time augmentation (the paper's ImageDataGenerator settings).
 
@@ -111,32 +268,22 @@ class AugmentConfig:
             (:class:`aml_model.stain.RandomStainTransfer`); 0 (the paper) recolours none.
     """
 
-    rotation_degrees: float = 20.0
-    width_shift: float = 0.2
-    height_shift: float = 0.2
-    zoom: float = 0.2
+    rotation_degrees: Annotated[float, Field(ge=0, le=180)] = 20.0
+    width_shift: Jitter = 0.2
+    height_shift: Jitter = 0.2
+    zoom: Jitter = 0.2
     horizontal_flip: bool = True
     vertical_flip: bool = True
-    fill_mode: str = "nearest"
-    scale: float = 0.0
-    hue: float = 0.0
-    saturation: float = 0.0
-    brightness: float = 0.0
-    contrast: float = 0.0
-    stain_transfer: float = 0.0
-
-    def __post_init__(self) -> None:
-        _require(0 <= self.stain_transfer <= 1, "stain_transfer", self.stain_transfer, "a fraction in [0, 1]")
-        _require(0 <= self.rotation_degrees <= 180, "rotation_degrees", self.rotation_degrees, "0..180")
-        for name in ("width_shift", "height_shift", "zoom", "hue", "saturation", "brightness", "contrast"):
-            value = getattr(self, name)
-            _require(0 <= value < 1, name, value, "a fraction in [0, 1)")
-        _require(0 <= self.scale <= 1, "scale", self.scale, "a fraction in [0, 1]")
-        modes = ("nearest", "reflect", "wrap", "constant")
-        _require(self.fill_mode in modes, "fill_mode", self.fill_mode, f"one of {modes}")
+    fill_mode: FillMode = "nearest"
+    scale: Share = 0.0
+    hue: Jitter = 0.0
+    saturation: Jitter = 0.0
+    brightness: Jitter = 0.0
+    contrast: Jitter = 0.0
+    stain_transfer: Share = 0.0
 
 
-@dataclass(frozen=True)
+@_validated
 class ModelConfig:
     """The network: ResNet50 backbone (frozen) + Flatten, Dense(128, relu), Dense(1, sigmoid).
 
@@ -144,7 +291,8 @@ class ModelConfig:
         image_size: side of the square RGB input, pixels (224 in the paper).
         head_units: units of the hidden Dense layer; 0 leaves it out (a logistic head).
         backbone_weights: "imagenet" (Keras' download cache under KERAS_HOME), "none"
-            (random initialisation), or a local path / fsspec URL of a weights file.
+            (random initialisation), or a weights file: a local path, or a URL that tasks.weights
+            fetches into the local cache first (aml_model reads local files only).
         backbone_weights_sha256: expected sha256 of a weights file; checked when set.
         learning_rate: Adam learning rate.
         stain_normalisation: a layer before the backbone that standardises each image's
@@ -163,38 +311,18 @@ class ModelConfig:
             :mod:`aml_model.pooling`), computed in the frozen part, so cached features are pooled.
     """
 
-    image_size: int = 224
-    head_units: int = 128
-    backbone_weights: str = "imagenet"
-    backbone_weights_sha256: str | None = None
-    learning_rate: float = 1e-4
-    stain_normalisation: str = "none"
-    scale_normalisation: str = "none"
-    feature_layer: str = FEATURE_LAYERS[-1]
-    feature_pooling: str = "none"
-
-    def __post_init__(self) -> None:
-        # ResNet50's five stride-2 stages need at least 32 px to leave a 1x1 feature map.
-        _require(self.image_size >= 32, "image_size", self.image_size, "an integer >= 32")
-        _require(self.head_units >= 0, "head_units", self.head_units, "an integer >= 0")
-        _require(bool(self.backbone_weights), "backbone_weights", self.backbone_weights,
-                 '"imagenet", "none" or a weights file path/URL')
-        if self.backbone_weights_sha256 is not None:
-            digest = self.backbone_weights_sha256
-            ok = len(digest) == 64 and all(c in "0123456789abcdef" for c in digest.lower())
-            _require(ok, "backbone_weights_sha256", digest, "64 hexadecimal characters")
-        _require(self.learning_rate > 0, "learning_rate", self.learning_rate, "a positive number")
-        _require(self.stain_normalisation in STAIN_NORMALISATIONS, "stain_normalisation",
-                 self.stain_normalisation, f"one of {STAIN_NORMALISATIONS}")
-        _require(self.scale_normalisation in SCALE_NORMALISATIONS, "scale_normalisation",
-                 self.scale_normalisation, f"one of {SCALE_NORMALISATIONS}")
-        _require(self.feature_layer in FEATURE_LAYERS, "feature_layer", self.feature_layer,
-                 f"one of {FEATURE_LAYERS}")
-        _require(self.feature_pooling in FEATURE_POOLINGS, "feature_pooling", self.feature_pooling,
-                 f"one of {FEATURE_POOLINGS}")
+    image_size: ImageSize = 224
+    head_units: NonNegative = 128
+    backbone_weights: BackboneWeights = "imagenet"
+    backbone_weights_sha256: Sha256 | None = None
+    learning_rate: PositiveNumber = 1e-4
+    stain_normalisation: StainNormalisation = "none"
+    scale_normalisation: ScaleNormalisation = "none"
+    feature_layer: FeatureLayer = FEATURE_LAYERS[-1]
+    feature_pooling: FeaturePooling = "none"
 
 
-@dataclass(frozen=True)
+@_validated
 class TrainConfig:
     """Fitting the head.
 
@@ -208,23 +336,20 @@ class TrainConfig:
         augment: augmentation applied to training batches only.
     """
 
-    epochs: int = 50
-    batch_size: int = 32
-    early_stopping_patience: int = 5
-    train_fraction: float = 0.8
-    val_fraction: float = 0.1
-    test_fraction: float = 0.1
-    seed: int = 0
+    epochs: Positive = 50
+    batch_size: Positive = 32
+    early_stopping_patience: NonNegative = 5
+    train_fraction: Probability = 0.8
+    val_fraction: Probability = 0.1
+    test_fraction: Probability = 0.1
+    seed: Seed = 0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
-        _require(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
-        _require(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
-        _require(self.early_stopping_patience >= 0, "early_stopping_patience",
-                 self.early_stopping_patience, "an integer >= 0")
         fractions = (self.train_fraction, self.val_fraction, self.test_fraction)
-        _require(all(0 < f < 1 for f in fractions) and abs(sum(fractions) - 1) < 1e-9,
-                 "train/val/test fractions", fractions, "three fractions in (0, 1) summing to 1")
+        if abs(sum(fractions) - 1) >= 1e-9:
+            message = f"train/val/test fractions={fractions!r} is invalid: expected three fractions summing to 1"
+            raise ConfigError(message)
 
 
 #: What the "robust" recipe changes (chosen in benchmarks/bench_robustness.py; docs/design.md).
@@ -235,7 +360,7 @@ ROBUST_AUGMENT: dict[str, float] = {"scale": 0.5, "hue": 0.05, "saturation": 0.5
                                     "contrast": 0.3, "stain_transfer": 0.8}
 
 
-@dataclass(frozen=True)
+@_validated
 class ExperimentConfig:
     """Everything that defines one trained model; the defaults are the paper's.
 
@@ -248,12 +373,8 @@ class ExperimentConfig:
 
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    threshold: float = 0.5
-    recipe: str = "paper"
-
-    def __post_init__(self) -> None:
-        _require(0 < self.threshold < 1, "threshold", self.threshold, "a probability in (0, 1)")
-        _require(self.recipe in RECIPES, "recipe", self.recipe, f"one of {RECIPES}")
+    threshold: Probability = 0.5
+    recipe: Recipe = "paper"
 
     @classmethod
     def for_recipe(cls, recipe: str, model: ModelConfig | None = None,
@@ -267,8 +388,10 @@ class ExperimentConfig:
         within the default 50 epochs); and widens augmentation to the ways labs differ: scale (cell
         size per pixel), hue, saturation, brightness and contrast (stain and white balance).
         Other fields (input size, weights, epochs, seed) are kept.
+
+        Raises:
+            ConfigError: an unknown recipe.
         """
-        _require(recipe in RECIPES, "recipe", recipe, f"one of {RECIPES}")
         model, train = model or ModelConfig(), train or TrainConfig()
         if recipe == "robust":
             model = dataclasses.replace(model, **ROBUST_MODEL)
@@ -304,7 +427,7 @@ class ExperimentConfig:
         )
 
 
-@dataclass(frozen=True)
+@_validated
 class SummaryConfig:
     """The per-patient call rule (DESIGN.md, "Per-patient AML call").
 
@@ -321,22 +444,14 @@ class SummaryConfig:
             100 cells and 20% blasts: more is worth a hematologist's look before trusting the call.
     """
 
-    threshold: float = 0.5
-    blast_cutoff: float = 0.2
-    min_cells: int = 100
-    confidence: float = 0.95
-    max_quarantined_share: float = 0.02
-
-    def __post_init__(self) -> None:
-        _require(0 < self.threshold < 1, "threshold", self.threshold, "a probability in (0, 1)")
-        _require(0 < self.blast_cutoff < 1, "blast_cutoff", self.blast_cutoff, "a fraction in (0, 1)")
-        _require(self.min_cells >= 1, "min_cells", self.min_cells, "an integer >= 1")
-        _require(0 < self.confidence < 1, "confidence", self.confidence, "a level in (0, 1)")
-        _require(0 <= self.max_quarantined_share <= 1, "max_quarantined_share",
-                 self.max_quarantined_share, "a fraction in [0, 1]")
+    threshold: Probability = 0.5
+    blast_cutoff: Probability = 0.2
+    min_cells: Positive = 100
+    confidence: Probability = 0.95
+    max_quarantined_share: Share = 0.02
 
 
-@dataclass(frozen=True)
+@_validated
 class ScoringConfig:
     """How a scoring runs on the workers (what it calls is :class:`SummaryConfig`).
 
@@ -348,11 +463,11 @@ class ScoringConfig:
         explain_top_k: most blast-like cells per patient in the reports and Grad-CAM.
     """
 
-    batch_size: int = 64
-    precision: str = "auto"
-    chunk_cells: int = 64
-    chunks_per_task: int = 4
-    explain_top_k: int = 12
+    batch_size: Positive = 64
+    precision: Precision = "auto"
+    chunk_cells: Positive = 64
+    chunks_per_task: Positive = 4
+    explain_top_k: Positive = 12
 
 
 #: Self-supervised objectives of :mod:`aml_model.pretrain`.
@@ -360,7 +475,7 @@ PretrainMethod = Literal["simclr"]
 PRETRAIN_METHODS: tuple[str, ...] = get_args(PretrainMethod)
 
 
-@dataclass(frozen=True)
+@_validated
 class PretrainConfig:
     """Self-supervised pretraining of the backbone's stages on unlabelled cells (:mod:`aml_model.pretrain`).
 
@@ -390,46 +505,39 @@ class PretrainConfig:
         blur: the largest Gaussian blur of a view, in pixels of the view (sigma); 0 for none.
     """
 
-    method: str = "simclr"
-    steps: int = 600
-    batch_size: int = 64
-    view_size: int = 112
-    min_crop: float = 0.5
-    learning_rate: float = 1e-3
-    warmup_steps: int = 100
-    weight_decay: float = 1e-4
-    temperature: float = 0.2
-    projection_units: int = 256
-    projection_dim: int = 128
-    seed: int = 0
-    checkpoint_every: int = 50
-    pool_cells: int = 8192
-    tone: float = 1.0
-    greyscale: float = 0.2
-    blur: float = 1.5
+    method: PretrainMethod = "simclr"
+    steps: Positive = 600
+    batch_size: PretrainBatchSize = 64
+    view_size: ImageSize = 112
+    min_crop: CropFraction = 0.5
+    learning_rate: PositiveNumber = 1e-3
+    warmup_steps: NonNegative = 100
+    weight_decay: Annotated[float, Field(ge=0)] = 1e-4
+    temperature: PositiveNumber = 0.2
+    projection_units: Positive = 256
+    projection_dim: Positive = 128
+    seed: Seed = 0
+    checkpoint_every: Positive = 50
+    pool_cells: Positive = 8192
+    tone: Share = 1.0
+    greyscale: Share = 0.2
+    blur: BlurSigma = 1.5
 
     def __post_init__(self) -> None:
-        _require(self.method in PRETRAIN_METHODS, "method", self.method, f"one of {PRETRAIN_METHODS}")
-        for name in ("steps", "checkpoint_every", "projection_units", "projection_dim"):
-            _require(getattr(self, name) >= 1, name, getattr(self, name), "an integer >= 1")
-        _require(self.batch_size >= 2, "batch_size", self.batch_size, "an integer >= 2 (a cell needs negatives)")
-        _require(self.pool_cells >= self.batch_size, "pool_cells", self.pool_cells, "at least batch_size")
-        _require(self.view_size >= 32, "view_size", self.view_size, "an integer >= 32")
-        _require(0 < self.min_crop <= 1, "min_crop", self.min_crop, "a fraction in (0, 1]")
-        _require(self.learning_rate > 0, "learning_rate", self.learning_rate, "a positive number")
-        _require(0 <= self.warmup_steps < self.steps, "warmup_steps", self.warmup_steps, "0 <= warmup_steps < steps")
-        _require(self.weight_decay >= 0, "weight_decay", self.weight_decay, ">= 0")
-        _require(self.temperature > 0, "temperature", self.temperature, "a positive number")
-        _require(0 <= self.tone <= 1, "tone", self.tone, "a weight in [0, 1]")
-        _require(0 <= self.greyscale <= 1, "greyscale", self.greyscale, "a fraction in [0, 1]")
-        _require(0 <= self.blur <= 8, "blur", self.blur, "a sigma in [0, 8] pixels")
+        if self.pool_cells < self.batch_size:
+            message = f"pool_cells={self.pool_cells!r} is invalid: expected at least batch_size ({self.batch_size})"
+            raise ConfigError(message)
+        if self.warmup_steps >= self.steps:
+            message = (f"warmup_steps={self.warmup_steps!r} is invalid: expected 0 <= warmup_steps < steps "
+                       f"({self.steps})")
+            raise ConfigError(message)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dictionary (for backbone cards)."""
         return dataclasses.asdict(self)
 
 
-@dataclass(frozen=True)
+@_validated
 class RetrainConfig:
     """How a retrain trains and promotes, besides the model's :class:`ExperimentConfig`.
 
@@ -439,6 +547,6 @@ class RetrainConfig:
         promotion_margin: tolerated ROC AUC drop of a challenger against the champion.
     """
 
-    augment_views: int = 2
-    training_path: str = "cached"
-    promotion_margin: float = 0.005
+    augment_views: AugmentViews = 2
+    training_path: TrainingPath = "cached"
+    promotion_margin: Share = 0.005

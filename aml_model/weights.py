@@ -1,16 +1,18 @@
-"""Resolve backbone weights to a local file: Keras' ImageNet cache, or a weights file by URL."""
+"""Resolve backbone weights to a local file: Keras' ImageNet cache, or a local weights file, checked.
+
+This library reads local files only: a weights file named by a remote URL is fetched by the
+caller (:mod:`tasks.weights`) and handed over as a local path.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
-import shutil
-import tempfile
-import uuid
 from pathlib import Path
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
-import fsspec
 import numpy as np
 
 from aml_model.errors import BackboneWeightsError, WeightsHashMismatchError
@@ -19,9 +21,10 @@ __all__ = [
     "IMAGENET_NOTOP_FILE",
     "IMAGENET_NOTOP_MD5",
     "PARTIAL_FORMAT",
-    "fetch_weights_file",
     "imagenet_weights_file",
     "load_backbone_weights",
+    "local_weights_file",
+    "local_weights_path",
     "partial_weights_layers",
     "save_partial_weights",
     "sha256_of_file",
@@ -77,48 +80,52 @@ def sha256_of_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def fetch_weights_file(
-    url: str, sha256: str | None = None, storage_options: dict | None = None
-) -> str:
-    """Make a weights file available locally and verify it.
+def local_weights_path(location: str) -> str | None:
+    """The local path ``location`` names: itself for a path, the path of a ``file://`` URL; None for
+    any other URL (``s3://...``, ``https://...``, a chained ``simplecache::...``), which this
+    library does not read."""
+    if "://" not in location and "::" not in location:
+        return location
+    parsed = urlparse(location)
+    if "::" in location or parsed.scheme not in ("file", "local") or parsed.netloc not in ("", "localhost"):
+        return None
+    return url2pathname(parsed.path)
+
+
+def local_weights_file(location: str, sha256: str | None = None) -> str:
+    """Check a local weights file: it exists and, when ``sha256`` is given, has that digest.
+
+    A weights file on another filesystem (``s3://...``) is not read here: the caller fetches it
+    first (:func:`tasks.weights.fetch_weights_file`, through the machine's bounded cache) and
+    passes the local copy.
 
     Args:
-        url: a local path or any fsspec URL (``s3://...``, ``file://...``). Keras decides the
-            format by the name: ``*.weights.h5`` (Keras 3) or ``*.h5`` (legacy, e.g. the
-            ImageNet file).
+        location: a local path or a ``file://`` URL. Keras decides the format by the name:
+            ``*.weights.h5`` (Keras 3) or ``*.h5`` (legacy, e.g. the ImageNet file).
         sha256: expected hex digest; checked when given.
-        storage_options: passed to fsspec for remote URLs.
 
     Returns:
-        Path of a local file with the same base name as the URL.
+        The file's local path.
 
     Raises:
-        BackboneWeightsError: the file does not exist or cannot be read.
+        BackboneWeightsError: ``location`` is a remote URL, or the file does not exist or cannot be read.
         WeightsHashMismatchError: the file's sha256 differs from ``sha256``.
     """
+    local = local_weights_path(location)
+    if local is None:
+        message = (f"backbone weights file {location} is not a local file: it must be fetched first "
+                   f"(tasks.weights.fetch_weights_file) and its local copy passed as the weights file")
+        raise BackboneWeightsError(message)
     try:
-        fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
-        if "file" in fs.protocol:
-            local = path
-            if not os.path.isfile(local):
-                raise FileNotFoundError(local)
-        else:
-            folder = Path(tempfile.gettempdir()) / "aml-smear-weights" / hashlib.sha256(url.encode()).hexdigest()[:16]
-            folder.mkdir(parents=True, exist_ok=True)
-            local = str(folder / Path(path).name)
-            # A name of its own: two processes fetching the same URL must not write one file.
-            partial = f"{local}.{uuid.uuid4().hex}.partial"
-            with fs.open(path, "rb") as remote, open(partial, "wb") as out:
-                shutil.copyfileobj(remote, out)
-            os.replace(partial, local)
+        if not os.path.isfile(local):
+            raise FileNotFoundError(local)
+        found = sha256_of_file(local) if sha256 is not None else None
     except (OSError, ValueError) as exc:
-        message = f"backbone weights file {url} cannot be read: {exc}"
+        message = f"backbone weights file {location} cannot be read: {exc}"
         raise BackboneWeightsError(message) from exc
-    if sha256 is not None:
-        found = sha256_of_file(local)
-        if found != sha256.lower():
-            message = f"backbone weights file {url} has sha256 {found}, expected {sha256.lower()}"
-            raise WeightsHashMismatchError(message)
+    if sha256 is not None and found != sha256.lower():
+        message = f"backbone weights file {location} has sha256 {found}, expected {sha256.lower()}"
+        raise WeightsHashMismatchError(message)
     return local
 
 

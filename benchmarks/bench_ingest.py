@@ -46,7 +46,7 @@ def cell_costs(files: list, image_size: int = 224) -> dict[str, float]:
 
     from aml_model.config import PreprocessConfig
     from aml_model.preprocess import decode_cell
-    from tasks import storage
+    from tasks.store import Store
 
     config, n = PreprocessConfig(image_size=image_size), len(files)
 
@@ -63,14 +63,15 @@ def cell_costs(files: list, image_size: int = 224) -> dict[str, float]:
     costs["read"], datas = per_cell(lambda: [f.read_bytes() for f in files])
     costs["sha256"], digests = per_cell(lambda: [hashlib.sha256(d).hexdigest() for d in datas])
     costs["decode_plain_pillow"], _ = per_cell(lambda: [plain(d) for d in datas])
-    costs["decode"], cells = per_cell(lambda: np.stack([decode_cell(d, str(f), config) for d, f in zip(datas, files)]))
+    costs["decode"], cells = per_cell(lambda: np.stack([decode_cell(d, str(f), config) for d, f in zip(datas, files, strict=True)]))
     with tempfile.TemporaryDirectory() as folder:
-        array = storage.create_cells_array(f"{folder}/cells.zarr", n, image_size, 64)
+        store = Store(folder)
+        array = store.create_cells_array(store.path("cells.zarr"), n, image_size, 64)
         costs["zarr_write"], _ = per_cell(lambda: array.__setitem__(slice(0, n), cells))
         costs["zarr_read"], _ = per_cell(lambda: array[:])
         table = pd.DataFrame({"cell_id": digests, "sha256": digests, "source_uri": [str(f) for f in files],
                               "zarr_index": np.arange(n)})
-        costs["parquet"], _ = per_cell(lambda: storage.write_table(table, f"{folder}/cells.parquet"))
+        costs["parquet"], _ = per_cell(lambda: store.write_table(table, store.path("cells.parquet")))
     return costs
 
 

@@ -122,18 +122,19 @@ def fp16_feature_tolerance(store: Path, seed: int = 0) -> dict:
     from aml_model.preprocess import normalise_for_resnet50
     from aml_model.split import split_indices
     from aml_model.train import train_head
-    from tasks import storage
+    from tasks.store import Store
     from tasks.training import load_cells, load_training_set
 
     run = next(path for path in (store / "runs").iterdir() if (path / "cells.parquet").exists())
-    data = load_training_set([storage.RunPaths(str(store), run.name)], {})
+    run_store = Store(str(store))
+    data = load_training_set([run_store.run(run.name)])
     config = ExperimentConfig(model=ModelConfig(image_size=RETRAIN_IMAGE_SIZE, backbone_weights="none"),
                               train=TrainConfig(epochs=10, early_stopping_patience=10, seed=seed))
     fractions = (config.train.train_fraction, config.train.val_fraction, config.train.test_fraction)
     split = split_indices(data.y, None, fractions, seed, strata=data.y)
     weights = next((store / "features").glob("*.weights.h5"))
     backbone = fold_batch_norm(build_backbone(dataclasses.replace(config.model, backbone_weights=str(weights))))
-    images = normalise_for_resnet50(load_cells(data.cells, {}).astype("float32"))
+    images = normalise_for_resnet50(load_cells(data.cells, run_store).astype("float32"))
     features32 = backbone.predict(images, batch_size=32, verbose=0)
     predictions = {}
     for name, features in (("float32", features32), ("float16", features32.astype("float16"))):

@@ -271,8 +271,9 @@ def _auto_choice(store: Path, version: str, gpu: bool) -> tuple[str, str]:
     from aml_model.inference import REDUCED_PRECISION_MAX_ABS_DP
     from aml_model.precision import cpu_flags, resolve_precision
     from tasks.registry import resolve_model
+    from tasks.store import Store
 
-    ref = resolve_model(version, str(store))
+    ref = resolve_model(version, Store(str(store)))
     return resolve_precision("auto", ref.precision_agreement, cpu_flags(), gpu, REDUCED_PRECISION_MAX_ABS_DP)
 
 

@@ -16,7 +16,7 @@ from flows.logs import debug_requested
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if debug_requested() else QUIET_LEVEL)
 
 from flows.runner import quiet_dask_logs
-from flows.serve import DEPLOYMENTS, dask_runner_from_environment, deployed_flow
+from app.serve import DEPLOYMENTS, dask_runner_from_environment, deployed_flow
 
 quiet_dask_logs()
 

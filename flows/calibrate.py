@@ -9,7 +9,7 @@ from aml_model.calibration import check_counts, fit_site_calibration, validate_s
 from aml_model.config import SummaryConfig
 from flows.ingest import CHUNKS_PER_TASK, ensure_ingested, plan_source
 from flows.parameters import Layout, Probability, SiteName, require_existing
-from tasks import storage
+from tasks.store import Store
 from tasks.devices import model_tasks
 from tasks.calibration import publish_site_calibration, save_site_calibration, score_labelled_cells
 from tasks.registry import ModelRef, resolve_model
@@ -20,12 +20,12 @@ __all__ = ["calibrate_site"]
 CELLS_PER_TASK = 256
 
 
-def _registered_model(model: str, store: str, store_options: dict) -> ModelRef:
+def _registered_model(model: str, store: Store) -> ModelRef:
     """The registered model to calibrate (a bare .keras file has no place for a calibration)."""
-    model_ref = resolve_model(model, store, store_options)
+    model_ref = resolve_model(model, store)
     if model_ref.version.startswith("file-"):
         message = (f"model {model!r} is a bare .keras file: calibrate the champion or a version registered in "
-                   f"{store} (the calibration is stored next to the registered model)")
+                   f"{store.url} (the calibration is stored next to the registered model)")
         raise ValueError(message)
     return model_ref
 
@@ -64,26 +64,25 @@ def calibrate_site(
     logger = get_run_logger()
     validate_site_name(site)
     # The parameters' types were checked before this line; now that the source exists.
-    require_existing([source], "source", s3_endpoint_url)
-    store_options = storage.storage_options_for(store, s3_endpoint_url)
-    model_ref = _registered_model(model, store, store_options)
+    location, store_at = Store.at(source, s3_endpoint_url), Store.at(store, s3_endpoint_url)
+    require_existing([location], "source")
+    model_ref = _registered_model(model, store_at)
     # The ingest steps on this flow's task runner (Dask), at the model's input size.
-    plan = plan_source(source, store, layout, model_ref.image_size, s3_endpoint_url)
+    plan = plan_source(location, store_at, layout, model_ref.image_size)
     ensure_ingested(plan, CHUNKS_PER_TASK)
-    data = load_training_set([plan.paths], store_options)
+    data = load_training_set([plan.paths])
     n_blast = int(data.y.sum())
     logger.info("site %s: %d labelled cells (%d blast); %d without a label are not used; %d duplicate images dropped",
                 site, len(data.cells), n_blast, data.n_unlabelled, data.n_duplicates)
     check_counts(site, n_blast, len(data.cells) - n_blast)
 
     with model_tasks():
-        futures = [score_labelled_cells.submit(data.cells.iloc[start:start + CELLS_PER_TASK], model_ref,
-                                               store_options)
+        futures = [score_labelled_cells.submit(data.cells.iloc[start:start + CELLS_PER_TASK], model_ref, store_at)
                    for start in range(0, len(data.cells), CELLS_PER_TASK)]
     probabilities = np.concatenate([future.result() for future in futures])
     calibration = fit_site_calibration(data.y, probabilities, site, model_ref.version, source=source,
                                        run_id=plan.paths.run_id, blast_cutoff=blast_cutoff)
-    url = save_site_calibration(calibration, store, store_options)
+    url = save_site_calibration(calibration, store_at)
     before, after = calibration.before, calibration.after
     logger.info("site %s, model %s: slope %.3f, intercept %.3f; sensitivity %.3f -> %.3f, specificity %.3f -> %.3f; %s",
                 site, model_ref.version, calibration.slope, calibration.intercept, before.sensitivity,

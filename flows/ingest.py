@@ -19,7 +19,8 @@ from prefect.futures import PrefectFuture
 from aml_model.config import ScoringConfig
 from flows.parameters import ImageSize, Layout, Positive, RunId, require_existing
 from flows.progress import results_with_progress
-from tasks import storage
+from tasks.store import Store
+from tasks.store_layout import RunPaths
 from tasks.discover import Discovery, discover_inputs, require_images
 from tasks.ingest import ShardSpec, ingest_shard, plan_hash, plan_shards, write_ingest_tables
 from tasks.privacy import prefect_patient_id, prefect_patient_ids
@@ -41,18 +42,16 @@ class IngestPlan:
     Attributes:
         found: the source's discovered inputs.
         fingerprint: hash of the inputs, their order, the image size and the chunking.
-        paths: where the run lives.
+        paths: where the run lives (a view of the run store).
         complete: the run already has ``_SUCCESS``.
     """
 
-    source: str
+    source: Store
     found: Discovery
     fingerprint: str
     image_size: int
     chunk_cells: int
-    paths: storage.RunPaths
-    source_options: dict
-    store_options: dict
+    paths: RunPaths
     complete: bool
 
     def summary(self) -> dict:
@@ -61,18 +60,17 @@ class IngestPlan:
 
     def recorded_counts(self) -> dict:
         """Cell and quarantine counts of the ingest report an earlier, finished ingest wrote."""
-        return storage.read_json(self.paths.report, self.store_options)["counts"]
+        return self.paths.store.read_json(self.paths.report)["counts"]
 
 
-def discover_source(source: str, layout: str, s3_endpoint_url: str | None,
-                    manifest_root: str | None = None) -> Discovery:
+def discover_source(source: Store, layout: str, manifest_root: str | None = None) -> Discovery:
     """The source's inputs, with what discovery refused or ignored in the log.
 
     Raises :class:`tasks.discover.NoImagesError` when it holds no image to decode: before
     anything is written, so that such a source leaves no run in the store.
     """
     logger = get_run_logger()
-    found = discover_inputs(source, layout, storage.storage_options_for(source, s3_endpoint_url), manifest_root)
+    found = discover_inputs(source, layout, manifest_root)
     logger.info("layout %s: %d candidate images, %d refused at discovery, %d non-image files ignored",
                 found.layout, len(found.inputs), len(found.rejected), len(found.ignored))
     if found.layout == "flat" and found.inputs:
@@ -91,25 +89,21 @@ def discover_source(source: str, layout: str, s3_endpoint_url: str | None,
     return found
 
 
-def plan_ingest(found: Discovery, store: str, run_id: str | None, image_size: int, chunk_cells: int,
-                s3_endpoint_url: str | None) -> IngestPlan:
-    """Derive the run id of the discovered inputs and refuse a run id that holds other inputs."""
-    source = found.source
+def plan_ingest(source: Store, found: Discovery, store: Store, run_id: str | None, image_size: int,
+                chunk_cells: int) -> IngestPlan:
+    """Derive the run id of the inputs ``found`` in ``source`` and refuse a run id that holds other inputs."""
     fingerprint = plan_hash(found.inputs, image_size, chunk_cells)
-    run_id = run_id or f"{posixpath.basename(source.rstrip('/')).rsplit('.', 1)[0]}-{fingerprint[:12]}"
-    paths = storage.RunPaths(store, run_id)
-    store_options = storage.storage_options_for(store, s3_endpoint_url)
-    state = run_state(paths, store_options)
+    run_id = run_id or f"{posixpath.basename(source.url.rstrip('/')).rsplit('.', 1)[0]}-{fingerprint[:12]}"
+    paths = store.run(run_id)
+    state = run_state(paths)
     if state.plan is not None and state.plan.get("fingerprint") != fingerprint:
-        message = (f"run {run_id} in {store} was ingested from a different input list; "
+        message = (f"run {run_id} in {store.url} was ingested from a different input list; "
                    f"use a new --run-id or remove {paths.root}")
         raise RunConflictError(message)
     if state.plan is not None and not state.complete:
         get_run_logger().info("run %s is incomplete: resuming", run_id)
     return IngestPlan(source=source, found=found, fingerprint=fingerprint, image_size=image_size,
-                      chunk_cells=chunk_cells, paths=paths,
-                      source_options=storage.storage_options_for(source, s3_endpoint_url),
-                      store_options=store_options, complete=state.complete)
+                      chunk_cells=chunk_cells, paths=paths, complete=state.complete)
 
 
 def ensure_ingested(plan: IngestPlan, chunks_per_task: int) -> dict[str, int]:
@@ -117,23 +111,22 @@ def ensure_ingested(plan: IngestPlan, chunks_per_task: int) -> dict[str, int]:
     if plan.complete:
         get_run_logger().info("run %s is already ingested: reusing its cells", plan.paths.run_id)
         return plan.recorded_counts()
-    with recording_failure([plan.paths], plan.store_options):
+    with recording_failure([plan.paths]):
         futures = [submit_ingest_shard(plan, spec) for spec in start_ingest(plan, chunks_per_task)]
         return finish_ingest(plan, collect_ingest(plan, futures), mark_success=True)
 
 
-def plan_source(source: str, store: str, layout: str, image_size: int, s3_endpoint_url: str | None) -> IngestPlan:
+def plan_source(source: Store, store: Store, layout: str, image_size: int) -> IngestPlan:
     """Discover ``source`` and plan its run with the default chunking (run id from its inputs):
     the first step of a flow that ingests as a step; ``ensure_ingested(plan, CHUNKS_PER_TASK)`` decodes."""
-    return plan_ingest(discover_source(source, layout, s3_endpoint_url), store, None, image_size, CHUNK_CELLS,
-                       s3_endpoint_url)
+    return plan_ingest(source, discover_source(source, layout), store, None, image_size, CHUNK_CELLS)
 
 
-def ingest_sources(sources: list[str], store: str, layout: str, image_size: int,
-                   s3_endpoint_url: str | None) -> tuple[list[storage.RunPaths], bool]:
+def ingest_sources(sources: list[Store], store: Store, layout: str,
+                   image_size: int) -> tuple[list[RunPaths], bool]:
     """Ingest every source on the task runner, each planned before any is decoded; returns the runs
     and whether all name patients."""
-    plans = [plan_source(s, store, layout, image_size, s3_endpoint_url) for s in sources]
+    plans = [plan_source(s, store, layout, image_size) for s in sources]
     for plan in plans:
         ensure_ingested(plan, CHUNKS_PER_TASK)
     return [p.paths for p in plans], all(p.found.layout not in ("class", "flat") for p in plans)
@@ -142,18 +135,17 @@ def ingest_sources(sources: list[str], store: str, layout: str, image_size: int,
 def start_ingest(plan: IngestPlan, chunks_per_task: int) -> list[ShardSpec]:
     """Write the run's plan and images array; returns the decoding shards, each of whole chunks."""
     paths, found = plan.paths, plan.found
-    storage.write_json(paths.plan, {"fingerprint": plan.fingerprint, "source": plan.source, "layout": found.layout,
-                                    "image_size": plan.image_size, "chunk_cells": plan.chunk_cells,
-                                    "inputs": len(found.inputs)}, plan.store_options)
-    storage.create_cells_array(paths.cells_zarr, len(found.inputs), plan.image_size, plan.chunk_cells,
-                               plan.store_options)
+    paths.store.write_json(paths.plan, {"fingerprint": plan.fingerprint, "source": plan.source.url,
+                                        "layout": found.layout, "image_size": plan.image_size,
+                                        "chunk_cells": plan.chunk_cells, "inputs": len(found.inputs)})
+    paths.store.create_cells_array(paths.cells_zarr, len(found.inputs), plan.image_size, plan.chunk_cells)
     return plan_shards(found.inputs, plan.chunk_cells, chunks_per_task)
 
 
 def submit_ingest_shard(plan: IngestPlan, spec: ShardSpec) -> PrefectFuture:
     """Submit the task that decodes one shard; its result is the shard's records."""
     return ingest_shard.submit(spec, plan.paths.cells_zarr, plan.paths.shard_marker("ingest", spec["shard"]),
-                               plan.fingerprint, plan.image_size, plan.source_options, plan.store_options)
+                               plan.fingerprint, plan.image_size, plan.source, plan.paths.store)
 
 
 def collect_ingest(plan: IngestPlan, futures: list[PrefectFuture]) -> list[dict]:
@@ -164,7 +156,7 @@ def collect_ingest(plan: IngestPlan, futures: list[PrefectFuture]) -> list[dict]
         return (f"ingest {percent:5.1f}%: {done}/{len(futures)} shards, "
                 f"{len(records)}/{len(plan.found.inputs)} images")
 
-    for _percent, shard_records in results_with_progress(futures, "ingest-progress", f"ingest of {plan.source}",
+    for _percent, shard_records in results_with_progress(futures, "ingest-progress", f"ingest of {plan.source.url}",
                                                          line):
         records.extend(shard_records)
     return records
@@ -173,19 +165,19 @@ def collect_ingest(plan: IngestPlan, futures: list[PrefectFuture]) -> list[dict]
 def finish_ingest(plan: IngestPlan, records: list[dict], mark_success: bool) -> dict[str, int]:
     """Write cells.parquet, quarantine.parquet, the ingest report (and ``_SUCCESS``); returns the counts."""
     paths, found = plan.paths, plan.found
-    counts = write_ingest_tables(found.inputs, records, found.rejected, paths, plan.store_options)
+    counts = write_ingest_tables(found.inputs, records, found.rejected, paths)
     report = {
-        "source": plan.source, "root": found.root, "layout": found.layout, "counts": counts,
+        "source": plan.source.url, "root": found.root, "layout": found.layout, "counts": counts,
         "ignored": found.ignored, "empty_patients": found.empty_patients,
         "unknown_classes": found.unknown_classes, "diagnoses": found.diagnoses,
         "skipped_links": found.skipped_links,
     }
-    storage.write_json(paths.report, report, plan.store_options)
+    paths.store.write_json(paths.report, report)
     if mark_success:
-        mark_complete(paths, plan.store_options)
+        mark_complete(paths)
     create_markdown_artifact(
         key="ingest-summary",
-        markdown=(f"# Ingest {paths.run_id}\n\n| | |\n|---|---|\n| source | `{plan.source}` |\n"
+        markdown=(f"# Ingest {paths.run_id}\n\n| | |\n|---|---|\n| source | `{plan.source.url}` |\n"
                   f"| layout | {found.layout} |\n| cells | {counts['cells']} |\n"
                   f"| quarantined | {counts['quarantined']} |\n| ignored files | {len(found.ignored)} |\n"
                   f"| empty patient folders | {len(found.empty_patients)} |\n| run | `{paths.root}` |\n"),
@@ -229,9 +221,10 @@ def ingest(
         whether the run was already complete.
     """
     # The parameters' types were checked before this line; now that the source (and root) exist.
-    require_existing([source], "source", s3_endpoint_url)
-    require_existing([manifest_root] if manifest_root else [], "manifest_root", s3_endpoint_url)
-    found = discover_source(source, layout, s3_endpoint_url, manifest_root)
-    plan = plan_ingest(found, store, run_id, image_size, chunk_cells, s3_endpoint_url)
+    source_at = Store.at(source, s3_endpoint_url)
+    require_existing([source_at], "source")
+    require_existing([Store.at(manifest_root, s3_endpoint_url)] if manifest_root else [], "manifest_root")
+    found = discover_source(source_at, layout, manifest_root)
+    plan = plan_ingest(source_at, found, Store.at(store, s3_endpoint_url), run_id, image_size, chunk_cells)
     counts = ensure_ingested(plan, chunks_per_task)
     return {**plan.summary(), **counts, "already_complete": plan.complete}

@@ -15,24 +15,38 @@ A deployed flow's failure is its state's message (:func:`failing_with_reason`): 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from typing import Any
 
 from prefect.logging.handlers import PrefectConsoleHandler
 
 from aml_model.errors import EXPECTED_FAILURES, one_line
+from tasks.settings import DebugSettings, SettingError, variable
 
 __all__ = ["DEBUG_ENV", "EXPECTED_FAILURES", "ConsoleHandler", "debug_requested", "failing_with_reason",
            "failure_reason", "one_line"]
 
-#: Set (to anything but "" or "0") for full tracebacks in the terminal; `aml-smear --debug` sets it.
-DEBUG_ENV = "AML_SMEAR_DEBUG"
+#: Set (1, true, yes, on) for full tracebacks in the terminal; `aml-smear --debug` sets it (tasks.settings).
+DEBUG_ENV = variable("debug")
 
 
 def debug_requested() -> bool:
-    """True when the user asked for tracebacks (``--debug`` or ``AML_SMEAR_DEBUG``)."""
-    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    """True when the user asked for tracebacks (``--debug`` or ``AML_SMEAR_DEBUG``).
+
+    Raises:
+        tasks.settings.SettingError: AML_SMEAR_DEBUG is not a boolean.
+    """
+    return DebugSettings.read().debug
+
+
+def _debugging() -> bool:
+    """:func:`debug_requested` for the console handler, which must not raise while logging: an
+    unreadable AML_SMEAR_DEBUG (which the CLI and the deployments' entrypoints refuse at start)
+    shows everything."""
+    try:
+        return debug_requested()
+    except SettingError:
+        return True
 
 
 def failure_reason(exc: BaseException) -> str:
@@ -69,13 +83,13 @@ class ConsoleHandler(PrefectConsoleHandler):
     """Prefect's console handler that leaves tracebacks and completion lines out unless debugging was asked for."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not debug_requested() and record.name in ("prefect.task_runs", "prefect.flow_runs") \
+        if not _debugging() and record.name in ("prefect.task_runs", "prefect.flow_runs") \
                 and str(record.msg).startswith("Finished in state Completed("):
             return False
         return super().filter(record)
 
     def format(self, record: logging.LogRecord) -> str:
-        if debug_requested() or not (record.exc_info or record.exc_text or record.stack_info):
+        if _debugging() or not (record.exc_info or record.exc_text or record.stack_info):
             return super().format(record)
         # Other handlers (the API's) see the record unchanged.
         saved = record.exc_info, record.exc_text, record.stack_info

@@ -8,9 +8,11 @@ such a value already when a run is created. What a type cannot say (that a sourc
 checked by :func:`require_existing` at the start of each flow, also before anything is written.
 
 :class:`ScoreOptions` and :class:`RetrainOptions` are the typed options of ``score-smears`` and
-``retrain-and-evaluate``: one flow parameter (``options``) each, whose defaults come from
-:mod:`aml_model.config`. The CLI's options and the deployments' parameters are checked against them
-(tests/flows/test_cli_defaults.py).
+``retrain-and-evaluate``: one flow parameter (``options``) each, whose defaults and bounds come from
+:mod:`aml_model.config` (its types ``Positive``, ``Probability``, ``ImageSize``... hold each bound
+once; tests/flows/test_parameters.py checks that every option has its configuration field's type).
+The CLI's options and the deployments' parameters are checked against them
+(tests/app/test_cli_defaults.py).
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Literal
 
-import fsspec
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from aml_model.config import (DEFAULT_RECIPE, ExperimentConfig, ModelConfig, PretrainConfig, PretrainMethod, Recipe,
-                              RetrainConfig, ScoringConfig, SummaryConfig, TrainConfig)
-from tasks import storage
+from aml_model.config import (DEFAULT_RECIPE, AugmentViews, BackboneWeights, BlurSigma, CropFraction,
+                              ExperimentConfig, ImageSize, ModelConfig, NonNegative, Positive, PositiveNumber,
+                              Precision, PretrainBatchSize, PretrainConfig, PretrainMethod, Probability, Recipe,
+                              RetrainConfig, ScoringConfig, Seed, Sha256, Share, SummaryConfig, TrainConfig,
+                              TrainingPath)
+from tasks.store import Store, is_local
 from tasks.runs import ID_PATTERN
 
 __all__ = [
@@ -51,50 +55,39 @@ __all__ = [
 
 #: Source layouts (tasks.discover.LAYOUTS).
 Layout = Literal["auto", "patient", "class", "manifest"]
-#: "auto" and the inference precisions (aml_model.inference.INFERENCE_PRECISIONS; a test keeps them equal).
-Precision = Literal["auto", "float32", "bfloat16", "float16"]
-#: Training paths of retrain-and-evaluate.
-TrainingPath = Literal["cached", "plain"]
 #: A site's operating points (aml_model.calibration.OPERATING_POINTS; a test keeps them equal).
 SiteOperatingPoint = Literal["fraction", "balanced"]
 #: aml_model.calibration.DEFAULT_OPERATING_POINT (a test keeps them equal): importing that module
 #: (scikit-learn, SciPy) takes 2 s, which the CLI's check of its inputs cannot wait for.
 _DEFAULT_OPERATING_POINT: SiteOperatingPoint = "fraction"
 
-#: An integer of at least 1 (cells, epochs, batch and chunk sizes).
-Positive = Annotated[int, Field(ge=1)]
-#: A probability or fraction strictly between 0 and 1 (thresholds, cut-offs).
-Probability = Annotated[float, Field(gt=0, lt=1)]
-#: A share of a whole, 0 and 1 included.
-Share = Annotated[float, Field(ge=0, le=1)]
-#: The side of the square model input, pixels: ResNet50 needs 32 at least.
-ImageSize = Annotated[int, Field(ge=32, le=1024)]
+# Positive, Probability, Share, ImageSize, Sha256, BackboneWeights (and Precision, TrainingPath, Recipe)
+# are aml_model.config's, re-exported for the flows' own parameters.
 #: A run id becomes a folder name under runs/: no '/', no leading '.'.
 RunId = Annotated[str, Field(pattern=ID_PATTERN)]
 #: A site name becomes a file name (aml_model.calibration.validate_site_name).
 SiteName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
-#: A sha256 digest, hexadecimal.
-Sha256 = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")]
-#: "imagenet", "none", or the path/URL of a weights file.
-BackboneWeights = Annotated[str, Field(min_length=1)]
 
 
-def require_existing(urls: Iterable[str], what: str, s3_endpoint_url: str | None = None) -> None:
-    """Raise ``FileNotFoundError`` naming the parameter when any of ``urls`` does not exist.
+def require_existing(locations: Iterable[Store], what: str) -> list[Store]:
+    """Raise ``FileNotFoundError`` naming the parameter when any of ``locations`` does not exist.
 
     Args:
-        urls: local paths or fsspec URLs (``s3://...``).
+        locations: local paths or fsspec URLs (``s3://...``) with the options that reach them.
         what: the parameter's name, for the message ("source", "backbone_weights"...).
-        s3_endpoint_url: S3-compatible endpoint for s3:// URLs.
+
+    Returns:
+        ``locations``, as a list.
     """
-    for url in urls:
-        fs, path = fsspec.core.url_to_fs(url, **storage.storage_options_for(url, s3_endpoint_url))
-        if not fs.exists(path):
-            message = f"{what} {url} does not exist"
+    locations = list(locations)
+    for location in locations:
+        if not location.exists(location.url):
+            message = f"{what} {location.url} does not exist"
             raise FileNotFoundError(message)
+    return locations
 
 
-def require_store(store: str, s3_endpoint_url: str | None = None) -> None:
+def require_store(store: Store) -> None:
     """Raise when ``store`` cannot hold a run store: a store's folders are made when first written,
     an S3 bucket is not.
 
@@ -102,13 +95,13 @@ def require_store(store: str, s3_endpoint_url: str | None = None) -> None:
         FileNotFoundError: the bucket of an s3:// store does not exist.
         ValueError: a local store is a file.
     """
-    fs, path = fsspec.core.url_to_fs(store, **storage.storage_options_for(store, s3_endpoint_url))
-    if storage.is_local(fs):
+    fs, path = store.resolve()
+    if is_local(fs):
         if fs.isfile(path):
-            message = f"store {store} is a file, not a folder"
+            message = f"store {store.url} is a file, not a folder"
             raise ValueError(message)
-    elif store.startswith(("s3://", "s3a://")) and not fs.exists(bucket := path.split("/", 1)[0]):
-        message = f"store {store}: bucket {bucket} does not exist"
+    elif store.url.startswith(("s3://", "s3a://")) and not fs.exists(bucket := path.split("/", 1)[0]):
+        message = f"store {store.url}: bucket {bucket} does not exist"
         raise FileNotFoundError(message)
 
 
@@ -161,18 +154,17 @@ class RetrainOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     epochs: Positive = Field(TrainConfig.epochs, description="Most training epochs.")
-    patience: Annotated[int, Field(ge=0)] = Field(TrainConfig.early_stopping_patience,
-                                                  description="Early-stopping patience on validation loss, epochs.")
-    seed: Annotated[int, Field(ge=0, lt=2**32)] = Field(TrainConfig.seed, description="Seed of the split, "
-                                                        "initialisation, shuffling and augmentation.")
+    patience: NonNegative = Field(TrainConfig.early_stopping_patience,
+                                  description="Early-stopping patience on validation loss, epochs.")
+    seed: Seed = Field(TrainConfig.seed, description="Seed of the split, initialisation, shuffling and augmentation.")
     backbone_weights: BackboneWeights = Field(ModelConfig.backbone_weights, description='"imagenet", "none", '
                                               "or a weights file path/URL.")
     backbone_weights_sha256: Sha256 | None = Field(None, description="Checked against the weights file.")
     image_size: ImageSize = Field(ModelConfig.image_size, description="Model input side, pixels (224 in the paper).")
-    augment_views: Annotated[int, Field(ge=0, le=64)] = Field(RetrainConfig.augment_views, description=
-                                                              "Augmented views per training cell (cached path).")
-    promotion_margin: Annotated[float, Field(ge=0, le=1)] = Field(RetrainConfig.promotion_margin, description=
-                                                                  "Tolerated ROC AUC drop against the champion.")
+    augment_views: AugmentViews = Field(RetrainConfig.augment_views, description=
+                                        "Augmented views per training cell (cached path).")
+    promotion_margin: Share = Field(RetrainConfig.promotion_margin, description=
+                                    "Tolerated ROC AUC drop against the champion.")
     training_path: TrainingPath = Field(RetrainConfig.training_path, description='"cached" (head on cached '
                                         'backbone features) or "plain" (backbone in the loop).')
     layout: Layout = Field("auto", description="Source layout (as for ingest).")
@@ -206,22 +198,19 @@ class PretrainOptions(BaseModel):
     steps: Positive = Field(PretrainConfig.steps, description="Optimiser steps in all.")
     steps_per_task: Positive = Field(200, description="Steps one task trains before the flow checks in; each task "
                                      "resumes from the checkpoint.")
-    batch_size: Annotated[int, Field(ge=2)] = Field(PretrainConfig.batch_size, description="Cells per step.")
+    batch_size: PretrainBatchSize = Field(PretrainConfig.batch_size, description="Cells per step.")
     view_size: ImageSize = Field(PretrainConfig.view_size, description="Side of the training views, pixels.")
-    min_crop: Annotated[float, Field(gt=0, le=1)] = Field(PretrainConfig.min_crop, description=
-                                                          "Smallest view crop, as a fraction of the cell's side.")
-    learning_rate: Annotated[float, Field(gt=0)] = Field(PretrainConfig.learning_rate, description=
-                                                         "Peak learning rate (AdamW, warm-up then cosine decay).")
-    temperature: Annotated[float, Field(gt=0)] = Field(PretrainConfig.temperature, description=
-                                                       "Contrastive softmax temperature.")
-    seed: Annotated[int, Field(ge=0, lt=2**32)] = Field(PretrainConfig.seed, description="Seed of the initial "
-                                                        "weights, batches, views and crops.")
-    tone: Annotated[float, Field(ge=0, le=1)] = Field(PretrainConfig.tone, description="The views' random tone "
-                                                      "curve per colour channel: its largest weight.")
-    greyscale: Annotated[float, Field(ge=0, le=1)] = Field(PretrainConfig.greyscale, description=
-                                                           "Share of views turned grey.")
-    blur: Annotated[float, Field(ge=0, le=8)] = Field(PretrainConfig.blur, description="The views' largest "
-                                                      "Gaussian blur, sigma in pixels of the view.")
+    min_crop: CropFraction = Field(PretrainConfig.min_crop, description=
+                                   "Smallest view crop, as a fraction of the cell's side.")
+    learning_rate: PositiveNumber = Field(PretrainConfig.learning_rate, description=
+                                          "Peak learning rate (AdamW, warm-up then cosine decay).")
+    temperature: PositiveNumber = Field(PretrainConfig.temperature, description="Contrastive softmax temperature.")
+    seed: Seed = Field(PretrainConfig.seed, description="Seed of the initial weights, batches, views and crops.")
+    tone: Share = Field(PretrainConfig.tone, description="The views' random tone curve per colour channel: its "
+                        "largest weight.")
+    greyscale: Share = Field(PretrainConfig.greyscale, description="Share of views turned grey.")
+    blur: BlurSigma = Field(PretrainConfig.blur, description="The views' largest Gaussian blur, sigma in pixels of "
+                            "the view.")
     checkpoint_every: Positive = Field(PretrainConfig.checkpoint_every, description="Steps between checkpoints.")
     pool_cells: Positive = Field(PretrainConfig.pool_cells, description="Most cells a task holds in memory.")
     image_size: ImageSize = Field(ModelConfig.image_size, description="The model's input side, pixels.")

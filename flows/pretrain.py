@@ -14,7 +14,8 @@ from prefect import flow, get_run_logger
 
 from flows.ingest import ingest_sources
 from flows.parameters import PretrainOptions, require_existing
-from tasks import storage
+from tasks.store import Store, join
+from tasks.store_layout import RunPaths
 from tasks.backbones import BACKBONE_CARD, backbone_folder, resolve_backbone
 from tasks.devices import model_tasks
 from tasks.pretrain import PretrainPlan, pretrain_steps, pretraining_key, read_progress, register_backbone
@@ -23,22 +24,22 @@ from tasks.training import load_training_set
 __all__ = ["pretrain_backbone"]
 
 
-def _complete_runs(store: str, runs: list[str], store_options: dict) -> list[storage.RunPaths]:
+def _complete_runs(store: Store, runs: list[str]) -> list[RunPaths]:
     """The named ingest runs, each complete (``FileNotFoundError`` naming the first that is not)."""
-    paths = [storage.RunPaths(store, run) for run in runs]
+    paths = [store.run(run) for run in runs]
     for path in paths:
-        if not storage.exists(path.success, store_options):
-            message = f"run {path.run_id} is not a complete ingest run in {store} (no {path.success})"
+        if not store.exists(path.success):
+            message = f"run {path.run_id} is not a complete ingest run in {store.url} (no {path.success})"
             raise FileNotFoundError(message)
     return paths
 
 
-def _initial(options: PretrainOptions, store: str, store_options: dict) -> tuple[tuple[str, str] | None, dict]:
+def _initial(options: PretrainOptions, store: Store) -> tuple[tuple[str, str] | None, dict]:
     """The starting weights (URL and sha256, or None for random) and what the card says of them."""
     spec = options.start_from
     if spec.lower() == "none":
         return None, {"parent": None}
-    ref = resolve_backbone(spec, store, store_options)
+    ref = resolve_backbone(spec, store)
     if ref is not None:
         return (ref.weights_url, ref.sha256), {"parent": {"id": ref.id, "sha256": ref.sha256}}
     if spec.lower() == "imagenet":
@@ -71,15 +72,15 @@ def pretrain_backbone(sources: list[str], store: str, runs: list[str] | None = N
     runs = list(runs or [])
     if not sources and not runs:
         raise ValueError("pretrain-backbone needs cells: give sources, runs of the store, or both")
-    require_existing(sources, "source", s3_endpoint_url)
+    locations = require_existing([Store.at(source, s3_endpoint_url) for source in sources], "source")
     logger = get_run_logger()
-    store_options = storage.storage_options_for(store, s3_endpoint_url)
+    store = Store.at(store, s3_endpoint_url)
     experiment, config = options.experiment_config(), options.pretrain_config()
-    initial, parent = _initial(options, store, store_options)
-    paths = _complete_runs(store, runs, store_options)
+    initial, parent = _initial(options, store)
+    paths = _complete_runs(store, runs)
     if sources:
-        paths += ingest_sources(sources, store, options.layout, options.image_size, s3_endpoint_url)[0]
-    cells = load_training_set(paths, store_options, [*runs, *sources], labelled_only=False).cells
+        paths += ingest_sources(locations, store, options.layout, options.image_size)[0]
+    cells = load_training_set(paths, [*runs, *sources], labelled_only=False).cells
     cells = cells.sort_values("sha256", ignore_index=True)
     types = cells["cell_type"].fillna("unknown").value_counts().to_dict()
     plan = PretrainPlan(
@@ -88,11 +89,10 @@ def pretrain_backbone(sources: list[str], store: str, runs: list[str] | None = N
         store=store, cells=cells[["cells_zarr", "zarr_index", "sha256"]], model=experiment.model,
         augment=experiment.train.augment, config=config, name=options.name, initial=initial,
         provenance={"recipe": options.recipe, "sources": sources, "runs": [p.run_id for p in paths],
-                    "cell_types": types, **parent},
-        storage_options=store_options)
-    if storage.exists(plan.done_url, store_options):
-        backbone_id = storage.read_json(plan.done_url, store_options)["backbone_id"]
-        card = storage.read_json(storage.join(backbone_folder(store, backbone_id), BACKBONE_CARD), store_options)
+                    "cell_types": types, **parent})
+    if store.exists(plan.done_url):
+        backbone_id = store.read_json(plan.done_url)["backbone_id"]
+        card = store.read_json(join(backbone_folder(store, backbone_id), BACKBONE_CARD))
         logger.info("pretraining %s is already registered as backbone %s: nothing done", plan.key, backbone_id)
         return {"backbone_id": backbone_id, "steps": card["steps"], "resumed_from": card["steps"],
                 "cells": len(cells), "already_complete": True, "card": card}

@@ -23,7 +23,8 @@ from aml_model.split import training_split
 from flows.ingest import ingest_sources
 from flows.parameters import RetrainOptions, require_existing
 from flows.progress import results_with_progress
-from tasks import storage
+from tasks.store import Store
+from tasks.store_layout import RunPaths
 from tasks.backbones import resolve_backbone, with_backbone
 from tasks.devices import model_tasks
 from tasks.events import emit_model_promoted
@@ -35,11 +36,10 @@ from tasks.training import (TrainedModel, TrainingSet, compare_with_champion, ev
 
 __all__ = ["retrain_and_evaluate"]
 
-def _skip_if_unchanged(store: str, store_options: dict, data: TrainingSet, config: ExperimentConfig,
-                       settings: dict) -> dict | None:
+def _skip_if_unchanged(store: Store, data: TrainingSet, config: ExperimentConfig, settings: dict) -> dict | None:
     """The result of a run that trains nothing, when the data, code and configuration are the
     champion's (:func:`aml_model.promotion.unchanged_since_champion`); None otherwise."""
-    champion = champion_card(store, store_options)
+    champion = champion_card(store)
     reason = unchanged_since_champion(champion, data.data_hash, code_version(), {"config": config.to_dict(), **settings})
     if not reason:
         return None
@@ -49,9 +49,9 @@ def _skip_if_unchanged(store: str, store_options: dict, data: TrainingSet, confi
             "recipe": settings["recipe"]}
 
 
-def _labelled_cells(paths: list[storage.RunPaths], store_options: dict, sources: list[str]) -> TrainingSet:
+def _labelled_cells(paths: list[RunPaths], sources: list[str]) -> TrainingSet:
     """The ingested cells with a label, of both classes (``ValueError`` otherwise)."""
-    data = load_training_set(paths, store_options, sources)
+    data = load_training_set(paths, sources)
     get_run_logger().info("%d labelled cells (%d blast); %d cells without a label are not used; %d duplicate "
                           "images dropped", len(data.cells), data.y.sum(), data.n_unlabelled, data.n_duplicates)
     if len(data.cells) < 10 or len(np.unique(data.y)) < 2:
@@ -71,27 +71,27 @@ def _split(data: TrainingSet, config: ExperimentConfig, patients_known: bool) ->
 
 
 def _train(config: ExperimentConfig, data: TrainingSet, split: dict, test: pd.DataFrame, options: RetrainOptions,
-           store: str, store_options: dict) -> tuple[TrainedModel, dict, int]:
+           store: Store) -> tuple[TrainedModel, dict, int]:
     """Build the backbone, embed what the feature cache lacks and train, each as a task on a worker;
     ``test`` is ``data.cells`` at ``split["test"]``, which the training task scores.
 
     Returns:
         (the staged model, the backbone as the model card records it, rows embedded).
     """
-    registered = resolve_backbone(options.backbone_weights, store, store_options)
+    registered = resolve_backbone(options.backbone_weights, store)
     backbone_id, weights, feature_shape = prepare_backbone_task.submit(with_backbone(config.model, registered), store,
-                                                                       store_options, config.train.seed).result()
+                                                                       config.train.seed).result()
     backbone = {"id": backbone_id, "weights": options.backbone_weights, "weights_file": weights,
                 "registered": registered.summary() if registered else None}
     if registered:
         get_run_logger().info("backbone %s (%s, sha256 %s...)", registered.id, registered.card.get("method", "?"),
                               registered.sha256[:12])
-    cache = FeatureCache(store, backbone_id, store_options)
+    cache = FeatureCache(store, backbone_id)
     sources = data.cells["source"].to_numpy()
     weights_of = {name: balanced_weights(sources[split[name]], data.y[split[name]]) for name in ("train", "val")}
     if options.training_path == "plain":
         with model_tasks():
-            trained = train_plain.submit(cache, config, data.cells, data.y, split, store_options,
+            trained = train_plain.submit(cache, config, data.cells, data.y, split,
                                          train_weights=weights_of["train"], val_weights=weights_of["val"])
         return trained.result(), backbone, 0
     views = [data.cells.iloc[split["train"]].assign(view=v) for v in range(options.augment_views + 1)]
@@ -103,7 +103,7 @@ def _train(config: ExperimentConfig, data: TrainingSet, split: dict, test: pd.Da
     with model_tasks():
         trained = train_on_features.submit(
             cache, config, feature_shape, rows[:n_train], np.tile(data.y[split["train"]], copies),
-            rows[n_train:], data.y[split["val"]], test, store_options,
+            rows[n_train:], data.y[split["val"]], test,
             train_weights=np.tile(weights_of["train"], copies), val_weights=weights_of["val"])
     return trained.result(), backbone, embedded
 
@@ -123,7 +123,7 @@ def _embed_with_progress(calls: list[tuple]) -> list[int]:
 
 
 def _evaluate(test: pd.DataFrame, y_test: np.ndarray, trained: TrainedModel, threshold: float,
-              store: str, store_options: dict, margin: float):
+              store: Store, margin: float):
     """Test metrics, rates by source and cell type, and the promotion decision against the champion.
 
     Returns:
@@ -136,20 +136,18 @@ def _evaluate(test: pd.DataFrame, y_test: np.ndarray, trained: TrainedModel, thr
                   "by_source_and_type": rates_by_group(test, trained.p_test, threshold, ["source", "cell_type"]),
                   "to_review": confident_errors(test[list(REVIEW_COLUMNS)], trained.p_test, threshold)}
     with model_tasks():
-        comparing = compare_with_champion.submit(store, store_options, trained.ref, test, y_test, trained.p_test,
-                                                 threshold)
+        comparing = compare_with_champion.submit(store, trained.ref, test, y_test, trained.p_test, threshold)
     parent, comparisons = comparing.result()
     return metrics, evaluation, parent, comparisons, decide_promotion(comparisons, margin)
 
 
-def _require_inputs(sources: list[str], store: str, options: RetrainOptions, s3_endpoint_url: str | None) -> None:
-    """Every source, and the backbone (registered, shipped or a file), exists (the parameters' types
-    were checked before the flow)."""
-    require_existing(sources, "source", s3_endpoint_url)
-    weights = options.backbone_weights
-    if weights.lower() not in ("imagenet", "none") and resolve_backbone(
-            weights, store, storage.storage_options_for(store, s3_endpoint_url)) is None:
-        require_existing([weights], "backbone_weights", s3_endpoint_url)
+def _require_inputs(sources: list[Store], store: Store, options: RetrainOptions, weights: Store) -> None:
+    """Every source, and the backbone (registered, shipped or the file ``weights``), exists (the
+    parameters' types were checked before the flow)."""
+    require_existing(sources, "source")
+    choice = options.backbone_weights
+    if choice.lower() not in ("imagenet", "none") and resolve_backbone(choice, store) is None:
+        require_existing([weights], "backbone_weights")
 
 
 @flow(name="retrain-and-evaluate", validate_parameters=True)
@@ -175,25 +173,25 @@ def retrain_and_evaluate(sources: Annotated[list[str], Field(min_length=1)], sto
         skipped, version, promoted, decision reason, test metrics, embedded count, sizes and wall time.
     """
     started, began = time.perf_counter(), datetime.now(UTC)
-    _require_inputs(sources, store, options, s3_endpoint_url)
+    locations, store = [Store.at(source, s3_endpoint_url) for source in sources], Store.at(store, s3_endpoint_url)
+    _require_inputs(locations, store, options, Store.at(options.backbone_weights, s3_endpoint_url))
     config, settings = options.experiment_config(), options.settings()
-    store_options = storage.storage_options_for(store, s3_endpoint_url)
-    paths, patients_known = ingest_sources(sources, store, options.layout, options.image_size, s3_endpoint_url)
-    data = _labelled_cells(paths, store_options, sources)
-    skipped = skip_unchanged and _skip_if_unchanged(store, store_options, data, config, settings)
+    paths, patients_known = ingest_sources(locations, store, options.layout, options.image_size)
+    data = _labelled_cells(paths, sources)
+    skipped = skip_unchanged and _skip_if_unchanged(store, data, config, settings)
     if skipped:
         return {**skipped, "seconds": time.perf_counter() - started}
     split, by_patient = _split(data, config, patients_known)
     test, y_test = data.cells.iloc[split["test"]].reset_index(drop=True), data.y[split["test"]]
-    trained, backbone, embedded = _train(config, data, split, test, options, store, store_options)
+    trained, backbone, embedded = _train(config, data, split, test, options, store)
     metrics, evaluation, parent, comparisons, decision = _evaluate(test, y_test, trained, config.threshold, store,
-                                                                   store_options, options.promotion_margin)
+                                                                   options.promotion_margin)
     card = model_card(config, settings, backbone, data, sources, [p.root for p in paths], split, by_patient, trained,
                       metrics, evaluation, parent, comparisons, decision, options.promotion_margin, embedded, began)
     ref = register_challenger(trained, card, evaluation_files(trained.history, metrics, y_test, trained.p_test),
-                              test, store, store_options)
+                              test, store)
     if decision.promote:
-        set_champion(store, ref.version, store_options, reason=decision.reason)
+        set_champion(store, ref.version, reason=decision.reason)
         emit_model_promoted(store, ref.version, parent, decision.reason, by="retrain")
     get_run_logger().info("registered %s: %s", ref.version, "promoted to champion" if decision.promote
                           else decision.reason)

@@ -19,7 +19,8 @@ from flows.logs import failing_with_reason
 from flows.parameters import ScoreOptions, require_existing
 from flows.progress import results_with_progress
 from flows.runner import in_order
-from tasks import storage
+from tasks.store import Store
+from tasks.store_layout import ScoringPaths
 from tasks.devices import cluster_has_gpus, model_tasks
 from tasks.arrivals import only_new, patient_versions, record_scored, scored_versions
 from tasks.calibration import read_site_calibration
@@ -64,53 +65,52 @@ def score_smears(source: str, store: str, options: ScoreOptions = ScoreOptions()
         A failure fails the run with its one-line reason as the state's message
         (:func:`flows.logs.failing_with_reason`); called directly, the flow raises it.
     """
-    return failing_with_reason(_score_smears, source, store, options, new_only, s3_endpoint_url)
+    return failing_with_reason(_score_smears, Store.at(source, s3_endpoint_url), Store.at(store, s3_endpoint_url), options,
+                               new_only)
 
 
-def _score_smears(source: str, store: str, options: ScoreOptions, new_only: bool, s3_endpoint_url: str | None) -> dict:
+def _score_smears(source: Store, store: Store, options: ScoreOptions, new_only: bool) -> dict:
     """score_smears' body."""
     logger = get_run_logger()
-    require_existing([source], "source", s3_endpoint_url)  # the types were checked before this line
-    store_options = storage.storage_options_for(store, s3_endpoint_url)
-    model_ref = resolve_model(options.model, store, store_options)
-    calibration, point = _site_calibration(options, store, model_ref, store_options)
+    require_existing([source], "source")  # the types were checked before this line
+    model_ref = resolve_model(options.model, store)
+    calibration, point = _site_calibration(options, store, model_ref)
     config = options.summary_config(None if point is None else point.threshold)
     logger.info("scoring with model %s (%dx%d input)", model_ref.version, model_ref.image_size, model_ref.image_size)
-    found = discover_source(source, options.layout, s3_endpoint_url)
+    found = discover_source(source, options.layout)
     versions = patient_versions(found)
     if new_only:
-        found, versions = only_new(found, versions, scored_versions(store, model_ref.version, store_options))
+        found, versions = only_new(found, versions, scored_versions(store, model_ref.version))
         if not versions:
-            logger.info("nothing new in %s: model %s has scored every patient's current images", source,
+            logger.info("nothing new in %s: model %s has scored every patient's current images", source.url,
                         model_ref.version)
             return _nothing_new(model_ref.version, config, options)
         logger.info("%d new or changed patients: %s", len(versions), ", ".join(sorted(prefect_patient_ids(versions))))
-    plan = plan_ingest(found, store, options.run_id, model_ref.image_size, options.chunk_cells, s3_endpoint_url)
+    plan = plan_ingest(source, found, store, options.run_id, model_ref.image_size, options.chunk_cells)
     settings = _settings(model_ref.version, config, options, calibration)
     scoring = plan.paths.scoring(options.score_id or derive_score_id(settings))
-    reused = reusable_probabilities(scoring, settings, store_options) if plan.complete else None
-    if open_scoring(scoring, settings, store_options, reused_from=reused and reused.score_id):
+    reused = reusable_probabilities(scoring, settings) if plan.complete else None
+    if open_scoring(scoring, settings, reused_from=reused and reused.score_id):
         logger.info("scoring %s of run %s is complete with these settings: nothing to do", scoring.score_id,
                     plan.paths.run_id)
-        patients = storage.read_table(scoring.patients_table, store_options)
-        record_scored(scoring, model_ref.version, patients, store_options)
-        recorded = storage.read_json(scoring.settings, store_options).get(REUSED_FROM)
+        patients = store.read_table(scoring.patients_table)
+        record_scored(scoring, model_ref.version, patients)
+        recorded = store.read_json(scoring.settings).get(REUSED_FROM)
         return _result(scoring, model_ref.version, plan.recorded_counts(), patients, True, config, options, recorded)
     # The ingest run is written here too when it is new: a failure is recorded in both.
-    with recording_failure([scoring] if plan.complete else [plan.paths, scoring], store_options):
+    with recording_failure([scoring] if plan.complete else [plan.paths, scoring]):
         if reused is None:
             counts = _score_cells(plan, scoring, model_ref, options)
         else:
-            scored = reuse_probabilities(reused, scoring, store_options)
+            scored = reuse_probabilities(reused, scoring)
             logger.info("probabilities of %d cells reused from scoring %s (the same model, precision and cells): "
                         "no cell scored again", scored, reused.score_id)
             counts = plan.recorded_counts()
-        patients = write_scored_tables(scoring, config, model_ref.version, store_options, calibration, versions,
-                                       point)
-        index = _explain_and_report(scoring, patients, model_ref, options, store_options, reused)
-        mark_complete(scoring, store_options)
-    record_scored(scoring, model_ref.version, patients, store_options)
-    artifacts = publish_scoring(scoring, patients, model_ref.version, config, store_options)
+        patients = write_scored_tables(scoring, config, model_ref.version, calibration, versions, point)
+        index = _explain_and_report(scoring, patients, model_ref, options, reused)
+        mark_complete(scoring)
+    record_scored(scoring, model_ref.version, patients)
+    artifacts = publish_scoring(scoring, patients, model_ref.version, config)
     # The run's last line, so that `prefect deployment run --watch` ends with where the results are.
     logger.info("scoring %s of run %s complete; reports: %s; per-patient calls: %s; report index: %s",
                 scoring.score_id, scoring.run_id, index, artifacts["patient-calls"], artifacts["report-index"])
@@ -118,8 +118,7 @@ def _score_smears(source: str, store: str, options: ScoreOptions, new_only: bool
                    reused and reused.score_id)
 
 
-def _site_calibration(options: ScoreOptions, store: str, model_ref: ModelRef,
-                      store_options: dict) -> tuple[SiteCalibration, OperatingPoint] | tuple[None, None]:
+def _site_calibration(options: ScoreOptions, store: Store, model_ref: ModelRef) -> tuple[SiteCalibration, OperatingPoint] | tuple[None, None]:
     """The site's calibration of the model and its chosen operating point, checked before anything
     is written; (None, None) without a site."""
     if options.site is None:
@@ -128,7 +127,7 @@ def _site_calibration(options: ScoreOptions, store: str, model_ref: ModelRef,
         message = (f"threshold={options.threshold:g} and site={options.site!r} both given: the site's calibration "
                    f"sets the threshold")
         raise ValueError(message)
-    calibration = read_site_calibration(store, options.site, model_ref.version, store_options)
+    calibration = read_site_calibration(store, options.site, model_ref.version)
     point = calibration.operating_point(options.site_operating_point, options.blast_cutoff)
     get_run_logger().info("site %s: calibration of %s (%s), %s operating point: threshold %g on the calibrated "
                           "scale (raw %.3f); expected blast-like fraction at %.0f%% blasts %.1f%%",
@@ -151,7 +150,7 @@ def _settings(model_version: str, config: SummaryConfig, options: ScoreOptions, 
     return settings
 
 
-def _score_cells(plan: IngestPlan, scoring: storage.ScoringPaths, model_ref: ModelRef,
+def _score_cells(plan: IngestPlan, scoring: ScoringPaths, model_ref: ModelRef,
                  options: ScoreOptions) -> dict[str, int]:
     """Score every decoded cell into the scoring's probabilities, decoding first where the run is new.
 
@@ -166,12 +165,12 @@ def _score_cells(plan: IngestPlan, scoring: storage.ScoringPaths, model_ref: Mod
     Returns:
         The ingest run's cell and quarantine counts.
     """
-    store_options = plan.store_options
+    store = plan.paths.store
     n_inputs = len(plan.found.inputs)
-    storage.create_probabilities_array(scoring.probabilities_zarr, n_inputs, plan.chunk_cells, store_options)
+    store.create_probabilities_array(scoring.probabilities_zarr, n_inputs, plan.chunk_cells)
     if plan.complete:
         shards = plan_shards(plan.found.inputs, plan.chunk_cells, options.chunks_per_task)
-        accepted = np.sort(storage.read_table(plan.paths.cells_table, store_options)["zarr_index"].to_numpy())
+        accepted = np.sort(store.read_table(plan.paths.cells_table)["zarr_index"].to_numpy())
         bounds = np.searchsorted(accepted, [[spec["start"], spec["start"] + len(spec["uris"])] for spec in shards])
         decoding = [[{"zarr_index": int(i), "reason": None} for i in accepted[low:high]] for low, high in bounds]
     else:
@@ -185,7 +184,7 @@ def _score_cells(plan: IngestPlan, scoring: storage.ScoringPaths, model_ref: Mod
                 scoring_futures.append(score_shard.submit(
                     spec["start"], spec["start"] + len(spec["uris"]), decoding[number], plan.paths.cells_zarr,
                     scoring.probabilities_zarr, scoring.shard_marker("score", spec["shard"]), model_ref,
-                    plan.fingerprint, options.batch_size, options.precision, store_options))
+                    plan.fingerprint, options.batch_size, options.precision, store))
     counts = (plan.recorded_counts() if plan.complete
               else finish_ingest(plan, collect_ingest(plan, decoding), mark_success=True))
     scored = 0
@@ -199,8 +198,8 @@ def _score_cells(plan: IngestPlan, scoring: storage.ScoringPaths, model_ref: Mod
     return counts
 
 
-def _explain_and_report(scoring: storage.ScoringPaths, patients, model_ref: ModelRef, options: ScoreOptions,
-                        store_options: dict, reused: storage.ScoringPaths | None = None) -> str:
+def _explain_and_report(scoring: ScoringPaths, patients, model_ref: ModelRef, options: ScoreOptions,
+                        reused: ScoringPaths | None = None) -> str:
     """Grad-CAM on the workers for the patients worth a look, then the HTML reports; returns the index URL.
 
     With ``reused``, the scoring whose probabilities this one copied, a patient's Grad-CAM made
@@ -208,9 +207,9 @@ def _explain_and_report(scoring: storage.ScoringPaths, patients, model_ref: Mode
     """
     explained = patients_to_explain(patients) if options.explain else []
     copied = {patient_id for patient_id in explained if reused is not None and reuse_explanation(
-        reused, scoring, patient_id, model_ref.version, options.explain_top_k, store_options)}
+        reused, scoring, patient_id, model_ref.version, options.explain_top_k)}
     with model_tasks():
-        futures = [explain_patient.submit(scoring, patient_id, model_ref, options.explain_top_k, store_options)
+        futures = [explain_patient.submit(scoring, patient_id, model_ref, options.explain_top_k)
                    for patient_id in explained if patient_id not in copied]
     if futures:
         def line(percent: float, done: int) -> str:
@@ -221,7 +220,7 @@ def _explain_and_report(scoring: storage.ScoringPaths, patients, model_ref: Mode
     copies = "" if reused is None else f" ({len(copied)} copied from scoring {reused.score_id})"
     get_run_logger().info("Grad-CAM of the top %d cells of %d patients%s", options.explain_top_k, len(explained),
                           copies)
-    return write_reports(scoring, store_options)
+    return write_reports(scoring)
 
 
 _PATIENT_COLUMNS = ["patient_id", "n_scored", "n_blast_like", "blast_fraction", "ci_low", "ci_high", "call"]
@@ -234,7 +233,7 @@ def _call_fields(config: SummaryConfig, options: ScoreOptions) -> dict:
             "site": options.site, "site_operating_point": point}
 
 
-def _result(scoring: storage.ScoringPaths, model_version: str, counts: dict, patients, already_complete: bool,
+def _result(scoring: ScoringPaths, model_version: str, counts: dict, patients, already_complete: bool,
             config: SummaryConfig, options: ScoreOptions, reused_from: str | None) -> dict:
     columns = _PATIENT_COLUMNS + [column for column in CORRECTED_COLUMNS if column in patients]
     return {

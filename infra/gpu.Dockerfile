@@ -22,6 +22,7 @@ COPY pyproject.toml constraints.txt README.md ./
 COPY aml_model ./aml_model
 COPY tasks ./tasks
 COPY flows ./flows
+COPY app ./app
 COPY deployments ./deployments
 # The commit this image is built from (no .git is copied): model cards record it, and the nightly
 # skips training when nothing changed (tasks/build_info.py). The build fails without it.

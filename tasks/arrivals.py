@@ -18,8 +18,9 @@ from collections import defaultdict
 
 import pandas as pd
 
-from tasks import storage
 from tasks.discover import Discovery
+from tasks.store import Store, join
+from tasks.store_layout import ScoringPaths
 
 __all__ = ["ledger_root", "only_new", "patient_versions", "record_scored", "scored_versions"]
 
@@ -59,30 +60,30 @@ def only_new(found: Discovery, versions: dict[str, str], scored: set[str]) -> tu
     return restricted, new
 
 
-def ledger_root(store: str, model_version: str) -> str:
-    return storage.join(store, "ledger", model_version)
+def ledger_root(store: Store, model_version: str) -> str:
+    return join(store.ledger, model_version)
 
 
-def scored_versions(store: str, model_version: str, storage_options: dict | None = None) -> set[str]:
+def scored_versions(store: Store, model_version: str) -> set[str]:
     """Every patient version that a complete scoring with ``model_version`` recorded."""
     root = ledger_root(store, model_version)
     versions: set[str] = set()
-    for name in storage.list_names(root, storage_options):
-        versions.update(e["patient_version"] for e in storage.read_json(storage.join(root, name), storage_options))
+    for name in store.list_names(root):
+        versions.update(e["patient_version"] for e in store.read_json(join(root, name)))
     return versions
 
 
-def record_scored(scoring: storage.ScoringPaths, model_version: str, patients: pd.DataFrame,
-                  storage_options: dict | None = None) -> str:
+def record_scored(scoring: ScoringPaths, model_version: str, patients: pd.DataFrame) -> str:
     """Add a complete scoring's patient versions to the model's ledger; returns the entry's URL.
 
     Written after the scoring's ``_SUCCESS``: a crash in between leaves the patients out of the
     ledger, so ``--new-only`` finds the same complete scoring again and records it then. An
     entry already there is left as it is.
     """
-    url = storage.join(ledger_root(scoring.store, model_version), f"{scoring.run_id}.{scoring.score_id}.json")
-    if storage.exists(url, storage_options):
+    store = scoring.store
+    url = join(ledger_root(store, model_version), f"{scoring.run_id}.{scoring.score_id}.json")
+    if store.exists(url):
         return url
     entries = [{"patient_id": row.patient_id, "patient_version": row.patient_version, "run_id": scoring.run_id,
                 "score_id": scoring.score_id} for row in patients.itertuples()]
-    return storage.write_json(url, entries, storage_options)
+    return store.write_json(url, entries)

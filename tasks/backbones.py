@@ -9,7 +9,7 @@ written last: a folder without one is an unfinished registration and resolves to
 ``--backbone-weights`` (retrain, pretrain-backbone's ``--start-from``) names a backbone as
 "imagenet", "none", "shipped" (the package's, :mod:`aml_model.backbones`), a registered id, or the
 path/URL of a weights file. The sha256 of the card (or of the shipped card) is checked whenever
-the file is read (:func:`aml_model.weights.fetch_weights_file`), so a changed file is refused.
+the file is read (:func:`tasks.weights.fetch_weights_file`), so a changed file is refused.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from aml_model.backbones import SHIPPED, shipped_backbone
 from aml_model.config import ModelConfig
 from aml_model.errors import BackboneWeightsError, WeightsHashMismatchError
-from tasks import storage
+from tasks.store import Store, join
 
 __all__ = ["BACKBONE_CARD", "BACKBONE_WEIGHTS", "BackboneRef", "backbone_folder", "list_backbones",
            "resolve_backbone", "with_backbone"]
@@ -46,15 +46,15 @@ class BackboneRef:
         return {key: self.card.get(key) for key in keys}
 
 
-def backbones_root(store: str) -> str:
-    return storage.join(store, "backbones")
+def backbones_root(store: Store) -> str:
+    return store.backbones
 
 
-def backbone_folder(store: str, backbone_id: str) -> str:
-    return storage.join(backbones_root(store), backbone_id)
+def backbone_folder(store: Store, backbone_id: str) -> str:
+    return join(backbones_root(store), backbone_id)
 
 
-def resolve_backbone(spec: str, store: str, storage_options: dict | None = None) -> BackboneRef | None:
+def resolve_backbone(spec: str, store: Store) -> BackboneRef | None:
     """The registered or shipped backbone that ``spec`` names; None for "imagenet", "none" or a file.
 
     Raises:
@@ -73,11 +73,11 @@ def resolve_backbone(spec: str, store: str, storage_options: dict | None = None)
     if not _ID.match(spec):
         return None
     folder = backbone_folder(store, spec)
-    card_url = storage.join(folder, BACKBONE_CARD)
-    if storage.exists(card_url, storage_options):
-        card = storage.read_json(card_url, storage_options)
-        return BackboneRef(spec, storage.join(folder, BACKBONE_WEIGHTS), card["sha256"], card)
-    if storage.exists(storage.join(folder, BACKBONE_WEIGHTS), storage_options):
+    card_url = join(folder, BACKBONE_CARD)
+    if store.exists(card_url):
+        card = store.read_json(card_url)
+        return BackboneRef(spec, join(folder, BACKBONE_WEIGHTS), card["sha256"], card)
+    if store.exists(join(folder, BACKBONE_WEIGHTS)):
         message = (f"backbone {spec} in {backbones_root(store)} is not completely registered (no {BACKBONE_CARD}): "
                    f"its pretraining was interrupted; run the same pretrain-backbone command again to finish it")
         raise BackboneWeightsError(message)
@@ -99,12 +99,12 @@ def with_backbone(model: ModelConfig, ref: BackboneRef | None) -> ModelConfig:
     return dataclasses.replace(model, backbone_weights=ref.weights_url, backbone_weights_sha256=ref.sha256)
 
 
-def list_backbones(store: str, storage_options: dict | None = None) -> list[dict]:
+def list_backbones(store: Store) -> list[dict]:
     """The cards of every completely registered backbone in the store, oldest first."""
     root = backbones_root(store)
-    if not storage.exists(root, storage_options):
+    if not store.exists(root):
         return []
-    cards = [storage.read_json(storage.join(root, name, BACKBONE_CARD), storage_options)
-             for name in storage.list_names(root, storage_options)
-             if not name.startswith("_") and storage.exists(storage.join(root, name, BACKBONE_CARD), storage_options)]
+    cards = [store.read_json(join(root, name, BACKBONE_CARD))
+             for name in store.list_names(root)
+             if not name.startswith("_") and store.exists(join(root, name, BACKBONE_CARD))]
     return sorted(cards, key=lambda card: card.get("created_at", ""))

@@ -9,10 +9,10 @@ from prefect.artifacts import create_markdown_artifact
 from aml_model.calibration import DEFAULT_OPERATING_POINT, OPERATING_POINTS, SiteCalibration, validate_site_name
 from aml_model.config import ScoringConfig
 from aml_model.errors import AmlSmearError
-from tasks import storage
 from tasks.predict import worker_scorer
 from tasks.registry import CARD_FILE, ModelNotFoundError, ModelRef, models_root
 from tasks.retry import store_task
+from tasks.store import Store, join
 from tasks.training import load_cells
 
 __all__ = ["CalibrationNotFoundError", "calibrated_versions", "calibration_markdown", "list_sites",
@@ -26,12 +26,12 @@ class CalibrationNotFoundError(AmlSmearError, FileNotFoundError):
     """The site has no calibration for the model version asked for."""
 
 
-def site_calibration_url(store: str, version: str, site: str) -> str:
+def site_calibration_url(store: Store, version: str, site: str) -> str:
     """``models/<version>/sites/<site>.json``; the site name is validated first."""
-    return storage.join(models_root(store), version, SITES, f"{validate_site_name(site)}.json")
+    return join(models_root(store), version, SITES, f"{validate_site_name(site)}.json")
 
 
-def save_site_calibration(calibration: SiteCalibration, store: str, storage_options: dict | None = None) -> str:
+def save_site_calibration(calibration: SiteCalibration, store: Store) -> str:
     """Write the calibration next to its (registered) model, in one atomic write; returns its URL.
 
     A recalibration of the same site and version replaces the earlier one.
@@ -39,30 +39,30 @@ def save_site_calibration(calibration: SiteCalibration, store: str, storage_opti
     Raises:
         ModelNotFoundError: the model version is not completely registered in ``store``.
     """
-    card = storage.join(models_root(store), calibration.model_version, CARD_FILE)
-    if not storage.exists(card, storage_options):
+    card = join(models_root(store), calibration.model_version, CARD_FILE)
+    if not store.exists(card):
         message = (f"model version {calibration.model_version} is not registered in {models_root(store)} (no "
                    f"{CARD_FILE}): calibrate the champion or a registered version, not a bare .keras file")
         raise ModelNotFoundError(message)
     url = site_calibration_url(store, calibration.model_version, calibration.site)
-    return storage.write_json(url, calibration.to_dict(), storage_options)
+    return store.write_json(url, calibration.to_dict())
 
 
-def list_sites(store: str, version: str, storage_options: dict | None = None) -> list[str]:
+def list_sites(store: Store, version: str) -> list[str]:
     """The sites calibrated for ``version``, sorted."""
-    folder = storage.join(models_root(store), version, SITES)
-    return [name[:-len(".json")] for name in storage.list_names(folder, storage_options)
+    folder = join(models_root(store), version, SITES)
+    return [name[:-len(".json")] for name in store.list_names(folder)
             if name.endswith(".json") and not name.startswith(".")]
 
 
-def calibrated_versions(store: str, site: str, storage_options: dict | None = None) -> list[str]:
+def calibrated_versions(store: Store, site: str) -> list[str]:
     """The registered versions that hold a calibration of ``site``, sorted (oldest first)."""
     validate_site_name(site)
-    return [version for version in storage.list_names(models_root(store), storage_options)
-            if storage.exists(site_calibration_url(store, version, site), storage_options)]
+    return [version for version in store.list_names(models_root(store))
+            if store.exists(site_calibration_url(store, version, site))]
 
 
-def read_site_calibration(store: str, site: str, version: str, storage_options: dict | None = None) -> SiteCalibration:
+def read_site_calibration(store: Store, site: str, version: str) -> SiteCalibration:
     """The calibration of ``site`` for model ``version``.
 
     Raises:
@@ -71,14 +71,14 @@ def read_site_calibration(store: str, site: str, version: str, storage_options: 
             site was calibrated for and the command that calibrates the current one.
     """
     url = site_calibration_url(store, version, site)
-    if not storage.exists(url, storage_options):
-        others = calibrated_versions(store, site, storage_options)
+    if not store.exists(url):
+        others = calibrated_versions(store, site)
         where = (f"it was calibrated for model {', '.join(others)}" if others
-                 else f"it has no calibration in {store}")
+                 else f"it has no calibration in {store.url}")
         message = (f"site {site} has no calibration for model {version} ({where}); run `aml-smear calibrate "
-                   f"LABELLED_SOURCE --store {store} --site {site}` again to calibrate model {version}")
+                   f"LABELLED_SOURCE --store {store.url} --site {site}` again to calibrate model {version}")
         raise CalibrationNotFoundError(message)
-    calibration = SiteCalibration.from_dict(storage.read_json(url, storage_options))
+    calibration = SiteCalibration.from_dict(store.read_json(url))
     if calibration.model_version != version or calibration.site != site:
         message = (f"{url} holds the calibration of site {calibration.site} for model {calibration.model_version}, "
                    f"not of site {site} for model {version}: run `aml-smear calibrate` again")
@@ -87,7 +87,7 @@ def read_site_calibration(store: str, site: str, version: str, storage_options: 
 
 
 @store_task("score-labelled-cells")
-def score_labelled_cells(cells: pd.DataFrame, model: ModelRef, store_options: dict,
+def score_labelled_cells(cells: pd.DataFrame, model: ModelRef, store: Store,
                          batch_size: int = ScoringConfig.batch_size) -> np.ndarray:
     """Raw probabilities of the given cells (cells_zarr, zarr_index), scored on a worker as ``score-smears`` does.
 
@@ -95,10 +95,10 @@ def score_labelled_cells(cells: pd.DataFrame, model: ModelRef, store_options: di
         `(len(cells),)` float32 blast probabilities, in the frame's order (float32 precision,
         the folded inference form the scoring workers use).
     """
-    images = load_cells(cells, store_options)
+    images = load_cells(cells, store)
     if not len(images):
         return np.zeros(0, np.float32)
-    return worker_scorer(model, store_options, "float32", batch_size)(images)
+    return worker_scorer(model, store, "float32", batch_size)(images)
 
 
 def calibration_markdown(calibration: SiteCalibration, url: str) -> str:

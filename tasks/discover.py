@@ -15,7 +15,7 @@ import fsspec
 import pandas as pd
 
 from tasks.retry import store_task
-from tasks.storage import is_local
+from tasks.store import Store, is_local
 
 from aml_model.errors import AmlSmearError
 from aml_model.layouts import (DEFAULT_CLASS_LABELS, LABELS, cell_type_for_class, choose_layout, is_image_name,
@@ -230,24 +230,23 @@ def _text(value) -> str | None:
     return None if value is None or pd.isna(value) or not str(value).strip() else str(value).strip()
 
 
-def _discover_manifest(fs, path: str, source: str, manifest_root: str | None,
-                       storage_options: dict) -> Discovery:
+def _discover_manifest(fs, path: str, source: Store, manifest_root: str | None) -> Discovery:
     raw = fs.cat_file(path)
     table = (pd.read_parquet(io.BytesIO(raw)) if path.endswith(".parquet")
              else pd.read_csv(io.BytesIO(raw), dtype=str, keep_default_na=False))
     missing = {"image_uri", "patient_id"} - set(table.columns)
     if missing:
-        message = f"manifest {source} lacks the column(s) {', '.join(sorted(missing))}"
+        message = f"manifest {source.url} lacks the column(s) {', '.join(sorted(missing))}"
         raise ValueError(message)
     root_url = manifest_root or _url(fs, posixpath.dirname(path))
-    root_fs, root = fsspec.core.url_to_fs(root_url, **storage_options)
-    found = Discovery(source=source, layout="manifest", root=_url(root_fs, root))
+    root_fs, root = source.resolve(root_url)
+    found = Discovery(source=source.url, layout="manifest", root=_url(root_fs, root))
     for row in table.itertuples(index=False):
         entry, patient_id = str(row.image_uri), str(row.patient_id)
         label = str(getattr(row, "label", "") or "").strip().lower() or None
         cell_type = _text(getattr(row, "cell_type", None))
         if "://" in entry:
-            entry_fs, entry_path = fsspec.core.url_to_fs(entry, **storage_options)
+            entry_fs, entry_path = source.resolve(entry)
             same_fs = type(entry_fs) is type(root_fs)
         else:
             entry_fs, same_fs = root_fs, True
@@ -267,9 +266,8 @@ def _discover_manifest(fs, path: str, source: str, manifest_root: str | None,
 
 
 def discover(
-    source: str,
+    source: Store,
     layout: str = "auto",
-    storage_options: dict | None = None,
     class_labels: Mapping[str, str] = DEFAULT_CLASS_LABELS,
     manifest_root: str | None = None,
 ) -> Discovery:
@@ -277,12 +275,12 @@ def discover(
 
     Args:
         source: a folder (patient or class layout) or a manifest file (CSV/Parquet with
-            image_uri, patient_id and optional label and cell_type), as any fsspec URL. Cell types
+            image_uri, patient_id and optional label and cell_type), as a Store at any fsspec URL
+            (its options also reach the manifest's root and entries). Cell types
             come from the class folder (class layout) or an optional cell_type column of the
             patient layout's labels.csv or of the manifest.
         layout: "auto", "patient", "class" or "manifest". Auto picks manifest for a
             .csv/.parquet file, class when every top-level folder is a known class, else patient.
-        storage_options: fsspec options for the source.
         class_labels: class folder -> "blast"/"normal" (class layout).
         manifest_root: manifest entries must lie under this URL; default the manifest's folder.
 
@@ -293,22 +291,21 @@ def discover(
     if layout not in LAYOUTS:
         message = f"layout {layout!r} is not one of {', '.join(LAYOUTS)}"
         raise ValueError(message)
-    storage_options = storage_options or {}
-    fs, path = fsspec.core.url_to_fs(source, **storage_options)
+    fs, path = source.resolve()
     if not fs.exists(path):
-        message = f"source {source} does not exist"
+        message = f"source {source.url} does not exist"
         raise FileNotFoundError(message)
     is_manifest_file = fs.isfile(path) and path.lower().endswith(MANIFEST_SUFFIXES)
     if layout == "manifest" or (layout == "auto" and is_manifest_file):
         if not fs.isfile(path):
-            message = f"layout manifest needs a .csv or .parquet file, but {source} is a folder"
+            message = f"layout manifest needs a .csv or .parquet file, but {source.url} is a folder"
             raise ValueError(message)
-        found = _discover_manifest(fs, path, source, manifest_root, storage_options)
+        found = _discover_manifest(fs, path, source, manifest_root)
     else:
         if not fs.isdir(path):
-            message = f"source {source} is a file; a {layout} layout needs a folder"
+            message = f"source {source.url} is a file; a {layout} layout needs a folder"
             raise ValueError(message)
-        found = _discover_folders(fs, path, source, layout, class_labels)
+        found = _discover_folders(fs, path, source.url, layout, class_labels)
     found.inputs.sort(key=lambda cell: (cell.patient_id, cell.uri))
     return found
 
@@ -356,7 +353,6 @@ def require_images(found: Discovery) -> None:
 
 
 @store_task("discover-inputs")
-def discover_inputs(source: str, layout: str, storage_options: dict,
-                    manifest_root: str | None = None) -> Discovery:
+def discover_inputs(source: Store, layout: str, manifest_root: str | None = None) -> Discovery:
     """Prefect task around :func:`discover` (retried: listing is network I/O on S3)."""
-    return discover(source, layout, storage_options, manifest_root=manifest_root)
+    return discover(source, layout, manifest_root=manifest_root)

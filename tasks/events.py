@@ -22,8 +22,9 @@ import pandas as pd
 from prefect.events import emit_event
 
 from aml_model.aggregate import RESEARCH_NOTE
-from tasks import storage
 from tasks.privacy import prefect_patient_id
+from tasks.store import Store
+from tasks.store_layout import ScoringPaths
 
 __all__ = ["EVENTS", "MODEL_PROMOTED", "NIGHTLY_FAILED", "PATIENT_AML_SUSPECTED", "emit_aml_suspected",
            "emit_model_promoted", "emit_nightly_failed"]
@@ -39,7 +40,7 @@ def _resource(kind: str, name: str, role: str | None = None) -> dict[str, str]:
     return resource | ({"prefect.resource.role": role} if role else {})
 
 
-def emit_aml_suspected(scoring: storage.ScoringPaths, patients: pd.DataFrame, model_version: str,
+def emit_aml_suspected(scoring: ScoringPaths, patients: pd.DataFrame, model_version: str,
                        report: str) -> int:
     """One ``aml-smear.patient.aml-suspected`` per AML_SUSPECTED patient of a complete scoring.
 
@@ -69,15 +70,16 @@ def emit_aml_suspected(scoring: storage.ScoringPaths, patients: pd.DataFrame, mo
     return len(suspected)
 
 
-def emit_model_promoted(store: str, version: str, previous: str | None, reason: str, by: str) -> None:
+def emit_model_promoted(store: Store, version: str, previous: str | None, reason: str, by: str) -> None:
     """``aml-smear.model.promoted``: ``version`` is now the champion of ``store``'s registry.
 
     Args:
+        store: the store whose registry it is; the payload records its URL.
         by: what promoted it: "retrain", "models promote" or "models rollback".
     """
     related = [_resource("model", previous, "previous-champion")] if previous else []
     emit_event(event=MODEL_PROMOTED, resource=_resource("model", version), related=related,
-               payload={"version": version, "previous": previous, "reason": reason, "store": store, "by": by})
+               payload={"version": version, "previous": previous, "reason": reason, "store": store.url, "by": by})
 
 
 def emit_nightly_failed(flow: Any, flow_run: Any, state: Any) -> None:

@@ -31,9 +31,10 @@ import pandas as pd
 from aml_model.config import FEATURE_LAYERS, AugmentConfig, ExperimentConfig, ModelConfig
 from aml_model.views import augmentation_key, view_seed
 from aml_model.zarr_rows import Rows, read_cells
-from tasks import storage
 from tasks.devices import model_tasks
 from tasks.retry import store_task
+from tasks.store import Store, join
+from tasks.weights import fetch_backbone_weights
 
 __all__ = ["ROWS_PER_TASK", "FeatureCache", "embed_missing", "embed_shard", "prepare_backbone", "prepare_backbone_task"]
 
@@ -50,21 +51,20 @@ _LOCK = threading.Lock()
 
 
 class FeatureCache:
-    """Where one backbone's cache lives in the store."""
+    """Where one backbone's cache lives in the store (``store``: the run store, a :class:`Store`)."""
 
-    def __init__(self, store: str, backbone_id: str, storage_options: dict | None = None) -> None:
+    def __init__(self, store: Store, backbone_id: str) -> None:
         self.store = store
-        self.root = storage.join(store, "features")
+        self.root = store.features
         self.backbone_id = backbone_id
-        self.options = storage_options or {}
-        self.weights = storage.join(self.root, f"{backbone_id}.weights.h5")
-        self.array_url = storage.join(self.root, f"{backbone_id}.zarr")
-        self.index_url = storage.join(self.root, f"{backbone_id}.index.parquet")
+        self.weights = join(self.root, f"{backbone_id}.weights.h5")
+        self.array_url = join(self.root, f"{backbone_id}.zarr")
+        self.index_url = join(self.root, f"{backbone_id}.index.parquet")
 
     def read_index(self) -> pd.DataFrame:
         """sha256, view, augmentation and row of every committed row."""
-        if storage.exists(self.index_url, self.options):
-            index = storage.read_table(self.index_url, self.options)
+        if self.store.exists(self.index_url):
+            index = self.store.read_table(self.index_url)
             if set(KEY) <= set(index.columns):
                 return index
         return pd.DataFrame({"sha256": pd.Series(dtype=str), "view": pd.Series(dtype="int64"),
@@ -74,7 +74,7 @@ class FeatureCache:
         """Grow the array by ``n_new`` rows; returns the first new row."""
         import zarr
 
-        group = zarr.open_group(storage.zarr_store(self.array_url, self.options, read_only=False), mode="a")
+        group = zarr.open_group(self.store.zarr_store(self.array_url, read_only=False), mode="a")
         if ARRAY not in group:
             group.create_array(ARRAY, shape=(0, *feature_shape), chunks=(1, *feature_shape), dtype="float16",
                                fill_value=0, compressors=[zarr.codecs.BloscCodec(cname="zstd", clevel=1,
@@ -86,7 +86,7 @@ class FeatureCache:
 
     def array(self, read_only: bool = True):
         """The `(rows, h, w, c)` float16 Zarr array, unread."""
-        return storage.open_cells_array(self.array_url, self.options, name=ARRAY, read_only=read_only)
+        return self.store.open_cells_array(self.array_url, name=ARRAY, read_only=read_only)
 
     def rows(self, rows: np.ndarray) -> Rows:
         """The given rows, to be read a batch at a time (:func:`aml_model.train.feature_batches`)."""
@@ -127,8 +127,8 @@ def embed_missing(cache: FeatureCache, needed: pd.DataFrame, feature_shape: tupl
         first = cache.allocate(len(missing), feature_shape)
         items = [(r.cells_zarr, int(r.zarr_index), view_seed(r.sha256, r.view, r.augmentation) if r.view else None)
                  for r in missing.itertuples()]
-        calls = [(items[s:s + ROWS_PER_TASK], first + s, cache.store, cache.backbone_id, config.model, augment,
-                  cache.options) for s in range(0, len(items), ROWS_PER_TASK)]
+        calls = [(items[s:s + ROWS_PER_TASK], first + s, cache.store, cache.backbone_id, config.model, augment)
+                 for s in range(0, len(items), ROWS_PER_TASK)]
         done = sum(map_shards(calls))
         if done != len(missing):
             message = f"embedding wrote {done} rows, expected {len(missing)}"
@@ -136,13 +136,16 @@ def embed_missing(cache: FeatureCache, needed: pd.DataFrame, feature_shape: tupl
         added = missing[KEY].assign(row=np.arange(first, first + len(missing)))
         index = pd.concat([index, added], ignore_index=True)
         # The index is the commit point: rows become visible only once all of them are written.
-        storage.write_table(index, cache.index_url, cache.options)
+        cache.store.write_table(index, cache.index_url)
     rows = keyed.merge(index, on=KEY, how="left")["row"].to_numpy(np.int64)
     return rows, len(missing)
 
 
-def prepare_backbone(config: ModelConfig, store: str, storage_options: dict | None, seed: int) -> tuple[str, str, tuple]:
+def prepare_backbone(config: ModelConfig, store: Store, seed: int) -> tuple[str, str, tuple]:
     """Build the configured backbone once, and store its exact weights under their hash.
+
+    A weights file ``config.backbone_weights`` names on another filesystem (``s3://...``) is
+    fetched into the machine's cache first (:func:`tasks.weights.fetch_backbone_weights`).
 
     Returns:
         (backbone_id, weights URL in the store, feature shape: `(h, w, c)`, or `(2c,)` pooled).
@@ -151,7 +154,7 @@ def prepare_backbone(config: ModelConfig, store: str, storage_options: dict | No
 
     # The whole network's weights are stored, as build_backbone reads them for any feature layer;
     # seed_weights draws a cut network's weights as the first layers of the whole one's.
-    backbone = whole_backbone(config, storage_options)
+    backbone = whole_backbone(config, fetch_backbone_weights(config, store))
     if config.backbone_weights.lower() == "none":
         seed_weights(backbone, seed)  # random weights, the same for every run with this seed
     # The weights' hash does not see the scale and colour normalisation before the backbone, nor
@@ -166,10 +169,10 @@ def prepare_backbone(config: ModelConfig, store: str, storage_options: dict | No
         for weight in backbone.weights:
             digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
         backbone_id = f"resnet50-{config.image_size}px-{digest.hexdigest()[:16]}{variant}"
-        cache = FeatureCache(store, backbone_id, storage_options)
-        if not storage.exists(cache.weights, storage_options):
+        cache = FeatureCache(store, backbone_id)
+        if not store.exists(cache.weights):
             with open(local, "rb") as handle:
-                storage.write_bytes(cache.weights, handle.read(), storage_options)
+                store.write_bytes(cache.weights, handle.read())
     return backbone_id, cache.weights, tuple(int(d) for d in cut_backbone(backbone, config).output.shape[1:])
 
 
@@ -187,11 +190,12 @@ def _per_worker(kind: str, key, build: Callable[[], object]):
         return _WORKER[kind][1]
 
 
-def _build_backbone(backbone_id: str, weights_url: str, model: ModelConfig, storage_options: dict):
+def _build_backbone(backbone_id: str, weights_url: str, model: ModelConfig, store: Store):
     from aml_model.architecture import build_backbone
     from aml_model.inference import fold_batch_norm
 
-    local = storage.local_copy(weights_url, storage_options, f"{backbone_id}.weights.h5")
+    # The cache's weights are named by their hash (the backbone id): a cached copy of that name is theirs.
+    local = store.local_copy(weights_url, f"{backbone_id}.weights.h5")
     stored = dataclasses.replace(model, backbone_weights=local, backbone_weights_sha256=None)
     # The folded form computes the same features (within float rounding) faster.
     return fold_batch_norm(build_backbone(stored))
@@ -201,11 +205,10 @@ def _build_backbone(backbone_id: str, weights_url: str, model: ModelConfig, stor
 def embed_shard(
     items: list[tuple[str, int, int | None]],
     first_row: int,
-    store: str,
+    store: Store,
     backbone_id: str,
     model: ModelConfig,
     augment: AugmentConfig,
-    storage_options: dict,
 ) -> int:
     """Compute backbone features of cells and write them to rows [first_row, first_row + n).
 
@@ -214,6 +217,7 @@ def embed_shard(
             it is (view 0), any other an augmented view drawn with that seed
             (:class:`aml_model.views.ViewAugmenter`).
         first_row: the first row this task owns (no other task writes there).
+        store: the run store holding ``features/`` (the cells' stores are reached with its options).
         model: the model's input size, input normalisation (applied before the backbone as the
             model applies it), feature layer and pooling; its weights are the cache's.
 
@@ -223,12 +227,11 @@ def embed_shard(
     from aml_model.architecture import input_normalisation
     from aml_model.preprocess import normalise_for_resnet50
 
-    cache = FeatureCache(store, backbone_id, storage_options)
-    backbone = _per_worker("backbone", backbone_id, lambda: _build_backbone(backbone_id, cache.weights, model,
-                                                                             storage_options))
+    cache = FeatureCache(store, backbone_id)
+    backbone = _per_worker("backbone", backbone_id, lambda: _build_backbone(backbone_id, cache.weights, model, store))
     image_size = model.image_size
     cells = Rows.named([url for url, _, _ in items], [index for _, index, _ in items],
-                       lambda url: storage.open_cells_array(url, storage_options))
+                       store.open_cells_array)
     # Padded to whole backbone batches: the padding rows are computed and dropped.
     images = np.zeros((-(-len(items) // EMBED_BATCH) * EMBED_BATCH, image_size, image_size, 3), np.float32)
     images[:len(items)] = cells[np.arange(len(items))]

@@ -13,9 +13,10 @@ from aml_model.catalog import build_cell_tables
 from aml_model.config import PreprocessConfig
 from aml_model.errors import ImageDecodeError
 from aml_model.preprocess import decode_cell
-from tasks import storage
 from tasks.discover import CellInput
 from tasks.retry import store_task
+from tasks.store import Store
+from tasks.store_layout import RunPaths
 
 __all__ = ["ShardSpec", "ingest_shard", "plan_hash", "plan_shards", "write_ingest_tables"]
 
@@ -43,9 +44,9 @@ def plan_shards(inputs: list[CellInput], chunk_cells: int, chunks_per_shard: int
     ]
 
 
-def _decode_one(uri: str, storage_options: dict, config: PreprocessConfig) -> tuple[np.ndarray | None, dict]:
+def _decode_one(uri: str, source: Store, config: PreprocessConfig) -> tuple[np.ndarray | None, dict]:
     try:
-        data = storage.read_bytes(uri, storage_options)
+        data = source.read_bytes(uri)
     except FileNotFoundError:
         return None, {"sha256": None, "reason": "file not found"}
     except PermissionError as exc:
@@ -66,19 +67,21 @@ def ingest_shard(
     marker_url: str,
     fingerprint: str,
     image_size: int,
-    source_options: dict,
-    store_options: dict,
+    source: Store,
+    store: Store,
 ) -> list[dict]:
     """Decode the shard's inputs and write its whole Zarr chunks; skip if already done.
 
     A bad input becomes a record with a reason and a zero slot; the others go on. The
     marker, written after the chunks, makes a rerun of the same plan skip this shard.
+    The inputs (``spec["uris"]``) are read through ``source``; ``cells_url`` and
+    ``marker_url`` are written through ``store``.
 
     Returns:
         One record per input: zarr_index, source_uri, sha256, reason.
     """
-    if storage.exists(marker_url, store_options):
-        marker = storage.read_json(marker_url, store_options)
+    if store.exists(marker_url):
+        marker = store.read_json(marker_url)
         # Shards are numbered by position: a rerun with other chunks_per_task finds markers of
         # other slot ranges under the same names.
         done = [(r["zarr_index"], r["source_uri"]) for r in marker.get("records", [])]
@@ -88,13 +91,13 @@ def ingest_shard(
     block = np.zeros((len(spec["uris"]), image_size, image_size, 3), np.uint8)
     records = []
     for offset, uri in enumerate(spec["uris"]):
-        cell, record = _decode_one(uri, source_options, config)
+        cell, record = _decode_one(uri, source, config)
         if cell is not None:
             block[offset] = cell
         records.append({"zarr_index": spec["start"] + offset, "source_uri": uri, **record})
-    array = storage.open_cells_array(cells_url, store_options, read_only=False)
+    array = store.open_cells_array(cells_url, read_only=False)
     array[spec["start"]:spec["start"] + len(block)] = block
-    storage.write_json(marker_url, {"plan": fingerprint, "records": records}, store_options)
+    store.write_json(marker_url, {"plan": fingerprint, "records": records})
     return records
 
 
@@ -103,8 +106,7 @@ def write_ingest_tables(
     inputs: list[CellInput],
     records: list[dict],
     rejected: list[dict],
-    paths: storage.RunPaths,
-    store_options: dict,
+    paths: RunPaths,
 ) -> dict[str, int]:
     """Build and write cells.parquet and quarantine.parquet; returns their row counts."""
     frame = pd.DataFrame(records).sort_values("zarr_index", kind="stable")
@@ -112,7 +114,7 @@ def write_ingest_tables(
                         columns=["patient_id", "label", "cell_type"])
     frame = pd.concat([frame.reset_index(drop=True), meta], axis=1)
     cells, quarantine = build_cell_tables(frame, pd.DataFrame(rejected, columns=["source_uri", "patient_id", "reason"]))
-    storage.write_table(cells, paths.cells_table, store_options)
-    storage.write_table(quarantine, paths.quarantine_table, store_options)
+    paths.store.write_table(cells, paths.cells_table)
+    paths.store.write_table(quarantine, paths.quarantine_table)
     get_run_logger().info("wrote %d cells and %d quarantined inputs to %s", len(cells), len(quarantine), paths.root)
     return {"cells": len(cells), "quarantined": len(quarantine)}

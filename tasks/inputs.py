@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import pandas as pd
 
-from tasks import storage
 from tasks.discover import input_name
+from tasks.store_layout import RunPaths, ScoringPaths
 
 __all__ = ["input_names", "quarantined_inputs", "source_root"]
 
 
-def source_root(paths: storage.RunPaths | storage.ScoringPaths, store_options: dict | None = None) -> str:
+def source_root(paths: RunPaths | ScoringPaths) -> str:
     """The root the run's inputs are named under; "" for a run ingested before roots were recorded."""
-    return storage.read_json(paths.report, store_options).get("root", "")
+    return paths.store.read_json(paths.report).get("root", "")
 
 
 def input_names(uris: pd.Series, root: str) -> pd.Series:
@@ -26,15 +26,14 @@ def input_names(uris: pd.Series, root: str) -> pd.Series:
     return uris.map(lambda uri: input_name(uri, root))
 
 
-def quarantined_inputs(paths: storage.RunPaths | storage.ScoringPaths,
-                       store_options: dict | None = None) -> pd.DataFrame:
+def quarantined_inputs(paths: RunPaths | ScoringPaths) -> pd.DataFrame:
     """The run's quarantine.parquet with each input's name: name, patient_id, reason, source_uri.
 
     A reason that names another input (a duplicate's first copy) names it the same way.
     Ordered by patient, then name; patient_id is "" for an input that belongs to no patient.
     """
-    quarantine = storage.read_table(paths.quarantine_table, store_options)
-    root = source_root(paths, store_options)
+    quarantine = paths.store.read_table(paths.quarantine_table)
+    root = source_root(paths)
     prefix = root.rstrip("/") + "/"
     reasons = quarantine["reason"].astype(str)
     named = quarantine.assign(name=input_names(quarantine["source_uri"].astype(str), root),

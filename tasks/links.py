@@ -6,21 +6,22 @@ import os
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-import fsspec
 import pandas as pd
 
 from aml_model.aggregate import RESEARCH_NOTE
 from aml_model.report import report_name
-from tasks import storage
 from tasks.privacy import prefect_patient_id, pseudonymising
 from tasks.report import index_url, report_url
+from tasks.settings import LinkSettings, variable
+from tasks.store import Store, is_local
+from tasks.store_layout import ScoringPaths
 
 __all__ = ["LINK_EXPIRY", "LINK_EXPIRY_ENV", "Link", "index_link", "link_expiry", "reports_markdown", "ui_link"]
 
 # SigV4 presigned URLs live at most 7 days; a report is looked at within days of its scoring.
 LINK_EXPIRY = timedelta(days=7)
 # Seconds a presigned link lives (1 to 604800); 0 presigns nothing: S3 links stay s3:// URLs.
-LINK_EXPIRY_ENV = "AML_SMEAR_LINK_EXPIRY_SECONDS"
+LINK_EXPIRY_ENV = variable("link_expiry_seconds")  # tasks.settings.LinkSettings parses it
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class Link:
 
 
 def _expiry_chosen() -> bool:
-    return bool(os.environ.get(LINK_EXPIRY_ENV, "").strip())
+    return LinkSettings.read().link_expiry_seconds is not None
 
 
 def link_expiry() -> timedelta:
@@ -57,17 +58,12 @@ def link_expiry() -> timedelta:
     Raises:
         ValueError: the setting is not a whole number of seconds from 0 to 604800 (7 days, S3's limit).
     """
-    text = os.environ.get(LINK_EXPIRY_ENV, "").strip()
-    if not text:
-        return LINK_EXPIRY
-    if not text.isdigit() or int(text) > LINK_EXPIRY.total_seconds():
-        message = f"{LINK_EXPIRY_ENV}={text!r} is invalid: expected 0 (no presigned links) to 604800 seconds"
-        raise ValueError(message)
-    return timedelta(seconds=int(text))
+    seconds = LinkSettings.read().link_expiry_seconds
+    return LINK_EXPIRY if seconds is None else timedelta(seconds=seconds)
 
 
-def ui_link(url: str, store_options: dict | None = None, expires_in: timedelta | None = None) -> Link:
-    """A link to ``url`` for the Prefect UI.
+def ui_link(store: Store, url: str, expires_in: timedelta | None = None) -> Link:
+    """A link to ``url``, on ``store``'s filesystem, for the Prefect UI.
 
     A local file becomes ``file://<absolute path>`` (it opens on the machine holding the store);
     an object on S3 (or MinIO) a presigned HTTPS URL valid for ``expires_in`` (default
@@ -78,8 +74,8 @@ def ui_link(url: str, store_options: dict | None = None, expires_in: timedelta |
     ``expires_in``) asks for links, and such a link says that it carries the token.
     """
     explicit, expires_in = expires_in, link_expiry() if expires_in is None else expires_in
-    fs, path = fsspec.core.url_to_fs(url, **(store_options or {}))
-    if storage.is_local(fs):
+    fs, path = store.resolve(url)
+    if is_local(fs):
         return Link("file://" + os.path.abspath(path))
     if not expires_in:
         return Link(url)
@@ -94,8 +90,7 @@ def ui_link(url: str, store_options: dict | None = None, expires_in: timedelta |
     return Link(signed, datetime.now(UTC) + expires_in, carries_session_token=token)
 
 
-def reports_markdown(paths: storage.ScoringPaths, patients: pd.DataFrame, index: Link,
-                     store_options: dict | None = None) -> str:
+def reports_markdown(paths: ScoringPaths, patients: pd.DataFrame, index: Link) -> str:
     """Markdown for the ``patient-reports`` artifact: the cohort index and each patient's call and report.
 
     The reports' file names are the patient ids: when patient ids are pseudonymised
@@ -116,11 +111,11 @@ def reports_markdown(paths: storage.ScoringPaths, patients: pd.DataFrame, index:
         return "\n".join(lines)
     lines += ["| patient | call | report |", "|---|---|---|"]
     lines += [f"| {row.patient_id} | {row.call} | [{report_name(row.patient_id)}.html]"
-              f"({ui_link(report_url(paths, row.patient_id), store_options).url}) |"
+              f"({ui_link(paths.store, report_url(paths, row.patient_id)).url}) |"
               for row in patients.itertuples()]
     return "\n".join(lines)
 
 
-def index_link(paths: storage.ScoringPaths, store_options: dict | None = None) -> Link:
+def index_link(paths: ScoringPaths) -> Link:
     """The UI link of the scoring's cohort index page."""
-    return ui_link(index_url(paths), store_options)
+    return ui_link(paths.store, index_url(paths))

@@ -8,9 +8,10 @@ import threading
 import numpy as np
 
 from aml_model.precision import AUTO, cpu_flags, resolve_precision
-from tasks import storage
 from tasks.registry import ModelRef
 from tasks.retry import store_task
+from tasks.store import PROBABILITIES, Store
+from tasks.store_layout import ScoringPaths
 
 __all__ = ["load_worker_model", "reuse_probabilities", "score_shard", "worker_precision", "worker_scorer"]
 
@@ -36,15 +37,19 @@ def _configure_devices() -> None:
             logger.warning("GPU %s was initialised before memory growth could be set", gpu.name)
 
 
-def load_worker_model(model: ModelRef, storage_options: dict):
-    """This process's copy of the paper model, loaded (safe mode) on first use and cached."""
+def load_worker_model(model: ModelRef, store: Store):
+    """This process's copy of the paper model, loaded (safe mode) on first use and cached.
+
+    ``model.url`` is read through ``store``: Keras loads local files only, so a remote model is
+    copied once per machine (:meth:`tasks.store.Store.local_copy`).
+    """
     with _LOCK:
         if model.version in _MODELS:
             return _MODELS[model.version]
         from aml_model.io import load_model
 
         _configure_devices()
-        local = storage.local_copy(model.url, storage_options, f"{model.version}.keras", model.sha256)
+        local = store.local_copy(model.url, f"{model.version}.keras", model.sha256)
         loaded = load_model(local, compile=False)
         # A new version replaces the old one and everything derived from it.
         _MODELS.clear()
@@ -72,14 +77,14 @@ def worker_precision(requested: str, model: ModelRef) -> str:
         return _PRECISIONS[model.version]
 
 
-def worker_scorer(model: ModelRef, storage_options: dict, precision: str, batch_size: int):
+def worker_scorer(model: ModelRef, store: Store, precision: str, batch_size: int):
     """This process's compiled scorer: the model's folded inference form in ``precision``."""
     key = (model.version, precision, batch_size)
     with _LOCK:
         if key not in _SCORERS:
             from aml_model.inference import BatchScorer, inference_model
 
-            paper_model = load_worker_model(model, storage_options)
+            paper_model = load_worker_model(model, store)
             _SCORERS[key] = BatchScorer(inference_model(paper_model, precision), batch_size)
         return _SCORERS[key]
 
@@ -96,7 +101,7 @@ def score_shard(
     fingerprint: str,
     batch_size: int,
     precision: str,
-    store_options: dict,
+    store: Store,
 ) -> int:
     """Score the decoded cells in Zarr slots [start, stop) of ``cells_url`` and write their probabilities.
 
@@ -107,31 +112,31 @@ def score_shard(
     range covers whole chunks, so this task alone writes them. A marker written after the
     probabilities makes a rerun with the same model and cells skip the shard. ``precision``
     "auto" is resolved on the worker (:func:`worker_precision`); the marker records the result.
+    The cells, probabilities, marker and model are all read and written through ``store``.
 
     Returns:
         The number of cells scored.
     """
     precision = worker_precision(precision, model)
-    if storage.exists(marker_url, store_options):
-        marker = storage.read_json(marker_url, store_options)
+    if store.exists(marker_url):
+        marker = store.read_json(marker_url)
         if marker == _marker(fingerprint, start, stop, model, precision, marker.get("scored")):
             return marker["scored"]
     rows = np.array([r["zarr_index"] - start for r in decoded
                      if r["reason"] is None and start <= r["zarr_index"] < stop], dtype=np.int64)
     block = np.full(stop - start, np.nan, np.float32)
     if len(rows):
-        scorer = worker_scorer(model, store_options, precision, batch_size)
-        images = storage.open_cells_array(cells_url, store_options)[start:stop]
+        scorer = worker_scorer(model, store, precision, batch_size)
+        images = store.open_cells_array(cells_url)[start:stop]
         block[rows] = scorer(images[rows])
-    probabilities = storage.open_cells_array(probabilities_url, store_options, name=storage.PROBABILITIES,
-                                             read_only=False)
+    probabilities = store.open_cells_array(probabilities_url, name=PROBABILITIES, read_only=False)
     probabilities[start:stop] = block
-    storage.write_json(marker_url, _marker(fingerprint, start, stop, model, precision, len(rows)), store_options)
+    store.write_json(marker_url, _marker(fingerprint, start, stop, model, precision, len(rows)))
     return len(rows)
 
 
 @store_task("reuse-probabilities")
-def reuse_probabilities(source: storage.ScoringPaths, target: storage.ScoringPaths, store_options: dict) -> int:
+def reuse_probabilities(source: ScoringPaths, target: ScoringPaths) -> int:
     """Copy a finished scoring's probabilities, and the shard markers that say how they were made, into
     another scoring of the same run (:func:`tasks.runs.reusable_probabilities` picks ``source``).
 
@@ -142,9 +147,10 @@ def reuse_probabilities(source: storage.ScoringPaths, target: storage.ScoringPat
     Returns:
         The number of cells with a probability.
     """
-    storage.copy_tree(source.probabilities_zarr, target.probabilities_zarr, store_options)
-    storage.copy_tree(source.score_shards, target.score_shards, store_options)
-    probabilities = storage.open_cells_array(target.probabilities_zarr, store_options, name=storage.PROBABILITIES)
+    store = target.store
+    store.copy_tree(source.probabilities_zarr, target.probabilities_zarr)
+    store.copy_tree(source.score_shards, target.score_shards)
+    probabilities = store.open_cells_array(target.probabilities_zarr, name=PROBABILITIES)
     return int(np.count_nonzero(~np.isnan(probabilities[:])))
 
 

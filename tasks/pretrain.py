@@ -25,12 +25,13 @@ import pandas as pd
 from prefect import get_run_logger
 
 from aml_model.config import AugmentConfig, ModelConfig, PretrainConfig
-from aml_model.weights import fetch_weights_file, sha256_of_file
-from tasks import storage
+from aml_model.weights import sha256_of_file
 from tasks.backbones import BACKBONE_CARD, BACKBONE_WEIGHTS, backbone_folder, backbones_root
 from tasks.registry import code_version
 from tasks.retry import store_task
+from tasks.store import Store, join
 from tasks.training import cell_rows
+from tasks.weights import fetch_weights_file
 
 __all__ = ["PretrainPlan", "pretraining_key", "pretrain_steps", "read_progress", "register_backbone"]
 
@@ -48,7 +49,7 @@ class PretrainPlan:
 
     Attributes:
         key: the work key (:func:`pretraining_key`).
-        store: the store holding ``backbones/``.
+        store: the store holding ``backbones/`` (its options also reach the cells and the starting weights).
         cells: cells_zarr, zarr_index and sha256 of every cell, sorted by sha256 (one row per image).
         model: the recipe's model configuration (input size, normalisation, feature layer, pooling).
         augment: the recipe's augmentation (the views).
@@ -56,11 +57,10 @@ class PretrainPlan:
         name: the registered id's prefix.
         initial: the starting weights file (path or URL) and its sha256, or None for random.
         provenance: sources, runs, the starting backbone and cell-type counts, for the card.
-        storage_options: fsspec options of the store.
     """
 
     key: str
-    store: str
+    store: Store
     cells: pd.DataFrame
     model: ModelConfig
     augment: AugmentConfig
@@ -68,19 +68,18 @@ class PretrainPlan:
     name: str
     initial: tuple[str, str] | None
     provenance: dict
-    storage_options: dict
 
     @property
     def work(self) -> str:
-        return storage.join(backbones_root(self.store), "_pretraining", self.key)
+        return join(backbones_root(self.store), "_pretraining", self.key)
 
     @property
     def state_url(self) -> str:
-        return storage.join(self.work, STATE_FILE)
+        return join(self.work, STATE_FILE)
 
     @property
     def done_url(self) -> str:
-        return storage.join(self.work, DONE_FILE)
+        return join(self.work, DONE_FILE)
 
 
 def pretraining_key(cell_hashes: list[str], model: ModelConfig, augment: AugmentConfig, config: PretrainConfig,
@@ -102,9 +101,9 @@ def read_progress(plan: PretrainPlan) -> int:
     """Steps done by the plan's last checkpoint (0 without one)."""
     from aml_model.pretrain import PretrainState
 
-    if not storage.exists(plan.state_url, plan.storage_options):
+    if not plan.store.exists(plan.state_url):
         return 0
-    return PretrainState.from_bytes(storage.read_bytes(plan.state_url, plan.storage_options)).step
+    return PretrainState.from_bytes(plan.store.read_bytes(plan.state_url)).step
 
 
 def _pool(plan: PretrainPlan, start: int) -> np.ndarray:
@@ -114,15 +113,15 @@ def _pool(plan: PretrainPlan, start: int) -> np.ndarray:
     if len(positions) > plan.config.pool_cells:
         rng = np.random.default_rng([plan.config.seed, start, 1])
         positions = np.sort(rng.choice(positions, plan.config.pool_cells, replace=False))
-    return cell_rows(plan.cells.iloc[positions], plan.storage_options)[np.arange(len(positions))]
+    return cell_rows(plan.cells.iloc[positions], plan.store)[np.arange(len(positions))]
 
 
 def _initial_file(plan: PretrainPlan) -> str | None:
     if plan.initial is None:
         return None
     url, sha256 = plan.initial
-    local = storage.local_copy(url, plan.storage_options, f"{sha256}.h5", sha256)
-    return fetch_weights_file(local, sha256)
+    # Checked against the recorded sha256, from the machine's cache when the file is remote.
+    return fetch_weights_file(plan.store, url, sha256)
 
 
 @store_task("pretrain-steps")
@@ -137,15 +136,15 @@ def pretrain_steps(plan: PretrainPlan, until: int) -> dict:
 
     logger = get_run_logger()
     pretrainer = Pretrainer(plan.model, plan.augment, plan.config, _initial_file(plan))
-    if storage.exists(plan.state_url, plan.storage_options):
-        pretrainer.restore(PretrainState.from_bytes(storage.read_bytes(plan.state_url, plan.storage_options)))
+    if plan.store.exists(plan.state_url):
+        pretrainer.restore(PretrainState.from_bytes(plan.store.read_bytes(plan.state_url)))
         logger.info("resuming pretraining %s from its checkpoint at step %d", plan.key, pretrainer.step_number)
     start_step = pretrainer.step_number
     pool = _pool(plan, start_step)
     started = time.perf_counter()
 
     def checkpoint(state: PretrainState) -> None:
-        storage.write_bytes(plan.state_url, state.to_bytes(), plan.storage_options)
+        plan.store.write_bytes(plan.state_url, state.to_bytes())
 
     def progress(step: int, _loss: float) -> None:
         if step % LOG_EVERY == 0 or step == until:
@@ -178,7 +177,7 @@ def register_backbone(plan: PretrainPlan) -> dict:
     from aml_model.pretrain import PretrainState, recalibrate_batch_norm, trained_backbone
     from aml_model.weights import save_partial_weights
 
-    state = PretrainState.from_bytes(storage.read_bytes(plan.state_url, plan.storage_options))
+    state = PretrainState.from_bytes(plan.store.read_bytes(plan.state_url))
     if state.step != plan.config.steps:
         message = f"pretraining {plan.key} is at step {state.step} of {plan.config.steps}: it cannot be registered"
         raise RuntimeError(message)
@@ -196,7 +195,7 @@ def register_backbone(plan: PretrainPlan) -> dict:
         backbone_id = f"{plan.name}-{plan.key[:12]}"
         target = backbone_folder(plan.store, backbone_id)
         with open(local, "rb") as handle:
-            storage.write_bytes(storage.join(target, BACKBONE_WEIGHTS), handle.read(), plan.storage_options)
+            plan.store.write_bytes(join(target, BACKBONE_WEIGHTS), handle.read())
     losses = np.asarray(state.losses)
     window = min(len(losses), 100)
     card = {
@@ -210,6 +209,6 @@ def register_backbone(plan: PretrainPlan) -> dict:
         "train_seconds": state.seconds, "work_key": plan.key, **plan.provenance,
         "code_version": code_version(), "created_at": datetime.now(UTC).isoformat(),
     }
-    storage.write_json(storage.join(target, BACKBONE_CARD), card, plan.storage_options)
-    storage.write_json(plan.done_url, {"backbone_id": backbone_id}, plan.storage_options)
+    plan.store.write_json(join(target, BACKBONE_CARD), card)
+    plan.store.write_json(plan.done_url, {"backbone_id": backbone_id})
     return card

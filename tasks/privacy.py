@@ -9,23 +9,25 @@ can compute it from a guessed id. The run store (tables, reports, ledger) keeps 
 
 ``AML_SMEAR_PSEUDONYMISE=1`` makes the setting mandatory: a flow that would send a patient id
 without a key fails instead. Never put the key in a deployment's job variables: Prefect stores
-those in its database too.
+those in its database too. Both are read (:class:`tasks.settings.PrivacySettings`) when ids are
+about to be sent, so a process sees the environment it has then.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 from collections.abc import Iterable, Mapping
 
 import pandas as pd
 
+from tasks.settings import PrivacySettings, variable
+
 __all__ = ["PATIENT_ID_KEY_ENV", "PSEUDONYM_PREFIX", "PSEUDONYMISE_ENV", "prefect_cell_rows", "prefect_patient_id",
            "prefect_patient_ids", "prefect_patients_table", "pseudonymising"]
 
-PATIENT_ID_KEY_ENV = "AML_SMEAR_PATIENT_ID_KEY"
-PSEUDONYMISE_ENV = "AML_SMEAR_PSEUDONYMISE"
+PATIENT_ID_KEY_ENV = variable("patient_id_key")
+PSEUDONYMISE_ENV = variable("pseudonymise")
 PSEUDONYM_PREFIX = "pid-"
 _HEX_DIGITS = 16  # 64 bits: no collision among a lab's patients, short enough to read out
 # A shorter id is replaced only as a whole path component: "7" in "cell-17.jpg" would garble, not protect.
@@ -33,13 +35,19 @@ _MIN_ID_IN_NAME = 4
 
 
 def _key(environ: Mapping[str, str] | None = None) -> bytes | None:
-    environ = os.environ if environ is None else environ
-    key = environ.get(PATIENT_ID_KEY_ENV) or None
-    if key is None and environ.get(PSEUDONYMISE_ENV, "") not in ("", "0"):
-        message = (f"{PSEUDONYMISE_ENV} is set but {PATIENT_ID_KEY_ENV} is not: set the key in the environment "
-                   f"of the process that runs the flows (not in a deployment's job variables)")
-        raise ValueError(message)
-    return None if key is None else key.encode()
+    """The pseudonyms' key in ``environ`` (``os.environ`` by default); None: ids pass unchanged.
+
+    Raises:
+        ValueError: AML_SMEAR_PSEUDONYMISE is set without AML_SMEAR_PATIENT_ID_KEY, or is not a boolean.
+    """
+    return PrivacySettings.read(environ).key
+
+
+def _pseudonym(patient_id: str, key: bytes | None) -> str:
+    if key is None:
+        return str(patient_id)
+    digest = hmac.new(key, str(patient_id).encode(), hashlib.sha256).hexdigest()
+    return PSEUDONYM_PREFIX + digest[:_HEX_DIGITS]
 
 
 def pseudonymising(environ: Mapping[str, str] | None = None) -> bool:
@@ -53,16 +61,13 @@ def prefect_patient_id(patient_id: str, environ: Mapping[str, str] | None = None
     Raises:
         ValueError: AML_SMEAR_PSEUDONYMISE is set without AML_SMEAR_PATIENT_ID_KEY.
     """
-    key = _key(environ)
-    if key is None:
-        return str(patient_id)
-    digest = hmac.new(key, str(patient_id).encode(), hashlib.sha256).hexdigest()
-    return PSEUDONYM_PREFIX + digest[:_HEX_DIGITS]
+    return _pseudonym(patient_id, _key(environ))
 
 
 def prefect_patient_ids(patient_ids: Iterable[str]) -> list[str]:
-    """:func:`prefect_patient_id` of each id, in order."""
-    return [prefect_patient_id(patient_id) for patient_id in patient_ids]
+    """:func:`prefect_patient_id` of each id, in order (the environment read once)."""
+    key = _key()
+    return [_pseudonym(patient_id, key) for patient_id in patient_ids]
 
 
 def prefect_patients_table(patients: pd.DataFrame) -> pd.DataFrame:
@@ -89,12 +94,13 @@ def _pseudonymous_uri(uri: str, patient_id: str, pseudonym: str) -> str:
 def prefect_cell_rows(rows: list[dict]) -> list[dict]:
     """Cell rows (``cell_id`` = ``<patient_id>:<hash>``, optional ``source_uri`` and ``patient_id``)
     fit for Prefect: copies, with the patient part of each replaced when pseudonymising."""
-    if not pseudonymising():
+    key = _key()
+    if key is None:
         return [dict(row) for row in rows]
     published = []
     for row in rows:
         patient_id, _, digest = str(row["cell_id"]).rpartition(":")
-        pseudonym = prefect_patient_id(patient_id)
+        pseudonym = _pseudonym(patient_id, key)
         row = {**row, "cell_id": f"{pseudonym}:{digest}"}
         if "patient_id" in row:
             row["patient_id"] = pseudonym

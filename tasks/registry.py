@@ -18,7 +18,8 @@ from pathlib import Path
 import fsspec
 
 from aml_model.errors import AmlSmearError
-from tasks import storage
+from tasks.settings import RegistrySettings, variable
+from tasks.store import Store, is_local, join
 
 __all__ = ["MODEL_PREFIXES_ENV", "ModelNotAllowedError", "ModelNotFoundError", "ModelRef", "RegistryError",
            "allow_model_file", "allowed_model_prefixes", "champion_card", "champion_pointer", "code_version",
@@ -36,7 +37,7 @@ PRUNE_MARK_TTL = timedelta(hours=1)
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 #: Comma-separated folders or URL prefixes (or single files) that a scoring's ``model`` path may
 #: name besides the store's ``models/``; a deployment run's caller cannot widen it.
-MODEL_PREFIXES_ENV = "AML_SMEAR_MODEL_PREFIXES"
+MODEL_PREFIXES_ENV = variable("model_prefixes")  # tasks.settings.RegistrySettings parses it
 # The checkout this code runs from, when it runs from one (an editable install or the repository root).
 _CODE_ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,12 +72,12 @@ class ModelRef:
     sha256: str | None = None
 
 
-def models_root(store: str) -> str:
-    return storage.join(store, "models")
+def models_root(store: Store) -> str:
+    return store.models
 
 
-def champion_pointer(store: str) -> str:
-    return storage.join(models_root(store), "champion.json")
+def champion_pointer(store: Store) -> str:
+    return join(models_root(store), "champion.json")
 
 
 def model_input_size(data: bytes, source: str) -> int:
@@ -91,9 +92,9 @@ def model_input_size(data: bytes, source: str) -> int:
     return int(shape[1])
 
 
-def allowed_model_prefixes(store: str) -> list[str]:
+def allowed_model_prefixes(store: Store) -> list[str]:
     """Where a model named by path may lie: the store's ``models/``, then :data:`MODEL_PREFIXES_ENV`'s entries."""
-    extra = [entry.strip() for entry in os.environ.get(MODEL_PREFIXES_ENV, "").split(",") if entry.strip()]
+    extra = list(RegistrySettings.read().model_prefixes)
     return [models_root(store), *extra]
 
 
@@ -111,7 +112,7 @@ def allow_model_file(path: str) -> None:
     if "," in path:
         message = f"model path {path!r} has a comma: copy or link the file to a path without one"
         raise ModelNotAllowedError(message)
-    os.environ[MODEL_PREFIXES_ENV] = ",".join(filter(None, [os.environ.get(MODEL_PREFIXES_ENV, ""), path]))
+    os.environ[MODEL_PREFIXES_ENV] = ",".join([*RegistrySettings.read().model_prefixes, path])
 
 
 def _canonical(url: str) -> str:
@@ -125,13 +126,13 @@ def _canonical(url: str) -> str:
         message = f"model {url!r} is a chained fsspec URL: name the file itself"
         raise ModelNotAllowedError(message)
     fs, path = fsspec.core.url_to_fs(url)
-    if storage.is_local(fs):
+    if is_local(fs):
         return os.path.realpath(path)
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     return f"{protocol}://{os.path.normpath('/' + path).lstrip('/')}"
 
 
-def _require_allowed(spec: str, store: str) -> None:
+def _require_allowed(spec: str, store: Store) -> None:
     """Refuse a model path outside :func:`allowed_model_prefixes`, before anything reads it.
 
     Raises:
@@ -148,51 +149,49 @@ def _require_allowed(spec: str, store: str) -> None:
     raise ModelNotAllowedError(message)
 
 
-def resolve_model(spec: str, store: str, storage_options: dict | None = None) -> ModelRef:
+def resolve_model(spec: str, store: Store) -> ModelRef:
     """Find the model that ``spec`` names.
 
     Args:
         spec: "champion", a registered version, or the path/URL of a .keras file under
             :func:`allowed_model_prefixes`.
-        store: the run store holding ``models/``.
-        storage_options: fsspec options for the store and the model URL.
+        store: the run store holding ``models/``; a model URL is read with its options too.
 
     Raises:
         ModelNotFoundError: nothing there; the message says how to get a model.
         ModelNotAllowedError: a path outside the allowed prefixes (nothing is read).
     """
-    options = storage_options or {}
     if spec == "champion":
-        current = read_champion(store, options)
+        current = read_champion(store)
         if current is None:
-            message = (f"no champion model in {store} ({champion_pointer(store)} is missing): train one with "
-                       f"`aml-smear retrain SOURCE --store {store}`, or pass --model PATH_TO.keras")
+            message = (f"no champion model in {store.url} ({champion_pointer(store)} is missing): train one with "
+                       f"`aml-smear retrain SOURCE --store {store.url}`, or pass --model PATH_TO.keras")
             raise ModelNotFoundError(message)
         spec = current["version"]
-    registered = storage.join(models_root(store), spec, MODEL_FILE)
-    if not names_a_file(spec) and storage.exists(registered, options):
-        card_url = storage.join(models_root(store), spec, CARD_FILE)
-        if not storage.exists(card_url, options):
+    registered = join(models_root(store), spec, MODEL_FILE)
+    if not names_a_file(spec) and store.exists(registered):
+        card_url = join(models_root(store), spec, CARD_FILE)
+        if not store.exists(card_url):
             # The card is written last: without it the registration was interrupted.
             message = (f"model version {spec} in {models_root(store)} is not completely registered (no {CARD_FILE}): "
                        f"its registration was interrupted; retrain, or use another version")
             raise ModelNotFoundError(message)
-        card = storage.read_json(card_url, options)
+        card = store.read_json(card_url)
         return ModelRef(registered, spec, int(card["config"]["model"]["image_size"]), _agreement(card),
                         card.get("model_sha256"))
     # A bare version name that is not registered: say so, not that a path is not allowed.
-    if names_a_file(spec) or storage.exists(spec, options):
+    if names_a_file(spec) or store.exists(spec):
         _require_allowed(spec, store)
-    if not storage.exists(spec, options):
+    if not store.exists(spec):
         message = (f"model {spec!r} is neither a version registered in {models_root(store)} nor an existing "
-                   f".keras file: train one with `aml-smear retrain SOURCE --store {store}`")
+                   f".keras file: train one with `aml-smear retrain SOURCE --store {store.url}`")
         raise ModelNotFoundError(message)
-    data = storage.read_bytes(spec, options)
+    data = store.read_bytes(spec)
     digest = hashlib.sha256(data).hexdigest()
     return ModelRef(spec, "file-" + digest[:12], model_input_size(data, spec), sha256=digest)
 
 
-def stage_model(model_file: str, store: str, storage_options: dict | None = None) -> ModelRef:
+def stage_model(model_file: str, store: Store) -> ModelRef:
     """Copy a local .keras file into models/<version>/model.keras, without a card yet.
 
     The version is the registration time plus the model file's hash. A version folder without
@@ -205,21 +204,21 @@ def stage_model(model_file: str, store: str, storage_options: dict | None = None
         data = handle.read()
     digest = hashlib.sha256(data).hexdigest()
     version = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{digest[:8]}"
-    url = storage.join(models_root(store), version, MODEL_FILE)
-    storage.write_bytes(url, data, storage_options)
+    url = join(models_root(store), version, MODEL_FILE)
+    store.write_bytes(url, data)
     return ModelRef(url, version, model_input_size(data, model_file), sha256=digest)
 
 
-def finish_registration(ref: ModelRef, card: dict, store: str, storage_options: dict | None = None,
+def finish_registration(ref: ModelRef, card: dict, store: Store,
                         extra_files: dict[str, bytes] | None = None) -> ModelRef:
     """Write a staged model's extra files (figures), then its card: the card last, so a version
     folder with a card is complete. The card gains code_version, version and registered_at."""
-    folder = storage.join(models_root(store), ref.version)
+    folder = join(models_root(store), ref.version)
     for name, content in (extra_files or {}).items():
-        storage.write_bytes(storage.join(folder, name), content, storage_options)
+        store.write_bytes(join(folder, name), content)
     card = {**card, "code_version": code_version(), "version": ref.version, "model_sha256": ref.sha256,
             "registered_at": datetime.now(UTC).isoformat()}
-    storage.write_json(storage.join(folder, CARD_FILE), card, storage_options)
+    store.write_json(join(folder, CARD_FILE), card)
     return ModelRef(ref.url, ref.version, int(card["config"]["model"]["image_size"]), _agreement(card), ref.sha256)
 
 
@@ -227,12 +226,12 @@ def _agreement(card: dict) -> dict[str, float] | None:
     return (card.get("inference") or {}).get("max_abs_dp_vs_float32")
 
 
-def register_model(model_file: str, card: dict, store: str, storage_options: dict | None = None,
+def register_model(model_file: str, card: dict, store: Store,
                    extra_files: dict[str, bytes] | None = None) -> ModelRef:
     """Copy a local .keras file, its card and extra files (figures) into models/<version>/
     (:func:`stage_model`, then :func:`finish_registration`)."""
-    ref = stage_model(model_file, store, storage_options)
-    return finish_registration(ref, card, store, storage_options, extra_files)
+    ref = stage_model(model_file, store)
+    return finish_registration(ref, card, store, extra_files)
 
 
 def _git(root: Path, *args: str) -> str:
@@ -274,7 +273,7 @@ def code_version(root: Path | None = None) -> dict:
     return {"package": package, "commit": commit, "dirty": dirty}
 
 
-def require_registered(store: str, version: str, storage_options: dict | None = None) -> dict:
+def require_registered(store: Store, version: str) -> dict:
     """The card of a completely registered ``version``: its card readable, its model file present.
 
     Raises:
@@ -284,17 +283,17 @@ def require_registered(store: str, version: str, storage_options: dict | None = 
     if not isinstance(version, str) or not _VERSION.match(version):
         message = f"{version!r} is not a model version name (letters, digits, '.', '_' and '-')"
         raise RegistryError(message)
-    folder = storage.join(models_root(store), version)
-    card_url, model_url = storage.join(folder, CARD_FILE), storage.join(folder, MODEL_FILE)
-    if not storage.exists(card_url, storage_options):
-        if storage.exists(model_url, storage_options):
-            message = f"model version {version} is not completely registered in {store} (no {CARD_FILE})"
+    folder = join(models_root(store), version)
+    card_url, model_url = join(folder, CARD_FILE), join(folder, MODEL_FILE)
+    if not store.exists(card_url):
+        if store.exists(model_url):
+            message = f"model version {version} is not completely registered in {store.url} (no {CARD_FILE})"
         else:
             message = (f"model version {version} is not registered in {models_root(store)}: "
-                       f"`aml-smear models list --store {store}` shows the versions there")
+                       f"`aml-smear models list --store {store.url}` shows the versions there")
         raise ModelNotFoundError(message)
     try:
-        card = storage.read_json(card_url, storage_options)
+        card = store.read_json(card_url)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         message = f"the card of model version {version} ({card_url}) is not readable JSON: {exc}"
         raise RegistryError(message) from exc
@@ -302,13 +301,13 @@ def require_registered(store: str, version: str, storage_options: dict | None = 
         found = card.get("version") if isinstance(card, dict) else type(card).__name__
         message = f"{card_url} is not the card of model version {version} (it names {found!r})"
         raise RegistryError(message)
-    if not storage.exists(model_url, storage_options):
+    if not store.exists(model_url):
         message = f"model version {version} has a card but no {MODEL_FILE} in {folder}: it cannot be used"
         raise ModelNotFoundError(message)
     return card
 
 
-def read_champion(store: str, storage_options: dict | None = None) -> dict | None:
+def read_champion(store: Store) -> dict | None:
     """The champion pointer (``version``, ``promoted_at``, ``reason``, ``history``, ``pruning``,
     ``serial``), None when there is none.
 
@@ -320,19 +319,19 @@ def read_champion(store: str, storage_options: dict | None = None) -> dict | Non
         RegistryError: the pointer is not readable.
     """
     pointer = champion_pointer(store)
-    if not storage.exists(pointer, storage_options):
+    if not store.exists(pointer):
         return None
-    return _parse_pointer(storage.read_bytes(pointer, storage_options), pointer)
+    return _parse_pointer(store.read_bytes(pointer), pointer)
 
 
-def champion_card(store: str, storage_options: dict | None = None) -> dict | None:
+def champion_card(store: Store) -> dict | None:
     """The champion's model card, None when the store has no champion.
 
     Raises:
         ModelNotFoundError, RegistryError: the pointer names a version that is not completely registered.
     """
-    pointer = read_champion(store, storage_options)
-    return None if pointer is None else require_registered(store, pointer["version"], storage_options)
+    pointer = read_champion(store)
+    return None if pointer is None else require_registered(store, pointer["version"])
 
 
 def _parse_pointer(raw: bytes | None, pointer: str, tolerate_unreadable: bool = False) -> dict | None:
@@ -359,11 +358,10 @@ def _parse_pointer(raw: bytes | None, pointer: str, tolerate_unreadable: bool = 
     return {**current, "history": list(current.get("history") or []), "pruning": list(current.get("pruning") or [])}
 
 
-def update_champion(store: str, change, storage_options: dict | None = None,
-                    tolerate_unreadable: bool = False) -> dict:
+def update_champion(store: Store, change, tolerate_unreadable: bool = False) -> dict:
     """Replace the champion pointer by ``change(current pointer or None)``, as a compare-and-swap.
 
-    Every write of ``models/champion.json`` goes through here (:mod:`tasks.conditional`): a write
+    Every write of ``models/champion.json`` goes through here (:meth:`tasks.store.Store.update_object`): a write
     based on a pointer that another writer has replaced meanwhile is not made, and ``change`` is
     asked again with the new pointer, so no promotion, rollback or prune mark is ever lost.
     ``change`` returns the new pointer (``version``, ``promoted_at``, ``reason``, ``history``,
@@ -372,8 +370,6 @@ def update_champion(store: str, change, storage_options: dict | None = None,
     Returns:
         The pointer written.
     """
-    from tasks.conditional import update_object
-
     pointer = champion_pointer(store)
     written: dict = {}
 
@@ -387,7 +383,7 @@ def update_champion(store: str, change, storage_options: dict | None = None,
             written.pop("pruning", None)
         return json.dumps(written, indent=2).encode()
 
-    update_object(pointer, apply, storage_options)
+    store.update_object(pointer, apply)
     return dict(written)
 
 
@@ -402,16 +398,16 @@ def pruning_marks(current: dict | None, now: datetime | None = None) -> dict[str
     return marks
 
 
-def _refuse_pruned(store: str, versions: list[str], current: dict | None) -> None:
+def _refuse_pruned(store: Store, versions: list[str], current: dict | None) -> None:
     """Refuse to name a version that a prune in progress is removing (it marked it in the pointer)."""
     pruning = sorted(set(versions) & set(pruning_marks(current)))
     if pruning:
-        message = (f"model version {', '.join(pruning)} is being removed by `aml-smear models prune` in {store}; "
+        message = (f"model version {', '.join(pruning)} is being removed by `aml-smear models prune` in {store.url}; "
                    f"choose another version, or try again once the prune has finished")
         raise RegistryError(message)
 
 
-def set_champion(store: str, version: str, storage_options: dict | None = None, reason: str = "") -> dict:
+def set_champion(store: Store, version: str, reason: str = "") -> dict:
     """Point models/champion.json at ``version``, as a compare-and-swap (:func:`update_champion`).
 
     The version must be completely registered when the pointer is written (:func:`require_registered`,
@@ -425,17 +421,17 @@ def set_champion(store: str, version: str, storage_options: dict | None = None, 
     """
     def change(current: dict | None) -> dict:
         _refuse_pruned(store, [version], current)
-        require_registered(store, version, storage_options)
+        require_registered(store, version)
         history = current["history"] if current else []
         if current and current["version"] != version:
             history = [*history, {key: current.get(key) for key in ("version", "promoted_at", "reason")}]
         return {"version": version, "promoted_at": datetime.now(UTC).isoformat(), "reason": reason,
                 "history": history, "pruning": (current or {}).get("pruning", [])}
 
-    return update_champion(store, change, storage_options, tolerate_unreadable=True)
+    return update_champion(store, change, tolerate_unreadable=True)
 
 
-def rollback_champion(store: str, storage_options: dict | None = None) -> tuple[str, str]:
+def rollback_champion(store: Store) -> tuple[str, str]:
     """Make the previous champion the champion again, as a compare-and-swap (:func:`update_champion`).
 
     Returns:
@@ -451,22 +447,48 @@ def rollback_champion(store: str, storage_options: dict | None = None) -> tuple[
     def change(current: dict | None) -> dict:
         if current is None or not current["history"]:
             what = "no champion" if current is None else f"no champion before {current['version']} is recorded"
-            message = (f"nothing to roll back to in {store}: {what}; choose one with "
-                       f"`aml-smear models promote VERSION --store {store}`")
+            message = (f"nothing to roll back to in {store.url}: {what}; choose one with "
+                       f"`aml-smear models promote VERSION --store {store.url}`")
             raise RegistryError(message)
         previous = current["history"][-1]["version"]
         # The one before becomes "previous champion", which a prune must not be removing either.
         _refuse_pruned(store, [entry["version"] for entry in current["history"][-2:]], current)
         try:
-            require_registered(store, previous, storage_options)
+            require_registered(store, previous)
         except (ModelNotFoundError, RegistryError) as exc:
             message = (f"cannot roll back to the previous champion {previous}: {exc}; choose another with "
-                       f"`aml-smear models promote VERSION --store {store}`")
+                       f"`aml-smear models promote VERSION --store {store.url}`")
             raise type(exc)(message) from exc
         rolled_back_from.append(current["version"])
         return {"version": previous, "promoted_at": datetime.now(UTC).isoformat(),
                 "reason": f"rolled back from {current['version']}", "history": current["history"][:-1],
                 "pruning": current["pruning"]}
 
-    written = update_champion(store, change, storage_options)
+    written = update_champion(store, change)
     return rolled_back_from[-1], written["version"]
+
+
+class ChampionExistsError(RegistryError):
+    """Bootstrap was asked to make the first champion of a store that has one."""
+
+
+def require_bootstrappable(store: Store, force: bool = False) -> dict | None:
+    """The champion pointer before a bootstrap: None for an empty registry; the current pointer when
+    ``force`` (bootstrap then replaces it, and rollback restores it).
+
+    Raises:
+        ChampionExistsError: the store has a champion and ``force`` is false.
+    """
+    current = read_champion(store)
+    if current and not force:
+        message = (f"{store.url} already has champion {current['version']}; nothing done (the nightly retrains "
+                   f"it; --force trains and promotes another)")
+        raise ChampionExistsError(message)
+    return current
+
+
+def promote_bootstrapped(store: Store, version: str, promoted: bool) -> None:
+    """Make ``version``, just trained by bootstrap, the champion, unless its retraining promoted it
+    already (it does not when an existing champion, replaced with ``force``, scored higher)."""
+    if not promoted:
+        set_champion(store, version, reason="aml-smear bootstrap --force")

@@ -11,11 +11,10 @@ import posixpath
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-import fsspec
-
-from tasks import storage
 from tasks.registry import (CARD_FILE, MODEL_FILE, ModelNotFoundError, RegistryError, champion_pointer,
                             models_root, pruning_marks, read_champion, require_registered, update_champion)
+from tasks.store import Store, join
+from tasks.store_layout import SCORE_RECORD, SHARDS
 
 __all__ = ["METRICS", "ModelEntry", "PrunePlan", "card_facts", "compare_cards", "list_models", "model_references",
            "model_status", "plan_prune", "prune_models", "resolve_version"]
@@ -25,7 +24,7 @@ METRICS = ("roc_auc", "accuracy", "sensitivity", "specificity", "precision", "f1
 # An incomplete version younger than this may be a registration in progress: prune leaves it.
 INCOMPLETE_GRACE = timedelta(days=1)
 # Folders under runs/ that never hold a scoring record: walking them would list every chunk.
-_NOT_SCORINGS = (storage.SHARDS,)
+_NOT_SCORINGS = (SHARDS,)
 
 
 @dataclass(frozen=True)
@@ -65,8 +64,8 @@ def _version_time(version: str) -> datetime | None:
         return None
 
 
-def _statuses(store: str, storage_options: dict | None) -> dict[str, str]:
-    champion = read_champion(store, storage_options)
+def _statuses(store: Store) -> dict[str, str]:
+    champion = read_champion(store)
     if champion is None:
         return {}
     statuses = {champion["version"]: "champion"}
@@ -75,28 +74,28 @@ def _statuses(store: str, storage_options: dict | None) -> dict[str, str]:
     return statuses
 
 
-def model_status(store: str, version: str, storage_options: dict | None = None) -> str:
+def model_status(store: Store, version: str) -> str:
     """What the pointer makes of a complete ``version``: "champion", "previous champion" or "candidate"."""
-    return _statuses(store, storage_options).get(version, "candidate")
+    return _statuses(store).get(version, "candidate")
 
 
-def list_models(store: str, storage_options: dict | None = None) -> list[ModelEntry]:
+def list_models(store: Store) -> list[ModelEntry]:
     """Every version folder in ``store``'s registry, oldest first (by registration time, then name).
 
     A folder with neither a model file nor a card is not a version and is left out.
     """
     root = models_root(store)
     pointer_name = posixpath.basename(champion_pointer(store))
-    statuses = _statuses(store, storage_options)
+    statuses = _statuses(store)
     entries = []
-    for name in storage.list_names(root, storage_options):
+    for name in store.list_names(root):
         if name == pointer_name or name.startswith("."):
             continue
         try:
-            card, problem = require_registered(store, name, storage_options), None
+            card, problem = require_registered(store, name), None
         except (ModelNotFoundError, RegistryError) as exc:
-            folder = storage.join(root, name)
-            if not any(storage.exists(storage.join(folder, f), storage_options) for f in (CARD_FILE, MODEL_FILE)):
+            folder = join(root, name)
+            if not any(store.exists(join(folder, f)) for f in (CARD_FILE, MODEL_FILE)):
                 continue
             card, problem = None, str(exc)
         status = statuses.get(name, "candidate") if problem is None else "incomplete"
@@ -104,13 +103,13 @@ def list_models(store: str, storage_options: dict | None = None) -> list[ModelEn
     return sorted(entries, key=lambda entry: (entry.registered_at, entry.version))
 
 
-def resolve_version(store: str, version: str, storage_options: dict | None = None) -> str:
+def resolve_version(store: Store, version: str) -> str:
     """``version``, or the champion's version when it is "champion"."""
     if version != "champion":
         return version
-    champion = read_champion(store, storage_options)
+    champion = read_champion(store)
     if champion is None:
-        message = f"no champion in {store}: `aml-smear models list --store {store}` shows the versions there"
+        message = f"no champion in {store.url}: `aml-smear models list --store {store.url}` shows the versions there"
         raise ModelNotFoundError(message)
     return champion["version"]
 
@@ -163,7 +162,7 @@ def compare_cards(card_a: dict, card_b: dict) -> tuple[Facts, Metrics, bool]:
     return facts, metrics, same
 
 
-def model_references(store: str, storage_options: dict | None = None) -> dict[str, list[str]]:
+def model_references(store: Store) -> dict[str, list[str]]:
     """The model versions the scorings in ``store`` record: {version: [score.json paths under runs/]}.
 
     Every ``score.json`` at any depth under ``runs/`` counts (``runs/<run>/score.json`` and
@@ -173,8 +172,8 @@ def model_references(store: str, storage_options: dict | None = None) -> dict[st
     Raises:
         RegistryError: a scoring record cannot be read, so the model it needs is unknown.
     """
-    runs = storage.join(store, "runs")
-    fs, root = fsspec.core.url_to_fs(runs, **(storage_options or {}))
+    runs = store.runs
+    fs, root = store.resolve(runs)
     if not fs.exists(root):
         return {}
     root = root.rstrip("/")
@@ -187,8 +186,8 @@ def model_references(store: str, storage_options: dict | None = None) -> dict[st
             if entry["type"] == "directory":
                 if not name.endswith(".zarr") and name not in _NOT_SCORINGS:
                     folders.append(path)
-            elif name == storage.SCORE_RECORD:
-                where = storage.join(runs, posixpath.relpath(path, root))
+            elif name == SCORE_RECORD:
+                where = join(runs, posixpath.relpath(path, root))
                 try:
                     version = json.loads(fs.cat_file(path))["model_version"]
                 except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -206,8 +205,7 @@ class PrunePlan:
     remove: list[str] = field(default_factory=list)
 
 
-def plan_prune(store: str, keep_newest: int, storage_options: dict | None = None,
-               now: datetime | None = None) -> PrunePlan:
+def plan_prune(store: Store, keep_newest: int, now: datetime | None = None) -> PrunePlan:
     """Which versions ``prune --keep N`` removes: all but the champion, the previous champion (what
     ``rollback`` returns to), the ``keep_newest`` newest complete versions, and every version a
     scoring under ``runs/`` records. An incomplete version is removed only once it is a day old
@@ -217,8 +215,8 @@ def plan_prune(store: str, keep_newest: int, storage_options: dict | None = None
         message = f"--keep must be 0 or more, not {keep_newest}"
         raise RegistryError(message)
     now = now or datetime.now(UTC)
-    entries = list_models(store, storage_options)
-    references = model_references(store, storage_options)
+    entries = list_models(store)
+    references = model_references(store)
     newest = {entry.version for entry in [e for e in entries if e.complete][::-1][:keep_newest]}
     plan = PrunePlan()
     for entry in entries:
@@ -237,8 +235,7 @@ def plan_prune(store: str, keep_newest: int, storage_options: dict | None = None
     return plan
 
 
-def prune_models(store: str, keep_newest: int, storage_options: dict | None = None,
-                 dry_run: bool = False) -> PrunePlan:
+def prune_models(store: Store, keep_newest: int, dry_run: bool = False) -> PrunePlan:
     """Remove the versions :func:`plan_prune` selects (nothing when ``dry_run``).
 
     First the versions are marked in the champion pointer, by a compare-and-swap
@@ -248,31 +245,36 @@ def prune_models(store: str, keep_newest: int, storage_options: dict | None = No
     complete and broken), and the marks are lifted. A promotion written before the mark keeps its
     version; one after it is refused; so the pointer never names a removed version.
     """
-    plan = plan_prune(store, keep_newest, storage_options)
+    plan = plan_prune(store, keep_newest)
     if dry_run or not plan.remove:
         return plan
-    marked = _mark_for_pruning(store, plan.remove, storage_options)
+    marked = _mark_for_pruning(store, plan.remove)
     for version in plan.remove:
         if version not in marked:
             plan.keep[version] = "became the champion or the previous champion while pruning"
     removed = []
     try:
         for version in marked:
-            folder = storage.join(models_root(store), version)
-            if not storage.exists(folder, storage_options):
+            folder = join(models_root(store), version)
+            if not store.exists(folder):
                 continue  # a concurrent prune removed it
-            for url, recursive in ((storage.join(folder, CARD_FILE), False), (folder, True)):
+            for url, recursive in ((join(folder, CARD_FILE), False), (folder, True)):
                 try:
-                    storage.remove(url, storage_options, recursive=recursive)
+                    store.remove(url, recursive=recursive)
                 except FileNotFoundError:
                     pass
             removed.append(version)
     finally:
-        _unmark(store, marked, storage_options)
+        _unmark(store, marked)
     return PrunePlan(plan.keep, removed)
 
 
-def _mark_for_pruning(store: str, versions: list[str], storage_options: dict | None) -> list[str]:
+def _pruning_entries(live: dict[str, str]) -> list[dict[str, str]]:
+    """The pointer's ``pruning`` list of the marks ``live`` (version -> since), by version."""
+    return [{"version": v, "since": since} for v, since in sorted(live.items())]
+
+
+def _mark_for_pruning(store: Store, versions: list[str]) -> list[str]:
     """Mark ``versions`` but the pointer's champion and previous champion; returns those marked.
 
     Raises:
@@ -280,36 +282,36 @@ def _mark_for_pruning(store: str, versions: list[str], storage_options: dict | N
             of them while it is removed): nothing is removed before a model is promoted.
     """
     marked: list[str] = []
-    if read_champion(store, storage_options) is None:
-        message = (f"no champion in {store} yet: prune removes nothing before a first promotion "
-                   f"(`aml-smear models promote VERSION --store {store}`)")
+    if read_champion(store) is None:
+        message = (f"no champion in {store.url} yet: prune removes nothing before a first promotion "
+                   f"(`aml-smear models promote VERSION --store {store.url}`)")
         raise RegistryError(message)
 
     def mark(current: dict | None) -> dict:
         if current is None:
-            message = f"the champion pointer of {store} disappeared while pruning: nothing was removed"
+            message = f"the champion pointer of {store.url} disappeared while pruning: nothing was removed"
             raise RegistryError(message)
         protected = {current["version"], *(entry["version"] for entry in current["history"][-1:])}
         marked[:] = [version for version in versions if version not in protected]
         now = datetime.now(UTC)
         live = pruning_marks(current, now)
         live.update({version: now.isoformat() for version in marked})
-        return {**current, "pruning": [{"version": v, "since": since} for v, since in sorted(live.items())]}
+        return {**current, "pruning": _pruning_entries(live)}
 
-    update_champion(store, mark, storage_options)
+    update_champion(store, mark)
     return marked
 
 
-def _unmark(store: str, versions: list[str], storage_options: dict | None) -> None:
+def _unmark(store: Store, versions: list[str]) -> None:
     """Lift the marks of ``versions`` (and any mark past its time)."""
-    if not versions or read_champion(store, storage_options) is None:
+    if not versions or read_champion(store) is None:
         return
 
     def unmark(current: dict | None) -> dict:
         if current is None:
-            message = f"the champion pointer of {store} disappeared while pruning"
+            message = f"the champion pointer of {store.url} disappeared while pruning"
             raise RegistryError(message)
         live = {v: since for v, since in pruning_marks(current).items() if v not in versions}
-        return {**current, "pruning": [{"version": v, "since": since} for v, since in sorted(live.items())]}
+        return {**current, "pruning": _pruning_entries(live)}
 
-    update_champion(store, unmark, storage_options)
+    update_champion(store, unmark)

@@ -10,11 +10,12 @@ from aml_model.config import ScoringConfig
 from aml_model.report import (GalleryCell, ModelInfo, PatientReport, cell_type_rates, encode_png,
                               render_cohort_index, render_patient_report, report_name, top_cells)
 from aml_model.zarr_rows import read_cells
-from tasks import storage
 from tasks.explain import EXPLAIN_MANIFEST, find_explanation
 from tasks.inputs import input_names, quarantined_inputs, source_root
-from tasks.registry import CARD_FILE, models_root
+from tasks.registry import CARD_FILE
 from tasks.retry import store_task
+from tasks.store import Store, join
+from tasks.store_layout import ScoringPaths
 
 __all__ = ["OBJECT_STORE_LINKS", "build_reports", "index_url", "model_info", "report_url", "write_reports"]
 
@@ -26,34 +27,34 @@ OBJECT_STORE_LINKS = ("The patient links below are relative: they open where thi
                       "presigned link where the Prefect artifact 'patient-reports' lists one.")
 
 
-def report_url(paths: storage.ScoringPaths, patient_id: str) -> str:
+def report_url(paths: ScoringPaths, patient_id: str) -> str:
     """``<scoring>/reports/<patient>.html``."""
-    return storage.join(paths.reports_root, f"{report_name(patient_id)}.html")
+    return join(paths.reports_root, f"{report_name(patient_id)}.html")
 
 
-def index_url(paths: storage.ScoringPaths) -> str:
+def index_url(paths: ScoringPaths) -> str:
     """``<scoring>/reports/index.html``, the cohort index page."""
     return paths.report_index
 
 
-def model_info(store: str, version: str, store_options: dict | None = None) -> ModelInfo:
-    """The model's version and, for a registered model, the test metrics of its card."""
-    card = storage.join(models_root(store), version, CARD_FILE)
-    if not storage.exists(card, store_options):
+def model_info(store: Store, version: str) -> ModelInfo:
+    """The model's version and, for a model registered in ``store``, the test metrics of its card."""
+    card = join(store.models, version, CARD_FILE)
+    if not store.exists(card):
         return ModelInfo(version=version, metrics=None)
-    return ModelInfo(version=version, metrics=storage.read_json(card, store_options).get("metrics"))
+    return ModelInfo(version=version, metrics=store.read_json(card).get("metrics"))
 
 
-def _gallery(paths: storage.ScoringPaths, cells: pd.DataFrame, patient_id: str, top_k: int, images,
-             store_options: dict) -> tuple[tuple[GalleryCell, ...], bool]:
+def _gallery(paths: ScoringPaths, cells: pd.DataFrame, patient_id: str, top_k: int,
+             images) -> tuple[tuple[GalleryCell, ...], bool]:
     """The patient's top cells, named by file (``cells``' name column), with the Grad-CAM overlays of
     its manifest where there is one."""
-    folder = find_explanation(paths, patient_id, store_options)
+    folder = find_explanation(paths, patient_id)
     explained = folder is not None
     if explained:
         # The explained cells, exactly as Grad-CAM saw them (the same ranking, the same k).
-        top = pd.DataFrame(storage.read_json(storage.join(folder, EXPLAIN_MANIFEST), store_options)["cells"])
-        overlays = [storage.read_bytes(storage.join(folder, name), store_options) for name in top["overlay"]]
+        top = pd.DataFrame(paths.store.read_json(join(folder, EXPLAIN_MANIFEST))["cells"])
+        overlays = [paths.store.read_bytes(join(folder, name)) for name in top["overlay"]]
     else:
         top = top_cells(cells, patient_id, top_k)
         overlays = [None] * len(top)
@@ -67,7 +68,7 @@ def _gallery(paths: storage.ScoringPaths, cells: pd.DataFrame, patient_id: str, 
     return gallery, explained
 
 
-def build_reports(paths: storage.ScoringPaths, store_options: dict | None = None) -> str:
+def build_reports(paths: ScoringPaths) -> str:
     """Render every patient's report and the cohort index of a scored run.
 
     Reads cells.parquet, patients.parquet, score.json, the cell images, the Grad-CAM manifests of
@@ -77,19 +78,19 @@ def build_reports(paths: storage.ScoringPaths, store_options: dict | None = None
     Returns:
         The index page's URL.
     """
-    options = store_options or {}
-    settings = storage.read_json(paths.settings, options)
+    store = paths.store
+    settings = store.read_json(paths.settings)
     top_k = int(settings.get("explain_top_k", ScoringConfig.explain_top_k))
-    cells = storage.read_table(paths.cells_table, options)
-    cells = cells.assign(name=input_names(cells["source_uri"], source_root(paths, options)))
-    quarantined = quarantined_inputs(paths, options)
-    patients = storage.read_table(paths.patients_table, options)
-    model = model_info(paths.store, settings["model_version"], options)
-    images = storage.open_cells_array(paths.cells_zarr, options)
+    cells = store.read_table(paths.cells_table)
+    cells = cells.assign(name=input_names(cells["source_uri"], source_root(paths)))
+    quarantined = quarantined_inputs(paths)
+    patients = store.read_table(paths.patients_table)
+    model = model_info(store, settings["model_version"])
+    images = store.open_cells_array(paths.cells_zarr)
     threshold = float(settings["threshold"])
     for summary in patients.to_dict(orient="records"):
         patient_id = summary["patient_id"]
-        gallery, explained = _gallery(paths, cells, patient_id, top_k, images, options)
+        gallery, explained = _gallery(paths, cells, patient_id, top_k, images)
         mine = cells[cells["patient_id"] == patient_id]
         probabilities = call_probabilities(mine)  # calibrated where a site calibration was applied
         lost = quarantined.loc[quarantined["patient_id"] == patient_id, ["name", "reason"]]
@@ -97,10 +98,10 @@ def build_reports(paths: storage.ScoringPaths, store_options: dict | None = None
                                gallery=gallery, explained=explained, model=model,
                                cell_types=_type_rows(mine, threshold),
                                quarantined=tuple(lost.to_dict(orient="records")))
-        storage.write_bytes(report_url(paths, patient_id), render_patient_report(report).encode(), options)
+        store.write_bytes(report_url(paths, patient_id), render_patient_report(report).encode())
     index = render_cohort_index(paths.run_id, patients, model, cell_types=_type_rows(cells, threshold),
-                                links_note=None if storage.is_local_url(paths.root, options) else OBJECT_STORE_LINKS)
-    return storage.write_bytes(index_url(paths), index.encode(), options)
+                                links_note=None if store.is_local else OBJECT_STORE_LINKS)
+    return store.write_bytes(index_url(paths), index.encode())
 
 
 def _type_rows(cells: pd.DataFrame, threshold: float) -> tuple[dict, ...]:
@@ -108,6 +109,6 @@ def _type_rows(cells: pd.DataFrame, threshold: float) -> tuple[dict, ...]:
 
 
 @store_task("write-reports")
-def write_reports(paths: storage.ScoringPaths, store_options: dict) -> str:
+def write_reports(paths: ScoringPaths) -> str:
     """Task form of :func:`build_reports`; returns the index page's URL."""
-    return build_reports(paths, store_options)
+    return build_reports(paths)

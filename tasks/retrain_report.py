@@ -12,9 +12,9 @@ from aml_model.evaluate import REVIEW_CELLS, BinaryMetrics
 from aml_model.inference import REDUCED_PRECISION_MAX_ABS_DP
 from aml_model.promotion import PromotionDecision
 from aml_model.sampling import group_counts
-from tasks import storage
 from tasks.privacy import prefect_cell_rows
 from tasks.registry import CARD_FILE, ModelRef, models_root
+from tasks.store import Store, join
 from tasks.training import AGREEMENT_CELLS, TrainedModel, TrainingSet
 
 __all__ = ["FIGURE_FILES", "REVIEW_COLUMNS", "model_card", "publish_retrain_report", "publish_skipped"]
@@ -78,7 +78,7 @@ def model_card(
     }
 
 
-def publish_retrain_report(ref: ModelRef, card: dict, store: str) -> None:
+def publish_retrain_report(ref: ModelRef, card: dict, store: Store) -> None:
     """The ``retrain-metrics``, ``retrain-rates-by-type``, ``retrain-cells-to-review`` (when a test cell is
     misclassified) and ``retrain-report`` artifacts of a registered model."""
     metrics, promotion = card["metrics"], card["promotion"]
@@ -93,7 +93,7 @@ def publish_retrain_report(ref: ModelRef, card: dict, store: str) -> None:
         create_table_artifact(key="retrain-cells-to-review", table=prefect_cell_rows(to_review),
                               description=f"{ref.version}: misclassified test cells, the most confident first "
                                           "(a wrong label or a wrong model: look at them)")
-    folder = storage.join(models_root(store), ref.version)
+    folder = join(models_root(store), ref.version)
     verdict = "Promoted to champion" if promotion["promoted"] else "Kept as a candidate"
     create_markdown_artifact(key="retrain-report", markdown="\n".join([
         f"# Model {ref.version}", "", f"**{verdict}**: {promotion['reason']}", "",
@@ -101,7 +101,7 @@ def publish_retrain_report(ref: ModelRef, card: dict, store: str) -> None:
         f"{metrics['sensitivity']:.3f}, specificity {metrics['specificity']:.3f}, F1 {metrics['f1']:.3f}.", "",
         f"{len(to_review)} misclassified test cells to review (at most {REVIEW_CELLS}, the most confident first)"
         + (": artifact `retrain-cells-to-review`." if to_review else "."), "",
-        *[f"- `{storage.join(folder, name)}`" for name in (*FIGURE_FILES, CARD_FILE)]]),
+        *[f"- `{join(folder, name)}`" for name in (*FIGURE_FILES, CARD_FILE)]]),
         description=f"retrain report {ref.version}")
 
 

@@ -1,6 +1,6 @@
 """Operating the run store: list its runs and scorings, show one, prune the old ones (``aml-smear runs``).
 
-No Prefect, no TensorFlow: plain reads and removals through :mod:`tasks.storage`.
+No Prefect, no TensorFlow: plain reads and removals through a :class:`tasks.store.Store`.
 """
 
 from __future__ import annotations
@@ -8,11 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-import fsspec
 import pandas as pd
 
-from tasks import storage
-from tasks.registry import CARD_FILE, models_root
+from tasks.registry import CARD_FILE
+from tasks.store import Store, join
+from tasks.store_layout import ScoringPaths
 from tasks.runs import (LegacyRunError, find_scoring, list_scorings, recorded_completion,
                         recorded_failure)
 
@@ -20,8 +20,9 @@ __all__ = ["RunEntry", "RunPrunePlan", "ScoringView", "list_runs", "plan_prune_r
            "show_scoring"]
 
 
-def runs_root(store: str) -> str:
-    return storage.join(store, "runs")
+def runs_root(store: Store) -> str:
+    """The URL of the store's runs folder (:attr:`Store.runs`)."""
+    return store.runs
 
 
 @dataclass(frozen=True)
@@ -45,8 +46,8 @@ class RunEntry:
     legacy: bool
 
 
-def _modified(url: str, storage_options: dict | None) -> datetime | None:
-    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+def _modified(store: Store, url: str) -> datetime | None:
+    fs, path = store.resolve(url)
     try:
         stamp = fs.modified(path)
     except (FileNotFoundError, NotImplementedError, OSError):
@@ -54,36 +55,34 @@ def _modified(url: str, storage_options: dict | None) -> datetime | None:
     return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
 
 
-def _completed_at(url: str, storage_options: dict | None) -> datetime | None:
+def _completed_at(store: Store, url: str) -> datetime | None:
     """When an existing ``_SUCCESS`` was written: its recorded time, else the file's modification time."""
-    recorded = recorded_completion(url, storage_options)
-    return datetime.fromisoformat(recorded) if recorded else _modified(url, storage_options)
+    recorded = recorded_completion(store, url)
+    return datetime.fromisoformat(recorded) if recorded else _modified(store, url)
 
 
-def _entry(store: str, run_id: str, storage_options: dict | None) -> RunEntry:
-    run = storage.RunPaths(store, run_id)
+def _entry(store: Store, run_id: str) -> RunEntry:
+    run = store.run(run_id)
     try:
-        scorings = tuple(list_scorings(run, storage_options))
+        scorings = tuple(list_scorings(run))
         legacy = False
     except LegacyRunError:
         scorings, legacy = (), True
-    complete = storage.exists(run.success, storage_options)
-    cells = (storage.read_json(run.report, storage_options)["counts"]["cells"]
-             if complete and storage.exists(run.report, storage_options) else None)
-    failure = None if complete else recorded_failure(run, storage_options)
-    times = [_completed_at(run.success, storage_options)] if complete else []
+    complete = store.exists(run.success)
+    cells = store.read_json(run.report)["counts"]["cells"] if complete and store.exists(run.report) else None
+    failure = None if complete else recorded_failure(run)
+    times = [_completed_at(store, run.success)] if complete else []
     times += [datetime.fromisoformat(s["completed_at"]) for s in scorings if s["completed_at"]]
     times += [datetime.fromisoformat(record["failed_at"])
               for record in [failure] + [s["failure"] for s in scorings] if record]
-    times = [t for t in times if t is not None] or [_modified(run.plan, storage_options)]
+    times = [t for t in times if t is not None] or [_modified(store, run.plan)]
     return RunEntry(run_id=run_id, complete=complete, failure=failure, cells=cells, scorings=scorings,
                     last_activity=max((t for t in times if t is not None), default=None), legacy=legacy)
 
 
-def list_runs(store: str, storage_options: dict | None = None) -> list[RunEntry]:
+def list_runs(store: Store) -> list[RunEntry]:
     """Every run of the store, by run id."""
-    return [_entry(store, run_id, storage_options)
-            for run_id in storage.list_names(runs_root(store), storage_options)]
+    return [_entry(store, run_id) for run_id in store.list_names(store.runs)]
 
 
 @dataclass(frozen=True)
@@ -98,7 +97,7 @@ class ScoringView:
         report: the cohort index page, None when the reports are missing.
     """
 
-    scoring: storage.ScoringPaths
+    scoring: ScoringPaths
     completed_at: str | None
     settings: dict
     precisions: tuple[str, ...]
@@ -107,23 +106,22 @@ class ScoringView:
     report: str | None
 
 
-def show_scoring(store: str, run_id: str, score_id: str | None = None,
-                 storage_options: dict | None = None) -> ScoringView:
+def show_scoring(store: Store, run_id: str, score_id: str | None = None) -> ScoringView:
     """The scoring ``score_id`` of the run ``run_id`` (by default its latest complete one), read back.
 
     Raises:
         ValueError: an id that is not one folder name (a path, ``..``).
         ScoringNotFoundError, IncompleteRunError: no such run or scoring, or it is not complete.
     """
-    scoring = find_scoring(storage.RunPaths(store, run_id), score_id, storage_options)
-    markers = [storage.join(scoring.score_shards, name)
-               for name in storage.list_names(scoring.score_shards, storage_options) if name.endswith(".json")]
-    precisions = sorted({storage.read_json(marker, storage_options)["precision"] for marker in markers})
-    quarantine = storage.read_table(scoring.quarantine_table, storage_options)
-    report = scoring.report_index if storage.exists(scoring.report_index, storage_options) else None
-    return ScoringView(scoring=scoring, completed_at=recorded_completion(scoring.success, storage_options),
-                       settings=storage.read_json(scoring.settings, storage_options), precisions=tuple(precisions),
-                       patients=storage.read_table(scoring.patients_table, storage_options),
+    scoring = find_scoring(store.run(run_id), score_id)
+    markers = [join(scoring.score_shards, name)
+               for name in store.list_names(scoring.score_shards) if name.endswith(".json")]
+    precisions = sorted({store.read_json(marker)["precision"] for marker in markers})
+    quarantine = store.read_table(scoring.quarantine_table)
+    report = scoring.report_index if store.exists(scoring.report_index) else None
+    return ScoringView(scoring=scoring, completed_at=recorded_completion(store, scoring.success),
+                       settings=store.read_json(scoring.settings), precisions=tuple(precisions),
+                       patients=store.read_table(scoring.patients_table),
                        quarantine=quarantine.sort_values(["patient_id", "source_uri"]), report=report)
 
 
@@ -135,30 +133,29 @@ class RunPrunePlan:
     kept_old: dict[str, str]
 
 
-def _runs_models_need(store: str, storage_options: dict | None) -> dict[str, str]:
+def _runs_models_need(store: Store) -> dict[str, str]:
     """{run_id: model version} of the runs a registered model was trained on (its card's data.runs)."""
     needed: dict[str, str] = {}
-    root = models_root(store)
-    for version in storage.list_names(root, storage_options):
-        card_url = storage.join(root, version, CARD_FILE)
-        if not storage.exists(card_url, storage_options):
+    root = store.models
+    for version in store.list_names(root):
+        card_url = join(root, version, CARD_FILE)
+        if not store.exists(card_url):
             continue
-        for run_root in storage.read_json(card_url, storage_options).get("data", {}).get("runs", []):
+        for run_root in store.read_json(card_url).get("data", {}).get("runs", []):
             needed.setdefault(run_root.rstrip("/").rsplit("/", 1)[-1], version)
     return needed
 
 
-def plan_prune_runs(store: str, older_than_days: float, storage_options: dict | None = None,
-                    now: datetime | None = None) -> RunPrunePlan:
+def plan_prune_runs(store: Store, older_than_days: float, now: datetime | None = None) -> RunPrunePlan:
     """The runs whose last activity is older than ``older_than_days``, except those a registered model needs.
 
     A run of unknown age is kept. Pruning a run removes its cells and every scoring of it; the
     ledger of scored patients stays, so ``--new-only`` does not score pruned patients again.
     """
     cutoff = (now or datetime.now(UTC)) - timedelta(days=older_than_days)
-    needed = _runs_models_need(store, storage_options)
+    needed = _runs_models_need(store)
     remove, kept = [], {}
-    for entry in list_runs(store, storage_options):
+    for entry in list_runs(store):
         if entry.last_activity is None or entry.last_activity >= cutoff:
             if entry.last_activity is None:
                 kept[entry.run_id] = "age unknown"
@@ -170,20 +167,20 @@ def plan_prune_runs(store: str, older_than_days: float, storage_options: dict | 
     return RunPrunePlan(remove=tuple(remove), kept_old=kept)
 
 
-def prune_runs(store: str, older_than_days: float, storage_options: dict | None = None,
-               dry_run: bool = False, now: datetime | None = None) -> RunPrunePlan:
+def prune_runs(store: Store, older_than_days: float, dry_run: bool = False,
+               now: datetime | None = None) -> RunPrunePlan:
     """Remove the runs :func:`plan_prune_runs` names (nothing with ``dry_run``); returns the plan.
 
     Each run's ``_SUCCESS`` and its scorings' go first, so a prune interrupted half-way leaves
     runs that readers refuse as incomplete, never a complete-looking run with files missing.
     """
-    plan = plan_prune_runs(store, older_than_days, storage_options, now)
+    plan = plan_prune_runs(store, older_than_days, now)
     if dry_run:
         return plan
     for run_id in plan.remove:
-        run = storage.RunPaths(store, run_id)
-        for scoring in storage.list_names(run.scores_root, storage_options):
-            storage.remove(run.scoring(scoring).success, storage_options)
-        storage.remove(run.success, storage_options)
-        storage.remove(run.root, storage_options, recursive=True)
+        run = store.run(run_id)
+        for scoring in store.list_names(run.scores_root):
+            store.remove(run.scoring(scoring).success)
+        store.remove(run.success)
+        store.remove(run.root, recursive=True)
     return plan

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from aml_model.errors import AmlSmearError
-from tasks import storage
+from tasks.store import Store
+from tasks.store_layout import RunPaths, ScoringPaths
 
 __all__ = ["ID_PATTERN", "REUSED_FROM", "IncompleteRunError", "LegacyRunError", "RunConflictError", "RunState",
            "ScoringNotFoundError", "check_id", "derive_score_id", "find_scoring", "list_scorings", "mark_complete",
@@ -50,19 +51,19 @@ class RunState:
     complete: bool
 
 
-def run_state(paths: storage.RunPaths, storage_options: dict | None = None) -> RunState:
-    plan = storage.read_json(paths.plan, storage_options) if storage.exists(paths.plan, storage_options) else None
-    return RunState(plan=plan, complete=storage.exists(paths.success, storage_options))
+def run_state(paths: RunPaths) -> RunState:
+    store = paths.store
+    plan = store.read_json(paths.plan) if store.exists(paths.plan) else None
+    return RunState(plan=plan, complete=store.exists(paths.success))
 
 
-def mark_complete(paths: storage.RunPaths | storage.ScoringPaths, storage_options: dict | None = None) -> None:
+def mark_complete(paths: RunPaths | ScoringPaths) -> None:
     """Write ``_SUCCESS``, last: it holds the completion time, which orders a run's scorings."""
-    storage.write_json(paths.success, {"completed_at": datetime.now(UTC).isoformat()}, storage_options)
+    paths.store.write_json(paths.success, {"completed_at": datetime.now(UTC).isoformat()})
 
 
 @contextlib.contextmanager
-def recording_failure(records: Sequence[storage.RunPaths | storage.ScoringPaths],
-                      storage_options: dict | None = None) -> Iterator[None]:
+def recording_failure(records: Sequence[RunPaths | ScoringPaths]) -> Iterator[None]:
     """Around the work that writes ``records``: when it raises, each one it left incomplete records why.
 
     Without the record a failed run looks like one still running, and ``aml-smear runs list``
@@ -72,7 +73,7 @@ def recording_failure(records: Sequence[storage.RunPaths | storage.ScoringPaths]
     killed writes nothing: its run stays incomplete.
     """
     for paths in records:
-        storage.remove(paths.failed, storage_options)
+        paths.store.remove(paths.failed)
     try:
         yield
     except Exception as exc:
@@ -81,75 +82,72 @@ def recording_failure(records: Sequence[storage.RunPaths | storage.ScoringPaths]
         for paths in records:
             # A store that refused the work may refuse the record too: the work's own error is what to raise.
             with contextlib.suppress(OSError):
-                if storage.exists(paths.root, storage_options) and not storage.exists(paths.success, storage_options):
-                    storage.write_json(paths.failed, failure, storage_options)
+                if paths.store.exists(paths.root) and not paths.store.exists(paths.success):
+                    paths.store.write_json(paths.failed, failure)
         raise
 
 
-def recorded_failure(paths: storage.RunPaths | storage.ScoringPaths,
-                     storage_options: dict | None = None) -> dict | None:
+def recorded_failure(paths: RunPaths | ScoringPaths) -> dict | None:
     """The failure a run or scoring records (failed_at, reason); None when it has none or completed since."""
-    if storage.exists(paths.success, storage_options) or not storage.exists(paths.failed, storage_options):
+    if paths.store.exists(paths.success) or not paths.store.exists(paths.failed):
         return None
-    return storage.read_json(paths.failed, storage_options)
+    return paths.store.read_json(paths.failed)
 
 
-def require_complete(paths: storage.RunPaths | storage.ScoringPaths, storage_options: dict | None = None) -> None:
+def require_complete(paths: RunPaths | ScoringPaths) -> None:
     """Raise unless the run (or scoring) finished: readers must not take a partial one for a result."""
-    if not storage.exists(paths.success, storage_options):
-        what = (f"scoring {paths.score_id} of run {paths.run_id}" if isinstance(paths, storage.ScoringPaths)
+    if not paths.store.exists(paths.success):
+        what = (f"scoring {paths.score_id} of run {paths.run_id}" if isinstance(paths, ScoringPaths)
                 else f"run {paths.run_id}")
-        failure = recorded_failure(paths, storage_options)
+        failure = recorded_failure(paths)
         why = (f"it failed ({failure['reason']})" if failure
                else "it was interrupted or is still running")
-        message = (f"{what} in {paths.store} is incomplete (no _SUCCESS): {why}; "
+        message = (f"{what} in {paths.store.url} is incomplete (no _SUCCESS): {why}; "
                    f"rerun it with the same settings to complete it")
         raise IncompleteRunError(message)
 
 
-def recorded_completion(success_url: str, storage_options: dict | None = None) -> str | None:
-    """The completion time (ISO) a ``_SUCCESS`` records; None when it records none.
+def recorded_completion(store: Store, success_url: str) -> str | None:
+    """The completion time (ISO) a ``_SUCCESS`` of ``store`` records; None when it records none.
 
     A _SUCCESS written by hand (or by an older writer) may be empty: complete, time unknown.
     """
-    data = storage.read_bytes(success_url, storage_options)
+    data = store.read_bytes(success_url)
     return json.loads(data).get("completed_at") if data.strip() else None
 
 
-def _require_current_layout(run: storage.RunPaths, storage_options: dict | None) -> None:
-    if storage.exists(run.legacy_score_record, storage_options) and not storage.exists(run.scores_root,
-                                                                                        storage_options):
-        message = (f"run {run.run_id} in {run.store} is in the old run-store layout (its scoring at the run root, "
+def _require_current_layout(run: RunPaths) -> None:
+    if run.store.exists(run.legacy_score_record) and not run.store.exists(run.scores_root):
+        message = (f"run {run.run_id} in {run.store.url} is in the old run-store layout (its scoring at the run root, "
                    f"{run.legacy_score_record}); this version reads scorings from runs/<run>/scores/<score>/ "
                    f"and does not convert old runs: score the source again (its cells are decoded once more "
                    f"into a new run), or read the old tables directly")
         raise LegacyRunError(message)
 
 
-def list_scorings(run: storage.RunPaths, storage_options: dict | None = None) -> list[dict]:
+def list_scorings(run: RunPaths) -> list[dict]:
     """Every scoring of ``run``, oldest complete first, incomplete ones last.
 
     Returns:
         One dict per scoring: score_id, complete, completed_at (ISO time or None), failure
         (:func:`recorded_failure`) and the settings of its score.json (None if it has none yet).
     """
-    _require_current_layout(run, storage_options)
-    if not storage.exists(run.scores_root, storage_options):
+    _require_current_layout(run)
+    store = run.store
+    if not store.exists(run.scores_root):
         return []
     scorings = []
-    for score_id in storage.list_names(run.scores_root, storage_options):
+    for score_id in store.list_names(run.scores_root):
         paths = run.scoring(score_id)
-        done = storage.exists(paths.success, storage_options)
-        settings = (storage.read_json(paths.settings, storage_options)
-                    if storage.exists(paths.settings, storage_options) else None)
-        completed_at = recorded_completion(paths.success, storage_options) if done else None
+        done = store.exists(paths.success)
+        settings = store.read_json(paths.settings) if store.exists(paths.settings) else None
+        completed_at = recorded_completion(store, paths.success) if done else None
         scorings.append({"score_id": score_id, "complete": done, "completed_at": completed_at,
-                         "failure": None if done else recorded_failure(paths, storage_options), "settings": settings})
+                         "failure": None if done else recorded_failure(paths), "settings": settings})
     return sorted(scorings, key=lambda s: (not s["complete"], s["completed_at"] or "", s["score_id"]))
 
 
-def find_scoring(run: storage.RunPaths, score_id: str | None = None,
-                 storage_options: dict | None = None) -> storage.ScoringPaths:
+def find_scoring(run: RunPaths, score_id: str | None = None) -> ScoringPaths:
     """The named scoring of ``run``, or its latest complete one; raises if there is none to read.
 
     Raises:
@@ -159,22 +157,22 @@ def find_scoring(run: storage.RunPaths, score_id: str | None = None,
     check_id(run.run_id, "run id")
     if score_id is not None:
         check_id(score_id, "score id")
-    if not storage.exists(run.root, storage_options):
-        message = f"no run {run.run_id} in {run.store} ({run.root} does not exist)"
+    if not run.store.exists(run.root):
+        message = f"no run {run.run_id} in {run.store.url} ({run.root} does not exist)"
         raise ScoringNotFoundError(message)
-    scorings = list_scorings(run, storage_options)
+    scorings = list_scorings(run)
     if score_id is not None:
         if score_id not in {s["score_id"] for s in scorings}:
             message = (f"run {run.run_id} has no scoring {score_id}; its scorings: "
                        f"{', '.join(s['score_id'] for s in scorings) or 'none'}")
             raise ScoringNotFoundError(message)
         paths = run.scoring(score_id)
-        require_complete(paths, storage_options)
+        require_complete(paths)
         return paths
     complete = [s for s in scorings if s["complete"]]
     if not complete:
         state = "only incomplete scorings (interrupted or still running)" if scorings else "no scoring"
-        message = f"run {run.run_id} in {run.store} has {state}: score it to read its calls"
+        message = f"run {run.run_id} in {run.store.url} has {state}: score it to read its calls"
         raise ScoringNotFoundError(message)
     return run.scoring(complete[-1]["score_id"])
 
@@ -192,8 +190,7 @@ def check_id(value: str, what: str = "run id") -> str:
     return value
 
 
-def reusable_probabilities(scoring: storage.ScoringPaths, settings: dict,
-                           storage_options: dict | None = None) -> storage.ScoringPaths | None:
+def reusable_probabilities(scoring: ScoringPaths, settings: dict) -> ScoringPaths | None:
     """The latest complete other scoring of the same run whose probabilities ``settings`` would compute again.
 
     The probabilities depend on the cells (the run), the model and the precision only: a scoring
@@ -201,7 +198,7 @@ def reusable_probabilities(scoring: storage.ScoringPaths, settings: dict,
     model. None when there is no such scoring.
     """
     wanted = {key: settings[key] for key in _PROBABILITY_SETTINGS}
-    for entry in reversed(list_scorings(scoring.ingest, storage_options)):
+    for entry in reversed(list_scorings(scoring.ingest)):
         recorded = entry["settings"] or {}
         if (entry["complete"] and entry["score_id"] != scoring.score_id
                 and all(recorded.get(key) == value for key, value in wanted.items())):
@@ -216,8 +213,7 @@ def derive_score_id(settings: dict) -> str:
     return f"{settings['model_version']}-{digest[:8]}"
 
 
-def open_scoring(scoring: storage.ScoringPaths, settings: dict, storage_options: dict | None = None,
-                 reused_from: str | None = None) -> bool:
+def open_scoring(scoring: ScoringPaths, settings: dict, reused_from: str | None = None) -> bool:
     """Record a new scoring's settings, or check them against those it was started with.
 
     A finished scoring is never rewritten: a score id that holds other settings is refused
@@ -226,22 +222,23 @@ def open_scoring(scoring: storage.ScoringPaths, settings: dict, storage_options:
     another source of probabilities records the new one. Returns whether the scoring is already
     complete.
     """
-    _require_current_layout(scoring.ingest, storage_options)
+    _require_current_layout(scoring.ingest)
+    store = scoring.store
     settings = json.loads(json.dumps(settings))
     record = settings | ({REUSED_FROM: reused_from} if reused_from else {})
-    if storage.exists(scoring.settings, storage_options):
-        recorded = storage.read_json(scoring.settings, storage_options)
+    if store.exists(scoring.settings):
+        recorded = store.read_json(scoring.settings)
         recorded_settings = {key: value for key, value in recorded.items() if key != REUSED_FROM}
         if recorded_settings != settings:
             changed = sorted(k for k in recorded_settings.keys() | settings.keys()
                              if recorded_settings.get(k) != settings.get(k))
-            message = (f"scoring {scoring.score_id} of run {scoring.run_id} in {scoring.store} was made with other "
+            message = (f"scoring {scoring.score_id} of run {scoring.run_id} in {scoring.store.url} was made with other "
                        f"settings ({', '.join(changed)} differ); a scoring is never rewritten: leave the score id "
                        f"out (other settings get their own) or name a new one")
             raise RunConflictError(message)
-        if storage.exists(scoring.success, storage_options):
+        if store.exists(scoring.success):
             return True
         if recorded == record:
             return False
-    storage.write_json(scoring.settings, record, storage_options)
+    store.write_json(scoring.settings, record)
     return False

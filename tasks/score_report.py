@@ -10,15 +10,15 @@ from prefect.settings import PREFECT_API_URL
 from aml_model.aggregate import RESEARCH_NOTE
 from aml_model.config import SummaryConfig
 from aml_model.report import cell_type_rates
-from tasks import storage
 from tasks.events import emit_aml_suspected
 from tasks.links import index_link, reports_markdown
 from tasks.privacy import prefect_patients_table
+from tasks.store_layout import ScoringPaths
 
 __all__ = ["overview_markdown", "publish_scoring"]
 
 
-def overview_markdown(patients, scoring: storage.ScoringPaths, model_version: str, config: SummaryConfig) -> str:
+def overview_markdown(patients, scoring: ScoringPaths, model_version: str, config: SummaryConfig) -> str:
     """The cohort-overview markdown; ``patients`` as Prefect may see it (:func:`prefect_patients_table`)."""
     counts = patients["call"].value_counts().to_dict()
     lines = [f"# AML smear scoring: run {scoring.run_id}, scoring {scoring.score_id}", "", f"**{RESEARCH_NOTE}**", "",
@@ -42,8 +42,7 @@ def _artifact_url(artifact_id) -> str:
     return f"{api.rstrip('/')}/artifacts/{artifact_id}" if api else str(artifact_id)
 
 
-def publish_scoring(scoring: storage.ScoringPaths, patients, model_version: str, config: SummaryConfig,
-                    store_options: dict) -> dict[str, str]:
+def publish_scoring(scoring: ScoringPaths, patients, model_version: str, config: SummaryConfig) -> dict[str, str]:
     """What a complete scoring sends to Prefect: its artifacts (patient calls, cohort overview, report
     links, per-type rates) and an event per AML_SUSPECTED patient, patient ids as :mod:`tasks.privacy` says.
 
@@ -56,13 +55,13 @@ def publish_scoring(scoring: storage.ScoringPaths, patients, model_version: str,
                                   .to_dict(orient="records"), description=f"per-patient AML calls, {where}")
     create_markdown_artifact(key="cohort-overview", markdown=overview_markdown(shown, scoring, model_version, config),
                              description=f"cohort overview, {where}")
-    index = index_link(scoring, store_options)
+    index = index_link(scoring)
     expiry = f"; {index.expiry_note}" if index.expiry_note else ""
     reports = create_link_artifact(key="report-index", link=index.url, link_text=f"Cohort reports, {where}",
                                    description=f"the cohort's HTML reports, {where}{expiry}")
-    create_markdown_artifact(key="patient-reports", markdown=reports_markdown(scoring, patients, index, store_options),
+    create_markdown_artifact(key="patient-reports", markdown=reports_markdown(scoring, patients, index),
                              description=f"per-patient HTML reports, {where}{expiry}")
-    rates = cell_type_rates(storage.read_table(scoring.cells_table, store_options), config.threshold)
+    rates = cell_type_rates(scoring.store.read_table(scoring.cells_table), config.threshold)
     if len(rates):
         create_table_artifact(key="per-type-rates", table=rates.astype(object).where(rates.notna(), None)
                               .to_dict(orient="records"), description=f"blast-like rate per cell type, {where}")

@@ -8,8 +8,9 @@ import pandas as pd
 from aml_model.aggregate import summarise_cohort, with_corrected_fraction
 from aml_model.calibration import CALIBRATED_COLUMN, OperatingPoint, SiteCalibration
 from aml_model.config import SummaryConfig
-from tasks import storage
 from tasks.retry import store_task
+from tasks.store import PROBABILITIES
+from tasks.store_layout import ScoringPaths
 
 __all__ = ["score_columns", "write_scored_tables"]
 
@@ -41,10 +42,9 @@ def score_columns(cells: pd.DataFrame, probabilities: np.ndarray, threshold: flo
 
 @store_task("summarise")
 def write_scored_tables(
-    paths: storage.ScoringPaths,
+    paths: ScoringPaths,
     config: SummaryConfig,
     model_version: str,
-    store_options: dict,
     calibration: SiteCalibration | None = None,
     patient_versions: dict[str, str] | None = None,
     operating_point: OperatingPoint | None = None,
@@ -58,17 +58,18 @@ def write_scored_tables(
     (:data:`aml_model.aggregate.CORRECTED_COLUMNS`). ``patient_versions`` (patient_id -> hash of
     its image set, :mod:`tasks.arrivals`) becomes the patient_version column.
     """
-    cells = storage.read_table(paths.ingest_cells_table, store_options)
-    quarantine = storage.read_table(paths.quarantine_table, store_options)
-    probabilities = storage.open_cells_array(paths.probabilities_zarr, store_options, name=storage.PROBABILITIES)[:]
+    store = paths.store
+    cells = store.read_table(paths.ingest_cells_table)
+    quarantine = store.read_table(paths.quarantine_table)
+    probabilities = store.open_cells_array(paths.probabilities_zarr, name=PROBABILITIES)[:]
     scored = score_columns(cells, probabilities, config.threshold, model_version, calibration)
-    report = storage.read_json(paths.report, store_options)
+    report = store.read_json(paths.report)
     called = scored if calibration is None else scored.assign(probability=scored[CALIBRATED_COLUMN])
     patients = summarise_cohort(called, quarantine, config, model_version,
                                 extra_patients=tuple(report.get("empty_patients", ())))
     if operating_point is not None:
         patients = with_corrected_fraction(patients, operating_point.sensitivity, operating_point.false_positive_rate)
     patients["patient_version"] = patients["patient_id"].map(patient_versions or {})
-    storage.write_table(scored, paths.cells_table, store_options)
-    storage.write_table(patients, paths.patients_table, store_options)
+    store.write_table(scored, paths.cells_table)
+    store.write_table(patients, paths.patients_table)
     return patients

@@ -18,10 +18,11 @@ from prefect.exceptions import MissingContextError
 from aml_model.config import ScoringConfig
 from aml_model.evaluate import BinaryMetrics, compute_metrics
 from aml_model.zarr_rows import Rows
-from tasks import storage
-from tasks.retry import store_task
-from tasks.throttle import Throttle
 from tasks.registry import CARD_FILE, MODEL_FILE, ModelRef, finish_registration, models_root, resolve_model, stage_model
+from tasks.retry import store_task
+from tasks.store import Store, join
+from tasks.store_layout import RunPaths
+from tasks.throttle import Throttle
 
 __all__ = ["TrainedModel", "TrainingSet", "cell_rows", "compare_with_champion", "evaluation_files", "fit_head",
            "load_cells", "load_training_set", "predict_cells", "register_challenger", "train_on_features",
@@ -77,21 +78,20 @@ class TrainedModel:
     precision_agreement: dict[str, float]
 
 
-def load_training_set(run_roots: list[storage.RunPaths], storage_options: dict,
-                      sources: list[str] | None = None, labelled_only: bool = True) -> TrainingSet:
+def load_training_set(run_roots: list[RunPaths], sources: list[str] | None = None,
+                      labelled_only: bool = True) -> TrainingSet:
     """Read the runs' cell tables and keep the labelled cells, each image once (the first
     source that holds it keeps it).
 
     Args:
-        run_roots: one ingest run per source.
+        run_roots: one ingest run per source (each read through its own store).
         sources: the source of each run, for per-source balance and figures; the run ids
             when omitted.
         labelled_only: keep only labelled cells (training); else every cell (pretraining), and
             ``y`` is 1 for the labelled blasts only.
     """
     names = sources or [paths.root for paths in run_roots]
-    frames = [storage.read_table(paths.cells_table, storage_options).assign(cells_zarr=paths.cells_zarr,
-                                                                             source=name)
+    frames = [paths.store.read_table(paths.cells_table).assign(cells_zarr=paths.cells_zarr, source=name)
               for paths, name in zip(run_roots, names, strict=True)]
     cells = pd.concat(frames, ignore_index=True)
     if "cell_type" not in cells:
@@ -102,18 +102,18 @@ def load_training_set(run_roots: list[storage.RunPaths], storage_options: dict,
                        len(labelled) - len(unique))
 
 
-def cell_rows(frame: pd.DataFrame, storage_options: dict) -> Rows:
+def cell_rows(frame: pd.DataFrame, store: Store) -> Rows:
     """The uint8 images of the given cells (cells_zarr, zarr_index), in the frame's order, unread:
-    index the result with positions to read them, or train on it a batch at a time."""
-    return Rows.named(frame["cells_zarr"], frame["zarr_index"],
-                      lambda url: storage.open_cells_array(url, storage_options))
+    index the result with positions to read them, or train on it a batch at a time. ``store``
+    reaches the cells_zarr URLs (its options are used)."""
+    return Rows.named(frame["cells_zarr"], frame["zarr_index"], lambda url: store.open_cells_array(url))
 
 
-def load_cells(frame: pd.DataFrame, storage_options: dict) -> np.ndarray:
+def load_cells(frame: pd.DataFrame, store: Store) -> np.ndarray:
     """The uint8 images of the given cells (cells_zarr, zarr_index), in the frame's order."""
     if not len(frame):
         return np.empty((0, 0, 0, 3), np.uint8)
-    return cell_rows(frame, storage_options)[np.arange(len(frame))]
+    return cell_rows(frame, store)[np.arange(len(frame))]
 
 
 def predict_cells(model, cells, batch_size: int = ScoringConfig.batch_size) -> np.ndarray:
@@ -137,16 +137,15 @@ def evaluation_files(history: dict, metrics: BinaryMetrics, y_test: np.ndarray, 
     }
 
 
-def _load(ref: ModelRef, storage_options: dict):
+def _load(ref: ModelRef, store: Store):
     from aml_model.io import load_model
 
-    return load_model(storage.local_copy(ref.url, storage_options, f"{ref.version}.keras", ref.sha256), compile=False)
+    return load_model(store.local_copy(ref.url, f"{ref.version}.keras", ref.sha256), compile=False)
 
 
 @store_task("compare-with-champion")
 def compare_with_champion(
-    store: str,
-    storage_options: dict,
+    store: Store,
     challenger: ModelRef,
     test: pd.DataFrame,
     y_test: np.ndarray,
@@ -164,54 +163,51 @@ def compare_with_champion(
         (champion version or None, {test set name: (challenger metrics, champion metrics)}).
     """
     try:
-        ref = resolve_model("champion", store, storage_options)
+        ref = resolve_model("champion", store)
     except FileNotFoundError:
         return None, {}
     if ref.image_size != challenger.image_size:
-        card = storage.read_json(storage.join(models_root(store), ref.version, CARD_FILE), storage_options)
+        card = store.read_json(join(models_root(store), ref.version, CARD_FILE))
         recorded = BinaryMetrics(**card["metrics"])
         return ref.version, {"each model's own test cells (input sizes differ)":
                              (compute_metrics(y_test, p_test, threshold), recorded)}
     comparisons = {"challenger's test cells": (
         compute_metrics(y_test, p_test, threshold),
-        compute_metrics(y_test, predict_cells(_load(ref, storage_options), cell_rows(test, storage_options)),
-                        threshold),
+        compute_metrics(y_test, predict_cells(_load(ref, store), cell_rows(test, store)), threshold),
     )}
-    theirs_url = storage.join(models_root(store), ref.version, TEST_PREDICTIONS)
-    if storage.exists(theirs_url, storage_options):
-        theirs = storage.read_table(theirs_url, storage_options)
-        present = theirs[[storage.exists(u, storage_options) for u in theirs["cells_zarr"]]].reset_index(drop=True)
+    theirs_url = join(models_root(store), ref.version, TEST_PREDICTIONS)
+    if store.exists(theirs_url):
+        theirs = store.read_table(theirs_url)
+        present = theirs[[store.exists(u) for u in theirs["cells_zarr"]]].reset_index(drop=True)
         if len(present) and present["label"].nunique() == 2:
             y = (present["label"] == "blast").to_numpy(int)
             comparisons["champion's test cells"] = (
-                compute_metrics(y, predict_cells(_load(challenger, storage_options),
-                                                 cell_rows(present, storage_options)), threshold),
+                compute_metrics(y, predict_cells(_load(challenger, store), cell_rows(present, store)), threshold),
                 compute_metrics(y, present["probability"].to_numpy(), threshold),
             )
     return ref.version, comparisons
 
 
 def register_challenger(trained: TrainedModel, card: dict, figures: dict[str, bytes], test: pd.DataFrame,
-                        store: str, storage_options: dict) -> ModelRef:
+                        store: Store) -> ModelRef:
     """Complete the staged model's registration: figures, test predictions, then its card."""
     predictions = test[["cell_id", "sha256", "label", "cells_zarr", "zarr_index"]].assign(probability=trained.p_test)
     buffer = io.BytesIO()
     predictions.to_parquet(buffer, index=False)
-    return finish_registration(trained.ref, card, store, storage_options,
-                               extra_files={**figures, TEST_PREDICTIONS: buffer.getvalue()})
+    return finish_registration(trained.ref, card, store, extra_files={**figures, TEST_PREDICTIONS: buffer.getvalue()})
 
 
-def _measure_agreement(model, test: pd.DataFrame, storage_options: dict) -> dict[str, float]:
+def _measure_agreement(model, test: pd.DataFrame, store: Store) -> dict[str, float]:
     from aml_model.precision import precision_agreement
 
-    return precision_agreement(model, load_cells(test.iloc[:AGREEMENT_CELLS], storage_options))
+    return precision_agreement(model, load_cells(test.iloc[:AGREEMENT_CELLS], store))
 
 
-def _stage(model, store: str, storage_options: dict) -> ModelRef:
+def _stage(model, store: Store) -> ModelRef:
     from aml_model.io import save_model
 
     with tempfile.TemporaryDirectory() as folder:
-        return stage_model(str(save_model(model, os.path.join(folder, MODEL_FILE))), store, storage_options)
+        return stage_model(str(save_model(model, os.path.join(folder, MODEL_FILE))), store)
 
 
 def _record(check) -> dict:
@@ -305,9 +301,19 @@ def fit_head(cache, config, feature_shape, train_rows, y_train_rows, val_rows, y
     return _train_guarded(config, y_val, attempt)
 
 
+def _cached_backbone(cache, config):
+    """The model configuration with the feature cache's backbone weights (the exact weights the
+    features were computed with, :func:`tasks.features.prepare_backbone`) as a local file, for
+    building the model in this task only: the cards record ``config`` itself."""
+    import dataclasses
+
+    local = cache.store.local_copy(cache.weights, f"{cache.backbone_id}.weights.h5")
+    return dataclasses.replace(config.model, backbone_weights=local, backbone_weights_sha256=None)
+
+
 @task(name="train-head-on-features", cache_policy=NO_CACHE)
 def train_on_features(cache, config, feature_shape, train_rows, y_train_rows, val_rows, y_val, test: pd.DataFrame,
-                      storage_options, train_weights=None, val_weights=None):
+                      train_weights=None, val_weights=None):
     """Cached path: fit the head on cached features (:func:`fit_head`), assemble the full model,
     score the test cells (cells_zarr, zarr_index) read a batch at a time, and stage the model in
     the cache's store. Submitted to the flow's task runner, it runs on a Dask worker.
@@ -315,22 +321,18 @@ def train_on_features(cache, config, feature_shape, train_rows, y_train_rows, va
     Returns:
         :class:`TrainedModel`: the staged model's reference, not the Keras object.
     """
-    import dataclasses
-
     from aml_model.architecture import assemble_model
 
     head, history, best, attempts = fit_head(cache, config, feature_shape, train_rows, y_train_rows, val_rows, y_val,
                                              train_weights, val_weights)
-    weights = storage.local_copy(cache.weights, storage_options, f"{cache.backbone_id}.weights.h5")
-    model = assemble_model(dataclasses.replace(config.model, backbone_weights=weights, backbone_weights_sha256=None),
-                           head)
-    p_test = predict_cells(model, cell_rows(test, storage_options))
-    return TrainedModel(_stage(model, cache.store, storage_options), history, best, p_test, attempts,
-                        _measure_agreement(model, test, storage_options))
+    store = cache.store
+    model = assemble_model(_cached_backbone(cache, config), head)
+    p_test = predict_cells(model, cell_rows(test, store))
+    return TrainedModel(_stage(model, store), history, best, p_test, attempts, _measure_agreement(model, test, store))
 
 
 @task(name="train-plain", cache_policy=NO_CACHE)
-def train_plain(cache, config, cells: pd.DataFrame, y, split, storage_options, train_weights=None, val_weights=None):
+def train_plain(cache, config, cells: pd.DataFrame, y, split, train_weights=None, val_weights=None):
     """Plain path: the full model in the loop, augmentation on the fly every epoch, cells read
     from their runs' cells.zarr a batch at a time; the same collapse guard as :func:`fit_head`.
     The model is staged in the cache's store, as :func:`train_on_features` does.
@@ -341,16 +343,14 @@ def train_plain(cache, config, cells: pd.DataFrame, y, split, storage_options, t
     Returns:
         :class:`TrainedModel`.
     """
-    import dataclasses
-
     import keras
 
     from aml_model.architecture import build_model
     from aml_model.train import train_model
 
-    weights = storage.local_copy(cache.weights, storage_options, f"{cache.backbone_id}.weights.h5")
-    model_config = dataclasses.replace(config.model, backbone_weights=weights, backbone_weights_sha256=None)
-    images = cell_rows(cells, storage_options)
+    store = cache.store
+    model_config = _cached_backbone(cache, config)
+    images = cell_rows(cells, store)
     train, val = images.subset(split["train"]), images.subset(split["val"])
 
     def attempt(train_config):
@@ -363,5 +363,5 @@ def train_plain(cache, config, cells: pd.DataFrame, y, split, storage_options, t
 
     model, history, best, attempts = _train_guarded(config, y[split["val"]], attempt)
     p_test = predict_cells(model, images.subset(split["test"]))
-    return TrainedModel(_stage(model, cache.store, storage_options), history, best, p_test, attempts,
-                        _measure_agreement(model, cells.iloc[split["test"]], storage_options))
+    return TrainedModel(_stage(model, store), history, best, p_test, attempts,
+                        _measure_agreement(model, cells.iloc[split["test"]], store))

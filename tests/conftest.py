@@ -7,8 +7,12 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tasks.store import Store
 
 # Set before anything imports Keras or Prefect: a bare `import keras` writes $KERAS_HOME.
 # One home per test run: the pytest process that makes it removes it at exit; xdist workers and
@@ -70,7 +74,7 @@ def s3_endpoint():
 
 @pytest.fixture
 def s3_bucket(s3_endpoint, request):
-    """A fresh, empty bucket; yields (bucket name, storage_options)."""
+    """A fresh, empty bucket; yields (bucket name, its fsspec options: `Store(f"s3://{bucket}/...", options)`)."""
     import re
     import uuid
 
@@ -97,11 +101,9 @@ def drain_prefect_events() -> None:
     EventsWorker.drain_all(timeout=30)
 
 
-def upload_folder(local: Path, url: str, storage_options: dict) -> None:
-    """Copy a local folder tree to an fsspec URL (tests build S3 sources this way)."""
-    import fsspec
-
-    fs, root = fsspec.core.url_to_fs(url, **storage_options)
+def upload_folder(local: Path, target: Store) -> None:
+    """Copy a local folder tree under the root of ``target`` (tests build S3 sources this way)."""
+    fs, root = target.resolve()
     for path in sorted(local.rglob("*")):
         if path.is_file():
             fs.pipe_file(f"{root}/{path.relative_to(local).as_posix()}", path.read_bytes())

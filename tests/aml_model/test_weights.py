@@ -1,13 +1,16 @@
+import dataclasses
 import hashlib
+import re
 
 import keras
 import numpy as np
 import pytest
 
-from aml_model.architecture import build_backbone, seed_weights, whole_backbone
+from aml_model.architecture import build_backbone, resolve_backbone_weights, seed_weights, whole_backbone
 from aml_model.config import ModelConfig
 from aml_model.errors import BackboneWeightsError, WeightsHashMismatchError
-from aml_model.weights import load_backbone_weights, partial_weights_layers, save_partial_weights
+from aml_model.weights import (load_backbone_weights, local_weights_file, local_weights_path, partial_weights_layers,
+                               save_partial_weights)
 
 THIRD_STAGE = "conv3_block4_out"
 
@@ -89,3 +92,41 @@ def test_other_files_are_not_taken_for_partial_ones(tmp_path):
     text = tmp_path / "notes.h5"
     text.write_text("not HDF5")
     assert partial_weights_layers(text) is None
+
+
+@pytest.mark.parametrize("url", ["s3://bucket/cells.h5", "https://example.org/cells.h5",
+                                 "simplecache::s3://b/cells.h5"])
+def test_a_remote_weights_url_must_be_fetched_first(url):
+    """This library reads local files only: the caller fetches a remote file (tasks.weights)."""
+    with pytest.raises(BackboneWeightsError, match=f"backbone weights file {re.escape(url)} is not a local file: "
+                                                   f"it must be fetched first"):
+        build_backbone(ModelConfig(image_size=32, backbone_weights=url))
+    with pytest.raises(BackboneWeightsError, match="must be fetched first"):
+        local_weights_file(url)
+
+
+def test_the_local_copy_of_a_remote_file_is_read_in_its_place_and_checked(trained, tmp_path):
+    """The configuration keeps the URL; the weights come from the local copy given, checked against its sha256."""
+    _, path = trained
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    config = ModelConfig(image_size=32, backbone_weights="s3://bucket/cells.h5", backbone_weights_sha256=digest,
+                         feature_layer=THIRD_STAGE, feature_pooling="mean_std")
+    assert resolve_backbone_weights(config, str(path)) == str(path)
+    reference = dataclasses.replace(config, backbone_weights=str(path))
+    for a, b in zip(whole_backbone(config, str(path)).weights, whole_backbone(reference).weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    other = tmp_path / "other.h5"
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0xFF
+    other.write_bytes(bytes(data))
+    with pytest.raises(WeightsHashMismatchError, match=f"expected {digest}"):
+        build_backbone(config, str(other))
+    with pytest.raises(ValueError, match="names no file"):
+        build_backbone(ModelConfig(image_size=32, backbone_weights="none"), str(path))
+
+
+def test_a_file_url_is_a_local_file(trained):
+    _, path = trained
+    assert local_weights_path(path.as_uri()) == str(path)
+    assert local_weights_file(path.as_uri()) == str(path)
+    assert local_weights_path("s3://bucket/cells.h5") is None

@@ -1,4 +1,4 @@
-"""A real one-machine stack (deployments/local_stack.py): Prefect server, pool, deployments, worker.
+"""A real one-machine stack (app/local_stack.py): Prefect server, pool, deployments, worker.
 
 Not Prefect's test harness: the stack runs as subprocesses with their own PREFECT_HOME on a
 free loopback port, exactly as `make prefect-local` runs it. Every process is stopped by pid.
@@ -62,7 +62,7 @@ def running_stack(root: Path, code: Path, env: dict[str, str], sources: list[str
     port = free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     output = root / "stack.out"
-    command = [sys.executable, "deployments/local_stack.py", "up", "--port", str(port), "--home", str(home),
+    command = [sys.executable, "-m", "app.local_stack", "up", "--port", str(port), "--home", str(home),
                "--store", str(store), *[a for source in sources for a in ("--retrain-source", source)], *arguments]
     with open(output, "wb") as handle:
         stack = subprocess.Popen(command, cwd=code, env=env, stdout=handle, stderr=subprocess.STDOUT,

@@ -1,4 +1,4 @@
-"""deployments/prefect.yaml declares the deployments, and flows/serve.py serves them from it; the Dask runner comes from the env."""
+"""deployments/prefect.yaml declares the deployments, and app/serve.py serves them from it; the Dask runner comes from the env."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from flows.cli import cli
-from flows.serve import (
+from app.cli import cli
+from app.serve import (
     DASK_SCHEDULER_ENV,
     DASK_WORKERS_ENV,
     DEPLOYMENTS,
@@ -150,7 +150,7 @@ def test_dask_runner_from_environment():
 
 
 def test_served_deployments_have_the_names_schedule_and_variable_parameters():
-    from flows.serve import deployed_flow, deployment_options
+    from app.serve import deployed_flow, deployment_options
 
     runner = dask_runner_from_environment({DASK_WORKERS_ENV: "1"})
     variables = {"aml_smear_store": "s3://lab/store", "aml_smear_retrain_sources": ["s3://lab/labelled"]}
@@ -194,7 +194,7 @@ def test_serve_command_help_and_argument_errors():
 
 
 def test_the_pull_steps_variable_is_required_where_work_pools_deploy():
-    from flows.serve import REQUIRED_VARIABLES, pull_step_variables
+    from app.serve import REQUIRED_VARIABLES, pull_step_variables
 
     assert pull_step_variables() == {"aml_smear_code_dir"}, "the one pull step changes to the code's folder"
     assert not pull_step_variables() & REQUIRED_VARIABLES, "aml-smear serve runs in place: it needs no pull step"
@@ -203,7 +203,7 @@ def test_the_pull_steps_variable_is_required_where_work_pools_deploy():
 
 
 def test_the_nightlys_time_zone_is_a_variable_with_a_default():
-    from flows.serve import DEFAULT_TIMEZONE, deployment_options, schedule_timezone
+    from app.serve import DEFAULT_TIMEZONE, deployment_options, schedule_timezone
 
     assert NIGHTLY_RETRAIN.timezone_variable == "aml_smear_timezone" and NIGHTLY_RETRAIN.timezone == DEFAULT_TIMEZONE
     assert schedule_timezone(NIGHTLY_RETRAIN, {}) == "Europe/Berlin"

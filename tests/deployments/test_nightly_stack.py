@@ -74,7 +74,7 @@ def test_bootstrap_then_the_nightly_skips_until_a_variable_changes(clean_stack):
                         ("aml_smear_retrain_options", '{"augment_views": 0, "patience": 1}')):
         _run([*PREFECT, "variable", "set", name, value], clean_stack, timeout=120)
 
-    bootstrap = _run([sys.executable, "-c", "from flows.cli import main; main()", "bootstrap", "--from-variables",
+    bootstrap = _run([sys.executable, "-c", "from app.cli import main; main()", "bootstrap", "--from-variables",
                       "--workers", "1"], clean_stack)
     (champion,) = _versions(store)
     assert f"champion {champion}: trained on 1 source(s)" in bootstrap.stdout

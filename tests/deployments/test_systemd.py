@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.serve import WORK_POOL
+from app.serve import WORK_POOL
 from tests.deployments.conftest import REPO_ROOT
 
 UNITS = REPO_ROOT / "deployments" / "systemd"
@@ -40,7 +40,7 @@ def test_units_restart_on_failure_and_log_to_journald(name):
     environment = dict(item.split("=", 1) for item in shlex.split(service["Environment"]))
     assert environment["PREFECT_HOME"] == "/var/lib/aml-smear/prefect"
     if name == "aml-smear-prefect-server.service":  # as the local stack's server: `--watch` shows the logs
-        from deployments.local_stack import LOG_STREAMING
+        from app.local_stack import LOG_STREAMING
 
         assert LOG_STREAMING.items() <= environment.items()
 

@@ -14,6 +14,7 @@ from prefect.client.orchestration import get_client
 
 from deployments.automations import automations, install
 from tasks.events import EVENTS, MODEL_PROMOTED, emit_model_promoted
+from tasks.store import Store
 
 
 @pytest.fixture
@@ -60,7 +61,7 @@ def test_a_promotion_event_reaches_the_webhook(webhook):
                                    json_data={"subject": "{{subject}}", "text": "{{body}}"}).save(
         "aml-alerts", overwrite=True)
     install("custom-webhook/aml-alerts")
-    emit_model_promoted("/data/store", "v-20261130-abc", "v-20261129-def", "no champion yet", by="retrain")
+    emit_model_promoted(Store("/data/store"), "v-20261130-abc", "v-20261129-def", "no champion yet", by="retrain")
     try:
         body = received.get(timeout=90)
     except queue.Empty:

@@ -10,13 +10,13 @@ from aml_model.evaluate import compute_metrics
 from aml_model.io import load_model
 from aml_model.predict import predict_batch
 from flows.calibrate import calibrate_site
-from tasks import storage
 from tasks.calibration import list_sites, read_site_calibration
 from tasks.registry import register_model, set_champion
+from tasks.store import Store
 from tests.corpus import compose_patient_cohort
 
 
-def champion(store: str, model_file) -> str:
+def champion(store: Store, model_file) -> str:
     ref = register_model(str(model_file), {"config": {"model": {"image_size": 32}}}, store)
     set_champion(store, ref.version)
     return ref.version
@@ -25,7 +25,7 @@ def champion(store: str, model_file) -> str:
 def test_calibrate_site_records_the_calibration_next_to_the_champion(lmu_cells, tmp_path, task_runner,
                                                                       tiny_model_file):
     store = str(tmp_path / "store")
-    version = champion(store, tiny_model_file)
+    version = champion(Store(store), tiny_model_file)
     source = compose_patient_cohort(lmu_cells, tmp_path / "lab", {"P1": (7, 5), "P2": (5, 8)})
     labels = pd.read_csv(source / "labels.csv")
     unlabelled = labels[labels["label"] == "normal"].iloc[-1]["image"]
@@ -38,16 +38,16 @@ def test_calibrate_site_records_the_calibration_next_to_the_champion(lmu_cells, 
     data = json.loads(path.read_text())
     assert (data["site"], data["model_version"], data["n_blast"], data["n_other"]) == ("lab-a", version, 12, 12)
     assert data["source"] == str(source) and data["run_id"] == result["run_id"]
-    assert list_sites(store, version) == ["lab-a"]
-    calibration = read_site_calibration(store, "lab-a", version)
+    assert list_sites(Store(store), version) == ["lab-a"]
+    calibration = read_site_calibration(Store(store), "lab-a", version)
     assert calibration.slope > 0 and calibration.threshold == 0.5
 
     # The figures are those of the model's own probabilities of the 24 labelled cells.
-    paths = storage.RunPaths(store, result["run_id"])
+    paths = Store(store).run(result["run_id"])
     cells = pd.read_parquet(paths.cells_table)
     assert len(cells) == 25 and cells["label"].isna().sum() == 1
     labelled = cells[cells["label"].notna()]
-    images = storage.open_cells_array(paths.cells_zarr)[:][labelled["zarr_index"].to_numpy()]
+    images = paths.store.open_cells_array(paths.cells_zarr)[:][labelled["zarr_index"].to_numpy()]
     raw = predict_batch(load_model(tiny_model_file, compile=False), images)
     y = (labelled["label"] == "blast").to_numpy(int)
     expected = compute_metrics(y, raw, 0.5)

@@ -10,9 +10,9 @@ import pytest
 
 from flows.parameters import ScoreOptions
 from flows.score import score_smears
-from tasks import storage
 from tasks.events import PATIENT_AML_SUSPECTED
 from tasks.privacy import PATIENT_ID_KEY_ENV, PSEUDONYMISE_ENV, prefect_patient_id
+from tasks.store import Store
 from tests.corpus import compose_patient_cohort
 from tests.flows.prefect_events import flow_run_artifacts, flow_run_logs, read_events
 
@@ -31,7 +31,7 @@ def _score(lmu_cells, root, task_runner, tiny_model_file):
     result = state.result()
     calls = {row["patient_id"]: row["call"] for row in result["patients"]}
     assert calls == {SUSPECTED: "AML_SUSPECTED", NORMAL: "INSUFFICIENT_CELLS"}, calls
-    scoring = storage.RunPaths(store, result["run_id"]).scoring(result["score_id"])
+    scoring = Store(store).run(result["run_id"]).scoring(result["score_id"])
     return state.state_details.flow_run_id, result, scoring
 
 

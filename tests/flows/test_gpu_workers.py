@@ -11,7 +11,7 @@ from prefect_dask import DaskTaskRunner
 from flows.runner import gpu_cluster_spec
 from flows.parameters import ScoreOptions
 from flows.score import score_smears
-from tasks import storage
+from tasks.store import Store
 from tests.corpus import compose_patient_cohort
 
 
@@ -36,5 +36,5 @@ def test_scoring_runs_on_the_gpu_worker_and_decoding_anywhere(lmu_cells, tmp_pat
         ran.setdefault(record["key"].rsplit("-", 1)[0], []).append(record["worker"])
     assert len(ran["score_shard"]) == 12 and set(ran["score_shard"]) == {gpu_worker}, ran
     assert len(ran["ingest_shard"]) == 12
-    scored = pd.read_parquet(storage.RunPaths(store, result["run_id"]).scoring(result["score_id"]).cells_table)
+    scored = pd.read_parquet(Store(store).run(result["run_id"]).scoring(result["score_id"]).cells_table)
     assert len(scored) == 48 and scored["probability"].notna().all()

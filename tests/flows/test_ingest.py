@@ -9,11 +9,11 @@ from aml_model.config import PreprocessConfig
 from aml_model.preprocess import decode_cell
 from click.testing import CliRunner
 
-from flows.cli import cli
+from app.cli import cli
 from flows.ingest import ingest
-from tasks import storage
 from tasks.discover import NoImagesError
 from tasks.runs import IncompleteRunError, RunConflictError, require_complete
+from tasks.store import Store
 from tests.conftest import upload_folder
 from tests.corpus import compose_class_source, compose_patient_cohort, write_bad_corpus
 
@@ -22,16 +22,16 @@ def run_ingest(task_runner, **parameters):
     return ingest.with_options(task_runner=task_runner)(**parameters)
 
 
-def reference_stack(uris, options=None, image_size=224):
+def reference_stack(uris, source: Store | None = None, image_size=224):
     config = PreprocessConfig(image_size=image_size)
-    return np.stack([decode_cell(storage.read_bytes(u, options), u, config) for u in uris])
+    return np.stack([decode_cell((source or Store(u)).read_bytes(u), u, config) for u in uris])
 
 
 def test_real_lmu_cells_in_class_layout(lmu_cells, tmp_path, task_runner):
     store = str(tmp_path / "store")
     result = run_ingest(task_runner, source=str(lmu_cells), store=store, layout="class", run_id="lmu")
     assert result["cells"] == 1400 and result["quarantined"] == 0 and result["layout"] == "class"
-    paths = storage.RunPaths(store, "lmu")
+    paths = Store(store).run("lmu")
     require_complete(paths)
     cells = pd.read_parquet(paths.cells_table)
     assert tuple(cells.columns) == CELL_COLUMNS
@@ -59,7 +59,7 @@ def test_patient_cohort_bad_inputs_are_quarantined_and_good_ones_kept(tmp_path, 
     store = str(tmp_path / "store")
     result = run_ingest(task_runner, source=str(source), store=store, layout="auto", image_size=32, chunk_cells=4)
     assert result["layout"] == "patient"
-    paths = storage.RunPaths(store, result["run_id"])
+    paths = Store(store).run(result["run_id"])
     cells = pd.read_parquet(paths.cells_table)
     quarantine = pd.read_parquet(paths.quarantine_table)
     kept = {uri.split("/src/")[1] for uri in cells["source_uri"]}
@@ -71,7 +71,7 @@ def test_patient_cohort_bad_inputs_are_quarantined_and_good_ones_kept(tmp_path, 
     images = zarr.open_group(paths.cells_zarr, mode="r")["images"]
     np.testing.assert_array_equal(images[:][cells["zarr_index"].to_numpy()],
                                   reference_stack(cells["source_uri"], image_size=32))
-    report = storage.read_json(paths.report)
+    report = paths.store.read_json(paths.report)
     assert report["empty_patients"] == ["P3-empty"]
     assert sorted(p.rsplit("/", 1)[-1] for p in report["ignored"]) == [".DS_Store", "NOTES", "README.txt", "Thumbs.db"]
 
@@ -79,16 +79,16 @@ def test_patient_cohort_bad_inputs_are_quarantined_and_good_ones_kept(tmp_path, 
 def test_s3_source_into_s3_store(lmu_cells, tmp_path, s3_bucket, s3_endpoint, task_runner):
     bucket, options = s3_bucket
     local = compose_patient_cohort(lmu_cells, tmp_path / "cohort", {"A": (3, 2), "B": (1, 4)})
-    upload_folder(local, f"s3://{bucket}/smears", options)
+    upload_folder(local, Store(f"s3://{bucket}/smears", options))
     store = f"s3://{bucket}/store"
     result = run_ingest(task_runner, source=f"s3://{bucket}/smears", store=store, run_id="s3run",
                         s3_endpoint_url=s3_endpoint, chunk_cells=4)
     assert result["cells"] == 10
-    paths = storage.RunPaths(store, "s3run")
-    require_complete(paths, options)
-    cells = storage.read_table(paths.cells_table, options)
+    paths = Store(store, options).run("s3run")
+    require_complete(paths)
+    cells = paths.store.read_table(paths.cells_table)
     assert sorted(cells["patient_id"].value_counts().to_dict().items()) == [("A", 5), ("B", 5)]
-    images = storage.open_cells_array(paths.cells_zarr, options)
+    images = paths.store.open_cells_array(paths.cells_zarr)
     local_uris = [str(local / u.split("/smears/")[1]) for u in cells["source_uri"]]
     np.testing.assert_array_equal(images[:][cells["zarr_index"].to_numpy()], reference_stack(local_uris))
 
@@ -103,7 +103,7 @@ def test_rerun_is_idempotent_and_an_interrupted_run_is_completed(lmu_cells, tmp_
     store = str(tmp_path / "store")
     params = dict(source=str(source), store=store, image_size=32, chunk_cells=4, chunks_per_task=1)
     first = run_ingest(task_runner, **params)
-    paths = storage.RunPaths(store, first["run_id"])
+    paths = Store(store).run(first["run_id"])
     run_root = tmp_path / "store" / "runs" / first["run_id"]
     cells_first = pd.read_parquet(paths.cells_table)
     images_first = zarr.open_group(paths.cells_zarr, mode="r")["images"][:]
@@ -145,7 +145,7 @@ def test_cell_types_flow_from_class_folders_and_labels_csv_into_cells_parquet(lm
     store = str(tmp_path / "store")
     result = run_ingest(task_runner, source=str(source), store=store, image_size=32, chunk_cells=4)
     assert result["layout"] == "class" and result["cells"] == 7
-    cells = pd.read_parquet(storage.RunPaths(store, result["run_id"]).cells_table)
+    cells = pd.read_parquet(Store(store).run(result["run_id"]).cells_table)
     expected = {"MYO": "myeloblast", "NGS": "segmented neutrophil", "blast": None}
     for uri, cell_type in zip(cells["source_uri"], cells["cell_type"], strict=True):
         want = expected[uri.split("/smear/")[1].split("/")[0]]
@@ -157,14 +157,14 @@ def test_cell_types_flow_from_class_folders_and_labels_csv_into_cells_parquet(lm
     labels = pd.read_csv(cohort / "labels.csv")
     labels.assign(cell_type=["myeloblast", "segmented neutrophil", ""]).to_csv(cohort / "labels.csv", index=False)
     first = run_ingest(task_runner, source=str(cohort), store=store, image_size=32)
-    typed = pd.read_parquet(storage.RunPaths(store, first["run_id"]).cells_table)
+    typed = pd.read_parquet(Store(store).run(first["run_id"]).cells_table)
     by_image = dict(zip(typed["source_uri"].str.split("/cohort/").str[1], typed["cell_type"], strict=True))
     assert by_image[labels["image"][0]] == "myeloblast" and by_image[labels["image"][1]] == "segmented neutrophil"
     assert pd.isna(by_image[labels["image"][2]])
     labels.assign(cell_type=["monoblast", "segmented neutrophil", ""]).to_csv(cohort / "labels.csv", index=False)
     second = run_ingest(task_runner, source=str(cohort), store=store, image_size=32)
     assert second["run_id"] != first["run_id"] and not second["already_complete"]
-    retyped = pd.read_parquet(storage.RunPaths(store, second["run_id"]).cells_table)
+    retyped = pd.read_parquet(Store(store).run(second["run_id"]).cells_table)
     assert sorted(retyped["cell_type"].dropna()) == ["monoblast", "segmented neutrophil"]
 
 
@@ -174,7 +174,7 @@ def test_a_flat_folder_is_ingested_as_one_pseudo_patient(lmu_cells, tmp_path, ta
     result = run_ingest(task_runner, source=str(source), store=store, image_size=32, chunk_cells=4)
     assert result["layout"] == "flat" and result["cells"] == 5 and result["quarantined"] == 0
     assert result["run_id"].startswith("smear-17-")
-    cells = pd.read_parquet(storage.RunPaths(store, result["run_id"]).cells_table)
+    cells = pd.read_parquet(Store(store).run(result["run_id"]).cells_table)
     assert cells["patient_id"].tolist() == ["smear-17"] * 5
 
 
@@ -200,9 +200,9 @@ def test_a_source_without_usable_images_fails_before_anything_is_written(lmu_cel
 def test_a_failed_ingest_is_listed_as_failed_with_its_reason(lmu_cells, tmp_path, task_runner):
     source = compose_patient_cohort(lmu_cells, tmp_path / "cohort", {"A": (2, 2)})
     store = str(tmp_path / "store")
-    paths = storage.RunPaths(store, "batch-1")
+    paths = Store(store).run("batch-1")
     # What the run will write is in the way, of another shape: a real write failure after the plan.
-    storage.create_cells_array(paths.cells_zarr, 3, 16, 3)
+    paths.store.create_cells_array(paths.cells_zarr, 3, 16, 3)
     params = dict(source=str(source), store=store, run_id="batch-1", image_size=32, chunk_cells=4)
     with pytest.raises(ValueError, match="already exists with shape"):
         run_ingest(task_runner, **params)
@@ -212,8 +212,8 @@ def test_a_failed_ingest_is_listed_as_failed_with_its_reason(lmu_cells, tmp_path
     with pytest.raises(IncompleteRunError, match=r"it failed \(ValueError: "):
         require_complete(paths)
 
-    storage.remove(paths.cells_zarr, recursive=True)
+    paths.store.remove(paths.cells_zarr, recursive=True)
     run_ingest(task_runner, **params)
     listed = CliRunner().invoke(cli, ["runs", "list", "--store", store])
     assert "batch-1  complete, 4 cells" in listed.output, "a rerun that completes the run clears its failure"
-    assert not storage.exists(paths.failed)
+    assert not paths.store.exists(paths.failed)

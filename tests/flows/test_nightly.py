@@ -77,8 +77,8 @@ def test_bootstrap_then_the_nightly_skips_until_a_variable_changes(lmu_cells, we
                                                                     task_runner, variables, monkeypatch):
     from prefect.artifacts import Artifact
 
-    from flows.cli import cli
-    from flows.serve import NIGHTLY_RETRAIN, deployed_flow
+    from app.cli import cli
+    from app.serve import NIGHTLY_RETRAIN, deployed_flow
 
     monkeypatch.setattr("tasks.registry.code_version", lambda root=None: CLEAN)
     monkeypatch.setattr("flows.retrain.code_version", lambda root=None: CLEAN)

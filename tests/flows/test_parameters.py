@@ -8,6 +8,7 @@ choice allows), with every file of the store unchanged, byte for byte.
 
 from __future__ import annotations
 
+import re
 import typing
 from pathlib import Path
 
@@ -64,7 +65,7 @@ def scored(lmu_cells, tiny_model_file, dask_cluster, tmp_path_factory):
 def test_choices_are_the_librarys():
     from aml_model.calibration import DEFAULT_OPERATING_POINT, OPERATING_POINTS
     from aml_model.inference import INFERENCE_PRECISIONS
-    from flows.cli import cli
+    from app.cli import cli
     from flows.parameters import ScoreOptions
 
     def choices(flow, name):
@@ -90,6 +91,33 @@ def test_choices_are_the_librarys():
     assert cli_choices("retrain", "recipe") == RECIPES
     assert cli_choices("retrain", "training_path") == ("cached", "plain")
     assert cli_choices("ingest", "layout") == LAYOUTS
+
+
+def test_every_option_has_its_configuration_fields_type():
+    """A bound is stated once, in aml_model.config: each option of the flows has the type (bounds,
+    choices) of the configuration field it sets, and flows/parameters.py states none of its own."""
+    from aml_model.config import (ExperimentConfig, ModelConfig, PretrainConfig, RetrainConfig, ScoringConfig,
+                                  SummaryConfig, TrainConfig)
+    from flows.parameters import PretrainOptions
+
+    sources = {ScoreOptions: (SummaryConfig, ScoringConfig),
+               RetrainOptions: (TrainConfig, ModelConfig, RetrainConfig, ExperimentConfig),
+               PretrainOptions: (PretrainConfig, ModelConfig, ExperimentConfig)}
+    renamed = {"patience": "early_stopping_patience", "start_from": "backbone_weights",
+               "start_from_sha256": "backbone_weights_sha256"}
+    checked = set()
+    for options, configs in sources.items():
+        for name, info in options.model_fields.items():
+            field = next((config.__pydantic_fields__[renamed.get(name, name)] for config in configs
+                          if renamed.get(name, name) in config.__pydantic_fields__), None)
+            if field is not None:
+                assert (info.annotation, info.metadata) == (field.annotation, field.metadata), \
+                    f"{options.__name__}.{name}"
+                checked.add(name)
+    assert {"threshold", "min_cells", "batch_size", "image_size", "seed", "backbone_weights_sha256", "augment_views",
+            "promotion_margin", "min_crop", "blur", "precision", "training_path", "recipe"} <= checked
+    source = (Path(__file__).resolve().parents[2] / "flows" / "parameters.py").read_text()
+    assert not re.findall(r"\b(?:ge|gt|le|lt)=", source), "state bounds in aml_model.config"
 
 
 def test_a_typo_in_a_rerun_leaves_the_finished_run_untouched(scored, task_runner):
@@ -245,9 +273,11 @@ def test_sources_are_checked_on_s3_too(s3_bucket, s3_endpoint):
     import s3fs
 
     from flows.parameters import require_existing
+    from tasks.store import Store
 
     bucket, options = s3_bucket
     s3fs.S3FileSystem(**options).pipe_file(f"{bucket}/smears/A/cell.png", b"\x89PNG")
-    require_existing([f"s3://{bucket}/smears", f"s3://{bucket}/smears/A/cell.png"], "source", s3_endpoint)
+    require_existing([Store.at(f"s3://{bucket}/{key}", s3_endpoint) for key in ("smears", "smears/A/cell.png")],
+                     "source")
     with pytest.raises(FileNotFoundError, match=f"^source s3://{bucket}/nothing does not exist$"):
-        require_existing([f"s3://{bucket}/smears", f"s3://{bucket}/nothing"], "source", s3_endpoint)
+        require_existing([Store.at(f"s3://{bucket}/{key}", s3_endpoint) for key in ("smears", "nothing")], "source")

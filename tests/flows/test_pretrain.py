@@ -13,6 +13,7 @@ from flows.pretrain import pretrain_backbone
 from flows.retrain import retrain_and_evaluate
 from tasks import pretrain as pretrain_tasks
 from tasks.backbones import BACKBONE_CARD, BACKBONE_WEIGHTS, resolve_backbone
+from tasks.store import Store
 from tests.corpus import compose_patient_cohort
 
 TINY = dict(steps=6, steps_per_task=4, batch_size=4, view_size=32, image_size=48, checkpoint_every=2)
@@ -33,21 +34,21 @@ def test_a_pretrained_backbone_is_registered_card_last_and_a_retrain_on_it_names
                                                                                    monkeypatch):
     store = tmp_path / "store"
     # The registration stops after the weights, before the card: the folder must not resolve.
-    real_write_json = pretrain_tasks.storage.write_json
+    real_write_json = Store.write_json
 
-    def no_card(url, payload, options=None):
+    def no_card(self, url, payload):
         if url.endswith(BACKBONE_CARD):
             raise OSError("disk full")
-        return real_write_json(url, payload, options)
+        return real_write_json(self, url, payload)
 
-    monkeypatch.setattr(pretrain_tasks.storage, "write_json", no_card)
+    monkeypatch.setattr(Store, "write_json", no_card)
     with pytest.raises(OSError, match="disk full"):  # tasks in this process, where the fault is planted
         run_pretrain(ThreadPoolTaskRunner(max_workers=1), sources=[str(cohort)], store=str(store))
-    monkeypatch.setattr(pretrain_tasks.storage, "write_json", real_write_json)
+    monkeypatch.setattr(Store, "write_json", real_write_json)
     (half,) = [p for p in (store / "backbones").iterdir() if not p.name.startswith("_")]
     assert (half / BACKBONE_WEIGHTS).exists() and not (half / BACKBONE_CARD).exists()
     with pytest.raises(BackboneWeightsError, match="not completely registered"):
-        resolve_backbone(half.name, str(store))
+        resolve_backbone(half.name, Store(str(store)))
     (work,) = (store / "backbones" / "_pretraining").iterdir()
     assert PretrainState.from_bytes((work / "state.npz").read_bytes()).step == TINY["steps"]
 

@@ -14,10 +14,10 @@ from prefect_dask import DaskTaskRunner
 
 from aml_model.aggregate import RESEARCH_NOTE
 from aml_model.report import EXPLAINED_CALLS, report_name
-from flows.cli import cli
+from app.cli import cli
 from flows.parameters import ScoreOptions
 from flows.score import score_smears
-from tasks import storage
+from tasks.store import Store, join
 from tests.corpus import compose_patient_cohort
 from tests.report_checks import chromium, embedded_pngs, is_blank, parse_page, screenshot
 
@@ -34,14 +34,15 @@ def scored_run(lmu_cells, tmp_path_factory, dask_cluster, tiny_model_file):
 
     root = tmp_path_factory.mktemp("reports")
     store = str(root / "store")
-    ref = register_model(str(tiny_model_file), {"config": {"model": {"image_size": 32}}, "metrics": METRICS}, store)
-    set_champion(store, ref.version)
+    ref = register_model(str(tiny_model_file), {"config": {"model": {"image_size": 32}}, "metrics": METRICS},
+                         Store(store))
+    set_champion(Store(store), ref.version)
     source = compose_patient_cohort(lmu_cells, root / "cohort", {"A": (16, 0), "B": (0, 16), "C": (2, 3)})
     (source / "C" / "broken.jpg").write_bytes(b"")
     runner = DaskTaskRunner(address=dask_cluster.scheduler_address)
     result = score_smears.with_options(task_runner=runner)(
         source=str(source), store=store, options=ScoreOptions(min_cells=10, chunk_cells=16, explain_top_k=TOP_K))
-    return result, storage.RunPaths(store, result["run_id"]).scoring(result["score_id"]), root
+    return result, Store(store).run(result["run_id"]).scoring(result["score_id"]), root
 
 
 def test_every_patient_gets_a_self_contained_report(scored_run):
@@ -50,9 +51,9 @@ def test_every_patient_gets_a_self_contained_report(scored_run):
     assert calls["C"] == "INSUFFICIENT_CELLS"
     explained = {pid for pid, call in calls.items() if call in EXPLAINED_CALLS}
     assert explained, f"the cohort must have a patient to explain: {calls}"
-    assert result["report"] == storage.join(paths.root, "reports", "index.html")
+    assert result["report"] == join(paths.root, "reports", "index.html")
     for patient_id, call in calls.items():
-        html = storage.read_bytes(storage.join(paths.root, "reports", f"{report_name(patient_id)}.html")).decode()
+        html = paths.store.read_bytes(join(paths.root, "reports", f"{report_name(patient_id)}.html")).decode()
         page = parse_page(html)
         n_cells = 5 if patient_id == "C" else 16
         gallery = min(TOP_K, n_cells) * (2 if patient_id in explained else 1)
@@ -60,13 +61,13 @@ def test_every_patient_gets_a_self_contained_report(scored_run):
         assert f"Patient {patient_id}" in page.text and call in page.text
         assert result["model_version"] in page.text and "roc_auc" in page.text and "0.930" in page.text
         assert RESEARCH_NOTE in page.text.lower()
-        folder = storage.join(paths.root, "explain", report_name(patient_id))
+        folder = join(paths.root, "explain", report_name(patient_id))
         if patient_id in explained:
-            names = [cell["overlay"] for cell in storage.read_json(storage.join(folder, "gradcam.json"))["cells"]]
-            assert len(names) == TOP_K and all(storage.exists(storage.join(folder, name)) for name in names)
+            names = [cell["overlay"] for cell in paths.store.read_json(join(folder, "gradcam.json"))["cells"]]
+            assert len(names) == TOP_K and all(paths.store.exists(join(folder, name)) for name in names)
         else:
-            assert not storage.exists(folder), "Grad-CAM only for AML_SUSPECTED and INDETERMINATE calls"
-    index = parse_page(storage.read_bytes(result["report"]).decode())
+            assert not paths.store.exists(folder), "Grad-CAM only for AML_SUSPECTED and INDETERMINATE calls"
+    index = parse_page(paths.store.read_bytes(result["report"]).decode())
     assert index.links == [f"{report_name(pid)}.html" for pid in sorted(calls)]
     assert "presigned link" not in index.text, "a local store's index opens its links as they are"
     artifact = Artifact.get("patient-reports")
@@ -76,7 +77,7 @@ def test_every_patient_gets_a_self_contained_report(scored_run):
 def test_reports_name_each_cell_by_its_file_and_list_the_patients_quarantined_files(scored_run):
     _, paths, root = scored_run
     for patient_id in "ABC":
-        html = storage.read_bytes(storage.join(paths.root, "reports", f"{report_name(patient_id)}.html")).decode()
+        html = paths.store.read_bytes(join(paths.root, "reports", f"{report_name(patient_id)}.html")).decode()
         names = re.findall(r'<div class="id">([^<]*)</div>', html)
         # Each gallery cell is labelled by its path in the source, a file a hematologist can open.
         assert len(names) == min(TOP_K, 5 if patient_id == "C" else 16), html
@@ -92,12 +93,12 @@ def test_reports_name_each_cell_by_its_file_and_list_the_patients_quarantined_fi
 def test_grad_cam_overlays_are_pngs_on_the_store(scored_run):
     result, paths, _ = scored_run
     explained = [row["patient_id"] for row in result["patients"] if row["call"] in EXPLAINED_CALLS]
-    folder = storage.join(paths.root, "explain", report_name(explained[0]))
-    manifest = storage.read_json(storage.join(folder, "gradcam.json"))
+    folder = join(paths.root, "explain", report_name(explained[0]))
+    manifest = paths.store.read_json(join(folder, "gradcam.json"))
     assert [cell["rank"] for cell in manifest["cells"]] == list(range(1, TOP_K + 1))
     probabilities = [cell["probability"] for cell in manifest["cells"]]
     assert probabilities == sorted(probabilities, reverse=True)
-    png = storage.read_bytes(storage.join(folder, manifest["cells"][0]["overlay"]))
+    png = paths.store.read_bytes(join(folder, manifest["cells"][0]["overlay"]))
     image = Image.open(io.BytesIO(png))
     assert image.format == "PNG" and image.size == (32, 32) and image.mode == "RGB"
     progress = Artifact.get("explain-progress")
@@ -117,14 +118,14 @@ def test_report_renders_in_headless_chromium(scored_run):
 def test_cli_rebuilds_the_reports_of_a_complete_run_only(scored_run):
     _, paths, root = scored_run
     store = str(root / "store")
-    storage.remove(storage.join(paths.root, "reports"), recursive=True)
+    paths.store.remove(join(paths.root, "reports"), recursive=True)
     rebuilt = CliRunner().invoke(cli, ["report", paths.run_id, "--store", store])
     assert rebuilt.exit_code == 0, rebuilt.output
     assert f"reports of run {paths.run_id}, scoring {paths.score_id} rebuilt" in rebuilt.output
-    assert storage.exists(storage.join(paths.root, "reports", "index.html"))
-    assert all(storage.exists(storage.join(paths.root, "reports", f"{report_name(pid)}.html")) for pid in "ABC")
+    assert paths.store.exists(join(paths.root, "reports", "index.html"))
+    assert all(paths.store.exists(join(paths.root, "reports", f"{report_name(pid)}.html")) for pid in "ABC")
 
-    storage.remove(paths.success)
+    paths.store.remove(paths.success)
     refused = CliRunner().invoke(cli, ["report", paths.run_id, "--store", store, "--score", paths.score_id])
     assert refused.exit_code == 1 and "is incomplete (no _SUCCESS)" in refused.output
     latest = CliRunner().invoke(cli, ["report", paths.run_id, "--store", store])
@@ -158,7 +159,7 @@ def test_patients_whose_ids_share_a_file_name_stem_get_a_report_and_grad_cam_eac
         source=str(tmp_path / "cohort" / "manifest.csv"), store=store,
         options=ScoreOptions(model=str(tiny_model_file), min_cells=10, chunk_cells=16, explain_top_k=2,
                              layout="manifest"))
-    paths = storage.RunPaths(store, result["run_id"]).scoring(result["score_id"])
+    paths = Store(store).run(result["run_id"]).scoring(result["score_id"])
     calls = {row["patient_id"]: row["call"] for row in result["patients"]}
     assert sorted(calls) == sorted(patients) and all(call in EXPLAINED_CALLS for call in calls.values()), calls
     reports = sorted((Path(paths.root) / "reports").glob("*.html"))
@@ -166,9 +167,9 @@ def test_patients_whose_ids_share_a_file_name_stem_get_a_report_and_grad_cam_eac
     for report in (r for r in reports if r.name != "index.html"):
         owners = [pid for pid in patients if f"Patient {pid}" in parse_page(report.read_text()).text]
         assert len(owners) == 1, (report.name, owners)
-    index = parse_page(storage.read_bytes(result["report"]).decode())
+    index = parse_page(paths.store.read_bytes(result["report"]).decode())
     assert len(set(index.links)) == 3 and set(index.links) <= {r.name for r in reports}
-    owners = [storage.read_json(str(folder / "gradcam.json"))["patient_id"]
+    owners = [paths.store.read_json(str(folder / "gradcam.json"))["patient_id"]
               for folder in (Path(paths.root) / "explain").iterdir()]
     assert sorted(owners) == sorted(patients), "three Grad-CAM folders, each with its own patient"
 

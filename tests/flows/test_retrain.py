@@ -10,8 +10,8 @@ from aml_model.io import load_model
 from aml_model.predict import predict_batch
 from flows.parameters import RetrainOptions, nest_options
 from flows.retrain import retrain_and_evaluate
-from tasks import storage
 from tasks.events import MODEL_PROMOTED
+from tasks.store import Store
 from tasks.training import load_cells
 from tests.corpus import compose_patient_cohort
 from tests.flows.prefect_events import read_events
@@ -76,13 +76,13 @@ def test_retrain_registers_promotes_and_reuses_the_feature_cache(cohort, tmp_pat
     recorded = card["inference"]["max_abs_dp_vs_float32"]
     assert card["inference"]["cells"] == len(predictions) and card["inference"]["guard"] == 0.05
     recomputed = precision_agreement(load_model(folder / "model.keras", compile=False),
-                                     load_cells(predictions, {}))
+                                     load_cells(predictions, Store(store)))
     assert recorded == pytest.approx(recomputed, abs=1e-6) and recorded["bfloat16"] > 0
-    assert resolve_model("champion", store).precision_agreement == recorded
+    assert resolve_model("champion", Store(store)).precision_agreement == recorded
 
     # The registered model scores exactly as the in-memory one did.
     loaded = load_model(folder / "model.keras", compile=False)
-    np.testing.assert_allclose(predict_batch(loaded, load_cells(predictions, {})), predictions["probability"],
+    np.testing.assert_allclose(predict_batch(loaded, load_cells(predictions, Store(store))), predictions["probability"],
                                atol=1e-5)
 
     second = run_retrain(task_runner, sources=[str(cohort)], store=store)
@@ -116,7 +116,7 @@ def test_a_worse_challenger_is_not_promoted(cohort, tmp_path, task_runner):
     assert not challenger["promoted"]
     assert challenger["reason"].startswith("kept as a candidate")
     assert json.loads((tmp_path / "store" / "models" / "champion.json").read_text())["version"] == champion["version"]
-    card = storage.read_json(str(tmp_path / "store" / "models" / challenger["version"] / "model_card.json"))
+    card = Store(store).read_json(str(tmp_path / "store" / "models" / challenger["version"] / "model_card.json"))
     assert card["parent"] == champion["version"]
     assert "champion's test cells" in card["promotion"]["comparisons"]
 
@@ -146,7 +146,7 @@ def test_the_cells_to_review_artifact_of_a_pseudonymised_retrain_names_no_patien
     metrics = {"roc_auc": 0.9, "accuracy": 0.9, "sensitivity": 0.9, "specificity": 0.9, "f1": 0.9}
     card = {"metrics": metrics, "promotion": {"promoted": False, "reason": "worse", "comparisons": {}},
             "evaluation": {"by_source_and_type": [], "to_review": review}}
-    publish_retrain_report(ModelRef("/store/models/v-1/model.keras", "v-1", 32), card, str(tmp_path))
+    publish_retrain_report(ModelRef("/store/models/v-1/model.keras", "v-1", 32), card, Store(str(tmp_path)))
     published = Artifact.get("retrain-cells-to-review").data
     assert not any(patient in published for patient in patients), published
     assert f"/data/batch-7/{prefect_patient_id(patients[0])}/" in published

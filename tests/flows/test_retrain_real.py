@@ -13,6 +13,7 @@ from aml_model.io import load_model
 from aml_model.predict import predict_batch
 from flows.parameters import RetrainOptions
 from flows.retrain import retrain_and_evaluate
+from tasks.store import Store
 from tasks.training import load_cells
 from tests.corpus import lmu_rows
 
@@ -34,7 +35,7 @@ def registered(store, version: str) -> tuple[dict, pd.DataFrame]:
     card = json.loads((store / version / "model_card.json").read_text())
     predictions = pd.read_parquet(store / version / "test_predictions.parquet")
     loaded = load_model(store / version / "model.keras", compile=False)
-    np.testing.assert_allclose(predict_batch(loaded, load_cells(predictions, {})), predictions["probability"],
+    np.testing.assert_allclose(predict_batch(loaded, load_cells(predictions, Store(str(store)))), predictions["probability"],
                                atol=1e-5)
     return card, predictions
 

@@ -81,6 +81,7 @@ def test_the_feature_cache_and_the_registered_model_normalise_alike(two_labs, tm
     from aml_model.preprocess import normalise_for_resnet50
     from aml_model.predict import predict_batch
     from tasks.features import FeatureCache
+    from tasks.store import Store
     from tasks.training import load_cells
 
     store = tmp_path / "store"
@@ -90,10 +91,10 @@ def test_the_feature_cache_and_the_registered_model_normalise_alike(two_labs, tm
     assert [layer.name for layer in model.layers[1:3]] == list(INPUT_NORMALISATION_LAYERS)
 
     predictions = pd.read_parquet(store / "models" / result["version"] / "test_predictions.parquet")
-    images = load_cells(predictions, {})
+    images = load_cells(predictions, Store(str(store)))
     np.testing.assert_allclose(predict_batch(model, images), predictions["probability"], atol=1e-5)
 
-    cache = FeatureCache(str(store), card["backbone"]["id"])
+    cache = FeatureCache(Store(str(store)), card["backbone"]["id"])
     index = cache.read_index()
     # Training and validation cells are cached as they are (view 0): compare a few of one run's
     # with what the model's own layers compute from the same stored cells.
@@ -101,7 +102,7 @@ def test_the_feature_cache_and_the_registered_model_normalise_alike(two_labs, tm
     cells = pd.read_parquet(run / "cells.parquet").assign(cells_zarr=str(run / "cells.zarr"))
     known = cells.merge(index[index["view"] == 0], on="sha256").head(6)
     assert len(known) == 6
-    zarr_cells = load_cells(known, {})
+    zarr_cells = load_cells(known, Store(str(store)))
     x = normalise_for_resnet50(zarr_cells.astype("float32"))
     for name in INPUT_NORMALISATION_LAYERS:
         x = model.get_layer(name)(x)

@@ -9,18 +9,17 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import fsspec
 import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
 from prefect.exceptions import ParameterTypeError
 
-from flows.cli import cli
+from app.cli import cli
 from flows.parameters import ScoreOptions, nest_options
 from flows.score import score_smears
-from tasks import storage
 from tasks.runs import REUSED_FROM, LegacyRunError, RunConflictError, find_scoring, list_scorings
+from tasks.store import Store
 from tests.conftest import upload_folder
 from tests.corpus import compose_patient_cohort
 
@@ -67,7 +66,7 @@ def test_a_finished_scoring_is_never_rewritten(lmu_cells, tmp_path, task_runner,
     source = compose_patient_cohort(lmu_cells, tmp_path / "cohort", {"A": (6, 6), "B": (2, 10)})
     store = str(tmp_path / "store")
     first = run_score(task_runner, source=str(source), store=store, model=str(tiny_model_file), **FAST)
-    scoring = storage.RunPaths(store, first["run_id"]).scoring(first["score_id"])
+    scoring = Store(store).run(first["run_id"]).scoring(first["score_id"])
     before = snapshot(Path(scoring.root))
     ingest_before = {name: data for name, data in snapshot(Path(scoring.ingest.root)).items()
                      if not name.startswith("scores/")}
@@ -122,7 +121,7 @@ def test_a_second_model_scores_ingested_cells_without_decoding_them(lmu_cells, t
     store = str(tmp_path / "store")
     first = run_score_state(task_runner, source=str(source), store=store, model=str(tiny_model_file), **FAST)
     assert any(n.startswith("ingest-shard") for n in task_names(first))
-    run = storage.RunPaths(store, first.result()["run_id"])
+    run = Store(store).run(first.result()["run_id"])
     markers = {p.name: p.stat().st_mtime_ns for p in Path(run.root, "_shards", "ingest").iterdir()}
 
     second = run_score_state(task_runner, source=str(source), store=store, model=str(other_model_file), **FAST)
@@ -136,13 +135,13 @@ def test_a_second_model_scores_ingested_cells_without_decoding_them(lmu_cells, t
     fresh = run_score(task_runner, source=str(source), store=str(tmp_path / "fresh"), model=str(other_model_file),
                       **FAST)
     reused = pd.read_parquet(run.scoring(result["score_id"]).cells_table)
-    decoded = pd.read_parquet(storage.RunPaths(str(tmp_path / "fresh"), fresh["run_id"])
+    decoded = pd.read_parquet(Store(str(tmp_path / "fresh")).run(fresh["run_id"])
                               .scoring(fresh["score_id"]).cells_table)
     assert len(reused) == 200
     pd.testing.assert_series_equal(reused["probability"], decoded["probability"])
     pd.testing.assert_frame_equal(
         pd.read_parquet(run.scoring(result["score_id"]).patients_table).drop(columns="patient_version"),
-        pd.read_parquet(storage.RunPaths(str(tmp_path / "fresh"), fresh["run_id"])
+        pd.read_parquet(Store(str(tmp_path / "fresh")).run(fresh["run_id"])
                         .scoring(fresh["score_id"]).patients_table).drop(columns="patient_version"))
 
 
@@ -155,7 +154,7 @@ def test_a_threshold_only_rescoring_copies_the_probabilities_and_runs_no_score_s
     first_state = run_score_state(task_runner, **params)
     first = first_state.result()
     assert any(n.startswith("score-shard") for n in task_names(first_state))
-    run = storage.RunPaths(store, first["run_id"])
+    run = Store(store).run(first["run_id"])
     original = run.scoring(first["score_id"])
     before = snapshot(Path(original.root))
 
@@ -169,8 +168,8 @@ def test_a_threshold_only_rescoring_copies_the_probabilities_and_runs_no_score_s
     copy = run.scoring(rescored["score_id"])
     assert snapshot(Path(copy.probabilities_zarr)) == snapshot(Path(original.probabilities_zarr)), \
         "the probabilities are not byte for byte the first scoring's"
-    assert storage.read_json(copy.settings)[REUSED_FROM] == first["score_id"]
-    assert REUSED_FROM not in storage.read_json(original.settings)
+    assert run.store.read_json(copy.settings)[REUSED_FROM] == first["score_id"]
+    assert REUSED_FROM not in run.store.read_json(original.settings)
     cells = pd.read_parquet(copy.cells_table)
     assert ((cells["probability"] >= 0.6) == (cells["predicted_label"] == "blast")).all(), "called at the new threshold"
     # Grad-CAM of the same cells at the same top-k is copied, not computed again.
@@ -199,13 +198,13 @@ def test_a_threshold_only_rescoring_copies_the_probabilities_and_runs_no_score_s
     assert f"threshold 0.6, blast cut-off 20%, min cells 5, probabilities of {first['score_id']}" in listed
 
 
-def _add(local: Path, relative: str, data: bytes, url: str | None, options: dict) -> None:
+def _add(local: Path, relative: str, data: bytes, source: Store | None) -> None:
     """Put a new image into the source: a local file, or an object when the source is on S3."""
-    if url is None:
+    if source is None:
         (local / relative).parent.mkdir(parents=True, exist_ok=True)
         (local / relative).write_bytes(data)
     else:
-        fs, root = fsspec.core.url_to_fs(url, **options)
+        fs, root = source.resolve()
         fs.pipe_file(f"{root}/{relative}", data)
         fs.invalidate_cache()
 
@@ -220,30 +219,32 @@ def test_new_only_scores_new_and_changed_patients_and_keeps_both_versions(where,
         s3_endpoint = request.getfixturevalue("s3_endpoint")
         bucket, options = request.getfixturevalue("s3_bucket")
         source, store = f"s3://{bucket}/smears", f"s3://{bucket}/store"
-        upload_folder(local, source, options)
+        upload_folder(local, Store(source, options))
         extra = {"s3_endpoint_url": s3_endpoint}
     else:
         source, store, options, extra = str(local), str(tmp_path / "store"), {}, {}
     params = dict(source=source, store=store, model=str(tiny_model_file), **FAST, **extra)
+    remote = Store(source, options) if where == "s3" else None
 
     first = run_score(task_runner, **params)
     assert [p["patient_id"] for p in first["patients"]] == ["A", "B", "C"]
     # Patient D arrives; nothing else changes.
     for image in sorted((spare / "D").iterdir()):
-        _add(local, f"D/{image.name}", image.read_bytes(), source if where == "s3" else None, options)
+        _add(local, f"D/{image.name}", image.read_bytes(), remote)
     new = run_score(task_runner, new_only=True, **params)
     assert [p["patient_id"] for p in new["patients"]] == ["D"] and new["cells"] == 6
     assert new["run_id"] != first["run_id"]
     # One more image of A: A is scored again, as a new version; its first version stays.
     (image,) = sorted((spare / "A").iterdir())
-    _add(local, f"A/{image.name}", image.read_bytes(), source if where == "s3" else None, options)
+    _add(local, f"A/{image.name}", image.read_bytes(), remote)
     changed = run_score(task_runner, new_only=True, **params)
     assert [p["patient_id"] for p in changed["patients"]] == ["A"] and changed["cells"] == 7
-    old_a, new_a = (storage.read_table(storage.RunPaths(store, r["run_id"]).scoring(r["score_id"]).patients_table,
-                                       options).set_index("patient_id").loc["A"] for r in (first, changed))
+    location = Store(store, options)
+    old_a, new_a = (location.read_table(location.run(r["run_id"]).scoring(r["score_id"]).patients_table)
+                    .set_index("patient_id").loc["A"] for r in (first, changed))
     assert (old_a.n_scored, new_a.n_scored) == (6, 7) and old_a.patient_version != new_a.patient_version
     # Nothing new: nothing is written, and the result says so.
-    fs, root = fsspec.core.url_to_fs(store, **options)
+    fs, root = location.resolve()
     fs.invalidate_cache()
     objects = sorted(fs.find(root))
     nothing = run_score(task_runner, new_only=True, **params)
@@ -271,7 +272,7 @@ def test_a_run_in_the_old_layout_is_refused_with_a_clear_message(tmp_path):
     for name in ("ingest_plan.json", "score.json"):
         (old / name).write_text("{}")
     (old / "_SUCCESS").write_bytes(b"")
-    run = storage.RunPaths(str(tmp_path / "store"), old.name)
+    run = Store(str(tmp_path / "store")).run(old.name)
     with pytest.raises(LegacyRunError, match="is in the old run-store layout .* does not convert old runs"):
         find_scoring(run)
     refused = CliRunner().invoke(cli, ["report", old.name, "--store", str(tmp_path / "store")])
@@ -282,13 +283,13 @@ def test_a_run_in_the_old_layout_is_refused_with_a_clear_message(tmp_path):
 
 
 def test_scorings_are_listed_oldest_first_and_an_incomplete_one_is_never_the_latest(tmp_path):
-    run = storage.RunPaths(str(tmp_path / "store"), "r")
+    run = Store(str(tmp_path / "store")).run("r")
     for score_id, completed in (("b", "2026-01-02T00:00:00+00:00"), ("a", "2026-01-03T00:00:00+00:00"),
                                 ("c", None)):
         scoring = run.scoring(score_id)
-        storage.write_json(scoring.settings, {"model_version": score_id})
+        run.store.write_json(scoring.settings, {"model_version": score_id})
         if completed:
-            storage.write_json(scoring.success, {"completed_at": completed})
+            run.store.write_json(scoring.success, {"completed_at": completed})
     listed = list_scorings(run)
     assert [(s["score_id"], s["complete"]) for s in listed] == [("b", True), ("a", True), ("c", False)]
     assert find_scoring(run).score_id == "a"

@@ -11,13 +11,14 @@ from aml_model.aggregate import PATIENT_COLUMNS, RESEARCH_NOTE
 from aml_model.catalog import CELL_COLUMNS
 from aml_model.io import load_model
 from aml_model.predict import predict_batch
-from flows.cli import cli
+from app.cli import cli
 from flows.parameters import ScoreOptions, nest_options
 from flows.score import score_smears
-from tasks import storage
 from tasks.registry import ModelNotFoundError
 from tasks.report import report_url
 from tasks.runs import require_complete
+from tasks.store import PROBABILITIES, Store
+from tasks.store_layout import ScoringPaths
 from tests.conftest import upload_folder
 from tests.corpus import compose_class_source, compose_patient_cohort
 from tests.report_checks import parse_page
@@ -29,8 +30,8 @@ def run_score(task_runner, **parameters):
     return score_smears.with_options(task_runner=task_runner)(**nest_options(parameters, ScoreOptions))
 
 
-def scoring_of(store: str, result: dict) -> storage.ScoringPaths:
-    return storage.RunPaths(store, result["run_id"]).scoring(result["score_id"])
+def scoring_of(store: Store, result: dict) -> ScoringPaths:
+    return store.run(result["run_id"]).scoring(result["score_id"])
 
 
 @pytest.mark.reliability
@@ -40,7 +41,7 @@ def test_distributed_scores_equal_single_process_predict(lmu_cells, tmp_path, ta
     store = str(tmp_path / "store")
     result = run_score(task_runner, source=str(source), store=store, model=str(tiny_model_file),
                        min_cells=10, chunk_cells=8, chunks_per_task=1, batch_size=5)
-    paths = scoring_of(store, result)
+    paths = scoring_of(Store(store), result)
     require_complete(paths)
     require_complete(paths.ingest)
     assert result["run"] == paths.root and result["ingest"] == paths.ingest.root
@@ -50,8 +51,8 @@ def test_distributed_scores_equal_single_process_predict(lmu_cells, tmp_path, ta
     markers = sorted((tmp_path / "store" / "runs" / result["run_id"] / "scores" / result["score_id"] / "_shards"
                       / "score").iterdir())
     assert len(markers) == 8  # 61 inputs in chunks of 8
-    assert sum(storage.read_json(str(m))["scored"] for m in markers) == 60, "every cell scored exactly once"
-    images = storage.open_cells_array(paths.cells_zarr)[:]
+    assert sum(paths.store.read_json(str(m))["scored"] for m in markers) == 60, "every cell scored exactly once"
+    images = paths.store.open_cells_array(paths.cells_zarr)[:]
     reference = predict_batch(load_model(tiny_model_file, compile=False), images[cells["zarr_index"].to_numpy()])
     np.testing.assert_allclose(cells["probability"].to_numpy(), reference, atol=1e-5)
     assert (cells["predicted_label"] == np.where(reference >= 0.5, "blast", "normal")).all()
@@ -83,26 +84,26 @@ def test_s3_source_to_s3_store_with_a_registered_champion(lmu_cells, tmp_path, s
 
     bucket, options = s3_bucket
     store = f"s3://{bucket}/store"
-    ref = register_model(str(tiny_model_file), {"config": {"model": {"image_size": 32}}}, store, options)
-    set_champion(store, ref.version, options)
+    ref = register_model(str(tiny_model_file), {"config": {"model": {"image_size": 32}}}, Store(store, options))
+    set_champion(Store(store, options), ref.version)
     local = compose_patient_cohort(lmu_cells, tmp_path / "cohort", {"P1": (4, 4), "P2": (0, 6)})
-    upload_folder(local, f"s3://{bucket}/smears", options)
+    upload_folder(local, Store(f"s3://{bucket}/smears", options))
     result = run_score(task_runner, source=f"s3://{bucket}/smears", store=store, s3_endpoint_url=s3_endpoint,
                        min_cells=5, chunk_cells=4)
     assert result["model_version"] == ref.version and result["score_id"].startswith(ref.version)
-    paths = scoring_of(store, result)
-    require_complete(paths, options)
-    cells = storage.read_table(paths.cells_table, options)
+    paths = scoring_of(Store(store, options), result)
+    require_complete(paths)
+    cells = paths.store.read_table(paths.cells_table)
     assert len(cells) == 14
     # The scores are the model's own on these cells, read back from the store's Zarr images.
-    images = storage.open_cells_array(paths.cells_zarr, options)[:][cells["zarr_index"].to_numpy()]
+    images = paths.store.open_cells_array(paths.cells_zarr)[:][cells["zarr_index"].to_numpy()]
     reference = predict_batch(load_model(tiny_model_file, compile=False), images)
     np.testing.assert_allclose(cells["probability"].to_numpy(), reference, atol=1e-5)
     assert (cells["predicted_label"] == np.where(reference >= 0.5, "blast", "normal")).all()
-    patients = storage.read_table(paths.patients_table, options)
+    patients = paths.store.read_table(paths.patients_table)
     assert patients["patient_id"].tolist() == ["P1", "P2"] and patients["n_scored"].tolist() == [8, 6]
     # The index's patient links are relative: on S3 it says where they open.
-    index = parse_page(storage.read_bytes(paths.report_index, options).decode()).text
+    index = parse_page(paths.store.read_bytes(paths.report_index).decode()).text
     assert "Opened from a presigned link of a private bucket they do not open" in index
 
 
@@ -119,12 +120,12 @@ def test_resuming_with_other_chunks_per_task_scores_every_cell(lmu_cells, tmp_pa
     params = dict(source=str(source), store=store, model=str(tiny_model_file), run_id="regroup", min_cells=5,
                   chunk_cells=4, batch_size=4, explain=False)
     first = run_score(task_runner, chunks_per_task=1, **params)
-    paths = scoring_of(store, first)
+    paths = scoring_of(Store(store), first)
     complete = pd.read_parquet(paths.cells_table)
     # Interrupted before the second chunk was scored: its probabilities and marker are gone.
-    storage.open_cells_array(paths.probabilities_zarr, name=storage.PROBABILITIES, read_only=False)[4:8] = np.nan
-    storage.remove(paths.shard_marker("score", 1))
-    storage.remove(paths.success)
+    paths.store.open_cells_array(paths.probabilities_zarr, name=PROBABILITIES, read_only=False)[4:8] = np.nan
+    paths.store.remove(paths.shard_marker("score", 1))
+    paths.store.remove(paths.success)
 
     again = run_score(task_runner, chunks_per_task=2, **params)
     assert not again["already_complete"] and again["cells"] == first["cells"] == 24
@@ -138,7 +139,7 @@ def test_class_layout_run_reports_blast_like_rates_per_cell_type(lmu_cells, tmp_
     store = str(tmp_path / "store")
     result = run_score(task_runner, source=str(source), store=store, model=str(tiny_model_file), min_cells=5,
                        chunk_cells=8, explain=False)
-    paths = scoring_of(store, result)
+    paths = scoring_of(Store(store), result)
     cells = pd.read_parquet(paths.cells_table)
     assert tuple(cells.columns) == SCORED_COLUMNS
     types = cells["cell_type"].astype(object).where(cells["cell_type"].notna(), "unknown")
@@ -154,8 +155,8 @@ def test_class_layout_run_reports_blast_like_rates_per_cell_type(lmu_cells, tmp_
         assert rows[cell_type]["n"] == n and rows[cell_type]["blast_like_rate"] == pytest.approx(rate)
     assert rows["myeloblast"]["n_blast"] == 6 and rows["segmented neutrophil"]["n_blast"] == 0
 
-    report = parse_page(storage.read_bytes(report_url(paths, "smear")).decode()).text
-    index = parse_page(storage.read_bytes(result["report"]).decode()).text
+    report = parse_page(paths.store.read_bytes(report_url(paths, "smear")).decode()).text
+    index = parse_page(paths.store.read_bytes(result["report"]).decode()).text
     for cell_type, (n, rate) in expected.items():
         assert f"{cell_type} {n} {rate:.1%}" in report, cell_type
         assert f"{cell_type} {n} {rate:.1%}" in index, cell_type
@@ -168,8 +169,8 @@ def _site_store(tmp_path, model_file):
     from tasks.registry import register_model, set_champion
 
     store = str(tmp_path / "store")
-    ref = register_model(str(model_file), {"config": {"model": {"image_size": 32}}}, store)
-    set_champion(store, ref.version)
+    ref = register_model(str(model_file), {"config": {"model": {"image_size": 32}}}, Store(store))
+    set_champion(Store(store), ref.version)
     rng = np.random.default_rng(0)
     y = np.r_[np.ones(30), np.zeros(30)].astype(int)
     return store, ref, y, expit(np.where(y == 1, 1.0, -1.0) + rng.normal(size=y.size))
@@ -187,7 +188,7 @@ def test_scoring_with_a_site_calls_on_its_calibrated_probabilities_and_records_i
     # A site whose raw cut sits at sigmoid(-12): nearly every cell the raw 0.5 calls normal turns blast-like.
     calibration = dataclasses.replace(fit_site_calibration(y, p, "lab-a", ref.version),
                                       coefficients={"slope": 1.0, "intercept": 12.0})
-    save_site_calibration(calibration, store)
+    save_site_calibration(calibration, Store(store))
     source = compose_patient_cohort(lmu_cells, tmp_path / "cohort", {"A": (3, 9), "B": (0, 12)})
     result = run_score(task_runner, source=str(source), store=store, site="lab-a", min_cells=5, chunk_cells=8,
                        explain=False)
@@ -195,9 +196,9 @@ def test_scoring_with_a_site_calls_on_its_calibrated_probabilities_and_records_i
     assert result["site_operating_point"] == "fraction", "the fraction point calls by default"
     point = calibration.operating_point("fraction")
     assert point.threshold > calibration.threshold
-    paths = scoring_of(store, result)
+    paths = scoring_of(Store(store), result)
     require_complete(paths)
-    settings = storage.read_json(paths.settings)
+    settings = paths.store.read_json(paths.settings)
     assert settings["site"] == "lab-a" and settings["threshold"] == point.threshold
     assert settings["site_operating_point"] == "fraction"
     assert settings["calibration"]["coefficients"] == {"slope": 1.0, "intercept": 12.0}
@@ -234,14 +235,14 @@ def test_a_site_calibrated_for_another_model_version_is_refused_before_anything_
     from tasks.registry import set_champion
 
     store, ref, y, p = _site_store(tmp_path, tiny_model_file)
-    save_site_calibration(fit_site_calibration(y, p, "lab-a", ref.version), store)
+    save_site_calibration(fit_site_calibration(y, p, "lab-a", ref.version), Store(store))
     # A newer champion, promoted after the site calibrated.
     new = "20991231T000000Z-feedbeef"
     shutil.copytree(tmp_path / "store" / "models" / ref.version, tmp_path / "store" / "models" / new,
                     ignore=shutil.ignore_patterns("sites"))
     card = tmp_path / "store" / "models" / new / "model_card.json"
     card.write_text(json.dumps({**json.loads(card.read_text()), "version": new}))
-    set_champion(store, new)
+    set_champion(Store(store), new)
     source = compose_patient_cohort(lmu_cells, tmp_path / "cohort", {"A": (2, 2)})
 
     def files():
@@ -261,9 +262,9 @@ def test_a_site_calibrated_for_another_model_version_is_refused_before_anything_
         run_score(task_runner, source=str(source), store=store, model=ref.version, site="lab-a", blast_cutoff=0.3,
                   min_cells=1)
     # A calibration stored before the operating points: the fraction point (the default) is refused.
-    url = site_calibration_url(store, ref.version, "lab-a")
-    storage.write_json(url, {k: v for k, v in storage.read_json(url).items()
-                             if k not in {"operating_points", "blast_cutoff"}})
+    url = site_calibration_url(Store(store), ref.version, "lab-a")
+    Store(store).write_json(url, {k: v for k, v in Store(store).read_json(url).items()
+                                  if k not in {"operating_points", "blast_cutoff"}})
     before = files()
     with pytest.raises(ConfigError, match="has no fraction operating point"):
         run_score(task_runner, source=str(source), store=store, model=ref.version, site="lab-a", min_cells=1)
@@ -277,7 +278,7 @@ def test_a_flat_folder_is_scored_as_one_pseudo_patient_named_after_it(lmu_cells,
     result = run_score(task_runner, source=str(source), store=store, model=str(tiny_model_file), min_cells=5,
                        chunk_cells=4)
     assert [(p["patient_id"], p["n_scored"]) for p in result["patients"]] == [("smear-17", 6)]
-    require_complete(scoring_of(store, result))
+    require_complete(scoring_of(Store(store), result))
     assert "flat folder: its images are scored as one pseudo-patient 'smear-17'" in caplog.text
 
 

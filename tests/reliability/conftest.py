@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from tasks.store import Store
 from tests.conftest import PROJECT_ROOT
 
 PYTHON = sys.executable
@@ -89,14 +90,13 @@ def score_markers(store: Path, run_id: str) -> dict[str, int]:
     return found
 
 
-def read_tables(store: str, run_id: str, storage_options: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def read_tables(store: Store, run_id: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """cells.parquet and patients.parquet of a run's latest complete scoring, rows in a canonical order."""
-    from tasks import storage
     from tasks.runs import find_scoring
 
-    paths = find_scoring(storage.RunPaths(store, run_id), None, storage_options)
-    cells = storage.read_table(paths.cells_table, storage_options).sort_values("cell_id", ignore_index=True)
-    patients = storage.read_table(paths.patients_table, storage_options).sort_values("patient_id", ignore_index=True)
+    paths = find_scoring(store.run(run_id))
+    cells = store.read_table(paths.cells_table).sort_values("cell_id", ignore_index=True)
+    patients = store.read_table(paths.patients_table).sort_values("patient_id", ignore_index=True)
     return cells, patients
 
 
@@ -182,7 +182,7 @@ def clean_run(cohort, cluster, tiny_model_file, tmp_path_factory):
         source=str(cohort), store=str(store),
         options=ScoreOptions(model=str(tiny_model_file), run_id="clean", **SCORE_PARAMS))
     assert not result["already_complete"]
-    return store, "clean", read_tables(str(store), "clean")
+    return store, "clean", read_tables(Store(str(store)), "clean")
 
 
 # Fake credentials every flow process of these tests runs with: the moto server accepts any, and

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks import storage
+from tasks.store import Store
 from tests.reliability.conftest import (SCORE_PARAMS, assert_same_tables, kill_group, read_tables,
                                         start_score_process, wait_for)
 
@@ -33,11 +33,12 @@ def test_two_runs_at_once_do_not_interfere_and_repeat_runs_are_identical(cohort,
     for run, process in zip(runs, processes, strict=True):
         assert process.returncode == 0, (tmp_path / f"{run}.log").read_text()[-4000:]
 
-    first, second = (read_tables(str(store), run) for run in runs)
+    scored = Store(str(store))
+    first, second = (read_tables(scored, run) for run in runs)
     for tables in (first, second):
         assert_same_tables(tables, clean_run[2])
     # Idempotence: the same source and model give the same frames (the writer adds no timestamps).
     pd.testing.assert_frame_equal(first[0], second[0])
     pd.testing.assert_frame_equal(first[1], second[1])
-    images = [storage.open_cells_array(storage.RunPaths(str(store), run).cells_zarr)[:] for run in runs]
+    images = [scored.open_cells_array(scored.run(run).cells_zarr)[:] for run in runs]
     np.testing.assert_array_equal(images[0], images[1])

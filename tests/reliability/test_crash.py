@@ -9,11 +9,11 @@ import pytest
 from click.testing import CliRunner
 from prefect_dask import DaskTaskRunner
 
-from flows.cli import cli
+from app.cli import cli
 from flows.parameters import ScoreOptions, nest_options
 from flows.score import score_smears
-from tasks import storage
 from tasks.runs import IncompleteRunError, require_complete
+from tasks.store import Store
 from tests.reliability.conftest import (SCORE_PARAMS, SCORE_SHARDS, assert_same_tables, kill_group, read_tables,
                                         score_markers, start_score_process, wait_for)
 
@@ -51,7 +51,7 @@ def test_killed_score_flow_is_refused_as_incomplete_and_a_rerun_completes_it(coh
     assert not cells_table.exists() or "probability" not in pd.read_parquet(cells_table).columns
 
     # Readers refuse it: the library's check, and aml-smear's own reader of runs.
-    scoring = storage.RunPaths(str(store), "crash").scoring(scoring_dir.name)
+    scoring = Store(str(store)).run("crash").scoring(scoring_dir.name)
     with pytest.raises(IncompleteRunError, match="scoring .* of run crash .* is incomplete .*rerun it with the same"):
         require_complete(scoring)
     refused = CliRunner().invoke(cli, ["report", "crash", "--store", str(store)])
@@ -67,7 +67,7 @@ def test_killed_score_flow_is_refused_as_incomplete_and_a_rerun_completes_it(coh
     ingest_after = {p.name: p.stat().st_mtime_ns for p in (run / "_shards" / "ingest").iterdir()}
     assert len(ingest_after) == SCORE_SHARDS
     assert {name: ingest_after[name] for name in ingest_before} == ingest_before, "no decoded shard is decoded again"
-    assert_same_tables(read_tables(str(store), "crash"), clean_run[2])
+    assert_same_tables(read_tables(Store(str(store)), "crash"), clean_run[2])
     assert result["score_id"] == scoring_dir.name
     assert json.loads((scoring_dir / "score.json").read_text())["model_version"] == result["model_version"]
 
@@ -90,8 +90,9 @@ def test_killed_retrain_keeps_the_champion_and_racing_retrains_promote_one_compl
 
     bucket, options = s3_bucket
     store = f"s3://{bucket}/store"
-    old = register_model(str(tiny_model_file), {"config": {"model": {"image_size": 32}}}, store, options)
-    set_champion(store, old.version, options)
+    registry = Store(store, options)
+    old = register_model(str(tiny_model_file), {"config": {"model": {"image_size": 32}}}, registry)
+    set_champion(registry, old.version)
     fs = s3fs.S3FileSystem(**options)
 
     # The model card is the last file of a registration: hold its upload and kill the flow meanwhile.
@@ -112,9 +113,9 @@ def test_killed_retrain_keeps_the_champion_and_racing_retrains_promote_one_compl
     (partial,) = [v for v in versions if v != old.version]
     assert fs.exists(f"{bucket}/store/models/{partial}/model.keras")
     assert not fs.exists(f"{bucket}/store/models/{partial}/model_card.json")
-    assert resolve_model("champion", store, options) == old, "the champion did not move"
+    assert resolve_model("champion", registry) == old, "the champion did not move"
     with pytest.raises(ModelNotFoundError, match=f"{partial} .* is not completely registered"):
-        resolve_model(partial, store, options)
+        resolve_model(partial, registry)
     refused = CliRunner().invoke(cli, ["score", str(cohort), "--store", store, "--model", partial,
                                        "--s3-endpoint-url", s3_endpoint, "--scheduler", cluster.scheduler_address])
     assert refused.exit_code == 1 and "is not completely registered" in refused.output, refused.output
@@ -130,12 +131,12 @@ def test_killed_retrain_keeps_the_champion_and_racing_retrains_promote_one_compl
             kill_group(process)
     assert [p.returncode for p in racers] == [0, 0], "\n".join(log.read_text()[-3000:] for log in logs)
     results = [result_line(log) for log in logs]
-    champion = resolve_model("champion", store, options)
+    champion = resolve_model("champion", registry)
     assert champion.version in {old.version} | {r["version"] for r in results if r["promoted"]}
     folder = f"{bucket}/store/models/{champion.version}"
     card = json.loads(fs.cat_file(f"{folder}/model_card.json"))
     assert card["version"] == champion.version
-    local = storage.local_copy(champion.url, options, f"check-{champion.version}.keras")
+    local = registry.local_copy(champion.url, f"check-{champion.version}.keras")
     assert load_model(local, compile=False).input_shape == (None, 32, 32, 3)
     for result in results:  # both registrations are complete
         assert fs.exists(f"{bucket}/store/models/{result['version']}/model_card.json")
@@ -178,10 +179,10 @@ def test_a_killed_rescoring_leaves_the_finished_scoring_byte_identical(clean_run
 
     after = files()
     assert {name: after.get(name) for name in before} == before, "a file of the finished run changed or vanished"
-    scorings = list_scorings(storage.RunPaths(str(store), run_id))
+    scorings = list_scorings(Store(str(store)).run(run_id))
     assert [s["complete"] for s in scorings] == [True, False]
     assert scorings[1]["settings"]["precision"] == "float32"
     # Readers still find the finished scoring, with its tables as they were.
-    assert find_scoring(storage.RunPaths(str(store), run_id)).score_id == scorings[0]["score_id"]
-    assert_same_tables(read_tables(str(store), run_id), tables)
+    assert find_scoring(Store(str(store)).run(run_id)).score_id == scorings[0]["score_id"]
+    assert_same_tables(read_tables(Store(str(store)), run_id), tables)
 

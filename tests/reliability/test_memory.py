@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from tasks import storage
+from tasks.store import Store
 
 pytestmark = pytest.mark.reliability
 
@@ -81,11 +81,11 @@ def test_a_cohort_larger_than_worker_memory_streams_through_one_worker(prefect_a
                                                                   explain=False))
         (pid_after,) = client.run(os.getpid).values()
         (peak,) = client.run(_peak_rss).values()
-    paths = storage.RunPaths(store, "big")
-    images = storage.open_cells_array(paths.cells_zarr)
+    paths = Store(store).run("big")
+    images = paths.store.open_cells_array(paths.cells_zarr)
     assert images.shape == (540, IMAGE_SIZE, IMAGE_SIZE, 3) and images.nbytes > MEMORY_LIMIT
     assert result["cells"] == 540 and not result["already_complete"]
     assert pid_after == pid_before, "the worker was killed for memory and restarted"
     assert peak < 0.95 * MEMORY_LIMIT < images.nbytes, f"peak {peak / 1e9:.2f} GB"
-    probabilities = storage.read_table(paths.scoring(result["score_id"]).cells_table)["probability"].to_numpy()
+    probabilities = paths.store.read_table(paths.scoring(result["score_id"]).cells_table)["probability"].to_numpy()
     assert len(probabilities) == 540 and np.isfinite(probabilities).all()

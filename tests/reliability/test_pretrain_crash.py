@@ -14,7 +14,7 @@ from tests.reliability.conftest import PYTHON, kill_group, start_python, wait_fo
 pytestmark = pytest.mark.reliability
 
 STEPS = 60
-CLI_PROCESS = "import sys; from flows.cli import main; sys.argv[0] = 'aml-smear'; main()"
+CLI_PROCESS = "import sys; from app.cli import main; sys.argv[0] = 'aml-smear'; main()"
 
 
 def _checkpoint(store) -> PretrainState | None:

@@ -11,9 +11,10 @@ import s3fs
 from click.testing import CliRunner
 from prefect_dask import DaskTaskRunner
 
-from flows.cli import cli
+from app.cli import cli
 from flows.parameters import ScoreOptions
 from flows.score import score_smears
+from tasks.store import Store
 from tests.reliability.conftest import SCORE_PARAMS, assert_same_tables, read_tables
 from tests.reliability.s3proxy import FaultProxy
 
@@ -48,7 +49,7 @@ def test_transient_s3_faults_during_writes_are_retried_and_the_run_completes(coh
             options=ScoreOptions(model=str(tiny_model_file), run_id="flaky", **SCORE_PARAMS))
     assert proxy.injected["status"] >= 10 and proxy.injected["reset"] >= 1, proxy.injected
     assert not result["already_complete"]
-    assert_same_tables(read_tables(store, "flaky", options), clean_run[2])
+    assert_same_tables(read_tables(Store(store, options), "flaky"), clean_run[2])
 
 
 def test_permanent_s3_fault_fails_the_run_with_a_clear_message_and_no_success(cohort, cluster, s3_bucket,

@@ -117,7 +117,7 @@ def test_a_failing_command_does_not_echo_the_access_key(cohort, cluster, s3_buck
         proxy.fault = lambda method, path: ("status", 403, "InvalidAccessKeyId", True) if method == "PUT" else None
         log = tmp_path / "denied.log"
         process = start_python(
-            "import sys\nfrom flows.cli import main\nsys.argv = ['aml-smear', *sys.argv[1:]]\nmain()",
+            "import sys\nfrom app.cli import main\nsys.argv = ['aml-smear', *sys.argv[1:]]\nmain()",
             "score", str(cohort), "--store", f"s3://{bucket}/store", "--model", str(tiny_model_file), "--run-id",
             "denied", "--s3-endpoint-url", proxy.url, "--scheduler", cluster.scheduler_address, log=log,
             env=FAKE_SECRETS)

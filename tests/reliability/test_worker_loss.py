@@ -12,6 +12,7 @@ from prefect_dask import DaskTaskRunner
 
 from flows.parameters import ScoreOptions
 from flows.score import score_smears
+from tasks.store import Store
 from tests.reliability.conftest import (PROJECT_ROOT, SCORE_PARAMS, SCORE_SHARDS, assert_same_tables, read_tables, score_markers,
                                         wait_for)
 
@@ -65,7 +66,7 @@ def check_recovered(seen, store, run_id, clean_run):
     assert seen["markers"] < SCORE_SHARDS, "the kill came after the last shard"
     assert not seen["result"]["already_complete"]
     assert len(score_markers(store, run_id)) == SCORE_SHARDS
-    assert_same_tables(read_tables(str(store), run_id), clean_run[2])
+    assert_same_tables(read_tables(Store(str(store)), run_id), clean_run[2])
 
 
 def test_local_cluster_worker_killed_mid_scoring(cohort, cluster, clean_run, tiny_model_file, tmp_path):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from tasks import storage
 from tasks.arrivals import only_new, patient_versions, record_scored, scored_versions
 from tasks.discover import CellInput, Discovery
+from tasks.store import Store
 
 
 def _found(images: dict[str, list[str]], rejected: dict[str, list[str]] | None = None, empty=()) -> Discovery:
@@ -40,14 +40,14 @@ def test_only_new_keeps_the_unscored_patients_with_their_refusals_and_empty_fold
 
 
 def test_the_ledger_records_a_scoring_once_and_answers_per_model(tmp_path):
-    store = str(tmp_path / "store")
-    scoring = storage.RunPaths(store, "run-1").scoring("m1-abc")
+    store = Store(str(tmp_path / "store"))
+    scoring = store.run("run-1").scoring("m1-abc")
     patients = pd.DataFrame({"patient_id": ["A", "B"], "patient_version": ["va", "vb"]})
     url = record_scored(scoring, "m1", patients)
     assert scored_versions(store, "m1") == {"va", "vb"} and scored_versions(store, "m2") == set()
     # An entry already there is left as it is: a rerun does not rewrite it.
     assert record_scored(scoring, "m1", patients.iloc[:1]) == url
     assert scored_versions(store, "m1") == {"va", "vb"}
-    record_scored(storage.RunPaths(store, "run-2").scoring("m1-def"), "m1",
+    record_scored(store.run("run-2").scoring("m1-def"), "m1",
                   pd.DataFrame({"patient_id": ["C"], "patient_version": ["vc"]}))
     assert scored_versions(store, "m1") == {"va", "vb", "vc"}

@@ -6,17 +6,17 @@ from scipy.special import expit
 
 from aml_model.calibration import fit_site_calibration
 from aml_model.errors import ConfigError
-from tasks import storage
 from tasks.calibration import (CalibrationNotFoundError, calibrated_versions, calibration_markdown, list_sites,
                                read_site_calibration, save_site_calibration, site_calibration_url)
 from tasks.registry import ModelNotFoundError
+from tasks.store import Store
 
 
 def registered(store, version):
     """A registered version as far as the registry's files go (card written last)."""
-    storage.write_bytes(storage.join(store, "models", version, "model.keras"), b"model")
-    storage.write_json(storage.join(store, "models", version, "model_card.json"),
-                       {"config": {"model": {"image_size": 32}}, "version": version})
+    store.write_bytes(store.path("models", version, "model.keras"), b"model")
+    store.write_json(store.path("models", version, "model_card.json"),
+                     {"config": {"model": {"image_size": 32}}, "version": version})
 
 
 def calibration_for(version, site="lab-a", shift=-1.0):
@@ -27,7 +27,7 @@ def calibration_for(version, site="lab-a", shift=-1.0):
 
 
 def test_a_calibration_is_stored_next_to_its_model_and_read_back(tmp_path):
-    store = str(tmp_path / "store")
+    store = Store(str(tmp_path / "store"))
     registered(store, "v1")
     calibration = calibration_for("v1")
     url = save_site_calibration(calibration, store)
@@ -44,7 +44,7 @@ def test_a_calibration_is_stored_next_to_its_model_and_read_back(tmp_path):
 
 
 def test_a_site_calibrated_for_another_version_is_refused_with_both_versions_named(tmp_path):
-    store = str(tmp_path / "store")
+    store = Store(str(tmp_path / "store"))
     registered(store, "v1")
     registered(store, "v2")
     save_site_calibration(calibration_for("v1"), store)
@@ -58,7 +58,7 @@ def test_a_site_calibrated_for_another_version_is_refused_with_both_versions_nam
 
 
 def test_a_bare_model_file_or_a_bad_site_name_is_refused(tmp_path):
-    store = str(tmp_path / "store")
+    store = Store(str(tmp_path / "store"))
     with pytest.raises(ModelNotFoundError, match="not registered"):
         save_site_calibration(calibration_for("file-0123456789ab"), store)
     assert not (tmp_path / "store").exists()

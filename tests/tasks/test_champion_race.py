@@ -12,17 +12,18 @@ from datetime import datetime
 import pytest
 
 from tasks.registry import read_champion, require_registered, set_champion
+from tasks.store import Store
 from tests.registry_fakes import fake_model
 from tests.tasks.champion_race import run_operation
 
 VERSIONS = [f"20261201T{hour:02d}{minute:02d}00Z-{hour:02d}{minute:02d}" for hour in (1, 2, 3) for minute in range(10)]
 
 
-def operations(store: str, options: dict) -> list[tuple[str, str, str, dict]]:
+def operations(store: Store) -> list[tuple[str, str, Store]]:
     """28 promotions, one per version but the two promoted first (each changes the champion),
     11 rollbacks and 11 prunes, shuffled."""
-    chosen = [("promote", version, store, options) for version in VERSIONS[2:]]
-    chosen += [("rollback", "", store, options)] * 11 + [("prune", "3", store, options)] * 11
+    chosen = [("promote", version, store) for version in VERSIONS[2:]]
+    chosen += [("rollback", "", store)] * 11 + [("prune", "3", store)] * 11
     random.Random(7).shuffle(chosen)
     return chosen
 
@@ -32,14 +33,14 @@ def operations(store: str, options: dict) -> list[tuple[str, str, str, dict]]:
 def test_concurrent_promote_rollback_and_prune_keep_the_pointer_whole(where, workers, tmp_path, request):
     if where == "s3":
         bucket, options = request.getfixturevalue("s3_bucket")
-        store = f"s3://{bucket}/store"
+        store = Store(f"s3://{bucket}/store", options)
     else:
-        store, options = str(tmp_path / "store"), {}
+        store = Store(str(tmp_path / "store"))
     for version in VERSIONS:
-        fake_model(store, version, storage_options=options)
-    set_champion(store, VERSIONS[0], options, reason="initial")
-    set_champion(store, VERSIONS[1], options, reason="op initial-2")
-    todo = operations(store, options)
+        fake_model(store, version)
+    set_champion(store, VERSIONS[0], reason="initial")
+    set_champion(store, VERSIONS[1], reason="op initial-2")
+    todo = operations(store)
     pool = (ThreadPoolExecutor(8) if workers == "threads"
             else ProcessPoolExecutor(4, mp_context=multiprocessing.get_context("spawn")))
     with pool:
@@ -48,8 +49,8 @@ def test_concurrent_promote_rollback_and_prune_keep_the_pointer_whole(where, wor
     done = {kind: sum(1 for k, _, outcome in outcomes if k == kind and outcome == "ok")
             for kind in ("promote", "rollback", "prune")}
     assert done["promote"] > 0 and done["prune"] > 0, outcomes
-    pointer = read_champion(store, options)
-    require_registered(store, pointer["version"], options)  # a complete model
+    pointer = read_champion(store)
+    require_registered(store, pointer["version"])  # a complete model
     assert not pointer.get("pruning"), "every prune lifted its marks"
     # Every successful promotion of a new version pushed one entry, every rollback popped one:
     # a lost update (two writers from one read) breaks the count.

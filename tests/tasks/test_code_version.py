@@ -9,6 +9,7 @@ import subprocess
 import pytest
 
 from tasks.registry import _CODE_ROOT, code_version, register_model
+from tasks.store import Store
 from tests.registry_fakes import stand_in_keras_file
 
 PACKAGE = importlib.metadata.version("aml-smear")
@@ -64,7 +65,7 @@ def test_without_git_the_package_version_and_no_dirty_flag(tmp_path, monkeypatch
 def test_register_model_records_the_code_version(tmp_path):
     model_file = stand_in_keras_file(tmp_path / "model.keras")
     ref = register_model(str(model_file), {"config": {"model": {"image_size": 32}}, "code_version": "0.1.0"},
-                         str(tmp_path / "store"))
+                         Store(str(tmp_path / "store")))
     card = json.loads((tmp_path / "store" / "models" / ref.version / "model_card.json").read_text())
     assert card["code_version"] == code_version()
 

@@ -5,12 +5,13 @@ import pandas as pd
 import pytest
 
 from tasks.discover import NoImagesError, discover, input_name, require_images
+from tasks.store import Store
 from tests.conftest import upload_folder
 from tests.corpus import compose_class_source, compose_patient_cohort, write_bad_corpus
 
 
 def test_lmu_folder_is_detected_as_class_layout(lmu_cells):
-    found = discover(str(lmu_cells))
+    found = discover(Store(str(lmu_cells)))
     assert found.layout == "class"
     assert len(found.inputs) == 1400
     assert {c.patient_id for c in found.inputs} == {"lmu-cells"}
@@ -24,7 +25,7 @@ def test_patient_layout_with_labels_diagnoses_and_empty_folders(lmu_cells, tmp_p
     root = compose_patient_cohort(lmu_cells, tmp_path / "cohort", {"A": (2, 1), "B": (0, 2)})
     (root / "patients.csv").write_text("patient_id,diagnosis\nA,aml\nB,healthy\n")
     (root / "C").mkdir()
-    found = discover(str(root))
+    found = discover(Store(str(root)))
     assert found.layout == "patient"
     assert [c.patient_id for c in found.inputs] == ["A", "A", "A", "B", "B"]
     assert sorted((c.patient_id, c.label) for c in found.inputs) == [
@@ -38,7 +39,7 @@ def test_bad_corpus_discovery_ignores_non_images_and_follows_links(tmp_path):
     outside = tmp_path / "outside"
     outside.mkdir()
     expected = write_bad_corpus(tmp_path / "src", outside)
-    found = discover(str(tmp_path / "src"), layout="patient")
+    found = discover(Store(str(tmp_path / "src")), layout="patient")
     assert found.rejected == []
     assert sorted(p.rsplit("/", 1)[-1] for p in found.ignored) == [".DS_Store", "NOTES", "README.txt", "Thumbs.db"]
     assert found.empty_patients == ["P3-empty"]
@@ -56,7 +57,7 @@ def test_manifest_rows_missing_or_outside_the_root_are_refused(lmu_cells, tmp_pa
         "label": ["blast", "", "normal", "blast", "blast"],
     })
     manifest.to_csv(root / "manifest.csv", index=False)
-    found = discover(str(root / "manifest.csv"))
+    found = discover(Store(str(root / "manifest.csv")))
     assert found.layout == "manifest"
     assert [c.uri for c in found.inputs] == [str(root / images[0]), str(root / images[1])]
     assert [c.label for c in found.inputs] == ["blast", None]
@@ -69,14 +70,14 @@ def test_manifest_rows_missing_or_outside_the_root_are_refused(lmu_cells, tmp_pa
 def test_inputs_are_named_by_their_path_under_the_source(lmu_cells, tmp_path):
     root = compose_patient_cohort(lmu_cells, tmp_path / "cohort", {"A": (1, 1)})
     images = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.jpg"))
-    found = discover(str(root))
+    found = discover(Store(str(root)))
     assert found.root == str(root)
     assert [input_name(c.uri, found.root) for c in found.inputs] == images
     # A manifest's root is its folder; a refused entry keeps the manifest's own relative path, and a
     # URI outside the root (or a run without a recorded root) falls back to the file's name.
     pd.DataFrame({"image_uri": [images[0], "A/missing.jpg"], "patient_id": ["A", "A"]}).to_csv(
         root / "manifest.csv", index=False)
-    listed = discover(str(root / "manifest.csv"))
+    listed = discover(Store(str(root / "manifest.csv")))
     assert listed.root == str(root) and input_name(listed.inputs[0].uri, listed.root) == images[0]
     assert input_name(listed.rejected[0]["source_uri"], listed.root) == "A/missing.jpg"
     assert input_name(str(tmp_path / "elsewhere" / "x.jpg"), listed.root) == "x.jpg"
@@ -86,21 +87,21 @@ def test_inputs_are_named_by_their_path_under_the_source(lmu_cells, tmp_path):
 def test_manifest_without_required_columns_is_an_error(tmp_path):
     (tmp_path / "m.csv").write_text("path,label\na.png,blast\n")
     with pytest.raises(ValueError, match="lacks the column.*image_uri, patient_id"):
-        discover(str(tmp_path / "m.csv"))
+        discover(Store(str(tmp_path / "m.csv")))
 
 
 def test_missing_source_and_bad_layout(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        discover(str(tmp_path / "nope"))
+        discover(Store(str(tmp_path / "nope")))
     with pytest.raises(ValueError, match="layout 'grid'"):
-        discover(str(tmp_path), layout="grid")
+        discover(Store(str(tmp_path)), layout="grid")
 
 
 def test_s3_source_patient_layout(lmu_cells, tmp_path, s3_bucket):
     bucket, options = s3_bucket
     root = compose_patient_cohort(lmu_cells, tmp_path / "cohort", {"A": (1, 1), "B": (1, 0)})
-    upload_folder(root, f"s3://{bucket}/smears", options)
-    found = discover(f"s3://{bucket}/smears", storage_options=options)
+    upload_folder(root, Store(f"s3://{bucket}/smears", options))
+    found = discover(Store(f"s3://{bucket}/smears", options))
     assert found.layout == "patient"
     assert [c.uri.split("/smears/")[1] for c in found.inputs] == sorted(
         p.relative_to(root).as_posix() for p in root.rglob("*.jpg"))
@@ -113,7 +114,7 @@ def test_s3_source_patient_layout(lmu_cells, tmp_path, s3_bucket):
 def test_class_folders_give_the_cell_type(lmu_cells, tmp_path):
     folders = {"MYO": ("MYO", 2), "ngs": ("NGS", 2), "blast": ("MYO", 1), "XYZ": ("NGS", 1)}
     root = compose_class_source(lmu_cells, tmp_path / "smear", folders)
-    found = discover(str(root), layout="class")
+    found = discover(Store(str(root)), layout="class")
     typed = sorted((c.uri.split("/smear/")[1].split("/")[0], c.label, c.cell_type) for c in found.inputs)
     assert typed == [("MYO", "blast", "myeloblast"), ("MYO", "blast", "myeloblast"), ("XYZ", None, None),
                      ("blast", "blast", None), ("ngs", "normal", "segmented neutrophil"),
@@ -128,7 +129,7 @@ def test_patient_labels_csv_may_name_the_cell_type(lmu_cells, tmp_path):
     labels.assign(cell_type=[types[label] if patient == "A" else "band neutrophil"
                              for label, patient in zip(labels["label"], labels["image"].str[0], strict=True)]
                   ).to_csv(root / "labels.csv", index=False)
-    found = discover(str(root))
+    found = discover(Store(str(root)))
     assert found.layout == "patient"
     assert sorted((c.patient_id, c.label, c.cell_type) for c in found.inputs) == [
         ("A", "blast", "myeloblast"), ("A", "normal", None), ("B", "normal", "band neutrophil")]
@@ -144,7 +145,7 @@ def test_manifest_may_name_the_cell_type(lmu_cells, tmp_path, suffix):
         manifest.to_csv(root / "manifest.csv", index=False)
     else:
         manifest.to_parquet(root / "manifest.parquet")
-    found = discover(str(root / f"manifest.{suffix}"))
+    found = discover(Store(str(root / f"manifest.{suffix}")))
     assert found.layout == "manifest"
     assert [(c.uri, c.cell_type) for c in found.inputs] == [
         (str(root / images[0]), "myeloblast"), (str(root / images[1]), None), (str(root / images[2]), "monocyte")]
@@ -154,13 +155,13 @@ def test_manifest_may_name_the_cell_type(lmu_cells, tmp_path, suffix):
 def test_a_flat_folder_is_one_pseudo_patient_named_after_it(lmu_cells, tmp_path):
     root = compose_class_source(lmu_cells, tmp_path / "cells", {"smear-17": ("MYO", 3)}) / "smear-17"
     (root / "notes.txt").write_text("slide 4")
-    found = discover(str(root))
+    found = discover(Store(str(root)))
     assert found.layout == "flat"
     assert [(c.patient_id, c.label, c.cell_type) for c in found.inputs] == [("smear-17", None, None)] * 3
     assert found.rejected == []
     assert [p.rsplit("/", 1)[-1] for p in found.ignored] == ["notes.txt"]
     # Named, not chosen: a patient layout has no room for loose images, and says so for each.
-    refused = discover(str(root), layout="patient")
+    refused = discover(Store(str(root)), layout="patient")
     assert refused.inputs == []
     assert {r["reason"] for r in refused.rejected} == {"image is not inside a patient folder"}
 
@@ -174,7 +175,7 @@ def test_symlinked_patient_folders_and_files_are_followed(lmu_cells, tmp_path):
     (batch / "C").mkdir()
     for image in (archive / "C").iterdir():  # a folder of linked files
         (batch / "C" / image.name).symlink_to(image)
-    found = discover(str(batch))
+    found = discover(Store(str(batch)))
     assert found.layout == "patient"
     assert [c.patient_id for c in found.inputs] == ["A", "A", "B", "C"]
     assert all(c.uri.startswith(str(batch) + "/") for c in found.inputs)  # read through the links
@@ -196,7 +197,7 @@ def test_a_symlink_loop_is_skipped_with_its_reason_not_walked_forever(lmu_cells,
     signal.signal(signal.SIGALRM, hung)
     signal.alarm(20)
     try:
-        found = discover(str(root))
+        found = discover(Store(str(root)))
     finally:
         signal.alarm(0)
     assert found.layout == "patient"
@@ -218,11 +219,11 @@ def test_a_source_without_usable_images_says_what_it_holds(lmu_cells, tmp_path):
     with pytest.raises(NoImagesError, match=rf"no images found in {notes} \(layout patient\): 2 files, none an "
                                             r"image by its name or its first bytes "
                                             r"\(e\.g\. counts\.csv, readme\.txt\)"):
-        require_images(discover(str(notes)))
+        require_images(discover(Store(str(notes))))
     (tmp_path / "empty").mkdir()
     with pytest.raises(NoImagesError, match="holds no files"):
-        require_images(discover(str(tmp_path / "empty")))
+        require_images(discover(Store(str(tmp_path / "empty"))))
     flat = compose_class_source(lmu_cells, tmp_path / "cells", {"smear": ("NGS", 2)}) / "smear"
     with pytest.raises(NoImagesError, match=r"no usable images in .* 2 images, all refused at discovery: "
                                             r"image is not inside a class folder \(2\)"):
-        require_images(discover(str(flat), layout="class"))
+        require_images(discover(Store(str(flat)), layout="class"))

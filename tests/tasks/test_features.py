@@ -9,6 +9,7 @@ import pytest
 from aml_model.config import ExperimentConfig
 from tasks import features
 from tasks.features import FeatureCache, embed_missing, embed_shard, prepare_backbone
+from tasks.store import Store
 from tasks.training import fit_head
 from tests.tasks.synthetic_store import write_runs
 
@@ -46,8 +47,8 @@ def test_fit_head_logs_its_epochs_and_the_restored_one(cells, config, tmp_path, 
     train, val = np.arange(16), np.arange(16, 24)
     store = str(tmp_path / "store")
     new_run()
-    backbone_id, _, shape = prepare_backbone(config.model, store, {}, config.train.seed)
-    cache = FeatureCache(store, backbone_id)
+    backbone_id, _, shape = prepare_backbone(config.model, Store(store), config.train.seed)
+    cache = FeatureCache(Store(store), backbone_id)
     rows, _ = embed_missing(cache, wanted(cells, train, val), shape, config, map_shards=in_process)
     with caplog.at_level(logging.INFO, logger="tasks.training"):
         train_from_cache(cache, config, cells, rows, train, val)
@@ -73,9 +74,9 @@ def test_a_cold_and_a_warm_cache_train_bit_identical_heads(cells, config, tmp_pa
 
     cold_store = str(tmp_path / "cold")
     new_run()
-    backbone_id, _, shape = prepare_backbone(config.model, cold_store, {}, config.train.seed)
+    backbone_id, _, shape = prepare_backbone(config.model, Store(cold_store), config.train.seed)
     assert shape == (1, 1, 2048)
-    cold = FeatureCache(cold_store, backbone_id)
+    cold = FeatureCache(Store(cold_store), backbone_id)
     cold_rows, embedded = embed_missing(cold, needed, shape, config, map_shards=in_process)
     assert embedded == len(needed)
 
@@ -83,8 +84,8 @@ def test_a_cold_and_a_warm_cache_train_bit_identical_heads(cells, config, tmp_pa
     # in shards of other sizes: every wanted view sits elsewhere in the array, beside other rows.
     warm_store = str(tmp_path / "warm")
     new_run()
-    assert prepare_backbone(config.model, warm_store, {}, config.train.seed)[0] == backbone_id
-    warm = FeatureCache(warm_store, backbone_id)
+    assert prepare_backbone(config.model, Store(warm_store), config.train.seed)[0] == backbone_id
+    warm = FeatureCache(Store(warm_store), backbone_id)
     earlier = pd.concat([wanted(cells, rest, []), needed], ignore_index=True).iloc[::-1]
     for part in np.array_split(earlier.index.to_numpy(), 3):
         embed_missing(warm, earlier.loc[part], shape, config, map_shards=in_process)
@@ -107,8 +108,8 @@ def test_a_new_seed_or_augmentation_embeds_new_views_and_reuses_the_cells_as_the
     needed = wanted(cells, train, val)
     store = str(tmp_path / "store")
     new_run()
-    backbone_id, _, shape = prepare_backbone(config.model, store, {}, config.train.seed)
-    cache = FeatureCache(store, backbone_id)
+    backbone_id, _, shape = prepare_backbone(config.model, Store(store), config.train.seed)
+    cache = FeatureCache(Store(store), backbone_id)
     rows, embedded = embed_missing(cache, needed, shape, config, map_shards=in_process)
     assert embedded == len(needed)
     augmented = (needed["view"] > 0).to_numpy()
@@ -132,14 +133,12 @@ def test_a_new_seed_or_augmentation_embeds_new_views_and_reuses_the_cells_as_the
 
 
 def test_an_index_from_before_view_keys_is_ignored(cells, config, tmp_path):
-    from tasks import storage
-
     store = str(tmp_path / "store")
     new_run()
-    backbone_id, _, shape = prepare_backbone(config.model, store, {}, config.train.seed)
-    cache = FeatureCache(store, backbone_id)
+    backbone_id, _, shape = prepare_backbone(config.model, Store(store), config.train.seed)
+    cache = FeatureCache(Store(store), backbone_id)
     old = pd.DataFrame({"sha256": cells["sha256"][:4], "view": 1, "row": np.arange(4)})
-    storage.write_table(old, cache.index_url)
+    cache.store.write_table(old, cache.index_url)
     assert cache.read_index().empty
     rows, embedded = embed_missing(cache, cells.iloc[:4].assign(view=1), shape, config, map_shards=in_process)
     assert embedded == 4 and list(rows) == [0, 1, 2, 3]

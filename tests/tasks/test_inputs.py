@@ -1,19 +1,20 @@
 import pandas as pd
 
-from tasks import storage
 from tasks.inputs import quarantined_inputs
+from tasks.store import Store
+from tasks.store_layout import RunPaths
 
 
-def _run_with_quarantine(tmp_path, report: dict) -> storage.RunPaths:
-    paths = storage.RunPaths(str(tmp_path / "store"), "r1")
+def _run_with_quarantine(tmp_path, report: dict) -> RunPaths:
+    paths = Store(str(tmp_path / "store")).run("r1")
     root = "/data/smears"
-    storage.write_table(pd.DataFrame({
+    paths.store.write_table(pd.DataFrame({
         "source_uri": [f"{root}/B/z.jpg", f"{root}/A/y.jpg", f"{root}/A/copy.jpg", f"{root}/loose.jpg"],
         "patient_id": ["B", "A", "A", ""],
         "reason": ["empty file (0 bytes)", "unsupported format GIF (supported: JPEG, PNG, TIFF, BMP)",
                    f"duplicate of {root}/A/x.jpg (same sha256) in patient A", "image is not inside a patient folder"],
     }), paths.quarantine_table)
-    storage.write_json(paths.report, report)
+    paths.store.write_json(paths.report, report)
     return paths
 
 

@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from tasks import storage
 from tasks.registry import (MODEL_PREFIXES_ENV, ModelNotAllowedError, ModelNotFoundError, allow_model_file,
                             register_model, resolve_model, set_champion)
+from tasks.store import Store
 from tests.registry_fakes import stand_in_keras_file
 
 
@@ -14,11 +14,11 @@ def card(image_size=32):
 
 def test_missing_champion_says_how_to_train_one(tmp_path):
     with pytest.raises(ModelNotFoundError, match="aml-smear retrain SOURCE --store"):
-        resolve_model("champion", str(tmp_path))
+        resolve_model("champion", Store(str(tmp_path)))
 
 
 def test_register_promote_and_resolve(tiny_model_file, tmp_path):
-    store = str(tmp_path / "store")
+    store = Store(str(tmp_path / "store"))
     ref = register_model(str(tiny_model_file), card(), store, extra_files={"roc_curve.png": b"png"})
     assert ref.image_size == 32
     folder = tmp_path / "store" / "models" / ref.version
@@ -31,26 +31,28 @@ def test_register_promote_and_resolve(tiny_model_file, tmp_path):
 
 @pytest.mark.reliability
 def test_a_half_registered_version_cannot_become_champion(tmp_path):
-    storage.write_bytes(str(tmp_path / "models" / "v1" / "model.keras"), b"partial")
+    store = Store(str(tmp_path))
+    store.write_bytes(str(tmp_path / "models" / "v1" / "model.keras"), b"partial")
     with pytest.raises(ModelNotFoundError, match="not completely registered"):
-        set_champion(str(tmp_path), "v1")
+        set_champion(store, "v1")
     assert not (tmp_path / "models" / "champion.json").exists()
     with pytest.raises(ModelNotFoundError, match="model version v1 .* is not completely registered"):
-        resolve_model("v1", str(tmp_path))
+        resolve_model("v1", store)
 
 
 def test_model_file_by_path_gets_a_content_version(tiny_model_file, tmp_path):
-    ref = resolve_model(str(tiny_model_file), str(tmp_path))
+    store = Store(str(tmp_path))
+    ref = resolve_model(str(tiny_model_file), store)
     assert ref.version.startswith("file-") and ref.image_size == 32
     (tmp_path / "junk.keras").write_bytes(b"not a zip")
     with pytest.raises(ModelNotFoundError, match="not a Keras .keras model file"):
-        resolve_model(str(tmp_path / "junk.keras"), str(tmp_path))
+        resolve_model(str(tmp_path / "junk.keras"), store)
     with pytest.raises(ModelNotFoundError, match="neither a version registered"):
-        resolve_model("v-does-not-exist", str(tmp_path))
+        resolve_model("v-does-not-exist", store)
 
 
 def test_a_model_path_must_lie_under_the_store_or_an_allowed_prefix(tmp_path, monkeypatch):
-    store = str(tmp_path / "store")
+    store = Store(str(tmp_path / "store"))
     monkeypatch.delenv(MODEL_PREFIXES_ENV, raising=False)
     for folder in ("lab", "store/models/hand-copied"):
         (tmp_path / folder).mkdir(parents=True)

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from tasks import storage
+import tasks.store as store_module
 from tasks.registry import (ModelNotFoundError, RegistryError, read_champion, resolve_model, rollback_champion,
                             set_champion)
 from tasks.registry_admin import compare_cards, list_models, model_references, plan_prune, prune_models
+from tasks.store import Store
 from tests.registry_fakes import fake_model, fake_scoring
 
 V1, V2, V3, V4, V5 = (f"2026010{day}T020000Z-0000000{day}" for day in range(1, 6))
@@ -22,9 +23,9 @@ def tree(root: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture
-def store(tmp_path) -> str:
+def store(tmp_path) -> Store:
     """Five complete versions, V1 oldest; V2 then V3 promoted (V3 champion, V2 before it)."""
-    store = str(tmp_path / "store")
+    store = Store(str(tmp_path / "store"))
     for number, version in enumerate((V1, V2, V3, V4, V5)):
         fake_model(store, version, roc_auc=0.90 + number / 100)
     set_champion(store, V2, reason="first")
@@ -62,7 +63,7 @@ def test_a_promotion_cut_short_leaves_the_old_pointer_whole(store, tmp_path, mon
     def crash(*_args):
         raise OSError("disk gone")
 
-    monkeypatch.setattr(storage.os, "replace", crash)  # the rename that puts the new pointer in place
+    monkeypatch.setattr(store_module.os, "replace", crash)  # the rename that puts the new pointer in place
     with pytest.raises(OSError, match="disk gone"):
         set_champion(store, V5)
     monkeypatch.undo()
@@ -103,17 +104,17 @@ def test_rollback_returns_to_each_earlier_champion_in_turn(store):
 
 
 def test_rollback_refuses_a_previous_champion_that_is_gone(store, tmp_path):
-    storage.remove(str(tmp_path / "store" / "models" / V2), recursive=True)
+    store.remove(str(tmp_path / "store" / "models" / V2), recursive=True)
     with pytest.raises(ModelNotFoundError, match=f"cannot roll back to the previous champion {V2}: .*not registered"):
         rollback_champion(store)
     assert read_champion(store)["version"] == V3
 
 
 def test_a_pointer_written_before_history_was_kept_still_promotes_and_rolls_back(tmp_path):
-    store = str(tmp_path / "store")
+    store = Store(str(tmp_path / "store"))
     fake_model(store, V1)
     fake_model(store, V2)
-    storage.write_json(str(tmp_path / "store" / "models" / "champion.json"), {"version": V1, "reason": "old"})
+    store.write_json(str(tmp_path / "store" / "models" / "champion.json"), {"version": V1, "reason": "old"})
     with pytest.raises(RegistryError, match="no champion before"):
         rollback_champion(store)
     set_champion(store, V2)
@@ -121,7 +122,7 @@ def test_a_pointer_written_before_history_was_kept_still_promotes_and_rolls_back
 
 
 def test_compare_puts_both_cards_test_metrics_side_by_side(store):
-    a, b = (json.loads(Path(store, "models", v, "model_card.json").read_text()) for v in (V1, V4))
+    a, b = (json.loads(Path(store.url, "models", v, "model_card.json").read_text()) for v in (V1, V4))
     facts, metrics, same_cells = compare_cards(a, b)
     assert dict((name, (x, y)) for name, x, y in metrics)["roc_auc"] == pytest.approx((0.90, 0.93))
     assert [name for name, _, _ in metrics] == ["test cells", "roc_auc", "accuracy", "sensitivity", "specificity",
@@ -135,10 +136,10 @@ def test_references_are_read_from_score_json_at_any_depth(store):
     fake_scoring(store, "lab-a", V1)  # runs/<run>/score.json
     fake_scoring(store, "lab-b/scores/s-1", V4)  # runs/<ingest>/scores/<scoring>/score.json
     fake_scoring(store, "lab-b/scores/s-2", V4)
-    storage.write_json(str(Path(store, "runs", "lab-b", "cells.zarr", "score.json")), {"model_version": V5})
+    store.write_json(str(Path(store.url, "runs", "lab-b", "cells.zarr", "score.json")), {"model_version": V5})
     references = model_references(store)
     assert sorted(references) == [V1, V4]
-    assert sorted(references[V4]) == [str(Path(store, "runs", "lab-b", "scores", s, "score.json"))
+    assert sorted(references[V4]) == [str(Path(store.url, "runs", "lab-b", "scores", s, "score.json"))
                                       for s in ("s-1", "s-2")]
 
 
@@ -146,7 +147,7 @@ def test_prune_keeps_champion_previous_newest_and_what_runs_use(store, tmp_path)
     fake_scoring(store, "lab-a/scores/s-1", V1)
     plan = plan_prune(store, 1)
     assert plan.remove == [V4]
-    assert plan.keep == {V1: "used by " + str(Path(store, "runs", "lab-a", "scores", "s-1", "score.json")),
+    assert plan.keep == {V1: "used by " + str(Path(store.url, "runs", "lab-a", "scores", "s-1", "score.json")),
                          V2: "previous champion", V3: "champion", V5: "one of the 1 newest"}
     done = prune_models(store, 1)
     assert done.remove == [V4]
@@ -173,8 +174,8 @@ def test_prune_leaves_a_young_incomplete_version_and_removes_an_old_one(store, t
 
 def test_prune_refuses_when_a_scoring_record_is_unreadable(store, tmp_path):
     before = tree(tmp_path / "store" / "models")
-    Path(store, "runs", "lab-a").mkdir(parents=True)
-    Path(store, "runs", "lab-a", "score.json").write_text("{cut short")
+    Path(store.url, "runs", "lab-a").mkdir(parents=True)
+    Path(store.url, "runs", "lab-a", "score.json").write_text("{cut short")
     with pytest.raises(RegistryError, match="cannot tell which model the scoring .*lab-a/score.json used"):
         prune_models(store, 0)
     assert tree(tmp_path / "store" / "models") == before
@@ -182,22 +183,22 @@ def test_prune_refuses_when_a_scoring_record_is_unreadable(store, tmp_path):
 
 def test_registry_operations_on_s3(s3_bucket):
     bucket, options = s3_bucket
-    store = f"s3://{bucket}/store"
+    store = Store(f"s3://{bucket}/store", options)
     for version in (V1, V2, V3, V4):
-        fake_model(store, version, storage_options=options)
-    set_champion(store, V1, options)
-    set_champion(store, V2, options)
-    fake_scoring(store, "lab-a/scores/s-1", V3, options)
-    assert [(e.version, e.status) for e in list_models(store, options)] == [
+        fake_model(store, version)
+    set_champion(store, V1)
+    set_champion(store, V2)
+    fake_scoring(store, "lab-a/scores/s-1", V3)
+    assert [(e.version, e.status) for e in list_models(store)] == [
         (V1, "previous champion"), (V2, "champion"), (V3, "candidate"), (V4, "candidate")]
-    assert list(model_references(store, options)) == [V3]
+    assert list(model_references(store)) == [V3]
     with pytest.raises(ModelNotFoundError, match="not registered"):
-        set_champion(store, V5, options)
-    assert prune_models(store, 0, options).remove == [V4]
-    assert not storage.exists(f"{store}/models/{V4}/model.keras", options)
-    assert [e.version for e in list_models(store, options)] == [V1, V2, V3]
-    assert rollback_champion(store, options) == (V2, V1)
-    assert resolve_model("champion", store, options).version == V1
+        set_champion(store, V5)
+    assert prune_models(store, 0).remove == [V4]
+    assert not store.exists(f"{store.url}/models/{V4}/model.keras")
+    assert [e.version for e in list_models(store)] == [V1, V2, V3]
+    assert rollback_champion(store) == (V2, V1)
+    assert resolve_model("champion", store).version == V1
 
 
 def test_a_version_a_prune_has_marked_cannot_be_promoted_until_the_mark_is_lifted_or_stale(store):

@@ -8,28 +8,29 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from flows.cli import cli
-from tasks import storage
+from app.cli import cli
 from tasks.run_admin import list_runs, plan_prune_runs, prune_runs
+from tasks.store import Store, join
+from tasks.store_layout import RunPaths
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 
 
 def _run(store: str, run_id: str, days_ago: float | None, scorings: dict[str, float | None] | None = None,
-         options: dict | None = None) -> storage.RunPaths:
+         options: dict | None = None) -> RunPaths:
     """An ingest run completed ``days_ago`` (None: never completed) with scorings {id: days ago or None}."""
-    run = storage.RunPaths(store, run_id)
-    storage.write_json(run.plan, {"fingerprint": run_id}, options)
+    at = Store(store, options or {})
+    run = at.run(run_id)
+    at.write_json(run.plan, {"fingerprint": run_id})
     if days_ago is not None:
-        storage.write_json(run.report, {"counts": {"cells": 12, "quarantined": 0}}, options)
-        storage.write_json(run.success, {"completed_at": (NOW - timedelta(days=days_ago)).isoformat()}, options)
+        at.write_json(run.report, {"counts": {"cells": 12, "quarantined": 0}})
+        at.write_json(run.success, {"completed_at": (NOW - timedelta(days=days_ago)).isoformat()})
     for score_id, score_days in (scorings or {}).items():
         scoring = run.scoring(score_id)
-        storage.write_json(scoring.settings, {"model_version": "v1", "threshold": 0.5, "blast_cutoff": 0.2,
-                                              "min_cells": 100}, options)
+        at.write_json(scoring.settings, {"model_version": "v1", "threshold": 0.5, "blast_cutoff": 0.2,
+                                         "min_cells": 100})
         if score_days is not None:
-            storage.write_json(scoring.success, {"completed_at": (NOW - timedelta(days=score_days)).isoformat()},
-                               options)
+            at.write_json(scoring.success, {"completed_at": (NOW - timedelta(days=score_days)).isoformat()})
     return run
 
 
@@ -38,15 +39,15 @@ def _store(root: str, options: dict | None = None) -> str:
     _run(root, "old", 40, {"v1-a": 39, "v2-b": None}, options)
     _run(root, "old-ingest-new-scoring", 40, {"v1-a": 2}, options)
     _run(root, "trained-on", 60, {}, options)
-    storage.write_json(storage.join(root, "models", "v1", "model_card.json"),
-                       {"version": "v1", "data": {"runs": [storage.join(root, "runs", "trained-on")]}}, options)
+    Store(root, options or {}).write_json(join(root, "models", "v1", "model_card.json"),
+                                          {"version": "v1", "data": {"runs": [join(root, "runs", "trained-on")]}})
     return root
 
 
 def test_list_runs_gives_state_cells_scorings_and_last_activity(tmp_path):
     store = _store(str(tmp_path / "store"))
     _run(store, "interrupted", None)
-    entries = {entry.run_id: entry for entry in list_runs(store)}
+    entries = {entry.run_id: entry for entry in list_runs(Store(store))}
     assert sorted(entries) == ["fresh", "interrupted", "old", "old-ingest-new-scoring", "trained-on"]
     old = entries["old"]
     assert old.complete and old.cells == 12 and not old.legacy
@@ -61,16 +62,16 @@ def test_list_runs_gives_state_cells_scorings_and_last_activity(tmp_path):
 
 def test_prune_removes_old_runs_only_and_keeps_what_a_model_was_trained_on(tmp_path):
     store = _store(str(tmp_path / "store"))
-    plan = plan_prune_runs(store, 30, now=NOW)
+    plan = plan_prune_runs(Store(store), 30, now=NOW)
     assert plan.remove == ("old",)
     assert plan.kept_old == {"trained-on": "model v1 was trained on it"}
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
-    dry = prune_runs(store, 30, dry_run=True, now=NOW)
+    dry = prune_runs(Store(store), 30, dry_run=True, now=NOW)
     assert dry == plan and sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
-    prune_runs(store, 30, now=NOW)
-    assert sorted(storage.list_names(storage.join(store, "runs"))) == ["fresh", "old-ingest-new-scoring",
+    prune_runs(Store(store), 30, now=NOW)
+    assert sorted(Store(store).list_names(join(store, "runs"))) == ["fresh", "old-ingest-new-scoring",
                                                                        "trained-on"]
-    assert prune_runs(store, 0.5, now=NOW).remove == ("fresh", "old-ingest-new-scoring")
+    assert prune_runs(Store(store), 0.5, now=NOW).remove == ("fresh", "old-ingest-new-scoring")
 
 
 def test_runs_commands_on_s3(s3_bucket, s3_endpoint):
@@ -90,11 +91,11 @@ def test_runs_commands_on_s3(s3_bucket, s3_endpoint):
     assert dry.exit_code == 0, dry.output
     assert "would remove 3 runs: fresh, old, old-ingest-new-scoring" in dry.output
     assert "kept trained-on: model v1 was trained on it" in dry.output
-    assert len(storage.list_names(storage.join(store, "runs"), options)) == 4
+    assert len(Store(store, options).list_names(join(store, "runs"))) == 4
     pruned = CliRunner().invoke(cli, ["runs", "prune", "--older-than", "0", "--store", store,
                                       "--s3-endpoint-url", s3_endpoint])
     assert pruned.exit_code == 0 and "removed 3 runs" in pruned.output, pruned.output
-    assert storage.list_names(storage.join(store, "runs"), options) == ["trained-on"]
+    assert Store(store, options).list_names(join(store, "runs")) == ["trained-on"]
 
 
 def test_prune_needs_a_non_negative_age(tmp_path):
@@ -106,10 +107,10 @@ def test_a_failed_run_and_a_failed_scoring_are_listed_as_failed_with_their_reaso
     store = str(tmp_path / "store")
     failed_at = (NOW - timedelta(days=3)).isoformat()
     run = _run(store, "broken", None)
-    storage.write_json(run.failed, {"failed_at": failed_at, "reason": "PermissionError: cannot write cells.parquet"})
+    run.store.write_json(run.failed, {"failed_at": failed_at, "reason": "PermissionError: cannot write cells.parquet"})
     scored = _run(store, "scored", 5, {"v1-a": None})
-    storage.write_json(scored.scoring("v1-a").failed, {"failed_at": failed_at, "reason": "OSError: model unreadable"})
-    entries = {entry.run_id: entry for entry in list_runs(store)}
+    scored.store.write_json(scored.scoring("v1-a").failed, {"failed_at": failed_at, "reason": "OSError: model unreadable"})
+    entries = {entry.run_id: entry for entry in list_runs(Store(store))}
     assert entries["broken"].failure["reason"] == "PermissionError: cannot write cells.parquet"
     assert entries["broken"].last_activity == NOW - timedelta(days=3), "a failure is activity too"
     listed = CliRunner().invoke(cli, ["runs", "list", "--store", store])
@@ -121,20 +122,21 @@ def test_a_failed_run_and_a_failed_scoring_are_listed_as_failed_with_their_reaso
 
 def _finish_scoring(store: str, run_id: str, score_id: str, options: dict | None = None, **settings) -> None:
     """Give a scoring of ``_run`` what a complete one holds: settings, patients, quarantine, markers, reports."""
-    run = storage.RunPaths(store, run_id)
+    at = Store(store, options or {})
+    run = at.run(run_id)
     scoring = run.scoring(score_id)
-    storage.write_json(scoring.settings, {"model_version": "v1", "threshold": 0.5, "blast_cutoff": 0.2,
-                                          "min_cells": 100, "precision": "auto", **settings}, options)
+    at.write_json(scoring.settings, {"model_version": "v1", "threshold": 0.5, "blast_cutoff": 0.2,
+                                     "min_cells": 100, "precision": "auto", **settings})
     patients = pd.DataFrame({"patient_id": ["P1", "P2"], "n_scored": [120, 0], "n_blast_like": [60, 0],
                              "blast_fraction": [0.5, float("nan")], "ci_low": [0.41, float("nan")],
                              "ci_high": [0.59, float("nan")], "call": ["AML_SUSPECTED", "INSUFFICIENT_CELLS"]})
-    storage.write_table(patients, scoring.patients_table, options)
-    storage.write_table(pd.DataFrame({"source_uri": ["/smears/P2/b.jpg", "/smears/P1/a.tif"],
+    at.write_table(patients, scoring.patients_table)
+    at.write_table(pd.DataFrame({"source_uri": ["/smears/P2/b.jpg", "/smears/P1/a.tif"],
                                       "patient_id": ["P2", "P1"],
-                                      "reason": ["truncated JPEG", "unsupported mode"]}), run.quarantine_table, options)
-    storage.write_json(scoring.shard_marker("score", 0), {"precision": "bfloat16"}, options)
-    storage.write_bytes(scoring.report_index, b"<html></html>", options)
-    storage.write_json(scoring.success, {"completed_at": NOW.isoformat()}, options)
+                                      "reason": ["truncated JPEG", "unsupported mode"]}), run.quarantine_table)
+    at.write_json(scoring.shard_marker("score", 0), {"precision": "bfloat16"})
+    at.write_bytes(scoring.report_index, b"<html></html>")
+    at.write_json(scoring.success, {"completed_at": NOW.isoformat()})
 
 
 def test_runs_show_prints_the_settings_calls_quarantined_files_and_report(tmp_path):

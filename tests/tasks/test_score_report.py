@@ -7,7 +7,7 @@ import pandas as pd
 
 from aml_model.aggregate import RESEARCH_NOTE
 from aml_model.config import SummaryConfig
-from tasks import storage
+from tasks.store import Store
 from tasks.score_report import overview_markdown
 
 
@@ -16,7 +16,7 @@ def test_the_overview_counts_every_call_and_lists_every_patient():
         "patient_id": ["A", "B", "C"], "n_scored": [120, 150, 0], "n_blast_like": [60, 3, 0],
         "blast_fraction": [0.5, 0.02, np.nan], "ci_low": [0.41, 0.004, np.nan], "ci_high": [0.59, 0.057, np.nan],
         "call": ["AML_SUSPECTED", "NOT_SUSPECTED", "INSUFFICIENT_CELLS"], "qc_flags": ["", "high_quarantine_rate", ""]})
-    scoring = storage.RunPaths("/store", "run-1").scoring("m1-abc")
+    scoring = Store("/store").run("run-1").scoring("m1-abc")
     text = overview_markdown(patients, scoring, "m1", SummaryConfig(threshold=0.4, min_cells=50))
     lines = text.splitlines()
     assert lines[0] == "# AML smear scoring: run run-1, scoring m1-abc" and f"**{RESEARCH_NOTE}**" in lines

@@ -1,11 +1,12 @@
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from aml_model.config import ExperimentConfig
-from tasks import storage
 from tasks.features import FeatureCache, prepare_backbone
+from tasks.store import Store
 from tasks.training import cell_rows, load_cells, predict_cells, train_plain
 from tests.tasks.synthetic_store import write_runs
 
@@ -15,15 +16,20 @@ def cells(tmp_path_factory):
     return write_runs(tmp_path_factory.mktemp("cells"), cells_per_run=20)
 
 
+def cells_store(cells) -> Store:
+    """The local store the synthetic runs were written in (``<root>/runs/<run>/cells.zarr``)."""
+    return Store(str(Path(cells["cells_zarr"].iloc[0]).parents[2]))
+
+
 def test_cells_of_several_runs_are_read_in_the_frame_order(cells):
-    arrays = {url: storage.open_cells_array(url)[:] for url in cells["cells_zarr"].unique()}
+    arrays = {url: cells_store(cells).open_cells_array(url)[:] for url in cells["cells_zarr"].unique()}
     shuffled = cells.sample(frac=1, random_state=0).reset_index(drop=True)
     expected = np.stack([arrays[r.cells_zarr][r.zarr_index] for r in shuffled.itertuples()])
-    np.testing.assert_array_equal(load_cells(shuffled, {}), expected)
-    rows = cell_rows(shuffled, {})
+    np.testing.assert_array_equal(load_cells(shuffled, cells_store(cells)), expected)
+    rows = cell_rows(shuffled, cells_store(cells))
     assert rows.shape == expected.shape and rows.dtype == np.uint8
     np.testing.assert_array_equal(rows.subset([5, 1])[[0, 1]], expected[[5, 1]])
-    assert load_cells(shuffled.iloc[:0], {}).shape[0] == 0
+    assert load_cells(shuffled.iloc[:0], cells_store(cells)).shape[0] == 0
 
 
 class Recording:
@@ -41,15 +47,15 @@ def test_the_plain_path_reads_cells_from_the_store_a_batch_at_a_time(cells, tmp_
     tiny = ExperimentConfig.tiny(image_size=32, epochs=2)
     config = dataclasses.replace(tiny, train=dataclasses.replace(tiny.train, batch_size=8))
     store = str(tmp_path / "store")
-    backbone_id, _, _ = prepare_backbone(config.model, store, {}, config.train.seed)
+    backbone_id, _, _ = prepare_backbone(config.model, Store(store), config.train.seed)
     reads = []
-    opened = storage.open_cells_array
-    monkeypatch.setattr(storage, "open_cells_array", lambda *a, **k: Recording(opened(*a, **k), reads))
+    opened = Store.open_cells_array
+    monkeypatch.setattr(Store, "open_cells_array", lambda *a, **k: Recording(opened(*a, **k), reads))
 
     y = (cells["label"] == "blast").to_numpy(int)
     order = np.random.default_rng(0).permutation(len(cells))
     split = {"train": order[:24], "val": order[24:32], "test": order[32:]}
-    trained = train_plain.fn(FeatureCache(store, backbone_id), config, cells, y, split, {})
+    trained = train_plain.fn(FeatureCache(Store(store), backbone_id), config, cells, y, split)
     assert len(trained.history["loss"]) == 2 and trained.p_test.shape == (8,) and len(trained.attempts) >= 1
     # Training batches of 8 from two runs, validation and test in batches of up to 64: no read
     # ever holds more than one batch, let alone all 40 cells.
@@ -62,7 +68,7 @@ def test_the_plain_path_reads_cells_from_the_store_a_batch_at_a_time(cells, tmp_
 
     assert trained.ref.url == f"{store}/models/{trained.ref.version}/model.keras" and trained.ref.image_size == 32
     model = load_model(trained.ref.url, compile=False)
-    np.testing.assert_allclose(trained.p_test, predict_cells(model, load_cells(cells.iloc[split["test"]], {})),
-                               atol=1e-6)
+    test_cells = load_cells(cells.iloc[split["test"]], Store(store))
+    np.testing.assert_allclose(trained.p_test, predict_cells(model, test_cells), atol=1e-6)
     with pytest.raises(ModelNotFoundError, match="not completely registered"):
-        resolve_model(trained.ref.version, store)
+        resolve_model(trained.ref.version, Store(store))

@@ -1,135 +1,22 @@
-"""The ``aml-smear`` command line. Heavy imports (TensorFlow, Prefect) happen inside commands."""
+"""The commands that run a flow (ingest, score, calibrate, retrain, pretrain-backbone, bootstrap,
+demo), rebuild a scoring's reports, print the model, and serve the deployments."""
 
 from __future__ import annotations
 
-import os
-import re
-import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from aml_model import tf_log
+from tasks.store import Store
 from aml_model.config import DEFAULT_RECIPE, PRETRAIN_METHODS, RECIPES, PretrainConfig
-from flows.cli_models import models
-from flows.cli_runs import runs
+from app.cli.common import (LAYOUTS, check_inputs, CliError, cluster_options, run_flow,
+                            UsageError)
 
-# Read when Prefect is first imported, and carried with every task to the Dask workers: a busy
-# machine can take longer than Prefect's default 20 s to start a temporary API server.
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+if TYPE_CHECKING:
+    from tasks.store_layout import RunPaths
 
-# Set by the command group before anything imports Prefect or TensorFlow, inherited by the Dask
-# workers; a variable the user set wins. TF_CPP_MIN_LOG_LEVEL hides TensorFlow's C++ lines, those
-# of its start-up included (aml_model.tf_log); the console handler keeps tracebacks and completion
-# lines out of the terminal (flows.logs). --debug (AML_SMEAR_DEBUG=1) shows all of them.
-_QUIET = {"TF_CPP_MIN_LOG_LEVEL": tf_log.QUIET_LEVEL, "PREFECT_LOGGING_HANDLERS_CONSOLE_CLASS": "flows.logs.ConsoleHandler"}
-_DEBUG = {"TF_CPP_MIN_LOG_LEVEL": "0", "PREFECT_LOGGING_HANDLERS_CONSOLE_CLASS": "flows.logs.ConsoleHandler"}
-_DEBUG_ENV = "AML_SMEAR_DEBUG"  # flows.logs.DEBUG_ENV
-
-
-class _CliError(click.ClickException):
-    """A one-line failure reason, printed as ``error: <reason>``; exit status 1."""
-
-    def show(self, file=None) -> None:
-        click.echo(f"error: {self.format_message()}", file=file, err=True)
-
-
-class _UsageError(click.UsageError):
-    """A command line that cannot run: Click's usage, then ``error: <reason>``; exit status 2."""
-
-    def show(self, file=None) -> None:
-        if self.ctx is not None:
-            click.echo(f"{self.ctx.get_usage()}\nTry '{self.ctx.command_path} -h' for help.", file=file, err=True)
-        click.echo(f"error: {self.format_message()}", file=file, err=True)
-
-
-def _usage_error(exc: click.UsageError) -> click.UsageError:
-    """Click's usage error with the reason line every other failure has (``error:``, not ``Error:``)."""
-    # Without arguments Click prints the help, as an error of its own kind.
-    if isinstance(exc, _UsageError | getattr(click.exceptions, "NoArgsIsHelpError", ())):
-        return exc
-    return _UsageError(exc.format_message(), exc.ctx)
-
-
-class _Group(click.Group):
-    """Any failure of a command is one line, ``error: <reason>``; its traceback only with --debug.
-
-    Exit status 1 when a command ran and failed, 2 when its command line cannot run (Click's
-    checks of the arguments, and the flow's check of its parameters' values).
-    """
-
-    def make_context(self, info_name, args, parent=None, **extra):
-        try:
-            return super().make_context(info_name, args, parent, **extra)
-        except click.UsageError as exc:
-            raise _usage_error(exc) from None
-
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except click.UsageError as exc:
-            raise _usage_error(exc) from None
-        except (click.exceptions.Exit, click.Abort):
-            raise
-        except click.ClickException as exc:
-            if ctx.params.get("debug") and exc.__cause__ is not None:
-                import traceback
-
-                traceback.print_exception(exc.__cause__, file=sys.stderr)
-            raise
-        except Exception as exc:
-            if ctx.params.get("debug"):
-                raise
-            raise _CliError(_reason(exc)) from exc
-
-
-def _reason(exc: BaseException) -> str:
-    """The line to print: an expected failure's message; anything else with its type and a hint."""
-    from aml_model.errors import EXPECTED_FAILURES, one_line
-
-    # Before Prefect is imported (seconds): a missing source fails before the flow is imported.
-    if isinstance(exc, EXPECTED_FAILURES):
-        return one_line(exc)
-    from prefect.exceptions import ParameterTypeError
-
-    from flows.logs import failure_reason
-
-    if isinstance(exc, ParameterTypeError):  # raised before any flow run: say it plainly
-        # An options field is a CLI option of its own name: "options.epochs" is --epochs.
-        message = re.sub(r"(^|\s)options\.", r"\1", one_line(exc))
-        return message.replace("Flow run received invalid parameters:", "invalid parameters:")
-    return failure_reason(exc) + " (aml-smear --debug shows the traceback)"
-
-
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--debug", is_flag=True, envvar=_DEBUG_ENV,
-              help="On failure print the full traceback; show TensorFlow's C++ logs [env AML_SMEAR_DEBUG=1].")
-@click.version_option(package_name="aml-smear")
-@click.pass_context
-def cli(ctx: click.Context, debug: bool) -> None:
-    """Score single-cell peripheral blood smear images for AML (Hassan et al. ResNet50).
-
-    Research use only: not a diagnosis.
-    """
-    settings = {**_DEBUG, _DEBUG_ENV: "1"} if debug else _QUIET
-    before = {name: os.environ.get(name) for name in settings}
-    for name, value in settings.items():
-        if name == _DEBUG_ENV:
-            os.environ[name] = value
-        else:
-            os.environ.setdefault(name, value)
-
-    def restore() -> None:  # for callers that run several commands in one process (tests)
-        for name, value in before.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-    ctx.call_on_close(restore)
-
-
-@cli.command("model-summary")
+@click.command("model-summary")
 @click.option("--image-size", default=224, show_default=True, help="Side of the square input, pixels.")
 @click.option("--recipe", type=click.Choice(RECIPES), default="paper", show_default=True,
               help="The recipe whose network to print.")
@@ -145,111 +32,40 @@ def model_summary(image_size: int, recipe: str) -> None:
     click.echo(describe_model(model))
 
 
-_LAYOUTS = click.Choice(["auto", "patient", "class", "manifest"])
-
-
-def _cluster_options(command):
-    """--workers / --scheduler / --s3-endpoint-url, shared by every flow command."""
-    command = click.option("--s3-endpoint-url", envvar="AML_SMEAR_S3_ENDPOINT_URL", default=None,
-                           help="S3-compatible endpoint for s3:// URLs (MinIO, moto). Credentials "
-                                "come from the usual AWS_* variables.")(command)
-    command = click.option("--scheduler", default=None, metavar="tcp://HOST:PORT",
-                           help="Address of an existing Dask scheduler.")(command)
-    return click.option("--workers", type=click.IntRange(min=1), default=None,
-                        help="Workers of a new local Dask cluster [default: one per CPU core].")(command)
-
-
-def _check_inputs(sources, store: str, s3_endpoint_url: str | None, model: str | None = None) -> None:
-    """What the flow checks first, checked before the flow is imported (Prefect: 3-4 s) and its
-    temporary Prefect server and Dask cluster start (about 10 s): a missing source, store or model
-    fails in a second. The flow checks again, for its other callers (deployments, Python).
-
-    Raises:
-        FileNotFoundError: a source, the store's bucket or the model does not exist.
-        ValueError: the store is a file.
-    """
-    from flows.parameters import require_existing, require_store
-
-    require_existing(sources, "source", s3_endpoint_url)
-    require_store(store, s3_endpoint_url)
-    if model is not None:
-        from tasks import storage
-        from tasks.registry import allow_model_file, names_a_file, resolve_model
-
-        if names_a_file(model) or os.path.exists(model):
-            # The user named this file on their own command line: this process may load it.
-            allow_model_file(model)
-        resolve_model(model, store, storage.storage_options_for(store, s3_endpoint_url))
-
-
-def _check_parameters(flow_fn, parameters: dict) -> None:
-    """The flow's own parameter check (types, choices, bounds), before any server or cluster starts.
-
-    Raises:
-        _UsageError: naming each invalid parameter and what it accepts (exit status 2).
-    """
-    import logging
-
-    from prefect.exceptions import ParameterTypeError
-
-    # Prefect logs the failure with every parameter's value over two lines; the error says it in one.
-    logger = logging.getLogger("prefect.flows")
-    disabled, logger.disabled = logger.disabled, True
-    try:
-        flow_fn.validate_parameters(parameters)
-    except ParameterTypeError as exc:
-        raise _UsageError(_reason(exc)) from exc
-    finally:
-        logger.disabled = disabled
-
-
-def _run_flow(flow_fn, workers: int | None, scheduler: str | None, **parameters):
-    """Run a flow on a Dask task runner; a failure becomes a one-line reason (``_Group``)."""
-    from flows.runner import dask_task_runner, quiet_dask_logs, shared_prefect_api
-
-    quiet_dask_logs()
-    _check_parameters(flow_fn, parameters)
-    runner = dask_task_runner(workers, scheduler)
-    with shared_prefect_api():
-        return flow_fn.with_options(task_runner=runner)(**parameters)
-
-
-@cli.command("ingest")
+@click.command("ingest")
 @click.argument("source")
 @click.option("--store", required=True, help="Run store: a folder or an s3:// URL.")
-@click.option("--layout", type=_LAYOUTS, default="auto", show_default=True)
+@click.option("--layout", type=LAYOUTS, default="auto", show_default=True)
 @click.option("--run-id", default=None, help="Run id [default: from the source name and its inputs].")
 @click.option("--image-size", default=224, show_default=True, help="Side of the stored cells, pixels.")
-@_cluster_options
+@cluster_options
 def ingest_command(source, store, layout, run_id, image_size, workers, scheduler, s3_endpoint_url) -> None:
     """Decode the cell images of SOURCE into the run store (Zarr + Parquet)."""
-    _check_inputs([source], store, s3_endpoint_url)
+    check_inputs([Store.at(source, s3_endpoint_url)], Store.at(store, s3_endpoint_url))
     from flows.ingest import ingest
 
-    result = _run_flow(ingest, workers, scheduler, source=source, store=store, run_id=run_id, layout=layout,
+    result = run_flow(ingest, workers, scheduler, source=source, store=store, run_id=run_id, layout=layout,
                        image_size=image_size, s3_endpoint_url=s3_endpoint_url)
     state = "already complete, nothing redone" if result["already_complete"] else "complete"
     click.echo(f"run {result['run_id']} {state}: {result['cells']} cells, {result['quarantined']} quarantined "
                f"(layout {result['layout']}) -> {result['run']}")
-    _echo_quarantined(store, result["run_id"], s3_endpoint_url)
+    _echo_quarantined(Store.at(store, s3_endpoint_url).run(result["run_id"]))
 
 
 #: Quarantined inputs a summary names; the run's quarantine.parquet lists them all.
 _QUARANTINED_SHOWN = 10
 
 
-def _echo_quarantined(store: str, run_id: str, s3_endpoint_url: str | None) -> None:
+def _echo_quarantined(paths: RunPaths) -> None:
     """Name the run's first quarantined inputs (by patient, then file) with their reasons, and where
     the full list is.
 
     Names are paths in the source, so in the patient layout they start with the patient's folder:
     the terminal shows real patient ids anyway (the calls), and nothing here goes to Prefect.
     """
-    from tasks import storage
     from tasks.inputs import quarantined_inputs
 
-    paths = storage.RunPaths(store, run_id)
-    quarantined = quarantined_inputs(paths, storage.storage_options_for(store, s3_endpoint_url))
+    quarantined = quarantined_inputs(paths)
     if quarantined.empty:
         return
     count = f"{len(quarantined)} input{'' if len(quarantined) == 1 else 's'} quarantined, not scored"
@@ -261,7 +77,7 @@ def _echo_quarantined(store: str, run_id: str, s3_endpoint_url: str | None) -> N
 
 
 def _echo_patients(result: dict) -> None:
-    from flows.cli_runs import call_settings, echo_patients
+    from app.cli.runs import call_settings, echo_patients
 
     state = "already complete, nothing redone" if result["already_complete"] else "complete"
     click.echo(f"run {result['run_id']}, scoring {result['score_id']} {state}: {result['cells']} cells scored with "
@@ -272,7 +88,7 @@ def _echo_patients(result: dict) -> None:
     echo_patients(result["patients"])
 
 
-@cli.command("score")
+@click.command("score")
 @click.argument("source")
 @click.option("--store", required=True, help="Run store (and model registry): a folder or an s3:// URL.")
 @click.option("--model", default="champion", show_default=True, help="champion, a registered version, or a .keras path/URL.")
@@ -286,7 +102,7 @@ def _echo_patients(result: dict) -> None:
 @click.option("--min-cells", default=100, show_default=True, help="Fewer scored cells give INSUFFICIENT_CELLS.")
 @click.option("--max-quarantined-share", default=0.02, show_default=True,
               help="A patient with more of its inputs quarantined gets the high_quarantine_rate QC flag.")
-@click.option("--layout", type=_LAYOUTS, default="auto", show_default=True)
+@click.option("--layout", type=LAYOUTS, default="auto", show_default=True)
 @click.option("--batch-size", default=64, show_default=True, help="Cells per forward pass.")
 @click.option("--precision", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
               show_default=True, help="Inference precision; auto: per worker, bfloat16 on CPUs with AMX or "
@@ -299,18 +115,19 @@ def _echo_patients(result: dict) -> None:
 @click.option("--site-operating-point", type=click.Choice(["fraction", "balanced"]), default="fraction",
               show_default=True, help="With --site: the site's threshold that makes the calls; fraction: the "
               "blast-like fraction is unbiased at the blast cut-off, balanced: sensitivity = specificity.")
-@_cluster_options
+@cluster_options
 def score_command(source, store, workers, scheduler, **parameters) -> None:
     """Score the cells of SOURCE and call each patient.
 
     Each model and settings make their own scoring of the source's decoded cells; a finished
     scoring is never rewritten.
     """
-    _check_inputs([source], store, parameters["s3_endpoint_url"], parameters["model"])
+    endpoint = parameters["s3_endpoint_url"]
+    check_inputs([Store.at(source, endpoint)], Store.at(store, endpoint), parameters["model"])
     from flows.parameters import ScoreOptions, nest_options
     from flows.score import score_smears
 
-    result = _run_flow(score_smears, workers, scheduler,
+    result = run_flow(score_smears, workers, scheduler,
                        **nest_options({"source": source, "store": store, **parameters}, ScoreOptions))
     if result["nothing_new"]:
         click.echo(f"nothing new in {source}: model {result['model_version']} has scored every patient's "
@@ -320,25 +137,25 @@ def score_command(source, store, workers, scheduler, **parameters) -> None:
         click.echo(f"site {result['site']}: calibrated probabilities at the site's {result['site_operating_point']} "
                    f"operating point make the calls; 'corrected' is the blast fraction corrected for the site's rates")
     _echo_patients(result)
-    _echo_quarantined(store, result["run_id"], parameters["s3_endpoint_url"])
+    _echo_quarantined(Store.at(store, endpoint).run(result["run_id"]))
     click.echo(f"patient reports: {result['report']}")
 
 
-@cli.command("calibrate")
+@click.command("calibrate")
 @click.argument("source")
 @click.option("--store", required=True, help="Run store and model registry: a folder or an s3:// URL.")
 @click.option("--site", required=True, help="The site's name: letters, digits, '-' and '_'.")
 @click.option("--model", default="champion", show_default=True, help="champion or a registered version.")
-@click.option("--layout", type=_LAYOUTS, default="auto", show_default=True)
+@click.option("--layout", type=LAYOUTS, default="auto", show_default=True)
 @click.option("--blast-cutoff", default=0.2, show_default=True,
               help="Blast fraction at which the site's fraction operating point is unbiased (score's cut-off).")
-@_cluster_options
+@cluster_options
 def calibrate_command(source, store, site, model, layout, blast_cutoff, workers, scheduler, s3_endpoint_url) -> None:
     """Calibrate the model to one site on the site's labelled cells in SOURCE."""
-    _check_inputs([source], store, s3_endpoint_url, model)
+    check_inputs([Store.at(source, s3_endpoint_url)], Store.at(store, s3_endpoint_url), model)
     from flows.calibrate import calibrate_site
 
-    result = _run_flow(calibrate_site, workers, scheduler, source=source, store=store, site=site, model=model,
+    result = run_flow(calibrate_site, workers, scheduler, source=source, store=store, site=site, model=model,
                        layout=layout, blast_cutoff=blast_cutoff, s3_endpoint_url=s3_endpoint_url)
     click.echo(f"site {result['site']}, model {result['model_version']}: fitted on {result['n_blast']} blast and "
                f"{result['n_other']} other labelled cells; balanced threshold {result['threshold']:g} on the "
@@ -361,7 +178,7 @@ def calibrate_command(source, store, site, model, layout, blast_cutoff, workers,
                    f"{cutoff + point['bias_at_cutoff']:>8.1%} {bias:>+7.3f}")
 
 
-@cli.command("retrain")
+@click.command("retrain")
 @click.argument("sources", nargs=-1, required=True)
 @click.option("--store", required=True, help="Run store and model registry: a folder or an s3:// URL.")
 @click.option("--epochs", default=50, show_default=True)
@@ -375,19 +192,20 @@ def calibrate_command(source, store, site, model, layout, blast_cutoff, workers,
 @click.option("--augment-views", default=2, show_default=True, help="Augmented views per training cell (cached path).")
 @click.option("--promotion-margin", default=0.005, show_default=True, help="Tolerated ROC AUC drop against the champion.")
 @click.option("--training-path", type=click.Choice(["cached", "plain"]), default="cached", show_default=True)
-@click.option("--layout", type=_LAYOUTS, default="auto", show_default=True)
+@click.option("--layout", type=LAYOUTS, default="auto", show_default=True)
 @click.option("--recipe", type=click.Choice(RECIPES), default=DEFAULT_RECIPE, show_default=True,
               help="paper: Hassan et al. unchanged; robust: scale and colour standardisation, pooled "
                    "third-stage features with a logistic head, colour and scale augmentation.")
-@_cluster_options
+@cluster_options
 def retrain_command(sources, store, workers, scheduler, **parameters):
     """Train and evaluate the model on labelled SOURCES together (balanced by source and label);
     promote it if no worse than the champion."""
-    _check_inputs(sources, store, parameters["s3_endpoint_url"])
+    endpoint = parameters["s3_endpoint_url"]
+    check_inputs([Store.at(source, endpoint) for source in sources], Store.at(store, endpoint))
     from flows.parameters import RetrainOptions, nest_options
     from flows.retrain import retrain_and_evaluate
 
-    result = _run_flow(retrain_and_evaluate, workers, scheduler,
+    result = run_flow(retrain_and_evaluate, workers, scheduler,
                        **nest_options({"sources": list(sources), "store": store, **parameters}, RetrainOptions))
     m = result["metrics"]
     click.echo(f"model {result['version']} ({'champion' if result['promoted'] else 'candidate'}): test ROC AUC "
@@ -401,7 +219,7 @@ def retrain_command(sources, store, workers, scheduler, **parameters):
             click.echo(f"  {row['source']} / {row['cell_type']}: {row['blast_like_rate']:.3f} of {row['n']}{auc}")
 
 
-@cli.command("pretrain-backbone")
+@click.command("pretrain-backbone")
 @click.argument("sources", nargs=-1)
 @click.option("--store", required=True, help="Run store; the backbone is registered under backbones/<id>/.")
 @click.option("--run", "runs", multiple=True, default=None, metavar="RUN_ID",
@@ -436,8 +254,8 @@ def retrain_command(sources, store, workers, scheduler, **parameters):
 @click.option("--pool-cells", default=PretrainConfig.pool_cells, show_default=True,
               help="Most cells a task holds in memory.")
 @click.option("--image-size", default=224, show_default=True, help="The model's input side, pixels.")
-@click.option("--layout", type=_LAYOUTS, default="auto", show_default=True)
-@_cluster_options
+@click.option("--layout", type=LAYOUTS, default="auto", show_default=True)
+@cluster_options
 def pretrain_backbone_command(sources, store, runs, workers, scheduler, s3_endpoint_url, **parameters) -> None:
     """Pretrain the recipe's backbone stages on the cells of SOURCES (and --run RUN_ID) without labels.
 
@@ -445,11 +263,11 @@ def pretrain_backbone_command(sources, store, runs, workers, scheduler, s3_endpo
     the same command run again after a crash resumes where it stopped. Registers the backbone
     for `aml-smear retrain --backbone-weights ID`.
     """
-    _check_inputs(sources, store, s3_endpoint_url)
+    check_inputs([Store.at(source, s3_endpoint_url) for source in sources], Store.at(store, s3_endpoint_url))
     from flows.parameters import PretrainOptions, nest_options
     from flows.pretrain import pretrain_backbone
 
-    result = _run_flow(pretrain_backbone, workers, scheduler, **nest_options(
+    result = run_flow(pretrain_backbone, workers, scheduler, **nest_options(
         {"sources": list(sources), "runs": list(runs or ()), "store": store, "s3_endpoint_url": s3_endpoint_url,
          **parameters}, PretrainOptions))
     card = result["card"]
@@ -462,7 +280,7 @@ def pretrain_backbone_command(sources, store, runs, workers, scheduler, s3_endpo
                f"{result['backbone_id']}")
 
 
-@cli.command("bootstrap")
+@click.command("bootstrap")
 @click.argument("sources", nargs=-1)
 @click.option("--store", default=None, help="Run store and model registry: a folder or an s3:// URL.")
 @click.option("--from-variables", is_flag=True,
@@ -477,7 +295,7 @@ def pretrain_backbone_command(sources, store, runs, workers, scheduler, s3_endpo
 @click.option("--backbone-weights-sha256", default=None, help="Expected sha256 of the weights file.")
 @click.option("--image-size", type=int, default=None, help="Model input side, pixels [default: 224].")
 @click.option("--recipe", type=click.Choice(RECIPES), default=None, help=f"[default: {DEFAULT_RECIPE}]")
-@_cluster_options
+@cluster_options
 def bootstrap_command(sources, store, from_variables, force, epochs, backbone_weights, backbone_weights_sha256,
                       image_size, recipe, workers, scheduler, s3_endpoint_url) -> None:
     """Train and promote the first champion of an empty store from labelled SOURCES.
@@ -489,25 +307,20 @@ def bootstrap_command(sources, store, from_variables, force, epochs, backbone_we
     from flows.nightly import nightly_parameters, read_nightly_variables
     from flows.parameters import RetrainOptions, nest_options
     from flows.retrain import retrain_and_evaluate
-    from tasks import storage
-    from tasks.registry import read_champion, set_champion
+    from tasks.registry import promote_bootstrapped, require_bootstrappable
 
     explicit = {"sources": list(sources) or None, "store": store, "epochs": epochs, "image_size": image_size,
                 "backbone_weights": backbone_weights, "backbone_weights_sha256": backbone_weights_sha256,
                 "recipe": recipe, "s3_endpoint_url": s3_endpoint_url}
     if not from_variables and not (sources and store):
-        raise _UsageError("bootstrap needs SOURCE... and --store, or --from-variables to read them from Prefect",
+        raise UsageError("bootstrap needs SOURCE... and --store, or --from-variables to read them from Prefect",
                           click.get_current_context())
     parameters, _ = nightly_parameters(explicit, read_nightly_variables() if from_variables else {})
     store = parameters["store"]
-    options = storage.storage_options_for(store, parameters.get("s3_endpoint_url"))
-    current = read_champion(store, options)
-    if current and not force:
-        raise _CliError(f"{store} already has champion {current['version']}; nothing done (the nightly retrains "
-                        f"it; --force trains and promotes another)")
-    result = _run_flow(retrain_and_evaluate, workers, scheduler, **nest_options(parameters, RetrainOptions))
-    if not result["promoted"]:
-        set_champion(store, result["version"], options, reason="aml-smear bootstrap --force")
+    location = Store.at(store, parameters.get("s3_endpoint_url"))
+    current = require_bootstrappable(location, force)
+    result = run_flow(retrain_and_evaluate, workers, scheduler, **nest_options(parameters, RetrainOptions))
+    promote_bootstrapped(location, result["version"], result["promoted"])
     m = result["metrics"]
     click.echo(f"champion {result['version']}: trained on {len(parameters['sources'])} source(s) "
                f"({', '.join(parameters['sources'])}), test ROC AUC {m['roc_auc']:.3f}, sensitivity "
@@ -517,7 +330,7 @@ def bootstrap_command(sources, store, from_variables, force, epochs, backbone_we
     click.echo(f"scoring and the nightly now use it: aml-smear score SOURCE --store {store}")
 
 
-@cli.command("report")
+@click.command("report")
 @click.argument("run")
 @click.option("--store", required=True, help="Run store holding runs/RUN: a folder or an s3:// URL.")
 @click.option("--score", "score_id", default=None, help="The scoring of RUN [default: its latest complete one].")
@@ -526,29 +339,27 @@ def bootstrap_command(sources, store, from_variables, force, epochs, backbone_we
 def report_command(run: str, store: str, score_id: str | None, s3_endpoint_url: str | None) -> None:
     """Rebuild the per-patient HTML reports and the index page of a finished scoring of RUN."""
     from aml_model.errors import AmlSmearError
-    from tasks import storage
     from tasks.report import build_reports
     from tasks.runs import find_scoring
 
-    options = storage.storage_options_for(store, s3_endpoint_url)
     try:
-        scoring = find_scoring(storage.RunPaths(store, run), score_id, options)
-        index = build_reports(scoring, options)
+        scoring = find_scoring(Store.at(store, s3_endpoint_url).run(run), score_id)
+        index = build_reports(scoring)
     except (AmlSmearError, ValueError, FileNotFoundError, PermissionError) as exc:
-        raise _CliError(str(exc)) from exc
+        raise CliError(str(exc)) from exc
     click.echo(f"reports of run {run}, scoring {scoring.score_id} rebuilt: {index}")
 
 
-@cli.command("demo")
+@click.command("demo")
 @click.option("--store", default="demo-store", show_default=True, type=click.Path(file_okay=False),
               help="Folder for the demo data and outputs.")
 @click.option("--epochs", default=15, show_default=True, help="Maximum training epochs.")
-@_cluster_options
+@cluster_options
 def demo(store: str, epochs: int, workers, scheduler, s3_endpoint_url) -> None:
     """The whole pipeline on built-in synthetic demo data: train, register, score, call."""
     from flows.demo import demo_flow
 
-    result = _run_flow(demo_flow, workers, scheduler, store=str(Path(store).resolve()), epochs=epochs)
+    result = run_flow(demo_flow, workers, scheduler, store=str(Path(store).resolve()), epochs=epochs)
     _echo_patients(result)
     settings = result["call_settings"]
     click.echo(f"called with aml-smear score's defaults: threshold {settings['threshold']:g}, blast cut-off "
@@ -558,7 +369,7 @@ def demo(store: str, epochs: int, workers, scheduler, s3_endpoint_url) -> None:
     click.echo(f"patient reports: {result['report']}")
 
 
-@cli.command("serve")
+@click.command("serve")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Most flow runs at once [default: no limit].")
 @click.option("--scheduler", envvar="AML_SMEAR_DASK_SCHEDULER", default=None, metavar="tcp://HOST:PORT",
               help="Address of an existing Dask scheduler for the runs [env AML_SMEAR_DASK_SCHEDULER].")
@@ -573,7 +384,7 @@ def serve_command(limit, scheduler, workers) -> None:
     from prefect.exceptions import ParameterTypeError
 
     from flows.runner import dask_task_runner, quiet_dask_logs
-    from flows.serve import serve_deployments
+    from app.serve import serve_deployments
 
     quiet_dask_logs()
     try:
@@ -582,17 +393,5 @@ def serve_command(limit, scheduler, workers) -> None:
     except (ValueError, ParameterTypeError) as exc:
         from aml_model.errors import one_line
 
-        raise _CliError(one_line(exc)) from exc
+        raise CliError(one_line(exc)) from exc
 
-
-cli.add_command(models)
-cli.add_command(runs)
-
-
-def main() -> None:
-    """Entry point for ``python -m flows.cli``."""
-    cli(prog_name="aml-smear")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

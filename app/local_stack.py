@@ -1,10 +1,10 @@
 """Run aml-smear's deployments on one machine: a Prefect server on 127.0.0.1, the work pool, the
 variables, the deployments of ``deployments/prefect.yaml``, and a process worker.
 
-    python deployments/local_stack.py up [--port 4200] [--home ~/.aml-smear] [--store URL]
+    python -m app.local_stack up [--port 4200] [--home ~/.aml-smear] [--store URL]
                                          [--retrain-source URL ...] [--s3-endpoint-url URL]
                                          [--backbone-weights URL --backbone-weights-sha256 HEX]
-    python deployments/local_stack.py deploy    # pool + variables + deployments on $PREFECT_API_URL
+    python -m app.local_stack deploy    # pool + variables + deployments on $PREFECT_API_URL
 
 ``up`` stays in the foreground until Ctrl-C (or SIGTERM), then stops the worker, then the
 server, each with SIGTERM and, after a short grace, SIGKILL of its process group (a worker can
@@ -98,13 +98,13 @@ def _wait_healthy(api_url: str, server: subprocess.Popen, log: Path) -> None:
     raise StackError(message)
 
 
-def _variable_values(store: str | None, sources: list[str], s3_endpoint_url: str | None,
-                     backbone_weights: str | None = None, backbone_weights_sha256: str | None = None) -> dict:
-    from flows.serve import DEFAULT_TIMEZONE
+def _variable_values(args: argparse.Namespace) -> dict:
+    """The Prefect variables the command line gives values for (``None``: not given)."""
+    from app.serve import DEFAULT_TIMEZONE
 
-    values = {"aml_smear_store": store, "aml_smear_retrain_sources": sources or None,
-              "aml_smear_s3_endpoint_url": s3_endpoint_url, "aml_smear_backbone_weights": backbone_weights,
-              "aml_smear_backbone_weights_sha256": backbone_weights_sha256,
+    values = {"aml_smear_store": args.store, "aml_smear_retrain_sources": args.sources or None,
+              "aml_smear_s3_endpoint_url": args.s3_endpoint_url, "aml_smear_backbone_weights": args.backbone_weights,
+              "aml_smear_backbone_weights_sha256": args.backbone_weights_sha256,
               "aml_smear_code_dir": str(REPO_ROOT), "aml_smear_timezone": DEFAULT_TIMEZONE}
     return {name: value for name, value in values.items() if value is not None}
 
@@ -124,7 +124,7 @@ def deploy(api_url: str, values: dict, env: dict[str, str]) -> None:
     from prefect.variables import Variable
     from prefect.workers.process import ProcessWorker
 
-    from flows.serve import REQUIRED_VARIABLES, VARIABLES, WORK_POOL, pull_step_variables
+    from app.serve import REQUIRED_VARIABLES, VARIABLES, WORK_POOL, pull_step_variables
 
     # A work pool's run first changes to aml_smear_code_dir (the pull step): unset, every run fails.
     required = REQUIRED_VARIABLES | pull_step_variables()
@@ -188,7 +188,7 @@ def up(port: int, home: Path, values: dict) -> int:
         message = f"port {port} on {HOST} is in use (another Prefect server?): pass --port"
         raise StackError(message)
     from aml_model.tf_log import QUIET_LEVEL
-    from flows.serve import WORK_POOL
+    from app.serve import WORK_POOL
 
     values = {"aml_smear_store": str(home / "store"), "aml_smear_retrain_sources": [], **values}
     prefect_home = home / "prefect"
@@ -261,8 +261,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point; returns the exit status."""
     args = _parser().parse_args(argv)
-    values = _variable_values(args.store, args.sources, args.s3_endpoint_url, args.backbone_weights,
-                              args.backbone_weights_sha256)
+    values = _variable_values(args)
     try:
         if args.command == "up":
             return up(args.port, args.home.expanduser().resolve(), values)

@@ -1,22 +1,26 @@
 """One source of defaults: every CLI option that sets a flow parameter has the flow's default, and so
-does every deployment parameter that a deployment does not fix on purpose."""
+does every deployment parameter that a deployment does not fix on purpose. A CLI option's bounds are
+its parameter's, and its environment variable is one tasks.settings parses, with the same bounds."""
 
 from __future__ import annotations
 
 import inspect
+import types
+import typing
 
 import click
 import pytest
 from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 
 from flows.calibrate import calibrate_site
-from flows.cli import cli
+from app.cli import cli
 from flows.demo import demo_flow
 from flows.ingest import ingest
 from flows.pretrain import pretrain_backbone
 from flows.retrain import retrain_and_evaluate
 from flows.score import score_smears
-from flows.serve import DEPLOYMENTS, dask_runner_from_environment, deployed_flow, deployment_options
+from app.serve import DEPLOYMENTS, dask_runner_from_environment, deployed_flow, deployment_options
 
 COMMANDS = {"score": score_smears, "ingest": ingest, "retrain": retrain_and_evaluate, "calibrate": calibrate_site,
             "demo": demo_flow, "pretrain-backbone": pretrain_backbone}
@@ -70,3 +74,61 @@ def test_deployment_parameter_defaults_are_the_flows(spec):
     # What a deployment fixes on purpose differs from the flow, and says so in its spec.
     assert set(deployment.parameters) == set(spec.parameters)
     assert all(deployment.parameters[name] == value for name, value in spec.parameters.items())
+
+
+def _bounds(annotation, metadata=()) -> dict:
+    """ge/gt/le/lt of a pydantic type (Annotated, optional or not), as click ranges hold them."""
+    found, todo = {}, [annotation, *metadata]
+    while todo:
+        item = todo.pop()
+        if typing.get_origin(item) in (typing.Annotated, typing.Union, types.UnionType):
+            todo += typing.get_args(item)
+        elif isinstance(item, FieldInfo):
+            todo += item.metadata
+        else:
+            found |= {key: getattr(item, key) for key in ("ge", "gt", "le", "lt") if getattr(item, key, None) is not None}
+    return found
+
+
+def _click_bounds(kind: click.types._NumberRangeBase) -> dict:
+    low = {} if kind.min is None else {"gt" if kind.min_open else "ge": kind.min}
+    return low | ({} if kind.max is None else {"lt" if kind.max_open else "le": kind.max})
+
+
+def _commands(command: click.Command, path: str = "aml-smear"):
+    yield path, command
+    for name, sub in getattr(command, "commands", {}).items():
+        yield from _commands(sub, f"{path} {name}")
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_cli_bounds_are_the_flows(command):
+    flow = COMMANDS[command]
+    hints = typing.get_type_hints(flow.fn, include_extras=True)
+    options = hints.get("options")
+    for option in cli.commands[command].params:
+        if not isinstance(option.type, click.types._NumberRangeBase) or option.name in RUNNER_OPTIONS:
+            continue
+        if option.name in hints:
+            expected = _bounds(hints[option.name])
+        else:
+            info = options.model_fields[option.name]
+            expected = _bounds(info.annotation, info.metadata)
+        assert _click_bounds(option.type) == expected, f"aml-smear {command} --{option.name}"
+
+
+def test_cli_environment_variables_are_settings_with_their_bounds():
+    from tasks.settings import SETTINGS, variable
+
+    fields = {variable(name): info for cls in SETTINGS for name, info in cls.model_fields.items()}
+    seen = set()
+    for path, command in _commands(cli):
+        for option in command.params:
+            names = [option.envvar] if isinstance(option.envvar, str) else list(option.envvar or ())
+            for name in names:
+                assert name in fields, f"{path} --{option.name}: {name} is not parsed by tasks.settings"
+                seen.add(name)
+                if isinstance(option.type, click.types._NumberRangeBase):
+                    info = fields[name]
+                    assert _click_bounds(option.type) == _bounds(info.annotation, info.metadata), f"{path} {name}"
+    assert {"AML_SMEAR_DEBUG", "AML_SMEAR_S3_ENDPOINT_URL", "AML_SMEAR_DASK_WORKERS"} <= seen

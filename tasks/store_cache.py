@@ -15,7 +15,8 @@ place.
 
 Settings come from the environment, so that every worker process of a deployment reads the same:
 ``AML_SMEAR_CACHE_DIR`` (default ``$XDG_CACHE_HOME/aml-smear``, else ``~/.cache/aml-smear``; a
-folder of its own, since any file in it may be evicted) and ``AML_SMEAR_CACHE_MAX_MB`` (default 2048).
+folder of its own, since any file in it may be evicted) and ``AML_SMEAR_CACHE_MAX_MB`` (default 2048),
+parsed by :class:`tasks.settings.CacheSettings`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from tasks.settings import CacheSettings
 
 logger = logging.getLogger(__name__)
 
@@ -84,25 +87,18 @@ class LocalCacheSettings:
     """
 
     folder: str = field(default_factory=_default_folder)
-    max_bytes: int = 2048 * 2**20
+    max_bytes: int = int(CacheSettings.model_fields["cache_max_mb"].default * 2**20)
     min_age_s: float = 3600.0
 
     @classmethod
     def from_env(cls) -> LocalCacheSettings:
-        """The settings named by ``AML_SMEAR_CACHE_DIR`` and ``AML_SMEAR_CACHE_MAX_MB``, else the defaults."""
-        defaults = cls()
-        folder = os.environ.get("AML_SMEAR_CACHE_DIR") or defaults.folder
-        raw = os.environ.get("AML_SMEAR_CACHE_MAX_MB")
-        if raw is None or raw == "":
-            return cls(folder=folder)
-        try:
-            megabytes = float(raw)
-        except ValueError:
-            megabytes = None
-        if megabytes is None or megabytes < 0:
-            message = f"AML_SMEAR_CACHE_MAX_MB={raw!r} is invalid: expected a size in MB, 0 or more"
-            raise ValueError(message)
-        return cls(folder=folder, max_bytes=int(megabytes * 2**20))
+        """The settings named by ``AML_SMEAR_CACHE_DIR`` and ``AML_SMEAR_CACHE_MAX_MB``, else the defaults.
+
+        Raises:
+            tasks.settings.SettingError: AML_SMEAR_CACHE_MAX_MB is not a size in MB, 0 or more.
+        """
+        settings = CacheSettings.read()
+        return cls(folder=settings.cache_dir or _default_folder(), max_bytes=int(settings.cache_max_mb * 2**20))
 
 
 def cached_file(name: str, fetch: Callable[[], bytes], settings: LocalCacheSettings | None = None,

@@ -10,7 +10,6 @@ cluster or a bigger machine needs a setting, not a code edit.
 from __future__ import annotations
 
 import importlib.resources
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from prefect import Flow
 from prefect_dask import DaskTaskRunner
 
 from flows.runner import dask_task_runner
+from tasks.settings import DaskSettings, variable
 
 __all__ = [
     "DASK_SCHEDULER_ENV",
@@ -49,8 +49,9 @@ __all__ = [
 
 # Read by the process that runs a flow (a worker's flow-run process, or a served run): set them
 # in the worker's environment or as the `env` job variable of a deployment or a run.
-DASK_SCHEDULER_ENV = "AML_SMEAR_DASK_SCHEDULER"
-DASK_WORKERS_ENV = "AML_SMEAR_DASK_WORKERS"
+# (tasks.settings.DaskSettings parses them.)
+DASK_SCHEDULER_ENV = variable("dask_scheduler")
+DASK_WORKERS_ENV = variable("dask_workers")
 
 WORK_POOL = "aml-smear"
 
@@ -110,7 +111,7 @@ class DeploymentSpec:
             included; transient I/O is also retried inside the run, per task (``tasks.retry``).
             Invalid parameters (types, choices, bounds: flows.parameters) are never retried: the
             server refuses a deployment run with them, and a run whose parameters fail Prefect's
-            validation fails before it is Running (tests/flows/test_serve.py).
+            validation fails before it is Running (tests/app/test_serve.py).
         tags: Prefect tags.
         alert_on_failure: a run that fails for good (after its retries) or crashes emits
             ``aml-smear.nightly.failed`` (:func:`tasks.events.emit_nightly_failed`).
@@ -183,7 +184,7 @@ def _spec(declared: Mapping[str, Any]) -> DeploymentSpec:
     """
     name, parameters = declared["name"], declared.get("parameters") or {}
     if name not in RUN_SETTINGS:
-        message = f"deployment {name!r} of prefect.yaml has no RunSettings: add it to flows.serve.RUN_SETTINGS"
+        message = f"deployment {name!r} of prefect.yaml has no RunSettings: add it to app.serve.RUN_SETTINGS"
         raise ValueError(message)
     templated = {key: match.group(1) for key, value in parameters.items()
                  if isinstance(value, str) and (match := _TEMPLATE.match(value))}
@@ -262,18 +263,11 @@ def dask_runner_from_environment(environ: Mapping[str, str] | None = None) -> Da
         number of workers (default one per CPU core).
 
     Raises:
-        ValueError: AML_SMEAR_DASK_WORKERS is not a positive integer, or both are set.
+        ValueError: AML_SMEAR_DASK_WORKERS is not a positive integer (tasks.settings.SettingError), or both
+            are set.
     """
-    environ = os.environ if environ is None else environ
-    scheduler = environ.get(DASK_SCHEDULER_ENV) or None
-    workers_text = environ.get(DASK_WORKERS_ENV) or None
-    workers = None
-    if workers_text is not None:
-        if not workers_text.isdigit() or int(workers_text) < 1:
-            message = f"{DASK_WORKERS_ENV}={workers_text!r} is invalid: expected a positive integer"
-            raise ValueError(message)
-        workers = int(workers_text)
-    return dask_task_runner(workers, scheduler)
+    settings = DaskSettings.read(environ)
+    return dask_task_runner(settings.dask_workers, settings.dask_scheduler)
 
 
 def deployed_flow(spec: DeploymentSpec, task_runner: DaskTaskRunner) -> Flow:

@@ -3,7 +3,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from flows.cli import cli
+from app.cli import cli
 
 
 def test_help_lists_the_commands():
@@ -295,11 +295,12 @@ def test_score_without_a_model_fails_with_the_way_out(tmp_path, dask_cluster):
 def test_calibrate_command_prints_the_figures_and_score_refuses_an_uncalibrated_site(tmp_path, lmu_cells,
                                                                                       dask_cluster, tiny_model_file):
     from tasks.registry import register_model, set_champion
+    from tasks.store import Store
     from tests.corpus import compose_patient_cohort
 
     store = str(tmp_path / "store")
-    ref = register_model(str(tiny_model_file), {"config": {"model": {"image_size": 32}}}, store)
-    set_champion(store, ref.version)
+    ref = register_model(str(tiny_model_file), {"config": {"model": {"image_size": 32}}}, Store(store))
+    set_champion(Store(store), ref.version)
     scheduler = ["--scheduler", dask_cluster.scheduler_address]
     few = compose_patient_cohort(lmu_cells, tmp_path / "few", {"A": (3, 12)})
     refused = CliRunner().invoke(cli, ["calibrate", str(few), "--store", store, "--site", "lab-a", *scheduler])

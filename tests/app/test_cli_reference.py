@@ -2,7 +2,7 @@
 the docs link to files that exist and name tests that exist.
 
 The README is a guide and names only what a first hour needs; the reference is where a user looks
-up an option, so a command or option added to flows/cli.py without a line there fails here. Each
+up an option, so a command or option added to app/cli/ without a line there fails here. Each
 command has a heading of its own (``### `aml-smear models prune` ``), and its options must appear
 under that heading, not merely somewhere in the file.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from flows.cli import cli
+from app.cli import cli
 
 ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = ROOT / "docs" / "reference.md"

@@ -19,8 +19,9 @@ import time
 from collections.abc import Callable
 from contextlib import contextmanager
 
+import fsspec
+
 from aml_model.errors import AmlSmearError
-from tasks import storage
 
 __all__ = ["ConflictError", "update_object"]
 
@@ -34,13 +35,19 @@ class ConflictError(AmlSmearError, RuntimeError):
     """Other writers kept changing the object: the update was not made."""
 
 
-def update_object(url: str, change: Callable[[bytes | None], bytes], storage_options: dict | None = None) -> bytes:
-    """Replace the object at ``url`` by ``change(its bytes, or None when absent)``, atomically.
+def update_object(fs: fsspec.AbstractFileSystem, path: str, url: str, change: Callable[[bytes | None], bytes],
+                  write: Callable[[bytes], object]) -> bytes:
+    """Replace the object at ``path`` on ``fs`` by ``change(its bytes, or None when absent)``, atomically.
 
     ``change`` may run more than once (once per attempt) and may raise to refuse: nothing is
     written then, and its exception propagates. Its bytes should differ from any earlier write
     (the pointer carries a write id): a conditional PUT that failed because its own retried
     request landed is recognised by them.
+
+    Args:
+        fs, path: the object's filesystem and its path there; ``url`` names it in errors.
+        write: writes the new bytes whole (:meth:`tasks.store.Store.write_bytes`), used where the
+            filesystem itself is locked (local disk, ``memory://``).
 
     Returns:
         The bytes written.
@@ -48,19 +55,19 @@ def update_object(url: str, change: Callable[[bytes | None], bytes], storage_opt
     Raises:
         ConflictError: on S3, :data:`ATTEMPTS` conditional writes in a row lost to other writers.
     """
-    fs, path = storage._fs(url, storage_options)
-    if storage.is_local(fs):
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else fs.protocol
+    if "file" in protocols or "local" in protocols:
         with _flocked(path):
             current = fs.cat_file(path) if os.path.exists(path) else None
             new = change(current)
-            storage.write_bytes(url, new, storage_options)
+            write(new)
             return new
-    if "s3" in ((fs.protocol,) if isinstance(fs.protocol, str) else fs.protocol):
+    if "s3" in protocols:
         return _update_s3(fs, path, url, change)
     with _PROCESS_LOCK:
         current = fs.cat_file(path) if fs.exists(path) else None
         new = change(current)
-        storage.write_bytes(url, new, storage_options)
+        write(new)
         return new
 
 

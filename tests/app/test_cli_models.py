@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from flows.cli import cli
+from app.cli import cli
 from tasks.events import MODEL_PROMOTED
 from tasks.registry import set_champion
+from tasks.store import Store
 from tests.flows.prefect_events import read_events
 from tests.registry_fakes import fake_model, fake_scoring
 
@@ -28,10 +29,11 @@ def champion(store: Path) -> str:
 @pytest.fixture
 def store(tmp_path) -> Path:
     """V1..V4 registered, V1 then V2 promoted."""
+    registry = Store(str(tmp_path / "store"))
     for number, version in enumerate((V1, V2, V3, V4)):
-        fake_model(str(tmp_path / "store"), version, roc_auc=0.90 + number / 100)
-    set_champion(str(tmp_path / "store"), V1)
-    set_champion(str(tmp_path / "store"), V2)
+        fake_model(registry, version, roc_auc=0.90 + number / 100)
+    set_champion(registry, V1)
+    set_champion(registry, V2)
     return tmp_path / "store"
 
 
@@ -104,7 +106,7 @@ def test_promote_refuses_an_unknown_or_broken_version_with_one_line(store):
 
 
 def test_prune_dry_run_then_prune(store):
-    fake_scoring(str(store), "lab-a/scores/s-1", V3)
+    fake_scoring(Store(str(store)), "lab-a/scores/s-1", V3)
     dry = run("prune", "--keep", "0", "--dry-run", "--store", str(store))
     assert dry.exit_code == 0, dry.output
     assert f"would remove {V4}" in dry.output and "would remove 1 version(s), kept 3 (dry run)" in dry.output
@@ -122,7 +124,7 @@ def test_models_commands_on_s3(s3_bucket):
     store = f"s3://{bucket}/store"
     endpoint = options["client_kwargs"]["endpoint_url"]
     for version in (V1, V2, V3):
-        fake_model(store, version, storage_options=options)
+        fake_model(Store(store, options), version)
     assert run("promote", V1, "--store", store, "--s3-endpoint-url", endpoint).exit_code == 0
     assert run("promote", V3, "--store", store, "--s3-endpoint-url", endpoint).exit_code == 0
     listed = run("list", "--store", store, "--s3-endpoint-url", endpoint)

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tasks.local_cache import CachedFileMismatchError, LocalCacheSettings, UnsafeCacheError, cached_file, evict
+from tasks.store_cache import CachedFileMismatchError, LocalCacheSettings, UnsafeCacheError, cached_file, evict
 
 MB = 2**20
 
@@ -61,7 +61,7 @@ def test_files_in_use_and_the_new_file_stay_even_over_the_cap(tmp_path, caplog):
     settings = LocalCacheSettings(folder=folder, max_bytes=MB, min_age_s=600)
     recent = _file(folder, "recent.keras", 2 * MB, 60, now)
     new = _file(folder, "new.keras", 2 * MB, 3600, now)
-    with caplog.at_level("WARNING", logger="tasks.local_cache"):
+    with caplog.at_level("WARNING", logger="tasks.store_cache"):
         assert evict(settings, keep=new, now=now) == []
     assert os.path.exists(recent) and os.path.exists(new)
     assert "over its 1 MB cap" in caplog.text
@@ -89,29 +89,29 @@ def test_settings_come_from_the_environment(monkeypatch, tmp_path):
 
 
 def test_a_tampered_cached_model_is_refused_and_fetched_again(tmp_path, s3_bucket, monkeypatch):
-    from tasks import storage
     from tasks.registry import register_model, resolve_model
+    from tasks.store import Store
     from tests.registry_fakes import stand_in_keras_file
 
     bucket, options = s3_bucket
-    store = f"s3://{bucket}/store"
+    store = Store(f"s3://{bucket}/store", options)
     ref = register_model(str(stand_in_keras_file(tmp_path / "model.keras")), {"config": {"model": {"image_size": 32}}},
-                         store, options)
+                         store)
     original = (tmp_path / "model.keras").read_bytes()
     monkeypatch.setenv("AML_SMEAR_CACHE_DIR", str(tmp_path / "cache"))
-    ref = resolve_model(ref.version, store, options)
+    ref = resolve_model(ref.version, store)
     assert ref.sha256 == hashlib.sha256(original).hexdigest(), "the card records the model's sha256"
-    local = storage.local_copy(ref.url, options, f"{ref.version}.keras", ref.sha256)
+    local = store.local_copy(ref.url, f"{ref.version}.keras", ref.sha256)
     with open(local, "wb") as handle:
         handle.write(b"someone else's model")  # what another user of a shared /tmp could do
-    again = storage.local_copy(ref.url, options, f"{ref.version}.keras", ref.sha256)
+    again = store.local_copy(ref.url, f"{ref.version}.keras", ref.sha256)
     assert again == local and open(again, "rb").read() == original
 
     # The stored model itself replaced: the recorded hash refuses it, and nothing is cached.
-    storage.write_bytes(ref.url, b"a replaced model", options)
+    store.write_bytes(ref.url, b"a replaced model")
     os.remove(local)
     with pytest.raises(CachedFileMismatchError, match="not the recorded"):
-        storage.local_copy(ref.url, options, f"{ref.version}.keras", ref.sha256)
+        store.local_copy(ref.url, f"{ref.version}.keras", ref.sha256)
     assert not os.path.exists(local)
 
 

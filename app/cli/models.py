@@ -8,46 +8,17 @@ from __future__ import annotations
 
 import json
 import math
-from contextlib import contextmanager
+
+from typing import TYPE_CHECKING
 
 import click
 
+from app.cli.common import listed, one_line_errors, takes_store
+
+if TYPE_CHECKING:
+    from tasks.store import Store
+
 __all__ = ["models"]
-
-
-@contextmanager
-def _one_line_errors():
-    """A registry or storage failure becomes the CLI's one-line ``error: <reason>``."""
-    from aml_model.errors import AmlSmearError
-
-    try:
-        yield
-    except (AmlSmearError, FileNotFoundError, PermissionError) as exc:
-        from flows.cli import _CliError  # here: flows.cli imports this module
-
-        raise _CliError(str(exc)) from exc
-
-
-def _store_options(command):
-    """--store and --s3-endpoint-url, as every command that reads a store takes them."""
-    command = click.option("--s3-endpoint-url", envvar="AML_SMEAR_S3_ENDPOINT_URL", default=None,
-                           help="S3-compatible endpoint for s3:// URLs (MinIO, moto).")(command)
-    return click.option("--store", required=True, help="Run store holding models/: a folder or an s3:// URL.")(command)
-
-
-def _options(store: str, s3_endpoint_url: str | None) -> dict:
-    from tasks import storage
-
-    return storage.storage_options_for(store, s3_endpoint_url)
-
-
-def _listed(lister, store: str, s3_endpoint_url: str | None, empty: str) -> list:
-    """``lister(store, storage_options)``'s entries; with none, says ``empty`` and returns []."""
-    with _one_line_errors():
-        entries = lister(store, _options(store, s3_endpoint_url))
-    if not entries:
-        click.echo(empty)
-    return entries
 
 
 def _number(value, integer: bool = False) -> str:
@@ -64,14 +35,14 @@ def models() -> None:
 
 
 @models.command("list")
-@_store_options
-def list_command(store: str, s3_endpoint_url: str | None) -> None:
+@takes_store
+def list_command(store: Store) -> None:
     """List the registered versions, oldest first, with their test metrics and status."""
     from tasks.registry import models_root
     from tasks.registry_admin import list_models
 
-    entries = _listed(list_models, store, s3_endpoint_url,
-                      f"no models in {models_root(store)}: train one with `aml-smear retrain SOURCE --store {store}`")
+    entries = listed(list_models, store,
+                      f"no models in {models_root(store)}: train one with `aml-smear retrain SOURCE --store {store.url}`")
     if not entries:
         return
     click.echo(f"{'version':<26} {'registered':<16} {'recipe':<7} {'ROC AUC':>7} {'sensitivity':>11} "
@@ -88,18 +59,17 @@ def list_command(store: str, s3_endpoint_url: str | None) -> None:
 
 @models.command("show")
 @click.argument("version")
-@_store_options
+@takes_store
 @click.option("--json", "as_json", is_flag=True, help="Print the whole model card as JSON.")
-def show_command(version: str, store: str, s3_endpoint_url: str | None, as_json: bool) -> None:
+def show_command(version: str, store: Store, as_json: bool) -> None:
     """Show what the card of VERSION (or `champion`) records."""
     from tasks.registry import require_registered
     from tasks.registry_admin import METRICS, card_facts, model_status, resolve_version
 
-    options = _options(store, s3_endpoint_url)
-    with _one_line_errors():
-        version = resolve_version(store, version, options)
-        card = require_registered(store, version, options)
-        status = model_status(store, version, options)
+    with one_line_errors():
+        version = resolve_version(store, version)
+        card = require_registered(store, version)
+        status = model_status(store, version)
     if as_json:
         click.echo(json.dumps(card, indent=2, sort_keys=True, default=str))
         return
@@ -118,17 +88,16 @@ def show_command(version: str, store: str, s3_endpoint_url: str | None, as_json:
 @models.command("compare")
 @click.argument("version_a")
 @click.argument("version_b")
-@_store_options
-def compare_command(version_a: str, version_b: str, store: str, s3_endpoint_url: str | None) -> None:
+@takes_store
+def compare_command(version_a: str, version_b: str, store: Store) -> None:
     """Print the cards of VERSION_A and VERSION_B (or `champion`) side by side, test metrics included."""
     from tasks.registry import require_registered
     from tasks.registry_admin import compare_cards, resolve_version
 
-    options = _options(store, s3_endpoint_url)
-    with _one_line_errors():
-        version_a, version_b = (resolve_version(store, v, options) for v in (version_a, version_b))
-        facts, metrics, same_cells = compare_cards(require_registered(store, version_a, options),
-                                                   require_registered(store, version_b, options))
+    with one_line_errors():
+        version_a, version_b = (resolve_version(store, v) for v in (version_a, version_b))
+        facts, metrics, same_cells = compare_cards(require_registered(store, version_a),
+                                                   require_registered(store, version_b))
     width = max(26, *(len(value) for _, a, b in facts for value in (a, b)))
     click.echo(f"{'':<14} {'A ' + version_a:<{width}} {'B ' + version_b:<{width}}")
     for label, a, b in facts:
@@ -146,41 +115,40 @@ def compare_command(version_a: str, version_b: str, store: str, s3_endpoint_url:
 
 @models.command("promote")
 @click.argument("version")
-@_store_options
+@takes_store
 @click.option("--reason", default="promoted by hand (aml-smear models promote)", show_default=True,
               help="Recorded in the champion pointer.")
-def promote_command(version: str, store: str, s3_endpoint_url: str | None, reason: str) -> None:
+def promote_command(version: str, store: Store, reason: str) -> None:
     """Make VERSION the champion (its card and model file are checked first; the pointer is replaced
     in one write and the old champion kept for `rollback`)."""
     from tasks.registry import RegistryError, read_champion, set_champion
 
-    options = _options(store, s3_endpoint_url)
-    with _one_line_errors():
+    with one_line_errors():
         try:
-            current = read_champion(store, options)
+            current = read_champion(store)
         except RegistryError:  # an unreadable pointer: promoting replaces it
             current = None
         if current is not None and current["version"] == version:
-            click.echo(f"{version} is already the champion of {store}: nothing changed")
+            click.echo(f"{version} is already the champion of {store.url}: nothing changed")
             return
-        set_champion(store, version, options, reason=reason)
+        set_champion(store, version, reason=reason)
     _announce(store, version, current["version"] if current else None, reason, "models promote")
-    click.echo(f"champion of {store}: {version}" + (f" (was {current['version']})" if current else ""))
+    click.echo(f"champion of {store.url}: {version}" + (f" (was {current['version']})" if current else ""))
 
 
 @models.command("rollback")
-@_store_options
-def rollback_command(store: str, s3_endpoint_url: str | None) -> None:
+@takes_store
+def rollback_command(store: Store) -> None:
     """Make the previous champion the champion again."""
     from tasks.registry import rollback_champion
 
-    with _one_line_errors():
-        was, now = rollback_champion(store, _options(store, s3_endpoint_url))
+    with one_line_errors():
+        was, now = rollback_champion(store)
     _announce(store, now, was, f"rolled back from {was}", "models rollback")
-    click.echo(f"champion of {store}: {now} (rolled back from {was})")
+    click.echo(f"champion of {store.url}: {now} (rolled back from {was})")
 
 
-def _announce(store: str, version: str, previous: str | None, reason: str, by: str) -> None:
+def _announce(store: Store, version: str, previous: str | None, reason: str, by: str) -> None:
     """``aml-smear.model.promoted`` on the Prefect API that PREFECT_API_URL names; nothing without one
     (no temporary server is started for it). Prefect sends queued events before the process exits."""
     from prefect.settings import PREFECT_API_URL
@@ -195,14 +163,14 @@ def _announce(store: str, version: str, previous: str | None, reason: str, by: s
 @click.option("--keep", "keep_newest", type=click.IntRange(min=0), required=True,
               help="How many of the newest versions to keep, besides the champion.")
 @click.option("--dry-run", is_flag=True, help="Say what would be removed; remove nothing.")
-@_store_options
-def prune_command(keep_newest: int, dry_run: bool, store: str, s3_endpoint_url: str | None) -> None:
+@takes_store
+def prune_command(keep_newest: int, dry_run: bool, store: Store) -> None:
     """Remove all versions but the champion, the previous champion, the --keep newest, and any a
     scoring under runs/ records."""
     from tasks.registry_admin import prune_models
 
-    with _one_line_errors():
-        plan = prune_models(store, keep_newest, _options(store, s3_endpoint_url), dry_run=dry_run)
+    with one_line_errors():
+        plan = prune_models(store, keep_newest, dry_run=dry_run)
     for version, why in plan.keep.items():
         click.echo(f"keep   {version}: {why}")
     for version in plan.remove:

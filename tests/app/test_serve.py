@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect.client.orchestration import get_client
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.serve import NIGHTLY_RETRAIN, dask_runner_from_environment, deployed_flow
+from app.serve import NIGHTLY_RETRAIN, dask_runner_from_environment, deployed_flow
 from tasks.events import NIGHTLY_FAILED
 from tests.flows.prefect_events import read_events
 
@@ -30,7 +30,7 @@ def test_invalid_parameters_fail_once_and_are_not_retried(tmp_path):
 
 
 def test_a_failure_after_the_run_started_fails_at_once_with_its_reason(tmp_path):
-    # No flow retry (flows/serve.py: a deployment concurrency limit drops Prefect 3.9's flow retries).
+    # No flow retry (app/serve.py: a deployment concurrency limit drops Prefect 3.9's flow retries).
     state = _nightly()(sources=[str(tmp_path / "no-such-source")], store=str(tmp_path / "store"),
                        return_state=True)
     reason = f"source {tmp_path / 'no-such-source'} does not exist"

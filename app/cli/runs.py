@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
-from flows.cli_models import _listed, _one_line_errors, _options, _store_options
+from app.cli.common import listed, one_line_errors, takes_store
+
+if TYPE_CHECKING:
+    from tasks.store import Store
 
 __all__ = ["call_settings", "echo_patients", "runs"]
 
@@ -47,13 +52,13 @@ def runs() -> None:
 
 
 @runs.command("list")
-@_store_options
-def list_command(store: str, s3_endpoint_url: str | None) -> None:
+@takes_store
+def list_command(store: Store) -> None:
     """List the ingest runs, each with its scorings (model, settings, complete or not)."""
     from tasks.run_admin import list_runs, runs_root
     from tasks.runs import REUSED_FROM
 
-    entries = _listed(list_runs, store, s3_endpoint_url, f"no runs in {runs_root(store)}")
+    entries = listed(list_runs, store, f"no runs in {runs_root(store)}")
     if not entries:
         return
     for entry in entries:
@@ -78,14 +83,14 @@ def _state(complete: bool, failure: dict | None) -> str:
 @runs.command("show")
 @click.argument("run")
 @click.option("--score", "score_id", default=None, help="The scoring of RUN [default: its latest complete one].")
-@_store_options
-def show_command(run: str, score_id: str | None, store: str, s3_endpoint_url: str | None) -> None:
+@takes_store
+def show_command(run: str, score_id: str | None, store: Store) -> None:
     """Show a finished scoring of RUN: its settings, the per-patient calls, the quarantined files and the reports."""
     from tasks.run_admin import show_scoring
     from tasks.runs import REUSED_FROM
 
-    with _one_line_errors():
-        shown = show_scoring(store, run, score_id, _options(store, s3_endpoint_url))
+    with one_line_errors():
+        shown = show_scoring(store, run, score_id)
     settings = shown.settings
     click.echo(f"run {shown.scoring.run_id}, scoring {shown.scoring.score_id}, completed "
                f"{shown.completed_at or 'at an unknown time'} -> {shown.scoring.root}")
@@ -103,7 +108,7 @@ def show_command(run: str, score_id: str | None, store: str, s3_endpoint_url: st
     else:
         click.echo("no quarantined inputs")
     click.echo(f"patient reports: {shown.report}" if shown.report else
-               f"no reports in {shown.scoring.reports_root}: rebuild them with `aml-smear report {run} --store {store} "
+               f"no reports in {shown.scoring.reports_root}: rebuild them with `aml-smear report {run} --store {store.url} "
                f"--score {shown.scoring.score_id}`")
 
 
@@ -111,13 +116,13 @@ def show_command(run: str, score_id: str | None, store: str, s3_endpoint_url: st
 @click.option("--older-than", "older_than", type=click.FloatRange(min=0), required=True, metavar="DAYS",
               help="Remove runs whose last completion (or start) is older than DAYS days.")
 @click.option("--dry-run", is_flag=True, help="Say what would be removed; remove nothing.")
-@_store_options
-def prune_command(older_than: float, dry_run: bool, store: str, s3_endpoint_url: str | None) -> None:
+@takes_store
+def prune_command(older_than: float, dry_run: bool, store: Store) -> None:
     """Remove old runs with all their scorings; runs a registered model was trained on are kept."""
     from tasks.run_admin import prune_runs
 
-    with _one_line_errors():
-        plan = prune_runs(store, older_than, _options(store, s3_endpoint_url), dry_run=dry_run)
+    with one_line_errors():
+        plan = prune_runs(store, older_than, dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
     click.echo(f"{verb} {len(plan.remove)} runs" + (f": {', '.join(plan.remove)}" if plan.remove else ""))
     for run_id, reason in sorted(plan.kept_old.items()):
