@@ -17,15 +17,39 @@ from scipy.stats import binomtest
 
 from aml_model.config import SummaryConfig
 
-__all__ = ["CALLS", "CORRECTED_COLUMNS", "PATIENT_COLUMNS", "RESEARCH_NOTE", "PatientSummary", "rogan_gladen",
-           "summarise_cohort", "summarise_patient", "with_corrected_fraction"]
+__all__ = [
+    "CALLS",
+    "CORRECTED_COLUMNS",
+    "PATIENT_COLUMNS",
+    "RESEARCH_NOTE",
+    "PatientSummary",
+    "rogan_gladen",
+    "summarise_cohort",
+    "summarise_patient",
+    "with_corrected_fraction",
+]
 
 RESEARCH_NOTE = "research use only: not a diagnosis"
 CALLS = ("AML_SUSPECTED", "NOT_SUSPECTED", "INDETERMINATE", "INSUFFICIENT_CELLS")
 PATIENT_COLUMNS = (
-    "patient_id", "n_cells", "n_scored", "n_quarantined", "n_blast_like", "blast_fraction",
-    "ci_low", "ci_high", "mean_probability", "median_probability", "call", "qc_flags",
-    "model_version", "threshold", "blast_cutoff", "min_cells", "max_quarantined_share", "note",
+    "patient_id",
+    "n_cells",
+    "n_scored",
+    "n_quarantined",
+    "n_blast_like",
+    "blast_fraction",
+    "ci_low",
+    "ci_high",
+    "mean_probability",
+    "median_probability",
+    "call",
+    "qc_flags",
+    "model_version",
+    "threshold",
+    "blast_cutoff",
+    "min_cells",
+    "max_quarantined_share",
+    "note",
 )
 CORRECTED_COLUMNS = ("blast_fraction_corrected", "corrected_ci_low", "corrected_ci_high")
 """Columns a site calibration adds: blast_fraction, ci_low and ci_high through :func:`rogan_gladen`."""
@@ -107,11 +131,23 @@ def summarise_patient(
     if n_cells and n_quarantined / n_cells > config.max_quarantined_share:
         flags.append("high_quarantine_rate")
     return PatientSummary(
-        patient_id=patient_id, n_cells=n_cells, n_scored=n_scored, n_quarantined=int(n_quarantined),
-        n_blast_like=n_blast, blast_fraction=fraction, ci_low=ci_low, ci_high=ci_high,
-        mean_probability=mean, median_probability=median, call=call, qc_flags=";".join(flags),
-        model_version=model_version, threshold=config.threshold, blast_cutoff=config.blast_cutoff,
-        min_cells=config.min_cells, max_quarantined_share=config.max_quarantined_share,
+        patient_id=patient_id,
+        n_cells=n_cells,
+        n_scored=n_scored,
+        n_quarantined=int(n_quarantined),
+        n_blast_like=n_blast,
+        blast_fraction=fraction,
+        ci_low=ci_low,
+        ci_high=ci_high,
+        mean_probability=mean,
+        median_probability=median,
+        call=call,
+        qc_flags=";".join(flags),
+        model_version=model_version,
+        threshold=config.threshold,
+        blast_cutoff=config.blast_cutoff,
+        min_cells=config.min_cells,
+        max_quarantined_share=config.max_quarantined_share,
     )
 
 
@@ -135,17 +171,29 @@ def summarise_cohort(
         A new DataFrame with :data:`PATIENT_COLUMNS`, sorted by patient_id.
     """
     quarantined = quarantine["patient_id"].value_counts().to_dict() if len(quarantine) else {}
-    by_patient = {pid: group["probability"].to_numpy() for pid, group in cells.groupby("patient_id", sort=True)}
+    by_patient = {
+        pid: group["probability"].to_numpy()
+        for pid, group in cells.groupby("patient_id", sort=True)
+    }
     patients = sorted((set(by_patient) | set(quarantined) | set(extra_patients)) - {""})
     rows = [
-        dataclasses.asdict(summarise_patient(pid, by_patient.get(pid, np.zeros(0)), quarantined.get(pid, 0),
-                                             config, model_version))
+        dataclasses.asdict(
+            summarise_patient(
+                pid,
+                by_patient.get(pid, np.zeros(0)),
+                quarantined.get(pid, 0),
+                config,
+                model_version,
+            )
+        )
         for pid in patients
     ]
     return pd.DataFrame(rows, columns=list(PATIENT_COLUMNS))
 
 
-def rogan_gladen(observed: np.ndarray, sensitivity: float, false_positive_rate: float) -> np.ndarray:
+def rogan_gladen(
+    observed: np.ndarray, sensitivity: float, false_positive_rate: float
+) -> np.ndarray:
     """The true blast fraction estimated from an observed blast-like fraction (Rogan & Gladen, 1978).
 
     A patient with true blast fraction ``f`` shows ``f * se + (1 - f) * fpr`` blast-like cells in
@@ -169,14 +217,22 @@ def rogan_gladen(observed: np.ndarray, sensitivity: float, false_positive_rate: 
     return np.clip((observed - false_positive_rate) / (sensitivity - false_positive_rate), 0.0, 1.0)
 
 
-def with_corrected_fraction(patients: pd.DataFrame, sensitivity: float, false_positive_rate: float) -> pd.DataFrame:
+def with_corrected_fraction(
+    patients: pd.DataFrame, sensitivity: float, false_positive_rate: float
+) -> pd.DataFrame:
     """A new patient table with :data:`CORRECTED_COLUMNS` added after the site's rates (:func:`rogan_gladen`).
 
     Args:
         patients: a table with blast_fraction, ci_low and ci_high (:data:`PATIENT_COLUMNS`).
         sensitivity, false_positive_rate: the site's rates at the threshold of the calls.
     """
-    return patients.assign(**{name: rogan_gladen(patients[column].to_numpy(np.float64), sensitivity,
-                                                 false_positive_rate)
-                              for name, column in zip(CORRECTED_COLUMNS, ("blast_fraction", "ci_low", "ci_high"),
-                                                      strict=True)})
+    return patients.assign(
+        **{
+            name: rogan_gladen(
+                patients[column].to_numpy(np.float64), sensitivity, false_positive_rate
+            )
+            for name, column in zip(
+                CORRECTED_COLUMNS, ("blast_fraction", "ci_low", "ci_high"), strict=True
+            )
+        }
+    )

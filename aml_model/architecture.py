@@ -15,13 +15,33 @@ from aml_model.config import FEATURE_LAYERS, ModelConfig
 from aml_model.pooling import POOLING_LAYER_NAME, SpatialMeanStd
 from aml_model.scale import SCALE_LAYER_NAME, ScaleNormalisation
 from aml_model.stain import STAIN_LAYER_NAME, StainNormalisation
-from aml_model.weights import (imagenet_weights_file, load_backbone_weights, local_weights_file,
-                               partial_weights_layers)
+from aml_model.weights import (
+    imagenet_weights_file,
+    load_backbone_weights,
+    local_weights_file,
+    partial_weights_layers,
+)
 
-__all__ = ["BACKBONE_NAME", "FEATURE_NORMALISATION_NAME", "INPUT_NORMALISATION_LAYERS", "OUTPUT_LAYER_NAME",
-           "adapt_feature_normalisation", "assemble_model", "build_backbone", "build_head", "build_model",
-           "compile_model", "copy_layer_weights", "cut_backbone", "feature_extractor", "head_layer_names",
-           "input_normalisation", "resolve_backbone_weights", "seed_weights", "whole_backbone"]
+__all__ = [
+    "BACKBONE_NAME",
+    "FEATURE_NORMALISATION_NAME",
+    "INPUT_NORMALISATION_LAYERS",
+    "OUTPUT_LAYER_NAME",
+    "adapt_feature_normalisation",
+    "assemble_model",
+    "build_backbone",
+    "build_head",
+    "build_model",
+    "compile_model",
+    "copy_layer_weights",
+    "cut_backbone",
+    "feature_extractor",
+    "head_layer_names",
+    "input_normalisation",
+    "resolve_backbone_weights",
+    "seed_weights",
+    "whole_backbone",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -182,14 +202,16 @@ def _head_layers(config: ModelConfig) -> list[keras.layers.Layer]:
     if config.head_units:
         layers.append(keras.layers.Dense(config.head_units, activation="relu", name="dense"))
     # float32 output keeps the probability exact under mixed-precision policies.
-    layers.append(keras.layers.Dense(1, activation="sigmoid", name=OUTPUT_LAYER_NAME, dtype="float32"))
+    layers.append(
+        keras.layers.Dense(1, activation="sigmoid", name=OUTPUT_LAYER_NAME, dtype="float32")
+    )
     return layers
 
 
 def head_layer_names(model: keras.Model) -> list[str]:
     """Names of the layers after the backbone of a model from :func:`build_model`, in order."""
     names = [layer.name for layer in model.layers]
-    return names[names.index(BACKBONE_NAME) + 1:]
+    return names[names.index(BACKBONE_NAME) + 1 :]
 
 
 def copy_layer_weights(source: keras.layers.Layer, target: keras.layers.Layer) -> None:
@@ -256,14 +278,17 @@ def build_head(feature_shape: tuple[int, int, int], config: ModelConfig) -> kera
     Returns:
         A compiled Keras model `(batch, *feature_shape)` -> `(batch, 1)` probabilities.
     """
-    head = keras.Sequential([keras.Input(feature_shape, name="features"), *_head_layers(config)],
-                            name="head")
+    head = keras.Sequential(
+        [keras.Input(feature_shape, name="features"), *_head_layers(config)], name="head"
+    )
     # XLA fuses Adam's update of the 12.8M-weight dense layer into one kernel: a head epoch on
     # cached features runs 3.5x faster on CPU, where the separate update ops dominated.
     return compile_model(head, config, jit_compile=True)
 
 
-def compile_model(model: keras.Model, config: ModelConfig, jit_compile: bool = False) -> keras.Model:
+def compile_model(
+    model: keras.Model, config: ModelConfig, jit_compile: bool = False
+) -> keras.Model:
     """Compile with the paper's Adam(learning_rate) and binary cross-entropy; returns ``model``.
 
     ``jit_compile`` compiles each training step with XLA.
@@ -308,7 +333,9 @@ def build_model(config: ModelConfig, weights_file: str | None = None) -> keras.M
     return compile_model(model, config)
 
 
-def assemble_model(config: ModelConfig, head: keras.Model, weights_file: str | None = None) -> keras.Model:
+def assemble_model(
+    config: ModelConfig, head: keras.Model, weights_file: str | None = None
+) -> keras.Model:
     """The full paper model from a head trained on cached features.
 
     Builds :func:`build_model` (its backbone from ``config.backbone_weights``, which must be the

@@ -36,22 +36,36 @@ def build_augmenter(config: AugmentConfig, seed: int | None = None) -> keras.Seq
     if config.stain_transfer:
         from aml_model.stain import RandomStainTransfer
 
-        layers.append(RandomStainTransfer(config.stain_transfer, seed=seed, name="random_stain_transfer"))
+        layers.append(
+            RandomStainTransfer(config.stain_transfer, seed=seed, name="random_stain_transfer")
+        )
     if config.hue:
         layers.append(keras.layers.RandomHue(config.hue, value_range=value_range, seed=seed))
     if config.saturation:
         # Keras' saturation factor maps 0.5 to "unchanged", 0 to grey and 1 to fully saturated.
         half = config.saturation / 2
-        layers.append(keras.layers.RandomSaturation((0.5 - half, 0.5 + half), value_range=value_range, seed=seed))
+        layers.append(
+            keras.layers.RandomSaturation(
+                (0.5 - half, 0.5 + half), value_range=value_range, seed=seed
+            )
+        )
     if config.brightness:
-        layers.append(keras.layers.RandomBrightness(config.brightness, value_range=value_range, seed=seed))
+        layers.append(
+            keras.layers.RandomBrightness(config.brightness, value_range=value_range, seed=seed)
+        )
     if config.contrast:
-        layers.append(keras.layers.RandomContrast(config.contrast, value_range=value_range, seed=seed))
+        layers.append(
+            keras.layers.RandomContrast(config.contrast, value_range=value_range, seed=seed)
+        )
     if config.rotation_degrees:
-        layers.append(keras.layers.RandomRotation(config.rotation_degrees / 360.0, seed=seed, **fill))
+        layers.append(
+            keras.layers.RandomRotation(config.rotation_degrees / 360.0, seed=seed, **fill)
+        )
     if config.width_shift or config.height_shift:
         layers.append(
-            keras.layers.RandomTranslation(config.height_shift, config.width_shift, seed=seed, **fill)
+            keras.layers.RandomTranslation(
+                config.height_shift, config.width_shift, seed=seed, **fill
+            )
         )
     if config.zoom:
         layers.append(keras.layers.RandomZoom(config.zoom, config.zoom, seed=seed, **fill))
@@ -98,13 +112,20 @@ class RandomToneCurve(keras.layers.Layer):
         images = ops.cast(inputs, "float32")
         batch, height, width = ops.shape(images)[0], ops.shape(images)[1], ops.shape(images)[2]
         segments = self.knots - 1
-        rises = -ops.log(keras.random.uniform((batch, 3, segments), 1e-6, 1.0, seed=self._generator))
+        rises = -ops.log(
+            keras.random.uniform((batch, 3, segments), 1e-6, 1.0, seed=self._generator)
+        )
         curve = ops.cumsum(rises / ops.sum(rises, axis=-1, keepdims=True), axis=-1)
         identity = ops.linspace(1.0 / segments, 1.0, segments)
         weight = keras.random.uniform((batch, 1, 1), 0.0, self.strength, seed=self._generator)
-        knots = ops.concatenate([ops.zeros((batch, 3, 1)), (1 - weight) * identity + weight * curve], axis=-1)
+        knots = ops.concatenate(
+            [ops.zeros((batch, 3, 1)), (1 - weight) * identity + weight * curve], axis=-1
+        )
         # (batch, 3, pixels): each channel's intensities, placed on the curve's segments.
-        position = ops.transpose(ops.reshape(ops.clip(images, 0.0, 255.0), (batch, -1, 3)), (0, 2, 1)) / 255.0
+        position = (
+            ops.transpose(ops.reshape(ops.clip(images, 0.0, 255.0), (batch, -1, 3)), (0, 2, 1))
+            / 255.0
+        )
         position = position * segments
         lower = ops.cast(ops.minimum(ops.floor(position), segments - 1), "int32")
         fraction = position - ops.cast(lower, "float32")
@@ -117,4 +138,9 @@ class RandomToneCurve(keras.layers.Layer):
         return input_shape
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "strength": self.strength, "knots": self.knots, "seed": self.seed}
+        return {
+            **super().get_config(),
+            "strength": self.strength,
+            "knots": self.knots,
+            "seed": self.seed,
+        }

@@ -88,9 +88,21 @@ from aml_model.config import SummaryConfig
 from aml_model.errors import CalibrationError, ConfigError
 from aml_model.evaluate import BinaryMetrics, compute_metrics
 
-__all__ = ["CALIBRATED_COLUMN", "DEFAULT_CLIP", "DEFAULT_OPERATING_POINT", "METHOD", "MIN_BANDWIDTH",
-           "MIN_CELLS_PER_CLASS", "OPERATING_POINTS", "OperatingPoint", "SiteCalibration", "call_probabilities",
-           "check_counts", "fit_site_calibration", "validate_site_name"]
+__all__ = [
+    "CALIBRATED_COLUMN",
+    "DEFAULT_CLIP",
+    "DEFAULT_OPERATING_POINT",
+    "METHOD",
+    "MIN_BANDWIDTH",
+    "MIN_CELLS_PER_CLASS",
+    "OPERATING_POINTS",
+    "OperatingPoint",
+    "SiteCalibration",
+    "call_probabilities",
+    "check_counts",
+    "fit_site_calibration",
+    "validate_site_name",
+]
 
 METHOD = "platt-balanced"
 """Platt scaling on logit(p) with Platt's smoothed targets and equal class weights."""
@@ -132,8 +144,10 @@ def check_counts(site: str, n_blast: int, n_other: int, minimum: int = MIN_CELLS
         CalibrationError: naming the site, both counts and the minimum.
     """
     if n_blast < minimum or n_other < minimum:
-        message = (f"site {site}: calibration needs at least {minimum} labelled cells of each class; found "
-                   f"{n_blast} blast and {n_other} other cells. Label more cells of the missing class and run again")
+        message = (
+            f"site {site}: calibration needs at least {minimum} labelled cells of each class; found "
+            f"{n_blast} blast and {n_other} other cells. Label more cells of the missing class and run again"
+        )
         raise CalibrationError(message)
 
 
@@ -159,7 +173,7 @@ def _bandwidth(x: np.ndarray) -> float:
     sd = float(np.std(x, ddof=1)) if x.size > 1 else 0.0
     iqr = float(np.subtract(*np.percentile(x, [75, 25]))) / 1.349
     spread = min(sd, iqr) if iqr > 0 else sd
-    return max(0.9 * spread * x.size ** -0.2, MIN_BANDWIDTH)
+    return max(0.9 * spread * x.size**-0.2, MIN_BANDWIDTH)
 
 
 class _SmoothedRates:
@@ -223,8 +237,12 @@ class OperatingPoint:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> OperatingPoint:
         """Read back ``dataclasses.asdict`` output (derived keys are ignored)."""
-        return cls(threshold=float(data["threshold"]), sensitivity=float(data["sensitivity"]),
-                   false_positive_rate=float(data["false_positive_rate"]), metrics=BinaryMetrics(**data["metrics"]))
+        return cls(
+            threshold=float(data["threshold"]),
+            sensitivity=float(data["sensitivity"]),
+            false_positive_rate=float(data["false_positive_rate"]),
+            metrics=BinaryMetrics(**data["metrics"]),
+        )
 
 
 @dataclass(frozen=True)
@@ -285,9 +303,13 @@ class SiteCalibration:
             raise ConfigError(message)
         unknown = sorted(set(self.operating_points) - set(OPERATING_POINTS))
         if unknown:
-            message = f"calibration operating points {unknown} are not among {list(OPERATING_POINTS)}"
+            message = (
+                f"calibration operating points {unknown} are not among {list(OPERATING_POINTS)}"
+            )
             raise ConfigError(message)
-        if self.operating_points and not (self.blast_cutoff is not None and 0 < self.blast_cutoff < 1):
+        if self.operating_points and not (
+            self.blast_cutoff is not None and 0 < self.blast_cutoff < 1
+        ):
             message = f"calibration blast cut-off must be in (0, 1), got {self.blast_cutoff!r}"
             raise ConfigError(message)
         for name, point in self.operating_points.items():
@@ -338,21 +360,30 @@ class SiteCalibration:
                 or for another blast cut-off.
         """
         if name not in OPERATING_POINTS:
-            message = f"operating point {name!r} is not one of {', '.join(map(repr, OPERATING_POINTS))}"
+            message = (
+                f"operating point {name!r} is not one of {', '.join(map(repr, OPERATING_POINTS))}"
+            )
             raise ConfigError(message)
         if name in self.operating_points:
-            if name == "fraction" and blast_cutoff is not None and not math.isclose(blast_cutoff,
-                                                                                      self.blast_cutoff):
-                message = (f"site {self.site}: its fraction operating point is unbiased at a blast cut-off of "
-                           f"{self.blast_cutoff:g}, not {blast_cutoff:g}: calibrate the site again at that "
-                           f"cut-off, or call at the balanced operating point")
+            if (
+                name == "fraction"
+                and blast_cutoff is not None
+                and not math.isclose(blast_cutoff, self.blast_cutoff)
+            ):
+                message = (
+                    f"site {self.site}: its fraction operating point is unbiased at a blast cut-off of "
+                    f"{self.blast_cutoff:g}, not {blast_cutoff:g}: calibrate the site again at that "
+                    f"cut-off, or call at the balanced operating point"
+                )
                 raise ConfigError(message)
             return self.operating_points[name]
         if name == "balanced":
             return OperatingPoint(self.threshold, math.nan, math.nan, self.after)
-        message = (f"site {self.site}: its calibration for model {self.model_version} ({self.created_at}) has no "
-                   f"fraction operating point (it was stored before they existed): calibrate the site again, or "
-                   f"call at the balanced operating point")
+        message = (
+            f"site {self.site}: its calibration for model {self.model_version} ({self.created_at}) has no "
+            f"fraction operating point (it was stored before they existed): calibrate the site again, or "
+            f"call at the balanced operating point"
+        )
         raise ConfigError(message)
 
     def to_dict(self) -> dict[str, Any]:
@@ -364,8 +395,10 @@ class SiteCalibration:
         out = dataclasses.asdict(self)
         out["raw_threshold"] = self.raw_threshold
         for name, point in self.operating_points.items():
-            out["operating_points"][name] |= {"raw_threshold": self.to_raw(point.threshold),
-                                              "bias_at_cutoff": point.bias(self.blast_cutoff)}
+            out["operating_points"][name] |= {
+                "raw_threshold": self.to_raw(point.threshold),
+                "bias_at_cutoff": point.bias(self.blast_cutoff),
+            }
         out["format_version"] = FORMAT_VERSION
         return out
 
@@ -380,8 +413,11 @@ class SiteCalibration:
             message = f"calibration format version {data.get('format_version')!r} is not supported"
             raise ConfigError(message)
         names = {f.name for f in dataclasses.fields(cls)}
-        required = {f.name for f in dataclasses.fields(cls)
-                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+        required = {
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        }
         missing = sorted(required - set(data))
         if missing:
             message = f"calibration record lacks {', '.join(missing)}"
@@ -390,8 +426,10 @@ class SiteCalibration:
         fields["coefficients"] = {k: float(v) for k, v in fields["coefficients"].items()}
         fields["before"] = BinaryMetrics(**fields["before"])
         fields["after"] = BinaryMetrics(**fields["after"])
-        fields["operating_points"] = {name: OperatingPoint.from_dict(point)
-                                      for name, point in fields.get("operating_points", {}).items()}
+        fields["operating_points"] = {
+            name: OperatingPoint.from_dict(point)
+            for name, point in fields.get("operating_points", {}).items()
+        }
         return cls(**fields)
 
 
@@ -461,9 +499,11 @@ def fit_site_calibration(
     slope, intercept = float(regression.coef_[0, 0]), float(regression.intercept_[0])
     before = compute_metrics(y, p, 0.5)
     if not slope > 0:
-        message = (f"site {site}: the scores of model {model_version} do not rise with the blast label on these "
-                   f"{y.size} cells (ROC AUC {before.roc_auc:.3f}, fitted slope {slope:.3g}); a calibration cannot "
-                   f"repair that: check the labels, or retrain on this site's cells")
+        message = (
+            f"site {site}: the scores of model {model_version} do not rise with the blast label on these "
+            f"{y.size} cells (ROC AUC {before.roc_auc:.3f}, fitted slope {slope:.3g}); a calibration cannot "
+            f"repair that: check the labels, or retrain on this site's cells"
+        )
         raise CalibrationError(message)
     coefficients = {"slope": slope, "intercept": intercept}
     calibrated = expit(slope * x + intercept)
@@ -474,11 +514,24 @@ def fit_site_calibration(
         return OperatingPoint(threshold, *rates.at(cut), compute_metrics(y, calibrated, threshold))
 
     fraction_cut = rates.unbiased_at(blast_cutoff)
-    points = {"fraction": point(float(expit(slope * fraction_cut + intercept)), fraction_cut),
-              "balanced": point(CALIBRATED_THRESHOLD, (logit(CALIBRATED_THRESHOLD) - intercept) / slope)}
+    points = {
+        "fraction": point(float(expit(slope * fraction_cut + intercept)), fraction_cut),
+        "balanced": point(CALIBRATED_THRESHOLD, (logit(CALIBRATED_THRESHOLD) - intercept) / slope),
+    }
     return SiteCalibration(
-        site=site, model_version=model_version, method=METHOD, coefficients=coefficients, clip=clip,
-        threshold=CALIBRATED_THRESHOLD, n_blast=n_blast, n_other=n_other, before=before,
-        after=points["balanced"].metrics, created_at=datetime.now(UTC).isoformat(), source=source, run_id=run_id,
-        blast_cutoff=blast_cutoff, operating_points=points,
+        site=site,
+        model_version=model_version,
+        method=METHOD,
+        coefficients=coefficients,
+        clip=clip,
+        threshold=CALIBRATED_THRESHOLD,
+        n_blast=n_blast,
+        n_other=n_other,
+        before=before,
+        after=points["balanced"].metrics,
+        created_at=datetime.now(UTC).isoformat(),
+        source=source,
+        run_id=run_id,
+        blast_cutoff=blast_cutoff,
+        operating_points=points,
     )

@@ -15,7 +15,9 @@ def cell_id(patient_id: str, sha256: str) -> str:
     return f"{patient_id}:{sha256[:16]}"
 
 
-def build_cell_tables(records: pd.DataFrame, rejected: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def build_cell_tables(
+    records: pd.DataFrame, rejected: pd.DataFrame | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split decode records into accepted cells and quarantined inputs.
 
     Within a patient, an image whose sha256 was already seen is a duplicate: it is
@@ -50,8 +52,14 @@ def build_cell_tables(records: pd.DataFrame, rejected: pd.DataFrame | None = Non
         ignore_index=True,
     )
     quarantine = quarantine.astype({"source_uri": str, "patient_id": str, "reason": str})
-    cells = first.assign(cell_id=[cell_id(p, s) for p, s in zip(first["patient_id"], first["sha256"], strict=True)])
+    cells = first.assign(
+        cell_id=[cell_id(p, s) for p, s in zip(first["patient_id"], first["sha256"], strict=True)]
+    )
     if "cell_type" not in cells:
         cells = cells.assign(cell_type=None)
-    cells = cells[list(CELL_COLUMNS)].astype({"zarr_index": "int64", "cell_type": "string"}).reset_index(drop=True)
+    cells = (
+        cells[list(CELL_COLUMNS)]
+        .astype({"zarr_index": "int64", "cell_type": "string"})
+        .reset_index(drop=True)
+    )
     return cells, quarantine.sort_values("source_uri", kind="stable").reset_index(drop=True)

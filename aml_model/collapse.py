@@ -14,7 +14,13 @@ from sklearn.metrics import roc_auc_score
 
 from aml_model.errors import TrainingCollapsedError
 
-__all__ = ["MAX_ATTEMPTS", "CollapseCheck", "attempt_seed", "check_collapse", "require_not_collapsed"]
+__all__ = [
+    "MAX_ATTEMPTS",
+    "CollapseCheck",
+    "attempt_seed",
+    "check_collapse",
+    "require_not_collapsed",
+]
 
 #: A validation ROC AUC at or below this is no better than a guess for this task.
 MIN_VAL_AUC = 0.6
@@ -50,8 +56,13 @@ class CollapseCheck:
         return self.reason is not None
 
 
-def check_collapse(y_val: np.ndarray, p_val: np.ndarray, threshold: float = 0.5,
-                   min_auc: float = MIN_VAL_AUC, min_spread: float = MIN_SPREAD) -> CollapseCheck:
+def check_collapse(
+    y_val: np.ndarray,
+    p_val: np.ndarray,
+    threshold: float = 0.5,
+    min_auc: float = MIN_VAL_AUC,
+    min_spread: float = MIN_SPREAD,
+) -> CollapseCheck:
     """Judge validation predictions.
 
     Args:
@@ -83,7 +94,9 @@ def require_not_collapsed(checks: list[CollapseCheck]) -> CollapseCheck:
     last = checks[-1]
     if last.collapsed:
         attempts = "; ".join(f"attempt {i + 1}: {c.reason}" for i, c in enumerate(checks))
-        message = (f"training collapsed to a constant predictor in all {len(checks)} initialisations "
-                   f"({attempts}); no model was registered. Check the labels, or try another seed or recipe")
+        message = (
+            f"training collapsed to a constant predictor in all {len(checks)} initialisations "
+            f"({attempts}); no model was registered. Check the labels, or try another seed or recipe"
+        )
         raise TrainingCollapsedError(message)
     return last

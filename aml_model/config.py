@@ -18,7 +18,16 @@ import functools
 import types
 from collections.abc import Iterable
 from dataclasses import field
-from typing import Annotated, Any, Literal, TypeVar, Union, dataclass_transform, get_args, get_origin
+from typing import (
+    Annotated,
+    Any,
+    Literal,
+    TypeVar,
+    Union,
+    dataclass_transform,
+    get_args,
+    get_origin,
+)
 
 import pydantic.dataclasses
 from pydantic import ConfigDict, Field, SecretStr, ValidationError
@@ -75,7 +84,9 @@ StainNormalisation = Literal["none", "channel", "grey"]
 STAIN_NORMALISATIONS: tuple[str, ...] = get_args(StainNormalisation)
 
 #: ResNet50 layers the head may read: the output of each stage (conv2 to conv5), in order.
-FeatureLayer = Literal["conv2_block3_out", "conv3_block4_out", "conv4_block6_out", "conv5_block3_out"]
+FeatureLayer = Literal[
+    "conv2_block3_out", "conv3_block4_out", "conv4_block6_out", "conv5_block3_out"
+]
 FEATURE_LAYERS: tuple[str, ...] = get_args(FeatureLayer)
 
 #: What the frozen part does to its last feature map (ModelConfig.feature_pooling).
@@ -142,7 +153,11 @@ def _constraints(metadata: Iterable[Any]) -> dict[str, Any]:
         if isinstance(item, FieldInfo):
             found |= _constraints(item.metadata)
         else:
-            found |= {name: getattr(item, name) for name in _BOUNDS if getattr(item, name, None) is not None}
+            found |= {
+                name: getattr(item, name)
+                for name in _BOUNDS
+                if getattr(item, name, None) is not None
+            }
     return found
 
 
@@ -164,8 +179,20 @@ def accepted(annotation: Any, metadata: Iterable[Any] = ()) -> str:
         return "a boolean (1/0, true/false, yes/no, on/off)"
     if annotation in (int, float):
         kind = "an integer" if annotation is int else "a number"
-        low = ("[", bounds["ge"]) if "ge" in bounds else ("(", bounds["gt"]) if "gt" in bounds else None
-        high = (bounds["le"], "]") if "le" in bounds else (bounds["lt"], ")") if "lt" in bounds else None
+        low = (
+            ("[", bounds["ge"])
+            if "ge" in bounds
+            else ("(", bounds["gt"])
+            if "gt" in bounds
+            else None
+        )
+        high = (
+            (bounds["le"], "]")
+            if "le" in bounds
+            else (bounds["lt"], ")")
+            if "lt" in bounds
+            else None
+        )
         if low and high:
             return f"{kind} in {low[0]}{low[1]}, {high[0]}{high[1]}"
         if low:
@@ -190,14 +217,20 @@ def _config_error(cls: type, error: ValidationError) -> Exception:
     for item in error.errors():
         location, kind = item["loc"], item["type"]
         if kind in ("unexpected_keyword_argument", "unexpected_positional_argument"):
-            return TypeError(f"{cls.__name__}.__init__() got an unexpected argument {location[-1]!r}")
+            return TypeError(
+                f"{cls.__name__}.__init__() got an unexpected argument {location[-1]!r}"
+            )
         cause = (item.get("ctx") or {}).get("error")
         if isinstance(cause, ConfigError):  # a check of several fields (__post_init__)
             problems.append(str(cause))
             continue
         name = ".".join(map(str, location))
         info = cls.__pydantic_fields__.get(name)  # type: ignore[attr-defined]
-        reason = f"expected {accepted(info.annotation, info.metadata)}" if info is not None else item["msg"].lower()
+        reason = (
+            f"expected {accepted(info.annotation, info.metadata)}"
+            if info is not None
+            else item["msg"].lower()
+        )
         problems.append(f"{name}={item['input']!r} is invalid: {reason}")
     return ConfigError("; ".join(problems))
 
@@ -353,11 +386,22 @@ class TrainConfig:
 
 
 #: What the "robust" recipe changes (chosen in benchmarks/bench_robustness.py; docs/design.md).
-ROBUST_MODEL: dict[str, object] = {"stain_normalisation": "channel", "scale_normalisation": "nucleus",
-                                    "feature_layer": "conv3_block4_out", "feature_pooling": "mean_std",
-                                    "head_units": 0, "learning_rate": 3e-3}
-ROBUST_AUGMENT: dict[str, float] = {"scale": 0.5, "hue": 0.05, "saturation": 0.5, "brightness": 0.1,
-                                    "contrast": 0.3, "stain_transfer": 0.8}
+ROBUST_MODEL: dict[str, object] = {
+    "stain_normalisation": "channel",
+    "scale_normalisation": "nucleus",
+    "feature_layer": "conv3_block4_out",
+    "feature_pooling": "mean_std",
+    "head_units": 0,
+    "learning_rate": 3e-3,
+}
+ROBUST_AUGMENT: dict[str, float] = {
+    "scale": 0.5,
+    "hue": 0.05,
+    "saturation": 0.5,
+    "brightness": 0.1,
+    "contrast": 0.3,
+    "stain_transfer": 0.8,
+}
 
 
 @_validated
@@ -377,8 +421,9 @@ class ExperimentConfig:
     recipe: Recipe = "paper"
 
     @classmethod
-    def for_recipe(cls, recipe: str, model: ModelConfig | None = None,
-                   train: TrainConfig | None = None) -> ExperimentConfig:
+    def for_recipe(
+        cls, recipe: str, model: ModelConfig | None = None, train: TrainConfig | None = None
+    ) -> ExperimentConfig:
         """``model`` and ``train`` with the recipe's colour handling and augmentation.
 
         "paper" leaves the paper's settings as they are. "robust" zooms each cell to a fixed
@@ -395,7 +440,9 @@ class ExperimentConfig:
         model, train = model or ModelConfig(), train or TrainConfig()
         if recipe == "robust":
             model = dataclasses.replace(model, **ROBUST_MODEL)
-            train = dataclasses.replace(train, augment=dataclasses.replace(train.augment, **ROBUST_AUGMENT))
+            train = dataclasses.replace(
+                train, augment=dataclasses.replace(train.augment, **ROBUST_AUGMENT)
+            )
         return cls(model=model, train=train, recipe=recipe)
 
     @classmethod
@@ -528,8 +575,10 @@ class PretrainConfig:
             message = f"pool_cells={self.pool_cells!r} is invalid: expected at least batch_size ({self.batch_size})"
             raise ConfigError(message)
         if self.warmup_steps >= self.steps:
-            message = (f"warmup_steps={self.warmup_steps!r} is invalid: expected 0 <= warmup_steps < steps "
-                       f"({self.steps})")
+            message = (
+                f"warmup_steps={self.warmup_steps!r} is invalid: expected 0 <= warmup_steps < steps "
+                f"({self.steps})"
+            )
             raise ConfigError(message)
 
     def to_dict(self) -> dict[str, Any]:

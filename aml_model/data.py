@@ -57,7 +57,9 @@ def make_dataset(
     if labels is None:
         dataset = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
     elif weights is not None:
-        dataset = dataset.map(lambda x, y, w: (prepare(x), y, w), num_parallel_calls=tf.data.AUTOTUNE)
+        dataset = dataset.map(
+            lambda x, y, w: (prepare(x), y, w), num_parallel_calls=tf.data.AUTOTUNE
+        )
     else:
         dataset = dataset.map(lambda x, y: (prepare(x), y), num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)

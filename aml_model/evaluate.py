@@ -9,7 +9,14 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
-__all__ = ["REVIEW_CELLS", "BinaryMetrics", "compute_metrics", "confident_errors", "f1_by_threshold", "rates_by_group"]
+__all__ = [
+    "REVIEW_CELLS",
+    "BinaryMetrics",
+    "compute_metrics",
+    "confident_errors",
+    "f1_by_threshold",
+    "rates_by_group",
+]
 
 #: Misclassified test cells a retrain lists for a person to look at, worst first.
 REVIEW_CELLS = 10
@@ -64,7 +71,9 @@ def _validate(y_true: np.ndarray, y_prob: np.ndarray) -> tuple[np.ndarray, np.nd
     return y_true, y_prob
 
 
-def compute_metrics(y_true: np.ndarray, y_prob: np.ndarray, threshold: float = 0.5) -> BinaryMetrics:
+def compute_metrics(
+    y_true: np.ndarray, y_prob: np.ndarray, threshold: float = 0.5
+) -> BinaryMetrics:
     """Accuracy, sensitivity, specificity, precision, F1, ROC AUC and the confusion matrix.
 
     Args:
@@ -88,7 +97,10 @@ def compute_metrics(y_true: np.ndarray, y_prob: np.ndarray, threshold: float = 0
         precision=float(skm.precision_score(y_true, y_pred, zero_division=0)),
         f1=float(skm.f1_score(y_true, y_pred, zero_division=0)),
         roc_auc=float(auc),
-        tn=int(tn), fp=int(fp), fn=int(fn), tp=int(tp),
+        tn=int(tn),
+        fp=int(fp),
+        fn=int(fn),
+        tp=int(tp),
     )
 
 
@@ -113,7 +125,9 @@ def f1_by_threshold(
     return thresholds, scores
 
 
-def rates_by_group(cells: pd.DataFrame, probabilities: np.ndarray, threshold: float, by: list[str]) -> pd.DataFrame:
+def rates_by_group(
+    cells: pd.DataFrame, probabilities: np.ndarray, threshold: float, by: list[str]
+) -> pd.DataFrame:
     """Blast-like rate (and ROC AUC where both classes are present) per group of cells.
 
     Args:
@@ -133,27 +147,44 @@ def rates_by_group(cells: pd.DataFrame, probabilities: np.ndarray, threshold: fl
     if len(cells) != len(probabilities):
         message = f"{len(cells)} cells but {len(probabilities)} probabilities"
         raise ValueError(message)
-    labels = cells["label"] if "label" in cells else pd.Series([None] * len(cells), index=cells.index)
-    frame = cells[by].astype(object).where(cells[by].notna(), "unknown").assign(
-        _p=probabilities, _blast=(labels == "blast").to_numpy(), _labelled=labels.notna().to_numpy())
+    labels = (
+        cells["label"] if "label" in cells else pd.Series([None] * len(cells), index=cells.index)
+    )
+    frame = (
+        cells[by]
+        .astype(object)
+        .where(cells[by].notna(), "unknown")
+        .assign(
+            _p=probabilities,
+            _blast=(labels == "blast").to_numpy(),
+            _labelled=labels.notna().to_numpy(),
+        )
+    )
     rows = []
     for key, group in frame.groupby(by, sort=True, dropna=False):
         key = key if isinstance(key, tuple) else (key,)
         labelled = group[group["_labelled"]]
         both = labelled["_blast"].nunique() == 2
-        rows.append({
-            **dict(zip(by, key, strict=True)),
-            "n": len(group),
-            "n_blast": int(group["_blast"].sum()),
-            "blast_like": int((group["_p"] >= threshold).sum()),
-            "blast_like_rate": float((group["_p"] >= threshold).mean()),
-            "roc_auc": float(skm.roc_auc_score(labelled["_blast"], labelled["_p"])) if both else float("nan"),
-        })
-    return pd.DataFrame(rows, columns=[*by, "n", "n_blast", "blast_like", "blast_like_rate", "roc_auc"])
+        rows.append(
+            {
+                **dict(zip(by, key, strict=True)),
+                "n": len(group),
+                "n_blast": int(group["_blast"].sum()),
+                "blast_like": int((group["_p"] >= threshold).sum()),
+                "blast_like_rate": float((group["_p"] >= threshold).mean()),
+                "roc_auc": float(skm.roc_auc_score(labelled["_blast"], labelled["_p"]))
+                if both
+                else float("nan"),
+            }
+        )
+    return pd.DataFrame(
+        rows, columns=[*by, "n", "n_blast", "blast_like", "blast_like_rate", "roc_auc"]
+    )
 
 
-def confident_errors(cells: pd.DataFrame, probabilities: np.ndarray, threshold: float,
-                     n: int = REVIEW_CELLS) -> pd.DataFrame:
+def confident_errors(
+    cells: pd.DataFrame, probabilities: np.ndarray, threshold: float, n: int = REVIEW_CELLS
+) -> pd.DataFrame:
     """The labelled cells on the wrong side of ``threshold``, the most confident first.
 
     On a small test set one confidently wrong cell moves the ROC AUC by up to 1 / (number of

@@ -56,15 +56,22 @@ def run_experiment(
     """
     labels = np.asarray(labels, dtype=int)
     train_cfg = config.train
-    split = split_indices(labels, groups, (train_cfg.train_fraction, train_cfg.val_fraction,
-                                           train_cfg.test_fraction), train_cfg.seed)
+    split = split_indices(
+        labels,
+        groups,
+        (train_cfg.train_fraction, train_cfg.val_fraction, train_cfg.test_fraction),
+        train_cfg.seed,
+    )
     keras.utils.set_random_seed(train_cfg.seed)
     model = build_model(config.model)
     history, best_epoch = train_model(
         model,
-        images[split["train"]], labels[split["train"]],
-        images[split["val"]], labels[split["val"]],
-        train_cfg, callbacks,
+        images[split["train"]],
+        labels[split["train"]],
+        images[split["val"]],
+        labels[split["val"]],
+        train_cfg,
+        callbacks,
     )
     test_probabilities = predict_batch(model, images[split["test"]])
     metrics = compute_metrics(labels[split["test"]], test_probabilities, config.threshold)

@@ -18,7 +18,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from aml_model.architecture import BACKBONE_NAME, OUTPUT_LAYER_NAME, feature_extractor, head_layer_names
+from aml_model.architecture import (
+    BACKBONE_NAME,
+    OUTPUT_LAYER_NAME,
+    feature_extractor,
+    head_layer_names,
+)
 from aml_model.pooling import POOLING_LAYER_NAME
 from aml_model.preprocess import normalise_for_resnet50
 
@@ -110,14 +115,18 @@ def compute_gradcam(
     """
     expected = tuple(model.input_shape[1:])
     if images.ndim != 4 or tuple(images.shape[1:]) != expected or images.dtype != np.uint8:
-        message = (f"images of shape {images.shape} and dtype {images.dtype} do not fit the model input "
-                   f"(n, {', '.join(map(str, expected))}) uint8")
+        message = (
+            f"images of shape {images.shape} and dtype {images.dtype} do not fit the model input "
+            f"(n, {', '.join(map(str, expected))}) uint8"
+        )
         raise ValueError(message)
     gradcam_model = gradcam_model or build_gradcam_model(model)
     size = expected[:2]
     heatmaps, logits = [np.zeros((0, *size), np.float32)], [np.zeros((0,), np.float32)]
     for start in range(0, len(images), batch_size):
-        batch = tf.convert_to_tensor(normalise_for_resnet50(images[start:start + batch_size].astype(np.float32)))
+        batch = tf.convert_to_tensor(
+            normalise_for_resnet50(images[start : start + batch_size].astype(np.float32))
+        )
         with tf.GradientTape() as tape:
             feature_maps, logit = gradcam_model(batch, training=False)
         gradients = tape.gradient(logit, feature_maps)
@@ -126,8 +135,12 @@ def compute_gradcam(
         heatmaps.append(np.clip(upsampled, 0.0, 1.0))
         logits.append(np.asarray(logit, np.float32).reshape(-1))
     heatmaps_all, logits_all = np.concatenate(heatmaps), np.concatenate(logits)
-    return GradCam(heatmaps=heatmaps_all, overlays=overlay_heatmaps(images, heatmaps_all), logits=logits_all,
-                   probabilities=(1.0 / (1.0 + np.exp(-logits_all.astype(np.float64)))).astype(np.float32))
+    return GradCam(
+        heatmaps=heatmaps_all,
+        overlays=overlay_heatmaps(images, heatmaps_all),
+        logits=logits_all,
+        probabilities=(1.0 / (1.0 + np.exp(-logits_all.astype(np.float64)))).astype(np.float32),
+    )
 
 
 def overlay_heatmaps(images: np.ndarray, heatmaps: np.ndarray, alpha: float = 0.45) -> np.ndarray:

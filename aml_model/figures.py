@@ -14,7 +14,12 @@ from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay  # noqa: E40
 
 from aml_model.evaluate import BinaryMetrics, f1_by_threshold  # noqa: E402
 
-__all__ = ["render_confusion_matrix", "render_f1_curve", "render_learning_curves", "render_roc_curve"]
+__all__ = [
+    "render_confusion_matrix",
+    "render_f1_curve",
+    "render_learning_curves",
+    "render_roc_curve",
+]
 
 CLASS_NAMES = ("normal", "blast")
 

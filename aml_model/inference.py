@@ -31,7 +31,13 @@ from aml_model.architecture import (
 )
 from aml_model.config import ScoringConfig
 
-__all__ = ["INFERENCE_PRECISIONS", "REDUCED_PRECISION_MAX_ABS_DP", "BatchScorer", "fold_batch_norm", "inference_model"]
+__all__ = [
+    "INFERENCE_PRECISIONS",
+    "REDUCED_PRECISION_MAX_ABS_DP",
+    "BatchScorer",
+    "fold_batch_norm",
+    "inference_model",
+]
 
 #: Keras dtypes the folded graph computes in; the sigmoid stays float32 in every case.
 INFERENCE_PRECISIONS = ("float32", "bfloat16", "float16")
@@ -49,7 +55,9 @@ class _FoldedBatchNorm(keras.layers.Layer):
         return inputs
 
 
-def _folded_conv_weights(conv: keras.layers.Conv2D, bn: keras.layers.BatchNormalization) -> list[np.ndarray]:
+def _folded_conv_weights(
+    conv: keras.layers.Conv2D, bn: keras.layers.BatchNormalization
+) -> list[np.ndarray]:
     """Kernel and bias of ``conv`` followed by the frozen ``bn``, computed in float64."""
     kernel, *bias = (w.astype(np.float64) for w in conv.get_weights())
     bias = bias[0] if bias else np.zeros(kernel.shape[-1])
@@ -58,7 +66,9 @@ def _folded_conv_weights(conv: keras.layers.Conv2D, bn: keras.layers.BatchNormal
     return [(kernel * scale).astype(np.float32), ((bias - mean) * scale + beta).astype(np.float32)]
 
 
-def _batch_norm_pairs(backbone: keras.Model) -> list[tuple[keras.layers.Conv2D, keras.layers.BatchNormalization]]:
+def _batch_norm_pairs(
+    backbone: keras.Model,
+) -> list[tuple[keras.layers.Conv2D, keras.layers.BatchNormalization]]:
     """Each convolution of ``backbone`` with the BatchNormalization that takes its output.
 
     Raises:
@@ -78,8 +88,10 @@ def _batch_norm_pairs(backbone: keras.Model) -> list[tuple[keras.layers.Conv2D, 
             follows[conv.name] = layer
     unfolded = [conv.name for conv in convolutions if conv.name not in follows]
     if unfolded:
-        message = (f"convolution(s) {', '.join(unfolded)} have no BatchNormalization after them to fold; "
-                   "fold_batch_norm takes a backbone whose every Conv2D is followed by one (ResNet50)")
+        message = (
+            f"convolution(s) {', '.join(unfolded)} have no BatchNormalization after them to fold; "
+            "fold_batch_norm takes a backbone whose every Conv2D is followed by one (ResNet50)"
+        )
         raise ValueError(message)
     return [(conv, follows[conv.name]) for conv in convolutions]
 
@@ -103,6 +115,7 @@ def fold_batch_norm(backbone: keras.Model, dtype: str = "float32") -> keras.Mode
             not after a Conv2D: every convolution of the copy carries folded weights or there is
             no copy.
     """
+
     def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
         if isinstance(layer, keras.layers.BatchNormalization):
             return _FoldedBatchNorm(name=layer.name, dtype=dtype)
@@ -115,7 +128,9 @@ def fold_batch_norm(backbone: keras.Model, dtype: str = "float32") -> keras.Mode
     for conv, bn in pairs:
         folded.get_layer(conv.name).set_weights(_folded_conv_weights(conv, bn))
     for layer in backbone.layers:
-        if layer.weights and not isinstance(layer, keras.layers.Conv2D | keras.layers.BatchNormalization):
+        if layer.weights and not isinstance(
+            layer, keras.layers.Conv2D | keras.layers.BatchNormalization
+        ):
             folded.get_layer(layer.name).set_weights(layer.get_weights())
     folded.trainable = False
     return folded
@@ -148,7 +163,9 @@ def inference_model(model: keras.Model, precision: str = "float32") -> keras.Mod
         original = model.get_layer(name)
         config = original.get_config()
         # The probability, and the feature statistics it is computed from, stay float32.
-        config["dtype"] = "float32" if name in (OUTPUT_LAYER_NAME, FEATURE_NORMALISATION_NAME) else precision
+        config["dtype"] = (
+            "float32" if name in (OUTPUT_LAYER_NAME, FEATURE_NORMALISATION_NAME) else precision
+        )
         layer = original.__class__.from_config(config)
         outputs = layer(outputs)
         copy_layer_weights(original, layer)
@@ -184,13 +201,16 @@ class BatchScorer:
     def __call__(self, images: np.ndarray) -> np.ndarray:
         """Score `(n, s, s, 3)` uint8 cells; returns `(n,)` float32 probabilities in [0, 1]."""
         if images.ndim != 4 or tuple(images.shape[1:]) != self.image_shape:
-            message = f"images of shape {images.shape} do not fit the model input (n, {', '.join(map(str, self.image_shape))})"
+            expected = ", ".join(map(str, self.image_shape))
+            message = f"images of shape {images.shape} do not fit the model input (n, {expected})"
             raise ValueError(message)
         out = np.empty(len(images), np.float32)
         for start in range(0, len(images), self.batch_size):
-            batch = images[start:start + self.batch_size]
+            batch = images[start : start + self.batch_size]
             n = len(batch)
             if n < self.batch_size:
-                batch = np.concatenate([batch, np.zeros((self.batch_size - n, *self.image_shape), np.uint8)])
-            out[start:start + n] = self._step(tf.constant(batch, tf.uint8)).numpy()[:n]
+                batch = np.concatenate(
+                    [batch, np.zeros((self.batch_size - n, *self.image_shape), np.uint8)]
+                )
+            out[start : start + n] = self._step(tf.constant(batch, tf.uint8)).numpy()[:n]
         return out

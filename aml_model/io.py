@@ -7,6 +7,7 @@ from pathlib import Path
 import keras
 
 from aml_model.errors import UnsafeModelError
+
 # Registers the project's own serialisable layers, which saved models may hold.
 from aml_model.pooling import SpatialMeanStd  # noqa: F401
 from aml_model.scale import ScaleNormalisation  # noqa: F401
@@ -52,7 +53,9 @@ def load_model(path: str | Path, compile: bool = True) -> keras.Model:
         # Keras raises a TypeError pages long; say in one line what happened.
         if "Could not locate" in str(exc):
             found = str(exc).rsplit("Full object config:", 1)[-1].strip()[:200]
-            message = (f"model file {path} names a class or function that is not a Keras object and was refused "
-                       f"by safe loading: {found}")
+            message = (
+                f"model file {path} names a class or function that is not a Keras object and was refused "
+                f"by safe loading: {found}"
+            )
             raise UnsafeModelError(message) from exc
         raise

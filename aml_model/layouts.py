@@ -30,28 +30,107 @@ LABELS = ("blast", "normal")
 IMAGE_SUFFIXES = frozenset({".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp"})
 #: Suffixes of other image formats. Such a file is still a cell image: the decoder quarantines
 #: it with its reason ("unsupported format GIF (supported: ...)"), it is never silently ignored.
-OTHER_IMAGE_SUFFIXES = frozenset({
-    ".gif", ".webp", ".heic", ".heif", ".avif", ".jp2", ".j2k", ".jpx", ".jpf", ".jxl", ".jfif", ".jpe",
-    ".ico", ".cur", ".svg", ".psd", ".tga", ".ppm", ".pgm", ".pbm", ".pnm", ".pcx", ".dib", ".dcm",
-    ".dicom", ".dng", ".cr2", ".nef", ".arw", ".raw", ".exr", ".hdr", ".eps", ".emf", ".wmf", ".xcf",
-})
+OTHER_IMAGE_SUFFIXES = frozenset(
+    {
+        ".gif",
+        ".webp",
+        ".heic",
+        ".heif",
+        ".avif",
+        ".jp2",
+        ".j2k",
+        ".jpx",
+        ".jpf",
+        ".jxl",
+        ".jfif",
+        ".jpe",
+        ".ico",
+        ".cur",
+        ".svg",
+        ".psd",
+        ".tga",
+        ".ppm",
+        ".pgm",
+        ".pbm",
+        ".pnm",
+        ".pcx",
+        ".dib",
+        ".dcm",
+        ".dicom",
+        ".dng",
+        ".cr2",
+        ".nef",
+        ".arw",
+        ".raw",
+        ".exr",
+        ".hdr",
+        ".eps",
+        ".emf",
+        ".wmf",
+        ".xcf",
+    }
+)
 #: Suffixes of files that are plainly not images: notes, sidecar tables, documents, archives.
-NOT_IMAGE_SUFFIXES = frozenset({
-    ".txt", ".md", ".rst", ".csv", ".tsv", ".json", ".xml", ".yaml", ".yml", ".log", ".ini", ".cfg",
-    ".html", ".htm", ".pdf", ".rtf", ".doc", ".docx", ".xls", ".xlsx", ".odt", ".ods", ".parquet",
-    ".zip", ".gz", ".tar", ".7z", ".py", ".sh", ".db", ".sqlite", ".lnk", ".url",
-})
+NOT_IMAGE_SUFFIXES = frozenset(
+    {
+        ".txt",
+        ".md",
+        ".rst",
+        ".csv",
+        ".tsv",
+        ".json",
+        ".xml",
+        ".yaml",
+        ".yml",
+        ".log",
+        ".ini",
+        ".cfg",
+        ".html",
+        ".htm",
+        ".pdf",
+        ".rtf",
+        ".doc",
+        ".docx",
+        ".xls",
+        ".xlsx",
+        ".odt",
+        ".ods",
+        ".parquet",
+        ".zip",
+        ".gz",
+        ".tar",
+        ".7z",
+        ".py",
+        ".sh",
+        ".db",
+        ".sqlite",
+        ".lnk",
+        ".url",
+    }
+)
 #: File names operating systems and tools leave in folders (matched without case).
 JUNK_NAMES = frozenset({"thumbs.db", "desktop.ini", "ehthumbs.db", "icon\r"})
 
 #: The 15 morphological classes of TCIA AML-Cytomorphology_LMU (Matek et al. 2019).
-LMU_CLASSES = MappingProxyType({
-    "BAS": "basophil", "EBO": "erythroblast", "EOS": "eosinophil", "KSC": "smudge cell",
-    "LYA": "atypical lymphocyte", "LYT": "typical lymphocyte", "MMZ": "metamyelocyte",
-    "MOB": "monoblast", "MON": "monocyte", "MYB": "myelocyte", "MYO": "myeloblast",
-    "NGB": "band neutrophil", "NGS": "segmented neutrophil", "PMB": "promyelocyte (bilobed)",
-    "PMO": "promyelocyte",
-})
+LMU_CLASSES = MappingProxyType(
+    {
+        "BAS": "basophil",
+        "EBO": "erythroblast",
+        "EOS": "eosinophil",
+        "KSC": "smudge cell",
+        "LYA": "atypical lymphocyte",
+        "LYT": "typical lymphocyte",
+        "MMZ": "metamyelocyte",
+        "MOB": "monoblast",
+        "MON": "monocyte",
+        "MYB": "myelocyte",
+        "MYO": "myeloblast",
+        "NGB": "band neutrophil",
+        "NGS": "segmented neutrophil",
+        "PMB": "promyelocyte (bilobed)",
+        "PMO": "promyelocyte",
+    }
+)
 
 #: Default class-to-label map: myeloblasts and monoblasts are blasts. MYB is a myelocyte, not a blast.
 DEFAULT_CLASS_LABELS = MappingProxyType(
@@ -87,7 +166,9 @@ def is_plainly_not_image(name: str) -> bool:
     return base.startswith(".") or base.lower() in JUNK_NAMES or _suffix(base) in NOT_IMAGE_SUFFIXES
 
 
-def label_for_class(folder: str, class_labels: Mapping[str, str] = DEFAULT_CLASS_LABELS) -> str | None:
+def label_for_class(
+    folder: str, class_labels: Mapping[str, str] = DEFAULT_CLASS_LABELS
+) -> str | None:
     """The label of a class folder: ``blast``/``normal`` folders (any case) or the class map.
 
     Returns:
@@ -102,7 +183,9 @@ def label_for_class(folder: str, class_labels: Mapping[str, str] = DEFAULT_CLASS
     return label
 
 
-def cell_type_for_class(folder: str, class_labels: Mapping[str, str] = DEFAULT_CLASS_LABELS) -> str | None:
+def cell_type_for_class(
+    folder: str, class_labels: Mapping[str, str] = DEFAULT_CLASS_LABELS
+) -> str | None:
     """The cell type a class folder names, for the ``cell_type`` column of cells.parquet.
 
     A TCIA-LMU class code (any case) gives its readable name from :data:`LMU_CLASSES`
@@ -124,8 +207,11 @@ def cell_type_for_class(folder: str, class_labels: Mapping[str, str] = DEFAULT_C
     return folder if folder in class_labels or folder.upper() in class_labels else None
 
 
-def choose_layout(folders: Iterable[str], class_labels: Mapping[str, str] = DEFAULT_CLASS_LABELS,
-                  loose_images: bool = False) -> str:
+def choose_layout(
+    folders: Iterable[str],
+    class_labels: Mapping[str, str] = DEFAULT_CLASS_LABELS,
+    loose_images: bool = False,
+) -> str:
     """Pick "flat", "class" or "patient" for a folder source.
 
     "flat" when images lie directly in the source and no top-level folder holds any (a folder of

@@ -14,7 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["AUTO", "BF16_CPU_FLAGS", "auto_precision", "cpu_flags", "precision_agreement", "resolve_precision"]
+__all__ = [
+    "AUTO",
+    "BF16_CPU_FLAGS",
+    "auto_precision",
+    "cpu_flags",
+    "precision_agreement",
+    "resolve_precision",
+]
 
 AUTO = "auto"
 #: /proc/cpuinfo flags of the CPUs on which oneDNN computes bfloat16 natively.
@@ -41,8 +48,13 @@ def auto_precision(flags: frozenset[str], gpu: bool) -> str:
     return "bfloat16" if flags & BF16_CPU_FLAGS else "float32"
 
 
-def resolve_precision(requested: str, agreement: Mapping[str, float] | None, flags: frozenset[str], gpu: bool,
-                      max_abs_dp: float) -> tuple[str, str]:
+def resolve_precision(
+    requested: str,
+    agreement: Mapping[str, float] | None,
+    flags: frozenset[str],
+    gpu: bool,
+    max_abs_dp: float,
+) -> tuple[str, str]:
     """The precision a worker scores a model in, and why.
 
     Args:
@@ -64,12 +76,22 @@ def resolve_precision(requested: str, agreement: Mapping[str, float] | None, fla
     if measured is None:
         return "float32", f"{candidate} agreement with float32 not recorded for this model"
     if measured > max_abs_dp:
-        return "float32", f"{candidate} differs from float32 by up to {measured:.3f} > {max_abs_dp:g} on the test cells"
-    return candidate, f"{'GPU' if gpu else 'CPU with bf16'}; max |dp| {measured:.4f} on the test cells"
+        return (
+            "float32",
+            f"{candidate} differs from float32 by up to {measured:.3f} > {max_abs_dp:g} on the test cells",
+        )
+    return (
+        candidate,
+        f"{'GPU' if gpu else 'CPU with bf16'}; max |dp| {measured:.4f} on the test cells",
+    )
 
 
-def precision_agreement(model, cells: np.ndarray, precisions: tuple[str, ...] = ("bfloat16", "float16"),
-                        batch_size: int = 32) -> dict[str, float]:
+def precision_agreement(
+    model,
+    cells: np.ndarray,
+    precisions: tuple[str, ...] = ("bfloat16", "float16"),
+    batch_size: int = 32,
+) -> dict[str, float]:
     """Largest |p - p_float32| over ``cells`` of the model's inference form in each precision.
 
     Args:
@@ -84,6 +106,13 @@ def precision_agreement(model, cells: np.ndarray, precisions: tuple[str, ...] = 
     if not len(cells):
         return {}
     reference = BatchScorer(inference_model(model, "float32"), batch_size)(cells)
-    return {precision: float(np.max(np.abs(BatchScorer(inference_model(model, precision), batch_size)(cells)
-                                           - reference)))
-            for precision in precisions}
+    return {
+        precision: float(
+            np.max(
+                np.abs(
+                    BatchScorer(inference_model(model, precision), batch_size)(cells) - reference
+                )
+            )
+        )
+        for precision in precisions
+    }

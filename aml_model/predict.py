@@ -11,7 +11,9 @@ from aml_model.data import make_dataset
 __all__ = ["predict_batch"]
 
 
-def predict_batch(model: keras.Model, images: np.ndarray, batch_size: int = ScoringConfig.batch_size) -> np.ndarray:
+def predict_batch(
+    model: keras.Model, images: np.ndarray, batch_size: int = ScoringConfig.batch_size
+) -> np.ndarray:
     """Blast probabilities for a stack of cells.
 
     Args:

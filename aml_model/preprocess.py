@@ -16,8 +16,14 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from aml_model.config import PreprocessConfig
 from aml_model.errors import ImageDecodeError
 
-__all__ = ["SNIFF_BYTES", "SUPPORTED_FORMATS", "decode_cell", "normalise_for_resnet50", "sniff_image_format",
-           "to_rgb_uint8"]
+__all__ = [
+    "SNIFF_BYTES",
+    "SUPPORTED_FORMATS",
+    "decode_cell",
+    "normalise_for_resnet50",
+    "sniff_image_format",
+    "to_rgb_uint8",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +50,11 @@ def sniff_image_format(head: bytes) -> str | None:
         (head.startswith(b"\x89PNG\r\n\x1a\n"), "PNG"),
         (head.startswith(b"\xff\xd8\xff"), "JPEG"),
         (head.startswith((b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")), "TIFF"),
-        (head.startswith(b"BM") and int.from_bytes(head[14:18], "little") in (12, 40, 52, 56, 64, 108, 124), "BMP"),
+        (
+            head.startswith(b"BM")
+            and int.from_bytes(head[14:18], "little") in (12, 40, 52, 56, 64, 108, 124),
+            "BMP",
+        ),
         (head.startswith((b"GIF87a", b"GIF89a")), "GIF"),
         (riff, "WEBP"),
         (brand in (b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1"), "HEIC"),
@@ -136,7 +146,9 @@ def decode_cell(data: bytes, source: str, config: PreprocessConfig | None = None
 
     if image.format not in SUPPORTED_FORMATS:
         supported = ", ".join(sorted(SUPPORTED_FORMATS))
-        raise ImageDecodeError(source, f"unsupported format {image.format} (supported: {supported})")
+        raise ImageDecodeError(
+            source, f"unsupported format {image.format} (supported: {supported})"
+        )
     width, height = image.size
     if min(width, height) < config.min_side:
         raise ImageDecodeError(

@@ -49,7 +49,14 @@ from aml_model.preprocess import normalise_for_resnet50
 from aml_model.scale import ScaleNormalisation, nucleus_boxes
 from aml_model.weights import load_backbone_weights
 
-__all__ = ["PretrainState", "Pretrainer", "nt_xent", "recalibrate_batch_norm", "trained_backbone", "view_augmenter"]
+__all__ = [
+    "PretrainState",
+    "Pretrainer",
+    "nt_xent",
+    "recalibrate_batch_norm",
+    "trained_backbone",
+    "view_augmenter",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -77,18 +84,28 @@ class PretrainState:
         arrays = {f"w{i}": w for i, w in enumerate(self.weights)}
         arrays |= {f"o{i}": v for i, v in enumerate(self.optimizer)}
         buffer = io.BytesIO()
-        np.savez(buffer, step=np.int64(self.step), losses=np.asarray(self.losses, np.float32),
-                 seconds=np.float64(self.seconds), n_weights=len(self.weights), n_optimizer=len(self.optimizer),
-                 **arrays)
+        np.savez(
+            buffer,
+            step=np.int64(self.step),
+            losses=np.asarray(self.losses, np.float32),
+            seconds=np.float64(self.seconds),
+            n_weights=len(self.weights),
+            n_optimizer=len(self.optimizer),
+            **arrays,
+        )
         return buffer.getvalue()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> PretrainState:
         """Inverse of :meth:`to_bytes`."""
         with np.load(io.BytesIO(data)) as archive:
-            return cls(int(archive["step"]), [archive[f"w{i}"] for i in range(int(archive["n_weights"]))],
-                       [archive[f"o{i}"] for i in range(int(archive["n_optimizer"]))],
-                       [float(x) for x in archive["losses"]], float(archive["seconds"]))
+            return cls(
+                int(archive["step"]),
+                [archive[f"w{i}"] for i in range(int(archive["n_weights"]))],
+                [archive[f"o{i}"] for i in range(int(archive["n_optimizer"]))],
+                [float(x) for x in archive["losses"]],
+                float(archive["seconds"]),
+            )
 
 
 def view_augmenter(augment: AugmentConfig, config: PretrainConfig) -> keras.Sequential:
@@ -108,8 +125,11 @@ def view_augmenter(augment: AugmentConfig, config: PretrainConfig) -> keras.Sequ
     if config.blur:
         # A kernel of about 2 sigma either side; the factor draws how much of it each view gets.
         kernel = 2 * int(np.ceil(2 * config.blur)) + 1
-        layers.append(keras.layers.RandomGaussianBlur(1.0, kernel_size=kernel, sigma=(0.1, config.blur),
-                                                      seed=config.seed))
+        layers.append(
+            keras.layers.RandomGaussianBlur(
+                1.0, kernel_size=kernel, sigma=(0.1, config.blur), seed=config.seed
+            )
+        )
     return keras.Sequential(layers, name="views")
 
 
@@ -125,33 +145,52 @@ class Pretrainer:
             of :func:`aml_model.weights.save_partial_weights`); random (from ``config.seed``) if None.
     """
 
-    def __init__(self, model: ModelConfig, augment: AugmentConfig, config: PretrainConfig,
-                 initial_weights: str | None = None) -> None:
+    def __init__(
+        self,
+        model: ModelConfig,
+        augment: AugmentConfig,
+        config: PretrainConfig,
+        initial_weights: str | None = None,
+    ) -> None:
         self.model, self.config = model, config
-        whole = keras.applications.ResNet50(include_top=False, weights=None,
-                                            input_shape=(config.view_size, config.view_size, 3))
+        whole = keras.applications.ResNet50(
+            include_top=False, weights=None, input_shape=(config.view_size, config.view_size, 3)
+        )
         seed_weights(whole, config.seed)
         if initial_weights is not None:
             load_backbone_weights(whole, initial_weights, model.feature_layer)
         self.encoder = _encoder(whole, model)
-        self.projector = keras.Sequential([
-            keras.Input(tuple(self.encoder.output.shape[1:])),
-            keras.layers.Dense(config.projection_units, activation="relu", name="projection_hidden"),
-            keras.layers.Dense(config.projection_dim, name="projection"),
-        ], name="projector")
+        self.projector = keras.Sequential(
+            [
+                keras.Input(tuple(self.encoder.output.shape[1:])),
+                keras.layers.Dense(
+                    config.projection_units, activation="relu", name="projection_hidden"
+                ),
+                keras.layers.Dense(config.projection_dim, name="projection"),
+            ],
+            name="projector",
+        )
         seed_weights(self.projector, config.seed + 1)
         decay = max(1, config.steps - config.warmup_steps)
         schedule = keras.optimizers.schedules.CosineDecay(
-            0.0 if config.warmup_steps else config.learning_rate, decay, warmup_target=config.learning_rate
-            if config.warmup_steps else None, warmup_steps=config.warmup_steps)
+            0.0 if config.warmup_steps else config.learning_rate,
+            decay,
+            warmup_target=config.learning_rate if config.warmup_steps else None,
+            warmup_steps=config.warmup_steps,
+        )
         self.optimizer = keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay)
         self.variables = self.encoder.trainable_variables + self.projector.trainable_variables
         self.optimizer.build(self.variables)
         self.augmenter = view_augmenter(augment, config)
-        self._seed_states = [v for v in self.augmenter.variables if v.name == "seed_generator_state"]
+        self._seed_states = [
+            v for v in self.augmenter.variables if v.name == "seed_generator_state"
+        ]
         # The scale normalisation acts through the crops' windows (views), the rest as layers.
-        self.normalisation = [layer for layer in input_normalisation(model)
-                              if not isinstance(layer, ScaleNormalisation)]
+        self.normalisation = [
+            layer
+            for layer in input_normalisation(model)
+            if not isinstance(layer, ScaleNormalisation)
+        ]
         self.step_number = 0
         self.losses: list[float] = []
         self.seconds = 0.0
@@ -162,8 +201,14 @@ class Pretrainer:
         (y0, x0, y1, x1 in fractions of the side), or the whole image when it has none."""
         if self.model.scale_normalisation == "none":
             return np.tile(np.array([0, 0, 1, 1], np.float32), (len(pool), 1))
-        return np.concatenate([nucleus_boxes(tf.constant(pool[start:start + batch_size], tf.float32), 0.0).numpy()
-                               for start in range(0, len(pool), batch_size)])
+        return np.concatenate(
+            [
+                nucleus_boxes(
+                    tf.constant(pool[start : start + batch_size], tf.float32), 0.0
+                ).numpy()
+                for start in range(0, len(pool), batch_size)
+            ]
+        )
 
     def views(self, images: tf.Tensor, boxes: tf.Tensor, crop_seed: tf.Tensor) -> tf.Tensor:
         """Two views of each cell, in the encoder's input space.
@@ -190,8 +235,12 @@ class Pretrainer:
         y0, x0 = window[:, 0] + top * height, window[:, 1] + left * width
         crops = tf.stack([y0, x0, y0 + side * height, x0 + side * width], axis=1)
         cells = tf.concat([tf.range(batch), tf.range(batch)], axis=0)
-        views = tf.image.crop_and_resize(tf.cast(images, tf.float32), crops, cells,
-                                         (self.config.view_size, self.config.view_size))
+        views = tf.image.crop_and_resize(
+            tf.cast(images, tf.float32),
+            crops,
+            cells,
+            (self.config.view_size, self.config.view_size),
+        )
         views = normalise_for_resnet50(self.augmenter(views, training=True))
         for layer in self.normalisation:
             views = layer(views)
@@ -201,8 +250,9 @@ class Pretrainer:
         views = self.views(images, boxes, crop_seed)
         batch = tf.shape(images)[0]
         with tf.GradientTape() as tape:
-            embedded = tf.math.l2_normalize(tf.cast(self.projector(self.encoder(views, training=True)), tf.float32),
-                                            axis=1)
+            embedded = tf.math.l2_normalize(
+                tf.cast(self.projector(self.encoder(views, training=True)), tf.float32), axis=1
+            )
             loss = nt_xent(embedded, batch, self.config.temperature)
         gradients = tape.gradient(loss, self.variables)
         self.optimizer.apply_gradients(zip(gradients, self.variables, strict=True))
@@ -221,9 +271,13 @@ class Pretrainer:
         size = self.config.batch_size
         return np.sort(rng.choice(n_cells, size, replace=n_cells < size))
 
-    def train(self, pool: np.ndarray, until: int,
-              on_checkpoint: Callable[[PretrainState], None] | None = None,
-              on_progress: Callable[[int, float], None] | None = None) -> PretrainState:
+    def train(
+        self,
+        pool: np.ndarray,
+        until: int,
+        on_checkpoint: Callable[[PretrainState], None] | None = None,
+        on_progress: Callable[[int, float], None] | None = None,
+    ) -> PretrainState:
         """Train from the current step up to step ``until`` (at most ``config.steps``).
 
         Args:
@@ -237,8 +291,10 @@ class Pretrainer:
             The state at ``until``.
         """
         if pool.shape[1:] != (self.model.image_size, self.model.image_size, 3):
-            message = (f"pretraining cells are {pool.shape[1:]}, the model's input is "
-                       f"({self.model.image_size}, {self.model.image_size}, 3)")
+            message = (
+                f"pretraining cells are {pool.shape[1:]}, the model's input is "
+                f"({self.model.image_size}, {self.model.image_size}, 3)"
+            )
             raise ValueError(message)
         until = min(until, self.config.steps)
         started, seconds_before = time.perf_counter(), self.seconds
@@ -246,7 +302,9 @@ class Pretrainer:
         while self.step_number < until:
             crop_seed = self._seed_step(self.step_number)
             batch = self.batch_indices(self.step_number, len(pool))
-            loss = float(self._train_step(tf.constant(pool[batch]), tf.constant(boxes[batch]), crop_seed))
+            loss = float(
+                self._train_step(tf.constant(pool[batch]), tf.constant(boxes[batch]), crop_seed)
+            )
             if not np.isfinite(loss):
                 message = f"pretraining loss is {loss} at step {self.step_number}: lower the learning rate"
                 raise PretrainingDivergedError(message)
@@ -255,15 +313,21 @@ class Pretrainer:
             self.seconds = seconds_before + time.perf_counter() - started
             if on_progress is not None:
                 on_progress(self.step_number, loss)
-            if on_checkpoint is not None and (self.step_number % self.config.checkpoint_every == 0
-                                              or self.step_number == until):
+            if on_checkpoint is not None and (
+                self.step_number % self.config.checkpoint_every == 0 or self.step_number == until
+            ):
                 on_checkpoint(self.state())
         return self.state()
 
     def state(self) -> PretrainState:
         """A copy of the current state."""
-        return PretrainState(self.step_number, self.encoder.get_weights() + self.projector.get_weights(),
-                             [np.asarray(v) for v in self.optimizer.variables], list(self.losses), self.seconds)
+        return PretrainState(
+            self.step_number,
+            self.encoder.get_weights() + self.projector.get_weights(),
+            [np.asarray(v) for v in self.optimizer.variables],
+            list(self.losses),
+            self.seconds,
+        )
 
     def restore(self, state: PretrainState) -> None:
         """Continue from ``state`` (of a pretrainer with the same settings)."""
@@ -297,27 +361,39 @@ def nt_xent(embedded: tf.Tensor, batch: tf.Tensor, temperature: float) -> tf.Ten
 def _encoder(whole: keras.Model, model: ModelConfig) -> keras.Model:
     """The part of a whole ResNet50 that the recipe reads, pooled as the recipe pools it (its layers shared)."""
     features = whole.get_layer(model.feature_layer).output
-    pooling = SpatialMeanStd() if model.feature_pooling == "mean_std" else keras.layers.GlobalAveragePooling2D()
+    pooling = (
+        SpatialMeanStd()
+        if model.feature_pooling == "mean_std"
+        else keras.layers.GlobalAveragePooling2D()
+    )
     return keras.Model(whole.input, pooling(features), name="encoder")
 
 
-def trained_backbone(state: PretrainState, model: ModelConfig, config: PretrainConfig) -> keras.Model:
+def trained_backbone(
+    state: PretrainState, model: ModelConfig, config: PretrainConfig
+) -> keras.Model:
     """A whole ResNet50 at the model's input size holding the state's trained stages.
 
     Convolutions do not depend on the input size, so the weights trained on views transfer as
     they are. The layers after ``model.feature_layer`` are drawn from ``config.seed`` (nothing
     reads them).
     """
-    whole = keras.applications.ResNet50(include_top=False, weights=None,
-                                        input_shape=(model.image_size, model.image_size, 3))
+    whole = keras.applications.ResNet50(
+        include_top=False, weights=None, input_shape=(model.image_size, model.image_size, 3)
+    )
     seed_weights(whole, config.seed)
     encoder = _encoder(whole, model)
-    encoder.set_weights(state.weights[:len(encoder.weights)])
+    encoder.set_weights(state.weights[: len(encoder.weights)])
     return whole
 
 
-def recalibrate_batch_norm(backbone: keras.Model, model: ModelConfig, cells: np.ndarray,
-                           batch_size: int = 64, passes: int = 2) -> keras.Model:
+def recalibrate_batch_norm(
+    backbone: keras.Model,
+    model: ModelConfig,
+    cells: np.ndarray,
+    batch_size: int = 64,
+    passes: int = 2,
+) -> keras.Model:
     """Re-estimate every BatchNorm's moving statistics on the cells as scoring shows them.
 
     Training saw augmented crops at another size; scoring sees whole cells at the model's input
@@ -335,7 +411,9 @@ def recalibrate_batch_norm(backbone: keras.Model, model: ModelConfig, cells: np.
     Returns:
         ``backbone``.
     """
-    layers = [layer for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    layers = [
+        layer for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization)
+    ]
     momenta = [layer.momentum for layer in layers]
     for layer in layers:
         layer.momentum = 0.9
@@ -352,8 +430,10 @@ def recalibrate_batch_norm(backbone: keras.Model, model: ModelConfig, cells: np.
     rng = np.random.default_rng(0)
     for _ in range(passes):
         order = rng.permutation(len(cells))
-        for start in range(0, len(cells) - batch_size + 1 if len(cells) >= batch_size else 1, batch_size):
-            update(tf.constant(cells[np.sort(order[start:start + batch_size])]))
+        for start in range(
+            0, len(cells) - batch_size + 1 if len(cells) >= batch_size else 1, batch_size
+        ):
+            update(tf.constant(cells[np.sort(order[start : start + batch_size])]))
     for layer, momentum in zip(layers, momenta, strict=True):
         layer.momentum = momentum
     return backbone

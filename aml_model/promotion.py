@@ -36,15 +36,21 @@ def decide_promotion(
     failures = []
     for name, (challenger, champion) in comparisons.items():
         if challenger.roc_auc < champion.roc_auc - margin:
-            failures.append(f"on {name} AUC {challenger.roc_auc:.4f} < champion {champion.roc_auc:.4f} - {margin:g}")
+            failures.append(
+                f"on {name} AUC {challenger.roc_auc:.4f} < champion {champion.roc_auc:.4f} - {margin:g}"
+            )
         if challenger.sensitivity < champion.sensitivity:
-            failures.append(f"on {name} sensitivity {challenger.sensitivity:.4f} < champion {champion.sensitivity:.4f}")
+            failures.append(
+                f"on {name} sensitivity {challenger.sensitivity:.4f} < champion {champion.sensitivity:.4f}"
+            )
     if failures:
         return PromotionDecision(False, "kept as a candidate: " + "; ".join(failures))
     return PromotionDecision(True, "no worse than the champion on " + ", ".join(comparisons))
 
 
-def unchanged_since_champion(card: dict | None, data_hash: str, code_version: dict, settings: dict) -> str | None:
+def unchanged_since_champion(
+    card: dict | None, data_hash: str, code_version: dict, settings: dict
+) -> str | None:
     """Why training again would reproduce the champion, or None when something changed (or is unknown).
 
     Training is skipped only when all three are known and equal to the champion's card:
@@ -64,14 +70,25 @@ def unchanged_since_champion(card: dict | None, data_hash: str, code_version: di
     if not card:
         return None
     recorded = card.get("code_version")
-    if not isinstance(recorded, dict) or not recorded.get("commit") or not code_version.get("commit"):
+    if (
+        not isinstance(recorded, dict)
+        or not recorded.get("commit")
+        or not code_version.get("commit")
+    ):
         return None
     if recorded.get("dirty") is not False or code_version.get("dirty") is not False:
         return None
-    if recorded["commit"] != code_version["commit"] or (card.get("data") or {}).get("sha256") != data_hash:
+    if (
+        recorded["commit"] != code_version["commit"]
+        or (card.get("data") or {}).get("sha256") != data_hash
+    ):
         return None
-    if any(json.dumps(card.get(key), sort_keys=True) != json.dumps(value, sort_keys=True)
-           for key, value in settings.items()):
+    if any(
+        json.dumps(card.get(key), sort_keys=True) != json.dumps(value, sort_keys=True)
+        for key, value in settings.items()
+    ):
         return None
-    return (f"nothing changed since champion {card.get('version')}: the same labelled data "
-            f"(sha256 {data_hash[:12]}), code (commit {code_version['commit'][:12]}) and configuration")
+    return (
+        f"nothing changed since champion {card.get('version')}: the same labelled data "
+        f"(sha256 {data_hash[:12]}), code (commit {code_version['commit'][:12]}) and configuration"
+    )

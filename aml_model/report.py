@@ -32,16 +32,33 @@ from aml_model.aggregate import RESEARCH_NOTE  # noqa: E402
 from aml_model.calibration import call_probabilities  # noqa: E402
 from aml_model.evaluate import rates_by_group  # noqa: E402
 
-__all__ = ["EXPLAINED_CALLS", "STEM_CHARACTERS", "GalleryCell", "ModelInfo", "PatientReport", "cell_type_rates",
-           "describe_call", "encode_png", "legacy_report_name", "patients_to_explain", "render_cohort_index",
-           "render_patient_report", "render_probability_histogram", "report_name", "top_cells"]
+__all__ = [
+    "EXPLAINED_CALLS",
+    "STEM_CHARACTERS",
+    "GalleryCell",
+    "ModelInfo",
+    "PatientReport",
+    "cell_type_rates",
+    "describe_call",
+    "encode_png",
+    "legacy_report_name",
+    "patients_to_explain",
+    "render_cohort_index",
+    "render_patient_report",
+    "render_probability_histogram",
+    "report_name",
+    "top_cells",
+]
 
 # Grad-CAM is worth its cost where a hematologist has to check a positive or unclear call.
 EXPLAINED_CALLS = ("AML_SUSPECTED", "INDETERMINATE")
 METRIC_NAMES = ("accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc")
 _TEMPLATES = jinja2.Environment(
     loader=jinja2.FileSystemLoader(Path(__file__).with_name("templates")),
-    autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
 )
 
 
@@ -125,7 +142,9 @@ def report_name(patient_id: str) -> str:
     return f"{legacy_report_name(patient_id)[:STEM_CHARACTERS]}-{digest}"
 
 
-def patients_to_explain(patients: pd.DataFrame, calls: tuple[str, ...] = EXPLAINED_CALLS) -> list[str]:
+def patients_to_explain(
+    patients: pd.DataFrame, calls: tuple[str, ...] = EXPLAINED_CALLS
+) -> list[str]:
     """Ids of the patients whose call is in ``calls`` and who have scored cells, in table order."""
     chosen = patients[patients["call"].isin(calls) & (patients["n_scored"] > 0)]
     return chosen["patient_id"].tolist()
@@ -146,7 +165,11 @@ def top_cells(cells: pd.DataFrame, patient_id: str, k: int) -> pd.DataFrame:
         message = f"k={k} is invalid: expected at least 1 cell"
         raise ValueError(message)
     mine = cells[cells["patient_id"] == patient_id]
-    return mine.sort_values(["probability", "cell_id"], ascending=[False, True]).head(k).reset_index(drop=True)
+    return (
+        mine.sort_values(["probability", "cell_id"], ascending=[False, True])
+        .head(k)
+        .reset_index(drop=True)
+    )
 
 
 def cell_type_rates(cells: pd.DataFrame, threshold: float) -> pd.DataFrame:
@@ -161,7 +184,9 @@ def cell_type_rates(cells: pd.DataFrame, threshold: float) -> pd.DataFrame:
         blast_like, blast_like_rate and roc_auc; no rows when no cell's type is known.
     """
     if "cell_type" not in cells or not cells["cell_type"].notna().any():
-        return pd.DataFrame(columns=["cell_type", "n", "n_blast", "blast_like", "blast_like_rate", "roc_auc"])
+        return pd.DataFrame(
+            columns=["cell_type", "n", "n_blast", "blast_like", "blast_like_rate", "roc_auc"]
+        )
     return rates_by_group(cells, call_probabilities(cells), threshold, by=["cell_type"])
 
 
@@ -187,10 +212,17 @@ def render_probability_histogram(probabilities: np.ndarray, threshold: float) ->
     values = np.asarray(probabilities, dtype=np.float64)
     ax.hist(values[values < threshold], bins=bins, color="#4c72b0", label="below threshold")
     ax.hist(values[values >= threshold], bins=bins, color="#c44e52", label="blast-like")
-    ax.axvline(threshold, color="black", linestyle="--", linewidth=1.2, label=f"threshold {threshold:g}")
+    ax.axvline(
+        threshold, color="black", linestyle="--", linewidth=1.2, label=f"threshold {threshold:g}"
+    )
     if values.size == 0:
         ax.text(0.5, 0.5, "no scored cells", ha="center", va="center", transform=ax.transAxes)
-    ax.set(xlim=(0, 1), xlabel="blast probability", ylabel="cells", title=f"Cell probabilities (n = {values.size})")
+    ax.set(
+        xlim=(0, 1),
+        xlabel="blast probability",
+        ylabel="cells",
+        title=f"Cell probabilities (n = {values.size})",
+    )
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(alpha=0.3)
     buffer = io.BytesIO()
@@ -212,14 +244,20 @@ def describe_call(summary: dict) -> str:
     call, cutoff = summary["call"], f"{summary['blast_cutoff']:.0%}"
     interval = f"{_percent(summary['ci_low'])}-{_percent(summary['ci_high'])}"
     if call == "INSUFFICIENT_CELLS":
-        return (f"{summary['n_scored']} cells were scored, fewer than the minimum of {summary['min_cells']}: "
-                f"too few for a call.")
+        return (
+            f"{summary['n_scored']} cells were scored, fewer than the minimum of {summary['min_cells']}: "
+            f"too few for a call."
+        )
     if call == "AML_SUSPECTED":
-        return (f"The lower bound of the 95% interval of the blast-like fraction ({_percent(summary['ci_low'])}) "
-                f"is at or above the blast cut-off of {cutoff}.")
+        return (
+            f"The lower bound of the 95% interval of the blast-like fraction ({_percent(summary['ci_low'])}) "
+            f"is at or above the blast cut-off of {cutoff}."
+        )
     if call == "NOT_SUSPECTED":
-        return (f"The upper bound of the 95% interval of the blast-like fraction ({_percent(summary['ci_high'])}) "
-                f"is below the blast cut-off of {cutoff}.")
+        return (
+            f"The upper bound of the 95% interval of the blast-like fraction ({_percent(summary['ci_high'])}) "
+            f"is below the blast cut-off of {cutoff}."
+        )
     return f"The 95% interval of the blast-like fraction ({interval}) contains the blast cut-off of {cutoff}."
 
 
@@ -240,18 +278,40 @@ def render_patient_report(report: PatientReport) -> str:
     """The patient's report as one self-contained HTML document (a str)."""
     summary = report.summary
     histogram = render_probability_histogram(report.probabilities, float(summary["threshold"]))
-    metrics = None if report.model.metrics is None else \
-        [(name, report.model.metrics[name]) for name in METRIC_NAMES if name in report.model.metrics]
+    metrics = (
+        None
+        if report.model.metrics is None
+        else [
+            (name, report.model.metrics[name])
+            for name in METRIC_NAMES
+            if name in report.model.metrics
+        ]
+    )
     return _TEMPLATES.get_template("patient_report.html.j2").render(
-        run_id=report.run_id, s=summary, rule=describe_call(summary), flags=_flags(summary),
-        histogram=histogram, gallery=report.gallery, explained=report.explained,
-        explained_calls=EXPLAINED_CALLS, model=report.model, metrics=metrics, cell_types=report.cell_types,
-        quarantined=report.quarantined, n_test=(report.model.metrics or {}).get("n"), note=RESEARCH_NOTE,
+        run_id=report.run_id,
+        s=summary,
+        rule=describe_call(summary),
+        flags=_flags(summary),
+        histogram=histogram,
+        gallery=report.gallery,
+        explained=report.explained,
+        explained_calls=EXPLAINED_CALLS,
+        model=report.model,
+        metrics=metrics,
+        cell_types=report.cell_types,
+        quarantined=report.quarantined,
+        n_test=(report.model.metrics or {}).get("n"),
+        note=RESEARCH_NOTE,
     )
 
 
-def render_cohort_index(run_id: str, patients: pd.DataFrame, model: ModelInfo,
-                        cell_types: tuple[dict, ...] = (), links_note: str | None = None) -> str:
+def render_cohort_index(
+    run_id: str,
+    patients: pd.DataFrame,
+    model: ModelInfo,
+    cell_types: tuple[dict, ...] = (),
+    links_note: str | None = None,
+) -> str:
     """The cohort index page: one row per patient linking to its report (``<report_name>.html``).
 
     Args:
@@ -261,9 +321,17 @@ def render_cohort_index(run_id: str, patients: pd.DataFrame, model: ModelInfo,
         cell_types: per-type rows of :func:`cell_type_rates` over the run; none shown when empty.
         links_note: a line under the title on where the relative links open (object stores).
     """
-    rows = [{**row, "flags": _flags(row), "href": f"{report_name(row['patient_id'])}.html"}
-            for row in patients.to_dict(orient="records")]
+    rows = [
+        {**row, "flags": _flags(row), "href": f"{report_name(row['patient_id'])}.html"}
+        for row in patients.to_dict(orient="records")
+    ]
     counts = patients["call"].value_counts().to_dict()
-    return _TEMPLATES.get_template("cohort_index.html.j2").render(run_id=run_id, rows=rows, model=model,
-                                                                   counts=counts, note=RESEARCH_NOTE,
-                                                                   cell_types=cell_types, links_note=links_note)
+    return _TEMPLATES.get_template("cohort_index.html.j2").render(
+        run_id=run_id,
+        rows=rows,
+        model=model,
+        counts=counts,
+        note=RESEARCH_NOTE,
+        cell_types=cell_types,
+        links_note=links_note,
+    )

@@ -38,5 +38,7 @@ def group_counts(sources: np.ndarray, labels: np.ndarray) -> dict[str, dict[str,
     frame = pd.DataFrame({"source": np.asarray(sources), "label": np.asarray(labels).astype(int)})
     counts: dict[str, dict[str, int]] = {}
     for (source, label), n in frame.value_counts(["source", "label"]).sort_index().items():
-        counts.setdefault(str(source), {"blast": 0, "normal": 0})["blast" if label == 1 else "normal"] = int(n)
+        counts.setdefault(str(source), {"blast": 0, "normal": 0})[
+            "blast" if label == 1 else "normal"
+        ] = int(n)
     return counts

@@ -20,7 +20,13 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-__all__ = ["SCALE_LAYER_NAME", "ScaleNormalisation", "normalise_scale", "nucleus_boxes", "nucleus_diameter"]
+__all__ = [
+    "SCALE_LAYER_NAME",
+    "ScaleNormalisation",
+    "normalise_scale",
+    "nucleus_boxes",
+    "nucleus_diameter",
+]
 
 SCALE_LAYER_NAME = "scale_normalisation"
 #: Nucleus equivalent diameter after normalisation, as a share of the image side (a LMU myeloblast's

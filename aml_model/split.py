@@ -20,8 +20,12 @@ def _strata_or_labels(strata: np.ndarray, labels: np.ndarray, holdout: float) ->
     smallest = int(np.ceil(2 / holdout)) * 2
     values, counts = np.unique(strata, return_counts=True)
     small = set(values[counts < smallest])
-    return np.array([f"label:{label}" if stratum in small else str(stratum)
-                     for stratum, label in zip(strata, labels, strict=True)])
+    return np.array(
+        [
+            f"label:{label}" if stratum in small else str(stratum)
+            for stratum, label in zip(strata, labels, strict=True)
+        ]
+    )
 
 
 def split_indices(
@@ -54,29 +58,48 @@ def split_indices(
     _, val_fraction, test_fraction = fractions
     holdout = val_fraction + test_fraction
     if groups is not None and np.unique(groups).size < round(1 / test_fraction):
-        message = (f"a split by patient needs at least {round(1 / test_fraction)} patients, found "
-                   f"{np.unique(groups).size}; split by cell instead (groups=None)")
+        message = (
+            f"a split by patient needs at least {round(1 / test_fraction)} patients, found "
+            f"{np.unique(groups).size}; split by cell instead (groups=None)"
+        )
         raise ValueError(message)
     if groups is None:
-        classes = labels if strata is None else _strata_or_labels(np.asarray(strata), labels, holdout)
-        train, rest = train_test_split(index, test_size=holdout, random_state=seed,
-                                       stratify=_stratify_or_none(classes))
-        val, test = train_test_split(rest, test_size=test_fraction / holdout, random_state=seed,
-                                     stratify=_stratify_or_none(classes[rest]))
+        classes = (
+            labels if strata is None else _strata_or_labels(np.asarray(strata), labels, holdout)
+        )
+        train, rest = train_test_split(
+            index, test_size=holdout, random_state=seed, stratify=_stratify_or_none(classes)
+        )
+        val, test = train_test_split(
+            rest,
+            test_size=test_fraction / holdout,
+            random_state=seed,
+            stratify=_stratify_or_none(classes[rest]),
+        )
     else:
         groups = np.asarray(groups)
         # A test fold of 1/k of the groups, then a validation fold of the rest.
-        outer = StratifiedGroupKFold(n_splits=max(2, round(1 / test_fraction)), shuffle=True, random_state=seed)
+        outer = StratifiedGroupKFold(
+            n_splits=max(2, round(1 / test_fraction)), shuffle=True, random_state=seed
+        )
         rest, test = next(outer.split(index, labels, groups))
-        inner = StratifiedGroupKFold(n_splits=max(2, round((1 - test_fraction) / val_fraction)), shuffle=True,
-                                     random_state=seed)
+        inner = StratifiedGroupKFold(
+            n_splits=max(2, round((1 - test_fraction) / val_fraction)),
+            shuffle=True,
+            random_state=seed,
+        )
         train_pos, val_pos = next(inner.split(rest, labels[rest], groups[rest]))
         train, val = rest[train_pos], rest[val_pos]
     return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
 
 
-def training_split(cells: pd.DataFrame, labels: np.ndarray, fractions: tuple[float, float, float], seed: int,
-                   patients_known: bool) -> tuple[dict[str, np.ndarray], bool]:
+def training_split(
+    cells: pd.DataFrame,
+    labels: np.ndarray,
+    fractions: tuple[float, float, float],
+    seed: int,
+    patients_known: bool,
+) -> tuple[dict[str, np.ndarray], bool]:
     """The split of a retrain: by patient where the cells' patients are real and numerous enough,
     otherwise by cell, keeping each source, cell type and label's share in every split.
 
@@ -90,7 +113,14 @@ def training_split(cells: pd.DataFrame, labels: np.ndarray, fractions: tuple[flo
         ({"train", "val", "test"}: sorted positions in ``cells``; True when split by patient).
     """
     by_patient = patients_known and cells["patient_id"].nunique() >= round(1 / fractions[2])
-    strata = (cells["source"] + "/" + cells["cell_type"].fillna("") + "/" + cells["label"]).to_numpy()
-    split = split_indices(labels, cells["patient_id"].to_numpy() if by_patient else None, fractions, seed,
-                          strata=None if by_patient else strata)
+    strata = (
+        cells["source"] + "/" + cells["cell_type"].fillna("") + "/" + cells["label"]
+    ).to_numpy()
+    split = split_indices(
+        labels,
+        cells["patient_id"].to_numpy() if by_patient else None,
+        fractions,
+        seed,
+        strata=None if by_patient else strata,
+    )
     return split, by_patient

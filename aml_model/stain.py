@@ -18,8 +18,15 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-__all__ = ["STAIN_LAYER_NAME", "TRANSFER_TARGETS", "RandomStainTransfer", "StainNormalisation", "lab_to_rgb",
-           "rgb_to_lab", "standardise_colour"]
+__all__ = [
+    "STAIN_LAYER_NAME",
+    "TRANSFER_TARGETS",
+    "RandomStainTransfer",
+    "StainNormalisation",
+    "lab_to_rgb",
+    "rgb_to_lab",
+    "standardise_colour",
+]
 
 STAIN_LAYER_NAME = "stain_normalisation"
 
@@ -47,7 +54,9 @@ def standardise_colour(images, mode: str):
     if mode == "none":
         return images
     if mode == "grey":
-        images = ops.sum(images * ops.convert_to_tensor(_BGR_LUMA, images.dtype), axis=-1, keepdims=True)
+        images = ops.sum(
+            images * ops.convert_to_tensor(_BGR_LUMA, images.dtype), axis=-1, keepdims=True
+        )
     elif mode != "channel":
         message = f"stain normalisation {mode!r} is not one of 'none', 'channel', 'grey'"
         raise ValueError(message)
@@ -85,9 +94,16 @@ class StainNormalisation(keras.layers.Layer):
 
 # sRGB (D65) <-> CIE L*a*b*, as scikit-image's rgb2lab/lab2rgb compute it, in backend ops so that
 # it runs inside tf.data and Keras models.
-_RGB_TO_XYZ = ((0.412453, 0.357580, 0.180423), (0.212671, 0.715160, 0.072169), (0.019334, 0.119193, 0.950227))
-_XYZ_TO_RGB = ((3.24048134, -1.53715152, -0.49853633), (-0.96925495, 1.87599, 0.04155593),
-               (0.05564664, -0.20404134, 1.05731107))
+_RGB_TO_XYZ = (
+    (0.412453, 0.357580, 0.180423),
+    (0.212671, 0.715160, 0.072169),
+    (0.019334, 0.119193, 0.950227),
+)
+_XYZ_TO_RGB = (
+    (3.24048134, -1.53715152, -0.49853633),
+    (-0.96925495, 1.87599, 0.04155593),
+    (0.05564664, -0.20404134, 1.05731107),
+)
 _WHITE = (0.95047, 1.0, 1.08883)
 
 
@@ -97,7 +113,9 @@ def rgb_to_lab(images):
     linear = ops.where(c > 0.04045, ops.power((c + 0.055) / 1.055, 2.4), c / 12.92)
     xyz = ops.matmul(linear, ops.transpose(ops.convert_to_tensor(_RGB_TO_XYZ, images.dtype)))
     t = xyz / ops.convert_to_tensor(_WHITE, images.dtype)
-    f = ops.where(t > 0.008856, ops.power(ops.maximum(t, 1e-12), 1.0 / 3.0), 7.787 * t + 16.0 / 116.0)
+    f = ops.where(
+        t > 0.008856, ops.power(ops.maximum(t, 1e-12), 1.0 / 3.0), 7.787 * t + 16.0 / 116.0
+    )
     fx, fy, fz = f[..., 0], f[..., 1], f[..., 2]
     return ops.stack([116.0 * fy - 16.0, 500.0 * (fx - fy), 200.0 * (fy - fz)], axis=-1)
 
@@ -110,7 +128,11 @@ def lab_to_rgb(lab):
     xyz = t * ops.convert_to_tensor(_WHITE, lab.dtype)
     linear = ops.matmul(xyz, ops.transpose(ops.convert_to_tensor(_XYZ_TO_RGB, lab.dtype)))
     linear = ops.clip(linear, 0.0, 1.0)
-    c = ops.where(linear > 0.0031308, 1.055 * ops.power(ops.maximum(linear, 1e-12), 1 / 2.4) - 0.055, 12.92 * linear)
+    c = ops.where(
+        linear > 0.0031308,
+        1.055 * ops.power(ops.maximum(linear, 1e-12), 1 / 2.4) - 0.055,
+        12.92 * linear,
+    )
     return ops.clip(c, 0.0, 1.0) * 255.0
 
 
@@ -118,7 +140,14 @@ def lab_to_rgb(lab):
 #: from: (low, high) for L, a, b means, then L, a, b standard deviations. They span the two labs
 #: measured here with a margin (LMU: bluish, b mean -19..-6, a spread 12..25; PBC CellaVision:
 #: yellowish, b mean -9..14, a spread 5..13; docs/design.md, "Recipes").
-TRANSFER_TARGETS = ((62.0, 88.0), (5.0, 24.0), (-22.0, 16.0), (10.0, 28.0), (5.0, 26.0), (8.0, 28.0))
+TRANSFER_TARGETS = (
+    (62.0, 88.0),
+    (5.0, 24.0),
+    (-22.0, 16.0),
+    (10.0, 28.0),
+    (5.0, 26.0),
+    (8.0, 28.0),
+)
 
 
 @keras.saving.register_keras_serializable(package="aml_smear")

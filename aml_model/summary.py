@@ -19,8 +19,15 @@ def describe_model(model: keras.Model) -> str:
     rows = [("layer", "type", "output shape", "params", "trainable")]
     for layer in model.layers:
         shape = tuple(layer.output.shape) if hasattr(layer, "output") else ()
-        rows.append((layer.name, type(layer).__name__, str(shape),
-                     f"{layer.count_params():,}", str(layer.trainable)))
+        rows.append(
+            (
+                layer.name,
+                type(layer).__name__,
+                str(shape),
+                f"{layer.count_params():,}",
+                str(layer.trainable),
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [f"model: {model.name}"]
     for number, row in enumerate(rows):

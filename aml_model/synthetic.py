@@ -61,7 +61,7 @@ def render_cell(blast: bool, rng: np.random.Generator, size: int = 128) -> np.nd
     Returns:
         `(size, size, 3)` uint8 RGB image.
     """
-    yy, xx = np.mgrid[-1:1:size * 1j, -1:1:size * 1j]
+    yy, xx = np.mgrid[-1 : 1 : size * 1j, -1 : 1 : size * 1j]
     image = np.empty((size, size, 3))
     image[:] = np.array([236.0, 222.0, 226.0]) + rng.normal(0, 3, 3)
 
@@ -105,8 +105,14 @@ def render_cell(blast: bool, rng: np.random.Generator, size: int = 128) -> np.nd
             lobe = _soft_disc(np.hypot(yy - ly, xx - lx), cell_radius * rng.uniform(0.2, 0.27))
             nucleus = np.maximum(nucleus, lobe)
         for (y0, x0), (y1, x1) in zip(centres[:-1], centres[1:], strict=True):
-            t = np.clip(((yy - y0) * (y1 - y0) + (xx - x0) * (x1 - x0)) / ((y1 - y0) ** 2 + (x1 - x0) ** 2), 0, 1)
-            strand = _soft_disc(np.hypot(yy - (y0 + t * (y1 - y0)), xx - (x0 + t * (x1 - x0))), 0.025)
+            t = np.clip(
+                ((yy - y0) * (y1 - y0) + (xx - x0) * (x1 - x0)) / ((y1 - y0) ** 2 + (x1 - x0) ** 2),
+                0,
+                1,
+            )
+            strand = _soft_disc(
+                np.hypot(yy - (y0 + t * (y1 - y0)), xx - (x0 + t * (x1 - x0))), 0.025
+            )
             nucleus = np.maximum(nucleus, strand)
         chromatin = 28 * _smooth_noise(rng, size, 2.5)
         nucleus_colour = np.array([88.0, 44.0, 118.0])

@@ -35,7 +35,9 @@ QUIET_LEVEL = "3"
 # absl's prefix: severity letter, then the date as MMDD ("I0000 00:00:1796399590.740273 ...").
 _PREFIX = re.compile(r"^([IWEF])\d{4} ")
 _SEVERITY = {"I": 0, "W": 1, "E": 2, "F": 3}
-_ABSL_NOTICE = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
+_ABSL_NOTICE = (
+    "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
+)
 
 
 def _min_level() -> int:
@@ -126,5 +128,7 @@ class _TensorFlowImport(importlib.abc.MetaPathFinder):
 
 def install() -> None:
     """Filter the start-up lines of this process's first ``import tensorflow`` (none if it has one)."""
-    if "tensorflow" not in sys.modules and not any(isinstance(f, _TensorFlowImport) for f in sys.meta_path):
+    if "tensorflow" not in sys.modules and not any(
+        isinstance(f, _TensorFlowImport) for f in sys.meta_path
+    ):
         sys.meta_path.insert(0, _TensorFlowImport())

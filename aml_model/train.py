@@ -8,13 +8,24 @@ from collections.abc import Callable
 import keras
 import numpy as np
 
-from aml_model.architecture import FEATURE_NORMALISATION_NAME, adapt_feature_normalisation, feature_extractor
+from aml_model.architecture import (
+    FEATURE_NORMALISATION_NAME,
+    adapt_feature_normalisation,
+    feature_extractor,
+)
 from aml_model.augment import build_augmenter
 from aml_model.config import TrainConfig
 from aml_model.preprocess import normalise_for_resnet50
 from aml_model.zarr_rows import read_cells
 
-__all__ = ["EpochReport", "TrainingHistory", "cell_batches", "feature_batches", "train_head", "train_model"]
+__all__ = [
+    "EpochReport",
+    "TrainingHistory",
+    "cell_batches",
+    "feature_batches",
+    "train_head",
+    "train_model",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +45,11 @@ class EpochReport(keras.callbacks.Callback):
         self._report = report
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        self._report(epoch + 1, int(self.params.get("epochs") or 0),
-                     {key: float(value) for key, value in (logs or {}).items()})
+        self._report(
+            epoch + 1,
+            int(self.params.get("epochs") or 0),
+            {key: float(value) for key, value in (logs or {}).items()},
+        )
 
 
 def train_model(
@@ -73,11 +87,19 @@ def train_model(
     keras.utils.set_random_seed(config.seed)
     if FEATURE_NORMALISATION_NAME in [layer.name for layer in model.layers]:
         # Fitted to the backbone's features of the training cells as they are (no augmentation).
-        features = feature_extractor(model).predict(cell_batches(train_images, None, config.batch_size), verbose=0)
+        features = feature_extractor(model).predict(
+            cell_batches(train_images, None, config.batch_size), verbose=0
+        )
         adapt_feature_normalisation(model, features)
     augmenter = build_augmenter(config.augment, seed=config.seed)
-    train = cell_batches(train_images, train_labels, config.batch_size, train_weights, seed=config.seed,
-                         augmenter=augmenter)
+    train = cell_batches(
+        train_images,
+        train_labels,
+        config.batch_size,
+        train_weights,
+        seed=config.seed,
+        augmenter=augmenter,
+    )
     val = cell_batches(val_images, val_labels, config.batch_size, val_weights)
     stopper = keras.callbacks.EarlyStopping(
         monitor="val_loss",
@@ -85,17 +107,32 @@ def train_model(
         # Keras restores the best epoch at the end of training, also when no early stop happened.
         restore_best_weights=True,
     )
-    fit = model.fit(train, validation_data=val, epochs=config.epochs, shuffle=False,
-                    callbacks=[stopper, *(callbacks or [])], verbose=0)
+    fit = model.fit(
+        train,
+        validation_data=val,
+        epochs=config.epochs,
+        shuffle=False,
+        callbacks=[stopper, *(callbacks or [])],
+        verbose=0,
+    )
     history = {key: [float(v) for v in values] for key, values in fit.history.items()}
     best_epoch = int(np.argmin(history["val_loss"]))
-    logger.info("trained %d epochs; best val_loss %.4f at epoch %d",
-                len(history["val_loss"]), history["val_loss"][best_epoch], best_epoch + 1)
+    logger.info(
+        "trained %d epochs; best val_loss %.4f at epoch %d",
+        len(history["val_loss"]),
+        history["val_loss"][best_epoch],
+        best_epoch + 1,
+    )
     return history, best_epoch
 
 
-def feature_batches(features, labels: np.ndarray | None, batch_size: int, weights: np.ndarray | None = None,
-                    seed: int | None = None):
+def feature_batches(
+    features,
+    labels: np.ndarray | None,
+    batch_size: int,
+    weights: np.ndarray | None = None,
+    seed: int | None = None,
+):
     """A tf.data pipeline of rows (cached features, cells), read from their array a batch at a time.
 
     Each batch's rows are read with :func:`aml_model.zarr_rows.read_cells` when the pipeline
@@ -119,9 +156,13 @@ def feature_batches(features, labels: np.ndarray | None, batch_size: int, weight
     import tensorflow as tf
 
     n = len(features)
-    if (labels is not None and len(labels) != n) or (weights is not None and (labels is None or len(weights) != n)):
-        message = (f"{n} rows, {'no' if labels is None else len(labels)} labels, "
-                   f"{0 if weights is None else len(weights)} weights")
+    if (labels is not None and len(labels) != n) or (
+        weights is not None and (labels is None or len(weights) != n)
+    ):
+        message = (
+            f"{n} rows, {'no' if labels is None else len(labels)} labels, "
+            f"{0 if weights is None else len(weights)} weights"
+        )
         raise ValueError(message)
     columns = [] if labels is None else [np.asarray(labels, np.float32).reshape(-1, 1)]
     columns += [] if weights is None else [np.asarray(weights, np.float32)]
@@ -143,10 +184,17 @@ def feature_batches(features, labels: np.ndarray | None, batch_size: int, weight
     return dataset.batch(batch_size).map(load_tensors).prefetch(2)
 
 
-def cell_batches(cells, labels: np.ndarray | None, batch_size: int, weights: np.ndarray | None = None,
-                 seed: int | None = None, augmenter=None):
+def cell_batches(
+    cells,
+    labels: np.ndarray | None,
+    batch_size: int,
+    weights: np.ndarray | None = None,
+    seed: int | None = None,
+    augmenter=None,
+):
     """:func:`feature_batches` of uint8 cells, augmented (when given an augmenter) and normalised
     for ResNet50 a batch at a time, in order: the same seed gives the same augmentation."""
+
     # No lambdas here: AutoGraph, which converts what Dataset.map calls, cannot read the source of two
     # lambdas on one line, and warned about it at every training.
     def prepare(x, *rest):
@@ -194,11 +242,20 @@ def train_head(
     """
     keras.utils.set_random_seed(config.seed)
     adapt_feature_normalisation(head, feature_batches(train_features, None, config.batch_size))
-    train = feature_batches(train_features, train_labels, config.batch_size, train_weights, seed=config.seed)
+    train = feature_batches(
+        train_features, train_labels, config.batch_size, train_weights, seed=config.seed
+    )
     val = feature_batches(val_features, val_labels, config.batch_size, val_weights)
-    stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.early_stopping_patience,
-                                            restore_best_weights=True)
-    fit = head.fit(train, validation_data=val, epochs=config.epochs, callbacks=[stopper, *(callbacks or [])], verbose=0,
-                   shuffle=False)
+    stopper = keras.callbacks.EarlyStopping(
+        monitor="val_loss", patience=config.early_stopping_patience, restore_best_weights=True
+    )
+    fit = head.fit(
+        train,
+        validation_data=val,
+        epochs=config.epochs,
+        callbacks=[stopper, *(callbacks or [])],
+        verbose=0,
+        shuffle=False,
+    )
     history = {key: [float(v) for v in values] for key, values in fit.history.items()}
     return history, int(np.argmin(history["val_loss"]))

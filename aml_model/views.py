@@ -25,7 +25,9 @@ def augmentation_key(augment: AugmentConfig, seed: int, view: int) -> str:
     else a digest of the augmentation settings and the seed."""
     if view == 0:
         return ""
-    settings = json.dumps({"augment": dataclasses.asdict(augment), "seed": int(seed)}, sort_keys=True)
+    settings = json.dumps(
+        {"augment": dataclasses.asdict(augment), "seed": int(seed)}, sort_keys=True
+    )
     return hashlib.sha256(settings.encode()).hexdigest()[:16]
 
 
@@ -52,7 +54,9 @@ class ViewAugmenter:
         self.model = build_augmenter(augment, seed=0)
         self._states = [v for v in self.model.variables if v.name == "seed_generator_state"]
         # One compiled graph for every call: eager and graph execution round differently.
-        self._apply = tf.function(lambda image: self.model(image, training=True), reduce_retracing=True)
+        self._apply = tf.function(
+            lambda image: self.model(image, training=True), reduce_retracing=True
+        )
 
     def __call__(self, image: np.ndarray, seed: int) -> np.ndarray:
         """One `(s, s, 3)` float image in 0..255, augmented with ``seed``."""

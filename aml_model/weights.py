@@ -58,7 +58,10 @@ def imagenet_weights_file() -> str:
 
     try:
         return keras.utils.get_file(
-            IMAGENET_NOTOP_FILE, IMAGENET_NOTOP_URL, cache_subdir="models", file_hash=IMAGENET_NOTOP_MD5
+            IMAGENET_NOTOP_FILE,
+            IMAGENET_NOTOP_URL,
+            cache_subdir="models",
+            file_hash=IMAGENET_NOTOP_MD5,
         )
     except Exception as exc:  # Keras raises bare Exception for URL and HTTP failures
         cached = keras_home() / "models" / IMAGENET_NOTOP_FILE
@@ -87,7 +90,11 @@ def local_weights_path(location: str) -> str | None:
     if "://" not in location and "::" not in location:
         return location
     parsed = urlparse(location)
-    if "::" in location or parsed.scheme not in ("file", "local") or parsed.netloc not in ("", "localhost"):
+    if (
+        "::" in location
+        or parsed.scheme not in ("file", "local")
+        or parsed.netloc not in ("", "localhost")
+    ):
         return None
     return url2pathname(parsed.path)
 
@@ -113,8 +120,10 @@ def local_weights_file(location: str, sha256: str | None = None) -> str:
     """
     local = local_weights_path(location)
     if local is None:
-        message = (f"backbone weights file {location} is not a local file: it must be fetched first "
-                   f"(tasks.weights.fetch_weights_file) and its local copy passed as the weights file")
+        message = (
+            f"backbone weights file {location} is not a local file: it must be fetched first "
+            f"(tasks.weights.fetch_weights_file) and its local copy passed as the weights file"
+        )
         raise BackboneWeightsError(message)
     try:
         if not os.path.isfile(local):
@@ -129,7 +138,9 @@ def local_weights_file(location: str, sha256: str | None = None) -> str:
     return local
 
 
-def save_partial_weights(backbone, last_layer: str, path: str | Path, dtype: str = "float16") -> None:
+def save_partial_weights(
+    backbone, last_layer: str, path: str | Path, dtype: str = "float16"
+) -> None:
     """Write the weights of ``backbone``'s layers up to ``last_layer`` in Keras' legacy HDF5 layout.
 
     The layout is that of Keras' ``.h5`` weights files (the ImageNet file's): a group per layer,
@@ -151,7 +162,7 @@ def save_partial_weights(backbone, last_layer: str, path: str | Path, dtype: str
     if last_layer not in names:
         message = f"{backbone.name} has no layer {last_layer!r}"
         raise ValueError(message)
-    layers = backbone.layers[:names.index(last_layer) + 1]
+    layers = backbone.layers[: names.index(last_layer) + 1]
     with h5py.File(path, "w") as handle:
         handle.attrs["layer_names"] = [layer.name.encode() for layer in layers]
         handle.attrs["backend"] = b"tensorflow"
@@ -174,7 +185,10 @@ def partial_weights_layers(path: str | Path) -> list[str] | None:
         with h5py.File(path, "r") as handle:
             if handle.attrs.get("aml_smear_format") != PARTIAL_FORMAT:
                 return None
-            return [name.decode() if isinstance(name, bytes) else str(name) for name in handle.attrs["layer_names"]]
+            return [
+                name.decode() if isinstance(name, bytes) else str(name)
+                for name in handle.attrs["layer_names"]
+            ]
     except OSError:  # not an HDF5 file: a Keras .weights.h5 or .keras zip is read by Keras itself
         return None
 
@@ -194,11 +208,15 @@ def load_backbone_weights(backbone, path: str | Path, feature_layer: str) -> Non
         backbone.load_weights(str(path))
         return
     names = [layer.name for layer in backbone.layers]
-    needed = [layer.name for layer in backbone.layers[:names.index(feature_layer) + 1] if layer.weights]
+    needed = [
+        layer.name for layer in backbone.layers[: names.index(feature_layer) + 1] if layer.weights
+    ]
     missing = [name for name in needed if name not in held]
     if missing:
-        message = (f"backbone weights file {path} holds layers up to {held[-1]}, but the recipe reads up to "
-                   f"{feature_layer} ({len(missing)} layers missing, the first {missing[0]}): use a backbone "
-                   f"pretrained for this feature layer, or a whole-network weights file")
+        message = (
+            f"backbone weights file {path} holds layers up to {held[-1]}, but the recipe reads up to "
+            f"{feature_layer} ({len(missing)} layers missing, the first {missing[0]}): use a backbone "
+            f"pretrained for this feature layer, or a whole-network weights file"
+        )
         raise BackboneWeightsError(message)
     backbone.load_weights(str(path), by_name=True)

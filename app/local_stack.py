@@ -34,8 +34,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 PREFECT_FILE = "deployments/prefect.yaml"
 # The server streams flow-run logs out (off by default in Prefect 3.9): without it `prefect deployment
 # run --watch` shows state events only, neither a failure's reason nor where the results are.
-LOG_STREAMING = {"PREFECT_SERVER_LOGS_STREAM_OUT_ENABLED": "true",
-                 "PREFECT_SERVER_LOGS_STREAM_PUBLISHING_ENABLED": "true"}
+LOG_STREAMING = {
+    "PREFECT_SERVER_LOGS_STREAM_OUT_ENABLED": "true",
+    "PREFECT_SERVER_LOGS_STREAM_PUBLISHING_ENABLED": "true",
+}
 HOST = "127.0.0.1"
 SERVER_START_TIMEOUT_S = 180
 # A Prefect 3.9 process worker may not exit on SIGTERM at all: a short grace, then SIGKILL.
@@ -64,8 +66,15 @@ def _tail(path: Path, lines: int = 30) -> str:
 def _start(command: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
     """Start ``command`` in its own process group, output to ``log``."""
     with open(log, "ab") as handle:
-        return subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        return subprocess.Popen(
+            command,
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
 
 def _stop(process: subprocess.Popen) -> None:
@@ -88,13 +97,17 @@ def _wait_healthy(api_url: str, server: subprocess.Popen, log: Path) -> None:
     deadline = time.monotonic() + SERVER_START_TIMEOUT_S
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            message = f"the Prefect server exited with status {server.returncode}; {log}:\n{_tail(log)}"
+            message = (
+                f"the Prefect server exited with status {server.returncode}; {log}:\n{_tail(log)}"
+            )
             raise StackError(message)
         with suppress(httpx.HTTPError):
             if httpx.get(f"{api_url}/health", timeout=2).status_code == 200:
                 return
         time.sleep(0.5)
-    message = f"the Prefect server at {api_url} was not healthy within {SERVER_START_TIMEOUT_S} s; {log}"
+    message = (
+        f"the Prefect server at {api_url} was not healthy within {SERVER_START_TIMEOUT_S} s; {log}"
+    )
     raise StackError(message)
 
 
@@ -102,10 +115,15 @@ def _variable_values(args: argparse.Namespace) -> dict:
     """The Prefect variables the command line gives values for (``None``: not given)."""
     from app.serve import DEFAULT_TIMEZONE
 
-    values = {"aml_smear_store": args.store, "aml_smear_retrain_sources": args.sources or None,
-              "aml_smear_s3_endpoint_url": args.s3_endpoint_url, "aml_smear_backbone_weights": args.backbone_weights,
-              "aml_smear_backbone_weights_sha256": args.backbone_weights_sha256,
-              "aml_smear_code_dir": str(REPO_ROOT), "aml_smear_timezone": DEFAULT_TIMEZONE}
+    values = {
+        "aml_smear_store": args.store,
+        "aml_smear_retrain_sources": args.sources or None,
+        "aml_smear_s3_endpoint_url": args.s3_endpoint_url,
+        "aml_smear_backbone_weights": args.backbone_weights,
+        "aml_smear_backbone_weights_sha256": args.backbone_weights_sha256,
+        "aml_smear_code_dir": str(REPO_ROOT),
+        "aml_smear_timezone": DEFAULT_TIMEZONE,
+    }
     return {name: value for name, value in values.items() if value is not None}
 
 
@@ -135,8 +153,13 @@ def deploy(api_url: str, values: dict, env: dict[str, str]) -> None:
                 client.read_work_pool(WORK_POOL)
             except ObjectNotFound:
                 # The process worker's own default template, as `prefect work-pool create --type process`.
-                client.create_work_pool(WorkPoolCreate(
-                    name=WORK_POOL, type="process", base_job_template=ProcessWorker.get_default_base_job_template()))
+                client.create_work_pool(
+                    WorkPoolCreate(
+                        name=WORK_POOL,
+                        type="process",
+                        base_job_template=ProcessWorker.get_default_base_job_template(),
+                    )
+                )
                 print(f"created work pool {WORK_POOL!r} (process)", flush=True)
         missing = []
         for name in VARIABLES:
@@ -146,18 +169,28 @@ def deploy(api_url: str, values: dict, env: dict[str, str]) -> None:
                 Variable.set(name, values[name])
                 print(f"set Prefect variable {name} = {json.dumps(values[name])}", flush=True)
                 if values[name] == []:
-                    print(f"  the nightly retrain fails until it has sources: prefect variable set {name} "
-                          "'[\"/path/to/labelled\"]' --overwrite", flush=True)
+                    print(
+                        f"  the nightly retrain fails until it has sources: prefect variable set {name} "
+                        "'[\"/path/to/labelled\"]' --overwrite",
+                        flush=True,
+                    )
             elif name in required:
                 missing.append(name)
         if missing:
             # Deploying anyway would register an empty string where the flow expects a value.
-            commands = "\n".join(f"  prefect variable set {name} '<{VARIABLES[name]}>'" for name in missing)
+            commands = "\n".join(
+                f"  prefect variable set {name} '<{VARIABLES[name]}>'" for name in missing
+            )
             message = f"Prefect variable(s) {', '.join(missing)} not set; set them, then deploy again:\n{commands}"
             raise StackError(message)
-    result = subprocess.run(_prefect("--no-prompt", "deploy", "--all", "--prefect-file", PREFECT_FILE),
-                            cwd=REPO_ROOT, env={**env, "PREFECT_API_URL": api_url}, stdin=subprocess.DEVNULL,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        _prefect("--no-prompt", "deploy", "--all", "--prefect-file", PREFECT_FILE),
+        cwd=REPO_ROOT,
+        env={**env, "PREFECT_API_URL": api_url},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+    )
     if result.returncode != 0:
         message = f"prefect deploy failed (status {result.returncode}):\n{result.stdout[-3000:]}{result.stderr[-3000:]}"
         raise StackError(message)
@@ -166,7 +199,9 @@ def deploy(api_url: str, values: dict, env: dict[str, str]) -> None:
 
 def _record(home: Path, api_url: str, started: list[subprocess.Popen]) -> None:
     """Write the API URL and the pids (server, then worker) to ``<home>/stack.json``."""
-    (home / "stack.json").write_text(json.dumps({"api_url": api_url, "pids": [p.pid for p in started]}))
+    (home / "stack.json").write_text(
+        json.dumps({"api_url": api_url, "pids": [p.pid for p in started]})
+    )
 
 
 class _Stop(Exception):
@@ -206,28 +241,49 @@ def up(port: int, home: Path, values: dict) -> int:
     started: list[subprocess.Popen] = []
     try:
         server_log = home / "server.log"
-        server = _start(_prefect("server", "start", "--host", HOST, "--port", str(port)), server_log, env)
+        server = _start(
+            _prefect("server", "start", "--host", HOST, "--port", str(port)), server_log, env
+        )
         started.append(server)
         _record(home, api_url, started)
         _wait_healthy(api_url, server, server_log)
         print(f"Prefect server on {api_url} (log {server_log})", flush=True)
         deploy(api_url, values, env)
         worker_log = home / "worker.log"
-        worker = _start(_prefect("worker", "start", "--pool", WORK_POOL, "--type", "process",
-                                 "--name", f"local-{socket.gethostname()}"), worker_log, env)
+        worker = _start(
+            _prefect(
+                "worker",
+                "start",
+                "--pool",
+                WORK_POOL,
+                "--type",
+                "process",
+                "--name",
+                f"local-{socket.gethostname()}",
+            ),
+            worker_log,
+            env,
+        )
         started.append(worker)
         _record(home, api_url, started)
         print(f"worker polling pool {WORK_POOL!r} (log {worker_log})", flush=True)
-        print(f"ready: export PREFECT_API_URL={api_url}; then e.g.\n"
-              f"  prefect deployment run 'score-smears/on-demand' --param source=/path/to/smears "
-              f"--param store=/path/to/store --watch\n"
-              f"Ctrl-C stops the worker, then the server.", flush=True)
+        print(
+            f"ready: export PREFECT_API_URL={api_url}; then e.g.\n"
+            f"  prefect deployment run 'score-smears/on-demand' --param source=/path/to/smears "
+            f"--param store=/path/to/store --watch\n"
+            f"Ctrl-C stops the worker, then the server.",
+            flush=True,
+        )
         while all(process.poll() is None for process in started):
             time.sleep(1)
         dead = next(process for process in started if process.poll() is not None)
         log = server_log if dead is server else worker_log
-        print(f"{'server' if dead is server else 'worker'} exited with status {dead.returncode}; "
-              f"{log}:\n{_tail(log)}", file=sys.stderr, flush=True)
+        print(
+            f"{'server' if dead is server else 'worker'} exited with status {dead.returncode}; "
+            f"{log}:\n{_tail(log)}",
+            file=sys.stderr,
+            flush=True,
+        )
         return 1
     except (KeyboardInterrupt, _Stop):
         return 0
@@ -241,20 +297,40 @@ def up(port: int, home: Path, values: dict) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    up_parser = commands.add_parser("up", help="server + pool + variables + deployments + worker, until Ctrl-C")
+    up_parser = commands.add_parser(
+        "up", help="server + pool + variables + deployments + worker, until Ctrl-C"
+    )
     up_parser.add_argument("--port", type=int, default=4200, help="server port on 127.0.0.1 [4200]")
-    up_parser.add_argument("--home", type=Path, default=Path.home() / ".aml-smear",
-                           help="PREFECT_HOME (<home>/prefect), logs and pids [~/.aml-smear]")
-    deploy_parser = commands.add_parser("deploy", help="pool + variables + deployments on $PREFECT_API_URL")
+    up_parser.add_argument(
+        "--home",
+        type=Path,
+        default=Path.home() / ".aml-smear",
+        help="PREFECT_HOME (<home>/prefect), logs and pids [~/.aml-smear]",
+    )
+    deploy_parser = commands.add_parser(
+        "deploy", help="pool + variables + deployments on $PREFECT_API_URL"
+    )
     for sub in (up_parser, deploy_parser):
         sub.add_argument("--store", help="value for the variable aml_smear_store if it is not set")
-        sub.add_argument("--retrain-source", action="append", default=[], dest="sources",
-                         help="a labelled source for aml_smear_retrain_sources if it is not set (repeatable)")
-        sub.add_argument("--s3-endpoint-url", help="value for aml_smear_s3_endpoint_url if it is not set")
-        sub.add_argument("--backbone-weights", help="value for aml_smear_backbone_weights if it is not set: "
-                                                     "imagenet, none, or a weights file path/URL (offline)")
-        sub.add_argument("--backbone-weights-sha256",
-                         help="value for aml_smear_backbone_weights_sha256 if it is not set")
+        sub.add_argument(
+            "--retrain-source",
+            action="append",
+            default=[],
+            dest="sources",
+            help="a labelled source for aml_smear_retrain_sources if it is not set (repeatable)",
+        )
+        sub.add_argument(
+            "--s3-endpoint-url", help="value for aml_smear_s3_endpoint_url if it is not set"
+        )
+        sub.add_argument(
+            "--backbone-weights",
+            help="value for aml_smear_backbone_weights if it is not set: "
+            "imagenet, none, or a weights file path/URL (offline)",
+        )
+        sub.add_argument(
+            "--backbone-weights-sha256",
+            help="value for aml_smear_backbone_weights_sha256 if it is not set",
+        )
     return parser
 
 

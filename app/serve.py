@@ -1,7 +1,8 @@
 """The production deployments, declared once in ``deployments/prefect.yaml``: ``prefect deploy``
 registers them for a work pool, and ``aml-smear serve`` serves the same declarations from here
 (:func:`load_deployments`), with the flow-run settings that a prefect.yaml cannot hold
-(:data:`RUN_SETTINGS`: timeout, retries, failure alert), which the entrypoints carry too. Deployed flows run on the Dask task runner that
+(:data:`RUN_SETTINGS`: timeout, retries, failure alert), which the entrypoints carry too.
+Deployed flows run on the Dask task runner that
 :func:`dask_runner_from_environment` builds from the environment of their flow-run process, served
 flows on the one ``aml-smear serve`` is given (its options default to the same variables), so a GPU
 cluster or a bigger machine needs a setting, not a code edit.
@@ -62,17 +63,17 @@ VARIABLES: Mapping[str, str] = {
     "aml_smear_retrain_sources": "labelled cell collections of the nightly retrain (a JSON list of URLs)",
     "aml_smear_s3_endpoint_url": "S3-compatible endpoint (MinIO) for s3:// URLs; empty or unset for AWS",
     "aml_smear_incoming": "where new smears arrive, one folder per patient (a folder or s3:// URL); "
-                          "unset: no new-arrival scoring",
+    "unset: no new-arrival scoring",
     "aml_smear_backbone_weights": "backbone weights of the nightly: imagenet (downloads), none, or a "
-                                  "weights file path/URL (offline: a file in the store or on S3)",
+    "weights file path/URL (offline: a file in the store or on S3)",
     "aml_smear_backbone_weights_sha256": "sha256 of that weights file, checked before it is used",
     "aml_smear_recipe": "the nightly's recipe: paper or robust",
     "aml_smear_epochs": "the nightly's most training epochs",
     "aml_smear_image_size": "the nightly's model input side, pixels",
     "aml_smear_retrain_options": "any other retrain parameter of the nightly, a JSON object "
-                                 "(e.g. {\"augment_views\": 1, \"patience\": 3})",
+    '(e.g. {"augment_views": 1, "patience": 3})',
     "aml_smear_code_dir": "where the worker's host holds this repository (prefect.yaml's pull step): "
-                          "the checkout, or /opt/aml-smear in the images",
+    "the checkout, or /opt/aml-smear in the images",
     "aml_smear_timezone": "IANA time zone of the nightly's 02:00 schedule (default Europe/Berlin)",
 }
 #: The schedules' time zone when ``aml_smear_timezone`` is unset.
@@ -186,19 +187,31 @@ def _spec(declared: Mapping[str, Any]) -> DeploymentSpec:
     if name not in RUN_SETTINGS:
         message = f"deployment {name!r} of prefect.yaml has no RunSettings: add it to app.serve.RUN_SETTINGS"
         raise ValueError(message)
-    templated = {key: match.group(1) for key, value in parameters.items()
-                 if isinstance(value, str) and (match := _TEMPLATE.match(value))}
-    partial = [key for key, value in parameters.items()
-               if key not in templated and isinstance(value, str) and "{{" in value]
+    templated = {
+        key: match.group(1)
+        for key, value in parameters.items()
+        if isinstance(value, str) and (match := _TEMPLATE.match(value))
+    }
+    partial = [
+        key
+        for key, value in parameters.items()
+        if key not in templated and isinstance(value, str) and "{{" in value
+    ]
     schedules = declared.get("schedules") or []
     unknown = sorted({key for schedule in schedules for key in schedule} - _SCHEDULE_KEYS)
     requires = frozenset(templated.values()) - OPTIONAL_VARIABLES - REQUIRED_VARIABLES
     # serve activates a schedule once the variables its deployment needs are set: prefect.yaml
     # must say the same (paused exactly when there are such variables, until they are set).
-    if partial or unknown or any(schedule.get("active", True) == bool(requires) for schedule in schedules):
-        message = (f"deployment {name!r} of prefect.yaml: aml-smear serve reads a parameter that is a whole "
-                   f"'{{{{ prefect.variables.NAME }}}}' (not {partial}), schedules of cron, timezone, interval and "
-                   f"active (not {unknown}), active: {str(not requires).lower()} here")
+    if (
+        partial
+        or unknown
+        or any(schedule.get("active", True) == bool(requires) for schedule in schedules)
+    ):
+        message = (
+            f"deployment {name!r} of prefect.yaml: aml-smear serve reads a parameter that is a whole "
+            f"'{{{{ prefect.variables.NAME }}}}' (not {partial}), schedules of cron, timezone, interval and "
+            f"active (not {unknown}), active: {str(not requires).lower()} here"
+        )
         raise ValueError(message)
     cron = next((s for s in schedules if "cron" in s), {})
     zone = _TEMPLATE.match(str(cron.get("timezone", "")))
@@ -206,17 +219,25 @@ def _spec(declared: Mapping[str, Any]) -> DeploymentSpec:
     limit = declared.get("concurrency_limit")
     settings = RUN_SETTINGS[name]
     return DeploymentSpec(
-        flow_name=settings.flow_name, name=name,
-        entrypoint=declared["entrypoint"].rpartition(":")[2], description=declared["description"],
-        variables=templated, parameters={k: v for k, v in parameters.items() if k not in templated},
-        cron=cron.get("cron"), timezone=DEFAULT_TIMEZONE if zone else cron.get("timezone"),
-        timezone_variable=zone.group(1) if zone else None, interval_seconds=interval,
+        flow_name=settings.flow_name,
+        name=name,
+        entrypoint=declared["entrypoint"].rpartition(":")[2],
+        description=declared["description"],
+        variables=templated,
+        parameters={k: v for k, v in parameters.items() if k not in templated},
+        cron=cron.get("cron"),
+        timezone=DEFAULT_TIMEZONE if zone else cron.get("timezone"),
+        timezone_variable=zone.group(1) if zone else None,
+        interval_seconds=interval,
         requires=requires,
         concurrency_limit=limit["limit"] if isinstance(limit, dict) else limit,
         collision_strategy=limit.get("collision_strategy") if isinstance(limit, dict) else None,
-        timeout_seconds=settings.timeout_seconds, retries=settings.retries,
-        retry_delay_seconds=settings.retry_delay_seconds, tags=tuple(declared.get("tags", ())),
-        alert_on_failure=settings.alert_on_failure)
+        timeout_seconds=settings.timeout_seconds,
+        retries=settings.retries,
+        retry_delay_seconds=settings.retry_delay_seconds,
+        tags=tuple(declared.get("tags", ())),
+        alert_on_failure=settings.alert_on_failure,
+    )
 
 
 def pull_step_variables(text: str | None = None) -> frozenset[str]:
@@ -249,7 +270,11 @@ def load_deployments(text: str | None = None) -> tuple[DeploymentSpec, ...]:
 
 DEPLOYMENTS: tuple[DeploymentSpec, ...] = load_deployments()
 _BY_NAME = {spec.name: spec for spec in DEPLOYMENTS}
-SCORE_ON_DEMAND, NIGHTLY_RETRAIN, SCORE_NEW_ARRIVALS = _BY_NAME["on-demand"], _BY_NAME["nightly"], _BY_NAME["new-arrivals"]
+SCORE_ON_DEMAND, NIGHTLY_RETRAIN, SCORE_NEW_ARRIVALS = (
+    _BY_NAME["on-demand"],
+    _BY_NAME["nightly"],
+    _BY_NAME["new-arrivals"],
+)
 
 
 def dask_runner_from_environment(environ: Mapping[str, str] | None = None) -> DaskTaskRunner:
@@ -281,9 +306,14 @@ def deployed_flow(spec: DeploymentSpec, task_runner: DaskTaskRunner) -> Flow:
     flows = {flow.name: flow for flow in (score_smears, nightly_retrain)}
     # Timeout, retries and hooks are the flow's settings: a work pool's run and a served run get them alike.
     hooks = [emit_nightly_failed] if spec.alert_on_failure else None
-    return flows[spec.flow_name].with_options(task_runner=task_runner, timeout_seconds=spec.timeout_seconds,
-                                              retries=spec.retries, retry_delay_seconds=spec.retry_delay_seconds,
-                                              on_failure=hooks, on_crashed=hooks)
+    return flows[spec.flow_name].with_options(
+        task_runner=task_runner,
+        timeout_seconds=spec.timeout_seconds,
+        retries=spec.retries,
+        retry_delay_seconds=spec.retry_delay_seconds,
+        on_failure=hooks,
+        on_crashed=hooks,
+    )
 
 
 def read_variables(names: set[str] | frozenset[str]) -> dict[str, Any]:
@@ -295,9 +325,13 @@ def read_variables(names: set[str] | frozenset[str]) -> dict[str, Any]:
     from prefect.variables import Variable
 
     values = {name: Variable.get(name) for name in sorted(names)}
-    missing = sorted(name for name, value in values.items() if value is None and name in REQUIRED_VARIABLES)
+    missing = sorted(
+        name for name, value in values.items() if value is None and name in REQUIRED_VARIABLES
+    )
     if missing:
-        examples = "; ".join(f"prefect variable set {name} '<{VARIABLES[name]}>'" for name in missing)
+        examples = "; ".join(
+            f"prefect variable set {name} '<{VARIABLES[name]}>'" for name in missing
+        )
         message = f"Prefect variable(s) {', '.join(missing)} not set: {examples}"
         raise ValueError(message)
     return {name: value for name, value in values.items() if value is not None}
@@ -305,7 +339,11 @@ def read_variables(names: set[str] | frozenset[str]) -> dict[str, Any]:
 
 def schedule_timezone(spec: DeploymentSpec, variables: Mapping[str, Any]) -> str | None:
     """The time zone of ``spec``'s cron schedule: its variable's value where set, else its default."""
-    return variables.get(spec.timezone_variable) or spec.timezone if spec.timezone_variable else spec.timezone
+    return (
+        variables.get(spec.timezone_variable) or spec.timezone
+        if spec.timezone_variable
+        else spec.timezone
+    )
 
 
 def deployment_options(spec: DeploymentSpec, variables: Mapping[str, Any]) -> dict[str, Any]:
@@ -324,16 +362,23 @@ def deployment_options(spec: DeploymentSpec, variables: Mapping[str, Any]) -> di
 
     concurrency = spec.concurrency_limit
     if concurrency is not None and spec.collision_strategy is not None:
-        concurrency = ConcurrencyLimitConfig(limit=concurrency, collision_strategy=spec.collision_strategy)
+        concurrency = ConcurrencyLimitConfig(
+            limit=concurrency, collision_strategy=spec.collision_strategy
+        )
     schedules = [Cron(spec.cron, timezone=schedule_timezone(spec, variables))] if spec.cron else []
     if spec.interval_seconds:
         schedules.append(Interval(timedelta(seconds=spec.interval_seconds)))
     return {
         "name": spec.name,
         "description": spec.description,
-        "parameters": {**spec.parameters, **{parameter: variables[variable]
-                                             for parameter, variable in spec.variables.items()
-                                             if variable in variables}},
+        "parameters": {
+            **spec.parameters,
+            **{
+                parameter: variables[variable]
+                for parameter, variable in spec.variables.items()
+                if variable in variables
+            },
+        },
         "schedules": schedules,
         "concurrency_limit": concurrency,
         "tags": list(spec.tags),
@@ -360,8 +405,10 @@ def serve_deployments(task_runner: DaskTaskRunner, limit: int | None = None) -> 
     from prefect.settings import PREFECT_API_URL
 
     if not PREFECT_API_URL.value():
-        message = ("aml-smear serve needs a Prefect server: start one (`prefect server start`) and set "
-                   "PREFECT_API_URL, e.g. http://127.0.0.1:4200/api")
+        message = (
+            "aml-smear serve needs a Prefect server: start one (`prefect server start`) and set "
+            "PREFECT_API_URL, e.g. http://127.0.0.1:4200/api"
+        )
         raise ValueError(message)
     names = {variable for spec in DEPLOYMENTS for variable in spec.variables.values()}
     names |= {spec.timezone_variable for spec in DEPLOYMENTS if spec.timezone_variable}
@@ -369,12 +416,19 @@ def serve_deployments(task_runner: DaskTaskRunner, limit: int | None = None) -> 
     runner = Runner(name="aml-smear-serve", limit=limit, pause_on_shutdown=True)
     for spec in DEPLOYMENTS:
         if not spec.requires <= variables.keys():
-            print(f"not serving {spec.full_name}: set {', '.join(sorted(spec.requires - variables.keys()))}",
-                  flush=True)
+            print(
+                f"not serving {spec.full_name}: set {', '.join(sorted(spec.requires - variables.keys()))}",
+                flush=True,
+            )
             continue
         runner.add_flow(deployed_flow(spec, task_runner), **deployment_options(spec, variables))
-        schedule = (f" ({spec.cron}, {schedule_timezone(spec, variables)})" if spec.cron else
-                    f" (every {spec.interval_seconds // 60} min)" if spec.interval_seconds else "")
+        schedule = (
+            f" ({spec.cron}, {schedule_timezone(spec, variables)})"
+            if spec.cron
+            else f" (every {spec.interval_seconds // 60} min)"
+            if spec.interval_seconds
+            else ""
+        )
         print(f"serving {spec.full_name}{schedule}", flush=True)
     try:
         asyncio.run(runner.start())

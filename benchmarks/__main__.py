@@ -23,13 +23,18 @@ def main(argv: list[str]) -> int:
     names = argv or list(BENCHMARKS)
     unknown = sorted(set(names) - set(BENCHMARKS))
     if unknown:
-        print(f"unknown benchmark(s): {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}", file=sys.stderr)
+        print(
+            f"unknown benchmark(s): {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}",
+            file=sys.stderr,
+        )
         return 2
     from benchmarks.common import RESULTS
     from flows.runner import quiet_dask_logs, shared_prefect_api
 
     if set(names) == set(BENCHMARKS):
-        RESULTS.unlink(missing_ok=True)  # a full run starts a fresh file: no figure from an older run stays
+        RESULTS.unlink(
+            missing_ok=True
+        )  # a full run starts a fresh file: no figure from an older run stays
     quiet_dask_logs()
     context = {"work": tempfile.mkdtemp(prefix="aml-smear-bench-")}
     try:

@@ -23,11 +23,13 @@ def measure(n_workers: int, source: str) -> tuple[float, int]:
     from distributed import LocalCluster
     from prefect_dask import DaskTaskRunner
 
+    from flows.ingest import ingest
     from flows.runner import local_cluster_kwargs
 
-    from flows.ingest import ingest
-
-    with tempfile.TemporaryDirectory() as store, LocalCluster(**local_cluster_kwargs(n_workers)) as cluster:
+    with (
+        tempfile.TemporaryDirectory() as store,
+        LocalCluster(**local_cluster_kwargs(n_workers)) as cluster,
+    ):
         runner = DaskTaskRunner(address=cluster.scheduler_address)
         started = time.perf_counter()
         result = ingest.with_options(task_runner=runner)(source=source, store=store, layout="class")
@@ -57,21 +59,35 @@ def cell_costs(files: list, image_size: int = 224) -> dict[str, float]:
 
     def plain(data):
         with Image.open(io.BytesIO(data)) as image:
-            return np.asarray(image.convert("RGB").resize((image_size, image_size), Image.Resampling.BILINEAR))
+            return np.asarray(
+                image.convert("RGB").resize((image_size, image_size), Image.Resampling.BILINEAR)
+            )
 
     costs = {}
     costs["read"], datas = per_cell(lambda: [f.read_bytes() for f in files])
     costs["sha256"], digests = per_cell(lambda: [hashlib.sha256(d).hexdigest() for d in datas])
     costs["decode_plain_pillow"], _ = per_cell(lambda: [plain(d) for d in datas])
-    costs["decode"], cells = per_cell(lambda: np.stack([decode_cell(d, str(f), config) for d, f in zip(datas, files, strict=True)]))
+    costs["decode"], cells = per_cell(
+        lambda: np.stack(
+            [decode_cell(d, str(f), config) for d, f in zip(datas, files, strict=True)]
+        )
+    )
     with tempfile.TemporaryDirectory() as folder:
         store = Store(folder)
         array = store.create_cells_array(store.path("cells.zarr"), n, image_size, 64)
         costs["zarr_write"], _ = per_cell(lambda: array.__setitem__(slice(0, n), cells))
         costs["zarr_read"], _ = per_cell(lambda: array[:])
-        table = pd.DataFrame({"cell_id": digests, "sha256": digests, "source_uri": [str(f) for f in files],
-                              "zarr_index": np.arange(n)})
-        costs["parquet"], _ = per_cell(lambda: store.write_table(table, store.path("cells.parquet")))
+        table = pd.DataFrame(
+            {
+                "cell_id": digests,
+                "sha256": digests,
+                "source_uri": [str(f) for f in files],
+                "zarr_index": np.arange(n),
+            }
+        )
+        costs["parquet"], _ = per_cell(
+            lambda: store.write_table(table, store.path("cells.parquet"))
+        )
     return costs
 
 
@@ -86,13 +102,25 @@ def main(context: dict) -> dict:
     costs = cell_costs(sorted(Path(source).rglob("*.jpg")))
     work = sum(v for k, v in costs.items() if k not in ("decode_plain_pillow", "zarr_read"))
     costs["task_overhead"] = max(0.0, 1000 / one - work)
-    results = {"ingest_1w_cells_per_s": one, "ingest_2w_cells_per_s": two, "ingest_2w_over_1w": two / one,
-               **{f"ingest_ms_per_cell_{step}": ms for step, ms in costs.items()},
-               "decode_over_plain_pillow": costs["decode"] / costs["decode_plain_pillow"]}
-    print_table(f"ingest of {cells:,} real LMU cells (decode + resize + Zarr + Parquet)", [
-        ("1 worker", f"{one:.1f} cells/s"), ("2 workers", f"{two:.1f} cells/s"), ("2w / 1w", f"{two / one:.2f}x"),
-        *((f"ms per cell: {step}", f"{ms:.2f}") for step, ms in costs.items()),
-        ("decode_cell / plain Pillow decode + resize", f"{results['decode_over_plain_pillow']:.2f}x"),
-    ])
+    results = {
+        "ingest_1w_cells_per_s": one,
+        "ingest_2w_cells_per_s": two,
+        "ingest_2w_over_1w": two / one,
+        **{f"ingest_ms_per_cell_{step}": ms for step, ms in costs.items()},
+        "decode_over_plain_pillow": costs["decode"] / costs["decode_plain_pillow"],
+    }
+    print_table(
+        f"ingest of {cells:,} real LMU cells (decode + resize + Zarr + Parquet)",
+        [
+            ("1 worker", f"{one:.1f} cells/s"),
+            ("2 workers", f"{two:.1f} cells/s"),
+            ("2w / 1w", f"{two / one:.2f}x"),
+            *((f"ms per cell: {step}", f"{ms:.2f}") for step, ms in costs.items()),
+            (
+                "decode_cell / plain Pillow decode + resize",
+                f"{results['decode_over_plain_pillow']:.2f}x",
+            ),
+        ],
+    )
     record(results)
     return results

@@ -61,14 +61,17 @@ def peak_rss_mb(source: Path, store: Path, model_file: str) -> float:
     from distributed import Client, LocalCluster
     from prefect_dask import DaskTaskRunner
 
-    from flows.runner import local_cluster_kwargs
     from flows.parameters import ScoreOptions
+    from flows.runner import local_cluster_kwargs
     from flows.score import score_smears
 
     with LocalCluster(**local_cluster_kwargs(2)) as cluster, Client(cluster) as client:
         runner = DaskTaskRunner(address=cluster.scheduler_address)
-        score_smears.with_options(task_runner=runner)(source=str(source), store=str(store),
-                                                      options=ScoreOptions(model=model_file, explain=False))
+        score_smears.with_options(task_runner=runner)(
+            source=str(source),
+            store=str(store),
+            options=ScoreOptions(model=model_file, explain=False),
+        )
         return max(client.run(_worker_peak_rss_mb).values())
 
 
@@ -85,13 +88,28 @@ def retrain_peaks(source: Path, store: Path) -> dict:
     from flows.runner import local_cluster_kwargs
 
     with LocalCluster(**local_cluster_kwargs(2)) as cluster, Client(cluster) as client:
-        flow = retrain_and_evaluate.with_options(task_runner=DaskTaskRunner(address=cluster.scheduler_address))
-        result = flow(sources=[str(source)], store=str(store),
-                      options=RetrainOptions(backbone_weights="none", epochs=RETRAIN_EPOCHS, patience=RETRAIN_EPOCHS,
-                                             image_size=RETRAIN_IMAGE_SIZE, augment_views=RETRAIN_VIEWS))
+        flow = retrain_and_evaluate.with_options(
+            task_runner=DaskTaskRunner(address=cluster.scheduler_address)
+        )
+        result = flow(
+            sources=[str(source)],
+            store=str(store),
+            options=RetrainOptions(
+                backbone_weights="none",
+                epochs=RETRAIN_EPOCHS,
+                patience=RETRAIN_EPOCHS,
+                image_size=RETRAIN_IMAGE_SIZE,
+                augment_views=RETRAIN_VIEWS,
+            ),
+        )
         workers = sorted(client.run(_worker_peak_rss_mb).values())
     flow_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"flow": flow_peak, "workers": workers, "rows": result["embedded"], "seconds": result["seconds"]}
+    return {
+        "flow": flow_peak,
+        "workers": workers,
+        "rows": result["embedded"],
+        "seconds": result["seconds"],
+    }
 
 
 def _fresh_process_peaks(source: Path, store: Path) -> dict:
@@ -103,11 +121,20 @@ def _fresh_process_peaks(source: Path, store: Path) -> dict:
 
     from benchmarks.common import PROJECT_ROOT
 
-    completed = subprocess.run([sys.executable, "-m", "benchmarks.bench_memory", str(source), str(store)],
-                               cwd=PROJECT_ROOT, capture_output=True, text=True, check=False)
+    completed = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_memory", str(source), str(store)],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if completed.returncode != 0:
         raise SystemExit(f"retrain memory run failed:\n{completed.stderr[-3000:]}")
-    return json.loads(next(line for line in completed.stdout.splitlines()[::-1] if line.startswith(RESULT))[len(RESULT):])
+    return json.loads(
+        next(line for line in completed.stdout.splitlines()[::-1] if line.startswith(RESULT))[
+            len(RESULT) :
+        ]
+    )
 
 
 def fp16_feature_tolerance(store: Path, seed: int = 0) -> dict:
@@ -128,22 +155,37 @@ def fp16_feature_tolerance(store: Path, seed: int = 0) -> dict:
     run = next(path for path in (store / "runs").iterdir() if (path / "cells.parquet").exists())
     run_store = Store(str(store))
     data = load_training_set([run_store.run(run.name)])
-    config = ExperimentConfig(model=ModelConfig(image_size=RETRAIN_IMAGE_SIZE, backbone_weights="none"),
-                              train=TrainConfig(epochs=10, early_stopping_patience=10, seed=seed))
+    config = ExperimentConfig(
+        model=ModelConfig(image_size=RETRAIN_IMAGE_SIZE, backbone_weights="none"),
+        train=TrainConfig(epochs=10, early_stopping_patience=10, seed=seed),
+    )
     fractions = (config.train.train_fraction, config.train.val_fraction, config.train.test_fraction)
     split = split_indices(data.y, None, fractions, seed, strata=data.y)
     weights = next((store / "features").glob("*.weights.h5"))
-    backbone = fold_batch_norm(build_backbone(dataclasses.replace(config.model, backbone_weights=str(weights))))
+    backbone = fold_batch_norm(
+        build_backbone(dataclasses.replace(config.model, backbone_weights=str(weights)))
+    )
     images = normalise_for_resnet50(load_cells(data.cells, run_store).astype("float32"))
     features32 = backbone.predict(images, batch_size=32, verbose=0)
     predictions = {}
     for name, features in (("float32", features32), ("float16", features32.astype("float16"))):
         head = seed_weights(build_head(features.shape[1:], config.model), seed)
-        train_head(head, features[split["train"]], data.y[split["train"]], features[split["val"]],
-                   data.y[split["val"]], config.train)
-        predictions[name] = head.predict(features[split["test"]].astype("float32"), verbose=0).reshape(-1)
-    return {"max_abs_dp": float(abs(predictions["float32"] - predictions["float16"]).max()),
-            "test_cells": len(split["test"]), "train_cells": len(split["train"])}
+        train_head(
+            head,
+            features[split["train"]],
+            data.y[split["train"]],
+            features[split["val"]],
+            data.y[split["val"]],
+            config.train,
+        )
+        predictions[name] = head.predict(
+            features[split["test"]].astype("float32"), verbose=0
+        ).reshape(-1)
+    return {
+        "max_abs_dp": float(abs(predictions["float32"] - predictions["float16"]).max()),
+        "test_cells": len(split["test"]),
+        "train_cells": len(split["train"]),
+    }
 
 
 def retrain_main(context: dict) -> dict:
@@ -160,18 +202,30 @@ def retrain_main(context: dict) -> dict:
     small, large = RETRAIN_SCALES
     tolerance = fp16_feature_tolerance(work / f"retrain-memory-store-{large}x")
     results = {f"retrain_peak_rss_mb_{scale}x": peak[scale] for scale in RETRAIN_SCALES}
-    results.update({f"retrain_cached_rows_{scale}x": runs[scale]["rows"] for scale in RETRAIN_SCALES})
+    results.update(
+        {f"retrain_cached_rows_{scale}x": runs[scale]["rows"] for scale in RETRAIN_SCALES}
+    )
     results[f"retrain_peak_rss_{large}x_over_{small}x"] = peak[large] / peak[small]
     results["retrain_fp16_features_max_abs_dp"] = tolerance["max_abs_dp"]
-    print_table(f"peak RSS while retraining (cached path, cold cache), {RETRAIN_IMAGE_SIZE}x{RETRAIN_IMAGE_SIZE}, "
-                f"{RETRAIN_VIEWS} augmented views, {RETRAIN_EPOCHS} epochs, 2 workers", [
-        *((f"{scale}x: {RETRAIN_CELLS * scale:,} cells, {run['rows']:,} cached rows",
-           f"flow {run['flow']:.0f} MiB, workers {', '.join(f'{w:.0f}' for w in run['workers'])} MiB, "
-           f"{run['seconds']:.0f} s") for scale, run in runs.items()),
-        (f"{large}x / {small}x (largest process)", f"{peak[large] / peak[small]:.2f}x"),
-        (f"float16 vs float32 features, max |dp| on {tolerance['test_cells']} test cells",
-         f"{tolerance['max_abs_dp']:.4f}"),
-    ])
+    print_table(
+        f"peak RSS while retraining (cached path, cold cache), {RETRAIN_IMAGE_SIZE}x{RETRAIN_IMAGE_SIZE}, "
+        f"{RETRAIN_VIEWS} augmented views, {RETRAIN_EPOCHS} epochs, 2 workers",
+        [
+            *(
+                (
+                    f"{scale}x: {RETRAIN_CELLS * scale:,} cells, {run['rows']:,} cached rows",
+                    f"flow {run['flow']:.0f} MiB, workers {', '.join(f'{w:.0f}' for w in run['workers'])} MiB, "
+                    f"{run['seconds']:.0f} s",
+                )
+                for scale, run in runs.items()
+            ),
+            (f"{large}x / {small}x (largest process)", f"{peak[large] / peak[small]:.2f}x"),
+            (
+                f"float16 vs float32 features, max |dp| on {tolerance['test_cells']} test cells",
+                f"{tolerance['max_abs_dp']:.4f}",
+            ),
+        ],
+    )
     return record(results)
 
 
@@ -195,10 +249,13 @@ def score_main(context: dict) -> dict:
     small, large = min(SIZES), max(SIZES)
     results = {f"peak_rss_mb_{n}": peak for n, peak in peaks.items()}
     results["peak_rss_large_over_small"] = peaks[large] / peaks[small]
-    print_table(f"peak RSS per worker, score-smears, {IMAGE_SIZE}x{IMAGE_SIZE} model, 2 workers", [
-        *((f"{n:,} cells", f"{peak:.0f} MiB") for n, peak in peaks.items()),
-        (f"{large:,} / {small:,}", f"{peaks[large] / peaks[small]:.2f}x"),
-    ])
+    print_table(
+        f"peak RSS per worker, score-smears, {IMAGE_SIZE}x{IMAGE_SIZE} model, 2 workers",
+        [
+            *((f"{n:,} cells", f"{peak:.0f} MiB") for n, peak in peaks.items()),
+            (f"{large:,} / {small:,}", f"{peaks[large] / peaks[small]:.2f}x"),
+        ],
+    )
     return record(results)
 
 

@@ -33,9 +33,11 @@ def real_cells(n: int, image_size: int) -> np.ndarray:
 
     lmu = require_lmu_cells()
     blasts, normals = lmu_rows(lmu)
-    rows = blasts[:n // 2] + normals[:n - n // 2]
+    rows = blasts[: n // 2] + normals[: n - n // 2]
     config = PreprocessConfig(image_size=image_size)
-    return np.stack([decode_cell((lmu / row["file"]).read_bytes(), row["file"], config) for row in rows])
+    return np.stack(
+        [decode_cell((lmu / row["file"]).read_bytes(), row["file"], config) for row in rows]
+    )
 
 
 def forward_rate(forward, images, batch_size: int) -> float:
@@ -56,11 +58,13 @@ def main(context: dict) -> dict:
     from aml_model.architecture import build_backbone, input_normalisation
     from aml_model.config import ExperimentConfig, ModelConfig, PretrainConfig
     from aml_model.inference import fold_batch_norm
-    from aml_model.pretrain import Pretrainer
     from aml_model.preprocess import normalise_for_resnet50
+    from aml_model.pretrain import Pretrainer
     from benchmarks.common import print_table, record
 
-    recipe = ExperimentConfig.for_recipe("robust", ModelConfig(image_size=IMAGE_SIZE, backbone_weights="none"))
+    recipe = ExperimentConfig.for_recipe(
+        "robust", ModelConfig(image_size=IMAGE_SIZE, backbone_weights="none")
+    )
     config = PretrainConfig(steps=STEPS + 1, view_size=max(32, IMAGE_SIZE // 2), warmup_steps=0)
     cells = real_cells(4 * config.batch_size, IMAGE_SIZE)
 
@@ -82,21 +86,34 @@ def main(context: dict) -> dict:
 
     forward_224 = forward_rate(embed, cells, config.batch_size)
     # The step's own views (augmented, normalised), through the folded encoder: two a cell.
-    first = cells[:config.batch_size]
-    views = pretrainer.views(first, pretrainer.cell_boxes(first), np.array([config.seed, 0], np.int64)).numpy()
+    first = cells[: config.batch_size]
+    views = pretrainer.views(
+        first, pretrainer.cell_boxes(first), np.array([config.seed, 0], np.int64)
+    ).numpy()
     encoder = fold_batch_norm(pretrainer.encoder)
-    forward_views = forward_rate(lambda batch: encoder(batch, training=False), views, len(views)) / 2
-    results = {"pretrain_cells_per_s": pretrain, "pretrain_forward_224_cells_per_s": forward_224,
-               "pretrain_forward_views_cells_per_s": forward_views,
-               "pretrain_over_forward_224": pretrain / forward_224,
-               "pretrain_over_forward_views": pretrain / forward_views}
-    print_table(f"pretraining (SimCLR, batch {config.batch_size}, two {config.view_size} px views a cell) against "
-                f"the forward pass; the robust encoder, {IMAGE_SIZE} px cells", [
-                    ("pretraining", f"{pretrain:.1f} cells/s"),
-                    (f"forward, whole {IMAGE_SIZE} px cells, folded", f"{forward_224:.1f} cells/s"),
-                    (f"forward, two {config.view_size} px views a cell, folded", f"{forward_views:.1f} cells/s"),
-                    ("pretraining / forward (whole cells)", f"{results['pretrain_over_forward_224']:.3f}"),
-                    ("pretraining / forward (views)", f"{results['pretrain_over_forward_views']:.3f}"),
-                ])
+    forward_views = (
+        forward_rate(lambda batch: encoder(batch, training=False), views, len(views)) / 2
+    )
+    results = {
+        "pretrain_cells_per_s": pretrain,
+        "pretrain_forward_224_cells_per_s": forward_224,
+        "pretrain_forward_views_cells_per_s": forward_views,
+        "pretrain_over_forward_224": pretrain / forward_224,
+        "pretrain_over_forward_views": pretrain / forward_views,
+    }
+    print_table(
+        f"pretraining (SimCLR, batch {config.batch_size}, two {config.view_size} px views a cell) against "
+        f"the forward pass; the robust encoder, {IMAGE_SIZE} px cells",
+        [
+            ("pretraining", f"{pretrain:.1f} cells/s"),
+            (f"forward, whole {IMAGE_SIZE} px cells, folded", f"{forward_224:.1f} cells/s"),
+            (
+                f"forward, two {config.view_size} px views a cell, folded",
+                f"{forward_views:.1f} cells/s",
+            ),
+            ("pretraining / forward (whole cells)", f"{results['pretrain_over_forward_224']:.3f}"),
+            ("pretraining / forward (views)", f"{results['pretrain_over_forward_views']:.3f}"),
+        ],
+    )
     record(results)
     return results

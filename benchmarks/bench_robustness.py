@@ -92,9 +92,17 @@ def load_source(root: Path, source: str, image_size: int, limit: int | None) -> 
         rows = [row for group in by_class.values() for row in group[:limit]]
     config = PreprocessConfig(image_size=image_size)
     originals = [np.asarray(Image.open(root / row["file"]).convert("RGB")) for row in rows]
-    images = np.stack([decode_cell((root / row["file"]).read_bytes(), row["file"], config) for row in rows])
-    frame = pd.DataFrame({"source": source, "cell_type": [LMU_CLASSES[r["matek_class"]] for r in rows],
-                          "label": [r["label"] for r in rows], "file": [r["file"] for r in rows]})
+    images = np.stack(
+        [decode_cell((root / row["file"]).read_bytes(), row["file"], config) for row in rows]
+    )
+    frame = pd.DataFrame(
+        {
+            "source": source,
+            "cell_type": [LMU_CLASSES[r["matek_class"]] for r in rows],
+            "label": [r["label"] for r in rows],
+            "file": [r["file"] for r in rows],
+        }
+    )
     return Cells(frame, images, originals)
 
 
@@ -162,7 +170,9 @@ def noise_level(images: np.ndarray) -> float:
     for grey in rgb2gray(images) * 255:
         residual = np.abs(ndimage.convolve(grey, kernel, mode="reflect"))
         gradient = sobel(gaussian(grey, 1))
-        levels.append(np.sqrt(np.pi / 2) / 6 * residual[gradient <= np.percentile(gradient, 25)].mean())
+        levels.append(
+            np.sqrt(np.pi / 2) / 6 * residual[gradient <= np.percentile(gradient, 25)].mean()
+        )
     return float(np.median(levels))
 
 
@@ -230,16 +240,27 @@ def rescale(image: np.ndarray, factor: float, image_size: int) -> np.ndarray:
     if factor >= 1:
         h, w = round(height / factor), round(width / factor)
         top, left = (height - h) // 2, (width - w) // 2
-        image = image[top:top + h, left:left + w]
+        image = image[top : top + h, left : left + w]
     else:
         pad_h, pad_w = round(height * (1 / factor - 1) / 2), round(width * (1 / factor - 1) / 2)
         image = np.pad(image, ((pad_h, pad_h), (pad_w, pad_w), (0, 0)), mode="reflect")
-    return np.asarray(Image.fromarray(image).resize((image_size, image_size), Image.Resampling.BILINEAR))
+    return np.asarray(
+        Image.fromarray(image).resize((image_size, image_size), Image.Resampling.BILINEAR)
+    )
 
 
-def moved_sets(lmu: Cells, pbc: Cells, lmu_train: np.ndarray, pbc_train: np.ndarray, lmu_test: np.ndarray,
-               pbc_test: np.ndarray, image_size: int, scale: float, rng: np.random.Generator,
-               site: bool = False) -> tuple[dict[str, np.ndarray], dict, np.ndarray | None]:
+def moved_sets(
+    lmu: Cells,
+    pbc: Cells,
+    lmu_train: np.ndarray,
+    pbc_train: np.ndarray,
+    lmu_test: np.ndarray,
+    pbc_test: np.ndarray,
+    image_size: int,
+    scale: float,
+    rng: np.random.Generator,
+    site: bool = False,
+) -> tuple[dict[str, np.ndarray], dict, np.ndarray | None]:
     """Held-out LMU blasts in PBC's look and held-out PBC cells in LMU's look, and what moved them.
 
     Returns the moved sets (uint8 cells at the input size); the looks: each lab's, measured on
@@ -259,21 +280,33 @@ def moved_sets(lmu: Cells, pbc: Cells, lmu_train: np.ndarray, pbc_train: np.ndar
     # Pools of equal-sized images: the PBC set has a few 366x369 and 360x360 files.
     lmu_pool = np.concatenate([lmu.originals[i][:360, :360] for i in sample(lmu_train, 20)], axis=1)
     pbc_pool = np.concatenate([pbc.originals[i][:360, :360] for i in sample(pbc_train, 20)], axis=1)
-    to_pbc = {"reinhard": lambda image: reinhard(image, *pbc_stats),
-              "histogram": lambda image: match_histograms(image, pbc_pool)}
-    to_lmu = {"reinhard": lambda image: reinhard(image, *lmu_stats),
-              "histogram": lambda image: match_histograms(image, lmu_pool)}
-    lmu_ngs = sample([i for i in lmu_train if lmu.frame["cell_type"].iloc[i] == NEUTROPHIL], NEUTROPHILS)
-    pbc_ngs = sample([i for i in pbc_train if pbc.frame["cell_type"].iloc[i] == NEUTROPHIL], NEUTROPHILS)
-    looks = {lab: {**optics_of(cells.images[indices]), **framing_of(cells.images[indices])}
-             for lab, cells, indices in (("lmu", lmu, lmu_ngs), ("pbc", pbc, pbc_ngs))}
+    to_pbc = {
+        "reinhard": lambda image: reinhard(image, *pbc_stats),
+        "histogram": lambda image: match_histograms(image, pbc_pool),
+    }
+    to_lmu = {
+        "reinhard": lambda image: reinhard(image, *lmu_stats),
+        "histogram": lambda image: match_histograms(image, lmu_pool),
+    }
+    lmu_ngs = sample(
+        [i for i in lmu_train if lmu.frame["cell_type"].iloc[i] == NEUTROPHIL], NEUTROPHILS
+    )
+    pbc_ngs = sample(
+        [i for i in pbc_train if pbc.frame["cell_type"].iloc[i] == NEUTROPHIL], NEUTROPHILS
+    )
+    looks = {
+        lab: {**optics_of(cells.images[indices]), **framing_of(cells.images[indices])}
+        for lab, cells, indices in (("lmu", lmu, lmu_ngs), ("pbc", pbc, pbc_ngs))
+    }
 
     def move(cells, indices, colour=None, centring=None, factor=1.0, colour_first=True):
         """The cells' originals recentred, recoloured and rescaled at the input size; with
         ``colour_first`` false, recoloured last."""
         moved = []
         for i in indices:
-            image = cells.originals[i] if centring is None else recentre(cells.originals[i], centring)
+            image = (
+                cells.originals[i] if centring is None else recentre(cells.originals[i], centring)
+            )
             if colour is not None and colour_first:
                 image = colour(image)
             image = rescale(image, factor, image_size)
@@ -283,9 +316,14 @@ def moved_sets(lmu: Cells, pbc: Cells, lmu_train: np.ndarray, pbc_train: np.ndar
     def fit_framing(cells, neutrophils, factor, target):
         """The centring that brings the median nucleus offset of the ``neutrophils`` rescaled by
         ``factor`` to ``target``'s, and the framing of the neutrophils so moved."""
-        centring = target["nucleus_offset"] / nucleus_offset(move(cells, neutrophils, factor=factor))
-        return {"scale": factor, "centring": centring,
-                "after": framing_of(move(cells, neutrophils, centring=centring, factor=factor))}
+        centring = target["nucleus_offset"] / nucleus_offset(
+            move(cells, neutrophils, factor=factor)
+        )
+        return {
+            "scale": factor,
+            "centring": centring,
+            "after": framing_of(move(cells, neutrophils, centring=centring, factor=factor)),
+        }
 
     def full(cells, indices, neutrophils, colour, framing, target):
         """``indices`` moved by every move, the optics fitted on the training ``neutrophils`` to ``target``."""
@@ -293,29 +331,47 @@ def moved_sets(lmu: Cells, pbc: Cells, lmu_train: np.ndarray, pbc_train: np.ndar
         # that the two hold the same mix of nucleus, cytoplasm and background. Matched before the
         # shrink, a large LMU blast's many nucleus pixels take the colours of PBC's cytoplasm and red
         # cells: fine chromatin turns into coarse clumps no lab produces.
-        before = move(cells, neutrophils, colour, framing["centring"], framing["scale"], colour_first=False)
+        before = move(
+            cells, neutrophils, colour, framing["centring"], framing["scale"], colour_first=False
+        )
         # One noise field throughout the search, so that the measure rises smoothly with the level.
         field = rng.standard_normal(before.shape, np.float32)
-        sigma = reach(lambda s: blur_level(optics(before, s, 0.0, field)), target["blur_effect"], 4.0)
+        sigma = reach(
+            lambda s: blur_level(optics(before, s, 0.0, field)), target["blur_effect"], 4.0
+        )
         noise = reach(lambda n: noise_level(optics(before, sigma, n, field)), target["noise"], 16.0)
-        parameters = {"blur_sigma": sigma, "noise": noise, "before": optics_of(before),
-                      "after": optics_of(optics(before, sigma, noise, field))}
+        parameters = {
+            "blur_sigma": sigma,
+            "noise": noise,
+            "before": optics_of(before),
+            "after": optics_of(optics(before, sigma, noise, field)),
+        }
         return moved_fully(cells, indices, colour, framing, parameters), parameters
 
     def moved_fully(cells, indices, colour, framing, parameters):
-        images = move(cells, indices, colour, framing["centring"], framing["scale"], colour_first=False)
-        return optics(images, parameters["blur_sigma"], parameters["noise"],
-                      rng.standard_normal(images.shape, np.float32))
+        images = move(
+            cells, indices, colour, framing["centring"], framing["scale"], colour_first=False
+        )
+        return optics(
+            images,
+            parameters["blur_sigma"],
+            parameters["noise"],
+            rng.standard_normal(images.shape, np.float32),
+        )
 
-    framing = {"lmu_as_pbc": fit_framing(lmu, lmu_ngs, 1 / scale, looks["pbc"]),
-               "pbc_as_lmu": fit_framing(pbc, pbc_ngs, scale, looks["lmu"])}
+    framing = {
+        "lmu_as_pbc": fit_framing(lmu, lmu_ngs, 1 / scale, looks["pbc"]),
+        "pbc_as_lmu": fit_framing(pbc, pbc_ngs, scale, looks["lmu"]),
+    }
     full_moves, moves = {}, {}
     for colour in ("histogram", "reinhard"):
         as_pbc, as_lmu = f"lmu_blasts_as_pbc_full_{colour}", f"pbc_as_lmu_full_{colour}"
-        full_moves[as_pbc], moves[as_pbc] = full(lmu, blasts, lmu_ngs, to_pbc[colour], framing["lmu_as_pbc"],
-                                                 looks["pbc"])
-        full_moves[as_lmu], moves[as_lmu] = full(pbc, pbc_test, pbc_ngs, to_lmu[colour], framing["pbc_as_lmu"],
-                                                 looks["lmu"])
+        full_moves[as_pbc], moves[as_pbc] = full(
+            lmu, blasts, lmu_ngs, to_pbc[colour], framing["lmu_as_pbc"], looks["pbc"]
+        )
+        full_moves[as_lmu], moves[as_lmu] = full(
+            pbc, pbc_test, pbc_ngs, to_lmu[colour], framing["pbc_as_lmu"], looks["lmu"]
+        )
     native = move(lmu, blasts)
     sets = {
         "lmu_blasts_as_pbc_reinhard": move(lmu, blasts, to_pbc["reinhard"], factor=1 / scale),
@@ -323,8 +379,12 @@ def moved_sets(lmu: Cells, pbc: Cells, lmu_train: np.ndarray, pbc_train: np.ndar
         # The parts of the move apart, to tell which one a model fails on; optics as in the headline move.
         "lmu_blasts_colour_only_histogram": move(lmu, blasts, to_pbc["histogram"]),
         "lmu_blasts_scale_only": move(lmu, blasts, factor=1 / scale),
-        "lmu_blasts_optics_only": optics(native, moves[HEADLINE]["blur_sigma"], moves[HEADLINE]["noise"],
-                                         rng.standard_normal(native.shape, np.float32)),
+        "lmu_blasts_optics_only": optics(
+            native,
+            moves[HEADLINE]["blur_sigma"],
+            moves[HEADLINE]["noise"],
+            rng.standard_normal(native.shape, np.float32),
+        ),
         HEADLINE: full_moves[HEADLINE],
         "lmu_blasts_as_pbc_full_reinhard": full_moves["lmu_blasts_as_pbc_full_reinhard"],
         "pbc_as_lmu_reinhard": move(pbc, pbc_test, to_lmu["reinhard"], factor=scale),
@@ -332,11 +392,28 @@ def moved_sets(lmu: Cells, pbc: Cells, lmu_train: np.ndarray, pbc_train: np.ndar
         "pbc_as_lmu_full_histogram": full_moves["pbc_as_lmu_full_histogram"],
         "pbc_as_lmu_full_reinhard": full_moves["pbc_as_lmu_full_reinhard"],
     }
-    site_cells = None if not site else np.concatenate([
-        moved_fully(lmu, lmu_train, to_pbc["histogram"], framing["lmu_as_pbc"], moves[HEADLINE]),
-        pbc.images[pbc_train]])
-    return sets, {**looks, "neutrophils": {"lmu": len(lmu_ngs), "pbc": len(pbc_ngs)}, "framing": framing,
-                  "optics": moves}, site_cells
+    site_cells = (
+        None
+        if not site
+        else np.concatenate(
+            [
+                moved_fully(
+                    lmu, lmu_train, to_pbc["histogram"], framing["lmu_as_pbc"], moves[HEADLINE]
+                ),
+                pbc.images[pbc_train],
+            ]
+        )
+    )
+    return (
+        sets,
+        {
+            **looks,
+            "neutrophils": {"lmu": len(lmu_ngs), "pbc": len(pbc_ngs)},
+            "framing": framing,
+            "optics": moves,
+        },
+        site_cells,
+    )
 
 
 def embedder(config, seed: int, cut: str | None = None):
@@ -371,14 +448,20 @@ def embedder(config, seed: int, cut: str | None = None):
             images = layer(images)
         return tf.cast(backbone(images, training=False), tf.float16)
 
-    def embed(images: np.ndarray, augment_seed: int | None = None, batch_size: int = 64) -> np.ndarray:
-        augmenter = None if augment_seed is None else build_augmenter(config.train.augment, seed=augment_seed)
+    def embed(
+        images: np.ndarray, augment_seed: int | None = None, batch_size: int = 64
+    ) -> np.ndarray:
+        augmenter = (
+            None
+            if augment_seed is None
+            else build_augmenter(config.train.augment, seed=augment_seed)
+        )
         out = np.empty((len(images), *backbone.output.shape[1:]), np.float16)
         for start in range(0, len(images), batch_size):
-            batch = tf.constant(images[start:start + batch_size], tf.float32)
+            batch = tf.constant(images[start : start + batch_size], tf.float32)
             if augmenter is not None:
                 batch = augmenter(batch, training=True)
-            out[start:start + batch_size] = forward(batch).numpy()
+            out[start : start + batch_size] = forward(batch).numpy()
         return out
 
     return embed, tail
@@ -410,18 +493,27 @@ def parse_variant(name: str) -> tuple[str, dict[str, str]]:
     return recipe, dict(change.split("=", 1) for change in changes.split(",") if change)
 
 
-def configure(name: str, image_size: int, epochs: int, patience: int, seed: int, backbone: str = "none"):
+def configure(
+    name: str, image_size: int, epochs: int, patience: int, seed: int, backbone: str = "none"
+):
     from aml_model.config import ExperimentConfig, ModelConfig, TrainConfig
 
     recipe, changes = parse_variant(name)
-    config = ExperimentConfig.for_recipe(recipe, ModelConfig(image_size=image_size, backbone_weights=backbone),
-                                         TrainConfig(epochs=epochs, early_stopping_patience=patience, seed=seed))
+    config = ExperimentConfig.for_recipe(
+        recipe,
+        ModelConfig(image_size=image_size, backbone_weights=backbone),
+        TrainConfig(epochs=epochs, early_stopping_patience=patience, seed=seed),
+    )
     model_fields = {f.name for f in dataclasses.fields(config.model)}
     model = {k: v for k, v in changes.items() if k in model_fields}
     augment = {k: float(v) for k, v in changes.items() if k not in model_fields}
-    return dataclasses.replace(config, model=dataclasses.replace(config.model, **model),
-                               train=dataclasses.replace(config.train,
-                                                         augment=dataclasses.replace(config.train.augment, **augment)))
+    return dataclasses.replace(
+        config,
+        model=dataclasses.replace(config.model, **model),
+        train=dataclasses.replace(
+            config.train, augment=dataclasses.replace(config.train.augment, **augment)
+        ),
+    )
 
 
 def backbone_label(recipe: str, backbone: str) -> str:
@@ -435,7 +527,9 @@ def stops_short(recipe: str, backbone: str, args) -> bool:
     from aml_model.weights import partial_weights_layers
 
     held = None if backbone == "none" else partial_weights_layers(backbone)
-    feature_layer = configure(recipe, args.image_size, args.epochs, args.patience, 0, backbone).model.feature_layer
+    feature_layer = configure(
+        recipe, args.image_size, args.epochs, args.patience, 0, backbone
+    ).model.feature_layer
     return held is not None and feature_layer not in held
 
 
@@ -443,7 +537,9 @@ def ranking_auc(blasts: np.ndarray, others: np.ndarray) -> float:
     """ROC AUC of blast scores against other cells' scores."""
     from sklearn.metrics import roc_auc_score
 
-    return float(roc_auc_score(np.r_[np.ones(len(blasts)), np.zeros(len(others))], np.r_[blasts, others]))
+    return float(
+        roc_auc_score(np.r_[np.ones(len(blasts)), np.zeros(len(others))], np.r_[blasts, others])
+    )
 
 
 def run_recipe(recipe: str, backbone: str, seed: int, data: dict, args) -> dict:
@@ -462,16 +558,24 @@ def run_recipe(recipe: str, backbone: str, seed: int, data: dict, args) -> dict:
     key = None if backbone == "none" else (recipe, backbone, args.trainable_from)
     fixed = data.setdefault("embedded", {}).get(key) if key else None
     if fixed is None:
-        fixed = {"train": embed(data["images"][train]), "val": embed(data["images"][val]),
-                 "test": embed(data["images"][test]), **{name: embed(images) for name, images in data["moved"].items()}}
+        fixed = {
+            "train": embed(data["images"][train]),
+            "val": embed(data["images"][val]),
+            "test": embed(data["images"][test]),
+            **{name: embed(images) for name, images in data["moved"].items()},
+        }
         if key:
             data["embedded"][key] = fixed
     views = [fixed["train"]]
-    views += [embed(data["images"][train], augment_seed=seed * 1000 + v) for v in range(1, args.views + 1)]
+    views += [
+        embed(data["images"][train], augment_seed=seed * 1000 + v) for v in range(1, args.views + 1)
+    ]
     x_train = np.concatenate(views)
     y = (data["frame"]["label"] == "blast").to_numpy(int)
     y_train = np.tile(y[train], args.views + 1)
-    w_train = np.tile(balanced_weights(data["frame"]["source"].to_numpy()[train], y[train]), args.views + 1)
+    w_train = np.tile(
+        balanced_weights(data["frame"]["source"].to_numpy()[train], y[train]), args.views + 1
+    )
     x_val, x_test = fixed["val"], fixed["test"]
     moved = {name: fixed[name] for name in data["moved"]}
     embed_seconds = time.perf_counter() - started
@@ -482,15 +586,25 @@ def run_recipe(recipe: str, backbone: str, seed: int, data: dict, args) -> dict:
     for attempt in range(MAX_ATTEMPTS):
         train_config = dataclasses.replace(config.train, seed=attempt_seed(seed, attempt))
         head = trainable_model(config, x_train.shape[1:], tail, train_config.seed)
-        history, best = train_head(head, x_train, y_train, x_val, y[val], train_config, train_weights=w_train,
-                                   val_weights=w_val)
+        history, best = train_head(
+            head,
+            x_train,
+            y_train,
+            x_val,
+            y[val],
+            train_config,
+            train_weights=w_train,
+            val_weights=w_val,
+        )
 
         def predict(features, head=head):
             return head.predict(features.astype(np.float32), batch_size=64, verbose=0).reshape(-1)
 
         p_val = predict(x_val)
         collapse = check_collapse(y[val], p_val)
-        first_attempt_val_auc = collapse.val_auc if first_attempt_val_auc is None else first_attempt_val_auc
+        first_attempt_val_auc = (
+            collapse.val_auc if first_attempt_val_auc is None else first_attempt_val_auc
+        )
         if not collapse.collapsed:
             break
     p_test = predict(x_test)
@@ -504,45 +618,71 @@ def run_recipe(recipe: str, backbone: str, seed: int, data: dict, args) -> dict:
     p_blasts, p_pbc = p_lmu[y_lmu == 1], p_test[~lmu]
     cross_lab_auc = {"unmoved": ranking_auc(p_blasts, p_pbc)} | {
         name: ranking_auc(p, p_pbc) if name.startswith("lmu_blasts") else ranking_auc(p_blasts, p)
-        for name, p in p_moved.items()}
+        for name, p in p_moved.items()
+    }
     result = {
-        "recipe": recipe, "backbone": backbone, "seed": seed, "cross_lab_auc": cross_lab_auc,
+        "recipe": recipe,
+        "backbone": backbone,
+        "seed": seed,
+        "cross_lab_auc": cross_lab_auc,
         "trainable_from": args.trainable_from or "head",
         "trainable_weights": int(sum(np.prod(w.shape) for w in head.trainable_weights)),
-        "val_auc": collapse.val_auc, "collapsed": collapse.collapsed,
-        "attempts": attempt + 1, "first_attempt_val_auc": first_attempt_val_auc,
-        "epochs_run": len(history["loss"]), "best_epoch": best + 1,
-        "lmu_auc": lmu_metrics.roc_auc, "lmu_accuracy": lmu_metrics.accuracy,
-        "lmu_sensitivity": lmu_metrics.sensitivity, "lmu_specificity": lmu_metrics.specificity,
-        "pbc_blast_like_by_type": {r.cell_type: r.blast_like_rate for r in by_type.itertuples() if r.source == "pbc"},
-        "moved_blast_like": {name: float(np.mean(p >= config.threshold)) for name, p in p_moved.items()},
-        "embed_seconds": embed_seconds, "seconds": time.perf_counter() - started,
+        "val_auc": collapse.val_auc,
+        "collapsed": collapse.collapsed,
+        "attempts": attempt + 1,
+        "first_attempt_val_auc": first_attempt_val_auc,
+        "epochs_run": len(history["loss"]),
+        "best_epoch": best + 1,
+        "lmu_auc": lmu_metrics.roc_auc,
+        "lmu_accuracy": lmu_metrics.accuracy,
+        "lmu_sensitivity": lmu_metrics.sensitivity,
+        "lmu_specificity": lmu_metrics.specificity,
+        "pbc_blast_like_by_type": {
+            r.cell_type: r.blast_like_rate for r in by_type.itertuples() if r.source == "pbc"
+        },
+        "moved_blast_like": {
+            name: float(np.mean(p >= config.threshold)) for name, p in p_moved.items()
+        },
+        "embed_seconds": embed_seconds,
+        "seconds": time.perf_counter() - started,
     }
     result["pbc_max_blast_like"] = max(result["pbc_blast_like_by_type"].values())
     # One confident error among 70 + 70 cells moves the ROC AUC by up to 0.014: name the cells, so
     # that a shortfall can be told from a wrong label by eye.
-    errors = confident_errors(frame[lmu][["file", "cell_type", "label"]], p_lmu, config.threshold, n=5)
+    errors = confident_errors(
+        frame[lmu][["file", "cell_type", "label"]], p_lmu, config.threshold, n=5
+    )
     result["lmu_errors"] = errors.round({"probability": 4}).to_dict("records")
     result["lmu_auc_ci95"] = auc_interval(y_lmu, p_lmu, seed)
-    result["site_calibration"] = calibrate_on_moved(p_moved["lmu_blasts_as_pbc_reinhard"],
-                                                    p_moved["pbc_as_lmu_reinhard"], seed)
+    result["site_calibration"] = calibrate_on_moved(
+        p_moved["lmu_blasts_as_pbc_reinhard"], p_moved["pbc_as_lmu_reinhard"], seed
+    )
     keras.backend.clear_session()
     return result
 
 
-def auc_interval(labels: np.ndarray, scores: np.ndarray, seed: int, resamples: int = 2000) -> list[float]:
+def auc_interval(
+    labels: np.ndarray, scores: np.ndarray, seed: int, resamples: int = 2000
+) -> list[float]:
     """95% percentile-bootstrap interval of the ROC AUC of ``scores`` (0..1) against ``labels``
     (1 = blast), resampling blasts and others separately: how far the figure of a few held-out
     cells could move on another draw of as many cells."""
     from scipy.stats import bootstrap
 
-    interval = bootstrap((scores[labels == 1], scores[labels == 0]), ranking_auc, vectorized=False,
-                         method="percentile", n_resamples=resamples, random_state=seed).confidence_interval
+    interval = bootstrap(
+        (scores[labels == 1], scores[labels == 0]),
+        ranking_auc,
+        vectorized=False,
+        method="percentile",
+        n_resamples=resamples,
+        random_state=seed,
+    ).confidence_interval
     return [float(interval.low), float(interval.high)]
 
 
-def calibrate_on_moved(p_blasts: np.ndarray, p_others: np.ndarray, seed: int, n_blast: int = 35,
-                       n_other: int = 50) -> dict:
+def calibrate_on_moved(
+    p_blasts: np.ndarray, p_others: np.ndarray, seed: int, n_blast: int = 35, n_other: int = 50
+) -> dict:
     """What a site calibration on ~100 labelled cells buys where the lab's look has moved.
 
     A "site" whose cells are the recoloured, rescaled ones: the model's scores of half its moved
@@ -554,17 +694,26 @@ def calibrate_on_moved(p_blasts: np.ndarray, p_others: np.ndarray, seed: int, n_
 
     rng = np.random.default_rng(seed)
     blasts, others = rng.permutation(len(p_blasts)), rng.permutation(len(p_others))
-    fit_b, rest_b = blasts[:min(n_blast, len(blasts) // 2)], blasts[min(n_blast, len(blasts) // 2):]
-    fit_o, rest_o = others[:min(n_other, len(others) // 2)], others[min(n_other, len(others) // 2):]
+    fit_b, rest_b = (
+        blasts[: min(n_blast, len(blasts) // 2)],
+        blasts[min(n_blast, len(blasts) // 2) :],
+    )
+    fit_o, rest_o = (
+        others[: min(n_other, len(others) // 2)],
+        others[min(n_other, len(others) // 2) :],
+    )
     y = np.r_[np.ones(len(fit_b)), np.zeros(len(fit_o))]
     try:
-        calibration = fit_site_calibration(y, np.r_[p_blasts[fit_b], p_others[fit_o]], "moved", "benchmark",
-                                           minimum=5)
+        calibration = fit_site_calibration(
+            y, np.r_[p_blasts[fit_b], p_others[fit_o]], "moved", "benchmark", minimum=5
+        )
     except CalibrationError as exc:
         return {"fitted": False, "reason": str(exc)}
     threshold = calibration.threshold
     return {
-        "fitted": True, "n_fit": int(len(y)), "n_blast_fit": int(len(fit_b)),
+        "fitted": True,
+        "n_fit": int(len(y)),
+        "n_blast_fit": int(len(fit_b)),
         "blasts_before": float(np.mean(p_blasts[rest_b] >= 0.5)),
         "blasts_after": float(np.mean(calibration.apply(p_blasts[rest_b]) >= threshold)),
         "others_before": float(np.mean(p_others[rest_o] >= 0.5)),
@@ -585,18 +734,35 @@ def prepare(args) -> dict:
     ngs = frame["cell_type"] == "segmented neutrophil"
     train_mask = np.zeros(len(frame), bool)
     train_mask[split["train"]] = True
-    scale = (nucleus_diameter(images[(ngs & (frame["source"] == "lmu")).to_numpy() & train_mask])
-             / nucleus_diameter(images[(ngs & (frame["source"] == "pbc")).to_numpy() & train_mask]))
+    scale = nucleus_diameter(
+        images[(ngs & (frame["source"] == "lmu")).to_numpy() & train_mask]
+    ) / nucleus_diameter(images[(ngs & (frame["source"] == "pbc")).to_numpy() & train_mask])
     rng = np.random.default_rng(args.split_seed)
 
     def local(indices, lower, upper):
         return np.array([i - lower for i in indices if lower <= i < upper])
 
-    moved, look, site = moved_sets(lmu, pbc, local(split["train"], 0, n_lmu),
-                                   local(split["train"], n_lmu, len(frame)), local(split["test"], 0, n_lmu),
-                                   local(split["test"], n_lmu, len(frame)), args.image_size, scale, rng,
-                                   site=bool(args.site_pretrain))
-    return {"frame": frame, "images": images, "moved": moved, "look": look, "scale": scale, "site": site, **split}
+    moved, look, site = moved_sets(
+        lmu,
+        pbc,
+        local(split["train"], 0, n_lmu),
+        local(split["train"], n_lmu, len(frame)),
+        local(split["test"], 0, n_lmu),
+        local(split["test"], n_lmu, len(frame)),
+        args.image_size,
+        scale,
+        rng,
+        site=bool(args.site_pretrain),
+    )
+    return {
+        "frame": frame,
+        "images": images,
+        "moved": moved,
+        "look": look,
+        "scale": scale,
+        "site": site,
+        **split,
+    }
 
 
 def site_pretrain(start: str, cells: np.ndarray, steps: int, image_size: int, folder: Path) -> Path:
@@ -609,16 +775,33 @@ def site_pretrain(start: str, cells: np.ndarray, steps: int, image_size: int, fo
     from aml_model.pretrain import Pretrainer, recalibrate_batch_norm, trained_backbone
     from aml_model.weights import save_partial_weights
 
-    recipe = ExperimentConfig.for_recipe("robust", ModelConfig(image_size=image_size, backbone_weights="none"))
+    recipe = ExperimentConfig.for_recipe(
+        "robust", ModelConfig(image_size=image_size, backbone_weights="none")
+    )
     # Views of half the cell's side, as the shipped backbone's (112 px of 224), at any input size.
-    config = dataclasses.replace(PretrainConfig(), steps=steps, view_size=max(32, image_size // 2),
-                                 warmup_steps=min(PretrainConfig.warmup_steps, steps // 10))
+    config = dataclasses.replace(
+        PretrainConfig(),
+        steps=steps,
+        view_size=max(32, image_size // 2),
+        warmup_steps=min(PretrainConfig.warmup_steps, steps // 10),
+    )
     pretrainer = Pretrainer(recipe.model, recipe.train.augment, config, initial_weights=start)
     # In sha256 order in the flow; here a fixed shuffle does the same: batches mix both kinds of cell.
     pool = cells[np.random.default_rng(0).permutation(len(cells))]
-    state = pretrainer.train(pool, steps, on_progress=lambda step, loss: step % 25 or print(
-        f"site pretraining step {step}/{steps}: loss {np.mean(pretrainer.losses[-25:]):.3f}", flush=True))
-    backbone = recalibrate_batch_norm(trained_backbone(state, recipe.model, config), recipe.model, pool[:1024])
+    state = pretrainer.train(
+        pool,
+        steps,
+        on_progress=lambda step, loss: (
+            step % 25
+            or print(
+                f"site pretraining step {step}/{steps}: loss {np.mean(pretrainer.losses[-25:]):.3f}",
+                flush=True,
+            )
+        ),
+    )
+    backbone = recalibrate_batch_norm(
+        trained_backbone(state, recipe.model, config), recipe.model, pool[:1024]
+    )
     path = folder / f"site-{Path(start).stem}.h5"
     save_partial_weights(backbone, recipe.model.feature_layer, path)
     return path
@@ -626,8 +809,12 @@ def site_pretrain(start: str, cells: np.ndarray, steps: int, image_size: int, fo
 
 def spread(values: list[float]) -> dict[str, float]:
     """Mean, standard deviation, least and greatest over seeds."""
-    return {"mean": float(np.mean(values)), "std": float(np.std(values)), "min": float(np.min(values)),
-            "max": float(np.max(values))}
+    return {
+        "mean": float(np.mean(values)),
+        "std": float(np.std(values)),
+        "min": float(np.min(values)),
+        "max": float(np.max(values)),
+    }
 
 
 def summarise(results: list[dict]) -> dict:
@@ -640,19 +827,34 @@ def summarise(results: list[dict]) -> dict:
             "backbone": backbone,
             "seeds": [r["seed"] for r in runs],
             "cross_lab_auc_full": headline["mean"],
-            **{f"cross_lab_auc_full_{key}": value for key, value in headline.items() if key != "mean"},
-            "cross_lab_auc": {m: spread([r["cross_lab_auc"][m] for r in runs]) for m in runs[0]["cross_lab_auc"]},
+            **{
+                f"cross_lab_auc_full_{key}": value
+                for key, value in headline.items()
+                if key != "mean"
+            },
+            "cross_lab_auc": {
+                m: spread([r["cross_lab_auc"][m] for r in runs]) for m in runs[0]["cross_lab_auc"]
+            },
             "val_auc": [round(r["val_auc"], 4) for r in runs],
             "collapsed": sum(r["collapsed"] for r in runs),
-            **{key: float(np.mean([r[key] for r in runs]))
-               for key in ("lmu_auc", "lmu_accuracy", "pbc_max_blast_like")},
-            "pbc_blast_like_by_type": {t: float(np.mean([r["pbc_blast_like_by_type"][t] for r in runs]))
-                                       for t in runs[0]["pbc_blast_like_by_type"]},
-            "moved_blast_like": {m: float(np.mean([r["moved_blast_like"][m] for r in runs]))
-                                 for m in runs[0]["moved_blast_like"]},
-            "site_calibration": {k: float(np.mean([r["site_calibration"][k] for r in runs]))
-                                 for k in ("blasts_before", "blasts_after", "others_before", "others_after")}
-            if all(r["site_calibration"]["fitted"] for r in runs) else None,
+            **{
+                key: float(np.mean([r[key] for r in runs]))
+                for key in ("lmu_auc", "lmu_accuracy", "pbc_max_blast_like")
+            },
+            "pbc_blast_like_by_type": {
+                t: float(np.mean([r["pbc_blast_like_by_type"][t] for r in runs]))
+                for t in runs[0]["pbc_blast_like_by_type"]
+            },
+            "moved_blast_like": {
+                m: float(np.mean([r["moved_blast_like"][m] for r in runs]))
+                for m in runs[0]["moved_blast_like"]
+            },
+            "site_calibration": {
+                k: float(np.mean([r["site_calibration"][k] for r in runs]))
+                for k in ("blasts_before", "blasts_after", "others_before", "others_after")
+            }
+            if all(r["site_calibration"]["fitted"] for r in runs)
+            else None,
         }
     return summary
 
@@ -665,93 +867,196 @@ def print_look(look: dict) -> None:
         return f"nucleus {values['nucleus_diameter']:.1f} px, {values['nucleus_offset']:.3f} of the frame off centre"
 
     cells = look["neutrophils"]
-    print_table(f"look of training neutrophils ({cells['lmu']} LMU, {cells['pbc']} PBC) at the input size "
-                "(blur_effect: 0 sharp, 1 blurred; noise in grey levels)", [
-        *[(lab.upper(), f"{optics_text(look[lab])}; {framing_text(look[lab])}") for lab in ("lmu", "pbc")],
-        *[(f"{name}: scale x{move['scale']:.2f}, centring x{move['centring']:.2f}", framing_text(move["after"]))
-          for name, move in look["framing"].items()],
-        *[(f"{name}: blur sigma {move['blur_sigma']:.2f} px, noise {move['noise']:.2f}",
-           f"{optics_text(move['before'])} -> {optics_text(move['after'])}") for name, move in look["optics"].items()],
-    ])
+    print_table(
+        f"look of training neutrophils ({cells['lmu']} LMU, {cells['pbc']} PBC) at the input size "
+        "(blur_effect: 0 sharp, 1 blurred; noise in grey levels)",
+        [
+            *[
+                (lab.upper(), f"{optics_text(look[lab])}; {framing_text(look[lab])}")
+                for lab in ("lmu", "pbc")
+            ],
+            *[
+                (
+                    f"{name}: scale x{move['scale']:.2f}, centring x{move['centring']:.2f}",
+                    framing_text(move["after"]),
+                )
+                for name, move in look["framing"].items()
+            ],
+            *[
+                (
+                    f"{name}: blur sigma {move['blur_sigma']:.2f} px, noise {move['noise']:.2f}",
+                    f"{optics_text(move['before'])} -> {optics_text(move['after'])}",
+                )
+                for name, move in look["optics"].items()
+            ],
+        ],
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--recipes", nargs="+", default=["paper", "robust"],
-                        help="recipes, or ablations of one: robust:stain_normalisation=grey,scale=0")
+    parser.add_argument(
+        "--recipes",
+        nargs="+",
+        default=["paper", "robust"],
+        help="recipes, or ablations of one: robust:stain_normalisation=grey,scale=0",
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--robust-seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4],
-                        help="seeds of the robust recipe (the collapse check wants five)")
-    parser.add_argument("--backbone-weights", nargs="+", default=["none"],
-                        help="the recipes' backbones, each run and summarised apart: none (random, drawn from "
-                             "each run's seed) or weights files, the same for every seed (a whole ResNet50 .h5, "
-                             "or a partial file of its first stages, as pretrain-backbone writes)")
-    parser.add_argument("--site-pretrain", default=None, metavar="FILE",
-                        help="also continue pretraining this partial weights file on a site's own unlabelled "
-                             "cells (every training LMU cell moved into PBC's look by the headline move, and the "
-                             "training PBC cells) and run the robust recipe on the result too")
+    parser.add_argument(
+        "--robust-seeds",
+        type=int,
+        nargs="+",
+        default=[0, 1, 2, 3, 4],
+        help="seeds of the robust recipe (the collapse check wants five)",
+    )
+    parser.add_argument(
+        "--backbone-weights",
+        nargs="+",
+        default=["none"],
+        help="the recipes' backbones, each run and summarised apart: none (random, drawn from "
+        "each run's seed) or weights files, the same for every seed (a whole ResNet50 .h5, "
+        "or a partial file of its first stages, as pretrain-backbone writes)",
+    )
+    parser.add_argument(
+        "--site-pretrain",
+        default=None,
+        metavar="FILE",
+        help="also continue pretraining this partial weights file on a site's own unlabelled "
+        "cells (every training LMU cell moved into PBC's look by the headline move, and the "
+        "training PBC cells) and run the robust recipe on the result too",
+    )
     parser.add_argument("--site-steps", type=int, default=200, help="steps of --site-pretrain")
     parser.add_argument("--views", type=int, default=1, help="augmented views per training cell")
-    parser.add_argument("--trainable-from", default=None,
-                        help="train the backbone's layers after this one too (e.g. conv5_block2_out: the last "
-                             "block; conv4_block6_out: the last stage), on features cut there; for recipes "
-                             "that read the last stage (paper)")
+    parser.add_argument(
+        "--trainable-from",
+        default=None,
+        help="train the backbone's layers after this one too (e.g. conv5_block2_out: the last "
+        "block; conv4_block6_out: the last stage), on features cut there; for recipes "
+        "that read the last stage (paper)",
+    )
     parser.add_argument("--epochs", type=int, default=50)
     parser.add_argument("--patience", type=int, default=5)
     parser.add_argument("--split-seed", type=int, default=0)
-    parser.add_argument("--limit", type=int, default=None, help="cells per class and source (smoke runs)")
+    parser.add_argument(
+        "--limit", type=int, default=None, help="cells per class and source (smoke runs)"
+    )
     parser.add_argument("--output", type=Path, default=OUTPUT)
     args = parser.parse_args(argv)
 
     data = prepare(args)
-    print(f"cells: {len(data['frame'])}; split {len(data['train'])}/{len(data['val'])}/{len(data['test'])}; "
-          f"LMU/PBC neutrophil size ratio {data['scale']:.2f}", flush=True)
+    print(
+        f"cells: {len(data['frame'])}; split {len(data['train'])}/{len(data['val'])}/{len(data['test'])}; "
+        f"LMU/PBC neutrophil size ratio {data['scale']:.2f}",
+        flush=True,
+    )
     print_look(data["look"])
     backbones = list(args.backbone_weights)
     if args.site_pretrain:
         started = time.perf_counter()
-        backbones.append(str(site_pretrain(args.site_pretrain, data["site"], args.site_steps, args.image_size,
-                                           args.output.parent)))
-        print(f"site backbone {backbones[-1]}: {args.site_steps} steps on {len(data['site'])} cells in "
-              f"{time.perf_counter() - started:.0f} s", flush=True)
+        backbones.append(
+            str(
+                site_pretrain(
+                    args.site_pretrain,
+                    data["site"],
+                    args.site_steps,
+                    args.image_size,
+                    args.output.parent,
+                )
+            )
+        )
+        print(
+            f"site backbone {backbones[-1]}: {args.site_steps} steps on {len(data['site'])} cells in "
+            f"{time.perf_counter() - started:.0f} s",
+            flush=True,
+        )
     results, skipped = [], []
     for recipe in args.recipes:
         for backbone in backbones:
             if stops_short(recipe, backbone, args):
                 skipped.append(backbone_label(recipe, backbone))
-                print(f"skipped {skipped[-1]}: {backbone} ends before the layer {recipe} reads", flush=True)
+                print(
+                    f"skipped {skipped[-1]}: {backbone} ends before the layer {recipe} reads",
+                    flush=True,
+                )
                 continue
-            for seed in (args.robust_seeds if recipe == "robust" else args.seeds):
+            for seed in args.robust_seeds if recipe == "robust" else args.seeds:
                 result = run_recipe(recipe, backbone, seed, data, args)
                 results.append(result)
-                print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()}),
-                      flush=True)
+                print(
+                    json.dumps(
+                        {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()}
+                    ),
+                    flush=True,
+                )
     summary = summarise(results)
-    payload = {"image_size": args.image_size, "views": args.views, "epochs": args.epochs,
-               "backbone_weights": backbones, "skipped": skipped, "scale_ratio": data["scale"],
-               "look": data["look"], "split_sizes": {k: len(data[k]) for k in ("train", "val", "test")},
-               "summary": summary, "runs": results}
+    payload = {
+        "image_size": args.image_size,
+        "views": args.views,
+        "epochs": args.epochs,
+        "backbone_weights": backbones,
+        "skipped": skipped,
+        "scale_ratio": data["scale"],
+        "look": data["look"],
+        "split_sizes": {k: len(data[k]) for k in ("train", "val", "test")},
+        "summary": summary,
+        "runs": results,
+    }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(payload, indent=2))
     for label, s in summary.items():
-        print_table(f"{label} (seeds {s['seeds']})", [
-            (f"cross-lab ROC AUC, {HEADLINE} vs. all PBC cells: mean (std; min-max)",
-             (f"{s['cross_lab_auc_full']:.4f} ({s['cross_lab_auc_full_std']:.4f}; "
-              f"{s['cross_lab_auc_full_min']:.4f}-{s['cross_lab_auc_full_max']:.4f})")),
-            *[(f"cross-lab ROC AUC, {m}", f"{v['mean']:.4f} ({v['std']:.4f}; {v['min']:.4f}-{v['max']:.4f})")
-              for m, v in s["cross_lab_auc"].items() if m != HEADLINE],
-            ("LMU hold-out ROC AUC / accuracy", f"{s['lmu_auc']:.4f} / {s['lmu_accuracy']:.4f}"),
-            *[(f"PBC {t} blast-like", f"{v:.3f}") for t, v in s["pbc_blast_like_by_type"].items()],
-            *[(f"{m} blast-like", f"{v:.3f}") for m, v in s["moved_blast_like"].items()],
-            *([("calibrated on 100 moved cells: blasts / others blast-like, before -> after",
-                (f"{c['blasts_before']:.3f} -> {c['blasts_after']:.3f} / {c['others_before']:.3f} -> "
-                 f"{c['others_after']:.3f}"))] if (c := s["site_calibration"]) else []),
-            ("validation ROC AUC per seed", ", ".join(f"{v:.3f}" for v in s["val_auc"])),
-            ("collapsed seeds", str(s["collapsed"])),
-        ])
-    record({f"robustness_{recipe}_{key}": value for recipe, s in summary.items()
-            for key, value in s.items() if value is not None and not isinstance(value, dict | list)})
+        print_table(
+            f"{label} (seeds {s['seeds']})",
+            [
+                (
+                    f"cross-lab ROC AUC, {HEADLINE} vs. all PBC cells: mean (std; min-max)",
+                    (
+                        f"{s['cross_lab_auc_full']:.4f} ({s['cross_lab_auc_full_std']:.4f}; "
+                        f"{s['cross_lab_auc_full_min']:.4f}-{s['cross_lab_auc_full_max']:.4f})"
+                    ),
+                ),
+                *[
+                    (
+                        f"cross-lab ROC AUC, {m}",
+                        f"{v['mean']:.4f} ({v['std']:.4f}; {v['min']:.4f}-{v['max']:.4f})",
+                    )
+                    for m, v in s["cross_lab_auc"].items()
+                    if m != HEADLINE
+                ],
+                (
+                    "LMU hold-out ROC AUC / accuracy",
+                    f"{s['lmu_auc']:.4f} / {s['lmu_accuracy']:.4f}",
+                ),
+                *[
+                    (f"PBC {t} blast-like", f"{v:.3f}")
+                    for t, v in s["pbc_blast_like_by_type"].items()
+                ],
+                *[(f"{m} blast-like", f"{v:.3f}") for m, v in s["moved_blast_like"].items()],
+                *(
+                    [
+                        (
+                            "calibrated on 100 moved cells: blasts / others blast-like, before -> after",
+                            (
+                                f"{c['blasts_before']:.3f} -> {c['blasts_after']:.3f} / {c['others_before']:.3f} -> "
+                                f"{c['others_after']:.3f}"
+                            ),
+                        )
+                    ]
+                    if (c := s["site_calibration"])
+                    else []
+                ),
+                ("validation ROC AUC per seed", ", ".join(f"{v:.3f}" for v in s["val_auc"])),
+                ("collapsed seeds", str(s["collapsed"])),
+            ],
+        )
+    record(
+        {
+            f"robustness_{recipe}_{key}": value
+            for recipe, s in summary.items()
+            for key, value in s.items()
+            if value is not None and not isinstance(value, dict | list)
+        }
+    )
     return payload
 
 

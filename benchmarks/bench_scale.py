@@ -26,7 +26,9 @@ import time
 from pathlib import Path
 
 BASE = int(os.environ.get("AML_SMEAR_BENCH_SCALE_BASE", "64"))
-FACTORS = tuple(int(f) for f in os.environ.get("AML_SMEAR_BENCH_SCALE_FACTORS", "1,4,16").split(","))
+FACTORS = tuple(
+    int(f) for f in os.environ.get("AML_SMEAR_BENCH_SCALE_FACTORS", "1,4,16").split(",")
+)
 IMAGE_SIZE = int(os.environ.get("AML_SMEAR_BENCH_IMAGE_SIZE", "224"))
 EPOCHS = 3
 STAGES = ("ingest", "retrain", "score")
@@ -42,7 +44,7 @@ def copied_cohort(lmu: Path, root: Path, factor: int) -> int:
     from benchmarks.common import lmu_rows
 
     blasts, normals = lmu_rows(lmu)
-    rows = blasts[:BASE // 2] + normals[:BASE - BASE // 2]
+    rows = blasts[: BASE // 2] + normals[: BASE - BASE // 2]
     labels = ["image,label\n"]
     for copy in range(factor):
         patient = root / f"P{copy:03d}"
@@ -72,17 +74,48 @@ def _cluster(work: Path) -> tuple[subprocess.Popen, list[subprocess.Popen], Path
     dask = Path(sys.executable).with_name("dask")
     scheduler_file = work / "scheduler.json"
     env = {**os.environ, **local_cluster_kwargs(2)["env"]}
-    scheduler = subprocess.Popen([str(dask), "scheduler", "--scheduler-file", str(scheduler_file), "--host",
-                                  "127.0.0.1", "--port", "0", "--no-dashboard"], env=env,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    scheduler = subprocess.Popen(
+        [
+            str(dask),
+            "scheduler",
+            "--scheduler-file",
+            str(scheduler_file),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--no-dashboard",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     for _ in range(600):
         if scheduler_file.exists():
             break
         time.sleep(0.1)
-    workers = [subprocess.Popen([str(dask), "worker", "--scheduler-file", str(scheduler_file), "--nthreads", "1",
-                                 "--no-nanny", "--no-dashboard", "--memory-limit", "0",
-                                 "--local-directory", str(work / f"worker-{i}")], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in range(2)]
+    workers = [
+        subprocess.Popen(
+            [
+                str(dask),
+                "worker",
+                "--scheduler-file",
+                str(scheduler_file),
+                "--nthreads",
+                "1",
+                "--no-nanny",
+                "--no-dashboard",
+                "--memory-limit",
+                "0",
+                "--local-directory",
+                str(work / f"worker-{i}"),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for i in range(2)
+    ]
     return scheduler, workers, scheduler_file
 
 
@@ -111,14 +144,25 @@ def run_factor(factor: int, work: Path) -> dict:
                 runner = DaskTaskRunner(address=client.scheduler.address)
                 common = {"store": store, "image_size": IMAGE_SIZE}
                 stages = {
-                    "ingest": lambda: ingest.with_options(task_runner=runner)(source=str(source), **common),
+                    "ingest": lambda: ingest.with_options(task_runner=runner)(
+                        source=str(source), **common
+                    ),
                     "retrain": lambda: retrain_and_evaluate.with_options(task_runner=runner)(
-                        sources=[str(source)], store=store,
-                        options=RetrainOptions(backbone_weights="none", epochs=EPOCHS, patience=EPOCHS,
-                                               augment_views=1, image_size=IMAGE_SIZE)),
+                        sources=[str(source)],
+                        store=store,
+                        options=RetrainOptions(
+                            backbone_weights="none",
+                            epochs=EPOCHS,
+                            patience=EPOCHS,
+                            augment_views=1,
+                            image_size=IMAGE_SIZE,
+                        ),
+                    ),
                     "score": lambda: score_smears.with_options(task_runner=runner)(
-                        source=str(source), store=store,
-                        options=ScoreOptions(model="champion", explain=False, min_cells=BASE // 2)),
+                        source=str(source),
+                        store=store,
+                        options=ScoreOptions(model="champion", explain=False, min_cells=BASE // 2),
+                    ),
                 }
                 figures = {}
                 for stage, run in stages.items():
@@ -129,11 +173,18 @@ def run_factor(factor: int, work: Path) -> dict:
                     seconds = time.perf_counter() - started
                     tasks = len(stream.data)
                     cpu = sum(psutil.Process(scheduler.pid).cpu_times()[:2]) - cpu_before
-                    figures[stage] = {"s_per_kcell": seconds / n_cells * 1000, "tasks_per_kcell": tasks / n_cells * 1000,
-                                      "scheduler_ms_per_task": cpu / max(tasks, 1) * 1000, "tasks": tasks,
-                                      "seconds": seconds}
-                peaks = {"flow": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                         "scheduler": _peak_mb(scheduler.pid), "worker": max(_peak_mb(w.pid) for w in workers)}
+                    figures[stage] = {
+                        "s_per_kcell": seconds / n_cells * 1000,
+                        "tasks_per_kcell": tasks / n_cells * 1000,
+                        "scheduler_ms_per_task": cpu / max(tasks, 1) * 1000,
+                        "tasks": tasks,
+                        "seconds": seconds,
+                    }
+                peaks = {
+                    "flow": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                    "scheduler": _peak_mb(scheduler.pid),
+                    "worker": max(_peak_mb(w.pid) for w in workers),
+                }
         finally:
             for process in (*workers, scheduler):
                 process.terminate()
@@ -153,12 +204,17 @@ def main(context: dict) -> dict:
     for factor in FACTORS:
         work = Path(context["work"]) / f"scale-{factor}x"
         work.mkdir(parents=True)
-        completed = subprocess.run([sys.executable, "-m", "benchmarks.bench_scale", str(factor), str(work)],
-                                   cwd=PROJECT_ROOT, capture_output=True, text=True, check=False)
+        completed = subprocess.run(
+            [sys.executable, "-m", "benchmarks.bench_scale", str(factor), str(work)],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if completed.returncode != 0:
             raise SystemExit(f"scale run {factor}x failed:\n{completed.stderr[-3000:]}")
         line = next(line for line in completed.stdout.splitlines()[::-1] if line.startswith(RESULT))
-        runs[factor] = json.loads(line[len(RESULT):])
+        runs[factor] = json.loads(line[len(RESULT) :])
     results = {}
     for factor, run in runs.items():
         results[f"scale_{factor}x_cells"] = run["cells"]
@@ -170,23 +226,44 @@ def main(context: dict) -> dict:
     small, large = min(FACTORS), max(FACTORS)
     for stage in STAGES:
         results[f"scale_{large}x_over_{small}x_{stage}_s_per_cell"] = (
-            results[f"scale_{large}x_{stage}_s_per_kcell"] / results[f"scale_{small}x_{stage}_s_per_kcell"])
+            results[f"scale_{large}x_{stage}_s_per_kcell"]
+            / results[f"scale_{small}x_{stage}_s_per_kcell"]
+        )
     for process in ("flow", "scheduler", "worker"):
         results[f"scale_{large}x_over_{small}x_peak_rss_{process}"] = (
-            results[f"scale_{large}x_peak_rss_mb_{process}"] / results[f"scale_{small}x_peak_rss_mb_{process}"])
+            results[f"scale_{large}x_peak_rss_mb_{process}"]
+            / results[f"scale_{small}x_peak_rss_mb_{process}"]
+        )
     rows = []
     for factor, run in runs.items():
         for stage, f in run["stages"].items():
-            rows.append((f"{factor}x ({run['cells']:,} cells) {stage}",
-                         f"{f['s_per_kcell']:.1f} s/1k cells, {f['tasks_per_kcell']:.0f} tasks/1k cells, "
-                         f"scheduler {f['scheduler_ms_per_task']:.1f} ms CPU/task"))
+            rows.append(
+                (
+                    f"{factor}x ({run['cells']:,} cells) {stage}",
+                    f"{f['s_per_kcell']:.1f} s/1k cells, {f['tasks_per_kcell']:.0f} tasks/1k cells, "
+                    f"scheduler {f['scheduler_ms_per_task']:.1f} ms CPU/task",
+                )
+            )
         peaks = run["peak_rss_mb"]
-        rows.append((f"{factor}x peak RSS", f"flow {peaks['flow']:.0f}, scheduler {peaks['scheduler']:.0f}, "
-                                            f"largest worker {peaks['worker']:.0f} MiB"))
-    rows += [(f"{large}x / {small}x {stage} time per cell",
-              f"{results[f'scale_{large}x_over_{small}x_{stage}_s_per_cell']:.2f}x") for stage in STAGES]
-    print_table(f"scale: ingest, retrain ({EPOCHS} epochs, 1 view) and score at {IMAGE_SIZE}x{IMAGE_SIZE}, "
-                f"2 workers, base {BASE} cells", rows)
+        rows.append(
+            (
+                f"{factor}x peak RSS",
+                f"flow {peaks['flow']:.0f}, scheduler {peaks['scheduler']:.0f}, "
+                f"largest worker {peaks['worker']:.0f} MiB",
+            )
+        )
+    rows += [
+        (
+            f"{large}x / {small}x {stage} time per cell",
+            f"{results[f'scale_{large}x_over_{small}x_{stage}_s_per_cell']:.2f}x",
+        )
+        for stage in STAGES
+    ]
+    print_table(
+        f"scale: ingest, retrain ({EPOCHS} epochs, 1 view) and score at {IMAGE_SIZE}x{IMAGE_SIZE}, "
+        f"2 workers, base {BASE} cells",
+        rows,
+    )
     return record(results)
 
 

@@ -75,10 +75,14 @@ def stock_graph(model, images) -> tuple[float, object]:
 
     from aml_model.preprocess import normalise_for_resnet50
 
-    step = tf.function(lambda x: model(normalise_for_resnet50(tf.cast(x, tf.float32)), training=False))
+    step = tf.function(
+        lambda x: model(normalise_for_resnet50(tf.cast(x, tf.float32)), training=False)
+    )
 
     def score(cells):
-        return np.concatenate([step(cells[i:i + BATCH]).numpy().reshape(-1) for i in range(0, len(cells), BATCH)])
+        return np.concatenate(
+            [step(cells[i : i + BATCH]).numpy().reshape(-1) for i in range(0, len(cells), BATCH)]
+        )
 
     return _timed(score, images)
 
@@ -99,8 +103,11 @@ def paper_baseline(model, files: list[Path]) -> dict[str, float]:
             return (len(files) + self.batch_size - 1) // self.batch_size
 
         def __getitem__(self, index):
-            batch = files[index * self.batch_size:(index + 1) * self.batch_size]
-            arrays = [keras.utils.img_to_array(keras.utils.load_img(f, target_size=(size, size))) for f in batch]
+            batch = files[index * self.batch_size : (index + 1) * self.batch_size]
+            arrays = [
+                keras.utils.img_to_array(keras.utils.load_img(f, target_size=(size, size)))
+                for f in batch
+            ]
             return keras.applications.resnet50.preprocess_input(np.stack(arrays))
 
     timings = {}
@@ -128,13 +135,17 @@ def end_to_end(n_workers: int, source: Path, store: Path, model_file: str, preci
 
     timings = {}
     with LocalCluster(**local_cluster_kwargs(n_workers)) as cluster:
-        flow = score_smears.with_options(task_runner=DaskTaskRunner(address=cluster.scheduler_address))
+        flow = score_smears.with_options(
+            task_runner=DaskTaskRunner(address=cluster.scheduler_address)
+        )
         for run in ("cold", "warm"):
             timings[run], result = _score_run(flow, source, store, model_file, run, precision)
     return {**timings, "result": result}
 
 
-def _score_run(flow, source: Path, store: Path, model_file: str, run: str, precision: str) -> tuple[float, dict]:
+def _score_run(
+    flow, source: Path, store: Path, model_file: str, run: str, precision: str
+) -> tuple[float, dict]:
     """One timed score-smears run under its own run id: cells/s and the flow's result (cells, patients).
 
     The one place that knows the flow's parameters and result; a run that found its work already
@@ -143,11 +154,18 @@ def _score_run(flow, source: Path, store: Path, model_file: str, run: str, preci
     from flows.parameters import ScoreOptions
 
     started = time.perf_counter()
-    result = flow(source=str(source), store=str(store),
-                  options=ScoreOptions(model=model_file, run_id=run, precision=precision, min_cells=50, explain=False))
+    result = flow(
+        source=str(source),
+        store=str(store),
+        options=ScoreOptions(
+            model=model_file, run_id=run, precision=precision, min_cells=50, explain=False
+        ),
+    )
     elapsed = time.perf_counter() - started
     if result.get("already_complete") or not result["cells"]:
-        message = f"score-smears run {run!r} in {store} scored nothing new: its timing would mean nothing"
+        message = (
+            f"score-smears run {run!r} in {store} scored nothing new: its timing would mean nothing"
+        )
         raise SystemExit(message)
     return result["cells"] / elapsed, result
 
@@ -162,7 +180,11 @@ def registered_in(model_url: str, store: Path) -> str:
     import shutil
 
     source = Path(model_url)
-    version = source.parent.name if (source.parent / "model_card.json").exists() else f"bare-{source.stem}"
+    version = (
+        source.parent.name
+        if (source.parent / "model_card.json").exists()
+        else f"bare-{source.stem}"
+    )
     target = store / "models" / version
     target.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source, target / "model.keras")
@@ -173,7 +195,9 @@ def registered_in(model_url: str, store: Path) -> str:
         from aml_model.io import load_model
 
         size = int(load_model(source, compile=False).input_shape[1])
-        (target / "model_card.json").write_text(json.dumps({"config": {"model": {"image_size": size}}}))
+        (target / "model_card.json").write_text(
+            json.dumps({"config": {"model": {"image_size": size}}})
+        )
     return version
 
 
@@ -186,21 +210,31 @@ def main(context: dict) -> dict:
     from aml_model.io import load_model
     from aml_model.preprocess import decode_cell
     from benchmarks.bench_retrain import trained_model
-    from benchmarks.ceiling import (gemm_ceiling_cells_per_s, model_flops_per_cell, numpy_matmul_gflops,
-                                    tensorflow_matmul_gflops)
+    from benchmarks.ceiling import (
+        gemm_ceiling_cells_per_s,
+        model_flops_per_cell,
+        numpy_matmul_gflops,
+        tensorflow_matmul_gflops,
+    )
     from benchmarks.common import print_table, record, require_lmu_cells, sample_cohort
 
     model_file = trained_model(context)
     work = Path(context["work"])
     source = work / "score-cohort"
     # Cells after the ones the model was trained on: a held-out cohort.
-    cells = sample_cohort(require_lmu_cells(), source, n_cells(context["retrain_cells"]),
-                          offset=context["retrain_cells"] // 2)
+    cells = sample_cohort(
+        require_lmu_cells(),
+        source,
+        n_cells(context["retrain_cells"]),
+        offset=context["retrain_cells"] // 2,
+    )
     files = [path for path, _ in cells]
     labels = np.array([label == "blast" for _, label in cells])
     model = load_model(model_file, compile=False)
     size = int(model.input_shape[1])
-    images = np.stack([decode_cell(f.read_bytes(), str(f), PreprocessConfig(image_size=size)) for f in files])
+    images = np.stack(
+        [decode_cell(f.read_bytes(), str(f), PreprocessConfig(image_size=size)) for f in files]
+    )
 
     import tensorflow as tf
 
@@ -211,7 +245,10 @@ def main(context: dict) -> dict:
     flops = model_flops_per_cell(model)
     best_library = max(gflops, key=gflops.get)
     ceiling, ceiling_low = gflops[best_library] * 1e9 / flops, gflops_low * 1e9 / flops
-    gemm_ceiling, gemm_ceiling_low = gemm_ceiling_cells_per_s(model, "float32"), gemm_ceiling_cells_per_s(model, low)
+    gemm_ceiling, gemm_ceiling_low = (
+        gemm_ceiling_cells_per_s(model, "float32"),
+        gemm_ceiling_cells_per_s(model, low),
+    )
     stock, _ = stock_graph(model, images)
     fp32 = BatchScorer(inference_model(model, "float32"), BATCH)
     reduced = BatchScorer(inference_model(model, low), BATCH)
@@ -230,38 +267,56 @@ def main(context: dict) -> dict:
     calls_low = {row["patient_id"]: row["call"] for row in e2e_low["result"]["patients"]}
     best = {run: max(e2e_1[run], e2e_2[run]) for run in ("warm", "cold")}
     results = {
-        "score_cells": len(files), "matmul_fp32_gflops": gflops[best_library],
-        "matmul_fp32_gflops_numpy": gflops["numpy"], "matmul_fp32_gflops_tensorflow": gflops["tensorflow"],
-        f"matmul_{tag}_gflops_tensorflow": gflops_low, "model_gflop_per_cell": flops / 1e9,
-        "fp32_ceiling_cells_per_s": ceiling, f"{tag}_ceiling_cells_per_s": ceiling_low,
+        "score_cells": len(files),
+        "matmul_fp32_gflops": gflops[best_library],
+        "matmul_fp32_gflops_numpy": gflops["numpy"],
+        "matmul_fp32_gflops_tensorflow": gflops["tensorflow"],
+        f"matmul_{tag}_gflops_tensorflow": gflops_low,
+        "model_gflop_per_cell": flops / 1e9,
+        "fp32_ceiling_cells_per_s": ceiling,
+        f"{tag}_ceiling_cells_per_s": ceiling_low,
         "stock_fp32_cells_per_s": stock,
-        "model_only_cells_per_s": model_only, "model_only_over_ceiling": model_only / ceiling,
-        "folded_over_stock_fp32": model_only / stock, f"model_only_{tag}_cells_per_s": model_only_low,
+        "model_only_cells_per_s": model_only,
+        "model_only_over_ceiling": model_only / ceiling,
+        "folded_over_stock_fp32": model_only / stock,
+        f"model_only_{tag}_cells_per_s": model_only_low,
         f"model_only_{tag}_over_{tag}_ceiling": model_only_low / ceiling_low,
-        "fp32_gemm_ceiling_cells_per_s": gemm_ceiling, f"{tag}_gemm_ceiling_cells_per_s": gemm_ceiling_low,
+        "fp32_gemm_ceiling_cells_per_s": gemm_ceiling,
+        f"{tag}_gemm_ceiling_cells_per_s": gemm_ceiling_low,
         "model_only_over_gemm_ceiling": model_only / gemm_ceiling,
         f"model_only_{tag}_over_{tag}_gemm_ceiling": model_only_low / gemm_ceiling_low,
-        "baseline_cells_per_s": baseline["cold"], "baseline_warm_cells_per_s": baseline["warm"],
-        "e2e_1w_cells_per_s": e2e_1["warm"], "e2e_2w_cells_per_s": e2e_2["warm"],
+        "baseline_cells_per_s": baseline["cold"],
+        "baseline_warm_cells_per_s": baseline["warm"],
+        "e2e_1w_cells_per_s": e2e_1["warm"],
+        "e2e_2w_cells_per_s": e2e_2["warm"],
         f"e2e_{tag}_2w_cells_per_s": e2e_low["warm"],
-        "e2e_1w_cold_cells_per_s": e2e_1["cold"], "e2e_2w_cold_cells_per_s": e2e_2["cold"],
-        f"e2e_{tag}_2w_cold_cells_per_s": e2e_low["cold"], "workers2_over_1": e2e_2["warm"] / e2e_1["warm"],
+        "e2e_1w_cold_cells_per_s": e2e_1["cold"],
+        "e2e_2w_cold_cells_per_s": e2e_2["cold"],
+        f"e2e_{tag}_2w_cold_cells_per_s": e2e_low["cold"],
+        "workers2_over_1": e2e_2["warm"] / e2e_1["warm"],
         "e2e_over_model_only": best["warm"] / model_only,
         f"e2e_{tag}_over_model_only_{tag}": e2e_low["warm"] / model_only_low,
         "e2e_cold_over_model_only": best["cold"] / model_only,
         # Like with like: the best cold run over the baseline's first call, warm over warm.
-        "e2e_over_baseline": best["cold"] / baseline["cold"], "e2e_over_baseline_warm": best["warm"] / baseline["warm"],
-        f"{tag}_over_fp32": model_only_low / stock, f"{tag}_over_folded_fp32": model_only_low / model_only,
-        f"{tag}_max_abs_dp": float(np.abs(p_low - p32).max()), f"{tag}_mean_abs_dp": float(np.abs(p_low - p32).mean()),
+        "e2e_over_baseline": best["cold"] / baseline["cold"],
+        "e2e_over_baseline_warm": best["warm"] / baseline["warm"],
+        f"{tag}_over_fp32": model_only_low / stock,
+        f"{tag}_over_folded_fp32": model_only_low / model_only,
+        f"{tag}_max_abs_dp": float(np.abs(p_low - p32).max()),
+        f"{tag}_mean_abs_dp": float(np.abs(p_low - p32).mean()),
         "fp32_auc": float(roc_auc_score(labels, p32)),
         f"{tag}_auc_delta": float(roc_auc_score(labels, p_low) - roc_auc_score(labels, p32)),
         f"{tag}_patient_calls_changed": sum(calls32[p] != calls_low.get(p) for p in calls32),
-        "e2e_auto_2w_cells_per_s": e2e_auto["warm"], "e2e_auto_2w_cold_cells_per_s": e2e_auto["cold"],
-        "e2e_auto_over_fp32_2w": e2e_auto["warm"] / e2e_2["warm"], "auto_precision": auto_precision,
+        "e2e_auto_2w_cells_per_s": e2e_auto["warm"],
+        "e2e_auto_2w_cold_cells_per_s": e2e_auto["cold"],
+        "e2e_auto_over_fp32_2w": e2e_auto["warm"] / e2e_2["warm"],
+        "auto_precision": auto_precision,
         "auto_precision_reason": auto_reason,
     }
-    print_table(f"scoring {len(files)} held-out real LMU cells, trained paper model {size}x{size}",
-                _table(results, tag, best_library, many, len(calls32)))
+    print_table(
+        f"scoring {len(files)} held-out real LMU cells, trained paper model {size}x{size}",
+        _table(results, tag, best_library, many, len(calls32)),
+    )
     return record(results)
 
 
@@ -274,7 +329,9 @@ def _auto_choice(store: Path, version: str, gpu: bool) -> tuple[str, str]:
     from tasks.store import Store
 
     ref = resolve_model(version, Store(str(store)))
-    return resolve_precision("auto", ref.precision_agreement, cpu_flags(), gpu, REDUCED_PRECISION_MAX_ABS_DP)
+    return resolve_precision(
+        "auto", ref.precision_agreement, cpu_flags(), gpu, REDUCED_PRECISION_MAX_ABS_DP
+    )
 
 
 def _table(r: dict, tag: str, best_library: str, many: int, patients: int) -> list[tuple[str, str]]:
@@ -284,43 +341,76 @@ def _table(r: dict, tag: str, best_library: str, many: int, patients: int) -> li
     dp = r[f"{tag}_max_abs_dp"]
     guard = "within" if dp <= REDUCED_PRECISION_MAX_ABS_DP else "OVER"
     return [
-        ("fp32 ceiling (best matmul GFLOP/s / GFLOP per cell)",
-         f"{r['fp32_ceiling_cells_per_s']:.1f} cells/s ({r['matmul_fp32_gflops']:.0f} {best_library} / "
-         f"{r['model_gflop_per_cell']:.2f}; numpy {r['matmul_fp32_gflops_numpy']:.0f}, "
-         f"tensorflow {r['matmul_fp32_gflops_tensorflow']:.0f})"),
-        (f"{tag} ceiling (tensorflow matmul)",
-         f"{r[f'{tag}_ceiling_cells_per_s']:.1f} cells/s ({r[f'matmul_{tag}_gflops_tensorflow']:.0f} GFLOP/s)"),
-        ("ceilings at the model's own GEMM shapes, fp32 / " + tag,
-         f"{r['fp32_gemm_ceiling_cells_per_s']:.1f} / {r[f'{tag}_gemm_ceiling_cells_per_s']:.1f} cells/s; model only "
-         f"{r['model_only_over_gemm_ceiling']:.2f}x / {r[f'model_only_{tag}_over_{tag}_gemm_ceiling']:.2f}x of them"),
-        ("stock Keras graph fp32 (tf.function, batch 64)", f"{r['stock_fp32_cells_per_s']:.1f} cells/s"),
-        ("model only fp32 (folded, compiled)",
-         f"{r['model_only_cells_per_s']:.1f} cells/s = {r['model_only_over_ceiling']:.2f}x ceiling, "
-         f"{r['folded_over_stock_fp32']:.2f}x stock fp32"),
-        (f"model only {tag} (folded, compiled)",
-         f"{r[f'model_only_{tag}_cells_per_s']:.1f} cells/s = "
-         f"{r[f'model_only_{tag}_over_{tag}_ceiling']:.2f}x {tag} ceiling"),
-        (f"{tag} / folded fp32 (same graph, the fair ratio)", f"{r[f'{tag}_over_folded_fp32']:.2f}x"),
+        (
+            "fp32 ceiling (best matmul GFLOP/s / GFLOP per cell)",
+            f"{r['fp32_ceiling_cells_per_s']:.1f} cells/s ({r['matmul_fp32_gflops']:.0f} {best_library} / "
+            f"{r['model_gflop_per_cell']:.2f}; numpy {r['matmul_fp32_gflops_numpy']:.0f}, "
+            f"tensorflow {r['matmul_fp32_gflops_tensorflow']:.0f})",
+        ),
+        (
+            f"{tag} ceiling (tensorflow matmul)",
+            f"{r[f'{tag}_ceiling_cells_per_s']:.1f} cells/s ({r[f'matmul_{tag}_gflops_tensorflow']:.0f} GFLOP/s)",
+        ),
+        (
+            "ceilings at the model's own GEMM shapes, fp32 / " + tag,
+            f"{r['fp32_gemm_ceiling_cells_per_s']:.1f} / {r[f'{tag}_gemm_ceiling_cells_per_s']:.1f} "
+            "cells/s; model only "
+            f"{r['model_only_over_gemm_ceiling']:.2f}x / {r[f'model_only_{tag}_over_{tag}_gemm_ceiling']:.2f}x of them",
+        ),
+        (
+            "stock Keras graph fp32 (tf.function, batch 64)",
+            f"{r['stock_fp32_cells_per_s']:.1f} cells/s",
+        ),
+        (
+            "model only fp32 (folded, compiled)",
+            f"{r['model_only_cells_per_s']:.1f} cells/s = {r['model_only_over_ceiling']:.2f}x ceiling, "
+            f"{r['folded_over_stock_fp32']:.2f}x stock fp32",
+        ),
+        (
+            f"model only {tag} (folded, compiled)",
+            f"{r[f'model_only_{tag}_cells_per_s']:.1f} cells/s = "
+            f"{r[f'model_only_{tag}_over_{tag}_ceiling']:.2f}x {tag} ceiling",
+        ),
+        (
+            f"{tag} / folded fp32 (same graph, the fair ratio)",
+            f"{r[f'{tag}_over_folded_fp32']:.2f}x",
+        ),
         (f"{tag} / stock fp32", f"{r[f'{tag}_over_fp32']:.2f}x"),
-        ("paper-style load_img + predict, warm (cold)",
-         f"{r['baseline_warm_cells_per_s']:.1f} ({r['baseline_cells_per_s']:.1f}) cells/s"),
-        ("score-smears fp32, 1 worker, warm (cold)",
-         f"{r['e2e_1w_cells_per_s']:.1f} ({r['e2e_1w_cold_cells_per_s']:.1f}) cells/s"),
-        (f"score-smears fp32, {many} workers, warm (cold)",
-         f"{r['e2e_2w_cells_per_s']:.1f} ({r['e2e_2w_cold_cells_per_s']:.1f}) cells/s; "
-         f"warm {r['workers2_over_1']:.2f}x 1 worker"),
-        (f"score-smears {tag}, {many} workers, warm (cold)",
-         f"{r[f'e2e_{tag}_2w_cells_per_s']:.1f} ({r[f'e2e_{tag}_2w_cold_cells_per_s']:.1f}) cells/s"),
-        ("best e2e fp32 / model only, warm (cold)",
-         f"{r['e2e_over_model_only']:.2f}x ({r['e2e_cold_over_model_only']:.2f}x)"),
+        (
+            "paper-style load_img + predict, warm (cold)",
+            f"{r['baseline_warm_cells_per_s']:.1f} ({r['baseline_cells_per_s']:.1f}) cells/s",
+        ),
+        (
+            "score-smears fp32, 1 worker, warm (cold)",
+            f"{r['e2e_1w_cells_per_s']:.1f} ({r['e2e_1w_cold_cells_per_s']:.1f}) cells/s",
+        ),
+        (
+            f"score-smears fp32, {many} workers, warm (cold)",
+            f"{r['e2e_2w_cells_per_s']:.1f} ({r['e2e_2w_cold_cells_per_s']:.1f}) cells/s; "
+            f"warm {r['workers2_over_1']:.2f}x 1 worker",
+        ),
+        (
+            f"score-smears {tag}, {many} workers, warm (cold)",
+            f"{r[f'e2e_{tag}_2w_cells_per_s']:.1f} ({r[f'e2e_{tag}_2w_cold_cells_per_s']:.1f}) cells/s",
+        ),
+        (
+            "best e2e fp32 / model only, warm (cold)",
+            f"{r['e2e_over_model_only']:.2f}x ({r['e2e_cold_over_model_only']:.2f}x)",
+        ),
         (f"warm e2e {tag} / model only {tag}", f"{r[f'e2e_{tag}_over_model_only_{tag}']:.2f}x"),
-        ("best e2e fp32 / baseline, warm / warm (cold / cold)",
-         f"{r['e2e_over_baseline_warm']:.2f}x ({r['e2e_over_baseline']:.2f}x)"),
-        (f"{tag} vs fp32: max |dp|, AUC delta",
-         f"{dp:.4f} ({guard} the {REDUCED_PRECISION_MAX_ABS_DP} guard), {r[f'{tag}_auc_delta']:+.4f} "
-         f"(fp32 AUC {r['fp32_auc']:.3f})"),
+        (
+            "best e2e fp32 / baseline, warm / warm (cold / cold)",
+            f"{r['e2e_over_baseline_warm']:.2f}x ({r['e2e_over_baseline']:.2f}x)",
+        ),
+        (
+            f"{tag} vs fp32: max |dp|, AUC delta",
+            f"{dp:.4f} ({guard} the {REDUCED_PRECISION_MAX_ABS_DP} guard), {r[f'{tag}_auc_delta']:+.4f} "
+            f"(fp32 AUC {r['fp32_auc']:.3f})",
+        ),
         (f"{tag} patient calls changed", f"{r[f'{tag}_patient_calls_changed']} of {patients}"),
-        (f"score-smears auto, {many} workers, warm (cold)",
-         f"{r['e2e_auto_2w_cells_per_s']:.1f} ({r['e2e_auto_2w_cold_cells_per_s']:.1f}) cells/s = "
-         f"{r['e2e_auto_over_fp32_2w']:.2f}x fp32; auto = {r['auto_precision']} ({r['auto_precision_reason']})"),
+        (
+            f"score-smears auto, {many} workers, warm (cold)",
+            f"{r['e2e_auto_2w_cells_per_s']:.1f} ({r['e2e_auto_2w_cold_cells_per_s']:.1f}) cells/s = "
+            f"{r['e2e_auto_over_fp32_2w']:.2f}x fp32; auto = {r['auto_precision']} ({r['auto_precision_reason']})",
+        ),
     ]

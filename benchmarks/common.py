@@ -10,9 +10,15 @@ import shutil
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-LMU_CELLS = Path(os.environ.get("AML_SMEAR_LMU_CELLS", PROJECT_ROOT.parent / "shared" / "data" / "lmu-cells"))
+LMU_CELLS = Path(
+    os.environ.get("AML_SMEAR_LMU_CELLS", PROJECT_ROOT.parent / "shared" / "data" / "lmu-cells")
+)
 # The smoke test points this elsewhere so that it never overwrites a real result.
-RESULTS = Path(os.environ.get("AML_SMEAR_BENCH_RESULTS", PROJECT_ROOT / "benchmarks" / "results" / "latest.json"))
+RESULTS = Path(
+    os.environ.get(
+        "AML_SMEAR_BENCH_RESULTS", PROJECT_ROOT / "benchmarks" / "results" / "latest.json"
+    )
+)
 
 
 def require_lmu_cells() -> Path:
@@ -28,14 +34,18 @@ def lmu_rows(lmu: Path) -> tuple[list[dict], list[dict]]:
     return [r for r in rows if r["label"] == "blast"], [r for r in rows if r["label"] == "normal"]
 
 
-def sample_cohort(lmu: Path, root: Path, n_cells: int, offset: int = 0, patients: int = 4) -> list[tuple[Path, str]]:
+def sample_cohort(
+    lmu: Path, root: Path, n_cells: int, offset: int = 0, patients: int = 4
+) -> list[tuple[Path, str]]:
     """Copy n_cells real cells, half blasts, into patient folders under ``root``.
 
     ``offset`` skips that many cells of each class, so two cohorts with offsets apart share no
     cell. Cells are dealt to patients in turn. Writes ``root/labels.csv``; returns (path, label).
     """
     blasts, normals = lmu_rows(lmu)
-    picked = blasts[offset: offset + n_cells // 2] + normals[offset: offset + n_cells - n_cells // 2]
+    picked = (
+        blasts[offset : offset + n_cells // 2] + normals[offset : offset + n_cells - n_cells // 2]
+    )
     if len(picked) < n_cells:
         message = f"only {len(picked)} LMU cells after offset {offset}, {n_cells} asked for"
         raise SystemExit(message)
@@ -46,8 +56,10 @@ def sample_cohort(lmu: Path, root: Path, n_cells: int, offset: int = 0, patients
         target = patient / Path(row["file"]).name
         shutil.copyfile(lmu / row["file"], target)
         cells.append((target, row["label"]))
-    (root / "labels.csv").write_text("image,label\n" + "".join(
-        f"{path.relative_to(root).as_posix()},{label}\n" for path, label in cells))
+    (root / "labels.csv").write_text(
+        "image,label\n"
+        + "".join(f"{path.relative_to(root).as_posix()},{label}\n" for path, label in cells)
+    )
     return cells
 
 
@@ -64,9 +76,14 @@ def machine() -> dict:
     import tensorflow as tf
 
     wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
-    return {"cpu": model, "cpus": os.cpu_count(), "vector_extensions": [f for f in wanted if f in flags],
-            "gpus": [d.name for d in tf.config.list_physical_devices("GPU")], "tensorflow": tf.__version__,
-            "python": platform.python_version()}
+    return {
+        "cpu": model,
+        "cpus": os.cpu_count(),
+        "vector_extensions": [f for f in wanted if f in flags],
+        "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
+        "tensorflow": tf.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def record(results: dict) -> dict:

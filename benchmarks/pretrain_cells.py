@@ -30,8 +30,16 @@ def benchmark_frame() -> pd.DataFrame:
     for root, source in ((LMU, "lmu"), (PBC, "pbc")):
         with open(root / "labels.csv", newline="") as handle:
             rows = list(csv.DictReader(handle))
-        frames.append(pd.DataFrame({"source": source, "root": str(root), "file": [r["file"] for r in rows],
-                                    "cell_type": [LMU_CLASSES[r["matek_class"]] for r in rows]}))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "source": source,
+                    "root": str(root),
+                    "file": [r["file"] for r in rows],
+                    "cell_type": [LMU_CLASSES[r["matek_class"]] for r in rows],
+                }
+            )
+        )
     return pd.concat(frames, ignore_index=True)
 
 
@@ -54,8 +62,10 @@ def main(argv: list[str] | None = None) -> None:
         target = args.dest / f"{row.source}-cells" / row.file
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(Path(row.root) / row.file, target)
-    print(f"{len(keep)} of {len(frame)} cells (split {args.split_seed} without its held-out cells) -> "
-          f"{args.dest}/lmu-cells, {args.dest}/pbc-cells")
+    print(
+        f"{len(keep)} of {len(frame)} cells (split {args.split_seed} without its held-out cells) -> "
+        f"{args.dest}/lmu-cells, {args.dest}/pbc-cells"
+    )
 
 
 if __name__ == "__main__":

@@ -58,7 +58,11 @@ def automations(block_document_id: UUID | str) -> list[AutomationCore]:
             name=f"aml-smear {event}",
             description=f"Notify on {event} (deployments/automations.py)",
             trigger=EventTrigger(expect={event}, posture=Posture.Reactive, threshold=1),
-            actions=[SendNotification(block_document_id=UUID(str(block_document_id)), subject=subject, body=body)],
+            actions=[
+                SendNotification(
+                    block_document_id=UUID(str(block_document_id)), subject=subject, body=body
+                )
+            ],
         )
         for event, (subject, body) in _MESSAGES.items()
     ]
@@ -82,16 +86,24 @@ def install(block: str) -> list[UUID]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--block", required=True,
-                        help="notification block, <type slug>/<name>, e.g. custom-webhook/aml-alerts")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="print the automations as JSON (block id 0...0 to replace) instead of creating them")
+    parser.add_argument(
+        "--block",
+        required=True,
+        help="notification block, <type slug>/<name>, e.g. custom-webhook/aml-alerts",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the automations as JSON (block id 0...0 to replace) instead of creating them",
+    )
     args = parser.parse_args(argv)
     if args.dry_run:
         for automation in automations(UUID(int=0)):
             print(json.dumps(automation.model_dump(mode="json")))
         return
-    for automation, automation_id in zip(automations(UUID(int=0)), install(args.block), strict=True):
+    for automation, automation_id in zip(
+        automations(UUID(int=0)), install(args.block), strict=True
+    ):
         print(f"{automation.name}: {automation_id}")
 
 

@@ -15,11 +15,13 @@ from flows.logs import debug_requested
 # (a worker's log) is as quiet as the CLI's, whatever environment the worker was started with.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if debug_requested() else QUIET_LEVEL)
 
-from flows.runner import quiet_dask_logs
 from app.serve import DEPLOYMENTS, dask_runner_from_environment, deployed_flow
+from flows.runner import quiet_dask_logs
 
 quiet_dask_logs()
 
 __all__ = [spec.entrypoint for spec in DEPLOYMENTS]
 
-globals().update({spec.entrypoint: deployed_flow(spec, dask_runner_from_environment()) for spec in DEPLOYMENTS})
+globals().update(
+    {spec.entrypoint: deployed_flow(spec, dask_runner_from_environment()) for spec in DEPLOYMENTS}
+)

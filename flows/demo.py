@@ -18,12 +18,15 @@ __all__ = ["DEMO_IMAGE_SIZE", "demo_flow"]
 
 DEMO_IMAGE_SIZE = 64
 # A separate synthetic cohort to train on, so the scored demo patients are unseen cells.
-TRAINING_COHORT = tuple(SyntheticPatient(f"SYN-TRAIN-{i:02d}", "aml" if i % 2 else "healthy", 0.5)
-                        for i in range(4))
+TRAINING_COHORT = tuple(
+    SyntheticPatient(f"SYN-TRAIN-{i:02d}", "aml" if i % 2 else "healthy", 0.5) for i in range(4)
+)
 
 
 @flow(name="demo", validate_parameters=True)
-def demo_flow(store: str, epochs: Positive = 15, cells_per_patient: Positive = SummaryConfig.min_cells) -> dict:
+def demo_flow(
+    store: str, epochs: Positive = 15, cells_per_patient: Positive = SummaryConfig.min_cells
+) -> dict:
     """Draw the synthetic cohorts, train a demo champion, and score the demo patients.
 
     The demo patients are scored with score-smears' default settings, so that the same cohort
@@ -36,17 +39,32 @@ def demo_flow(store: str, epochs: Positive = 15, cells_per_patient: Positive = S
     """
     logger = get_run_logger()
     data = write_synthetic_cohort(Path(store) / "demo-data", DEMO_COHORT, cells_per_patient, seed=0)
-    training = write_synthetic_cohort(Path(store) / "demo-training-data", TRAINING_COHORT, 60, seed=1)
+    training = write_synthetic_cohort(
+        Path(store) / "demo-training-data", TRAINING_COHORT, 60, seed=1
+    )
     logger.info("synthetic demo cohort in %s, training cohort in %s", data, training)
     # The paper's procedure at a small input size, with an untrained backbone: nothing to download.
     # Both subflows run their tasks on this flow's cluster (``demo --workers N`` sizes it).
     model = on_this_cluster(retrain_and_evaluate)(
-        sources=[str(training)], store=store,
-        options=RetrainOptions(epochs=epochs, patience=3, backbone_weights="none", image_size=DEMO_IMAGE_SIZE,
-                               augment_views=1))
+        sources=[str(training)],
+        store=store,
+        options=RetrainOptions(
+            epochs=epochs,
+            patience=3,
+            backbone_weights="none",
+            image_size=DEMO_IMAGE_SIZE,
+            augment_views=1,
+        ),
+    )
     options = ScoreOptions()
     result = on_this_cluster(score_smears)(source=str(data), store=store, options=options)
-    return {**result, "store": store, "data": str(data), "model_dir": posixpath.dirname(model["model"]),
-            "model_metrics": model["metrics"],
-            "call_settings": options.model_dump(include={"threshold", "blast_cutoff", "min_cells",
-                                                         "max_quarantined_share"})}
+    return {
+        **result,
+        "store": store,
+        "data": str(data),
+        "model_dir": posixpath.dirname(model["model"]),
+        "model_metrics": model["metrics"],
+        "call_settings": options.model_dump(
+            include={"threshold", "blast_cutoff", "min_cells", "max_quarantined_share"}
+        ),
+    }

@@ -19,16 +19,28 @@ from prefect.futures import PrefectFuture
 from aml_model.config import ScoringConfig
 from flows.parameters import ImageSize, Layout, Positive, RunId, require_existing
 from flows.progress import results_with_progress
-from tasks.store import Store
-from tasks.store_layout import RunPaths
 from tasks.discover import Discovery, discover_inputs, require_images
 from tasks.ingest import ShardSpec, ingest_shard, plan_hash, plan_shards, write_ingest_tables
 from tasks.privacy import prefect_patient_id, prefect_patient_ids
 from tasks.runs import RunConflictError, mark_complete, recording_failure, run_state
+from tasks.store import Store
+from tasks.store_layout import RunPaths
 
-__all__ = ["CHUNKS_PER_TASK", "CHUNK_CELLS", "IngestPlan", "collect_ingest", "discover_source", "ensure_ingested",
-           "finish_ingest", "ingest", "ingest_sources", "plan_ingest", "plan_source", "start_ingest",
-           "submit_ingest_shard"]
+__all__ = [
+    "CHUNKS_PER_TASK",
+    "CHUNK_CELLS",
+    "IngestPlan",
+    "collect_ingest",
+    "discover_source",
+    "ensure_ingested",
+    "finish_ingest",
+    "ingest",
+    "ingest_sources",
+    "plan_ingest",
+    "plan_source",
+    "start_ingest",
+    "submit_ingest_shard",
+]
 
 #: Cells per Zarr chunk, and chunks each decoding task writes: the flows' defaults.
 CHUNK_CELLS = ScoringConfig.chunk_cells
@@ -55,8 +67,12 @@ class IngestPlan:
     complete: bool
 
     def summary(self) -> dict:
-        return {"run_id": self.paths.run_id, "run": self.paths.root, "layout": self.found.layout,
-                "inputs": len(self.found.inputs)}
+        return {
+            "run_id": self.paths.run_id,
+            "run": self.paths.root,
+            "layout": self.found.layout,
+            "inputs": len(self.found.inputs),
+        }
 
     def recorded_counts(self) -> dict:
         """Cell and quarantine counts of the ingest report an earlier, finished ingest wrote."""
@@ -71,39 +87,73 @@ def discover_source(source: Store, layout: str, manifest_root: str | None = None
     """
     logger = get_run_logger()
     found = discover_inputs(source, layout, manifest_root)
-    logger.info("layout %s: %d candidate images, %d refused at discovery, %d non-image files ignored",
-                found.layout, len(found.inputs), len(found.rejected), len(found.ignored))
+    logger.info(
+        "layout %s: %d candidate images, %d refused at discovery, %d non-image files ignored",
+        found.layout,
+        len(found.inputs),
+        len(found.rejected),
+        len(found.ignored),
+    )
     if found.layout == "flat" and found.inputs:
-        logger.info("flat folder: its images are scored as one pseudo-patient %r",
-                    prefect_patient_id(found.inputs[0].patient_id))
+        logger.info(
+            "flat folder: its images are scored as one pseudo-patient %r",
+            prefect_patient_id(found.inputs[0].patient_id),
+        )
     if found.empty_patients:
-        logger.warning("patient folders without images: %s", ", ".join(prefect_patient_ids(found.empty_patients)))
+        logger.warning(
+            "patient folders without images: %s",
+            ", ".join(prefect_patient_ids(found.empty_patients)),
+        )
     if found.unknown_classes:
-        logger.warning("class folders not in the class map (label unknown): %s", ", ".join(found.unknown_classes))
+        logger.warning(
+            "class folders not in the class map (label unknown): %s",
+            ", ".join(found.unknown_classes),
+        )
     if found.skipped_links:
         # Counts and reasons only: a link's path names its patient folder (tasks.privacy).
         reasons = sorted({link["reason"] for link in found.skipped_links})
-        logger.warning("%d links or folders not followed (%s): see skipped_links in the ingest report",
-                       len(found.skipped_links), "; ".join(reasons))
+        logger.warning(
+            "%d links or folders not followed (%s): see skipped_links in the ingest report",
+            len(found.skipped_links),
+            "; ".join(reasons),
+        )
     require_images(found)
     return found
 
 
-def plan_ingest(source: Store, found: Discovery, store: Store, run_id: str | None, image_size: int,
-                chunk_cells: int) -> IngestPlan:
+def plan_ingest(
+    source: Store,
+    found: Discovery,
+    store: Store,
+    run_id: str | None,
+    image_size: int,
+    chunk_cells: int,
+) -> IngestPlan:
     """Derive the run id of the inputs ``found`` in ``source`` and refuse a run id that holds other inputs."""
     fingerprint = plan_hash(found.inputs, image_size, chunk_cells)
-    run_id = run_id or f"{posixpath.basename(source.url.rstrip('/')).rsplit('.', 1)[0]}-{fingerprint[:12]}"
+    run_id = (
+        run_id
+        or f"{posixpath.basename(source.url.rstrip('/')).rsplit('.', 1)[0]}-{fingerprint[:12]}"
+    )
     paths = store.run(run_id)
     state = run_state(paths)
     if state.plan is not None and state.plan.get("fingerprint") != fingerprint:
-        message = (f"run {run_id} in {store.url} was ingested from a different input list; "
-                   f"use a new --run-id or remove {paths.root}")
+        message = (
+            f"run {run_id} in {store.url} was ingested from a different input list; "
+            f"use a new --run-id or remove {paths.root}"
+        )
         raise RunConflictError(message)
     if state.plan is not None and not state.complete:
         get_run_logger().info("run %s is incomplete: resuming", run_id)
-    return IngestPlan(source=source, found=found, fingerprint=fingerprint, image_size=image_size,
-                      chunk_cells=chunk_cells, paths=paths, complete=state.complete)
+    return IngestPlan(
+        source=source,
+        found=found,
+        fingerprint=fingerprint,
+        image_size=image_size,
+        chunk_cells=chunk_cells,
+        paths=paths,
+        complete=state.complete,
+    )
 
 
 def ensure_ingested(plan: IngestPlan, chunks_per_task: int) -> dict[str, int]:
@@ -119,11 +169,14 @@ def ensure_ingested(plan: IngestPlan, chunks_per_task: int) -> dict[str, int]:
 def plan_source(source: Store, store: Store, layout: str, image_size: int) -> IngestPlan:
     """Discover ``source`` and plan its run with the default chunking (run id from its inputs):
     the first step of a flow that ingests as a step; ``ensure_ingested(plan, CHUNKS_PER_TASK)`` decodes."""
-    return plan_ingest(source, discover_source(source, layout), store, None, image_size, CHUNK_CELLS)
+    return plan_ingest(
+        source, discover_source(source, layout), store, None, image_size, CHUNK_CELLS
+    )
 
 
-def ingest_sources(sources: list[Store], store: Store, layout: str,
-                   image_size: int) -> tuple[list[RunPaths], bool]:
+def ingest_sources(
+    sources: list[Store], store: Store, layout: str, image_size: int
+) -> tuple[list[RunPaths], bool]:
     """Ingest every source on the task runner, each planned before any is decoded; returns the runs
     and whether all name patients."""
     plans = [plan_source(s, store, layout, image_size) for s in sources]
@@ -135,17 +188,34 @@ def ingest_sources(sources: list[Store], store: Store, layout: str,
 def start_ingest(plan: IngestPlan, chunks_per_task: int) -> list[ShardSpec]:
     """Write the run's plan and images array; returns the decoding shards, each of whole chunks."""
     paths, found = plan.paths, plan.found
-    paths.store.write_json(paths.plan, {"fingerprint": plan.fingerprint, "source": plan.source.url,
-                                        "layout": found.layout, "image_size": plan.image_size,
-                                        "chunk_cells": plan.chunk_cells, "inputs": len(found.inputs)})
-    paths.store.create_cells_array(paths.cells_zarr, len(found.inputs), plan.image_size, plan.chunk_cells)
+    paths.store.write_json(
+        paths.plan,
+        {
+            "fingerprint": plan.fingerprint,
+            "source": plan.source.url,
+            "layout": found.layout,
+            "image_size": plan.image_size,
+            "chunk_cells": plan.chunk_cells,
+            "inputs": len(found.inputs),
+        },
+    )
+    paths.store.create_cells_array(
+        paths.cells_zarr, len(found.inputs), plan.image_size, plan.chunk_cells
+    )
     return plan_shards(found.inputs, plan.chunk_cells, chunks_per_task)
 
 
 def submit_ingest_shard(plan: IngestPlan, spec: ShardSpec) -> PrefectFuture:
     """Submit the task that decodes one shard; its result is the shard's records."""
-    return ingest_shard.submit(spec, plan.paths.cells_zarr, plan.paths.shard_marker("ingest", spec["shard"]),
-                               plan.fingerprint, plan.image_size, plan.source, plan.paths.store)
+    return ingest_shard.submit(
+        spec,
+        plan.paths.cells_zarr,
+        plan.paths.shard_marker("ingest", spec["shard"]),
+        plan.fingerprint,
+        plan.image_size,
+        plan.source,
+        plan.paths.store,
+    )
 
 
 def collect_ingest(plan: IngestPlan, futures: list[PrefectFuture]) -> list[dict]:
@@ -153,11 +223,14 @@ def collect_ingest(plan: IngestPlan, futures: list[PrefectFuture]) -> list[dict]
     records: list[dict] = []
 
     def line(percent: float, done: int) -> str:
-        return (f"ingest {percent:5.1f}%: {done}/{len(futures)} shards, "
-                f"{len(records)}/{len(plan.found.inputs)} images")
+        return (
+            f"ingest {percent:5.1f}%: {done}/{len(futures)} shards, "
+            f"{len(records)}/{len(plan.found.inputs)} images"
+        )
 
-    for _percent, shard_records in results_with_progress(futures, "ingest-progress", f"ingest of {plan.source.url}",
-                                                         line):
+    for _percent, shard_records in results_with_progress(
+        futures, "ingest-progress", f"ingest of {plan.source.url}", line
+    ):
         records.extend(shard_records)
     return records
 
@@ -167,9 +240,14 @@ def finish_ingest(plan: IngestPlan, records: list[dict], mark_success: bool) -> 
     paths, found = plan.paths, plan.found
     counts = write_ingest_tables(found.inputs, records, found.rejected, paths)
     report = {
-        "source": plan.source.url, "root": found.root, "layout": found.layout, "counts": counts,
-        "ignored": found.ignored, "empty_patients": found.empty_patients,
-        "unknown_classes": found.unknown_classes, "diagnoses": found.diagnoses,
+        "source": plan.source.url,
+        "root": found.root,
+        "layout": found.layout,
+        "counts": counts,
+        "ignored": found.ignored,
+        "empty_patients": found.empty_patients,
+        "unknown_classes": found.unknown_classes,
+        "diagnoses": found.diagnoses,
         "skipped_links": found.skipped_links,
     }
     paths.store.write_json(paths.report, report)
@@ -177,10 +255,12 @@ def finish_ingest(plan: IngestPlan, records: list[dict], mark_success: bool) -> 
         mark_complete(paths)
     create_markdown_artifact(
         key="ingest-summary",
-        markdown=(f"# Ingest {paths.run_id}\n\n| | |\n|---|---|\n| source | `{plan.source.url}` |\n"
-                  f"| layout | {found.layout} |\n| cells | {counts['cells']} |\n"
-                  f"| quarantined | {counts['quarantined']} |\n| ignored files | {len(found.ignored)} |\n"
-                  f"| empty patient folders | {len(found.empty_patients)} |\n| run | `{paths.root}` |\n"),
+        markdown=(
+            f"# Ingest {paths.run_id}\n\n| | |\n|---|---|\n| source | `{plan.source.url}` |\n"
+            f"| layout | {found.layout} |\n| cells | {counts['cells']} |\n"
+            f"| quarantined | {counts['quarantined']} |\n| ignored files | {len(found.ignored)} |\n"
+            f"| empty patient folders | {len(found.empty_patients)} |\n| run | `{paths.root}` |\n"
+        ),
         description="ingest summary",
     )
     return counts
@@ -223,8 +303,12 @@ def ingest(
     # The parameters' types were checked before this line; now that the source (and root) exist.
     source_at = Store.at(source, s3_endpoint_url)
     require_existing([source_at], "source")
-    require_existing([Store.at(manifest_root, s3_endpoint_url)] if manifest_root else [], "manifest_root")
+    require_existing(
+        [Store.at(manifest_root, s3_endpoint_url)] if manifest_root else [], "manifest_root"
+    )
     found = discover_source(source_at, layout, manifest_root)
-    plan = plan_ingest(source_at, found, Store.at(store, s3_endpoint_url), run_id, image_size, chunk_cells)
+    plan = plan_ingest(
+        source_at, found, Store.at(store, s3_endpoint_url), run_id, image_size, chunk_cells
+    )
     counts = ensure_ingested(plan, chunks_per_task)
     return {**plan.summary(), **counts, "already_complete": plan.complete}

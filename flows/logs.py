@@ -23,8 +23,15 @@ from prefect.logging.handlers import PrefectConsoleHandler
 from aml_model.errors import EXPECTED_FAILURES, one_line
 from tasks.settings import DebugSettings, SettingError, variable
 
-__all__ = ["DEBUG_ENV", "EXPECTED_FAILURES", "ConsoleHandler", "debug_requested", "failing_with_reason",
-           "failure_reason", "one_line"]
+__all__ = [
+    "DEBUG_ENV",
+    "EXPECTED_FAILURES",
+    "ConsoleHandler",
+    "debug_requested",
+    "failing_with_reason",
+    "failure_reason",
+    "one_line",
+]
 
 #: Set (1, true, yes, on) for full tracebacks in the terminal; `aml-smear --debug` sets it (tasks.settings).
 DEBUG_ENV = variable("debug")
@@ -83,8 +90,11 @@ class ConsoleHandler(PrefectConsoleHandler):
     """Prefect's console handler that leaves tracebacks and completion lines out unless debugging was asked for."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not _debugging() and record.name in ("prefect.task_runs", "prefect.flow_runs") \
-                and str(record.msg).startswith("Finished in state Completed("):
+        if (
+            not _debugging()
+            and record.name in ("prefect.task_runs", "prefect.flow_runs")
+            and str(record.msg).startswith("Finished in state Completed(")
+        ):
             return False
         return super().filter(record)
 

@@ -22,7 +22,13 @@ from flows.logs import failing_with_reason
 from flows.parameters import PartialRetrainOptions, RetrainOptions, nest_options
 from flows.retrain import retrain_and_evaluate
 
-__all__ = ["NIGHTLY_VARIABLES", "OPTIONS_VARIABLE", "nightly_parameters", "nightly_retrain", "read_nightly_variables"]
+__all__ = [
+    "NIGHTLY_VARIABLES",
+    "OPTIONS_VARIABLE",
+    "nightly_parameters",
+    "nightly_retrain",
+    "read_nightly_variables",
+]
 
 # {retrain parameter: Prefect variable} read when a nightly run starts.
 NIGHTLY_VARIABLES: Mapping[str, str] = {
@@ -38,7 +44,10 @@ NIGHTLY_VARIABLES: Mapping[str, str] = {
 # A JSON object of any other retrain parameter, e.g. {"augment_views": 1, "patience": 3}.
 OPTIONS_VARIABLE = "aml_smear_retrain_options"
 # The retrain's inputs besides its options; with the options' fields, the nightly's parameters by name.
-_INPUTS = frozenset(inspect.signature(retrain_and_evaluate.fn).parameters) - {"options", "skip_unchanged"}
+_INPUTS = frozenset(inspect.signature(retrain_and_evaluate.fn).parameters) - {
+    "options",
+    "skip_unchanged",
+}
 RETRAIN_PARAMETERS = _INPUTS | frozenset(RetrainOptions.model_fields)
 
 
@@ -47,7 +56,9 @@ def _value(value: Any) -> Any:
     return None if value == "" else value
 
 
-def nightly_parameters(explicit: Mapping[str, Any], variables: Mapping[str, Any]) -> tuple[dict, dict]:
+def nightly_parameters(
+    explicit: Mapping[str, Any], variables: Mapping[str, Any]
+) -> tuple[dict, dict]:
     """The retrain parameters of one nightly run: run parameters over variables over the flow's defaults.
 
     Args:
@@ -66,7 +77,9 @@ def nightly_parameters(explicit: Mapping[str, Any], variables: Mapping[str, Any]
     if isinstance(options, str):
         options = json.loads(options)
     if not isinstance(options, dict) or not set(options) <= RETRAIN_PARAMETERS:
-        unknown = sorted(set(options) - RETRAIN_PARAMETERS) if isinstance(options, dict) else options
+        unknown = (
+            sorted(set(options) - RETRAIN_PARAMETERS) if isinstance(options, dict) else options
+        )
         message = f"Prefect variable {OPTIONS_VARIABLE} must be a JSON object of retrain parameters; not {unknown!r}"
         raise ValueError(message)
     parameters = dict(options)
@@ -84,8 +97,10 @@ def nightly_parameters(explicit: Mapping[str, Any], variables: Mapping[str, Any]
     missing = [name for name in ("store", "sources") if not parameters.get(name)]
     if missing:
         examples = {"store": "/path/to/store", "sources": "'[\"/path/to/labelled\"]'"}
-        commands = "; ".join(f"prefect variable set {NIGHTLY_VARIABLES[name]} {examples[name]} --overwrite"
-                             for name in missing)
+        commands = "; ".join(
+            f"prefect variable set {NIGHTLY_VARIABLES[name]} {examples[name]} --overwrite"
+            for name in missing
+        )
         message = f"the nightly retrain has no {' and no '.join(missing)}: {commands}"
         raise ValueError(message)
     return parameters, origin
@@ -133,8 +148,9 @@ def _nightly(explicit: dict[str, Any], force: bool) -> dict:
     for name in sorted(parameters):
         logger.info("%s = %s (%s)", name, json.dumps(parameters[name]), origin[name])
     # The retrain flow's own types, choices and bounds; a bad variable fails the run here, with its name.
-    checked = retrain_and_evaluate.validate_parameters({**nest_options(parameters, RetrainOptions),
-                                                        "skip_unchanged": not force})
+    checked = retrain_and_evaluate.validate_parameters(
+        {**nest_options(parameters, RetrainOptions), "skip_unchanged": not force}
+    )
     # Its body in this flow run: one run, on this flow's task runner, timeout and retries.
     result = retrain_and_evaluate.fn(**checked)
     return {**result, "configuration": origin}

@@ -14,11 +14,17 @@ from prefect import flow, get_run_logger
 
 from flows.ingest import ingest_sources
 from flows.parameters import PretrainOptions, require_existing
-from tasks.store import Store, join
-from tasks.store_layout import RunPaths
 from tasks.backbones import BACKBONE_CARD, backbone_folder, resolve_backbone
 from tasks.devices import model_tasks
-from tasks.pretrain import PretrainPlan, pretrain_steps, pretraining_key, read_progress, register_backbone
+from tasks.pretrain import (
+    PretrainPlan,
+    pretrain_steps,
+    pretraining_key,
+    read_progress,
+    register_backbone,
+)
+from tasks.store import Store, join
+from tasks.store_layout import RunPaths
 from tasks.training import load_training_set
 
 __all__ = ["pretrain_backbone"]
@@ -29,7 +35,9 @@ def _complete_runs(store: Store, runs: list[str]) -> list[RunPaths]:
     paths = [store.run(run) for run in runs]
     for path in paths:
         if not store.exists(path.success):
-            message = f"run {path.run_id} is not a complete ingest run in {store.url} (no {path.success})"
+            message = (
+                f"run {path.run_id} is not a complete ingest run in {store.url} (no {path.success})"
+            )
             raise FileNotFoundError(message)
     return paths
 
@@ -50,12 +58,19 @@ def _initial(options: PretrainOptions, store: Store) -> tuple[tuple[str, str] | 
     if options.start_from_sha256 is None:
         message = f"start_from {spec} is a weights file: give its sha256 (start_from_sha256) so it can be checked"
         raise ValueError(message)
-    return (spec, options.start_from_sha256.lower()), {"parent": {"file": spec, "sha256": options.start_from_sha256}}
+    return (spec, options.start_from_sha256.lower()), {
+        "parent": {"file": spec, "sha256": options.start_from_sha256}
+    }
 
 
 @flow(name="pretrain-backbone", validate_parameters=True)
-def pretrain_backbone(sources: list[str], store: str, runs: list[str] | None = None,
-                      options: PretrainOptions = PretrainOptions(), s3_endpoint_url: str | None = None) -> dict:
+def pretrain_backbone(
+    sources: list[str],
+    store: str,
+    runs: list[str] | None = None,
+    options: PretrainOptions = PretrainOptions(),
+    s3_endpoint_url: str | None = None,
+) -> dict:
     """Pretrain the recipe's backbone stages on cells without labels, and register the backbone.
 
     Args:
@@ -72,7 +87,9 @@ def pretrain_backbone(sources: list[str], store: str, runs: list[str] | None = N
     runs = list(runs or [])
     if not sources and not runs:
         raise ValueError("pretrain-backbone needs cells: give sources, runs of the store, or both")
-    locations = require_existing([Store.at(source, s3_endpoint_url) for source in sources], "source")
+    locations = require_existing(
+        [Store.at(source, s3_endpoint_url) for source in sources], "source"
+    )
     logger = get_run_logger()
     store = Store.at(store, s3_endpoint_url)
     experiment, config = options.experiment_config(), options.pretrain_config()
@@ -84,28 +101,75 @@ def pretrain_backbone(sources: list[str], store: str, runs: list[str] | None = N
     cells = cells.sort_values("sha256", ignore_index=True)
     types = cells["cell_type"].fillna("unknown").value_counts().to_dict()
     plan = PretrainPlan(
-        key=pretraining_key(cells["sha256"].tolist(), experiment.model, experiment.train.augment, config,
-                            initial[1] if initial else None),
-        store=store, cells=cells[["cells_zarr", "zarr_index", "sha256"]], model=experiment.model,
-        augment=experiment.train.augment, config=config, name=options.name, initial=initial,
-        provenance={"recipe": options.recipe, "sources": sources, "runs": [p.run_id for p in paths],
-                    "cell_types": types, **parent})
+        key=pretraining_key(
+            cells["sha256"].tolist(),
+            experiment.model,
+            experiment.train.augment,
+            config,
+            initial[1] if initial else None,
+        ),
+        store=store,
+        cells=cells[["cells_zarr", "zarr_index", "sha256"]],
+        model=experiment.model,
+        augment=experiment.train.augment,
+        config=config,
+        name=options.name,
+        initial=initial,
+        provenance={
+            "recipe": options.recipe,
+            "sources": sources,
+            "runs": [p.run_id for p in paths],
+            "cell_types": types,
+            **parent,
+        },
+    )
     if store.exists(plan.done_url):
         backbone_id = store.read_json(plan.done_url)["backbone_id"]
         card = store.read_json(join(backbone_folder(store, backbone_id), BACKBONE_CARD))
-        logger.info("pretraining %s is already registered as backbone %s: nothing done", plan.key, backbone_id)
-        return {"backbone_id": backbone_id, "steps": card["steps"], "resumed_from": card["steps"],
-                "cells": len(cells), "already_complete": True, "card": card}
+        logger.info(
+            "pretraining %s is already registered as backbone %s: nothing done",
+            plan.key,
+            backbone_id,
+        )
+        return {
+            "backbone_id": backbone_id,
+            "steps": card["steps"],
+            "resumed_from": card["steps"],
+            "cells": len(cells),
+            "already_complete": True,
+            "card": card,
+        }
     step = resumed_from = read_progress(plan)
-    logger.info("pretraining %s (%s, %d cells, %d steps of %d) %s", plan.key, config.method, len(cells), config.steps,
-                config.batch_size, f"resumes at step {step}" if step else "starts")
+    logger.info(
+        "pretraining %s (%s, %d cells, %d steps of %d) %s",
+        plan.key,
+        config.method,
+        len(cells),
+        config.steps,
+        config.batch_size,
+        f"resumes at step {step}" if step else "starts",
+    )
     while step < config.steps:
         with model_tasks():
-            stretch = pretrain_steps.submit(plan, min(step + options.steps_per_task, config.steps)).result()
+            stretch = pretrain_steps.submit(
+                plan, min(step + options.steps_per_task, config.steps)
+            ).result()
         step = stretch["step"]
     with model_tasks():
         card = register_backbone.submit(plan).result()
-    logger.info("registered backbone %s: %d steps (%.1f passes over %d cells) in %.0f s of training",
-                card["id"], card["steps"], card["epochs"], len(cells), card["train_seconds"])
-    return {"backbone_id": card["id"], "steps": card["steps"], "resumed_from": resumed_from, "cells": len(cells),
-            "already_complete": False, "card": card}
+    logger.info(
+        "registered backbone %s: %d steps (%.1f passes over %d cells) in %.0f s of training",
+        card["id"],
+        card["steps"],
+        card["epochs"],
+        len(cells),
+        card["train_seconds"],
+    )
+    return {
+        "backbone_id": card["id"],
+        "steps": card["steps"],
+        "resumed_from": resumed_from,
+        "cells": len(cells),
+        "already_complete": False,
+        "card": card,
+    }

@@ -14,9 +14,13 @@ from tasks.throttle import Throttle
 __all__ = ["results_with_progress"]
 
 
-def results_with_progress(futures: Sequence[PrefectFuture], key: str, description: str,
-                          line: Callable[[float, int], str] | None = None,
-                          throttle: Throttle | None = None) -> Iterator[tuple[float, Any]]:
+def results_with_progress(
+    futures: Sequence[PrefectFuture],
+    key: str,
+    description: str,
+    line: Callable[[float, int], str] | None = None,
+    throttle: Throttle | None = None,
+) -> Iterator[tuple[float, Any]]:
     """Yield (percent of tasks done, result) as each task finishes.
 
     The artifact ``key`` and, given ``line`` (called with the percent and the number of tasks

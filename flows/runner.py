@@ -16,8 +16,15 @@ from prefect_dask import DaskTaskRunner
 from flows.logs import debug_requested
 from tasks.devices import GPU_RESOURCE, visible_gpus
 
-__all__ = ["dask_task_runner", "gpu_cluster_spec", "in_order", "local_cluster_kwargs", "on_this_cluster", "quiet_dask_logs",
-           "shared_prefect_api"]
+__all__ = [
+    "dask_task_runner",
+    "gpu_cluster_spec",
+    "in_order",
+    "local_cluster_kwargs",
+    "on_this_cluster",
+    "quiet_dask_logs",
+    "shared_prefect_api",
+]
 
 
 @contextlib.contextmanager
@@ -116,7 +123,9 @@ def dask_task_runner(workers: int | None = None, scheduler: str | None = None) -
             ``workers``.
     """
     if workers is not None and scheduler is not None:
-        message = "give either workers (a new LocalCluster) or scheduler (an existing cluster), not both"
+        message = (
+            "give either workers (a new LocalCluster) or scheduler (an existing cluster), not both"
+        )
         raise ValueError(message)
     if scheduler:
         return DaskTaskRunner(address=scheduler)
@@ -126,8 +135,13 @@ def dask_task_runner(workers: int | None = None, scheduler: str | None = None) -
         raise ValueError(message)
     gpus = visible_gpus()
     if gpus:
-        return DaskTaskRunner(cluster_class="distributed.SpecCluster", cluster_kwargs=gpu_cluster_spec(n_workers, gpus))
-    return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=local_cluster_kwargs(n_workers))
+        return DaskTaskRunner(
+            cluster_class="distributed.SpecCluster",
+            cluster_kwargs=gpu_cluster_spec(n_workers, gpus),
+        )
+    return DaskTaskRunner(
+        cluster_class="distributed.LocalCluster", cluster_kwargs=local_cluster_kwargs(n_workers)
+    )
 
 
 #: Where workers started here keep their spill files and locks.
@@ -139,10 +153,14 @@ _HTTP_ADDRESS = "127.0.0.1:0"
 
 
 def _worker_env(threads: int) -> dict[str, str]:
-    return {"OMP_NUM_THREADS": str(threads), "TF_NUM_INTRAOP_THREADS": str(threads), "TF_NUM_INTEROP_THREADS": "1",
-            # TensorFlow's C++ errors and warnings ("failed call to cuInit" without a GPU) are
-            # noise in the workers' output, unless TF_CPP_MIN_LOG_LEVEL asks for them.
-            "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3")}
+    return {
+        "OMP_NUM_THREADS": str(threads),
+        "TF_NUM_INTRAOP_THREADS": str(threads),
+        "TF_NUM_INTEROP_THREADS": "1",
+        # TensorFlow's C++ errors and warnings ("failed call to cuInit" without a GPU) are
+        # noise in the workers' output, unless TF_CPP_MIN_LOG_LEVEL asks for them.
+        "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3"),
+    }
 
 
 def local_cluster_kwargs(n_workers: int) -> dict:
@@ -178,10 +196,25 @@ def gpu_cluster_spec(n_workers: int, gpus: list[str]) -> dict:
     total = max(n_workers, len(gpus))
     threads = max(1, (os.cpu_count() or 1) // total)
     options = {"nthreads": 1, "local_directory": _WORKER_DIRECTORY}
-    workers = {f"gpu-{gpu}": {"cls": Nanny, "options": {**options, "resources": {GPU_RESOURCE: 1},
-                                                        "env": {**_worker_env(threads), "CUDA_VISIBLE_DEVICES": gpu}}}
-               for gpu in gpus}
-    workers |= {f"cpu-{i}": {"cls": Nanny, "options": {**options, "env": {**_worker_env(threads),
-                                                                         "CUDA_VISIBLE_DEVICES": ""}}}
-                for i in range(total - len(gpus))}
-    return {"scheduler": {"cls": Scheduler, "options": {"dashboard_address": _HTTP_ADDRESS}}, "workers": workers}
+    workers = {
+        f"gpu-{gpu}": {
+            "cls": Nanny,
+            "options": {
+                **options,
+                "resources": {GPU_RESOURCE: 1},
+                "env": {**_worker_env(threads), "CUDA_VISIBLE_DEVICES": gpu},
+            },
+        }
+        for gpu in gpus
+    }
+    workers |= {
+        f"cpu-{i}": {
+            "cls": Nanny,
+            "options": {**options, "env": {**_worker_env(threads), "CUDA_VISIBLE_DEVICES": ""}},
+        }
+        for i in range(total - len(gpus))
+    }
+    return {
+        "scheduler": {"cls": Scheduler, "options": {"dashboard_address": _HTTP_ADDRESS}},
+        "workers": workers,
+    }

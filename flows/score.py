@@ -13,34 +13,52 @@ from aml_model.aggregate import CORRECTED_COLUMNS
 from aml_model.calibration import OperatingPoint, SiteCalibration
 from aml_model.config import SummaryConfig
 from aml_model.report import patients_to_explain
-from flows.ingest import (IngestPlan, collect_ingest, discover_source, finish_ingest, plan_ingest, start_ingest,
-                          submit_ingest_shard)
+from flows.ingest import (
+    IngestPlan,
+    collect_ingest,
+    discover_source,
+    finish_ingest,
+    plan_ingest,
+    start_ingest,
+    submit_ingest_shard,
+)
 from flows.logs import failing_with_reason
 from flows.parameters import ScoreOptions, require_existing
 from flows.progress import results_with_progress
 from flows.runner import in_order
-from tasks.store import Store
-from tasks.store_layout import ScoringPaths
-from tasks.devices import cluster_has_gpus, model_tasks
 from tasks.arrivals import only_new, patient_versions, record_scored, scored_versions
 from tasks.calibration import read_site_calibration
+from tasks.devices import cluster_has_gpus, model_tasks
 from tasks.explain import explain_patient, reuse_explanation
 from tasks.ingest import plan_shards
 from tasks.predict import reuse_probabilities, score_shard
 from tasks.privacy import prefect_patient_ids
 from tasks.registry import ModelRef, resolve_model
 from tasks.report import index_url, write_reports
-from tasks.runs import (REUSED_FROM, derive_score_id, mark_complete, open_scoring, recording_failure,
-                        reusable_probabilities)
+from tasks.runs import (
+    REUSED_FROM,
+    derive_score_id,
+    mark_complete,
+    open_scoring,
+    recording_failure,
+    reusable_probabilities,
+)
 from tasks.score_report import publish_scoring
+from tasks.store import Store
+from tasks.store_layout import ScoringPaths
 from tasks.summarise import write_scored_tables
 
 __all__ = ["score_smears"]
 
 
 @flow(name="score-smears", validate_parameters=True)
-def score_smears(source: str, store: str, options: ScoreOptions = ScoreOptions(), new_only: bool = False,
-                 s3_endpoint_url: str | None = None) -> dict:
+def score_smears(
+    source: str,
+    store: str,
+    options: ScoreOptions = ScoreOptions(),
+    new_only: bool = False,
+    s3_endpoint_url: str | None = None,
+) -> dict:
     """Score every cell of ``source`` (or only its new patients) and call each patient.
 
     Every parameter is checked (its type, then that the source exists) before anything is written
@@ -65,8 +83,13 @@ def score_smears(source: str, store: str, options: ScoreOptions = ScoreOptions()
         A failure fails the run with its one-line reason as the state's message
         (:func:`flows.logs.failing_with_reason`); called directly, the flow raises it.
     """
-    return failing_with_reason(_score_smears, Store.at(source, s3_endpoint_url), Store.at(store, s3_endpoint_url), options,
-                               new_only)
+    return failing_with_reason(
+        _score_smears,
+        Store.at(source, s3_endpoint_url),
+        Store.at(store, s3_endpoint_url),
+        options,
+        new_only,
+    )
 
 
 def _score_smears(source: Store, store: Store, options: ScoreOptions, new_only: bool) -> dict:
@@ -76,82 +99,154 @@ def _score_smears(source: Store, store: Store, options: ScoreOptions, new_only: 
     model_ref = resolve_model(options.model, store)
     calibration, point = _site_calibration(options, store, model_ref)
     config = options.summary_config(None if point is None else point.threshold)
-    logger.info("scoring with model %s (%dx%d input)", model_ref.version, model_ref.image_size, model_ref.image_size)
+    logger.info(
+        "scoring with model %s (%dx%d input)",
+        model_ref.version,
+        model_ref.image_size,
+        model_ref.image_size,
+    )
     found = discover_source(source, options.layout)
     versions = patient_versions(found)
     if new_only:
         found, versions = only_new(found, versions, scored_versions(store, model_ref.version))
         if not versions:
-            logger.info("nothing new in %s: model %s has scored every patient's current images", source.url,
-                        model_ref.version)
+            logger.info(
+                "nothing new in %s: model %s has scored every patient's current images",
+                source.url,
+                model_ref.version,
+            )
             return _nothing_new(model_ref.version, config, options)
-        logger.info("%d new or changed patients: %s", len(versions), ", ".join(sorted(prefect_patient_ids(versions))))
-    plan = plan_ingest(source, found, store, options.run_id, model_ref.image_size, options.chunk_cells)
+        logger.info(
+            "%d new or changed patients: %s",
+            len(versions),
+            ", ".join(sorted(prefect_patient_ids(versions))),
+        )
+    plan = plan_ingest(
+        source, found, store, options.run_id, model_ref.image_size, options.chunk_cells
+    )
     settings = _settings(model_ref.version, config, options, calibration)
     scoring = plan.paths.scoring(options.score_id or derive_score_id(settings))
     reused = reusable_probabilities(scoring, settings) if plan.complete else None
     if open_scoring(scoring, settings, reused_from=reused and reused.score_id):
-        logger.info("scoring %s of run %s is complete with these settings: nothing to do", scoring.score_id,
-                    plan.paths.run_id)
+        logger.info(
+            "scoring %s of run %s is complete with these settings: nothing to do",
+            scoring.score_id,
+            plan.paths.run_id,
+        )
         patients = store.read_table(scoring.patients_table)
         record_scored(scoring, model_ref.version, patients)
         recorded = store.read_json(scoring.settings).get(REUSED_FROM)
-        return _result(scoring, model_ref.version, plan.recorded_counts(), patients, True, config, options, recorded)
+        return _result(
+            scoring,
+            model_ref.version,
+            plan.recorded_counts(),
+            patients,
+            True,
+            config,
+            options,
+            recorded,
+        )
     # The ingest run is written here too when it is new: a failure is recorded in both.
     with recording_failure([scoring] if plan.complete else [plan.paths, scoring]):
         if reused is None:
             counts = _score_cells(plan, scoring, model_ref, options)
         else:
             scored = reuse_probabilities(reused, scoring)
-            logger.info("probabilities of %d cells reused from scoring %s (the same model, precision and cells): "
-                        "no cell scored again", scored, reused.score_id)
+            logger.info(
+                "probabilities of %d cells reused from scoring %s (the same model, precision and cells): "
+                "no cell scored again",
+                scored,
+                reused.score_id,
+            )
             counts = plan.recorded_counts()
-        patients = write_scored_tables(scoring, config, model_ref.version, calibration, versions, point)
+        patients = write_scored_tables(
+            scoring, config, model_ref.version, calibration, versions, point
+        )
         index = _explain_and_report(scoring, patients, model_ref, options, reused)
         mark_complete(scoring)
     record_scored(scoring, model_ref.version, patients)
     artifacts = publish_scoring(scoring, patients, model_ref.version, config)
     # The run's last line, so that `prefect deployment run --watch` ends with where the results are.
-    logger.info("scoring %s of run %s complete; reports: %s; per-patient calls: %s; report index: %s",
-                scoring.score_id, scoring.run_id, index, artifacts["patient-calls"], artifacts["report-index"])
-    return _result(scoring, model_ref.version, counts, patients, False, config, options,
-                   reused and reused.score_id)
+    logger.info(
+        "scoring %s of run %s complete; reports: %s; per-patient calls: %s; report index: %s",
+        scoring.score_id,
+        scoring.run_id,
+        index,
+        artifacts["patient-calls"],
+        artifacts["report-index"],
+    )
+    return _result(
+        scoring,
+        model_ref.version,
+        counts,
+        patients,
+        False,
+        config,
+        options,
+        reused and reused.score_id,
+    )
 
 
-def _site_calibration(options: ScoreOptions, store: Store, model_ref: ModelRef) -> tuple[SiteCalibration, OperatingPoint] | tuple[None, None]:
+def _site_calibration(
+    options: ScoreOptions, store: Store, model_ref: ModelRef
+) -> tuple[SiteCalibration, OperatingPoint] | tuple[None, None]:
     """The site's calibration of the model and its chosen operating point, checked before anything
     is written; (None, None) without a site."""
     if options.site is None:
         return None, None
     if options.threshold != ScoreOptions.model_fields["threshold"].default:
-        message = (f"threshold={options.threshold:g} and site={options.site!r} both given: the site's calibration "
-                   f"sets the threshold")
+        message = (
+            f"threshold={options.threshold:g} and site={options.site!r} both given: the site's calibration "
+            f"sets the threshold"
+        )
         raise ValueError(message)
     calibration = read_site_calibration(store, options.site, model_ref.version)
     point = calibration.operating_point(options.site_operating_point, options.blast_cutoff)
-    get_run_logger().info("site %s: calibration of %s (%s), %s operating point: threshold %g on the calibrated "
-                          "scale (raw %.3f); expected blast-like fraction at %.0f%% blasts %.1f%%",
-                          options.site, calibration.created_at, calibration.method, options.site_operating_point,
-                          point.threshold, calibration.to_raw(point.threshold), 100 * options.blast_cutoff,
-                          100 * point.expected_fraction(options.blast_cutoff))
+    get_run_logger().info(
+        "site %s: calibration of %s (%s), %s operating point: threshold %g on the calibrated "
+        "scale (raw %.3f); expected blast-like fraction at %.0f%% blasts %.1f%%",
+        options.site,
+        calibration.created_at,
+        calibration.method,
+        options.site_operating_point,
+        point.threshold,
+        calibration.to_raw(point.threshold),
+        100 * options.blast_cutoff,
+        100 * point.expected_fraction(options.blast_cutoff),
+    )
     return calibration, point
 
 
-def _settings(model_version: str, config: SummaryConfig, options: ScoreOptions, calibration) -> dict:
+def _settings(
+    model_version: str, config: SummaryConfig, options: ScoreOptions, calibration
+) -> dict:
     """What a scoring's results depend on (besides the cells): its score.json."""
-    settings = {"model_version": model_version, "threshold": config.threshold, "blast_cutoff": config.blast_cutoff,
-                "min_cells": config.min_cells, "max_quarantined_share": config.max_quarantined_share,
-                "precision": options.precision, "explain": options.explain,
-                "explain_top_k": options.explain_top_k}
+    settings = {
+        "model_version": model_version,
+        "threshold": config.threshold,
+        "blast_cutoff": config.blast_cutoff,
+        "min_cells": config.min_cells,
+        "max_quarantined_share": config.max_quarantined_share,
+        "precision": options.precision,
+        "explain": options.explain,
+        "explain_top_k": options.explain_top_k,
+    }
     if calibration is not None:
-        settings |= {"site": options.site, "site_operating_point": options.site_operating_point,
-                     "calibration": {"created_at": calibration.created_at, "method": calibration.method,
-                                     "coefficients": calibration.coefficients}}
+        settings |= {
+            "site": options.site,
+            "site_operating_point": options.site_operating_point,
+            "calibration": {
+                "created_at": calibration.created_at,
+                "method": calibration.method,
+                "coefficients": calibration.coefficients,
+            },
+        }
     return settings
 
 
-def _score_cells(plan: IngestPlan, scoring: ScoringPaths, model_ref: ModelRef,
-                 options: ScoreOptions) -> dict[str, int]:
+def _score_cells(
+    plan: IngestPlan, scoring: ScoringPaths, model_ref: ModelRef, options: ScoreOptions
+) -> dict[str, int]:
     """Score every decoded cell into the scoring's probabilities, decoding first where the run is new.
 
     Each shard's scoring waits only for its own decoding (the decoding task's result is its
@@ -171,8 +266,13 @@ def _score_cells(plan: IngestPlan, scoring: ScoringPaths, model_ref: ModelRef,
     if plan.complete:
         shards = plan_shards(plan.found.inputs, plan.chunk_cells, options.chunks_per_task)
         accepted = np.sort(store.read_table(plan.paths.cells_table)["zarr_index"].to_numpy())
-        bounds = np.searchsorted(accepted, [[spec["start"], spec["start"] + len(spec["uris"])] for spec in shards])
-        decoding = [[{"zarr_index": int(i), "reason": None} for i in accepted[low:high]] for low, high in bounds]
+        bounds = np.searchsorted(
+            accepted, [[spec["start"], spec["start"] + len(spec["uris"])] for spec in shards]
+        )
+        decoding = [
+            [{"zarr_index": int(i), "reason": None} for i in accepted[low:high]]
+            for low, high in bounds
+        ]
     else:
         shards, decoding = start_ingest(plan, options.chunks_per_task), []
     scoring_futures, gpus = [], cluster_has_gpus()
@@ -181,71 +281,146 @@ def _score_cells(plan: IngestPlan, scoring: ScoringPaths, model_ref: ModelRef,
             if not plan.complete:
                 decoding.append(submit_ingest_shard(plan, spec))
             with model_tasks(gpus):
-                scoring_futures.append(score_shard.submit(
-                    spec["start"], spec["start"] + len(spec["uris"]), decoding[number], plan.paths.cells_zarr,
-                    scoring.probabilities_zarr, scoring.shard_marker("score", spec["shard"]), model_ref,
-                    plan.fingerprint, options.batch_size, options.precision, store))
-    counts = (plan.recorded_counts() if plan.complete
-              else finish_ingest(plan, collect_ingest(plan, decoding), mark_success=True))
+                scoring_futures.append(
+                    score_shard.submit(
+                        spec["start"],
+                        spec["start"] + len(spec["uris"]),
+                        decoding[number],
+                        plan.paths.cells_zarr,
+                        scoring.probabilities_zarr,
+                        scoring.shard_marker("score", spec["shard"]),
+                        model_ref,
+                        plan.fingerprint,
+                        options.batch_size,
+                        options.precision,
+                        store,
+                    )
+                )
+    counts = (
+        plan.recorded_counts()
+        if plan.complete
+        else finish_ingest(plan, collect_ingest(plan, decoding), mark_success=True)
+    )
     scored = 0
 
     def line(percent: float, _done: int) -> str:
         return f"scoring {percent:5.1f}%: {scored} cells of {n_inputs} inputs"
 
-    for _percent, shard_scored in results_with_progress(scoring_futures, "score-progress",
-                                                        f"scoring {scoring.run_id}/{scoring.score_id}", line):
+    for _percent, shard_scored in results_with_progress(
+        scoring_futures, "score-progress", f"scoring {scoring.run_id}/{scoring.score_id}", line
+    ):
         scored += shard_scored
     return counts
 
 
-def _explain_and_report(scoring: ScoringPaths, patients, model_ref: ModelRef, options: ScoreOptions,
-                        reused: ScoringPaths | None = None) -> str:
+def _explain_and_report(
+    scoring: ScoringPaths,
+    patients,
+    model_ref: ModelRef,
+    options: ScoreOptions,
+    reused: ScoringPaths | None = None,
+) -> str:
     """Grad-CAM on the workers for the patients worth a look, then the HTML reports; returns the index URL.
 
     With ``reused``, the scoring whose probabilities this one copied, a patient's Grad-CAM made
     there with the same top-k is copied too; only the others are computed.
     """
     explained = patients_to_explain(patients) if options.explain else []
-    copied = {patient_id for patient_id in explained if reused is not None and reuse_explanation(
-        reused, scoring, patient_id, model_ref.version, options.explain_top_k)}
+    copied = {
+        patient_id
+        for patient_id in explained
+        if reused is not None
+        and reuse_explanation(reused, scoring, patient_id, model_ref.version, options.explain_top_k)
+    }
     with model_tasks():
-        futures = [explain_patient.submit(scoring, patient_id, model_ref, options.explain_top_k)
-                   for patient_id in explained if patient_id not in copied]
+        futures = [
+            explain_patient.submit(scoring, patient_id, model_ref, options.explain_top_k)
+            for patient_id in explained
+            if patient_id not in copied
+        ]
     if futures:
+
         def line(percent: float, done: int) -> str:
             return f"Grad-CAM {percent:5.1f}%: {done}/{len(futures)} patients"
 
-        for _ in results_with_progress(futures, "explain-progress", f"Grad-CAM of scoring {scoring.score_id}", line):
+        for _ in results_with_progress(
+            futures, "explain-progress", f"Grad-CAM of scoring {scoring.score_id}", line
+        ):
             pass
     copies = "" if reused is None else f" ({len(copied)} copied from scoring {reused.score_id})"
-    get_run_logger().info("Grad-CAM of the top %d cells of %d patients%s", options.explain_top_k, len(explained),
-                          copies)
+    get_run_logger().info(
+        "Grad-CAM of the top %d cells of %d patients%s",
+        options.explain_top_k,
+        len(explained),
+        copies,
+    )
     return write_reports(scoring)
 
 
-_PATIENT_COLUMNS = ["patient_id", "n_scored", "n_blast_like", "blast_fraction", "ci_low", "ci_high", "call"]
+_PATIENT_COLUMNS = [
+    "patient_id",
+    "n_scored",
+    "n_blast_like",
+    "blast_fraction",
+    "ci_low",
+    "ci_high",
+    "call",
+]
 
 
 def _call_fields(config: SummaryConfig, options: ScoreOptions) -> dict:
     """The settings that make the calls, so that a summary tells two scorings of a run apart."""
     point = None if options.site is None else options.site_operating_point
-    return {"threshold": config.threshold, "blast_cutoff": config.blast_cutoff, "min_cells": config.min_cells,
-            "site": options.site, "site_operating_point": point}
+    return {
+        "threshold": config.threshold,
+        "blast_cutoff": config.blast_cutoff,
+        "min_cells": config.min_cells,
+        "site": options.site,
+        "site_operating_point": point,
+    }
 
 
-def _result(scoring: ScoringPaths, model_version: str, counts: dict, patients, already_complete: bool,
-            config: SummaryConfig, options: ScoreOptions, reused_from: str | None) -> dict:
+def _result(
+    scoring: ScoringPaths,
+    model_version: str,
+    counts: dict,
+    patients,
+    already_complete: bool,
+    config: SummaryConfig,
+    options: ScoreOptions,
+    reused_from: str | None,
+) -> dict:
     columns = _PATIENT_COLUMNS + [column for column in CORRECTED_COLUMNS if column in patients]
     return {
-        "run_id": scoring.run_id, "score_id": scoring.score_id, "run": scoring.root, "ingest": scoring.ingest.root,
-        "model_version": model_version, "cells": counts["cells"], "quarantined": counts["quarantined"],
-        "already_complete": already_complete, "nothing_new": False, "report": index_url(scoring),
-        "patients": patients[columns].to_dict(orient="records"), **_call_fields(config, options),
+        "run_id": scoring.run_id,
+        "score_id": scoring.score_id,
+        "run": scoring.root,
+        "ingest": scoring.ingest.root,
+        "model_version": model_version,
+        "cells": counts["cells"],
+        "quarantined": counts["quarantined"],
+        "already_complete": already_complete,
+        "nothing_new": False,
+        "report": index_url(scoring),
+        "patients": patients[columns].to_dict(orient="records"),
+        **_call_fields(config, options),
         REUSED_FROM: reused_from,
     }
 
 
 def _nothing_new(model_version: str, config: SummaryConfig, options: ScoreOptions) -> dict:
-    return {"run_id": None, "score_id": None, "run": None, "ingest": None, "model_version": model_version,
-            "cells": 0, "quarantined": 0, "already_complete": True, "nothing_new": True, "report": None,
-            "patients": [], **_call_fields(config, options), REUSED_FROM: None}
+    return {
+        "run_id": None,
+        "score_id": None,
+        "run": None,
+        "ingest": None,
+        "model_version": model_version,
+        "cells": 0,
+        "quarantined": 0,
+        "already_complete": True,
+        "nothing_new": True,
+        "report": None,
+        "patients": [],
+        **_call_fields(config, options),
+        REUSED_FROM: None,
+    }

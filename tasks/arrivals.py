@@ -1,7 +1,8 @@
 """New arrivals: which patients of a source a model has not scored yet, and the ledger that says so.
 
 A patient's *version* is a hash of its image set: the patient id and the URIs of its images,
-those refused at discovery included (labels and cell types are annotations, not what is scored). Every complete scoring adds its patients' versions
+those refused at discovery included (labels and cell types are annotations, not what is
+scored). Every complete scoring adds its patients' versions
 to ``ledger/<model_version>/<run_id>.<score_id>.json``; ``score --new-only`` scores the patients
 whose current version is not in the champion's ledger. A patient whose folder changed has a new
 version: it is scored again, into a new run, and its earlier scoring stays where it was.
@@ -34,11 +35,15 @@ def patient_versions(found: Discovery) -> dict[str, str]:
         members[refused["patient_id"]].append(refused["source_uri"])
     for patient_id in found.empty_patients:
         members.setdefault(patient_id, [])
-    return {patient_id: hashlib.sha256(json.dumps([patient_id, sorted(entries)]).encode()).hexdigest()
-            for patient_id, entries in members.items()}
+    return {
+        patient_id: hashlib.sha256(json.dumps([patient_id, sorted(entries)]).encode()).hexdigest()
+        for patient_id, entries in members.items()
+    }
 
 
-def only_new(found: Discovery, versions: dict[str, str], scored: set[str]) -> tuple[Discovery, dict[str, str]]:
+def only_new(
+    found: Discovery, versions: dict[str, str], scored: set[str]
+) -> tuple[Discovery, dict[str, str]]:
     """``found`` restricted to the patients whose version is not in ``scored``.
 
     Args:
@@ -84,6 +89,13 @@ def record_scored(scoring: ScoringPaths, model_version: str, patients: pd.DataFr
     url = join(ledger_root(store, model_version), f"{scoring.run_id}.{scoring.score_id}.json")
     if store.exists(url):
         return url
-    entries = [{"patient_id": row.patient_id, "patient_version": row.patient_version, "run_id": scoring.run_id,
-                "score_id": scoring.score_id} for row in patients.itertuples()]
+    entries = [
+        {
+            "patient_id": row.patient_id,
+            "patient_version": row.patient_version,
+            "run_id": scoring.run_id,
+            "score_id": scoring.score_id,
+        }
+        for row in patients.itertuples()
+    ]
     return store.write_json(url, entries)

@@ -23,8 +23,15 @@ from aml_model.config import ModelConfig
 from aml_model.errors import BackboneWeightsError, WeightsHashMismatchError
 from tasks.store import Store, join
 
-__all__ = ["BACKBONE_CARD", "BACKBONE_WEIGHTS", "BackboneRef", "backbone_folder", "list_backbones",
-           "resolve_backbone", "with_backbone"]
+__all__ = [
+    "BACKBONE_CARD",
+    "BACKBONE_WEIGHTS",
+    "BackboneRef",
+    "backbone_folder",
+    "list_backbones",
+    "resolve_backbone",
+    "with_backbone",
+]
 
 BACKBONE_WEIGHTS = "weights.h5"
 BACKBONE_CARD = "card.json"
@@ -42,7 +49,17 @@ class BackboneRef:
 
     def summary(self) -> dict:
         """What a model card records of it."""
-        keys = ("id", "sha256", "method", "sources", "steps", "epochs", "parent", "code_version", "created_at")
+        keys = (
+            "id",
+            "sha256",
+            "method",
+            "sources",
+            "steps",
+            "epochs",
+            "parent",
+            "code_version",
+            "created_at",
+        )
         return {key: self.card.get(key) for key in keys}
 
 
@@ -66,8 +83,10 @@ def resolve_backbone(spec: str, store: Store) -> BackboneRef | None:
     shipped = shipped_backbone()
     if spec == SHIPPED or (shipped and spec == shipped[1]["id"]):
         if shipped is None:
-            raise BackboneWeightsError("this installation ships no cell backbone: pass a registered backbone id, "
-                                       "a weights file, or none")
+            raise BackboneWeightsError(
+                "this installation ships no cell backbone: pass a registered backbone id, "
+                "a weights file, or none"
+            )
         path, card = shipped
         return BackboneRef(card["id"], str(path), card["sha256"], card)
     if not _ID.match(spec):
@@ -78,8 +97,10 @@ def resolve_backbone(spec: str, store: Store) -> BackboneRef | None:
         card = store.read_json(card_url)
         return BackboneRef(spec, join(folder, BACKBONE_WEIGHTS), card["sha256"], card)
     if store.exists(join(folder, BACKBONE_WEIGHTS)):
-        message = (f"backbone {spec} in {backbones_root(store)} is not completely registered (no {BACKBONE_CARD}): "
-                   f"its pretraining was interrupted; run the same pretrain-backbone command again to finish it")
+        message = (
+            f"backbone {spec} in {backbones_root(store)} is not completely registered (no {BACKBONE_CARD}): "
+            f"its pretraining was interrupted; run the same pretrain-backbone command again to finish it"
+        )
         raise BackboneWeightsError(message)
     return None
 
@@ -96,7 +117,9 @@ def with_backbone(model: ModelConfig, ref: BackboneRef | None) -> ModelConfig:
     if expected is not None and expected.lower() != ref.sha256:
         message = f"backbone {ref.id} has sha256 {ref.sha256}, expected {expected.lower()}"
         raise WeightsHashMismatchError(message)
-    return dataclasses.replace(model, backbone_weights=ref.weights_url, backbone_weights_sha256=ref.sha256)
+    return dataclasses.replace(
+        model, backbone_weights=ref.weights_url, backbone_weights_sha256=ref.sha256
+    )
 
 
 def list_backbones(store: Store) -> list[dict]:
@@ -104,7 +127,9 @@ def list_backbones(store: Store) -> list[dict]:
     root = backbones_root(store)
     if not store.exists(root):
         return []
-    cards = [store.read_json(join(root, name, BACKBONE_CARD))
-             for name in store.list_names(root)
-             if not name.startswith("_") and store.exists(join(root, name, BACKBONE_CARD))]
+    cards = [
+        store.read_json(join(root, name, BACKBONE_CARD))
+        for name in store.list_names(root)
+        if not name.startswith("_") and store.exists(join(root, name, BACKBONE_CARD))
+    ]
     return sorted(cards, key=lambda card: card.get("created_at", ""))

@@ -25,8 +25,10 @@ def write_build_commit(value: str, path: Path = BUILD_COMMIT_FILE) -> Path:
         ValueError: the value is not a full commit id (an empty build argument included).
     """
     if not _FORMAT.fullmatch(value.strip()):
-        message = (f"AML_SMEAR_COMMIT={value!r} is not a commit: build with --build-arg "
-                   f"AML_SMEAR_COMMIT=$(git rev-parse HEAD) (append -dirty for a checkout with changes)")
+        message = (
+            f"AML_SMEAR_COMMIT={value!r} is not a commit: build with --build-arg "
+            f"AML_SMEAR_COMMIT=$(git rev-parse HEAD) (append -dirty for a checkout with changes)"
+        )
         raise ValueError(message)
     path.write_text(value.strip() + "\n")
     return path

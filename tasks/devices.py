@@ -19,12 +19,21 @@ def visible_gpus() -> list[str]:
     """The GPU ids this host gives its processes: ``CUDA_VISIBLE_DEVICES`` when set (empty or -1:
     none), else the indices ``nvidia-smi`` lists; none without an NVIDIA driver."""
     if "CUDA_VISIBLE_DEVICES" in os.environ:
-        return [d.strip() for d in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if d.strip() not in ("", "-1")]
+        return [
+            d.strip()
+            for d in os.environ["CUDA_VISIBLE_DEVICES"].split(",")
+            if d.strip() not in ("", "-1")
+        ]
     if shutil.which("nvidia-smi") is None:
         return []
     try:
-        listed = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True,
-                                text=True, timeout=30, check=True).stdout
+        listed = subprocess.run(
+            ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return []
     return [line.strip() for line in listed.splitlines() if line.strip()]

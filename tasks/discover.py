@@ -14,15 +14,29 @@ from dataclasses import dataclass, field
 import fsspec
 import pandas as pd
 
+from aml_model.errors import AmlSmearError
+from aml_model.layouts import (
+    DEFAULT_CLASS_LABELS,
+    LABELS,
+    cell_type_for_class,
+    choose_layout,
+    is_image_name,
+    is_plainly_not_image,
+    label_for_class,
+)
+from aml_model.preprocess import SNIFF_BYTES, sniff_image_format
 from tasks.retry import store_task
 from tasks.store import Store, is_local
 
-from aml_model.errors import AmlSmearError
-from aml_model.layouts import (DEFAULT_CLASS_LABELS, LABELS, cell_type_for_class, choose_layout, is_image_name,
-                               is_plainly_not_image, label_for_class)
-from aml_model.preprocess import SNIFF_BYTES, sniff_image_format
-
-__all__ = ["CellInput", "Discovery", "NoImagesError", "discover", "discover_inputs", "input_name", "require_images"]
+__all__ = [
+    "CellInput",
+    "Discovery",
+    "NoImagesError",
+    "discover",
+    "discover_inputs",
+    "input_name",
+    "require_images",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -117,23 +131,33 @@ def _walk_local(root: str) -> tuple[list[str], list[dict[str, str]]]:
         try:
             entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
         except OSError as exc:
-            skipped.append({"source_uri": folder, "reason": f"folder cannot be listed: {exc.strerror or exc}"})
+            skipped.append(
+                {"source_uri": folder, "reason": f"folder cannot be listed: {exc.strerror or exc}"}
+            )
             return
         for entry in entries:
             try:
                 entry.stat()
             except OSError as exc:
                 if exc.errno == errno.ELOOP:  # links leading to each other: no file at the end
-                    skipped.append({"source_uri": entry.path,
-                                    "reason": "symbolic link loop: following it never reaches a file"})
+                    skipped.append(
+                        {
+                            "source_uri": entry.path,
+                            "reason": "symbolic link loop: following it never reaches a file",
+                        }
+                    )
                     continue
             if not entry.is_dir():  # a file, or a dangling link: the decoder says "file not found"
                 files.append(entry.path)
                 continue
             target = os.path.realpath(entry.path)
             if target in ancestors:
-                skipped.append({"source_uri": entry.path,
-                                "reason": "symbolic link loop: it leads back to a folder it lies in"})
+                skipped.append(
+                    {
+                        "source_uri": entry.path,
+                        "reason": "symbolic link loop: it leads back to a folder it lies in",
+                    }
+                )
                 continue
             visit(entry.path, ancestors | {target})
 
@@ -166,17 +190,26 @@ def _is_image(fs: fsspec.AbstractFileSystem, path: str) -> bool:
     return sniff_image_format(head) is not None
 
 
-def _discover_folders(fs, root: str, source: str, layout: str,
-                      class_labels: Mapping[str, str]) -> Discovery:
+def _discover_folders(
+    fs, root: str, source: str, layout: str, class_labels: Mapping[str, str]
+) -> Discovery:
     files, skipped_links = _walk(fs, root)
     relative = {path: posixpath.relpath(path, root) for path in files}
     images = {path for path in files if _is_image(fs, path)}
     image_dirs = sorted({relative[path].split("/")[0] for path in images if "/" in relative[path]})
     if layout == "auto":
-        layout = choose_layout(image_dirs, class_labels, loose_images=any("/" not in relative[p] for p in images))
+        layout = choose_layout(
+            image_dirs, class_labels, loose_images=any("/" not in relative[p] for p in images)
+        )
         logger.info("layout auto: chose %r for %s", layout, source)
-    found = Discovery(source=source, layout=layout, root=_url(fs, root), skipped_links=[
-        {**link, "source_uri": _url(fs, link["source_uri"])} for link in skipped_links])
+    found = Discovery(
+        source=source,
+        layout=layout,
+        root=_url(fs, root),
+        skipped_links=[
+            {**link, "source_uri": _url(fs, link["source_uri"])} for link in skipped_links
+        ],
+    )
 
     labels: dict[str, str] = {}
     cell_types: dict[str, str] = {}
@@ -185,15 +218,24 @@ def _discover_folders(fs, root: str, source: str, layout: str,
             table = _read_csv(fs, posixpath.join(root, "labels.csv"))
             labels = {row["image"]: row["label"].strip().lower() for _, row in table.iterrows()}
             if "cell_type" in table.columns:
-                cell_types = {row["image"]: row["cell_type"].strip() for _, row in table.iterrows()
-                              if row["cell_type"].strip()}
+                cell_types = {
+                    row["image"]: row["cell_type"].strip()
+                    for _, row in table.iterrows()
+                    if row["cell_type"].strip()
+                }
         if fs.isfile(posixpath.join(root, "patients.csv")):
             table = _read_csv(fs, posixpath.join(root, "patients.csv"))
-            found.diagnoses = {row["patient_id"]: row["diagnosis"].strip().lower() for _, row in table.iterrows()}
+            found.diagnoses = {
+                row["patient_id"]: row["diagnosis"].strip().lower() for _, row in table.iterrows()
+            }
     if layout == "patient":
         not_followed = {posixpath.relpath(link["source_uri"], root) for link in skipped_links}
-        all_dirs = sorted(posixpath.basename(p.rstrip("/")) for p in fs.ls(root, detail=False) if fs.isdir(p))
-        found.empty_patients = [d for d in all_dirs if d not in image_dirs and d not in not_followed]
+        all_dirs = sorted(
+            posixpath.basename(p.rstrip("/")) for p in fs.ls(root, detail=False) if fs.isdir(p)
+        )
+        found.empty_patients = [
+            d for d in all_dirs if d not in image_dirs and d not in not_followed
+        ]
 
     root_name = posixpath.basename(root.rstrip("/"))
     unknown: set[str] = set()
@@ -203,8 +245,13 @@ def _discover_folders(fs, root: str, source: str, layout: str,
             found.ignored.append(_url(fs, path))
             continue
         if "/" not in rel and layout != "flat":
-            found.rejected.append({"source_uri": _url(fs, path), "patient_id": "",
-                                   "reason": f"image is not inside a {layout} folder"})
+            found.rejected.append(
+                {
+                    "source_uri": _url(fs, path),
+                    "patient_id": "",
+                    "reason": f"image is not inside a {layout} folder",
+                }
+            )
             continue
         folder = rel.split("/")[0]
         if layout == "flat":
@@ -217,8 +264,13 @@ def _discover_folders(fs, root: str, source: str, layout: str,
         else:
             patient_id, label, cell_type = folder, labels.get(rel), cell_types.get(rel)
         if label is not None and label not in LABELS:
-            found.rejected.append({"source_uri": _url(fs, path), "patient_id": patient_id,
-                                   "reason": f"label {label!r} is not one of {', '.join(LABELS)}"})
+            found.rejected.append(
+                {
+                    "source_uri": _url(fs, path),
+                    "patient_id": patient_id,
+                    "reason": f"label {label!r} is not one of {', '.join(LABELS)}",
+                }
+            )
             continue
         found.inputs.append(CellInput(_url(fs, path), patient_id, label, cell_type))
     found.unknown_classes = sorted(unknown)
@@ -232,8 +284,11 @@ def _text(value) -> str | None:
 
 def _discover_manifest(fs, path: str, source: Store, manifest_root: str | None) -> Discovery:
     raw = fs.cat_file(path)
-    table = (pd.read_parquet(io.BytesIO(raw)) if path.endswith(".parquet")
-             else pd.read_csv(io.BytesIO(raw), dtype=str, keep_default_na=False))
+    table = (
+        pd.read_parquet(io.BytesIO(raw))
+        if path.endswith(".parquet")
+        else pd.read_csv(io.BytesIO(raw), dtype=str, keep_default_na=False)
+    )
     missing = {"image_uri", "patient_id"} - set(table.columns)
     if missing:
         message = f"manifest {source.url} lacks the column(s) {', '.join(sorted(missing))}"
@@ -320,7 +375,11 @@ def input_name(uri: str, root: str) -> str:
     if "://" not in uri and not uri.startswith("/"):
         return uri  # a manifest's entry refused at discovery, as the manifest gave it: relative to the root
     prefix = root.rstrip("/") + "/"
-    return uri[len(prefix):] if root and uri.startswith(prefix) else posixpath.basename(uri.rstrip("/"))
+    return (
+        uri[len(prefix) :]
+        if root and uri.startswith(prefix)
+        else posixpath.basename(uri.rstrip("/"))
+    )
 
 
 def _count(n: int, noun: str) -> str:
@@ -338,17 +397,23 @@ def require_images(found: Discovery) -> None:
     where = f"{found.source} (layout {found.layout})"
     if found.rejected:
         reasons = Counter(r["reason"] for r in found.rejected).most_common()
-        message = (f"no usable images in {where}: {_count(len(found.rejected), 'image')}, all refused at "
-                   f"discovery: " + "; ".join(f"{reason} ({count})" for reason, count in reasons))
+        message = (
+            f"no usable images in {where}: {_count(len(found.rejected), 'image')}, all refused at "
+            f"discovery: " + "; ".join(f"{reason} ({count})" for reason, count in reasons)
+        )
     elif found.ignored:
         examples = ", ".join(posixpath.basename(url) for url in found.ignored[:3])
-        message = (f"no images found in {where}: {_count(len(found.ignored), 'file')}, none an image by its name "
-                   f"or its first bytes (e.g. {examples})")
+        message = (
+            f"no images found in {where}: {_count(len(found.ignored), 'file')}, none an image by its name "
+            f"or its first bytes (e.g. {examples})"
+        )
     else:
         message = f"no images found in {where}: it {'lists' if found.layout == 'manifest' else 'holds'} no files"
     if found.skipped_links:
-        message += (f"; {len(found.skipped_links)} links or folders not followed, e.g. "
-                    f"{found.skipped_links[0]['source_uri']}: {found.skipped_links[0]['reason']}")
+        message += (
+            f"; {len(found.skipped_links)} links or folders not followed, e.g. "
+            f"{found.skipped_links[0]['source_uri']}: {found.skipped_links[0]['reason']}"
+        )
     raise NoImagesError(message)
 
 

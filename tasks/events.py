@@ -26,8 +26,15 @@ from tasks.privacy import prefect_patient_id
 from tasks.store import Store
 from tasks.store_layout import ScoringPaths
 
-__all__ = ["EVENTS", "MODEL_PROMOTED", "NIGHTLY_FAILED", "PATIENT_AML_SUSPECTED", "emit_aml_suspected",
-           "emit_model_promoted", "emit_nightly_failed"]
+__all__ = [
+    "EVENTS",
+    "MODEL_PROMOTED",
+    "NIGHTLY_FAILED",
+    "PATIENT_AML_SUSPECTED",
+    "emit_aml_suspected",
+    "emit_model_promoted",
+    "emit_nightly_failed",
+]
 
 PATIENT_AML_SUSPECTED = "aml-smear.patient.aml-suspected"
 MODEL_PROMOTED = "aml-smear.model.promoted"
@@ -40,8 +47,9 @@ def _resource(kind: str, name: str, role: str | None = None) -> dict[str, str]:
     return resource | ({"prefect.resource.role": role} if role else {})
 
 
-def emit_aml_suspected(scoring: ScoringPaths, patients: pd.DataFrame, model_version: str,
-                       report: str) -> int:
+def emit_aml_suspected(
+    scoring: ScoringPaths, patients: pd.DataFrame, model_version: str, report: str
+) -> int:
     """One ``aml-smear.patient.aml-suspected`` per AML_SUSPECTED patient of a complete scoring.
 
     Args:
@@ -59,18 +67,31 @@ def emit_aml_suspected(scoring: ScoringPaths, patients: pd.DataFrame, model_vers
         emit_event(
             event=PATIENT_AML_SUSPECTED,
             resource=_resource("patient", patient),
-            related=[_resource("scoring", f"{scoring.run_id}/{scoring.score_id}", "scoring"),
-                     _resource("model", model_version, "model")],
-            payload={"patient_id": patient, "run_id": scoring.run_id, "score_id": scoring.score_id,
-                     "model_version": model_version, "call": row.call, "n_scored": int(row.n_scored),
-                     "n_blast_like": int(row.n_blast_like), "blast_fraction": float(row.blast_fraction),
-                     "ci_low": float(row.ci_low), "ci_high": float(row.ci_high), "report": report,
-                     "note": RESEARCH_NOTE},
+            related=[
+                _resource("scoring", f"{scoring.run_id}/{scoring.score_id}", "scoring"),
+                _resource("model", model_version, "model"),
+            ],
+            payload={
+                "patient_id": patient,
+                "run_id": scoring.run_id,
+                "score_id": scoring.score_id,
+                "model_version": model_version,
+                "call": row.call,
+                "n_scored": int(row.n_scored),
+                "n_blast_like": int(row.n_blast_like),
+                "blast_fraction": float(row.blast_fraction),
+                "ci_low": float(row.ci_low),
+                "ci_high": float(row.ci_high),
+                "report": report,
+                "note": RESEARCH_NOTE,
+            },
         )
     return len(suspected)
 
 
-def emit_model_promoted(store: Store, version: str, previous: str | None, reason: str, by: str) -> None:
+def emit_model_promoted(
+    store: Store, version: str, previous: str | None, reason: str, by: str
+) -> None:
     """``aml-smear.model.promoted``: ``version`` is now the champion of ``store``'s registry.
 
     Args:
@@ -78,8 +99,18 @@ def emit_model_promoted(store: Store, version: str, previous: str | None, reason
         by: what promoted it: "retrain", "models promote" or "models rollback".
     """
     related = [_resource("model", previous, "previous-champion")] if previous else []
-    emit_event(event=MODEL_PROMOTED, resource=_resource("model", version), related=related,
-               payload={"version": version, "previous": previous, "reason": reason, "store": store.url, "by": by})
+    emit_event(
+        event=MODEL_PROMOTED,
+        resource=_resource("model", version),
+        related=related,
+        payload={
+            "version": version,
+            "previous": previous,
+            "reason": reason,
+            "store": store.url,
+            "by": by,
+        },
+    )
 
 
 def emit_nightly_failed(flow: Any, flow_run: Any, state: Any) -> None:
@@ -90,9 +121,18 @@ def emit_nightly_failed(flow: Any, flow_run: Any, state: Any) -> None:
     """
     emit_event(
         event=NIGHTLY_FAILED,
-        resource={"prefect.resource.id": f"prefect.flow-run.{flow_run.id}", "prefect.resource.name": flow_run.name},
+        resource={
+            "prefect.resource.id": f"prefect.flow-run.{flow_run.id}",
+            "prefect.resource.name": flow_run.name,
+        },
         related=[_resource("flow", flow.name, "flow")],
-        payload={"flow": flow.name, "flow_run_id": str(flow_run.id), "flow_run_name": flow_run.name,
-                 "deployment_id": str(flow_run.deployment_id) if flow_run.deployment_id else None,
-                 "state": state.name, "message": state.message, "run_count": flow_run.run_count},
+        payload={
+            "flow": flow.name,
+            "flow_run_id": str(flow_run.id),
+            "flow_run_name": flow_run.name,
+            "deployment_id": str(flow_run.deployment_id) if flow_run.deployment_id else None,
+            "state": state.name,
+            "message": state.message,
+            "run_count": flow_run.run_count,
+        },
     )

@@ -12,8 +12,14 @@ from tasks.retry import store_task
 from tasks.store import join
 from tasks.store_layout import ScoringPaths
 
-__all__ = ["EXPLAIN_MANIFEST", "explain_dir", "explain_patient", "find_explanation", "manifest_url",
-           "reuse_explanation"]
+__all__ = [
+    "EXPLAIN_MANIFEST",
+    "explain_dir",
+    "explain_patient",
+    "find_explanation",
+    "manifest_url",
+    "reuse_explanation",
+]
 
 EXPLAIN_MANIFEST = "gradcam.json"
 
@@ -71,12 +77,27 @@ def explain_patient(
     cam = compute_gradcam(load_worker_model(model, store), images)
     folder = explain_dir(paths, patient_id)
     entries = []
-    for rank, (row, overlay, logit) in enumerate(zip(top.itertuples(), cam.overlays, cam.logits, strict=True), 1):
+    for rank, (row, overlay, logit) in enumerate(
+        zip(top.itertuples(), cam.overlays, cam.logits, strict=True), 1
+    ):
         name = f"{rank:02d}-{report_name(row.cell_id)}.png"
         store.write_bytes(join(folder, name), encode_png(overlay))
-        entries.append({"rank": rank, "cell_id": row.cell_id, "zarr_index": int(row.zarr_index),
-                        "probability": float(row.probability), "logit": float(logit), "overlay": name})
-    manifest = {"patient_id": patient_id, "model_version": model.version, "top_k": top_k, "cells": entries}
+        entries.append(
+            {
+                "rank": rank,
+                "cell_id": row.cell_id,
+                "zarr_index": int(row.zarr_index),
+                "probability": float(row.probability),
+                "logit": float(logit),
+                "overlay": name,
+            }
+        )
+    manifest = {
+        "patient_id": patient_id,
+        "model_version": model.version,
+        "top_k": top_k,
+        "cells": entries,
+    }
     return store.write_json(manifest_url(paths, patient_id), manifest)
 
 

@@ -36,7 +36,14 @@ from tasks.retry import store_task
 from tasks.store import Store, join
 from tasks.weights import fetch_backbone_weights
 
-__all__ = ["ROWS_PER_TASK", "FeatureCache", "embed_missing", "embed_shard", "prepare_backbone", "prepare_backbone_task"]
+__all__ = [
+    "ROWS_PER_TASK",
+    "FeatureCache",
+    "embed_missing",
+    "embed_shard",
+    "prepare_backbone",
+    "prepare_backbone_task",
+]
 
 #: Rows one embedding task computes and writes.
 ROWS_PER_TASK = 64
@@ -67,8 +74,14 @@ class FeatureCache:
             index = self.store.read_table(self.index_url)
             if set(KEY) <= set(index.columns):
                 return index
-        return pd.DataFrame({"sha256": pd.Series(dtype=str), "view": pd.Series(dtype="int64"),
-                             "augmentation": pd.Series(dtype=str), "row": pd.Series(dtype="int64")})
+        return pd.DataFrame(
+            {
+                "sha256": pd.Series(dtype=str),
+                "view": pd.Series(dtype="int64"),
+                "augmentation": pd.Series(dtype=str),
+                "row": pd.Series(dtype="int64"),
+            }
+        )
 
     def allocate(self, n_new: int, feature_shape: tuple[int, ...]) -> int:
         """Grow the array by ``n_new`` rows; returns the first new row."""
@@ -76,9 +89,14 @@ class FeatureCache:
 
         group = zarr.open_group(self.store.zarr_store(self.array_url, read_only=False), mode="a")
         if ARRAY not in group:
-            group.create_array(ARRAY, shape=(0, *feature_shape), chunks=(1, *feature_shape), dtype="float16",
-                               fill_value=0, compressors=[zarr.codecs.BloscCodec(cname="zstd", clevel=1,
-                                                                                 shuffle="shuffle")])
+            group.create_array(
+                ARRAY,
+                shape=(0, *feature_shape),
+                chunks=(1, *feature_shape),
+                dtype="float16",
+                fill_value=0,
+                compressors=[zarr.codecs.BloscCodec(cname="zstd", clevel=1, shuffle="shuffle")],
+            )
         array = group[ARRAY]
         start = array.shape[0]
         array.resize((start + n_new, *feature_shape))
@@ -97,9 +115,13 @@ class FeatureCache:
         return read_cells(self.array(), rows)
 
 
-def embed_missing(cache: FeatureCache, needed: pd.DataFrame, feature_shape: tuple[int, ...],
-                  config: ExperimentConfig, map_shards: Callable[[list[tuple]], list[int]] | None = None,
-                  ) -> tuple[np.ndarray, int]:
+def embed_missing(
+    cache: FeatureCache,
+    needed: pd.DataFrame,
+    feature_shape: tuple[int, ...],
+    config: ExperimentConfig,
+    map_shards: Callable[[list[tuple]], list[int]] | None = None,
+) -> tuple[np.ndarray, int]:
     """Embed the views of ``needed`` that the cache lacks, and commit them to the index.
 
     Args:
@@ -113,22 +135,42 @@ def embed_missing(cache: FeatureCache, needed: pd.DataFrame, feature_shape: tupl
         (the cache row of each row of ``needed``, in its order; the number of rows embedded).
     """
     if map_shards is None:
+
         def map_shards(calls):
             with model_tasks():
                 futures = [embed_shard.submit(*call) for call in calls]
             return [future.result() for future in futures]
 
     augment, seed = config.train.augment, config.train.seed
-    keyed = needed.assign(augmentation=[augmentation_key(augment, seed, view) for view in needed["view"]])
+    keyed = needed.assign(
+        augmentation=[augmentation_key(augment, seed, view) for view in needed["view"]]
+    )
     index = cache.read_index()
     known = keyed.merge(index, on=KEY, how="left")
-    missing = known[known["row"].isna()].drop_duplicates(KEY).drop(columns="row").reset_index(drop=True)
+    missing = (
+        known[known["row"].isna()].drop_duplicates(KEY).drop(columns="row").reset_index(drop=True)
+    )
     if len(missing):
         first = cache.allocate(len(missing), feature_shape)
-        items = [(r.cells_zarr, int(r.zarr_index), view_seed(r.sha256, r.view, r.augmentation) if r.view else None)
-                 for r in missing.itertuples()]
-        calls = [(items[s:s + ROWS_PER_TASK], first + s, cache.store, cache.backbone_id, config.model, augment)
-                 for s in range(0, len(items), ROWS_PER_TASK)]
+        items = [
+            (
+                r.cells_zarr,
+                int(r.zarr_index),
+                view_seed(r.sha256, r.view, r.augmentation) if r.view else None,
+            )
+            for r in missing.itertuples()
+        ]
+        calls = [
+            (
+                items[s : s + ROWS_PER_TASK],
+                first + s,
+                cache.store,
+                cache.backbone_id,
+                config.model,
+                augment,
+            )
+            for s in range(0, len(items), ROWS_PER_TASK)
+        ]
         done = sum(map_shards(calls))
         if done != len(missing):
             message = f"embedding wrote {done} rows, expected {len(missing)}"
@@ -173,7 +215,11 @@ def prepare_backbone(config: ModelConfig, store: Store, seed: int) -> tuple[str,
         if not store.exists(cache.weights):
             with open(local, "rb") as handle:
                 store.write_bytes(cache.weights, handle.read())
-    return backbone_id, cache.weights, tuple(int(d) for d in cut_backbone(backbone, config).output.shape[1:])
+    return (
+        backbone_id,
+        cache.weights,
+        tuple(int(d) for d in cut_backbone(backbone, config).output.shape[1:]),
+    )
 
 
 #: :func:`prepare_backbone` as a task, so that a flow builds the backbone on a worker.
@@ -228,13 +274,18 @@ def embed_shard(
     from aml_model.preprocess import normalise_for_resnet50
 
     cache = FeatureCache(store, backbone_id)
-    backbone = _per_worker("backbone", backbone_id, lambda: _build_backbone(backbone_id, cache.weights, model, store))
+    backbone = _per_worker(
+        "backbone", backbone_id, lambda: _build_backbone(backbone_id, cache.weights, model, store)
+    )
     image_size = model.image_size
-    cells = Rows.named([url for url, _, _ in items], [index for _, index, _ in items],
-                       store.open_cells_array)
+    cells = Rows.named(
+        [url for url, _, _ in items], [index for _, index, _ in items], store.open_cells_array
+    )
     # Padded to whole backbone batches: the padding rows are computed and dropped.
-    images = np.zeros((-(-len(items) // EMBED_BATCH) * EMBED_BATCH, image_size, image_size, 3), np.float32)
-    images[:len(items)] = cells[np.arange(len(items))]
+    images = np.zeros(
+        (-(-len(items) // EMBED_BATCH) * EMBED_BATCH, image_size, image_size, 3), np.float32
+    )
+    images[: len(items)] = cells[np.arange(len(items))]
     if any(seed is not None for _, _, seed in items):
         from aml_model.views import ViewAugmenter
 
@@ -245,6 +296,6 @@ def embed_shard(
     inputs = normalise_for_resnet50(images)
     for layer in input_normalisation(model):
         inputs = layer(inputs)
-    features = backbone.predict(np.asarray(inputs), batch_size=EMBED_BATCH, verbose=0)[:len(items)]
-    cache.array(read_only=False)[first_row:first_row + len(items)] = features.astype(np.float16)
+    features = backbone.predict(np.asarray(inputs), batch_size=EMBED_BATCH, verbose=0)[: len(items)]
+    cache.array(read_only=False)[first_row : first_row + len(items)] = features.astype(np.float16)
     return len(items)

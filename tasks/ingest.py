@@ -27,24 +27,33 @@ def plan_hash(inputs: list[CellInput], image_size: int, chunk_cells: int) -> str
     A cell type is part of its input, so a changed type is a changed input; inputs without a
     type hash as before cell types existed, so the runs of such sources keep their ids.
     """
-    payload = json.dumps([[c.uri, c.patient_id, c.label] + ([c.cell_type] if c.cell_type is not None else [])
-                          for c in inputs] + [image_size, chunk_cells])
+    payload = json.dumps(
+        [
+            [c.uri, c.patient_id, c.label] + ([c.cell_type] if c.cell_type is not None else [])
+            for c in inputs
+        ]
+        + [image_size, chunk_cells]
+    )
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
 ShardSpec = dict  # {"shard": int, "start": int, "uris": [str, ...]}
 
 
-def plan_shards(inputs: list[CellInput], chunk_cells: int, chunks_per_shard: int = 1) -> list[ShardSpec]:
+def plan_shards(
+    inputs: list[CellInput], chunk_cells: int, chunks_per_shard: int = 1
+) -> list[ShardSpec]:
     """Cut the inputs into shards aligned to Zarr chunks, so no two shards share a chunk."""
     size = chunk_cells * chunks_per_shard
     return [
-        {"shard": number, "start": start, "uris": [c.uri for c in inputs[start:start + size]]}
+        {"shard": number, "start": start, "uris": [c.uri for c in inputs[start : start + size]]}
         for number, start in enumerate(range(0, len(inputs), size))
     ]
 
 
-def _decode_one(uri: str, source: Store, config: PreprocessConfig) -> tuple[np.ndarray | None, dict]:
+def _decode_one(
+    uri: str, source: Store, config: PreprocessConfig
+) -> tuple[np.ndarray | None, dict]:
     try:
         data = source.read_bytes(uri)
     except FileNotFoundError:
@@ -85,7 +94,9 @@ def ingest_shard(
         # Shards are numbered by position: a rerun with other chunks_per_task finds markers of
         # other slot ranges under the same names.
         done = [(r["zarr_index"], r["source_uri"]) for r in marker.get("records", [])]
-        if marker.get("plan") == fingerprint and done == list(enumerate(spec["uris"], start=spec["start"])):
+        if marker.get("plan") == fingerprint and done == list(
+            enumerate(spec["uris"], start=spec["start"])
+        ):
             return marker["records"]
     config = PreprocessConfig(image_size=image_size)
     block = np.zeros((len(spec["uris"]), image_size, image_size, 3), np.uint8)
@@ -96,7 +107,7 @@ def ingest_shard(
             block[offset] = cell
         records.append({"zarr_index": spec["start"] + offset, "source_uri": uri, **record})
     array = store.open_cells_array(cells_url, read_only=False)
-    array[spec["start"]:spec["start"] + len(block)] = block
+    array[spec["start"] : spec["start"] + len(block)] = block
     store.write_json(marker_url, {"plan": fingerprint, "records": records})
     return records
 
@@ -110,11 +121,17 @@ def write_ingest_tables(
 ) -> dict[str, int]:
     """Build and write cells.parquet and quarantine.parquet; returns their row counts."""
     frame = pd.DataFrame(records).sort_values("zarr_index", kind="stable")
-    meta = pd.DataFrame([{"patient_id": c.patient_id, "label": c.label, "cell_type": c.cell_type} for c in inputs],
-                        columns=["patient_id", "label", "cell_type"])
+    meta = pd.DataFrame(
+        [{"patient_id": c.patient_id, "label": c.label, "cell_type": c.cell_type} for c in inputs],
+        columns=["patient_id", "label", "cell_type"],
+    )
     frame = pd.concat([frame.reset_index(drop=True), meta], axis=1)
-    cells, quarantine = build_cell_tables(frame, pd.DataFrame(rejected, columns=["source_uri", "patient_id", "reason"]))
+    cells, quarantine = build_cell_tables(
+        frame, pd.DataFrame(rejected, columns=["source_uri", "patient_id", "reason"])
+    )
     paths.store.write_table(cells, paths.cells_table)
     paths.store.write_table(quarantine, paths.quarantine_table)
-    get_run_logger().info("wrote %d cells and %d quarantined inputs to %s", len(cells), len(quarantine), paths.root)
+    get_run_logger().info(
+        "wrote %d cells and %d quarantined inputs to %s", len(cells), len(quarantine), paths.root
+    )
     return {"cells": len(cells), "quarantined": len(quarantine)}

@@ -36,7 +36,12 @@ def quarantined_inputs(paths: RunPaths | ScoringPaths) -> pd.DataFrame:
     root = source_root(paths)
     prefix = root.rstrip("/") + "/"
     reasons = quarantine["reason"].astype(str)
-    named = quarantine.assign(name=input_names(quarantine["source_uri"].astype(str), root),
-                              reason=reasons.str.replace(prefix, "", regex=False) if root else reasons)
-    return named[["name", "patient_id", "reason", "source_uri"]].sort_values(
-        ["patient_id", "name"], kind="stable").reset_index(drop=True)
+    named = quarantine.assign(
+        name=input_names(quarantine["source_uri"].astype(str), root),
+        reason=reasons.str.replace(prefix, "", regex=False) if root else reasons,
+    )
+    return (
+        named[["name", "patient_id", "reason", "source_uri"]]
+        .sort_values(["patient_id", "name"], kind="stable")
+        .reset_index(drop=True)
+    )

@@ -16,7 +16,15 @@ from tasks.settings import LinkSettings, variable
 from tasks.store import Store, is_local
 from tasks.store_layout import ScoringPaths
 
-__all__ = ["LINK_EXPIRY", "LINK_EXPIRY_ENV", "Link", "index_link", "link_expiry", "reports_markdown", "ui_link"]
+__all__ = [
+    "LINK_EXPIRY",
+    "LINK_EXPIRY_ENV",
+    "Link",
+    "index_link",
+    "link_expiry",
+    "reports_markdown",
+    "ui_link",
+]
 
 # SigV4 presigned URLs live at most 7 days; a report is looked at within days of its scoring.
 LINK_EXPIRY = timedelta(days=7)
@@ -35,7 +43,7 @@ class Link:
 
     @property
     def expiry_note(self) -> str:
-        """"link expires ..." for an artifact's description (saying when the link carries a session
+        """ "link expires ..." for an artifact's description (saying when the link carries a session
         token, or why it was not presigned), or "" for a link that does not expire."""
         if self.unsigned_because:
             return self.unsigned_because
@@ -43,8 +51,10 @@ class Link:
             return ""
         note = f"link expires {self.expires_at:%Y-%m-%d %H:%M} UTC"
         if self.carries_session_token:
-            note += (", or earlier with the temporary credentials that signed it: it carries a session token, "
-                     "which anyone holding the link can read")
+            note += (
+                ", or earlier with the temporary credentials that signed it: it carries a session token, "
+                "which anyone holding the link can read"
+            )
         return note
 
 
@@ -85,8 +95,11 @@ def ui_link(store: Store, url: str, expires_in: timedelta | None = None) -> Link
         return Link(url)
     token = "x-amz-security-token=" in signed.lower()  # SigV4 or SigV2 spelling
     if token and explicit is None and not _expiry_chosen():
-        return Link(url, unsigned_because=f"not presigned: the credentials are temporary (a session token would be "
-                                          f"in the link); set {LINK_EXPIRY_ENV} to presign anyway")
+        return Link(
+            url,
+            unsigned_because=f"not presigned: the credentials are temporary (a session token would be "
+            f"in the link); set {LINK_EXPIRY_ENV} to presign anyway",
+        )
     return Link(signed, datetime.now(UTC) + expires_in, carries_session_token=token)
 
 
@@ -97,22 +110,44 @@ def reports_markdown(paths: ScoringPaths, patients: pd.DataFrame, index: Link) -
     (:mod:`tasks.privacy`), only the index is linked and each patient appears by pseudonym.
     """
     hidden = pseudonymising()
-    lines = [f"# Patient reports: run {paths.run_id}, scoring {paths.score_id}", "", f"**{RESEARCH_NOTE}**", "",
-             f"[Cohort index]({index.url})", ""]
+    lines = [
+        f"# Patient reports: run {paths.run_id}, scoring {paths.score_id}",
+        "",
+        f"**{RESEARCH_NOTE}**",
+        "",
+        f"[Cohort index]({index.url})",
+        "",
+    ]
     if index.expires_at is not None:
-        lines += [f"Links expire {index.expires_at:%Y-%m-%d %H:%M} UTC; the reports stay in the store at "
-                  f"`{index_url(paths)}`.", ""]
+        lines += [
+            f"Links expire {index.expires_at:%Y-%m-%d %H:%M} UTC; the reports stay in the store at "
+            f"`{index_url(paths)}`.",
+            "",
+        ]
     elif index.unsigned_because:
-        lines += [f"Links are {index.unsigned_because}. The reports are in the store at `{index_url(paths)}`.", ""]
+        lines += [
+            f"Links are {index.unsigned_because}. The reports are in the store at `{index_url(paths)}`.",
+            "",
+        ]
     if hidden:
-        lines += ["Patient ids are pseudonymised here; the reports, named by patient id, are linked from the "
-                  "cohort index.", "", "| patient | call |", "|---|---|"]
-        lines += [f"| {prefect_patient_id(row.patient_id)} | {row.call} |" for row in patients.itertuples()]
+        lines += [
+            "Patient ids are pseudonymised here; the reports, named by patient id, are linked from the "
+            "cohort index.",
+            "",
+            "| patient | call |",
+            "|---|---|",
+        ]
+        lines += [
+            f"| {prefect_patient_id(row.patient_id)} | {row.call} |"
+            for row in patients.itertuples()
+        ]
         return "\n".join(lines)
     lines += ["| patient | call | report |", "|---|---|---|"]
-    lines += [f"| {row.patient_id} | {row.call} | [{report_name(row.patient_id)}.html]"
-              f"({ui_link(paths.store, report_url(paths, row.patient_id)).url}) |"
-              for row in patients.itertuples()]
+    lines += [
+        f"| {row.patient_id} | {row.call} | [{report_name(row.patient_id)}.html]"
+        f"({ui_link(paths.store, report_url(paths, row.patient_id)).url}) |"
+        for row in patients.itertuples()
+    ]
     return "\n".join(lines)
 
 

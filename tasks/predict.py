@@ -13,7 +13,13 @@ from tasks.retry import store_task
 from tasks.store import PROBABILITIES, Store
 from tasks.store_layout import ScoringPaths
 
-__all__ = ["load_worker_model", "reuse_probabilities", "score_shard", "worker_precision", "worker_scorer"]
+__all__ = [
+    "load_worker_model",
+    "reuse_probabilities",
+    "score_shard",
+    "worker_precision",
+    "worker_scorer",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -71,9 +77,15 @@ def worker_precision(requested: str, model: ModelRef) -> str:
             from aml_model.inference import REDUCED_PRECISION_MAX_ABS_DP
 
             gpu = bool(tf.config.list_physical_devices("GPU"))
-            _PRECISIONS[model.version], reason = resolve_precision(requested, model.precision_agreement, cpu_flags(),
-                                                                   gpu, REDUCED_PRECISION_MAX_ABS_DP)
-            logger.info("model %s scores in %s on this worker: %s", model.version, _PRECISIONS[model.version], reason)
+            _PRECISIONS[model.version], reason = resolve_precision(
+                requested, model.precision_agreement, cpu_flags(), gpu, REDUCED_PRECISION_MAX_ABS_DP
+            )
+            logger.info(
+                "model %s scores in %s on this worker: %s",
+                model.version,
+                _PRECISIONS[model.version],
+                reason,
+            )
         return _PRECISIONS[model.version]
 
 
@@ -122,8 +134,14 @@ def score_shard(
         marker = store.read_json(marker_url)
         if marker == _marker(fingerprint, start, stop, model, precision, marker.get("scored")):
             return marker["scored"]
-    rows = np.array([r["zarr_index"] - start for r in decoded
-                     if r["reason"] is None and start <= r["zarr_index"] < stop], dtype=np.int64)
+    rows = np.array(
+        [
+            r["zarr_index"] - start
+            for r in decoded
+            if r["reason"] is None and start <= r["zarr_index"] < stop
+        ],
+        dtype=np.int64,
+    )
     block = np.full(stop - start, np.nan, np.float32)
     if len(rows):
         scorer = worker_scorer(model, store, precision, batch_size)
@@ -154,8 +172,15 @@ def reuse_probabilities(source: ScoringPaths, target: ScoringPaths) -> int:
     return int(np.count_nonzero(~np.isnan(probabilities[:])))
 
 
-def _marker(fingerprint: str, start: int, stop: int, model: ModelRef, precision: str, scored: int | None) -> dict:
+def _marker(
+    fingerprint: str, start: int, stop: int, model: ModelRef, precision: str, scored: int | None
+) -> dict:
     # Probabilities depend on the cells, the model and the precision: a change of any redoes the
     # shard. The slots go in too: a rerun with other chunks_per_task numbers its shards differently.
-    return {"plan": fingerprint, "slots": [start, stop], "model_version": model.version, "precision": precision,
-            "scored": scored}
+    return {
+        "plan": fingerprint,
+        "slots": [start, stop],
+        "model_version": model.version,
+        "precision": precision,
+        "scored": scored,
+    }

@@ -33,7 +33,13 @@ from tasks.store import Store, join
 from tasks.training import cell_rows
 from tasks.weights import fetch_weights_file
 
-__all__ = ["PretrainPlan", "pretraining_key", "pretrain_steps", "read_progress", "register_backbone"]
+__all__ = [
+    "PretrainPlan",
+    "pretraining_key",
+    "pretrain_steps",
+    "read_progress",
+    "register_backbone",
+]
 
 STATE_FILE = "state.npz"
 DONE_FILE = "done.json"
@@ -82,19 +88,34 @@ class PretrainPlan:
         return join(self.work, DONE_FILE)
 
 
-def pretraining_key(cell_hashes: list[str], model: ModelConfig, augment: AugmentConfig, config: PretrainConfig,
-                    initial_sha256: str | None) -> str:
+def pretraining_key(
+    cell_hashes: list[str],
+    model: ModelConfig,
+    augment: AugmentConfig,
+    config: PretrainConfig,
+    initial_sha256: str | None,
+) -> str:
     """16 hex digits naming a pretraining: the same cells, settings and start make the same key."""
-    payload = json.dumps({"cells": hashlib.sha256("\n".join(sorted(cell_hashes)).encode()).hexdigest(),
-                          "model": _recipe_fields(model), "augment": dataclasses.asdict(augment),
-                          "config": config.to_dict(), "initial": initial_sha256}, sort_keys=True)
+    payload = json.dumps(
+        {
+            "cells": hashlib.sha256("\n".join(sorted(cell_hashes)).encode()).hexdigest(),
+            "model": _recipe_fields(model),
+            "augment": dataclasses.asdict(augment),
+            "config": config.to_dict(),
+            "initial": initial_sha256,
+        },
+        sort_keys=True,
+    )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 def _recipe_fields(model: ModelConfig) -> dict:
     """What of the model a backbone is trained for: all but the weights it starts from."""
-    return {key: value for key, value in dataclasses.asdict(model).items()
-            if key not in ("backbone_weights", "backbone_weights_sha256")}
+    return {
+        key: value
+        for key, value in dataclasses.asdict(model).items()
+        if key not in ("backbone_weights", "backbone_weights_sha256")
+    }
 
 
 def read_progress(plan: PretrainPlan) -> int:
@@ -138,7 +159,11 @@ def pretrain_steps(plan: PretrainPlan, until: int) -> dict:
     pretrainer = Pretrainer(plan.model, plan.augment, plan.config, _initial_file(plan))
     if plan.store.exists(plan.state_url):
         pretrainer.restore(PretrainState.from_bytes(plan.store.read_bytes(plan.state_url)))
-        logger.info("resuming pretraining %s from its checkpoint at step %d", plan.key, pretrainer.step_number)
+        logger.info(
+            "resuming pretraining %s from its checkpoint at step %d",
+            plan.key,
+            pretrainer.step_number,
+        )
     start_step = pretrainer.step_number
     pool = _pool(plan, start_step)
     started = time.perf_counter()
@@ -151,14 +176,24 @@ def pretrain_steps(plan: PretrainPlan, until: int) -> dict:
             done = step - start_step
             rate = done * plan.config.batch_size / (time.perf_counter() - started)
             left = (plan.config.steps - step) * plan.config.batch_size / rate
-            logger.info("pretraining step %d/%d: loss %.3f, %.1f cells/s, about %.0f min left", step,
-                        plan.config.steps, float(np.mean(pretrainer.losses[-LOG_EVERY:])), rate, left / 60)
+            logger.info(
+                "pretraining step %d/%d: loss %.3f, %.1f cells/s, about %.0f min left",
+                step,
+                plan.config.steps,
+                float(np.mean(pretrainer.losses[-LOG_EVERY:])),
+                rate,
+                left / 60,
+            )
 
     state = pretrainer.train(pool, until, on_checkpoint=checkpoint, on_progress=progress)
     seconds = time.perf_counter() - started
     done = state.step - start_step
-    return {"step": state.step, "loss": float(np.mean(state.losses[-LOG_EVERY:])) if state.losses else None,
-            "seconds": seconds, "cells_per_s": done * plan.config.batch_size / seconds if done else None}
+    return {
+        "step": state.step,
+        "loss": float(np.mean(state.losses[-LOG_EVERY:])) if state.losses else None,
+        "seconds": seconds,
+        "cells_per_s": done * plan.config.batch_size / seconds if done else None,
+    }
 
 
 @store_task("register-backbone")
@@ -199,15 +234,25 @@ def register_backbone(plan: PretrainPlan) -> dict:
     losses = np.asarray(state.losses)
     window = min(len(losses), 100)
     card = {
-        "id": backbone_id, "sha256": sha256, "file": BACKBONE_WEIGHTS, "method": plan.config.method,
-        "layers_up_to": plan.model.feature_layer, "image_size": plan.model.image_size,
-        "model": _recipe_fields(plan.model), "pretrain": plan.config.to_dict(),
+        "id": backbone_id,
+        "sha256": sha256,
+        "file": BACKBONE_WEIGHTS,
+        "method": plan.config.method,
+        "layers_up_to": plan.model.feature_layer,
+        "image_size": plan.model.image_size,
+        "model": _recipe_fields(plan.model),
+        "pretrain": plan.config.to_dict(),
         "augmentation": dataclasses.asdict(plan.augment),
-        "steps": state.step, "cells": len(plan.cells), "epochs": state.step * plan.config.batch_size / len(plan.cells),
+        "steps": state.step,
+        "cells": len(plan.cells),
+        "epochs": state.step * plan.config.batch_size / len(plan.cells),
         "loss": {"first": float(losses[:window].mean()), "last": float(losses[-window:].mean())},
         "batch_norm": f"re-estimated on {len(pool)} cells at {plan.model.image_size} px",
-        "train_seconds": state.seconds, "work_key": plan.key, **plan.provenance,
-        "code_version": code_version(), "created_at": datetime.now(UTC).isoformat(),
+        "train_seconds": state.seconds,
+        "work_key": plan.key,
+        **plan.provenance,
+        "code_version": code_version(),
+        "created_at": datetime.now(UTC).isoformat(),
     }
     plan.store.write_json(join(target, BACKBONE_CARD), card)
     plan.store.write_json(plan.done_url, {"backbone_id": backbone_id})

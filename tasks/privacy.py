@@ -23,8 +23,16 @@ import pandas as pd
 
 from tasks.settings import PrivacySettings, variable
 
-__all__ = ["PATIENT_ID_KEY_ENV", "PSEUDONYM_PREFIX", "PSEUDONYMISE_ENV", "prefect_cell_rows", "prefect_patient_id",
-           "prefect_patient_ids", "prefect_patients_table", "pseudonymising"]
+__all__ = [
+    "PATIENT_ID_KEY_ENV",
+    "PSEUDONYM_PREFIX",
+    "PSEUDONYMISE_ENV",
+    "prefect_cell_rows",
+    "prefect_patient_id",
+    "prefect_patient_ids",
+    "prefect_patients_table",
+    "pseudonymising",
+]
 
 PATIENT_ID_KEY_ENV = variable("patient_id_key")
 PSEUDONYMISE_ENV = variable("pseudonymise")
@@ -79,7 +87,8 @@ def prefect_patients_table(patients: pd.DataFrame) -> pd.DataFrame:
     if not pseudonymising():
         return patients.copy()
     return patients.assign(patient_id=prefect_patient_ids(patients["patient_id"])).drop(
-        columns=["patient_version"], errors="ignore")
+        columns=["patient_version"], errors="ignore"
+    )
 
 
 def _pseudonymous_uri(uri: str, patient_id: str, pseudonym: str) -> str:

@@ -21,11 +21,30 @@ from aml_model.errors import AmlSmearError
 from tasks.settings import RegistrySettings, variable
 from tasks.store import Store, is_local, join
 
-__all__ = ["MODEL_PREFIXES_ENV", "ModelNotAllowedError", "ModelNotFoundError", "ModelRef", "RegistryError",
-           "allow_model_file", "allowed_model_prefixes", "champion_card", "champion_pointer", "code_version",
-           "finish_registration", "model_input_size", "names_a_file", "read_champion", "register_model",
-           "require_registered", "resolve_model", "rollback_champion", "set_champion", "stage_model",
-           "pruning_marks", "update_champion"]
+__all__ = [
+    "MODEL_PREFIXES_ENV",
+    "ModelNotAllowedError",
+    "ModelNotFoundError",
+    "ModelRef",
+    "RegistryError",
+    "allow_model_file",
+    "allowed_model_prefixes",
+    "champion_card",
+    "champion_pointer",
+    "code_version",
+    "finish_registration",
+    "model_input_size",
+    "names_a_file",
+    "read_champion",
+    "register_model",
+    "require_registered",
+    "resolve_model",
+    "rollback_champion",
+    "set_champion",
+    "stage_model",
+    "pruning_marks",
+    "update_champion",
+]
 
 MODEL_FILE = "model.keras"
 CARD_FILE = "model_card.json"
@@ -143,9 +162,11 @@ def _require_allowed(spec: str, store: Store) -> None:
         root = _canonical(prefix)
         if target == root or target.startswith(root.rstrip("/") + "/"):
             return
-    message = (f"model {spec!r} is not under an allowed prefix ({', '.join(allowed_model_prefixes(store))}): "
-               f"register it (aml-smear retrain, or models in the store), or add its folder to {MODEL_PREFIXES_ENV} "
-               f"where the flow runs")
+    message = (
+        f"model {spec!r} is not under an allowed prefix ({', '.join(allowed_model_prefixes(store))}): "
+        f"register it (aml-smear retrain, or models in the store), or add its folder to {MODEL_PREFIXES_ENV} "
+        f"where the flow runs"
+    )
     raise ModelNotAllowedError(message)
 
 
@@ -164,8 +185,10 @@ def resolve_model(spec: str, store: Store) -> ModelRef:
     if spec == "champion":
         current = read_champion(store)
         if current is None:
-            message = (f"no champion model in {store.url} ({champion_pointer(store)} is missing): train one with "
-                       f"`aml-smear retrain SOURCE --store {store.url}`, or pass --model PATH_TO.keras")
+            message = (
+                f"no champion model in {store.url} ({champion_pointer(store)} is missing): train one with "
+                f"`aml-smear retrain SOURCE --store {store.url}`, or pass --model PATH_TO.keras"
+            )
             raise ModelNotFoundError(message)
         spec = current["version"]
     registered = join(models_root(store), spec, MODEL_FILE)
@@ -173,18 +196,27 @@ def resolve_model(spec: str, store: Store) -> ModelRef:
         card_url = join(models_root(store), spec, CARD_FILE)
         if not store.exists(card_url):
             # The card is written last: without it the registration was interrupted.
-            message = (f"model version {spec} in {models_root(store)} is not completely registered (no {CARD_FILE}): "
-                       f"its registration was interrupted; retrain, or use another version")
+            message = (
+                f"model version {spec} in {models_root(store)} is not completely registered (no {CARD_FILE}): "
+                f"its registration was interrupted; retrain, or use another version"
+            )
             raise ModelNotFoundError(message)
         card = store.read_json(card_url)
-        return ModelRef(registered, spec, int(card["config"]["model"]["image_size"]), _agreement(card),
-                        card.get("model_sha256"))
+        return ModelRef(
+            registered,
+            spec,
+            int(card["config"]["model"]["image_size"]),
+            _agreement(card),
+            card.get("model_sha256"),
+        )
     # A bare version name that is not registered: say so, not that a path is not allowed.
     if names_a_file(spec) or store.exists(spec):
         _require_allowed(spec, store)
     if not store.exists(spec):
-        message = (f"model {spec!r} is neither a version registered in {models_root(store)} nor an existing "
-                   f".keras file: train one with `aml-smear retrain SOURCE --store {store.url}`")
+        message = (
+            f"model {spec!r} is neither a version registered in {models_root(store)} nor an existing "
+            f".keras file: train one with `aml-smear retrain SOURCE --store {store.url}`"
+        )
         raise ModelNotFoundError(message)
     data = store.read_bytes(spec)
     digest = hashlib.sha256(data).hexdigest()
@@ -209,25 +241,38 @@ def stage_model(model_file: str, store: Store) -> ModelRef:
     return ModelRef(url, version, model_input_size(data, model_file), sha256=digest)
 
 
-def finish_registration(ref: ModelRef, card: dict, store: Store,
-                        extra_files: dict[str, bytes] | None = None) -> ModelRef:
+def finish_registration(
+    ref: ModelRef, card: dict, store: Store, extra_files: dict[str, bytes] | None = None
+) -> ModelRef:
     """Write a staged model's extra files (figures), then its card: the card last, so a version
     folder with a card is complete. The card gains code_version, version and registered_at."""
     folder = join(models_root(store), ref.version)
     for name, content in (extra_files or {}).items():
         store.write_bytes(join(folder, name), content)
-    card = {**card, "code_version": code_version(), "version": ref.version, "model_sha256": ref.sha256,
-            "registered_at": datetime.now(UTC).isoformat()}
+    card = {
+        **card,
+        "code_version": code_version(),
+        "version": ref.version,
+        "model_sha256": ref.sha256,
+        "registered_at": datetime.now(UTC).isoformat(),
+    }
     store.write_json(join(folder, CARD_FILE), card)
-    return ModelRef(ref.url, ref.version, int(card["config"]["model"]["image_size"]), _agreement(card), ref.sha256)
+    return ModelRef(
+        ref.url,
+        ref.version,
+        int(card["config"]["model"]["image_size"]),
+        _agreement(card),
+        ref.sha256,
+    )
 
 
 def _agreement(card: dict) -> dict[str, float] | None:
     return (card.get("inference") or {}).get("max_abs_dp_vs_float32")
 
 
-def register_model(model_file: str, card: dict, store: Store,
-                   extra_files: dict[str, bytes] | None = None) -> ModelRef:
+def register_model(
+    model_file: str, card: dict, store: Store, extra_files: dict[str, bytes] | None = None
+) -> ModelRef:
     """Copy a local .keras file, its card and extra files (figures) into models/<version>/
     (:func:`stage_model`, then :func:`finish_registration`)."""
     ref = stage_model(model_file, store)
@@ -236,8 +281,14 @@ def register_model(model_file: str, card: dict, store: Store,
 
 def _git(root: Path, *args: str) -> str:
     # GIT_OPTIONAL_LOCKS=0: `git status` must not take the index lock of a checkout others work in.
-    result = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=30, check=True,
-                            env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"})
+    result = subprocess.run(
+        ["git", "-C", str(root), *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+        env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"},
+    )
     return result.stdout.strip()
 
 
@@ -261,7 +312,11 @@ def code_version(root: Path | None = None) -> dict:
         package = "unknown"
     # Without a checkout, the commit an image build recorded in this package (tasks/build_info.py).
     built = read_build_commit() if default else None
-    unknown = {"package": package, "commit": built[0] if built else None, "dirty": built[1] if built else None}
+    unknown = {
+        "package": package,
+        "commit": built[0] if built else None,
+        "dirty": built[1] if built else None,
+    }
     try:
         # Only the checkout the code lives in: an installed package inside another repository is not it.
         if Path(_git(root, "rev-parse", "--show-toplevel")).resolve() != root:
@@ -289,8 +344,10 @@ def require_registered(store: Store, version: str) -> dict:
         if store.exists(model_url):
             message = f"model version {version} is not completely registered in {store.url} (no {CARD_FILE})"
         else:
-            message = (f"model version {version} is not registered in {models_root(store)}: "
-                       f"`aml-smear models list --store {store.url}` shows the versions there")
+            message = (
+                f"model version {version} is not registered in {models_root(store)}: "
+                f"`aml-smear models list --store {store.url}` shows the versions there"
+            )
         raise ModelNotFoundError(message)
     try:
         card = store.read_json(card_url)
@@ -302,7 +359,9 @@ def require_registered(store: Store, version: str) -> dict:
         message = f"{card_url} is not the card of model version {version} (it names {found!r})"
         raise RegistryError(message)
     if not store.exists(model_url):
-        message = f"model version {version} has a card but no {MODEL_FILE} in {folder}: it cannot be used"
+        message = (
+            f"model version {version} has a card but no {MODEL_FILE} in {folder}: it cannot be used"
+        )
         raise ModelNotFoundError(message)
     return card
 
@@ -334,7 +393,9 @@ def champion_card(store: Store) -> dict | None:
     return None if pointer is None else require_registered(store, pointer["version"])
 
 
-def _parse_pointer(raw: bytes | None, pointer: str, tolerate_unreadable: bool = False) -> dict | None:
+def _parse_pointer(
+    raw: bytes | None, pointer: str, tolerate_unreadable: bool = False
+) -> dict | None:
     """A pointer's JSON with its ``history`` and ``pruning`` lists, None when there is none (or, with
     ``tolerate_unreadable``, when it is not readable).
 
@@ -355,7 +416,11 @@ def _parse_pointer(raw: bytes | None, pointer: str, tolerate_unreadable: bool = 
             raise
         message = f"the champion pointer {pointer} is not readable JSON: {exc}"
         raise RegistryError(message) from exc
-    return {**current, "history": list(current.get("history") or []), "pruning": list(current.get("pruning") or [])}
+    return {
+        **current,
+        "history": list(current.get("history") or []),
+        "pruning": list(current.get("pruning") or []),
+    }
 
 
 def update_champion(store: Store, change, tolerate_unreadable: bool = False) -> dict:
@@ -377,8 +442,12 @@ def update_champion(store: Store, change, tolerate_unreadable: bool = False) -> 
         current = _parse_pointer(raw, pointer, tolerate_unreadable)
         new = change(current)
         written.clear()
-        written.update(new, history=new["history"][-HISTORY_LIMIT:], serial=(current or {}).get("serial", 0) + 1,
-                       write_id=uuid.uuid4().hex)
+        written.update(
+            new,
+            history=new["history"][-HISTORY_LIMIT:],
+            serial=(current or {}).get("serial", 0) + 1,
+            write_id=uuid.uuid4().hex,
+        )
         if not written.get("pruning"):
             written.pop("pruning", None)
         return json.dumps(written, indent=2).encode()
@@ -402,8 +471,10 @@ def _refuse_pruned(store: Store, versions: list[str], current: dict | None) -> N
     """Refuse to name a version that a prune in progress is removing (it marked it in the pointer)."""
     pruning = sorted(set(versions) & set(pruning_marks(current)))
     if pruning:
-        message = (f"model version {', '.join(pruning)} is being removed by `aml-smear models prune` in {store.url}; "
-                   f"choose another version, or try again once the prune has finished")
+        message = (
+            f"model version {', '.join(pruning)} is being removed by `aml-smear models prune` in {store.url}; "
+            f"choose another version, or try again once the prune has finished"
+        )
         raise RegistryError(message)
 
 
@@ -419,14 +490,23 @@ def set_champion(store: Store, version: str, reason: str = "") -> dict:
     Returns:
         The pointer written.
     """
+
     def change(current: dict | None) -> dict:
         _refuse_pruned(store, [version], current)
         require_registered(store, version)
         history = current["history"] if current else []
         if current and current["version"] != version:
-            history = [*history, {key: current.get(key) for key in ("version", "promoted_at", "reason")}]
-        return {"version": version, "promoted_at": datetime.now(UTC).isoformat(), "reason": reason,
-                "history": history, "pruning": (current or {}).get("pruning", [])}
+            history = [
+                *history,
+                {key: current.get(key) for key in ("version", "promoted_at", "reason")},
+            ]
+        return {
+            "version": version,
+            "promoted_at": datetime.now(UTC).isoformat(),
+            "reason": reason,
+            "history": history,
+            "pruning": (current or {}).get("pruning", []),
+        }
 
     return update_champion(store, change, tolerate_unreadable=True)
 
@@ -446,9 +526,15 @@ def rollback_champion(store: Store) -> tuple[str, str]:
 
     def change(current: dict | None) -> dict:
         if current is None or not current["history"]:
-            what = "no champion" if current is None else f"no champion before {current['version']} is recorded"
-            message = (f"nothing to roll back to in {store.url}: {what}; choose one with "
-                       f"`aml-smear models promote VERSION --store {store.url}`")
+            what = (
+                "no champion"
+                if current is None
+                else f"no champion before {current['version']} is recorded"
+            )
+            message = (
+                f"nothing to roll back to in {store.url}: {what}; choose one with "
+                f"`aml-smear models promote VERSION --store {store.url}`"
+            )
             raise RegistryError(message)
         previous = current["history"][-1]["version"]
         # The one before becomes "previous champion", which a prune must not be removing either.
@@ -456,13 +542,19 @@ def rollback_champion(store: Store) -> tuple[str, str]:
         try:
             require_registered(store, previous)
         except (ModelNotFoundError, RegistryError) as exc:
-            message = (f"cannot roll back to the previous champion {previous}: {exc}; choose another with "
-                       f"`aml-smear models promote VERSION --store {store.url}`")
+            message = (
+                f"cannot roll back to the previous champion {previous}: {exc}; choose another with "
+                f"`aml-smear models promote VERSION --store {store.url}`"
+            )
             raise type(exc)(message) from exc
         rolled_back_from.append(current["version"])
-        return {"version": previous, "promoted_at": datetime.now(UTC).isoformat(),
-                "reason": f"rolled back from {current['version']}", "history": current["history"][:-1],
-                "pruning": current["pruning"]}
+        return {
+            "version": previous,
+            "promoted_at": datetime.now(UTC).isoformat(),
+            "reason": f"rolled back from {current['version']}",
+            "history": current["history"][:-1],
+            "pruning": current["pruning"],
+        }
 
     written = update_champion(store, change)
     return rolled_back_from[-1], written["version"]
@@ -481,8 +573,10 @@ def require_bootstrappable(store: Store, force: bool = False) -> dict | None:
     """
     current = read_champion(store)
     if current and not force:
-        message = (f"{store.url} already has champion {current['version']}; nothing done (the nightly retrains "
-                   f"it; --force trains and promotes another)")
+        message = (
+            f"{store.url} already has champion {current['version']}; nothing done (the nightly retrains "
+            f"it; --force trains and promotes another)"
+        )
         raise ChampionExistsError(message)
     return current
 

@@ -11,13 +11,34 @@ import posixpath
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from tasks.registry import (CARD_FILE, MODEL_FILE, ModelNotFoundError, RegistryError, champion_pointer,
-                            models_root, pruning_marks, read_champion, require_registered, update_champion)
+from tasks.registry import (
+    CARD_FILE,
+    MODEL_FILE,
+    ModelNotFoundError,
+    RegistryError,
+    champion_pointer,
+    models_root,
+    pruning_marks,
+    read_champion,
+    require_registered,
+    update_champion,
+)
 from tasks.store import Store, join
 from tasks.store_layout import SCORE_RECORD, SHARDS
 
-__all__ = ["METRICS", "ModelEntry", "PrunePlan", "card_facts", "compare_cards", "list_models", "model_references",
-           "model_status", "plan_prune", "prune_models", "resolve_version"]
+__all__ = [
+    "METRICS",
+    "ModelEntry",
+    "PrunePlan",
+    "card_facts",
+    "compare_cards",
+    "list_models",
+    "model_references",
+    "model_status",
+    "plan_prune",
+    "prune_models",
+    "resolve_version",
+]
 
 # The test metrics of a card, in the order they are shown.
 METRICS = ("roc_auc", "accuracy", "sensitivity", "specificity", "precision", "f1")
@@ -131,8 +152,11 @@ def card_facts(card: dict) -> list[tuple[str, str]]:
         ("registered", str(card.get("registered_at", "n/a"))),
         ("recipe", str(card.get("recipe", "n/a"))),
         ("code", _code(card)),
-        ("training data", f"{data.get('n_labelled', 'n/a')} labelled cells, "
-                          f"sha256 {str(data.get('sha256', 'n/a'))[:12]}"),
+        (
+            "training data",
+            f"{data.get('n_labelled', 'n/a')} labelled cells, "
+            f"sha256 {str(data.get('sha256', 'n/a'))[:12]}",
+        ),
         ("sources", ", ".join(data.get("sources") or []) or "n/a"),
         ("split", f"by {split.get('by', 'n/a')}, seed {split.get('seed', 'n/a')}"),
     ]
@@ -149,10 +173,18 @@ def compare_cards(card_a: dict, card_b: dict) -> tuple[Facts, Metrics, bool]:
         (facts as (label, A, B), test metrics as (name, A, B) with NaN where a card lacks one,
         whether both were tested on the same cells: the same training data and split).
     """
-    facts = [(label, a, b) for (label, a), (_, b) in zip(card_facts(card_a), card_facts(card_b), strict=True)]
+    facts = [
+        (label, a, b)
+        for (label, a), (_, b) in zip(card_facts(card_a), card_facts(card_b), strict=True)
+    ]
     metrics_a, metrics_b = card_a.get("metrics") or {}, card_b.get("metrics") or {}
-    metrics = [(name, float(metrics_a.get(name, "nan")), float(metrics_b.get(name, "nan"))) for name in METRICS]
-    metrics.insert(0, ("test cells", float(metrics_a.get("n", "nan")), float(metrics_b.get("n", "nan"))))
+    metrics = [
+        (name, float(metrics_a.get(name, "nan")), float(metrics_b.get(name, "nan")))
+        for name in METRICS
+    ]
+    metrics.insert(
+        0, ("test cells", float(metrics_a.get("n", "nan")), float(metrics_b.get("n", "nan")))
+    )
 
     def test_set(card: dict) -> tuple:
         split = card.get("split") or {}
@@ -225,11 +257,15 @@ def plan_prune(store: Store, keep_newest: int, now: datetime | None = None) -> P
             plan.keep[entry.version] = entry.status
         elif entry.version in references:
             used = references[entry.version]
-            plan.keep[entry.version] = f"used by {used[0]}" + (f" and {len(used) - 1} more" if len(used) > 1 else "")
+            plan.keep[entry.version] = f"used by {used[0]}" + (
+                f" and {len(used) - 1} more" if len(used) > 1 else ""
+            )
         elif entry.version in newest:
             plan.keep[entry.version] = f"one of the {keep_newest} newest"
         elif not entry.complete and (stamp is None or now - stamp < INCOMPLETE_GRACE):
-            plan.keep[entry.version] = "incomplete, may be registering now" if stamp else "incomplete, age unknown"
+            plan.keep[entry.version] = (
+                "incomplete, may be registering now" if stamp else "incomplete, age unknown"
+            )
         else:
             plan.remove.append(entry.version)
     return plan
@@ -283,8 +319,10 @@ def _mark_for_pruning(store: Store, versions: list[str]) -> list[str]:
     """
     marked: list[str] = []
     if read_champion(store) is None:
-        message = (f"no champion in {store.url} yet: prune removes nothing before a first promotion "
-                   f"(`aml-smear models promote VERSION --store {store.url}`)")
+        message = (
+            f"no champion in {store.url} yet: prune removes nothing before a first promotion "
+            f"(`aml-smear models promote VERSION --store {store.url}`)"
+        )
         raise RegistryError(message)
 
     def mark(current: dict | None) -> dict:

@@ -7,8 +7,17 @@ import pandas as pd
 
 from aml_model.calibration import call_probabilities
 from aml_model.config import ScoringConfig
-from aml_model.report import (GalleryCell, ModelInfo, PatientReport, cell_type_rates, encode_png,
-                              render_cohort_index, render_patient_report, report_name, top_cells)
+from aml_model.report import (
+    GalleryCell,
+    ModelInfo,
+    PatientReport,
+    cell_type_rates,
+    encode_png,
+    render_cohort_index,
+    render_patient_report,
+    report_name,
+    top_cells,
+)
 from aml_model.zarr_rows import read_cells
 from tasks.explain import EXPLAIN_MANIFEST, find_explanation
 from tasks.inputs import input_names, quarantined_inputs, source_root
@@ -17,14 +26,23 @@ from tasks.retry import store_task
 from tasks.store import Store, join
 from tasks.store_layout import ScoringPaths
 
-__all__ = ["OBJECT_STORE_LINKS", "build_reports", "index_url", "model_info", "report_url", "write_reports"]
+__all__ = [
+    "OBJECT_STORE_LINKS",
+    "build_reports",
+    "index_url",
+    "model_info",
+    "report_url",
+    "write_reports",
+]
 
 #: The cohort index's note on an object store: its patient links are relative, and a presigned URL
 #: signs one object only, so from a private bucket they open only where the folder is served whole.
-OBJECT_STORE_LINKS = ("The patient links below are relative: they open where this reports/ folder is served whole "
-                      "(a public or proxied bucket, or a downloaded copy, e.g. aws s3 sync). Opened from a presigned "
-                      "link of a private bucket they do not open: download the folder, or use a report's own "
-                      "presigned link where the Prefect artifact 'patient-reports' lists one.")
+OBJECT_STORE_LINKS = (
+    "The patient links below are relative: they open where this reports/ folder is served whole "
+    "(a public or proxied bucket, or a downloaded copy, e.g. aws s3 sync). Opened from a presigned "
+    "link of a private bucket they do not open: download the folder, or use a report's own "
+    "presigned link where the Prefect artifact 'patient-reports' lists one."
+)
 
 
 def report_url(paths: ScoringPaths, patient_id: str) -> str:
@@ -45,8 +63,9 @@ def model_info(store: Store, version: str) -> ModelInfo:
     return ModelInfo(version=version, metrics=store.read_json(card).get("metrics"))
 
 
-def _gallery(paths: ScoringPaths, cells: pd.DataFrame, patient_id: str, top_k: int,
-             images) -> tuple[tuple[GalleryCell, ...], bool]:
+def _gallery(
+    paths: ScoringPaths, cells: pd.DataFrame, patient_id: str, top_k: int, images
+) -> tuple[tuple[GalleryCell, ...], bool]:
     """The patient's top cells, named by file (``cells``' name column), with the Grad-CAM overlays of
     its manifest where there is one."""
     folder = find_explanation(paths, patient_id)
@@ -61,10 +80,18 @@ def _gallery(paths: ScoringPaths, cells: pd.DataFrame, patient_id: str, top_k: i
     slots = top["zarr_index"].to_numpy(dtype=np.int64)
     names = cells.set_index("zarr_index")["name"].loc[slots]
     pixels = read_cells(images, slots)
-    gallery = tuple(GalleryCell(rank=rank, name=name, probability=float(row.probability),
-                                cell_png=encode_png(image), overlay_png=overlay)
-                    for rank, (row, name, image, overlay) in enumerate(zip(top.itertuples(), names, pixels, overlays,
-                                                                           strict=True), 1))
+    gallery = tuple(
+        GalleryCell(
+            rank=rank,
+            name=name,
+            probability=float(row.probability),
+            cell_png=encode_png(image),
+            overlay_png=overlay,
+        )
+        for rank, (row, name, image, overlay) in enumerate(
+            zip(top.itertuples(), names, pixels, overlays, strict=True), 1
+        )
+    )
     return gallery, explained
 
 
@@ -94,13 +121,24 @@ def build_reports(paths: ScoringPaths) -> str:
         mine = cells[cells["patient_id"] == patient_id]
         probabilities = call_probabilities(mine)  # calibrated where a site calibration was applied
         lost = quarantined.loc[quarantined["patient_id"] == patient_id, ["name", "reason"]]
-        report = PatientReport(run_id=paths.run_id, summary=summary, probabilities=probabilities,
-                               gallery=gallery, explained=explained, model=model,
-                               cell_types=_type_rows(mine, threshold),
-                               quarantined=tuple(lost.to_dict(orient="records")))
+        report = PatientReport(
+            run_id=paths.run_id,
+            summary=summary,
+            probabilities=probabilities,
+            gallery=gallery,
+            explained=explained,
+            model=model,
+            cell_types=_type_rows(mine, threshold),
+            quarantined=tuple(lost.to_dict(orient="records")),
+        )
         store.write_bytes(report_url(paths, patient_id), render_patient_report(report).encode())
-    index = render_cohort_index(paths.run_id, patients, model, cell_types=_type_rows(cells, threshold),
-                                links_note=None if store.is_local else OBJECT_STORE_LINKS)
+    index = render_cohort_index(
+        paths.run_id,
+        patients,
+        model,
+        cell_types=_type_rows(cells, threshold),
+        links_note=None if store.is_local else OBJECT_STORE_LINKS,
+    )
     return store.write_bytes(index_url(paths), index.encode())
 
 

@@ -31,5 +31,10 @@ def retry_transient_errors(task: Task, task_run: TaskRun, state: State) -> bool:
 def store_task(name: str):
     """The decorator of every task that reads or writes the store: no result cache (the store is the
     record: shard markers make reruns skip finished work), and transient faults retried."""
-    return task(name=name, cache_policy=NO_CACHE, retries=RETRIES, retry_delay_seconds=RETRY_DELAY_SECONDS,
-                retry_condition_fn=retry_transient_errors)
+    return task(
+        name=name,
+        cache_policy=NO_CACHE,
+        retries=RETRIES,
+        retry_delay_seconds=RETRY_DELAY_SECONDS,
+        retry_condition_fn=retry_transient_errors,
+    )

@@ -11,13 +11,26 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 
 from tasks.registry import CARD_FILE
+from tasks.runs import (
+    LegacyRunError,
+    find_scoring,
+    list_scorings,
+    recorded_completion,
+    recorded_failure,
+)
 from tasks.store import Store, join
 from tasks.store_layout import ScoringPaths
-from tasks.runs import (LegacyRunError, find_scoring, list_scorings, recorded_completion,
-                        recorded_failure)
 
-__all__ = ["RunEntry", "RunPrunePlan", "ScoringView", "list_runs", "plan_prune_runs", "prune_runs", "runs_root",
-           "show_scoring"]
+__all__ = [
+    "RunEntry",
+    "RunPrunePlan",
+    "ScoringView",
+    "list_runs",
+    "plan_prune_runs",
+    "prune_runs",
+    "runs_root",
+    "show_scoring",
+]
 
 
 def runs_root(store: Store) -> str:
@@ -69,15 +82,29 @@ def _entry(store: Store, run_id: str) -> RunEntry:
     except LegacyRunError:
         scorings, legacy = (), True
     complete = store.exists(run.success)
-    cells = store.read_json(run.report)["counts"]["cells"] if complete and store.exists(run.report) else None
+    cells = (
+        store.read_json(run.report)["counts"]["cells"]
+        if complete and store.exists(run.report)
+        else None
+    )
     failure = None if complete else recorded_failure(run)
     times = [_completed_at(store, run.success)] if complete else []
     times += [datetime.fromisoformat(s["completed_at"]) for s in scorings if s["completed_at"]]
-    times += [datetime.fromisoformat(record["failed_at"])
-              for record in [failure] + [s["failure"] for s in scorings] if record]
+    times += [
+        datetime.fromisoformat(record["failed_at"])
+        for record in [failure] + [s["failure"] for s in scorings]
+        if record
+    ]
     times = [t for t in times if t is not None] or [_modified(store, run.plan)]
-    return RunEntry(run_id=run_id, complete=complete, failure=failure, cells=cells, scorings=scorings,
-                    last_activity=max((t for t in times if t is not None), default=None), legacy=legacy)
+    return RunEntry(
+        run_id=run_id,
+        complete=complete,
+        failure=failure,
+        cells=cells,
+        scorings=scorings,
+        last_activity=max((t for t in times if t is not None), default=None),
+        legacy=legacy,
+    )
 
 
 def list_runs(store: Store) -> list[RunEntry]:
@@ -114,15 +141,23 @@ def show_scoring(store: Store, run_id: str, score_id: str | None = None) -> Scor
         ScoringNotFoundError, IncompleteRunError: no such run or scoring, or it is not complete.
     """
     scoring = find_scoring(store.run(run_id), score_id)
-    markers = [join(scoring.score_shards, name)
-               for name in store.list_names(scoring.score_shards) if name.endswith(".json")]
+    markers = [
+        join(scoring.score_shards, name)
+        for name in store.list_names(scoring.score_shards)
+        if name.endswith(".json")
+    ]
     precisions = sorted({store.read_json(marker)["precision"] for marker in markers})
     quarantine = store.read_table(scoring.quarantine_table)
     report = scoring.report_index if store.exists(scoring.report_index) else None
-    return ScoringView(scoring=scoring, completed_at=recorded_completion(store, scoring.success),
-                       settings=store.read_json(scoring.settings), precisions=tuple(precisions),
-                       patients=store.read_table(scoring.patients_table),
-                       quarantine=quarantine.sort_values(["patient_id", "source_uri"]), report=report)
+    return ScoringView(
+        scoring=scoring,
+        completed_at=recorded_completion(store, scoring.success),
+        settings=store.read_json(scoring.settings),
+        precisions=tuple(precisions),
+        patients=store.read_table(scoring.patients_table),
+        quarantine=quarantine.sort_values(["patient_id", "source_uri"]),
+        report=report,
+    )
 
 
 @dataclass(frozen=True)
@@ -146,7 +181,9 @@ def _runs_models_need(store: Store) -> dict[str, str]:
     return needed
 
 
-def plan_prune_runs(store: Store, older_than_days: float, now: datetime | None = None) -> RunPrunePlan:
+def plan_prune_runs(
+    store: Store, older_than_days: float, now: datetime | None = None
+) -> RunPrunePlan:
     """The runs whose last activity is older than ``older_than_days``, except those a registered model needs.
 
     A run of unknown age is kept. Pruning a run removes its cells and every scoring of it; the
@@ -167,8 +204,9 @@ def plan_prune_runs(store: Store, older_than_days: float, now: datetime | None =
     return RunPrunePlan(remove=tuple(remove), kept_old=kept)
 
 
-def prune_runs(store: Store, older_than_days: float, dry_run: bool = False,
-               now: datetime | None = None) -> RunPrunePlan:
+def prune_runs(
+    store: Store, older_than_days: float, dry_run: bool = False, now: datetime | None = None
+) -> RunPrunePlan:
     """Remove the runs :func:`plan_prune_runs` names (nothing with ``dry_run``); returns the plan.
 
     Each run's ``_SUCCESS`` and its scorings' go first, so a prune interrupted half-way leaves

@@ -14,10 +14,27 @@ from aml_model.errors import AmlSmearError
 from tasks.store import Store
 from tasks.store_layout import RunPaths, ScoringPaths
 
-__all__ = ["ID_PATTERN", "REUSED_FROM", "IncompleteRunError", "LegacyRunError", "RunConflictError", "RunState",
-           "ScoringNotFoundError", "check_id", "derive_score_id", "find_scoring", "list_scorings", "mark_complete",
-           "open_scoring", "recorded_completion", "recorded_failure", "recording_failure", "require_complete",
-           "reusable_probabilities", "run_state"]
+__all__ = [
+    "ID_PATTERN",
+    "REUSED_FROM",
+    "IncompleteRunError",
+    "LegacyRunError",
+    "RunConflictError",
+    "RunState",
+    "ScoringNotFoundError",
+    "check_id",
+    "derive_score_id",
+    "find_scoring",
+    "list_scorings",
+    "mark_complete",
+    "open_scoring",
+    "recorded_completion",
+    "recorded_failure",
+    "recording_failure",
+    "require_complete",
+    "reusable_probabilities",
+    "run_state",
+]
 
 #: A run or score id: one folder name under runs/ (no path separator, never "." or "..").
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
@@ -97,13 +114,21 @@ def recorded_failure(paths: RunPaths | ScoringPaths) -> dict | None:
 def require_complete(paths: RunPaths | ScoringPaths) -> None:
     """Raise unless the run (or scoring) finished: readers must not take a partial one for a result."""
     if not paths.store.exists(paths.success):
-        what = (f"scoring {paths.score_id} of run {paths.run_id}" if isinstance(paths, ScoringPaths)
-                else f"run {paths.run_id}")
+        what = (
+            f"scoring {paths.score_id} of run {paths.run_id}"
+            if isinstance(paths, ScoringPaths)
+            else f"run {paths.run_id}"
+        )
         failure = recorded_failure(paths)
-        why = (f"it failed ({failure['reason']})" if failure
-               else "it was interrupted or is still running")
-        message = (f"{what} in {paths.store.url} is incomplete (no _SUCCESS): {why}; "
-                   f"rerun it with the same settings to complete it")
+        why = (
+            f"it failed ({failure['reason']})"
+            if failure
+            else "it was interrupted or is still running"
+        )
+        message = (
+            f"{what} in {paths.store.url} is incomplete (no _SUCCESS): {why}; "
+            f"rerun it with the same settings to complete it"
+        )
         raise IncompleteRunError(message)
 
 
@@ -118,10 +143,12 @@ def recorded_completion(store: Store, success_url: str) -> str | None:
 
 def _require_current_layout(run: RunPaths) -> None:
     if run.store.exists(run.legacy_score_record) and not run.store.exists(run.scores_root):
-        message = (f"run {run.run_id} in {run.store.url} is in the old run-store layout (its scoring at the run root, "
-                   f"{run.legacy_score_record}); this version reads scorings from runs/<run>/scores/<score>/ "
-                   f"and does not convert old runs: score the source again (its cells are decoded once more "
-                   f"into a new run), or read the old tables directly")
+        message = (
+            f"run {run.run_id} in {run.store.url} is in the old run-store layout (its scoring at the run root, "
+            f"{run.legacy_score_record}); this version reads scorings from runs/<run>/scores/<score>/ "
+            f"and does not convert old runs: score the source again (its cells are decoded once more "
+            f"into a new run), or read the old tables directly"
+        )
         raise LegacyRunError(message)
 
 
@@ -142,9 +169,18 @@ def list_scorings(run: RunPaths) -> list[dict]:
         done = store.exists(paths.success)
         settings = store.read_json(paths.settings) if store.exists(paths.settings) else None
         completed_at = recorded_completion(store, paths.success) if done else None
-        scorings.append({"score_id": score_id, "complete": done, "completed_at": completed_at,
-                         "failure": None if done else recorded_failure(paths), "settings": settings})
-    return sorted(scorings, key=lambda s: (not s["complete"], s["completed_at"] or "", s["score_id"]))
+        scorings.append(
+            {
+                "score_id": score_id,
+                "complete": done,
+                "completed_at": completed_at,
+                "failure": None if done else recorded_failure(paths),
+                "settings": settings,
+            }
+        )
+    return sorted(
+        scorings, key=lambda s: (not s["complete"], s["completed_at"] or "", s["score_id"])
+    )
 
 
 def find_scoring(run: RunPaths, score_id: str | None = None) -> ScoringPaths:
@@ -163,15 +199,19 @@ def find_scoring(run: RunPaths, score_id: str | None = None) -> ScoringPaths:
     scorings = list_scorings(run)
     if score_id is not None:
         if score_id not in {s["score_id"] for s in scorings}:
-            message = (f"run {run.run_id} has no scoring {score_id}; its scorings: "
-                       f"{', '.join(s['score_id'] for s in scorings) or 'none'}")
+            message = (
+                f"run {run.run_id} has no scoring {score_id}; its scorings: "
+                f"{', '.join(s['score_id'] for s in scorings) or 'none'}"
+            )
             raise ScoringNotFoundError(message)
         paths = run.scoring(score_id)
         require_complete(paths)
         return paths
     complete = [s for s in scorings if s["complete"]]
     if not complete:
-        state = "only incomplete scorings (interrupted or still running)" if scorings else "no scoring"
+        state = (
+            "only incomplete scorings (interrupted or still running)" if scorings else "no scoring"
+        )
         message = f"run {run.run_id} in {run.store.url} has {state}: score it to read its calls"
         raise ScoringNotFoundError(message)
     return run.scoring(complete[-1]["score_id"])
@@ -184,8 +224,10 @@ def check_id(value: str, what: str = "run id") -> str:
         ValueError: saying what an id may hold.
     """
     if not re.fullmatch(ID_PATTERN, value):
-        message = (f"{what} {value!r} is not one: letters, digits, '.', '_' and '-', starting with a letter or "
-                   f"digit, no path (`aml-smear runs list` shows the ids)")
+        message = (
+            f"{what} {value!r} is not one: letters, digits, '.', '_' and '-', starting with a letter or "
+            f"digit, no path (`aml-smear runs list` shows the ids)"
+        )
         raise ValueError(message)
     return value
 
@@ -200,8 +242,11 @@ def reusable_probabilities(scoring: ScoringPaths, settings: dict) -> ScoringPath
     wanted = {key: settings[key] for key in _PROBABILITY_SETTINGS}
     for entry in reversed(list_scorings(scoring.ingest)):
         recorded = entry["settings"] or {}
-        if (entry["complete"] and entry["score_id"] != scoring.score_id
-                and all(recorded.get(key) == value for key, value in wanted.items())):
+        if (
+            entry["complete"]
+            and entry["score_id"] != scoring.score_id
+            and all(recorded.get(key) == value for key, value in wanted.items())
+        ):
             return scoring.ingest.scoring(entry["score_id"])
     return None
 
@@ -230,11 +275,16 @@ def open_scoring(scoring: ScoringPaths, settings: dict, reused_from: str | None 
         recorded = store.read_json(scoring.settings)
         recorded_settings = {key: value for key, value in recorded.items() if key != REUSED_FROM}
         if recorded_settings != settings:
-            changed = sorted(k for k in recorded_settings.keys() | settings.keys()
-                             if recorded_settings.get(k) != settings.get(k))
-            message = (f"scoring {scoring.score_id} of run {scoring.run_id} in {scoring.store.url} was made with other "
-                       f"settings ({', '.join(changed)} differ); a scoring is never rewritten: leave the score id "
-                       f"out (other settings get their own) or name a new one")
+            changed = sorted(
+                k
+                for k in recorded_settings.keys() | settings.keys()
+                if recorded_settings.get(k) != settings.get(k)
+            )
+            message = (
+                f"scoring {scoring.score_id} of run {scoring.run_id} in {scoring.store.url} was made with other "
+                f"settings ({', '.join(changed)} differ); a scoring is never rewritten: leave the score id "
+                f"out (other settings get their own) or name a new one"
+            )
             raise RunConflictError(message)
         if store.exists(scoring.success):
             return True

@@ -24,15 +24,32 @@ from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, Self
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import (BaseSettings, EnvSettingsSource, NoDecode, PydanticBaseSettingsSource,
-                               SettingsConfigDict)
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 from pydantic_settings.sources.utils import parse_env_vars
 
 from aml_model.config import Positive, accepted
 
-__all__ = ["MAX_LINK_EXPIRY_SECONDS", "PREFIX", "SETTINGS", "CacheSettings", "DaskSettings", "DebugSettings",
-           "LinkSettings", "PrivacySettings", "RegistrySettings", "S3Settings", "SettingError", "table_rows",
-           "variable"]
+__all__ = [
+    "MAX_LINK_EXPIRY_SECONDS",
+    "PREFIX",
+    "SETTINGS",
+    "CacheSettings",
+    "DaskSettings",
+    "DebugSettings",
+    "LinkSettings",
+    "PrivacySettings",
+    "RegistrySettings",
+    "S3Settings",
+    "SettingError",
+    "table_rows",
+    "variable",
+]
 
 PREFIX = "AML_SMEAR_"
 #: S3's limit on a SigV4 presigned URL's lifetime, seconds (7 days).
@@ -51,22 +68,32 @@ class _Environment(EnvSettingsSource):
         super().__init__(settings_cls)
 
     def _load_env_vars(self) -> Mapping[str, str | None]:
-        return parse_env_vars(self._environ, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str)
+        return parse_env_vars(
+            self._environ, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str
+        )
 
 
 class _Settings(BaseSettings):
     """The variables of one concern. ``read_by`` says what reads them (for the table)."""
 
-    model_config = SettingsConfigDict(env_prefix=PREFIX, env_ignore_empty=True, frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix=PREFIX, env_ignore_empty=True, frozen=True, extra="ignore"
+    )
     read_by: ClassVar[str] = ""
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
-                                   env_settings: PydanticBaseSettingsSource,
-                                   dotenv_settings: PydanticBaseSettingsSource,
-                                   file_secret_settings: PydanticBaseSettingsSource,
-                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return init_settings, env_settings  # the process environment only: no .env file, no secrets folder
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (
+            init_settings,
+            env_settings,
+        )  # the process environment only: no .env file, no secrets folder
 
     @classmethod
     def read(cls, environ: Mapping[str, str] | None = None) -> Self:
@@ -92,47 +119,65 @@ def _message(cls: type[_Settings], error: ValidationError) -> str:
     problems = []
     for item in error.errors():
         if not item["loc"]:  # a check of several variables: its own message
-            problems.append(str(item["ctx"]["error"]) if "error" in item.get("ctx", {}) else item["msg"])
+            problems.append(
+                str(item["ctx"]["error"]) if "error" in item.get("ctx", {}) else item["msg"]
+            )
             continue
         name = str(item["loc"][0])
         info = cls.model_fields[name]
-        problems.append(f"{variable(name)}={item['input']!r} is invalid: expected "
-                        f"{accepted(info.annotation, info.metadata)}")
+        problems.append(
+            f"{variable(name)}={item['input']!r} is invalid: expected "
+            f"{accepted(info.annotation, info.metadata)}"
+        )
     return "; ".join(problems)
 
 
 class DebugSettings(_Settings):
     read_by: ClassVar[str] = "flows.logs.debug_requested (the CLI's `--debug` sets it)"
 
-    debug: bool = Field(False, description="Full tracebacks and TensorFlow's C++ logs in the terminal, "
-                                           "as `aml-smear --debug`.")
+    debug: bool = Field(
+        False,
+        description="Full tracebacks and TensorFlow's C++ logs in the terminal, "
+        "as `aml-smear --debug`.",
+    )
 
 
 class S3Settings(_Settings):
     read_by: ClassVar[str] = "the CLI (`--s3-endpoint-url`)"
 
-    s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO) for `s3://` URLs, "
-                                                          "as `--s3-endpoint-url`.")
+    s3_endpoint_url: str | None = Field(
+        None, description="S3-compatible endpoint (MinIO) for `s3://` URLs, as `--s3-endpoint-url`."
+    )
 
 
 class DaskSettings(_Settings):
-    read_by: ClassVar[str] = ("app.serve.dask_runner_from_environment (deployed and served flow runs); the "
-                              "CLI's `serve` (`--scheduler`, `--workers`)")
+    read_by: ClassVar[str] = (
+        "app.serve.dask_runner_from_environment (deployed and served flow runs); the "
+        "CLI's `serve` (`--scheduler`, `--workers`)"
+    )
 
-    dask_scheduler: str | None = Field(None, description="Address of an existing Dask scheduler "
-                                                         "(`tcp://HOST:8786`) for a flow run's tasks; not with "
-                                                         "`AML_SMEAR_DASK_WORKERS`.")
-    dask_workers: Positive | None = Field(None, description="Workers of the LocalCluster a flow run starts "
-                                                            "(unset: one per CPU core).")
+    dask_scheduler: str | None = Field(
+        None,
+        description="Address of an existing Dask scheduler "
+        "(`tcp://HOST:8786`) for a flow run's tasks; not with "
+        "`AML_SMEAR_DASK_WORKERS`.",
+    )
+    dask_workers: Positive | None = Field(
+        None, description="Workers of the LocalCluster a flow run starts (unset: one per CPU core)."
+    )
 
 
 class RegistrySettings(_Settings):
-    read_by: ClassVar[str] = "tasks.registry.allowed_model_prefixes (the CLI adds the file its `--model` names)"
+    read_by: ClassVar[str] = (
+        "tasks.registry.allowed_model_prefixes (the CLI adds the file its `--model` names)"
+    )
 
-    model_prefixes: Annotated[tuple[str, ...], NoDecode] = Field((), description=
-                                                                 "Comma-separated folders or URL prefixes where a "
-                                                                 "`model` given as a path may lie, besides the "
-                                                                 "store's `models/`; any other path is refused.")
+    model_prefixes: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="Comma-separated folders or URL prefixes where a "
+        "`model` given as a path may lie, besides the "
+        "store's `models/`; any other path is refused.",
+    )
 
     @field_validator("model_prefixes", mode="before")
     @classmethod
@@ -143,21 +188,29 @@ class RegistrySettings(_Settings):
 
 
 class CacheSettings(_Settings):
-    read_by: ClassVar[str] = "tasks.store_cache.LocalCacheSettings.from_env (every process that loads a model)"
+    read_by: ClassVar[str] = (
+        "tasks.store_cache.LocalCacheSettings.from_env (every process that loads a model)"
+    )
 
-    cache_dir: str | None = Field(None, description="Folder of the local copies of remote models and weights "
-                                                    "(unset: `$XDG_CACHE_HOME/aml-smear`, else "
-                                                    "`~/.cache/aml-smear`); the user's own, mode 0700.")
-    cache_max_mb: Annotated[float, Field(ge=0, allow_inf_nan=False)] = Field(2048, description="Size cap of that folder, MB; files "
-                                                                          "used longest ago are removed first.")
+    cache_dir: str | None = Field(
+        None,
+        description="Folder of the local copies of remote models and weights "
+        "(unset: `$XDG_CACHE_HOME/aml-smear`, else "
+        "`~/.cache/aml-smear`); the user's own, mode 0700.",
+    )
+    cache_max_mb: Annotated[float, Field(ge=0, allow_inf_nan=False)] = Field(
+        2048, description="Size cap of that folder, MB; files used longest ago are removed first."
+    )
 
 
 class LinkSettings(_Settings):
     read_by: ClassVar[str] = "tasks.links.link_expiry (the flow runs that publish report links)"
 
     link_expiry_seconds: Annotated[int, Field(ge=0, le=MAX_LINK_EXPIRY_SECONDS)] | None = Field(
-        None, description="Lifetime of presigned S3 report links, seconds (unset: 7 days, and nothing presigned "
-                          "with temporary credentials); 0 presigns nothing.")
+        None,
+        description="Lifetime of presigned S3 report links, seconds (unset: 7 days, and nothing presigned "
+        "with temporary credentials); 0 presigns nothing.",
+    )
 
     @field_validator("link_expiry_seconds", mode="before")
     @classmethod
@@ -168,29 +221,45 @@ class LinkSettings(_Settings):
 class PrivacySettings(_Settings):
     read_by: ClassVar[str] = "tasks.privacy (flow runs: what they send to Prefect)"
 
-    patient_id_key: SecretStr | None = Field(None, description="Key of the HMAC-SHA256 pseudonyms that replace "
-                                                               "patient ids in what is sent to Prefect; never a "
-                                                               "deployment's job variable.")
-    pseudonymise: bool = Field(False, description="Makes `AML_SMEAR_PATIENT_ID_KEY` mandatory: a flow run "
-                                                  "without it fails.")
+    patient_id_key: SecretStr | None = Field(
+        None,
+        description="Key of the HMAC-SHA256 pseudonyms that replace "
+        "patient ids in what is sent to Prefect; never a "
+        "deployment's job variable.",
+    )
+    pseudonymise: bool = Field(
+        False,
+        description="Makes `AML_SMEAR_PATIENT_ID_KEY` mandatory: a flow run without it fails.",
+    )
 
     @model_validator(mode="after")
     def _key_when_required(self) -> Self:
         if self.pseudonymise and self.patient_id_key is None:
-            message = (f"{variable('pseudonymise')} is set but {variable('patient_id_key')} is not: set the key in "
-                       f"the environment of the process that runs the flows (not in a deployment's job variables)")
+            message = (
+                f"{variable('pseudonymise')} is set but {variable('patient_id_key')} is not: set the key in "
+                f"the environment of the process that runs the flows (not in a deployment's job variables)"
+            )
             raise ValueError(message)
         return self
 
     @property
     def key(self) -> bytes | None:
         """The pseudonyms' key; None: patient ids are sent as they are."""
-        return None if self.patient_id_key is None else self.patient_id_key.get_secret_value().encode()
+        return (
+            None if self.patient_id_key is None else self.patient_id_key.get_secret_value().encode()
+        )
 
 
 #: Every settings class, in the table's order.
-SETTINGS: tuple[type[_Settings], ...] = (DebugSettings, S3Settings, DaskSettings, RegistrySettings, CacheSettings,
-                                         LinkSettings, PrivacySettings)
+SETTINGS: tuple[type[_Settings], ...] = (
+    DebugSettings,
+    S3Settings,
+    DaskSettings,
+    RegistrySettings,
+    CacheSettings,
+    LinkSettings,
+    PrivacySettings,
+)
 
 
 def _default(value: Any) -> str:
@@ -209,8 +278,10 @@ def table_rows() -> list[str]:
     rows = []
     for cls in SETTINGS:
         for name, info in cls.model_fields.items():
-            rows.append(f"| `{variable(name)}` | {accepted(info.annotation, info.metadata)} | "
-                        f"{_default(info.default)} | {info.description} | {cls.read_by} |")
+            rows.append(
+                f"| `{variable(name)}` | {accepted(info.annotation, info.metadata)} | "
+                f"{_default(info.default)} | {info.description} | {cls.read_by} |"
+            )
     return rows
 
 

@@ -169,7 +169,9 @@ class Store:
         return url
 
     def write_json(self, url: str, payload: Any) -> str:
-        return self.write_bytes(url, json.dumps(payload, indent=2, sort_keys=True, default=str).encode())
+        return self.write_bytes(
+            url, json.dumps(payload, indent=2, sort_keys=True, default=str).encode()
+        )
 
     def write_table(self, frame: pd.DataFrame, url: str) -> str:
         """Write a DataFrame as one Parquet object, atomically."""
@@ -203,7 +205,9 @@ class Store:
         """Replace the object at ``url`` by ``change(its bytes, or None)`` atomically, safe between
         processes (:func:`tasks.store_conditional.update_object`)."""
         fs, path = self.resolve(url)
-        return store_conditional.update_object(fs, path, url, change, lambda new: self.write_bytes(url, new))
+        return store_conditional.update_object(
+            fs, path, url, change, lambda new: self.write_bytes(url, new)
+        )
 
     # Zarr arrays of cells (zarr and pandas are imported where used: the command line imports the Store).
 
@@ -213,9 +217,13 @@ class Store:
         fs, path = self.resolve(url)
         if is_local(fs):
             return zarr.storage.LocalStore(path, read_only=read_only)
-        return zarr.storage.FsspecStore.from_url(url, storage_options=dict(self.options), read_only=read_only)
+        return zarr.storage.FsspecStore.from_url(
+            url, storage_options=dict(self.options), read_only=read_only
+        )
 
-    def create_cells_array(self, url: str, n_cells: int, image_size: int, chunk_cells: int) -> zarr.Array:
+    def create_cells_array(
+        self, url: str, n_cells: int, image_size: int, chunk_cells: int
+    ) -> zarr.Array:
         """Create (or open, when it already has this shape) the ``images`` array of a cells group.
 
         Shape `(n_cells, image_size, image_size, 3)` uint8, one chunk per ``chunk_cells`` cells, so
@@ -228,13 +236,19 @@ class Store:
         if IMAGES in group:
             array = group[IMAGES]
             if array.shape != shape or array.chunks[0] != chunk_cells:
-                message = (f"{url}/{IMAGES} already exists with shape {array.shape} and chunks "
-                           f"{array.chunks}, expected {shape} in chunks of {chunk_cells} cells")
+                message = (
+                    f"{url}/{IMAGES} already exists with shape {array.shape} and chunks "
+                    f"{array.chunks}, expected {shape} in chunks of {chunk_cells} cells"
+                )
                 raise ValueError(message)
             return array
         return group.create_array(
-            IMAGES, shape=shape, chunks=(chunk_cells, image_size, image_size, 3), dtype="uint8",
-            fill_value=0, dimension_names=("cell", "y", "x", "channel"),
+            IMAGES,
+            shape=shape,
+            chunks=(chunk_cells, image_size, image_size, 3),
+            dtype="uint8",
+            fill_value=0,
+            dimension_names=("cell", "y", "x", "channel"),
             # Blosc zstd level 1 writes 3x and reads 2.5x faster than zarr's default zstd level 0
             # on real cells, at the same size (measured on 64 LMU cells). Without the byte shuffle,
             # which has nothing to reorder in one-byte pixels, the same bytes (118 KiB per 224 px
@@ -253,8 +267,15 @@ class Store:
         group = zarr.open_group(self.zarr_store(url, read_only=False), mode="a")
         if PROBABILITIES in group and group[PROBABILITIES].shape == (n_cells,):
             return group[PROBABILITIES]
-        return group.create_array(PROBABILITIES, shape=(n_cells,), chunks=(chunk_cells,), dtype="float32",
-                                  fill_value=float("nan"), dimension_names=("cell",), overwrite=True)
+        return group.create_array(
+            PROBABILITIES,
+            shape=(n_cells,),
+            chunks=(chunk_cells,),
+            dtype="float32",
+            fill_value=float("nan"),
+            dimension_names=("cell",),
+            overwrite=True,
+        )
 
     def open_cells_array(self, url: str, name: str = IMAGES, read_only: bool = True) -> zarr.Array:
         """Open one array (``images`` or ``probabilities``) of a cells group."""

@@ -58,8 +58,10 @@ def _private_folder(folder: str) -> None:
         return
     info = os.lstat(folder)
     if stat.S_ISLNK(info.st_mode) or info.st_uid != os.getuid():
-        message = (f"the model cache {folder} is a link or another user's folder: set AML_SMEAR_CACHE_DIR to a "
-                   f"folder of your own")
+        message = (
+            f"the model cache {folder} is a link or another user's folder: set AML_SMEAR_CACHE_DIR to a "
+            f"folder of your own"
+        )
         raise UnsafeCacheError(message)
     if info.st_mode & 0o077:
         os.chmod(folder, 0o700)
@@ -98,11 +100,18 @@ class LocalCacheSettings:
             tasks.settings.SettingError: AML_SMEAR_CACHE_MAX_MB is not a size in MB, 0 or more.
         """
         settings = CacheSettings.read()
-        return cls(folder=settings.cache_dir or _default_folder(), max_bytes=int(settings.cache_max_mb * 2**20))
+        return cls(
+            folder=settings.cache_dir or _default_folder(),
+            max_bytes=int(settings.cache_max_mb * 2**20),
+        )
 
 
-def cached_file(name: str, fetch: Callable[[], bytes], settings: LocalCacheSettings | None = None,
-                sha256: str | None = None) -> str:
+def cached_file(
+    name: str,
+    fetch: Callable[[], bytes],
+    settings: LocalCacheSettings | None = None,
+    sha256: str | None = None,
+) -> str:
     """The local path of the file ``name``, written from ``fetch()`` when it is not cached yet.
 
     ``name`` must identify the content (a model version, a backbone id): an existing file of that
@@ -130,7 +139,11 @@ def cached_file(name: str, fetch: Callable[[], bytes], settings: LocalCacheSetti
         if sha256 is None or sha256_of(local) == sha256.lower():
             os.utime(local)
             return local
-        logger.warning("local cache: %s differs from its recorded sha256 %s...: fetched again", local, sha256[:12])
+        logger.warning(
+            "local cache: %s differs from its recorded sha256 %s...: fetched again",
+            local,
+            sha256[:12],
+        )
         _remove(local)
     data = fetch()
     if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256.lower():
@@ -145,7 +158,9 @@ def cached_file(name: str, fetch: Callable[[], bytes], settings: LocalCacheSetti
     return local
 
 
-def evict(settings: LocalCacheSettings, keep: str | None = None, now: float | None = None) -> list[str]:
+def evict(
+    settings: LocalCacheSettings, keep: str | None = None, now: float | None = None
+) -> list[str]:
     """Remove the least recently used files until the folder fits ``settings.max_bytes``.
 
     Files used within ``settings.min_age_s`` and ``keep`` stay whatever the size; ``.partial``
@@ -185,11 +200,21 @@ def evict(settings: LocalCacheSettings, keep: str | None = None, now: float | No
             removed.append(path)
             freed += size
     if freed:
-        logger.info("local cache %s: removed %d file(s), %.0f MB, to stay under %.0f MB", settings.folder,
-                    len(removed), freed / 2**20, settings.max_bytes / 2**20)
+        logger.info(
+            "local cache %s: removed %d file(s), %.0f MB, to stay under %.0f MB",
+            settings.folder,
+            len(removed),
+            freed / 2**20,
+            settings.max_bytes / 2**20,
+        )
     if total - freed > settings.max_bytes:
-        logger.warning("local cache %s holds %.0f MB, over its %.0f MB cap, all of it used within the last %.0f s",
-                       settings.folder, (total - freed) / 2**20, settings.max_bytes / 2**20, settings.min_age_s)
+        logger.warning(
+            "local cache %s holds %.0f MB, over its %.0f MB cap, all of it used within the last %.0f s",
+            settings.folder,
+            (total - freed) / 2**20,
+            settings.max_bytes / 2**20,
+            settings.min_age_s,
+        )
     return removed
 
 

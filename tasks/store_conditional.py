@@ -35,8 +35,13 @@ class ConflictError(AmlSmearError, RuntimeError):
     """Other writers kept changing the object: the update was not made."""
 
 
-def update_object(fs: fsspec.AbstractFileSystem, path: str, url: str, change: Callable[[bytes | None], bytes],
-                  write: Callable[[bytes], object]) -> bytes:
+def update_object(
+    fs: fsspec.AbstractFileSystem,
+    path: str,
+    url: str,
+    change: Callable[[bytes | None], bytes],
+    write: Callable[[bytes], object],
+) -> bytes:
     """Replace the object at ``path`` on ``fs`` by ``change(its bytes, or None when absent)``, atomically.
 
     ``change`` may run more than once (once per attempt) and may raise to refuse: nothing is
@@ -107,7 +112,9 @@ def _update_s3(fs, path: str, url: str, change: Callable[[bytes | None], bytes])
             continue
         fs.invalidate_cache(path)
         return new
-    message = f"{url} kept changing under {ATTEMPTS} conditional writes: nothing was written; try again"
+    message = (
+        f"{url} kept changing under {ATTEMPTS} conditional writes: nothing was written; try again"
+    )
     raise ConflictError(message)
 
 

@@ -15,8 +15,13 @@ from tasks.store_layout import ScoringPaths
 __all__ = ["score_columns", "write_scored_tables"]
 
 
-def score_columns(cells: pd.DataFrame, probabilities: np.ndarray, threshold: float, model_version: str,
-                  calibration: SiteCalibration | None = None) -> pd.DataFrame:
+def score_columns(
+    cells: pd.DataFrame,
+    probabilities: np.ndarray,
+    threshold: float,
+    model_version: str,
+    calibration: SiteCalibration | None = None,
+) -> pd.DataFrame:
     """A new cell table with probability, predicted_label and model_version added.
 
     Args:
@@ -28,7 +33,9 @@ def score_columns(cells: pd.DataFrame, probabilities: np.ndarray, threshold: flo
     picked = probabilities[cells["zarr_index"].to_numpy()]
     if np.isnan(picked).any():
         missing = cells.loc[np.isnan(picked), "cell_id"].tolist()[:5]
-        message = f"{int(np.isnan(picked).sum())} accepted cells have no probability (e.g. {missing})"
+        message = (
+            f"{int(np.isnan(picked).sum())} accepted cells have no probability (e.g. {missing})"
+        )
         raise RuntimeError(message)
     called = picked if calibration is None else calibration.apply(picked).astype(np.float32)
     # A table scored before (with another calibration, or none) must not keep a stale column.
@@ -65,10 +72,17 @@ def write_scored_tables(
     scored = score_columns(cells, probabilities, config.threshold, model_version, calibration)
     report = store.read_json(paths.report)
     called = scored if calibration is None else scored.assign(probability=scored[CALIBRATED_COLUMN])
-    patients = summarise_cohort(called, quarantine, config, model_version,
-                                extra_patients=tuple(report.get("empty_patients", ())))
+    patients = summarise_cohort(
+        called,
+        quarantine,
+        config,
+        model_version,
+        extra_patients=tuple(report.get("empty_patients", ())),
+    )
     if operating_point is not None:
-        patients = with_corrected_fraction(patients, operating_point.sensitivity, operating_point.false_positive_rate)
+        patients = with_corrected_fraction(
+            patients, operating_point.sensitivity, operating_point.false_positive_rate
+        )
     patients["patient_version"] = patients["patient_id"].map(patient_versions or {})
     store.write_table(scored, paths.cells_table)
     store.write_table(patients, paths.patients_table)

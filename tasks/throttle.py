@@ -14,7 +14,9 @@ PROGRESS_INTERVAL_S = 10.0
 class Throttle:
     """Says whether a progress line is due: the first one, the final one, and then one per interval."""
 
-    def __init__(self, interval_s: float = PROGRESS_INTERVAL_S, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, interval_s: float = PROGRESS_INTERVAL_S, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.interval_s = interval_s
         self._clock = clock
         self._last: float | None = None

@@ -18,15 +18,34 @@ from prefect.exceptions import MissingContextError
 from aml_model.config import ScoringConfig
 from aml_model.evaluate import BinaryMetrics, compute_metrics
 from aml_model.zarr_rows import Rows
-from tasks.registry import CARD_FILE, MODEL_FILE, ModelRef, finish_registration, models_root, resolve_model, stage_model
+from tasks.registry import (
+    CARD_FILE,
+    MODEL_FILE,
+    ModelRef,
+    finish_registration,
+    models_root,
+    resolve_model,
+    stage_model,
+)
 from tasks.retry import store_task
 from tasks.store import Store, join
 from tasks.store_layout import RunPaths
 from tasks.throttle import Throttle
 
-__all__ = ["TrainedModel", "TrainingSet", "cell_rows", "compare_with_champion", "evaluation_files", "fit_head",
-           "load_cells", "load_training_set", "predict_cells", "register_challenger", "train_on_features",
-           "train_plain"]
+__all__ = [
+    "TrainedModel",
+    "TrainingSet",
+    "cell_rows",
+    "compare_with_champion",
+    "evaluation_files",
+    "fit_head",
+    "load_cells",
+    "load_training_set",
+    "predict_cells",
+    "register_challenger",
+    "train_on_features",
+    "train_plain",
+]
 
 TEST_PREDICTIONS = "test_predictions.parquet"
 #: Test cells the reduced precisions are checked on: enough for a max |dp| that means something,
@@ -78,8 +97,9 @@ class TrainedModel:
     precision_agreement: dict[str, float]
 
 
-def load_training_set(run_roots: list[RunPaths], sources: list[str] | None = None,
-                      labelled_only: bool = True) -> TrainingSet:
+def load_training_set(
+    run_roots: list[RunPaths], sources: list[str] | None = None, labelled_only: bool = True
+) -> TrainingSet:
     """Read the runs' cell tables and keep the labelled cells, each image once (the first
     source that holds it keeps it).
 
@@ -91,22 +111,30 @@ def load_training_set(run_roots: list[RunPaths], sources: list[str] | None = Non
             ``y`` is 1 for the labelled blasts only.
     """
     names = sources or [paths.root for paths in run_roots]
-    frames = [paths.store.read_table(paths.cells_table).assign(cells_zarr=paths.cells_zarr, source=name)
-              for paths, name in zip(run_roots, names, strict=True)]
+    frames = [
+        paths.store.read_table(paths.cells_table).assign(cells_zarr=paths.cells_zarr, source=name)
+        for paths, name in zip(run_roots, names, strict=True)
+    ]
     cells = pd.concat(frames, ignore_index=True)
     if "cell_type" not in cells:
         cells["cell_type"] = None
     labelled = cells[cells["label"].notna()] if labelled_only else cells
     unique = labelled.drop_duplicates("sha256", keep="first").reset_index(drop=True)
-    return TrainingSet(unique, (unique["label"] == "blast").to_numpy(int), len(cells) - len(labelled),
-                       len(labelled) - len(unique))
+    return TrainingSet(
+        unique,
+        (unique["label"] == "blast").to_numpy(int),
+        len(cells) - len(labelled),
+        len(labelled) - len(unique),
+    )
 
 
 def cell_rows(frame: pd.DataFrame, store: Store) -> Rows:
     """The uint8 images of the given cells (cells_zarr, zarr_index), in the frame's order, unread:
     index the result with positions to read them, or train on it a batch at a time. ``store``
     reaches the cells_zarr URLs (its options are used)."""
-    return Rows.named(frame["cells_zarr"], frame["zarr_index"], lambda url: store.open_cells_array(url))
+    return Rows.named(
+        frame["cells_zarr"], frame["zarr_index"], lambda url: store.open_cells_array(url)
+    )
 
 
 def load_cells(frame: pd.DataFrame, store: Store) -> np.ndarray:
@@ -122,10 +150,14 @@ def predict_cells(model, cells, batch_size: int = ScoringConfig.batch_size) -> n
 
     if not len(cells):
         return np.zeros((0,), np.float32)
-    return np.asarray(model.predict(cell_batches(cells, None, batch_size), verbose=0), np.float32).reshape(-1)
+    return np.asarray(
+        model.predict(cell_batches(cells, None, batch_size), verbose=0), np.float32
+    ).reshape(-1)
 
 
-def evaluation_files(history: dict, metrics: BinaryMetrics, y_test: np.ndarray, p_test: np.ndarray) -> dict[str, bytes]:
+def evaluation_files(
+    history: dict, metrics: BinaryMetrics, y_test: np.ndarray, p_test: np.ndarray
+) -> dict[str, bytes]:
     """The paper's four figures as PNG bytes by file name."""
     from aml_model import figures
 
@@ -169,12 +201,20 @@ def compare_with_champion(
     if ref.image_size != challenger.image_size:
         card = store.read_json(join(models_root(store), ref.version, CARD_FILE))
         recorded = BinaryMetrics(**card["metrics"])
-        return ref.version, {"each model's own test cells (input sizes differ)":
-                             (compute_metrics(y_test, p_test, threshold), recorded)}
-    comparisons = {"challenger's test cells": (
-        compute_metrics(y_test, p_test, threshold),
-        compute_metrics(y_test, predict_cells(_load(ref, store), cell_rows(test, store)), threshold),
-    )}
+        return ref.version, {
+            "each model's own test cells (input sizes differ)": (
+                compute_metrics(y_test, p_test, threshold),
+                recorded,
+            )
+        }
+    comparisons = {
+        "challenger's test cells": (
+            compute_metrics(y_test, p_test, threshold),
+            compute_metrics(
+                y_test, predict_cells(_load(ref, store), cell_rows(test, store)), threshold
+            ),
+        )
+    }
     theirs_url = join(models_root(store), ref.version, TEST_PREDICTIONS)
     if store.exists(theirs_url):
         theirs = store.read_table(theirs_url)
@@ -182,19 +222,26 @@ def compare_with_champion(
         if len(present) and present["label"].nunique() == 2:
             y = (present["label"] == "blast").to_numpy(int)
             comparisons["champion's test cells"] = (
-                compute_metrics(y, predict_cells(_load(challenger, store), cell_rows(present, store)), threshold),
+                compute_metrics(
+                    y, predict_cells(_load(challenger, store), cell_rows(present, store)), threshold
+                ),
                 compute_metrics(y, present["probability"].to_numpy(), threshold),
             )
     return ref.version, comparisons
 
 
-def register_challenger(trained: TrainedModel, card: dict, figures: dict[str, bytes], test: pd.DataFrame,
-                        store: Store) -> ModelRef:
+def register_challenger(
+    trained: TrainedModel, card: dict, figures: dict[str, bytes], test: pd.DataFrame, store: Store
+) -> ModelRef:
     """Complete the staged model's registration: figures, test predictions, then its card."""
-    predictions = test[["cell_id", "sha256", "label", "cells_zarr", "zarr_index"]].assign(probability=trained.p_test)
+    predictions = test[["cell_id", "sha256", "label", "cells_zarr", "zarr_index"]].assign(
+        probability=trained.p_test
+    )
     buffer = io.BytesIO()
     predictions.to_parquet(buffer, index=False)
-    return finish_registration(trained.ref, card, store, extra_files={**figures, TEST_PREDICTIONS: buffer.getvalue()})
+    return finish_registration(
+        trained.ref, card, store, extra_files={**figures, TEST_PREDICTIONS: buffer.getvalue()}
+    )
 
 
 def _measure_agreement(model, test: pd.DataFrame, store: Store) -> dict[str, float]:
@@ -211,9 +258,13 @@ def _stage(model, store: Store) -> ModelRef:
 
 
 def _record(check) -> dict:
-    return {"val_auc": check.val_auc, "spread": check.spread,
-            "predicted_blast_fraction": check.predicted_blast_fraction, "collapsed": check.collapsed,
-            "reason": check.reason}
+    return {
+        "val_auc": check.val_auc,
+        "spread": check.spread,
+        "predicted_blast_fraction": check.predicted_blast_fraction,
+        "collapsed": check.collapsed,
+        "reason": check.reason,
+    }
 
 
 def _logger():
@@ -234,8 +285,14 @@ def _epoch_lines():
 
     def report(epoch: int, epochs: int, logs: dict[str, float]) -> None:
         if throttle.due(final=epoch == epochs):
-            logger.info("epoch %d/%d: loss %.4f, val_loss %.4f, val AUC %.3f", epoch, epochs, logs.get("loss", np.nan),
-                        logs.get("val_loss", np.nan), logs.get("val_auc", np.nan))
+            logger.info(
+                "epoch %d/%d: loss %.4f, val_loss %.4f, val AUC %.3f",
+                epoch,
+                epochs,
+                logs.get("loss", np.nan),
+                logs.get("val_loss", np.nan),
+                logs.get("val_auc", np.nan),
+            )
 
     return EpochReport(report)
 
@@ -243,8 +300,13 @@ def _epoch_lines():
 def _log_trained(history: dict, best: int) -> None:
     """The line that ends a training's progress: epochs run and the restored epoch's figures."""
     logger = _logger()
-    logger.info("trained %d epochs; best epoch %d: val_loss %.4f, val AUC %.3f", len(history["val_loss"]), best + 1,
-                history["val_loss"][best], history.get("val_auc", [np.nan] * (best + 1))[best])
+    logger.info(
+        "trained %d epochs; best epoch %d: val_loss %.4f, val AUC %.3f",
+        len(history["val_loss"]),
+        best + 1,
+        history["val_loss"][best],
+        history.get("val_auc", [np.nan] * (best + 1))[best],
+    )
 
 
 def _train_guarded(config, y_val: np.ndarray, attempt) -> tuple:
@@ -262,7 +324,9 @@ def _train_guarded(config, y_val: np.ndarray, attempt) -> tuple:
 
     checks = []
     for number in range(MAX_ATTEMPTS):
-        train_config = dataclasses.replace(config.train, seed=attempt_seed(config.train.seed, number))
+        train_config = dataclasses.replace(
+            config.train, seed=attempt_seed(config.train.seed, number)
+        )
         model, history, best, p_val = attempt(train_config)
         checks.append(check_collapse(y_val, p_val, config.threshold))
         if not checks[-1].collapsed:
@@ -271,8 +335,17 @@ def _train_guarded(config, y_val: np.ndarray, attempt) -> tuple:
     return model, history, best, [_record(c) for c in checks]
 
 
-def fit_head(cache, config, feature_shape, train_rows, y_train_rows, val_rows, y_val, train_weights=None,
-             val_weights=None) -> tuple:
+def fit_head(
+    cache,
+    config,
+    feature_shape,
+    train_rows,
+    y_train_rows,
+    val_rows,
+    y_val,
+    train_weights=None,
+    val_weights=None,
+) -> tuple:
     """Fit the head on cache rows read from the store a batch at a time, with the collapse guard.
 
     Args:
@@ -292,10 +365,21 @@ def fit_head(cache, config, feature_shape, train_rows, y_train_rows, val_rows, y
     def attempt(train_config):
         # The head's initialisation is part of the seeded run.
         head = seed_weights(build_head(feature_shape, config.model), train_config.seed)
-        history, best = train_head(head, train_features, y_train_rows, val_features, y_val, train_config,
-                                   train_weights=train_weights, val_weights=val_weights, callbacks=[_epoch_lines()])
+        history, best = train_head(
+            head,
+            train_features,
+            y_train_rows,
+            val_features,
+            y_val,
+            train_config,
+            train_weights=train_weights,
+            val_weights=val_weights,
+            callbacks=[_epoch_lines()],
+        )
         _log_trained(history, best)
-        p_val = head.predict(feature_batches(val_features, None, config.train.batch_size), verbose=0).reshape(-1)
+        p_val = head.predict(
+            feature_batches(val_features, None, config.train.batch_size), verbose=0
+        ).reshape(-1)
         return head, history, best, p_val
 
     return _train_guarded(config, y_val, attempt)
@@ -312,8 +396,18 @@ def _cached_backbone(cache, config):
 
 
 @task(name="train-head-on-features", cache_policy=NO_CACHE)
-def train_on_features(cache, config, feature_shape, train_rows, y_train_rows, val_rows, y_val, test: pd.DataFrame,
-                      train_weights=None, val_weights=None):
+def train_on_features(
+    cache,
+    config,
+    feature_shape,
+    train_rows,
+    y_train_rows,
+    val_rows,
+    y_val,
+    test: pd.DataFrame,
+    train_weights=None,
+    val_weights=None,
+):
     """Cached path: fit the head on cached features (:func:`fit_head`), assemble the full model,
     score the test cells (cells_zarr, zarr_index) read a batch at a time, and stage the model in
     the cache's store. Submitted to the flow's task runner, it runs on a Dask worker.
@@ -323,12 +417,28 @@ def train_on_features(cache, config, feature_shape, train_rows, y_train_rows, va
     """
     from aml_model.architecture import assemble_model
 
-    head, history, best, attempts = fit_head(cache, config, feature_shape, train_rows, y_train_rows, val_rows, y_val,
-                                             train_weights, val_weights)
+    head, history, best, attempts = fit_head(
+        cache,
+        config,
+        feature_shape,
+        train_rows,
+        y_train_rows,
+        val_rows,
+        y_val,
+        train_weights,
+        val_weights,
+    )
     store = cache.store
     model = assemble_model(_cached_backbone(cache, config), head)
     p_test = predict_cells(model, cell_rows(test, store))
-    return TrainedModel(_stage(model, store), history, best, p_test, attempts, _measure_agreement(model, test, store))
+    return TrainedModel(
+        _stage(model, store),
+        history,
+        best,
+        p_test,
+        attempts,
+        _measure_agreement(model, test, store),
+    )
 
 
 @task(name="train-plain", cache_policy=NO_CACHE)
@@ -356,12 +466,27 @@ def train_plain(cache, config, cells: pd.DataFrame, y, split, train_weights=None
     def attempt(train_config):
         keras.utils.set_random_seed(train_config.seed)
         model = build_model(model_config)
-        history, best = train_model(model, train, y[split["train"]], val, y[split["val"]], train_config,
-                                    callbacks=[_epoch_lines()], train_weights=train_weights, val_weights=val_weights)
+        history, best = train_model(
+            model,
+            train,
+            y[split["train"]],
+            val,
+            y[split["val"]],
+            train_config,
+            callbacks=[_epoch_lines()],
+            train_weights=train_weights,
+            val_weights=val_weights,
+        )
         _log_trained(history, best)
         return model, history, best, predict_cells(model, val)
 
     model, history, best, attempts = _train_guarded(config, y[split["val"]], attempt)
     p_test = predict_cells(model, images.subset(split["test"]))
-    return TrainedModel(_stage(model, store), history, best, p_test, attempts,
-                        _measure_agreement(model, cells.iloc[split["test"]], store))
+    return TrainedModel(
+        _stage(model, store),
+        history,
+        best,
+        p_test,
+        attempts,
+        _measure_agreement(model, cells.iloc[split["test"]], store),
+    )

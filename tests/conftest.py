@@ -37,8 +37,12 @@ for _name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
 os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-LMU_CELLS = Path(os.environ.get("AML_SMEAR_LMU_CELLS", PROJECT_ROOT.parent / "shared" / "data" / "lmu-cells"))
-PBC_CELLS = Path(os.environ.get("AML_SMEAR_PBC_CELLS", PROJECT_ROOT.parent / "shared" / "data" / "pbc-cells"))
+LMU_CELLS = Path(
+    os.environ.get("AML_SMEAR_LMU_CELLS", PROJECT_ROOT.parent / "shared" / "data" / "lmu-cells")
+)
+PBC_CELLS = Path(
+    os.environ.get("AML_SMEAR_PBC_CELLS", PROJECT_ROOT.parent / "shared" / "data" / "pbc-cells")
+)
 
 
 @pytest.fixture(scope="session")
@@ -81,7 +85,11 @@ def s3_bucket(s3_endpoint, request):
     import s3fs
 
     options = {"client_kwargs": {"endpoint_url": s3_endpoint}}
-    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-") + "-" + uuid.uuid4().hex[:8]
+    name = (
+        re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-")
+        + "-"
+        + uuid.uuid4().hex[:8]
+    )
     fs = s3fs.S3FileSystem(**options)
     fs.mkdir(name)
     fs.invalidate_cache()
@@ -122,10 +130,13 @@ def tiny_model_file(lmu_cells, tmp_path_factory) -> Path:
     from aml_model.preprocess import decode_cell
     from tests.corpus import lmu_rows
 
-    rows = [r for r in lmu_rows(lmu_cells) if r["label"] == "blast"][:120] + \
-           [r for r in lmu_rows(lmu_cells) if r["label"] == "normal"][:120]
+    rows = [r for r in lmu_rows(lmu_cells) if r["label"] == "blast"][:120] + [
+        r for r in lmu_rows(lmu_cells) if r["label"] == "normal"
+    ][:120]
     config = PreprocessConfig(image_size=32)
-    images = np.stack([decode_cell((lmu_cells / r["file"]).read_bytes(), r["file"], config) for r in rows])
+    images = np.stack(
+        [decode_cell((lmu_cells / r["file"]).read_bytes(), r["file"], config) for r in rows]
+    )
     labels = np.array([r["label"] == "blast" for r in rows], dtype=int)
     keras.utils.set_random_seed(0)
     result = run_experiment(images, labels, ExperimentConfig.tiny(image_size=32, epochs=4))

@@ -16,7 +16,9 @@ def lmu_rows(lmu_cells: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
-def compose_patient_cohort(lmu_cells: Path, root: Path, blast_counts: dict[str, tuple[int, int]]) -> Path:
+def compose_patient_cohort(
+    lmu_cells: Path, root: Path, blast_counts: dict[str, tuple[int, int]]
+) -> Path:
     """Patient layout from real cells: {patient_id: (n_blast, n_normal)}; no image used twice.
 
     Writes labels.csv (image, label) beside the patient folders. Returns ``root``.
@@ -28,7 +30,7 @@ def compose_patient_cohort(lmu_cells: Path, root: Path, blast_counts: dict[str, 
     for patient, (n_blast, n_normal) in blast_counts.items():
         (root / patient).mkdir(parents=True, exist_ok=True)
         for label, count in (("blast", n_blast), ("normal", n_normal)):
-            for row in pools[label][used[label]:used[label] + count]:
+            for row in pools[label][used[label] : used[label] + count]:
                 name = f"{patient}/{Path(row['file']).name}"
                 (root / name).write_bytes((lmu_cells / row["file"]).read_bytes())
                 labels.append((name, label))
@@ -50,8 +52,10 @@ def compose_class_source(lmu_cells: Path, root: Path, counts: dict[str, tuple[st
     for folder, (code, count) in counts.items():
         (root / folder).mkdir(parents=True)
         start = used.get(code, 0)
-        for row in [r for r in rows if r["matek_class"] == code][start:start + count]:
-            (root / folder / Path(row["file"]).name).write_bytes((lmu_cells / row["file"]).read_bytes())
+        for row in [r for r in rows if r["matek_class"] == code][start : start + count]:
+            (root / folder / Path(row["file"]).name).write_bytes(
+                (lmu_cells / row["file"]).read_bytes()
+            )
         used[code] = start + count
     return root
 
@@ -102,10 +106,19 @@ def write_bad_corpus(root: Path, outside: Path) -> dict[str, dict]:
     put("P2/anim.png", _encode(Image.fromarray(pixels), "GIF"), False, "unsupported format GIF")
     # Image files of formats the decoder does not read are quarantined, never ignored: by their
     # suffix, or (no suffix) by their first bytes.
-    put("P2/cell.gif", _encode(Image.fromarray(pixels), "GIF"), False, "unsupported format GIF (supported: ")
+    put(
+        "P2/cell.gif",
+        _encode(Image.fromarray(pixels), "GIF"),
+        False,
+        "unsupported format GIF (supported: ",
+    )
     put("P2/cell.webp", _encode(Image.fromarray(pixels), "WEBP"), False, "unsupported format WEBP")
-    put("P2/cell.heic", b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64), False,
-        "unsupported format HEIC")
+    put(
+        "P2/cell.heic",
+        b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64),
+        False,
+        "unsupported format HEIC",
+    )
     put("P2/scan-0042", _encode(Image.fromarray(pixels), "GIF"), False, "unsupported format GIF")
     put("P2/line.png", _encode(Image.new("RGB", (4000, 1)), "PNG"), False, "below the minimum side")
     put("P2/bomb.png", _encode(Image.new("1", (8000, 6000)), "PNG"), False, "decompression bomb")

@@ -46,7 +46,9 @@ class _Collector(HTMLParser):
             self.open.append(tag)
 
     def handle_endtag(self, tag):
-        assert self.open and self.open[-1] == tag, f"</{tag}> closes <{self.open[-1] if self.open else None}>"
+        assert self.open and self.open[-1] == tag, (
+            f"</{tag}> closes <{self.open[-1] if self.open else None}>"
+        )
         self.open.pop()
 
     def handle_data(self, data):
@@ -67,8 +69,10 @@ def parse_page(html: str) -> ParsedPage:
 
 def embedded_pngs(page: ParsedPage) -> list[Image.Image]:
     """Decode every img of the page; each must be an embedded PNG (the page stands alone)."""
-    assert page.images and all(src.startswith(DATA_PNG) for src in page.images), "images must be embedded PNGs"
-    return [Image.open(io.BytesIO(base64.b64decode(src[len(DATA_PNG):]))) for src in page.images]
+    assert page.images and all(src.startswith(DATA_PNG) for src in page.images), (
+        "images must be embedded PNGs"
+    )
+    return [Image.open(io.BytesIO(base64.b64decode(src[len(DATA_PNG) :]))) for src in page.images]
 
 
 def chromium() -> str | None:
@@ -78,9 +82,20 @@ def chromium() -> str | None:
 
 def screenshot(executable: str, page: Path, png: Path, profile: Path) -> Image.Image:
     """Render a local HTML file in headless Chromium at 1200x1600 and return the screenshot (RGB)."""
-    command = [executable, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-               "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
-               f"--screenshot={png}", "--window-size=1200,1600", page.resolve().as_uri()]
+    command = [
+        executable,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={profile}",
+        f"--screenshot={png}",
+        "--window-size=1200,1600",
+        page.resolve().as_uri(),
+    ]
     subprocess.run(command, check=True, capture_output=True, timeout=120)
     return Image.open(png).convert("RGB")
 

@@ -37,7 +37,7 @@ STORE_MODULES = "tasks/store*.py"
 #: Functions whose parameters are a public interface that users type, exempt from the rule.
 EXEMPTIONS = {
     "prefect flow": "a Prefect @flow's parameters are its deployments' public API "
-                    "(`prefect deployment run -p s3_endpoint_url=...`)",
+    "(`prefect deployment run -p s3_endpoint_url=...`)",
     "cli command": "a click/typer command's parameters are the options the user types (--s3-endpoint-url)",
 }
 PREFECT_FLOW_DECORATORS = {"prefect.flow", "prefect.flows.flow"}
@@ -53,6 +53,7 @@ LAYERS = ("aml_model", "tasks", "flows")
 
 # The source.
 
+
 def product_packages() -> list[str]:
     """Top-level folders holding Python code (a package, or loose modules), the tests and benchmarks left out."""
     found = []
@@ -65,8 +66,12 @@ def product_packages() -> list[str]:
 
 
 def python_files(packages) -> list[Path]:
-    return sorted(path for package in packages for path in (ROOT / package).rglob("*.py")
-                  if not any(part.startswith(".") or part == "__pycache__" for part in path.parts))
+    return sorted(
+        path
+        for package in packages
+        for path in (ROOT / package).rglob("*.py")
+        if not any(part.startswith(".") or part == "__pycache__" for part in path.parts)
+    )
 
 
 def module_name(path: Path) -> str:
@@ -95,6 +100,7 @@ def test_the_product_packages_are_found():
 
 # (a) No location options beside a URL outside the Store.
 
+
 def imported_names(tree: ast.Module) -> dict[str, str]:
     """Local name -> the dotted name it was imported as, for every import in the module."""
     names = {}
@@ -122,7 +128,9 @@ def dotted(node: ast.expr, names: dict[str, str]) -> str | None:
     return None
 
 
-def exemption(function: ast.FunctionDef | ast.AsyncFunctionDef, names: dict[str, str]) -> str | None:
+def exemption(
+    function: ast.FunctionDef | ast.AsyncFunctionDef, names: dict[str, str]
+) -> str | None:
     """Which of :data:`EXEMPTIONS` a function is, by its decorators; None for an ordinary function."""
     for decorator in function.decorator_list:
         target = decorator.func if isinstance(decorator, ast.Call) else decorator
@@ -135,7 +143,12 @@ def exemption(function: ast.FunctionDef | ast.AsyncFunctionDef, names: dict[str,
 
 def parameters(function: ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda) -> list[str]:
     args = function.args
-    named = [*args.posonlyargs, *args.args, *args.kwonlyargs, *filter(None, (args.vararg, args.kwarg))]
+    named = [
+        *args.posonlyargs,
+        *args.args,
+        *args.kwonlyargs,
+        *filter(None, (args.vararg, args.kwarg)),
+    ]
     return [arg.arg for arg in named]
 
 
@@ -150,12 +163,17 @@ def option_parameters(tree: ast.Module, label: str) -> tuple[list[str], list[str
             if isinstance(child, ast.ClassDef):
                 visit(child, f"{scope}{child.name}.")
             elif isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
-                name = f"{scope}{child.name}" if not isinstance(child, ast.Lambda) else f"{scope}<lambda:{child.lineno}>"
+                name = (
+                    f"{scope}{child.name}"
+                    if not isinstance(child, ast.Lambda)
+                    else f"{scope}<lambda:{child.lineno}>"
+                )
                 why = None if isinstance(child, ast.Lambda) else exemption(child, names)
                 for parameter in parameters(child):
                     if parameter in FORBIDDEN_PARAMETERS:
                         (exempted if why else offenders).append(
-                            f"{label}:{name}({parameter})" + (f"  [{why}]" if why else ""))
+                            f"{label}:{name}({parameter})" + (f"  [{why}]" if why else "")
+                        )
                 visit(child, f"{name}.")
             else:
                 visit(child, scope)
@@ -165,7 +183,7 @@ def option_parameters(tree: ast.Module, label: str) -> tuple[list[str], list[str
 
 
 def test_the_option_detector_finds_parameters_and_exempts_only_flows_and_commands():
-    source = '''
+    source = """
 import click
 import prefect
 from prefect import flow, task as prefect_task
@@ -196,20 +214,32 @@ def group(s3_endpoint_url): ...
 def typer_command(s3_endpoint_url: str = None): ...
 @click.option("--s3-endpoint-url")
 def options_only(s3_endpoint_url): ...
-'''
+"""
     offenders, exempted = option_parameters(ast.parse(source), "m.py")
     assert offenders == [
-        "m.py:plain(storage_options)", "m.py:asynchronous(s3_endpoint_url)", "m.py:keyword_only(store_options)",
-        "m.py:Reader.read(storage_options)", "m.py:outer.inner(storage_options)",
-        "m.py:outer.<lambda:14>(s3_endpoint_url)", "m.py:a_task(storage_options)",
+        "m.py:plain(storage_options)",
+        "m.py:asynchronous(s3_endpoint_url)",
+        "m.py:keyword_only(store_options)",
+        "m.py:Reader.read(storage_options)",
+        "m.py:outer.inner(storage_options)",
+        "m.py:outer.<lambda:14>(s3_endpoint_url)",
+        "m.py:a_task(storage_options)",
         "m.py:options_only(s3_endpoint_url)",
     ]
     assert [entry.split("  ")[0] for entry in exempted] == [
-        "m.py:a_flow(s3_endpoint_url)", "m.py:an_aliased_flow(s3_endpoint_url)", "m.py:a_dotted_flow(s3_endpoint_url)",
-        "m.py:score(s3_endpoint_url)", "m.py:group(s3_endpoint_url)", "m.py:typer_command(s3_endpoint_url)",
+        "m.py:a_flow(s3_endpoint_url)",
+        "m.py:an_aliased_flow(s3_endpoint_url)",
+        "m.py:a_dotted_flow(s3_endpoint_url)",
+        "m.py:score(s3_endpoint_url)",
+        "m.py:group(s3_endpoint_url)",
+        "m.py:typer_command(s3_endpoint_url)",
     ]
-    local_flow = option_parameters(ast.parse("def flow(f): return f\n@flow\ndef f(storage_options): ...\n"), "n.py")
-    assert local_flow[0] == ["n.py:f(storage_options)"], "a decorator named flow that is not Prefect's exempts nothing"
+    local_flow = option_parameters(
+        ast.parse("def flow(f): return f\n@flow\ndef f(storage_options): ...\n"), "n.py"
+    )
+    assert local_flow[0] == ["n.py:f(storage_options)"], (
+        "a decorator named flow that is not Prefect's exempts nothing"
+    )
 
 
 def test_no_function_outside_the_store_takes_location_options():
@@ -229,11 +259,14 @@ def test_no_function_outside_the_store_takes_location_options():
     print("Exempt:", *(f"[{kind}] {why}" for kind, why in EXEMPTIONS.items()), sep="\n  ")
     print(f"{len(exempted)} exempt function(s) taking location options:", *exempted, sep="\n  ")
     print(f"{len(offenders)} offender(s) taking location options:", *offenders, sep="\n  ")
-    assert not offenders, (f"{len(offenders)} function(s) take location options beside a URL; take a Store "
-                           f"(tasks/store.py) instead:\n" + "\n".join(offenders))
+    assert not offenders, (
+        f"{len(offenders)} function(s) take location options beside a URL; take a Store "
+        f"(tasks/store.py) instead:\n" + "\n".join(offenders)
+    )
 
 
 # (b) The ML library stays pure.
+
 
 def imports_of(tree: ast.Module) -> list[tuple[ast.stmt | ast.Call, str, int]]:
     """Every import in the module, at any depth: (node, the absolute dotted name or '.'-prefixed relative
@@ -244,30 +277,44 @@ def imports_of(tree: ast.Module) -> list[tuple[ast.stmt | ast.Call, str, int]]:
             found += [(node, alias.name, node.lineno) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             found.append((node, "." * node.level + (node.module or ""), node.lineno))
-        elif (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
-              and isinstance(node.args[0].value, str)
-              and (getattr(node.func, "attr", None) == "import_module" or getattr(node.func, "id", None) == "__import__")):
+        elif (
+            isinstance(node, ast.Call)
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+            and (
+                getattr(node.func, "attr", None) == "import_module"
+                or getattr(node.func, "id", None) == "__import__"
+            )
+        ):
             found.append((node, node.args[0].value, node.lineno))
     return found
 
 
 def test_aml_model_imports_no_storage_or_orchestration():
-    offenders = [f"{relative(path)}:{line}: imports {name}"
-                 for path in python_files(["aml_model"])
-                 for _, name, line in imports_of(parse(path))
-                 if name.split(".")[0] in NOT_IN_AML_MODEL]
+    offenders = [
+        f"{relative(path)}:{line}: imports {name}"
+        for path in python_files(["aml_model"])
+        for _, name, line in imports_of(parse(path))
+        if name.split(".")[0] in NOT_IN_AML_MODEL
+    ]
     print(*offenders, sep="\n")
-    assert not offenders, "aml_model is the pure ML library (no fsspec, s3fs, Prefect):\n" + "\n".join(offenders)
+    assert not offenders, (
+        "aml_model is the pure ML library (no fsspec, s3fs, Prefect):\n" + "\n".join(offenders)
+    )
 
 
 # (c) The import graph.
+
 
 def type_checking_imports(tree: ast.Module) -> set[int]:
     """ids of the import nodes under ``if TYPE_CHECKING:``, which never run."""
     guarded = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.If) and (getattr(node.test, "id", None) == "TYPE_CHECKING"
-                                         or getattr(node.test, "attr", None) == "TYPE_CHECKING"):
+        if isinstance(node, ast.If) and (
+            getattr(node.test, "id", None) == "TYPE_CHECKING"
+            or getattr(node.test, "attr", None) == "TYPE_CHECKING"
+        ):
             for statement in node.body:
                 guarded |= {id(inner) for inner in ast.walk(statement)}
     return guarded
@@ -288,8 +335,14 @@ def resolve(name: str, module: str, package: bool, modules: set[str]) -> str | N
     return None
 
 
-def module_imports(tree: ast.Module, module: str, package: bool, modules: set[str], label: str,
-                   include_type_checking: bool) -> dict[str, str]:
+def module_imports(
+    tree: ast.Module,
+    module: str,
+    package: bool,
+    modules: set[str],
+    label: str,
+    include_type_checking: bool,
+) -> dict[str, str]:
     """{project module imported by ``module``: where ("label:line")}, from module- and function-level imports.
 
     ``from a.b import c`` is an edge to ``a.b.c`` when that is a module, else to ``a.b``. The implicit
@@ -318,9 +371,12 @@ def module_imports(tree: ast.Module, module: str, package: bool, modules: set[st
 def import_graph(include_type_checking: bool) -> dict[str, dict[str, str]]:
     """module -> {imported project module: where}, over every product package (:func:`module_imports`)."""
     paths = {module_name(path): path for path in python_files(product_packages())}
-    return {module: module_imports(parse(path), module, is_package(path), set(paths), relative(path),
-                                   include_type_checking)
-            for module, path in paths.items()}
+    return {
+        module: module_imports(
+            parse(path), module, is_package(path), set(paths), relative(path), include_type_checking
+        )
+        for module, path in paths.items()
+    }
 
 
 def strongly_connected(graph: dict[str, dict[str, str]]) -> list[list[str]]:
@@ -368,7 +424,10 @@ def a_cycle(graph: dict[str, dict[str, str]], component: list[str]) -> str:
         for successor in sorted(graph[node]):
             if successor == start:
                 cycle = [*paths[node], start]
-                return " -> ".join(f"{a} ({graph[a][b]})" for a, b in itertools.pairwise(cycle)) + f" -> {start}"
+                return (
+                    " -> ".join(f"{a} ({graph[a][b]})" for a, b in itertools.pairwise(cycle))
+                    + f" -> {start}"
+                )
             if successor in members and successor not in paths:
                 paths[successor] = [*paths[node], successor]
                 queue.append(successor)
@@ -376,7 +435,12 @@ def a_cycle(graph: dict[str, dict[str, str]], component: list[str]) -> str:
 
 
 def test_the_cycle_finder_names_a_cycle():
-    graph = {"a": {"b": "a.py:1"}, "b": {"c": "b.py:2"}, "c": {"a": "c.py:3", "d": "c.py:4"}, "d": {}}
+    graph = {
+        "a": {"b": "a.py:1"},
+        "b": {"c": "b.py:2"},
+        "c": {"a": "c.py:3", "d": "c.py:4"},
+        "d": {},
+    }
     components = strongly_connected(graph)
     assert components == [["a", "b", "c"]]
     assert a_cycle(graph, components[0]) == "a (a.py:1) -> b (b.py:2) -> c (c.py:3) -> a"
@@ -400,19 +464,48 @@ def later():
     from aml_model.io import save_model
     importlib.import_module("flows.score")
 """
-    modules = {"tasks", "tasks.store", "tasks.store_layout", "tasks.store_cache", "aml_model", "aml_model.io",
-               "aml_model.errors", "aml_model.sub", "aml_model.sub.sibling", "aml_model.sub.here", "flows",
-               "flows.parameters", "flows.score"}
+    modules = {
+        "tasks",
+        "tasks.store",
+        "tasks.store_layout",
+        "tasks.store_cache",
+        "aml_model",
+        "aml_model.io",
+        "aml_model.errors",
+        "aml_model.sub",
+        "aml_model.sub.sibling",
+        "aml_model.sub.here",
+        "flows",
+        "flows.parameters",
+        "flows.score",
+    }
     tree = ast.parse(source)
-    edges = module_imports(tree, "aml_model.sub.here", False, modules, "here.py", include_type_checking=True)
-    assert edges == {"tasks": "here.py:3", "tasks.store": "here.py:4", "tasks.store_layout": "here.py:5",
-                     "tasks.store_cache": "here.py:6", "aml_model.sub.sibling": "here.py:7",
-                     "aml_model.errors": "here.py:8", "flows.parameters": "here.py:12", "aml_model.io": "here.py:14",
-                     "flows.score": "here.py:15"}
-    running = module_imports(tree, "aml_model.sub.here", False, modules, "here.py", include_type_checking=False)
+    edges = module_imports(
+        tree, "aml_model.sub.here", False, modules, "here.py", include_type_checking=True
+    )
+    assert edges == {
+        "tasks": "here.py:3",
+        "tasks.store": "here.py:4",
+        "tasks.store_layout": "here.py:5",
+        "tasks.store_cache": "here.py:6",
+        "aml_model.sub.sibling": "here.py:7",
+        "aml_model.errors": "here.py:8",
+        "flows.parameters": "here.py:12",
+        "aml_model.io": "here.py:14",
+        "flows.score": "here.py:15",
+    }
+    running = module_imports(
+        tree, "aml_model.sub.here", False, modules, "here.py", include_type_checking=False
+    )
     assert running == {key: value for key, value in edges.items() if key != "flows.parameters"}
-    package = module_imports(ast.parse("from . import store\nfrom .store import x\n"), "tasks", True, modules, "i.py",
-                             include_type_checking=True)
+    package = module_imports(
+        ast.parse("from . import store\nfrom .store import x\n"),
+        "tasks",
+        True,
+        modules,
+        "i.py",
+        include_type_checking=True,
+    )
     assert package == {"tasks.store": "i.py:1"}
 
 
@@ -420,23 +513,33 @@ def test_the_import_graph_holds_the_projects_own_imports():
     graph = import_graph(include_type_checking=True)
     assert {"tasks.store_conditional", "tasks.store_cache"} <= set(graph["tasks.store"])
     assert any(target.startswith("tasks.") for target in graph["flows.score"])
-    assert not any(target.split(".")[0] not in product_packages() for targets in graph.values() for target in targets)
+    assert not any(
+        target.split(".")[0] not in product_packages()
+        for targets in graph.values()
+        for target in targets
+    )
 
 
 def test_the_project_imports_have_no_cycle():
     graph = import_graph(include_type_checking=False)
     cycles = [a_cycle(graph, component) for component in strongly_connected(graph)]
     print(*cycles, sep="\n")
-    assert not cycles, f"{len(cycles)} import cycle(s) among the project's modules:\n" + "\n".join(cycles)
+    assert not cycles, f"{len(cycles)} import cycle(s) among the project's modules:\n" + "\n".join(
+        cycles
+    )
 
 
 @pytest.mark.parametrize("layer", LAYERS)
 def test_no_layer_imports_a_layer_above_it(layer):
     entry_points = [package for package in product_packages() if package not in LAYERS]
-    above = [*LAYERS[LAYERS.index(layer) + 1:], *entry_points]
+    above = [*LAYERS[LAYERS.index(layer) + 1 :], *entry_points]
     graph = import_graph(include_type_checking=True)
-    offenders = [f"{where}: {module} imports {target}"
-                 for module, targets in sorted(graph.items()) if module.split(".")[0] == layer
-                 for target, where in sorted(targets.items()) if target.split(".")[0] in above]
+    offenders = [
+        f"{where}: {module} imports {target}"
+        for module, targets in sorted(graph.items())
+        if module.split(".")[0] == layer
+        for target, where in sorted(targets.items())
+        if target.split(".")[0] in above
+    ]
     print(*offenders, sep="\n")
     assert not offenders, f"{layer} may not import {', '.join(above)}:\n" + "\n".join(offenders)

@@ -22,8 +22,14 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 # workers; a variable the user set wins. TF_CPP_MIN_LOG_LEVEL hides TensorFlow's C++ lines, those
 # of its start-up included (aml_model.tf_log); the console handler keeps tracebacks and completion
 # lines out of the terminal (flows.logs). --debug (AML_SMEAR_DEBUG=1) shows all of them.
-QUIET = {"TF_CPP_MIN_LOG_LEVEL": tf_log.QUIET_LEVEL, "PREFECT_LOGGING_HANDLERS_CONSOLE_CLASS": "flows.logs.ConsoleHandler"}
-DEBUG = {"TF_CPP_MIN_LOG_LEVEL": "0", "PREFECT_LOGGING_HANDLERS_CONSOLE_CLASS": "flows.logs.ConsoleHandler"}
+QUIET = {
+    "TF_CPP_MIN_LOG_LEVEL": tf_log.QUIET_LEVEL,
+    "PREFECT_LOGGING_HANDLERS_CONSOLE_CLASS": "flows.logs.ConsoleHandler",
+}
+DEBUG = {
+    "TF_CPP_MIN_LOG_LEVEL": "0",
+    "PREFECT_LOGGING_HANDLERS_CONSOLE_CLASS": "flows.logs.ConsoleHandler",
+}
 DEBUG_ENV = "AML_SMEAR_DEBUG"  # flows.logs.DEBUG_ENV
 
 
@@ -39,7 +45,11 @@ class UsageError(click.UsageError):
 
     def show(self, file=None) -> None:
         if self.ctx is not None:
-            click.echo(f"{self.ctx.get_usage()}\nTry '{self.ctx.command_path} -h' for help.", file=file, err=True)
+            click.echo(
+                f"{self.ctx.get_usage()}\nTry '{self.ctx.command_path} -h' for help.",
+                file=file,
+                err=True,
+            )
         click.echo(f"error: {self.format_message()}", file=file, err=True)
 
 
@@ -106,13 +116,25 @@ LAYOUTS = click.Choice(["auto", "patient", "class", "manifest"])
 
 def cluster_options(command):
     """--workers / --scheduler / --s3-endpoint-url, shared by every flow command."""
-    command = click.option("--s3-endpoint-url", envvar="AML_SMEAR_S3_ENDPOINT_URL", default=None,
-                           help="S3-compatible endpoint for s3:// URLs (MinIO, moto). Credentials "
-                                "come from the usual AWS_* variables.")(command)
-    command = click.option("--scheduler", default=None, metavar="tcp://HOST:PORT",
-                           help="Address of an existing Dask scheduler.")(command)
-    return click.option("--workers", type=click.IntRange(min=1), default=None,
-                        help="Workers of a new local Dask cluster [default: one per CPU core].")(command)
+    command = click.option(
+        "--s3-endpoint-url",
+        envvar="AML_SMEAR_S3_ENDPOINT_URL",
+        default=None,
+        help="S3-compatible endpoint for s3:// URLs (MinIO, moto). Credentials "
+        "come from the usual AWS_* variables.",
+    )(command)
+    command = click.option(
+        "--scheduler",
+        default=None,
+        metavar="tcp://HOST:PORT",
+        help="Address of an existing Dask scheduler.",
+    )(command)
+    return click.option(
+        "--workers",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Workers of a new local Dask cluster [default: one per CPU core].",
+    )(command)
 
 
 def check_inputs(sources: list[Store], store: Store, model: str | None = None) -> None:
@@ -169,8 +191,6 @@ def run_flow(flow_fn, workers: int | None, scheduler: str | None, **parameters):
         return flow_fn.with_options(task_runner=runner)(**parameters)
 
 
-
-
 @contextmanager
 def one_line_errors():
     """A registry or storage failure becomes the CLI's one-line ``error: <reason>``."""
@@ -191,10 +211,15 @@ def takes_store(command):
         kwargs["store"] = Store.at(kwargs.pop("store"), kwargs.pop("s3_endpoint_url"))
         return command(*args, **kwargs)
 
-    with_store = click.option("--s3-endpoint-url", envvar="AML_SMEAR_S3_ENDPOINT_URL", default=None,
-                              help="S3-compatible endpoint for s3:// URLs (MinIO, moto).")(with_store)
-    return click.option("--store", required=True, help="Run store holding models/: a folder or an s3:// URL.")(
-        with_store)
+    with_store = click.option(
+        "--s3-endpoint-url",
+        envvar="AML_SMEAR_S3_ENDPOINT_URL",
+        default=None,
+        help="S3-compatible endpoint for s3:// URLs (MinIO, moto).",
+    )(with_store)
+    return click.option(
+        "--store", required=True, help="Run store holding models/: a folder or an s3:// URL."
+    )(with_store)
 
 
 def listed(lister, store: Store, empty: str) -> list:

@@ -16,8 +16,12 @@ __all__ = ["cli", "main"]
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--debug", is_flag=True, envvar=DEBUG_ENV,
-              help="On failure print the full traceback; show TensorFlow's C++ logs [env AML_SMEAR_DEBUG=1].")
+@click.option(
+    "--debug",
+    is_flag=True,
+    envvar=DEBUG_ENV,
+    help="On failure print the full traceback; show TensorFlow's C++ logs [env AML_SMEAR_DEBUG=1].",
+)
 @click.version_option(package_name="aml-smear")
 @click.pass_context
 def cli(ctx: click.Context, debug: bool) -> None:
@@ -43,9 +47,20 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.call_on_close(restore)
 
 
-for command in (pipeline.model_summary, pipeline.ingest_command, pipeline.score_command, pipeline.calibrate_command,
-                pipeline.retrain_command, pipeline.pretrain_backbone_command, pipeline.bootstrap_command,
-                pipeline.report_command, pipeline.demo, pipeline.serve_command, models, runs):
+for command in (
+    pipeline.model_summary,
+    pipeline.ingest_command,
+    pipeline.score_command,
+    pipeline.calibrate_command,
+    pipeline.retrain_command,
+    pipeline.pretrain_backbone_command,
+    pipeline.bootstrap_command,
+    pipeline.report_command,
+    pipeline.demo,
+    pipeline.serve_command,
+    models,
+    runs,
+):
     cli.add_command(command)
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-
 from typing import TYPE_CHECKING
 
 import click
@@ -41,20 +40,27 @@ def list_command(store: Store) -> None:
     from tasks.registry import models_root
     from tasks.registry_admin import list_models
 
-    entries = listed(list_models, store,
-                      f"no models in {models_root(store)}: train one with `aml-smear retrain SOURCE --store {store.url}`")
+    entries = listed(
+        list_models,
+        store,
+        f"no models in {models_root(store)}: train one with `aml-smear retrain SOURCE --store {store.url}`",
+    )
     if not entries:
         return
-    click.echo(f"{'version':<26} {'registered':<16} {'recipe':<7} {'ROC AUC':>7} {'sensitivity':>11} "
-               f"{'specificity':>11} {'test cells':>10}  status")
+    click.echo(
+        f"{'version':<26} {'registered':<16} {'recipe':<7} {'ROC AUC':>7} {'sensitivity':>11} "
+        f"{'specificity':>11} {'test cells':>10}  status"
+    )
     for entry in entries:
         card = entry.card or {}
         metrics = card.get("metrics") or {}
         registered = entry.registered_at[:16].replace("T", " ")
-        click.echo(f"{entry.version:<26} {registered:<16} {card.get('recipe', '-'):<7} "
-                   f"{_number(metrics.get('roc_auc')):>7} {_number(metrics.get('sensitivity')):>11} "
-                   f"{_number(metrics.get('specificity')):>11} {_number(metrics.get('n'), integer=True):>10}  "
-                   f"{entry.status}" + (f": {entry.problem}" if entry.problem else ""))
+        click.echo(
+            f"{entry.version:<26} {registered:<16} {card.get('recipe', '-'):<7} "
+            f"{_number(metrics.get('roc_auc')):>7} {_number(metrics.get('sensitivity')):>11} "
+            f"{_number(metrics.get('specificity')):>11} {_number(metrics.get('n'), integer=True):>10}  "
+            f"{entry.status}" + (f": {entry.problem}" if entry.problem else "")
+        )
 
 
 @models.command("show")
@@ -77,12 +83,17 @@ def show_command(version: str, store: Store, as_json: bool) -> None:
     for label, value in card_facts(card):
         click.echo(f"  {label + ':':<15}{value}")
     metrics = card.get("metrics") or {}
-    click.echo(f"  {'test metrics:':<15}" + ", ".join(f"{name} {_number(metrics.get(name))}"
-                                                      for name in METRICS) + f" on {metrics.get('n', 'n/a')} cells")
+    click.echo(
+        f"  {'test metrics:':<15}"
+        + ", ".join(f"{name} {_number(metrics.get(name))}" for name in METRICS)
+        + f" on {metrics.get('n', 'n/a')} cells"
+    )
     promotion = card.get("promotion") or {}
     if promotion:
-        click.echo(f"  {'at training:':<15}{'promoted' if promotion.get('promoted') else 'kept as a candidate'}: "
-                   f"{promotion.get('reason', '')}")
+        click.echo(
+            f"  {'at training:':<15}{'promoted' if promotion.get('promoted') else 'kept as a candidate'}: "
+            f"{promotion.get('reason', '')}"
+        )
 
 
 @models.command("compare")
@@ -96,8 +107,9 @@ def compare_command(version_a: str, version_b: str, store: Store) -> None:
 
     with one_line_errors():
         version_a, version_b = (resolve_version(store, v) for v in (version_a, version_b))
-        facts, metrics, same_cells = compare_cards(require_registered(store, version_a),
-                                                   require_registered(store, version_b))
+        facts, metrics, same_cells = compare_cards(
+            require_registered(store, version_a), require_registered(store, version_b)
+        )
     width = max(26, *(len(value) for _, a, b in facts for value in (a, b)))
     click.echo(f"{'':<14} {'A ' + version_a:<{width}} {'B ' + version_b:<{width}}")
     for label, a, b in facts:
@@ -106,18 +118,26 @@ def compare_command(version_a: str, version_b: str, store: Store) -> None:
     for name, a, b in metrics:
         difference = b - a
         integer = name == "test cells"
-        click.echo(f"{name:<14} {_number(a, integer):>{width}} {_number(b, integer):>{width}} "
-                   f"{'n/a' if math.isnan(difference) else f'{difference:+.{0 if integer else 3}f}':>8}")
+        click.echo(
+            f"{name:<14} {_number(a, integer):>{width}} {_number(b, integer):>{width}} "
+            f"{'n/a' if math.isnan(difference) else f'{difference:+.{0 if integer else 3}f}':>8}"
+        )
     if not same_cells:
-        click.echo("note: trained on different data or splits, so each was tested on its own test cells; "
-                   "the metrics are not a paired comparison")
+        click.echo(
+            "note: trained on different data or splits, so each was tested on its own test cells; "
+            "the metrics are not a paired comparison"
+        )
 
 
 @models.command("promote")
 @click.argument("version")
 @takes_store
-@click.option("--reason", default="promoted by hand (aml-smear models promote)", show_default=True,
-              help="Recorded in the champion pointer.")
+@click.option(
+    "--reason",
+    default="promoted by hand (aml-smear models promote)",
+    show_default=True,
+    help="Recorded in the champion pointer.",
+)
 def promote_command(version: str, store: Store, reason: str) -> None:
     """Make VERSION the champion (its card and model file are checked first; the pointer is replaced
     in one write and the old champion kept for `rollback`)."""
@@ -133,7 +153,9 @@ def promote_command(version: str, store: Store, reason: str) -> None:
             return
         set_champion(store, version, reason=reason)
     _announce(store, version, current["version"] if current else None, reason, "models promote")
-    click.echo(f"champion of {store.url}: {version}" + (f" (was {current['version']})" if current else ""))
+    click.echo(
+        f"champion of {store.url}: {version}" + (f" (was {current['version']})" if current else "")
+    )
 
 
 @models.command("rollback")
@@ -160,8 +182,13 @@ def _announce(store: Store, version: str, previous: str | None, reason: str, by:
 
 
 @models.command("prune")
-@click.option("--keep", "keep_newest", type=click.IntRange(min=0), required=True,
-              help="How many of the newest versions to keep, besides the champion.")
+@click.option(
+    "--keep",
+    "keep_newest",
+    type=click.IntRange(min=0),
+    required=True,
+    help="How many of the newest versions to keep, besides the champion.",
+)
 @click.option("--dry-run", is_flag=True, help="Say what would be removed; remove nothing.")
 @takes_store
 def prune_command(keep_newest: int, dry_run: bool, store: Store) -> None:
@@ -176,4 +203,7 @@ def prune_command(keep_newest: int, dry_run: bool, store: Store) -> None:
     for version in plan.remove:
         click.echo(f"{'would remove' if dry_run else 'removed'} {version}")
     verb = "would remove" if dry_run else "removed"
-    click.echo(f"{verb} {len(plan.remove)} version(s), kept {len(plan.keep)}" + (" (dry run)" if dry_run else ""))
+    click.echo(
+        f"{verb} {len(plan.remove)} version(s), kept {len(plan.keep)}"
+        + (" (dry run)" if dry_run else "")
+    )

@@ -19,11 +19,14 @@ def call_settings(settings: dict) -> str:
 
     ``settings`` as a score.json or score-smears' result holds them; a missing one reads "?".
     """
+
     def value(key: str, form: str = "{}") -> str:
         return "?" if settings.get(key) is None else form.format(settings[key])
 
-    words = (f"threshold {value('threshold', '{:g}')}, blast cut-off {value('blast_cutoff', '{:.0%}')}, "
-             f"min cells {value('min_cells')}")
+    words = (
+        f"threshold {value('threshold', '{:g}')}, blast cut-off {value('blast_cutoff', '{:.0%}')}, "
+        f"min cells {value('min_cells')}"
+    )
     if settings.get("site"):
         words += f", site {settings['site']} at its {value('site_operating_point')} operating point (calibrated scale)"
     return words
@@ -35,14 +38,22 @@ def echo_patients(patients: list[dict]) -> None:
 
     click.echo(f"{'patient':<16} {'scored':>6} {'blast-like':>10} {'fraction (95% CI)':>24}  call")
     for row in patients:
-        fraction = ("n/a" if row["n_scored"] == 0 else
-                    f"{row['blast_fraction']:.1%} ({row['ci_low']:.1%}-{row['ci_high']:.1%})")
+        fraction = (
+            "n/a"
+            if row["n_scored"] == 0
+            else f"{row['blast_fraction']:.1%} ({row['ci_low']:.1%}-{row['ci_high']:.1%})"
+        )
         # Scored with a site: the corrected fraction after the call (NaN where the site's rates are unknown).
-        corrected = ("" if "blast_fraction_corrected" not in row or row["n_scored"] == 0 else
-                     f"  corrected {row['blast_fraction_corrected']:.1%} ({row['corrected_ci_low']:.1%}-"
-                     f"{row['corrected_ci_high']:.1%})")
-        click.echo(f"{row['patient_id']:<16} {row['n_scored']:>6} {row['n_blast_like']:>10} {fraction:>24}  "
-                   f"{row['call']}{corrected}")
+        corrected = (
+            ""
+            if "blast_fraction_corrected" not in row or row["n_scored"] == 0
+            else f"  corrected {row['blast_fraction_corrected']:.1%} ({row['corrected_ci_low']:.1%}-"
+            f"{row['corrected_ci_high']:.1%})"
+        )
+        click.echo(
+            f"{row['patient_id']:<16} {row['n_scored']:>6} {row['n_blast_like']:>10} {fraction:>24}  "
+            f"{row['call']}{corrected}"
+        )
     click.echo(RESEARCH_NOTE)
 
 
@@ -68,9 +79,15 @@ def list_command(store: Store) -> None:
         click.echo(f"{entry.run_id}  {state}, {cells}, last activity {when}")
         for scoring in entry.scorings:
             settings = scoring["settings"] or {}
-            click.echo(f"  scoring {scoring['score_id']}  {_state(scoring['complete'], scoring['failure'])}"
-                       f"  model {settings.get('model_version', '?')}, {call_settings(settings)}"
-                       + (f", probabilities of {settings[REUSED_FROM]}" if settings.get(REUSED_FROM) else ""))
+            click.echo(
+                f"  scoring {scoring['score_id']}  {_state(scoring['complete'], scoring['failure'])}"
+                f"  model {settings.get('model_version', '?')}, {call_settings(settings)}"
+                + (
+                    f", probabilities of {settings[REUSED_FROM]}"
+                    if settings.get(REUSED_FROM)
+                    else ""
+                )
+            )
 
 
 def _state(complete: bool, failure: dict | None) -> str:
@@ -82,7 +99,12 @@ def _state(complete: bool, failure: dict | None) -> str:
 
 @runs.command("show")
 @click.argument("run")
-@click.option("--score", "score_id", default=None, help="The scoring of RUN [default: its latest complete one].")
+@click.option(
+    "--score",
+    "score_id",
+    default=None,
+    help="The scoring of RUN [default: its latest complete one].",
+)
 @takes_store
 def show_command(run: str, score_id: str | None, store: Store) -> None:
     """Show a finished scoring of RUN: its settings, the per-patient calls, the quarantined files and the reports."""
@@ -92,29 +114,46 @@ def show_command(run: str, score_id: str | None, store: Store) -> None:
     with one_line_errors():
         shown = show_scoring(store, run, score_id)
     settings = shown.settings
-    click.echo(f"run {shown.scoring.run_id}, scoring {shown.scoring.score_id}, completed "
-               f"{shown.completed_at or 'at an unknown time'} -> {shown.scoring.root}")
+    click.echo(
+        f"run {shown.scoring.run_id}, scoring {shown.scoring.score_id}, completed "
+        f"{shown.completed_at or 'at an unknown time'} -> {shown.scoring.root}"
+    )
     precision = settings.get("precision", "?")
     if shown.precisions and list(shown.precisions) != [precision]:
         precision += f" (scored in {', '.join(shown.precisions)})"
-    click.echo(f"model {settings.get('model_version', '?')}, {call_settings(settings)}, precision {precision}")
+    click.echo(
+        f"model {settings.get('model_version', '?')}, {call_settings(settings)}, precision {precision}"
+    )
     if settings.get(REUSED_FROM):
-        click.echo(f"probabilities copied from scoring {settings[REUSED_FROM]} (the same model, precision and cells)")
+        click.echo(
+            f"probabilities copied from scoring {settings[REUSED_FROM]} (the same model, precision and cells)"
+        )
     echo_patients(shown.patients.to_dict(orient="records"))
     if len(shown.quarantine):
-        click.echo(f"{len(shown.quarantine)} quarantined inputs ({shown.scoring.quarantine_table}):")
+        click.echo(
+            f"{len(shown.quarantine)} quarantined inputs ({shown.scoring.quarantine_table}):"
+        )
         for row in shown.quarantine.itertuples():
             click.echo(f"  {row.patient_id}  {row.source_uri}: {row.reason}")
     else:
         click.echo("no quarantined inputs")
-    click.echo(f"patient reports: {shown.report}" if shown.report else
-               f"no reports in {shown.scoring.reports_root}: rebuild them with `aml-smear report {run} --store {store.url} "
-               f"--score {shown.scoring.score_id}`")
+    click.echo(
+        f"patient reports: {shown.report}"
+        if shown.report
+        else f"no reports in {shown.scoring.reports_root}: rebuild them with "
+        f"`aml-smear report {run} --store {store.url} --score {shown.scoring.score_id}`"
+    )
 
 
 @runs.command("prune")
-@click.option("--older-than", "older_than", type=click.FloatRange(min=0), required=True, metavar="DAYS",
-              help="Remove runs whose last completion (or start) is older than DAYS days.")
+@click.option(
+    "--older-than",
+    "older_than",
+    type=click.FloatRange(min=0),
+    required=True,
+    metavar="DAYS",
+    help="Remove runs whose last completion (or start) is older than DAYS days.",
+)
 @click.option("--dry-run", is_flag=True, help="Say what would be removed; remove nothing.")
 @takes_store
 def prune_command(older_than: float, dry_run: bool, store: Store) -> None:
@@ -124,6 +163,8 @@ def prune_command(older_than: float, dry_run: bool, store: Store) -> None:
     with one_line_errors():
         plan = prune_runs(store, older_than, dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
-    click.echo(f"{verb} {len(plan.remove)} runs" + (f": {', '.join(plan.remove)}" if plan.remove else ""))
+    click.echo(
+        f"{verb} {len(plan.remove)} runs" + (f": {', '.join(plan.remove)}" if plan.remove else "")
+    )
     for run_id, reason in sorted(plan.kept_old.items()):
         click.echo(f"kept {run_id}: {reason}")

@@ -20,7 +20,13 @@ def paper_model():
 
 def test_paper_layer_sequence(paper_model):
     layers = paper_model.layers
-    assert [type(layer).__name__ for layer in layers] == ["InputLayer", "Functional", "Flatten", "Dense", "Dense"]
+    assert [type(layer).__name__ for layer in layers] == [
+        "InputLayer",
+        "Functional",
+        "Flatten",
+        "Dense",
+        "Dense",
+    ]
     assert paper_model.input_shape == (None, 224, 224, 3)
     backbone = layers[1]
     assert backbone.name == "resnet50"
@@ -54,34 +60,50 @@ def test_head_layers_match_the_full_model_by_name():
     model = build_model(TINY)
     head = build_head(tuple(model.get_layer("resnet50").output.shape[1:]), TINY)
     assert [layer.name for layer in head.layers] == [layer.name for layer in model.layers[2:]]
-    assert [w.shape for w in head.weights] == [w.shape for w in model.layers[2].weights + model.layers[3].weights + model.layers[4].weights]
+    assert [w.shape for w in head.weights] == [
+        w.shape for w in model.layers[2].weights + model.layers[3].weights + model.layers[4].weights
+    ]
 
 
 def test_the_robust_recipe_reads_pooled_third_stage_features_through_a_standardised_logistic_head():
     from aml_model.config import ExperimentConfig
 
-    config = ExperimentConfig.for_recipe("robust", ModelConfig(image_size=64, backbone_weights="none")).model
+    config = ExperimentConfig.for_recipe(
+        "robust", ModelConfig(image_size=64, backbone_weights="none")
+    ).model
     model = build_model(config)
     backbone = model.get_layer("resnet50")
     names = [layer.name for layer in backbone.layers]
     assert names[-2:] == ["conv3_block4_out", "feature_pooling"]
     assert not any(name.startswith(("conv4", "conv5")) for name in names)
     assert backbone.output.shape[1:] == (1024,) and backbone.trainable_weights == []
-    assert [layer.name for layer in model.layers[-3:]] == ["feature_normalisation", "flatten", "blast_probability"]
+    assert [layer.name for layer in model.layers[-3:]] == [
+        "feature_normalisation",
+        "flatten",
+        "blast_probability",
+    ]
     assert sum(int(np.prod(w.shape)) for w in model.trainable_weights) == 1024 + 1
     assert float(model.optimizer.learning_rate) == pytest.approx(3e-3)
     # The cut network draws its random weights as the whole one does, layer for layer.
     full = seed_weights(build_backbone(ModelConfig(image_size=64, backbone_weights="none")), 3)
     cut = seed_weights(build_backbone(config), 3)
-    np.testing.assert_array_equal(cut.get_layer("conv3_block4_3_conv").kernel.numpy(),
-                                  full.get_layer("conv3_block4_3_conv").kernel.numpy())
+    np.testing.assert_array_equal(
+        cut.get_layer("conv3_block4_3_conv").kernel.numpy(),
+        full.get_layer("conv3_block4_3_conv").kernel.numpy(),
+    )
 
 
 def test_a_head_trained_on_pooled_features_scores_alike_in_the_assembled_model():
-    from aml_model.architecture import adapt_feature_normalisation, assemble_model, feature_extractor
+    from aml_model.architecture import (
+        adapt_feature_normalisation,
+        assemble_model,
+        feature_extractor,
+    )
     from aml_model.config import ExperimentConfig
 
-    config = ExperimentConfig.for_recipe("robust", ModelConfig(image_size=32, backbone_weights="none")).model
+    config = ExperimentConfig.for_recipe(
+        "robust", ModelConfig(image_size=32, backbone_weights="none")
+    ).model
     images = np.random.default_rng(0).uniform(-100, 100, (6, 32, 32, 3)).astype(np.float32)
     model = seed_weights(build_model(config), 0)
     features = feature_extractor(model).predict(images, verbose=0)
@@ -92,8 +114,12 @@ def test_a_head_trained_on_pooled_features_scores_alike_in_the_assembled_model()
     # The statistics travel with the weights into the full model (Normalization recomputes from them).
     assembled = assemble_model(config, head)
     seed_weights(assembled.get_layer("resnet50"), 0)  # the backbone the features came from
-    np.testing.assert_allclose(assembled.predict(images, verbose=0), head.predict(features, verbose=0), atol=1e-5)
-    assert not adapt_feature_normalisation(build_model(TINY), features), "the paper's head has nothing to fit"
+    np.testing.assert_allclose(
+        assembled.predict(images, verbose=0), head.predict(features, verbose=0), atol=1e-5
+    )
+    assert not adapt_feature_normalisation(build_model(TINY), features), (
+        "the paper's head has nothing to fit"
+    )
 
 
 @pytest.fixture
@@ -111,7 +137,9 @@ def test_weights_file_is_loaded_with_its_hash_checked(weights_file, as_url):
     saved, path, digest = weights_file
     location = path.as_uri() if as_url else str(path)
     keras.utils.set_random_seed(99)  # a different random init, so equality proves loading
-    loaded = build_backbone(ModelConfig(image_size=32, backbone_weights=location, backbone_weights_sha256=digest))
+    loaded = build_backbone(
+        ModelConfig(image_size=32, backbone_weights=location, backbone_weights_sha256=digest)
+    )
     for a, b in zip(saved.weights, loaded.weights, strict=True):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
@@ -121,7 +149,9 @@ def test_wrong_hash_is_refused(weights_file):
     _, path, digest = weights_file
     wrong = ("0" if digest[0] != "0" else "1") + digest[1:]
     with pytest.raises(WeightsHashMismatchError, match="expected " + wrong):
-        build_backbone(ModelConfig(image_size=32, backbone_weights=str(path), backbone_weights_sha256=wrong))
+        build_backbone(
+            ModelConfig(image_size=32, backbone_weights=str(path), backbone_weights_sha256=wrong)
+        )
 
 
 def test_missing_weights_file_is_a_clear_error(tmp_path):

@@ -17,8 +17,11 @@ def test_layers_carry_the_papers_ranges():
 
 
 def test_disabled_transforms_are_left_out():
-    augmenter = build_augmenter(AugmentConfig(rotation_degrees=0, width_shift=0, height_shift=0, zoom=0,
-                                              vertical_flip=False))
+    augmenter = build_augmenter(
+        AugmentConfig(
+            rotation_degrees=0, width_shift=0, height_shift=0, zoom=0, vertical_flip=False
+        )
+    )
     assert [type(layer).__name__ for layer in augmenter.layers] == ["RandomFlip"]
     assert augmenter.layers[0].mode == "horizontal"
 
@@ -30,7 +33,9 @@ def test_training_changes_images_and_inference_does_not():
     augmented = keras.ops.convert_to_numpy(augmenter(images, training=True))
     assert augmented.shape == images.shape
     assert not np.allclose(augmented, images)
-    np.testing.assert_array_equal(keras.ops.convert_to_numpy(augmenter(images, training=False)), images)
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(augmenter(images, training=False)), images
+    )
 
 
 def test_robust_augmentation_adds_colour_and_scale_and_is_inactive_in_inference():
@@ -39,7 +44,13 @@ def test_robust_augmentation_adds_colour_and_scale_and_is_inactive_in_inference(
     augment = ExperimentConfig.for_recipe("robust").train.augment
     augmenter = build_augmenter(augment, seed=2)
     names = [type(layer).__name__ for layer in augmenter.layers]
-    assert names[:5] == ["RandomStainTransfer", "RandomHue", "RandomSaturation", "RandomBrightness", "RandomContrast"]
+    assert names[:5] == [
+        "RandomStainTransfer",
+        "RandomHue",
+        "RandomSaturation",
+        "RandomBrightness",
+        "RandomContrast",
+    ]
     zooms = [layer for layer in augmenter.layers if isinstance(layer, keras.layers.RandomZoom)]
     assert len(zooms) == 2
     low, high = zooms[1].height_factor
@@ -48,7 +59,9 @@ def test_robust_augmentation_adds_colour_and_scale_and_is_inactive_in_inference(
     images = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
     augmented = keras.ops.convert_to_numpy(augmenter(images, training=True))
     assert not np.allclose(augmented, images) and augmented.min() >= 0 and augmented.max() <= 255
-    np.testing.assert_array_equal(keras.ops.convert_to_numpy(augmenter(images, training=False)), images)
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(augmenter(images, training=False)), images
+    )
 
 
 def test_random_tone_curves_are_monotone_maps_of_each_channel_in_training_only():
@@ -64,9 +77,18 @@ def test_random_tone_curves_are_monotone_maps_of_each_channel_in_training_only()
     assert bent.shape == images.shape and bent.min() >= 0 and bent.max() <= 255.001
     curves = bent[:, :, 0, :]  # (image, intensity, channel): each column a curve
     assert np.all(np.diff(curves, axis=1) >= -1e-3), "every curve rises"
-    np.testing.assert_allclose(curves[:, [0, -1], :], np.broadcast_to([0.0, 255.0], (16, 3, 2)).transpose(0, 2, 1),
-                               atol=1e-3)
-    np.testing.assert_array_equal(bent[:, :, 0, :], bent[:, :, 3, :])  # a pixel's map depends on its value only
+    np.testing.assert_allclose(
+        curves[:, [0, -1], :],
+        np.broadcast_to([0.0, 255.0], (16, 3, 2)).transpose(0, 2, 1),
+        atol=1e-3,
+    )
+    np.testing.assert_array_equal(
+        bent[:, :, 0, :], bent[:, :, 3, :]
+    )  # a pixel's map depends on its value only
     deviation = np.abs(curves - ramp[None, :, None]).max(axis=1)
-    assert deviation.max() > 20 and np.unique(np.round(deviation, 2)).size > 24, "curves differ by image, channel"
-    assert np.allclose(np.asarray(RandomToneCurve(0.0, seed=4)(images, training=True)), images, atol=1e-3)
+    assert deviation.max() > 20 and np.unique(np.round(deviation, 2)).size > 24, (
+        "curves differ by image, channel"
+    )
+    assert np.allclose(
+        np.asarray(RandomToneCurve(0.0, seed=4)(images, training=True)), images, atol=1e-3
+    )

@@ -29,15 +29,27 @@ def test_the_robust_recipe_at_224_px_reads_cells_through_the_shipped_stages(lmu_
     from aml_model.preprocess import PreprocessConfig, decode_cell, normalise_for_resnet50
 
     path, card = shipped_backbone()
-    config = ExperimentConfig.for_recipe("robust", ModelConfig(backbone_weights=str(path),
-                                                               backbone_weights_sha256=card["sha256"])).model
-    files = sorted((lmu_cells / "MYO").glob("*.jpg"))[:2] + sorted((lmu_cells / "NGS").glob("*.jpg"))[:2]
-    cells = np.stack([decode_cell(f.read_bytes(), f.name, PreprocessConfig()) for f in files]).astype(np.float32)
+    config = ExperimentConfig.for_recipe(
+        "robust", ModelConfig(backbone_weights=str(path), backbone_weights_sha256=card["sha256"])
+    ).model
+    files = (
+        sorted((lmu_cells / "MYO").glob("*.jpg"))[:2]
+        + sorted((lmu_cells / "NGS").glob("*.jpg"))[:2]
+    )
+    cells = np.stack(
+        [decode_cell(f.read_bytes(), f.name, PreprocessConfig()) for f in files]
+    ).astype(np.float32)
     images = normalise_for_resnet50(cells)
     for layer in input_normalisation(config):
         images = layer(images)
     shipped = build_backbone(config).predict(np.asarray(images), verbose=0)
-    random = seed_weights(build_backbone(ModelConfig(**{**config.__dict__, "backbone_weights": "none",
-                                                        "backbone_weights_sha256": None})), 0)
+    random = seed_weights(
+        build_backbone(
+            ModelConfig(
+                **{**config.__dict__, "backbone_weights": "none", "backbone_weights_sha256": None}
+            )
+        ),
+        0,
+    )
     assert shipped.shape == (4, 1024) and np.isfinite(shipped).all()
     assert not np.allclose(shipped, random.predict(np.asarray(images), verbose=0), atol=1e-3)

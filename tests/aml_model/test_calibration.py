@@ -7,13 +7,23 @@ import pytest
 from scipy.special import expit, logit
 from scipy.stats import norm
 
-from aml_model.calibration import (CALIBRATED_COLUMN, MIN_BANDWIDTH, OPERATING_POINTS, OperatingPoint,
-                                   SiteCalibration, call_probabilities, fit_site_calibration, validate_site_name)
+from aml_model.calibration import (
+    CALIBRATED_COLUMN,
+    MIN_BANDWIDTH,
+    OPERATING_POINTS,
+    OperatingPoint,
+    SiteCalibration,
+    call_probabilities,
+    fit_site_calibration,
+    validate_site_name,
+)
 from aml_model.errors import CalibrationError, ConfigError
 from aml_model.evaluate import compute_metrics
 
 
-def site_scores(n_blast: int, n_other: int, shift: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def site_scores(
+    n_blast: int, n_other: int, shift: float, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Labels and raw probabilities whose ideal calibration is known.
 
     A latent score s is N(+1, 1) for blasts and N(-1, 1) for other cells, so the log likelihood
@@ -59,13 +69,17 @@ def test_perfectly_separated_cells_give_finite_platt_targets():
     p = np.r_[np.full(10, 0.9), np.full(10, 0.1)]
     calibration = fit_site_calibration(y, p, "lab-a", "v1")
     assert np.isfinite(calibration.slope) and calibration.slope > 0
-    np.testing.assert_allclose(calibration.apply(np.array([0.9, 0.1])), [11 / 12, 1 / 12], atol=1e-4)
+    np.testing.assert_allclose(
+        calibration.apply(np.array([0.9, 0.1])), [11 / 12, 1 / 12], atol=1e-4
+    )
 
 
 @pytest.mark.parametrize(("n_blast", "n_other"), [(9, 50), (50, 9), (0, 30)])
 def test_too_few_cells_of_a_class_are_refused(n_blast, n_other):
     y, p = site_scores(n_blast, n_other, shift=0.0)
-    with pytest.raises(CalibrationError, match=rf"at least 10 .* found {n_blast} blast and {n_other} other"):
+    with pytest.raises(
+        CalibrationError, match=rf"at least 10 .* found {n_blast} blast and {n_other} other"
+    ):
         fit_site_calibration(y, p, "lab-a", "v1")
 
 
@@ -96,8 +110,9 @@ def test_apply_is_monotonic_and_keeps_nan():
 
 def test_to_dict_from_dict_round_trips_through_json():
     y, p = site_scores(40, 60, shift=1.0)
-    calibration = fit_site_calibration(y, p, "Lab_07", "20260101T000000Z-abcdef12", source="s3://b/lab7",
-                                       run_id="lab7-123")
+    calibration = fit_site_calibration(
+        y, p, "Lab_07", "20260101T000000Z-abcdef12", source="s3://b/lab7", run_id="lab7-123"
+    )
     data = json.loads(json.dumps(calibration.to_dict()))
     assert data["n_blast"] == 40 and data["n_other"] == 60 and data["method"] == "platt-balanced"
     assert set(data["before"]) >= {"accuracy", "sensitivity", "specificity", "roc_auc"}
@@ -109,8 +124,9 @@ def test_to_dict_from_dict_round_trips_through_json():
     for name, stored in data["operating_points"].items():
         point = calibration.operating_points[name]
         assert stored["raw_threshold"] == pytest.approx(calibration.to_raw(point.threshold))
-        assert stored["bias_at_cutoff"] == pytest.approx(0.2 * point.sensitivity + 0.8 * point.false_positive_rate
-                                                         - 0.2)
+        assert stored["bias_at_cutoff"] == pytest.approx(
+            0.2 * point.sensitivity + 0.8 * point.false_positive_rate - 0.2
+        )
     assert data["operating_points"]["fraction"]["bias_at_cutoff"] == pytest.approx(0, abs=1e-9)
     del data["threshold"]
     with pytest.raises(ConfigError, match="lacks threshold"):
@@ -138,7 +154,9 @@ def test_invalid_site_names_are_refused(name):
 def test_call_probabilities_prefer_the_calibrated_column():
     raw = pd.DataFrame({"probability": [0.2, 0.7]})
     np.testing.assert_array_equal(call_probabilities(raw), [0.2, 0.7])
-    np.testing.assert_array_equal(call_probabilities(raw.assign(**{CALIBRATED_COLUMN: [0.6, 0.9]})), [0.6, 0.9])
+    np.testing.assert_array_equal(
+        call_probabilities(raw.assign(**{CALIBRATED_COLUMN: [0.6, 0.9]})), [0.6, 0.9]
+    )
 
 
 def _metrics(threshold: float = 0.5):
@@ -150,7 +168,9 @@ def test_the_expected_fraction_and_its_bias_by_hand():
     lab = OperatingPoint(0.5, 0.88, 0.32, _metrics())
     assert lab.expected_fraction(0.2) == pytest.approx(0.2 * 0.88 + 0.8 * 0.32)  # 0.432
     assert lab.bias(0.2) == pytest.approx(0.232)
-    assert lab.expected_fraction(0.0) == pytest.approx(0.32) and lab.bias(1.0) == pytest.approx(-0.12)
+    assert lab.expected_fraction(0.0) == pytest.approx(0.32) and lab.bias(1.0) == pytest.approx(
+        -0.12
+    )
     assert OperatingPoint(0.5, 1.0, 0.0, _metrics()).bias(0.2) == 0
     # Rates that cannot tell blasts from other cells show the same fraction whatever the patient's.
     blind = OperatingPoint(0.5, 0.3, 0.3, _metrics())
@@ -160,17 +180,29 @@ def test_the_expected_fraction_and_its_bias_by_hand():
 def test_the_fraction_point_is_unbiased_at_the_cutoff_and_above_the_balanced_point():
     y, p = site_scores(50, 50, shift=-1.0)
     calibration = fit_site_calibration(y, p, "lab-a", "v1")
-    balanced, fraction = calibration.operating_point("balanced"), calibration.operating_point("fraction")
-    assert balanced.threshold == calibration.threshold == 0.5 and balanced.metrics == calibration.after
-    assert 0.2 * fraction.sensitivity + 0.8 * fraction.false_positive_rate == pytest.approx(0.2, abs=1e-9)
+    balanced, fraction = (
+        calibration.operating_point("balanced"),
+        calibration.operating_point("fraction"),
+    )
+    assert (
+        balanced.threshold == calibration.threshold == 0.5 and balanced.metrics == calibration.after
+    )
+    assert 0.2 * fraction.sensitivity + 0.8 * fraction.false_positive_rate == pytest.approx(
+        0.2, abs=1e-9
+    )
     # Near a balanced point the bias at 20% is (1 - 2 * 0.2) * (1 - se) > 0: the fraction point is stricter.
     assert balanced.bias(0.2) > 0.05
     assert fraction.threshold > balanced.threshold
     assert calibration.to_raw(fraction.threshold) > calibration.raw_threshold
-    assert fraction.sensitivity < balanced.sensitivity and fraction.false_positive_rate < balanced.false_positive_rate
+    assert (
+        fraction.sensitivity < balanced.sensitivity
+        and fraction.false_positive_rate < balanced.false_positive_rate
+    )
     # The counts on the labelled cells at the fraction threshold.
     assert fraction.metrics == compute_metrics(y, calibration.apply(p), fraction.threshold)
-    other = fit_site_calibration(y, p, "lab-a", "v1", blast_cutoff=0.3).operating_point("fraction", 0.3)
+    other = fit_site_calibration(y, p, "lab-a", "v1", blast_cutoff=0.3).operating_point(
+        "fraction", 0.3
+    )
     assert 0.3 * other.sensitivity + 0.7 * other.false_positive_rate == pytest.approx(0.3, abs=1e-9)
 
 
@@ -183,10 +215,14 @@ def test_the_rates_are_kernel_shares_of_the_labelled_scores_by_hand():
         point = calibration.operating_point(name)
         cut = logit(calibration.to_raw(point.threshold))
         assert point.sensitivity == pytest.approx(norm.sf((cut - 0.1) / MIN_BANDWIDTH), abs=1e-6)
-        assert point.false_positive_rate == pytest.approx(norm.sf((cut + 0.1) / MIN_BANDWIDTH), abs=1e-6)
+        assert point.false_positive_rate == pytest.approx(
+            norm.sf((cut + 0.1) / MIN_BANDWIDTH), abs=1e-6
+        )
     # The symmetric site's balanced cut is logit 0: se = sf(-1) = 0.841, fpr = sf(1) = 0.159.
     balanced = calibration.operating_point("balanced")
-    assert (balanced.sensitivity, balanced.false_positive_rate) == pytest.approx((0.8413, 0.1587), abs=1e-3)
+    assert (balanced.sensitivity, balanced.false_positive_rate) == pytest.approx(
+        (0.8413, 0.1587), abs=1e-3
+    )
 
 
 def test_a_perfectly_separated_site_is_unbiased_at_both_points():
@@ -202,8 +238,12 @@ def test_a_perfectly_separated_site_is_unbiased_at_both_points():
 def hidden_lab(n_blast: int, n_other: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """A site where three in ten other cells look blast-like (a skewed, not a normal, score distribution)."""
     rng = np.random.default_rng(seed)
-    other = np.where(rng.random(n_other) < 0.3, rng.normal(1, 1.5, n_other), rng.normal(-2, 1, n_other))
-    return np.r_[np.ones(n_blast), np.zeros(n_other)].astype(int), expit(np.r_[rng.normal(1.5, 1.2, n_blast), other])
+    other = np.where(
+        rng.random(n_other) < 0.3, rng.normal(1, 1.5, n_other), rng.normal(-2, 1, n_other)
+    )
+    return np.r_[np.ones(n_blast), np.zeros(n_other)].astype(int), expit(
+        np.r_[rng.normal(1.5, 1.2, n_blast), other]
+    )
 
 
 def test_on_a_skewed_site_the_fraction_point_removes_most_of_the_bias_on_unseen_cells():
@@ -213,7 +253,9 @@ def test_on_a_skewed_site_the_fraction_point_removes_most_of_the_bias_on_unseen_
         calibration = fit_site_calibration(*hidden_lab(35, 50, seed), "lab-a", "v1")
         for name in OPERATING_POINTS:
             called = calibration.apply(p_new) >= calibration.operating_point(name).threshold
-            biases[name].append(0.2 * called[y_new == 1].mean() + 0.8 * called[y_new == 0].mean() - 0.2)
+            biases[name].append(
+                0.2 * called[y_new == 1].mean() + 0.8 * called[y_new == 0].mean() - 0.2
+            )
     assert min(biases["balanced"]) > 0.1
     assert max(np.abs(biases["fraction"])) < 0.06 and abs(np.mean(biases["fraction"])) < 0.03
 
@@ -228,9 +270,16 @@ def test_a_calibration_stored_before_the_operating_points_still_loads():
     assert old.operating_points == {} and old.blast_cutoff is None and old.threshold == 0.5
     balanced = old.operating_point("balanced", 0.2)
     assert balanced.threshold == 0.5 and balanced.metrics == calibration.after
-    assert np.isnan(balanced.sensitivity) and np.isnan(balanced.false_positive_rate) and np.isnan(balanced.bias(0.2))
-    with pytest.raises(ConfigError, match="site lab-a: its calibration for model v1 .* has no fraction operating "
-                                          "point .* calibrate the site again, or call at the balanced"):
+    assert (
+        np.isnan(balanced.sensitivity)
+        and np.isnan(balanced.false_positive_rate)
+        and np.isnan(balanced.bias(0.2))
+    )
+    with pytest.raises(
+        ConfigError,
+        match="site lab-a: its calibration for model v1 .* has no fraction operating "
+        "point .* calibrate the site again, or call at the balanced",
+    ):
         old.operating_point("fraction")
     assert "operating_points" in old.to_dict() and old.to_dict()["operating_points"] == {}
 
@@ -238,9 +287,13 @@ def test_a_calibration_stored_before_the_operating_points_still_loads():
 def test_unknown_operating_points_and_mismatched_cutoffs_are_refused():
     y, p = site_scores(30, 30, shift=0.0)
     calibration = fit_site_calibration(y, p, "lab-a", "v1")
-    with pytest.raises(ConfigError, match="operating point 'youden' is not one of 'fraction', 'balanced'"):
+    with pytest.raises(
+        ConfigError, match="operating point 'youden' is not one of 'fraction', 'balanced'"
+    ):
         calibration.operating_point("youden")
-    with pytest.raises(ConfigError, match="unbiased at a blast cut-off of 0.2, not 0.3: calibrate the site again"):
+    with pytest.raises(
+        ConfigError, match="unbiased at a blast cut-off of 0.2, not 0.3: calibrate the site again"
+    ):
         calibration.operating_point("fraction", 0.3)
     # The balanced point does not depend on the cut-off.
     assert calibration.operating_point("balanced", 0.3) == calibration.operating_points["balanced"]
@@ -253,5 +306,8 @@ def test_unknown_operating_points_and_mismatched_cutoffs_are_refused():
     with pytest.raises(ConfigError, match="blast cut-off must be in"):
         dataclasses.replace(calibration, blast_cutoff=None)
     with pytest.raises(ConfigError, match="fraction threshold must be in"):
-        dataclasses.replace(calibration, operating_points=points | {
-            "fraction": dataclasses.replace(points["fraction"], threshold=1.0)})
+        dataclasses.replace(
+            calibration,
+            operating_points=points
+            | {"fraction": dataclasses.replace(points["fraction"], threshold=1.0)},
+        )

@@ -29,13 +29,20 @@ def test_a_ranking_no_better_than_a_guess_is_collapsed():
 def test_a_working_model_passes():
     p = np.where(Y == 1, 0.8, 0.2) + np.random.default_rng(1).normal(0, 0.05, Y.size)
     check = check_collapse(Y, p)
-    assert not check.collapsed and check.val_auc > 0.99 and check.predicted_blast_fraction == pytest.approx(0.5)
+    assert (
+        not check.collapsed
+        and check.val_auc > 0.99
+        and check.predicted_blast_fraction == pytest.approx(0.5)
+    )
     assert require_not_collapsed([check_collapse(Y, np.full(Y.shape, 0.2)), check]) is check
 
 
 def test_every_attempt_collapsed_is_an_error_naming_each():
     checks = [check_collapse(Y, np.full(Y.shape, 0.2)), check_collapse(Y, np.full(Y.shape, 0.9))]
-    with pytest.raises(TrainingCollapsedError, match="all 2 initialisations.*attempt 1.*attempt 2.*no model was registered"):
+    with pytest.raises(
+        TrainingCollapsedError,
+        match="all 2 initialisations.*attempt 1.*attempt 2.*no model was registered",
+    ):
         require_not_collapsed(checks)
 
 

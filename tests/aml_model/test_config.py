@@ -1,6 +1,12 @@
 import pytest
 
-from aml_model.config import AugmentConfig, ExperimentConfig, ModelConfig, PreprocessConfig, TrainConfig
+from aml_model.config import (
+    AugmentConfig,
+    ExperimentConfig,
+    ModelConfig,
+    PreprocessConfig,
+    TrainConfig,
+)
 from aml_model.errors import ConfigError
 
 
@@ -11,7 +17,11 @@ def test_defaults_are_the_papers():
     assert config.model.backbone_weights == "imagenet"
     assert config.model.learning_rate == 1e-4
     assert config.train.epochs == 50
-    assert (config.train.train_fraction, config.train.val_fraction, config.train.test_fraction) == (0.8, 0.1, 0.1)
+    assert (config.train.train_fraction, config.train.val_fraction, config.train.test_fraction) == (
+        0.8,
+        0.1,
+        0.1,
+    )
     assert config.threshold == 0.5
     augment = config.train.augment
     assert augment.rotation_degrees == 20
@@ -55,23 +65,41 @@ def test_the_paper_recipe_is_the_papers_configuration():
     from aml_model.config import ExperimentConfig
 
     assert ExperimentConfig.for_recipe("paper") == ExperimentConfig()
-    assert ExperimentConfig().model.stain_normalisation == "none" and ExperimentConfig().train.augment.hue == 0
+    assert (
+        ExperimentConfig().model.stain_normalisation == "none"
+        and ExperimentConfig().train.augment.hue == 0
+    )
 
 
 def test_the_robust_recipe_changes_its_model_fields_and_augmentation_only():
     import dataclasses
 
-    from aml_model.config import ROBUST_AUGMENT, ROBUST_MODEL, ExperimentConfig, ModelConfig, TrainConfig
+    from aml_model.config import (
+        ROBUST_AUGMENT,
+        ROBUST_MODEL,
+        ExperimentConfig,
+        ModelConfig,
+        TrainConfig,
+    )
 
-    model, train = ModelConfig(image_size=64, backbone_weights="none"), TrainConfig(epochs=3, seed=4)
+    model, train = (
+        ModelConfig(image_size=64, backbone_weights="none"),
+        TrainConfig(epochs=3, seed=4),
+    )
     robust = ExperimentConfig.for_recipe("robust", model, train)
     assert robust.recipe == "robust" and robust.model.stain_normalisation == "channel"
-    assert robust.model.feature_layer == "conv3_block4_out" and robust.model.feature_pooling == "mean_std"
-    assert dataclasses.replace(robust.model, **{k: getattr(model, k) for k in ROBUST_MODEL}) == model
+    assert (
+        robust.model.feature_layer == "conv3_block4_out"
+        and robust.model.feature_pooling == "mean_std"
+    )
+    assert (
+        dataclasses.replace(robust.model, **{k: getattr(model, k) for k in ROBUST_MODEL}) == model
+    )
     assert robust.model.image_size == 64 and robust.train.epochs == 3 and robust.train.seed == 4
     assert {k: getattr(robust.train.augment, k) for k in ROBUST_AUGMENT} == ROBUST_AUGMENT
-    assert dataclasses.replace(robust.train.augment, **{k: 0.0 for k in ROBUST_AUGMENT}) == \
-        dataclasses.replace(train.augment, **{k: 0.0 for k in ROBUST_AUGMENT})
+    assert dataclasses.replace(
+        robust.train.augment, **{k: 0.0 for k in ROBUST_AUGMENT}
+    ) == dataclasses.replace(train.augment, **{k: 0.0 for k in ROBUST_AUGMENT})
     assert ExperimentConfig.from_dict(robust.to_dict()) == robust
 
 

@@ -61,8 +61,12 @@ def assert_png(data: bytes) -> None:
 
 
 def test_all_four_figures_are_valid_pngs():
-    history = {"loss": [0.7, 0.5, 0.4], "val_loss": [0.72, 0.6, 0.62],
-               "accuracy": [0.5, 0.7, 0.8], "val_accuracy": [0.5, 0.65, 0.6]}
+    history = {
+        "loss": [0.7, 0.5, 0.4],
+        "val_loss": [0.72, 0.6, 0.62],
+        "accuracy": [0.5, 0.7, 0.8],
+        "val_accuracy": [0.5, 0.65, 0.6],
+    }
     m = compute_metrics(Y_TRUE, Y_PROB)
     for data in (
         figures.render_learning_curves(history),
@@ -74,15 +78,22 @@ def test_all_four_figures_are_valid_pngs():
 
 
 def test_confident_errors_name_only_misclassified_labelled_cells_most_confident_first():
-    cells = pd.DataFrame({"cell_id": list("abcdefg"),
-                          "label": ["blast", "blast", "normal", "normal", "normal", None, "blast"]})
+    cells = pd.DataFrame(
+        {
+            "cell_id": list("abcdefg"),
+            "label": ["blast", "blast", "normal", "normal", "normal", None, "blast"],
+        }
+    )
     probabilities = np.array([0.9, 0.2, 0.99, 0.5, 0.1, 0.99, 0.49])
     errors = confident_errors(cells, probabilities, threshold=0.5)
     # c (normal at 0.99) before b (blast at 0.2) before g and d, the two at the threshold's edge;
     # f is unlabelled, a and e are right.
     assert errors["cell_id"].tolist() == ["c", "b", "g", "d"]
     assert errors["probability"].tolist() == [0.99, 0.2, 0.49, 0.5]
-    assert confident_errors(cells, probabilities, threshold=0.5, n=2)["cell_id"].tolist() == ["c", "b"]
+    assert confident_errors(cells, probabilities, threshold=0.5, n=2)["cell_id"].tolist() == [
+        "c",
+        "b",
+    ]
     assert confident_errors(cells, np.where(cells["label"] == "blast", 1.0, 0.0), 0.5).empty
     with pytest.raises(ValueError, match="7 cells but 6 probabilities"):
         confident_errors(cells, probabilities[:6], 0.5)

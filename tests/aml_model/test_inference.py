@@ -4,7 +4,12 @@ import pytest
 
 from aml_model.architecture import build_model
 from aml_model.config import ModelConfig, PreprocessConfig
-from aml_model.inference import REDUCED_PRECISION_MAX_ABS_DP, BatchScorer, fold_batch_norm, inference_model
+from aml_model.inference import (
+    REDUCED_PRECISION_MAX_ABS_DP,
+    BatchScorer,
+    fold_batch_norm,
+    inference_model,
+)
 from aml_model.predict import predict_batch
 from aml_model.preprocess import decode_cell, normalise_for_resnet50
 from tests.corpus import lmu_rows
@@ -18,8 +23,14 @@ def paper_model_with_batch_norm_statistics(image_size: int, seed: int = 0) -> ke
     for layer in model.get_layer("resnet50").layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             gamma, beta, mean, variance = layer.get_weights()
-            layer.set_weights([rng.uniform(0.5, 1.5, gamma.shape), rng.normal(0, 0.2, beta.shape),
-                               rng.normal(0, 0.2, mean.shape), rng.uniform(0.5, 2.0, variance.shape)])
+            layer.set_weights(
+                [
+                    rng.uniform(0.5, 1.5, gamma.shape),
+                    rng.normal(0, 0.2, beta.shape),
+                    rng.normal(0, 0.2, mean.shape),
+                    rng.uniform(0.5, 2.0, variance.shape),
+                ]
+            )
     return model
 
 
@@ -42,9 +53,14 @@ def images():
 def test_folded_backbone_has_no_batch_norm_and_keeps_layer_names(model):
     backbone = model.get_layer("resnet50")
     folded = fold_batch_norm(backbone)
-    assert [layer.name for layer in folded.layers[1:]] == [layer.name for layer in backbone.layers[1:]]
+    assert [layer.name for layer in folded.layers[1:]] == [
+        layer.name for layer in backbone.layers[1:]
+    ]
     assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in folded.layers)
-    assert folded.get_layer("conv5_block3_out").output.shape == backbone.get_layer("conv5_block3_out").output.shape
+    assert (
+        folded.get_layer("conv5_block3_out").output.shape
+        == backbone.get_layer("conv5_block3_out").output.shape
+    )
 
 
 def test_folded_backbone_matches_the_stock_graph(model, images):
@@ -71,7 +87,9 @@ def test_bfloat16_form_computes_in_bfloat16_with_a_float32_sigmoid(model, images
     assert reduced.get_layer("resnet50").get_layer("conv1_conv").compute_dtype == "bfloat16"
     assert reduced.get_layer("blast_probability").compute_dtype == "float32"
     assert keras.config.dtype_policy().name == "float32", "the global policy is untouched"
-    difference = np.abs(BatchScorer(reduced, batch_size=8)(images) - predict_batch(model, images)).max()
+    difference = np.abs(
+        BatchScorer(reduced, batch_size=8)(images) - predict_batch(model, images)
+    ).max()
     assert difference <= REDUCED_PRECISION_MAX_ABS_DP
     with pytest.raises(ValueError, match="precision 'int8'"):
         inference_model(model, "int8")
@@ -86,13 +104,17 @@ def test_a_convolution_without_batch_norm_is_refused_not_left_with_random_weight
     inputs = keras.Input((8, 8, 3))
     hidden = keras.layers.ReLU()(_conv_bn(inputs, "a"))
     unfoldable = keras.Model(inputs, _conv_bn(hidden, "b", batch_norm=False))
-    with pytest.raises(ValueError, match="convolution.*b_conv have no BatchNormalization after them"):
+    with pytest.raises(
+        ValueError, match="convolution.*b_conv have no BatchNormalization after them"
+    ):
         fold_batch_norm(unfoldable)
 
 
 def test_a_batch_norm_after_anything_but_a_convolution_is_refused():
     inputs = keras.Input((8, 8, 3))
-    stray = keras.layers.BatchNormalization(name="stray_bn")(keras.layers.ReLU()(_conv_bn(inputs, "a")))
+    stray = keras.layers.BatchNormalization(name="stray_bn")(
+        keras.layers.ReLU()(_conv_bn(inputs, "a"))
+    )
     with pytest.raises(ValueError, match="'stray_bn' does not follow a convolution"):
         fold_batch_norm(keras.Model(inputs, stray))
 
@@ -106,26 +128,41 @@ def test_full_size_folding_matches_the_stock_graph_in_float32_and_bfloat16(lmu_c
     head on random features would amplify rounding along with inter-image differences).
     """
     rows = lmu_rows(lmu_cells)
-    picked = [r for r in rows if r["label"] == "blast"][:2] + [r for r in rows if r["label"] == "normal"][:2]
-    cells = np.stack([decode_cell((lmu_cells / r["file"]).read_bytes(), r["file"], PreprocessConfig(image_size=224))
-                      for r in picked])
+    picked = [r for r in rows if r["label"] == "blast"][:2] + [
+        r for r in rows if r["label"] == "normal"
+    ][:2]
+    cells = np.stack(
+        [
+            decode_cell(
+                (lmu_cells / r["file"]).read_bytes(), r["file"], PreprocessConfig(image_size=224)
+            )
+            for r in picked
+        ]
+    )
     x = normalise_for_resnet50(cells.astype("float32"))
     model = paper_model_with_batch_norm_statistics(224, seed=3)
     backbone = model.get_layer("resnet50")
     assert sum(isinstance(layer, keras.layers.Conv2D) for layer in backbone.layers) == 53
-    features, hidden = keras.Model(model.input, [model.get_layer("flatten").input,
-                                             model.get_layer("dense").output])(x, training=False)
+    features, hidden = keras.Model(
+        model.input, [model.get_layer("flatten").input, model.get_layer("dense").output]
+    )(x, training=False)
     features, hidden = features.numpy(), hidden.numpy().astype(np.float64)
     direction = hidden[:2].mean(axis=0) - hidden[2:].mean(axis=0)
     centres = hidden[:2].mean(axis=0) @ direction, hidden[2:].mean(axis=0) @ direction
     scale = 4 / (centres[0] - centres[1])
-    model.get_layer("blast_probability").set_weights([np.float32(direction[:, None] * scale),
-                                                      np.float32([-(centres[0] + centres[1]) / 2 * scale])])
+    model.get_layer("blast_probability").set_weights(
+        [
+            np.float32(direction[:, None] * scale),
+            np.float32([-(centres[0] + centres[1]) / 2 * scale]),
+        ]
+    )
     reference = model.get_layer("blast_probability")(hidden.astype(np.float32)).numpy().reshape(-1)
     assert (reference[:2] > 0.7).all() and (reference[2:] < 0.3).all(), reference
 
     folded = fold_batch_norm(backbone)(x, training=False).numpy()
     np.testing.assert_allclose(folded, features, rtol=1e-4, atol=1e-4 * np.abs(features).max())
-    np.testing.assert_allclose(inference_model(model, "float32")(x).numpy().reshape(-1), reference, rtol=1e-4)
+    np.testing.assert_allclose(
+        inference_model(model, "float32")(x).numpy().reshape(-1), reference, rtol=1e-4
+    )
     reduced = inference_model(model, "bfloat16")(x).numpy().reshape(-1)
     assert np.abs(reduced - reference).max() <= REDUCED_PRECISION_MAX_ABS_DP

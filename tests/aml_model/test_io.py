@@ -15,7 +15,9 @@ def test_round_trip_keeps_predictions_and_optimizer(tmp_path):
     images = np.random.default_rng(0).integers(0, 255, (5, 32, 32, 3), dtype=np.uint8)
     path = save_model(model, tmp_path / "model.keras")
     loaded = load_model(path)
-    np.testing.assert_allclose(predict_batch(loaded, images), predict_batch(model, images), atol=1e-6)
+    np.testing.assert_allclose(
+        predict_batch(loaded, images), predict_batch(model, images), atol=1e-6
+    )
     assert isinstance(loaded.optimizer, keras.optimizers.Adam)
     assert loaded.get_layer("resnet50").trainable is False
 

@@ -1,7 +1,14 @@
 import pytest
 
-from aml_model.layouts import (DEFAULT_CLASS_LABELS, LMU_CLASSES, cell_type_for_class, choose_layout, is_image_name,
-                               is_plainly_not_image, label_for_class)
+from aml_model.layouts import (
+    DEFAULT_CLASS_LABELS,
+    LMU_CLASSES,
+    cell_type_for_class,
+    choose_layout,
+    is_image_name,
+    is_plainly_not_image,
+    label_for_class,
+)
 
 
 def test_default_class_map_makes_only_myeloblasts_and_monoblasts_blasts():
@@ -29,8 +36,15 @@ def test_image_names():
 
 
 def test_files_that_are_plainly_not_images():
-    for name in ("P1/.DS_Store", "P1/._cell.jpg", "P1/Thumbs.db", "notes.txt", "README.md", "labels.csv",
-                 "scan.pdf"):
+    for name in (
+        "P1/.DS_Store",
+        "P1/._cell.jpg",
+        "P1/Thumbs.db",
+        "notes.txt",
+        "README.md",
+        "labels.csv",
+        "scan.pdf",
+    ):
         assert is_plainly_not_image(name), name
     # No suffix, or an unknown one: the file's first bytes decide (tasks.discover).
     for name in ("README", "P1/scan-0042", "P1/cell.dat", "P1/cell.gif", "P1/cell.png"):
@@ -55,7 +69,9 @@ def test_class_folders_name_their_cell_type():
     assert cell_type_for_class("NGS") == "segmented neutrophil"
     assert cell_type_for_class("MYO") == "myeloblast"
     assert cell_type_for_class("LYT") == "typical lymphocyte"
-    assert cell_type_for_class("myb") == "myelocyte"  # codes in any case, as label_for_class reads them
+    assert (
+        cell_type_for_class("myb") == "myelocyte"
+    )  # codes in any case, as label_for_class reads them
     assert {code: cell_type_for_class(code) for code in LMU_CLASSES} == dict(LMU_CLASSES)
 
 
@@ -63,5 +79,7 @@ def test_label_folders_and_unknown_folders_name_no_cell_type():
     assert cell_type_for_class("blast") is None and cell_type_for_class("Normal") is None
     assert cell_type_for_class("XYZ") is None
     custom = {**DEFAULT_CLASS_LABELS, "Hairy cell": "normal"}
-    assert cell_type_for_class("Hairy cell", custom) == "Hairy cell"  # a mapped folder: its name as given
+    assert (
+        cell_type_for_class("Hairy cell", custom) == "Hairy cell"
+    )  # a mapped folder: its name as given
     assert cell_type_for_class("Hairy cell") is None  # unknown to the default map

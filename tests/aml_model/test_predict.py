@@ -26,10 +26,14 @@ def test_predict_batch_is_the_model_on_resnet50_normalised_cells_in_order(model)
     probabilities = predict_batch(model, images, batch_size=3)  # batches of 3, 3 and 1
     assert probabilities.shape == (7,) and probabilities.dtype == np.float32
     # Independently: RGB -> BGR, minus the ImageNet means, one forward pass of the whole stack.
-    expected = model(images[..., ::-1].astype(np.float32) - BGR_MEANS, training=False).numpy().reshape(-1)
+    expected = (
+        model(images[..., ::-1].astype(np.float32) - BGR_MEANS, training=False).numpy().reshape(-1)
+    )
     assert expected.std() > 0.01, "the fixture model must tell the cells apart"
     np.testing.assert_allclose(probabilities, expected, atol=1e-5)
-    np.testing.assert_allclose(predict_batch(model, images[::-1], batch_size=3), expected[::-1], atol=1e-5)
+    np.testing.assert_allclose(
+        predict_batch(model, images[::-1], batch_size=3), expected[::-1], atol=1e-5
+    )
     assert predict_batch(model, images[:0]).shape == (0,)
     with pytest.raises(ValueError, match="do not fit the model input"):
         predict_batch(model, images[:, :16])

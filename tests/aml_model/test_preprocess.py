@@ -7,7 +7,12 @@ from PIL import Image
 
 from aml_model.config import PreprocessConfig
 from aml_model.errors import ImageDecodeError
-from aml_model.preprocess import SNIFF_BYTES, decode_cell, normalise_for_resnet50, sniff_image_format
+from aml_model.preprocess import (
+    SNIFF_BYTES,
+    decode_cell,
+    normalise_for_resnet50,
+    sniff_image_format,
+)
 
 SMALL = PreprocessConfig(image_size=32)
 
@@ -21,19 +26,25 @@ def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
 def gradient_rgb(width: int = 40, height: int = 40) -> np.ndarray:
     x = np.linspace(0, 255, width, dtype=np.uint8)
     y = np.linspace(0, 255, height, dtype=np.uint8)
-    return np.stack(np.broadcast_arrays(x[None, :], y[:, None], np.full((height, width), 128, np.uint8)), -1)
+    return np.stack(
+        np.broadcast_arrays(x[None, :], y[:, None], np.full((height, width), 128, np.uint8)), -1
+    )
 
 
 def test_real_lmu_cells_decode_like_a_plain_pillow_reference(lmu_cells):
     with open(lmu_cells / "labels.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    chosen = [r for r in rows if r["label"] == "blast"][:3] + [r for r in rows if r["label"] == "normal"][:3]
+    chosen = [r for r in rows if r["label"] == "blast"][:3] + [
+        r for r in rows if r["label"] == "normal"
+    ][:3]
     for row in chosen:
         path = lmu_cells / row["file"]
         cell = decode_cell(path.read_bytes(), str(path))
         assert cell.shape == (224, 224, 3) and cell.dtype == np.uint8
         with Image.open(path) as image:
-            reference = np.asarray(image.convert("RGB").resize((224, 224), Image.Resampling.BILINEAR))
+            reference = np.asarray(
+                image.convert("RGB").resize((224, 224), Image.Resampling.BILINEAR)
+            )
         np.testing.assert_array_equal(cell, reference)
         assert cell.std() > 10, "a real cell image is not flat"
 
@@ -50,7 +61,9 @@ def test_a_large_jpeg_is_decoded_at_a_reduced_dct_scale_close_to_a_full_decode(l
         image.draft("RGB", (224, 224))
         assert image.size == (400, 400), "the DCT scaling this test relies on"
     with Image.open(io.BytesIO(data)) as image:
-        full = np.asarray(image.convert("RGB").resize((224, 224), Image.Resampling.BILINEAR)).astype(int)
+        full = np.asarray(
+            image.convert("RGB").resize((224, 224), Image.Resampling.BILINEAR)
+        ).astype(int)
     assert cell.shape == (224, 224, 3)
     assert np.abs(cell.astype(int) - full).mean() < 3
 
@@ -63,7 +76,9 @@ def test_lossless_rgb_formats_keep_pixels(fmt):
 
 
 def test_jpeg_is_decoded_and_resized():
-    cell = decode_cell(encode(Image.fromarray(gradient_rgb(64, 48)), "JPEG", quality=95), "x.jpg", SMALL)
+    cell = decode_cell(
+        encode(Image.fromarray(gradient_rgb(64, 48)), "JPEG", quality=95), "x.jpg", SMALL
+    )
     assert cell.shape == (32, 32, 3)
     assert abs(int(cell[0, -1, 0]) - 255) < 12 and int(cell[0, 0, 0]) < 12
 
@@ -97,7 +112,9 @@ def test_rgba_is_composited_over_white():
 
 
 def test_palette_with_and_without_transparency():
-    palette_image = Image.fromarray(gradient_rgb(32, 32)).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    palette_image = Image.fromarray(gradient_rgb(32, 32)).convert(
+        "P", palette=Image.Palette.ADAPTIVE, colors=16
+    )
     cell = decode_cell(encode(palette_image, "PNG"), "p.png", SMALL)
     np.testing.assert_array_equal(cell, np.asarray(palette_image.convert("RGB")))
     palette_image.info["transparency"] = 0

@@ -19,6 +19,8 @@ def test_equal_or_better_is_promoted_and_worse_is_kept():
 
 
 def test_auc_margin_is_tolerated_but_not_exceeded():
-    slightly = compute_metrics(Y, [0.9, 0.8, 0.7, 0.75, 0.1, 0.3])  # AUC 8/9, sensitivity 1 (0.75 outranks 0.7)
+    slightly = compute_metrics(
+        Y, [0.9, 0.8, 0.7, 0.75, 0.1, 0.3]
+    )  # AUC 8/9, sensitivity 1 (0.75 outranks 0.7)
     assert decide_promotion({"own": (slightly, GOOD)}, margin=0.12).promote
     assert not decide_promotion({"own": (slightly, GOOD)}, margin=0.1).promote

@@ -10,7 +10,10 @@ def test_each_label_weighs_half_and_sources_share_a_label_equally():
     assert weights.mean() == np.float32(1.0) or abs(weights.mean() - 1) < 1e-6
     total = weights.sum()
     assert abs(weights[labels == 1].sum() / total - 0.5) < 1e-6
-    assert abs(weights[(sources == "lmu") & (labels == 0)].sum() - weights[sources == "pbc"].sum()) < 1e-4
+    assert (
+        abs(weights[(sources == "lmu") & (labels == 0)].sum() - weights[sources == "pbc"].sum())
+        < 1e-4
+    )
     # Within a group every cell weighs the same.
     assert np.ptp(weights[sources == "pbc"]) == 0
 
@@ -22,4 +25,6 @@ def test_one_balanced_source_gives_equal_weights():
 
 def test_group_counts():
     assert group_counts(np.array(["a", "a", "b"]), np.array([1, 0, 0])) == {
-        "a": {"blast": 1, "normal": 1}, "b": {"blast": 0, "normal": 1}}
+        "a": {"blast": 1, "normal": 1},
+        "b": {"blast": 0, "normal": 1},
+    }

@@ -10,7 +10,10 @@ def cell(size: int, radius: float, centre=(0.5, 0.5)) -> np.ndarray:
     image = Image.new("RGB", (size, size), (235, 225, 225))
     draw = ImageDraw.Draw(image)
     for x, y in ((0.12, 0.12), (0.85, 0.2), (0.2, 0.85)):
-        draw.ellipse([(x - 0.08) * size, (y - 0.08) * size, (x + 0.08) * size, (y + 0.08) * size], fill=(220, 170, 180))
+        draw.ellipse(
+            [(x - 0.08) * size, (y - 0.08) * size, (x + 0.08) * size, (y + 0.08) * size],
+            fill=(220, 170, 180),
+        )
     cy, cx = centre[0] * size, centre[1] * size
     draw.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], fill=(120, 60, 150))
     return np.asarray(image, np.float32)
@@ -23,7 +26,10 @@ def test_the_nucleus_is_measured_and_red_cells_are_not():
 
 
 def test_the_same_cell_at_two_pixel_sizes_comes_out_the_same_size():
-    small, large = cell(96, 12), cell(96, 18)  # as two labs 1.5x apart in microns per pixel would show it
+    small, large = (
+        cell(96, 12),
+        cell(96, 18),
+    )  # as two labs 1.5x apart in microns per pixel would show it
     out = normalise_scale(np.stack([small, large]), green_offset=0.0)
     diameters, _ = nucleus_diameter(out[..., 1])
     np.testing.assert_allclose(diameters.numpy(), TARGET_DIAMETER * 96, rtol=0.08)

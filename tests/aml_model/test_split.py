@@ -23,7 +23,11 @@ def test_patient_split_keeps_each_patient_in_one_part():
     labels = rng.integers(0, 2, groups.size)
     split = split_indices(labels, groups, seed=1)
     parts = [set(groups[split[k]]) for k in ("train", "val", "test")]
-    assert parts[0].isdisjoint(parts[1]) and parts[0].isdisjoint(parts[2]) and parts[1].isdisjoint(parts[2])
+    assert (
+        parts[0].isdisjoint(parts[1])
+        and parts[0].isdisjoint(parts[2])
+        and parts[1].isdisjoint(parts[2])
+    )
     assert sum(len(p) for p in parts) == 20
     assert len(parts[0]) == pytest.approx(16, abs=1)
 

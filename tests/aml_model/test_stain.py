@@ -4,7 +4,12 @@ import keras
 import numpy as np
 import pytest
 
-from aml_model.architecture import adapt_feature_normalisation, build_model, copy_layer_weights, feature_extractor
+from aml_model.architecture import (
+    adapt_feature_normalisation,
+    build_model,
+    copy_layer_weights,
+    feature_extractor,
+)
 from aml_model.config import ExperimentConfig, ModelConfig
 from aml_model.inference import BatchScorer, inference_model
 from aml_model.io import load_model, save_model
@@ -23,14 +28,20 @@ def test_a_change_of_gain_and_offset_per_channel_gives_the_same_input(images, mo
     # What a brighter lamp or a stronger stain does to a cell, to first order.
     gain, offset = np.array([0.7, 1.2, 0.9]), np.array([30.0, -10.0, 5.0])
     recoloured = np.clip(images * gain + offset, 0, 255)
-    original = keras.ops.convert_to_numpy(standardise_colour(normalise_for_resnet50(images.astype("float32")), mode))
-    moved = keras.ops.convert_to_numpy(standardise_colour(normalise_for_resnet50(recoloured.astype("float32")), mode))
+    original = keras.ops.convert_to_numpy(
+        standardise_colour(normalise_for_resnet50(images.astype("float32")), mode)
+    )
+    moved = keras.ops.convert_to_numpy(
+        standardise_colour(normalise_for_resnet50(recoloured.astype("float32")), mode)
+    )
     correlation = np.corrcoef(original.ravel(), moved.ravel())[0, 1]
     assert correlation > 0.95
     np.testing.assert_allclose(original.mean(axis=(1, 2)), 0, atol=1e-3)
     assert np.allclose(original.std(axis=(1, 2)), 50, rtol=0.05)
-    assert not np.allclose(normalise_for_resnet50(images.astype("float32")),
-                           normalise_for_resnet50(recoloured.astype("float32")))
+    assert not np.allclose(
+        normalise_for_resnet50(images.astype("float32")),
+        normalise_for_resnet50(recoloured.astype("float32")),
+    )
 
 
 def test_channel_standardisation_undoes_a_per_channel_gain_exactly():
@@ -38,7 +49,9 @@ def test_channel_standardisation_undoes_a_per_channel_gain_exactly():
     images = rng.uniform(60, 180, (3, 16, 16, 3)).astype("float32")
     gain = np.array([1.3, 0.8, 1.1], "float32")
     a = keras.ops.convert_to_numpy(standardise_colour(normalise_for_resnet50(images), "channel"))
-    b = keras.ops.convert_to_numpy(standardise_colour(normalise_for_resnet50(images * gain), "channel"))
+    b = keras.ops.convert_to_numpy(
+        standardise_colour(normalise_for_resnet50(images * gain), "channel")
+    )
     # The ResNet offsets are constants, so a gain on 0..255 becomes gain plus offset: both vanish.
     # Exact but for the epsilon that guards a flat image: under 1 on a spread of 50.
     np.testing.assert_allclose(a, b, atol=1.0)
@@ -53,12 +66,18 @@ def test_unknown_mode_is_refused():
         StainNormalisation("none")
 
 
-def test_robust_model_scores_identically_after_save_and_reload_and_in_the_inference_form(images, tmp_path):
-    config = ExperimentConfig.for_recipe("robust", ModelConfig(image_size=32, backbone_weights="none"))
+def test_robust_model_scores_identically_after_save_and_reload_and_in_the_inference_form(
+    images, tmp_path
+):
+    config = ExperimentConfig.for_recipe(
+        "robust", ModelConfig(image_size=32, backbone_weights="none")
+    )
     keras.utils.set_random_seed(0)
     model = build_model(config.model)
     # The head's feature statistics, fitted as training fits them, are saved with the model too.
-    features = feature_extractor(model).predict(normalise_for_resnet50(images.astype("float32")), verbose=0)
+    features = feature_extractor(model).predict(
+        normalise_for_resnet50(images.astype("float32")), verbose=0
+    )
     assert adapt_feature_normalisation(model, features)
     assert [layer.name for layer in model.layers[1:3]] == ["scale_normalisation", STAIN_LAYER_NAME]
     assert model.get_layer(STAIN_LAYER_NAME).mode == "channel"
@@ -70,7 +89,9 @@ def test_robust_model_scores_identically_after_save_and_reload_and_in_the_infere
     scorer = BatchScorer(inference_model(loaded), batch_size=4)
     np.testing.assert_allclose(scorer(images), before, atol=1e-5)
     # Without the layer the scores differ: the test above would notice a lost normalisation.
-    plain = build_model(dataclasses.replace(config.model, stain_normalisation="none", scale_normalisation="none"))
+    plain = build_model(
+        dataclasses.replace(config.model, stain_normalisation="none", scale_normalisation="none")
+    )
     for layer in plain.layers:
         copy_layer_weights(model.get_layer(layer.name), layer)
     assert not np.allclose(predict_batch(plain, images), before, atol=1e-5)

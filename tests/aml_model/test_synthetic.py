@@ -36,8 +36,10 @@ def test_cohort_layout_labels_and_synthetic_marking(tmp_path):
     assert sum(r["label"] == "blast" for r in labels if r["image"].startswith("A/")) == 3
     assert all(r["label"] == "normal" for r in labels if r["image"].startswith("H/"))
     with open(root / "patients.csv", newline="") as handle:
-        assert list(csv.DictReader(handle)) == [{"patient_id": "A", "diagnosis": "aml"},
-                                                 {"patient_id": "H", "diagnosis": "healthy"}]
+        assert list(csv.DictReader(handle)) == [
+            {"patient_id": "A", "diagnosis": "aml"},
+            {"patient_id": "H", "diagnosis": "healthy"},
+        ]
     assert "SYNTHETIC" in (root / "README.txt").read_text()
     with Image.open(root / labels[0]["image"]) as image:
         assert "SYNTHETIC" in image.info["Comment"]

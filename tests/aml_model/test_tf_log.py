@@ -27,8 +27,14 @@ def test_the_level_hides_the_start_up_lines_below_it_and_nothing_else():
 def test_a_process_that_imports_the_library_first_imports_tensorflow_quietly():
     code = "import aml_model.train, tensorflow as tf; tf.constant(1) + 1; print('loaded')"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    quiet = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120,
-                           cwd=Path(__file__).resolve().parents[2])
+    quiet = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     assert quiet.returncode == 0 and quiet.stdout == "loaded\n", quiet.stderr
     assert "absl::InitializeLog" not in quiet.stderr and "oneDNN" not in quiet.stderr, quiet.stderr
     assert "cudart_stub" not in quiet.stderr, quiet.stderr

@@ -22,7 +22,9 @@ def test_training_reduces_the_loss(cells):
     config = ExperimentConfig.tiny(image_size=32, epochs=6)
     keras.utils.set_random_seed(0)
     model = build_model(config.model)
-    history, best_epoch = train_model(model, images[:72], labels[:72], images[72:], labels[72:], config.train)
+    history, best_epoch = train_model(
+        model, images[:72], labels[:72], images[72:], labels[72:], config.train
+    )
     assert len(history["loss"]) >= 2
     assert min(history["loss"][1:]) < history["loss"][0]
     assert set(history) >= {"loss", "val_loss", "accuracy", "val_accuracy"}
@@ -39,11 +41,15 @@ def test_early_stopping_stops_and_restores_the_best_epoch(cells):
     keras.utils.set_random_seed(0)
     model = build_model(config.model)
     # Validation labels are the opposite of the training rule: learning makes validation loss worse.
-    history, best_epoch = train_model(model, images[:72], labels[:72], images[72:], 1 - labels[72:], train_cfg)
+    history, best_epoch = train_model(
+        model, images[:72], labels[:72], images[72:], 1 - labels[72:], train_cfg
+    )
     epochs_run = len(history["val_loss"])
     assert epochs_run < 30
     assert epochs_run == best_epoch + 1 + 2, "stops exactly `patience` epochs after the best one"
-    restored = model.evaluate(make_dataset(images[72:], 1 - labels[72:], batch_size=16), verbose=0, return_dict=True)
+    restored = model.evaluate(
+        make_dataset(images[72:], 1 - labels[72:], batch_size=16), verbose=0, return_dict=True
+    )
     assert restored["loss"] == pytest.approx(history["val_loss"][best_epoch], rel=1e-4)
     assert restored["loss"] != pytest.approx(history["val_loss"][-1], rel=1e-4)
 
@@ -78,8 +84,15 @@ def test_epoch_report_hands_over_every_epoch_with_its_validation_auc(cells):
     keras.utils.set_random_seed(0)
     model = build_model(config.model)
     seen = []
-    history, _ = train_model(model, images[:72], labels[:72], images[72:], labels[72:], config.train,
-                             callbacks=[EpochReport(lambda epoch, epochs, logs: seen.append((epoch, epochs, logs)))])
+    history, _ = train_model(
+        model,
+        images[:72],
+        labels[:72],
+        images[72:],
+        labels[72:],
+        config.train,
+        callbacks=[EpochReport(lambda epoch, epochs, logs: seen.append((epoch, epochs, logs)))],
+    )
     assert [(epoch, epochs) for epoch, epochs, _ in seen] == [(1, 3), (2, 3), (3, 3)]
     assert [logs["val_loss"] for _, _, logs in seen] == pytest.approx(history["val_loss"])
     assert all(0.0 <= logs["val_auc"] <= 1.0 for _, _, logs in seen)

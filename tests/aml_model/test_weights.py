@@ -6,11 +6,21 @@ import keras
 import numpy as np
 import pytest
 
-from aml_model.architecture import build_backbone, resolve_backbone_weights, seed_weights, whole_backbone
+from aml_model.architecture import (
+    build_backbone,
+    resolve_backbone_weights,
+    seed_weights,
+    whole_backbone,
+)
 from aml_model.config import ModelConfig
 from aml_model.errors import BackboneWeightsError, WeightsHashMismatchError
-from aml_model.weights import (load_backbone_weights, local_weights_file, local_weights_path, partial_weights_layers,
-                               save_partial_weights)
+from aml_model.weights import (
+    load_backbone_weights,
+    local_weights_file,
+    local_weights_path,
+    partial_weights_layers,
+    save_partial_weights,
+)
 
 THIRD_STAGE = "conv3_block4_out"
 
@@ -29,8 +39,10 @@ def test_a_partial_file_holds_the_stages_up_to_its_layer_in_float16_and_is_small
     backbone, path = trained
     layers = partial_weights_layers(path)
     names = [layer.name for layer in backbone.layers]
-    assert layers == names[:names.index(THIRD_STAGE) + 1]
-    values = sum(int(np.prod(w.shape)) for layer in backbone.layers[:len(layers)] for w in layer.weights)
+    assert layers == names[: names.index(THIRD_STAGE) + 1]
+    values = sum(
+        int(np.prod(w.shape)) for layer in backbone.layers[: len(layers)] for w in layer.weights
+    )
     assert values == 1_460_096  # ResNet50's stages 1-3, BatchNorm statistics included
     assert path.stat().st_size < 2 * values + 200_000  # float16, plus HDF5's bookkeeping
 
@@ -42,7 +54,9 @@ def test_keras_reads_a_partial_file_by_layer_name_into_a_whole_resnet50(trained)
     later = fresh.get_layer("conv4_block1_1_conv").get_weights()[0]
     load_backbone_weights(fresh, path, THIRD_STAGE)
     for name in ("conv1_conv", "conv2_block1_0_bn", "conv3_block4_3_conv"):
-        for a, b in zip(fresh.get_layer(name).get_weights(), backbone.get_layer(name).get_weights(), strict=True):
+        for a, b in zip(
+            fresh.get_layer(name).get_weights(), backbone.get_layer(name).get_weights(), strict=True
+        ):
             np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-6)  # float16 rounding
     np.testing.assert_array_equal(fresh.get_layer("conv4_block1_1_conv").get_weights()[0], later)
 
@@ -50,8 +64,11 @@ def test_keras_reads_a_partial_file_by_layer_name_into_a_whole_resnet50(trained)
 def test_a_partial_file_is_refused_for_a_recipe_that_reads_further(trained):
     _, path = trained
     fresh = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(32, 32, 3))
-    with pytest.raises(BackboneWeightsError, match=r"holds layers up to conv3_block4_out, but the recipe reads up to "
-                                                   r"conv5_block3_out \(.*the first conv4_block1_1_conv\)"):
+    with pytest.raises(
+        BackboneWeightsError,
+        match=r"holds layers up to conv3_block4_out, but the recipe reads up to "
+        r"conv5_block3_out \(.*the first conv4_block1_1_conv\)",
+    ):
         load_backbone_weights(fresh, path, "conv5_block3_out")
     with pytest.raises(BackboneWeightsError, match="reads up to conv5_block3_out"):
         build_backbone(ModelConfig(image_size=32, backbone_weights=str(path)))
@@ -62,8 +79,13 @@ def test_a_backbone_on_a_partial_file_is_the_same_network_every_time(trained):
     cache's backbone id, a hash of it) does not change from one build to the next."""
     _, path = trained
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    config = ModelConfig(image_size=32, backbone_weights=str(path), backbone_weights_sha256=digest,
-                         feature_layer=THIRD_STAGE, feature_pooling="mean_std")
+    config = ModelConfig(
+        image_size=32,
+        backbone_weights=str(path),
+        backbone_weights_sha256=digest,
+        feature_layer=THIRD_STAGE,
+        feature_pooling="mean_std",
+    )
     keras.utils.set_random_seed(1)
     first = whole_backbone(config)
     keras.utils.set_random_seed(2)
@@ -81,25 +103,37 @@ def test_a_changed_partial_file_is_refused(trained, tmp_path):
     data[-100] ^= 0xFF
     tampered.write_bytes(bytes(data))
     with pytest.raises(WeightsHashMismatchError, match=f"expected {digest}"):
-        build_backbone(ModelConfig(image_size=32, backbone_weights=str(tampered), backbone_weights_sha256=digest,
-                                   feature_layer=THIRD_STAGE))
+        build_backbone(
+            ModelConfig(
+                image_size=32,
+                backbone_weights=str(tampered),
+                backbone_weights_sha256=digest,
+                feature_layer=THIRD_STAGE,
+            )
+        )
 
 
 def test_other_files_are_not_taken_for_partial_ones(tmp_path):
     whole = tmp_path / "whole.weights.h5"
-    keras.applications.ResNet50(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(whole)
+    keras.applications.ResNet50(
+        include_top=False, weights=None, input_shape=(32, 32, 3)
+    ).save_weights(whole)
     assert partial_weights_layers(whole) is None
     text = tmp_path / "notes.h5"
     text.write_text("not HDF5")
     assert partial_weights_layers(text) is None
 
 
-@pytest.mark.parametrize("url", ["s3://bucket/cells.h5", "https://example.org/cells.h5",
-                                 "simplecache::s3://b/cells.h5"])
+@pytest.mark.parametrize(
+    "url", ["s3://bucket/cells.h5", "https://example.org/cells.h5", "simplecache::s3://b/cells.h5"]
+)
 def test_a_remote_weights_url_must_be_fetched_first(url):
     """This library reads local files only: the caller fetches a remote file (tasks.weights)."""
-    with pytest.raises(BackboneWeightsError, match=f"backbone weights file {re.escape(url)} is not a local file: "
-                                                   f"it must be fetched first"):
+    with pytest.raises(
+        BackboneWeightsError,
+        match=f"backbone weights file {re.escape(url)} is not a local file: "
+        f"it must be fetched first",
+    ):
         build_backbone(ModelConfig(image_size=32, backbone_weights=url))
     with pytest.raises(BackboneWeightsError, match="must be fetched first"):
         local_weights_file(url)
@@ -109,11 +143,18 @@ def test_the_local_copy_of_a_remote_file_is_read_in_its_place_and_checked(traine
     """The configuration keeps the URL; the weights come from the local copy given, checked against its sha256."""
     _, path = trained
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    config = ModelConfig(image_size=32, backbone_weights="s3://bucket/cells.h5", backbone_weights_sha256=digest,
-                         feature_layer=THIRD_STAGE, feature_pooling="mean_std")
+    config = ModelConfig(
+        image_size=32,
+        backbone_weights="s3://bucket/cells.h5",
+        backbone_weights_sha256=digest,
+        feature_layer=THIRD_STAGE,
+        feature_pooling="mean_std",
+    )
     assert resolve_backbone_weights(config, str(path)) == str(path)
     reference = dataclasses.replace(config, backbone_weights=str(path))
-    for a, b in zip(whole_backbone(config, str(path)).weights, whole_backbone(reference).weights, strict=True):
+    for a, b in zip(
+        whole_backbone(config, str(path)).weights, whole_backbone(reference).weights, strict=True
+    ):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     other = tmp_path / "other.h5"
     data = bytearray(path.read_bytes())

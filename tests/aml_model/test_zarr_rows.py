@@ -8,7 +8,9 @@ from aml_model.zarr_rows import Rows, read_cells
 
 def zarr_rows(tmp_path, name, values, chunk=4):
     group = zarr.open_group(zarr.storage.LocalStore(str(tmp_path / name)), mode="w")
-    array = group.create_array("rows", shape=values.shape, chunks=(chunk, *values.shape[1:]), dtype=values.dtype)
+    array = group.create_array(
+        "rows", shape=values.shape, chunks=(chunk, *values.shape[1:]), dtype=values.dtype
+    )
     array[:] = values
     return array
 
@@ -70,8 +72,12 @@ def test_feature_batches_read_one_batch_at_a_time_in_a_seeded_order():
         np.testing.assert_array_equal(np.concatenate([b[1] for b in epoch]).ravel(), labels[order])
         np.testing.assert_allclose(np.concatenate([b[2] for b in epoch]), weights[order], rtol=1e-6)
     first_order = np.concatenate([b[0] for b in epochs[0]])[:, 0]
-    assert not np.array_equal(first_order, np.concatenate([b[0] for b in epochs[1]])[:, 0]), "reshuffled each epoch"
+    assert not np.array_equal(first_order, np.concatenate([b[0] for b in epochs[1]])[:, 0]), (
+        "reshuffled each epoch"
+    )
     again = feature_batches(values, labels, batch, weights, seed=3)
     np.testing.assert_array_equal(np.concatenate([b[0].numpy() for b in again])[:, 0], first_order)
     unlabelled = feature_batches(values, None, batch)
-    np.testing.assert_array_equal(np.concatenate([b.numpy() for b in unlabelled]), values.astype(np.float32))
+    np.testing.assert_array_equal(
+        np.concatenate([b.numpy() for b in unlabelled]), values.astype(np.float32)
+    )

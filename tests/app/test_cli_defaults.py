@@ -13,25 +13,34 @@ import pytest
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from flows.calibrate import calibrate_site
 from app.cli import cli
+from app.serve import DEPLOYMENTS, dask_runner_from_environment, deployed_flow, deployment_options
+from flows.calibrate import calibrate_site
 from flows.demo import demo_flow
 from flows.ingest import ingest
 from flows.pretrain import pretrain_backbone
 from flows.retrain import retrain_and_evaluate
 from flows.score import score_smears
-from app.serve import DEPLOYMENTS, dask_runner_from_environment, deployed_flow, deployment_options
 
-COMMANDS = {"score": score_smears, "ingest": ingest, "retrain": retrain_and_evaluate, "calibrate": calibrate_site,
-            "demo": demo_flow, "pretrain-backbone": pretrain_backbone}
+COMMANDS = {
+    "score": score_smears,
+    "ingest": ingest,
+    "retrain": retrain_and_evaluate,
+    "calibrate": calibrate_site,
+    "demo": demo_flow,
+    "pretrain-backbone": pretrain_backbone,
+}
 # Options of the runner, not parameters of a flow.
 RUNNER_OPTIONS = {"workers", "scheduler"}
 
 
 def _flow_defaults(flow) -> dict:
     """The flow's parameters' defaults, a typed options object's as a dict."""
-    return {name: p.default.model_dump() if isinstance(p.default, BaseModel) else p.default
-            for name, p in inspect.signature(flow.fn).parameters.items() if p.default is not inspect.Parameter.empty}
+    return {
+        name: p.default.model_dump() if isinstance(p.default, BaseModel) else p.default
+        for name, p in inspect.signature(flow.fn).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
 
 
 def _parameter_defaults(flow) -> dict:
@@ -48,13 +57,18 @@ def test_cli_defaults_are_the_flows(command):
     ctx = click.Context(cli.commands[command])
     checked = 0
     for option in cli.commands[command].params:
-        if option.name in RUNNER_OPTIONS or (command == "demo" and option.name == "s3_endpoint_url"):
+        if option.name in RUNNER_OPTIONS or (
+            command == "demo" and option.name == "s3_endpoint_url"
+        ):
             continue
-        assert option.name in parameters, f"aml-smear {command} --{option.name} sets no parameter of {flow.name}"
+        assert option.name in parameters, (
+            f"aml-smear {command} --{option.name} sets no parameter of {flow.name}"
+        )
         if option.name in defaults:
             assert option.get_default(ctx) == defaults[option.name], (
                 f"aml-smear {command}: --{option.name} defaults to {option.get_default(ctx)!r}, "
-                f"flow {flow.name} to {defaults[option.name]!r}")
+                f"flow {flow.name} to {defaults[option.name]!r}"
+            )
             checked += 1
     # Every field of a flow's typed options is a CLI option, but the chunking of score's new runs.
     options = set(_flow_defaults(flow).get("options", {})) - {"chunk_cells", "chunks_per_task"}
@@ -86,7 +100,11 @@ def _bounds(annotation, metadata=()) -> dict:
         elif isinstance(item, FieldInfo):
             todo += item.metadata
         else:
-            found |= {key: getattr(item, key) for key in ("ge", "gt", "le", "lt") if getattr(item, key, None) is not None}
+            found |= {
+                key: getattr(item, key)
+                for key in ("ge", "gt", "le", "lt")
+                if getattr(item, key, None) is not None
+            }
     return found
 
 
@@ -107,7 +125,10 @@ def test_cli_bounds_are_the_flows(command):
     hints = typing.get_type_hints(flow.fn, include_extras=True)
     options = hints.get("options")
     for option in cli.commands[command].params:
-        if not isinstance(option.type, click.types._NumberRangeBase) or option.name in RUNNER_OPTIONS:
+        if (
+            not isinstance(option.type, click.types._NumberRangeBase)
+            or option.name in RUNNER_OPTIONS
+        ):
             continue
         if option.name in hints:
             expected = _bounds(hints[option.name])
@@ -126,9 +147,13 @@ def test_cli_environment_variables_are_settings_with_their_bounds():
         for option in command.params:
             names = [option.envvar] if isinstance(option.envvar, str) else list(option.envvar or ())
             for name in names:
-                assert name in fields, f"{path} --{option.name}: {name} is not parsed by tasks.settings"
+                assert name in fields, (
+                    f"{path} --{option.name}: {name} is not parsed by tasks.settings"
+                )
                 seen.add(name)
                 if isinstance(option.type, click.types._NumberRangeBase):
                     info = fields[name]
-                    assert _click_bounds(option.type) == _bounds(info.annotation, info.metadata), f"{path} {name}"
+                    assert _click_bounds(option.type) == _bounds(info.annotation, info.metadata), (
+                        f"{path} {name}"
+                    )
     assert {"AML_SMEAR_DEBUG", "AML_SMEAR_S3_ENDPOINT_URL", "AML_SMEAR_DASK_WORKERS"} <= seen

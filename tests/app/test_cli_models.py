@@ -41,10 +41,29 @@ def test_list_and_show(store):
     listed = run("list", "--store", str(store))
     assert listed.exit_code == 0, listed.output
     lines = listed.output.splitlines()
-    assert lines[0].split() == ["version", "registered", "recipe", "ROC", "AUC", "sensitivity", "specificity", "test",
-                                "cells", "status"]
+    assert lines[0].split() == [
+        "version",
+        "registered",
+        "recipe",
+        "ROC",
+        "AUC",
+        "sensitivity",
+        "specificity",
+        "test",
+        "cells",
+        "status",
+    ]
     assert [line.split()[0] for line in lines[1:]] == [V1, V2, V3, V4]
-    assert lines[2].split()[1:] == ["2026-01-02", "02:00", "paper", "0.910", "0.850", "0.950", "200", "champion"]
+    assert lines[2].split()[1:] == [
+        "2026-01-02",
+        "02:00",
+        "paper",
+        "0.910",
+        "0.850",
+        "0.950",
+        "200",
+        "champion",
+    ]
     assert lines[1].endswith("previous champion") and lines[3].endswith("candidate")
 
     shown = run("show", "champion", "--store", str(store))
@@ -57,7 +76,11 @@ def test_list_and_show(store):
 
 def test_an_empty_registry_says_how_to_fill_it(tmp_path):
     result = run("list", "--store", str(tmp_path))
-    assert result.exit_code == 0 and "no models in" in result.output and "aml-smear retrain" in result.output
+    assert (
+        result.exit_code == 0
+        and "no models in" in result.output
+        and "aml-smear retrain" in result.output
+    )
 
 
 def test_compare_prints_both_cards_side_by_side(store):
@@ -67,7 +90,9 @@ def test_compare_prints_both_cards_side_by_side(store):
     assert rows["roc_auc"] == ["0.900", "0.930", "+0.030"]
     assert rows["sensitivity"] == ["0.850", "0.850", "+0.000"]
     assert rows["recipe"] == ["paper", "paper"]
-    assert "not a paired comparison" not in result.output  # same data and split: the same test cells
+    assert (
+        "not a paired comparison" not in result.output
+    )  # same data and split: the same test cells
 
 
 def test_promote_and_rollback(store):
@@ -79,7 +104,10 @@ def test_promote_and_rollback(store):
     assert "already the champion" in again.output and champion(store) == V4
 
     back = run("rollback", "--store", str(store))
-    assert back.exit_code == 0 and back.output.strip() == f"champion of {store}: {V2} (rolled back from {V4})"
+    assert (
+        back.exit_code == 0
+        and back.output.strip() == f"champion of {store}: {V2} (rolled back from {V4})"
+    )
     assert run("rollback", "--store", str(store)).exit_code == 0 and champion(store) == V1
     empty = run("rollback", "--store", str(store))
     assert empty.exit_code == 1 and empty.output.startswith("error: nothing to roll back to")
@@ -88,17 +116,25 @@ def test_promote_and_rollback(store):
     # With a Prefect API (the harness's), each change of champion is an aml-smear.model.promoted event.
     def events(version):
         found = read_events(MODEL_PROMOTED, resource_id=f"aml-smear.model.{version}")
-        return [(e.payload["previous"], e.payload["by"]) for e in found if e.payload["store"] == str(store)]
+        return [
+            (e.payload["previous"], e.payload["by"])
+            for e in found
+            if e.payload["store"] == str(store)
+        ]
 
-    assert events(V4) == [(V2, "models promote")], "promoted once: the second promote changed nothing"
+    assert events(V4) == [(V2, "models promote")], (
+        "promoted once: the second promote changed nothing"
+    )
     assert events(V1) == [(V2, "models rollback")]
 
 
 def test_promote_refuses_an_unknown_or_broken_version_with_one_line(store):
     unknown = run("promote", "v-unknown", "--store", str(store))
     assert unknown.exit_code == 1
-    assert unknown.output.strip() == (f"error: model version v-unknown is not registered in {store}/models: "
-                                      f"`aml-smear models list --store {store}` shows the versions there")
+    assert unknown.output.strip() == (
+        f"error: model version v-unknown is not registered in {store}/models: "
+        f"`aml-smear models list --store {store}` shows the versions there"
+    )
     (store / "models" / V3 / "model.keras").unlink()
     broken = run("promote", V3, "--store", str(store))
     assert broken.exit_code == 1 and "has a card but no model.keras" in broken.output
@@ -109,13 +145,20 @@ def test_prune_dry_run_then_prune(store):
     fake_scoring(Store(str(store)), "lab-a/scores/s-1", V3)
     dry = run("prune", "--keep", "0", "--dry-run", "--store", str(store))
     assert dry.exit_code == 0, dry.output
-    assert f"would remove {V4}" in dry.output and "would remove 1 version(s), kept 3 (dry run)" in dry.output
+    assert (
+        f"would remove {V4}" in dry.output
+        and "would remove 1 version(s), kept 3 (dry run)" in dry.output
+    )
     assert (store / "models" / V4).is_dir()
     done = run("prune", "--keep", "0", "--store", str(store))
     assert done.exit_code == 0 and f"removed {V4}" in done.output
     assert f"keep   {V3}: used by {store}/runs/lab-a/scores/s-1/score.json" in done.output
     assert sorted(p.name for p in (store / "models").iterdir() if not p.name.startswith(".")) == [
-        V1, V2, V3, "champion.json"]
+        V1,
+        V2,
+        V3,
+        "champion.json",
+    ]
     assert run("prune", "--store", str(store)).exit_code == 2  # --keep is required
 
 
@@ -129,8 +172,14 @@ def test_models_commands_on_s3(s3_bucket):
     assert run("promote", V3, "--store", store, "--s3-endpoint-url", endpoint).exit_code == 0
     listed = run("list", "--store", store, "--s3-endpoint-url", endpoint)
     assert [line.rsplit("  ", 1)[-1] for line in listed.output.splitlines()[1:]] == [
-        "previous champion", "candidate", "champion"]
+        "previous champion",
+        "candidate",
+        "champion",
+    ]
     pruned = run("prune", "--keep", "0", "--store", store, "--s3-endpoint-url", endpoint)
     assert pruned.exit_code == 0 and f"removed {V2}" in pruned.output
     back = run("rollback", "--store", store, "--s3-endpoint-url", endpoint)
-    assert back.exit_code == 0 and back.output.strip() == f"champion of {store}: {V1} (rolled back from {V3})"
+    assert (
+        back.exit_code == 0
+        and back.output.strip() == f"champion of {store}: {V1} (rolled back from {V3})"
+    )

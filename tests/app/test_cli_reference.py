@@ -42,8 +42,10 @@ def _long_names(command: click.Command) -> list[str]:
 def _sections(text: str) -> dict[str, str]:
     """The text under each ``aml-smear ...`` heading, up to the next heading of any command."""
     marks = list(HEADING.finditer(text))
-    return {m.group(1): text[m.end():(marks[i + 1].start() if i + 1 < len(marks) else len(text))]
-            for i, m in enumerate(marks)}
+    return {
+        m.group(1): text[m.end() : (marks[i + 1].start() if i + 1 < len(marks) else len(text))]
+        for i, m in enumerate(marks)
+    }
 
 
 def _mentions(section: str, option: str) -> bool:
@@ -58,18 +60,24 @@ def test_the_reference_documents_every_command_and_option():
         if name not in sections:
             missing_commands.append(name)
             continue
-        missing_options += [f"{name} {option}" for option in _long_names(command)
-                            if not _mentions(sections[name], option)]
+        missing_options += [
+            f"{name} {option}"
+            for option in _long_names(command)
+            if not _mentions(sections[name], option)
+        ]
     assert not missing_commands and not missing_options, (
         f"{REFERENCE.relative_to(ROOT)} is missing\n"
         + "".join(f"  the heading ### `{name}`\n" for name in missing_commands)
-        + "".join(f"  option {item} (under its command's heading)\n" for item in missing_options))
+        + "".join(f"  option {item} (under its command's heading)\n" for item in missing_options)
+    )
 
 
 def test_the_reference_names_no_command_the_cli_lacks():
     known = {" ".join(path) for path, _ in _commands(cli)}
     stale = sorted(set(_sections(REFERENCE.read_text())) - known)
-    assert not stale, f"{REFERENCE.relative_to(ROOT)} has headings for commands the CLI lacks: {stale}"
+    assert not stale, (
+        f"{REFERENCE.relative_to(ROOT)} has headings for commands the CLI lacks: {stale}"
+    )
 
 
 def test_the_checks_see_the_whole_command_tree():
@@ -94,7 +102,9 @@ def test_every_test_the_guarantees_name_exists():
     # a guarantee unchecked. A bare file name is in tests/reliability/; a bare test name in the file before it.
     text = (ROOT / "docs" / "guarantees.md").read_text()
     missing, current = [], None
-    for path, name, bare in re.findall(r"`(?:((?:tests/[\w/]+/)?test_\w+\.py)(?:::(\w+))?|(test_\w+))`", text):
+    for path, name, bare in re.findall(
+        r"`(?:((?:tests/[\w/]+/)?test_\w+\.py)(?:::(\w+))?|(test_\w+))`", text
+    ):
         if path:
             current = ROOT / (path if path.startswith("tests/") else f"tests/reliability/{path}")
             if not current.exists():

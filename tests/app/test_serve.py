@@ -17,7 +17,9 @@ def _flow_run(state):
 
 def _nightly():
     # The deployed nightly with its settings, without a Dask cluster to start.
-    flow = deployed_flow(NIGHTLY_RETRAIN, dask_runner_from_environment({"AML_SMEAR_DASK_WORKERS": "1"}))
+    flow = deployed_flow(
+        NIGHTLY_RETRAIN, dask_runner_from_environment({"AML_SMEAR_DASK_WORKERS": "1"})
+    )
     assert flow.retries == NIGHTLY_RETRAIN.retries == 0
     return flow.with_options(task_runner=ThreadPoolTaskRunner())
 
@@ -31,8 +33,9 @@ def test_invalid_parameters_fail_once_and_are_not_retried(tmp_path):
 
 def test_a_failure_after_the_run_started_fails_at_once_with_its_reason(tmp_path):
     # No flow retry (app/serve.py: a deployment concurrency limit drops Prefect 3.9's flow retries).
-    state = _nightly()(sources=[str(tmp_path / "no-such-source")], store=str(tmp_path / "store"),
-                       return_state=True)
+    state = _nightly()(
+        sources=[str(tmp_path / "no-such-source")], store=str(tmp_path / "store"), return_state=True
+    )
     reason = f"source {tmp_path / 'no-such-source'} does not exist"
     assert state.is_failed() and state.message == reason, "the state message is the one-line reason"
     run = _flow_run(state)

@@ -15,10 +15,19 @@ import pytest
 
 from tests.conftest import PROJECT_ROOT
 
-MOVED = {"lmu_blasts_as_pbc_reinhard", "lmu_blasts_as_pbc_histogram", "lmu_blasts_colour_only_histogram",
-         "lmu_blasts_scale_only", "lmu_blasts_optics_only", "lmu_blasts_as_pbc_full_histogram",
-         "lmu_blasts_as_pbc_full_reinhard", "pbc_as_lmu_reinhard", "pbc_as_lmu_histogram", "pbc_as_lmu_full_histogram",
-         "pbc_as_lmu_full_reinhard"}
+MOVED = {
+    "lmu_blasts_as_pbc_reinhard",
+    "lmu_blasts_as_pbc_histogram",
+    "lmu_blasts_colour_only_histogram",
+    "lmu_blasts_scale_only",
+    "lmu_blasts_optics_only",
+    "lmu_blasts_as_pbc_full_histogram",
+    "lmu_blasts_as_pbc_full_reinhard",
+    "pbc_as_lmu_reinhard",
+    "pbc_as_lmu_histogram",
+    "pbc_as_lmu_full_histogram",
+    "pbc_as_lmu_full_reinhard",
+}
 
 
 @pytest.mark.slow
@@ -34,43 +43,101 @@ def test_robustness_benchmark_reports_every_group(lmu_cells, pbc_cells, tmp_path
     backbone = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(32, 32, 3))
     save_partial_weights(seed_weights(backbone, 5), "conv3_block4_out", weights)
     output, results = tmp_path / "robustness.json", tmp_path / "latest.json"
-    env = {**os.environ, "AML_SMEAR_LMU_CELLS": str(lmu_cells), "AML_SMEAR_PBC_CELLS": str(pbc_cells),
-           "AML_SMEAR_BENCH_RESULTS": str(results)}
+    env = {
+        **os.environ,
+        "AML_SMEAR_LMU_CELLS": str(lmu_cells),
+        "AML_SMEAR_PBC_CELLS": str(pbc_cells),
+        "AML_SMEAR_BENCH_RESULTS": str(results),
+    }
     completed = subprocess.run(
-        [sys.executable, "-m", "benchmarks.bench_robustness", "--image-size", "32", "--limit", "30", "--epochs", "2",
-         "--robust-seeds", "0", "1", "--backbone-weights", "none", str(weights), "--site-pretrain", str(weights),
-         "--site-steps", "2", "--output", str(output)],
-        check=False, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=900)
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.bench_robustness",
+            "--image-size",
+            "32",
+            "--limit",
+            "30",
+            "--epochs",
+            "2",
+            "--robust-seeds",
+            "0",
+            "1",
+            "--backbone-weights",
+            "none",
+            str(weights),
+            "--site-pretrain",
+            str(weights),
+            "--site-steps",
+            "2",
+            "--output",
+            str(output),
+        ],
+        check=False,
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
     payload = json.loads(output.read_text())
     # The site's backbone: the file continued on the site's own cells, written beside the results.
     site = tmp_path / "site-b.h5"
     assert site.stat().st_size > 0 and "site backbone" in completed.stdout
     assert [(r["recipe"], r["backbone"], r["seed"]) for r in payload["runs"]] == [
-        ("paper", "none", 0), ("robust", "none", 0), ("robust", "none", 1), ("robust", str(weights), 0),
-        ("robust", str(weights), 1), ("robust", str(site), 0), ("robust", str(site), 1)]
+        ("paper", "none", 0),
+        ("robust", "none", 0),
+        ("robust", "none", 1),
+        ("robust", str(weights), 0),
+        ("robust", str(weights), 1),
+        ("robust", str(site), 0),
+        ("robust", str(site), 1),
+    ]
     assert payload["skipped"] == ["paper@b", "paper@site-b"]
     assert list(payload["summary"]) == ["paper", "robust", "robust@b", "robust@site-b"]
     robust = payload["summary"]["robust"]
-    assert set(robust["pbc_blast_like_by_type"]) == {"basophil", "eosinophil", "erythroblast", "monocyte",
-                                                     "segmented neutrophil", "typical lymphocyte"}
+    assert set(robust["pbc_blast_like_by_type"]) == {
+        "basophil",
+        "eosinophil",
+        "erythroblast",
+        "monocyte",
+        "segmented neutrophil",
+        "typical lymphocyte",
+    }
     assert set(robust["moved_blast_like"]) == MOVED
     assert len(robust["val_auc"]) == 2 and all(0 <= v <= 1 for v in robust["val_auc"])
     # The cross-lab ranking AUCs: every moved set, and the blasts unmoved; the headline with its spread over seeds.
     for summary in payload["summary"].values():
         assert set(summary["cross_lab_auc"]) == MOVED | {"unmoved"}
-        assert all(0 <= s["min"] <= s["mean"] <= s["max"] <= 1 for s in summary["cross_lab_auc"].values())
-        assert summary["cross_lab_auc_full"] == summary["cross_lab_auc"]["lmu_blasts_as_pbc_full_histogram"]["mean"]
-        assert summary["cross_lab_auc_full_min"] <= summary["cross_lab_auc_full"] <= summary["cross_lab_auc_full_max"]
+        assert all(
+            0 <= s["min"] <= s["mean"] <= s["max"] <= 1 for s in summary["cross_lab_auc"].values()
+        )
+        assert (
+            summary["cross_lab_auc_full"]
+            == summary["cross_lab_auc"]["lmu_blasts_as_pbc_full_histogram"]["mean"]
+        )
+        assert (
+            summary["cross_lab_auc_full_min"]
+            <= summary["cross_lab_auc_full"]
+            <= summary["cross_lab_auc_full_max"]
+        )
         assert summary["cross_lab_auc_full_std"] >= 0
     # Each lab's look, measured on training neutrophils, and the moves fitted to it.
     look = payload["look"]
     for lab in ("lmu", "pbc"):
         assert set(look[lab]) == {"blur_effect", "noise", "nucleus_diameter", "nucleus_offset"}
         assert all(math.isfinite(v) for v in look[lab].values())
-        assert 0 <= look[lab]["blur_effect"] <= 1 and look[lab]["noise"] >= 0 and look[lab]["nucleus_diameter"] > 0
-    assert all(math.isfinite(v) for move in look["framing"].values()
-               for v in (move["scale"], move["centring"], *move["after"].values()))
+        assert (
+            0 <= look[lab]["blur_effect"] <= 1
+            and look[lab]["noise"] >= 0
+            and look[lab]["nucleus_diameter"] > 0
+        )
+    assert all(
+        math.isfinite(v)
+        for move in look["framing"].values()
+        for v in (move["scale"], move["centring"], *move["after"].values())
+    )
     assert set(look["optics"]) == {m for m in MOVED if "full" in m}
     for move in look["optics"].values():
         assert move["blur_sigma"] >= 0 and move["noise"] >= 0
@@ -89,9 +156,15 @@ def test_robustness_benchmark_reports_every_group(lmu_cells, pbc_cells, tmp_path
     recorded = json.loads(results.read_text())
     assert recorded["robustness_robust_collapsed"] == robust["collapsed"]
     assert recorded["robustness_robust_cross_lab_auc_full"] == robust["cross_lab_auc_full"]
-    assert recorded["robustness_robust@b_cross_lab_auc_full_std"] == payload["summary"]["robust@b"][
-        "cross_lab_auc_full_std"]
+    assert (
+        recorded["robustness_robust@b_cross_lab_auc_full_std"]
+        == payload["summary"]["robust@b"]["cross_lab_auc_full_std"]
+    )
     # The headline heads each recipe's table.
     table = completed.stdout.split("\nrobust@b (seeds [0, 1])\n")[1].splitlines()
-    assert table[0].strip().startswith("cross-lab ROC AUC, lmu_blasts_as_pbc_full_histogram vs. all PBC cells")
+    assert (
+        table[0]
+        .strip()
+        .startswith("cross-lab ROC AUC, lmu_blasts_as_pbc_full_histogram vs. all PBC cells")
+    )
     assert "LMU hold-out ROC AUC / accuracy" in completed.stdout

@@ -1,4 +1,5 @@
-"""deployments/prefect.yaml declares the deployments, and app/serve.py serves them from it; the Dask runner comes from the env."""
+"""deployments/prefect.yaml declares the deployments, and app/serve.py serves them from it; the Dask
+runner comes from the environment."""
 
 from __future__ import annotations
 
@@ -40,7 +41,9 @@ def _by_name(prefect_yaml: dict) -> dict[str, dict]:
 
 def test_serve_reads_the_deployments_from_prefect_yaml(prefect_yaml):
     deployments = _by_name(prefect_yaml)
-    assert [spec.name for spec in DEPLOYMENTS] == list(deployments) and set(RUN_SETTINGS) == set(deployments)
+    assert [spec.name for spec in DEPLOYMENTS] == list(deployments) and set(RUN_SETTINGS) == set(
+        deployments
+    )
     for spec in DEPLOYMENTS:
         declared = deployments[spec.name]
         assert declared["entrypoint"] == f"deployments/entrypoints.py:{spec.entrypoint}"
@@ -48,30 +51,51 @@ def test_serve_reads_the_deployments_from_prefect_yaml(prefect_yaml):
         # A schedule waits, paused, for the variables its deployment needs (a deploy without them reads "").
         assert all(schedule["active"] == (not spec.requires) for schedule in declared["schedules"])
     assert NIGHTLY_RETRAIN.cron == "0 2 * * *" and NIGHTLY_RETRAIN.timezone == "Europe/Berlin"
-    assert SCORE_ON_DEMAND.cron is None and SCORE_ON_DEMAND.variables == {"s3_endpoint_url": "aml_smear_s3_endpoint_url"}
-    assert SCORE_NEW_ARRIVALS.parameters == {"new_only": True} and SCORE_NEW_ARRIVALS.interval_seconds == 900
+    assert SCORE_ON_DEMAND.cron is None and SCORE_ON_DEMAND.variables == {
+        "s3_endpoint_url": "aml_smear_s3_endpoint_url"
+    }
+    assert (
+        SCORE_NEW_ARRIVALS.parameters == {"new_only": True}
+        and SCORE_NEW_ARRIVALS.interval_seconds == 900
+    )
     assert SCORE_NEW_ARRIVALS.variables["source"] == "aml_smear_incoming"
 
 
 def test_a_change_to_prefect_yaml_is_a_change_to_the_served_deployments():
     text = PREFECT_YAML.read_text()
     assert text.count('cron: "0 2 * * *"') == 1 and text.count("limit: 1\n") == 2
-    edited = text.replace('cron: "0 2 * * *"', 'cron: "30 3 * * *"').replace("      new_only: true\n",
-                                                                            "      new_only: false\n")
+    edited = text.replace('cron: "0 2 * * *"', 'cron: "30 3 * * *"').replace(
+        "      new_only: true\n", "      new_only: false\n"
+    )
     by_name = {spec.name: spec for spec in load_deployments(edited)}
-    assert by_name["nightly"].cron == "30 3 * * *" and by_name["new-arrivals"].parameters == {"new_only": False}
+    assert by_name["nightly"].cron == "30 3 * * *" and by_name["new-arrivals"].parameters == {
+        "new_only": False
+    }
     assert by_name["nightly"].timeout_seconds == RUN_SETTINGS["nightly"].timeout_seconds
     assert by_name["nightly"].alert_on_failure and not by_name["on-demand"].alert_on_failure
 
 
-@pytest.mark.parametrize(("old", "new", "refusal"), [
-    ("  - name: on-demand\n", "  - name: on-request\n", "'on-request' of prefect.yaml has no RunSettings"),
-    ('timezone: "{{ prefect.variables.aml_smear_timezone }}"\n      active: true',
-     'timezone: "{{ prefect.variables.aml_smear_timezone }}"\n      active: false', "active: true here"),
-    ("        active: false\n", "        active: true\n", "active: false here"),
-    ("      new_only: true\n", "      new_only: true\n      label: \"lab-{{ prefect.variables.site }}\"\n",
-     "(not ['label'])"),
-])
+@pytest.mark.parametrize(
+    ("old", "new", "refusal"),
+    [
+        (
+            "  - name: on-demand\n",
+            "  - name: on-request\n",
+            "'on-request' of prefect.yaml has no RunSettings",
+        ),
+        (
+            'timezone: "{{ prefect.variables.aml_smear_timezone }}"\n      active: true',
+            'timezone: "{{ prefect.variables.aml_smear_timezone }}"\n      active: false',
+            "active: true here",
+        ),
+        ("        active: false\n", "        active: true\n", "active: false here"),
+        (
+            "      new_only: true\n",
+            '      new_only: true\n      label: "lab-{{ prefect.variables.site }}"\n',
+            "(not ['label'])",
+        ),
+    ],
+)
 def test_what_serve_could_not_serve_as_declared_is_refused_by_name(old, new, refusal):
     text = PREFECT_YAML.read_text()
     assert text.count(old) == 1
@@ -87,8 +111,11 @@ def test_documented_job_variables_name_the_settings_the_runner_reads(prefect_yam
     # variable names, read by the pull step when each run starts (not when deploying).
     assert prefect_yaml["build"] is None and prefect_yaml["push"] is None
     (step,) = prefect_yaml["pull"]
-    assert step == {"prefect.deployments.steps.set_working_directory":
-                    {"directory": "{{ prefect.variables.aml_smear_code_dir }}"}}
+    assert step == {
+        "prefect.deployments.steps.set_working_directory": {
+            "directory": "{{ prefect.variables.aml_smear_code_dir }}"
+        }
+    }
     assert "aml_smear_code_dir" in VARIABLES
     # The documented alternative, a pinned commit cloned on each run, names real step arguments.
     import inspect
@@ -97,7 +124,9 @@ def test_documented_job_variables_name_the_settings_the_runner_reads(prefect_yam
 
     text = PREFECT_YAML.read_text()
     for argument in ("repository", "commit_sha"):
-        assert f"#      {argument}: " in text and argument in inspect.signature(git_clone).parameters
+        assert (
+            f"#      {argument}: " in text and argument in inspect.signature(git_clone).parameters
+        )
 
 
 def test_the_nightly_reads_its_variables_when_a_run_starts(prefect_yaml):
@@ -106,9 +135,17 @@ def test_the_nightly_reads_its_variables_when_a_run_starts(prefect_yaml):
     # Nothing is fixed at deploy time: every parameter of the nightly comes from a variable at run time.
     assert _by_name(prefect_yaml)["nightly"]["parameters"] == {} and NIGHTLY_RETRAIN.variables == {}
     assert set(NIGHTLY_VARIABLES) <= RETRAIN_PARAMETERS
-    assert {*NIGHTLY_VARIABLES.values(), OPTIONS_VARIABLE} <= set(VARIABLES)  # documented, set by local_stack
-    assert {"store", "sources", "backbone_weights", "backbone_weights_sha256", "recipe", "epochs"} <= set(
-        NIGHTLY_VARIABLES)
+    assert {*NIGHTLY_VARIABLES.values(), OPTIONS_VARIABLE} <= set(
+        VARIABLES
+    )  # documented, set by local_stack
+    assert {
+        "store",
+        "sources",
+        "backbone_weights",
+        "backbone_weights_sha256",
+        "recipe",
+        "epochs",
+    } <= set(NIGHTLY_VARIABLES)
 
 
 @pytest.mark.parametrize("spec", DEPLOYMENTS, ids=lambda spec: spec.full_name)
@@ -117,12 +154,17 @@ def test_entrypoints_are_the_flows_on_the_dask_runner_from_the_environment(spec,
 
     monkeypatch.setenv(DASK_SCHEDULER_ENV, "tcp://127.0.0.1:8786")
     monkeypatch.delenv(DASK_WORKERS_ENV, raising=False)
-    flow = load_flow_from_entrypoint(f"{REPO_ROOT / 'deployments' / 'entrypoints.py'}:{spec.entrypoint}")
+    flow = load_flow_from_entrypoint(
+        f"{REPO_ROOT / 'deployments' / 'entrypoints.py'}:{spec.entrypoint}"
+    )
     assert flow.name == spec.flow_name
     assert flow.task_runner.address == "tcp://127.0.0.1:8786"
     # Timeout and retries travel with the flow: `prefect deploy` and `aml-smear serve` runs get them alike.
     assert (flow.timeout_seconds, flow.retries, flow.retry_delay_seconds) == (
-        spec.timeout_seconds, spec.retries, spec.retry_delay_seconds)
+        spec.timeout_seconds,
+        spec.retries,
+        spec.retry_delay_seconds,
+    )
 
 
 def test_a_hung_or_failing_nightly_is_over_before_the_next_night():
@@ -138,7 +180,10 @@ def test_a_hung_or_failing_nightly_is_over_before_the_next_night():
 
 
 def test_dask_runner_from_environment():
-    assert dask_runner_from_environment({DASK_SCHEDULER_ENV: "tcp://10.0.0.5:8786"}).address == "tcp://10.0.0.5:8786"
+    assert (
+        dask_runner_from_environment({DASK_SCHEDULER_ENV: "tcp://10.0.0.5:8786"}).address
+        == "tcp://10.0.0.5:8786"
+    )
     local = dask_runner_from_environment({DASK_WORKERS_ENV: "3"})
     assert local.address is None and local.cluster_kwargs["n_workers"] == 3
     with pytest.raises(ValueError, match="AML_SMEAR_DASK_WORKERS='two' is invalid"):
@@ -146,20 +191,29 @@ def test_dask_runner_from_environment():
     with pytest.raises(ValueError, match="AML_SMEAR_DASK_WORKERS='0' is invalid"):
         dask_runner_from_environment({DASK_WORKERS_ENV: "0"})
     with pytest.raises(ValueError, match="not both"):
-        dask_runner_from_environment({DASK_WORKERS_ENV: "2", DASK_SCHEDULER_ENV: "tcp://10.0.0.5:8786"})
+        dask_runner_from_environment(
+            {DASK_WORKERS_ENV: "2", DASK_SCHEDULER_ENV: "tcp://10.0.0.5:8786"}
+        )
 
 
 def test_served_deployments_have_the_names_schedule_and_variable_parameters():
     from app.serve import deployed_flow, deployment_options
 
     runner = dask_runner_from_environment({DASK_WORKERS_ENV: "1"})
-    variables = {"aml_smear_store": "s3://lab/store", "aml_smear_retrain_sources": ["s3://lab/labelled"]}
+    variables = {
+        "aml_smear_store": "s3://lab/store",
+        "aml_smear_retrain_sources": ["s3://lab/labelled"],
+    }
     # What Runner.add_flow builds from the same options, without registering anything.
-    on_demand, nightly, arrivals = (deployed_flow(spec, runner).to_deployment(**deployment_options(spec, variables))
-                                    for spec in DEPLOYMENTS)
+    on_demand, nightly, arrivals = (
+        deployed_flow(spec, runner).to_deployment(**deployment_options(spec, variables))
+        for spec in DEPLOYMENTS
+    )
 
     assert (on_demand.flow_name, on_demand.name) == ("score-smears", "on-demand")
-    assert not on_demand.schedules and on_demand.parameters == {}  # no endpoint variable: the flow's default
+    assert (
+        not on_demand.schedules and on_demand.parameters == {}
+    )  # no endpoint variable: the flow's default
     assert (nightly.flow_name, nightly.name) == ("retrain-and-evaluate", "nightly")
     (schedule,) = nightly.schedules
     assert (schedule.schedule.cron, schedule.schedule.timezone) == ("0 2 * * *", "Europe/Berlin")
@@ -173,7 +227,10 @@ def test_served_deployments_have_the_names_schedule_and_variable_parameters():
     assert (arrivals.flow_name, arrivals.name) == ("score-smears", "new-arrivals")
     (schedule,) = arrivals.schedules
     assert schedule.schedule.interval.total_seconds() == 900
-    assert arrivals.parameters == {"new_only": True, "store": "s3://lab/store"}  # no incoming variable given
+    assert arrivals.parameters == {
+        "new_only": True,
+        "store": "s3://lab/store",
+    }  # no incoming variable given
     assert arrivals.concurrency_options.collision_strategy == "CANCEL_NEW"
     assert SCORE_NEW_ARRIVALS.requires == {"aml_smear_incoming"}
 
@@ -189,15 +246,21 @@ def test_serve_refuses_to_start_without_a_prefect_api():
 def test_serve_command_help_and_argument_errors():
     result = CliRunner().invoke(cli, ["serve", "--help"])
     assert result.exit_code == 0 and "without a work pool" in result.output
-    both = CliRunner().invoke(cli, ["serve", "--workers", "2", "--scheduler", "tcp://10.0.0.5:8786"])
+    both = CliRunner().invoke(
+        cli, ["serve", "--workers", "2", "--scheduler", "tcp://10.0.0.5:8786"]
+    )
     assert both.exit_code == 1 and "not both" in both.output
 
 
 def test_the_pull_steps_variable_is_required_where_work_pools_deploy():
     from app.serve import REQUIRED_VARIABLES, pull_step_variables
 
-    assert pull_step_variables() == {"aml_smear_code_dir"}, "the one pull step changes to the code's folder"
-    assert not pull_step_variables() & REQUIRED_VARIABLES, "aml-smear serve runs in place: it needs no pull step"
+    assert pull_step_variables() == {"aml_smear_code_dir"}, (
+        "the one pull step changes to the code's folder"
+    )
+    assert not pull_step_variables() & REQUIRED_VARIABLES, (
+        "aml-smear serve runs in place: it needs no pull step"
+    )
     text = "pull:\n  - prefect.deployments.steps.git_clone:\n      repository: '{{ prefect.variables.repo }}'\n"
     assert pull_step_variables(text) == {"repo"}
 
@@ -205,7 +268,10 @@ def test_the_pull_steps_variable_is_required_where_work_pools_deploy():
 def test_the_nightlys_time_zone_is_a_variable_with_a_default():
     from app.serve import DEFAULT_TIMEZONE, deployment_options, schedule_timezone
 
-    assert NIGHTLY_RETRAIN.timezone_variable == "aml_smear_timezone" and NIGHTLY_RETRAIN.timezone == DEFAULT_TIMEZONE
+    assert (
+        NIGHTLY_RETRAIN.timezone_variable == "aml_smear_timezone"
+        and NIGHTLY_RETRAIN.timezone == DEFAULT_TIMEZONE
+    )
     assert schedule_timezone(NIGHTLY_RETRAIN, {}) == "Europe/Berlin"
     options = deployment_options(NIGHTLY_RETRAIN, {"aml_smear_timezone": "America/Chicago"})
     (schedule,) = options["schedules"]

@@ -31,13 +31,23 @@ def _instructions(dockerfile: Path) -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) pairs, continuation lines joined."""
     text = re.sub(r"\\\n", " ", dockerfile.read_text())
     lines = (line.strip() for line in text.splitlines())
-    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines
-            if line and not line.startswith("#")]
+    return [
+        (line.split(None, 1)[0].upper(), line.split(None, 1)[1])
+        for line in lines
+        if line and not line.startswith("#")
+    ]
 
 
 def test_every_service_has_a_pinned_image_or_a_build_context_in_the_repo(compose):
     services = compose["services"]
-    expected = {"postgres", "prefect-server", "minio", "prefect-worker", "dask-scheduler", "dask-worker"}
+    expected = {
+        "postgres",
+        "prefect-server",
+        "minio",
+        "prefect-worker",
+        "dask-scheduler",
+        "dask-worker",
+    }
     assert expected <= set(services)
     for name, service in services.items():
         assert "image" in service or "build" in service, name
@@ -52,19 +62,28 @@ def test_every_service_has_a_pinned_image_or_a_build_context_in_the_repo(compose
 
 
 def test_gpu_workers_reserve_one_gpu_each_and_use_the_gpu_image(compose):
-    gpu_workers = {name: s for name, s in compose["services"].items() if "gpu" in s.get("profiles", [])}
+    gpu_workers = {
+        name: s for name, s in compose["services"].items() if "gpu" in s.get("profiles", [])
+    }
     assert len(gpu_workers) >= 1
     device_ids = []
     for name, service in gpu_workers.items():
         assert service["build"]["dockerfile"] == "infra/gpu.Dockerfile", name
         (device,) = service["deploy"]["resources"]["reservations"]["devices"]
-        assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"] and len(device["device_ids"]) == 1
+        assert (
+            device["driver"] == "nvidia"
+            and device["capabilities"] == ["gpu"]
+            and len(device["device_ids"]) == 1
+        )
         device_ids += device["device_ids"]
         assert service["command"][:3] == ["dask", "worker", "tcp://dask-scheduler:8786"]
         # The resource model tasks ask for (tasks.devices.model_tasks).
         assert service["command"][-2:] == ["--resources", f"{GPU_RESOURCE}=1"], name
-    cpu_workers = [s for s in compose["services"].values()
-                   if s.get("command", [])[:2] == ["dask", "worker"] and "gpu" not in s.get("profiles", [])]
+    cpu_workers = [
+        s
+        for s in compose["services"].values()
+        if s.get("command", [])[:2] == ["dask", "worker"] and "gpu" not in s.get("profiles", [])
+    ]
     assert cpu_workers and all("--resources" not in s["command"] for s in cpu_workers)
     assert len(set(device_ids)) == len(device_ids), "two workers on one GPU"
 
@@ -76,31 +95,43 @@ def test_secrets_come_from_the_environment_never_from_the_files(compose):
                 assert str(value).startswith("${"), (name, key)
     for dockerfile in DOCKERFILES:
         for instruction, arguments in _instructions(dockerfile):
-            assert not (instruction in {"ENV", "ARG"} and re.search(r"AWS_|PASSWORD|SECRET", arguments)), dockerfile
+            assert not (
+                instruction in {"ENV", "ARG"} and re.search(r"AWS_|PASSWORD|SECRET", arguments)
+            ), dockerfile
     # The flow-running services reach Prefect and the store, and the worker's runs the Dask cluster.
     worker = compose["services"]["prefect-worker"]["environment"]
     assert worker["AML_SMEAR_DASK_SCHEDULER"] == "tcp://dask-scheduler:8786"
     for name in ("prefect-worker", "dask-worker"):
         assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "PREFECT_API_URL"} <= set(
-            compose["services"][name]["environment"]), name
+            compose["services"][name]["environment"]
+        ), name
 
 
 def test_prefect_server_runs_the_release_the_project_pins(compose):
     prefect = _pins(REPO_ROOT / "constraints.txt")["prefect"]
-    assert compose["services"]["prefect-server"]["image"] == f"prefecthq/prefect:{prefect}-python3.11"
+    assert (
+        compose["services"]["prefect-server"]["image"] == f"prefecthq/prefect:{prefect}-python3.11"
+    )
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda path: path.name)
 def test_dockerfiles_install_the_project_from_pyproject_only(dockerfile):
-    extras = set(tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
+    extras = set(
+        tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"][
+            "optional-dependencies"
+        ]
+    )
     instructions = _instructions(dockerfile)
     copied = " ".join(arguments for instruction, arguments in instructions if instruction == "COPY")
     assert "pyproject.toml" in copied and "constraints.txt" in copied
-    installs = [shlex.split(arguments) for instruction, arguments in instructions
-                if instruction == "RUN" and "pip install" in arguments]
+    installs = [
+        shlex.split(arguments)
+        for instruction, arguments in instructions
+        if instruction == "RUN" and "pip install" in arguments
+    ]
     assert len(installs) == 1, "one pip install: the project"
     (words,) = installs
-    arguments = words[words.index("install") + 1:]
+    arguments = words[words.index("install") + 1 :]
     assert arguments[:2] == ["-c", "constraints.txt"], arguments
     # Only the project itself, with extras that pyproject.toml defines: no second dependency list.
     (target,) = arguments[2:]

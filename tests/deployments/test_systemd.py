@@ -27,7 +27,9 @@ def _unit(name: str) -> configparser.ConfigParser:
     return parser
 
 
-@pytest.mark.parametrize("name", ["aml-smear-prefect-server.service", "aml-smear-prefect-worker.service"])
+@pytest.mark.parametrize(
+    "name", ["aml-smear-prefect-server.service", "aml-smear-prefect-worker.service"]
+)
 def test_units_restart_on_failure_and_log_to_journald(name):
     unit = _unit(name)
     assert set(unit.sections()) == {"Unit", "Service", "Install"}
@@ -39,7 +41,9 @@ def test_units_restart_on_failure_and_log_to_journald(name):
     assert service["WorkingDirectory"] == INSTALLED.rstrip("/")
     environment = dict(item.split("=", 1) for item in shlex.split(service["Environment"]))
     assert environment["PREFECT_HOME"] == "/var/lib/aml-smear/prefect"
-    if name == "aml-smear-prefect-server.service":  # as the local stack's server: `--watch` shows the logs
+    if (
+        name == "aml-smear-prefect-server.service"
+    ):  # as the local stack's server: `--watch` shows the logs
         from app.local_stack import LOG_STREAMING
 
         assert LOG_STREAMING.items() <= environment.items()
@@ -50,7 +54,9 @@ def _help(command: list[str]) -> str:
     program = Path(sys.executable).parent / Path(command[0]).name
     assert command[0].startswith(INSTALLED + ".venv/bin/") and program.exists(), command[0]
     words = [word for word in command[1:] if not word.startswith("-")][:2]
-    result = subprocess.run([str(program), *words, "--help"], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [str(program), *words, "--help"], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -65,7 +71,16 @@ def test_the_units_run_the_server_and_a_worker_of_the_pool():
         for option in (word for word in command if word.startswith("--")):
             assert option in text, f"{option} is not an option of {' '.join(command[1:3])}"
     host, port = server[server.index("--host") + 1], server[server.index("--port") + 1]
-    environment = dict(item.split("=", 1) for item in shlex.split(worker_unit["Service"]["Environment"]))
+    environment = dict(
+        item.split("=", 1) for item in shlex.split(worker_unit["Service"]["Environment"])
+    )
     assert environment["PREFECT_API_URL"] == f"http://{host}:{port}/api" and host == "127.0.0.1"
-    assert worker[worker.index("--pool") + 1] == WORK_POOL and worker[worker.index("--type") + 1] == "process"
-    assert worker_unit["Unit"]["After"] == worker_unit["Unit"]["Wants"] == "aml-smear-prefect-server.service"
+    assert (
+        worker[worker.index("--pool") + 1] == WORK_POOL
+        and worker[worker.index("--type") + 1] == "process"
+    )
+    assert (
+        worker_unit["Unit"]["After"]
+        == worker_unit["Unit"]["Wants"]
+        == "aml-smear-prefect-server.service"
+    )

@@ -31,8 +31,13 @@ def prefect_api():
 def dask_cluster(prefect_api, tmp_path_factory):
     from distributed import LocalCluster
 
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                           local_directory=str(tmp_path_factory.mktemp("dask")))
+    cluster = LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+        local_directory=str(tmp_path_factory.mktemp("dask")),
+    )
     yield cluster
     cluster.close()
 

@@ -41,9 +41,9 @@ def webhook():
 
 def test_one_automation_per_event_replaced_when_installed_again(webhook):
     url, _ = webhook
-    block_id = CustomWebhookNotificationBlock(name="aml-smear", url=url,
-                                              json_data={"subject": "{{subject}}", "text": "{{body}}"}).save(
-        "aml-alerts-structure", overwrite=True)
+    block_id = CustomWebhookNotificationBlock(
+        name="aml-smear", url=url, json_data={"subject": "{{subject}}", "text": "{{body}}"}
+    ).save("aml-alerts-structure", overwrite=True)
     assert [a.trigger.expect for a in automations(block_id)] == [{event} for event in EVENTS]
     first = install("custom-webhook/aml-alerts-structure")
     second = install("custom-webhook/aml-alerts-structure")
@@ -57,14 +57,19 @@ def test_one_automation_per_event_replaced_when_installed_again(webhook):
 
 def test_a_promotion_event_reaches_the_webhook(webhook):
     url, received = webhook
-    CustomWebhookNotificationBlock(name="aml-smear", url=url,
-                                   json_data={"subject": "{{subject}}", "text": "{{body}}"}).save(
-        "aml-alerts", overwrite=True)
+    CustomWebhookNotificationBlock(
+        name="aml-smear", url=url, json_data={"subject": "{{subject}}", "text": "{{body}}"}
+    ).save("aml-alerts", overwrite=True)
     install("custom-webhook/aml-alerts")
-    emit_model_promoted(Store("/data/store"), "v-20261130-abc", "v-20261129-def", "no champion yet", by="retrain")
+    emit_model_promoted(
+        Store("/data/store"), "v-20261130-abc", "v-20261129-def", "no champion yet", by="retrain"
+    )
     try:
         body = received.get(timeout=90)
     except queue.Empty:
         pytest.fail(f"no notification for {MODEL_PROMOTED} within 90 s")
     assert body["subject"] == "aml-smear: model v-20261130-abc is the champion"
-    assert "v-20261130-abc replaced v-20261129-def in /data/store (retrain): no champion yet" in body["text"]
+    assert (
+        "v-20261130-abc replaced v-20261129-def in /data/store (retrain): no champion yet"
+        in body["text"]
+    )

@@ -22,8 +22,9 @@ def champion(store: Store, model_file) -> str:
     return ref.version
 
 
-def test_calibrate_site_records_the_calibration_next_to_the_champion(lmu_cells, tmp_path, task_runner,
-                                                                      tiny_model_file):
+def test_calibrate_site_records_the_calibration_next_to_the_champion(
+    lmu_cells, tmp_path, task_runner, tiny_model_file
+):
     store = str(tmp_path / "store")
     version = champion(Store(store), tiny_model_file)
     source = compose_patient_cohort(lmu_cells, tmp_path / "lab", {"P1": (7, 5), "P2": (5, 8)})
@@ -31,12 +32,19 @@ def test_calibrate_site_records_the_calibration_next_to_the_champion(lmu_cells, 
     unlabelled = labels[labels["label"] == "normal"].iloc[-1]["image"]
     labels[labels["image"] != unlabelled].to_csv(source / "labels.csv", index=False)
 
-    result = calibrate_site.with_options(task_runner=task_runner)(source=str(source), store=store, site="lab-a")
+    result = calibrate_site.with_options(task_runner=task_runner)(
+        source=str(source), store=store, site="lab-a"
+    )
 
     path = tmp_path / "store" / "models" / version / "sites" / "lab-a.json"
     assert result["calibration"] == str(path) and result["model_version"] == version
     data = json.loads(path.read_text())
-    assert (data["site"], data["model_version"], data["n_blast"], data["n_other"]) == ("lab-a", version, 12, 12)
+    assert (data["site"], data["model_version"], data["n_blast"], data["n_other"]) == (
+        "lab-a",
+        version,
+        12,
+        12,
+    )
     assert data["source"] == str(source) and data["run_id"] == result["run_id"]
     assert list_sites(Store(store), version) == ["lab-a"]
     calibration = read_site_calibration(Store(store), "lab-a", version)
@@ -64,8 +72,13 @@ def test_calibrate_site_records_the_calibration_next_to_the_champion(lmu_cells, 
     refit = fit_site_calibration(y, raw, "lab-a", version)
     for name, point in data["operating_points"].items():
         refitted = refit.operating_point(name)
-        assert (point["threshold"], point["sensitivity"], point["false_positive_rate"]) == pytest.approx(
-            (refitted.threshold, refitted.sensitivity, refitted.false_positive_rate), abs=1e-4), name
+        assert (
+            point["threshold"],
+            point["sensitivity"],
+            point["false_positive_rate"],
+        ) == pytest.approx(
+            (refitted.threshold, refitted.sensitivity, refitted.false_positive_rate), abs=1e-4
+        ), name
         assert point["bias_at_cutoff"] == pytest.approx(refitted.bias(0.2), abs=1e-4), name
     assert data["operating_points"]["fraction"]["bias_at_cutoff"] == pytest.approx(0, abs=1e-9)
     assert data["operating_points"]["balanced"]["metrics"] == data["after"]
@@ -73,5 +86,7 @@ def test_calibrate_site_records_the_calibration_next_to_the_champion(lmu_cells, 
     artifact = Artifact.get("site-calibration")
     assert artifact is not None and "Site calibration: lab-a" in artifact.data
     assert "12 blast and 12 other" in artifact.data and version in artifact.data
-    assert "## Operating points: the blast-like fraction of a patient with 20% blasts" in artifact.data
+    assert (
+        "## Operating points: the blast-like fraction of a patient with 20% blasts" in artifact.data
+    )
     assert np.isfinite(result["raw_threshold"]) and 0 < result["raw_threshold"] < 1

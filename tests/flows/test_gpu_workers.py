@@ -8,8 +8,8 @@ import pandas as pd
 from distributed import Client, SpecCluster, get_task_stream
 from prefect_dask import DaskTaskRunner
 
-from flows.runner import gpu_cluster_spec
 from flows.parameters import ScoreOptions
+from flows.runner import gpu_cluster_spec
 from flows.score import score_smears
 from tasks.store import Store
 from tests.corpus import compose_patient_cohort
@@ -26,9 +26,15 @@ def test_scoring_runs_on_the_gpu_worker_and_decoding_anywhere(lmu_cells, tmp_pat
         resources = {a: w["resources"] for a, w in client.scheduler_info()["workers"].items()}
         (gpu_worker,) = [a for a, r in resources.items() if r.get("GPU") == 1]
         with get_task_stream(client) as stream:
-            result = score_smears.with_options(task_runner=DaskTaskRunner(address=cluster.scheduler_address))(
-                source=str(source), store=store,
-                options=ScoreOptions(model=str(tiny_model_file), min_cells=10, chunk_cells=4, chunks_per_task=1))
+            result = score_smears.with_options(
+                task_runner=DaskTaskRunner(address=cluster.scheduler_address)
+            )(
+                source=str(source),
+                store=store,
+                options=ScoreOptions(
+                    model=str(tiny_model_file), min_cells=10, chunk_cells=4, chunks_per_task=1
+                ),
+            )
     # The GPU worker sees only its device; the CPU worker sees none.
     assert sorted(devices.values()) == ["", "0"] and devices[gpu_worker] == "0"
     ran: dict[str, list[str]] = {}
@@ -36,5 +42,7 @@ def test_scoring_runs_on_the_gpu_worker_and_decoding_anywhere(lmu_cells, tmp_pat
         ran.setdefault(record["key"].rsplit("-", 1)[0], []).append(record["worker"])
     assert len(ran["score_shard"]) == 12 and set(ran["score_shard"]) == {gpu_worker}, ran
     assert len(ran["ingest_shard"]) == 12
-    scored = pd.read_parquet(Store(store).run(result["run_id"]).scoring(result["score_id"]).cells_table)
+    scored = pd.read_parquet(
+        Store(store).run(result["run_id"]).scoring(result["score_id"]).cells_table
+    )
     assert len(scored) == 48 and scored["probability"].notna().all()

@@ -17,32 +17,63 @@ CLEAN = {"package": "0.1.0", "commit": "c" * 40, "dirty": False}
 
 
 def test_run_parameters_win_over_variables_which_win_over_the_flow_defaults():
-    variables = {"aml_smear_store": "s3://lab/store", "aml_smear_retrain_sources": ["s3://lab/a"],
-                 "aml_smear_epochs": 20, "aml_smear_recipe": "", OPTIONS_VARIABLE: {"patience": 2, "epochs": 9}}
+    variables = {
+        "aml_smear_store": "s3://lab/store",
+        "aml_smear_retrain_sources": ["s3://lab/a"],
+        "aml_smear_epochs": 20,
+        "aml_smear_recipe": "",
+        OPTIONS_VARIABLE: {"patience": 2, "epochs": 9},
+    }
     parameters, origin = nightly_parameters({"epochs": 3, "store": None, "recipe": None}, variables)
-    assert parameters == {"store": "s3://lab/store", "sources": ["s3://lab/a"], "epochs": 3, "patience": 2}
-    assert origin == {"store": "variable aml_smear_store", "sources": "variable aml_smear_retrain_sources",
-                      "epochs": "run parameter", "patience": f"variable {OPTIONS_VARIABLE}"}
+    assert parameters == {
+        "store": "s3://lab/store",
+        "sources": ["s3://lab/a"],
+        "epochs": 3,
+        "patience": 2,
+    }
+    assert origin == {
+        "store": "variable aml_smear_store",
+        "sources": "variable aml_smear_retrain_sources",
+        "epochs": "run parameter",
+        "patience": f"variable {OPTIONS_VARIABLE}",
+    }
     # A named variable wins over the same parameter in the options object; "" is unset (recipe: default).
     assert nightly_parameters({}, variables)[0]["epochs"] == 20
 
 
-@pytest.mark.parametrize(("sources", "expected"), [
-    ("s3://lab/a", ["s3://lab/a"]), ('["s3://lab/a", "/data/b"]', ["s3://lab/a", "/data/b"]),
-    (["/data/b"], ["/data/b"])])
+@pytest.mark.parametrize(
+    ("sources", "expected"),
+    [
+        ("s3://lab/a", ["s3://lab/a"]),
+        ('["s3://lab/a", "/data/b"]', ["s3://lab/a", "/data/b"]),
+        (["/data/b"], ["/data/b"]),
+    ],
+)
 def test_sources_may_be_one_url_or_a_json_list_as_text(sources, expected):
     variables = {"aml_smear_store": "/store", "aml_smear_retrain_sources": sources}
     assert nightly_parameters({}, variables)[0]["sources"] == expected
 
 
 def test_missing_or_malformed_configuration_says_which_variable_to_set():
-    with pytest.raises(ValueError, match=r"no store and no sources: prefect variable set aml_smear_store .*"
-                                         r"prefect variable set aml_smear_retrain_sources"):
+    with pytest.raises(
+        ValueError,
+        match=r"no store and no sources: prefect variable set aml_smear_store .*"
+        r"prefect variable set aml_smear_retrain_sources",
+    ):
         nightly_parameters({}, {"aml_smear_retrain_sources": []})
-    with pytest.raises(ValueError, match=f"{OPTIONS_VARIABLE} must be a JSON object of retrain parameters; "
-                                         r"not \['epoch'\]"):
-        nightly_parameters({}, {"aml_smear_store": "/s", "aml_smear_retrain_sources": ["/a"],
-                                OPTIONS_VARIABLE: '{"epoch": 3}'})
+    with pytest.raises(
+        ValueError,
+        match=f"{OPTIONS_VARIABLE} must be a JSON object of retrain parameters; "
+        r"not \['epoch'\]",
+    ):
+        nightly_parameters(
+            {},
+            {
+                "aml_smear_store": "/s",
+                "aml_smear_retrain_sources": ["/a"],
+                OPTIONS_VARIABLE: '{"epoch": 3}',
+            },
+        )
 
 
 @pytest.fixture
@@ -73,8 +104,9 @@ def weights_file(tmp_path_factory):
     return str(path), hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_bootstrap_then_the_nightly_skips_until_a_variable_changes(lmu_cells, weights_file, tmp_path, dask_cluster,
-                                                                    task_runner, variables, monkeypatch):
+def test_bootstrap_then_the_nightly_skips_until_a_variable_changes(
+    lmu_cells, weights_file, tmp_path, dask_cluster, task_runner, variables, monkeypatch
+):
     from prefect.artifacts import Artifact
 
     from app.cli import cli
@@ -86,9 +118,15 @@ def test_bootstrap_then_the_nightly_skips_until_a_variable_changes(lmu_cells, we
     source = compose_patient_cohort(lmu_cells, tmp_path / "labelled", plan)
     store = tmp_path / "store"
     weights, digest = weights_file
-    variables(aml_smear_store=str(store), aml_smear_retrain_sources=[str(source)], aml_smear_backbone_weights=weights,
-              aml_smear_backbone_weights_sha256=digest, aml_smear_image_size=32, aml_smear_epochs=2,
-              **{OPTIONS_VARIABLE: {"augment_views": 0, "patience": 1}})
+    variables(
+        aml_smear_store=str(store),
+        aml_smear_retrain_sources=[str(source)],
+        aml_smear_backbone_weights=weights,
+        aml_smear_backbone_weights_sha256=digest,
+        aml_smear_image_size=32,
+        aml_smear_epochs=2,
+        **{OPTIONS_VARIABLE: {"augment_views": 0, "patience": 1}},
+    )
 
     bootstrap = ["bootstrap", "--from-variables", "--scheduler", dask_cluster.scheduler_address]
     first = CliRunner().invoke(cli, bootstrap)
@@ -96,13 +134,20 @@ def test_bootstrap_then_the_nightly_skips_until_a_variable_changes(lmu_cells, we
     champion = json.loads((store / "models" / "champion.json").read_text())["version"]
     assert f"champion {champion}: trained on 1 source(s) ({source})" in first.output
     card = json.loads((store / "models" / champion / "model_card.json").read_text())
-    assert card["config"]["model"]["backbone_weights"] == weights and card["config"]["train"]["epochs"] == 2
+    assert (
+        card["config"]["model"]["backbone_weights"] == weights
+        and card["config"]["train"]["epochs"] == 2
+    )
     again = CliRunner().invoke(cli, bootstrap)
     assert again.exit_code == 1 and f"already has champion {champion}; nothing done" in again.output
 
     nightly = deployed_flow(NIGHTLY_RETRAIN, task_runner).with_options(retries=0)
     skipped = nightly()
-    assert skipped["skipped"] is True and skipped["version"] == champion and skipped["promoted"] is False
+    assert (
+        skipped["skipped"] is True
+        and skipped["version"] == champion
+        and skipped["promoted"] is False
+    )
     assert skipped["reason"].startswith(f"nothing changed since champion {champion}")
     assert skipped["configuration"]["backbone_weights"] == "variable aml_smear_backbone_weights"
     assert Artifact.get("retrain-report").data.startswith("# Training skipped")

@@ -36,7 +36,11 @@ def _case_id(value) -> str | None:
 
 def snapshot(root: Path) -> dict[str, bytes]:
     """Every file under ``root`` with its bytes."""
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def recorded_state(state):
@@ -53,8 +57,13 @@ def scored(lmu_cells, tiny_model_file, dask_cluster, tmp_path_factory):
     root = tmp_path_factory.mktemp("parameters")
     source = compose_patient_cohort(lmu_cells, root / "smears", {"A": (3, 3), "B": (1, 5)})
     store = root / "store"
-    parameters = {"source": str(source), "store": str(store), "model": str(tiny_model_file), "min_cells": 5,
-                  "chunk_cells": 4}
+    parameters = {
+        "source": str(source),
+        "store": str(store),
+        "model": str(tiny_model_file),
+        "min_cells": 5,
+        "chunk_cells": 4,
+    }
     runner = DaskTaskRunner(address=dask_cluster.scheduler_address)
     result = score_smears.with_options(task_runner=runner)(**nest_options(parameters, ScoreOptions))
     assert not result["already_complete"]
@@ -96,26 +105,58 @@ def test_choices_are_the_librarys():
 def test_every_option_has_its_configuration_fields_type():
     """A bound is stated once, in aml_model.config: each option of the flows has the type (bounds,
     choices) of the configuration field it sets, and flows/parameters.py states none of its own."""
-    from aml_model.config import (ExperimentConfig, ModelConfig, PretrainConfig, RetrainConfig, ScoringConfig,
-                                  SummaryConfig, TrainConfig)
+    from aml_model.config import (
+        ExperimentConfig,
+        ModelConfig,
+        PretrainConfig,
+        RetrainConfig,
+        ScoringConfig,
+        SummaryConfig,
+        TrainConfig,
+    )
     from flows.parameters import PretrainOptions
 
-    sources = {ScoreOptions: (SummaryConfig, ScoringConfig),
-               RetrainOptions: (TrainConfig, ModelConfig, RetrainConfig, ExperimentConfig),
-               PretrainOptions: (PretrainConfig, ModelConfig, ExperimentConfig)}
-    renamed = {"patience": "early_stopping_patience", "start_from": "backbone_weights",
-               "start_from_sha256": "backbone_weights_sha256"}
+    sources = {
+        ScoreOptions: (SummaryConfig, ScoringConfig),
+        RetrainOptions: (TrainConfig, ModelConfig, RetrainConfig, ExperimentConfig),
+        PretrainOptions: (PretrainConfig, ModelConfig, ExperimentConfig),
+    }
+    renamed = {
+        "patience": "early_stopping_patience",
+        "start_from": "backbone_weights",
+        "start_from_sha256": "backbone_weights_sha256",
+    }
     checked = set()
     for options, configs in sources.items():
         for name, info in options.model_fields.items():
-            field = next((config.__pydantic_fields__[renamed.get(name, name)] for config in configs
-                          if renamed.get(name, name) in config.__pydantic_fields__), None)
+            field = next(
+                (
+                    config.__pydantic_fields__[renamed.get(name, name)]
+                    for config in configs
+                    if renamed.get(name, name) in config.__pydantic_fields__
+                ),
+                None,
+            )
             if field is not None:
-                assert (info.annotation, info.metadata) == (field.annotation, field.metadata), \
+                assert (info.annotation, info.metadata) == (field.annotation, field.metadata), (
                     f"{options.__name__}.{name}"
+                )
                 checked.add(name)
-    assert {"threshold", "min_cells", "batch_size", "image_size", "seed", "backbone_weights_sha256", "augment_views",
-            "promotion_margin", "min_crop", "blur", "precision", "training_path", "recipe"} <= checked
+    assert {
+        "threshold",
+        "min_cells",
+        "batch_size",
+        "image_size",
+        "seed",
+        "backbone_weights_sha256",
+        "augment_views",
+        "promotion_margin",
+        "min_crop",
+        "blur",
+        "precision",
+        "training_path",
+        "recipe",
+    } <= checked
     source = (Path(__file__).resolve().parents[2] / "flows" / "parameters.py").read_text()
     assert not re.findall(r"\b(?:ge|gt|le|lt)=", source), "state bounds in aml_model.config"
 
@@ -125,10 +166,14 @@ def test_a_typo_in_a_rerun_leaves_the_finished_run_untouched(scored, task_runner
     _, store, _, parameters = scored
     before = snapshot(store)
     state = score_smears.with_options(task_runner=task_runner)(
-        **nest_options({**parameters, "precision": "fp16"}, ScoreOptions), return_state=True)
+        **nest_options({**parameters, "precision": "fp16"}, ScoreOptions), return_state=True
+    )
     assert state.is_failed()
-    changed = sorted(name for name in before.keys() | snapshot(store).keys()
-                     if before.get(name) != snapshot(store).get(name))
+    changed = sorted(
+        name
+        for name in before.keys() | snapshot(store).keys()
+        if before.get(name) != snapshot(store).get(name)
+    )
     assert not changed, f"the rejected rerun changed the finished run: {changed}"
     assert f"precision: Input should be {PRECISIONS}" in state.message
     recorded = recorded_state(state)
@@ -142,7 +187,10 @@ SCORE_CASES = [
     ({"threshold": 0}, ["threshold: Input should be greater than 0"]),
     ({"blast_cutoff": 0.0}, ["blast_cutoff: Input should be greater than 0"]),
     ({"min_cells": 0}, ["min_cells: Input should be greater than or equal to 1"]),
-    ({"max_quarantined_share": 1.5}, ["max_quarantined_share: Input should be less than or equal to 1"]),
+    (
+        {"max_quarantined_share": 1.5},
+        ["max_quarantined_share: Input should be less than or equal to 1"],
+    ),
     ({"batch_size": 0}, ["batch_size: Input should be greater than or equal to 1"]),
     ({"chunk_cells": 0}, ["chunk_cells: Input should be greater than or equal to 1"]),
     ({"chunks_per_task": 0}, ["chunks_per_task: Input should be greater than or equal to 1"]),
@@ -150,8 +198,10 @@ SCORE_CASES = [
     ({"explain": "maybe"}, ["explain: Input should be a valid boolean"]),
     ({"run_id": "../elsewhere"}, ["run_id: String should match pattern"]),
     ({"site": "lab a"}, ["site: String should match pattern"]),
-    ({"site": "lab-a", "site_operating_point": "youden"},
-     ["site_operating_point: Input should be 'fraction' or 'balanced'"]),
+    (
+        {"site": "lab-a", "site_operating_point": "youden"},
+        ["site_operating_point: Input should be 'fraction' or 'balanced'"],
+    ),
     ({"site": "lab-a", "threshold": 0.6}, ["threshold=0.6 and site='lab-a' both given"]),
     ({"site": "lab-z"}, ["site lab-z has no calibration for model"]),
     ({"model": "MISSING/model.keras"}, ["model 'MISSING/model.keras' is neither"]),
@@ -160,23 +210,34 @@ SCORE_CASES = [
 
 
 @pytest.mark.parametrize(("overrides", "expected"), SCORE_CASES, ids=_case_id)
-def test_every_invalid_scoring_parameter_fails_before_any_write(scored, tmp_path, overrides, expected):
+def test_every_invalid_scoring_parameter_fails_before_any_write(
+    scored, tmp_path, overrides, expected
+):
     _, store, _, parameters = scored
-    _assert_refused(score_smears, {**parameters, **_resolve(overrides, tmp_path)}, _resolve(expected, tmp_path), store)
+    _assert_refused(
+        score_smears,
+        {**parameters, **_resolve(overrides, tmp_path)},
+        _resolve(expected, tmp_path),
+        store,
+    )
 
 
 def _resolve(value, tmp_path):
     """MISSING in a case stands for a path that does not exist."""
     missing = str(tmp_path / "missing")
     if isinstance(value, dict):
-        return {k: v.replace("MISSING", missing) if isinstance(v, str) else v for k, v in value.items()}
+        return {
+            k: v.replace("MISSING", missing) if isinstance(v, str) else v for k, v in value.items()
+        }
     return [v.replace("MISSING", missing) for v in value]
 
 
 def _assert_refused(flow, parameters: dict, expected: list[str], store: Path) -> None:
     before = snapshot(store)
     options = {score_smears: ScoreOptions, retrain_and_evaluate: RetrainOptions}.get(flow)
-    state = flow(**(nest_options(parameters, options) if options else parameters), return_state=True)
+    state = flow(
+        **(nest_options(parameters, options) if options else parameters), return_state=True
+    )
     assert state.is_failed(), state
     assert snapshot(store) == before, "a rejected parameter changed the store"
     for text in expected:
@@ -197,10 +258,14 @@ INGEST_CASES = [
 
 
 @pytest.mark.parametrize(("overrides", "expected"), INGEST_CASES, ids=_case_id)
-def test_every_invalid_ingest_parameter_fails_before_any_write(scored, tmp_path, overrides, expected):
+def test_every_invalid_ingest_parameter_fails_before_any_write(
+    scored, tmp_path, overrides, expected
+):
     source, store, _, _ = scored
     parameters = {"source": str(source), "store": str(store), "image_size": 32}
-    _assert_refused(ingest, {**parameters, **_resolve(overrides, tmp_path)}, _resolve(expected, tmp_path), store)
+    _assert_refused(
+        ingest, {**parameters, **_resolve(overrides, tmp_path)}, _resolve(expected, tmp_path), store
+    )
 
 
 RETRAIN_CASES = [
@@ -216,21 +281,35 @@ RETRAIN_CASES = [
     ({"training_path": "fast"}, ["training_path: Input should be 'cached' or 'plain'"]),
     ({"recipe": "fancy"}, ["recipe: Input should be 'paper' or 'robust'"]),
     ({"layout": "grid"}, [f"layout: Input should be {LAYOUT_CHOICES}"]),
-    ({"backbone_weights": "MISSING.weights.h5"}, ["backbone_weights MISSING.weights.h5 does not exist"]),
+    (
+        {"backbone_weights": "MISSING.weights.h5"},
+        ["backbone_weights MISSING.weights.h5 does not exist"],
+    ),
     ({"backbone_weights_sha256": "abc"}, ["backbone_weights_sha256: String should match pattern"]),
 ]
 
 
 @pytest.mark.parametrize(("overrides", "expected"), RETRAIN_CASES, ids=_case_id)
-def test_every_invalid_retraining_parameter_fails_before_any_write(scored, tmp_path, overrides, expected):
+def test_every_invalid_retraining_parameter_fails_before_any_write(
+    scored, tmp_path, overrides, expected
+):
     source, store, _, _ = scored
-    parameters = {"sources": [str(source)], "store": str(store), "epochs": 1, "backbone_weights": "none",
-                  "image_size": 32}
+    parameters = {
+        "sources": [str(source)],
+        "store": str(store),
+        "epochs": 1,
+        "backbone_weights": "none",
+        "image_size": 32,
+    }
     overrides = _resolve(overrides, tmp_path)
     if "sources" in overrides:
-        overrides["sources"] = [str(source) if s == "SOURCE" else s.replace("MISSING", str(tmp_path / "missing"))
-                                for s in overrides["sources"]]
-    _assert_refused(retrain_and_evaluate, {**parameters, **overrides}, _resolve(expected, tmp_path), store)
+        overrides["sources"] = [
+            str(source) if s == "SOURCE" else s.replace("MISSING", str(tmp_path / "missing"))
+            for s in overrides["sources"]
+        ]
+    _assert_refused(
+        retrain_and_evaluate, {**parameters, **overrides}, _resolve(expected, tmp_path), store
+    )
 
 
 CALIBRATE_CASES = [
@@ -244,14 +323,22 @@ CALIBRATE_CASES = [
 
 
 @pytest.mark.parametrize(("overrides", "expected"), CALIBRATE_CASES, ids=_case_id)
-def test_every_invalid_calibration_parameter_fails_before_any_write(scored, tmp_path, overrides, expected):
+def test_every_invalid_calibration_parameter_fails_before_any_write(
+    scored, tmp_path, overrides, expected
+):
     source, store, model, _ = scored
     parameters = {"source": str(source), "store": str(store), "site": "lab-a", "model": str(model)}
-    overrides = {k: str(model) if v == "MODEL" else v for k, v in _resolve(overrides, tmp_path).items()}
-    _assert_refused(calibrate_site, {**parameters, **overrides}, _resolve(expected, tmp_path), store)
+    overrides = {
+        k: str(model) if v == "MODEL" else v for k, v in _resolve(overrides, tmp_path).items()
+    }
+    _assert_refused(
+        calibrate_site, {**parameters, **overrides}, _resolve(expected, tmp_path), store
+    )
 
 
-@pytest.mark.parametrize("overrides", [{"epochs": 0}, {"cells_per_patient": 0}], ids=["epochs", "cells_per_patient"])
+@pytest.mark.parametrize(
+    "overrides", [{"epochs": 0}, {"cells_per_patient": 0}], ids=["epochs", "cells_per_patient"]
+)
 def test_invalid_demo_parameters_fail_before_any_write(tmp_path, overrides):
     state = demo_flow(store=str(tmp_path / "demo"), **overrides, return_state=True)
     assert state.is_failed()
@@ -263,9 +350,13 @@ def test_a_failure_in_the_flow_is_its_state_message_on_one_line(scored, tmp_path
     # What `prefect flow-run inspect`, the UI and `--watch` show: the reason, one line.
     _, store, _, parameters = scored
     missing = tmp_path / "missing"
-    state = score_smears(**nest_options({**parameters, "source": str(missing)}, ScoreOptions), return_state=True)
+    state = score_smears(
+        **nest_options({**parameters, "source": str(missing)}, ScoreOptions), return_state=True
+    )
     assert recorded_state(state).message == f"source {missing} does not exist"
-    with pytest.raises(FileNotFoundError, match="does not exist"):  # called directly, the flow raises it
+    with pytest.raises(
+        FileNotFoundError, match="does not exist"
+    ):  # called directly, the flow raises it
         state.result()
 
 
@@ -277,7 +368,12 @@ def test_sources_are_checked_on_s3_too(s3_bucket, s3_endpoint):
 
     bucket, options = s3_bucket
     s3fs.S3FileSystem(**options).pipe_file(f"{bucket}/smears/A/cell.png", b"\x89PNG")
-    require_existing([Store.at(f"s3://{bucket}/{key}", s3_endpoint) for key in ("smears", "smears/A/cell.png")],
-                     "source")
+    require_existing(
+        [Store.at(f"s3://{bucket}/{key}", s3_endpoint) for key in ("smears", "smears/A/cell.png")],
+        "source",
+    )
     with pytest.raises(FileNotFoundError, match=f"^source s3://{bucket}/nothing does not exist$"):
-        require_existing([Store.at(f"s3://{bucket}/{key}", s3_endpoint) for key in ("smears", "nothing")], "source")
+        require_existing(
+            [Store.at(f"s3://{bucket}/{key}", s3_endpoint) for key in ("smears", "nothing")],
+            "source",
+        )

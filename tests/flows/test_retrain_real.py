@@ -35,8 +35,11 @@ def registered(store, version: str) -> tuple[dict, pd.DataFrame]:
     card = json.loads((store / version / "model_card.json").read_text())
     predictions = pd.read_parquet(store / version / "test_predictions.parquet")
     loaded = load_model(store / version / "model.keras", compile=False)
-    np.testing.assert_allclose(predict_batch(loaded, load_cells(predictions, Store(str(store)))), predictions["probability"],
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        predict_batch(loaded, load_cells(predictions, Store(str(store)))),
+        predictions["probability"],
+        atol=1e-5,
+    )
     return card, predictions
 
 
@@ -47,15 +50,22 @@ def test_full_configuration_on_real_cells(source, tmp_path, task_runner):
     # per training cell), but the backbone's weights: the ones available offline ("none").
     options = RetrainOptions(recipe="paper", backbone_weights="none")
     result = retrain_and_evaluate.with_options(task_runner=task_runner)(
-        sources=[str(source)], store=str(tmp_path / "store"), options=options)
+        sources=[str(source)], store=str(tmp_path / "store"), options=options
+    )
     store = tmp_path / "store" / "models"
     card, predictions = registered(store, result["version"])
     paper = ExperimentConfig().to_dict()
     paper["model"]["backbone_weights"] = "none"
     assert card["config"] == paper, "the paper's configuration, nothing shrunk"
-    assert card["split"]["by"] == "cell" and card["split"]["sizes"] == {"train": 80, "val": 10, "test": 10}
+    assert card["split"]["by"] == "cell" and card["split"]["sizes"] == {
+        "train": 80,
+        "val": 10,
+        "test": 10,
+    }
     views = card["augment_views"]
-    assert views >= 1 and result["embedded"] == 80 * (1 + views) + 10  # train cells and their views, val cells
+    assert (
+        views >= 1 and result["embedded"] == 80 * (1 + views) + 10
+    )  # train cells and their views, val cells
 
     # The first model of a store becomes the champion: the pointer names it.
     assert result["promoted"] and result["reason"].startswith("no champion yet")
@@ -78,10 +88,19 @@ def test_the_default_recipe_at_full_size_on_real_cells(source, tmp_path, task_ru
     from aml_model.config import DEFAULT_RECIPE, ModelConfig
 
     result = retrain_and_evaluate.with_options(task_runner=task_runner)(
-        sources=[str(source)], store=str(tmp_path / "store"), options=RetrainOptions(backbone_weights="none"))
+        sources=[str(source)],
+        store=str(tmp_path / "store"),
+        options=RetrainOptions(backbone_weights="none"),
+    )
     card, _ = registered(tmp_path / "store" / "models", result["version"])
-    expected = ExperimentConfig.for_recipe(DEFAULT_RECIPE, ModelConfig(backbone_weights="none")).to_dict()
-    assert DEFAULT_RECIPE == "robust" and card["config"] == expected and card["config"]["model"]["image_size"] == 224
+    expected = ExperimentConfig.for_recipe(
+        DEFAULT_RECIPE, ModelConfig(backbone_weights="none")
+    ).to_dict()
+    assert (
+        DEFAULT_RECIPE == "robust"
+        and card["config"] == expected
+        and card["config"]["model"]["image_size"] == 224
+    )
     # Pooled third-stage statistics: what the cache holds per view.
     assert card["backbone"]["id"].endswith("-nucleus-channel-conv3_block4_out-mean_std")
     assert result["metrics"]["roc_auc"] >= 0.8

@@ -27,17 +27,22 @@ FAST = {"min_cells": 5, "chunk_cells": 16, "explain": False}
 
 
 def run_score(task_runner, **parameters):
-    return score_smears.with_options(task_runner=task_runner)(**nest_options(parameters, ScoreOptions))
+    return score_smears.with_options(task_runner=task_runner)(
+        **nest_options(parameters, ScoreOptions)
+    )
 
 
 def run_score_state(task_runner, **parameters):
     """The flow run's final state, so that its task runs can be read back from the Prefect API."""
-    return score_smears.with_options(task_runner=task_runner)(**nest_options(parameters, ScoreOptions),
-                                                              return_state=True)
+    return score_smears.with_options(task_runner=task_runner)(
+        **nest_options(parameters, ScoreOptions), return_state=True
+    )
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -57,41 +62,74 @@ def task_names(state) -> list[str]:
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[
-            state.state_details.flow_run_id])))
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(
+                id=FlowRunFilterId(any_=[state.state_details.flow_run_id])
+            )
+        )
     return [run.name for run in runs]
 
 
-def test_a_finished_scoring_is_never_rewritten(lmu_cells, tmp_path, task_runner, tiny_model_file, other_model_file):
+def test_a_finished_scoring_is_never_rewritten(
+    lmu_cells, tmp_path, task_runner, tiny_model_file, other_model_file
+):
     source = compose_patient_cohort(lmu_cells, tmp_path / "cohort", {"A": (6, 6), "B": (2, 10)})
     store = str(tmp_path / "store")
-    first = run_score(task_runner, source=str(source), store=store, model=str(tiny_model_file), **FAST)
+    first = run_score(
+        task_runner, source=str(source), store=store, model=str(tiny_model_file), **FAST
+    )
     scoring = Store(store).run(first["run_id"]).scoring(first["score_id"])
     before = snapshot(Path(scoring.root))
-    ingest_before = {name: data for name, data in snapshot(Path(scoring.ingest.root)).items()
-                     if not name.startswith("scores/")}
+    ingest_before = {
+        name: data
+        for name, data in snapshot(Path(scoring.ingest.root)).items()
+        if not name.startswith("scores/")
+    }
 
     # Other call settings, then another model: each a scoring of its own under the same ingest run.
-    settings = run_score(task_runner, source=str(source), store=store, model=str(tiny_model_file),
-                         **{**FAST, "min_cells": 7})
-    other = run_score(task_runner, source=str(source), store=store, model=str(other_model_file), **FAST)
+    settings = run_score(
+        task_runner,
+        source=str(source),
+        store=store,
+        model=str(tiny_model_file),
+        **{**FAST, "min_cells": 7},
+    )
+    other = run_score(
+        task_runner, source=str(source), store=store, model=str(other_model_file), **FAST
+    )
     assert settings["run_id"] == other["run_id"] == first["run_id"]
     assert len({first["score_id"], settings["score_id"], other["score_id"]}) == 3
     assert not settings["already_complete"] and not other["already_complete"]
     # An invalid value fails before anything is written.
     with pytest.raises(ParameterTypeError, match="precision"):
-        run_score(task_runner, source=str(source), store=store, model=str(tiny_model_file), precision="fp16", **FAST)
+        run_score(
+            task_runner,
+            source=str(source),
+            store=store,
+            model=str(tiny_model_file),
+            precision="fp16",
+            **FAST,
+        )
     # The same settings again: the finished scoring is found and left alone.
-    again = run_score(task_runner, source=str(source), store=store, model=str(tiny_model_file), **FAST)
+    again = run_score(
+        task_runner, source=str(source), store=store, model=str(tiny_model_file), **FAST
+    )
     assert again["already_complete"] and again["score_id"] == first["score_id"]
 
     assert snapshot(Path(scoring.root)) == before, "a finished scoring's files changed"
-    ingest_after = {name: data for name, data in snapshot(Path(scoring.ingest.root)).items()
-                    if not name.startswith("scores/")}
+    ingest_after = {
+        name: data
+        for name, data in snapshot(Path(scoring.ingest.root)).items()
+        if not name.startswith("scores/")
+    }
     assert ingest_after == ingest_before, "the ingest run's files changed"
 
     listed = list_scorings(scoring.ingest)
-    assert [s["score_id"] for s in listed] == [first["score_id"], settings["score_id"], other["score_id"]]
+    assert [s["score_id"] for s in listed] == [
+        first["score_id"],
+        settings["score_id"],
+        other["score_id"],
+    ]
     assert all(s["complete"] for s in listed)
     assert [s["settings"]["min_cells"] for s in listed] == [5, 7, 5]
     # Every scoring is readable: by name, and the latest by default.
@@ -99,58 +137,113 @@ def test_a_finished_scoring_is_never_rewritten(lmu_cells, tmp_path, task_runner,
     first_cells = pd.read_parquet(find_scoring(scoring.ingest, first["score_id"]).cells_table)
     other_cells = pd.read_parquet(find_scoring(scoring.ingest, other["score_id"]).cells_table)
     assert (first_cells["cell_id"] == other_cells["cell_id"]).all()
-    assert (other_cells["probability"] > first_cells["probability"]).all(), "the second model's own scores"
-    assert pd.read_parquet(find_scoring(scoring.ingest, settings["score_id"]).patients_table)["min_cells"].eq(7).all()
+    assert (other_cells["probability"] > first_cells["probability"]).all(), (
+        "the second model's own scores"
+    )
+    assert (
+        pd.read_parquet(find_scoring(scoring.ingest, settings["score_id"]).patients_table)[
+            "min_cells"
+        ]
+        .eq(7)
+        .all()
+    )
 
 
-def test_a_named_score_id_with_other_settings_is_refused(lmu_cells, tmp_path, task_runner, tiny_model_file):
+def test_a_named_score_id_with_other_settings_is_refused(
+    lmu_cells, tmp_path, task_runner, tiny_model_file
+):
     source = compose_patient_cohort(lmu_cells, tmp_path / "cohort", {"A": (3, 3)})
     store = str(tmp_path / "store")
-    run_score(task_runner, source=str(source), store=store, model=str(tiny_model_file), score_id="weekly", **FAST)
+    run_score(
+        task_runner,
+        source=str(source),
+        store=store,
+        model=str(tiny_model_file),
+        score_id="weekly",
+        **FAST,
+    )
     before = snapshot(tmp_path / "store")
-    with pytest.raises(RunConflictError, match="scoring weekly of run .* was made with other settings "
-                                               r"\(min_cells differ\); a scoring is never rewritten"):
-        run_score(task_runner, source=str(source), store=store, model=str(tiny_model_file), score_id="weekly",
-                  **{**FAST, "min_cells": 3})
+    with pytest.raises(
+        RunConflictError,
+        match="scoring weekly of run .* was made with other settings "
+        r"\(min_cells differ\); a scoring is never rewritten",
+    ):
+        run_score(
+            task_runner,
+            source=str(source),
+            store=store,
+            model=str(tiny_model_file),
+            score_id="weekly",
+            **{**FAST, "min_cells": 3},
+        )
     assert snapshot(tmp_path / "store") == before
 
 
-def test_a_second_model_scores_ingested_cells_without_decoding_them(lmu_cells, tmp_path, task_runner,
-                                                                    tiny_model_file, other_model_file):
+def test_a_second_model_scores_ingested_cells_without_decoding_them(
+    lmu_cells, tmp_path, task_runner, tiny_model_file, other_model_file
+):
     source = compose_patient_cohort(lmu_cells, tmp_path / "cohort", {"A": (50, 50), "B": (40, 60)})
     store = str(tmp_path / "store")
-    first = run_score_state(task_runner, source=str(source), store=store, model=str(tiny_model_file), **FAST)
+    first = run_score_state(
+        task_runner, source=str(source), store=store, model=str(tiny_model_file), **FAST
+    )
     assert any(n.startswith("ingest-shard") for n in task_names(first))
     run = Store(store).run(first.result()["run_id"])
     markers = {p.name: p.stat().st_mtime_ns for p in Path(run.root, "_shards", "ingest").iterdir()}
 
-    second = run_score_state(task_runner, source=str(source), store=store, model=str(other_model_file), **FAST)
+    second = run_score_state(
+        task_runner, source=str(source), store=store, model=str(other_model_file), **FAST
+    )
     result = second.result()
     assert result["run_id"] == run.run_id and result["cells"] == 200
     names = task_names(second)
     assert any(n.startswith("score-shard") for n in names)
-    assert not any(n.startswith("ingest-shard") for n in names), f"cells were decoded again: {names}"
-    assert {p.name: p.stat().st_mtime_ns for p in Path(run.root, "_shards", "ingest").iterdir()} == markers
+    assert not any(n.startswith("ingest-shard") for n in names), (
+        f"cells were decoded again: {names}"
+    )
+    assert {
+        p.name: p.stat().st_mtime_ns for p in Path(run.root, "_shards", "ingest").iterdir()
+    } == markers
 
-    fresh = run_score(task_runner, source=str(source), store=str(tmp_path / "fresh"), model=str(other_model_file),
-                      **FAST)
+    fresh = run_score(
+        task_runner,
+        source=str(source),
+        store=str(tmp_path / "fresh"),
+        model=str(other_model_file),
+        **FAST,
+    )
     reused = pd.read_parquet(run.scoring(result["score_id"]).cells_table)
-    decoded = pd.read_parquet(Store(str(tmp_path / "fresh")).run(fresh["run_id"])
-                              .scoring(fresh["score_id"]).cells_table)
+    decoded = pd.read_parquet(
+        Store(str(tmp_path / "fresh")).run(fresh["run_id"]).scoring(fresh["score_id"]).cells_table
+    )
     assert len(reused) == 200
     pd.testing.assert_series_equal(reused["probability"], decoded["probability"])
     pd.testing.assert_frame_equal(
-        pd.read_parquet(run.scoring(result["score_id"]).patients_table).drop(columns="patient_version"),
-        pd.read_parquet(Store(str(tmp_path / "fresh")).run(fresh["run_id"])
-                        .scoring(fresh["score_id"]).patients_table).drop(columns="patient_version"))
+        pd.read_parquet(run.scoring(result["score_id"]).patients_table).drop(
+            columns="patient_version"
+        ),
+        pd.read_parquet(
+            Store(str(tmp_path / "fresh"))
+            .run(fresh["run_id"])
+            .scoring(fresh["score_id"])
+            .patients_table
+        ).drop(columns="patient_version"),
+    )
 
 
-def test_a_threshold_only_rescoring_copies_the_probabilities_and_runs_no_score_shard(lmu_cells, tmp_path,
-                                                                                     task_runner, tiny_model_file):
+def test_a_threshold_only_rescoring_copies_the_probabilities_and_runs_no_score_shard(
+    lmu_cells, tmp_path, task_runner, tiny_model_file
+):
     source = compose_patient_cohort(lmu_cells, tmp_path / "cohort", {"A": (36, 4), "B": (2, 38)})
     store = str(tmp_path / "store")
-    params = {"source": str(source), "store": store, "model": str(tiny_model_file), "min_cells": 5,
-              "chunk_cells": 16, "explain_top_k": 3}
+    params = {
+        "source": str(source),
+        "store": store,
+        "model": str(tiny_model_file),
+        "min_cells": 5,
+        "chunk_cells": 16,
+        "explain_top_k": 3,
+    }
     first_state = run_score_state(task_runner, **params)
     first = first_state.result()
     assert any(n.startswith("score-shard") for n in task_names(first_state))
@@ -162,16 +255,21 @@ def test_a_threshold_only_rescoring_copies_the_probabilities_and_runs_no_score_s
     rescored = rescored_state.result()
     names = task_names(rescored_state)
     assert any(n.startswith("reuse-probabilities") for n in names), names
-    assert not any(n.startswith(("score-shard", "ingest-shard", "explain-patient")) for n in names), names
+    assert not any(
+        n.startswith(("score-shard", "ingest-shard", "explain-patient")) for n in names
+    ), names
     assert rescored["score_id"] != first["score_id"] and rescored[REUSED_FROM] == first["score_id"]
     assert (rescored["threshold"], rescored["blast_cutoff"], rescored["min_cells"]) == (0.6, 0.2, 5)
     copy = run.scoring(rescored["score_id"])
-    assert snapshot(Path(copy.probabilities_zarr)) == snapshot(Path(original.probabilities_zarr)), \
+    assert snapshot(Path(copy.probabilities_zarr)) == snapshot(Path(original.probabilities_zarr)), (
         "the probabilities are not byte for byte the first scoring's"
+    )
     assert run.store.read_json(copy.settings)[REUSED_FROM] == first["score_id"]
     assert REUSED_FROM not in run.store.read_json(original.settings)
     cells = pd.read_parquet(copy.cells_table)
-    assert ((cells["probability"] >= 0.6) == (cells["predicted_label"] == "blast")).all(), "called at the new threshold"
+    assert ((cells["probability"] >= 0.6) == (cells["predicted_label"] == "blast")).all(), (
+        "called at the new threshold"
+    )
     # Grad-CAM of the same cells at the same top-k is copied, not computed again.
     explained = snapshot(Path(copy.root, "explain"))
     assert explained and explained.items() <= snapshot(Path(original.root, "explain")).items()
@@ -180,22 +278,33 @@ def test_a_threshold_only_rescoring_copies_the_probabilities_and_runs_no_score_s
     # Another top-k computes Grad-CAM again, still from the copied probabilities; another precision scores.
     top_k = run_score_state(task_runner, **{**params, "explain_top_k": 2}, threshold=0.6)
     names = task_names(top_k)
-    assert any(n.startswith("explain-patient") for n in names) and not any(n.startswith("score-shard")
-                                                                           for n in names), names
+    assert any(n.startswith("explain-patient") for n in names) and not any(
+        n.startswith("score-shard") for n in names
+    ), names
     float32 = run_score_state(task_runner, **params, precision="float32")
     assert float32.result()[REUSED_FROM] is None
     assert any(n.startswith("score-shard") for n in task_names(float32))
 
     # `runs show` reads a scoring back with its settings; `runs list` tells the scorings apart.
-    shown = CliRunner().invoke(cli, ["runs", "show", run.run_id, "--score", rescored["score_id"], "--store", store])
+    shown = CliRunner().invoke(
+        cli, ["runs", "show", run.run_id, "--score", rescored["score_id"], "--store", store]
+    )
     assert shown.exit_code == 0, shown.output
-    assert "threshold 0.6, blast cut-off 20%, min cells 5, precision auto (scored in " in shown.output
+    assert (
+        "threshold 0.6, blast cut-off 20%, min cells 5, precision auto (scored in " in shown.output
+    )
     assert f"probabilities copied from scoring {first['score_id']}" in shown.output
     assert f"patient reports: {copy.report_index}" in shown.output
     assert any(line.startswith("A ") for line in shown.output.splitlines())
     listed = CliRunner().invoke(cli, ["runs", "list", "--store", store]).output
-    assert f"  scoring {first['score_id']}  complete  model {first['model_version']}, threshold 0.5," in listed
-    assert f"threshold 0.6, blast cut-off 20%, min cells 5, probabilities of {first['score_id']}" in listed
+    assert (
+        f"  scoring {first['score_id']}  complete  model {first['model_version']}, threshold 0.5,"
+        in listed
+    )
+    assert (
+        f"threshold 0.6, blast cut-off 20%, min cells 5, probabilities of {first['score_id']}"
+        in listed
+    )
 
 
 def _add(local: Path, relative: str, data: bytes, source: Store | None) -> None:
@@ -210,11 +319,16 @@ def _add(local: Path, relative: str, data: bytes, source: Store | None) -> None:
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
-def test_new_only_scores_new_and_changed_patients_and_keeps_both_versions(where, lmu_cells, tmp_path, task_runner,
-                                                                          tiny_model_file, request):
-    local = compose_patient_cohort(lmu_cells, tmp_path / "cohort", {"A": (3, 3), "B": (1, 5), "C": (4, 2)})
+def test_new_only_scores_new_and_changed_patients_and_keeps_both_versions(
+    where, lmu_cells, tmp_path, task_runner, tiny_model_file, request
+):
+    local = compose_patient_cohort(
+        lmu_cells, tmp_path / "cohort", {"A": (3, 3), "B": (1, 5), "C": (4, 2)}
+    )
     # The same real-cell pools, past the cells the cohort took: D's cells and A's extra one are new images.
-    spare = compose_patient_cohort(lmu_cells, tmp_path / "spare", {"taken": (8, 10), "D": (2, 4), "A": (1, 0)})
+    spare = compose_patient_cohort(
+        lmu_cells, tmp_path / "spare", {"taken": (8, 10), "D": (2, 4), "A": (1, 0)}
+    )
     if where == "s3":
         s3_endpoint = request.getfixturevalue("s3_endpoint")
         bucket, options = request.getfixturevalue("s3_bucket")
@@ -240,9 +354,16 @@ def test_new_only_scores_new_and_changed_patients_and_keeps_both_versions(where,
     changed = run_score(task_runner, new_only=True, **params)
     assert [p["patient_id"] for p in changed["patients"]] == ["A"] and changed["cells"] == 7
     location = Store(store, options)
-    old_a, new_a = (location.read_table(location.run(r["run_id"]).scoring(r["score_id"]).patients_table)
-                    .set_index("patient_id").loc["A"] for r in (first, changed))
-    assert (old_a.n_scored, new_a.n_scored) == (6, 7) and old_a.patient_version != new_a.patient_version
+    old_a, new_a = (
+        location.read_table(location.run(r["run_id"]).scoring(r["score_id"]).patients_table)
+        .set_index("patient_id")
+        .loc["A"]
+        for r in (first, changed)
+    )
+    assert (old_a.n_scored, new_a.n_scored) == (
+        6,
+        7,
+    ) and old_a.patient_version != new_a.patient_version
     # Nothing new: nothing is written, and the result says so.
     fs, root = location.resolve()
     fs.invalidate_cache()
@@ -253,16 +374,33 @@ def test_new_only_scores_new_and_changed_patients_and_keeps_both_versions(where,
     assert sorted(fs.find(root)) == objects
 
 
-def test_new_only_from_the_cli_says_when_nothing_is_new(lmu_cells, tmp_path, dask_cluster, tiny_model_file):
+def test_new_only_from_the_cli_says_when_nothing_is_new(
+    lmu_cells, tmp_path, dask_cluster, tiny_model_file
+):
     source = compose_patient_cohort(lmu_cells, tmp_path / "cohort", {"A": (3, 2)})
-    args = ["score", str(source), "--store", str(tmp_path / "store"), "--model", str(tiny_model_file), "--min-cells",
-            "3", "--no-explain", "--new-only", "--scheduler", dask_cluster.scheduler_address]
+    args = [
+        "score",
+        str(source),
+        "--store",
+        str(tmp_path / "store"),
+        "--model",
+        str(tiny_model_file),
+        "--min-cells",
+        "3",
+        "--no-explain",
+        "--new-only",
+        "--scheduler",
+        dask_cluster.scheduler_address,
+    ]
     first = CliRunner().invoke(cli, args)
     assert first.exit_code == 0, first.output
     assert "5 cells scored with model file-" in first.output and "nothing new" not in first.output
     second = CliRunner().invoke(cli, args)
     assert second.exit_code == 0, second.output
-    assert f"nothing new in {source}: model file-" in second.output and "cells scored" not in second.output
+    assert (
+        f"nothing new in {source}: model file-" in second.output
+        and "cells scored" not in second.output
+    )
 
 
 def test_a_run_in_the_old_layout_is_refused_with_a_clear_message(tmp_path):
@@ -273,7 +411,9 @@ def test_a_run_in_the_old_layout_is_refused_with_a_clear_message(tmp_path):
         (old / name).write_text("{}")
     (old / "_SUCCESS").write_bytes(b"")
     run = Store(str(tmp_path / "store")).run(old.name)
-    with pytest.raises(LegacyRunError, match="is in the old run-store layout .* does not convert old runs"):
+    with pytest.raises(
+        LegacyRunError, match="is in the old run-store layout .* does not convert old runs"
+    ):
         find_scoring(run)
     refused = CliRunner().invoke(cli, ["report", old.name, "--store", str(tmp_path / "store")])
     assert refused.exit_code == 1 and "old run-store layout" in refused.output, refused.output
@@ -284,13 +424,20 @@ def test_a_run_in_the_old_layout_is_refused_with_a_clear_message(tmp_path):
 
 def test_scorings_are_listed_oldest_first_and_an_incomplete_one_is_never_the_latest(tmp_path):
     run = Store(str(tmp_path / "store")).run("r")
-    for score_id, completed in (("b", "2026-01-02T00:00:00+00:00"), ("a", "2026-01-03T00:00:00+00:00"),
-                                ("c", None)):
+    for score_id, completed in (
+        ("b", "2026-01-02T00:00:00+00:00"),
+        ("a", "2026-01-03T00:00:00+00:00"),
+        ("c", None),
+    ):
         scoring = run.scoring(score_id)
         run.store.write_json(scoring.settings, {"model_version": score_id})
         if completed:
             run.store.write_json(scoring.success, {"completed_at": completed})
     listed = list_scorings(run)
-    assert [(s["score_id"], s["complete"]) for s in listed] == [("b", True), ("a", True), ("c", False)]
+    assert [(s["score_id"], s["complete"]) for s in listed] == [
+        ("b", True),
+        ("a", True),
+        ("c", False),
+    ]
     assert find_scoring(run).score_id == "a"
     assert np.array_equal([s["settings"]["model_version"] for s in listed], ["b", "a", "c"])

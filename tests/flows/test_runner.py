@@ -23,10 +23,18 @@ print(json.dumps({"after": os.environ.get("PREFECT_API_URL")}))
 def test_without_an_api_one_temporary_server_is_started_exported_and_stopped(tmp_path):
     env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_API")}
     env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
-    run = subprocess.run([sys.executable, "-c", SCRIPT], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
-                         timeout=240)
+    run = subprocess.run(
+        [sys.executable, "-c", SCRIPT],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert run.returncode == 0, run.stderr
     during, after = (json.loads(line) for line in run.stdout.splitlines()[-2:])
     assert during["url"].startswith("http://127.0.0.1:") and during["url"].endswith("/api")
-    assert during["health"] == "true" and during["exported"] == during["url"], "Dask workers inherit it"
+    assert during["health"] == "true" and during["exported"] == during["url"], (
+        "Dask workers inherit it"
+    )
     assert after["after"] is None

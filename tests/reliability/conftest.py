@@ -26,10 +26,18 @@ PYTHON = sys.executable
 
 # One shape for every scoring run of the shared cohort, so that all runs are comparable.
 # One chunk per task: ten scoring tasks, so a fault can land after some and before the last.
-SCORE_PARAMS = {"min_cells": 10, "chunk_cells": 8, "chunks_per_task": 1, "batch_size": 8, "explain": False}
+SCORE_PARAMS = {
+    "min_cells": 10,
+    "chunk_cells": 8,
+    "chunks_per_task": 1,
+    "batch_size": 8,
+    "explain": False,
+}
 COHORT_PLAN = {"A": (15, 15), "B": (5, 25), "C": (15, 5)}  # patient: (blast, normal) real cells
-SCORE_SHARDS = -(-sum(sum(counts) for counts in COHORT_PLAN.values())
-                 // (SCORE_PARAMS["chunk_cells"] * SCORE_PARAMS["chunks_per_task"]))
+SCORE_SHARDS = -(
+    -sum(sum(counts) for counts in COHORT_PLAN.values())
+    // (SCORE_PARAMS["chunk_cells"] * SCORE_PARAMS["chunks_per_task"])
+)
 
 
 def wait_for(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.02):
@@ -59,8 +67,14 @@ def kill_group(process: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
 def start_python(code: str, *args: str, log: Path, env: dict | None = None) -> subprocess.Popen:
     """Run ``python -c code args...`` in the project root, in its own process group."""
     handle = open(log, "wb")  # noqa: SIM115 - closed with the process by the caller's kill/wait
-    return subprocess.Popen([PYTHON, "-c", code, *args], cwd=PROJECT_ROOT, stdout=handle, stderr=subprocess.STDOUT,
-                            env={**os.environ, **(env or {})}, start_new_session=True)
+    return subprocess.Popen(
+        [PYTHON, "-c", code, *args],
+        cwd=PROJECT_ROOT,
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+        start_new_session=True,
+    )
 
 
 # A flow process: score_smears on an existing Dask scheduler; parameters as JSON.
@@ -100,15 +114,20 @@ def read_tables(store: Store, run_id: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     return cells, patients
 
 
-def assert_same_tables(found: tuple[pd.DataFrame, pd.DataFrame], expected: tuple[pd.DataFrame, pd.DataFrame]) -> None:
+def assert_same_tables(
+    found: tuple[pd.DataFrame, pd.DataFrame], expected: tuple[pd.DataFrame, pd.DataFrame]
+) -> None:
     """Every cell exactly once with the same probability (1e-5), and the same patient table."""
     cells, patients = found
     cells_ref, patients_ref = expected
     assert cells["cell_id"].is_unique and len(cells) == len(cells_ref)
     assert cells["cell_id"].tolist() == cells_ref["cell_id"].tolist()
-    pd.testing.assert_series_equal(cells["probability"], cells_ref["probability"], check_exact=False, atol=1e-5,
-                                   rtol=0)
-    pd.testing.assert_frame_equal(cells.drop(columns="probability"), cells_ref.drop(columns="probability"))
+    pd.testing.assert_series_equal(
+        cells["probability"], cells_ref["probability"], check_exact=False, atol=1e-5, rtol=0
+    )
+    pd.testing.assert_frame_equal(
+        cells.drop(columns="probability"), cells_ref.drop(columns="probability")
+    )
     pd.testing.assert_frame_equal(patients, patients_ref, check_exact=False, atol=1e-5, rtol=0)
 
 
@@ -138,8 +157,13 @@ def cluster(prefect_api, tmp_path_factory):
     """A 2-worker LocalCluster (one thread each), as the CLI starts by default."""
     from distributed import LocalCluster
 
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                           local_directory=str(tmp_path_factory.mktemp("dask")))
+    cluster = LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+        local_directory=str(tmp_path_factory.mktemp("dask")),
+    )
     yield cluster
     cluster.close()
 
@@ -157,7 +181,9 @@ def cohort(lmu_cells, tmp_path_factory) -> Path:
     """80 real cells of three patients in patient layout."""
     from tests.corpus import compose_patient_cohort
 
-    return compose_patient_cohort(lmu_cells, tmp_path_factory.mktemp("cohort") / "cohort", COHORT_PLAN)
+    return compose_patient_cohort(
+        lmu_cells, tmp_path_factory.mktemp("cohort") / "cohort", COHORT_PLAN
+    )
 
 
 @pytest.fixture(scope="session")
@@ -165,8 +191,11 @@ def training_cohort(lmu_cells, tmp_path_factory) -> Path:
     """60 labelled real cells of two patients: enough for a seconds-long retrain."""
     from tests.corpus import compose_patient_cohort
 
-    return compose_patient_cohort(lmu_cells, tmp_path_factory.mktemp("training") / "training",
-                                  {"T1": (15, 15), "T2": (10, 20)})
+    return compose_patient_cohort(
+        lmu_cells,
+        tmp_path_factory.mktemp("training") / "training",
+        {"T1": (15, 15), "T2": (10, 20)},
+    )
 
 
 @pytest.fixture(scope="session")
@@ -178,9 +207,13 @@ def clean_run(cohort, cluster, tiny_model_file, tmp_path_factory):
     from flows.score import score_smears
 
     store = tmp_path_factory.mktemp("clean") / "store"
-    result = score_smears.with_options(task_runner=DaskTaskRunner(address=cluster.scheduler_address))(
-        source=str(cohort), store=str(store),
-        options=ScoreOptions(model=str(tiny_model_file), run_id="clean", **SCORE_PARAMS))
+    result = score_smears.with_options(
+        task_runner=DaskTaskRunner(address=cluster.scheduler_address)
+    )(
+        source=str(cohort),
+        store=str(store),
+        options=ScoreOptions(model=str(tiny_model_file), run_id="clean", **SCORE_PARAMS),
+    )
     assert not result["already_complete"]
     return store, "clean", read_tables(Store(str(store)), "clean")
 
@@ -203,16 +236,27 @@ result = retrain_and_evaluate.with_options(task_runner=DaskTaskRunner(address=sy
     **nest_options(json.loads(sys.argv[2]), RetrainOptions))
 print("RESULT", json.dumps({k: result[k] for k in ("version", "promoted", "reason")}))
 """
-RETRAIN_PARAMS = {"epochs": 2, "patience": 1, "backbone_weights": "none", "image_size": 32, "augment_views": 0}
+RETRAIN_PARAMS = {
+    "epochs": 2,
+    "patience": 1,
+    "backbone_weights": "none",
+    "image_size": 32,
+    "augment_views": 0,
+}
 
 
 def start_retrain_process(address: str, log: Path, **parameters) -> subprocess.Popen:
-    return start_python(RETRAIN_PROCESS, address, json.dumps({**RETRAIN_PARAMS, **parameters}), log=log,
-                        env=FAKE_SECRETS)
+    return start_python(
+        RETRAIN_PROCESS,
+        address,
+        json.dumps({**RETRAIN_PARAMS, **parameters}),
+        log=log,
+        env=FAKE_SECRETS,
+    )
 
 
 def result_line(log: Path) -> dict:
     """The RESULT line a finished flow process printed."""
     lines = [line for line in log.read_text().splitlines() if line.startswith("RESULT ")]
     assert lines, log.read_text()[-4000:]
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])

@@ -28,8 +28,10 @@ HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "proxy-connectio
 
 def s3_error(code: str, message: str, access_key: str | None = None) -> bytes:
     extra = f"<AWSAccessKeyId>{access_key}</AWSAccessKeyId>" if access_key else ""
-    return (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{message}</Message>'
-            f"{extra}<RequestId>fault-proxy</RequestId></Error>").encode()
+    return (
+        f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{message}</Message>'
+        f"{extra}<RequestId>fault-proxy</RequestId></Error>"
+    ).encode()
 
 
 def access_key_of(authorization: str) -> str:
@@ -69,7 +71,9 @@ class FaultProxy:
 
             def _reset(self) -> None:
                 self.close_connection = True
-                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                self.connection.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                )
                 self.connection.close()
 
             def _handle(self) -> None:
@@ -89,7 +93,11 @@ class FaultProxy:
                     self._reset()
                     return
                 if isinstance(action, tuple) and action[0] == "status":
-                    key = access_key_of(self.headers.get("Authorization", "")) if action[3:] == (True,) else None
+                    key = (
+                        access_key_of(self.headers.get("Authorization", ""))
+                        if action[3:] == (True,)
+                        else None
+                    )
                     payload = s3_error(action[2], f"injected by the test proxy ({action[1]})", key)
                     self.send_response(action[1])
                     self.send_header("Content-Type", "application/xml")
@@ -99,7 +107,9 @@ class FaultProxy:
                     return
                 upstream = http.client.HTTPConnection(*proxy.upstream, timeout=60)
                 try:
-                    headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_HEADERS}
+                    headers = {
+                        k: v for k, v in self.headers.items() if k.lower() not in HOP_HEADERS
+                    }
                     headers["Content-Length"] = str(len(body))
                     upstream.request(method, self.path, body=body, headers=headers)
                     response = upstream.getresponse()
@@ -108,7 +118,11 @@ class FaultProxy:
                     for key, value in response.getheaders():
                         if key.lower() not in HOP_HEADERS and key.lower() != "content-length":
                             self.send_header(key, value)
-                    length = response.getheader("Content-Length") if method == "HEAD" else str(len(payload))
+                    length = (
+                        response.getheader("Content-Length")
+                        if method == "HEAD"
+                        else str(len(payload))
+                    )
                     self.send_header("Content-Length", length or "0")
                     self.end_headers()
                     if method != "HEAD":

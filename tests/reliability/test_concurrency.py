@@ -7,14 +7,21 @@ import pandas as pd
 import pytest
 
 from tasks.store import Store
-from tests.reliability.conftest import (SCORE_PARAMS, assert_same_tables, kill_group, read_tables,
-                                        start_score_process, wait_for)
+from tests.reliability.conftest import (
+    SCORE_PARAMS,
+    assert_same_tables,
+    kill_group,
+    read_tables,
+    start_score_process,
+    wait_for,
+)
 
 pytestmark = pytest.mark.reliability
 
 
-def test_two_runs_at_once_do_not_interfere_and_repeat_runs_are_identical(cohort, cluster, clean_run,
-                                                                        tiny_model_file, tmp_path):
+def test_two_runs_at_once_do_not_interfere_and_repeat_runs_are_identical(
+    cohort, cluster, clean_run, tiny_model_file, tmp_path
+):
     """Two flow processes score the same source into one store at once, under different run ids.
 
     Each ends complete with exactly the clean run's tables (no cross-talk), and the two complete
@@ -22,9 +29,18 @@ def test_two_runs_at_once_do_not_interfere_and_repeat_runs_are_identical(cohort,
     """
     store = tmp_path / "store"
     runs = ("night-1", "night-2")
-    processes = [start_score_process(cluster.scheduler_address, tmp_path / f"{run}.log", source=str(cohort),
-                                     store=str(store), model=str(tiny_model_file), run_id=run, **SCORE_PARAMS)
-                 for run in runs]
+    processes = [
+        start_score_process(
+            cluster.scheduler_address,
+            tmp_path / f"{run}.log",
+            source=str(cohort),
+            store=str(store),
+            model=str(tiny_model_file),
+            run_id=run,
+            **SCORE_PARAMS,
+        )
+        for run in runs
+    ]
     try:
         wait_for(lambda: all(p.poll() is not None for p in processes), 400, "both scoring runs")
     finally:

@@ -24,7 +24,9 @@ def pooling_model(path, image_size: int):
 
     keras.utils.set_random_seed(0)
     backbone_input = keras.Input((image_size, image_size, 3))
-    backbone = keras.Model(backbone_input, keras.layers.AveragePooling2D(64)(backbone_input), name="resnet50")
+    backbone = keras.Model(
+        backbone_input, keras.layers.AveragePooling2D(64)(backbone_input), name="resnet50"
+    )
     inputs = keras.Input((image_size, image_size, 3), name="image")
     x = keras.layers.Flatten(name="flatten")(backbone(inputs))
     x = keras.layers.Dense(4, activation="relu", name="dense")(x)
@@ -69,16 +71,40 @@ def test_a_cohort_larger_than_worker_memory_streams_through_one_worker(prefect_a
     store = str(tmp_path / "store")
     # No pausing or spilling: the only guard left is the nanny, which kills the worker at 95% of
     # its limit. A worker that held the whole cohort would be killed; one that streams is not.
-    with dask.config.set({"distributed.worker.memory.pause": False, "distributed.worker.memory.spill": False,
-                          "distributed.worker.memory.target": False}), \
-            LocalCluster(n_workers=1, threads_per_worker=1, processes=True, memory_limit=MEMORY_LIMIT,
-                         dashboard_address=None, local_directory=str(tmp_path / "dask")) as cluster, \
-            Client(cluster.scheduler_address) as client:
+    with (
+        dask.config.set(
+            {
+                "distributed.worker.memory.pause": False,
+                "distributed.worker.memory.spill": False,
+                "distributed.worker.memory.target": False,
+            }
+        ),
+        LocalCluster(
+            n_workers=1,
+            threads_per_worker=1,
+            processes=True,
+            memory_limit=MEMORY_LIMIT,
+            dashboard_address=None,
+            local_directory=str(tmp_path / "dask"),
+        ) as cluster,
+        Client(cluster.scheduler_address) as client,
+    ):
         (pid_before,) = client.run(os.getpid).values()
-        result = score_smears.with_options(task_runner=DaskTaskRunner(address=cluster.scheduler_address))(
-            source=str(source), store=store, options=ScoreOptions(model=str(model), run_id="big", min_cells=10,
-                                                                  chunk_cells=16, chunks_per_task=1, batch_size=2,
-                                                                  explain=False))
+        result = score_smears.with_options(
+            task_runner=DaskTaskRunner(address=cluster.scheduler_address)
+        )(
+            source=str(source),
+            store=store,
+            options=ScoreOptions(
+                model=str(model),
+                run_id="big",
+                min_cells=10,
+                chunk_cells=16,
+                chunks_per_task=1,
+                batch_size=2,
+                explain=False,
+            ),
+        )
         (pid_after,) = client.run(os.getpid).values()
         (peak,) = client.run(_peak_rss).values()
     paths = Store(store).run("big")
@@ -87,5 +113,7 @@ def test_a_cohort_larger_than_worker_memory_streams_through_one_worker(prefect_a
     assert result["cells"] == 540 and not result["already_complete"]
     assert pid_after == pid_before, "the worker was killed for memory and restarted"
     assert peak < 0.95 * MEMORY_LIMIT < images.nbytes, f"peak {peak / 1e9:.2f} GB"
-    probabilities = paths.store.read_table(paths.scoring(result["score_id"]).cells_table)["probability"].to_numpy()
+    probabilities = paths.store.read_table(paths.scoring(result["score_id"]).cells_table)[
+        "probability"
+    ].to_numpy()
     assert len(probabilities) == 540 and np.isfinite(probabilities).all()

@@ -21,8 +21,9 @@ from tests.reliability.s3proxy import FaultProxy
 pytestmark = pytest.mark.reliability
 
 
-def test_transient_s3_faults_during_writes_are_retried_and_the_run_completes(cohort, cluster, clean_run, s3_bucket,
-                                                                            s3_endpoint, tiny_model_file):
+def test_transient_s3_faults_during_writes_are_retried_and_the_run_completes(
+    cohort, cluster, clean_run, s3_bucket, s3_endpoint, tiny_model_file
+):
     """Every third write is answered 503 SlowDown, and the server goes away for 1.5 s mid-scoring."""
     bucket, options = s3_bucket
     store = f"s3://{bucket}/store"
@@ -44,29 +45,54 @@ def test_transient_s3_faults_during_writes_are_retried_and_the_run_completes(coh
 
     with FaultProxy(s3_endpoint) as proxy:
         proxy.fault = fault
-        result = score_smears.with_options(task_runner=DaskTaskRunner(address=cluster.scheduler_address))(
-            source=str(cohort), store=store, s3_endpoint_url=proxy.url,
-            options=ScoreOptions(model=str(tiny_model_file), run_id="flaky", **SCORE_PARAMS))
+        result = score_smears.with_options(
+            task_runner=DaskTaskRunner(address=cluster.scheduler_address)
+        )(
+            source=str(cohort),
+            store=store,
+            s3_endpoint_url=proxy.url,
+            options=ScoreOptions(model=str(tiny_model_file), run_id="flaky", **SCORE_PARAMS),
+        )
     assert proxy.injected["status"] >= 10 and proxy.injected["reset"] >= 1, proxy.injected
     assert not result["already_complete"]
     assert_same_tables(read_tables(Store(store, options), "flaky"), clean_run[2])
 
 
-def test_permanent_s3_fault_fails_the_run_with_a_clear_message_and_no_success(cohort, cluster, s3_bucket,
-                                                                             s3_endpoint, tiny_model_file):
+def test_permanent_s3_fault_fails_the_run_with_a_clear_message_and_no_success(
+    cohort, cluster, s3_bucket, s3_endpoint, tiny_model_file
+):
     """The store refuses every write of the run (403): the command fails fast, saying where."""
     bucket, options = s3_bucket
     store = f"s3://{bucket}/store"
     with FaultProxy(s3_endpoint) as proxy:
-        proxy.fault = lambda method, path: (("status", 403, "AccessDenied")
-                                            if method == "PUT" and "/store/runs/denied/" in path else None)
-        result = CliRunner().invoke(cli, ["score", str(cohort), "--store", store, "--model", str(tiny_model_file),
-                                          "--run-id", "denied", "--s3-endpoint-url", proxy.url,
-                                          "--scheduler", cluster.scheduler_address])
+        proxy.fault = lambda method, path: (
+            ("status", 403, "AccessDenied")
+            if method == "PUT" and "/store/runs/denied/" in path
+            else None
+        )
+        result = CliRunner().invoke(
+            cli,
+            [
+                "score",
+                str(cohort),
+                "--store",
+                store,
+                "--model",
+                str(tiny_model_file),
+                "--run-id",
+                "denied",
+                "--s3-endpoint-url",
+                proxy.url,
+                "--scheduler",
+                cluster.scheduler_address,
+            ],
+        )
     assert result.exit_code == 1, result.output
     # The first write of a scoring is its settings (score.json), before the ingest plan.
-    assert re.search(rf"error: cannot write {re.escape(store)}/runs/denied/scores/[^/ ]+/score\.json: ",
-                     result.output), result.output
+    assert re.search(
+        rf"error: cannot write {re.escape(store)}/runs/denied/scores/[^/ ]+/score\.json: ",
+        result.output,
+    ), result.output
     assert proxy.injected["status"] >= 1
     fs = s3fs.S3FileSystem(**options)
     fs.invalidate_cache()

@@ -40,7 +40,9 @@ def listening_sockets(root: psutil.Process) -> dict[tuple[str, int], str]:
         try:
             for connection in process.net_connections(kind="inet"):
                 if connection.status == psutil.CONN_LISTEN:
-                    found[(connection.laddr.ip, connection.laddr.port)] = " ".join(process.cmdline()[:6])
+                    found[(connection.laddr.ip, connection.laddr.port)] = " ".join(
+                        process.cmdline()[:6]
+                    )
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             pass
     return found
@@ -51,8 +53,9 @@ def store_objects(fs: s3fs.S3FileSystem, root: str) -> dict[str, bytes]:
     return {path: fs.cat_file(path) for path in fs.find(root)}
 
 
-def test_a_scoring_command_keeps_credentials_out_of_every_output_and_binds_loopback(lmu_cells, s3_bucket, s3_endpoint,
-                                                                                   tiny_model_file, tmp_path):
+def test_a_scoring_command_keeps_credentials_out_of_every_output_and_binds_loopback(
+    lmu_cells, s3_bucket, s3_endpoint, tiny_model_file, tmp_path
+):
     """`aml-smear score` as users run it: its own Prefect server and Dask cluster, fake keys in the environment.
 
     While it runs, every listening socket of its process tree is on 127.0.0.1. Afterwards the keys
@@ -67,9 +70,28 @@ def test_a_scoring_command_keeps_credentials_out_of_every_output_and_binds_loopb
     env.update(FAKE_SECRETS, PREFECT_HOME=str(home), AML_SMEAR_S3_ENDPOINT_URL=s3_endpoint)
     log = tmp_path / "output.log"
     with open(log, "wb") as output:
-        process = subprocess.Popen([AML_SMEAR, "score", str(source), "--store", store, "--model", str(tiny_model_file),
-                                    "--min-cells", "3", "--workers", "1", "--run-id", "secrets"], cwd=tmp_path,
-                                   env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            [
+                AML_SMEAR,
+                "score",
+                str(source),
+                "--store",
+                store,
+                "--model",
+                str(tiny_model_file),
+                "--min-cells",
+                "3",
+                "--workers",
+                "1",
+                "--run-id",
+                "secrets",
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     listening: dict = {}
     try:
         root = psutil.Process(process.pid)
@@ -82,7 +104,9 @@ def test_a_scoring_command_keeps_credentials_out_of_every_output_and_binds_loopb
     output = log.read_text()
     assert process.returncode == 0, output[-4000:]
     assert "run secrets, scoring " in output and " complete: 5 cells scored" in output
-    assert any("uvicorn" in cmd for cmd in listening.values()), f"the Prefect server was not seen: {listening}"
+    assert any("uvicorn" in cmd for cmd in listening.values()), (
+        f"the Prefect server was not seen: {listening}"
+    )
     assert len(listening) >= 2, f"the Dask scheduler was not seen: {listening}"
     assert {ip for ip, _ in listening} == {"127.0.0.1"}, listening
 
@@ -103,8 +127,9 @@ def test_a_scoring_command_keeps_credentials_out_of_every_output_and_binds_loopb
     assert {path: leaked(data) for path, data in objects.items() if leaked(data)} == {}
 
 
-def test_a_failing_command_does_not_echo_the_access_key(cohort, cluster, s3_bucket, s3_endpoint, tiny_model_file,
-                                                       tmp_path):
+def test_a_failing_command_does_not_echo_the_access_key(
+    cohort, cluster, s3_bucket, s3_endpoint, tiny_model_file, tmp_path
+):
     """S3 refuses the key and echoes it in its error body (as AWS does): the error message has no key.
 
     Then every log, artifact and flow-run parameter this session's Prefect API holds (the flows
@@ -114,20 +139,38 @@ def test_a_failing_command_does_not_echo_the_access_key(cohort, cluster, s3_buck
 
     bucket, _ = s3_bucket
     with FaultProxy(s3_endpoint) as proxy:
-        proxy.fault = lambda method, path: ("status", 403, "InvalidAccessKeyId", True) if method == "PUT" else None
+        proxy.fault = lambda method, path: (
+            ("status", 403, "InvalidAccessKeyId", True) if method == "PUT" else None
+        )
         log = tmp_path / "denied.log"
         process = start_python(
             "import sys\nfrom app.cli import main\nsys.argv = ['aml-smear', *sys.argv[1:]]\nmain()",
-            "score", str(cohort), "--store", f"s3://{bucket}/store", "--model", str(tiny_model_file), "--run-id",
-            "denied", "--s3-endpoint-url", proxy.url, "--scheduler", cluster.scheduler_address, log=log,
-            env=FAKE_SECRETS)
+            "score",
+            str(cohort),
+            "--store",
+            f"s3://{bucket}/store",
+            "--model",
+            str(tiny_model_file),
+            "--run-id",
+            "denied",
+            "--s3-endpoint-url",
+            proxy.url,
+            "--scheduler",
+            cluster.scheduler_address,
+            log=log,
+            env=FAKE_SECRETS,
+        )
         try:
             wait_for(lambda: process.poll() is not None, 300, "the command to fail")
         finally:
             kill_group(process)
     output = log.read_text()
     assert process.returncode == 1, output[-4000:]
-    assert "error: cannot write" in output and "/runs/denied/scores/" in output and "score.json" in output
+    assert (
+        "error: cannot write" in output
+        and "/runs/denied/scores/" in output
+        and "score.json" in output
+    )
     assert proxy.injected["status"] >= 1
     assert leaked(output) == []
 
@@ -138,7 +181,9 @@ def test_a_failing_command_does_not_echo_the_access_key(cohort, cluster, s3_buck
             offset += len(batch)
         artifacts = client.read_artifacts()
         runs = client.read_flow_runs()
-    assert any("cannot write" in entry.message for entry in logs), "the failure is in the Prefect logs"
+    assert any("cannot write" in entry.message for entry in logs), (
+        "the failure is in the Prefect logs"
+    )
     assert [entry.message for entry in logs if leaked(entry.message)] == []
     assert [a.key for a in artifacts if leaked(json.dumps(a.data, default=str))] == []
     assert [r.name for r in runs if leaked(json.dumps(r.parameters, default=str))] == []
@@ -152,12 +197,21 @@ def test_serve_binds_no_port_beyond_loopback(tmp_path):
     Variable.set("aml_smear_retrain_sources", [str(tmp_path / "cells")], overwrite=True)
     log = tmp_path / "serve.log"
     with open(log, "wb") as output:
-        process = subprocess.Popen([AML_SMEAR, "serve", "--workers", "1"], cwd=tmp_path, env={**os.environ,
-                                   **FAKE_SECRETS}, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            [AML_SMEAR, "serve", "--workers", "1"],
+            cwd=tmp_path,
+            env={**os.environ, **FAKE_SECRETS},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     listening: dict = {}
     try:
-        wait_for(lambda: log.read_text().count("serving ") >= 2 or process.poll() is not None, 120,
-                 "aml-smear serve to register its deployments")
+        wait_for(
+            lambda: log.read_text().count("serving ") >= 2 or process.poll() is not None,
+            120,
+            "aml-smear serve to register its deployments",
+        )
         assert process.poll() is None, log.read_text()[-3000:]
         root = psutil.Process(process.pid)
         deadline = time.monotonic() + 3

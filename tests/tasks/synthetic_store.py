@@ -26,9 +26,16 @@ def write_runs(root: Path, cells_per_run: int = 24, size: int = 32, runs: int = 
         labels = np.arange(cells_per_run) % 2
         images = np.stack([render_cell(bool(label), rng, size=size) for label in labels])
         store.create_cells_array(url, cells_per_run, size, 8)[:] = images
-        frames.append(pd.DataFrame({
-            "cell_id": [f"r{run}-{i}" for i in range(cells_per_run)],
-            "sha256": [hashlib.sha256(image.tobytes()).hexdigest() for image in images],
-            "label": np.where(labels == 1, "blast", "normal"), "cells_zarr": url,
-            "zarr_index": np.arange(cells_per_run), "source": f"run{run}"}))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "cell_id": [f"r{run}-{i}" for i in range(cells_per_run)],
+                    "sha256": [hashlib.sha256(image.tobytes()).hexdigest() for image in images],
+                    "label": np.where(labels == 1, "blast", "normal"),
+                    "cells_zarr": url,
+                    "zarr_index": np.arange(cells_per_run),
+                    "source": f"run{run}",
+                }
+            )
+        )
     return pd.concat(frames, ignore_index=True)

@@ -3,8 +3,10 @@ import pytest
 from tasks.devices import cluster_has_gpus, visible_gpus
 
 
-@pytest.mark.parametrize(("value", "expected"), [("0,1", ["0", "1"]), ("2", ["2"]), ("", []), ("-1", []),
-                                                 (" 3 , ", ["3"])])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("0,1", ["0", "1"]), ("2", ["2"]), ("", []), ("-1", []), (" 3 , ", ["3"])],
+)
 def test_cuda_visible_devices_decides_the_gpus(monkeypatch, value, expected):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", value)
     assert visible_gpus() == expected

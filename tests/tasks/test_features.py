@@ -34,7 +34,9 @@ def cells(tmp_path_factory):
 @pytest.fixture(scope="module")
 def config():
     tiny = ExperimentConfig.tiny(image_size=32, epochs=4)
-    return dataclasses.replace(tiny, train=dataclasses.replace(tiny.train, early_stopping_patience=4))
+    return dataclasses.replace(
+        tiny, train=dataclasses.replace(tiny.train, early_stopping_patience=4)
+    )
 
 
 def wanted(cells, train, val):
@@ -54,16 +56,27 @@ def test_fit_head_logs_its_epochs_and_the_restored_one(cells, config, tmp_path, 
         train_from_cache(cache, config, cells, rows, train, val)
     lines = [record.getMessage() for record in caplog.records if record.name == "tasks.training"]
     # Four epochs take well under the throttle's interval: the first line and the last one show.
-    assert re.fullmatch(r"epoch 1/4: loss \d+\.\d{4}, val_loss \d+\.\d{4}, val AUC (\d\.\d{3}|nan)", lines[0]), lines
+    assert re.fullmatch(
+        r"epoch 1/4: loss \d+\.\d{4}, val_loss \d+\.\d{4}, val AUC (\d\.\d{3}|nan)", lines[0]
+    ), lines
     assert lines[1].startswith("epoch 4/4: ") and len(lines) == 3
-    assert re.fullmatch(r"trained 4 epochs; best epoch [1-4]: val_loss \d+\.\d{4}, val AUC .+", lines[2])
+    assert re.fullmatch(
+        r"trained 4 epochs; best epoch [1-4]: val_loss \d+\.\d{4}, val AUC .+", lines[2]
+    )
 
 
 def train_from_cache(cache, config, cells, rows, train, val):
     y = (cells["label"] == "blast").to_numpy(int)
     n_train = len(train) * (VIEWS + 1)
-    head, history, best, attempts = fit_head(cache, config, (1, 1, 2048), rows[:n_train], np.tile(y[train], VIEWS + 1),
-                                             rows[n_train:], y[val])
+    head, history, best, attempts = fit_head(
+        cache,
+        config,
+        (1, 1, 2048),
+        rows[:n_train],
+        np.tile(y[train], VIEWS + 1),
+        rows[n_train:],
+        y[val],
+    )
     return head
 
 
@@ -93,17 +106,25 @@ def test_a_cold_and_a_warm_cache_train_bit_identical_heads(cells, config, tmp_pa
     warm_rows, embedded = embed_missing(warm, needed, shape, config, map_shards=in_process)
     assert embedded == 0, "everything wanted is cached"
     assert not np.array_equal(warm_rows, cold_rows)
-    np.testing.assert_array_equal(warm.read_rows(warm_rows).view(np.uint16), cold.read_rows(cold_rows).view(np.uint16))
+    np.testing.assert_array_equal(
+        warm.read_rows(warm_rows).view(np.uint16), cold.read_rows(cold_rows).view(np.uint16)
+    )
 
     cold_head = train_from_cache(cold, config, cells, cold_rows, train, val)
     warm_head = train_from_cache(warm, config, cells, warm_rows, train, val)
     for a, b in zip(cold_head.get_weights(), warm_head.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
-    assert not np.array_equal(cold_head.get_weights()[0], train_from_cache(
-        cold, config, cells, cold_rows[::-1].copy(), train[::-1], val).get_weights()[0]), "the weights depend on the rows"
+    assert not np.array_equal(
+        cold_head.get_weights()[0],
+        train_from_cache(
+            cold, config, cells, cold_rows[::-1].copy(), train[::-1], val
+        ).get_weights()[0],
+    ), "the weights depend on the rows"
 
 
-def test_a_new_seed_or_augmentation_embeds_new_views_and_reuses_the_cells_as_they_are(cells, config, tmp_path):
+def test_a_new_seed_or_augmentation_embeds_new_views_and_reuses_the_cells_as_they_are(
+    cells, config, tmp_path
+):
     train, val = np.arange(12), np.arange(12, 16)
     needed = wanted(cells, train, val)
     store = str(tmp_path / "store")
@@ -118,11 +139,18 @@ def test_a_new_seed_or_augmentation_embeds_new_views_and_reuses_the_cells_as_the
     seed_rows, embedded = embed_missing(cache, needed, shape, other_seed, map_shards=in_process)
     assert embedded == augmented.sum()
     np.testing.assert_array_equal(seed_rows[~augmented], rows[~augmented])
-    assert not np.array_equal(cache.read_rows(seed_rows[augmented]), cache.read_rows(rows[augmented]))
+    assert not np.array_equal(
+        cache.read_rows(seed_rows[augmented]), cache.read_rows(rows[augmented])
+    )
 
     rotation = dataclasses.replace(config.train.augment, rotation_degrees=5.0)
-    other_augment = dataclasses.replace(config, train=dataclasses.replace(config.train, augment=rotation))
-    assert embed_missing(cache, needed, shape, other_augment, map_shards=in_process)[1] == augmented.sum()
+    other_augment = dataclasses.replace(
+        config, train=dataclasses.replace(config.train, augment=rotation)
+    )
+    assert (
+        embed_missing(cache, needed, shape, other_augment, map_shards=in_process)[1]
+        == augmented.sum()
+    )
     again, embedded = embed_missing(cache, needed, shape, config, map_shards=in_process)
     assert embedded == 0
     np.testing.assert_array_equal(again, rows)
@@ -140,5 +168,7 @@ def test_an_index_from_before_view_keys_is_ignored(cells, config, tmp_path):
     old = pd.DataFrame({"sha256": cells["sha256"][:4], "view": 1, "row": np.arange(4)})
     cache.store.write_table(old, cache.index_url)
     assert cache.read_index().empty
-    rows, embedded = embed_missing(cache, cells.iloc[:4].assign(view=1), shape, config, map_shards=in_process)
+    rows, embedded = embed_missing(
+        cache, cells.iloc[:4].assign(view=1), shape, config, map_shards=in_process
+    )
     assert embedded == 4 and list(rows) == [0, 1, 2, 3]

@@ -8,12 +8,26 @@ from tasks.store_layout import RunPaths
 def _run_with_quarantine(tmp_path, report: dict) -> RunPaths:
     paths = Store(str(tmp_path / "store")).run("r1")
     root = "/data/smears"
-    paths.store.write_table(pd.DataFrame({
-        "source_uri": [f"{root}/B/z.jpg", f"{root}/A/y.jpg", f"{root}/A/copy.jpg", f"{root}/loose.jpg"],
-        "patient_id": ["B", "A", "A", ""],
-        "reason": ["empty file (0 bytes)", "unsupported format GIF (supported: JPEG, PNG, TIFF, BMP)",
-                   f"duplicate of {root}/A/x.jpg (same sha256) in patient A", "image is not inside a patient folder"],
-    }), paths.quarantine_table)
+    paths.store.write_table(
+        pd.DataFrame(
+            {
+                "source_uri": [
+                    f"{root}/B/z.jpg",
+                    f"{root}/A/y.jpg",
+                    f"{root}/A/copy.jpg",
+                    f"{root}/loose.jpg",
+                ],
+                "patient_id": ["B", "A", "A", ""],
+                "reason": [
+                    "empty file (0 bytes)",
+                    "unsupported format GIF (supported: JPEG, PNG, TIFF, BMP)",
+                    f"duplicate of {root}/A/x.jpg (same sha256) in patient A",
+                    "image is not inside a patient folder",
+                ],
+            }
+        ),
+        paths.quarantine_table,
+    )
     paths.store.write_json(paths.report, report)
     return paths
 
@@ -22,7 +36,11 @@ def test_quarantined_inputs_are_named_in_the_source_by_patient_then_name(tmp_pat
     paths = _run_with_quarantine(tmp_path, {"root": "/data/smears", "counts": {}})
     named = quarantined_inputs(paths.scoring("s1"))  # a scoring reads its run's quarantine
     assert named[["patient_id", "name"]].values.tolist() == [
-        ["", "loose.jpg"], ["A", "A/copy.jpg"], ["A", "A/y.jpg"], ["B", "B/z.jpg"]]
+        ["", "loose.jpg"],
+        ["A", "A/copy.jpg"],
+        ["A", "A/y.jpg"],
+        ["B", "B/z.jpg"],
+    ]
     # A duplicate's reason names its first copy the same way.
     assert named.loc[1, "reason"] == "duplicate of A/x.jpg (same sha256) in patient A"
     assert named.loc[3, "source_uri"] == "/data/smears/B/z.jpg"

@@ -29,7 +29,9 @@ def test_an_s3_object_gets_a_presigned_url_that_a_browser_can_open(s3_bucket, mo
     url = store.write_bytes(f"s3://{bucket}/store/reports/index.html", b"<html>report</html>")
     link = ui_link(store, url)
     assert link.url.startswith("http") and "Signature" in link.url
-    assert link.expires_at == pytest.approx(datetime.now(UTC) + LINK_EXPIRY, abs=timedelta(minutes=1))
+    assert link.expires_at == pytest.approx(
+        datetime.now(UTC) + LINK_EXPIRY, abs=timedelta(minutes=1)
+    )
     assert link.expiry_note == f"link expires {link.expires_at:%Y-%m-%d %H:%M} UTC"
     # Opened as a browser would: no credentials in the environment, only the URL.
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
@@ -39,7 +41,9 @@ def test_an_s3_object_gets_a_presigned_url_that_a_browser_can_open(s3_bucket, mo
 
     monkeypatch.setenv(LINK_EXPIRY_ENV, "3600")
     hour = ui_link(store, url)
-    assert hour.expires_at == pytest.approx(datetime.now(UTC) + timedelta(hours=1), abs=timedelta(minutes=1))
+    assert hour.expires_at == pytest.approx(
+        datetime.now(UTC) + timedelta(hours=1), abs=timedelta(minutes=1)
+    )
     monkeypatch.setenv(LINK_EXPIRY_ENV, "0")
     assert ui_link(store, url) == Link(url), "0: no presigned link, the s3:// URL as it is"
     monkeypatch.setenv(LINK_EXPIRY_ENV, "700000")
@@ -50,11 +54,23 @@ def test_an_s3_object_gets_a_presigned_url_that_a_browser_can_open(s3_bucket, mo
 def test_reports_markdown_links_the_index_and_each_report(tmp_path, monkeypatch):
     monkeypatch.delenv(PATIENT_ID_KEY_ENV, raising=False)
     paths = Store(str(tmp_path / "store")).run("run-1").scoring("v1-abc")
-    patients = pd.DataFrame({"patient_id": ["P/1", "P2"], "call": ["AML_SUSPECTED", "NOT_SUSPECTED"]})
+    patients = pd.DataFrame(
+        {"patient_id": ["P/1", "P2"], "call": ["AML_SUSPECTED", "NOT_SUSPECTED"]}
+    )
     markdown = reports_markdown(paths, patients, index_link(paths))
-    assert report_url(paths, "P/1") == f"{tmp_path}/store/runs/run-1/scores/v1-abc/reports/{report_name('P/1')}.html"
-    assert f"(file://{index_url(paths)})" in markdown and f"(file://{report_url(paths, 'P/1')})" in markdown
-    assert "| P2 | NOT_SUSPECTED |" in markdown and RESEARCH_NOTE in markdown and "expire" not in markdown
+    assert (
+        report_url(paths, "P/1")
+        == f"{tmp_path}/store/runs/run-1/scores/v1-abc/reports/{report_name('P/1')}.html"
+    )
+    assert (
+        f"(file://{index_url(paths)})" in markdown
+        and f"(file://{report_url(paths, 'P/1')})" in markdown
+    )
+    assert (
+        "| P2 | NOT_SUSPECTED |" in markdown
+        and RESEARCH_NOTE in markdown
+        and "expire" not in markdown
+    )
 
 
 def test_pseudonymised_reports_markdown_links_only_the_index(tmp_path, monkeypatch):
@@ -62,20 +78,32 @@ def test_pseudonymised_reports_markdown_links_only_the_index(tmp_path, monkeypat
     paths = Store(str(tmp_path / "store")).run("run-1").scoring("v1-abc")
     patients = pd.DataFrame({"patient_id": ["MRN-1"], "call": ["AML_SUSPECTED"]})
     markdown = reports_markdown(paths, patients, index_link(paths))
-    assert "MRN-1" not in markdown and f"| {prefect_patient_id('MRN-1')} | AML_SUSPECTED |" in markdown
+    assert (
+        "MRN-1" not in markdown and f"| {prefect_patient_id('MRN-1')} | AML_SUSPECTED |" in markdown
+    )
     assert f"(file://{index_url(paths)})" in markdown
 
 
-def test_temporary_credentials_presign_nothing_by_default_and_say_so_when_asked_to(s3_bucket, monkeypatch):
+def test_temporary_credentials_presign_nothing_by_default_and_say_so_when_asked_to(
+    s3_bucket, monkeypatch
+):
     bucket, options = s3_bucket
-    url = Store(f"s3://{bucket}/store", options).write_bytes(f"s3://{bucket}/store/reports/index.html",
-                                                             b"<html>report</html>")
+    url = Store(f"s3://{bucket}/store", options).write_bytes(
+        f"s3://{bucket}/store/reports/index.html", b"<html>report</html>"
+    )
     # As an instance role or IRSA gives them: a key, a secret and a session token.
-    temporary = {**options, "key": "testing", "secret": "testing", "token": "session-token-of-a-role"}
+    temporary = {
+        **options,
+        "key": "testing",
+        "secret": "testing",
+        "token": "session-token-of-a-role",
+    }
     monkeypatch.delenv(LINK_EXPIRY_ENV, raising=False)
     link = ui_link(Store(f"s3://{bucket}/store", temporary), url)
     assert link.url == url and link.expires_at is None
-    assert "the credentials are temporary" in link.expiry_note and LINK_EXPIRY_ENV in link.expiry_note
+    assert (
+        "the credentials are temporary" in link.expiry_note and LINK_EXPIRY_ENV in link.expiry_note
+    )
 
     monkeypatch.setenv(LINK_EXPIRY_ENV, "3600")  # the deployment asks for links anyway
     signed = ui_link(Store(f"s3://{bucket}/store", temporary), url)

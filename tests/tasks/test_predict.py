@@ -1,5 +1,3 @@
-
-
 def test_auto_precision_is_resolved_per_worker_from_its_cpu_and_the_models_card(monkeypatch):
     import tasks.predict as predict
     from tasks.registry import ModelRef

@@ -8,8 +8,13 @@ import hmac
 import pandas as pd
 import pytest
 
-from tasks.privacy import (PATIENT_ID_KEY_ENV, PSEUDONYMISE_ENV, prefect_patient_id, prefect_patients_table,
-                           pseudonymising)
+from tasks.privacy import (
+    PATIENT_ID_KEY_ENV,
+    PSEUDONYMISE_ENV,
+    prefect_patient_id,
+    prefect_patients_table,
+    pseudonymising,
+)
 
 
 def test_without_a_key_ids_pass_unchanged(monkeypatch):
@@ -26,8 +31,12 @@ def test_with_a_key_ids_are_keyed_hashes(monkeypatch):
     expected = "pid-" + hmac.new(b"k1", b"MRN-1", hashlib.sha256).hexdigest()[:16]
     assert pseudonymising() and prefect_patient_id("MRN-1") == expected
     assert prefect_patient_id("MRN-2") != expected, "another patient, another pseudonym"
-    assert prefect_patient_id("MRN-1", {PATIENT_ID_KEY_ENV: "k2"}) != expected, "another key, another pseudonym"
-    table = pd.DataFrame({"patient_id": ["MRN-1"], "patient_version": ["ab"], "call": ["NOT_SUSPECTED"]})
+    assert prefect_patient_id("MRN-1", {PATIENT_ID_KEY_ENV: "k2"}) != expected, (
+        "another key, another pseudonym"
+    )
+    table = pd.DataFrame(
+        {"patient_id": ["MRN-1"], "patient_version": ["ab"], "call": ["NOT_SUSPECTED"]}
+    )
     shown = prefect_patients_table(table)
     assert shown.to_dict("records") == [{"patient_id": expected, "call": "NOT_SUSPECTED"}]
     assert table["patient_id"].tolist() == ["MRN-1"], "the caller's table is not changed"

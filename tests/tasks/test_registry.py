@@ -2,8 +2,15 @@ import json
 
 import pytest
 
-from tasks.registry import (MODEL_PREFIXES_ENV, ModelNotAllowedError, ModelNotFoundError, allow_model_file,
-                            register_model, resolve_model, set_champion)
+from tasks.registry import (
+    MODEL_PREFIXES_ENV,
+    ModelNotAllowedError,
+    ModelNotFoundError,
+    allow_model_file,
+    register_model,
+    resolve_model,
+    set_champion,
+)
 from tasks.store import Store
 from tests.registry_fakes import stand_in_keras_file
 
@@ -22,7 +29,11 @@ def test_register_promote_and_resolve(tiny_model_file, tmp_path):
     ref = register_model(str(tiny_model_file), card(), store, extra_files={"roc_curve.png": b"png"})
     assert ref.image_size == 32
     folder = tmp_path / "store" / "models" / ref.version
-    assert sorted(p.name for p in folder.iterdir()) == ["model.keras", "model_card.json", "roc_curve.png"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "model.keras",
+        "model_card.json",
+        "roc_curve.png",
+    ]
     assert json.loads((folder / "model_card.json").read_text())["version"] == ref.version
     set_champion(store, ref.version)
     assert resolve_model("champion", store) == ref
@@ -36,7 +47,9 @@ def test_a_half_registered_version_cannot_become_champion(tmp_path):
     with pytest.raises(ModelNotFoundError, match="not completely registered"):
         set_champion(store, "v1")
     assert not (tmp_path / "models" / "champion.json").exists()
-    with pytest.raises(ModelNotFoundError, match="model version v1 .* is not completely registered"):
+    with pytest.raises(
+        ModelNotFoundError, match="model version v1 .* is not completely registered"
+    ):
         resolve_model("v1", store)
 
 
@@ -65,7 +78,9 @@ def test_a_model_path_must_lie_under_the_store_or_an_allowed_prefix(tmp_path, mo
     (tmp_path / "lab" / "link.keras").symlink_to(named)
     (tmp_path / "store" / "models" / "link.keras").symlink_to(named)
     with pytest.raises(ModelNotAllowedError):
-        resolve_model(str(tmp_path / "store" / "models" / "link.keras"), store)  # a link out of models/
+        resolve_model(
+            str(tmp_path / "store" / "models" / "link.keras"), store
+        )  # a link out of models/
     with pytest.raises(ModelNotFoundError, match="neither a version registered"):
         resolve_model("v-typo", store)  # a bare name is a missing version, not a refused path
     chained = f"{tmp_path}/store/models/../../lab/named.keras::memory://x"

@@ -9,11 +9,21 @@ from prefect.states import Completed, Failed
 from aml_model.errors import AmlSmearError, TrainingCollapsedError
 from tasks.retry import retry_transient_errors
 
-WRONG_INPUT = [AmlSmearError("bad cell"), TrainingCollapsedError("flat head"), ValueError("threshold 2"),
-               TypeError("not a str"), KeyError("label"), FileNotFoundError("no such source"),
-               PermissionError("access denied")]
-TRANSIENT = [OSError("503 Slow Down"), ConnectionResetError("peer reset"), TimeoutError("read timed out"),
-             RuntimeError("worker lost")]
+WRONG_INPUT = [
+    AmlSmearError("bad cell"),
+    TrainingCollapsedError("flat head"),
+    ValueError("threshold 2"),
+    TypeError("not a str"),
+    KeyError("label"),
+    FileNotFoundError("no such source"),
+    PermissionError("access denied"),
+]
+TRANSIENT = [
+    OSError("503 Slow Down"),
+    ConnectionResetError("peer reset"),
+    TimeoutError("read timed out"),
+    RuntimeError("worker lost"),
+]
 
 
 @pytest.mark.parametrize("error", WRONG_INPUT, ids=lambda e: type(e).__name__)
@@ -74,8 +84,16 @@ def test_every_store_task_carries_the_retry_policy_and_no_result_cache():
     from tasks.report import write_reports
     from tasks.summarise import write_scored_tables
 
-    store_tasks = [score_labelled_cells, discover_inputs, explain_patient, ingest_shard, write_ingest_tables,
-                   score_shard, write_reports, write_scored_tables]
+    store_tasks = [
+        score_labelled_cells,
+        discover_inputs,
+        explain_patient,
+        ingest_shard,
+        write_ingest_tables,
+        score_shard,
+        write_reports,
+        write_scored_tables,
+    ]
     for store_task in store_tasks:
         # discover_inputs once retried bad input: listing a source that does not exist is not transient.
         assert store_task.retry_condition_fn is retry_transient_errors, store_task.name

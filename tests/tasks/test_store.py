@@ -54,13 +54,17 @@ class StoreContract:
         assert store.read_bytes(store.path("a", "b.bin")) == b"\x00\x01"
         assert store.write_json(store.path("x.json"), {"k": [1, 2]}) == store.path("x.json")
         assert store.read_json(store.path("x.json")) == {"k": [1, 2]}
-        frame = pd.DataFrame({"cell_id": ["a:1", "b:2"], "probability": np.array([0.25, 0.75], np.float32)})
+        frame = pd.DataFrame(
+            {"cell_id": ["a:1", "b:2"], "probability": np.array([0.25, 0.75], np.float32)}
+        )
         assert store.write_table(frame, store.path("t.parquet")) == store.path("t.parquet")
         back = store.read_table(store.path("t.parquet"))
         assert back.columns.tolist() == ["cell_id", "probability"], "the index is not written"
         assert back["cell_id"].tolist() == ["a:1", "b:2"]
         assert back["probability"].dtype == np.float32
-        np.testing.assert_array_equal(back["probability"].to_numpy(), frame["probability"].to_numpy())
+        np.testing.assert_array_equal(
+            back["probability"].to_numpy(), frame["probability"].to_numpy()
+        )
 
     def test_a_write_replaces_the_whole_object(self, store):
         url = store.path("t.bin")
@@ -95,7 +99,9 @@ class StoreContract:
         store.write_bytes(join(folder, "deeper", "b.bin"), b"b")
         store.write_bytes(store.path("runs", "r2", "kept.bin"), b"k")
         store.remove(folder, recursive=True)
-        assert not store.exists(join(folder, "a.bin")) and not store.exists(join(folder, "deeper", "b.bin"))
+        assert not store.exists(join(folder, "a.bin")) and not store.exists(
+            join(folder, "deeper", "b.bin")
+        )
         assert store.list_names(store.runs) == ["r2"]
         assert store.read_bytes(store.path("runs", "r2", "kept.bin")) == b"k"
 
@@ -110,8 +116,15 @@ class StoreContract:
         assert store.list_names(store.path("nothing-here")) == []
 
     def test_copy_tree_copies_every_file_byte_for_byte(self, store):
-        source, target = store.path("runs", "r1", "scores", "s1"), store.path("runs", "r2", "scores", "s1")
-        files = {"score.json": b'{"model": "v1"}', "reports/index.html": b"<html>", "reports/p/a.png": b"\x89PNG"}
+        source, target = (
+            store.path("runs", "r1", "scores", "s1"),
+            store.path("runs", "r2", "scores", "s1"),
+        )
+        files = {
+            "score.json": b'{"model": "v1"}',
+            "reports/index.html": b"<html>",
+            "reports/p/a.png": b"\x89PNG",
+        }
         for name, data in files.items():
             store.write_bytes(join(source, name), data)
         assert store.copy_tree(source, target) == 3
@@ -163,7 +176,9 @@ class StoreContract:
         def add(previous):
             value = json.loads(previous) if previous is not None else {"n": 0, "by": []}
             value["n"] += 1
-            value["by"].append(uuid.uuid4().hex)  # every write differs, as the pointer's write id makes it
+            value["by"].append(
+                uuid.uuid4().hex
+            )  # every write differs, as the pointer's write id makes it
             return json.dumps(value).encode()
 
         errors = []
@@ -190,10 +205,18 @@ class StoreContract:
     def test_cells_arrays_have_chunks_per_task_and_refuse_a_different_shape(self, store):
         url = store.path("cells.zarr")
         images = store.create_cells_array(url, 10, 8, 4)
-        assert images.shape == (10, 8, 8, 3) and images.chunks == (4, 8, 8, 3) and images.dtype == np.uint8
+        assert (
+            images.shape == (10, 8, 8, 3)
+            and images.chunks == (4, 8, 8, 3)
+            and images.dtype == np.uint8
+        )
         images[4:8] = np.full((4, 8, 8, 3), 7, np.uint8)
         probabilities = store.create_probabilities_array(url, 10, 4)
-        assert probabilities.shape == (10,) and probabilities.chunks == (4,) and probabilities.dtype == np.float32
+        assert (
+            probabilities.shape == (10,)
+            and probabilities.chunks == (4,)
+            and probabilities.dtype == np.float32
+        )
         assert np.isnan(probabilities[:]).all()
         reopened = store.open_cells_array(url)
         assert (reopened[4:8] == 7).all() and (reopened[:4] == 0).all()
@@ -210,7 +233,9 @@ class StoreContract:
         writable = store.open_cells_array(url, PROBABILITIES, read_only=False)
         writable[8:10] = np.array([0.1, 0.9], np.float32)
         again = store.create_probabilities_array(url, 10, 4)
-        np.testing.assert_array_equal(again[[0, 3, 8, 9]], np.array([0.5, 0.5, 0.1, 0.9], np.float32))
+        np.testing.assert_array_equal(
+            again[[0, 3, 8, 9]], np.array([0.5, 0.5, 0.1, 0.9], np.float32)
+        )
         assert np.isnan(again[4:8]).all()
         remade = store.create_probabilities_array(url, 12, 4)
         assert remade.shape == (12,) and np.isnan(remade[:]).all()
@@ -260,7 +285,9 @@ class StoreContract:
         assert store.fs is not None  # a store that has opened its filesystem pickles the same
         restored = pickle.loads(pickle.dumps(store))
         assert restored == store and restored is not store
-        assert vars(restored) == {"url": store.url, "options": store.options}, "only the URL and options travel"
+        assert vars(restored) == {"url": store.url, "options": store.options}, (
+            "only the URL and options travel"
+        )
         assert restored.read_bytes(restored.path("before.bin")) == b"written before"
         restored.write_bytes(restored.path("after.bin"), b"written after")
         assert store.read_bytes(store.path("after.bin")) == b"written after"
@@ -271,12 +298,20 @@ class StoreContract:
         if not self.SHARED_BETWEEN_PROCESSES:
             pytest.skip("memory:// lives in one process")
         store.write_bytes(store.path("before.bin"), b"from the parent")
-        child = ("import pickle, sys\n"
-                 "store = pickle.loads(sys.stdin.buffer.read())\n"
-                 "sys.stdout.buffer.write(store.read_bytes(store.path('before.bin')))\n"
-                 "store.write_bytes(store.path('after.bin'), b'from the child')\n")
-        done = subprocess.run([sys.executable, "-c", child], input=pickle.dumps(store), capture_output=True,
-                              cwd=PROJECT_ROOT, timeout=120, check=False)
+        child = (
+            "import pickle, sys\n"
+            "store = pickle.loads(sys.stdin.buffer.read())\n"
+            "sys.stdout.buffer.write(store.read_bytes(store.path('before.bin')))\n"
+            "store.write_bytes(store.path('after.bin'), b'from the child')\n"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", child],
+            input=pickle.dumps(store),
+            capture_output=True,
+            cwd=PROJECT_ROOT,
+            timeout=120,
+            check=False,
+        )
         assert done.returncode == 0, done.stderr.decode()[-2000:]
         assert done.stdout == b"from the parent"
         assert store.read_bytes(store.path("after.bin")) == b"from the child"
@@ -294,7 +329,9 @@ class RemoteStoreContract(StoreContract):
         assert Path(first).read_bytes() == b"v1"
         store.write_bytes(url, b"v2")
         assert store.local_copy(url, "m-v1.bin") == first
-        assert Path(first).read_bytes() == b"v1", "a name identifies content: the cached copy is kept"
+        assert Path(first).read_bytes() == b"v1", (
+            "a name identifies content: the cached copy is kept"
+        )
 
     def test_local_copy_checks_the_recorded_sha256(self, store, tmp_path, monkeypatch):
         monkeypatch.setenv("AML_SMEAR_CACHE_DIR", str(tmp_path / "cache"))
@@ -303,10 +340,14 @@ class RemoteStoreContract(StoreContract):
         right = hashlib.sha256(b"v2").hexdigest()
         assert Path(store.local_copy(url, "m-v2.bin", sha256=right)).read_bytes() == b"v2"
         with pytest.raises(CachedFileMismatchError):
-            store.local_copy(url, "m-other.bin", sha256=hashlib.sha256(b"something else").hexdigest())
+            store.local_copy(
+                url, "m-other.bin", sha256=hashlib.sha256(b"something else").hexdigest()
+            )
         assert not (tmp_path / "cache" / "m-other.bin").exists()
 
-    def test_local_copy_of_a_missing_object_raises_file_not_found(self, store, tmp_path, monkeypatch):
+    def test_local_copy_of_a_missing_object_raises_file_not_found(
+        self, store, tmp_path, monkeypatch
+    ):
         monkeypatch.setenv("AML_SMEAR_CACHE_DIR", str(tmp_path / "cache"))
         with pytest.raises(FileNotFoundError):
             store.local_copy(store.path("nope.bin"), "nope.bin")
@@ -325,7 +366,9 @@ class TestLocalStore(StoreContract):
             store.write_bytes(store.path("t.bin"), b"x" * 1000)
         assert [p.name for p in (tmp_path / "store").iterdir()] == ["t.bin"]
 
-    def test_a_failed_write_leaves_the_old_object_whole_and_its_leftover_is_not_copied(self, store, monkeypatch):
+    def test_a_failed_write_leaves_the_old_object_whole_and_its_leftover_is_not_copied(
+        self, store, monkeypatch
+    ):
         url = store.path("run", "cells.parquet")
         store.write_bytes(url, b"old")
 
@@ -355,7 +398,9 @@ class TestLocalStore(StoreContract):
         url = store.write_bytes(store.path("m.bin"), b"v1")
         assert url == f"file://{tmp_path}/store/m.bin"
         assert (tmp_path / "store" / "m.bin").read_bytes() == b"v1"
-        assert store.local_copy(url, "m-v1.bin") == str(tmp_path / "store" / "m.bin"), "a path Keras can open"
+        assert store.local_copy(url, "m-v1.bin") == str(tmp_path / "store" / "m.bin"), (
+            "a path Keras can open"
+        )
 
     def test_store_at_a_local_path_has_no_options(self, tmp_path):
         assert Store.at(str(tmp_path), "http://127.0.0.1:9000") == Store(str(tmp_path))

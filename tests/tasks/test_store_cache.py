@@ -7,7 +7,13 @@ import time
 
 import pytest
 
-from tasks.store_cache import CachedFileMismatchError, LocalCacheSettings, UnsafeCacheError, cached_file, evict
+from tasks.store_cache import (
+    CachedFileMismatchError,
+    LocalCacheSettings,
+    UnsafeCacheError,
+    cached_file,
+    evict,
+)
 
 MB = 2**20
 
@@ -33,7 +39,9 @@ def test_a_miss_fetches_once_and_a_hit_marks_the_file_used(tmp_path):
     os.utime(path, (0, 0))
     assert cached_file("v1.keras", fetch, settings) == path
     assert calls == [1], "a cached name is not fetched again"
-    assert os.path.getmtime(path) > time.time() - 60, "a hit counts as a use, so eviction keeps the file"
+    assert os.path.getmtime(path) > time.time() - 60, (
+        "a hit counts as a use, so eviction keeps the file"
+    )
     assert os.listdir(tmp_path / "cache") == ["v1.keras"], "no partial file is left"
 
 
@@ -51,8 +59,16 @@ def test_eviction_removes_the_least_recently_used_until_the_folder_fits(tmp_path
     assert removed == [stale_partial, oldest]
     left = sorted(os.listdir(folder))
     assert left == ["b.keras", "c.keras", "d.keras", "f.keras.456.partial"]
-    assert sum(os.path.getsize(os.path.join(folder, n)) for n in left if not n.endswith(".partial")) <= 3 * MB
-    assert os.path.exists(older) and os.path.exists(old) and os.path.exists(in_use) and os.path.exists(live_partial)
+    assert (
+        sum(os.path.getsize(os.path.join(folder, n)) for n in left if not n.endswith(".partial"))
+        <= 3 * MB
+    )
+    assert (
+        os.path.exists(older)
+        and os.path.exists(old)
+        and os.path.exists(in_use)
+        and os.path.exists(live_partial)
+    )
 
 
 def test_files_in_use_and_the_new_file_stay_even_over_the_cap(tmp_path, caplog):
@@ -82,7 +98,9 @@ def test_settings_come_from_the_environment(monkeypatch, tmp_path):
     assert LocalCacheSettings.from_env() == LocalCacheSettings()
     monkeypatch.setenv("AML_SMEAR_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("AML_SMEAR_CACHE_MAX_MB", "512")
-    assert LocalCacheSettings.from_env() == LocalCacheSettings(folder=str(tmp_path), max_bytes=512 * MB)
+    assert LocalCacheSettings.from_env() == LocalCacheSettings(
+        folder=str(tmp_path), max_bytes=512 * MB
+    )
     monkeypatch.setenv("AML_SMEAR_CACHE_MAX_MB", "lots")
     with pytest.raises(ValueError, match="AML_SMEAR_CACHE_MAX_MB='lots' is invalid"):
         LocalCacheSettings.from_env()
@@ -95,8 +113,11 @@ def test_a_tampered_cached_model_is_refused_and_fetched_again(tmp_path, s3_bucke
 
     bucket, options = s3_bucket
     store = Store(f"s3://{bucket}/store", options)
-    ref = register_model(str(stand_in_keras_file(tmp_path / "model.keras")), {"config": {"model": {"image_size": 32}}},
-                         store)
+    ref = register_model(
+        str(stand_in_keras_file(tmp_path / "model.keras")),
+        {"config": {"model": {"image_size": 32}}},
+        store,
+    )
     original = (tmp_path / "model.keras").read_bytes()
     monkeypatch.setenv("AML_SMEAR_CACHE_DIR", str(tmp_path / "cache"))
     ref = resolve_model(ref.version, store)

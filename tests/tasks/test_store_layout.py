@@ -23,7 +23,12 @@ def test_run_paths_name_each_piece_of_an_ingest_run():
     assert run.scores_root == f"{root}/scores"
     assert run.legacy_score_record == f"{root}/score.json"
     assert run.shard_marker("ingest", 3) == f"{root}/_shards/ingest/00003.json"
-    assert (SUCCESS, FAILED, SCORE_RECORD, SHARDS) == ("_SUCCESS", "_FAILED", "score.json", "_shards")
+    assert (SUCCESS, FAILED, SCORE_RECORD, SHARDS) == (
+        "_SUCCESS",
+        "_FAILED",
+        "score.json",
+        "_shards",
+    )
 
 
 def test_scoring_paths_read_the_ingest_and_write_their_own_folder():

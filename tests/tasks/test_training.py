@@ -22,7 +22,9 @@ def cells_store(cells) -> Store:
 
 
 def test_cells_of_several_runs_are_read_in_the_frame_order(cells):
-    arrays = {url: cells_store(cells).open_cells_array(url)[:] for url in cells["cells_zarr"].unique()}
+    arrays = {
+        url: cells_store(cells).open_cells_array(url)[:] for url in cells["cells_zarr"].unique()
+    }
     shuffled = cells.sample(frac=1, random_state=0).reset_index(drop=True)
     expected = np.stack([arrays[r.cells_zarr][r.zarr_index] for r in shuffled.itertuples()])
     np.testing.assert_array_equal(load_cells(shuffled, cells_store(cells)), expected)
@@ -50,13 +52,19 @@ def test_the_plain_path_reads_cells_from_the_store_a_batch_at_a_time(cells, tmp_
     backbone_id, _, _ = prepare_backbone(config.model, Store(store), config.train.seed)
     reads = []
     opened = Store.open_cells_array
-    monkeypatch.setattr(Store, "open_cells_array", lambda *a, **k: Recording(opened(*a, **k), reads))
+    monkeypatch.setattr(
+        Store, "open_cells_array", lambda *a, **k: Recording(opened(*a, **k), reads)
+    )
 
     y = (cells["label"] == "blast").to_numpy(int)
     order = np.random.default_rng(0).permutation(len(cells))
     split = {"train": order[:24], "val": order[24:32], "test": order[32:]}
     trained = train_plain.fn(FeatureCache(Store(store), backbone_id), config, cells, y, split)
-    assert len(trained.history["loss"]) == 2 and trained.p_test.shape == (8,) and len(trained.attempts) >= 1
+    assert (
+        len(trained.history["loss"]) == 2
+        and trained.p_test.shape == (8,)
+        and len(trained.attempts) >= 1
+    )
     # Training batches of 8 from two runs, validation and test in batches of up to 64: no read
     # ever holds more than one batch, let alone all 40 cells.
     assert max(reads) <= 8
@@ -66,7 +74,10 @@ def test_the_plain_path_reads_cells_from_the_store_a_batch_at_a_time(cells, tmp_
     from aml_model.io import load_model
     from tasks.registry import ModelNotFoundError, resolve_model
 
-    assert trained.ref.url == f"{store}/models/{trained.ref.version}/model.keras" and trained.ref.image_size == 32
+    assert (
+        trained.ref.url == f"{store}/models/{trained.ref.version}/model.keras"
+        and trained.ref.image_size == 32
+    )
     model = load_model(trained.ref.url, compile=False)
     test_cells = load_cells(cells.iloc[split["test"]], Store(store))
     np.testing.assert_allclose(trained.p_test, predict_cells(model, test_cells), atol=1e-6)

@@ -28,7 +28,9 @@ def cache(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
     """A small whole ResNet50's weights file: (the backbone, its bytes, their sha256)."""
-    backbone = seed_weights(keras.applications.ResNet50(include_top=False, weights=None, input_shape=(32, 32, 3)), 5)
+    backbone = seed_weights(
+        keras.applications.ResNet50(include_top=False, weights=None, input_shape=(32, 32, 3)), 5
+    )
     path = tmp_path_factory.mktemp("weights") / NAME
     backbone.save_weights(path)
     data = path.read_bytes()
@@ -59,12 +61,16 @@ class Reads:
         monkeypatch.setattr(Store, "read_bytes", counted)
 
 
-def test_a_remote_file_is_fetched_into_the_cache_under_its_sha256_once(remote, weights, cache, monkeypatch):
+def test_a_remote_file_is_fetched_into_the_cache_under_its_sha256_once(
+    remote, weights, cache, monkeypatch
+):
     store, url, _ = remote
     _, data, digest = weights
     reads = Reads(monkeypatch)
     local = fetch_weights_file(store, url, digest)
-    assert local == str(cache / f"{digest}-{NAME}"), "named by the content, keeping Keras' file-name suffix"
+    assert local == str(cache / f"{digest}-{NAME}"), (
+        "named by the content, keeping Keras' file-name suffix"
+    )
     assert open(local, "rb").read() == data and reads.count == 1
     assert fetch_weights_file(store, url, digest.upper()) == local
     assert reads.count == 1, "a cached copy of the recorded sha256 is reused"
@@ -80,15 +86,21 @@ def test_a_remote_backbone_is_built_from_its_local_copy(remote, weights, cache):
     loaded = build_backbone(model, local)
     for a, b in zip(saved.weights, loaded.weights, strict=True):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
-    with pytest.raises(BackboneWeightsError, match=f"{url} is not a local file: it must be fetched first"):
+    with pytest.raises(
+        BackboneWeightsError, match=f"{url} is not a local file: it must be fetched first"
+    ):
         build_backbone(model)
 
 
-def test_a_remote_file_that_differs_from_its_sha256_is_refused_and_not_cached(remote, weights, cache):
+def test_a_remote_file_that_differs_from_its_sha256_is_refused_and_not_cached(
+    remote, weights, cache
+):
     store, url, _ = remote
     _, _, digest = weights
     wrong = ("0" if digest[0] != "0" else "1") + digest[1:]
-    with pytest.raises(WeightsHashMismatchError, match=f"{url} has sha256 {digest}, expected {wrong}"):
+    with pytest.raises(
+        WeightsHashMismatchError, match=f"{url} has sha256 {digest}, expected {wrong}"
+    ):
         fetch_weights_file(store, url, wrong)
     assert not [name for name in os.listdir(cache) if not name.endswith(".partial")]
 
@@ -104,7 +116,9 @@ def test_a_changed_cached_copy_is_fetched_again(remote, weights, cache):
     assert open(local, "rb").read() == data
 
 
-def test_without_a_sha256_the_file_is_fetched_every_time_never_taken_stale(remote, weights, cache, monkeypatch):
+def test_without_a_sha256_the_file_is_fetched_every_time_never_taken_stale(
+    remote, weights, cache, monkeypatch
+):
     store, url, fs = remote
     _, data, digest = weights
     reads = Reads(monkeypatch)
@@ -114,7 +128,9 @@ def test_without_a_sha256_the_file_is_fetched_every_time_never_taken_stale(remot
     fs.pipe_file(url, newer)
     second = fetch_weights_file(store, url)
     assert reads.count == 2
-    assert open(second, "rb").read() == newer, "the file at the URL now, not the copy of the old one"
+    assert open(second, "rb").read() == newer, (
+        "the file at the URL now, not the copy of the old one"
+    )
     assert os.path.basename(second) == f"{hashlib.sha256(newer).hexdigest()}-{NAME}"
     assert fetch_weights_file(store, url) == second and reads.count == 3
 
@@ -122,9 +138,13 @@ def test_without_a_sha256_the_file_is_fetched_every_time_never_taken_stale(remot
 def test_a_missing_remote_file_is_a_clear_error(remote, cache):
     store, url, _ = remote
     missing = url.replace(NAME, "nope.weights.h5")
-    with pytest.raises(BackboneWeightsError, match=f"backbone weights file {missing} cannot be read"):
+    with pytest.raises(
+        BackboneWeightsError, match=f"backbone weights file {missing} cannot be read"
+    ):
         fetch_weights_file(store, missing)
-    with pytest.raises(BackboneWeightsError, match=f"backbone weights file {missing} cannot be read"):
+    with pytest.raises(
+        BackboneWeightsError, match=f"backbone weights file {missing} cannot be read"
+    ):
         fetch_weights_file(store, missing, "0" * 64)
 
 
