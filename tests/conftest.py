@@ -11,6 +11,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+# Prefect's test harness and a Dask cluster, turned on by tests/flows and tests/app.
+pytest_plugins = ["tests.prefect_harness"]
+
 if TYPE_CHECKING:
     from tasks.store import Store
 

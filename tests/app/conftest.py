@@ -1,6 +1,14 @@
-"""The application layer's tests run flows as the flows' own tests do: the same Prefect test harness
-and Dask cluster fixtures."""
+"""The application layer's tests run flows as the flows' own tests do: against Prefect's test
+harness and one real 2-worker Dask LocalCluster (tests/prefect_harness.py)."""
 
-from tests.flows.conftest import dask_cluster, events_reach_this_server, prefect_api, task_runner
+import pytest
 
-__all__ = ["dask_cluster", "events_reach_this_server", "prefect_api", "task_runner"]
+
+@pytest.fixture(autouse=True, scope="session")
+def _prefect_first(prefect_api):
+    """The harness starts before any other session fixture (tests/prefect_harness.py)."""
+
+
+@pytest.fixture(autouse=True)
+def _events_here(events_reach_this_server):
+    """Each test's events go to this session's harness."""

@@ -1,58 +1,14 @@
-"""Flow tests run against Prefect's test harness and one real 2-worker Dask LocalCluster."""
-
-from __future__ import annotations
-
-import os
+"""Flow tests run against Prefect's test harness and one real 2-worker Dask LocalCluster
+(tests/prefect_harness.py)."""
 
 import pytest
 
 
 @pytest.fixture(autouse=True, scope="session")
-def prefect_api():
-    # Prefect's first full import configures logging and closes the handlers already there; absl's
-    # (TensorFlow's) holds pytest's capture stream, so importing Prefect after TensorFlow (a CLI
-    # test whose model fixture trained first) would close it. Import Prefect first.
-    import prefect.main  # noqa: F401
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
-
-    from tests.conftest import drain_prefect_events
-
-    with prefect_test_harness(server_startup_timeout=60):
-        # Dask worker processes inherit the environment: point them at the harness too.
-        os.environ["PREFECT_API_URL"] = PREFECT_API_URL.value()
-        drain_prefect_events()
-        yield PREFECT_API_URL.value()
-        drain_prefect_events()
-        del os.environ["PREFECT_API_URL"]
-
-
-@pytest.fixture(scope="session")
-def dask_cluster(prefect_api, tmp_path_factory):
-    from distributed import LocalCluster
-
-    cluster = LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        dashboard_address=None,
-        local_directory=str(tmp_path_factory.mktemp("dask")),
-    )
-    yield cluster
-    cluster.close()
-
-
-@pytest.fixture
-def task_runner(dask_cluster):
-    from prefect_dask import DaskTaskRunner
-
-    return DaskTaskRunner(address=dask_cluster.scheduler_address)
+def _prefect_first(prefect_api):
+    """The harness starts before any other session fixture (tests/prefect_harness.py)."""
 
 
 @pytest.fixture(autouse=True)
-def events_reach_this_server(prefect_api):
-    """Each test's events go to the server it reads them from, whatever ran before in this process."""
-    from tests.conftest import drain_prefect_events
-
-    drain_prefect_events()
-    yield
+def _events_here(events_reach_this_server):
+    """Each test's events go to this session's harness."""
