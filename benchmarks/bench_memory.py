@@ -1,7 +1,7 @@
 """Peak resident memory while scoring and while retraining: it should not grow with the cells.
 
 Scoring: each size (500 and 5,000 cells) runs ``score-smears`` on a fresh 2-worker LocalCluster
-and reads every worker's peak RSS (``ru_maxrss``) before the cluster closes. 5,000 cells are more
+and reads every worker's own peak RSS (``VmHWM``) before the cluster closes. 5,000 cells are more
 than the 1,400 real ones, so the real cells are dealt to patient folders repeatedly (a patient
 never gets the same cell twice, which ingest would quarantine as a duplicate). The model is the
 paper architecture at a smaller input (default 96 px, untrained backbone) to keep the run to
@@ -51,9 +51,10 @@ def repeated_cohort(lmu: Path, root: Path, n_cells: int) -> None:
 
 
 def _worker_peak_rss_mb() -> float:
-    import resource
+    """This worker's own peak RSS, MiB (not ``ru_maxrss``: :func:`benchmarks.common.peak_rss_mib`)."""
+    from benchmarks.common import peak_rss_mib
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    return peak_rss_mib()
 
 
 def peak_rss_mb(source: Path, store: Path, model_file: str) -> float:
@@ -78,15 +79,15 @@ def peak_rss_mb(source: Path, store: Path, model_file: str) -> float:
 def retrain_peaks(source: Path, store: Path) -> dict:
     """Run one cold retrain on a fresh 2-worker cluster in this process; the peak RSS (MiB) of
     this (the flow) process and of each worker, and the number of cached rows."""
-    import resource
-
     from distributed import Client, LocalCluster
     from prefect_dask import DaskTaskRunner
 
+    from benchmarks.common import peak_rss_mib, reset_peak_rss
     from flows.parameters import RetrainOptions
     from flows.retrain import retrain_and_evaluate
     from flows.runner import local_cluster_kwargs
 
+    reset_peak_rss()
     with LocalCluster(**local_cluster_kwargs(2)) as cluster, Client(cluster) as client:
         flow = retrain_and_evaluate.with_options(
             task_runner=DaskTaskRunner(address=cluster.scheduler_address)
@@ -103,7 +104,7 @@ def retrain_peaks(source: Path, store: Path) -> dict:
             ),
         )
         workers = sorted(client.run(_worker_peak_rss_mb).values())
-    flow_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    flow_peak = peak_rss_mib()
     return {
         "flow": flow_peak,
         "workers": workers,

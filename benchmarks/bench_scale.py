@@ -59,14 +59,6 @@ def copied_cohort(lmu: Path, root: Path, factor: int) -> int:
     return len(rows) * factor
 
 
-def _peak_mb(pid: int) -> float:
-    """A process's peak resident set (``VmHWM``), MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def _cluster(work: Path) -> tuple[subprocess.Popen, list[subprocess.Popen], Path]:
     """A scheduler process and two worker processes, each TensorFlow given one core's threads."""
     from flows.runner import local_cluster_kwargs
@@ -121,13 +113,11 @@ def _cluster(work: Path) -> tuple[subprocess.Popen, list[subprocess.Popen], Path
 
 def run_factor(factor: int, work: Path) -> dict:
     """Ingest, retrain and score ``factor`` x BASE cells on a fresh cluster; the figures of each stage."""
-    import resource
-
     import psutil
     from distributed import Client, get_task_stream
     from prefect_dask import DaskTaskRunner
 
-    from benchmarks.common import require_lmu_cells
+    from benchmarks.common import peak_rss_mib, require_lmu_cells, reset_peak_rss
     from flows.ingest import ingest
     from flows.parameters import RetrainOptions, ScoreOptions
     from flows.retrain import retrain_and_evaluate
@@ -136,6 +126,7 @@ def run_factor(factor: int, work: Path) -> dict:
 
     source, store = work / "cohort", str(work / "store")
     n_cells = copied_cohort(require_lmu_cells(), source, factor)
+    reset_peak_rss()  # the flow's peak from here on, not the cohort's writing
     with shared_prefect_api():
         scheduler, workers, scheduler_file = _cluster(work)
         try:
@@ -181,9 +172,9 @@ def run_factor(factor: int, work: Path) -> dict:
                         "seconds": seconds,
                     }
                 peaks = {
-                    "flow": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                    "scheduler": _peak_mb(scheduler.pid),
-                    "worker": max(_peak_mb(w.pid) for w in workers),
+                    "flow": peak_rss_mib(),
+                    "scheduler": peak_rss_mib(scheduler.pid),
+                    "worker": max(peak_rss_mib(w.pid) for w in workers),
                 }
         finally:
             for process in (*workers, scheduler):

@@ -101,3 +101,24 @@ def print_table(title: str, rows: list[tuple[str, str]]) -> None:
     print(f"\n{title}", flush=True)
     for name, value in rows:
         print(f"  {name.ljust(width)}  {value}", flush=True)
+
+
+def peak_rss_mib(pid: int | None = None) -> float:
+    """The peak resident set of one process (``VmHWM``, Linux), MiB; this process by default.
+
+    Not ``ru_maxrss``: a process started by fork and exec keeps its parent's ``ru_maxrss``
+    high-water mark, so every worker and subprocess a benchmark starts would report at least the
+    benchmark's own peak. ``VmHWM`` belongs to the process's own memory map, which exec replaces,
+    and :func:`reset_peak_rss` starts it again.
+    """
+    status = Path(f"/proc/{pid or 'self'}/status").read_text()
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024  # kB
+    return float("nan")
+
+
+def reset_peak_rss() -> None:
+    """Start this process's ``VmHWM`` again from its current RSS (``/proc/self/clear_refs``, 5), so
+    that :func:`peak_rss_mib` measures what comes after, not what the process did before."""
+    Path("/proc/self/clear_refs").write_text("5")
