@@ -71,7 +71,11 @@ def test_benchmarks_run_on_a_handful_of_cells(lmu_cells, tiny_model_file, tmp_pa
     # Both bf16 ratios are printed: over the same folded graph in fp32 (fair) and over the stock one.
     assert "bf16 / folded fp32 (same graph, the fair ratio)" in completed.stdout
     assert "bf16 / stock fp32" in completed.stdout
-    # The tests' model is a bare .keras file, without the card that would let auto reduce it.
+    # The tests' model is a bare .keras file, without the card that would let auto reduce it,
+    # or name its recipe.
+    assert (
+        recorded["score_recipe"] == "unrecorded" and "trained unrecorded model" in completed.stdout
+    )
     assert recorded["auto_precision"] == "float32"
     assert (
         "not recorded for this model" in recorded["auto_precision_reason"]
