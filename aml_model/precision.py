@@ -9,7 +9,7 @@ at training (:func:`precision_agreement`) and recorded in the model card.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -88,7 +88,7 @@ def resolve_precision(
 
 def precision_agreement(
     model,
-    cells: np.ndarray,
+    cells: np.ndarray | Iterable[np.ndarray],
     precisions: tuple[str, ...] = ("bfloat16", "float16"),
     batch_size: int = 32,
 ) -> dict[str, float]:
@@ -96,23 +96,25 @@ def precision_agreement(
 
     Args:
         model: the paper model.
-        cells: `(n, s, s, 3)` uint8 cells (its test cells).
+        cells: `(n, s, s, 3)` uint8 cells, or an iterable of such arrays (read one at a time, so
+            that many cells need not be in memory at once).
 
     Returns:
         {precision: max abs probability difference}, NaN-free; empty for no cells.
     """
     from aml_model.inference import BatchScorer, inference_model
 
-    if not len(cells):
-        return {}
-    reference = BatchScorer(inference_model(model, "float32"), batch_size)(cells)
-    return {
-        precision: float(
-            np.max(
-                np.abs(
-                    BatchScorer(inference_model(model, precision), batch_size)(cells) - reference
-                )
-            )
-        )
-        for precision in precisions
+    batches = [cells] if isinstance(cells, np.ndarray) else cells
+    scorers = {
+        name: BatchScorer(inference_model(model, name), batch_size)
+        for name in ("float32", *precisions)
     }
+    largest: dict[str, float] = {}
+    for batch in batches:
+        if not len(batch):
+            continue
+        reference = scorers["float32"](batch)
+        for precision in precisions:
+            moved = float(np.max(np.abs(scorers[precision](batch) - reference)))
+            largest[precision] = max(largest.get(precision, 0.0), moved)
+    return largest

@@ -34,6 +34,7 @@ from tasks.store_layout import RunPaths
 from tasks.training import (
     TrainedModel,
     TrainingSet,
+    agreement_cells,
     compare_with_champion,
     evaluation_files,
     load_training_set,
@@ -177,6 +178,7 @@ def _train(
             test,
             train_weights=np.tile(weights_of["train"], copies),
             val_weights=weights_of["val"],
+            agreement=agreement_cells(data.cells, split),
         )
     return trained.result(), backbone, embedded
 

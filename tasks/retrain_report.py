@@ -104,7 +104,10 @@ def model_card(
         "inference": {
             "max_abs_dp_vs_float32": trained.precision_agreement,
             "guard": REDUCED_PRECISION_MAX_ABS_DP,
-            "cells": min(len(split["test"]), AGREEMENT_CELLS),
+            # Test cells first, then validation and training cells (tasks.training.agreement_cells).
+            "cells": min(
+                sum(len(split[name]) for name in ("test", "val", "train")), AGREEMENT_CELLS
+            ),
         },
         "embedded": embedded,
         "started_at": started_at.isoformat(),

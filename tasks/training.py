@@ -48,11 +48,12 @@ __all__ = [
 ]
 
 TEST_PREDICTIONS = "test_predictions.parquet"
-#: Test cells the reduced precisions are checked on. The guard is the largest |dp| over them, and a
-#: maximum grows with the cells it is taken over: on 256 test cells a model's bfloat16 figure was
-#: 0.020, on 1,000 held-out cells 0.059, over the 0.05 guard. So the maximum is taken over as many
-#: cells as a scoring benchmark sees (more cells, not a quantile: the guard stays "no cell moves by
-#: more than 0.05"). float16 emulated on a CPU (~35 cells/s at 224 px) then costs about 30 s a retrain.
+#: Cells the reduced precisions are checked on (:func:`agreement_cells`). The guard is the largest
+#: |dp| over them, and a maximum grows with the cells it is taken over: the scoring benchmark's model
+#: recorded 0.020 on its 40 test cells and measured 0.059 on 1,000 held-out cells, over the 0.05
+#: guard. So the maximum is taken over up to this many cells (more cells, not a quantile: the guard
+#: stays "no cell moves by more than 0.05"); float16 emulated on a CPU (~35 cells/s at 224 px) then
+#: costs about 30 s a retrain.
 AGREEMENT_CELLS = 1024
 
 
@@ -247,10 +248,33 @@ def register_challenger(
     )
 
 
-def _measure_agreement(model, test: pd.DataFrame, store: Store) -> dict[str, float]:
+def agreement_cells(cells: pd.DataFrame, split: dict) -> pd.DataFrame:
+    """Up to :data:`AGREEMENT_CELLS` of the labelled ``cells``: the test cells, then the validation
+    cells, then the training cells. How far a reduced precision moves a probability is arithmetic,
+    not generalisation, so cells the model was fitted on count as well; the test set alone (10%)
+    is often too small for a maximum that holds on a scoring's cells.
+
+    Args:
+        cells: the labelled cells (cells_zarr, zarr_index); ``split`` holds positions in it.
+    """
+    order = np.concatenate(
+        [np.asarray(split[name], dtype=int) for name in ("test", "val", "train")]
+    )
+    return cells.iloc[order[:AGREEMENT_CELLS]]
+
+
+def _measure_agreement(
+    model, cells: pd.DataFrame, store: Store, batch_size: int
+) -> dict[str, float]:
+    """:func:`aml_model.precision.precision_agreement` on up to :data:`AGREEMENT_CELLS` of ``cells``,
+    read ``batch_size`` cells at a time."""
     from aml_model.precision import precision_agreement
 
-    return precision_agreement(model, load_cells(test.iloc[:AGREEMENT_CELLS], store))
+    rows, n = cell_rows(cells, store), min(len(cells), AGREEMENT_CELLS)
+    batches = (
+        rows[np.arange(start, min(start + batch_size, n))] for start in range(0, n, batch_size)
+    )
+    return precision_agreement(model, batches, batch_size=batch_size)
 
 
 def _stage(model, store: Store) -> ModelRef:
@@ -410,10 +434,14 @@ def train_on_features(
     test: pd.DataFrame,
     train_weights=None,
     val_weights=None,
+    agreement: pd.DataFrame | None = None,
 ):
     """Cached path: fit the head on cached features (:func:`fit_head`), assemble the full model,
     score the test cells (cells_zarr, zarr_index) read a batch at a time, and stage the model in
     the cache's store. Submitted to the flow's task runner, it runs on a Dask worker.
+
+    ``agreement`` holds the cells the reduced precisions are checked on (:func:`agreement_cells`);
+    the test cells when it is None.
 
     Returns:
         :class:`TrainedModel`: the staged model's reference, not the Keras object.
@@ -440,7 +468,9 @@ def train_on_features(
         best,
         p_test,
         attempts,
-        _measure_agreement(model, test, store),
+        _measure_agreement(
+            model, test if agreement is None else agreement, store, config.train.batch_size
+        ),
     )
 
 
@@ -491,5 +521,5 @@ def train_plain(cache, config, cells: pd.DataFrame, y, split, train_weights=None
         best,
         p_test,
         attempts,
-        _measure_agreement(model, cells.iloc[split["test"]], store),
+        _measure_agreement(model, agreement_cells(cells, split), store, config.train.batch_size),
     )

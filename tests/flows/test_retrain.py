@@ -91,17 +91,20 @@ def test_retrain_registers_promotes_and_reuses_the_feature_cache(cohort, tmp_pat
         ((above > 0) + 0.5 * (above == 0)).mean(), abs=1e-9
     )
     assert first["metrics"] == card["metrics"]
-    # The reduced precisions' agreement with float32 on the test cells, for precision="auto",
-    # recomputed from the registered model; the registry hands it to the scoring workers.
+    # The reduced precisions' agreement with float32, for precision="auto": taken over every
+    # labelled cell here, so at least what the registered model gives on its test cells alone;
+    # the registry hands it to the scoring workers.
     from aml_model.precision import precision_agreement
     from tasks.registry import resolve_model
 
     recorded = card["inference"]["max_abs_dp_vs_float32"]
-    assert card["inference"]["cells"] == len(predictions) and card["inference"]["guard"] == 0.05
+    # The reduced precisions are checked on every labelled cell here (fewer than AGREEMENT_CELLS).
+    assert card["inference"]["cells"] == 240 and card["inference"]["guard"] == 0.05
     recomputed = precision_agreement(
         load_model(folder / "model.keras", compile=False), load_cells(predictions, Store(store))
     )
-    assert recorded == pytest.approx(recomputed, abs=1e-6) and recorded["bfloat16"] > 0
+    assert set(recorded) == set(recomputed) and recorded["bfloat16"] > 0
+    assert all(recorded[name] >= recomputed[name] - 1e-6 for name in recomputed)
     assert resolve_model("champion", Store(store)).precision_agreement == recorded
 
     # The registered model scores exactly as the in-memory one did.

@@ -83,3 +83,22 @@ def test_the_plain_path_reads_cells_from_the_store_a_batch_at_a_time(cells, tmp_
     np.testing.assert_allclose(trained.p_test, predict_cells(model, test_cells), atol=1e-6)
     with pytest.raises(ModelNotFoundError, match="not completely registered"):
         resolve_model(trained.ref.version, Store(store))
+
+
+def test_the_reduced_precisions_are_checked_on_test_then_validation_then_training_cells(
+    monkeypatch,
+):
+    import pandas as pd
+
+    import tasks.training as training
+
+    cells = pd.DataFrame({"cell_id": [f"c{i}" for i in range(10)]})
+    split = {
+        "train": np.array([0, 1, 2, 3, 4, 5]),
+        "val": np.array([6, 7]),
+        "test": np.array([8, 9]),
+    }
+    chosen = training.agreement_cells(cells, split)["cell_id"].tolist()
+    assert chosen == ["c8", "c9", "c6", "c7", "c0", "c1", "c2", "c3", "c4", "c5"]
+    monkeypatch.setattr(training, "AGREEMENT_CELLS", 3)
+    assert training.agreement_cells(cells, split)["cell_id"].tolist() == ["c8", "c9", "c6"]
