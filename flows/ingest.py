@@ -206,7 +206,7 @@ def start_ingest(plan: IngestPlan, chunks_per_task: int) -> list[ShardSpec]:
 
 
 def submit_ingest_shard(plan: IngestPlan, spec: ShardSpec) -> PrefectFuture:
-    """Submit the task that decodes one shard; its result is the shard's records."""
+    """Submit the task that decodes one shard; its result is the shard's receipt."""
     return ingest_shard.submit(
         spec,
         plan.paths.cells_zarr,
@@ -219,26 +219,29 @@ def submit_ingest_shard(plan: IngestPlan, spec: ShardSpec) -> PrefectFuture:
 
 
 def collect_ingest(plan: IngestPlan, futures: list[PrefectFuture]) -> list[dict]:
-    """Every shard's records, gathered as the shards finish, with progress in the log and an artifact."""
-    records: list[dict] = []
+    """Every shard's receipt (:func:`tasks.ingest.ingest_shard`) in slot order, gathered as the
+    shards finish, with progress in the log and an artifact."""
+    receipts: list[dict] = []
 
     def line(percent: float, done: int) -> str:
+        images = sum(receipt["inputs"] for receipt in receipts)
         return (
             f"ingest {percent:5.1f}%: {done}/{len(futures)} shards, "
-            f"{len(records)}/{len(plan.found.inputs)} images"
+            f"{images}/{len(plan.found.inputs)} images"
         )
 
-    for _percent, shard_records in results_with_progress(
+    for _percent, receipt in results_with_progress(
         futures, "ingest-progress", f"ingest of {plan.source.url}", line
     ):
-        records.extend(shard_records)
-    return records
+        receipts.append(receipt)
+    return sorted(receipts, key=lambda receipt: receipt["start"])
 
 
-def finish_ingest(plan: IngestPlan, records: list[dict], mark_success: bool) -> dict[str, int]:
-    """Write cells.parquet, quarantine.parquet, the ingest report (and ``_SUCCESS``); returns the counts."""
+def finish_ingest(plan: IngestPlan, receipts: list[dict], mark_success: bool) -> dict[str, int]:
+    """Write cells.parquet (a dataset), quarantine.parquet, the ingest report (and ``_SUCCESS``) from
+    the shards' receipts; returns the counts."""
     paths, found = plan.paths, plan.found
-    counts = write_ingest_tables(found.inputs, records, found.rejected, paths)
+    counts = write_ingest_tables(receipts, found.rejected, paths)
     report = {
         "source": plan.source.url,
         "root": found.root,

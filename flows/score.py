@@ -6,7 +6,6 @@ another model or other call settings add a scoring and never rewrite one (docs/d
 
 from __future__ import annotations
 
-import numpy as np
 from prefect import flow, get_run_logger
 
 from aml_model.aggregate import CORRECTED_COLUMNS
@@ -30,7 +29,7 @@ from tasks.arrivals import only_new, patient_versions, record_scored, scored_ver
 from tasks.calibration import read_site_calibration
 from tasks.devices import cluster_has_gpus, model_tasks
 from tasks.explain import explain_patient, reuse_explanation
-from tasks.ingest import plan_shards
+from tasks.ingest import plan_shards, shard_stop
 from tasks.predict import reuse_probabilities, score_shard
 from tasks.privacy import prefect_patient_ids
 from tasks.registry import ModelRef, resolve_model
@@ -254,7 +253,8 @@ def _score_cells(
     decodes another, while the other workers decode, so decoding overlaps inference. (With fewer
     shards than about twice the worker threads, Dask hands every decoding task out at once and a
     worker may decode its next shard first.) A finished ingest run is not decoded again: its
-    accepted cells are scored from its Zarr images. Shards an interrupted scoring finished
+    accepted cells are scored from its Zarr images, each shard reading which they are from the
+    parts of its cell table that overlap its slots. Shards an interrupted scoring finished
     return from their markers at once.
 
     Returns:
@@ -265,14 +265,7 @@ def _score_cells(
     store.create_probabilities_array(scoring.probabilities_zarr, n_inputs, plan.chunk_cells)
     if plan.complete:
         shards = plan_shards(plan.found.inputs, plan.chunk_cells, options.chunks_per_task)
-        accepted = np.sort(store.read_table(plan.paths.cells_table)["zarr_index"].to_numpy())
-        bounds = np.searchsorted(
-            accepted, [[spec["start"], spec["start"] + len(spec["uris"])] for spec in shards]
-        )
-        decoding = [
-            [{"zarr_index": int(i), "reason": None} for i in accepted[low:high]]
-            for low, high in bounds
-        ]
+        decoding = [None] * len(shards)
     else:
         shards, decoding = start_ingest(plan, options.chunks_per_task), []
     scoring_futures, gpus = [], cluster_has_gpus()
@@ -284,8 +277,9 @@ def _score_cells(
                 scoring_futures.append(
                     score_shard.submit(
                         spec["start"],
-                        spec["start"] + len(spec["uris"]),
+                        shard_stop(spec),
                         decoding[number],
+                        plan.paths.cells_table,
                         plan.paths.cells_zarr,
                         scoring.probabilities_zarr,
                         scoring.shard_marker("score", spec["shard"]),

@@ -9,16 +9,23 @@ import numpy as np
 import pandas as pd
 from prefect import get_run_logger
 
-from aml_model.catalog import build_cell_tables
 from aml_model.config import PreprocessConfig
 from aml_model.errors import ImageDecodeError
 from aml_model.preprocess import decode_cell
+from tasks.cell_tables import build_ingest_tables, records_frame
 from tasks.discover import CellInput
 from tasks.retry import store_task
 from tasks.store import Store
 from tasks.store_layout import RunPaths
 
-__all__ = ["ShardSpec", "ingest_shard", "plan_hash", "plan_shards", "write_ingest_tables"]
+__all__ = [
+    "ShardSpec",
+    "ingest_shard",
+    "plan_hash",
+    "plan_shards",
+    "shard_stop",
+    "write_ingest_tables",
+]
 
 
 def plan_hash(inputs: list[CellInput], image_size: int, chunk_cells: int) -> str:
@@ -37,7 +44,9 @@ def plan_hash(inputs: list[CellInput], image_size: int, chunk_cells: int) -> str
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-ShardSpec = dict  # {"shard": int, "start": int, "uris": [str, ...]}
+ShardSpec = dict
+"""One decoding shard: ``{"shard": int, "start": int, "uris": [...], "patients": [...], "labels":
+[...], "cell_types": [...]}``, an input per slot from ``start`` on."""
 
 
 def plan_shards(
@@ -46,9 +55,21 @@ def plan_shards(
     """Cut the inputs into shards aligned to Zarr chunks, so no two shards share a chunk."""
     size = chunk_cells * chunks_per_shard
     return [
-        {"shard": number, "start": start, "uris": [c.uri for c in inputs[start : start + size]]}
+        {
+            "shard": number,
+            "start": start,
+            "uris": [c.uri for c in inputs[start : start + size]],
+            "patients": [c.patient_id for c in inputs[start : start + size]],
+            "labels": [c.label for c in inputs[start : start + size]],
+            "cell_types": [c.cell_type for c in inputs[start : start + size]],
+        }
         for number, start in enumerate(range(0, len(inputs), size))
     ]
+
+
+def shard_stop(spec: ShardSpec) -> int:
+    """The slot after a shard's last."""
+    return spec["start"] + len(spec["uris"])
 
 
 def _decode_one(
@@ -78,26 +99,27 @@ def ingest_shard(
     image_size: int,
     source: Store,
     store: Store,
-) -> list[dict]:
-    """Decode the shard's inputs and write its whole Zarr chunks; skip if already done.
+) -> dict:
+    """Decode the shard's inputs, write its whole Zarr chunks and its records part; skip if done.
 
-    A bad input becomes a record with a reason and a zero slot; the others go on. The
-    marker, written after the chunks, makes a rerun of the same plan skip this shard.
-    The inputs (``spec["uris"]``) are read through ``source``; ``cells_url`` and
-    ``marker_url`` are written through ``store``.
+    A bad input becomes a record with a reason and a zero slot; the others go on. The records
+    (zarr_index, source_uri, sha256, reason, patient_id, label, cell_type per input,
+    :func:`tasks.cell_tables.records_frame`) are written beside the marker as a Parquet part; the
+    marker, written last, holds the part's receipt and makes a rerun of the same plan skip this
+    shard. The inputs are read through ``source``; everything else is written through ``store``.
 
     Returns:
-        One record per input: zarr_index, source_uri, sha256, reason.
+        The receipt: the shard's slots (start, stop), counts of inputs and of failed decodings,
+        and its records part (url, rows, bytes, sha256): a few hundred bytes, whatever the shard's
+        size, so that the flow never holds a record per cell.
     """
+    inputs = _inputs_digest(spec)
     if store.exists(marker_url):
         marker = store.read_json(marker_url)
         # Shards are numbered by position: a rerun with other chunks_per_task finds markers of
         # other slot ranges under the same names.
-        done = [(r["zarr_index"], r["source_uri"]) for r in marker.get("records", [])]
-        if marker.get("plan") == fingerprint and done == list(
-            enumerate(spec["uris"], start=spec["start"])
-        ):
-            return marker["records"]
+        if marker.get("plan") == fingerprint and marker.get("inputs") == inputs:
+            return marker["receipt"]
     config = PreprocessConfig(image_size=image_size)
     block = np.zeros((len(spec["uris"]), image_size, image_size, 3), np.uint8)
     records = []
@@ -105,33 +127,67 @@ def ingest_shard(
         cell, record = _decode_one(uri, source, config)
         if cell is not None:
             block[offset] = cell
-        records.append({"zarr_index": spec["start"] + offset, "source_uri": uri, **record})
+        records.append(
+            {
+                "zarr_index": spec["start"] + offset,
+                "source_uri": uri,
+                **record,
+                "patient_id": spec["patients"][offset],
+                "label": spec["labels"][offset],
+                "cell_type": spec["cell_types"][offset],
+            }
+        )
     array = store.open_cells_array(cells_url, read_only=False)
     array[spec["start"] : spec["start"] + len(block)] = block
-    store.write_json(marker_url, {"plan": fingerprint, "records": records})
-    return records
+    part = store.write_part(records_frame(records), marker_url.removesuffix(".json") + ".parquet")
+    receipt = {
+        "shard": spec["shard"],
+        "start": spec["start"],
+        "stop": shard_stop(spec),
+        "inputs": len(records),
+        "failed": sum(r["reason"] is not None for r in records),
+        **part,
+    }
+    store.write_json(marker_url, {"plan": fingerprint, "inputs": inputs, "receipt": receipt})
+    return receipt
+
+
+def _inputs_digest(spec: ShardSpec) -> str:
+    """What a shard decodes: its slots and their inputs."""
+    payload = json.dumps(
+        [spec[key] for key in ("start", "uris", "patients", "labels", "cell_types")]
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()
 
 
 @store_task("write-ingest-tables")
 def write_ingest_tables(
-    inputs: list[CellInput],
-    records: list[dict],
-    rejected: list[dict],
-    paths: RunPaths,
+    receipts: list[dict], rejected: list[dict], paths: RunPaths
 ) -> dict[str, int]:
-    """Build and write cells.parquet and quarantine.parquet; returns their row counts."""
-    frame = pd.DataFrame(records).sort_values("zarr_index", kind="stable")
-    meta = pd.DataFrame(
-        [{"patient_id": c.patient_id, "label": c.label, "cell_type": c.cell_type} for c in inputs],
-        columns=["patient_id", "label", "cell_type"],
+    """Build the run's cell table (a dataset of one part per shard) and its quarantine on the Dask
+    cluster from the shards' records parts (:func:`tasks.cell_tables.build_ingest_tables`).
+
+    Args:
+        receipts: what each ingest shard returned, in slot order.
+        rejected: inputs refused at discovery (source_uri, patient_id, reason).
+
+    Returns:
+        The tables' row counts: cells and quarantined.
+    """
+    store = paths.store
+    parts, quarantine = build_ingest_tables(
+        store,
+        receipts,
+        pd.DataFrame(rejected, columns=["source_uri", "patient_id", "reason"]),
+        paths.cells_table,
     )
-    frame = pd.concat([frame.reset_index(drop=True), meta], axis=1)
-    cells, quarantine = build_cell_tables(
-        frame, pd.DataFrame(rejected, columns=["source_uri", "patient_id", "reason"])
-    )
-    paths.store.write_table(cells, paths.cells_table)
-    paths.store.write_table(quarantine, paths.quarantine_table)
+    store.write_table(quarantine, paths.quarantine_table)
+    cells = sum(part["rows"] for part in parts)
     get_run_logger().info(
-        "wrote %d cells and %d quarantined inputs to %s", len(cells), len(quarantine), paths.root
+        "wrote %d cells (%d parts) and %d quarantined inputs to %s",
+        cells,
+        len(parts),
+        len(quarantine),
+        paths.root,
     )
-    return {"cells": len(cells), "quarantined": len(quarantine)}
+    return {"cells": cells, "quarantined": len(quarantine)}

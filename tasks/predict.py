@@ -8,6 +8,7 @@ import threading
 import numpy as np
 
 from aml_model.precision import AUTO, cpu_flags, resolve_precision
+from tasks.cell_tables import accepted_slots
 from tasks.registry import ModelRef
 from tasks.retry import store_task
 from tasks.store import PROBABILITIES, Store
@@ -105,7 +106,8 @@ def worker_scorer(model: ModelRef, store: Store, precision: str, batch_size: int
 def score_shard(
     start: int,
     stop: int,
-    decoded: list[dict],
+    decoded: dict | None,
+    accepted_table: str,
     cells_url: str,
     probabilities_url: str,
     marker_url: str,
@@ -117,10 +119,12 @@ def score_shard(
 ) -> int:
     """Score the decoded cells in Zarr slots [start, stop) of ``cells_url`` and write their probabilities.
 
-    ``decoded`` is the ingest records of these slots (what ``ingest_shard`` returns, or the
-    accepted cells of a finished ingest): every slot whose image decoded is scored; slots of
-    refused inputs stay NaN in the scoring's own ``probabilities_url``. A cell quarantined
-    later as a duplicate within its patient is scored too, and left out of the tables. The
+    ``decoded`` is the receipt of the ingest shard that decoded these slots (what
+    ``ingest_shard`` returns): every slot whose image decoded, as its records part says, is
+    scored. Without it (the ingest finished earlier) the slots are those ``accepted_table``, the
+    ingest's cell table, lists in the range. Slots of refused inputs stay NaN in the scoring's own
+    ``probabilities_url``. A cell quarantined later as a duplicate within its patient is scored
+    too, and left out of the tables. The
     range covers whole chunks, so this task alone writes them. A marker written after the
     probabilities makes a rerun with the same model and cells skip the shard. ``precision``
     "auto" is resolved on the worker (:func:`worker_precision`); the marker records the result.
@@ -134,14 +138,11 @@ def score_shard(
         marker = store.read_json(marker_url)
         if marker == _marker(fingerprint, start, stop, model, precision, marker.get("scored")):
             return marker["scored"]
-    rows = np.array(
-        [
-            r["zarr_index"] - start
-            for r in decoded
-            if r["reason"] is None and start <= r["zarr_index"] < stop
-        ],
-        dtype=np.int64,
-    )
+    if decoded is None:
+        rows = accepted_slots(store, accepted_table, start, stop) - start
+    else:
+        records = store.read_table(decoded["url"], columns=["zarr_index", "reason"])
+        rows = records.loc[records["reason"].isna(), "zarr_index"].to_numpy(np.int64) - start
     block = np.full(stop - start, np.nan, np.float32)
     if len(rows):
         scorer = worker_scorer(model, store, precision, batch_size)

@@ -21,6 +21,7 @@ from a record can be used as it is.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -41,10 +42,36 @@ if TYPE_CHECKING:
     import pandas as pd
     import zarr
 
-__all__ = ["IMAGES", "PROBABILITIES", "Store", "is_local", "join"]
+__all__ = [
+    "IMAGES",
+    "PROBABILITIES",
+    "Store",
+    "is_local",
+    "is_part",
+    "join",
+    "part_name",
+    "table_bytes",
+]
 
 IMAGES = "images"
 PROBABILITIES = "probabilities"
+
+
+def part_name(start: int, stop: int) -> str:
+    """The name of a table dataset's part holding the cells of Zarr slots [start, stop): name order
+    is slot order."""
+    return f"part-{start:010d}-{stop:010d}.parquet"
+
+
+def is_part(name: str) -> bool:
+    return name.startswith("part-") and name.endswith(".parquet")
+
+
+def table_bytes(frame: pd.DataFrame) -> bytes:
+    """A DataFrame as the bytes of one Parquet file, without its index."""
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    return buffer.getvalue()
 
 
 @dataclass(frozen=True)
@@ -125,10 +152,35 @@ class Store:
     def read_json(self, url: str) -> Any:
         return json.loads(self.read_bytes(url))
 
-    def read_table(self, url: str) -> pd.DataFrame:
+    def read_table(
+        self, url: str, filters: list[tuple] | None = None, columns: list[str] | None = None
+    ) -> pd.DataFrame:
+        """A table: one Parquet object, or a dataset (a folder of ``part-*.parquet``, read in name
+        order), the layout of a run's cell tables since #30 (docs/design.md, "Tables").
+
+        ``filters`` and ``columns`` are pyarrow's, applied to each part.
+        """
         import pandas as pd
 
-        return pd.read_parquet(io.BytesIO(self.read_bytes(url)))
+        parts = self.table_parts(url)
+        if not parts:
+            return pd.read_parquet(
+                io.BytesIO(self.read_bytes(url)), filters=filters, columns=columns
+            )
+        frames = [
+            pd.read_parquet(io.BytesIO(self.read_bytes(part)), filters=filters, columns=columns)
+            for part in parts
+        ]
+        return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+
+    def table_parts(self, url: str) -> list[str]:
+        """The URLs of a table dataset's parts in name order; empty when ``url`` is one object (or
+        nothing)."""
+        fs, path = self.resolve(url)
+        if not fs.isdir(path):
+            return []
+        names = sorted(posixpath.basename(entry.rstrip("/")) for entry in fs.ls(path, detail=False))
+        return [join(url, name) for name in names if is_part(name)]
 
     def local_copy(self, url: str, name: str, sha256: str | None = None) -> str:
         """A local file holding ``url``'s bytes: the file itself on a local store, else a copy in the
@@ -175,9 +227,19 @@ class Store:
 
     def write_table(self, frame: pd.DataFrame, url: str) -> str:
         """Write a DataFrame as one Parquet object, atomically."""
-        buffer = io.BytesIO()
-        frame.to_parquet(buffer, index=False)
-        return self.write_bytes(url, buffer.getvalue())
+        return self.write_bytes(url, table_bytes(frame))
+
+    def write_part(self, frame: pd.DataFrame, url: str) -> dict:
+        """Write one part of a table dataset, atomically; returns its receipt: url, rows, bytes and
+        the sha256 of what was written, small enough for Prefect to keep."""
+        data = table_bytes(frame)
+        self.write_bytes(url, data)
+        return {
+            "url": url,
+            "rows": len(frame),
+            "bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+        }
 
     def copy_tree(self, source: str, target: str) -> int:
         """Copy every file under the folder ``source`` to the same place under ``target``, each

@@ -1,15 +1,15 @@
-"""Join the scores to the cell table and summarise each patient."""
+"""Join the scores to the cell table and summarise each patient, on the Dask cluster (:mod:`tasks.cell_tables`)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from aml_model.aggregate import summarise_cohort, with_corrected_fraction
+from aml_model.aggregate import with_corrected_fraction
 from aml_model.calibration import CALIBRATED_COLUMN, OperatingPoint, SiteCalibration
 from aml_model.config import SummaryConfig
+from tasks.cell_tables import build_scored_tables
 from tasks.retry import store_task
-from tasks.store import PROBABILITIES
 from tasks.store_layout import ScoringPaths
 
 __all__ = ["score_columns", "write_scored_tables"]
@@ -21,16 +21,18 @@ def score_columns(
     threshold: float,
     model_version: str,
     calibration: SiteCalibration | None = None,
+    first_slot: int = 0,
 ) -> pd.DataFrame:
     """A new cell table with probability, predicted_label and model_version added.
 
     Args:
         cells: the ingest cell table (zarr_index per cell).
-        probabilities: `(n_slots,)` float32 from cells.zarr, NaN where nothing was scored.
+        probabilities: `(n_slots,)` float32 of the Zarr slots from ``first_slot`` on, NaN where
+            nothing was scored.
         calibration: a site's calibration: adds probability_calibrated (float32), and
             predicted_label compares it, not the raw probability, with ``threshold``.
     """
-    picked = probabilities[cells["zarr_index"].to_numpy()]
+    picked = probabilities[cells["zarr_index"].to_numpy() - first_slot]
     if np.isnan(picked).any():
         missing = cells.loc[np.isnan(picked), "cell_id"].tolist()[:5]
         message = (
@@ -66,24 +68,30 @@ def write_scored_tables(
     its image set, :mod:`tasks.arrivals`) becomes the patient_version column.
     """
     store = paths.store
-    cells = store.read_table(paths.ingest_cells_table)
     quarantine = store.read_table(paths.quarantine_table)
-    probabilities = store.open_cells_array(paths.probabilities_zarr, name=PROBABILITIES)[:]
-    scored = score_columns(cells, probabilities, config.threshold, model_version, calibration)
     report = store.read_json(paths.report)
-    called = scored if calibration is None else scored.assign(probability=scored[CALIBRATED_COLUMN])
-    patients = summarise_cohort(
-        called,
+
+    def score(cells: pd.DataFrame, probabilities: np.ndarray, first_slot: int) -> pd.DataFrame:
+        return score_columns(
+            cells, probabilities, config.threshold, model_version, calibration, first_slot
+        )
+
+    patients = build_scored_tables(
+        store,
+        paths.ingest_cells_table,
+        paths.probabilities_zarr,
+        paths.cells_table,
         quarantine,
         config,
         model_version,
-        extra_patients=tuple(report.get("empty_patients", ())),
+        tuple(report.get("empty_patients", ())),
+        score,
+        "probability" if calibration is None else CALIBRATED_COLUMN,
     )
     if operating_point is not None:
         patients = with_corrected_fraction(
             patients, operating_point.sensitivity, operating_point.false_positive_rate
         )
     patients["patient_version"] = patients["patient_id"].map(patient_versions or {})
-    store.write_table(scored, paths.cells_table)
     store.write_table(patients, paths.patients_table)
     return patients

@@ -64,7 +64,9 @@ def test_killed_score_flow_is_refused_as_incomplete_and_a_rerun_completes_it(
     )
     before = score_markers(store, "crash")
     run = store / "runs" / "crash"
-    ingest_before = {p.name: p.stat().st_mtime_ns for p in (run / "_shards" / "ingest").iterdir()}
+    ingest_before = {
+        p.name: p.stat().st_mtime_ns for p in (run / "_shards" / "ingest").glob("*.json")
+    }
     assert 0 < len(before) < SCORE_SHARDS, "killed after some chunks, before the last"
     (scoring_dir,) = (run / "scores").iterdir()
     assert (
@@ -101,7 +103,9 @@ def test_killed_score_flow_is_refused_as_incomplete_and_a_rerun_completes_it(
     after = score_markers(store, "crash")
     assert len(after) == SCORE_SHARDS
     assert {name: after[name] for name in before} == before, "finished chunks are not scored again"
-    ingest_after = {p.name: p.stat().st_mtime_ns for p in (run / "_shards" / "ingest").iterdir()}
+    ingest_after = {
+        p.name: p.stat().st_mtime_ns for p in (run / "_shards" / "ingest").glob("*.json")
+    }
     assert len(ingest_after) == SCORE_SHARDS
     assert {name: ingest_after[name] for name in ingest_before} == ingest_before, (
         "no decoded shard is decoded again"
@@ -288,3 +292,73 @@ def test_a_killed_rescoring_leaves_the_finished_scoring_byte_identical(
     # Readers still find the finished scoring, with its tables as they were.
     assert find_scoring(Store(str(store)).run(run_id)).score_id == scorings[0]["score_id"]
     assert_same_tables(read_tables(Store(str(store)), run_id), tables)
+
+
+def test_score_flow_killed_during_aggregation_resumes_without_scoring_a_shard_again(
+    cohort, cluster, client, clean_run, s3_bucket, s3_endpoint, tiny_model_file, tmp_path
+):
+    """The flow is SIGKILLed on moto S3 while the scored cell table's parts are written, after
+    every shard was scored; a rerun writes the tables and _SUCCESS and decodes and scores nothing."""
+    import threading
+
+    import s3fs
+
+    from tests.reliability.s3proxy import FaultProxy
+
+    bucket, options = s3_bucket
+    store = f"s3://{bucket}/store"
+    params = dict(
+        source=str(cohort), store=store, model=str(tiny_model_file), run_id="agg", **SCORE_PARAMS
+    )
+    release = threading.Event()
+
+    def hold_the_scored_table(method: str, path: str):
+        writes_part = method == "PUT" and "/scores/" in path and "/cells.parquet/part-" in path
+        return ("hold", release) if writes_part else None
+
+    with FaultProxy(s3_endpoint) as proxy:
+        proxy.fault = hold_the_scored_table
+        log = tmp_path / "killed.log"
+        process = start_score_process(
+            cluster.scheduler_address, log, s3_endpoint_url=proxy.url, **params
+        )
+        try:
+            wait_for(
+                lambda: proxy.held.is_set() or process.poll() is not None,
+                240,
+                "the first part of the scored cell table",
+            )
+        finally:
+            kill_group(process)
+            release.set()
+    assert proxy.held.is_set(), log.read_text()[-4000:]
+    # The aggregation left on the workers fails once the proxy is gone; then nothing moves.
+    wait_for(
+        lambda: not any(client.run(_executing).values()),
+        120,
+        "the workers to finish their running tasks",
+    )
+    fs = s3fs.S3FileSystem(**options)
+    fs.invalidate_cache()
+    (scoring,) = fs.ls(f"{bucket}/store/runs/agg/scores", detail=False)
+    assert len(fs.glob(f"{scoring}/_shards/score/*.json")) == SCORE_SHARDS, (
+        "killed after the last shard was scored"
+    )
+    assert fs.exists(f"{bucket}/store/runs/agg/_SUCCESS"), "the ingest run is complete"
+    assert not fs.exists(f"{scoring}/_SUCCESS") and not fs.exists(f"{scoring}/patients.parquet")
+
+    requests: list[tuple[str, str]] = []
+    with FaultProxy(s3_endpoint) as proxy:
+        proxy.fault = lambda method, path: requests.append((method, path))
+        result = score_smears.with_options(
+            task_runner=DaskTaskRunner(address=cluster.scheduler_address)
+        )(s3_endpoint_url=proxy.url, **nest_options(params, ScoreOptions))
+    written = [path for method, path in requests if method == "PUT"]
+    assert not [path for path in written if "/_shards/" in path or "/c/" in path], (
+        "no shard marker and no Zarr chunk written again: nothing decoded or scored twice"
+    )
+    assert any("/scores/" in path and "/cells.parquet/part-" in path for path in written)
+    assert not result["already_complete"]
+    fs.invalidate_cache()
+    assert fs.exists(f"{scoring}/_SUCCESS")
+    assert_same_tables(read_tables(Store(store, options), "agg"), clean_run[2])

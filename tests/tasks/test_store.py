@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.store import IMAGES, PROBABILITIES, Store, is_local, join
+from tasks.store import IMAGES, PROBABILITIES, Store, is_local, join, part_name
 from tasks.store_cache import CachedFileMismatchError
 from tasks.store_layout import RunPaths, ScoringPaths
 
@@ -65,6 +65,40 @@ class StoreContract:
         np.testing.assert_array_equal(
             back["probability"].to_numpy(), frame["probability"].to_numpy()
         )
+
+    def test_a_table_dataset_reads_as_one_table_in_slot_order(self, store):
+        folder = store.path("cells.parquet")
+        frames = {
+            (100, 200): pd.DataFrame({"zarr_index": [150, 199], "p": [0.5, 0.25]}),
+            (0, 100): pd.DataFrame({"zarr_index": [3, 7], "p": [1.0, 0.0]}),
+            (200, 300): pd.DataFrame({"zarr_index": pd.Series([], dtype="int64"), "p": []}),
+        }
+        receipts = [
+            store.write_part(frame, f"{folder}/{part_name(*slots)}")
+            for slots, frame in frames.items()
+        ]
+        store.write_bytes(f"{folder}/_notes.txt", b"not a part")
+        assert store.table_parts(folder) == [
+            f"{folder}/{part_name(0, 100)}",
+            f"{folder}/{part_name(100, 200)}",
+            f"{folder}/{part_name(200, 300)}",
+        ]
+        back = store.read_table(folder)
+        assert back["zarr_index"].tolist() == [3, 7, 150, 199]
+        assert store.read_table(folder, filters=[("p", ">", 0.3)])["zarr_index"].tolist() == [
+            3,
+            150,
+        ]
+        assert [r["rows"] for r in receipts] == [2, 2, 0]
+        assert (
+            receipts[0]["sha256"]
+            == hashlib.sha256(store.read_bytes(receipts[0]["url"])).hexdigest()
+        )
+        assert receipts[0]["bytes"] == len(store.read_bytes(receipts[0]["url"]))
+        # One Parquet object (an older run's table) is no dataset, and reads as before.
+        store.write_table(back, store.path("old.parquet"))
+        assert store.table_parts(store.path("old.parquet")) == []
+        pd.testing.assert_frame_equal(store.read_table(store.path("old.parquet")), back)
 
     def test_a_write_replaces_the_whole_object(self, store):
         url = store.path("t.bin")
