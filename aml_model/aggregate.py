@@ -9,6 +9,7 @@ both give the same call, since the correction maps the blast cut-off to itself t
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +27,7 @@ __all__ = [
     "rogan_gladen",
     "summarise_cohort",
     "summarise_patient",
+    "summarise_patients",
     "with_corrected_fraction",
 ]
 
@@ -171,6 +173,18 @@ def summarise_cohort(
         A new DataFrame with :data:`PATIENT_COLUMNS`, sorted by patient_id.
     """
     quarantined = quarantine["patient_id"].value_counts().to_dict() if len(quarantine) else {}
+    return summarise_patients(cells, quarantined, config, model_version, extra_patients)
+
+
+def summarise_patients(
+    cells: pd.DataFrame,
+    quarantined: Mapping[str, int],
+    config: SummaryConfig,
+    model_version: str,
+    extra_patients: tuple[str, ...] = (),
+) -> pd.DataFrame:
+    """:func:`summarise_cohort` with the quarantine given as counts: ``quarantined`` maps a patient
+    to its number of quarantined inputs."""
     by_patient = {
         pid: group["probability"].to_numpy()
         for pid, group in cells.groupby("patient_id", sort=True)

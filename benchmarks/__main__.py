@@ -16,7 +16,7 @@ import tempfile
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-BENCHMARKS = ("retrain", "score", "memory", "ingest", "scale", "pretrain")
+BENCHMARKS = ("retrain", "score", "memory", "ingest", "scale", "night", "pretrain")
 
 
 def main(argv: list[str]) -> int:

@@ -59,7 +59,7 @@ def copied_cohort(lmu: Path, root: Path, factor: int) -> int:
     return len(rows) * factor
 
 
-def _cluster(work: Path) -> tuple[subprocess.Popen, list[subprocess.Popen], Path]:
+def dask_cluster(work: Path) -> tuple[subprocess.Popen, list[subprocess.Popen], Path]:
     """A scheduler process and two worker processes, each TensorFlow given one core's threads."""
     from flows.runner import local_cluster_kwargs
 
@@ -111,6 +111,17 @@ def _cluster(work: Path) -> tuple[subprocess.Popen, list[subprocess.Popen], Path
     return scheduler, workers, scheduler_file
 
 
+def stop_cluster(scheduler: subprocess.Popen, workers: list[subprocess.Popen]) -> None:
+    for process in (*workers, scheduler):
+        process.terminate()
+    for process in (*workers, scheduler):
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # a worker still closing its TensorFlow session
+            process.kill()
+            process.wait()
+
+
 def run_factor(factor: int, work: Path) -> dict:
     """Ingest, retrain and score ``factor`` x BASE cells on a fresh cluster; the figures of each stage."""
     import psutil
@@ -128,7 +139,7 @@ def run_factor(factor: int, work: Path) -> dict:
     n_cells = copied_cohort(require_lmu_cells(), source, factor)
     reset_peak_rss()  # the flow's peak from here on, not the cohort's writing
     with shared_prefect_api():
-        scheduler, workers, scheduler_file = _cluster(work)
+        scheduler, workers, scheduler_file = dask_cluster(work)
         try:
             with Client(scheduler_file=str(scheduler_file)) as client:
                 client.wait_for_workers(2, timeout=300)
@@ -177,35 +188,18 @@ def run_factor(factor: int, work: Path) -> dict:
                     "worker": max(peak_rss_mib(w.pid) for w in workers),
                 }
         finally:
-            for process in (*workers, scheduler):
-                process.terminate()
-            for process in (*workers, scheduler):
-                try:
-                    process.wait(timeout=30)
-                except subprocess.TimeoutExpired:  # a worker still closing its TensorFlow session
-                    process.kill()
-                    process.wait()
+            stop_cluster(scheduler, workers)
     return {"factor": factor, "cells": n_cells, "stages": figures, "peak_rss_mb": peaks}
 
 
 def main(context: dict) -> dict:
-    from benchmarks.common import PROJECT_ROOT, print_table, record
+    from benchmarks.common import print_table, record, run_fresh
 
     runs = {}
     for factor in FACTORS:
         work = Path(context["work"]) / f"scale-{factor}x"
         work.mkdir(parents=True)
-        completed = subprocess.run(
-            [sys.executable, "-m", "benchmarks.bench_scale", str(factor), str(work)],
-            cwd=PROJECT_ROOT,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if completed.returncode != 0:
-            raise SystemExit(f"scale run {factor}x failed:\n{completed.stderr[-3000:]}")
-        line = next(line for line in completed.stdout.splitlines()[::-1] if line.startswith(RESULT))
-        runs[factor] = json.loads(line[len(RESULT) :])
+        runs[factor] = run_fresh("benchmarks.bench_scale", [str(factor), str(work)], RESULT)
     results = {}
     for factor, run in runs.items():
         results[f"scale_{factor}x_cells"] = run["cells"]

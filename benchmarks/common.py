@@ -122,3 +122,22 @@ def reset_peak_rss() -> None:
     """Start this process's ``VmHWM`` again from its current RSS (``/proc/self/clear_refs``, 5), so
     that :func:`peak_rss_mib` measures what comes after, not what the process did before."""
     Path("/proc/self/clear_refs").write_text("5")
+
+
+def run_fresh(module: str, args: list[str], marker: str) -> dict:
+    """Run ``python -m module *args`` in a fresh process and return the JSON after ``marker`` on
+    its last such line: a measurement whose every peak belongs to that process alone."""
+    import subprocess
+    import sys
+
+    completed = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if completed.returncode != 0:
+        raise SystemExit(f"{module} {' '.join(args)} failed:\n{completed.stderr[-3000:]}")
+    line = next(line for line in completed.stdout.splitlines()[::-1] if line.startswith(marker))
+    return json.loads(line[len(marker) :])

@@ -11,19 +11,21 @@ applied to the whole run at once (tests/tasks/test_cell_tables.py checks that th
 - the scoring's ``cells.parquet``: each part of the ingest's, with its probabilities read from Zarr;
 - ``patients.parquet``: the scored cells shuffled by patient, each partition summarised per patient.
 
-Inside a Dask worker (a task of the DaskTaskRunner) the graph runs on that worker's cluster
-(:func:`distributed.worker_client`); elsewhere on threads of this process.
+The flow calls the tasks that build them in its own process, where the DaskTaskRunner's client
+is: the graph runs on the flow's cluster, and only receipts, counts and one row per patient come
+back. Without a Dask client (the thread-pool task runner, a test) it runs on threads of this
+process.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from aml_model.aggregate import PATIENT_COLUMNS, summarise_cohort
+from aml_model.aggregate import PATIENT_COLUMNS, summarise_patients
 from aml_model.catalog import CELL_COLUMNS, quarantine_table, split_records
 from aml_model.config import SummaryConfig
 from tasks.store import PROBABILITIES, Store, part_name
@@ -79,22 +81,21 @@ def records_frame(records: Sequence[dict]) -> pd.DataFrame:
 
 @contextlib.contextmanager
 def _on_cluster() -> Iterator[tuple[object, str]]:
-    """Where to compute, and how to shuffle there: this worker's cluster inside a Dask task
-    (peer to peer), else threads of this process (through tasks, which need no workers)."""
+    """Where to compute, and how to shuffle there: the Dask cluster of this process's client (the
+    flow's DaskTaskRunner, where the flow calls these tasks; a worker's own), shuffling peer to
+    peer; else threads of this process, shuffling through tasks, which need no workers."""
     import dask
 
     # The tables keep pandas' own types; Dask would turn text columns into pyarrow strings.
     with dask.config.set({"dataframe.convert-string": False}):
         try:
-            from distributed import get_worker, worker_client
+            from distributed import get_client
 
-            get_worker()
+            client = get_client()
         except (ImportError, ValueError):
             yield "threads", "tasks"
             return
-        # A task's own thread leaves the worker's pool while its graph runs, so the graph can use it.
-        with worker_client() as client:
-            yield client, "p2p"
+        yield client, "p2p"
 
 
 def _compute(scheduler, *collections) -> tuple:
@@ -118,19 +119,21 @@ def build_ingest_tables(
     record_parts: Sequence[dict],
     rejected: pd.DataFrame,
     cells_url: str,
-) -> tuple[list[dict], pd.DataFrame]:
-    """Write the ingest's cell table as a dataset of one part per shard; returns its parts' receipts
-    and the quarantine (decoding failures, duplicates within a patient and ``rejected``).
+    quarantine_url: str,
+) -> tuple[list[dict], dict]:
+    """Write the ingest's cell table as a dataset of one part per shard, and its quarantine
+    (decoding failures, duplicates within a patient and ``rejected``) as one file; returns their
+    receipts (:meth:`Store.write_part`).
 
     Args:
         record_parts: one receipt per ingest shard, in slot order, each with ``url`` (its records
             part), ``start`` and ``stop`` (its Zarr slots).
         rejected: inputs refused before decoding (source_uri, patient_id, reason).
         cells_url: the dataset's folder; whatever is there is replaced.
+        quarantine_url: the quarantine: :data:`QUARANTINE_COLUMNS`, sorted by source_uri.
 
     Returns:
-        ``(receipts, quarantine)``: one receipt per part (:meth:`Store.write_part`), and the
-        quarantine with :data:`QUARANTINE_COLUMNS`, sorted by source_uri.
+        ``(cell parts' receipts, quarantine's receipt)``.
     """
     import dask.dataframe as dd
 
@@ -151,9 +154,19 @@ def build_ingest_tables(
         writes = by_slot.map_partitions(
             _write_cells_part, store, cells_url, bounds, meta=_RECEIPT_META
         )
+        quarantine = quarantined.repartition(npartitions=1).map_partitions(
+            _write_quarantine, store, quarantine_url, rejected, meta=_RECEIPT_META
+        )
         store.remove(cells_url, recursive=True)
-        receipts, quarantine = _compute(scheduler, writes, quarantined)
-    return receipts.to_dict(orient="records"), quarantine_table(quarantine, rejected)
+        receipts, quarantine_receipt = _compute(scheduler, writes, quarantine)
+    return receipts.to_dict(orient="records"), quarantine_receipt.to_dict(orient="records")[0]
+
+
+def _write_quarantine(
+    quarantined: pd.DataFrame, store: Store, url: str, rejected: pd.DataFrame
+) -> pd.DataFrame:
+    receipt = store.write_part(quarantine_table(quarantined, rejected), url)
+    return pd.DataFrame([receipt | {"start": -1, "stop": -1}], columns=_RECEIPT_META.columns)
 
 
 def _write_cells_part(
@@ -215,7 +228,7 @@ def build_scored_tables(
     ingest_cells_url: str,
     probabilities_url: str,
     scored_url: str,
-    quarantine: pd.DataFrame,
+    quarantined: Mapping[str, int],
     config: SummaryConfig,
     model_version: str,
     extra_patients: tuple[str, ...],
@@ -229,7 +242,7 @@ def build_scored_tables(
         ingest_cells_url: the ingest's cell table (a dataset, or an older run's single file).
         probabilities_url: the scoring's probabilities array.
         scored_url: the scoring's cell table, written as a dataset of the same parts.
-        quarantine: the ingest's quarantine (its per-patient counts enter the summaries).
+        quarantined: the number of quarantined inputs of each patient that has any.
         extra_patients: patients known to exist without any input (empty folders).
         score: ``score(cells, probabilities, first_slot) -> scored cells``: a part's cells with
             their probability columns, given the probabilities of the slots from ``first_slot`` on
@@ -237,6 +250,7 @@ def build_scored_tables(
         summarise_on: the column of the scored cells the patients are summarised on (a site's
             calibrated probability, where there is one).
     """
+    import dask
     import dask.dataframe as dd
 
     parts = store.table_parts(ingest_cells_url)
@@ -259,19 +273,21 @@ def build_scored_tables(
         summaries = summary_columns.shuffle(
             "patient_id", npartitions=cells.npartitions, shuffle_method=shuffle
         )
+        # One copy of the counts in the graph, which every partition's summary reads.
+        counts = dask.delayed(dict(quarantined), pure=True)
         rows = summaries.map_partitions(
             _summaries,
-            quarantine,
+            counts,
             config,
             model_version,
-            meta=_summaries(summary_columns._meta, quarantine, config, model_version),
+            meta=_summaries(summary_columns._meta, {}, config, model_version),
         )
         store.remove(scored_url, recursive=True)
         _, summarised = _compute(scheduler, writes, rows)
     seen = set(summarised["patient_id"])
-    rest = summarise_cohort(
+    rest = summarise_patients(
         summary_columns._meta,
-        quarantine[~quarantine["patient_id"].isin(seen)],
+        {patient: n for patient, n in quarantined.items() if patient not in seen},
         config,
         model_version,
         extra_patients=tuple(p for p in extra_patients if p not in seen),
@@ -291,15 +307,11 @@ def _scored(cells: pd.DataFrame, store: Store, probabilities_url: str, score) ->
 
 
 def _summaries(
-    cells: pd.DataFrame, quarantine: pd.DataFrame, config: SummaryConfig, model_version: str
+    cells: pd.DataFrame, quarantined: Mapping[str, int], config: SummaryConfig, model_version: str
 ) -> pd.DataFrame:
     """The summaries of the patients with cells in ``cells``; a patient's cells in slot order, as in
     the whole table, so that its mean and median are computed over the same sequence."""
     ordered = cells.sort_values("zarr_index", kind="stable")
     patients = set(ordered["patient_id"])
-    return summarise_cohort(
-        ordered,
-        quarantine[quarantine["patient_id"].isin(patients)],
-        config,
-        model_version,
-    )
+    counts = {patient: n for patient, n in quarantined.items() if patient in patients}
+    return summarise_patients(ordered, counts, config, model_version)

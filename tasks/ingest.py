@@ -180,14 +180,14 @@ def write_ingest_tables(
         receipts,
         pd.DataFrame(rejected, columns=["source_uri", "patient_id", "reason"]),
         paths.cells_table,
+        paths.quarantine_table,
     )
-    store.write_table(quarantine, paths.quarantine_table)
     cells = sum(part["rows"] for part in parts)
     get_run_logger().info(
         "wrote %d cells (%d parts) and %d quarantined inputs to %s",
         cells,
         len(parts),
-        len(quarantine),
+        quarantine["rows"],
         paths.root,
     )
-    return {"cells": cells, "quarantined": len(quarantine)}
+    return {"cells": cells, "quarantined": quarantine["rows"]}

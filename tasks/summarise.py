@@ -81,7 +81,7 @@ def write_scored_tables(
         paths.ingest_cells_table,
         paths.probabilities_zarr,
         paths.cells_table,
-        quarantine,
+        quarantine["patient_id"].value_counts().to_dict(),
         config,
         model_version,
         tuple(report.get("empty_patients", ())),
