@@ -100,7 +100,7 @@ def run_factor(factor: int, work: Path, model: Path) -> dict:
     from prefect_dask import DaskTaskRunner
 
     from benchmarks.bench_scale import dask_cluster, stop_cluster
-    from benchmarks.common import peak_rss_mib, reset_peak_rss
+    from benchmarks.common import current_rss_mib, peak_rss_mib, reset_peak_rss
     from flows.ingest import ingest
     from flows.parameters import ScoreOptions
     from flows.runner import shared_prefect_api
@@ -141,6 +141,10 @@ def run_factor(factor: int, work: Path, model: Path) -> dict:
                         "dask_tasks_per_kcell": len(stream.data) / n_cells * 1000,
                         "prefect_task_runs": _prefect_task_runs(state.state_details.flow_run_id),
                         "seconds": seconds,
+                        # Where the flow's memory goes: what it still holds after the stage, and
+                        # its peak so far.
+                        "flow_rss_mb_after": current_rss_mib(),
+                        "flow_peak_rss_mb_after": peak_rss_mib(),
                     }
                     figures[stage]["prefect_task_runs_per_kcell"] = (
                         figures[stage]["prefect_task_runs"] / n_cells * 1000
@@ -180,7 +184,13 @@ def main(context: dict) -> dict:
     for factor, run in runs.items():
         results[f"scale_night_{factor}x_cells"] = run["cells"]
         for stage, figures in run["stages"].items():
-            for key in ("s_per_kcell", "dask_tasks_per_kcell", "prefect_task_runs_per_kcell"):
+            for key in (
+                "s_per_kcell",
+                "dask_tasks_per_kcell",
+                "prefect_task_runs_per_kcell",
+                "flow_rss_mb_after",
+                "flow_peak_rss_mb_after",
+            ):
                 results[f"scale_night_{factor}x_{stage}_{key}"] = figures[key]
         for process, peak in run["peak_rss_mb"].items():
             results[f"scale_night_{factor}x_peak_rss_mb_{process}"] = peak
@@ -202,7 +212,8 @@ def main(context: dict) -> dict:
                 (
                     f"{factor}x ({run['cells']:,} cells) {stage}",
                     f"{f['s_per_kcell']:.2f} s/1k cells, {f['prefect_task_runs_per_kcell']:.1f} "
-                    f"Prefect task runs and {f['dask_tasks_per_kcell']:.0f} Dask tasks per 1k cells",
+                    f"Prefect task runs and {f['dask_tasks_per_kcell']:.0f} Dask tasks per 1k cells; "
+                    f"flow after it {f['flow_rss_mb_after']:.0f} MiB (peak {f['flow_peak_rss_mb_after']:.0f})",
                 )
             )
         peaks = run["peak_rss_mb"]

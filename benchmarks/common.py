@@ -103,6 +103,13 @@ def print_table(title: str, rows: list[tuple[str, str]]) -> None:
         print(f"  {name.ljust(width)}  {value}", flush=True)
 
 
+def current_rss_mib() -> float:
+    """This process's resident memory now, MiB (``VmRSS``)."""
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+
 def peak_rss_mib(pid: int | None = None) -> float:
     """The peak resident set of one process (``VmHWM``, Linux), MiB; this process by default.
 

@@ -348,7 +348,8 @@ def _explain_and_report(
         len(explained),
         copies,
     )
-    return write_reports(scoring)
+    # On a worker: the reports read the whole scored cell table, which the flow never holds.
+    return write_reports.submit(scoring).result()
 
 
 _PATIENT_COLUMNS = [

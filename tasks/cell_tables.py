@@ -135,6 +135,7 @@ def build_ingest_tables(
     Returns:
         ``(cell parts' receipts, quarantine's receipt)``.
     """
+    import dask
     import dask.dataframe as dd
 
     with _on_cluster() as (scheduler, shuffle):
@@ -150,7 +151,9 @@ def build_ingest_tables(
         by_slot = cells.set_index(
             "zarr_index", divisions=[*divisions[:-1], divisions[-1] - 1], shuffle_method=shuffle
         )
-        bounds = [(part["start"], part["stop"]) for part in record_parts]
+        # Lists every partition indexes go into the graph once, as one key each partition's task
+        # reads: passed as they are, every task would carry the whole list (quadratic in parts).
+        bounds = dask.delayed([(part["start"], part["stop"]) for part in record_parts], pure=True)
         writes = by_slot.map_partitions(
             _write_cells_part, store, cells_url, bounds, meta=_RECEIPT_META
         )
@@ -266,7 +269,9 @@ def build_scored_tables(
             score,
             meta=score(cells._meta, np.zeros(0, np.float32), 0),
         )
-        writes = scored.map_partitions(_write_scored_part, store, urls, meta=_RECEIPT_META)
+        writes = scored.map_partitions(
+            _write_scored_part, store, dask.delayed(urls, pure=True), meta=_RECEIPT_META
+        )
         summary_columns = scored[["patient_id", "zarr_index", summarise_on]].rename(
             columns={summarise_on: "probability"}
         )

@@ -66,8 +66,8 @@ def model_info(store: Store, version: str) -> ModelInfo:
 def _gallery(
     paths: ScoringPaths, cells: pd.DataFrame, patient_id: str, top_k: int, images
 ) -> tuple[tuple[GalleryCell, ...], bool]:
-    """The patient's top cells, named by file (``cells``' name column), with the Grad-CAM overlays of
-    its manifest where there is one."""
+    """The patient's top cells, named by file (the name column of ``cells``, the patient's own), with
+    the Grad-CAM overlays of its manifest where there is one."""
     folder = find_explanation(paths, patient_id)
     explained = folder is not None
     if explained:
@@ -115,10 +115,12 @@ def build_reports(paths: ScoringPaths) -> str:
     model = model_info(store, settings["model_version"])
     images = store.open_cells_array(paths.cells_zarr)
     threshold = float(settings["threshold"])
+    # Each patient's cells found once: filtering the whole table per patient is quadratic.
+    by_patient = dict(tuple(cells.groupby("patient_id", sort=False)))
     for summary in patients.to_dict(orient="records"):
         patient_id = summary["patient_id"]
-        gallery, explained = _gallery(paths, cells, patient_id, top_k, images)
-        mine = cells[cells["patient_id"] == patient_id]
+        mine = by_patient.get(patient_id, cells.iloc[:0])
+        gallery, explained = _gallery(paths, mine, patient_id, top_k, images)
         probabilities = call_probabilities(mine)  # calibrated where a site calibration was applied
         lost = quarantined.loc[quarantined["patient_id"] == patient_id, ["name", "reason"]]
         report = PatientReport(

@@ -8,6 +8,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from prefect.settings import PREFECT_API_URL
 
 from aml_model.aggregate import RESEARCH_NOTE
+from aml_model.calibration import CALIBRATED_COLUMN
 from aml_model.config import SummaryConfig
 from aml_model.report import cell_type_rates
 from tasks.events import emit_aml_suspected
@@ -97,7 +98,13 @@ def publish_scoring(
         markdown=reports_markdown(scoring, patients, index),
         description=f"per-patient HTML reports, {where}{expiry}",
     )
-    rates = cell_type_rates(scoring.store.read_table(scoring.cells_table), config.threshold)
+    # Only the columns the rates read: the flow never holds the whole scored cell table.
+    store = scoring.store
+    wanted = ["cell_type", "label", "probability", CALIBRATED_COLUMN]
+    columns = [c for c in wanted if c in store.table_columns(scoring.cells_table)]
+    rates = cell_type_rates(
+        store.read_table(scoring.cells_table, columns=columns), config.threshold
+    )
     if len(rates):
         create_table_artifact(
             key="per-type-rates",

@@ -173,6 +173,13 @@ class Store:
         ]
         return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
+    def table_columns(self, url: str) -> list[str]:
+        """The column names of a table (one Parquet object, or a dataset's first part)."""
+        import pyarrow.parquet as pq
+
+        first = (self.table_parts(url) or [url])[0]
+        return pq.read_schema(io.BytesIO(self.read_bytes(first))).names
+
     def table_parts(self, url: str) -> list[str]:
         """The URLs of a table dataset's parts in name order; empty when ``url`` is one object (or
         nothing)."""

@@ -112,6 +112,11 @@ def drain_prefect_events() -> None:
     EventsWorker.drain_all(timeout=30)
 
 
+def task_name(key) -> str:
+    """A task stream key's name: a Prefect task's, or a Dask dataframe task's (tuple keys)."""
+    return (key[0] if isinstance(key, tuple) else key).rsplit("-", 1)[0]
+
+
 def upload_folder(local: Path, target: Store) -> None:
     """Copy a local folder tree under the root of ``target`` (tests build S3 sources this way)."""
     fs, root = target.resolve()

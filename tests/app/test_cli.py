@@ -4,6 +4,7 @@ import pytest
 from click.testing import CliRunner
 
 from app.cli import cli
+from tests.conftest import task_name
 
 
 def test_help_lists_the_commands():
@@ -59,7 +60,7 @@ def test_demo_runs_the_pipeline_and_prints_the_calls(tmp_path, dask_cluster):
     # The subflows' heavy steps ran on the cluster's two workers, not in the flow process.
     ran = {}
     for record in stream.data:
-        ran.setdefault(record["key"].rsplit("-", 1)[0], set()).add(record["worker"])
+        ran.setdefault(task_name(record["key"]), set()).add(record["worker"])
     for step in (
         "ingest_shard",
         "prepare_backbone",

@@ -12,6 +12,7 @@ from flows.parameters import ScoreOptions
 from flows.runner import gpu_cluster_spec
 from flows.score import score_smears
 from tasks.store import Store
+from tests.conftest import task_name
 from tests.corpus import compose_patient_cohort
 
 
@@ -39,7 +40,7 @@ def test_scoring_runs_on_the_gpu_worker_and_decoding_anywhere(lmu_cells, tmp_pat
     assert sorted(devices.values()) == ["", "0"] and devices[gpu_worker] == "0"
     ran: dict[str, list[str]] = {}
     for record in stream.data:
-        ran.setdefault(record["key"].rsplit("-", 1)[0], []).append(record["worker"])
+        ran.setdefault(task_name(record["key"]), []).append(record["worker"])
     assert len(ran["score_shard"]) == 12 and set(ran["score_shard"]) == {gpu_worker}, ran
     assert len(ran["ingest_shard"]) == 12
     scored = pd.read_parquet(

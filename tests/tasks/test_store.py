@@ -85,6 +85,7 @@ class StoreContract:
         ]
         back = store.read_table(folder)
         assert back["zarr_index"].tolist() == [3, 7, 150, 199]
+        assert store.table_columns(folder) == ["zarr_index", "p"]
         assert store.read_table(folder, filters=[("p", ">", 0.3)])["zarr_index"].tolist() == [
             3,
             150,
@@ -98,6 +99,7 @@ class StoreContract:
         # One Parquet object (an older run's table) is no dataset, and reads as before.
         store.write_table(back, store.path("old.parquet"))
         assert store.table_parts(store.path("old.parquet")) == []
+        assert store.table_columns(store.path("old.parquet")) == ["zarr_index", "p"]
         pd.testing.assert_frame_equal(store.read_table(store.path("old.parquet")), back)
 
     def test_a_write_replaces_the_whole_object(self, store):
