@@ -348,8 +348,7 @@ def _explain_and_report(
         len(explained),
         copies,
     )
-    # On a worker: the reports read the whole scored cell table, which the flow never holds.
-    return write_reports.submit(scoring).result()
+    return write_reports(scoring)
 
 
 _PATIENT_COLUMNS = [
