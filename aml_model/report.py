@@ -19,18 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import jinja2
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from PIL import Image
 
-matplotlib.use("Agg")  # headless workers and CI have no display
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from aml_model.aggregate import RESEARCH_NOTE  # noqa: E402
-from aml_model.calibration import call_probabilities  # noqa: E402
-from aml_model.evaluate import rates_by_group  # noqa: E402
+from aml_model.aggregate import RESEARCH_NOTE
+from aml_model.calibration import call_probabilities
+from aml_model.evaluate import rates_by_group
 
 __all__ = [
     "EXPLAINED_CALLS",
@@ -207,7 +203,9 @@ def render_probability_histogram(probabilities: np.ndarray, threshold: float) ->
     Returns:
         PNG bytes.
     """
-    fig, ax = plt.subplots(figsize=(6, 2.8))
+    # A Figure of its own, not pyplot's global state: a worker renders patients on several threads.
+    fig = Figure(figsize=(6, 2.8))
+    ax = fig.subplots()
     bins = np.linspace(0.0, 1.0, 21)
     values = np.asarray(probabilities, dtype=np.float64)
     ax.hist(values[values < threshold], bins=bins, color="#4c72b0", label="below threshold")
@@ -227,7 +225,6 @@ def render_probability_histogram(probabilities: np.ndarray, threshold: float) ->
     ax.grid(alpha=0.3)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
     return buffer.getvalue()
 
 

@@ -11,16 +11,13 @@ applied to the whole run at once (tests/tasks/test_cell_tables.py checks that th
 - the scoring's ``cells.parquet``: each part of the ingest's, with its probabilities read from Zarr;
 - ``patients.parquet``: the scored cells shuffled by patient, each partition summarised per patient.
 
-The flow calls the tasks that build them in its own process, where the DaskTaskRunner's client
-is: the graph runs on the flow's cluster, and only receipts, counts and one row per patient come
-back. Without a Dask client (the thread-pool task runner, a test) it runs on threads of this
-process.
+The flow calls the tasks that build them in its own process: their graphs run on the flow's
+cluster (:mod:`tasks.dask_compute`), and only receipts, counts and one row per patient come back.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -28,6 +25,7 @@ import pandas as pd
 from aml_model.aggregate import PATIENT_COLUMNS, summarise_patients
 from aml_model.catalog import CELL_COLUMNS, quarantine_table, split_records
 from aml_model.config import SummaryConfig
+from tasks.dask_compute import compute, on_cluster
 from tasks.store import PROBABILITIES, Store, part_name
 
 __all__ = [
@@ -79,33 +77,6 @@ def records_frame(records: Sequence[dict]) -> pd.DataFrame:
     )
 
 
-@contextlib.contextmanager
-def _on_cluster() -> Iterator[tuple[object, str]]:
-    """Where to compute, and how to shuffle there: the Dask cluster of this process's client (the
-    flow's DaskTaskRunner, where the flow calls these tasks; a worker's own), shuffling peer to
-    peer; else threads of this process, shuffling through tasks, which need no workers."""
-    import dask
-
-    # The tables keep pandas' own types; Dask would turn text columns into pyarrow strings.
-    with dask.config.set({"dataframe.convert-string": False}):
-        try:
-            from distributed import get_client
-
-            client = get_client()
-        except (ImportError, ValueError):
-            yield "threads", "tasks"
-            return
-        yield client, "p2p"
-
-
-def _compute(scheduler, *collections) -> tuple:
-    import dask
-
-    if isinstance(scheduler, str):
-        return dask.compute(*collections, scheduler=scheduler)
-    return tuple(scheduler.compute(list(collections), sync=True))
-
-
 def _accepted(records: pd.DataFrame) -> pd.DataFrame:
     return split_records(records)[0]
 
@@ -138,7 +109,7 @@ def build_ingest_tables(
     import dask
     import dask.dataframe as dd
 
-    with _on_cluster() as (scheduler, shuffle):
+    with on_cluster() as (scheduler, shuffle):
         records = dd.from_map(store.read_table, [part["url"] for part in record_parts])
         # A patient's records meet in one partition: its duplicates are found there.
         patients = records.shuffle(
@@ -161,7 +132,7 @@ def build_ingest_tables(
             _write_quarantine, store, quarantine_url, rejected, meta=_RECEIPT_META
         )
         store.remove(cells_url, recursive=True)
-        receipts, quarantine_receipt = _compute(scheduler, writes, quarantine)
+        receipts, quarantine_receipt = compute(scheduler, writes, quarantine)
     return receipts.to_dict(orient="records"), quarantine_receipt.to_dict(orient="records")[0]
 
 
@@ -260,7 +231,7 @@ def build_scored_tables(
     sources = parts or [ingest_cells_url]
     names = [url.rsplit("/", 1)[-1] for url in parts] or [part_name(0, 0)]
     urls = [f"{scored_url.rstrip('/')}/{name}" for name in names]
-    with _on_cluster() as (scheduler, shuffle):
+    with on_cluster() as (scheduler, shuffle):
         cells = dd.from_map(store.read_table, sources)
         scored = cells.map_partitions(
             _scored,
@@ -288,7 +259,7 @@ def build_scored_tables(
             meta=_summaries(summary_columns._meta, {}, config, model_version),
         )
         store.remove(scored_url, recursive=True)
-        _, summarised = _compute(scheduler, writes, rows)
+        _, summarised = compute(scheduler, writes, rows)
     seen = set(summarised["patient_id"])
     rest = summarise_patients(
         summary_columns._meta,

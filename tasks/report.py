@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
-from aml_model.calibration import call_probabilities
+from aml_model.calibration import CALIBRATED_COLUMN, call_probabilities
 from aml_model.config import ScoringConfig
 from aml_model.report import (
     GalleryCell,
@@ -19,6 +21,7 @@ from aml_model.report import (
     top_cells,
 )
 from aml_model.zarr_rows import read_cells
+from tasks.dask_compute import compute, on_cluster
 from tasks.explain import EXPLAIN_MANIFEST, find_explanation
 from tasks.inputs import input_names, quarantined_inputs, source_root
 from tasks.registry import CARD_FILE
@@ -29,6 +32,7 @@ from tasks.store_layout import ScoringPaths
 __all__ = [
     "OBJECT_STORE_LINKS",
     "build_reports",
+    "cohort_type_rates",
     "index_url",
     "model_info",
     "report_url",
@@ -95,50 +99,133 @@ def _gallery(
     return gallery, explained
 
 
+@dataclass(frozen=True)
+class _Reporting:
+    """What every patient's report of one scoring needs besides its own rows: small, sent to the
+    workers once."""
+
+    paths: ScoringPaths
+    root: str
+    top_k: int
+    threshold: float
+    model: ModelInfo
+
+
+def _render(
+    job: _Reporting, summary: dict, mine: pd.DataFrame, quarantined: pd.DataFrame, images
+) -> None:
+    """Write one patient's report from its summary, its own scored cells (named) and the run's
+    quarantine."""
+    patient_id = summary["patient_id"]
+    gallery, explained = _gallery(job.paths, mine, patient_id, job.top_k, images)
+    lost = quarantined.loc[quarantined["patient_id"] == patient_id, ["name", "reason"]]
+    report = PatientReport(
+        run_id=job.paths.run_id,
+        summary=summary,
+        probabilities=call_probabilities(mine),  # calibrated where a site calibration was applied
+        gallery=gallery,
+        explained=explained,
+        model=job.model,
+        cell_types=_type_rows(mine, job.threshold),
+        quarantined=tuple(lost.to_dict(orient="records")),
+    )
+    job.paths.store.write_bytes(
+        report_url(job.paths, patient_id), render_patient_report(report).encode()
+    )
+
+
+_RENDERED = pd.DataFrame({"patient_id": pd.Series(dtype=object)})
+
+
+def _render_partition(
+    cells: pd.DataFrame, job: _Reporting, summaries: dict[str, dict], quarantined: pd.DataFrame
+) -> pd.DataFrame:
+    """Write the reports of the patients whose cells are in ``cells`` (a partition shuffled by
+    patient); returns their ids."""
+    if cells.empty:
+        return _RENDERED
+    images = job.paths.store.open_cells_array(job.paths.cells_zarr)
+    named = cells.assign(name=input_names(cells["source_uri"], job.root))
+    rendered = []
+    for patient_id, mine in named.groupby("patient_id", sort=True):
+        if patient_id in summaries:
+            # In slot order, as the patient's rows lie in the table.
+            _render(job, summaries[patient_id], mine.sort_values("zarr_index"), quarantined, images)
+            rendered.append(patient_id)
+    return pd.DataFrame({"patient_id": pd.Series(rendered, dtype=object)})
+
+
+def cohort_type_rates(store: Store, cells_table: str, threshold: float) -> pd.DataFrame:
+    """:func:`aml_model.report.cell_type_rates` of a scored cell table, read on a worker of the
+    flow's cluster (where there is one) and only the columns the rates need."""
+    import dask
+
+    wanted = ["cell_type", "label", "probability", CALIBRATED_COLUMN]
+    columns = [c for c in wanted if c in store.table_columns(cells_table)]
+
+    def rates() -> pd.DataFrame:
+        return cell_type_rates(store.read_table(cells_table, columns=columns), threshold)
+
+    with on_cluster() as (scheduler, _):
+        return compute(scheduler, dask.delayed(rates, pure=False)())[0]
+
+
 def build_reports(paths: ScoringPaths) -> str:
     """Render every patient's report and the cohort index of a scored run.
 
     Reads cells.parquet, patients.parquet, score.json, the cell images, the Grad-CAM manifests of
     ``explain/`` and the run's quarantine and ingest report (to name files as the source does);
-    writes ``reports/<patient>.html`` and ``reports/index.html``.
+    writes ``reports/<patient>.html`` and ``reports/index.html``. The scored cells are read on the
+    flow's cluster and shuffled by patient, each partition rendering its patients' reports, so no
+    process holds the whole table (:mod:`tasks.dask_compute`).
 
     Returns:
         The index page's URL.
     """
+    import dask
+    import dask.dataframe as dd
+
     store = paths.store
     settings = store.read_json(paths.settings)
-    top_k = int(settings.get("explain_top_k", ScoringConfig.explain_top_k))
-    cells = store.read_table(paths.cells_table)
-    cells = cells.assign(name=input_names(cells["source_uri"], source_root(paths)))
-    quarantined = quarantined_inputs(paths)
-    patients = store.read_table(paths.patients_table)
-    model = model_info(store, settings["model_version"])
-    images = store.open_cells_array(paths.cells_zarr)
     threshold = float(settings["threshold"])
-    # Each patient's cells found once: filtering the whole table per patient is quadratic.
-    by_patient = dict(tuple(cells.groupby("patient_id", sort=False)))
-    for summary in patients.to_dict(orient="records"):
-        patient_id = summary["patient_id"]
-        mine = by_patient.get(patient_id, cells.iloc[:0])
-        gallery, explained = _gallery(paths, mine, patient_id, top_k, images)
-        probabilities = call_probabilities(mine)  # calibrated where a site calibration was applied
-        lost = quarantined.loc[quarantined["patient_id"] == patient_id, ["name", "reason"]]
-        report = PatientReport(
-            run_id=paths.run_id,
-            summary=summary,
-            probabilities=probabilities,
-            gallery=gallery,
-            explained=explained,
-            model=model,
-            cell_types=_type_rows(mine, threshold),
-            quarantined=tuple(lost.to_dict(orient="records")),
+    model = model_info(store, settings["model_version"])
+    job = _Reporting(
+        paths=paths,
+        root=source_root(paths),
+        top_k=int(settings.get("explain_top_k", ScoringConfig.explain_top_k)),
+        threshold=threshold,
+        model=model,
+    )
+    patients = store.read_table(paths.patients_table)
+    summaries = {row["patient_id"]: row for row in patients.to_dict(orient="records")}
+    quarantined = quarantined_inputs(paths)
+    with on_cluster() as (scheduler, shuffle):
+        cells = dd.from_map(
+            store.read_table, store.table_parts(paths.cells_table) or [paths.cells_table]
         )
-        store.write_bytes(report_url(paths, patient_id), render_patient_report(report).encode())
+        by_patient = cells.shuffle(
+            "patient_id", npartitions=cells.npartitions, shuffle_method=shuffle
+        )
+        # One copy each in the graph, which every partition's task reads.
+        rendered = by_patient.map_partitions(
+            _render_partition,
+            job,
+            dask.delayed(summaries, pure=True),
+            dask.delayed(quarantined, pure=True),
+            meta=_RENDERED,
+        )
+        (rendered,) = compute(scheduler, rendered)
+        no_cells = cells._meta.assign(name=pd.Series(dtype=object))
+    images = store.open_cells_array(paths.cells_zarr)
+    for patient_id in sorted(summaries.keys() - set(rendered["patient_id"])):
+        _render(job, summaries[patient_id], no_cells, quarantined, images)
     index = render_cohort_index(
         paths.run_id,
         patients,
         model,
-        cell_types=_type_rows(cells, threshold),
+        cell_types=tuple(
+            cohort_type_rates(store, paths.cells_table, threshold).to_dict(orient="records")
+        ),
         links_note=None if store.is_local else OBJECT_STORE_LINKS,
     )
     return store.write_bytes(index_url(paths), index.encode())

@@ -8,12 +8,11 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from prefect.settings import PREFECT_API_URL
 
 from aml_model.aggregate import RESEARCH_NOTE
-from aml_model.calibration import CALIBRATED_COLUMN
 from aml_model.config import SummaryConfig
-from aml_model.report import cell_type_rates
 from tasks.events import emit_aml_suspected
 from tasks.links import index_link, reports_markdown
 from tasks.privacy import prefect_patients_table
+from tasks.report import cohort_type_rates
 from tasks.store_layout import ScoringPaths
 
 __all__ = ["overview_markdown", "publish_scoring"]
@@ -98,13 +97,7 @@ def publish_scoring(
         markdown=reports_markdown(scoring, patients, index),
         description=f"per-patient HTML reports, {where}{expiry}",
     )
-    # Only the columns the rates read: the flow never holds the whole scored cell table.
-    store = scoring.store
-    wanted = ["cell_type", "label", "probability", CALIBRATED_COLUMN]
-    columns = [c for c in wanted if c in store.table_columns(scoring.cells_table)]
-    rates = cell_type_rates(
-        store.read_table(scoring.cells_table, columns=columns), config.threshold
-    )
+    rates = cohort_type_rates(scoring.store, scoring.cells_table, config.threshold)
     if len(rates):
         create_table_artifact(
             key="per-type-rates",
