@@ -9,7 +9,10 @@ Its steps (plan, submit the decoding shards, collect, write the tables) are also
 
 from __future__ import annotations
 
+import contextlib
+import os
 import posixpath
+import uuid
 from dataclasses import dataclass
 
 from prefect import flow, get_run_logger
@@ -19,11 +22,11 @@ from prefect.futures import PrefectFuture
 from aml_model.config import ScoringConfig
 from flows.parameters import ImageSize, Layout, Positive, RunId, require_existing
 from flows.progress import results_with_progress
-from tasks.discover import Discovery, discover_inputs, require_images
-from tasks.ingest import ShardSpec, ingest_shard, plan_hash, plan_shards, write_ingest_tables
+from tasks.ingest import ShardSpec, ingest_shard, plan_shards, write_ingest_tables
+from tasks.listing import Listing, list_inputs
 from tasks.privacy import prefect_patient_id, prefect_patient_ids
 from tasks.runs import RunConflictError, mark_complete, recording_failure, run_state
-from tasks.store import Store
+from tasks.store import Store, join
 from tasks.store_layout import RunPaths
 
 __all__ = [
@@ -31,6 +34,7 @@ __all__ = [
     "CHUNK_CELLS",
     "IngestPlan",
     "collect_ingest",
+    "discard_listing",
     "discover_source",
     "ensure_ingested",
     "finish_ingest",
@@ -52,14 +56,14 @@ class IngestPlan:
     """What an ingest of ``source`` into one run will write, decided before anything is written.
 
     Attributes:
-        found: the source's discovered inputs.
+        found: the source's listing (its inputs are in its table, not here).
         fingerprint: hash of the inputs, their order, the image size and the chunking.
         paths: where the run lives (a view of the run store).
         complete: the run already has ``_SUCCESS``.
     """
 
     source: Store
-    found: Discovery
+    found: Listing
     fingerprint: str
     image_size: int
     chunk_cells: int
@@ -71,7 +75,7 @@ class IngestPlan:
             "run_id": self.paths.run_id,
             "run": self.paths.root,
             "layout": self.found.layout,
-            "inputs": len(self.found.inputs),
+            "inputs": self.found.n_inputs,
         }
 
     def recorded_counts(self) -> dict:
@@ -79,25 +83,49 @@ class IngestPlan:
         return self.paths.store.read_json(self.paths.report)["counts"]
 
 
-def discover_source(source: Store, layout: str, manifest_root: str | None = None) -> Discovery:
-    """The source's inputs, with what discovery refused or ignored in the log.
+def discover_source(
+    source: Store,
+    layout: str,
+    store: Store,
+    image_size: int,
+    chunk_cells: int,
+    chunks_per_task: int,
+    manifest_root: str | None = None,
+    new_for: str | None = None,
+) -> Listing:
+    """The source's listing, made on a worker (:func:`tasks.listing.list_inputs`), with what
+    discovery refused or ignored in the log.
 
-    Raises :class:`tasks.discover.NoImagesError` when it holds no image to decode: before
-    anything is written, so that such a source leaves no run in the store.
+    Its inputs go to a table under the store's ``_staging/`` (one row group per decoding shard of
+    ``chunk_cells * chunks_per_task`` inputs), which :func:`discard_listing` removes once the run
+    is decoded; the flow holds counts, refusals and per-patient versions only.
+
+    Raises :class:`tasks.discover.NoImagesError` (from the task) when it holds no image to
+    decode: before anything is written, so that such a source leaves no run in the store.
     """
     logger = get_run_logger()
-    found = discover_inputs(source, layout, manifest_root)
+    found = list_inputs.submit(
+        source,
+        layout,
+        store,
+        join(store.staging, uuid.uuid4().hex, "inputs.parquet"),
+        image_size,
+        chunk_cells,
+        chunk_cells * chunks_per_task,
+        manifest_root,
+        new_for,
+    ).result()
     logger.info(
         "layout %s: %d candidate images, %d refused at discovery, %d non-image files ignored",
         found.layout,
-        len(found.inputs),
+        found.n_inputs,
         len(found.rejected),
         len(found.ignored),
     )
-    if found.layout == "flat" and found.inputs:
+    if found.layout == "flat" and found.n_inputs:
         logger.info(
             "flat folder: its images are scored as one pseudo-patient %r",
-            prefect_patient_id(found.inputs[0].patient_id),
+            prefect_patient_id(found.first_patient),
         )
     if found.empty_patients:
         logger.warning(
@@ -117,20 +145,22 @@ def discover_source(source: Store, layout: str, manifest_root: str | None = None
             len(found.skipped_links),
             "; ".join(reasons),
         )
-    require_images(found)
     return found
 
 
-def plan_ingest(
-    source: Store,
-    found: Discovery,
-    store: Store,
-    run_id: str | None,
-    image_size: int,
-    chunk_cells: int,
-) -> IngestPlan:
-    """Derive the run id of the inputs ``found`` in ``source`` and refuse a run id that holds other inputs."""
-    fingerprint = plan_hash(found.inputs, image_size, chunk_cells)
+def discard_listing(store: Store, found: Listing) -> None:
+    """Remove a listing's input table once no shard will read it, and on local disk the staging
+    folder when no other listing is in it."""
+    store.remove(found.inputs_url.rsplit("/", 1)[0], recursive=True)
+    if store.is_local:
+        with contextlib.suppress(OSError):  # another flow run's listing is there: it stays
+            os.rmdir(store.resolve(store.staging)[1])
+
+
+def plan_ingest(source: Store, found: Listing, store: Store, run_id: str | None) -> IngestPlan:
+    """Derive the run id of the inputs ``found`` in ``source`` and refuse a run id that holds other
+    inputs (removing the listing: nothing will read it)."""
+    fingerprint = found.fingerprint
     run_id = (
         run_id
         or f"{posixpath.basename(source.url.rstrip('/')).rsplit('.', 1)[0]}-{fingerprint[:12]}"
@@ -142,6 +172,7 @@ def plan_ingest(
             f"run {run_id} in {store.url} was ingested from a different input list; "
             f"use a new --run-id or remove {paths.root}"
         )
+        discard_listing(store, found)
         raise RunConflictError(message)
     if state.plan is not None and not state.complete:
         get_run_logger().info("run %s is incomplete: resuming", run_id)
@@ -149,29 +180,36 @@ def plan_ingest(
         source=source,
         found=found,
         fingerprint=fingerprint,
-        image_size=image_size,
-        chunk_cells=chunk_cells,
+        image_size=found.image_size,
+        chunk_cells=found.chunk_cells,
         paths=paths,
         complete=state.complete,
     )
 
 
 def ensure_ingested(plan: IngestPlan, chunks_per_task: int) -> dict[str, int]:
-    """Decode the plan's inputs unless its run is complete; returns the run's cell counts."""
-    if plan.complete:
-        get_run_logger().info("run %s is already ingested: reusing its cells", plan.paths.run_id)
-        return plan.recorded_counts()
-    with recording_failure([plan.paths]):
-        futures = [submit_ingest_shard(plan, spec) for spec in start_ingest(plan, chunks_per_task)]
-        return finish_ingest(plan, collect_ingest(plan, futures), mark_success=True)
+    """Decode the plan's inputs unless its run is complete; returns the run's cell counts. The
+    listing's input table is removed either way."""
+    try:
+        if plan.complete:
+            get_run_logger().info(
+                "run %s is already ingested: reusing its cells", plan.paths.run_id
+            )
+            return plan.recorded_counts()
+        with recording_failure([plan.paths]):
+            futures = [
+                submit_ingest_shard(plan, spec) for spec in start_ingest(plan, chunks_per_task)
+            ]
+            return finish_ingest(plan, collect_ingest(plan, futures), mark_success=True)
+    finally:
+        discard_listing(plan.paths.store, plan.found)
 
 
 def plan_source(source: Store, store: Store, layout: str, image_size: int) -> IngestPlan:
     """Discover ``source`` and plan its run with the default chunking (run id from its inputs):
     the first step of a flow that ingests as a step; ``ensure_ingested(plan, CHUNKS_PER_TASK)`` decodes."""
-    return plan_ingest(
-        source, discover_source(source, layout), store, None, image_size, CHUNK_CELLS
-    )
+    found = discover_source(source, layout, store, image_size, CHUNK_CELLS, CHUNKS_PER_TASK)
+    return plan_ingest(source, found, store, None)
 
 
 def ingest_sources(
@@ -179,9 +217,15 @@ def ingest_sources(
 ) -> tuple[list[RunPaths], bool]:
     """Ingest every source on the task runner, each planned before any is decoded; returns the runs
     and whether all name patients."""
-    plans = [plan_source(s, store, layout, image_size) for s in sources]
-    for plan in plans:
-        ensure_ingested(plan, CHUNKS_PER_TASK)
+    plans: list[IngestPlan] = []
+    try:
+        for source in sources:
+            plans.append(plan_source(source, store, layout, image_size))
+        for plan in plans:
+            ensure_ingested(plan, CHUNKS_PER_TASK)
+    finally:
+        for plan in plans:
+            discard_listing(store, plan.found)
     return [p.paths for p in plans], all(p.found.layout not in ("class", "flat") for p in plans)
 
 
@@ -196,13 +240,13 @@ def start_ingest(plan: IngestPlan, chunks_per_task: int) -> list[ShardSpec]:
             "layout": found.layout,
             "image_size": plan.image_size,
             "chunk_cells": plan.chunk_cells,
-            "inputs": len(found.inputs),
+            "inputs": found.n_inputs,
         },
     )
     paths.store.create_cells_array(
-        paths.cells_zarr, len(found.inputs), plan.image_size, plan.chunk_cells
+        paths.cells_zarr, found.n_inputs, plan.image_size, plan.chunk_cells
     )
-    return plan_shards(found.inputs, plan.chunk_cells, chunks_per_task)
+    return plan_shards(found.n_inputs, found.inputs_url, plan.chunk_cells, chunks_per_task)
 
 
 def submit_ingest_shard(plan: IngestPlan, spec: ShardSpec) -> PrefectFuture:
@@ -227,7 +271,7 @@ def collect_ingest(plan: IngestPlan, futures: list[PrefectFuture]) -> list[dict]
         images = sum(receipt["inputs"] for receipt in receipts)
         return (
             f"ingest {percent:5.1f}%: {done}/{len(futures)} shards, "
-            f"{images}/{len(plan.found.inputs)} images"
+            f"{images}/{plan.found.n_inputs} images"
         )
 
     for _percent, receipt in results_with_progress(
@@ -309,9 +353,10 @@ def ingest(
     require_existing(
         [Store.at(manifest_root, s3_endpoint_url)] if manifest_root else [], "manifest_root"
     )
-    found = discover_source(source_at, layout, manifest_root)
-    plan = plan_ingest(
-        source_at, found, Store.at(store, s3_endpoint_url), run_id, image_size, chunk_cells
+    store_at = Store.at(store, s3_endpoint_url)
+    found = discover_source(
+        source_at, layout, store_at, image_size, chunk_cells, chunks_per_task, manifest_root
     )
+    plan = plan_ingest(source_at, found, store_at, run_id)
     counts = ensure_ingested(plan, chunks_per_task)
     return {**plan.summary(), **counts, "already_complete": plan.complete}

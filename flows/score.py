@@ -15,6 +15,7 @@ from aml_model.report import patients_to_explain
 from flows.ingest import (
     IngestPlan,
     collect_ingest,
+    discard_listing,
     discover_source,
     finish_ingest,
     plan_ingest,
@@ -25,11 +26,12 @@ from flows.logs import failing_with_reason
 from flows.parameters import ScoreOptions, require_existing
 from flows.progress import results_with_progress
 from flows.runner import in_order
-from tasks.arrivals import only_new, patient_versions, record_scored, scored_versions
+from tasks.arrivals import record_scored
 from tasks.calibration import read_site_calibration
 from tasks.devices import cluster_has_gpus, model_tasks
 from tasks.explain import explain_patient, reuse_explanation
 from tasks.ingest import plan_shards, shard_stop
+from tasks.listing import Listing
 from tasks.predict import reuse_probabilities, score_shard
 from tasks.privacy import prefect_patient_ids
 from tasks.registry import ModelRef, resolve_model
@@ -97,17 +99,42 @@ def _score_smears(source: Store, store: Store, options: ScoreOptions, new_only: 
     require_existing([source], "source")  # the types were checked before this line
     model_ref = resolve_model(options.model, store)
     calibration, point = _site_calibration(options, store, model_ref)
-    config = options.summary_config(None if point is None else point.threshold)
     logger.info(
         "scoring with model %s (%dx%d input)",
         model_ref.version,
         model_ref.image_size,
         model_ref.image_size,
     )
-    found = discover_source(source, options.layout)
-    versions = patient_versions(found)
+    found = discover_source(
+        source,
+        options.layout,
+        store,
+        model_ref.image_size,
+        options.chunk_cells,
+        options.chunks_per_task,
+        new_for=model_ref.version if new_only else None,
+    )
+    try:
+        return _score_listed(source, store, options, new_only, model_ref, calibration, point, found)
+    finally:
+        discard_listing(store, found)
+
+
+def _score_listed(
+    source: Store,
+    store: Store,
+    options: ScoreOptions,
+    new_only: bool,
+    model_ref: ModelRef,
+    calibration: SiteCalibration | None,
+    point: OperatingPoint | None,
+    found: Listing,
+) -> dict:
+    """score_smears' body once the source is listed."""
+    logger = get_run_logger()
+    config = options.summary_config(None if point is None else point.threshold)
+    versions = found.versions
     if new_only:
-        found, versions = only_new(found, versions, scored_versions(store, model_ref.version))
         if not versions:
             logger.info(
                 "nothing new in %s: model %s has scored every patient's current images",
@@ -120,9 +147,7 @@ def _score_smears(source: Store, store: Store, options: ScoreOptions, new_only: 
             len(versions),
             ", ".join(sorted(prefect_patient_ids(versions))),
         )
-    plan = plan_ingest(
-        source, found, store, options.run_id, model_ref.image_size, options.chunk_cells
-    )
+    plan = plan_ingest(source, found, store, options.run_id)
     settings = _settings(model_ref.version, config, options, calibration)
     scoring = plan.paths.scoring(options.score_id or derive_score_id(settings))
     reused = reusable_probabilities(scoring, settings) if plan.complete else None
@@ -261,10 +286,12 @@ def _score_cells(
         The ingest run's cell and quarantine counts.
     """
     store = plan.paths.store
-    n_inputs = len(plan.found.inputs)
+    n_inputs = plan.found.n_inputs
     store.create_probabilities_array(scoring.probabilities_zarr, n_inputs, plan.chunk_cells)
     if plan.complete:
-        shards = plan_shards(plan.found.inputs, plan.chunk_cells, options.chunks_per_task)
+        shards = plan_shards(
+            n_inputs, plan.found.inputs_url, plan.chunk_cells, options.chunks_per_task
+        )
         decoding = [None] * len(shards)
     else:
         shards, decoding = start_ingest(plan, options.chunks_per_task), []

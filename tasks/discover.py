@@ -10,6 +10,7 @@ import posixpath
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import fsspec
 import pandas as pd
@@ -25,15 +26,16 @@ from aml_model.layouts import (
     label_for_class,
 )
 from aml_model.preprocess import SNIFF_BYTES, sniff_image_format
-from tasks.retry import store_task
 from tasks.store import Store, is_local
+
+if TYPE_CHECKING:
+    from tasks.listing import Listing
 
 __all__ = [
     "CellInput",
     "Discovery",
     "NoImagesError",
     "discover",
-    "discover_inputs",
     "input_name",
     "require_images",
 ]
@@ -90,6 +92,10 @@ class Discovery:
     unknown_classes: list[str] = field(default_factory=list)
     diagnoses: dict[str, str] = field(default_factory=dict)
     skipped_links: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def n_inputs(self) -> int:
+        return len(self.inputs)
 
 
 def _url(fs: fsspec.AbstractFileSystem, path: str) -> str:
@@ -386,13 +392,14 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
-def require_images(found: Discovery) -> None:
-    """Raise :class:`NoImagesError` unless discovery found an image to decode.
+def require_images(found: Discovery | Listing) -> None:
+    """Raise :class:`NoImagesError` unless discovery found an image to decode (a
+    :class:`tasks.listing.Listing` or the :class:`Discovery` it was made from).
 
     Called before anything is written, so that a source without images leaves no run behind; the
     message says what the source holds instead, which is what a user needs to fix it.
     """
-    if found.inputs:
+    if found.n_inputs:
         return
     where = f"{found.source} (layout {found.layout})"
     if found.rejected:
@@ -415,9 +422,3 @@ def require_images(found: Discovery) -> None:
             f"{found.skipped_links[0]['source_uri']}: {found.skipped_links[0]['reason']}"
         )
     raise NoImagesError(message)
-
-
-@store_task("discover-inputs")
-def discover_inputs(source: Store, layout: str, manifest_root: str | None = None) -> Discovery:
-    """Prefect task around :func:`discover` (retried: listing is network I/O on S3)."""
-    return discover(source, layout, manifest_root=manifest_root)

@@ -19,10 +19,12 @@ from tasks.store import Store
 from tasks.store_layout import RunPaths
 
 __all__ = [
+    "INPUT_COLUMNS",
     "ShardSpec",
     "ingest_shard",
     "plan_hash",
     "plan_shards",
+    "read_inputs",
     "shard_stop",
     "write_ingest_tables",
 ]
@@ -44,32 +46,49 @@ def plan_hash(inputs: list[CellInput], image_size: int, chunk_cells: int) -> str
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
+#: The columns of a listing's input table (:mod:`tasks.listing`), one row per input in slot order.
+INPUT_COLUMNS = ("uri", "patient_id", "label", "cell_type")
+
 ShardSpec = dict
-"""One decoding shard: ``{"shard": int, "start": int, "uris": [...], "patients": [...], "labels":
-[...], "cell_types": [...]}``, an input per slot from ``start`` on."""
+"""One decoding shard: ``{"shard": int, "start": int, "stop": int, "inputs": url}``, the slots
+[start, stop) and the input table (:mod:`tasks.listing`) whose rows [start, stop) it decodes."""
 
 
 def plan_shards(
-    inputs: list[CellInput], chunk_cells: int, chunks_per_shard: int = 1
+    n_inputs: int, inputs_url: str, chunk_cells: int, chunks_per_shard: int = 1
 ) -> list[ShardSpec]:
-    """Cut the inputs into shards aligned to Zarr chunks, so no two shards share a chunk."""
+    """Cut the slots of ``n_inputs`` inputs into shards aligned to Zarr chunks, so no two shards
+    share a chunk."""
     size = chunk_cells * chunks_per_shard
     return [
-        {
-            "shard": number,
-            "start": start,
-            "uris": [c.uri for c in inputs[start : start + size]],
-            "patients": [c.patient_id for c in inputs[start : start + size]],
-            "labels": [c.label for c in inputs[start : start + size]],
-            "cell_types": [c.cell_type for c in inputs[start : start + size]],
-        }
-        for number, start in enumerate(range(0, len(inputs), size))
+        {"shard": number, "start": start, "stop": min(start + size, n_inputs), "inputs": inputs_url}
+        for number, start in enumerate(range(0, n_inputs, size))
     ]
 
 
 def shard_stop(spec: ShardSpec) -> int:
     """The slot after a shard's last."""
-    return spec["start"] + len(spec["uris"])
+    return spec["stop"]
+
+
+def read_inputs(store: Store, inputs_url: str, start: int, stop: int) -> pd.DataFrame:
+    """Rows [start, stop) of an input table, reading only the row groups that hold them."""
+    import pyarrow.parquet as pq
+
+    fs, path = store.resolve(inputs_url)
+    with fs.open(path, "rb") as handle:
+        table_file = pq.ParquetFile(handle)
+        groups, first, offset = [], 0, 0
+        for group in range(table_file.num_row_groups):
+            rows = table_file.metadata.row_group(group).num_rows
+            if offset < stop and start < offset + rows:
+                first = offset if not groups else first
+                groups.append(group)
+            offset += rows
+        frame = table_file.read_row_groups(groups).to_pandas() if groups else None
+    if frame is None:
+        return pd.DataFrame(columns=list(INPUT_COLUMNS), dtype=object)
+    return frame.iloc[start - first : stop - first].reset_index(drop=True)
 
 
 def _decode_one(
@@ -113,7 +132,16 @@ def ingest_shard(
         and its records part (url, rows, bytes, sha256): a few hundred bytes, whatever the shard's
         size, so that the flow never holds a record per cell.
     """
-    inputs = _inputs_digest(spec)
+    start, stop = spec["start"], spec["stop"]
+    rows = read_inputs(store, spec["inputs"], start, stop)
+    shard = {
+        "start": start,
+        "uris": rows["uri"].tolist(),
+        "patients": rows["patient_id"].tolist(),
+        "labels": [_text(v) for v in rows["label"]],
+        "cell_types": [_text(v) for v in rows["cell_type"]],
+    }
+    inputs = _inputs_digest(shard)
     if store.exists(marker_url):
         marker = store.read_json(marker_url)
         # Shards are numbered by position: a rerun with other chunks_per_task finds markers of
@@ -121,29 +149,29 @@ def ingest_shard(
         if marker.get("plan") == fingerprint and marker.get("inputs") == inputs:
             return marker["receipt"]
     config = PreprocessConfig(image_size=image_size)
-    block = np.zeros((len(spec["uris"]), image_size, image_size, 3), np.uint8)
+    block = np.zeros((stop - start, image_size, image_size, 3), np.uint8)
     records = []
-    for offset, uri in enumerate(spec["uris"]):
+    for offset, uri in enumerate(shard["uris"]):
         cell, record = _decode_one(uri, source, config)
         if cell is not None:
             block[offset] = cell
         records.append(
             {
-                "zarr_index": spec["start"] + offset,
+                "zarr_index": start + offset,
                 "source_uri": uri,
                 **record,
-                "patient_id": spec["patients"][offset],
-                "label": spec["labels"][offset],
-                "cell_type": spec["cell_types"][offset],
+                "patient_id": shard["patients"][offset],
+                "label": shard["labels"][offset],
+                "cell_type": shard["cell_types"][offset],
             }
         )
     array = store.open_cells_array(cells_url, read_only=False)
-    array[spec["start"] : spec["start"] + len(block)] = block
+    array[start:stop] = block
     part = store.write_part(records_frame(records), marker_url.removesuffix(".json") + ".parquet")
     receipt = {
         "shard": spec["shard"],
-        "start": spec["start"],
-        "stop": shard_stop(spec),
+        "start": start,
+        "stop": stop,
         "inputs": len(records),
         "failed": sum(r["reason"] is not None for r in records),
         **part,
@@ -152,10 +180,16 @@ def ingest_shard(
     return receipt
 
 
-def _inputs_digest(spec: ShardSpec) -> str:
-    """What a shard decodes: its slots and their inputs."""
+def _text(value) -> str | None:
+    """A text cell of the input table: None where Parquet holds a null."""
+    return None if value is None or pd.isna(value) else str(value)
+
+
+def _inputs_digest(shard: dict) -> str:
+    """What a shard decodes: its first slot and its inputs (the same hash as before the inputs
+    were read from a table, so an interrupted run of an older version resumes)."""
     payload = json.dumps(
-        [spec[key] for key in ("start", "uris", "patients", "labels", "cell_types")]
+        [shard[key] for key in ("start", "uris", "patients", "labels", "cell_types")]
     )
     return hashlib.sha256(payload.encode()).hexdigest()
 

@@ -107,8 +107,17 @@ class Store:
     # The filesystem.
 
     def resolve(self, url: str | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
-        """The filesystem and its own path for ``url`` (default: the root)."""
-        return fsspec.core.url_to_fs(url or self.url, **dict(self.options))
+        """The filesystem and its own path for ``url`` (default: the root).
+
+        Object stores are reached without fsspec's listings cache: a long-lived worker would
+        otherwise answer from a listing made before another process wrote (an image that arrived
+        since is "not found", a marker written since is missing).
+        """
+        target = url or self.url
+        options = dict(self.options)
+        if "://" in target and not target.startswith(("file://", "local://", "memory://")):
+            options.setdefault("use_listings_cache", False)
+        return fsspec.core.url_to_fs(target, **options)
 
     @property
     def fs(self) -> fsspec.AbstractFileSystem:
@@ -131,6 +140,7 @@ class Store:
     backbones = property(lambda self: self.path("backbones"))
     features = property(lambda self: self.path("features"))
     ledger = property(lambda self: self.path("ledger"))
+    staging = property(lambda self: self.path("_staging"))
 
     # Reading.
 

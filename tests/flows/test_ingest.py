@@ -55,6 +55,7 @@ def test_real_lmu_cells_in_class_layout(lmu_cells, tmp_path, task_runner):
     assert progress is not None and progress.type == "progress" and float(progress.data) == 100.0
     summary = Artifact.get("ingest-summary")
     assert summary is not None and "| cells | 1400 |" in summary.data
+    assert not (tmp_path / "store" / "_staging").exists(), "the listing is removed once decoded"
 
 
 def test_patient_cohort_bad_inputs_are_quarantined_and_good_ones_kept(tmp_path, task_runner):
@@ -169,6 +170,7 @@ def test_a_run_id_holding_other_inputs_is_refused(lmu_cells, tmp_path, task_runn
     (source / "A" / "extra.png").write_bytes((source / "A").glob("*.jpg").__next__().read_bytes())
     with pytest.raises(RunConflictError, match="different input list"):
         run_ingest(task_runner, source=str(source), store=store, run_id="r1", image_size=32)
+    assert not (tmp_path / "store" / "_staging").exists(), "the refused run's listing is removed"
 
 
 def test_cell_types_flow_from_class_folders_and_labels_csv_into_cells_parquet(

@@ -352,7 +352,10 @@ def test_new_only_scores_new_and_changed_patients_and_keeps_both_versions(
     (image,) = sorted((spare / "A").iterdir())
     _add(local, f"A/{image.name}", image.read_bytes(), remote)
     changed = run_score(task_runner, new_only=True, **params)
-    assert [p["patient_id"] for p in changed["patients"]] == ["A"] and changed["cells"] == 7
+    lost = Store(store, options).run(changed["run_id"]).quarantine_table
+    assert [p["patient_id"] for p in changed["patients"]] == ["A"] and changed["cells"] == 7, (
+        Store(store, options).read_table(lost).to_dict(orient="records")
+    )
     location = Store(store, options)
     old_a, new_a = (
         location.read_table(location.run(r["run_id"]).scoring(r["score_id"]).patients_table)

@@ -77,16 +77,16 @@ def test_every_store_task_carries_the_retry_policy_and_no_result_cache():
     from prefect.cache_policies import NO_CACHE
 
     from tasks.calibration import score_labelled_cells
-    from tasks.discover import discover_inputs
     from tasks.explain import explain_patient
     from tasks.ingest import ingest_shard, write_ingest_tables
+    from tasks.listing import list_inputs
     from tasks.predict import score_shard
     from tasks.report import write_reports
     from tasks.summarise import write_scored_tables
 
     store_tasks = [
         score_labelled_cells,
-        discover_inputs,
+        list_inputs,
         explain_patient,
         ingest_shard,
         write_ingest_tables,
@@ -95,7 +95,7 @@ def test_every_store_task_carries_the_retry_policy_and_no_result_cache():
         write_scored_tables,
     ]
     for store_task in store_tasks:
-        # discover_inputs once retried bad input: listing a source that does not exist is not transient.
+        # list_inputs once retried bad input: listing a source that does not exist is not transient.
         assert store_task.retry_condition_fn is retry_transient_errors, store_task.name
         assert (store_task.retries, store_task.retry_delay_seconds) == (2, 2), store_task.name
         assert store_task.cache_policy is NO_CACHE, store_task.name
