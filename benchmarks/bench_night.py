@@ -5,9 +5,10 @@ Each cohort runs in a fresh Python process (the flow process) with its own ``das
 two single-threaded ``dask worker --no-nanny`` processes (:func:`benchmarks.bench_scale.dask_cluster`),
 so that every peak RSS (``VmHWM``, reset in the flow process before its first flow run) belongs to
 one process and one cohort; the cohort is written by the benchmark's own process and the Dask
-tasks are counted on the scheduler, so that none of the benchmark's bookkeeping is in the flow's. The cells are ``AML_SMEAR_BENCH_NIGHT_SIZE`` px (default 32) PNGs drawn
-from a seeded generator, every one distinct, in patient folders of ``CELLS_PER_PATIENT``; the model
-is the default recipe (robust) at that size with an untrained backbone: the figures are of the
+tasks are counted on the scheduler, so that none of the benchmark's bookkeeping is in the flow's.
+The cells are ``AML_SMEAR_BENCH_NIGHT_SIZE`` px (default 32) PNGs drawn from a seeded generator,
+every one distinct, in patient folders of ``CELLS_PER_PATIENT``; the model is the default recipe
+(robust) at that size with an untrained backbone: the figures are of the
 pipeline's orchestration, not of a model's accuracy.
 
 Keys ``scale_night_<factor>x_*``: cells; per stage (``ingest``, ``score``) wall seconds per 1,000

@@ -112,27 +112,5 @@ def list_source(
     )
 
 
-@store_task("list-inputs")
-def list_inputs(
-    source: Store,
-    layout: str,
-    store: Store,
-    inputs_url: str,
-    image_size: int,
-    chunk_cells: int,
-    rows_per_group: int,
-    manifest_root: str | None = None,
-    new_for: str | None = None,
-) -> Listing:
-    """Prefect task around :func:`list_source` (retried: listing is network I/O on S3)."""
-    return list_source(
-        source,
-        layout,
-        store,
-        inputs_url,
-        image_size,
-        chunk_cells,
-        rows_per_group,
-        manifest_root=manifest_root,
-        new_for=new_for,
-    )
+#: The Prefect task around :func:`list_source` (retried: listing is network I/O on S3).
+list_inputs = store_task("list-inputs")(list_source)
