@@ -83,7 +83,9 @@ def _gallery(
         overlays = [None] * len(top)
     slots = top["zarr_index"].to_numpy(dtype=np.int64)
     names = cells.set_index("zarr_index")["name"].loc[slots]
-    pixels = read_cells(images, slots)
+    # One cell at a time: a worker renders reports, and a read of many slots decompresses their
+    # chunks at once (48 MiB a chunk of 16 1,024 px cells), which overran a memory-limited worker.
+    pixels = [read_cells(images, [slot])[0] for slot in slots]
     gallery = tuple(
         GalleryCell(
             rank=rank,

@@ -166,11 +166,12 @@ def test_a_failing_command_does_not_echo_the_access_key(
             kill_group(process)
     output = log.read_text()
     assert process.returncode == 1, output[-4000:]
+    # The store's first write is the source's listing (docs/design.md, "Inputs").
     assert (
         "error: cannot write" in output
-        and "/runs/denied/scores/" in output
-        and "score.json" in output
-    )
+        and "/store/_staging/" in output
+        and "inputs.parquet" in output
+    ), output[-4000:]
     assert proxy.injected["status"] >= 1
     assert leaked(output) == []
 
