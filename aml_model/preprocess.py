@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import logging
-import warnings
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -134,12 +133,13 @@ def decode_cell(data: bytes, source: str, config: PreprocessConfig | None = None
     if not data:
         raise ImageDecodeError(source, "empty file (0 bytes)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+        # Pillow's DecompressionBombWarning stays a warning: config.max_pixels below is the rule,
+        # and warnings.catch_warnings, which would turn it into an error, changes process-wide
+        # state that the threads decoding a shard's cells share (tasks.ingest).
+        image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise ImageDecodeError(source, _describe_unidentified(data)) from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:
         raise ImageDecodeError(source, f"decompression bomb refused: {exc}") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageDecodeError(source, f"unreadable image header: {exc}") from None
