@@ -120,7 +120,8 @@ def paper_baseline(model, files: list[Path]) -> dict[str, float]:
 
 
 def end_to_end(n_workers: int, source: Path, store: Path, model_file: str, precision: str) -> dict:
-    """score-smears on a fresh LocalCluster, twice: cold, then warm.
+    """score-smears on a fresh LocalCluster, twice: cold, then warm, with ``model_file``
+    registered in ``store`` (:func:`registered_in`: the flows score registered models only).
 
     The cold run pays for worker start-up: loading the model, deriving its inference form and
     tracing it. The warm run scores the same cells into a new run on the same cluster, whose
@@ -135,19 +136,21 @@ def end_to_end(n_workers: int, source: Path, store: Path, model_file: str, preci
     from flows.score import score_smears
 
     timings = {}
+    version = registered_in(model_file, store)
     with LocalCluster(**local_cluster_kwargs(n_workers)) as cluster:
         flow = score_smears.with_options(
             task_runner=DaskTaskRunner(address=cluster.scheduler_address)
         )
         for run in ("cold", "warm"):
-            timings[run], result = _score_run(flow, source, store, model_file, run, precision)
-    return {**timings, "result": result}
+            timings[run], result = _score_run(flow, source, store, version, run, precision)
+    return {**timings, "result": result, "version": version}
 
 
 def _score_run(
-    flow, source: Path, store: Path, model_file: str, run: str, precision: str
+    flow, source: Path, store: Path, model: str, run: str, precision: str
 ) -> tuple[float, dict]:
-    """One timed score-smears run under its own run id: cells/s and the flow's result (cells, patients).
+    """One timed score-smears run under its own run id with ``model``, a version registered in
+    ``store``: cells/s and the flow's result (cells, patients).
 
     The one place that knows the flow's parameters and result; a run that found its work already
     done would time nothing, and is refused.
@@ -159,7 +162,7 @@ def _score_run(
         source=str(source),
         store=str(store),
         options=ScoreOptions(
-            model=model_file, run_id=run, precision=precision, min_cells=50, explain=False
+            model=model, run_id=run, precision=precision, min_cells=50, explain=False
         ),
     )
     elapsed = time.perf_counter() - started
@@ -262,9 +265,8 @@ def main(context: dict) -> dict:
     e2e_2 = end_to_end(many, source, work / "e2e-fp32-2w", model_file, "float32")
     e2e_low = end_to_end(many, source, work / f"e2e-{tag}-2w", model_file, low)
     auto_store = work / "e2e-auto-2w"
-    auto_version = registered_in(model_file, auto_store)
-    e2e_auto = end_to_end(many, source, auto_store, auto_version, "auto")
-    auto_precision, auto_reason = _auto_choice(auto_store, auto_version, gpus > 0)
+    e2e_auto = end_to_end(many, source, auto_store, model_file, "auto")
+    auto_precision, auto_reason = _auto_choice(auto_store, e2e_auto["version"], gpus > 0)
     calls32 = {row["patient_id"]: row["call"] for row in e2e_2["result"]["patients"]}
     calls_low = {row["patient_id"]: row["call"] for row in e2e_low["result"]["patients"]}
     best = {run: max(e2e_1[run], e2e_2[run]) for run in ("warm", "cold")}
