@@ -5,7 +5,8 @@ Each cohort runs in a fresh Python process (the flow process) with its own ``das
 two single-threaded ``dask worker --no-nanny`` processes (:func:`benchmarks.bench_scale.dask_cluster`),
 so that every peak RSS (``VmHWM``, reset in the flow process before its first flow run) belongs to
 one process and one cohort; the cohort is written by the benchmark's own process and the Dask
-tasks are counted on the scheduler, so that none of the benchmark's bookkeeping is in the flow's.
+tasks are counted on the scheduler by a plugin that keeps one integer, so that none of the
+benchmark's bookkeeping is in the flow's peak, nor a record per task in the scheduler's.
 The cells are ``AML_SMEAR_BENCH_NIGHT_SIZE`` px (default 32) PNGs drawn from a seeded generator,
 every one distinct, in patient folders of ``CELLS_PER_PATIENT``; the model is the default recipe
 (robust) at that size with an untrained backbone: the figures are of the
@@ -95,13 +96,30 @@ def _prefect_task_runs(flow_run_id) -> int:
                 return runs
 
 
-def _tasks_since(dask_scheduler, started: float) -> int:
-    """Dask tasks that started since ``started`` (epoch seconds), counted on the scheduler, so that
-    the flow process, whose memory is measured, never holds a record per task."""
-    from distributed.diagnostics.task_stream import TaskStreamPlugin
+def _task_counter():
+    """A scheduler plugin that counts the tasks the scheduler sees finish: one integer.
 
-    buffer = dask_scheduler.plugins[TaskStreamPlugin.name].buffer
-    return sum(1 for record in buffer if min(s["start"] for s in record["startstops"]) >= started)
+    Not a task stream: its buffer keeps a record of every task, up to 100,000, in the scheduler
+    whose peak memory this benchmark measures, and counts no further. A production scheduler
+    without the dashboard keeps none.
+    """
+    from distributed.diagnostics.plugin import SchedulerPlugin
+
+    class TaskCounter(SchedulerPlugin):
+        name = "aml-smear-bench-task-counter"
+
+        def __init__(self) -> None:
+            self.finished = 0
+
+        def transition(self, key, start, finish, *args, **kwargs) -> None:
+            if finish == "memory":
+                self.finished += 1
+
+    return TaskCounter()
+
+
+def _tasks_finished(dask_scheduler) -> int:
+    return dask_scheduler.plugins["aml-smear-bench-task-counter"].finished
 
 
 def run_factor(factor: int, work: Path, model: Path) -> dict:
@@ -127,7 +145,7 @@ def run_factor(factor: int, work: Path, model: Path) -> dict:
         try:
             with Client(scheduler_file=str(scheduler_file)) as client:
                 client.wait_for_workers(2, timeout=300)
-                client.get_task_stream(start=time.time())  # the scheduler records tasks from here
+                client.register_plugin(_task_counter())
                 runner = DaskTaskRunner(address=client.scheduler.address)
                 stages = {
                     "ingest": lambda: ingest.with_options(task_runner=runner)(
@@ -142,11 +160,12 @@ def run_factor(factor: int, work: Path, model: Path) -> dict:
                 }
                 figures = {}
                 for stage, run in stages.items():
-                    started, wall = time.perf_counter(), time.time()
+                    before = client.run_on_scheduler(_tasks_finished)
+                    started = time.perf_counter()
                     state = run()
                     seconds = time.perf_counter() - started
                     state.result()  # a failed stage fails the benchmark
-                    tasks = client.run_on_scheduler(_tasks_since, started=wall)
+                    tasks = client.run_on_scheduler(_tasks_finished) - before
                     figures[stage] = {
                         "s_per_kcell": seconds / n_cells * 1000,
                         "dask_tasks_per_kcell": tasks / n_cells * 1000,
