@@ -25,7 +25,7 @@ import pandas as pd
 from aml_model.aggregate import PATIENT_COLUMNS, summarise_patients
 from aml_model.catalog import CELL_COLUMNS, quarantine_table, split_records
 from aml_model.config import SummaryConfig
-from tasks.dask_compute import compute, on_cluster
+from tasks.dask_compute import compute, on_cluster, shuffle_partitions
 from tasks.store import PROBABILITIES, Store, part_name
 
 __all__ = [
@@ -113,7 +113,9 @@ def build_ingest_tables(
         records = dd.from_map(store.read_table, [part["url"] for part in record_parts])
         # A patient's records meet in one partition: its duplicates are found there.
         patients = records.shuffle(
-            "patient_id", npartitions=records.npartitions, shuffle_method=shuffle
+            "patient_id",
+            npartitions=shuffle_partitions(records.npartitions),
+            shuffle_method=shuffle,
         )
         cells = patients.map_partitions(_accepted, meta=_accepted(records._meta))
         quarantined = patients.map_partitions(_quarantined, meta=_quarantined(records._meta))
@@ -247,7 +249,9 @@ def build_scored_tables(
             columns={summarise_on: "probability"}
         )
         summaries = summary_columns.shuffle(
-            "patient_id", npartitions=cells.npartitions, shuffle_method=shuffle
+            "patient_id",
+            npartitions=shuffle_partitions(cells.npartitions),
+            shuffle_method=shuffle,
         )
         # One copy of the counts in the graph, which every partition's summary reads.
         counts = dask.delayed(dict(quarantined), pure=True)

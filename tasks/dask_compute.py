@@ -10,7 +10,17 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-__all__ = ["compute", "on_cluster"]
+__all__ = ["SHUFFLE_FAN_IN", "compute", "on_cluster", "shuffle_partitions"]
+
+#: Parts of a run's table (one per shard) whose rows one output partition of a shuffle by patient
+#: gathers, where the shuffled rows are small (a few columns per cell, no pixels): the scheduler
+#: then tracks that many times fewer output partitions and the tasks downstream of them.
+SHUFFLE_FAN_IN = 16
+
+
+def shuffle_partitions(n_parts: int) -> int:
+    """Output partitions of a shuffle of ``n_parts`` small parts: one per :data:`SHUFFLE_FAN_IN`."""
+    return max(1, -(-n_parts // SHUFFLE_FAN_IN))
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ from aml_model.aggregate import summarise_cohort
 from aml_model.calibration import CALIBRATED_COLUMN
 from aml_model.catalog import build_cell_tables
 from aml_model.config import SummaryConfig
+from tasks import dask_compute
 from tasks.cell_tables import (
     accepted_slots,
     build_ingest_tables,
@@ -67,9 +68,12 @@ def write_record_parts(store: Store, records: list[dict]) -> list[dict]:
     return parts
 
 
-@pytest.fixture
-def ingested(tmp_path):
+# Shards per output partition of the shuffles by patient: several partitions (a patient's rows
+# from parts that land in different ones must meet), and the default.
+@pytest.fixture(params=[3, dask_compute.SHUFFLE_FAN_IN], ids=lambda fan_in: f"fan-in-{fan_in}")
+def ingested(tmp_path, request, monkeypatch):
     """A store with 1,000 inputs' records parts and the cell tables built from them."""
+    monkeypatch.setattr(dask_compute, "SHUFFLE_FAN_IN", request.param)
     store = Store(str(tmp_path / "store"))
     records = synthetic_records(1000)
     parts = write_record_parts(store, records)
