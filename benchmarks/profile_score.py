@@ -71,8 +71,8 @@ def _frame_name(description: Mapping) -> str | None:
     for (suffix, name), label in _LIBRARY_FRAMES.items():
         if function == name and filename.endswith(suffix):
             return label
-    if filename == "<dynamic-code>":  # Prefect's wrapper of a task function, named after it
-        return f"task {function}"
+    if filename == "<dynamic-code>":  # Prefect's wrappers: the task function's, named after it
+        return None if function == "wrapper_func" else f"task {function}"
     root = str(PROJECT_ROOT) + os.sep
     if function.startswith("<"):  # comprehensions: their function has the time already
         return None
