@@ -55,8 +55,8 @@ def tiny_cohort(root: Path, n_cells: int, seed: int = 0) -> None:
         Image.fromarray(pixels).save(patient / f"{number:07d}.png", compress_level=1)
 
 
-def tiny_model(path: Path) -> dict:
-    """Save the default recipe at IMAGE_SIZE px, backbone untrained, to ``path``; returns its
+def tiny_model(path: Path, image_size: int = IMAGE_SIZE) -> dict:
+    """Save the default recipe at ``image_size`` px, backbone untrained, to ``path``; returns its
     configuration. Built in the benchmark's process, so that no flow process imports TensorFlow
     (a flow never does) and its peak is the flow's own."""
     from aml_model.architecture import build_model
@@ -64,7 +64,7 @@ def tiny_model(path: Path) -> dict:
     from aml_model.io import save_model
 
     config = ExperimentConfig.for_recipe(
-        DEFAULT_RECIPE, ModelConfig(image_size=IMAGE_SIZE, backbone_weights="none")
+        DEFAULT_RECIPE, ModelConfig(image_size=image_size, backbone_weights="none")
     )
     save_model(build_model(config.model), path)
     return config.to_dict()
@@ -96,6 +96,9 @@ def _prefect_task_runs(flow_run_id) -> int:
                 return runs
 
 
+_TASK_COUNTER = "aml-smear-bench-task-counter"
+
+
 def _task_counter():
     """A scheduler plugin that counts the tasks the scheduler sees finish: one integer.
 
@@ -106,7 +109,7 @@ def _task_counter():
     from distributed.diagnostics.plugin import SchedulerPlugin
 
     class TaskCounter(SchedulerPlugin):
-        name = "aml-smear-bench-task-counter"
+        name = _TASK_COUNTER
 
         def __init__(self) -> None:
             self.finished = 0
@@ -119,7 +122,7 @@ def _task_counter():
 
 
 def _tasks_finished(dask_scheduler) -> int:
-    return dask_scheduler.plugins["aml-smear-bench-task-counter"].finished
+    return dask_scheduler.plugins[_TASK_COUNTER].finished
 
 
 def run_factor(factor: int, work: Path, model: Path) -> dict:

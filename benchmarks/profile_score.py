@@ -111,18 +111,16 @@ def main(argv: list[str] | None = None) -> None:
     from flows.runner import quiet_dask_logs, shared_prefect_api
 
     quiet_dask_logs()
-    work = Path(tempfile.mkdtemp(prefix="aml-smear-profile-"))
-    with shared_prefect_api():
-        _profile(args.workers, args.cells, args.model or _untrained_model(work), work)
+    with tempfile.TemporaryDirectory(prefix="aml-smear-profile-") as folder, shared_prefect_api():
+        work = Path(folder)
+        model = args.model
+        if model is None:
+            from aml_model.config import ModelConfig
+            from benchmarks.bench_night import tiny_model
 
-
-def _untrained_model(work: Path) -> str:
-    from aml_model.architecture import build_model
-    from aml_model.config import DEFAULT_RECIPE, ExperimentConfig, ModelConfig
-    from aml_model.io import save_model
-
-    config = ExperimentConfig.for_recipe(DEFAULT_RECIPE, ModelConfig(backbone_weights="none"))
-    return str(save_model(build_model(config.model), work / "untrained.keras"))
+            model = str(work / "untrained.keras")
+            tiny_model(Path(model), image_size=ModelConfig().image_size)
+        _profile(args.workers, args.cells, model, work)
 
 
 def _profile(n_workers: int, n_cells: int, model_file: str, work: Path) -> None:
@@ -141,14 +139,12 @@ def _profile(n_workers: int, n_cells: int, model_file: str, work: Path) -> None:
     from flows.score import score_smears
 
     cells = sample_cohort(require_lmu_cells(), work / "cohort", n_cells)
-    size = int(load_model(model_file, compile=False).input_shape[1])
+    model = load_model(model_file, compile=False)
+    size = int(model.input_shape[1])
     images = np.stack(
         [decode_cell(f.read_bytes(), str(f), PreprocessConfig(image_size=size)) for f, _ in cells]
     )
-    model_only, _ = _timed(
-        BatchScorer(inference_model(load_model(model_file, compile=False), "float32"), BATCH),
-        images,
-    )
+    model_only, _ = _timed(BatchScorer(inference_model(model, "float32"), BATCH), images)
     store = work / "store"
     version = registered_in(model_file, store)
     with (
