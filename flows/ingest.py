@@ -21,7 +21,8 @@ from prefect.futures import PrefectFuture
 
 from aml_model.config import ScoringConfig
 from flows.parameters import ImageSize, Layout, Positive, RunId, require_existing
-from flows.progress import results_with_progress
+from flows.progress import Progress, windowed_results
+from flows.runner import shards_in_flight
 from tasks.ingest import ShardSpec, ingest_shard, plan_shards, write_ingest_tables
 from tasks.listing import Listing, list_inputs
 from tasks.privacy import prefect_patient_id, prefect_patient_ids
@@ -33,12 +34,13 @@ __all__ = [
     "CHUNKS_PER_TASK",
     "CHUNK_CELLS",
     "IngestPlan",
-    "collect_ingest",
+    "decode_shards",
     "discard_listing",
     "discover_source",
     "ensure_ingested",
     "finish_ingest",
     "ingest",
+    "ingest_progress",
     "ingest_sources",
     "plan_ingest",
     "plan_source",
@@ -197,10 +199,8 @@ def ensure_ingested(plan: IngestPlan, chunks_per_task: int) -> dict[str, int]:
             )
             return plan.recorded_counts()
         with recording_failure([plan.paths]):
-            futures = [
-                submit_ingest_shard(plan, spec) for spec in start_ingest(plan, chunks_per_task)
-            ]
-            return finish_ingest(plan, collect_ingest(plan, futures), mark_success=True)
+            receipts = decode_shards(plan, start_ingest(plan, chunks_per_task))
+            return finish_ingest(plan, receipts, mark_success=True)
     finally:
         discard_listing(plan.paths.store, plan.found)
 
@@ -262,30 +262,39 @@ def submit_ingest_shard(plan: IngestPlan, spec: ShardSpec) -> PrefectFuture:
     )
 
 
-def collect_ingest(plan: IngestPlan, futures: list[PrefectFuture]) -> list[dict]:
-    """Every shard's receipt (:func:`tasks.ingest.ingest_shard`) in slot order, gathered as the
-    shards finish, with progress in the log and an artifact."""
-    receipts: list[dict] = []
+def ingest_progress(plan: IngestPlan, n_shards: int, receipts: list[dict]) -> Progress:
+    """The decoding's progress in the log and an artifact, counting the images of ``receipts``
+    (the shards' receipts, appended as they finish)."""
 
     def line(percent: float, done: int) -> str:
         images = sum(receipt["inputs"] for receipt in receipts)
         return (
-            f"ingest {percent:5.1f}%: {done}/{len(futures)} shards, "
+            f"ingest {percent:5.1f}%: {done}/{n_shards} shards, "
             f"{images}/{plan.found.n_inputs} images"
         )
 
-    for _percent, receipt in results_with_progress(
-        futures, "ingest-progress", f"ingest of {plan.source.url}", line
+    return Progress(n_shards, "ingest-progress", f"ingest of {plan.source.url}", line)
+
+
+def decode_shards(plan: IngestPlan, shards: list[ShardSpec]) -> list[dict]:
+    """Decode ``shards`` (:func:`start_ingest`), a window at a time (:func:`flows.progress.windowed_results`);
+    every shard's receipt (:func:`tasks.ingest.ingest_shard`) as it finished, with progress."""
+    receipts: list[dict] = []
+    progress = ingest_progress(plan, len(shards), receipts)
+    for _spec, _position, receipt in windowed_results(
+        shards, lambda spec: [submit_ingest_shard(plan, spec)], shards_in_flight
     ):
         receipts.append(receipt)
-    return sorted(receipts, key=lambda receipt: receipt["start"])
+        progress.advance()
+    return receipts
 
 
 def finish_ingest(plan: IngestPlan, receipts: list[dict], mark_success: bool) -> dict[str, int]:
     """Write cells.parquet (a dataset), quarantine.parquet, the ingest report (and ``_SUCCESS``) from
-    the shards' receipts; returns the counts."""
+    the shards' receipts, in any order; returns the counts."""
     paths, found = plan.paths, plan.found
-    counts = write_ingest_tables(receipts, found.rejected, paths)
+    in_slot_order = sorted(receipts, key=lambda receipt: receipt["start"])
+    counts = write_ingest_tables(in_slot_order, found.rejected, paths)
     report = {
         "source": plan.source.url,
         "root": found.root,

@@ -14,18 +14,18 @@ from aml_model.config import SummaryConfig
 from aml_model.report import patients_to_explain
 from flows.ingest import (
     IngestPlan,
-    collect_ingest,
     discard_listing,
     discover_source,
     finish_ingest,
+    ingest_progress,
     plan_ingest,
     start_ingest,
     submit_ingest_shard,
 )
 from flows.logs import failing_with_reason
 from flows.parameters import ScoreOptions, require_existing
-from flows.progress import results_with_progress
-from flows.runner import in_order
+from flows.progress import Progress, results_with_progress, windowed_results
+from flows.runner import in_order, shards_in_flight
 from tasks.arrivals import record_scored
 from tasks.calibration import read_site_calibration
 from tasks.devices import cluster_has_gpus, model_tasks
@@ -280,7 +280,9 @@ def _score_cells(
     worker may decode its next shard first.) A finished ingest run is not decoded again: its
     accepted cells are scored from its Zarr images, each shard reading which they are from the
     parts of its cell table that overlap its slots. Shards an interrupted scoring finished
-    return from their markers at once.
+    return from their markers at once. Shards are submitted a window at a time
+    (:func:`flows.progress.windowed_results`), and the ingest's tables are written as soon as its
+    last shard is decoded, while the last shards score.
 
     Returns:
         The ingest run's cell and quarantine counts.
@@ -292,46 +294,56 @@ def _score_cells(
         shards = plan_shards(
             n_inputs, plan.found.inputs_url, plan.chunk_cells, options.chunks_per_task
         )
-        decoding = [None] * len(shards)
     else:
-        shards, decoding = start_ingest(plan, options.chunks_per_task), []
-    scoring_futures, gpus = [], cluster_has_gpus()
-    for number, spec in enumerate(shards):
+        shards = start_ingest(plan, options.chunks_per_task)
+    gpus = cluster_has_gpus()
+
+    def submit(spec: dict) -> list:
+        """The shard's scoring and, where the run is new, its decoding, which the scoring waits for."""
         with in_order(spec["shard"]):
-            if not plan.complete:
-                decoding.append(submit_ingest_shard(plan, spec))
+            decoding = None if plan.complete else submit_ingest_shard(plan, spec)
             with model_tasks(gpus):
-                scoring_futures.append(
-                    score_shard.submit(
-                        spec["start"],
-                        shard_stop(spec),
-                        decoding[number],
-                        plan.paths.cells_table,
-                        plan.paths.cells_zarr,
-                        scoring.probabilities_zarr,
-                        scoring.shard_marker("score", spec["shard"]),
-                        model_ref,
-                        plan.fingerprint,
-                        options.batch_size,
-                        options.precision,
-                        store,
-                    )
+                scoring_task = score_shard.submit(
+                    spec["start"],
+                    shard_stop(spec),
+                    decoding,
+                    plan.paths.cells_table,
+                    plan.paths.cells_zarr,
+                    scoring.probabilities_zarr,
+                    scoring.shard_marker("score", spec["shard"]),
+                    model_ref,
+                    plan.fingerprint,
+                    options.batch_size,
+                    options.precision,
+                    store,
                 )
-    counts = (
-        plan.recorded_counts()
-        if plan.complete
-        else finish_ingest(plan, collect_ingest(plan, decoding), mark_success=True)
-    )
+        return [scoring_task] if decoding is None else [scoring_task, decoding]
+
+    receipts: list[dict] = []
+    decoded = None if plan.complete else ingest_progress(plan, len(shards), receipts)
+    counts = plan.recorded_counts() if plan.complete else None
     scored = 0
 
     def line(percent: float, _done: int) -> str:
         return f"scoring {percent:5.1f}%: {scored} cells of {n_inputs} inputs"
 
-    for _percent, shard_scored in results_with_progress(
-        scoring_futures, "score-progress", f"scoring {scoring.run_id}/{scoring.score_id}", line
-    ):
-        scored += shard_scored
-    return counts
+    progress = Progress(
+        len(shards), "score-progress", f"scoring {scoring.run_id}/{scoring.score_id}", line
+    )
+    for _spec, position, result in windowed_results(shards, submit, shards_in_flight):
+        if position == _DECODING:
+            receipts.append(result)
+            decoded.advance()
+            if len(receipts) == len(shards):
+                counts = finish_ingest(plan, receipts, mark_success=True)
+        else:
+            scored += result
+            progress.advance()
+    return counts if counts is not None else finish_ingest(plan, receipts, mark_success=True)
+
+
+#: Where a shard's decoding is among the futures :func:`_score_cells` submits for it.
+_DECODING = 1
 
 
 def _explain_and_report(
