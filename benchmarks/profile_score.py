@@ -108,9 +108,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", help="a .keras file (default: an untrained default recipe)")
     args = parser.parse_args(argv)
 
-    from flows.runner import quiet_dask_logs, shared_prefect_api
+    from flows.runner import WORKER_PROFILE_ENV, quiet_dask_logs, shared_prefect_api
 
     quiet_dask_logs()
+    # Its workers' statistical profile is what this reports; workers started here run none by default.
+    os.environ[WORKER_PROFILE_ENV] = "True"
     with tempfile.TemporaryDirectory(prefix="aml-smear-profile-") as folder, shared_prefect_api():
         work = Path(folder)
         model = args.model

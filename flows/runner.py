@@ -8,6 +8,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 
+import dask
 from prefect import Flow
 from prefect.context import FlowRunContext
 from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
@@ -17,14 +18,32 @@ from flows.logs import debug_requested
 from tasks.devices import GPU_RESOURCE, visible_gpus
 
 __all__ = [
+    "DASK_LOG_LENGTH",
+    "WORKER_PROFILE_ENV",
     "dask_task_runner",
     "gpu_cluster_spec",
     "in_order",
     "local_cluster_kwargs",
     "on_this_cluster",
     "quiet_dask_logs",
+    "shards_in_flight",
     "shared_prefect_api",
 ]
+
+#: How many recent messages, transitions and events each Dask object keeps for debugging (Dask's
+#: ``distributed.admin.low-level-log-length``, 1,000 by default), in this process and the Dask
+#: processes started from it: a user's own setting wins. Each batched stream keeps its last
+#: messages whole, and a task's message carries its arguments and Prefect's context, tens of KB;
+#: the scheduler's stream to each worker kept 1,000 of them, and the scheduler grew by about 65 MiB
+#: over the first 782 shards of a 200,000-cell night (benchmarks/README.md).
+DASK_LOG_LENGTH = 100
+dask.config.update_defaults({"distributed": {"admin": {"low-level-log-length": DASK_LOG_LENGTH}}})
+_LOG_LENGTH_ENV = "DASK_DISTRIBUTED__ADMIN__LOW_LEVEL_LOG_LENGTH"
+
+#: Shards a flow keeps submitted and unfinished per task slot of its cluster
+#: (:func:`shards_in_flight`): enough that a slot finds the next shard waiting when it finishes
+#: one, while the flow collects results and submits more.
+SHARDS_PER_SLOT = 4
 
 
 @contextlib.contextmanager
@@ -81,6 +100,19 @@ def on_this_cluster(subflow: Flow) -> Flow:
     if not isinstance(runner, DaskTaskRunner):
         return subflow
     return subflow.with_options(task_runner=DaskTaskRunner(address=runner.client.scheduler.address))
+
+
+def shards_in_flight() -> int:
+    """How many shards a flow keeps submitted and unfinished (:func:`flows.progress.windowed_results`):
+    :data:`SHARDS_PER_SLOT` per thread of its Dask cluster's workers as they are now, or per CPU core
+    of this machine under another task runner."""
+    context = FlowRunContext.get()
+    runner = context.task_runner if context else None
+    if isinstance(runner, DaskTaskRunner):
+        slots = sum(runner.client.nthreads().values())
+    else:
+        slots = os.cpu_count() or 1
+    return SHARDS_PER_SLOT * max(1, slots)
 
 
 class _WorkerExitFilter(logging.Filter):
@@ -152,9 +184,33 @@ _WORKER_DIRECTORY = os.path.join(tempfile.gettempdir(), "aml-smear-dask")
 _HTTP_ADDRESS = "127.0.0.1:0"
 
 
+#: Set to True to turn on the workers' statistical profiler (Dask's setting
+#: ``distributed.worker.profile.enabled``) in the workers started here; it is off otherwise.
+#: It samples every thread's stack every 10 ms for the dashboard and ``Client.profile``, and keeps
+#: a profile per second, up to 1,000 of them: a scoring worker grew by about 0.5 MiB a second,
+#: 200 MiB over a 200,000-cell night (benchmarks/README.md), and the sampling costs CPU.
+WORKER_PROFILE_ENV = "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED"
+
+
+def worker_profiling() -> bool:
+    """Whether workers started here run Dask's statistical profiler (:data:`WORKER_PROFILE_ENV`)."""
+    return os.environ.get(WORKER_PROFILE_ENV, "False").strip().lower() in ("1", "true", "yes")
+
+
+def _worker_config() -> dict:
+    """Dask settings that a nanny hands its worker process over the flow's own, which the worker
+    reads after its environment. Dotted: a nanny merges its settings into the flow's shallowly, and
+    its worker applies them in order, this after the flow's."""
+    return {"distributed.worker.profile.enabled": worker_profiling()}
+
+
 def _worker_env(threads: int) -> dict[str, str]:
     """A worker's environment, ``threads`` its share of the machine's cores."""
     return {
+        # Read by a worker started without a nanny (``dask worker --no-nanny``); a nanny's worker
+        # takes :func:`_worker_config` and this process's settings.
+        WORKER_PROFILE_ENV: str(worker_profiling()),
+        _LOG_LENGTH_ENV: str(dask.config.get("distributed.admin.low-level-log-length")),
         "OMP_NUM_THREADS": str(threads),
         # Twice its share, up to the machine's cores: a worker is often alone in running the model
         # (the others decode, render or have no shard left), and its model then uses their idle
@@ -182,6 +238,7 @@ def local_cluster_kwargs(n_workers: int) -> dict:
         "dashboard_address": _HTTP_ADDRESS,
         "local_directory": _WORKER_DIRECTORY,
         "env": _worker_env(max(1, (os.cpu_count() or 1) // n_workers)),
+        "config": _worker_config(),
     }
 
 
@@ -201,7 +258,7 @@ def gpu_cluster_spec(n_workers: int, gpus: list[str]) -> dict:
 
     total = max(n_workers, len(gpus))
     threads = max(1, (os.cpu_count() or 1) // total)
-    options = {"nthreads": 1, "local_directory": _WORKER_DIRECTORY}
+    options = {"nthreads": 1, "local_directory": _WORKER_DIRECTORY, "config": _worker_config()}
     workers = {
         f"gpu-{gpu}": {
             "cls": Nanny,

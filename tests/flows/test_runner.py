@@ -1,5 +1,6 @@
-"""flows.runner's temporary Prefect server: it rests on Prefect's private SubprocessASGIServer, so
-this test starts it for real under the pinned Prefect (pyproject.toml) and fails if that moves."""
+"""flows.runner: its temporary Prefect server rests on Prefect's private SubprocessASGIServer, so
+a test starts it for real under the pinned Prefect (pyproject.toml) and fails if that moves; the
+workers it starts run Dask's profiler only when asked."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+from flows.runner import DASK_LOG_LENGTH, WORKER_PROFILE_ENV, local_cluster_kwargs
 from tests.conftest import PROJECT_ROOT
 
 SCRIPT = """
@@ -38,3 +42,33 @@ def test_without_an_api_one_temporary_server_is_started_exported_and_stopped(tmp
         "Dask workers inherit it"
     )
     assert after["after"] is None
+
+
+@pytest.mark.parametrize(("setting", "profiling"), [(None, False), ("True", True)])
+def test_workers_started_here_profile_only_when_asked(monkeypatch, tmp_path, setting, profiling):
+    import dask
+    from distributed import Client, LocalCluster
+
+    if setting is None:
+        monkeypatch.delenv(WORKER_PROFILE_ENV, raising=False)
+    else:
+        monkeypatch.setenv(WORKER_PROFILE_ENV, setting)
+    # Turned on in this process: a worker that took the flow's settings would profile.
+    with dask.config.set({"distributed.worker.profile.enabled": True}):
+        kwargs = local_cluster_kwargs(1) | {"local_directory": str(tmp_path)}
+        with LocalCluster(**kwargs) as cluster, Client(cluster) as client:
+            (sampling,) = client.run(
+                lambda dask_worker: "profile" in dask_worker.periodic_callbacks
+            ).values()
+            (logged,) = client.run(
+                lambda dask_worker: dask_worker.batched_stream.recent_message_log.maxlen
+            ).values()
+            (scheduler_logged,) = client.run_on_scheduler(
+                lambda dask_scheduler: [
+                    s.recent_message_log.maxlen for s in dask_scheduler.stream_comms.values()
+                ]
+            )
+    assert sampling is profiling
+    assert local_cluster_kwargs(1)["env"][WORKER_PROFILE_ENV] == str(profiling)
+    # Each stream keeps DASK_LOG_LENGTH recent messages, not Dask's 1,000.
+    assert logged == scheduler_logged == DASK_LOG_LENGTH
