@@ -35,7 +35,7 @@ __all__ = [
 #: processes started from it: a user's own setting wins. Each batched stream keeps its last
 #: messages whole, and a task's message carries its arguments and Prefect's context, tens of KB;
 #: the scheduler's stream to each worker kept 1,000 of them, and the scheduler grew by about 65 MiB
-#: over the first 782 shards of a 200,000-cell night (benchmarks/README.md).
+#: over the first 782 shards of a 200,000-cell night (infra/README.md, "Scale").
 DASK_LOG_LENGTH = 100
 dask.config.update_defaults({"distributed": {"admin": {"low-level-log-length": DASK_LOG_LENGTH}}})
 _LOG_LENGTH_ENV = "DASK_DISTRIBUTED__ADMIN__LOW_LEVEL_LOG_LENGTH"
@@ -188,7 +188,7 @@ _HTTP_ADDRESS = "127.0.0.1:0"
 #: ``distributed.worker.profile.enabled``) in the workers started here; it is off otherwise.
 #: It samples every thread's stack every 10 ms for the dashboard and ``Client.profile``, and keeps
 #: a profile per second, up to 1,000 of them: a scoring worker grew by about 0.5 MiB a second,
-#: 200 MiB over a 200,000-cell night (benchmarks/README.md), and the sampling costs CPU.
+#: 200 MiB over a 200,000-cell night (infra/README.md, "Scale"), and the sampling costs CPU.
 WORKER_PROFILE_ENV = "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED"
 
 
