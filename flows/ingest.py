@@ -3,8 +3,9 @@
 An ingest run is the decoded cells of one input list; scorings of it are separate records
 (``runs/<run_id>/scores/<score_id>/``, :mod:`flows.score`).
 
-Its steps (plan, submit the decoding shards, collect, write the tables) are also what
-``score-smears`` composes, so that each shard's scoring can start as soon as that shard is decoded.
+Its steps (plan, submit each decoding shard, count its progress, write the tables) are also what
+``score-smears`` composes, with each shard's scoring submitted beside its decoding, so that it can
+start as soon as that shard is decoded.
 """
 
 from __future__ import annotations
@@ -281,10 +282,10 @@ def decode_shards(plan: IngestPlan, shards: list[ShardSpec]) -> list[dict]:
     every shard's receipt (:func:`tasks.ingest.ingest_shard`) as it finished, with progress."""
     receipts: list[dict] = []
     progress = ingest_progress(plan, len(shards), receipts)
-    for _spec, _position, receipt in windowed_results(
+    for _spec, _position, decoded in windowed_results(
         shards, lambda spec: [submit_ingest_shard(plan, spec)], shards_in_flight
     ):
-        receipts.append(receipt)
+        receipts.append(decoded.result())
         progress.advance()
     return receipts
 

@@ -67,16 +67,17 @@ def results_with_progress(
 
 def windowed_results(
     items: Iterable[T], submit: Callable[[T], Sequence[PrefectFuture]], window: Callable[[], int]
-) -> Iterator[tuple[T, int, Any]]:
-    """Submit each item's tasks (``submit(item)``: its futures) with at most ``window()`` items
-    unfinished at a time, and yield ``(item, position of the task in the item's futures, result)``
-    as each task finishes.
+) -> Iterator[tuple[T, int, PrefectFuture]]:
+    """Submit each item's tasks (``submit(item)``: its futures, at least one) with at most
+    ``window()`` items unfinished at a time, and yield ``(item, position of the task in the item's
+    futures, its finished future)`` as each task finishes.
 
     An item's futures are dropped once all have finished, and only then is the next item
     submitted: the Dask scheduler holds a task (its arguments and Prefect's context, tens of KB)
     while a future refers to it, so a run submitted whole would hold every shard's until its last
     finished, growing with the night; this holds a window's. ``window`` is asked again before each
-    submission, so a cluster that grows gets more. A failed task raises here, when its turn comes.
+    submission, so a cluster that grows gets more. A failed task's future raises when the caller
+    takes its result, which decides whether to go on.
     """
     finished: queue.SimpleQueue[tuple[int, int]] = queue.SimpleQueue()
     pending = iter(enumerate(items))
@@ -87,6 +88,9 @@ def windowed_results(
         if number is None:
             return False
         futures = submit(item)
+        if not futures:
+            message = f"submitting item {number} gave no task to wait for"
+            raise ValueError(message)
         unfinished[number] = (item, futures, set(range(len(futures))))
         for position, future in enumerate(futures):
             future.add_done_callback(lambda _, n=number, p=position: finished.put((n, p)))
@@ -98,9 +102,9 @@ def windowed_results(
         number, position = finished.get()
         item, futures, left = unfinished[number]
         left.discard(position)
-        result = futures[position].result()
+        future = futures[position]
         if not left:
             del unfinished[number]
             while len(unfinished) < max(1, window()) and submit_next():
                 pass
-        yield item, position, result
+        yield item, position, future

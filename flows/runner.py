@@ -19,6 +19,7 @@ from tasks.devices import GPU_RESOURCE, visible_gpus
 
 __all__ = [
     "DASK_LOG_LENGTH",
+    "DASK_LOG_LENGTH_ENV",
     "WORKER_PROFILE_ENV",
     "dask_task_runner",
     "gpu_cluster_spec",
@@ -38,7 +39,7 @@ __all__ = [
 #: over the first 782 shards of a 200,000-cell night (infra/README.md, "Scale").
 DASK_LOG_LENGTH = 100
 dask.config.update_defaults({"distributed": {"admin": {"low-level-log-length": DASK_LOG_LENGTH}}})
-_LOG_LENGTH_ENV = "DASK_DISTRIBUTED__ADMIN__LOW_LEVEL_LOG_LENGTH"
+DASK_LOG_LENGTH_ENV = "DASK_DISTRIBUTED__ADMIN__LOW_LEVEL_LOG_LENGTH"
 
 #: Shards a flow keeps submitted and unfinished per task slot of its cluster
 #: (:func:`shards_in_flight`): enough that a slot finds the next shard waiting when it finishes
@@ -187,8 +188,9 @@ _HTTP_ADDRESS = "127.0.0.1:0"
 #: Set to True to turn on the workers' statistical profiler (Dask's setting
 #: ``distributed.worker.profile.enabled``) in the workers started here; it is off otherwise.
 #: It samples every thread's stack every 10 ms for the dashboard and ``Client.profile``, and keeps
-#: a profile per second, up to 1,000 of them: a scoring worker grew by about 0.5 MiB a second,
-#: 200 MiB over a 200,000-cell night (infra/README.md, "Scale"), and the sampling costs CPU.
+#: a profile per second, as many as the history length (:data:`DASK_LOG_LENGTH`; Dask's 1,000): a
+#: scoring worker grew by about 0.5 MiB a second, 200 MiB over a 200,000-cell night with Dask's
+#: length (infra/README.md, "Scale"), and the sampling costs CPU.
 WORKER_PROFILE_ENV = "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED"
 
 
@@ -210,7 +212,7 @@ def _worker_env(threads: int) -> dict[str, str]:
         # Read by a worker started without a nanny (``dask worker --no-nanny``); a nanny's worker
         # takes :func:`_worker_config` and this process's settings.
         WORKER_PROFILE_ENV: str(worker_profiling()),
-        _LOG_LENGTH_ENV: str(dask.config.get("distributed.admin.low-level-log-length")),
+        DASK_LOG_LENGTH_ENV: str(dask.config.get("distributed.admin.low-level-log-length")),
         "OMP_NUM_THREADS": str(threads),
         # Twice its share, up to the machine's cores: a worker is often alone in running the model
         # (the others decode, render or have no shard left), and its model then uses their idle

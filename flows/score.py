@@ -268,6 +268,10 @@ def _settings(
     return settings
 
 
+#: Where a shard's decoding is among the futures :func:`_score_cells` submits for it.
+_DECODING = 1
+
+
 def _score_cells(
     plan: IngestPlan, scoring: ScoringPaths, model_ref: ModelRef, options: ScoreOptions
 ) -> dict[str, int]:
@@ -276,13 +280,15 @@ def _score_cells(
     Each shard's scoring waits only for its own decoding (the decoding task's result is its
     input) and ranks with it, ahead of later shards: a worker scores a decoded shard before it
     decodes another, while the other workers decode, so decoding overlaps inference. (With fewer
-    shards than about twice the worker threads, Dask hands every decoding task out at once and a
-    worker may decode its next shard first.) A finished ingest run is not decoded again: its
+    shards in flight than about twice the worker threads, Dask hands every decoding task out at once
+    and a worker may decode its next shard first.) A finished ingest run is not decoded again: its
     accepted cells are scored from its Zarr images, each shard reading which they are from the
     parts of its cell table that overlap its slots. Shards an interrupted scoring finished
     return from their markers at once. Shards are submitted a window at a time
     (:func:`flows.progress.windowed_results`), and the ingest's tables are written as soon as its
-    last shard is decoded, while the last shards score.
+    last shard is decoded, while the last shards score. A failed scoring shard is raised once every
+    shard is decoded and the ingest complete, so that other scorings reuse its cells; a failed
+    decoding is raised at once.
 
     Returns:
         The ingest run's cell and quarantine counts.
@@ -330,20 +336,23 @@ def _score_cells(
     progress = Progress(
         len(shards), "score-progress", f"scoring {scoring.run_id}/{scoring.score_id}", line
     )
-    for _spec, position, result in windowed_results(shards, submit, shards_in_flight):
+    failed: Exception | None = None
+    for _spec, position, future in windowed_results(shards, submit, shards_in_flight):
         if position == _DECODING:
-            receipts.append(result)
+            receipts.append(future.result())
             decoded.advance()
             if len(receipts) == len(shards):
                 counts = finish_ingest(plan, receipts, mark_success=True)
-        else:
-            scored += result
-            progress.advance()
+            continue
+        try:
+            scored += future.result()
+        except Exception as error:  # the decoding goes on: the ingest completes first
+            failed = failed or error
+            continue
+        progress.advance()
+    if failed is not None:
+        raise failed
     return counts if counts is not None else finish_ingest(plan, receipts, mark_success=True)
-
-
-#: Where a shard's decoding is among the futures :func:`_score_cells` submits for it.
-_DECODING = 1
 
 
 def _explain_and_report(

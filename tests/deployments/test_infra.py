@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from flows.runner import DASK_LOG_LENGTH, DASK_LOG_LENGTH_ENV, WORKER_PROFILE_ENV
 from tasks.devices import GPU_RESOURCE
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -86,6 +87,21 @@ def test_gpu_workers_reserve_one_gpu_each_and_use_the_gpu_image(compose):
     ]
     assert cpu_workers and all("--resources" not in s["command"] for s in cpu_workers)
     assert len(set(device_ids)) == len(device_ids), "two workers on one GPU"
+
+
+def test_the_dask_processes_keep_the_flows_history_length_and_workers_no_profiler(compose):
+    # As the Dask processes a flow starts (flows/runner.py).
+    dask = {
+        name: s
+        for name, s in compose["services"].items()
+        if s.get("command", [])[:2] in (["dask", "worker"], ["dask", "scheduler"])
+    }
+    assert "dask-scheduler" in dask and len(dask) >= 3
+    for name, service in dask.items():
+        env = service.get("environment", {})
+        assert env.get(DASK_LOG_LENGTH_ENV) == str(DASK_LOG_LENGTH), name
+        if service["command"][1] == "worker":
+            assert env.get(WORKER_PROFILE_ENV) == "False", name
 
 
 def test_secrets_come_from_the_environment_never_from_the_files(compose):

@@ -458,14 +458,17 @@ def test_symlinked_patient_folders_are_scored(lmu_cells, tmp_path, task_runner, 
 
 
 def test_a_failed_scoring_is_listed_as_failed_with_its_reason(
-    lmu_cells, tmp_path, task_runner, tiny_model_file
+    lmu_cells, tmp_path, task_runner, tiny_model_file, monkeypatch
 ):
     # A model whose config reads but whose weights do not: it fails on the workers, after the cells are decoded.
     broken = tmp_path / "broken.keras"
     with zipfile.ZipFile(tiny_model_file) as original, zipfile.ZipFile(broken, "w") as copy:
         for name in original.namelist():
             copy.writestr(name, b"not HDF5" if name.endswith(".h5") else original.read(name))
-    source = compose_patient_cohort(lmu_cells, tmp_path / "cohort", {"P1": (2, 2)})
+    # Three shards, one in flight per worker thread: the third is submitted only after a first
+    # one's scoring has failed, and must still be decoded for the ingest to complete.
+    monkeypatch.setattr("flows.runner.SHARDS_PER_SLOT", 1)
+    source = compose_patient_cohort(lmu_cells, tmp_path / "cohort", {"P1": (6, 6)})
     store = str(tmp_path / "store")
     with pytest.raises(Exception):  # noqa: B017 - whatever Keras raises; the record must say it
         run_score(
@@ -475,11 +478,12 @@ def test_a_failed_scoring_is_listed_as_failed_with_its_reason(
             model=str(broken),
             min_cells=2,
             chunk_cells=4,
+            chunks_per_task=1,
         )
     listed = CliRunner().invoke(cli, ["runs", "list", "--store", store])
     assert listed.exit_code == 0, listed.output
     lines = listed.output.splitlines()
-    assert len(lines) == 2 and " complete, 4 cells" in lines[0], (
+    assert len(lines) == 2 and " complete, 12 cells" in lines[0], (
         "the cells were decoded: the ingest run completed"
     )
     assert lines[1].startswith("  scoring file-") and "  failed (" in lines[1], listed.output

@@ -22,6 +22,7 @@ import jsonschema
 import pytest
 import yaml
 
+from flows.runner import DASK_LOG_LENGTH, DASK_LOG_LENGTH_ENV, WORKER_PROFILE_ENV
 from tasks.devices import GPU_RESOURCE
 from tasks.settings import SETTINGS, variable
 
@@ -238,6 +239,20 @@ def test_cpu_workers_and_the_scheduler_ask_for_no_gpu(objects):
     (worker,) = spec["worker"]["spec"]["containers"]
     assert _option(worker["command"], "--nworkers") == "1"
     assert _option(worker["command"], "--nthreads") == "1"
+
+
+def test_the_dask_processes_keep_the_flows_history_length_and_workers_no_profiler(objects):
+    # As the Dask processes a flow starts (flows/runner.py): a stream's history holds whole
+    # messages, tasks' arguments included, and a profiler keeps a profile a second.
+    spec, group = objects["DaskCluster"]["spec"], objects["DaskWorkerGroup"]["spec"]
+    (scheduler,) = spec["scheduler"]["spec"]["containers"]
+    (worker,) = spec["worker"]["spec"]["containers"]
+    (gpu_worker,) = group["worker"]["spec"]["containers"]
+    for container in (scheduler, worker, gpu_worker):
+        env = {e["name"]: e.get("value") for e in container.get("env", [])}
+        assert env[DASK_LOG_LENGTH_ENV] == str(DASK_LOG_LENGTH), container["name"]
+        if container is not scheduler:
+            assert env[WORKER_PROFILE_ENV] == "False", container["name"]
 
 
 def test_workers_join_the_scheduler_the_operator_names(objects):
