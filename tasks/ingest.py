@@ -129,6 +129,9 @@ def ingest_shard(
     """Decode the shard's inputs (:data:`DECODE_THREADS` at a time), write its whole Zarr chunks and
     its records part; skip if done.
 
+    Each chunk is written as soon as its cells are decoded, while the threads decode the next: the
+    write (compressing 64 cells) no longer waits for the whole shard.
+
     A bad input becomes a record with a reason and a zero slot; the others go on. The records
     (zarr_index, source_uri, sha256, reason, patient_id, label, cell_type per input,
     :func:`tasks.cell_tables.records_frame`) are written beside the marker as a Parquet part; the
@@ -165,8 +168,27 @@ def ingest_shard(
             block[offset] = cell
         return record
 
-    with ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="decode") as pool:
-        decoded = list(pool.map(decode_into_block, range(len(shard["uris"]))))
+    array = store.open_cells_array(cells_url, read_only=False)
+    chunk = array.chunks[0]
+    decoded: list[dict] = []
+    with (
+        ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="decode") as pool,
+        ThreadPoolExecutor(1, thread_name_prefix="zarr-write") as writer,
+    ):
+        writes = []
+        # map yields in input order, so a chunk's last record means all of its cells are in block.
+        for offset, record in enumerate(pool.map(decode_into_block, range(stop - start))):
+            decoded.append(record)
+            slot = start + offset
+            if (slot + 1) % chunk == 0 or slot + 1 == stop:
+                low = max(start, slot - slot % chunk)
+                writes.append(
+                    writer.submit(
+                        array.__setitem__, slice(low, slot + 1), block[low - start : offset + 1]
+                    )
+                )
+        for write in writes:
+            write.result()
     records = [
         {
             "zarr_index": start + offset,
@@ -178,8 +200,6 @@ def ingest_shard(
         }
         for offset, (uri, record) in enumerate(zip(shard["uris"], decoded, strict=True))
     ]
-    array = store.open_cells_array(cells_url, read_only=False)
-    array[start:stop] = block
     part = store.write_part(records_frame(records), marker_url.removesuffix(".json") + ".parquet")
     receipt = {
         "shard": spec["shard"],

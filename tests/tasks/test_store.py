@@ -263,6 +263,20 @@ class StoreContract:
         with pytest.raises(ValueError, match="already exists with shape"):
             store.create_cells_array(url, 10, 8, 2)
 
+    def test_a_cells_array_opened_for_writing_writes_every_chunk_without_comparing(self, store):
+        url = store.path("written.zarr")
+        store.create_cells_array(url, 8, 8, 4)
+        writable = store.open_cells_array(url, read_only=False)
+        assert writable.config.write_empty_chunks
+        writable[0:4] = np.zeros((4, 8, 8, 3), np.uint8)
+        writable[4:8] = np.full((4, 8, 8, 3), 3, np.uint8)
+        # Zarr's default compares each chunk with the fill value and leaves an all-fill one out.
+        assert store.exists(f"{url}/{IMAGES}/c/0/0/0/0") and store.exists(
+            f"{url}/{IMAGES}/c/1/0/0/0"
+        )
+        reopened = store.open_cells_array(url)
+        assert (reopened[:4] == 0).all() and (reopened[4:] == 3).all()
+
     def test_probabilities_are_kept_when_reopened_and_remade_for_another_cell_count(self, store):
         url = store.path("probabilities.zarr")
         store.create_probabilities_array(url, 10, 4)[0:4] = np.full(4, 0.5, np.float32)
