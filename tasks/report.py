@@ -20,7 +20,7 @@ from aml_model.report import (
     report_name,
     top_cells,
 )
-from aml_model.zarr_rows import read_cells
+from aml_model.zarr_rows import read_cells_by_chunk
 from tasks.dask_compute import compute, on_cluster
 from tasks.explain import EXPLAIN_MANIFEST, find_explanation
 from tasks.inputs import input_names, quarantined_inputs, source_root
@@ -83,9 +83,10 @@ def _gallery(
         overlays = [None] * len(top)
     slots = top["zarr_index"].to_numpy(dtype=np.int64)
     names = cells.set_index("zarr_index")["name"].loc[slots]
-    # One cell at a time: a worker renders reports, and a read of many slots decompresses their
-    # chunks at once (48 MiB a chunk of 16 1,024 px cells), which overran a memory-limited worker.
-    pixels = [read_cells(images, [slot])[0] for slot in slots]
+    # One chunk at a time: a read of all the slots at once decompresses their chunks together (48 MiB
+    # a chunk of 16 1,024 px cells), which overran a memory-limited worker; one cell at a time
+    # decompressed a chunk once per cell, 70% of the reports' time (1,400 LMU cells, 4 patients).
+    pixels = read_cells_by_chunk(images, slots)
     gallery = tuple(
         GalleryCell(
             rank=rank,

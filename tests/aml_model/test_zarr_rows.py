@@ -3,7 +3,7 @@ import pytest
 import zarr
 
 from aml_model.train import feature_batches
-from aml_model.zarr_rows import Rows, read_cells
+from aml_model.zarr_rows import Rows, read_cells, read_cells_by_chunk
 
 
 def zarr_rows(tmp_path, name, values, chunk=4):
@@ -40,6 +40,20 @@ def test_read_cells_returns_rows_in_any_order_with_repeats(tmp_path):
     recording = RecordingArray(values)
     np.testing.assert_array_equal(read_cells(recording, [9, 3, 9, 1]), values[[9, 3, 9, 1]])
     np.testing.assert_array_equal(recording.reads[0], [1, 3, 9])
+
+
+def test_read_cells_by_chunk_reads_each_chunk_once_in_order_given(tmp_path):
+    values = np.arange(20 * 3, dtype=np.float32).reshape(20, 3)
+    array = zarr_rows(tmp_path, "a.zarr", values, chunk=4)
+    indices = [17, 2, 9, 3, 17, 0, 8]
+    np.testing.assert_array_equal(read_cells_by_chunk(array, indices), values[indices])
+    assert read_cells_by_chunk(array, []).shape == (0, 3)
+    np.testing.assert_array_equal(read_cells_by_chunk(values, [5, 1]), values[[5, 1]])
+    recording = RecordingArray(values)
+    recording.chunks = (4, 3)
+    np.testing.assert_array_equal(read_cells_by_chunk(recording, indices), values[indices])
+    # Chunks 0 (rows 0-3), 2 (8-11) and 4 (16-19), each read once and alone.
+    assert [r.tolist() for r in recording.reads] == [[0, 2, 3], [8, 9], [17]]
 
 
 def test_rows_of_several_arrays_read_each_array_once(tmp_path):
