@@ -56,20 +56,22 @@ def batch_lengths(n: int, batch: int = BATCH) -> list[int]:
     return sorted({min(batch, n - start) for start in range(0, n, batch)}, reverse=True)
 
 
-def _timed(score, images) -> tuple[float, object]:
-    """cells/s of ``score`` over ``images``, and its output.
+def _timed(score, images) -> tuple[float, object, float]:
+    """cells/s of ``score`` over ``images``, its output, and the CPU seconds a cell it took (this
+    process's, TensorFlow's threads included).
 
     Before the clock starts, ``score`` sees one batch of every length the timed pass uses, so a
     graph traced per input shape (the stock ``tf.function``) retraces nothing inside the clock.
     """
     for length in batch_lengths(len(images)):
         score(images[:length])
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     output = score(images)
-    return len(images) / (time.perf_counter() - started), output
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+    return len(images) / elapsed, output, cpu / len(images)
 
 
-def stock_graph(model, images) -> tuple[float, object]:
+def stock_graph(model, images) -> tuple[float, object, float]:
     """cells/s and probabilities of the unmodified trained model as one tf.function of batch 64."""
     import numpy as np
     import tensorflow as tf
@@ -121,7 +123,10 @@ def paper_baseline(model, files: list[Path]) -> dict[str, float]:
 
 def end_to_end(n_workers: int, source: Path, store: Path, model_file: str, precision: str) -> dict:
     """score-smears on a fresh LocalCluster, twice: cold, then warm, with ``model_file``
-    registered in ``store`` (:func:`registered_in`: the flows score registered models only).
+    registered in ``store`` (:func:`registered_in`: the flows score registered models only): the
+    cells/s of each run, the warm run's CPU seconds a cell over every process it used (the flow
+    and scheduler, the workers, the Prefect API server: :func:`benchmarks.common.run_processes`),
+    the warm run's result and the version scored.
 
     The cold run pays for worker start-up: loading the model, deriving its inference form and
     tracing it. The warm run scores the same cells into a new run on the same cluster, whose
@@ -129,21 +134,30 @@ def end_to_end(n_workers: int, source: Path, store: Path, model_file: str, preci
     like the model-only figure, it leaves out the one-off costs. Both clocks cover the whole
     flow (discover, decode, Zarr, inference, tables, reports), not the cluster's start.
     """
-    from distributed import LocalCluster
+    from distributed import Client, LocalCluster
     from prefect_dask import DaskTaskRunner
 
+    from benchmarks.common import cpu_seconds, run_processes
     from flows.runner import local_cluster_kwargs
     from flows.score import score_smears
 
     timings = {}
     version = registered_in(model_file, store)
-    with LocalCluster(**local_cluster_kwargs(n_workers)) as cluster:
+    with LocalCluster(**local_cluster_kwargs(n_workers)) as cluster, Client(cluster) as client:
         flow = score_smears.with_options(
             task_runner=DaskTaskRunner(address=cluster.scheduler_address)
         )
+        processes, cpu = run_processes(client), {}
         for run in ("cold", "warm"):
+            before = sum(cpu_seconds(processes).values())
             timings[run], result = _score_run(flow, source, store, version, run, precision)
-    return {**timings, "result": result, "version": version}
+            cpu[run] = sum(cpu_seconds(processes).values()) - before
+    return {
+        **timings,
+        "cpu_per_cell": cpu["warm"] / result["cells"],
+        "result": result,
+        "version": version,
+    }
 
 
 def _score_run(
@@ -254,10 +268,11 @@ def main(context: dict) -> dict:
         gemm_ceiling_cells_per_s(model, "float32"),
         gemm_ceiling_cells_per_s(model, low),
     )
-    stock, _ = stock_graph(model, images)
+    stock, _, _ = stock_graph(model, images)
     fp32 = BatchScorer(inference_model(model, "float32"), BATCH)
     reduced = BatchScorer(inference_model(model, low), BATCH)
-    (model_only, p32), (model_only_low, p_low) = _timed(fp32, images), _timed(reduced, images)
+    model_only, p32, cpu32 = _timed(fp32, images)
+    model_only_low, p_low, cpu_low = _timed(reduced, images)
     baseline = paper_baseline(model, files)
 
     many = max(2, gpus)
@@ -270,6 +285,7 @@ def main(context: dict) -> dict:
     calls32 = {row["patient_id"]: row["call"] for row in e2e_2["result"]["patients"]}
     calls_low = {row["patient_id"]: row["call"] for row in e2e_low["result"]["patients"]}
     best = {run: max(e2e_1[run], e2e_2[run]) for run in ("warm", "cold")}
+    cores = len(os.sched_getaffinity(0))
     results = {
         "score_cells": len(files),
         "score_recipe": recipe,
@@ -317,6 +333,22 @@ def main(context: dict) -> dict:
         "e2e_auto_over_fp32_2w": e2e_auto["warm"] / e2e_2["warm"],
         "auto_precision": auto_precision,
         "auto_precision_reason": auto_reason,
+        # What the CPU allows: a warm run cannot go faster than the machine's cores over its CPU a
+        # cell, whatever the overlap; over model only, that is the most "e2e over model only" can
+        # reach with today's work beside the model.
+        "cores": cores,
+        "model_only_cpu_ms_per_cell": 1e3 * cpu32,
+        f"model_only_{tag}_cpu_ms_per_cell": 1e3 * cpu_low,
+        "e2e_1w_cpu_ms_per_cell": 1e3 * e2e_1["cpu_per_cell"],
+        "e2e_2w_cpu_ms_per_cell": 1e3 * e2e_2["cpu_per_cell"],
+        f"e2e_{tag}_2w_cpu_ms_per_cell": 1e3 * e2e_low["cpu_per_cell"],
+        "e2e_auto_2w_cpu_ms_per_cell": 1e3 * e2e_auto["cpu_per_cell"],
+        "e2e_cpu_bound_over_model_only": cores
+        / min(e2e_1["cpu_per_cell"], e2e_2["cpu_per_cell"])
+        / model_only,
+        f"e2e_{tag}_cpu_bound_over_model_only_{tag}": cores
+        / e2e_low["cpu_per_cell"]
+        / model_only_low,
     }
     print_table(
         f"scoring {len(files)} held-out real LMU cells, trained {recipe} model {size}x{size}",
@@ -414,6 +446,20 @@ def _table(r: dict, tag: str, best_library: str, many: int, patients: int) -> li
             f"{r['e2e_over_model_only']:.2f}x ({r['e2e_cold_over_model_only']:.2f}x)",
         ),
         (f"warm e2e {tag} / model only {tag}", f"{r[f'e2e_{tag}_over_model_only_{tag}']:.2f}x"),
+        (
+            f"CPU ms a cell, model only fp32 / {tag}",
+            f"{r['model_only_cpu_ms_per_cell']:.1f} / {r[f'model_only_{tag}_cpu_ms_per_cell']:.1f}",
+        ),
+        (
+            f"CPU ms a cell, warm e2e fp32 1w / fp32 {many}w / {tag} / auto (all processes)",
+            f"{r['e2e_1w_cpu_ms_per_cell']:.1f} / {r['e2e_2w_cpu_ms_per_cell']:.1f} / "
+            f"{r[f'e2e_{tag}_2w_cpu_ms_per_cell']:.1f} / {r['e2e_auto_2w_cpu_ms_per_cell']:.1f}",
+        ),
+        (
+            f"most e2e / model only the CPU allows ({r['cores']} cores always busy), fp32 / {tag}",
+            f"{r['e2e_cpu_bound_over_model_only']:.2f}x / "
+            f"{r[f'e2e_{tag}_cpu_bound_over_model_only_{tag}']:.2f}x",
+        ),
         (
             "best e2e fp32 / baseline, warm / warm (cold / cold)",
             f"{r['e2e_over_baseline_warm']:.2f}x ({r['e2e_over_baseline']:.2f}x)",

@@ -131,6 +131,30 @@ def reset_peak_rss() -> None:
     Path("/proc/self/clear_refs").write_text("5")
 
 
+def run_processes(client) -> dict:
+    """The processes a score-smears run uses, by name, as ``psutil.Process``: this one (the flow,
+    and the scheduler of a LocalCluster started here), each worker of ``client``'s cluster, and
+    the Prefect API server that this process started (a uvicorn child), where there is one."""
+    import psutil
+
+    processes = {"flow (and scheduler)": psutil.Process()}
+    processes |= {
+        f"worker {address}": psutil.Process(pid) for address, pid in client.run(os.getpid).items()
+    }
+    workers = {p.pid for p in processes.values()}
+    processes |= {
+        f"Prefect API server (pid {child.pid})": child
+        for child in psutil.Process().children(recursive=True)
+        if child.pid not in workers and "uvicorn" in " ".join(child.cmdline())
+    }
+    return processes
+
+
+def cpu_seconds(processes: dict) -> dict[str, float]:
+    """User and system CPU seconds each of ``processes`` (:func:`run_processes`) has used so far."""
+    return {name: sum(process.cpu_times()[:2]) for name, process in processes.items()}
+
+
 def run_fresh(module: str, args: list[str], marker: str) -> dict:
     """Run ``python -m module *args`` in a fresh process and return the JSON after ``marker`` on
     its last such line: a measurement whose every peak belongs to that process alone."""

@@ -127,7 +127,6 @@ def main(argv: list[str] | None = None) -> None:
 
 def _profile(n_workers: int, n_cells: int, model_file: str, work: Path) -> None:
     import numpy as np
-    import psutil
     from distributed import Client, LocalCluster
     from prefect_dask import DaskTaskRunner
 
@@ -136,7 +135,13 @@ def _profile(n_workers: int, n_cells: int, model_file: str, work: Path) -> None:
     from aml_model.io import load_model
     from aml_model.preprocess import decode_cell
     from benchmarks.bench_score import BATCH, _score_run, _timed, registered_in
-    from benchmarks.common import print_table, require_lmu_cells, sample_cohort
+    from benchmarks.common import (
+        cpu_seconds,
+        print_table,
+        require_lmu_cells,
+        run_processes,
+        sample_cohort,
+    )
     from flows.runner import local_cluster_kwargs
     from flows.score import score_smears
 
@@ -146,7 +151,7 @@ def _profile(n_workers: int, n_cells: int, model_file: str, work: Path) -> None:
     images = np.stack(
         [decode_cell(f.read_bytes(), str(f), PreprocessConfig(image_size=size)) for f, _ in cells]
     )
-    model_only, _ = _timed(BatchScorer(inference_model(model, "float32"), BATCH), images)
+    model_only, _, _ = _timed(BatchScorer(inference_model(model, "float32"), BATCH), images)
     store = work / "store"
     version = registered_in(model_file, store)
     with (
@@ -157,23 +162,13 @@ def _profile(n_workers: int, n_cells: int, model_file: str, work: Path) -> None:
             task_runner=DaskTaskRunner(address=cluster.scheduler_address)
         )
         _score_run(flow, work / "cohort", store, version, "cold", "float32")
-        processes = {"flow (and scheduler)": psutil.Process()}
-        processes |= {
-            f"worker {address}": psutil.Process(pid)
-            for address, pid in client.run(os.getpid).items()
-        }
-        workers = {p.pid for p in processes.values()}
-        processes |= {
-            f"Prefect API server (pid {child.pid})": child
-            for child in psutil.Process().children(recursive=True)
-            if child.pid not in workers and "uvicorn" in " ".join(child.cmdline())
-        }
-        cpu = {name: sum(p.cpu_times()[:2]) for name, p in processes.items()}
+        processes = run_processes(client)
+        cpu = cpu_seconds(processes)
         started = time.time()
         client.get_task_stream(start=started)  # the first call starts the scheduler's recording
         warm, _ = _score_run(flow, work / "cohort", store, version, "warm", "float32")
         stopped = time.time()
-        cpu = {name: sum(p.cpu_times()[:2]) - cpu[name] for name, p in processes.items()}
+        cpu = {name: seconds - cpu[name] for name, seconds in cpu_seconds(processes).items()}
         per_kind, spans = task_times(client.get_task_stream(start=started))
         shares = profile_shares(client.profile(start=started, stop=stopped))
     wall = stopped - started

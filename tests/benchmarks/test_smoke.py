@@ -39,6 +39,12 @@ REQUIRED = (
     "fp32_gemm_ceiling_cells_per_s",
     "bf16_gemm_ceiling_cells_per_s",
     "model_only_bf16_over_bf16_gemm_ceiling",
+    "model_only_cpu_ms_per_cell",
+    "e2e_1w_cpu_ms_per_cell",
+    "e2e_2w_cpu_ms_per_cell",
+    "e2e_auto_2w_cpu_ms_per_cell",
+    "e2e_cpu_bound_over_model_only",
+    "e2e_bf16_cpu_bound_over_model_only_bf16",
 )
 
 
@@ -67,6 +73,9 @@ def test_benchmarks_run_on_a_handful_of_cells(lmu_cells, tiny_model_file, tmp_pa
     missing = [key for key in REQUIRED if not isinstance(recorded.get(key), int | float)]
     assert not missing, f"keys missing or not numbers: {missing}"
     assert recorded["machine"]["cpus"] == os.cpu_count()
+    # A warm run is held to its cores over its CPU a cell: the bound counts every process it used.
+    assert recorded["e2e_over_model_only"] <= recorded["e2e_cpu_bound_over_model_only"]
+    assert "cores always busy" in completed.stdout
     assert "fp32 ceiling" in completed.stdout and "bf16 patient calls changed" in completed.stdout
     # Both bf16 ratios are printed: over the same folded graph in fp32 (fair) and over the stock one.
     assert "bf16 / folded fp32 (same graph, the fair ratio)" in completed.stdout
