@@ -194,7 +194,7 @@ _HTTP_ADDRESS = "127.0.0.1:0"
 WORKER_PROFILE_ENV = "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED"
 
 
-def worker_profiling() -> bool:
+def _worker_profiling() -> bool:
     """Whether workers started here run Dask's statistical profiler (:data:`WORKER_PROFILE_ENV`)."""
     return os.environ.get(WORKER_PROFILE_ENV, "False").strip().lower() in ("1", "true", "yes")
 
@@ -203,7 +203,7 @@ def _worker_config() -> dict:
     """Dask settings that a nanny hands its worker process over the flow's own, which the worker
     reads after its environment. Dotted: a nanny merges its settings into the flow's shallowly, and
     its worker applies them in order, this after the flow's."""
-    return {"distributed.worker.profile.enabled": worker_profiling()}
+    return {"distributed.worker.profile.enabled": _worker_profiling()}
 
 
 def _worker_env(threads: int) -> dict[str, str]:
@@ -211,7 +211,7 @@ def _worker_env(threads: int) -> dict[str, str]:
     return {
         # Read by a worker started without a nanny (``dask worker --no-nanny``); a nanny's worker
         # takes :func:`_worker_config` and this process's settings.
-        WORKER_PROFILE_ENV: str(worker_profiling()),
+        WORKER_PROFILE_ENV: str(_worker_profiling()),
         DASK_LOG_LENGTH_ENV: str(dask.config.get("distributed.admin.low-level-log-length")),
         "OMP_NUM_THREADS": str(threads),
         # Twice its share, up to the machine's cores: a worker is often alone in running the model
