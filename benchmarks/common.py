@@ -134,7 +134,8 @@ def reset_peak_rss() -> None:
 def run_processes(client) -> dict:
     """The processes a score-smears run uses, by name, as ``psutil.Process``: this one (the flow,
     and the scheduler of a LocalCluster started here), each worker of ``client``'s cluster, and
-    the Prefect API server that this process started (a uvicorn child), where there is one."""
+    the Prefect API server that this process started (a uvicorn child), where there is one: a
+    server elsewhere (``PREFECT_API_URL`` set outside) is not counted."""
     import psutil
 
     processes = {"flow (and scheduler)": psutil.Process()}

@@ -187,6 +187,9 @@ def ingest_shard(
                         array.__setitem__, slice(low, slot + 1), block[low - start : offset + 1]
                     )
                 )
+            # A failed write stops the shard now, not after the rest of its decoding.
+            while writes and writes[0].done():
+                writes.pop(0).result()
         for write in writes:
             write.result()
     records = [
