@@ -190,7 +190,8 @@ _HTTP_ADDRESS = "127.0.0.1:0"
 #: It samples every thread's stack every 10 ms for the dashboard and ``Client.profile``, and keeps
 #: a profile per second, as many as the history length (:data:`DASK_LOG_LENGTH`; Dask's 1,000): a
 #: scoring worker grew by about 0.5 MiB a second, 200 MiB over a 200,000-cell night with Dask's
-#: length (infra/README.md, "Scale"), and the sampling costs CPU.
+#: length (infra/README.md, "Scale"), and the sampling costs CPU. On Python 3.11 its sampling can
+#: deadlock a worker that starts a thread meanwhile (CPython gh-106883; see tasks.ingest).
 WORKER_PROFILE_ENV = "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED"
 
 

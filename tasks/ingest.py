@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from concurrent.futures import ThreadPoolExecutor
+import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 import numpy as np
 import pandas as pd
@@ -31,10 +33,26 @@ __all__ = [
 ]
 
 
-#: Inputs one decoding task reads and decodes at a time. An object store answers each read after
-#: tens of milliseconds, and reading, hashing and Pillow's decoding release the GIL, so threads hide
-#: that latency, and on a local disk use a core that the worker's other work leaves idle.
+#: Inputs a process decodes at a time (its decoding tasks share them). An object store answers each
+#: read after tens of milliseconds, and reading, hashing and Pillow's decoding release the GIL, so
+#: threads hide that latency, and on a local disk use a core that the worker's other work leaves idle.
 DECODE_THREADS = 4
+
+# Thread pools kept for the life of the process (a Dask worker's), by name and process: threads are
+# started once, not for every shard. On Python 3.11, starting a thread while Dask's statistical
+# profiler reads every thread's frames can deadlock the whole worker (CPython gh-106883, dask/distributed
+# #8616): a CI worker hung so, with a decoding pool and a writer started for each shard.
+_POOLS: dict[tuple[str, int], ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _pool(name: str, threads: int) -> ThreadPoolExecutor:
+    """This process's pool ``name`` of ``threads`` threads (a forked child makes its own)."""
+    key = (name, os.getpid())
+    with _POOLS_LOCK:
+        if key not in _POOLS:
+            _POOLS[key] = ThreadPoolExecutor(threads, thread_name_prefix=name)
+        return _POOLS[key]
 
 
 def plan_hash(inputs: list[CellInput], image_size: int, chunk_cells: int) -> str:
@@ -171,19 +189,17 @@ def ingest_shard(
     array = store.open_cells_array(cells_url, read_only=False)
     chunk = array.chunks[0]
     decoded: list[dict] = []
-    with (
-        ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="decode") as pool,
-        ThreadPoolExecutor(1, thread_name_prefix="zarr-write") as writer,
-    ):
-        writes = []
+    writes: list[Future] = []
+    decoding = _pool("decode", DECODE_THREADS).map(decode_into_block, range(stop - start))
+    try:
         # map yields in input order, so a chunk's last record means all of its cells are in block.
-        for offset, record in enumerate(pool.map(decode_into_block, range(stop - start))):
+        for offset, record in enumerate(decoding):
             decoded.append(record)
             slot = start + offset
             if (slot + 1) % chunk == 0 or slot + 1 == stop:
                 low = max(start, slot - slot % chunk)
                 writes.append(
-                    writer.submit(
+                    _pool("zarr-write", 1).submit(
                         array.__setitem__, slice(low, slot + 1), block[low - start : offset + 1]
                     )
                 )
@@ -192,6 +208,10 @@ def ingest_shard(
                 writes.pop(0).result()
         for write in writes:
             write.result()
+    finally:
+        decoding.close()  # cancels the decodings not started, which a failure leaves
+        # No write of this shard outlives it: a retry writes the same chunks.
+        wait(writes)
     records = [
         {
             "zarr_index": start + offset,

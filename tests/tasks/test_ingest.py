@@ -1,6 +1,7 @@
 import hashlib
 import io
 import json
+import threading
 
 import numpy as np
 import pandas as pd
@@ -10,7 +11,7 @@ from PIL import Image
 from aml_model.config import PreprocessConfig
 from aml_model.preprocess import decode_cell
 from tasks.discover import CellInput
-from tasks.ingest import ingest_shard, plan_hash, plan_shards
+from tasks.ingest import DECODE_THREADS, ingest_shard, plan_hash, plan_shards
 from tasks.store import Store
 
 
@@ -96,3 +97,22 @@ def test_a_failed_chunk_write_fails_the_shard_and_leaves_no_marker(tmp_path):
         marker.removesuffix(".json") + ".parquet"
     )
     assert (failing.open_cells_array(cells)[:4] > 0).any(), "the first chunk was written"
+
+
+def test_the_ingest_shards_of_one_process_share_its_threads(tmp_path):
+    # Python 3.11 can deadlock a Dask worker that starts a thread while Dask's profiler reads
+    # every thread's frames (CPython gh-106883): threads are started once a process, not a shard.
+    def threads(prefix: str) -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if t.name.startswith(prefix)}
+
+    store, inputs, cells = _shard_inputs(tmp_path, 12, corrupt=-1)
+    first, *others = plan_shards(12, inputs, 4, 1)
+    ingest_shard.fn(first, cells, store.path("_s", "0.json"), "plan", 16, Store("/"), store)
+    kept = threads("decode") | threads("zarr-write")
+    assert kept, "the first shard's threads are kept for the next"
+    for spec in others:
+        marker = store.path("_s", f"{spec['shard']}.json")
+        ingest_shard.fn(spec, cells, marker, "plan", 16, Store("/"), store)
+    assert all(t.is_alive() for t in kept)
+    assert len(threads("decode")) <= DECODE_THREADS and len(threads("zarr-write")) == 1
+    np.testing.assert_array_equal(store.open_cells_array(cells)[:, 0, 0, 0], 10 * np.arange(12))
