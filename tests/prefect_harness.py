@@ -42,6 +42,9 @@ def dask_cluster(prefect_api, tmp_path_factory):
         processes=True,
         dashboard_address=None,
         local_directory=str(tmp_path_factory.mktemp("dask")),
+        # No statistical profiler, as in the flows' own clusters (flows.runner): on Python 3.11 its
+        # sampling can deadlock a worker that starts a thread (CPython gh-106883).
+        config={"distributed.worker.profile.enabled": False},
     )
     yield cluster
     cluster.close()

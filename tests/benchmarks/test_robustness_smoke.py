@@ -15,6 +15,9 @@ import pytest
 
 from tests.conftest import PROJECT_ROOT
 
+# Each runs a whole benchmark script in a subprocess, given up to 900 s: longer than the suite's default.
+pytestmark = pytest.mark.timeout(1800)
+
 MOVED = {
     "lmu_blasts_as_pbc_reinhard",
     "lmu_blasts_as_pbc_histogram",

@@ -14,6 +14,9 @@ import pytest
 
 from tests.conftest import PROJECT_ROOT
 
+# Each runs a whole benchmark script in a subprocess, given up to 900 s: longer than the suite's default.
+pytestmark = pytest.mark.timeout(1800)
+
 # The scoring benchmark's keys, with the tests' small trained model instead of one the benchmark
 # trains itself; the retraining and memory benchmarks run more flows of the same kinds and are
 # left to `make bench`.

@@ -163,6 +163,9 @@ def cluster(prefect_api, tmp_path_factory):
         processes=True,
         dashboard_address=None,
         local_directory=str(tmp_path_factory.mktemp("dask")),
+        # No statistical profiler, as the CLI's: on Python 3.11 its sampling can deadlock a worker
+        # that starts a thread (CPython gh-106883).
+        config={"distributed.worker.profile.enabled": False},
     )
     yield cluster
     cluster.close()

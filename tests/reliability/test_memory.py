@@ -86,6 +86,9 @@ def test_a_cohort_larger_than_worker_memory_streams_through_one_worker(prefect_a
             memory_limit=MEMORY_LIMIT,
             dashboard_address=None,
             local_directory=str(tmp_path / "dask"),
+            # No statistical profiler, as the flows' own clusters: on Python 3.11 its sampling
+            # deadlocked this test's worker once (CPython gh-106883).
+            config={"distributed.worker.profile.enabled": False},
         ) as cluster,
         Client(cluster.scheduler_address) as client,
     ):

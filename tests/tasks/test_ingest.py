@@ -101,7 +101,8 @@ def test_a_failed_chunk_write_fails_the_shard_and_leaves_no_marker(tmp_path):
 
 def test_the_ingest_shards_of_one_process_share_its_threads(tmp_path):
     # Python 3.11 can deadlock a Dask worker that starts a thread while Dask's profiler reads
-    # every thread's frames (CPython gh-106883): threads are started once a process, not a shard.
+    # every thread's frames (CPython gh-106883): a process keeps at most DECODE_THREADS decoding
+    # threads and one writer from shard to shard, where each shard started its own.
     def threads(prefix: str) -> set[threading.Thread]:
         return {t for t in threading.enumerate() if t.name.startswith(prefix)}
 
